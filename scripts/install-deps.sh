@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what pgi needs on Debian 12 (as root): Debian packages from the host's own apt
+# sources, then the npm packages, then builds pgi. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEB_PACKAGES=(
+  qemu-system-x86 qemu-utils          # lab VMs and image conversion
+  mmdebstrap extlinux syslinux-common e2fsprogs dosfstools fdisk mount zstd uidmap  # image build
+  age openssh-client openssh-server   # handoff interoperability, SSH to VMs
+  openssl iproute2 ca-certificates
+  postgresql-client                   # the AMI's view: psql against a deployed VM
+)
+missing=()
+for p in "${DEB_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "pgi needs these Debian packages: ${missing[*]} (run as root, or install them)" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund
+fi
+npm run build --silent

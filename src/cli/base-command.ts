@@ -1,0 +1,144 @@
+import {Command, Flags, Errors, type Interfaces} from '@oclif/core'
+import Table from 'cli-table3'
+
+import {asPgiError, ErrorCode, PgiError, UsageError} from '../errors.js'
+import {ExitCode, type ExitCodeValue} from '../exit-codes.js'
+import {isInteractive, parseLogLevel, StderrIo, type Io, type LogLevel} from '../io.js'
+import {defaultInventoryPath, secretsDir} from '../paths.js'
+import {confirm, confirmTyped, terminalAsker, type Asker} from './prompt.js'
+
+export type BaseFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof BaseCommand)['baseFlags'] & T['flags']>
+export type BaseArgs<T extends typeof Command> = Interfaces.InferredArgs<T['args']>
+
+/** `-i/--inventory` (env PGI_INVENTORY): a folder of YAML files or one file. */
+export const inventoryFlag = Flags.string({
+  char: 'i',
+  summary: 'Inventory: a folder of YAML files or one YAML file.',
+  env: 'PGI_INVENTORY',
+  default: async () => defaultInventoryPath(),
+  helpGroup: 'GLOBAL',
+})
+
+/** `--secrets-dir` (env PGI_SECRETS_DIR): the age-encrypted secret store. */
+export const secretsDirFlag = Flags.string({
+  summary: 'Secret store folder (age-encrypted files).',
+  env: 'PGI_SECRETS_DIR',
+  default: async () => secretsDir(),
+  helpGroup: 'GLOBAL',
+})
+
+/** The JSON envelope of every command (`--json`). */
+export type Envelope<R> = {status: number; result: R; warnings: string[]} | {status: number; error: Record<string, unknown>}
+
+/**
+ * Base of every pgi command: common flags, the `--json` envelope, typed errors mapped to exit
+ * codes, confirmations that never prompt without a TTY, and table output for people.
+ * Commands stay thin: parse flags, call one service in src/, return a plain typed object.
+ */
+export abstract class BaseCommand<T extends typeof Command> extends Command {
+  static override enableJsonFlag = true
+
+  static override baseFlags = {
+    'log-level': Flags.string({
+      summary: 'Diagnostics on stderr: debug, info, warn, error or silent.',
+      env: 'PGI_LOG_LEVEL',
+      options: ['debug', 'info', 'warn', 'error', 'silent'],
+      default: 'info',
+      helpGroup: 'GLOBAL',
+    }),
+    yes: Flags.boolean({
+      char: 'y',
+      summary: 'Answer yes to confirmations (required for them in non-interactive use).',
+      env: 'PGI_YES',
+      default: false,
+      helpGroup: 'GLOBAL',
+    }),
+  }
+
+  protected flags!: BaseFlags<T>
+  protected args!: BaseArgs<T>
+  protected io!: Io
+  protected asker!: Asker
+  /** Exit status for a run that returns a result but is not a full success (partial, unhealthy). */
+  protected status: ExitCodeValue = ExitCode.OK
+
+  public override async init(): Promise<void> {
+    await super.init()
+    const {args, flags} = await this.parse({
+      flags: this.ctor.flags,
+      baseFlags: (super.ctor as typeof BaseCommand).baseFlags,
+      enableJsonFlag: this.ctor.enableJsonFlag,
+      args: this.ctor.args,
+      strict: this.ctor.strict,
+    })
+    this.flags = flags as BaseFlags<T>
+    this.args = args as BaseArgs<T>
+    const json = this.jsonEnabled()
+    const level: LogLevel = parseLogLevel(this.flags['log-level'] as string | undefined)
+    const interactive = isInteractive() && !json
+    this.io = new StderrIo(level, interactive)
+    this.asker = terminalAsker(interactive)
+  }
+
+  /** Ask for a yes/no confirmation (or `--yes`). */
+  protected confirm(question: string): Promise<void> {
+    return confirm(this.asker, question, {yes: Boolean(this.flags.yes)})
+  }
+
+  /** Ask the user to type `expected` (or `--yes`). */
+  protected confirmTyped(question: string, expected: string): Promise<void> {
+    return confirmTyped(this.asker, question, expected, {yes: Boolean(this.flags.yes)})
+  }
+
+  /** Print rows as a table for people (not in --json mode). */
+  protected table(head: string[], rows: (string | number | boolean | null | undefined)[][]): void {
+    if (this.jsonEnabled()) return
+    const t = new Table({head, style: {head: process.stdout.isTTY ? ['cyan'] : [], border: []}, chars: {mid: '', 'left-mid': '', 'mid-mid': '', 'right-mid': ''}})
+    for (const r of rows) t.push(r.map((c) => (c === null || c === undefined ? '' : String(c))))
+    this.log(t.toString())
+  }
+
+  protected override toSuccessJson(result: unknown): Envelope<unknown> {
+    return {status: this.status, result, warnings: this.io?.warnings ?? []}
+  }
+
+  protected override toErrorJson(err: unknown): Envelope<never> {
+    const e = toPgi(err)
+    return {status: e.exitCode, error: e.toJSON()}
+  }
+
+  public override async catch(err: Error & {exitCode?: number}): Promise<void> {
+    const e = toPgi(err)
+    process.exitCode = e.exitCode
+    if (this.jsonEnabled()) {
+      this.logJson(this.toErrorJson(e))
+      return
+    }
+    const where = PgiError.formatWhere(e.where)
+    const lines = [`Error [${e.code}]${where ? ` at ${where}` : ''}: ${e.message}`]
+    for (const s of e.suggestions) lines.push(`  → ${s}`)
+    if (e.kind === 'bug' && this.io?.level === 'debug' && err.stack) lines.push(err.stack)
+    process.stderr.write(lines.join('\n') + '\n')
+  }
+
+  protected override async finally(err: Error | undefined): Promise<void> {
+    if (!err && this.status !== ExitCode.OK) process.exitCode = this.status
+    await super.finally(err)
+  }
+}
+
+/** oclif's own parse errors are usage errors (exit 2); everything else maps through asPgiError. */
+function toPgi(err: unknown): PgiError {
+  if (err instanceof PgiError) return err
+  if (err instanceof Errors.CLIError) {
+    const exit = (err as Errors.CLIError).oclif?.exit
+    if (exit === 2 || /flag|argument|Unexpected|Missing|Expected/i.test(err.message)) {
+      return new UsageError(err.message.split('\n')[0] ?? err.message, {suggestions: ['See the command\'s --help for its flags and examples.']})
+    }
+  }
+  if (err instanceof Error && /SIGINT/.test(err.message)) {
+    return new UsageError('interrupted', {exitCode: ExitCode.INTERRUPTED})
+  }
+  const e = asPgiError(err)
+  return e.code === ErrorCode.INTERNAL && err instanceof Error && err.name === 'ExitError' ? new UsageError(err.message) : e
+}

@@ -1,0 +1,180 @@
+import {ExitCode, type ExitCodeValue} from './exit-codes.js'
+
+/**
+ * Stable error codes. A code never changes meaning once released: scripts match on them.
+ * Add new codes here (one place), grouped by area.
+ */
+export const ErrorCode = {
+  // generic
+  INTERNAL: 'PGI_INTERNAL',
+  USAGE: 'PGI_USAGE',
+  FLAG_REQUIRED: 'PGI_FLAG_REQUIRED',
+  NOT_CONFIRMED: 'PGI_NOT_CONFIRMED',
+  INTERRUPTED: 'PGI_INTERRUPTED',
+  TIMEOUT: 'PGI_TIMEOUT',
+  // inventory
+  INVENTORY_NOT_FOUND: 'PGI_INVENTORY_NOT_FOUND',
+  INVENTORY_INVALID: 'PGI_INVENTORY_INVALID',
+  UNKNOWN_ESTABLISHMENT: 'PGI_UNKNOWN_ESTABLISHMENT',
+  UNKNOWN_HYPERVISOR: 'PGI_UNKNOWN_HYPERVISOR',
+  UNKNOWN_GROUP: 'PGI_UNKNOWN_GROUP',
+  // hypervisor / Proxmox API
+  PVE_HTTP: 'PGI_PVE_HTTP',
+  PVE_PARAMETERS: 'PGI_PVE_PARAMETERS',
+  PVE_PERMISSION: 'PGI_PVE_PERMISSION',
+  PVE_AUTH: 'PGI_PVE_AUTH',
+  PVE_TASK_FAILED: 'PGI_PVE_TASK_FAILED',
+  PVE_LOCKED: 'PGI_PVE_LOCKED',
+  PVE_DIGEST_MISMATCH: 'PGI_PVE_DIGEST_MISMATCH',
+  UNREACHABLE: 'PGI_UNREACHABLE',
+  TLS_MISMATCH: 'PGI_TLS_MISMATCH',
+  // local tools and environment
+  TOOL_MISSING: 'PGI_TOOL_MISSING',
+  TOOL_FAILED: 'PGI_TOOL_FAILED',
+  NOT_ROOT: 'PGI_NOT_ROOT',
+  // secrets
+  SECRET_MISSING: 'PGI_SECRET_MISSING',
+  SECRET_DECRYPT: 'PGI_SECRET_DECRYPT',
+  // images
+  IMAGE_NOT_FOUND: 'PGI_IMAGE_NOT_FOUND',
+  IMAGE_INVALID: 'PGI_IMAGE_INVALID',
+  IMAGE_EXISTS: 'PGI_IMAGE_EXISTS',
+  // fleet operations
+  PARTIAL_FAILURE: 'PGI_PARTIAL_FAILURE',
+  UNHEALTHY: 'PGI_UNHEALTHY',
+  REFUSED: 'PGI_REFUSED',
+  LOCKED: 'PGI_LOCKED',
+  // lab
+  LAB_NOT_RUNNING: 'PGI_LAB_NOT_RUNNING',
+  LAB_ALREADY_RUNNING: 'PGI_LAB_ALREADY_RUNNING',
+} as const
+
+export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode]
+
+/** Where an error happened: a place in a file, or an establishment on a hypervisor node. */
+export interface ErrorLocation {
+  file?: string
+  line?: number
+  column?: number
+  uai?: string
+  hypervisor?: string
+  node?: string
+  vmid?: number
+}
+
+export interface PgiErrorOptions {
+  /** What to do next, in words a technician can act on. */
+  suggestions?: string[]
+  where?: ErrorLocation
+  /** Extra machine-readable detail (never a secret). */
+  details?: Record<string, unknown>
+  cause?: unknown
+  exitCode?: ExitCodeValue
+}
+
+/**
+ * Base of every error pgi raises on purpose. It carries a stable `code`, the process exit code,
+ * where it happened and what to do next. `kind` says whether the user can fix it ('user') or it
+ * is a defect in pgi ('bug').
+ */
+export abstract class PgiError extends Error {
+  abstract readonly kind: 'user' | 'bug'
+  readonly code: ErrorCodeValue
+  readonly exitCode: ExitCodeValue
+  readonly suggestions: string[]
+  readonly where?: ErrorLocation
+  readonly details?: Record<string, unknown>
+
+  constructor(code: ErrorCodeValue, message: string, defaultExit: ExitCodeValue, opts: PgiErrorOptions = {}) {
+    super(message, opts.cause === undefined ? undefined : {cause: opts.cause})
+    this.name = new.target.name
+    this.code = code
+    this.exitCode = opts.exitCode ?? defaultExit
+    this.suggestions = opts.suggestions ?? []
+    this.where = opts.where
+    this.details = opts.details
+  }
+
+  /** "file:line:col" or "UAI 0130040Y on hv-nord/pve1", for messages. */
+  static formatWhere(w: ErrorLocation | undefined): string {
+    if (!w) return ''
+    if (w.file) return [w.file, w.line, w.column].filter((x) => x !== undefined).join(':')
+    const parts: string[] = []
+    if (w.uai) parts.push(`UAI ${w.uai}`)
+    if (w.hypervisor) parts.push(`on ${w.hypervisor}${w.node ? `/${w.node}` : ''}`)
+    else if (w.node) parts.push(`on node ${w.node}`)
+    if (w.vmid !== undefined) parts.push(`VM ${w.vmid}`)
+    return parts.join(' ')
+  }
+
+  toJSON(): Record<string, unknown> {
+    return {
+      code: this.code,
+      message: this.message,
+      suggestions: this.suggestions,
+      ...(this.where ? {where: this.where} : {}),
+      ...(this.details ? {details: this.details} : {}),
+    }
+  }
+}
+
+/** Something the user can fix: wrong input, missing tool, unreachable host, refused for safety. */
+export class UserError extends PgiError {
+  readonly kind = 'user' as const
+  constructor(code: ErrorCodeValue, message: string, opts: PgiErrorOptions = {}) {
+    super(code, message, ExitCode.FAILURE, opts)
+  }
+}
+
+/** A defect in pgi. The message asks for a bug report. */
+export class BugError extends PgiError {
+  readonly kind = 'bug' as const
+  constructor(message: string, opts: PgiErrorOptions = {}) {
+    super(ErrorCode.INTERNAL, message, ExitCode.FAILURE, {
+      suggestions: ['This is a bug in pgi: please report it with the command you ran and `--log-level debug` output.'],
+      ...opts,
+    })
+  }
+}
+
+export class UsageError extends UserError {
+  constructor(message: string, opts: PgiErrorOptions = {}) {
+    super(ErrorCode.USAGE, message, {exitCode: ExitCode.USAGE, ...opts})
+  }
+}
+
+/** A question would be asked, but there is no terminal to ask on. */
+export class FlagRequiredError extends UserError {
+  constructor(flag: string, why: string) {
+    super(ErrorCode.FLAG_REQUIRED, `flag required in non-interactive use: ${flag} (${why})`, {
+      exitCode: ExitCode.USAGE,
+      suggestions: [`Pass ${flag} to confirm, or run the command on a terminal to be asked.`],
+    })
+  }
+}
+
+export class TimeoutError extends UserError {
+  constructor(message: string, opts: PgiErrorOptions = {}) {
+    super(ErrorCode.TIMEOUT, message, {exitCode: ExitCode.TIMEOUT, ...opts})
+  }
+}
+
+/** pgi will not do this: it could lose data, or nobody confirmed it. */
+export class SafetyRefusal extends UserError {
+  constructor(message: string, opts: PgiErrorOptions = {}) {
+    super(ErrorCode.REFUSED, message, {exitCode: ExitCode.REFUSED, ...opts})
+  }
+}
+
+export class UnreachableError extends UserError {
+  constructor(code: typeof ErrorCode.UNREACHABLE | typeof ErrorCode.TLS_MISMATCH, message: string, opts: PgiErrorOptions = {}) {
+    super(code, message, {exitCode: ExitCode.UNREACHABLE, ...opts})
+  }
+}
+
+/** Any thrown value as a PgiError (unknown errors become bugs, keeping their message). */
+export function asPgiError(err: unknown): PgiError {
+  if (err instanceof PgiError) return err
+  if (err instanceof Error) return new BugError(err.message, {cause: err})
+  return new BugError(String(err))
+}

@@ -1,0 +1,142 @@
+import {execa, type Options as ExecaOptions} from 'execa'
+
+import {ErrorCode, UserError} from './errors.js'
+import type {Io} from './io.js'
+
+/**
+ * The only module that runs local programs (through execa). Arguments never hold secrets:
+ * pass those on stdin (`input`) or in a file readable by the owner only.
+ */
+
+/** Debian package that provides each tool pgi runs, for "install X" suggestions. */
+export const TOOL_PACKAGES: Record<string, string> = {
+  'qemu-system-x86_64': 'qemu-system-x86',
+  'qemu-img': 'qemu-utils',
+  mmdebstrap: 'mmdebstrap',
+  extlinux: 'extlinux',
+  'mkfs.ext4': 'e2fsprogs',
+  'mkfs.vfat': 'dosfstools',
+  losetup: 'mount',
+  mount: 'mount',
+  sfdisk: 'fdisk',
+  zstd: 'zstd',
+  age: 'age',
+  'age-keygen': 'age',
+  ssh: 'openssh-client',
+  'ssh-keygen': 'openssh-client',
+  sshd: 'openssh-server',
+  openssl: 'openssl',
+  genisoimage: 'genisoimage',
+  xorriso: 'xorriso',
+  'cloud-localds': 'cloud-image-utils',
+  ip: 'iproute2',
+  mcopy: 'mtools',
+  'mkfs.fat': 'dosfstools',
+}
+
+export interface RunOptions {
+  cwd?: string
+  env?: Record<string, string | undefined>
+  /** Data for stdin (this is how secrets reach a program). */
+  input?: string | Buffer
+  timeoutMs?: number
+  /** Do not throw on a non-zero exit; the caller reads exitCode. */
+  allowFailure?: boolean
+  /** Stream each output line to this callback (progress). */
+  onLine?: (line: string) => void
+  signal?: AbortSignal
+}
+
+export interface RunResult {
+  command: string
+  exitCode: number
+  stdout: string
+  stderr: string
+}
+
+function missingTool(tool: string): UserError {
+  const pkg = TOOL_PACKAGES[tool]
+  return new UserError(ErrorCode.TOOL_MISSING, `required tool "${tool}" is not installed`, {
+    suggestions: [pkg ? `Install it: apt-get install ${pkg}` : `Install the program that provides "${tool}".`],
+  })
+}
+
+/** Runs `file args…` and returns its output; throws a UserError with the stderr tail on failure. */
+export async function run(file: string, args: readonly string[], opts: RunOptions = {}, io?: Io): Promise<RunResult> {
+  const command = [file, ...args].join(' ')
+  io?.debug(`run: ${command}`)
+  const options: ExecaOptions = {
+    cwd: opts.cwd,
+    env: opts.env,
+    extendEnv: true,
+    input: opts.input,
+    timeout: opts.timeoutMs,
+    reject: false,
+    stripFinalNewline: true,
+    cancelSignal: opts.signal,
+    ...(opts.input === undefined ? {stdin: 'ignore' as const} : {}),
+  }
+  const child = execa(file, args, options)
+  if (opts.onLine) {
+    const feed = (chunk: Buffer | string) => {
+      for (const line of chunk.toString().split('\n')) if (line.trim()) opts.onLine?.(line)
+    }
+    child.stdout?.on('data', feed)
+    child.stderr?.on('data', feed)
+  }
+  const r = await child
+  if ((r as {code?: string}).code === 'ENOENT' || (r.failed && /ENOENT/.test(String(r.message)) && r.exitCode === undefined)) {
+    throw missingTool(file)
+  }
+  const result: RunResult = {
+    command,
+    exitCode: r.exitCode ?? (r.timedOut ? 124 : 1),
+    stdout: String(r.stdout ?? ''),
+    stderr: String(r.stderr ?? ''),
+  }
+  if (r.timedOut) {
+    throw new UserError(ErrorCode.TOOL_FAILED, `"${command}" did not finish within ${opts.timeoutMs} ms`, {
+      details: {stderrTail: tail(result.stderr)},
+    })
+  }
+  if (result.exitCode !== 0 && !opts.allowFailure) {
+    throw new UserError(ErrorCode.TOOL_FAILED, `"${command}" failed with exit code ${result.exitCode}: ${tail(result.stderr || result.stdout, 5)}`, {
+      details: {exitCode: result.exitCode},
+    })
+  }
+  return result
+}
+
+/** Starts a long-running program in the background (QEMU, a lab daemon) and returns its handle. */
+export function spawnDetached(file: string, args: readonly string[], opts: {cwd?: string; env?: Record<string, string | undefined>; logFile: string}) {
+  const child = execa(file, args, {
+    cwd: opts.cwd,
+    env: opts.env,
+    extendEnv: true,
+    detached: true,
+    stdin: 'ignore',
+    stdout: {file: opts.logFile, append: true},
+    stderr: {file: opts.logFile, append: true},
+    reject: false,
+    cleanup: false,
+  })
+  child.unref()
+  // Not awaited: the caller tracks the pid; swallow the eventual settle so it never rejects.
+  void child.catch(() => undefined)
+  return {pid: child.pid}
+}
+
+/** Is `tool` on the PATH? */
+export async function hasTool(tool: string): Promise<boolean> {
+  const r = await execa('sh', ['-c', `command -v "$1"`, 'sh', tool], {reject: false})
+  return r.exitCode === 0
+}
+
+/** Throws TOOL_MISSING for the first of `tools` that is not installed, naming its Debian package. */
+export async function requireTools(tools: readonly string[]): Promise<void> {
+  for (const t of tools) if (!(await hasTool(t))) throw missingTool(t)
+}
+
+function tail(text: string, lines = 20): string {
+  return text.split('\n').slice(-lines).join('\n').trim()
+}

@@ -1,0 +1,132 @@
+/**
+ * The resolved inventory model: what the loader produces after reading the YAML files, applying
+ * defaults and checking every rule. The YAML format itself (snake_case keys) is described by
+ * inventory/schema.json; this is the camelCase model the engine works with.
+ */
+
+/** Where a value came from, for error messages (file:line:column). */
+export interface SourceRef {
+  file: string
+  line: number
+  column: number
+}
+
+/** Where a secret comes from. Secrets are never written in the YAML itself. */
+export type SecretRef = {env: string} | {store: string}
+
+export interface HypervisorTls {
+  /** SHA-256 fingerprint of the node certificate, "AA:BB:…" (32 bytes, upper-case hex). */
+  fingerprint?: string
+  /** PEM file of a CA that signs the node certificates (path resolved against the YAML file). */
+  caFile?: string
+}
+
+export interface Hypervisor {
+  /** Key in the inventory (e.g. "hv-nord"). */
+  name: string
+  /** API base URL, e.g. https://10.0.0.1:8006 (no /api2/json suffix). */
+  url: string
+  /** PVE node names reachable through this API endpoint (a cluster has several). */
+  nodes: string[]
+  tls: HypervisorTls
+  token: {id: string; secret: SecretRef}
+  storage: {
+    /** Storage for VM OS disks (images content). */
+    os: string
+    /** Storage for data disks. */
+    data: string
+    /** Storage with the `import` content type, where images are staged. */
+    import: string
+  }
+  bridge: string
+  ssh?: {host: string; port: number; user: string}
+  /** PVE version this hypervisor runs, when known ("8.4", "9.1"). */
+  pveVersion?: string
+  source: SourceRef
+}
+
+export type Weekday = 'mon' | 'tue' | 'wed' | 'thu' | 'fri' | 'sat' | 'sun'
+
+export interface MaintenanceWindow {
+  days: Weekday[]
+  /** "HH:MM", local time in `timezone`. */
+  start: string
+  end: string
+  timezone: string
+}
+
+export interface EstablishmentNetwork {
+  /** "10.1.2.3/24" */
+  address: string
+  gateway: string
+  dns: string[]
+  searchdomain?: string
+}
+
+export interface Ami {
+  name: string
+  email?: string
+  /** The AMI's age public key ("age1…"): handoffs are encrypted to it alone. */
+  ageRecipient: string
+  /** SSH public key installed for the AMI's login on the VM (optional). */
+  sshKey?: string
+  /** Login name of the AMI on the VM (default "ami"). */
+  login: string
+}
+
+export interface Establishment {
+  /** UAI code, 7 digits + check letter, e.g. 0130040Y. */
+  uai: string
+  name: string
+  academie: string
+  hypervisor: string
+  node: string
+  vmid: number
+  network: EstablishmentNetwork
+  dataDiskGb: number
+  /** OS disk size (the image is grown to it on import). */
+  osDiskGb: number
+  cores: number
+  memoryMb: number
+  ami: Ami
+  /** Rollout ring: canary, pilot, general (or any ring the inventory defines). */
+  ring: string
+  maintenanceWindow?: MaintenanceWindow
+  /** The image version the inventory wants this establishment to run. */
+  image?: string
+  /** Groups this establishment belongs to (from `groups:`). */
+  groups: string[]
+  source: SourceRef
+}
+
+export interface Recipient {
+  name: string
+  /** age public key ("age1…"). */
+  key: string
+}
+
+export interface Inventory {
+  /** The file or folder it was read from. */
+  path: string
+  files: string[]
+  region?: string
+  /** Rollout rings in order (default canary, pilot, general). */
+  rings: string[]
+  /** Who can read the secret store: technicians' and CI's age public keys. */
+  recipients: Recipient[]
+  hypervisors: Map<string, Hypervisor>
+  establishments: Establishment[]
+  groups: Map<string, string[]>
+}
+
+/** One problem found by validation, with where it is and what to do. */
+export interface InventoryProblem {
+  file: string
+  line: number
+  column: number
+  /** Stable rule id, e.g. "uai-check-letter", "unknown-key", "duplicate-vmid". */
+  rule: string
+  message: string
+  suggestion?: string
+  severity: 'error' | 'warning'
+}

@@ -1,0 +1,51 @@
+import {Listr, type ListrTask} from 'listr2'
+
+import type {Io} from './io.js'
+
+/**
+ * One step of long work. `run` may report sub-progress with `update` (shown on a terminal, and
+ * as a plain line in CI) and may return a short text shown when the step ends.
+ */
+export interface Step<C> {
+  title: string
+  /** Skip the step (with the reason shown) when this returns a string. */
+  skip?: (ctx: C) => string | false | undefined
+  run: (ctx: C, update: (text: string) => void) => Promise<string | void>
+}
+
+/**
+ * Runs steps in order with listr2: an updating display on a terminal, one plain line per step
+ * in CI or without a TTY (`CI=true`). Output goes to stderr; stdout is kept for results.
+ * A failing step stops the run and its error is rethrown unchanged.
+ */
+export async function runSteps<C extends object>(io: Io, steps: Step<C>[], ctx: C, opts: {concurrent?: boolean | number} = {}): Promise<C> {
+  if (io.level === 'silent') {
+    for (const s of steps) {
+      if (s.skip?.(ctx)) continue
+      await s.run(ctx, () => undefined)
+    }
+    return ctx
+  }
+
+  const tasks: ListrTask<C>[] = steps.map((s) => ({
+    title: s.title,
+    skip: s.skip ? (c: C) => s.skip?.(c) || false : undefined,
+    task: async (c, task) => {
+      const started = Date.now()
+      const out = await s.run(c, (text) => {
+        task.output = text
+      })
+      const secs = ((Date.now() - started) / 1000).toFixed(1)
+      task.title = `${s.title}${out ? `: ${out}` : ''} (${secs}s)`
+    },
+  }))
+  const list = new Listr<C>(tasks, {
+    concurrent: opts.concurrent ?? false,
+    exitOnError: true,
+    renderer: io.interactive ? 'default' : 'simple',
+    fallbackRenderer: 'simple',
+    rendererOptions: {collapseSubtasks: false},
+    registerSignalListeners: false,
+  } as ConstructorParameters<typeof Listr<C>>[1])
+  return list.run(ctx)
+}
