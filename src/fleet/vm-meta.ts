@@ -1,0 +1,77 @@
+/**
+ * What pgi records on each VM it manages, so the state of the fleet lives on the hypervisors
+ * (any machine with the inventory can read it, and a rollout can resume from anywhere):
+ *
+ * - tags: `pgi`, `uai-<uai lower-case>`, `img-<image version>`, `ring-<ring>`
+ * - description: a human sentence, then one line `pgi-meta: {json}` holding VmMeta.
+ *   Written with the config `digest` (compare-and-swap), so two runners cannot both update a VM.
+ */
+
+export interface RolloutMark {
+  /** Rollout id (one per `pgi rollout start`). */
+  id: string
+  /** Version being rolled out and the one to fall back to. */
+  from: string
+  to: string
+  /** Last step reached for this VM (backup, swapped, gated, committed, rolled-back, …). */
+  step: string
+  at: string
+  /** Who is running it (host + pid), for "another runner holds it". */
+  runner?: string
+  /** Why it failed or rolled back, in words. */
+  reason?: string
+  backup?: string
+}
+
+export interface VmMeta {
+  /** Format version of this record. */
+  v: 1
+  uai: string
+  /** Image version on the OS disk now. */
+  image: string
+  /** Digest of the image (sha256 of the qcow2) for drift checks. */
+  imageSha256?: string
+  deployedAt: string
+  /** pgi version that wrote this. */
+  by: string
+  rollout?: RolloutMark
+}
+
+const META_PREFIX = 'pgi-meta: '
+export const DESCRIPTION_MAX = 8192
+
+export function formatDescription(meta: VmMeta, establishmentName: string): string {
+  const text = `PGI (Tryton) server of ${establishmentName} (UAI ${meta.uai}), image ${meta.image}. Managed by pgi: do not edit the line below.\n${META_PREFIX}${JSON.stringify(meta)}`
+  if (text.length > DESCRIPTION_MAX) throw new RangeError(`VM description would exceed ${DESCRIPTION_MAX} characters`)
+  return text
+}
+
+/** Reads VmMeta from a VM description; undefined when the VM was not written by pgi. */
+export function parseDescription(description: string | undefined): VmMeta | undefined {
+  if (!description) return undefined
+  const line = description.split('\n').find((l) => l.startsWith(META_PREFIX))
+  if (!line) return undefined
+  try {
+    const m = JSON.parse(line.slice(META_PREFIX.length)) as VmMeta
+    return m && m.v === 1 && typeof m.uai === 'string' && typeof m.image === 'string' ? m : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/** PVE tags are lower-case `[a-z0-9_][a-z0-9_\-+.]*`; anything else becomes `_`. */
+function tagSafe(s: string): string {
+  return s.toLowerCase().replace(/[^a-z0-9_\-+.]/g, '_').replace(/^[^a-z0-9_]/, '_')
+}
+
+export function formatTags(meta: Pick<VmMeta, 'uai' | 'image'>, ring?: string): string {
+  const tags = ['pgi', `uai-${tagSafe(meta.uai)}`, `img-${tagSafe(meta.image)}`]
+  if (ring) tags.push(`ring-${tagSafe(ring)}`)
+  return tags.sort().join(';')
+}
+
+/** The image version recorded in tags (`img-…`), if any. */
+export function imageFromTags(tags: string | undefined): string | undefined {
+  const t = (tags ?? '').split(/[;, ]+/).find((x) => x.startsWith('img-'))
+  return t?.slice(4)
+}
