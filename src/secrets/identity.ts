@@ -1,0 +1,114 @@
+import {randomBytes} from 'node:crypto'
+import {access, chmod, link, mkdir, readFile, unlink, writeFile} from 'node:fs/promises'
+import {dirname, join} from 'node:path'
+
+import {generateIdentity, identityToRecipient} from 'age-encryption'
+
+import {ErrorCode, UserError} from '../errors.js'
+import {stateDir} from '../paths.js'
+import {Secret} from '../secret.js'
+
+/**
+ * The local age identity: the private key this machine uses to read the secret store.
+ * `PGI_AGE_IDENTITY` names its file; otherwise `<stateDir>/age-identity.txt`. When the file does
+ * not exist it is created (mode 0600, in the format `age-keygen` writes), so a technician's first
+ * run just works; they then add the printed public key to the inventory's `recipients`.
+ */
+export interface LocalIdentity {
+  identityFile: string
+  /** The public key ("age1…") matching the identity. */
+  recipient: string
+}
+
+/** One identity read from a file: the private key (as a Secret) and its public recipient. */
+export interface LoadedIdentity {
+  file: string
+  identity: Secret
+  recipient: string
+}
+
+export function localIdentityPath(env: NodeJS.ProcessEnv = process.env): string {
+  return env.PGI_AGE_IDENTITY && env.PGI_AGE_IDENTITY !== '' ? env.PGI_AGE_IDENTITY : join(stateDir(env), 'age-identity.txt')
+}
+
+export async function localIdentity(env: NodeJS.ProcessEnv = process.env): Promise<LocalIdentity> {
+  const identityFile = localIdentityPath(env)
+  if (!(await exists(identityFile))) await createIdentityFile(identityFile)
+  const [first] = await readIdentityFile(identityFile)
+  return {identityFile, recipient: first.recipient}
+}
+
+/**
+ * Writes a new X25519 identity to `file` (mode 0600) unless the file already exists. Concurrent
+ * callers are safe: the key is written to a private temp file and hard-linked into place, which
+ * fails if another process won the race (its key is then kept).
+ */
+export async function createIdentityFile(file: string): Promise<{created: boolean}> {
+  await mkdir(dirname(file), {recursive: true, mode: 0o700})
+  const identity = await generateIdentity()
+  const recipient = await identityToRecipient(identity)
+  const text = `# created: ${new Date().toISOString()}\n# public key: ${recipient}\n${identity}\n`
+  const tmp = join(dirname(file), `.age-identity.${process.pid}.${randomBytes(6).toString('hex')}.tmp`)
+  await writeFile(tmp, text, {mode: 0o600, flag: 'wx'})
+  try {
+    await chmod(tmp, 0o600)
+    await link(tmp, file)
+    return {created: true}
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return {created: false}
+    throw err
+  } finally {
+    await unlink(tmp).catch(() => undefined)
+  }
+}
+
+/** Reads every age identity (`AGE-SECRET-KEY-…` lines) in a file, as `age -i` does. */
+export async function readIdentityFile(file: string): Promise<LoadedIdentity[]> {
+  let text: string
+  try {
+    text = await readFile(file, 'utf8')
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    throw new UserError(ErrorCode.SECRET_DECRYPT, code === 'ENOENT' ? 'age identity file not found' : `cannot read the age identity file (${code ?? String(err)})`, {
+      where: {file},
+      suggestions: ['Check the path (--identity, PGI_AGE_IDENTITY); create a key with `age-keygen -o FILE` if you have none.'],
+      cause: err,
+    })
+  }
+  const out: LoadedIdentity[] = []
+  let lineNo = 0
+  for (const raw of text.split('\n')) {
+    lineNo++
+    const line = raw.trim()
+    if (line === '' || line.startsWith('#')) continue
+    if (!line.startsWith('AGE-SECRET-KEY-')) {
+      throw new UserError(ErrorCode.SECRET_DECRYPT, `not an age identity file (line ${lineNo} is not an AGE-SECRET-KEY-… key)`, {
+        where: {file, line: lineNo},
+        suggestions: ['Give the file written by `age-keygen` (it holds a line starting with AGE-SECRET-KEY-1).'],
+      })
+    }
+    let recipient: string
+    try {
+      recipient = await identityToRecipient(line)
+    } catch (err) {
+      throw new UserError(ErrorCode.SECRET_DECRYPT, `invalid age identity: ${(err as Error).message}`, {where: {file, line: lineNo}, cause: err})
+    }
+    out.push({file, identity: new Secret(line), recipient})
+  }
+  if (out.length === 0) {
+    throw new UserError(ErrorCode.SECRET_DECRYPT, 'no age identity in this file', {
+      where: {file},
+      suggestions: ['Create one with `age-keygen -o FILE`, or give the file written by age-keygen.'],
+    })
+  }
+  return out
+}
+
+async function exists(file: string): Promise<boolean> {
+  try {
+    await access(file)
+    return true
+  } catch {
+    return false
+  }
+}
