@@ -46,9 +46,17 @@ export const ErrorCode = {
   UNHEALTHY: 'PGI_UNHEALTHY',
   REFUSED: 'PGI_REFUSED',
   LOCKED: 'PGI_LOCKED',
+  // deploy / destroy
+  VMID_TAKEN: 'PGI_VMID_TAKEN',
+  GUEST_COMMAND_FAILED: 'PGI_GUEST_COMMAND_FAILED',
+  BACKUP_FAILED: 'PGI_BACKUP_FAILED',
   // lab
   LAB_NOT_RUNNING: 'PGI_LAB_NOT_RUNNING',
   LAB_ALREADY_RUNNING: 'PGI_LAB_ALREADY_RUNNING',
+  // local QEMU VMs (lab qemu backend, image boot tests)
+  QEMU_FAILED: 'PGI_QEMU_FAILED',
+  QMP_ERROR: 'PGI_QMP_ERROR',
+  GUEST_AGENT: 'PGI_GUEST_AGENT',
 } as const
 
 export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode]
