@@ -15,11 +15,13 @@
  *
  * Conventions
  * - Sizes are bytes (numbers; the largest volumes are far below 2^53).
- * - A volume id (`volid`) is `<storage>:<name>` for images (`local-vm:vm-100-disk-0.qcow2`) and
- *   `<storage>:<content>/<file>` for import/iso/snippets/backup content (`local:import/x.qcow2`).
- *   Image volume names are chosen by the backend but MUST follow PVE's directory-storage naming:
- *   `vm-<vmid>-disk-<n>.<fmt>` (n = lowest free index on that storage for that vmid),
- *   `vm-<vmid>-cloudinit.qcow2`, and `base-<vmid>-disk-<n>.<fmt>` after `convertToTemplate`.
+ * - A volume id (`volid`) follows PVE's directory-storage naming: images are
+ *   `<storage>:<vmid>/<file>` (`local-vm:100/vm-100-disk-0.qcow2`, file at `<path>/images/100/…`),
+ *   other content `<storage>:<content>/<file>` (`local:import/x.qcow2`, file at `<path>/import/x.qcow2`;
+ *   iso → `<path>/template/iso/`, snippets → `<path>/snippets/`, backup → `<path>/dump/`).
+ *   Image file names are chosen by the backend: `vm-<vmid>-disk-<n>.<fmt>` (n = lowest free index
+ *   on that storage for that vmid), `vm-<vmid>-cloudinit.qcow2`, and `base-<vmid>-disk-<n>.<fmt>`
+ *   after `convertToTemplate`. A linked clone's volid names its base: `local-vm:100/base-100-disk-0.qcow2/101/vm-101-disk-0.qcow2`.
  * - Every long method receives a `TaskContext`: write human log lines with `ctx.log()` (they become
  *   the PVE task log, read back by `GET …/tasks/{upid}/log`), honour `ctx.signal` where you can, and
  *   throw to fail the task: the thrown Error's `message` becomes the task `exitstatus` verbatim, so
