@@ -72,6 +72,29 @@ export interface PveTaskStatus {
   starttime: number
 }
 
+/** One row of `GET /nodes/{node}/tasks`. */
+export interface PveTaskSummary {
+  upid: string
+  node: string
+  type: string
+  id?: string
+  user: string
+  starttime: number
+  endtime?: number
+  status?: string
+}
+
+export interface PveCloneOptions {
+  name?: string
+  /** Full clone (copies disks) rather than a linked clone of a template. */
+  full?: boolean
+  /** Target storage of a full clone. */
+  storage?: string
+  /** Target node (clusters). */
+  target?: string
+  description?: string
+}
+
 export interface AgentExecResult {
   exitcode: number
   stdout: string
@@ -106,6 +129,9 @@ export interface PveApi {
   vmConfig(node: string, vmid: number): Promise<PveVmConfig | undefined>
   vmStatus(node: string, vmid: number): Promise<PveVmStatus | undefined>
   createVm(node: string, vmid: number, params: PveParams, wait?: WaitOptions): Promise<void>
+  /** Clones `vmid` to `newid` (task qmclone, long for full clones). */
+  cloneVm(node: string, vmid: number, newid: number, opts?: PveCloneOptions, wait?: WaitOptions): Promise<void>
+  convertToTemplate(node: string, vmid: number, wait?: WaitOptions): Promise<void>
   /** Sync config update (PUT) with optional digest compare-and-swap. */
   updateVmConfig(node: string, vmid: number, params: PveParams & {digest?: string; delete?: string}, wait?: WaitOptions): Promise<void>
   startVm(node: string, vmid: number, wait?: WaitOptions): Promise<void>
@@ -135,4 +161,6 @@ export interface PveApi {
 
   waitTask(node: string, upid: string, wait?: WaitOptions): Promise<PveTaskStatus>
   taskLog(node: string, upid: string, opts?: {start?: number; limit?: number}): Promise<string[]>
+  /** Recent tasks of a node, newest first (filter by vmid / task type / start time in s). */
+  listTasks(node: string, filter?: {vmid?: number; type?: string; since?: number; limit?: number}): Promise<PveTaskSummary[]>
 }

@@ -1,0 +1,956 @@
+import {AsyncLocalStorage} from 'node:async_hooks'
+import {randomBytes} from 'node:crypto'
+import {createReadStream} from 'node:fs'
+import {stat} from 'node:fs/promises'
+import {dirname, isAbsolute, resolve as resolvePath} from 'node:path'
+
+import {ProxmoxEngine} from 'proxmox-api'
+import {Headers, Response} from 'undici'
+
+import {ErrorCode, PgiError, TimeoutError, UnreachableError, UserError} from '../errors.js'
+import {MemoryIo, type Io} from '../io.js'
+import type {Hypervisor} from '../inventory/types.js'
+import type {Secret} from '../secret.js'
+import {isLockError, PveApiError, PveTaskError, type PveWhere} from './errors.js'
+import {createTrustedFetch, NetworkError, type FetchFn, type PinnedFetch} from './tls.js'
+import type {
+  AgentExecResult,
+  AgentInterface,
+  PveApi,
+  PveCloneOptions,
+  PveNodeInfo,
+  PveParams,
+  PveResource,
+  PveStorageContent,
+  PveTaskStatus,
+  PveTaskSummary,
+  PveVersion,
+  PveVmConfig,
+  PveVmStatus,
+  WaitOptions,
+} from './types.js'
+import {parseUpid, tryParseUpid} from './upid.js'
+
+/**
+ * The one module that speaks the Proxmox VE API (over `proxmox-api`'s engine: API-token auth,
+ * form encoding with booleans as 1/0, the `{data}` envelope), with what the engine lacks:
+ *
+ * - TLS verified by pin or CA (src/proxmox/tls.ts), passed in as `fetch`;
+ * - typed errors (PveApiError with status, PVE message, per-parameter errors; PveTaskError);
+ * - waits and bounded retries with back-off and jitter on "VM is locked (…)" and
+ *   "can't lock file … got timeout";
+ * - no blind re-send of a non-idempotent request: the engine's own retry is disabled, a GET is
+ *   retried, a POST/DELETE whose fate is unknown after a network error is *reconciled* by
+ *   re-reading the state (the task it may have started, the VM, its status);
+ * - a task waiter with per-type default timeouts and the log tail on failure;
+ * - multipart upload (the engine cannot), streamed, with progress;
+ * - guest-agent calls unwrapped (`{data:{result:…}}`), agent exec polled to completion.
+ *
+ * We call the engine's `doRequest` with our own paths rather than the typed proxy
+ * (`pve.nodes.$(n).qemu…`): the proxy's parameter types model an older PVE schema and reject the
+ * config keys we send (virtio0, ipconfig0, import-from…), and its `$()` only escapes "/", while
+ * a UPID path segment must be fully percent-encoded.
+ */
+
+/** Default task timeouts by task type (ms). Full clones and image copies are long on slow disks. */
+export const DEFAULT_TASK_TIMEOUTS_MS: Record<string, number> = {
+  qmclone: 2 * 60 * 60_000,
+  qmcreate: 60 * 60_000, // may import a disk image (import-from)
+  imgcopy: 60 * 60_000, // upload → storage
+  download: 4 * 60 * 60_000, // download-url over a slow link
+  qmmove: 2 * 60 * 60_000,
+  qmtemplate: 30 * 60_000,
+  qmsnapshot: 30 * 60_000,
+  qmrollback: 30 * 60_000,
+  qmdelsnapshot: 30 * 60_000,
+  qmdestroy: 20 * 60_000,
+  qmresize: 10 * 60_000,
+  qmconfig: 30 * 60_000,
+  qmstart: 5 * 60_000,
+  qmstop: 3 * 60_000,
+  qmshutdown: 5 * 60_000, // plus the shutdown timeout asked for
+  qmreboot: 5 * 60_000,
+}
+export const DEFAULT_TASK_TIMEOUT_MS = 15 * 60_000
+
+export interface RetryPolicy {
+  /** How long to keep retrying while the VM is locked (ms). Default 10 min. */
+  lockTimeoutMs: number
+  /** Retries of a request that failed at network level and is safe to repeat. Default 4. */
+  networkRetries: number
+  /** First back-off delay (ms); doubles each attempt, with ±50 % jitter. Default 1000. */
+  baseDelayMs: number
+  /** Cap of one back-off delay (ms). Default 15000. */
+  maxDelayMs: number
+}
+
+export interface ConnectOptions {
+  tokenSecret: Secret
+  io?: Io
+  /** A fetch to use instead of the trusted one built from `hv.tls` (tests, labs). */
+  fetch?: FetchFn
+  /** Timeout of one API request (ms). Default 60 s. */
+  requestTimeoutMs?: number
+  retry?: Partial<RetryPolicy>
+  /** Per task-type timeouts overriding DEFAULT_TASK_TIMEOUTS_MS. */
+  taskTimeoutsMs?: Record<string, number>
+  /** Task status polling: first and largest interval (ms). Default 500 / 5000. */
+  poll?: {initialMs?: number; maxMs?: number}
+  /** Injectable clock and sleep (tests). */
+  now?: () => number
+  sleep?: (ms: number, signal?: AbortSignal) => Promise<void>
+  random?: () => number
+}
+
+interface RecordedResponse {
+  status: number
+  statusText: string
+  bodyText?: string
+}
+
+interface CallCtx {
+  res?: RecordedResponse
+  wantBody: boolean
+}
+
+type Params = Record<string, unknown>
+
+/** What a reconcile found after a request whose outcome is unknown. */
+type Reconciled = {applied: true; upid?: string} | {applied: false}
+
+interface RequestOptions {
+  where: PveWhere
+  /** Safe to send again after a network error (GET always is). */
+  idempotent?: boolean
+  /** Re-reads the state after an ambiguous network error of a non-idempotent request. */
+  reconcile?: () => Promise<Reconciled>
+  wantBody?: boolean
+  /** Do not retry on lock errors (the caller does it around a whole task). */
+  noLockRetry?: boolean
+}
+
+const sleepReal = (ms: number, signal?: AbortSignal): Promise<void> =>
+  new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason)
+    const t = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort)
+      resolve()
+    }, ms)
+    const onAbort = (): void => {
+      clearTimeout(t)
+      reject(signal?.reason)
+    }
+    signal?.addEventListener('abort', onAbort, {once: true})
+  })
+
+/** PVE's `urlencoded` format: what sshkeys must look like (PVE::JSONSchema, pve-urlencoded). */
+const URLENCODED_RE = /^[-%a-zA-Z0-9_.!~*'()]*$/
+/** Config keys PVE declares with `format: urlencoded`: sent percent-encoded, spaces as %20. */
+const URLENCODED_KEYS = new Set(['sshkeys'])
+
+/**
+ * Turns PveParams into engine params: booleans 1/0 (the engine does it too, but explicitly here
+ * so the contract does not depend on it), undefined dropped, sshkeys percent-encoded.
+ * Form encoding of the whole body (`;`, `=`, `&`, `+` → %3B %3D %26 %2B) is the engine's
+ * URLSearchParams.
+ */
+export function encodeParams(params: Params): Params {
+  const out: Params = {}
+  for (const [k, v] of Object.entries(params)) {
+    if (v === undefined || v === null) continue
+    if (typeof v === 'boolean') out[k] = v ? 1 : 0
+    else if (URLENCODED_KEYS.has(k) && typeof v === 'string') out[k] = URLENCODED_RE.test(v) && !/\s/.test(v) ? v : encodeURIComponent(v)
+    else out[k] = v
+  }
+  return out
+}
+
+function seg(s: string | number): string {
+  return encodeURIComponent(String(s))
+}
+
+/** proxmox-api's engine with its built-in network retry disabled (see `request` for ours). */
+class NoRetryEngine extends ProxmoxEngine {
+  override doRequest(method: string, path: string, pathTemplate: string, params?: Params, retries = 0): Promise<unknown> {
+    // The engine retries a failed fetch once when retries < 2, POST included; starting at 1
+    // makes its first network failure final. It then skips its own null-stripping: ours did it.
+    return super.doRequest(method, path, pathTemplate, params, Math.max(retries, 1))
+  }
+}
+
+const TOKEN_ID_RE = /^[^@\s]+@[^!\s]+![A-Za-z][A-Za-z0-9._-]*$/
+const TOKEN_SECRET_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
+
+export interface PveClientInit {
+  /** Inventory name of the hypervisor. */
+  name: string
+  url: string
+  tokenId: string
+  /** Trusted fetch (built from the inventory's TLS settings) or an injected one. */
+  fetch: FetchFn
+  /** Called by close() (the trusted fetch's connection pool). */
+  onClose?: () => Promise<void>
+}
+
+export class PveClient implements PveApi {
+  readonly hypervisor: string
+  readonly baseUrl: URL
+  private readonly io: Io
+  private readonly engine: NoRetryEngine
+  private readonly als = new AsyncLocalStorage<CallCtx>()
+  private readonly baseFetch: FetchFn
+  private readonly tokenId: string
+  private readonly tokenSecret: Secret
+  private readonly requestTimeoutMs: number
+  private readonly retry: RetryPolicy
+  private readonly taskTimeouts: Record<string, number>
+  private readonly pollInitial: number
+  private readonly pollMax: number
+  private readonly now: () => number
+  private readonly sleep: (ms: number, signal?: AbortSignal) => Promise<void>
+  private readonly random: () => number
+  private readonly onClose?: () => Promise<void>
+
+  constructor(init: PveClientInit, opts: ConnectOptions) {
+    this.hypervisor = init.name
+    this.io = opts.io ?? new MemoryIo('silent')
+    this.baseFetch = init.fetch
+    this.onClose = init.onClose
+    this.tokenId = init.tokenId
+    this.tokenSecret = opts.tokenSecret
+    this.requestTimeoutMs = opts.requestTimeoutMs ?? 60_000
+    this.retry = {lockTimeoutMs: 10 * 60_000, networkRetries: 4, baseDelayMs: 1000, maxDelayMs: 15_000, ...opts.retry}
+    this.taskTimeouts = {...DEFAULT_TASK_TIMEOUTS_MS, ...opts.taskTimeoutsMs}
+    this.pollInitial = opts.poll?.initialMs ?? 500
+    this.pollMax = opts.poll?.maxMs ?? 5000
+    this.now = opts.now ?? Date.now
+    this.sleep = opts.sleep ?? sleepReal
+    this.random = opts.random ?? Math.random
+
+    let url: URL
+    try {
+      url = new URL(init.url)
+    } catch {
+      throw new UserError(ErrorCode.INVENTORY_INVALID, `hypervisor ${init.name}: API URL "${init.url}" is not a URL`, {where: {hypervisor: init.name}})
+    }
+    if (url.protocol !== 'https:') {
+      throw new UserError(ErrorCode.INVENTORY_INVALID, `hypervisor ${init.name}: API URL must be https:// (got ${init.url})`, {where: {hypervisor: init.name}})
+    }
+    this.baseUrl = url
+    // Validate here: the engine would console.error and throw a bare Error.
+    if (!TOKEN_ID_RE.test(init.tokenId)) {
+      throw new UserError(ErrorCode.PVE_AUTH, `hypervisor ${init.name}: API token id "${init.tokenId}" is not USER@REALM!TOKENID`, {
+        where: {hypervisor: init.name},
+        suggestions: ['Write the token id as shown by `pveum user token list`, e.g. pgi@pve!deploy.'],
+      })
+    }
+    if (!TOKEN_SECRET_RE.test(opts.tokenSecret.reveal())) {
+      throw new UserError(ErrorCode.PVE_AUTH, `hypervisor ${init.name}: the API token secret is not a PVE token secret (a lower-case UUID)`, {
+        where: {hypervisor: init.name},
+        suggestions: ['Store the secret printed by `pveum user token add` (once, at creation) — not the token id.'],
+      })
+    }
+    this.engine = new NoRetryEngine({
+      host: url.hostname,
+      port: url.port ? Number(url.port) : 443,
+      schema: 'https',
+      tokenID: init.tokenId,
+      tokenSecret: opts.tokenSecret.reveal(),
+      queryTimeout: this.requestTimeoutMs,
+      fetch: ((input: string | URL, reqInit?: Parameters<FetchFn>[1]) => this.recordingFetch(input, reqInit)) as never,
+    })
+  }
+
+  /** Closes the connection pool (lets the process exit promptly). */
+  async close(): Promise<void> {
+    await this.onClose?.()
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // transport
+
+  /**
+   * The fetch given to the engine: records status, reason phrase and (for errors) the body in the
+   * call's context, so failures can be typed without parsing the engine's Error text; and
+   * normalises the JSON content type, which the engine matches byte for byte.
+   */
+  private async recordingFetch(input: string | URL, init?: Parameters<FetchFn>[1]): Promise<Response> {
+    const ctx = this.als.getStore()
+    const res = await this.baseFetch(input, init)
+    const headers = new Headers()
+    res.headers.forEach((v, k) => headers.set(k, v))
+    const ct = res.headers.get('content-type')
+    if (ct && /^application\/json/i.test(ct)) headers.set('content-type', 'application/json;charset=UTF-8')
+    if (res.status !== 200 || ctx?.wantBody) {
+      const bodyText = await res.text()
+      if (ctx) ctx.res = {status: res.status, statusText: res.statusText, bodyText}
+      return new Response(bodyText, {status: res.status, statusText: res.statusText, headers})
+    }
+    if (ctx) ctx.res = {status: res.status, statusText: res.statusText}
+    return new Response(res.body, {status: res.status, statusText: res.statusText, headers})
+  }
+
+  private backoff(attempt: number): number {
+    const d = Math.min(this.retry.maxDelayMs, this.retry.baseDelayMs * 2 ** attempt)
+    return Math.round(d * (0.5 + this.random() * 0.5))
+  }
+
+  /** One request, no retry. Returns the envelope's data (and the raw body when asked). */
+  private async once<T>(method: string, path: string, params: Params | undefined, o: RequestOptions): Promise<{data: T; body?: unknown}> {
+    const ctx: CallCtx = {wantBody: Boolean(o.wantBody)}
+    const started = this.now()
+    try {
+      const data = (await this.als.run(ctx, () => this.engine.doRequest(method, `/api2/json${path}`, path, params ? encodeParams(params) : undefined))) as T
+      this.io.debug(`PVE ${method} ${path} → ${ctx.res?.status ?? '?'}`, {hypervisor: this.hypervisor, ms: this.now() - started})
+      let body: unknown
+      if (o.wantBody && ctx.res?.bodyText) body = safeJson(ctx.res.bodyText)
+      return {data, body}
+    } catch (err) {
+      throw this.toTyped(err, ctx, method, path, o.where)
+    }
+  }
+
+  private toTyped(err: unknown, ctx: CallCtx, method: string, path: string, where: PveWhere): PgiError {
+    const res = ctx.res
+    if (res && res.status !== 200) {
+      const body = res.bodyText ? safeJson(res.bodyText) : undefined
+      const errors = body && typeof body === 'object' && 'errors' in body ? (body as {errors: unknown}).errors : undefined
+      const parameterErrors: Record<string, string> = {}
+      if (errors && typeof errors === 'object') for (const [k, v] of Object.entries(errors)) parameterErrors[k] = String(v)
+      const pveMessage = res.statusText || (body && typeof body === 'object' && 'message' in body ? String((body as {message: unknown}).message) : '') || (typeof body === 'string' ? body : '') || `HTTP ${res.status}`
+      const e = new PveApiError({status: res.status, pveMessage: pveMessage.trim(), method, path, parameterErrors, where, cause: err})
+      this.io.debug(`PVE ${method} ${path} → ${res.status} ${pveMessage}`, {hypervisor: this.hypervisor})
+      return e
+    }
+    // The engine wraps fetch failures in a plain Error whose cause is ours.
+    let c: unknown = err
+    for (let i = 0; i < 4 && c; i++) {
+      if (c instanceof PgiError) return withWhere(c, where)
+      if ((c as Error).name === 'AbortError' || (c as Error).name === 'TimeoutError') {
+        return new NetworkError(this.hostport(), 'ETIMEDOUT', `no answer to ${method} ${path} within ${this.requestTimeoutMs} ms`, false, err)
+      }
+      c = (c as {cause?: unknown}).cause
+    }
+    if (res && res.status === 200) {
+      return new PveApiError({status: 200, pveMessage: `unexpected answer: ${(err as Error).message}`, method, path, where, cause: err})
+    }
+    // Anything else thrown by the fetch is a network-level failure of unknown outcome.
+    return new NetworkError(this.hostport(), undefined, (err as Error)?.message ?? String(err), false, err)
+  }
+
+  private hostport(): string {
+    return `${this.baseUrl.hostname}:${this.baseUrl.port || 443}`
+  }
+
+  /**
+   * A request with the retry policy: lock errors are waited out (bounded, back-off + jitter);
+   * network errors are retried only when the request certainly was not sent or is idempotent;
+   * otherwise the state is re-read (`reconcile`) instead of sending it again.
+   */
+  private async request<T>(method: string, path: string, params: Params | undefined, o: RequestOptions): Promise<{data: T; body?: unknown; reconciled?: Reconciled}> {
+    const idempotent = method === 'GET' || o.idempotent === true
+    const lockStart = this.now()
+    let netAttempt = 0
+    let lockAttempt = 0
+    for (;;) {
+      try {
+        return await this.once<T>(method, path, params, o)
+      } catch (err) {
+        if (err instanceof NetworkError && err.code === ErrorCode.UNREACHABLE) {
+          if ((err.notSent || idempotent) && netAttempt < this.retry.networkRetries) {
+            const d = this.backoff(netAttempt++)
+            this.io.warn(`${err.message}; retrying in ${(d / 1000).toFixed(1)} s`, {hypervisor: this.hypervisor})
+            await this.sleep(d)
+            continue
+          }
+          if (!err.notSent && !idempotent) {
+            if (!o.reconcile) {
+              throw new UnreachableError(ErrorCode.UNREACHABLE, `${method} ${path}: the connection failed and pgi cannot tell whether the hypervisor applied the request (${err.message})`, {
+                where: o.where,
+                cause: err,
+                suggestions: ['Check the state on the hypervisor (Tasks panel), then run the command again.'],
+              })
+            }
+            this.io.warn(`${method} ${path}: connection lost after sending; re-reading the state instead of sending it again`, {hypervisor: this.hypervisor, ...o.where})
+            const r = await o.reconcile()
+            if (r.applied) return {data: (r.upid ?? null) as T, reconciled: r}
+            throw new UnreachableError(ErrorCode.UNREACHABLE, `${method} ${path}: the connection failed, and re-reading the state shows the request was not applied (${err.message})`, {
+              where: o.where,
+              cause: err,
+              suggestions: ['Nothing was changed: run the command again once the hypervisor is reachable.'],
+            })
+          }
+          throw err
+        }
+        if (!o.noLockRetry && isLockError(err) && this.now() - lockStart < this.retry.lockTimeoutMs) {
+          const d = this.backoff(lockAttempt++)
+          this.io.info(`${(err as PveApiError).pveMessage}: waiting ${(d / 1000).toFixed(1)} s before trying again`, {hypervisor: this.hypervisor, ...o.where})
+          await this.sleep(d)
+          continue
+        }
+        if (isLockError(err)) throw lockGaveUp(err as PgiError, this.now() - lockStart)
+        throw err
+      }
+    }
+  }
+
+  private get<T>(path: string, params: Params | undefined, where: PveWhere): Promise<T> {
+    return this.request<T>('GET', path, params, {where}).then((r) => r.data)
+  }
+
+  private where(node?: string, vmid?: number): PveWhere {
+    return {hypervisor: this.hypervisor, ...(node ? {node} : {}), ...(vmid !== undefined ? {vmid} : {})}
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // tasks
+
+  private taskTimeout(type: string): number {
+    return this.taskTimeouts[type] ?? DEFAULT_TASK_TIMEOUT_MS
+  }
+
+  async waitTask(node: string, upid: string, wait: WaitOptions = {}): Promise<PveTaskStatus> {
+    let u
+    try {
+      u = parseUpid(upid)
+    } catch (err) {
+      throw new PveApiError({status: 200, pveMessage: `expected a task id, got ${JSON.stringify(upid)}`, method: 'GET', path: `/nodes/${node}/tasks`, where: this.where(node), cause: err})
+    }
+    const vmid = /^\d+$/.test(u.id) ? Number(u.id) : undefined
+    const where = this.where(u.node || node, vmid)
+    const timeout = wait.timeoutMs ?? this.taskTimeout(u.type)
+    const start = this.now()
+    let delay = this.pollInitial
+    const path = `/nodes/${seg(u.node || node)}/tasks/${seg(upid)}/status`
+    for (;;) {
+      if (wait.signal?.aborted) throw wait.signal.reason
+      const st = await this.get<PveTaskStatus>(path, undefined, where)
+      if (st.status === 'stopped') {
+        const exit = st.exitstatus ?? ''
+        if (exit === 'OK' || /^WARNINGS: \d+$/.test(exit)) {
+          if (exit !== 'OK') {
+            const tail = await this.taskLogTail(u.node || node, upid, 10).catch(() => [])
+            this.io.warn(`task ${u.type} ended with ${exit}`, {...where, log: tail.join(' | ')})
+          }
+          return {...st, upid, node: u.node || node, type: st.type ?? u.type, starttime: st.starttime ?? u.starttime}
+        }
+        const logTail = await this.taskLogTail(u.node || node, upid, 20).catch(() => [])
+        throw new PveTaskError({upid, taskType: u.type, exitstatus: exit || '(no exit status)', logTail, where})
+      }
+      const elapsed = this.now() - start
+      if (elapsed >= timeout) {
+        throw new TimeoutError(`task ${u.type} still running after ${Math.round(elapsed / 1000)} s (limit ${Math.round(timeout / 1000)} s)`, {
+          where,
+          details: {upid, taskType: u.type, timeoutMs: timeout},
+          suggestions: [
+            'The task goes on running on the hypervisor: check it in its Tasks panel before doing anything else with this VM.',
+            `Allow more time for ${u.type} tasks if the storage or link is slow (task timeout option).`,
+          ],
+        })
+      }
+      wait.onProgress?.(`${u.type} running (${Math.round(elapsed / 1000)} s)`)
+      await this.sleep(Math.min(delay, Math.max(0, timeout - elapsed)), wait.signal)
+      delay = Math.min(this.pollMax, Math.round(delay * 1.5))
+    }
+  }
+
+  async taskLog(node: string, upid: string, opts: {start?: number; limit?: number} = {}): Promise<string[]> {
+    const u = tryParseUpid(upid)
+    const lines = await this.get<{n: number; t: string}[]>(`/nodes/${seg(u?.node ?? node)}/tasks/${seg(upid)}/log`, {start: opts.start ?? 0, limit: opts.limit ?? 500}, this.where(node))
+    return (lines ?? []).map((l) => l.t)
+  }
+
+  /** The last `n` lines of a task log (PVE gives the line count as `total` beside `data`). */
+  async taskLogTail(node: string, upid: string, n: number): Promise<string[]> {
+    const u = tryParseUpid(upid)
+    const path = `/nodes/${seg(u?.node ?? node)}/tasks/${seg(upid)}/log`
+    const first = await this.request<{n: number; t: string}[]>('GET', path, {start: 0, limit: n}, {where: this.where(node), wantBody: true})
+    const total = typeof (first.body as {total?: unknown})?.total === 'number' ? (first.body as {total: number}).total : (first.data ?? []).length
+    let lines = first.data ?? []
+    if (total > n) lines = (await this.request<{n: number; t: string}[]>('GET', path, {start: total - n, limit: n}, {where: this.where(node)})).data ?? []
+    return lines.map((l) => l.t).filter((t) => t !== 'no content')
+  }
+
+  /** Recent tasks on a node (newest first), e.g. to find the task a lost request started. */
+  async listTasks(node: string, filter: {vmid?: number; type?: string; since?: number; limit?: number} = {}): Promise<PveTaskSummary[]> {
+    const rows = await this.get<PveTaskSummary[]>(
+      `/nodes/${seg(node)}/tasks`,
+      {vmid: filter.vmid, typefilter: filter.type, since: filter.since, limit: filter.limit ?? 50, source: 'all'},
+      this.where(node, filter.vmid),
+    )
+    return rows ?? []
+  }
+
+  /** Finds a task of `type` (our token's, started since `sinceMs`) that an unanswered request may have started. */
+  private async findStartedTask(node: string, type: string, id: number | string | undefined, sinceMs: number): Promise<string | undefined> {
+    const tasks = await this.listTasks(node, {type, vmid: typeof id === 'number' ? id : undefined, since: Math.floor(sinceMs / 1000) - 5})
+    const user = this.tokenId.split('!')[0]
+    const mine = tasks.filter((t) => t.type === type && (id === undefined || String(t.id) === String(id)) && (t.user === this.tokenId || t.user === user) && t.starttime * 1000 >= sinceMs - 5000)
+    return mine.sort((a, b) => b.starttime - a.starttime)[0]?.upid
+  }
+
+  /**
+   * POST/DELETE that returns a UPID, then wait for the task. Lock errors (from the call or the
+   * task) are retried within the lock budget; after an ambiguous network error, `state` and the
+   * node's task list say whether the request was applied.
+   */
+  private async runTask(
+    method: 'POST' | 'DELETE' | 'PUT',
+    node: string,
+    path: string,
+    params: Params | undefined,
+    o: {where: PveWhere; type: string; taskId?: number | string; state?: () => Promise<boolean>; wait?: WaitOptions; idempotent?: boolean},
+  ): Promise<void> {
+    const lockStart = this.now()
+    let attempt = 0
+    for (;;) {
+      const sent = this.now()
+      const reconcile = async (): Promise<Reconciled> => {
+        const upid = await this.findStartedTask(node, o.type, o.taskId, sent)
+        if (upid) return {applied: true, upid}
+        if (o.state && (await o.state())) return {applied: true}
+        return {applied: false}
+      }
+      try {
+        const r = await this.request<unknown>(method, path, params, {where: o.where, reconcile, idempotent: o.idempotent})
+        const upid = r.data
+        if (typeof upid === 'string' && tryParseUpid(upid)) await this.waitTask(node, upid, o.wait)
+        else if (r.reconciled === undefined && upid !== null && upid !== undefined) {
+          this.io.debug(`PVE ${method} ${path} returned no task id`, {data: upid})
+        }
+        return
+      } catch (err) {
+        if (err instanceof PveTaskError && err.isLocked && this.now() - lockStart < this.retry.lockTimeoutMs) {
+          const d = this.backoff(attempt++)
+          this.io.info(`${o.type}: ${err.exitstatus}; trying again in ${(d / 1000).toFixed(1)} s`, o.where)
+          await this.sleep(d)
+          continue
+        }
+        if (err instanceof PveTaskError && err.isLocked) throw lockGaveUp(err, this.now() - lockStart)
+        throw err
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // cluster, nodes
+
+  version(): Promise<PveVersion> {
+    return this.get<PveVersion>('/version', undefined, this.where())
+  }
+
+  async nodes(): Promise<PveNodeInfo[]> {
+    return (await this.get<PveNodeInfo[]>('/nodes', undefined, this.where())) ?? []
+  }
+
+  async clusterResources(type?: 'vm' | 'storage' | 'node'): Promise<PveResource[]> {
+    return (await this.get<PveResource[]>('/cluster/resources', {type}, this.where())) ?? []
+  }
+
+  async nextVmid(): Promise<number> {
+    const v = await this.get<string | number>('/cluster/nextid', undefined, this.where())
+    const n = Number(v)
+    if (!Number.isInteger(n)) throw new PveApiError({status: 200, pveMessage: `unexpected next id ${JSON.stringify(v)}`, method: 'GET', path: '/cluster/nextid', where: this.where()})
+    return n
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // VMs
+
+  private vmPath(node: string, vmid: number, rest = ''): string {
+    return `/nodes/${seg(node)}/qemu/${seg(vmid)}${rest}`
+  }
+
+  async vmConfig(node: string, vmid: number): Promise<PveVmConfig | undefined> {
+    try {
+      return await this.get<PveVmConfig>(this.vmPath(node, vmid, '/config'), undefined, this.where(node, vmid))
+    } catch (err) {
+      if (isNoSuchVm(err)) return undefined
+      throw err
+    }
+  }
+
+  async vmStatus(node: string, vmid: number): Promise<PveVmStatus | undefined> {
+    try {
+      return await this.get<PveVmStatus>(this.vmPath(node, vmid, '/status/current'), undefined, this.where(node, vmid))
+    } catch (err) {
+      if (isNoSuchVm(err)) return undefined
+      throw err
+    }
+  }
+
+  /** Waits until the VM carries no lock (after a create/clone whose task we could not follow). */
+  private async waitUnlocked(node: string, vmid: number, type: string): Promise<boolean> {
+    const start = this.now()
+    let d = this.pollInitial
+    for (;;) {
+      const st = await this.vmStatus(node, vmid)
+      if (!st) return false
+      if (!st.lock) return true
+      if (this.now() - start > this.taskTimeout(type)) {
+        throw new TimeoutError(`VM ${vmid} still locked (${st.lock}) after ${Math.round((this.now() - start) / 1000)} s`, {where: this.where(node, vmid)})
+      }
+      await this.sleep(d)
+      d = Math.min(this.pollMax, Math.round(d * 1.5))
+    }
+  }
+
+  async createVm(node: string, vmid: number, params: PveParams, wait?: WaitOptions): Promise<void> {
+    const where = this.where(node, vmid)
+    await this.runTask('POST', node, `/nodes/${seg(node)}/qemu`, {...params, vmid}, {
+      where,
+      type: 'qmcreate',
+      taskId: vmid,
+      wait,
+      state: async () => ((await this.vmConfig(node, vmid)) ? this.waitUnlocked(node, vmid, 'qmcreate') : false),
+    })
+  }
+
+  async cloneVm(node: string, vmid: number, newid: number, opts: PveCloneOptions = {}, wait?: WaitOptions): Promise<void> {
+    const where = this.where(node, newid)
+    await this.runTask('POST', node, this.vmPath(node, vmid, '/clone'), {newid, name: opts.name, full: opts.full, storage: opts.storage, target: opts.target, description: opts.description}, {
+      where,
+      type: 'qmclone',
+      taskId: vmid,
+      wait,
+      state: async () => ((await this.vmConfig(opts.target ?? node, newid)) ? this.waitUnlocked(opts.target ?? node, newid, 'qmclone') : false),
+    })
+  }
+
+  async convertToTemplate(node: string, vmid: number, wait?: WaitOptions): Promise<void> {
+    await this.runTask('POST', node, this.vmPath(node, vmid, '/template'), undefined, {
+      where: this.where(node, vmid),
+      type: 'qmtemplate',
+      taskId: vmid,
+      wait,
+      state: async () => Number((await this.vmConfig(node, vmid))?.template ?? 0) === 1,
+    })
+  }
+
+  async updateVmConfig(node: string, vmid: number, params: PveParams & {digest?: string; delete?: string}, wait?: WaitOptions): Promise<void> {
+    // PUT …/config is synchronous and idempotent (same values again; with `digest`, a second
+    // send after a lost answer fails with "checksum mismatch" instead of applying twice).
+    void wait
+    await this.request('PUT', this.vmPath(node, vmid, '/config'), params, {where: this.where(node, vmid), idempotent: true})
+  }
+
+  async startVm(node: string, vmid: number, wait?: WaitOptions): Promise<void> {
+    try {
+      await this.runTask('POST', node, this.vmPath(node, vmid, '/status/start'), undefined, {
+        where: this.where(node, vmid),
+        type: 'qmstart',
+        taskId: vmid,
+        wait,
+        state: async () => (await this.vmStatus(node, vmid))?.status === 'running',
+      })
+    } catch (err) {
+      if (err instanceof PveApiError && /already running/.test(err.pveMessage)) return
+      throw err
+    }
+  }
+
+  async shutdownVm(node: string, vmid: number, opts: WaitOptions & {forceStopAfterS?: number} = {}): Promise<void> {
+    const timeoutS = opts.forceStopAfterS
+    try {
+      await this.runTask('POST', node, this.vmPath(node, vmid, '/status/shutdown'), timeoutS === undefined ? undefined : {timeout: timeoutS, forceStop: true}, {
+        where: this.where(node, vmid),
+        type: 'qmshutdown',
+        taskId: vmid,
+        wait: {...opts, timeoutMs: opts.timeoutMs ?? this.taskTimeout('qmshutdown') + (timeoutS ?? 0) * 1000},
+        state: async () => (await this.vmStatus(node, vmid))?.status === 'stopped',
+      })
+    } catch (err) {
+      if (err instanceof PveApiError && /not running/.test(err.pveMessage)) return
+      if (err instanceof PveTaskError && /not running/.test(err.exitstatus)) return
+      throw err
+    }
+  }
+
+  async stopVm(node: string, vmid: number, wait?: WaitOptions): Promise<void> {
+    await this.runTask('POST', node, this.vmPath(node, vmid, '/status/stop'), undefined, {
+      where: this.where(node, vmid),
+      type: 'qmstop',
+      taskId: vmid,
+      wait,
+      state: async () => (await this.vmStatus(node, vmid))?.status === 'stopped',
+    })
+  }
+
+  async deleteVm(node: string, vmid: number, opts: {purge: boolean; destroyUnreferencedDisks: boolean}, wait?: WaitOptions): Promise<void> {
+    try {
+      await this.runTask('DELETE', node, this.vmPath(node, vmid), {purge: opts.purge, 'destroy-unreferenced-disks': opts.destroyUnreferencedDisks}, {
+        where: this.where(node, vmid),
+        type: 'qmdestroy',
+        taskId: vmid,
+        wait,
+        state: async () => (await this.vmConfig(node, vmid)) === undefined,
+      })
+    } catch (err) {
+      if (isNoSuchVm(err)) return // already gone: what was asked is so
+      throw err
+    }
+  }
+
+  async resizeDisk(node: string, vmid: number, disk: string, size: string, wait?: WaitOptions): Promise<void> {
+    // PVE ≥ 7.4 returns a task (qmresize); an absolute size is idempotent, "+NG" is not.
+    await this.runTask('PUT', node, this.vmPath(node, vmid, '/resize'), {disk, size}, {
+      where: this.where(node, vmid),
+      type: 'qmresize',
+      taskId: vmid,
+      wait,
+      idempotent: !size.startsWith('+'),
+    })
+  }
+
+  async snapshot(node: string, vmid: number, name: string, description?: string, wait?: WaitOptions): Promise<void> {
+    await this.runTask('POST', node, this.vmPath(node, vmid, '/snapshot'), {snapname: name, description}, {
+      where: this.where(node, vmid),
+      type: 'qmsnapshot',
+      taskId: vmid,
+      wait,
+      state: async () => (await this.listSnapshots(node, vmid)).some((s) => s.name === name),
+    })
+  }
+
+  async rollbackSnapshot(node: string, vmid: number, name: string, wait?: WaitOptions): Promise<void> {
+    await this.runTask('POST', node, this.vmPath(node, vmid, `/snapshot/${seg(name)}/rollback`), undefined, {
+      where: this.where(node, vmid),
+      type: 'qmrollback',
+      taskId: vmid,
+      wait,
+    })
+  }
+
+  async deleteSnapshot(node: string, vmid: number, name: string, wait?: WaitOptions): Promise<void> {
+    await this.runTask('DELETE', node, this.vmPath(node, vmid, `/snapshot/${seg(name)}`), undefined, {
+      where: this.where(node, vmid),
+      type: 'qmdelsnapshot',
+      taskId: vmid,
+      wait,
+      state: async () => !(await this.listSnapshots(node, vmid)).some((s) => s.name === name),
+    })
+  }
+
+  async listSnapshots(node: string, vmid: number): Promise<{name: string; snaptime?: number; description?: string}[]> {
+    const rows = await this.get<{name: string; snaptime?: number; description?: string}[]>(this.vmPath(node, vmid, '/snapshot'), undefined, this.where(node, vmid))
+    return (rows ?? []).filter((r) => r.name !== 'current')
+  }
+
+  async regenerateCloudinit(node: string, vmid: number): Promise<void> {
+    await this.request('PUT', this.vmPath(node, vmid, '/cloudinit'), undefined, {where: this.where(node, vmid), idempotent: true})
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // guest agent
+
+  private async agent<T>(method: 'GET' | 'POST', node: string, vmid: number, cmd: string, params?: Params, idempotent = true): Promise<T> {
+    const r = await this.request<unknown>(method, this.vmPath(node, vmid, `/agent/${cmd}`), params, {where: this.where(node, vmid), idempotent})
+    const d = r.data
+    return (d && typeof d === 'object' && 'result' in d ? (d as {result: unknown}).result : d) as T
+  }
+
+  async agentPing(node: string, vmid: number): Promise<boolean> {
+    try {
+      await this.agent('POST', node, vmid, 'ping')
+      return true
+    } catch (err) {
+      if (err instanceof PveApiError && err.status === 500 && /agent|not running|timeout|got timeout|No QMP/i.test(err.pveMessage)) return false
+      throw err
+    }
+  }
+
+  async agentNetworkInterfaces(node: string, vmid: number): Promise<AgentInterface[]> {
+    return (await this.agent<AgentInterface[]>('GET', node, vmid, 'network-get-interfaces')) ?? []
+  }
+
+  async agentFsInfo(node: string, vmid: number): Promise<unknown[]> {
+    return (await this.agent<unknown[]>('GET', node, vmid, 'get-fsinfo')) ?? []
+  }
+
+  async agentExec(node: string, vmid: number, command: string[], opts: {inputData?: string; timeoutMs?: number} = {}): Promise<AgentExecResult> {
+    if (command.length === 0) throw new UserError(ErrorCode.USAGE, 'agentExec: empty command')
+    // Not idempotent: after a lost answer the command may run; it is not sent twice.
+    const started = await this.agent<{pid: number}>('POST', node, vmid, 'exec', {command, 'input-data': opts.inputData}, false)
+    const pid = started?.pid
+    if (typeof pid !== 'number') throw new PveApiError({status: 200, pveMessage: `agent exec returned no pid (${JSON.stringify(started)})`, method: 'POST', path: this.vmPath(node, vmid, '/agent/exec'), where: this.where(node, vmid)})
+    const timeout = opts.timeoutMs ?? 5 * 60_000
+    const start = this.now()
+    let d = Math.min(this.pollInitial, 250)
+    for (;;) {
+      const st = await this.agent<{exited: number | boolean; exitcode?: number; signal?: number; 'out-data'?: string; 'err-data'?: string; 'out-truncated'?: number | boolean; 'err-truncated'?: number | boolean}>('GET', node, vmid, 'exec-status', {pid})
+      if (st && (st.exited === 1 || st.exited === true)) {
+        return {
+          exitcode: st.exitcode ?? (st.signal !== undefined ? 128 + st.signal : -1),
+          stdout: st['out-data'] ?? '',
+          stderr: st['err-data'] ?? '',
+          truncated: Boolean(st['out-truncated']) || Boolean(st['err-truncated']),
+        }
+      }
+      if (this.now() - start > timeout) {
+        throw new TimeoutError(`guest command ${command[0]} (pid ${pid}) still running after ${Math.round(timeout / 1000)} s`, {
+          where: this.where(node, vmid),
+          suggestions: ['The command goes on in the guest; check it there before running it again.'],
+        })
+      }
+      await this.sleep(d)
+      d = Math.min(this.pollMax, Math.round(d * 1.5))
+    }
+  }
+
+  async agentFileWrite(node: string, vmid: number, file: string, content: string): Promise<void> {
+    // PVE base64-encodes `content` itself (encode=1, the default); writing twice is harmless.
+    await this.agent('POST', node, vmid, 'file-write', {file, content}, true)
+  }
+
+  async agentFileRead(node: string, vmid: number, file: string): Promise<string> {
+    const r = await this.agent<{content: string; truncated?: number | boolean}>('GET', node, vmid, 'file-read', {file})
+    if (r?.truncated) this.io.warn(`guest file ${file} was truncated by the agent (16 MiB limit)`, this.where(node, vmid))
+    return r?.content ?? ''
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // storage
+
+  async storageContent(node: string, storage: string, content?: string): Promise<PveStorageContent[]> {
+    return (await this.get<PveStorageContent[]>(`/nodes/${seg(node)}/storage/${seg(storage)}/content`, {content}, this.where(node))) ?? []
+  }
+
+  async storageStatus(node: string, storage: string): Promise<{total: number; used: number; avail: number; content: string; type: string}> {
+    return this.get(`/nodes/${seg(node)}/storage/${seg(storage)}/status`, undefined, this.where(node))
+  }
+
+  async downloadUrl(node: string, storage: string, opts: {url: string; filename: string; content: 'import' | 'iso' | 'vztmpl'; sha256: string}, wait?: WaitOptions): Promise<void> {
+    const volid = `${storage}:${opts.content}/${opts.filename}`
+    await this.runTask('POST', node, `/nodes/${seg(node)}/storage/${seg(storage)}/download-url`, {url: opts.url, filename: opts.filename, content: opts.content, checksum: opts.sha256, 'checksum-algorithm': 'sha256', 'verify-certificates': true}, {
+      where: this.where(node),
+      type: 'download',
+      taskId: undefined,
+      wait,
+      state: async () => (await this.storageContent(node, storage, opts.content)).some((c) => c.volid === volid),
+    })
+  }
+
+  /**
+   * Multipart upload of a local file to `POST /nodes/{node}/storage/{storage}/upload`, sent by
+   * hand because proxmox-api only sends form-encoded bodies. Hand-written multipart (rather
+   * than FormData) so that the body is streamed from disk with an exact Content-Length
+   * (pveproxy does not take chunked uploads) and progress can be reported.
+   */
+  async uploadFile(
+    node: string,
+    storage: string,
+    file: string,
+    opts: {filename: string; content: 'import' | 'iso' | 'vztmpl'; sha256?: string; onProgress?: (sent: number, total: number) => void},
+    wait?: WaitOptions,
+  ): Promise<void> {
+    const where = this.where(node)
+    if (!/^[\w.+-]+$/.test(opts.filename)) throw new UserError(ErrorCode.USAGE, `upload file name "${opts.filename}" may only hold letters, digits, . _ + -`, {where})
+    const total = (await stat(file)).size
+    const boundary = `----pgi${randomBytes(16).toString('hex')}`
+    const field = (name: string, value: string): string => `--${boundary}\r\nContent-Disposition: form-data; name="${name}"\r\n\r\n${value}\r\n`
+    let head = field('content', opts.content)
+    if (opts.sha256) head += field('checksum-algorithm', 'sha256') + field('checksum', opts.sha256.toLowerCase())
+    head += `--${boundary}\r\nContent-Disposition: form-data; name="filename"; filename="${opts.filename}"\r\nContent-Type: application/octet-stream\r\n\r\n`
+    const tail = `\r\n--${boundary}--\r\n`
+    const headB = Buffer.from(head, 'utf8')
+    const tailB = Buffer.from(tail, 'utf8')
+    const length = headB.length + total + tailB.length
+    const path = `/nodes/${seg(node)}/storage/${seg(storage)}/upload`
+    const url = new URL(`/api2/json${path}`, this.baseUrl)
+    const volid = `${storage}:${opts.content}/${opts.filename}`
+    const sentAt = this.now()
+
+    async function* body(): AsyncGenerator<Uint8Array> {
+      yield headB
+      let sent = 0
+      opts.onProgress?.(0, total)
+      for await (const chunk of createReadStream(file, {highWaterMark: 1 << 20})) {
+        sent += (chunk as Buffer).length
+        yield chunk as Buffer
+        opts.onProgress?.(sent, total)
+      }
+      yield tailB
+    }
+
+    let res: Response
+    try {
+      res = (await this.baseFetch(url, {
+        method: 'POST',
+        headers: {
+          Authorization: `PVEAPIToken=${this.tokenId}=${this.tokenSecret.reveal()}`,
+          'Content-Type': `multipart/form-data; boundary=${boundary}`,
+          'Content-Length': String(length),
+          Accept: 'application/json',
+        },
+        body: body(),
+        duplex: 'half',
+      })) as unknown as Response
+    } catch (err) {
+      const e = this.toTyped(err, {wantBody: false}, 'POST', path, where)
+      if (e instanceof NetworkError && !e.notSent) {
+        // The file may have arrived: look for the copy task, then for the volume.
+        this.io.warn(`upload of ${opts.filename}: connection lost; checking whether the hypervisor received it`, where)
+        const upid = await this.findStartedTask(node, 'imgcopy', undefined, sentAt)
+        if (upid) return void (await this.waitTask(node, upid, wait))
+        const have = (await this.storageContent(node, storage, opts.content)).find((c) => c.volid === volid)
+        if (have && have.size === total) return
+      }
+      throw e
+    }
+    const text = await res.text()
+    if (res.status !== 200) {
+      throw this.toTyped(new Error(`HTTP ${res.status}`), {wantBody: true, res: {status: res.status, statusText: res.statusText, bodyText: text}}, 'POST', path, where)
+    }
+    const upid = (safeJson(text) as {data?: unknown})?.data
+    if (typeof upid === 'string' && tryParseUpid(upid)) await this.waitTask(node, upid, wait)
+  }
+}
+
+function safeJson(text: string): unknown {
+  try {
+    return JSON.parse(text)
+  } catch {
+    return text
+  }
+}
+
+function withWhere(e: PgiError, where: PveWhere): PgiError {
+  if (!e.where) (e as {where?: PveWhere}).where = where
+  return e
+}
+
+function isNoSuchVm(err: unknown): boolean {
+  return err instanceof PveApiError && err.status === 500 && /Configuration file '[^']*' does not exist|does not exist/.test(err.pveMessage)
+}
+
+function lockGaveUp(err: PgiError, elapsedMs: number): PgiError {
+  const msg = err instanceof PveApiError ? err.pveMessage : err instanceof PveTaskError ? err.exitstatus : err.message
+  return new UserError(ErrorCode.PVE_LOCKED, `still locked after ${Math.round(elapsedMs / 1000)} s of retries: ${msg}`, {
+    where: err.where,
+    cause: err,
+    details: err.details,
+    suggestions: [
+      'Another operation holds the VM lock: let it finish (Tasks panel of the hypervisor) and run the command again.',
+      'If no task is running, the lock may be stale: check, then `qm unlock <vmid>` on the node.',
+    ],
+  })
+}
+
+/**
+ * Opens a client for one inventory hypervisor: TLS pinned to `hv.tls.fingerprint`, or verified
+ * against `hv.tls.caFile` (relative to the hypervisor's YAML file), or against the system CAs.
+ */
+export function connectHypervisor(hv: Hypervisor, opts: ConnectOptions): PveClient {
+  let fetch = opts.fetch
+  let pool: PinnedFetch | undefined
+  if (!fetch) {
+    const caFile = hv.tls.caFile && !isAbsolute(hv.tls.caFile) && hv.source?.file ? resolvePath(dirname(hv.source.file), hv.tls.caFile) : hv.tls.caFile
+    try {
+      pool = createTrustedFetch({fingerprint: hv.tls.fingerprint, caFile})
+    } catch (err) {
+      throw withWhere(err instanceof PgiError ? err : new UserError(ErrorCode.INVENTORY_INVALID, String(err)), {hypervisor: hv.name})
+    }
+    fetch = pool.fetch
+  }
+  return new PveClient({name: hv.name, url: hv.url, tokenId: hv.token.id, fetch, onClose: pool ? () => pool!.close() : undefined}, opts)
+}

@@ -1,0 +1,254 @@
+import {readFileSync} from 'node:fs'
+import {isIP} from 'node:net'
+import tls from 'node:tls'
+
+import {Agent, buildConnector, fetch as undiciFetch} from 'undici'
+
+import {ErrorCode, PgiError, UnreachableError, UserError} from '../errors.js'
+
+/**
+ * TLS for the Proxmox API: every connection is verified, either
+ *  - against a pinned SHA-256 fingerprint of the node certificate (PVE's self-signed
+ *    pve-ssl.pem): the handshake completes, the peer certificate's fingerprint is compared with
+ *    the pin, and on mismatch the socket is destroyed before undici writes a single request byte;
+ *  - or against a CA file (normal chain and host name verification);
+ *  - or, with neither, against the system's CA store (e.g. an ACME certificate).
+ * There is no "insecure" mode, and NODE_TLS_REJECT_UNAUTHORIZED is never used.
+ */
+
+export type FetchFn = typeof undiciFetch
+
+export interface TlsTrust {
+  /** "AA:BB:…" (32 bytes hex, colons optional, any case). */
+  fingerprint?: string
+  /** PEM file of the CA that signed the node certificates. */
+  caFile?: string
+  /** PEM text of the CA (instead of caFile). */
+  ca?: string
+}
+
+export interface PinnedFetch {
+  fetch: FetchFn
+  dispatcher: Agent
+  close(): Promise<void>
+}
+
+/** "aa:bb…" / "AABB…" → "AA:BB:…"; undefined if it is not 32 bytes of hex. */
+export function normalizeFingerprint(fp: string): string | undefined {
+  const hex = fp.trim().replace(/^sha256[:/]*/i, '').replace(/[:\s-]/g, '').toUpperCase()
+  if (!/^[0-9A-F]{64}$/.test(hex)) return undefined
+  return hex.match(/../g)!.join(':')
+}
+
+function hostPort(host: string, port: string | number | undefined, protocol = 'https:'): string {
+  const p = port === undefined || port === '' ? (protocol === 'https:' ? 443 : 80) : port
+  return `${isIP(host) === 6 ? `[${host}]` : host}:${p}`
+}
+
+export class TlsMismatchError extends UnreachableError {
+  constructor(hostport: string, expected: string, got: string) {
+    super(ErrorCode.TLS_MISMATCH, `TLS certificate of ${hostport} does not match the pinned fingerprint:\n  expected ${expected}\n  got      ${got}`, {
+      details: {host: hostport, expected, got},
+      suggestions: [
+        'If the hypervisor\'s certificate was renewed on purpose, check the new one and pin it: pgi inventory trust <hypervisor> --write',
+        'If nobody renewed it, something may be intercepting the connection: do not trust it before checking on the hypervisor (pvenode cert info).',
+      ],
+    })
+  }
+}
+
+/** Connection-level codes for which the request was certainly not sent (safe to retry). */
+export const NOT_SENT_CODES = new Set([
+  'ECONNREFUSED',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EHOSTDOWN',
+  'UND_ERR_CONNECT_TIMEOUT',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'CERT_HAS_EXPIRED',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+])
+
+/** Errors raised by our fetch: the request may or may not have reached the server. */
+export class NetworkError extends UnreachableError {
+  /** True when the connection failed before any request byte was sent. */
+  readonly notSent: boolean
+  readonly errno?: string
+  constructor(hostport: string, errno: string | undefined, detail: string, notSent: boolean, cause?: unknown) {
+    super(ErrorCode.UNREACHABLE, `cannot reach ${hostport}: ${detail}`, {
+      cause,
+      details: {host: hostport, ...(errno ? {errno} : {})},
+      suggestions: [
+        `Check that ${hostport} is reachable from here (network, VPN, firewall; the PVE API listens on port 8006).`,
+        ...(errno && /CERT|SIGNATURE|ALTNAME|ISSUER/.test(errno)
+          ? ['The certificate did not verify against the CA: check tls.ca_file in the inventory, or pin its fingerprint with `pgi inventory trust`.']
+          : []),
+      ],
+    })
+    this.notSent = notSent
+    this.errno = errno
+  }
+}
+
+function errnoOf(err: unknown): {code?: string; message: string} {
+  let e: unknown = err
+  for (let i = 0; i < 5 && e; i++) {
+    const c = (e as {code?: unknown}).code
+    if (typeof c === 'string' && c !== 'UND_ERR_SOCKET') return {code: c, message: (e as Error).message}
+    const next = (e as {cause?: unknown}).cause
+    if (!next) return {code: typeof c === 'string' ? c : undefined, message: (e as Error).message ?? String(e)}
+    e = next
+  }
+  return {message: String(err)}
+}
+
+function findPgiError(err: unknown): PgiError | undefined {
+  let e: unknown = err
+  for (let i = 0; i < 5 && e; i++) {
+    if (e instanceof PgiError) return e
+    e = (e as {cause?: unknown}).cause
+  }
+  return undefined
+}
+
+/**
+ * A fetch whose TLS is verified by the pin or the CA (see the module comment). Network failures
+ * become NetworkError (PGI_UNREACHABLE, with host:port) and a pin mismatch TlsMismatchError
+ * (PGI_TLS_MISMATCH); an abort (timeout) is passed through unchanged for the caller to report.
+ */
+export function createTrustedFetch(trust: TlsTrust, opts: {connectTimeoutMs?: number} = {}): PinnedFetch {
+  const timeout = opts.connectTimeoutMs ?? 10_000
+  let connect: buildConnector.connector
+  if (trust.fingerprint) {
+    const pin = normalizeFingerprint(trust.fingerprint)
+    if (!pin) {
+      throw new UserError(ErrorCode.INVENTORY_INVALID, `TLS fingerprint "${trust.fingerprint}" is not a SHA-256 fingerprint (32 bytes of hex, e.g. AA:BB:…)`, {
+        suggestions: ['Get the right value with: pgi inventory trust <hypervisor>'],
+      })
+    }
+    // The chain is not checked (PVE's node certificates are self-signed by the cluster CA):
+    // the pin replaces it, and is checked before the socket is handed to undici. No session
+    // cache: a resumed session must not skip the check.
+    const base = buildConnector({rejectUnauthorized: false, maxCachedSessions: 0, timeout})
+    connect = (options, callback) => {
+      base(options, (err, socket) => {
+        if (err || !socket) {
+          callback(err ?? new Error('TLS connection failed'), null)
+          return
+        }
+        const cert = (socket as tls.TLSSocket).getPeerCertificate?.()
+        const got = cert?.fingerprint256 ? normalizeFingerprint(cert.fingerprint256) ?? cert.fingerprint256 : '(no certificate)'
+        if (got !== pin) {
+          socket.destroy()
+          callback(new TlsMismatchError(hostPort(options.hostname, options.port, options.protocol), pin, got), null)
+          return
+        }
+        callback(null, socket)
+      })
+    }
+  } else {
+    // Normal verification: chain against the CA (or the system store) and host name.
+    const ca = trust.ca ?? (trust.caFile ? readCa(trust.caFile) : undefined)
+    connect = buildConnector({rejectUnauthorized: true, ...(ca ? {ca} : {}), timeout})
+  }
+  const dispatcher = new Agent({connect, connections: 8, keepAliveTimeout: 10_000})
+  const fetch: FetchFn = async (input, init) => {
+    try {
+      return await undiciFetch(input, {...init, dispatcher})
+    } catch (err) {
+      if ((err as Error)?.name === 'AbortError' || (err as Error)?.name === 'TimeoutError') throw err
+      const pgi = findPgiError(err)
+      if (pgi) throw pgi
+      const url = new URL(typeof input === 'string' || input instanceof URL ? input : input.url)
+      const {code, message} = errnoOf(err)
+      throw new NetworkError(hostPort(url.hostname.replace(/^\[|\]$/g, ''), url.port, url.protocol), code, code ? `${code} (${message})` : message, code !== undefined && NOT_SENT_CODES.has(code), err)
+    }
+  }
+  return {fetch, dispatcher, close: () => dispatcher.close()}
+}
+
+function readCa(file: string): string {
+  try {
+    return readFileSync(file, 'utf8')
+  } catch (err) {
+    throw new UserError(ErrorCode.INVENTORY_INVALID, `cannot read the CA file ${file}: ${(err as Error).message}`, {
+      cause: err,
+      suggestions: ['Fix tls.ca_file in the inventory (a path relative to the YAML file), or pin the fingerprint instead: pgi inventory trust <hypervisor>'],
+    })
+  }
+}
+
+export interface CertificateInfo {
+  host: string
+  port: number
+  subject: Record<string, string | string[]>
+  issuer: Record<string, string | string[]>
+  subjectAltName?: string
+  validFrom: string
+  validTo: string
+  /** True when now is outside [validFrom, validTo]. */
+  expired: boolean
+  serialNumber: string
+  /** "AA:BB:…" */
+  fingerprint256: string
+  selfSigned: boolean
+  /** Whether the certificate verifies against the given CA / the system store (for information). */
+  chainVerified: boolean
+  chainError?: string
+}
+
+/**
+ * Connects to `url`, completes the TLS handshake without trusting the certificate, and returns
+ * what an operator needs to decide whether to trust it. Sends no HTTP request.
+ */
+export async function inspectCertificate(url: string, opts: {timeoutMs?: number; ca?: string} = {}): Promise<CertificateInfo> {
+  const u = new URL(url)
+  const host = u.hostname.replace(/^\[|\]$/g, '')
+  const port = u.port ? Number(u.port) : 443
+  const hp = hostPort(host, port)
+  return new Promise<CertificateInfo>((resolve, reject) => {
+    const socket = tls.connect({
+      host,
+      port,
+      ...(isIP(host) ? {} : {servername: host}),
+      rejectUnauthorized: false,
+      ...(opts.ca ? {ca: opts.ca} : {}),
+    })
+    const timer = setTimeout(() => {
+      socket.destroy()
+      reject(new NetworkError(hp, 'ETIMEDOUT', `no TLS handshake within ${opts.timeoutMs ?? 10_000} ms`, true))
+    }, opts.timeoutMs ?? 10_000)
+    socket.once('secureConnect', () => {
+      clearTimeout(timer)
+      const c = socket.getPeerCertificate(false)
+      const now = Date.now()
+      const info: CertificateInfo = {
+        host,
+        port,
+        subject: {...(c.subject as unknown as Record<string, string>)},
+        issuer: {...(c.issuer as unknown as Record<string, string>)},
+        subjectAltName: c.subjectaltname,
+        validFrom: new Date(c.valid_from).toISOString(),
+        validTo: new Date(c.valid_to).toISOString(),
+        expired: now < Date.parse(c.valid_from) || now > Date.parse(c.valid_to),
+        serialNumber: c.serialNumber,
+        fingerprint256: normalizeFingerprint(c.fingerprint256) ?? c.fingerprint256,
+        selfSigned: JSON.stringify(c.subject) === JSON.stringify(c.issuer),
+        chainVerified: socket.authorized,
+        ...(socket.authorized ? {} : {chainError: String(socket.authorizationError)}),
+      }
+      socket.destroy()
+      resolve(info)
+    })
+    socket.once('error', (err) => {
+      clearTimeout(timer)
+      const {code, message} = errnoOf(err)
+      reject(new NetworkError(hp, code, code ? `${code} (${message})` : message, true, err))
+    })
+  })
+}
