@@ -1,5 +1,6 @@
 import {Listr, type ListrTask} from 'listr2'
 
+import {KeyedPool} from './fleet/pool.js'
 import type {Io} from './io.js'
 
 /**
@@ -48,4 +49,48 @@ export async function runSteps<C extends object>(io: Io, steps: Step<C>[], ctx: 
     registerSignalListeners: false,
   } as ConstructorParameters<typeof Listr<C>>[1])
   return list.run(ctx)
+}
+
+/** One independent job of a fleet operation (one establishment). */
+export interface ParallelJob {
+  title: string
+  /** Bound key (a hypervisor): at most `perKey` jobs of one key run at once. */
+  key: string
+  /** May report progress with `update`; returns a short text shown when it ends; throws on failure. */
+  run: (update: (text: string) => void) => Promise<string | void>
+}
+
+/**
+ * Runs independent jobs concurrently — at most `max` at once and `perKey` per key — with one
+ * listr2 line per job on a terminal, or one plain line per step in CI. A failing job never stops
+ * the others; each job's own outcome is the caller's to record (this resolves when all ended).
+ */
+export async function runParallel(io: Io, jobs: ParallelJob[], bounds: {max: number; perKey?: number}): Promise<void> {
+  const pool = new KeyedPool(bounds)
+  const wrap = (j: ParallelJob, update: (text: string) => void) => pool.run(j.key, () => j.run(update))
+  if (io.level === 'silent' || jobs.length === 0) {
+    await Promise.all(jobs.map((j) => wrap(j, () => undefined).catch(() => undefined)))
+    return
+  }
+  const tasks: ListrTask<object>[] = jobs.map((j) => ({
+    title: j.title,
+    task: async (_c, task) => {
+      task.output = 'waiting for a free slot'
+      const started = Date.now()
+      const out = await wrap(j, (text) => {
+        task.output = text
+      })
+      task.title = `${j.title}${out ? `: ${out}` : ''} (${((Date.now() - started) / 1000).toFixed(1)}s)`
+    },
+  }))
+  const list = new Listr<object>(tasks, {
+    concurrent: true,
+    exitOnError: false,
+    collectErrors: 'minimal',
+    renderer: io.interactive ? 'default' : 'simple',
+    fallbackRenderer: 'simple',
+    rendererOptions: {collapseSubtasks: false},
+    registerSignalListeners: false,
+  } as ConstructorParameters<typeof Listr<object>>[1])
+  await list.run({}).catch(() => undefined)
 }

@@ -32,6 +32,12 @@ export interface VmMeta {
   /** Digest of the image (sha256 of the qcow2) for drift checks. */
   imageSha256?: string
   deployedAt: string
+  /**
+   * Set by `pgi deploy` once the VM passed its health check and received its secrets: a VM pgi
+   * created without this mark is a deploy still in progress (or interrupted), which the next
+   * `pgi deploy` continues rather than recreates.
+   */
+  configuredAt?: string
   /** pgi version that wrote this. */
   by: string
   rollout?: RolloutMark

@@ -1,0 +1,378 @@
+/**
+ * `pgi deploy` as a library: plan (src/deploy/plan.ts), then carry out each establishment's part
+ * in parallel (bounded overall and per hypervisor), each one independent of the others' failures.
+ *
+ * Per establishment, from whatever state its VM is really in (so an interrupted deploy is finished
+ * by running deploy again, never recreated):
+ *   stage image on the node (once per node) → create VM (OS disk imported, data disk, cloud-init)
+ *   → grow the OS disk → start → guest agent → pgi-health → secrets (generated, stored, applied
+ *   through the agent's stdin) → mark the VM configured (description, digest CAS) → AMI handoff.
+ */
+import {hostname} from 'node:os'
+
+import {settleAll} from '../fleet/pool.js'
+import {configureGuest, waitForAgent, waitForHealthy, type GuestTarget} from '../fleet/guest.js'
+import {formatDescription, formatTags, parseDescription} from '../fleet/vm-meta.js'
+import {ErrorCode, PgiError, UserError, asPgiError, type ErrorCodeValue, type ErrorLocation} from '../errors.js'
+import {ExitCode, type ExitCodeValue} from '../exit-codes.js'
+import type {Hypervisors} from '../hypervisors.js'
+import type {Establishment} from '../inventory/types.js'
+import type {Io} from '../io.js'
+import {runParallel} from '../progress.js'
+import type {PveApi, PveVmConfig} from '../proxmox/types.js'
+import {createParams, parseDisk, touchesCloudInit, updateParams, type DeployImage, type Drift} from './desired.js'
+import {DeployJournal, type DeployStep, type JournalEntry} from './journal.js'
+import {fmtDrift, needsWork, type Plan, type PlanItem} from './plan.js'
+import {Stager} from './stage.js'
+
+export type DeployOutcomeKind = 'created' | 'updated' | 'up-to-date' | 'drifted' | 'failed' | 'blocked'
+
+export interface DeployOutcome {
+  uai: string
+  name: string
+  hypervisor: string
+  node: string
+  vmid: number
+  image: string
+  outcome: DeployOutcomeKind
+  /** What was done, or why nothing was. */
+  detail: string
+  /** The AMI's handoff file, when one was written or already there. */
+  handoff?: string
+  error?: {code: ErrorCodeValue; message: string; suggestions: string[]; where: ErrorLocation}
+  durationMs: number
+}
+
+export interface DeployResult {
+  outcomes: DeployOutcome[]
+  counts: Record<DeployOutcomeKind, number>
+  /** 0 when every establishment is created/updated/up to date, 4 when some failed or were blocked. */
+  exitCode: ExitCodeValue
+}
+
+/** What deploy needs from the credentials area (src/credentials): secrets and the AMI handoff. */
+export interface DeployCredentials {
+  /** The JSON for pgi-configure (secrets generated and stored if missing). Never log it. */
+  configureInput(est: Establishment): Promise<string>
+  /** Where the handoff file of `est` is (or would be). */
+  handoffPath(est: Establishment): string
+  /** Writes the AMI's handoff file; returns its path. */
+  writeHandoff(est: Establishment): Promise<string>
+  handoffExists(est: Establishment): Promise<boolean>
+}
+
+export interface ExecuteOptions {
+  hypervisors: Hypervisors
+  io: Io
+  credentials: DeployCredentials
+  /** Folder for per-establishment journals (src/paths.ts journalDir). */
+  journalDir: string
+  maxParallel?: number
+  /** At most this many establishments at once on one hypervisor (default 4). */
+  maxPerHypervisor?: number
+  /** Guest agent wait (default 10 min: software-emulated boots are slow). */
+  agentTimeoutMs?: number
+  /** pgi-health wait after the agent answered (default 20 min). */
+  healthTimeoutMs?: number
+  /** Poll interval of agent/health waits (default 3 s / 5 s). */
+  pollIntervalMs?: number
+  /** Stage with download-url from this URL (`{file}` = image file name) instead of uploading. */
+  imageUrl?: string
+  now?: () => Date
+  signal?: AbortSignal
+}
+
+const RUNNER = `${hostname()}:${process.pid}`
+
+export async function executeDeploy(plan: Plan, establishments: readonly Establishment[], opts: ExecuteOptions): Promise<DeployResult> {
+  const byUai = new Map(establishments.map((e) => [e.uai, e]))
+  const journal = new DeployJournal(opts.journalDir)
+  const stager = new Stager({io: opts.io, imageUrl: opts.imageUrl})
+  const now = opts.now ?? (() => new Date())
+
+  const outcomes = new Map<string, DeployOutcome>()
+  const jobs = plan.items.map((item) => ({
+    title: `${item.uai} ${item.action === 'drifted' ? 'update' : item.action}`,
+    key: item.hypervisor,
+    item,
+  }))
+
+  const runOne = async (item: PlanItem, update: (text: string) => void): Promise<string> => {
+    const started = Date.now()
+    const est = byUai.get(item.uai)!
+    const base = {uai: item.uai, name: item.name, hypervisor: item.hypervisor, node: item.node, vmid: item.vmid, image: item.image}
+    try {
+      const r = await deployOne(item, est, plan, {...opts, journal, stager, now, update})
+      outcomes.set(item.uai, {...base, ...r, durationMs: Date.now() - started})
+      return r.detail
+    } catch (err) {
+      const e = asPgiError(err)
+      const where: ErrorLocation = {uai: item.uai, hypervisor: item.hypervisor, node: item.node, vmid: item.vmid, ...e.where}
+      const outcome: DeployOutcomeKind = item.action === 'blocked' ? 'blocked' : 'failed'
+      outcomes.set(item.uai, {
+        ...base,
+        outcome,
+        detail: e.message,
+        error: {code: e.code, message: e.message, suggestions: e.suggestions, where},
+        durationMs: Date.now() - started,
+      })
+      throw e
+    }
+  }
+
+  await runParallel(
+    opts.io,
+    jobs.map((j) => ({title: j.title, key: j.key, run: (update: (t: string) => void) => runOne(j.item, update)})),
+    {max: opts.maxParallel ?? 10, perKey: opts.maxPerHypervisor ?? 4},
+  )
+
+  const list = plan.items.map((i) => outcomes.get(i.uai)!)
+  const counts: Record<DeployOutcomeKind, number> = {created: 0, updated: 0, 'up-to-date': 0, drifted: 0, failed: 0, blocked: 0}
+  for (const o of list) counts[o.outcome]++
+  return {outcomes: list, counts, exitCode: exitCodeFor(list)}
+}
+
+/**
+ * 0 when nothing failed; when everything failed for the same reason (a hypervisor unreachable,
+ * its certificate not matching the pin), that reason's exit code; otherwise 4 (partial).
+ */
+export function exitCodeFor(list: DeployOutcome[]): ExitCodeValue {
+  const bad = list.filter((o) => o.outcome === 'failed' || o.outcome === 'blocked')
+  if (bad.length === 0) return ExitCode.OK
+  if (bad.length === list.length) {
+    const codes = new Set(bad.map((o) => o.error?.code))
+    if (codes.size === 1) {
+      const c = [...codes][0]
+      if (c === ErrorCode.TLS_MISMATCH || c === ErrorCode.UNREACHABLE) return ExitCode.UNREACHABLE
+    }
+  }
+  return ExitCode.PARTIAL
+}
+
+interface OneCtx extends ExecuteOptions {
+  journal: DeployJournal
+  stager: Stager
+  now: () => Date
+  update: (text: string) => void
+}
+
+async function deployOne(item: PlanItem, est: Establishment, plan: Plan, ctx: OneCtx): Promise<{outcome: DeployOutcomeKind; detail: string; handoff?: string}> {
+  if (item.action === 'blocked') {
+    const b = item.blocked!
+    throw new UserError(b.code, b.message, {suggestions: b.suggestions, where: {uai: item.uai, hypervisor: item.hypervisor, node: item.node, vmid: item.vmid}})
+  }
+  if (!needsWork(item)) {
+    const handoff = await ensureHandoff(est, ctx)
+    if (item.action === 'drifted') {
+      ctx.io.warn(`${item.uai}: ${item.drifts.map(fmtDrift).join('; ')}`)
+      return {outcome: 'drifted', detail: `not changed: ${item.drifts.map((d) => d.setting).join(', ')} differ (${item.drifts[0]?.note ?? 'fix by hand'})`, handoff}
+    }
+    return {outcome: 'up-to-date', detail: 'up to date, nothing sent', handoff}
+  }
+
+  const api = await ctx.hypervisors.get(item.hypervisor)
+  const target: GuestTarget = {api, node: item.node, vmid: item.vmid, uai: item.uai}
+  const previous = await ctx.journal.read(item.uai)
+  const entry: JournalEntry = {
+    uai: item.uai,
+    hypervisor: item.hypervisor,
+    node: item.node,
+    vmid: item.vmid,
+    image: item.image,
+    runner: RUNNER,
+    startedAt: ctx.now().toISOString(),
+    steps: {},
+  }
+  if (previous && !previous.finishedAt && item.action === 'continue') {
+    ctx.io.info(`${item.uai}: continuing the deploy started ${previous.startedAt} by ${previous.runner} (last step: ${lastStep(previous) ?? 'none'})`)
+  }
+  const step = async (s: DeployStep) => {
+    entry.steps[s] = ctx.now().toISOString()
+    await ctx.journal.write(entry)
+  }
+  await ctx.journal.write(entry)
+
+  try {
+    let detail: string
+    let outcome: DeployOutcomeKind
+    if (item.action === 'drifted') {
+      detail = await applyDrift(item, est, target, plan, ctx, step)
+      outcome = 'updated'
+    } else {
+      if (item.action === 'create') {
+        const image = plan.images.get(item.image)
+        if (!image) throw new UserError(ErrorCode.IMAGE_NOT_FOUND, `image ${item.image} was not resolved while planning`)
+        ctx.update(`staging image ${image.version} on ${item.node}`)
+        const staged = await ctx.stager.stage(api, ctx.hypervisors.definition(item.hypervisor), item.node, image)
+        ctx.io.debug(`${item.uai}: image ${staged}`)
+        await step('staged')
+        ctx.update(`creating VM ${item.vmid}`)
+        await createVm(api, est, item, image, ctx)
+        await step('created')
+      }
+      await finishSetup(item, est, target, ctx, step)
+      detail = item.action === 'create' ? `VM ${item.vmid} created and configured` : `unfinished deploy of VM ${item.vmid} completed`
+      outcome = 'created'
+    }
+    const handoff = await writeHandoff(est, ctx)
+    await step('handoff')
+    entry.finishedAt = ctx.now().toISOString()
+    entry.outcome = outcome === 'created' ? 'created' : 'updated'
+    await ctx.journal.write(entry)
+    return {outcome, detail, handoff}
+  } catch (err) {
+    const e = asPgiError(err)
+    entry.outcome = 'failed'
+    entry.error = {code: e.code, message: e.message}
+    await ctx.journal.write(entry).catch(() => undefined)
+    throw err
+  }
+}
+
+function lastStep(e: JournalEntry): string | undefined {
+  return Object.entries(e.steps).sort((a, b) => (a[1]! < b[1]! ? -1 : 1)).slice(-1)[0]?.[0]
+}
+
+/** POST create; "already exists" after a lost answer is resolved by re-reading the VM. */
+async function createVm(api: PveApi, est: Establishment, item: PlanItem, image: DeployImage, ctx: OneCtx): Promise<void> {
+  const hv = ctx.hypervisors.definition(item.hypervisor)
+  try {
+    await api.createVm(item.node, item.vmid, createParams(est, hv, image, ctx.now()), {timeoutMs: 3600_000, onProgress: ctx.update})
+  } catch (err) {
+    const msg = err instanceof Error ? err.message : String(err)
+    if (!/already exists/i.test(msg)) throw err
+    const cfg = await api.vmConfig(item.node, item.vmid)
+    const meta = parseDescription(typeof cfg?.description === 'string' ? cfg.description : undefined)
+    if (!cfg || meta?.uai !== est.uai) {
+      throw new UserError(ErrorCode.VMID_TAKEN, `vmid ${item.vmid} was taken by another VM while deploying ${est.uai}`, {
+        where: {uai: est.uai, hypervisor: item.hypervisor, node: item.node, vmid: item.vmid},
+        suggestions: ['Choose another `vmid:` in the inventory (pgi never touches a VM it did not create).'],
+        cause: err,
+      })
+    }
+    ctx.io.debug(`${est.uai}: create answered "already exists" but the VM is ours: continuing`)
+  }
+}
+
+/** Wait until the VM has no lock (an interrupted create/import finishing on the node). */
+async function waitUnlocked(target: GuestTarget, ctx: OneCtx): Promise<PveVmConfig> {
+  const deadline = Date.now() + 3600_000
+  for (;;) {
+    const cfg = await target.api.vmConfig(target.node, target.vmid)
+    if (!cfg) {
+      throw new UserError(ErrorCode.PVE_HTTP, `VM ${target.vmid} disappeared during deploy`, {
+        where: {uai: target.uai, hypervisor: target.api.hypervisor, node: target.node, vmid: target.vmid},
+        suggestions: ['Run deploy again: it will create it.'],
+      })
+    }
+    if (!cfg.lock) return cfg
+    if (Date.now() > deadline) {
+      throw new UserError(ErrorCode.PVE_LOCKED, `VM ${target.vmid} stayed locked (${cfg.lock})`, {where: {uai: target.uai, node: target.node, vmid: target.vmid}})
+    }
+    ctx.update(`waiting for lock "${cfg.lock}" to be released`)
+    await new Promise((r) => setTimeout(r, ctx.pollIntervalMs ?? 3000))
+  }
+}
+
+const GiB = 2 ** 30
+
+async function finishSetup(item: PlanItem, est: Establishment, target: GuestTarget, ctx: OneCtx, step: (s: DeployStep) => Promise<void>): Promise<void> {
+  const {api, node, vmid} = target
+  const cfg = await waitUnlocked(target, ctx)
+  const os = parseDisk(cfg.virtio0)
+  if (os?.size !== undefined && os.size < est.osDiskGb * GiB) {
+    ctx.update(`growing the OS disk to ${est.osDiskGb} GiB`)
+    await api.resizeDisk(node, vmid, 'virtio0', `${est.osDiskGb}G`)
+    await step('resized')
+  }
+  const status = await api.vmStatus(node, vmid)
+  if (status?.status !== 'running') {
+    ctx.update('starting')
+    await api.startVm(node, vmid, {timeoutMs: 600_000})
+    await step('started')
+  }
+  ctx.update('waiting for the guest agent')
+  await waitForAgent(target, {timeoutMs: ctx.agentTimeoutMs ?? 600_000, intervalMs: ctx.pollIntervalMs, onProgress: ctx.update, signal: ctx.signal})
+  await step('agent')
+  ctx.update('waiting for pgi-health')
+  await waitForHealthy(target, {timeoutMs: ctx.healthTimeoutMs ?? 1_200_000, intervalMs: ctx.pollIntervalMs, onProgress: ctx.update, signal: ctx.signal})
+  await step('healthy')
+  ctx.update('setting the establishment secrets')
+  const changed = await configureGuest(target, await ctx.credentials.configureInput(est))
+  ctx.io.debug(`${est.uai}: pgi-configure changed ${changed.join(', ') || 'nothing'}`)
+  await step('configured')
+  await markConfigured(target, est, ctx)
+  await step('marked')
+}
+
+/** Records `configuredAt` in the VM description (digest compare-and-swap; one re-read on a race). */
+async function markConfigured(target: GuestTarget, est: Establishment, ctx: OneCtx): Promise<void> {
+  for (let attempt = 0; ; attempt++) {
+    const cfg = await target.api.vmConfig(target.node, target.vmid)
+    const meta = parseDescription(typeof cfg?.description === 'string' ? cfg.description : undefined)
+    if (!cfg || !meta) throw new UserError(ErrorCode.PVE_HTTP, `VM ${target.vmid} lost its pgi description during deploy`, {where: {uai: est.uai, node: target.node, vmid: target.vmid}})
+    try {
+      await target.api.updateVmConfig(target.node, target.vmid, {
+        description: formatDescription({...meta, configuredAt: ctx.now().toISOString()}, est.name),
+        digest: cfg.digest,
+      })
+      return
+    } catch (err) {
+      if (attempt === 0 && err instanceof PgiError && err.code === ErrorCode.PVE_DIGEST_MISMATCH) continue
+      throw err
+    }
+  }
+}
+
+async function applyDrift(item: PlanItem, est: Establishment, target: GuestTarget, plan: Plan, ctx: OneCtx, step: (s: DeployStep) => Promise<void>): Promise<string> {
+  const hv = ctx.hypervisors.definition(item.hypervisor)
+  const {api, node, vmid} = target
+  const done: string[] = []
+  const pending: string[] = []
+  const cfg = plan.configs.get(item.uai) ?? (await api.vmConfig(node, vmid))!
+  const params = updateParams(item.drifts, est, hv, cfg)
+  if (params) {
+    ctx.update(`updating ${Object.keys(params).filter((k) => k !== 'digest').join(', ')}`)
+    if (params.tags !== undefined) {
+      // tags follow the image recorded on the VM (rollout changes that), with the inventory's ring
+      const meta = parseDescription(typeof cfg.description === 'string' ? cfg.description : undefined)
+      params.tags = formatTags({uai: est.uai, image: meta?.image ?? item.image}, est.ring)
+    }
+    await api.updateVmConfig(node, vmid, {...params, digest: cfg.digest})
+    done.push(...item.drifts.filter((d) => d.fix === 'config').map((d) => d.setting))
+    if (touchesCloudInit(params)) {
+      await api.regenerateCloudinit(node, vmid)
+      pending.push('cloud-init settings apply at the next reboot')
+    }
+    if (['cores', 'memory', 'net0'].some((k) => k in params)) pending.push('cores/memory/network changes apply at the next reboot')
+    await step('updated')
+  }
+  for (const d of item.drifts.filter((x: Drift) => x.fix === 'resize')) {
+    const disk = d.setting === 'os_disk_gb' ? 'virtio0' : 'virtio1'
+    ctx.update(`growing ${disk} to ${d.want} GiB`)
+    await api.resizeDisk(node, vmid, disk, `${d.want}G`)
+    done.push(d.setting)
+    await step('resized')
+  }
+  if (item.drifts.some((d) => d.fix === 'start')) {
+    ctx.update('starting')
+    await api.startVm(node, vmid, {timeoutMs: 600_000})
+    await step('started')
+    await waitForAgent(target, {timeoutMs: ctx.agentTimeoutMs ?? 600_000, intervalMs: ctx.pollIntervalMs, onProgress: ctx.update, signal: ctx.signal})
+    await waitForHealthy(target, {timeoutMs: ctx.healthTimeoutMs ?? 1_200_000, intervalMs: ctx.pollIntervalMs, onProgress: ctx.update, signal: ctx.signal})
+    done.push('started')
+  }
+  const manual = item.drifts.filter((d) => d.fix === 'manual')
+  for (const d of manual) ctx.io.warn(`${item.uai}: ${fmtDrift(d)}`)
+  return [`updated ${done.join(', ')}`, ...pending, ...(manual.length ? [`left as is: ${manual.map((d) => d.setting).join(', ')}`] : [])].join('; ')
+}
+
+async function ensureHandoff(est: Establishment, ctx: OneCtx): Promise<string> {
+  if (await ctx.credentials.handoffExists(est)) return ctx.credentials.handoffPath(est)
+  return writeHandoff(est, ctx)
+}
+
+async function writeHandoff(est: Establishment, ctx: OneCtx): Promise<string> {
+  ctx.update('writing the AMI handoff')
+  return ctx.credentials.writeHandoff(est)
+}

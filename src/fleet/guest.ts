@@ -1,0 +1,142 @@
+/**
+ * Talking to the pgi guest contract through the QEMU guest agent (never SSH, never a command
+ * line holding a secret): wait for the agent, wait for `pgi-health`, apply secrets with
+ * `pgi-configure` (JSON on stdin), take a backup with `pgi-backup --verify`.
+ * Every wait is bounded and says what it saw last when it gives up.
+ */
+import {ErrorCode, TimeoutError, UserError, type ErrorLocation} from '../errors.js'
+import type {PveApi} from '../proxmox/types.js'
+
+export const GUEST_HEALTH = '/usr/local/sbin/pgi-health'
+export const GUEST_CONFIGURE = '/usr/local/sbin/pgi-configure'
+export const GUEST_BACKUP = '/usr/local/sbin/pgi-backup'
+
+export interface GuestTarget {
+  api: PveApi
+  node: string
+  vmid: number
+  uai?: string
+}
+
+export interface WaitOpts {
+  timeoutMs: number
+  /** Delay between attempts (default 3 s). */
+  intervalMs?: number
+  signal?: AbortSignal
+  onProgress?: (text: string) => void
+}
+
+function where(t: GuestTarget): ErrorLocation {
+  return {uai: t.uai, hypervisor: t.api.hypervisor, node: t.node, vmid: t.vmid}
+}
+
+const sleep = (ms: number, signal?: AbortSignal) =>
+  new Promise<void>((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason)
+    const t = setTimeout(resolve, ms)
+    signal?.addEventListener('abort', () => (clearTimeout(t), reject(signal.reason)), {once: true})
+  })
+
+/** Waits until the guest agent answers a ping. */
+export async function waitForAgent(t: GuestTarget, opts: WaitOpts): Promise<number> {
+  const start = Date.now()
+  let last = 'no answer yet'
+  for (;;) {
+    try {
+      if (await t.api.agentPing(t.node, t.vmid)) return Date.now() - start
+    } catch (err) {
+      last = err instanceof Error ? err.message : String(err)
+    }
+    const waited = Date.now() - start
+    if (waited >= opts.timeoutMs) {
+      throw new TimeoutError(`the guest agent of VM ${t.vmid} did not answer within ${Math.round(opts.timeoutMs / 1000)} s (last: ${last})`, {
+        where: where(t),
+        suggestions: ['Look at the VM console: is it still booting (software emulation is slow)? Raise --agent-timeout if so.', 'Check that the image has qemu-guest-agent enabled and the VM has `agent: 1`.'],
+      })
+    }
+    opts.onProgress?.(`waiting for the guest agent (${Math.round(waited / 1000)} s)`)
+    await sleep(Math.min(opts.intervalMs ?? 3000, Math.max(0, opts.timeoutMs - waited)), opts.signal)
+  }
+}
+
+export interface GuestHealth {
+  healthy: boolean
+  image?: {name?: string; version?: string}
+  checks?: Record<string, {ok: boolean; [k: string]: unknown}>
+  databases?: {name: string; modules?: Record<string, string>}[]
+  problems?: string[]
+}
+
+/** Runs pgi-health once; undefined output when it printed no JSON. */
+export async function guestHealth(t: GuestTarget): Promise<{exitcode: number; health?: GuestHealth; stderr: string}> {
+  const r = await t.api.agentExec(t.node, t.vmid, [GUEST_HEALTH], {timeoutMs: 60_000})
+  let health: GuestHealth | undefined
+  try {
+    health = JSON.parse(r.stdout) as GuestHealth
+  } catch {
+    health = undefined
+  }
+  return {exitcode: r.exitcode, health, stderr: r.stderr}
+}
+
+/** Waits until `pgi-health` says healthy (exit 0, healthy: true). */
+export async function waitForHealthy(t: GuestTarget, opts: WaitOpts): Promise<GuestHealth> {
+  const start = Date.now()
+  let last = 'not run yet'
+  for (;;) {
+    try {
+      const r = await guestHealth(t)
+      if (r.exitcode === 0 && r.health?.healthy) return r.health
+      last = r.health?.problems?.length ? r.health.problems.join('; ') : `exit ${r.exitcode}${r.stderr ? `: ${r.stderr.trim().split('\n').slice(-1)[0]}` : ''}`
+    } catch (err) {
+      last = err instanceof Error ? err.message : String(err)
+    }
+    const waited = Date.now() - start
+    if (waited >= opts.timeoutMs) {
+      throw new TimeoutError(`VM ${t.vmid} did not become healthy within ${Math.round(opts.timeoutMs / 1000)} s (last: ${last})`, {
+        where: where(t),
+        suggestions: ['Run `pgi status` for the details, or raise --health-timeout if the VM is still starting (software emulation is slow).'],
+      })
+    }
+    opts.onProgress?.(`waiting for pgi-health (${Math.round(waited / 1000)} s): ${last}`)
+    await sleep(Math.min(opts.intervalMs ?? 5000, Math.max(0, opts.timeoutMs - waited)), opts.signal)
+  }
+}
+
+/**
+ * Applies secrets in the guest with pgi-configure: `input` is the JSON of the guest contract
+ * (build it with `guestConfigureInput` from src/credentials/secrets.ts), sent on the agent's stdin
+ * (input-data) — never on a command line, never in the VM config. Returns what the guest changed.
+ */
+export async function configureGuest(t: GuestTarget, input: string): Promise<string[]> {
+  const r = await t.api.agentExec(t.node, t.vmid, [GUEST_CONFIGURE], {inputData: input, timeoutMs: 300_000})
+  if (r.exitcode !== 0) {
+    throw new UserError(ErrorCode.GUEST_COMMAND_FAILED, `pgi-configure failed in VM ${t.vmid} (exit ${r.exitcode}): ${lastLine(r.stderr || r.stdout)}`, {
+      where: where(t),
+      suggestions: ['Look at the guest journal (journalctl -t pgi-configure) from the VM console, then run deploy again.'],
+    })
+  }
+  try {
+    const out = JSON.parse(r.stdout) as {changed?: unknown}
+    return Array.isArray(out.changed) ? out.changed.map(String) : []
+  } catch {
+    return []
+  }
+}
+
+/** Takes a verified backup of every database with `pgi-backup --verify`; returns the manifest path in the guest. */
+export async function backupGuest(t: GuestTarget, timeoutMs = 3600_000): Promise<string> {
+  const r = await t.api.agentExec(t.node, t.vmid, [GUEST_BACKUP, '--verify'], {timeoutMs})
+  const path = r.stdout.trim().split('\n').filter(Boolean).slice(-1)[0] ?? ''
+  if (r.exitcode !== 0 || !path.startsWith('/')) {
+    throw new UserError(ErrorCode.BACKUP_FAILED, `pgi-backup --verify failed in VM ${t.vmid} (exit ${r.exitcode}): ${lastLine(r.stderr || r.stdout)}`, {
+      where: where(t),
+      suggestions: ['Nothing was deleted. Check the data disk and PostgreSQL from the VM console (pgi status), then retry.'],
+    })
+  }
+  return path
+}
+
+function lastLine(s: string): string {
+  return s.trim().split('\n').slice(-3).join(' | ').slice(0, 400) || '(no output)'
+}
