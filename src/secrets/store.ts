@@ -1,5 +1,5 @@
-import {randomBytes, randomInt} from 'node:crypto'
-import {chmod, mkdir, open, readdir, readFile, rename, rmdir, stat, unlink} from 'node:fs/promises'
+import {randomInt} from 'node:crypto'
+import {chmod, mkdir, readdir, readFile, rmdir, stat, unlink} from 'node:fs/promises'
 import {dirname, join, sep} from 'node:path'
 
 import {armor, Decrypter, Encrypter} from 'age-encryption'
@@ -7,6 +7,7 @@ import {armor, Decrypter, Encrypter} from 'age-encryption'
 import {BugError, ErrorCode, UserError} from '../errors.js'
 import type {SecretRef} from '../inventory/types.js'
 import {Secret} from '../secret.js'
+import {syncDir, writeFileAtomic} from './atomic.js'
 import {localIdentity, readIdentityFile, type LoadedIdentity} from './identity.js'
 
 /**
@@ -151,7 +152,7 @@ export class SecretStore {
     for (const r of this.recipients) e.addRecipient(r)
     const armored = armor.encode(await e.encrypt(value.reveal()))
     await this.#ensureDir(dirname(file))
-    await atomicWrite(file, armored, async (tmp) => this.#beforeRename?.(tmp, key))
+    await writeFileAtomic(file, armored, {mode: 0o600, beforeRename: async (tmp) => this.#beforeRename?.(tmp, key)})
   }
 
   /** Removes `key`; true when it existed. */
@@ -304,37 +305,6 @@ function secretMissingSuggestions(key: string): string[] {
   if (m) return [`Run \`pgi deploy ${m[1]}\`: it generates the establishment's secrets.`]
   if (key.startsWith('hypervisors/')) return ['Store the hypervisor API token secret in the store, or reference an environment variable in the inventory (token.secret: {env: NAME}).']
   return ['Check --secrets-dir / PGI_SECRETS_DIR points at the right store.']
-}
-
-/** Writes `content` to a private temp file beside `file`, fsyncs, renames over `file`, fsyncs the folder. */
-async function atomicWrite(file: string, content: string, beforeRename: (tmp: string) => Promise<void>): Promise<void> {
-  const tmp = join(dirname(file), `.${randomBytes(8).toString('hex')}.tmp`)
-  const fh = await open(tmp, 'wx', 0o600)
-  let renamed = false
-  try {
-    await fh.writeFile(content, 'utf8')
-    await fh.chmod(0o600)
-    await fh.sync()
-    await fh.close()
-    await beforeRename(tmp)
-    await rename(tmp, file)
-    renamed = true
-    await syncDir(dirname(file))
-  } finally {
-    await fh.close().catch(() => undefined)
-    if (!renamed) await unlink(tmp).catch(() => undefined)
-  }
-}
-
-async function syncDir(dir: string): Promise<void> {
-  const fh = await open(dir, 'r')
-  try {
-    await fh.sync()
-  } catch {
-    // Some filesystems refuse fsync on a directory; the rename is still atomic.
-  } finally {
-    await fh.close()
-  }
 }
 
 /** Reads a secret reference from the inventory: an environment variable or a store key. */

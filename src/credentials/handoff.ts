@@ -1,0 +1,390 @@
+import {mkdir, readFile} from 'node:fs/promises'
+import {join, resolve} from 'node:path'
+
+import {armor, Decrypter, Encrypter} from 'age-encryption'
+
+import {ErrorCode, UserError} from '../errors.js'
+import type {Io} from '../io.js'
+import {packageRoot} from '../paths.js'
+import type {Establishment} from '../inventory/types.js'
+import {Secret} from '../secret.js'
+import {writeFileAtomic} from '../secrets/atomic.js'
+import {readIdentityFile} from '../secrets/identity.js'
+import type {SecretStore} from '../secrets/store.js'
+import {
+  hostKeysKey,
+  readEstablishmentSecrets,
+  SQL_ADMIN_LOGIN,
+  TRYTON_ADMIN_LOGIN,
+  type EstablishmentSecrets,
+} from './secrets.js'
+
+/**
+ * The handoff: one file per establishment, `<UAI>.handoff.age`, age-encrypted to that
+ * establishment's AMI public key alone (inventory `ami.age_recipient`). Decrypted, it is a French
+ * letter the AMI can read as is (what each access is for, how to change the passwords) followed
+ * by the same data as a JSON block between markers, which `pgi credentials open` reads back.
+ * The real `age -d -i KEY FILE` decrypts it too.
+ */
+
+export const HANDOFF_FORMAT = 'pgi-handoff/1'
+export const HANDOFF_SUFFIX = '.handoff.age'
+const JSON_BEGIN = '-----BEGIN PGI HANDOFF DATA-----'
+const JSON_END = '-----END PGI HANDOFF DATA-----'
+
+/** Default ports of the guest contract (/etc/pgi/image.json). */
+export const GUEST_PORTS = {ssh: 22, web: 80, jsonrpc: 8000, postgresql: 5432} as const
+/** The Tryton database the image creates (the desktop client's profile names it). */
+export const DEFAULT_TRYTON_DATABASE = 'pgi'
+
+/**
+ * How the AMI reaches the VM, when it is not simply the inventory address on the standard ports
+ * (a lab forwarding ports on loopback, a NAT in front of the establishment's network).
+ */
+export interface HandoffConnection {
+  /** Host name or address to connect to (default: the inventory address, without its prefix length). */
+  host?: string
+  sshPort?: number
+  postgresqlPort?: number
+  /** Tryton JSON-RPC port for the desktop client (default 8000). */
+  jsonrpcPort?: number
+  /** Web port (default 80); ignored when webUrl is given. */
+  webPort?: number
+  webUrl?: string
+  /** Tryton database name (default "pgi"). */
+  database?: string
+}
+
+/** Everything the AMI receives. Passwords are Secrets; they are revealed only into the encrypted file. */
+export interface HandoffDocument {
+  format: typeof HANDOFF_FORMAT
+  issuedAt: string
+  issuedBy: string
+  establishment: {uai: string; name: string; academie: string}
+  ami: {name: string}
+  vm: {name: string; address: string}
+  ssh: {host: string; port: number; login: string; password: Secret; hostKeyFingerprints: string[]}
+  postgresql: {host: string; port: number; login: string; password: Secret}
+  trytonAdmin: {login: string; password: Secret}
+  webClient: {url: string}
+  desktopClient: {client: string; host: string; port: number; database: string; username: string}
+}
+
+/** The JSON form of a handoff (snake_case, passwords in clear): what the encrypted file holds. */
+export interface HandoffJson {
+  format: string
+  issued_at: string
+  issued_by: string
+  establishment: {uai: string; name: string; academie: string}
+  ami: {name: string}
+  vm: {name: string; address: string}
+  ssh: {host: string; port: number; login: string; password: string; host_key_fingerprints: string[]}
+  postgresql: {host: string; port: number; login: string; password: string}
+  tryton_admin: {login: string; password: string}
+  web_client: {url: string}
+  desktop_client: {client: string; host: string; port: number; database: string; username: string}
+}
+
+export interface BuildHandoffOptions {
+  connection?: HandoffConnection
+  /** SSH host key fingerprints ("SHA256:…", optionally with the key type), when known. */
+  sshHostKeyFingerprints?: string[]
+  now?: Date
+  /** e.g. "pgi 0.1.0" */
+  issuedBy?: string
+}
+
+/** The VM name of an establishment (also its hostname): `pgi-0130040y`. */
+export function handoffVmName(uai: string): string {
+  return `pgi-${uai.toLowerCase().replace(/[^a-z0-9-]/g, '-')}`
+}
+
+export function buildHandoff(est: Establishment, secrets: EstablishmentSecrets, opts: BuildHandoffOptions = {}): HandoffDocument {
+  const c = opts.connection ?? {}
+  const address = est.network.address.split('/')[0]
+  const host = c.host ?? address
+  const webUrl = c.webUrl ?? `http://${urlHost(host)}${c.webPort && c.webPort !== GUEST_PORTS.web ? `:${c.webPort}` : ''}/`
+  return {
+    format: HANDOFF_FORMAT,
+    issuedAt: (opts.now ?? new Date()).toISOString(),
+    issuedBy: opts.issuedBy ?? 'pgi',
+    establishment: {uai: est.uai, name: est.name, academie: est.academie},
+    ami: {name: est.ami.name},
+    vm: {name: handoffVmName(est.uai), address},
+    ssh: {host, port: c.sshPort ?? GUEST_PORTS.ssh, login: est.ami.login, password: secrets.amiPassword, hostKeyFingerprints: opts.sshHostKeyFingerprints ?? []},
+    postgresql: {host, port: c.postgresqlPort ?? GUEST_PORTS.postgresql, login: SQL_ADMIN_LOGIN, password: secrets.sqlAdmin},
+    trytonAdmin: {login: TRYTON_ADMIN_LOGIN, password: secrets.trytonAdmin},
+    webClient: {url: webUrl},
+    desktopClient: {client: 'Tryton 6.0', host, port: c.jsonrpcPort ?? GUEST_PORTS.jsonrpc, database: c.database ?? DEFAULT_TRYTON_DATABASE, username: TRYTON_ADMIN_LOGIN},
+  }
+}
+
+function urlHost(h: string): string {
+  return h.includes(':') && !h.startsWith('[') ? `[${h}]` : h
+}
+
+/** The wire form, with passwords revealed: only for the encrypted file and for `open`'s output to its owner. */
+export function handoffToJson(doc: HandoffDocument): HandoffJson {
+  return {
+    format: doc.format,
+    issued_at: doc.issuedAt,
+    issued_by: doc.issuedBy,
+    establishment: {...doc.establishment},
+    ami: {...doc.ami},
+    vm: {...doc.vm},
+    ssh: {host: doc.ssh.host, port: doc.ssh.port, login: doc.ssh.login, password: doc.ssh.password.reveal(), host_key_fingerprints: [...doc.ssh.hostKeyFingerprints]},
+    postgresql: {host: doc.postgresql.host, port: doc.postgresql.port, login: doc.postgresql.login, password: doc.postgresql.password.reveal()},
+    tryton_admin: {login: doc.trytonAdmin.login, password: doc.trytonAdmin.password.reveal()},
+    web_client: {url: doc.webClient.url},
+    desktop_client: {...doc.desktopClient},
+  }
+}
+
+function hostPort(host: string, port: number): string {
+  return `${urlHost(host)}:${port}`
+}
+
+/** The plaintext of the handoff: the French letter, then the data block. */
+export function renderHandoff(doc: HandoffDocument): string {
+  const j = handoffToJson(doc)
+  const sshCmd = `ssh ${j.ssh.port === 22 ? '' : `-p ${j.ssh.port} `}${j.ssh.login}@${j.ssh.host}`
+  const fps = j.ssh.host_key_fingerprints
+  const when = j.issued_at.replace('T', ' ').replace(/\.\d+Z$/, ' UTC').replace(/Z$/, ' UTC')
+  const L: string[] = [
+    `PGI — Codes d'accès du serveur PGI de l'établissement`,
+    `=====================================================`,
+    ``,
+    `Établissement : ${j.establishment.name} (UAI ${j.establishment.uai}), académie ${j.establishment.academie}`,
+    `Destinataire  : ${j.ami.name} (AMI)`,
+    `Émis le       : ${when} (${j.issued_by})`,
+    ``,
+    `Ce document a été chiffré pour vous seul, avec votre clé age. Gardez-le en lieu sûr et ne`,
+    `le transférez pas : ses mots de passe donnent un accès administrateur au serveur PGI. Un`,
+    `nouveau document remplace le précédent (après un changement des mots de passe par la Région).`,
+    ``,
+    `1. Le serveur (machine virtuelle ${j.vm.name})`,
+    `   Adresse IP            : ${j.vm.address}`,
+    `   Connexion à distance  : ${sshCmd}`,
+    `   Identifiant           : ${j.ssh.login}`,
+    `   Mot de passe          : ${j.ssh.password}`,
+    ...(fps.length > 0
+      ? [`   Empreinte du serveur  : ${fps[0]}`, ...fps.slice(1).map((f) => `                           ${f}`), `   (à la première connexion, vérifiez que SSH affiche bien cette empreinte)`]
+      : []),
+    `   À quoi ça sert : intervenir sur le serveur pour un problème technique local (redémarrer`,
+    `   un service, consulter les journaux, vérifier l'espace disque). Votre compte a les droits`,
+    `   d'administration par sudo.`,
+    `   Changer le mot de passe : connecté au serveur, tapez « passwd ».`,
+    ``,
+    `2. La base de données PostgreSQL (administrateur SQL)`,
+    `   Serveur               : ${j.postgresql.host}, port ${j.postgresql.port}`,
+    `   Identifiant           : ${j.postgresql.login}`,
+    `   Mot de passe          : ${j.postgresql.password}`,
+    `   Exemple               : psql "host=${j.postgresql.host} port=${j.postgresql.port} user=${j.postgresql.login} dbname=postgres"`,
+    `   À quoi ça sert : gérer les bases de données du PGI (créer, sauvegarder et restaurer les`,
+    `   dossiers des élèves et des enseignants).`,
+    `   Changer le mot de passe : dans psql, tapez « \\password ${j.postgresql.login} ».`,
+    ``,
+    `3. Le compte administrateur de Tryton (le PGI)`,
+    `   Identifiant           : ${j.tryton_admin.login}`,
+    `   Mot de passe          : ${j.tryton_admin.password}`,
+    `   Base de données       : ${j.desktop_client.database}`,
+    `   À quoi ça sert : administrer le PGI lui-même (comptes des enseignants et des élèves,`,
+    `   modules, paramètres de la société).`,
+    `   Changer le mot de passe : dans Tryton, menu Utilisateur > Préférences > Changer le mot de passe.`,
+    ``,
+    `4. Le client léger (navigateur web)`,
+    `   Adresse               : ${j.web_client.url}`,
+    `   Rien à installer : ouvrez cette adresse dans un navigateur récent sur les postes des`,
+    `   élèves et des enseignants, puis connectez-vous à la base « ${j.desktop_client.database} ».`,
+    ``,
+    `5. Le client lourd (application Tryton pour ordinateur)`,
+    `   Installez le client Tryton en version 6.0 (la même version que le serveur ; sous Debian`,
+    `   ou Ubuntu : paquet « tryton-client »), puis créez ce profil de connexion :`,
+    `   Serveur               : ${hostPort(j.desktop_client.host, j.desktop_client.port)}`,
+    `   Base de données       : ${j.desktop_client.database}`,
+    `   Utilisateur           : ${j.desktop_client.username}`,
+    `   (ou ajoutez ces lignes au fichier ~/.config/tryton/6.0/profiles.cfg) :`,
+    `       [${j.establishment.name}]`,
+    `       host = ${hostPort(j.desktop_client.host, j.desktop_client.port)}`,
+    `       database = ${j.desktop_client.database}`,
+    `       username = ${j.desktop_client.username}`,
+    ``,
+    `Si vous changez vous-même un mot de passe, prévenez les techniciens de la Région : leur`,
+    `copie chiffrée ne serait plus à jour. Ils peuvent aussi renouveler tous les mots de passe`,
+    `(commande « pgi credentials rotate ») et vous envoyer un nouveau document.`,
+    ``,
+    `Données du document pour l'outil pgi (ne pas modifier) :`,
+    JSON_BEGIN,
+    JSON.stringify(j, null, 2),
+    JSON_END,
+    ``,
+  ]
+  return L.join('\n')
+}
+
+/** Reads the data block of a decrypted handoff. */
+export function parseHandoff(text: string, file?: string): HandoffDocument {
+  const bad = (why: string) =>
+    new UserError(ErrorCode.HANDOFF_INVALID, `not a pgi handoff: ${why}`, {
+      ...(file ? {where: {file}} : {}),
+      suggestions: ['Open the .handoff.age file pgi wrote (its data block must be intact).'],
+    })
+  const b = text.indexOf(JSON_BEGIN)
+  const e = text.indexOf(JSON_END, b + 1)
+  if (b < 0 || e < 0) throw bad('no data block')
+  let j: HandoffJson
+  try {
+    j = JSON.parse(text.slice(b + JSON_BEGIN.length, e)) as HandoffJson
+  } catch (err) {
+    throw bad(`the data block is not JSON (${(err as Error).message})`)
+  }
+  if (j?.format !== HANDOFF_FORMAT) throw bad(`unknown format "${String(j?.format)}" (expected ${HANDOFF_FORMAT})`)
+  for (const k of ['establishment', 'ami', 'vm', 'ssh', 'postgresql', 'tryton_admin', 'web_client', 'desktop_client'] as const) {
+    if (typeof j[k] !== 'object' || j[k] === null) throw bad(`missing "${k}"`)
+  }
+  return {
+    format: HANDOFF_FORMAT,
+    issuedAt: j.issued_at,
+    issuedBy: j.issued_by,
+    establishment: j.establishment,
+    ami: j.ami,
+    vm: j.vm,
+    ssh: {host: j.ssh.host, port: j.ssh.port, login: j.ssh.login, password: new Secret(j.ssh.password), hostKeyFingerprints: j.ssh.host_key_fingerprints ?? []},
+    postgresql: {host: j.postgresql.host, port: j.postgresql.port, login: j.postgresql.login, password: new Secret(j.postgresql.password)},
+    trytonAdmin: {login: j.tryton_admin.login, password: new Secret(j.tryton_admin.password)},
+    webClient: j.web_client,
+    desktopClient: j.desktop_client,
+  }
+}
+
+/** Encrypts the rendered handoff to `recipient` alone (ASCII-armored age). */
+export async function encryptHandoff(doc: HandoffDocument, recipient: string): Promise<string> {
+  const e = new Encrypter()
+  e.addRecipient(recipient)
+  return armor.encode(await e.encrypt(renderHandoff(doc)))
+}
+
+/** Decrypts a handoff file with the AMI's identity file(s) and parses it. */
+export async function openHandoff(file: string, identityFiles: string[]): Promise<{document: HandoffDocument; text: string}> {
+  let data: Buffer
+  try {
+    data = await readFile(file)
+  } catch (err) {
+    throw new UserError(ErrorCode.HANDOFF_INVALID, `cannot read the handoff file (${(err as NodeJS.ErrnoException).code ?? String(err)})`, {where: {file}, cause: err})
+  }
+  const d = new Decrypter()
+  const recipients: string[] = []
+  for (const f of identityFiles) {
+    for (const id of await readIdentityFile(f)) {
+      d.addIdentity(id.identity.reveal())
+      recipients.push(id.recipient)
+    }
+  }
+  let text: string
+  try {
+    const head = data.subarray(0, 34).toString('latin1')
+    const bytes = head.startsWith('-----BEGIN AGE ENCRYPTED FILE-----') ? armor.decode(data.toString('utf8')) : new Uint8Array(data)
+    text = await d.decrypt(bytes, 'text')
+  } catch (err) {
+    const notForUs = /no identity matched/i.test((err as Error).message)
+    throw new UserError(
+      ErrorCode.SECRET_DECRYPT,
+      notForUs ? 'this handoff is not encrypted to the given key' : `the handoff could not be decrypted: ${(err as Error).message}`,
+      {
+        where: {file},
+        details: {yourRecipients: recipients},
+        suggestions: notForUs
+          ? ['Use the age key of the AMI this handoff was written for (--identity). If the AMI has a new key, update ami.age_recipient in the inventory and run `pgi credentials handoff` again.']
+          : ['The file may be damaged in transit: ask the Région to send it again.'],
+        cause: err,
+      },
+    )
+  }
+  return {document: parseHandoff(text, file), text}
+}
+
+export interface IssueHandoffOptions {
+  store: SecretStore
+  /** Folder the file is written to (created if needed). */
+  outDir: string
+  connection?: HandoffConnection
+  /** Overrides the fingerprints recorded in the store (`establishments/<UAI>/ssh-host-keys`). */
+  sshHostKeyFingerprints?: string[]
+  /** Use these secrets instead of reading the store (rotation passes the new ones). */
+  secrets?: EstablishmentSecrets
+  now?: Date
+  issuedBy?: string
+  io?: Io
+}
+
+/** What was written. Never holds a secret. */
+export interface HandoffIssued {
+  uai: string
+  file: string
+  /** The only key that can open it. */
+  recipient: string
+  ami: string
+  address: string
+  issuedAt: string
+}
+
+/** Writes `<outDir>/<UAI>.handoff.age` for one establishment (atomically, mode 0600). */
+export async function issueHandoff(est: Establishment, opts: IssueHandoffOptions): Promise<HandoffIssued> {
+  const recipient = est.ami.ageRecipient?.trim()
+  try {
+    if (!recipient) throw new Error('no ami.age_recipient')
+    new Encrypter().addRecipient(recipient)
+  } catch (err) {
+    throw new UserError(ErrorCode.INVENTORY_INVALID, `establishment ${est.uai}: the AMI's age public key is missing or invalid (${(err as Error).message})`, {
+      where: {file: est.source.file, line: est.source.line, column: est.source.column, uai: est.uai},
+      suggestions: ['Ask the AMI for their age public key (`age-keygen -o ami.key` prints it) and set ami.age_recipient in the inventory.'],
+    })
+  }
+  if (!opts.secrets) await refuseDuringRotation(opts.store, est.uai)
+  const secrets = opts.secrets ?? (await readEstablishmentSecrets(opts.store, est.uai))
+  const fingerprints = opts.sshHostKeyFingerprints ?? (await readHostKeyFingerprints(opts.store, est.uai))
+  const doc = buildHandoff(est, secrets, {connection: opts.connection, sshHostKeyFingerprints: fingerprints, now: opts.now, issuedBy: opts.issuedBy ?? (await pgiVersionLabel())})
+  const outDir = resolve(opts.outDir)
+  await mkdir(outDir, {recursive: true, mode: 0o700})
+  const file = join(outDir, `${est.uai}${HANDOFF_SUFFIX}`)
+  await writeFileAtomic(file, await encryptHandoff(doc, recipient), {mode: 0o600})
+  opts.io?.info(`handoff for ${est.uai} written, readable only by ${est.ami.name}'s key`, {file})
+  return {uai: est.uai, file, recipient, ami: est.ami.name, address: doc.vm.address, issuedAt: doc.issuedAt}
+}
+
+/**
+ * While a rotation is unfinished the guest may already use the pending secrets: a handoff
+ * written from the current ones could be wrong, so it is refused until `rotate` finishes.
+ */
+async function refuseDuringRotation(store: SecretStore, uai: string): Promise<void> {
+  const pending = await store.list(`establishments/${uai}/pending/`)
+  if (pending.length > 0) {
+    throw new UserError(ErrorCode.ROTATION_PENDING, `a rotation of the secrets of ${uai} was interrupted; its handoff cannot be written until it is finished`, {
+      where: {uai},
+      details: {pending},
+      suggestions: [`Run \`pgi credentials rotate ${uai}\`: it finishes the interrupted rotation and writes the handoff.`],
+    })
+  }
+}
+
+/** Records the VM's SSH host key fingerprints in the store, for the next handoffs. */
+export async function recordHostKeyFingerprints(store: SecretStore, uai: string, fingerprints: string[]): Promise<void> {
+  await store.put(hostKeysKey(uai), new Secret(fingerprints.join('\n')))
+}
+
+export async function readHostKeyFingerprints(store: SecretStore, uai: string): Promise<string[]> {
+  const v = await store.tryGet(hostKeysKey(uai))
+  return v ? v.reveal().split('\n').map((s) => s.trim()).filter(Boolean) : []
+}
+
+let versionLabel: string | undefined
+async function pgiVersionLabel(): Promise<string> {
+  if (versionLabel) return versionLabel
+  try {
+    const pkg = JSON.parse(await readFile(join(packageRoot(), 'package.json'), 'utf8')) as {version?: string}
+    versionLabel = `pgi ${pkg.version ?? ''}`.trim()
+  } catch {
+    versionLabel = 'pgi'
+  }
+  return versionLabel
+}

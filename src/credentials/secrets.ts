@@ -1,0 +1,95 @@
+import {ErrorCode, UserError} from '../errors.js'
+import type {Secret} from '../secret.js'
+import {generatePassword, type SecretStore} from '../secrets/store.js'
+
+/**
+ * The per-establishment secrets and where they live in the secret store:
+ * `establishments/<UAI>/{sql-admin,tryton-admin,ami-password}`, plus, while a rotation is in
+ * flight, `establishments/<UAI>/pending/<name>`.
+ */
+export const ESTABLISHMENT_SECRETS = ['sql-admin', 'tryton-admin', 'ami-password'] as const
+export type EstablishmentSecretName = (typeof ESTABLISHMENT_SECRETS)[number]
+
+/** Fixed logins of the guest contract. The AMI's login comes from the inventory (`ami.login`). */
+export const SQL_ADMIN_LOGIN = 'pgi_admin'
+export const TRYTON_ADMIN_LOGIN = 'admin'
+
+export interface EstablishmentSecrets {
+  sqlAdmin: Secret
+  trytonAdmin: Secret
+  amiPassword: Secret
+}
+
+const FIELD: Record<EstablishmentSecretName, keyof EstablishmentSecrets> = {
+  'sql-admin': 'sqlAdmin',
+  'tryton-admin': 'trytonAdmin',
+  'ami-password': 'amiPassword',
+}
+
+export function establishmentSecretKey(uai: string, name: EstablishmentSecretName, opts: {pending?: boolean} = {}): string {
+  return `establishments/${uai}/${opts.pending ? 'pending/' : ''}${name}`
+}
+
+/** Store key of the VM's SSH host key fingerprints (not secret, but kept with the rest). */
+export function hostKeysKey(uai: string): string {
+  return `establishments/${uai}/ssh-host-keys`
+}
+
+export function isEstablishmentSecretName(s: string): s is EstablishmentSecretName {
+  return (ESTABLISHMENT_SECRETS as readonly string[]).includes(s)
+}
+
+/** Reads the three secrets; SECRET_MISSING names the first missing key and suggests `pgi deploy`. */
+export async function readEstablishmentSecrets(store: SecretStore, uai: string): Promise<EstablishmentSecrets> {
+  const out: Partial<EstablishmentSecrets> = {}
+  for (const name of ESTABLISHMENT_SECRETS) {
+    const key = establishmentSecretKey(uai, name)
+    const v = await store.tryGet(key)
+    if (!v) {
+      throw new UserError(ErrorCode.SECRET_MISSING, `secret "${key}" is not in the secret store: establishment ${uai} has not been deployed yet (or the store is not the one deploy used)`, {
+        where: {uai},
+        details: {key, store: store.dir},
+        suggestions: [`Run \`pgi deploy ${uai}\`: it generates the establishment's secrets and sets them in the VM.`, 'Check --secrets-dir / PGI_SECRETS_DIR.'],
+      })
+    }
+    out[FIELD[name]] = v
+  }
+  return out as EstablishmentSecrets
+}
+
+/**
+ * Makes sure the three secrets of `uai` exist in the store, generating the missing ones
+ * (CSPRNG, ≥128 bits) — deploy calls this before it configures the guest. Existing secrets are
+ * never replaced (use rotation for that), so re-running deploy is harmless.
+ */
+export async function ensureEstablishmentSecrets(store: SecretStore, uai: string): Promise<{secrets: EstablishmentSecrets; generated: EstablishmentSecretName[]}> {
+  const out: Partial<EstablishmentSecrets> = {}
+  const generated: EstablishmentSecretName[] = []
+  for (const name of ESTABLISHMENT_SECRETS) {
+    const key = establishmentSecretKey(uai, name)
+    let v = await store.tryGet(key)
+    if (!v) {
+      v = generatePassword()
+      await store.put(key, v)
+      generated.push(name)
+    }
+    out[FIELD[name]] = v
+  }
+  return {secrets: out as EstablishmentSecrets, generated}
+}
+
+/**
+ * The JSON `pgi-configure` reads on stdin (guest contract) for the given secrets. Reveals the
+ * secrets: pass the result straight to `agentExec(…, {inputData})`, nowhere else.
+ */
+export function guestConfigureInput(secrets: Partial<EstablishmentSecrets>, amiLogin: string): string {
+  const payload: Record<string, {login: string; password: string}> = {}
+  if (secrets.sqlAdmin) payload.sql_admin = {login: SQL_ADMIN_LOGIN, password: secrets.sqlAdmin.reveal()}
+  if (secrets.trytonAdmin) payload.tryton_admin = {login: TRYTON_ADMIN_LOGIN, password: secrets.trytonAdmin.reveal()}
+  if (secrets.amiPassword) payload.ami = {login: amiLogin, password: secrets.amiPassword.reveal()}
+  return JSON.stringify(payload)
+}
+
+export function secretField(name: EstablishmentSecretName): keyof EstablishmentSecrets {
+  return FIELD[name]
+}
