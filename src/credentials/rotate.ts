@@ -1,0 +1,195 @@
+import {ErrorCode, UserError} from '../errors.js'
+import type {Io} from '../io.js'
+import type {Establishment} from '../inventory/types.js'
+import type {AgentExecResult, PveApi} from '../proxmox/types.js'
+import type {Secret} from '../secret.js'
+import {generatePassword, type SecretStore} from '../secrets/store.js'
+import {issueHandoff, recordHostKeyFingerprints, type HandoffConnection, type HandoffIssued} from './handoff.js'
+import {
+  ESTABLISHMENT_SECRETS,
+  establishmentSecretKey,
+  guestConfigureInput,
+  readEstablishmentSecrets,
+  secretField,
+  type EstablishmentSecretName,
+  type EstablishmentSecrets,
+} from './secrets.js'
+
+/** The guest contract's configuration entry point: JSON on stdin, `{"changed":[…]}` on stdout. */
+export const PGI_CONFIGURE = '/usr/local/sbin/pgi-configure'
+
+/**
+ * Rotation of an establishment's secrets, safe against interruption at any point:
+ *
+ *   1. new secrets are generated and written to the store as `establishments/<UAI>/pending/<name>`
+ *      (encrypted like everything else) — from here a rerun re-applies them instead of making new ones;
+ *   2. they are applied in the guest (`pgi-configure`, secrets on stdin only, idempotent);
+ *   3. pending → current in the store;
+ *   4. the handoff is reissued with the new secrets;
+ *   5. the pending copies are deleted.
+ *
+ * Killed after 1, the guest still has the old secrets and the store both: the rerun applies the
+ * pending ones. Killed after 2, the guest has the new ones and the store has them as pending:
+ * the rerun applies them again (a no-op) and promotes them. Killed after 3 or 4, the rerun
+ * re-applies, promotes (same values) and reissues. No state loses the secret the guest uses.
+ */
+export interface RotateOptions {
+  api: PveApi
+  store: SecretStore
+  establishment: Establishment
+  /** Where the new handoff is written (`<outDir>/<UAI>.handoff.age`). */
+  outDir: string
+  /** Which secrets to change (default all three). Ignored when a rotation is pending: it is finished first. */
+  only?: EstablishmentSecretName[]
+  connection?: HandoffConnection
+  io?: Io
+  /** Guest agent exec timeout (default 120 s: pgi-configure restarts services). */
+  timeoutMs?: number
+  /** Called after each step (tests use it to interrupt; progress displays use it too). */
+  onStep?: (step: RotateStep) => Promise<void> | void
+}
+
+export type RotateStep = 'pending-written' | 'guest-applied' | 'promoted' | 'handoff-reissued' | 'pending-cleared'
+
+/** What happened. Never holds a secret. */
+export interface RotateResult {
+  uai: string
+  hypervisor: string
+  node: string
+  vmid: number
+  /** True when an interrupted rotation was found and finished. */
+  resumed: boolean
+  rotated: EstablishmentSecretName[]
+  /** What the guest reported it changed (pgi-configure's `changed`). */
+  guestChanged: string[]
+  handoff: HandoffIssued
+}
+
+export async function pendingSecrets(store: SecretStore, uai: string): Promise<EstablishmentSecretName[]> {
+  const out: EstablishmentSecretName[] = []
+  for (const name of ESTABLISHMENT_SECRETS) if (await store.has(establishmentSecretKey(uai, name, {pending: true}))) out.push(name)
+  return out
+}
+
+export async function rotateEstablishmentSecrets(opts: RotateOptions): Promise<RotateResult> {
+  const {api, store, establishment: est, io} = opts
+  const where = {uai: est.uai, hypervisor: api.hypervisor, node: est.node, vmid: est.vmid}
+  const step = async (s: RotateStep) => {
+    io?.debug(`rotate ${est.uai}: ${s}`)
+    await opts.onStep?.(s)
+  }
+
+  // The current secrets must exist: rotating an establishment that was never deployed makes no sense.
+  const current = await readEstablishmentSecrets(store, est.uai)
+
+  // 1. pending secrets: reuse those of an interrupted run, or generate new ones.
+  let names = await pendingSecrets(store, est.uai)
+  const resumed = names.length > 0
+  const fresh: Partial<EstablishmentSecrets> = {}
+  if (resumed) {
+    io?.info(`${est.uai}: finishing an interrupted rotation (${names.join(', ')})`)
+    for (const n of names) fresh[secretField(n)] = await store.get(establishmentSecretKey(est.uai, n, {pending: true}))
+  } else {
+    names = opts.only && opts.only.length > 0 ? ESTABLISHMENT_SECRETS.filter((n) => opts.only!.includes(n)) : [...ESTABLISHMENT_SECRETS]
+    for (const n of names) {
+      const v = generatePassword()
+      await store.put(establishmentSecretKey(est.uai, n, {pending: true}), v)
+      fresh[secretField(n)] = v
+    }
+  }
+  await step('pending-written')
+
+  // 2. apply in the guest (secrets on stdin only).
+  const guestChanged = await applyInGuest(api, est, fresh, {timeoutMs: opts.timeoutMs ?? 120_000, where, io})
+  await step('guest-applied')
+
+  // 3. promote pending → current.
+  for (const n of names) await store.put(establishmentSecretKey(est.uai, n), fresh[secretField(n)]!)
+  await step('promoted')
+
+  // Best effort: record the host key fingerprints for the handoff (they are not secret).
+  const fps = await fetchHostKeyFingerprints(api, est.node, est.vmid).catch((err: unknown) => {
+    io?.debug(`${est.uai}: could not read the SSH host keys through the guest agent: ${(err as Error).message}`)
+    return [] as string[]
+  })
+  if (fps.length > 0) await recordHostKeyFingerprints(store, est.uai, fps)
+
+  // 4. reissue the handoff with the new secrets.
+  const secrets: EstablishmentSecrets = {...current, ...fresh}
+  const handoff = await issueHandoff(est, {store, outDir: opts.outDir, connection: opts.connection, secrets, io})
+  await step('handoff-reissued')
+
+  // 5. clear the pending copies.
+  for (const n of names) await store.delete(establishmentSecretKey(est.uai, n, {pending: true}))
+  await step('pending-cleared')
+
+  io?.info(`${est.uai}: secrets rotated (${names.join(', ')}), new handoff written`, {file: handoff.file})
+  return {uai: est.uai, hypervisor: api.hypervisor, node: est.node, vmid: est.vmid, resumed, rotated: names, guestChanged, handoff}
+}
+
+/**
+ * Runs pgi-configure in the guest with `secrets` on stdin. The guest contract says it never
+ * prints a secret; its output is still scrubbed of them before it appears in an error.
+ */
+export async function applyInGuest(
+  api: PveApi,
+  est: Establishment,
+  secrets: Partial<EstablishmentSecrets>,
+  opts: {timeoutMs?: number; where?: Record<string, unknown>; io?: Io} = {},
+): Promise<string[]> {
+  const where = {uai: est.uai, hypervisor: api.hypervisor, node: est.node, vmid: est.vmid}
+  const values = Object.values(secrets).filter((v): v is Secret => v !== undefined)
+  const scrub = (t: string) => values.reduce((acc, s) => acc.split(s.reveal()).join('[secret]'), t)
+  const status = await api.vmStatus(est.node, est.vmid)
+  if (!status) {
+    throw new UserError(ErrorCode.UNKNOWN_ESTABLISHMENT, `the VM of ${est.uai} (VM ${est.vmid}) does not exist on ${api.hypervisor}/${est.node}`, {
+      where,
+      suggestions: [`Deploy it first: \`pgi deploy ${est.uai}\`.`],
+    })
+  }
+  if (status.status !== 'running') {
+    throw new UserError(ErrorCode.UNHEALTHY, `the VM of ${est.uai} is ${status.status}, so its secrets cannot be changed`, {
+      where,
+      suggestions: ['Start the VM, then run the same command again: the pending secrets are kept and will be applied.'],
+    })
+  }
+  let r: AgentExecResult
+  try {
+    r = await api.agentExec(est.node, est.vmid, [PGI_CONFIGURE], {inputData: guestConfigureInput(secrets, est.ami.login), timeoutMs: opts.timeoutMs})
+  } catch (err) {
+    const e = err as Error & {code?: string}
+    throw new UserError(ErrorCode.GUEST_CONFIGURE, `could not run pgi-configure in the VM of ${est.uai}: ${scrub(e.message)}`, {
+      where,
+      suggestions: ['Check the guest agent (`pgi status`), then run the same command again: the pending secrets are kept.'],
+    })
+  }
+  if (r.exitcode !== 0) {
+    throw new UserError(ErrorCode.GUEST_CONFIGURE, `pgi-configure failed in the VM of ${est.uai} (exit ${r.exitcode}): ${scrub(tail(r.stderr || r.stdout))}`, {
+      where,
+      suggestions: ['Fix the cause shown, then run the same command again: the pending secrets are kept and will be applied.'],
+    })
+  }
+  try {
+    const out = JSON.parse(r.stdout) as {changed?: unknown}
+    return Array.isArray(out.changed) ? out.changed.map(String) : []
+  } catch {
+    opts.io?.warn(`${est.uai}: pgi-configure succeeded but did not print JSON`)
+    return []
+  }
+}
+
+/** Reads the guest's SSH host key fingerprints through the agent ("ED25519 SHA256:…"). */
+export async function fetchHostKeyFingerprints(api: PveApi, node: string, vmid: number): Promise<string[]> {
+  const r = await api.agentExec(node, vmid, ['/bin/sh', '-c', 'for f in /etc/ssh/ssh_host_*_key.pub; do ssh-keygen -l -E sha256 -f "$f"; done'], {timeoutMs: 30_000})
+  if (r.exitcode !== 0) throw new Error(`ssh-keygen exited with ${r.exitcode}`)
+  const out: string[] = []
+  for (const line of r.stdout.split('\n')) {
+    const m = /^\d+\s+(SHA256:[A-Za-z0-9+/=]+)\s.*\(([A-Z0-9-]+)\)\s*$/.exec(line.trim())
+    if (m) out.push(`${m[2]} ${m[1]}`)
+  }
+  return out
+}
+
+function tail(t: string, n = 5): string {
+  return t.trim().split('\n').slice(-n).join(' | ')
+}
