@@ -11,7 +11,7 @@
 import {hostname} from 'node:os'
 
 import {settleAll} from '../fleet/pool.js'
-import {configureGuest, waitForAgent, waitForHealthy, type GuestTarget} from '../fleet/guest.js'
+import {waitForAgent, waitForHealthy, type GuestTarget} from '../fleet/guest.js'
 import {formatDescription, formatTags, parseDescription} from '../fleet/vm-meta.js'
 import {ErrorCode, PgiError, UserError, asPgiError, type ErrorCodeValue, type ErrorLocation} from '../errors.js'
 import {ExitCode, type ExitCodeValue} from '../exit-codes.js'
@@ -50,10 +50,13 @@ export interface DeployResult {
   exitCode: ExitCodeValue
 }
 
-/** What deploy needs from the credentials area (src/credentials): secrets and the AMI handoff. */
+/** What deploy needs from the credentials area (src/credentials; default: src/deploy/credentials.ts). */
 export interface DeployCredentials {
-  /** The JSON for pgi-configure (secrets generated and stored if missing). Never log it. */
-  configureInput(est: Establishment): Promise<string>
+  /**
+   * Generates the establishment's missing secrets (secret store) and applies them in the guest
+   * through the agent's stdin; records the VM's SSH host keys for the handoff. Returns what changed.
+   */
+  configure(api: PveApi, est: Establishment): Promise<string[]>
   /** Where the handoff file of `est` is (or would be). */
   handoffPath(est: Establishment): string
   /** Writes the AMI's handoff file; returns its path. */
@@ -298,7 +301,7 @@ async function finishSetup(item: PlanItem, est: Establishment, target: GuestTarg
   await waitForHealthy(target, {timeoutMs: ctx.healthTimeoutMs ?? 1_200_000, intervalMs: ctx.pollIntervalMs, onProgress: ctx.update, signal: ctx.signal})
   await step('healthy')
   ctx.update('setting the establishment secrets')
-  const changed = await configureGuest(target, await ctx.credentials.configureInput(est))
+  const changed = await ctx.credentials.configure(api, est)
   ctx.io.debug(`${est.uai}: pgi-configure changed ${changed.join(', ') || 'nothing'}`)
   await step('configured')
   await markConfigured(target, est, ctx)

@@ -1,14 +1,11 @@
 /**
- * Talking to the pgi guest contract through the QEMU guest agent (never SSH, never a command
- * line holding a secret): wait for the agent, wait for `pgi-health`, apply secrets with
- * `pgi-configure` (JSON on stdin), take a backup with `pgi-backup --verify`.
+ * Talking to the pgi guest contract through the QEMU guest agent (never SSH): wait for the agent, wait for `pgi-health`, take a backup with `pgi-backup --verify`.
  * Every wait is bounded and says what it saw last when it gives up.
  */
 import {ErrorCode, TimeoutError, UserError, type ErrorLocation} from '../errors.js'
 import type {PveApi} from '../proxmox/types.js'
 
 export const GUEST_HEALTH = '/usr/local/sbin/pgi-health'
-export const GUEST_CONFIGURE = '/usr/local/sbin/pgi-configure'
 export const GUEST_BACKUP = '/usr/local/sbin/pgi-backup'
 
 export interface GuestTarget {
@@ -100,27 +97,6 @@ export async function waitForHealthy(t: GuestTarget, opts: WaitOpts): Promise<Gu
     }
     opts.onProgress?.(`waiting for pgi-health (${Math.round(waited / 1000)} s): ${last}`)
     await sleep(Math.min(opts.intervalMs ?? 5000, Math.max(0, opts.timeoutMs - waited)), opts.signal)
-  }
-}
-
-/**
- * Applies secrets in the guest with pgi-configure: `input` is the JSON of the guest contract
- * (build it with `guestConfigureInput` from src/credentials/secrets.ts), sent on the agent's stdin
- * (input-data) — never on a command line, never in the VM config. Returns what the guest changed.
- */
-export async function configureGuest(t: GuestTarget, input: string): Promise<string[]> {
-  const r = await t.api.agentExec(t.node, t.vmid, [GUEST_CONFIGURE], {inputData: input, timeoutMs: 300_000})
-  if (r.exitcode !== 0) {
-    throw new UserError(ErrorCode.GUEST_COMMAND_FAILED, `pgi-configure failed in VM ${t.vmid} (exit ${r.exitcode}): ${lastLine(r.stderr || r.stdout)}`, {
-      where: where(t),
-      suggestions: ['Look at the guest journal (journalctl -t pgi-configure) from the VM console, then run deploy again.'],
-    })
-  }
-  try {
-    const out = JSON.parse(r.stdout) as {changed?: unknown}
-    return Array.isArray(out.changed) ? out.changed.map(String) : []
-  } catch {
-    return []
   }
 }
 
