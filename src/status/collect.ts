@@ -1,0 +1,316 @@
+/**
+ * The status service: asks each hypervisor about its establishments' VMs and each running VM's
+ * guest about its PGI, in parallel with a bound per hypervisor, and draws one verdict each.
+ *
+ * Calls per hypervisor (no N+1 on states): one `cluster/resources` for every VM state and uptime;
+ * then per VM its config (the pgi-meta line: image, rollout mark) and, for running VMs only, one
+ * `agent exec pgi-health`. A VM missing from the listing gets one `status/current` (to tell "not
+ * there" from "not visible to this token"). When pgi-health may not run (a token without
+ * VM.GuestAgent.Unrestricted, e.g. an AMI's), the agent is pinged and asked for its filesystems
+ * instead, so what can be known is still shown.
+ *
+ * Every request has its own deadline (`requestTimeoutMs`). The first hypervisor-level failure
+ * (timeout, refused connection, TLS mismatch, token refused) opens a breaker for that hypervisor:
+ * its remaining calls fail at once with the same cause, so a dead hypervisor costs one timeout and
+ * only its own lines, never the others'.
+ */
+import {ErrorCode} from '../errors.js'
+import {KeyedPool} from '../fleet/pool.js'
+import {imageFromTags, parseDescription} from '../fleet/vm-meta.js'
+import type {Io} from '../io.js'
+import type {Establishment} from '../inventory/types.js'
+import type {PveApi, PveResource} from '../proxmox/types.js'
+import {CallTimeout, HypervisorDown, isHypervisorLevel, toProbeError} from './probe-error.js'
+import type {HypervisorSummary, Observation, ProbeError, StatusReport, VerdictPolicy} from './types.js'
+import {DEFAULT_POLICY, parseHealthOutput, rolloutState, sortStatuses, summarize, toEstablishmentStatus} from './verdict.js'
+
+/** The guest's health command (guest contract). */
+export const HEALTH_COMMAND = '/usr/local/sbin/pgi-health'
+
+/** Mountpoint and disk serial of the data disk (guest contract), for the get-fsinfo fallback. */
+const DATA_MOUNT = '/srv/pgi'
+const DATA_SERIAL = 'pgi-data'
+
+export const STATUS_DEFAULTS = {
+  requestTimeoutMs: 5_000,
+  healthTimeoutMs: 30_000,
+  maxParallel: 64,
+  perHypervisor: 4,
+} as const
+
+export interface StatusOptions {
+  establishments: readonly Establishment[]
+  /** The PveApi of a hypervisor (e.g. `(name) => hypervisors.get(name)` from src/hypervisors.ts). */
+  api: (hypervisor: string) => Promise<PveApi>
+  io: Io
+  /** Deadline of each API request (ms). */
+  requestTimeoutMs?: number
+  /** Deadline of the pgi-health run in the guest (ms). */
+  healthTimeoutMs?: number
+  /** Requests in flight overall / per hypervisor. */
+  maxParallel?: number
+  perHypervisor?: number
+  policy?: VerdictPolicy
+  /** Clock (tests). */
+  now?: () => Date
+}
+
+/** Runs `p` with a deadline; rejects with CallTimeout when it passes (the late answer is ignored). */
+export function withTimeout<T>(p: Promise<T>, ms: number, call: string, hypervisorLevel = true): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new CallTimeout(call, ms, hypervisorLevel)), ms)
+  })
+  p.catch(() => undefined) // a late rejection after the deadline is not an unhandled rejection
+  return Promise.race([p, deadline]).finally(() => clearTimeout(timer))
+}
+
+const AGENT_DOWN_RE = /guest agent is not running|No QEMU guest agent configured|qmp command '[^']*' failed|got timeout|agent.*not (enabled|configured|running)|VM \d+ is not running/i
+
+interface HypervisorRun {
+  name: string
+  api?: PveApi
+  /** Set by the first hypervisor-level failure; later calls fail fast with it. */
+  down?: ProbeError
+}
+
+/** Collects the status of `establishments` and judges each. Never throws for a fleet problem. */
+export async function collectStatus(opts: StatusOptions): Promise<StatusReport> {
+  const now = opts.now ?? (() => new Date())
+  const started = now()
+  const t0 = performance.now()
+  const requestTimeoutMs = opts.requestTimeoutMs ?? STATUS_DEFAULTS.requestTimeoutMs
+  const healthTimeoutMs = opts.healthTimeoutMs ?? STATUS_DEFAULTS.healthTimeoutMs
+  const pool = new KeyedPool({max: opts.maxParallel ?? STATUS_DEFAULTS.maxParallel, perKey: opts.perHypervisor ?? STATUS_DEFAULTS.perHypervisor})
+
+  const byHv = new Map<string, Establishment[]>()
+  for (const e of opts.establishments) byHv.set(e.hypervisor, [...(byHv.get(e.hypervisor) ?? []), e])
+
+  const summaries: HypervisorSummary[] = []
+  const observations = (
+    await Promise.all(
+      [...byHv].map(async ([name, ests]) => {
+        const h0 = performance.now()
+        const run: HypervisorRun = {name}
+        const obs = await probeHypervisor(run, ests, {...opts, pool, requestTimeoutMs, healthTimeoutMs})
+        summaries.push({
+          name,
+          reachable: obs.every((o) => o.hypervisorReachable),
+          error: run.down ?? obs.find((o) => o.hypervisorError)?.hypervisorError ?? null,
+          establishments: ests.length,
+          durationMs: Math.round(performance.now() - h0),
+        })
+        return obs
+      }),
+    )
+  ).flat()
+
+  const judgedAt = now()
+  const policy = opts.policy ?? DEFAULT_POLICY
+  const establishments = observations.map((o) => toEstablishmentStatus(o, judgedAt, policy))
+  summaries.sort((a, b) => a.name.localeCompare(b.name))
+  return {
+    checkedAt: started.toISOString(),
+    durationMs: Math.round(performance.now() - t0),
+    summary: summarize(establishments),
+    establishments: sortStatuses(establishments),
+    hypervisors: summaries,
+  }
+}
+
+interface RunContext extends StatusOptions {
+  pool: KeyedPool
+  requestTimeoutMs: number
+  healthTimeoutMs: number
+}
+
+function baseObservation(e: Establishment): Observation {
+  return {
+    uai: e.uai,
+    name: e.name,
+    hypervisor: e.hypervisor,
+    node: e.node,
+    vmid: e.vmid,
+    ...(e.image ? {wantedImage: e.image} : {}),
+    hypervisorReachable: false,
+  }
+}
+
+async function probeHypervisor(run: HypervisorRun, ests: Establishment[], ctx: RunContext): Promise<Observation[]> {
+  const obs = ests.map(baseObservation)
+
+  /** One API request: pooled per hypervisor, with its deadline, behind the breaker. */
+  const call = <T>(label: string, fn: (api: PveApi) => Promise<T>, opts: {timeoutMs?: number; guestSide?: boolean} = {}): Promise<T> => {
+    if (run.down) return Promise.reject(new HypervisorDown(run.down))
+    return ctx.pool.run(run.name, async () => {
+      if (run.down) throw new HypervisorDown(run.down)
+      try {
+        return await withTimeout(fn(run.api!), opts.timeoutMs ?? ctx.requestTimeoutMs, label, !opts.guestSide)
+      } catch (err) {
+        const pe = toProbeError(label, err)
+        if (isHypervisorLevel(pe) && !(err instanceof HypervisorDown)) {
+          run.down ??= pe
+          ctx.io.debug(`hypervisor ${run.name} stopped answering`, {call: label, cause: pe.message})
+        }
+        throw err
+      }
+    })
+  }
+
+  try {
+    run.api = await withTimeout(ctx.api(run.name), ctx.requestTimeoutMs, 'connect')
+  } catch (err) {
+    const pe = toProbeError('connect', err)
+    ctx.io.debug(`cannot open hypervisor ${run.name}`, {code: pe.code, cause: pe.message})
+    for (const o of obs) o.hypervisorError = pe
+    return obs
+  }
+
+  let resources: PveResource[]
+  try {
+    resources = await call('cluster/resources', (api) => api.clusterResources('vm'))
+  } catch (err) {
+    const pe = toProbeError('cluster/resources', err)
+    for (const o of obs) {
+      if (pe.code === ErrorCode.PVE_PERMISSION) {
+        o.hypervisorReachable = true
+        o.vmError = pe
+      } else o.hypervisorError = pe
+    }
+    return obs
+  }
+  const byVmid = new Map<number, PveResource>()
+  for (const r of resources) if (r.type === 'qemu' && r.vmid !== undefined) byVmid.set(Number(r.vmid), r)
+
+  await Promise.all(obs.map((o) => probeVm(o, byVmid.get(o.vmid), call, ctx)))
+  return obs
+}
+
+type Call = <T>(label: string, fn: (api: PveApi) => Promise<T>, opts?: {timeoutMs?: number; guestSide?: boolean}) => Promise<T>
+
+async function probeVm(o: Observation, res: PveResource | undefined, call: Call, ctx: RunContext): Promise<void> {
+  o.hypervisorReachable = true
+  if (res) {
+    o.vmPresent = true
+    o.vmNode = res.node ?? o.node
+    o.vmState = res.status
+    if (typeof res.uptime === 'number') o.uptimeS = res.uptime
+    if (res.template) o.template = true
+    if (res.tags) o.tags = res.tags
+  } else {
+    // not listed: absent, or invisible to this token; one direct look tells which
+    try {
+      const st = await call('status/current', (api) => api.vmStatus(o.node, o.vmid))
+      if (!st) o.vmPresent = false
+      else {
+        o.vmPresent = true
+        o.vmNode = o.node
+        o.vmState = st.status
+        if (typeof st.uptime === 'number') o.uptimeS = st.uptime
+        if (st.lock) o.lock = st.lock
+        if (st.tags) o.tags = st.tags
+      }
+    } catch (err) {
+      o.vmError = toProbeError('status/current', err)
+      if (isHypervisorLevel(o.vmError)) moveToHypervisor(o, o.vmError)
+      return
+    }
+  }
+  if (!o.vmPresent) return
+  o.tagImage = imageFromTags(o.tags)
+  const node = o.vmNode ?? o.node
+
+  const readMeta = async () => {
+    try {
+      const cfg = await call('config', (api) => api.vmConfig(node, o.vmid))
+      if (!cfg) return
+      const desc = typeof cfg.description === 'string' ? cfg.description : undefined
+      const meta = parseDescription(desc)
+      if (typeof cfg.lock === 'string' && cfg.lock !== '') o.lock = cfg.lock
+      if (typeof cfg.tags === 'string') o.tagImage = imageFromTags(cfg.tags) ?? o.tagImage
+      if (meta) {
+        o.metaImage = meta.image
+        o.deployedAt = meta.deployedAt
+        if (meta.rollout) o.rollout = rolloutState(meta.rollout)
+      }
+    } catch (err) {
+      o.metaError = toProbeError('config', err)
+    }
+  }
+
+  const readHealth = async () => {
+    if (o.vmState !== 'running' || o.template) return
+    try {
+      const r = await call('agent exec pgi-health', (api) => api.agentExec(node, o.vmid, [HEALTH_COMMAND], {timeoutMs: ctx.healthTimeoutMs}), {
+        timeoutMs: ctx.healthTimeoutMs + ctx.requestTimeoutMs,
+        guestSide: true,
+      })
+      o.agentAnswering = true
+      o.healthExitCode = r.exitcode
+      const parsed = parseHealthOutput(r.stdout)
+      if ('report' in parsed) o.health = parsed.report
+      else {
+        const firstErr = r.stderr.trim().split('\n')[0]
+        o.healthError = {
+          code: ErrorCode.GUEST_COMMAND_FAILED,
+          call: 'agent exec pgi-health',
+          message: r.exitcode === 0 || r.exitcode === 1 ? parsed.error : `pgi-health exited with ${r.exitcode}${firstErr ? `: ${firstErr}` : ''}`,
+        }
+      }
+    } catch (err) {
+      const pe = toProbeError('agent exec pgi-health', err)
+      if (pe.code === ErrorCode.PVE_PERMISSION) {
+        o.healthError = pe
+        await agentFallback(o, node, call)
+      } else if (AGENT_DOWN_RE.test(pe.message)) {
+        o.agentAnswering = false
+        o.agentError = pe
+      } else o.healthError = pe
+    }
+  }
+
+  await Promise.all([readMeta(), readHealth()])
+}
+
+/** A VM-level call hit a dead hypervisor: the line is about the hypervisor, not the VM. */
+function moveToHypervisor(o: Observation, pe: ProbeError): void {
+  o.hypervisorReachable = false
+  o.hypervisorError = pe
+  delete o.vmError
+}
+
+/**
+ * pgi-health may not run with this token: ask the agent what an audit privilege allows (ping, and
+ * the data disk's usage from get-fsinfo), so an AMI still sees their server answer and its disk.
+ */
+async function agentFallback(o: Observation, node: string, call: Call): Promise<void> {
+  try {
+    o.agentAnswering = await call('agent ping', (api) => api.agentPing(node, o.vmid))
+  } catch (err) {
+    const pe = toProbeError('agent ping', err)
+    o.agentError = pe
+    if (pe.code !== ErrorCode.PVE_PERMISSION && AGENT_DOWN_RE.test(pe.message)) o.agentAnswering = false
+    return
+  }
+  if (!o.agentAnswering) return
+  try {
+    const fs = await call('agent get-fsinfo', (api) => api.agentFsInfo(node, o.vmid))
+    const d = findDataDisk(fs)
+    if (d) o.fsDataDisk = d
+  } catch {
+    // usage is a bonus here; the verdict does not depend on it
+  }
+}
+
+/** The data disk in a get-fsinfo answer: mounted at /srv/pgi, or on the disk with serial pgi-data. */
+export function findDataDisk(fs: unknown[]): Observation['fsDataDisk'] {
+  for (const f of fs) {
+    if (typeof f !== 'object' || f === null) continue
+    const e = f as {mountpoint?: unknown; 'total-bytes'?: unknown; 'used-bytes'?: unknown; disk?: {serial?: unknown}[]}
+    const serialMatch = Array.isArray(e.disk) && e.disk.some((d) => typeof d?.serial === 'string' && d.serial.endsWith(DATA_SERIAL))
+    if ((e.mountpoint === DATA_MOUNT || serialMatch) && typeof e['total-bytes'] === 'number' && typeof e['used-bytes'] === 'number') {
+      return {usedBytes: e['used-bytes'], sizeBytes: e['total-bytes'], mountpoint: String(e.mountpoint ?? '')}
+    }
+  }
+  return undefined
+}

@@ -1,0 +1,162 @@
+/**
+ * The model of `pgi status`: what was observed for each establishment (facts, each possibly
+ * missing because a call failed or was not allowed) and the verdict drawn from it.
+ *
+ * Everything here is plain JSON: `pgi status --json` prints it as is (inside the BaseCommand
+ * envelope), monitoring and scripts read it. Field names are stable.
+ */
+
+export type Verdict = 'healthy' | 'degraded' | 'down' | 'unknown'
+
+export const VERDICTS: readonly Verdict[] = ['healthy', 'degraded', 'down', 'unknown']
+
+/** Why a call did not give an answer, classified for people and scripts. */
+export interface ProbeError {
+  /** Stable pgi error code (PGI_UNREACHABLE, PGI_TLS_MISMATCH, PGI_PVE_PERMISSION, …). */
+  code: string
+  /** What the call was (e.g. "cluster/resources", "agent exec pgi-health"). */
+  call: string
+  message: string
+  /** For PGI_PVE_PERMISSION: the privilege PVE asked for (from its 403 text), e.g. "VM.Audit". */
+  privilege?: string
+  /** For PGI_PVE_PERMISSION: the ACL path PVE checked, e.g. "/vms/1001". */
+  path?: string
+  /** Set when the call ran out of time (ms). */
+  timeoutMs?: number
+}
+
+/** `/usr/local/sbin/pgi-health` output (the guest contract; every field optional when read back). */
+export interface PgiHealthReport {
+  healthy: boolean
+  image?: {name?: string; version?: string}
+  checks: {
+    postgresql?: {ok: boolean; detail?: string}
+    trytond?: {ok: boolean; version?: string; detail?: string}
+    web?: {ok: boolean; detail?: string}
+    data_disk?: {ok: boolean; mounted?: boolean; used_bytes?: number; size_bytes?: number; used_pct?: number; detail?: string}
+    backup?: {ok: boolean; last?: string | null; age_s?: number | null; detail?: string}
+    [check: string]: {ok: boolean; [k: string]: unknown} | undefined
+  }
+  databases: {name: string; modules?: Record<string, string>}[]
+  problems: string[]
+}
+
+/** A rollout mark found on the VM (src/fleet/vm-meta.ts), with what it means now. */
+export interface RolloutState {
+  id: string
+  from: string
+  to: string
+  step: string
+  at: string
+  runner?: string
+  reason?: string
+  /** done: the last step was a commit; failed: it ended in failure/rollback; pending: half-way. */
+  state: 'pending' | 'failed' | 'done'
+}
+
+/** Everything observed about one establishment. `undefined` means "not known" (never guessed). */
+export interface Observation {
+  uai: string
+  name: string
+  hypervisor: string
+  /** Node the inventory names. */
+  node: string
+  vmid: number
+  /** Image version the inventory wants (undefined when the inventory says nothing). */
+  wantedImage?: string
+
+  /** The hypervisor answered cluster/resources (false: it did not; see hypervisorError). */
+  hypervisorReachable: boolean
+  hypervisorError?: ProbeError
+
+  /** undefined when the VM's existence could not be established (see vmError). */
+  vmPresent?: boolean
+  /** Node the VM was found on (may differ from the inventory's). */
+  vmNode?: string
+  /** PVE status: running, stopped, paused, unknown (node offline)… */
+  vmState?: string
+  uptimeS?: number
+  lock?: string
+  template?: boolean
+  tags?: string
+  vmError?: ProbeError
+
+  /** From the VM description's pgi-meta line. */
+  metaImage?: string
+  tagImage?: string
+  deployedAt?: string
+  rollout?: RolloutState
+  metaError?: ProbeError
+
+  /** The guest agent answered (exec or ping); undefined when not asked (VM not running) or not allowed. */
+  agentAnswering?: boolean
+  agentError?: ProbeError
+  /** The pgi-health report, when it ran and printed JSON. */
+  health?: PgiHealthReport
+  /** Exit code of pgi-health (0 healthy, 1 unhealthy, anything else: it failed). */
+  healthExitCode?: number
+  healthError?: ProbeError
+  /** Data-disk usage from the agent's get-fsinfo (used when pgi-health could not run). */
+  fsDataDisk?: {usedBytes: number; sizeBytes: number; mountpoint: string}
+}
+
+export interface EstablishmentStatus {
+  uai: string
+  name: string
+  hypervisor: string
+  node: string
+  vmid: number
+  verdict: Verdict
+  /** The main reason, in plain words ("PostgreSQL is not running on the server"); "all checks passed" when healthy. */
+  reason: string
+  /** Every reason that made the verdict (first = `reason`). */
+  reasons: string[]
+  /** Things worth knowing that do not change the verdict (image drift, rollout in progress, a lock…). */
+  notes: string[]
+  hypervisorReachable: boolean
+  vm: {present: boolean | null; state: string | null; uptimeS: number | null; lock: string | null}
+  image: {wanted: string | null; recorded: string | null; running: string | null}
+  agent: {answering: boolean | null}
+  /** Per check of pgi-health: true ok, false failing, null unknown. */
+  checks: Record<string, boolean | null>
+  dataDisk: {usedBytes: number; sizeBytes: number; usedRatio: number; source: 'pgi-health' | 'agent-fsinfo'} | null
+  backup: {last: string | null; ageS: number | null} | null
+  databases: {name: string; modules: Record<string, string>}[] | null
+  rollout: RolloutState | null
+  /** pgi-health's own problem list, verbatim. */
+  problems: string[]
+  /** Calls that failed, with the privilege when PVE refused one. */
+  errors: ProbeError[]
+}
+
+export interface HypervisorSummary {
+  name: string
+  reachable: boolean
+  error: ProbeError | null
+  establishments: number
+  /** Wall time spent on this hypervisor's calls (ms). */
+  durationMs: number
+}
+
+export interface StatusReport {
+  /** ISO time the run started. */
+  checkedAt: string
+  durationMs: number
+  summary: Record<Verdict, number> & {total: number}
+  establishments: EstablishmentStatus[]
+  hypervisors: HypervisorSummary[]
+}
+
+/** The thresholds the verdict uses (defaults in verdict.ts). */
+export interface VerdictPolicy {
+  /** Data disk used ratio from which the server is degraded (0..1). */
+  diskFullRatio: number
+  /** Age of the last backup beyond which the server is degraded (seconds). */
+  backupMaxAgeS: number
+  /** A VM younger than this with no backup yet is not degraded for it (seconds since deploy/boot). */
+  backupGraceS: number
+  /** A running VM whose agent does not answer is "starting" (unknown) below this uptime, degraded above (s). */
+  agentBootGraceS: number
+  /** A rollout step pending for longer than this is reported as stalled (degraded) (s). */
+  rolloutStallS: number
+}

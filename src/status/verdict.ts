@@ -1,0 +1,351 @@
+/**
+ * From observations to one verdict per establishment, with the reasons in plain words an AMI
+ * understands. Pure functions only (no I/O, the clock is a parameter): unit-tested in
+ * test/unit/status/verdict.test.ts.
+ *
+ * The verdicts:
+ * - down:     the PGI cannot be serving: no VM, VM stopped or paused.
+ * - degraded: the VM runs but something in it is wrong (PostgreSQL, Tryton, web client, data disk
+ *             full or missing, backups stale, a failed or stalled update, a guest that stopped answering).
+ * - unknown:  pgi could not tell: hypervisor unreachable, TLS mismatch, token refused or lacking a
+ *             privilege, node offline, VM still booting, health check unreadable.
+ * - healthy:  the VM runs and pgi-health says every check passed.
+ */
+import {ErrorCode} from '../errors.js'
+import type {RolloutMark} from '../fleet/vm-meta.js'
+import {formatSeconds, unreachableCause} from './probe-error.js'
+import type {EstablishmentStatus, Observation, PgiHealthReport, ProbeError, RolloutState, Verdict, VerdictPolicy} from './types.js'
+
+export const DEFAULT_POLICY: VerdictPolicy = {
+  diskFullRatio: 0.9,
+  // nightly backups: more than two days without one is a problem
+  backupMaxAgeS: 48 * 3600,
+  backupGraceS: 36 * 3600,
+  agentBootGraceS: 300,
+  rolloutStallS: 6 * 3600,
+}
+
+/** Severity order for sorting: problems first (down, degraded, unknown), healthy last. */
+export const VERDICT_RANK: Record<Verdict, number> = {down: 0, degraded: 1, unknown: 2, healthy: 3}
+
+/** "45 s", "12 min", "5 h", "3 days": an age in the unit a person would use. */
+export function humanDuration(seconds: number): string {
+  const s = Math.max(0, Math.round(seconds))
+  if (s < 90) return `${s} s`
+  if (s < 90 * 60) return `${Math.round(s / 60)} min`
+  if (s < 48 * 3600) return `${Math.round(s / 3600)} h`
+  return `${Math.round(s / 86400)} days`
+}
+
+// ---- reading what the guest and the VM metadata say --------------------------------------------
+
+/** Steps after which a rollout is over and fine / over and failed (others: half-way). */
+const DONE_STEPS = new Set(['committed', 'done', 'completed', 'finished'])
+const FAILED_STEPS = new Set(['failed', 'rolled-back', 'rollback-failed', 'aborted', 'gate-failed'])
+
+export function rolloutState(mark: RolloutMark): RolloutState {
+  const step = mark.step
+  const state: RolloutState['state'] = DONE_STEPS.has(step) ? 'done' : FAILED_STEPS.has(step) || step.endsWith('-failed') ? 'failed' : 'pending'
+  return {
+    id: mark.id,
+    from: mark.from,
+    to: mark.to,
+    step,
+    at: mark.at,
+    ...(mark.runner ? {runner: mark.runner} : {}),
+    ...(mark.reason ? {reason: mark.reason} : {}),
+    state,
+  }
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v)
+}
+
+/**
+ * Parses pgi-health's stdout (the guest contract). Lenient on extra fields, strict on the shape of
+ * what the verdict reads: `healthy` must be a boolean and `checks` an object of {ok: boolean}.
+ * Returns an error text instead of throwing, so a broken guest becomes a reason, not a crash.
+ */
+export function parseHealthOutput(stdout: string): {report: PgiHealthReport} | {error: string} {
+  const text = stdout.trim()
+  if (text === '') return {error: 'pgi-health printed nothing'}
+  let raw: unknown
+  try {
+    raw = JSON.parse(text)
+  } catch {
+    // a stray line before the JSON (a warning on stdout) must not hide the report: take the last JSON object line
+    const last = text.split('\n').reverse().find((l) => l.trim().startsWith('{'))
+    try {
+      raw = last ? JSON.parse(last) : undefined
+    } catch {
+      raw = undefined
+    }
+    if (raw === undefined) return {error: 'pgi-health did not print JSON'}
+  }
+  if (!isRecord(raw) || typeof raw.healthy !== 'boolean') return {error: 'pgi-health output has no "healthy" field'}
+  const checks: PgiHealthReport['checks'] = {}
+  if (isRecord(raw.checks)) {
+    for (const [name, c] of Object.entries(raw.checks)) {
+      if (isRecord(c) && typeof c.ok === 'boolean') checks[name] = c as {ok: boolean}
+    }
+  }
+  const databases: PgiHealthReport['databases'] = Array.isArray(raw.databases)
+    ? raw.databases.filter(isRecord).map((d) => ({
+        name: String(d.name ?? ''),
+        ...(isRecord(d.modules) ? {modules: Object.fromEntries(Object.entries(d.modules).map(([k, v]) => [k, String(v)]))} : {}),
+      }))
+    : []
+  const problems = Array.isArray(raw.problems) ? raw.problems.map(String) : []
+  const image = isRecord(raw.image)
+    ? {
+        ...(typeof raw.image.name === 'string' ? {name: raw.image.name} : {}),
+        ...(typeof raw.image.version === 'string' ? {version: raw.image.version} : {}),
+      }
+    : undefined
+  return {report: {healthy: raw.healthy, ...(image ? {image} : {}), checks, databases, problems}}
+}
+
+// ---- the verdict -------------------------------------------------------------------------------
+
+export interface Judgement {
+  verdict: Verdict
+  reasons: string[]
+  notes: string[]
+}
+
+/** Why a call was refused, naming the privilege PVE asked for. */
+export function permissionText(e: ProbeError, what: string): string {
+  return e.privilege
+    ? `${what}: this token lacks the privilege ${e.privilege}${e.path ? ` on ${e.path}` : ''}`
+    : `${what}: permission denied (${e.message})`
+}
+
+function hypervisorReason(e: ProbeError): string {
+  switch (e.code) {
+    case ErrorCode.TLS_MISMATCH:
+      return "hypervisor's TLS certificate does not match the pinned fingerprint (not contacted; check with `pgi inventory trust`)"
+    case ErrorCode.PVE_AUTH:
+      return 'the hypervisor refused the API token (wrong or expired token)'
+    case ErrorCode.PVE_PERMISSION:
+      return permissionText(e, 'cannot list the VMs')
+    case ErrorCode.SECRET_MISSING:
+    case ErrorCode.SECRET_DECRYPT:
+      return `no API token for this hypervisor: ${e.message}`
+    case ErrorCode.UNREACHABLE:
+      return `hypervisor not reachable (${unreachableCause(e)})`
+    default:
+      return `hypervisor did not answer correctly (${e.message})`
+  }
+}
+
+function dataDiskUsage(obs: Observation): {used: number; size: number} | undefined {
+  const d = obs.health?.checks.data_disk
+  if (d && typeof d.used_bytes === 'number' && typeof d.size_bytes === 'number' && d.size_bytes > 0) return {used: d.used_bytes, size: d.size_bytes}
+  if (d && typeof d.used_pct === 'number') return {used: d.used_pct, size: 100}
+  if (obs.fsDataDisk && obs.fsDataDisk.sizeBytes > 0) return {used: obs.fsDataDisk.usedBytes, size: obs.fsDataDisk.sizeBytes}
+  return undefined
+}
+
+/** Seconds since `iso` at `now`, or undefined when `iso` is not a date. */
+function ageS(iso: string | undefined | null, now: Date): number | undefined {
+  if (!iso) return undefined
+  const t = Date.parse(iso)
+  return Number.isNaN(t) ? undefined : Math.max(0, (now.getTime() - t) / 1000)
+}
+
+function backupAgeS(h: PgiHealthReport, now: Date): number | undefined {
+  const b = h.checks.backup
+  if (!b) return undefined
+  if (typeof b.age_s === 'number') return b.age_s
+  return ageS(b.last, now)
+}
+
+/** What the running server's own checks say is wrong (degraded reasons), in a fixed order. */
+function healthReasons(obs: Observation, h: PgiHealthReport, now: Date, p: VerdictPolicy): {reasons: string[]; notes: string[]} {
+  const reasons: string[] = []
+  const notes: string[] = []
+  const c = h.checks
+  if (c.postgresql && !c.postgresql.ok) reasons.push('PostgreSQL is not running on the server')
+  if (c.trytond && !c.trytond.ok) reasons.push('the Tryton server is not answering')
+  if (c.web && !c.web.ok) reasons.push('the web client is not served')
+  const disk = c.data_disk
+  if (disk && disk.mounted === false) reasons.push('the data disk is not mounted')
+  const usage = dataDiskUsage(obs)
+  if (usage && usage.used / usage.size >= p.diskFullRatio) reasons.push(`the data disk is ${Math.round((usage.used / usage.size) * 100)} % full`)
+  else if (disk && !disk.ok && disk.mounted !== false) reasons.push('the data disk has a problem')
+  const backup = c.backup
+  if (backup) {
+    const age = backupAgeS(h, now)
+    // a server deployed (or booted for the first time) less than the grace period ago has had no night yet
+    const young = (ageS(obs.deployedAt, now) ?? obs.uptimeS ?? Infinity) < p.backupGraceS
+    if (age === undefined) {
+      if (young) notes.push('no backup yet (the first nightly backup has not run)')
+      else reasons.push('no backup of the databases was found')
+    } else if (age > p.backupMaxAgeS) reasons.push(`the last backup is ${humanDuration(age)} old`)
+    else if (!backup.ok) reasons.push('the last backup failed')
+  }
+  for (const [name, check] of Object.entries(c)) {
+    if (check && !check.ok && !['postgresql', 'trytond', 'web', 'data_disk', 'backup'].includes(name)) reasons.push(`the server's check "${name}" fails`)
+  }
+  if (reasons.length === 0 && !h.healthy) {
+    reasons.push(h.problems[0] ? `the server reports: ${h.problems[0]}` : 'the server reports a problem (pgi-health failed)')
+  }
+  return {reasons, notes}
+}
+
+/**
+ * The verdict for one establishment. Order matters: what makes the PGI unreachable or absent is
+ * decided first; a running VM is then judged on its own checks; an update that failed or stalled
+ * degrades an otherwise healthy server.
+ */
+export function judge(obs: Observation, now: Date, p: VerdictPolicy = DEFAULT_POLICY): Judgement {
+  const notes: string[] = []
+  const done = (verdict: Verdict, reasons: string[]): Judgement => ({verdict, reasons, notes})
+
+  if (!obs.hypervisorReachable) return done('unknown', [hypervisorReason(obs.hypervisorError ?? {code: ErrorCode.UNREACHABLE, call: 'cluster/resources', message: 'no answer'})])
+
+  if (obs.vmPresent === undefined) {
+    const e = obs.vmError
+    if (e?.code === ErrorCode.PVE_PERMISSION) return done('unknown', [permissionText(e, 'cannot see the VM')])
+    if (e && (e.code === ErrorCode.UNREACHABLE || e.code === ErrorCode.TLS_MISMATCH)) return done('unknown', [hypervisorReason(e)])
+    return done('unknown', [`the VM's state could not be read${e ? ` (${e.message})` : ''}`])
+  }
+  if (!obs.vmPresent) return done('down', [`no VM ${obs.vmid} on ${obs.node} (not deployed yet, or destroyed)`])
+
+  if (obs.vmNode && obs.vmNode !== obs.node) notes.push(`the VM is on node ${obs.vmNode}, the inventory says ${obs.node}`)
+  if (obs.lock) notes.push(`the VM is locked (${obs.lock})`)
+  if (obs.metaError?.code === ErrorCode.PVE_PERMISSION) notes.push(permissionText(obs.metaError, 'VM metadata not read'))
+  const running = obs.health?.image?.version
+  const recorded = obs.metaImage ?? obs.tagImage
+  if (obs.wantedImage && (running ?? recorded) && (running ?? recorded) !== obs.wantedImage && obs.rollout?.state !== 'pending') {
+    notes.push(`runs image ${running ?? recorded}, the inventory wants ${obs.wantedImage}`)
+  }
+  if (running && recorded && running !== recorded) notes.push(`the VM metadata says image ${recorded} but the server runs ${running}`)
+
+  if (obs.template) return done('down', [`VM ${obs.vmid} is a template, not a server`])
+  switch (obs.vmState) {
+    case 'running':
+      break
+    case 'stopped':
+      return done('down', ['VM is stopped'])
+    case 'paused':
+    case 'suspended':
+      return done('down', [`VM is ${obs.vmState}`])
+    case 'unknown':
+    case undefined:
+      return done('unknown', [`node ${obs.vmNode ?? obs.node} is offline or not answering for its VMs`])
+    default:
+      return done('unknown', [`VM is in state "${obs.vmState}"`])
+  }
+
+  const reasons: string[] = []
+  let verdict: Verdict = 'healthy'
+  if (obs.health) {
+    const hr = healthReasons(obs, obs.health, now, p)
+    notes.push(...hr.notes)
+    if (hr.reasons.length > 0) {
+      verdict = 'degraded'
+      reasons.push(...hr.reasons)
+    }
+  } else {
+    const he = obs.healthError
+    const ae = obs.agentError
+    if (he?.code === ErrorCode.PVE_PERMISSION) {
+      verdict = 'unknown'
+      reasons.push(permissionText(he, 'PGI health not checked'))
+      if (obs.agentAnswering) notes.push('the VM runs and its guest agent answers')
+    } else if (obs.agentAnswering === false || (!he && ae)) {
+      if (ae?.code === ErrorCode.PVE_PERMISSION) {
+        verdict = 'unknown'
+        reasons.push(permissionText(ae, 'guest agent not asked'))
+      } else if ((obs.uptimeS ?? 0) < p.agentBootGraceS) {
+        verdict = 'unknown'
+        reasons.push(`VM is starting (up ${humanDuration(obs.uptimeS ?? 0)}; guest agent not answering yet)`)
+      } else {
+        verdict = 'degraded'
+        reasons.push('the server does not answer pgi (guest agent not responding): it may be hung')
+      }
+    } else if (he && (he.code === ErrorCode.UNREACHABLE || he.code === ErrorCode.TLS_MISMATCH || he.code === ErrorCode.PVE_AUTH)) {
+      verdict = 'unknown'
+      reasons.push(hypervisorReason(he))
+    } else if (he?.timeoutMs !== undefined) {
+      verdict = 'degraded'
+      reasons.push(`the health check did not finish within ${formatSeconds(he.timeoutMs)}`)
+    } else if (obs.healthExitCode === 127 || /No such file|not found/i.test(he?.message ?? '')) {
+      verdict = 'unknown'
+      reasons.push('pgi-health is missing on the server (not a pgi image?)')
+    } else {
+      verdict = 'unknown'
+      reasons.push(`the health check failed to run${he ? ` (${he.message})` : ''}`)
+    }
+  }
+
+  const r = obs.rollout
+  if (r && r.state === 'failed') {
+    reasons.push(`the update to ${r.to} failed${r.step === 'rolled-back' ? ' and was rolled back' : ` (step ${r.step})`}${r.reason ? `: ${r.reason}` : ''}`)
+    if (verdict === 'healthy') verdict = 'degraded'
+  } else if (r && r.state === 'pending') {
+    const age = ageS(r.at, now)
+    if (age !== undefined && age > p.rolloutStallS) {
+      reasons.push(`the update to ${r.to} stopped half-way (step ${r.step}, ${humanDuration(age)} ago): resume it with pgi rollout`)
+      if (verdict === 'healthy') verdict = 'degraded'
+    } else notes.push(`update to ${r.to} in progress (step ${r.step})`)
+  }
+  return done(verdict, reasons)
+}
+
+/** The observation plus its verdict, as `pgi status` reports it. */
+export function toEstablishmentStatus(obs: Observation, now: Date, p: VerdictPolicy = DEFAULT_POLICY): EstablishmentStatus {
+  const j = judge(obs, now, p)
+  const h = obs.health
+  const checks: Record<string, boolean | null> = {}
+  for (const name of ['postgresql', 'trytond', 'web', 'data_disk', 'backup']) checks[name] = h ? (h.checks[name]?.ok ?? null) : null
+  if (h) for (const [name, c] of Object.entries(h.checks)) if (c) checks[name] = c.ok
+  const usage = dataDiskUsage(obs)
+  const disk = h?.checks.data_disk
+  const fromHealth = Boolean(disk && ((typeof disk.used_bytes === 'number' && typeof disk.size_bytes === 'number') || typeof disk.used_pct === 'number'))
+  const errors = [obs.hypervisorError, obs.vmError, obs.metaError, obs.agentError, obs.healthError].filter((e): e is ProbeError => e !== undefined)
+  return {
+    uai: obs.uai,
+    name: obs.name,
+    hypervisor: obs.hypervisor,
+    node: obs.vmNode ?? obs.node,
+    vmid: obs.vmid,
+    verdict: j.verdict,
+    reason: j.reasons[0] ?? 'all checks passed',
+    reasons: j.reasons,
+    notes: j.notes,
+    hypervisorReachable: obs.hypervisorReachable,
+    vm: {present: obs.vmPresent ?? null, state: obs.vmState ?? null, uptimeS: obs.uptimeS ?? null, lock: obs.lock ?? null},
+    image: {wanted: obs.wantedImage ?? null, recorded: obs.metaImage ?? obs.tagImage ?? null, running: h?.image?.version ?? null},
+    agent: {answering: obs.agentAnswering ?? null},
+    checks,
+    dataDisk: usage
+      ? {
+          usedBytes: fromHealth && disk?.used_bytes === undefined ? 0 : usage.used,
+          sizeBytes: fromHealth && disk?.size_bytes === undefined ? 0 : usage.size,
+          usedRatio: usage.used / usage.size,
+          source: fromHealth ? 'pgi-health' : 'agent-fsinfo',
+        }
+      : null,
+    backup: h?.checks.backup ? {last: h.checks.backup.last ?? null, ageS: backupAgeS(h, now) ?? null} : null,
+    databases: h ? h.databases.map((d) => ({name: d.name, modules: d.modules ?? {}})) : null,
+    rollout: obs.rollout ?? null,
+    problems: h?.problems ?? [],
+    errors,
+  }
+}
+
+export function summarize(list: readonly EstablishmentStatus[]): Record<Verdict, number> & {total: number} {
+  const s = {healthy: 0, degraded: 0, down: 0, unknown: 0, total: list.length}
+  for (const e of list) s[e.verdict]++
+  return s
+}
+
+/** Problems first (down, degraded, unknown, then healthy), then by hypervisor, then by UAI. */
+export function sortStatuses(list: readonly EstablishmentStatus[]): EstablishmentStatus[] {
+  return [...list].sort(
+    (a, b) => VERDICT_RANK[a.verdict] - VERDICT_RANK[b.verdict] || a.hypervisor.localeCompare(b.hypervisor) || a.uai.localeCompare(b.uai),
+  )
+}
