@@ -1,0 +1,272 @@
+/**
+ * TLS against real HTTPS servers on 127.0.0.1, with certificates made by `openssl` for this test:
+ * a self-signed node certificate (pinned by fingerprint), and a certificate signed by a test CA
+ * (verified with ca_file), plus a second, unrelated CA.
+ */
+import {execFileSync} from 'node:child_process'
+import {mkdtemp, readFile, rm, writeFile} from 'node:fs/promises'
+import {createServer, type Server} from 'node:https'
+import {createServer as createTcpServer} from 'node:net'
+import {tmpdir} from 'node:os'
+import {join} from 'node:path'
+
+import {afterAll, beforeAll, describe, expect, it} from 'vitest'
+
+import {ErrorCode, PgiError} from '../../../src/errors.js'
+import {ExitCode} from '../../../src/exit-codes.js'
+import type {Hypervisor} from '../../../src/inventory/types.js'
+import {connectHypervisor} from '../../../src/proxmox/client.js'
+import {createTrustedFetch, inspectCertificate, normalizeFingerprint} from '../../../src/proxmox/tls.js'
+import {TOKEN_SECRET, upid} from './fake-pve.js'
+
+let dir: string
+const ossl = (...args: string[]): string => execFileSync('openssl', args, {cwd: dir, stdio: ['ignore', 'pipe', 'pipe']}).toString()
+
+interface TestServer {
+  server: Server
+  port: number
+  url: string
+  /** TCP connections accepted. */
+  handshakes: number
+  requests: {method: string; url: string; headers: Record<string, string | string[] | undefined>; bodyLength: number}[]
+}
+
+async function startServer(keyFile: string, certFile: string): Promise<TestServer> {
+  const s: TestServer = {server: undefined as never, port: 0, url: '', handshakes: 0, requests: []}
+  s.server = createServer({key: await readFile(join(dir, keyFile)), cert: await readFile(join(dir, certFile))}, (req, res) => {
+    let n = 0
+    req.on('data', (c: Buffer) => (n += c.length))
+    req.on('end', () => {
+      s.requests.push({method: req.method ?? '', url: req.url ?? '', headers: req.headers, bodyLength: n})
+      const u = req.url ?? ''
+      let data: unknown = {version: '9.1.2', release: '9.1', repoid: 'f1e2d3c4'}
+      if (u.includes('/upload')) data = upid('imgcopy', '')
+      if (u.includes('/tasks/')) data = {status: 'stopped', exitstatus: 'OK', type: 'imgcopy', upid: upid('imgcopy', ''), node: 'pve1', starttime: 1}
+      res.writeHead(200, 'OK', {'content-type': 'application/json;charset=UTF-8'})
+      res.end(JSON.stringify({data}))
+    })
+  })
+  s.server.on('connection', () => s.handshakes++)
+  await new Promise<void>((r) => s.server.listen(0, '127.0.0.1', r))
+  s.port = (s.server.address() as {port: number}).port
+  s.url = `https://127.0.0.1:${s.port}`
+  return s
+}
+
+function fingerprintOf(certFile: string): string {
+  const out = ossl('x509', '-in', certFile, '-noout', '-fingerprint', '-sha256')
+  return out.trim().split('=')[1]
+}
+
+function hv(url: string, tls: Hypervisor['tls']): Hypervisor {
+  return {
+    name: 'hv-tls',
+    url,
+    nodes: ['pve1'],
+    tls,
+    token: {id: 'pgi@pve!deploy', secret: {env: 'X'}},
+    storage: {os: 'local-lvm', data: 'local-lvm', import: 'local'},
+    bridge: 'vmbr0',
+    source: {file: join(dir, 'hypervisors.yaml'), line: 1, column: 1},
+  }
+}
+
+async function rejection(p: Promise<unknown>): Promise<PgiError> {
+  try {
+    await p
+  } catch (err) {
+    return err as PgiError
+  }
+  throw new Error('expected a rejection')
+}
+
+let selfSigned: TestServer
+let caSigned: TestServer
+let wrongName: TestServer
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'pgi-tls-'))
+  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes']
+  // self-signed node certificate, as a fresh PVE node has
+  ossl('req', '-x509', ...ec, '-keyout', 'node.key', '-out', 'node.pem', '-days', '2', '-subj', '/OU=PVE Cluster Node/O=Proxmox Virtual Environment/CN=pve1.lab', '-addext', 'subjectAltName=IP:127.0.0.1,DNS:pve1.lab')
+  // two CAs, and server certificates signed by the first
+  ossl('req', '-x509', ...ec, '-keyout', 'ca1.key', '-out', 'ca1.pem', '-days', '2', '-subj', '/CN=Test Region CA 1')
+  ossl('req', '-x509', ...ec, '-keyout', 'ca2.key', '-out', 'ca2.pem', '-days', '2', '-subj', '/CN=Other CA 2')
+  await writeFile(join(dir, 'ip.ext'), 'subjectAltName=IP:127.0.0.1\n')
+  await writeFile(join(dir, 'name.ext'), 'subjectAltName=DNS:other.example\n')
+  for (const [name, ext] of [['srv', 'ip.ext'], ['badname', 'name.ext']]) {
+    ossl('req', '-new', ...ec, '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${name}`)
+    ossl('x509', '-req', '-in', `${name}.csr`, '-CA', 'ca1.pem', '-CAkey', 'ca1.key', '-CAcreateserial', '-out', `${name}.pem`, '-days', '2', '-extfile', ext)
+  }
+  selfSigned = await startServer('node.key', 'node.pem')
+  caSigned = await startServer('srv.key', 'srv.pem')
+  wrongName = await startServer('badname.key', 'badname.pem')
+}, 60_000)
+
+afterAll(async () => {
+  for (const s of [selfSigned, caSigned, wrongName]) if (s) await new Promise((r) => s.server.close(r))
+  await rm(dir, {recursive: true, force: true})
+})
+
+describe('fingerprint pinning', () => {
+  it('the right fingerprint works (any case, colons optional)', async () => {
+    const fp = fingerprintOf('node.pem')
+    for (const pin of [fp, fp.toLowerCase(), fp.replace(/:/g, '')]) {
+      const t = createTrustedFetch({fingerprint: pin})
+      try {
+        const res = await t.fetch(`${selfSigned.url}/api2/json/version`)
+        expect(res.status).toBe(200)
+        expect(((await res.json()) as {data: {version: string}}).data.version).toBe('9.1.2')
+      } finally {
+        await t.close()
+      }
+    }
+    expect(selfSigned.requests.length).toBe(3)
+  })
+
+  it('a wrong fingerprint fails with PGI_TLS_MISMATCH after the handshake, and the server receives no request', async () => {
+    const before = {h: selfSigned.handshakes, r: selfSigned.requests.length}
+    const wrong = 'AB:'.repeat(31) + 'AB'
+    const t = createTrustedFetch({fingerprint: wrong})
+    try {
+      const e = await rejection(t.fetch(`${selfSigned.url}/api2/json/version`, {method: 'POST', body: 'vmid=100'}))
+      expect(e.code).toBe(ErrorCode.TLS_MISMATCH)
+      expect(e.exitCode).toBe(ExitCode.UNREACHABLE)
+      expect(e.message).toContain(`expected ${wrong}`)
+      expect(e.message).toContain(`got      ${fingerprintOf('node.pem')}`)
+      expect(e.suggestions.join(' ')).toContain('pgi inventory trust')
+    } finally {
+      await t.close()
+    }
+    await new Promise((r) => setTimeout(r, 50))
+    expect(selfSigned.handshakes).toBeGreaterThan(before.h) // it connected, and saw the certificate ("got" above)…
+    expect(selfSigned.requests.length).toBe(before.r) // …but not one request
+  })
+
+  it('end to end through PveClient (proxmox-api engine): pinned works, mismatch is typed with where', async () => {
+    const good = connectHypervisor(hv(selfSigned.url, {fingerprint: fingerprintOf('node.pem')}), {tokenSecret: TOKEN_SECRET})
+    try {
+      expect((await good.version()).release).toBe('9.1')
+      const last = selfSigned.requests.at(-1)!
+      expect(last.url).toBe('/api2/json/version')
+      expect(last.headers.authorization).toMatch(/^PVEAPIToken=pgi@pve!deploy=/)
+    } finally {
+      await good.close()
+    }
+    const n = selfSigned.requests.length
+    const bad = connectHypervisor(hv(selfSigned.url, {fingerprint: '00'.repeat(32)}), {tokenSecret: TOKEN_SECRET})
+    try {
+      const e = await rejection(bad.version())
+      expect(e.code).toBe(ErrorCode.TLS_MISMATCH)
+      expect(e.where?.hypervisor).toBe('hv-tls')
+    } finally {
+      await bad.close()
+    }
+    expect(selfSigned.requests.length).toBe(n)
+  })
+
+  it('uploads over the pinned connection with an exact Content-Length (not chunked)', async () => {
+    const file = join(dir, 'img.qcow2')
+    await writeFile(file, Buffer.alloc(2 * 1024 * 1024 + 5, 1))
+    const c = connectHypervisor(hv(selfSigned.url, {fingerprint: fingerprintOf('node.pem')}), {tokenSecret: TOKEN_SECRET})
+    try {
+      await c.uploadFile('pve1', 'local', file, {filename: 'img.qcow2', content: 'import', sha256: 'ab'.repeat(32)})
+    } finally {
+      await c.close()
+    }
+    const up = selfSigned.requests.find((r) => r.url.endsWith('/storage/local/upload'))!
+    expect(up.headers['transfer-encoding']).toBeUndefined()
+    expect(Number(up.headers['content-length'])).toBe(up.bodyLength)
+    expect(up.bodyLength).toBeGreaterThan(2 * 1024 * 1024)
+  })
+
+  it('refuses a pin that is not a SHA-256 fingerprint', () => {
+    expect(() => createTrustedFetch({fingerprint: 'AB:CD'})).toThrow(/not a SHA-256 fingerprint/)
+    expect(normalizeFingerprint('ab'.repeat(32))).toBe('AB:'.repeat(31) + 'AB')
+  })
+})
+
+describe('CA verification', () => {
+  it('a CA-signed certificate verifies with ca_file (relative to the inventory file)', async () => {
+    const c = connectHypervisor(hv(caSigned.url, {caFile: 'ca1.pem'}), {tokenSecret: TOKEN_SECRET})
+    try {
+      expect((await c.version()).version).toBe('9.1.2')
+    } finally {
+      await c.close()
+    }
+  })
+
+  it('a wrong CA fails (PGI_UNREACHABLE, certificate error) and sends nothing', async () => {
+    const n = caSigned.requests.length
+    const t = createTrustedFetch({caFile: join(dir, 'ca2.pem')})
+    try {
+      const e = await rejection(t.fetch(`${caSigned.url}/api2/json/version`))
+      expect(e.code).toBe(ErrorCode.UNREACHABLE)
+      expect(e.message).toMatch(/UNABLE_TO_VERIFY_LEAF_SIGNATURE|unable to verify/i)
+      expect(e.message).toContain(`127.0.0.1:${caSigned.port}`)
+    } finally {
+      await t.close()
+    }
+    expect(caSigned.requests.length).toBe(n)
+  })
+
+  it('checks the host name: a certificate for another name fails even from the right CA', async () => {
+    const t = createTrustedFetch({caFile: join(dir, 'ca1.pem')})
+    try {
+      const e = await rejection(t.fetch(`${wrongName.url}/api2/json/version`))
+      expect(e.code).toBe(ErrorCode.UNREACHABLE)
+      expect(e.message).toMatch(/ERR_TLS_CERT_ALTNAME_INVALID/)
+    } finally {
+      await t.close()
+    }
+    expect(wrongName.requests).toHaveLength(0)
+  })
+
+  it('a self-signed node certificate is refused without a pin (system CAs)', async () => {
+    const t = createTrustedFetch({})
+    try {
+      expect((await rejection(t.fetch(`${selfSigned.url}/api2/json/version`))).code).toBe(ErrorCode.UNREACHABLE)
+    } finally {
+      await t.close()
+    }
+  })
+})
+
+describe('inspectCertificate and unreachable hosts', () => {
+  it('returns subject, issuer, validity and the SHA-256 fingerprint without sending a request', async () => {
+    const n = selfSigned.requests.length
+    const info = await inspectCertificate(selfSigned.url)
+    expect(info.fingerprint256).toBe(fingerprintOf('node.pem'))
+    expect(info.subject.CN).toBe('pve1.lab')
+    expect(info.issuer.O).toBe('Proxmox Virtual Environment')
+    expect(info.selfSigned).toBe(true)
+    expect(info.chainVerified).toBe(false)
+    expect(info.expired).toBe(false)
+    expect(Date.parse(info.validTo) - Date.parse(info.validFrom)).toBe(2 * 86_400_000)
+    expect(info.subjectAltName).toContain('IP Address:127.0.0.1')
+    await new Promise((r) => setTimeout(r, 20))
+    expect(selfSigned.requests.length).toBe(n)
+    const ca = await inspectCertificate(caSigned.url, {ca: await readFile(join(dir, 'ca1.pem'), 'utf8')})
+    expect(ca.chainVerified).toBe(true)
+    expect(ca.selfSigned).toBe(false)
+  })
+
+  it('a closed port is PGI_UNREACHABLE naming host:port', async () => {
+    // take a free port, then close it
+    const srv = createTcpServer()
+    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r))
+    const port = (srv.address() as {port: number}).port
+    await new Promise((r) => srv.close(r))
+    const e = await rejection(inspectCertificate(`https://127.0.0.1:${port}`))
+    expect(e.code).toBe(ErrorCode.UNREACHABLE)
+    expect(e.message).toContain(`127.0.0.1:${port}`)
+    const t = createTrustedFetch({fingerprint: fingerprintOf('node.pem')})
+    try {
+      const e2 = await rejection(t.fetch(`https://127.0.0.1:${port}/api2/json/version`))
+      expect(e2.code).toBe(ErrorCode.UNREACHABLE)
+      expect(e2.message).toContain(`127.0.0.1:${port}: ECONNREFUSED`)
+    } finally {
+      await t.close()
+    }
+  })
+})
