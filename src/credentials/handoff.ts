@@ -13,6 +13,7 @@ import {readIdentityFile} from '../secrets/identity.js'
 import type {SecretStore} from '../secrets/store.js'
 import {
   hostKeysKey,
+  refuseDuringRotation,
   readEstablishmentSecrets,
   SQL_ADMIN_LOGIN,
   TRYTON_ADMIN_LOGIN,
@@ -350,21 +351,6 @@ export async function issueHandoff(est: Establishment, opts: IssueHandoffOptions
   await writeFileAtomic(file, await encryptHandoff(doc, recipient), {mode: 0o600})
   opts.io?.info(`handoff for ${est.uai} written, readable only by ${est.ami.name}'s key`, {file})
   return {uai: est.uai, file, recipient, ami: est.ami.name, address: doc.vm.address, issuedAt: doc.issuedAt}
-}
-
-/**
- * While a rotation is unfinished the guest may already use the pending secrets: a handoff
- * written from the current ones could be wrong, so it is refused until `rotate` finishes.
- */
-async function refuseDuringRotation(store: SecretStore, uai: string): Promise<void> {
-  const pending = await store.list(`establishments/${uai}/pending/`)
-  if (pending.length > 0) {
-    throw new UserError(ErrorCode.ROTATION_PENDING, `a rotation of the secrets of ${uai} was interrupted; its handoff cannot be written until it is finished`, {
-      where: {uai},
-      details: {pending},
-      suggestions: [`Run \`pgi credentials rotate ${uai}\`: it finishes the interrupted rotation and writes the handoff.`],
-    })
-  }
 }
 
 /** Records the VM's SSH host key fingerprints in the store, for the next handoffs. */

@@ -61,8 +61,13 @@ export async function readEstablishmentSecrets(store: SecretStore, uai: string):
  * Makes sure the three secrets of `uai` exist in the store, generating the missing ones
  * (CSPRNG, ≥128 bits) — deploy calls this before it configures the guest. Existing secrets are
  * never replaced (use rotation for that), so re-running deploy is harmless.
+ *
+ * Throws ROTATION_PENDING while a rotation of `uai` is unfinished: the guest may already use the
+ * pending secrets, and applying the current ones would undo half a rotation. `pgi credentials
+ * rotate UAI` finishes it.
  */
 export async function ensureEstablishmentSecrets(store: SecretStore, uai: string): Promise<{secrets: EstablishmentSecrets; generated: EstablishmentSecretName[]}> {
+  await refuseDuringRotation(store, uai)
   const out: Partial<EstablishmentSecrets> = {}
   const generated: EstablishmentSecretName[] = []
   for (const name of ESTABLISHMENT_SECRETS) {
@@ -92,4 +97,16 @@ export function guestConfigureInput(secrets: Partial<EstablishmentSecrets>, amiL
 
 export function secretField(name: EstablishmentSecretName): keyof EstablishmentSecrets {
   return FIELD[name]
+}
+
+/** Throws ROTATION_PENDING when `establishments/<UAI>/pending/*` exist (an interrupted rotation). */
+export async function refuseDuringRotation(store: SecretStore, uai: string): Promise<void> {
+  const pending = await store.list(`establishments/${uai}/pending/`)
+  if (pending.length > 0) {
+    throw new UserError(ErrorCode.ROTATION_PENDING, `a rotation of the secrets of ${uai} was interrupted and must be finished first`, {
+      where: {uai},
+      details: {pending},
+      suggestions: [`Run \`pgi credentials rotate ${uai}\`: it finishes the interrupted rotation (and writes the new handoff).`],
+    })
+  }
 }

@@ -192,3 +192,14 @@ describe('issueHandoff / openHandoff', () => {
     expect((await rejection(openHandoff(join(tmp, 'absent.age'), [ami.file]))).code).toBe(ErrorCode.HANDOFF_INVALID)
   })
 })
+
+describe('ensureEstablishmentSecrets during a rotation', () => {
+  it('refuses while pending secrets exist (it would undo half a rotation)', async () => {
+    const store = await SecretStore.open({dir: join(tmp, 'store'), recipients: [], env})
+    await ensureEstablishmentSecrets(store, '0130040Y')
+    await store.put(establishmentSecretKey('0130040Y', 'ami-password', {pending: true}), new Secret('p'.repeat(24)))
+    const err = await rejection(ensureEstablishmentSecrets(store, '0130040Y'))
+    expect(err.code).toBe(ErrorCode.ROTATION_PENDING)
+    expect(err.suggestions[0]).toContain('pgi credentials rotate 0130040Y')
+  })
+})

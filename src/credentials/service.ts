@@ -1,0 +1,101 @@
+/**
+ * The credentials use cases behind `pgi credentials …`: each takes an inventory (already loaded)
+ * and a secret store, works establishment by establishment, and returns plain results that never
+ * hold a secret (except `openHandoffForOwner`, whose job is to show them to their owner).
+ */
+import {asPgiError, ErrorCode, UserError} from '../errors.js'
+import type {Io} from '../io.js'
+import type {Establishment, Inventory} from '../inventory/types.js'
+import {Hypervisors, type PveConnector} from '../hypervisors.js'
+import {SecretStore} from '../secrets/store.js'
+import {handoffToJson, issueHandoff, openHandoff, type HandoffConnection, type HandoffIssued, type HandoffJson} from './handoff.js'
+import {rotateEstablishmentSecrets, type RotateResult} from './rotate.js'
+import type {EstablishmentSecretName} from './secrets.js'
+
+/** Opens the store of an inventory: encrypted to its `recipients` (plus the local identity). */
+export function openInventoryStore(inventory: Pick<Inventory, 'recipients'>, dir: string, env: NodeJS.ProcessEnv = process.env): Promise<SecretStore> {
+  return SecretStore.open({dir, recipients: inventory.recipients.map((r) => r.key), env})
+}
+
+/** Per-establishment outcome of a fleet-wide credentials command. */
+export type Outcome<R> = ({ok: true} & R) | {ok: false; uai: string; error: Record<string, unknown>}
+
+export interface HandoffRunResult {
+  outDir: string
+  written: number
+  failed: number
+  establishments: Outcome<HandoffIssued>[]
+}
+
+/**
+ * Writes the handoffs of `establishments` into `outDir`. One establishment failing (a missing
+ * secret, a bad AMI key) does not stop the others: its error is in the result.
+ */
+export async function writeHandoffs(opts: {
+  establishments: Establishment[]
+  store: SecretStore
+  outDir: string
+  io?: Io
+  /** Per-establishment connection overrides (a lab's loopback forwards). */
+  connection?: (est: Establishment) => HandoffConnection | undefined
+}): Promise<HandoffRunResult> {
+  const out: Outcome<HandoffIssued>[] = []
+  for (const est of opts.establishments) {
+    try {
+      const issued = await issueHandoff(est, {store: opts.store, outDir: opts.outDir, connection: opts.connection?.(est), io: opts.io})
+      out.push({ok: true, ...issued})
+    } catch (err) {
+      const e = asPgiError(err)
+      opts.io?.error(`${est.uai}: ${e.message}`)
+      out.push({ok: false, uai: est.uai, error: e.toJSON()})
+    }
+  }
+  return {outDir: opts.outDir, written: out.filter((o) => o.ok).length, failed: out.filter((o) => !o.ok).length, establishments: out}
+}
+
+export interface RotateRunResult {
+  rotated: number
+  failed: number
+  establishments: Outcome<RotateResult>[]
+}
+
+/** Rotates the secrets of each establishment in turn (through its hypervisor's API). */
+export async function rotateSecrets(opts: {
+  inventory: Inventory
+  establishments: Establishment[]
+  store: SecretStore
+  outDir: string
+  only?: EstablishmentSecretName[]
+  io: Io
+  env?: NodeJS.ProcessEnv
+  /** How to open a hypervisor's API (default: the real client, TLS pinned). */
+  connect?: PveConnector
+  connection?: (est: Establishment) => HandoffConnection | undefined
+}): Promise<RotateRunResult> {
+  const hvs = new Hypervisors(opts.inventory, {store: opts.store, io: opts.io, env: opts.env, connect: opts.connect})
+  const out: Outcome<RotateResult>[] = []
+  for (const est of opts.establishments) {
+    try {
+      const api = await hvs.get(est.hypervisor)
+      const r = await rotateEstablishmentSecrets({api, store: opts.store, establishment: est, outDir: opts.outDir, only: opts.only, io: opts.io, connection: opts.connection?.(est)})
+      out.push({ok: true, ...r})
+    } catch (err) {
+      const e = asPgiError(err)
+      opts.io.error(`${est.uai}: ${e.message}`)
+      out.push({ok: false, uai: est.uai, error: e.toJSON()})
+    }
+  }
+  return {rotated: out.filter((o) => o.ok).length, failed: out.filter((o) => !o.ok).length, establishments: out}
+}
+
+/**
+ * Decrypts a handoff for its owner. This is the one place pgi shows secrets: to the AMI, who
+ * holds the key and asked for them.
+ */
+export async function openHandoffForOwner(file: string, identityFiles: string[]): Promise<{handoff: HandoffJson; text: string}> {
+  if (identityFiles.length === 0) {
+    throw new UserError(ErrorCode.USAGE, 'no age identity given to open the handoff', {suggestions: ['Pass --identity with your age key file (the one whose public key the Région has).']})
+  }
+  const {document, text} = await openHandoff(file, identityFiles)
+  return {handoff: handoffToJson(document), text}
+}
