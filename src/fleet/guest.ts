@@ -100,17 +100,38 @@ export async function waitForHealthy(t: GuestTarget, opts: WaitOpts): Promise<Gu
   }
 }
 
-/** Takes a verified backup of every database with `pgi-backup --verify`; returns the manifest path in the guest. */
+/** Takes a backup of every database with `pgi-backup`; returns the manifest path in the guest. */
 export async function backupGuest(t: GuestTarget, timeoutMs = 3600_000): Promise<string> {
-  const r = await t.api.agentExec(t.node, t.vmid, [GUEST_BACKUP, '--verify'], {timeoutMs})
+  const r = await t.api.agentExec(t.node, t.vmid, [GUEST_BACKUP], {timeoutMs})
   const path = r.stdout.trim().split('\n').filter(Boolean).slice(-1)[0] ?? ''
   if (r.exitcode !== 0 || !path.startsWith('/')) {
-    throw new UserError(ErrorCode.BACKUP_FAILED, `pgi-backup --verify failed in VM ${t.vmid} (exit ${r.exitcode}): ${lastLine(r.stderr || r.stdout)}`, {
+    throw new UserError(ErrorCode.BACKUP_FAILED, `pgi-backup failed in VM ${t.vmid} (exit ${r.exitcode}): ${lastLine(r.stderr || r.stdout)}`, {
       where: where(t),
-      suggestions: ['Nothing was deleted. Check the data disk and PostgreSQL from the VM console (pgi status), then retry.'],
+      suggestions: ['Nothing was deleted. Check the data disk and PostgreSQL (pgi status), then retry.'],
     })
   }
   return path
+}
+
+/**
+ * Verifies a backup in the guest with `pgi-backup --verify <manifest>`: checksums, then a restore
+ * of each dump into a scratch database with row counts compared. Returns the per-database results.
+ */
+export async function verifyGuestBackup(t: GuestTarget, manifestPath: string, timeoutMs = 3600_000): Promise<{name: string; ok: boolean; row_counts?: Record<string, number>}[]> {
+  const r = await t.api.agentExec(t.node, t.vmid, [GUEST_BACKUP, '--verify', manifestPath], {timeoutMs})
+  let out: {verified?: {name: string; ok: boolean; row_counts?: Record<string, number>}[]} | undefined
+  try {
+    out = JSON.parse(r.stdout.trim().split('\n').slice(-1)[0] ?? '') as typeof out
+  } catch {
+    out = undefined
+  }
+  if (r.exitcode !== 0 || !out?.verified || out.verified.some((v) => !v.ok)) {
+    throw new UserError(ErrorCode.BACKUP_FAILED, `the backup ${manifestPath} did not verify in VM ${t.vmid} (exit ${r.exitcode}): ${lastLine(r.stderr || r.stdout)}`, {
+      where: where(t),
+      suggestions: ['Nothing was deleted. Look at the guest journal (journalctl -t pgi-backup), fix the cause, then retry.'],
+    })
+  }
+  return out.verified
 }
 
 function lastLine(s: string): string {
