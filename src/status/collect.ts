@@ -67,11 +67,27 @@ export function withTimeout<T>(p: Promise<T>, ms: number, call: string, hypervis
 
 const AGENT_DOWN_RE = /guest agent is not running|No QEMU guest agent configured|qmp command '[^']*' failed|got timeout|agent.*not (enabled|configured|running)|VM \d+ is not running/i
 
-interface HypervisorRun {
-  name: string
+/** One hypervisor's part of a run, with its breaker. */
+class HypervisorRun {
   api?: PveApi
   /** Set by the first hypervisor-level failure; later calls fail fast with it. */
   down?: ProbeError
+  /** Rejects when the breaker opens, so calls already in flight (a long guest command) end too. */
+  readonly tripped: Promise<never>
+  private reject!: (e: unknown) => void
+
+  constructor(readonly name: string) {
+    this.tripped = new Promise<never>((_, reject) => {
+      this.reject = reject
+    })
+    this.tripped.catch(() => undefined)
+  }
+
+  trip(pe: ProbeError): void {
+    if (this.down) return
+    this.down = pe
+    this.reject(new HypervisorDown(pe))
+  }
 }
 
 /** Collects the status of `establishments` and judges each. Never throws for a fleet problem. */
@@ -91,7 +107,7 @@ export async function collectStatus(opts: StatusOptions): Promise<StatusReport> 
     await Promise.all(
       [...byHv].map(async ([name, ests]) => {
         const h0 = performance.now()
-        const run: HypervisorRun = {name}
+        const run = new HypervisorRun(name)
         const obs = await probeHypervisor(run, ests, {...opts, pool, requestTimeoutMs, healthTimeoutMs})
         summaries.push({
           name,
@@ -145,12 +161,12 @@ async function probeHypervisor(run: HypervisorRun, ests: Establishment[], ctx: R
     return ctx.pool.run(run.name, async () => {
       if (run.down) throw new HypervisorDown(run.down)
       try {
-        return await withTimeout(fn(run.api!), opts.timeoutMs ?? ctx.requestTimeoutMs, label, !opts.guestSide)
+        return await Promise.race([withTimeout(fn(run.api!), opts.timeoutMs ?? ctx.requestTimeoutMs, label, !opts.guestSide), run.tripped])
       } catch (err) {
         const pe = toProbeError(label, err)
         if (isHypervisorLevel(pe) && !(err instanceof HypervisorDown)) {
-          run.down ??= pe
-          ctx.io.debug(`hypervisor ${run.name} stopped answering`, {call: label, cause: pe.message})
+          if (!run.down) ctx.io.debug(`hypervisor ${run.name} stopped answering`, {call: label, cause: pe.message})
+          run.trip(pe)
         }
         throw err
       }

@@ -27,7 +27,7 @@ export function useColour(stream: {isTTY?: boolean}, env: NodeJS.ProcessEnv = pr
 }
 
 function paint(colour: boolean, c: Colour, s: string): string {
-  return colour ? styleText(c, s) : s
+  return colour ? styleText(c, s, {validateStream: false}) : s
 }
 
 function vmText(e: EstablishmentStatus): string {
