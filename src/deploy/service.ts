@@ -1,0 +1,150 @@
+/**
+ * The deploy use case behind `pgi deploy`: load the inventory, select establishments, open the
+ * secret store and the hypervisors, plan, confirm, execute. Returns plain objects (no secret).
+ */
+import {join} from 'node:path'
+
+import type {HandoffConnection} from '../credentials/handoff.js'
+import {openInventoryStore} from '../credentials/service.js'
+import {ErrorCode} from '../errors.js'
+import {ExitCode, type ExitCodeValue} from '../exit-codes.js'
+import {Hypervisors, type PveConnector} from '../hypervisors.js'
+import {loadValidInventory} from '../inventory/load.js'
+import {selectEstablishments, type Selection} from '../inventory/select.js'
+import type {Establishment, Inventory} from '../inventory/types.js'
+import type {Io} from '../io.js'
+import {journalDir, stateDir} from '../paths.js'
+import {storeCredentials} from './credentials.js'
+import type {DeployImage} from './desired.js'
+import {fmtDrift, needsWork, planDeploy, type PlanItem} from './plan.js'
+import {executeDeploy, type DeployResult} from './run.js'
+
+export interface DeployRequest {
+  inventoryPath: string
+  selection: Selection
+  secretsDir: string
+  /** Image version for every selected establishment (else each one's inventory `image`). */
+  image?: string
+  /** Verifies and describes an image version (signature + checksum). */
+  resolveImage: (version: string) => Promise<DeployImage>
+  /** Stage with download-url from this URL template instead of uploading (`{file}`). */
+  imageUrl?: string
+  /** Folder of the AMI handoff files (default `<stateDir>/handoffs`). */
+  handoffDir?: string
+  dryRun?: boolean
+  maxParallel?: number
+  maxPerHypervisor?: number
+  agentTimeoutMs?: number
+  healthTimeoutMs?: number
+  pollIntervalMs?: number
+  io: Io
+  env?: NodeJS.ProcessEnv
+  /** Asked once, after the plan is shown, when something would change; throws to stop. */
+  confirm: (question: string) => Promise<void>
+  /** Shows the plan to people (the command prints a table). */
+  showPlan?: (rows: PlanRow[]) => void
+  /** Replace how hypervisors are opened (labs, tests). */
+  connect?: PveConnector
+  /** How the AMI reaches each VM, when not at the inventory address (a lab's forwarded ports). */
+  connection?: (est: Establishment) => Promise<HandoffConnection | undefined> | HandoffConnection | undefined
+  /** Already loaded inventory (library use); otherwise read from inventoryPath. */
+  inventory?: Inventory
+  signal?: AbortSignal
+}
+
+/** One line of the plan, as shown and as returned in --json. */
+export interface PlanRow {
+  uai: string
+  name: string
+  hypervisor: string
+  node: string
+  vmid: number
+  image: string
+  action: PlanItem['action']
+  detail: string
+  drifts?: {setting: string; want: string; have: string; fix: string}[]
+  blocked?: {code: string; message: string; suggestions: string[]}
+}
+
+export interface DeployReport {
+  dryRun: boolean
+  /** True when nothing needed a change (nothing was sent to any hypervisor). */
+  upToDate: boolean
+  plan: PlanRow[]
+  /** Absent on --dry-run. */
+  result?: DeployResult
+  handoffDir: string
+}
+
+export function planRows(items: PlanItem[]): PlanRow[] {
+  return items.map((i) => ({
+    uai: i.uai,
+    name: i.name,
+    hypervisor: i.hypervisor,
+    node: i.node,
+    vmid: i.vmid,
+    image: i.image,
+    action: i.action,
+    detail: i.action === 'drifted' ? i.drifts.map(fmtDrift).join('; ') : i.summary,
+    ...(i.drifts.length ? {drifts: i.drifts.map((d) => ({setting: d.setting, want: d.want, have: d.have, fix: d.fix}))} : {}),
+    ...(i.blocked ? {blocked: i.blocked} : {}),
+  }))
+}
+
+export async function runDeploy(req: DeployRequest): Promise<DeployReport> {
+  const env = req.env ?? process.env
+  const inventory = req.inventory ?? (await loadValidInventory(req.inventoryPath))
+  const establishments = selectEstablishments(inventory, req.selection)
+  const store = await openInventoryStore(inventory, req.secretsDir, env)
+  const hypervisors = new Hypervisors(inventory, {store, io: req.io, env, connect: req.connect})
+  const handoffDir = req.handoffDir ?? join(stateDir(env), 'handoffs')
+
+  req.io.info(`planning ${establishments.length} establishment(s) on ${new Set(establishments.map((e) => e.hypervisor)).size} hypervisor(s)`)
+  const plan = await planDeploy(establishments, {
+    hypervisors,
+    io: req.io,
+    imageVersion: (e) => req.image ?? e.image,
+    resolveImage: req.resolveImage,
+  })
+  const rows = planRows(plan.items)
+  req.showPlan?.(rows)
+  const work = plan.items.filter(needsWork)
+  const upToDate = work.length === 0 && plan.items.every((i) => i.action !== 'blocked')
+  if (req.dryRun) return {dryRun: true, upToDate, plan: rows, handoffDir}
+  if (work.length === 0) {
+    req.io.info(plan.items.some((i) => i.action === 'blocked') ? 'nothing can be changed (see blocked)' : 'everything is up to date: nothing to change, no write request sent')
+  } else {
+    const counts = countBy(work.map((w) => w.action))
+    await req.confirm(`Deploy will change ${work.length} establishment(s) (${Object.entries(counts).map(([k, v]) => `${v} ${k}`).join(', ')}). Go on?`)
+  }
+  const result = await executeDeploy(plan, establishments, {
+    hypervisors,
+    io: req.io,
+    credentials: storeCredentials({store, handoffDir, io: req.io, connection: req.connection}),
+    journalDir: journalDir(env),
+    maxParallel: req.maxParallel,
+    maxPerHypervisor: req.maxPerHypervisor,
+    agentTimeoutMs: req.agentTimeoutMs,
+    healthTimeoutMs: req.healthTimeoutMs,
+    pollIntervalMs: req.pollIntervalMs,
+    imageUrl: req.imageUrl,
+    signal: req.signal,
+  })
+  return {dryRun: false, upToDate, plan: rows, result, handoffDir}
+}
+
+function countBy(xs: string[]): Record<string, number> {
+  const out: Record<string, number> = {}
+  for (const x of xs) out[x] = (out[x] ?? 0) + 1
+  return out
+}
+
+/** Exit status of a dry run: like a real run's (4 when something is blocked, 8 when every hypervisor is unreachable). */
+export function planExitCode(rows: PlanRow[]): ExitCodeValue {
+  const blocked = rows.filter((r) => r.blocked)
+  if (blocked.length === 0) return ExitCode.OK
+  if (blocked.length === rows.length && blocked.every((r) => r.blocked!.code === blocked[0]!.blocked!.code) && (blocked[0]!.blocked!.code === ErrorCode.TLS_MISMATCH || blocked[0]!.blocked!.code === ErrorCode.UNREACHABLE)) {
+    return ExitCode.UNREACHABLE
+  }
+  return ExitCode.PARTIAL
+}
