@@ -1,0 +1,461 @@
+import {createHash, randomBytes} from 'node:crypto'
+import {appendFileSync, createWriteStream} from 'node:fs'
+import {mkdir, rm} from 'node:fs/promises'
+import {createServer, type Server} from 'node:https'
+import type {IncomingMessage, ServerResponse} from 'node:http'
+import type {AddressInfo, Socket} from 'node:net'
+import {join} from 'node:path'
+
+import Busboy from 'busboy'
+
+import {AuthError, PermissionError, type Principal} from './access.js'
+import {HttpError, LabApi, type Ctx} from './api.js'
+import {BackendError} from './backend.js'
+import {LAB_ROUTES, type RouteDef} from './params.js'
+import {ParamError, validateParams, type RawParams} from './validate.js'
+
+/**
+ * The lab's HTTPS front: one listener per lab node (127.0.0.1 only, its own certificate), PVE's
+ * URL layout (`/api2/json/…`), envelopes (`{"data": …}`), errors (400 with `errors`, 401 after a
+ * delay, 403 permission texts, 500 with the message as reason phrase), authentication (API token
+ * header, or ticket cookie + CSRF header on writes), fault injection and a JSONL request log.
+ */
+
+/** Parameters whose VALUES never reach the request log (only their names do). */
+export const SECRET_PARAMS = new Set(['password', 'cipassword', 'content', 'input-data', 'sshkeys', 'new-format'])
+
+export interface RequestLogEntry {
+  time: string
+  node: string
+  method: string
+  path: string
+  /** Parameter names (never values). */
+  params: string[]
+  status: number
+  ms: number
+  user?: string
+}
+
+export interface ServerOptions {
+  api: LabApi
+  /** node name → PEM key + cert. */
+  certs: Record<string, {key: string; cert: string}>
+  /** Fixed ports per node (0 or absent = any free port). */
+  ports?: Record<string, number>
+  /** Delay before answering 401 (PVE: 3000 ms). */
+  authFailDelayMs?: number
+  /** JSONL request log file (append). */
+  requestLog?: string
+  /** Where uploads are spooled (inside the lab dir). */
+  tmpDir: string
+  /** Max upload size (bytes). */
+  maxUploadBytes?: number
+}
+
+interface Compiled {
+  route: RouteDef
+  re: RegExp
+  names: string[]
+}
+
+function compile(routes: RouteDef[]): Compiled[] {
+  return routes.map((route) => {
+    const names: string[] = []
+    const re = new RegExp('^' + route.path.replace(/\{(\w+)\}/g, (_, n: string) => (names.push(n), '([^/]+)')) + '/?$')
+    return {route, re, names}
+  })
+}
+
+const COMPILED = compile(LAB_ROUTES)
+
+/** Finds the route for a method + path (path without /api2/json); `allowed` lists methods of a path match. */
+export function matchRoute(method: string, path: string): {route?: RouteDef; pathParams: Record<string, string>; pathExists: boolean} {
+  let pathExists = false
+  for (const c of COMPILED) {
+    const m = c.re.exec(path)
+    if (!m) continue
+    pathExists = true
+    if (c.route.method !== method) continue
+    const pathParams: Record<string, string> = {}
+    c.names.forEach((n, i) => (pathParams[n] = decodeURIComponent(m[i + 1]!)))
+    return {route: c.route, pathParams, pathExists}
+  }
+  return {pathParams: {}, pathExists}
+}
+
+/** Form / query decoding as PVE does: split on & and ;, '+' is a space, repeated keys become arrays. */
+export function parseForm(text: string): RawParams {
+  const out: RawParams = {}
+  for (const part of text.split(/[&;]/)) {
+    if (part === '') continue
+    const eq = part.indexOf('=')
+    const k = decodeURIComponent((eq < 0 ? part : part.slice(0, eq)).replace(/\+/g, ' '))
+    const v = eq < 0 ? '' : decodeURIComponent(part.slice(eq + 1).replace(/\+/g, ' '))
+    const prev = out[k]
+    if (prev === undefined) out[k] = v
+    else out[k] = Array.isArray(prev) ? [...prev, v] : [prev, v]
+  }
+  return out
+}
+
+function sanitizeReason(msg: string): string {
+  // A reason phrase is one latin-1 line.
+  return msg.replace(/[\r\n]+/g, ' ').replace(/[^\x20-\x7e\xa0-\xff]/g, '?').slice(0, 500).trim()
+}
+
+export class LabServer {
+  readonly servers = new Map<string, Server>()
+  readonly ports = new Map<string, number>()
+  readonly #o: ServerOptions
+  readonly #sockets = new Set<Socket>()
+
+  constructor(o: ServerOptions) {
+    this.#o = o
+  }
+
+  get api(): LabApi {
+    return this.#o.api
+  }
+
+  async listen(): Promise<Record<string, number>> {
+    await mkdir(this.#o.tmpDir, {recursive: true})
+    for (const [name] of this.api.nodes) {
+      const cert = this.#o.certs[name]
+      if (!cert) throw new Error(`no certificate for lab node ${name}`)
+      const dead = this.api.faults.nodeDead(name)
+      const server = createServer({key: cert.key, cert: cert.cert, keepAliveTimeout: 30_000}, (req, res) => {
+        if (dead) return // accepts TCP (and TLS) but never answers: fault injection
+        void this.#handle(name, req, res)
+      })
+      server.on('connection', (s: Socket) => {
+        this.#sockets.add(s)
+        s.on('close', () => this.#sockets.delete(s))
+      })
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject)
+        server.listen(this.#o.ports?.[name] ?? 0, '127.0.0.1', () => resolve())
+      })
+      this.servers.set(name, server)
+      this.ports.set(name, (server.address() as AddressInfo).port)
+    }
+    return Object.fromEntries(this.ports)
+  }
+
+  async close(): Promise<void> {
+    for (const s of this.#sockets) s.destroy()
+    await Promise.all([...this.servers.values()].map((s) => new Promise<void>((r) => s.close(() => r()))))
+    this.servers.clear()
+  }
+
+  #log(e: RequestLogEntry): void {
+    if (!this.#o.requestLog) return
+    appendFileSync(this.#o.requestLog, JSON.stringify(e) + '\n')
+  }
+
+  #send(res: ServerResponse, status: number, body: unknown, reason?: string, headers: Record<string, string> = {}): void {
+    const text = JSON.stringify(body)
+    if (reason) res.statusMessage = sanitizeReason(reason)
+    res.writeHead(status, {'Content-Type': 'application/json;charset=UTF-8', 'Content-Length': Buffer.byteLength(text), 'Cache-Control': 'max-age=0', Pragma: 'no-cache', ...headers})
+    res.end(text)
+  }
+
+  async #handle(nodeName: string, req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const t0 = Date.now()
+    const url = new URL(req.url ?? '/', 'https://lab')
+    const method = req.method ?? 'GET'
+    const fullPath = url.pathname
+    let logPath = fullPath
+    let paramNames: string[] = []
+    let user: string | undefined
+    const finish = (status: number) => this.#log({time: new Date(t0).toISOString(), node: nodeName, method, path: logPath, params: paramNames, status, ms: Date.now() - t0, ...(user ? {user} : {})})
+    try {
+      const lat = this.api.faults.latency(nodeName, fullPath)
+      if (lat > 0) await new Promise((r) => setTimeout(r, lat))
+      if (!fullPath.startsWith('/api2/json/')) {
+        this.#send(res, 501, {data: null}, `Unsupported API format (the lab serves /api2/json only)`)
+        return finish(501)
+      }
+      const path = fullPath.slice('/api2/json'.length)
+      logPath = path
+      const {route, pathParams, pathExists} = matchRoute(method, path)
+      if (!route) {
+        // PVE answers 501 for unknown methods/paths.
+        const msg = pathExists ? `Method '${method} /api2/json${path}' not implemented` : `Method '${method} /api2/json${path}' not implemented`
+        await drain(req)
+        this.#send(res, 501, {data: null}, msg)
+        return finish(501)
+      }
+      const node = pathParams.node !== undefined ? this.api.nodes.get(pathParams.node) : this.api.nodes.get(nodeName)
+      if (pathParams.node !== undefined && (!node || pathParams.node !== nodeName)) {
+        await drain(req)
+        this.#send(res, 500, {data: null, message: `hostname lookup '${pathParams.node}' failed - failed to get address info for: ${pathParams.node}: Name or service not known\n`}, `hostname lookup '${pathParams.node}' failed`)
+        return finish(500)
+      }
+      if (this.api.faults.http500(nodeName, method, path)) {
+        await drain(req)
+        this.#send(res, 500, {data: null, message: 'lab fault injection: internal server error\n'}, 'lab fault injection: internal server error')
+        return finish(500)
+      }
+
+      // ---- authentication ----
+      let principal: Principal | undefined
+      if (!route.noAuth) {
+        try {
+          principal = this.#authenticate(req, method !== 'GET')
+          user = principal.tokenid ?? principal.user
+        } catch (e) {
+          await drain(req)
+          if (this.#o.authFailDelayMs) await new Promise((r) => setTimeout(r, this.#o.authFailDelayMs))
+          const msg = e instanceof AuthError ? e.message : 'authentication failure'
+          const status = /csrf/i.test(msg) ? 401 : 401
+          this.#send(res, status, {data: null, message: `${msg}\n`}, msg)
+          return finish(status)
+        }
+      } else if (/^PVEAPIToken/.test(req.headers.authorization ?? '')) {
+        await drain(req)
+        this.#send(res, 401, {data: null, message: 'API tokens are not allowed for this endpoint\n'}, 'API tokens are not allowed for this endpoint')
+        return finish(401)
+      }
+
+      // ---- parameters ----
+      let params: RawParams
+      let upload: Ctx['upload']
+      const ctype = req.headers['content-type'] ?? ''
+      if (method === 'GET' || method === 'DELETE') {
+        params = parseForm(url.search.slice(1))
+        await drain(req)
+      } else if (/^multipart\/form-data/i.test(ctype)) {
+        const r = await this.#multipart(req)
+        params = r.fields
+        if (r.file) upload = r.file
+      } else {
+        const body = await readBody(req, 1024 * 1024)
+        params = /json/i.test(ctype) ? jsonParams(body) : parseForm(body)
+        const q = parseForm(url.search.slice(1))
+        for (const [k, v] of Object.entries(q)) params[k] ??= v
+      }
+      paramNames = Object.keys(params).sort()
+      const all: RawParams = {...params, ...pathParams}
+      const errors = validateParams(route.params, all)
+      if (Object.keys(errors).length > 0) {
+        if (upload) await rm(upload.path, {force: true})
+        this.#send(res, 400, {data: null, errors}, 'Parameter verification failed.')
+        return finish(400)
+      }
+
+      // ---- privileges ----
+      if (principal && route.perm) {
+        const perm = route.agent && this.#pveMajor() === 8 ? (['perm', '/vms/{vmid}', ['VM.Monitor']] as RouteDef['perm'] & object) : route.perm
+        this.api.access.checkRoute(principal, perm, all)
+      }
+
+      const ctx: Ctx = {node: node!, params: all, principal: principal ?? {user: 'anonymous'}, upload}
+      let data: unknown
+      if (route.handler === 'storageUpload') {
+        if (!upload) throw new ParamError({filename: 'missing file upload (multipart field "filename" with the file content)'})
+        await verifyChecksum(upload.path, all['checksum'] as string | undefined, all['checksum-algorithm'] as string | undefined).catch(async (e) => {
+          await rm(upload!.path, {force: true})
+          throw e
+        })
+        data = this.api.importUploaded(ctx, upload.path, 'imgcopy')
+      } else if (route.handler === 'storageDownload') {
+        this.api.access.check(ctx.principal, `/storage/${all.storage}`, ['Datastore.AllocateTemplate'])
+        if (!this.api.access.has(ctx.principal, '/', 'Sys.Audit') || !this.api.access.has(ctx.principal, '/', 'Sys.Modify')) {
+          this.api.access.check(ctx.principal, `/nodes/${nodeName}`, ['Sys.AccessNetwork'])
+        }
+        data = await this.#download(ctx)
+      } else if (route.handler === 'taskStatus' || route.handler === 'taskLog' || route.handler === 'taskList') {
+        data = this.#tasks(route.handler, ctx)
+      } else {
+        const h = this.api.handlers[route.handler]
+        if (!h) throw new Error(`lab defect: no handler ${route.handler}`)
+        data = await h(ctx)
+      }
+      if (route.handler === 'ticket') {
+        const t = data as {ticket: string}
+        this.#send(res, 200, {data}, undefined, {'Set-Cookie': `PVEAuthCookie=${encodeURIComponent(t.ticket)}; path=/; secure; SameSite=Strict`})
+        return finish(200)
+      }
+      this.#send(res, 200, {data: data === undefined ? null : data})
+      return finish(200)
+    } catch (e) {
+      const status = errStatus(e)
+      if (status === 400) {
+        this.#send(res, 400, {data: null, errors: (e as ParamError).errors}, 'Parameter verification failed.')
+        return finish(400)
+      }
+      if (status === 401 && this.#o.authFailDelayMs) await new Promise((r) => setTimeout(r, this.#o.authFailDelayMs))
+      const msg = e instanceof Error ? e.message : String(e)
+      if (!(e instanceof HttpError || e instanceof PermissionError || e instanceof BackendError || e instanceof AuthError)) {
+        process.stderr.write(`lab: ${method} ${fullPath}: ${e instanceof Error ? e.stack : msg}\n`)
+      }
+      this.#send(res, status, {data: null, message: `${msg}\n`}, msg)
+      return finish(status)
+    }
+  }
+
+  #pveMajor(): number {
+    return Number(this.api.pveVersion.split('.')[0])
+  }
+
+  #authenticate(req: IncomingMessage, write: boolean): Principal {
+    const auth = req.headers.authorization
+    if (auth && /^PVEAPIToken[= ]/.test(auth)) return this.api.access.verifyToken(auth.replace(/^PVEAPIToken /, 'PVEAPIToken='))
+    const cookie = req.headers.cookie ?? ''
+    const m = /(?:^|;\s*)PVEAuthCookie=([^;]+)/.exec(cookie)
+    if (!m) throw new AuthError('No ticket')
+    const csrf = req.headers.csrfpreventiontoken
+    return this.api.access.verifyTicket(decodeURIComponent(m[1]!), Array.isArray(csrf) ? csrf[0] : csrf, write)
+  }
+
+  #tasks(handler: string, c: Ctx): unknown {
+    if (handler === 'taskList') {
+      const limit = c.params.limit === undefined ? 50 : Number(c.params.limit)
+      const start = Number(c.params.start ?? 0)
+      return this.api.tasks
+        .list(c.node.name)
+        .filter((t) => this.#canSeeTask(c, t.user, c.node.name))
+        .filter((t) => c.params.vmid === undefined || t.id === String(c.params.vmid))
+        .filter((t) => !c.params.errors || (t.status === 'stopped' && t.exitstatus !== 'OK'))
+        .slice(start, start + limit)
+        .map((t) => ({upid: t.upid, node: t.node, pid: t.pid, pstart: t.pstart, starttime: t.starttime, type: t.type, id: t.id, user: t.user, ...(t.endtime ? {endtime: t.endtime, status: t.exitstatus} : {})}))
+    }
+    const upid = String(c.params.upid)
+    const t = this.api.tasks.get(upid)
+    if (!t || t.node !== c.node.name) throw new HttpError(500, `unable to open file - No such file or directory`)
+    if (!this.#canSeeTask(c, t.user, c.node.name)) throw new PermissionError(`/nodes/${c.node.name}`, 'Sys.Audit')
+    if (handler === 'taskStatus') {
+      return {upid: t.upid, node: t.node, pid: t.pid, pstart: t.pstart, starttime: t.starttime, type: t.type, id: t.id, user: t.user, status: t.status, ...(t.status === 'stopped' ? {exitstatus: t.exitstatus} : {})}
+    }
+    const start = Number(c.params.start ?? 0)
+    const limit = c.params.limit === undefined ? 50 : Number(c.params.limit)
+    return t.log.slice(start, start + limit).map((line, i) => ({n: start + i + 1, t: line}))
+  }
+
+  #canSeeTask(c: Ctx, owner: string, node: string): boolean {
+    const me = c.principal.tokenid ?? c.principal.user
+    // PVE: the owner (a user sees its tokens' tasks too) or Sys.Audit on the node.
+    return owner === me || owner.split('!')[0] === c.principal.user && !c.principal.tokenid || this.api.access.has(c.principal, `/nodes/${node}`, 'Sys.Audit')
+  }
+
+  async #multipart(req: IncomingMessage): Promise<{fields: RawParams; file?: {path: string; size: number}}> {
+    const fields: RawParams = {}
+    let file: {path: string; size: number} | undefined
+    const max = this.#o.maxUploadBytes ?? 64 * 2 ** 30
+    await new Promise<void>((resolve, reject) => {
+      const bb = Busboy({headers: req.headers, limits: {fileSize: max, files: 1, fields: 20}})
+      const writes: Promise<void>[] = []
+      bb.on('field', (name, value) => (fields[name] = value))
+      bb.on('file', (name, stream, info) => {
+        // PVE's upload form sends the file in the field "filename" (its content) with its name in info.filename.
+        if (fields.filename === undefined) fields.filename = info.filename ?? name
+        const path = join(this.#o.tmpDir, `pveupload-${randomBytes(8).toString('hex')}`)
+        const out = createWriteStream(path, {mode: 0o600})
+        let size = 0
+        stream.on('data', (d: Buffer) => (size += d.length))
+        writes.push(
+          new Promise<void>((res, rej) => {
+            out.on('finish', () => {
+              file = {path, size}
+              res()
+            })
+            out.on('error', rej)
+            stream.on('limit', () => rej(new HttpError(413, 'upload too large')))
+          }),
+        )
+        stream.pipe(out)
+        void name
+      })
+      bb.on('close', () => void Promise.all(writes).then(() => resolve(), reject))
+      bb.on('error', reject)
+      req.pipe(bb)
+    })
+    return {fields, file}
+  }
+
+  async #download(c: Ctx): Promise<string> {
+    const url = new URL(String(c.params.url))
+    if (!/^127\.\d+\.\d+\.\d+$|^localhost$|^\[::1\]$/.test(url.hostname)) {
+      throw new HttpError(500, `the lab only downloads from loopback addresses (got '${url.hostname}')`)
+    }
+    const tmp = join(this.#o.tmpDir, `download-${randomBytes(8).toString('hex')}`)
+    // Fetch first (so a bad URL fails the request like PVE's HEAD check does), then hand over to a task.
+    const {fetch} = await import('undici')
+    const r = await fetch(url, {signal: AbortSignal.timeout(30_000)}).catch((e: Error) => {
+      throw new HttpError(500, `invalid server response: '${e.message}'`)
+    })
+    if (!r.ok || !r.body) throw new HttpError(500, `invalid server response: '${r.status} ${r.statusText}'`)
+    const out = createWriteStream(tmp, {mode: 0o600})
+    let size = 0
+    for await (const chunk of r.body as AsyncIterable<Uint8Array>) {
+      size += chunk.length
+      if (!out.write(chunk)) await new Promise<void>((res) => out.once('drain', () => res()))
+    }
+    await new Promise<void>((res, rej) => out.end((e?: Error | null) => (e ? rej(e) : res())))
+    try {
+      await verifyChecksum(tmp, c.params.checksum as string | undefined, c.params['checksum-algorithm'] as string | undefined)
+    } catch (e) {
+      await rm(tmp, {force: true})
+      throw e
+    }
+    c.upload = {path: tmp, size}
+    return this.api.importUploaded(c, tmp, 'download')
+  }
+}
+
+function errStatus(e: unknown): number {
+  if (e instanceof ParamError) return 400
+  if (e instanceof AuthError) return 401
+  if (e instanceof PermissionError) return 403
+  if (e instanceof HttpError) return e.status
+  if (e instanceof BackendError) return e.status
+  return 500
+}
+
+async function verifyChecksum(path: string, checksum?: string, algo?: string): Promise<void> {
+  if (!checksum || !algo) return
+  const {createReadStream} = await import('node:fs')
+  const h = createHash(algo)
+  for await (const chunk of createReadStream(path)) h.update(chunk as Buffer)
+  const got = h.digest('hex')
+  if (got.toLowerCase() !== checksum.toLowerCase()) throw new HttpError(500, `checksum mismatch: got '${got}' != expect '${checksum.toLowerCase()}'`)
+}
+
+async function readBody(req: IncomingMessage, max: number): Promise<string> {
+  const chunks: Buffer[] = []
+  let size = 0
+  for await (const c of req) {
+    size += (c as Buffer).length
+    if (size > max) throw new HttpError(413, 'request entity too large')
+    chunks.push(c as Buffer)
+  }
+  return Buffer.concat(chunks).toString('utf8')
+}
+
+async function drain(req: IncomingMessage): Promise<void> {
+  if (req.readableEnded) return
+  for await (const _ of req) void _
+}
+
+function jsonParams(body: string): RawParams {
+  if (body.trim() === '') return {}
+  const obj = JSON.parse(body) as Record<string, unknown>
+  const out: RawParams = {}
+  for (const [k, v] of Object.entries(obj)) {
+    if (v === null || v === undefined) continue
+    out[k] = Array.isArray(v) ? v.map(String) : typeof v === 'boolean' ? (v ? '1' : '0') : String(v)
+  }
+  return out
+}
+
+/** Reads the JSONL request log (for tests proving "a second deploy changes nothing"). */
+export async function readRequestLog(file: string): Promise<RequestLogEntry[]> {
+  const {readFile} = await import('node:fs/promises')
+  const text = await readFile(file, 'utf8').catch(() => '')
+  return text
+    .split('\n')
+    .filter((l) => l.trim() !== '')
+    .map((l) => JSON.parse(l) as RequestLogEntry)
+}
+
+export {SECRET_PARAMS as REDACTED_PARAMS}

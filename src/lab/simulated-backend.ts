@@ -1,0 +1,521 @@
+import {rm, stat} from 'node:fs/promises'
+import {basename} from 'node:path'
+
+import {
+  BackendError,
+  type AgentExecStatus,
+  type AgentFsInfo,
+  type AgentNetworkInterface,
+  type BackendInit,
+  type DiskAllocation,
+  type GuestAgent,
+  type StorageContent,
+  type TaskContext,
+  type VmAccess,
+  type VmBackend,
+  type VmRuntimeStatus,
+  type VmSpec,
+  type VolumeInfo,
+} from './backend.js'
+
+/**
+ * The simulated backend: no VMs, no disk images. Volumes are records (size, format, the image
+ * version they came from), operations take configurable times, and each "guest" answers the guest
+ * agent from a model of the PGI image (the guest contract: pgi-health, pgi-configure, pgi-backup,
+ * /etc/pgi/image.json). Built for scale tests: hundreds of VMs in one process.
+ */
+
+/** Realistic durations (ms) before scaling: what a small PVE node takes. */
+export const DEFAULT_DURATIONS = {
+  allocate: 2000,
+  import: 20_000,
+  start: 5000,
+  /** From start until the guest agent answers. */
+  boot: 15_000,
+  shutdown: 4000,
+  stop: 500,
+  copy: 15_000,
+  link: 1000,
+  resize: 500,
+  snapshot: 1500,
+  rollback: 2000,
+  destroy: 1000,
+  importFile: 1000,
+  template: 1000,
+}
+export type Durations = typeof DEFAULT_DURATIONS
+
+export interface SimulatedOptions {
+  /** Multiplies every duration (0 = instant, 0.01 for fast tests). Default 1. */
+  timeScale?: number
+  durations?: Partial<Durations>
+  /** A guest whose PGI never becomes healthy (fault injection). */
+  guestUnhealthy?: (node: string, vmid: number) => boolean
+}
+
+interface SimVolume extends VolumeInfo {
+  /** Image version carried by the volume (from the imported file's name), if any. */
+  imageVersion?: string
+  snapshots: Set<string>
+}
+
+interface SimVm {
+  spec: VmSpec
+  running: boolean
+  startedAt: number
+  pid: number
+  files: Map<string, Buffer>
+  procs: Map<number, {status: AgentExecStatus}>
+  nextPid: number
+  databases: {name: string; modules: Record<string, string>}[]
+  backups: string[]
+  configured: Record<string, string>
+}
+
+const VERSION_RE = /(\d{4}\.\d+\.\d+(?:[-+][\w.]+)?)/
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  if (ms <= 0) return Promise.resolve()
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(resolve, ms)
+    signal?.addEventListener('abort', () => {
+      clearTimeout(t)
+      reject(new Error('task aborted'))
+    }, {once: true})
+  })
+}
+
+export function parseVolid(volid: string): {storage: string; name: string} {
+  const i = volid.indexOf(':')
+  if (i < 0) throw new BackendError(`unable to parse volume ID '${volid}'`)
+  return {storage: volid.slice(0, i), name: volid.slice(i + 1)}
+}
+
+export class SimulatedBackend implements VmBackend {
+  readonly kind = 'simulated'
+  readonly #d: Durations
+  readonly #scale: number
+  readonly #unhealthy: (node: string, vmid: number) => boolean
+  #init!: BackendInit
+  /** node → volid → volume */
+  readonly #vols = new Map<string, Map<string, SimVolume>>()
+  /** "node/vmid" → runtime */
+  readonly #vms = new Map<string, SimVm>()
+  #pidSeq = 20000
+
+  constructor(opts: SimulatedOptions = {}) {
+    this.#d = {...DEFAULT_DURATIONS, ...opts.durations}
+    this.#scale = opts.timeScale ?? 1
+    this.#unhealthy = opts.guestUnhealthy ?? (() => false)
+  }
+
+  #wait(what: keyof Durations, ctx?: TaskContext, factor = 1): Promise<void> {
+    return sleep(this.#d[what] * this.#scale * factor, ctx?.signal)
+  }
+
+  async init(init: BackendInit): Promise<void> {
+    this.#init = init
+    for (const n of init.nodes) this.#vols.set(n.name, new Map())
+  }
+
+  async close(): Promise<void> {
+    for (const vm of this.#vms.values()) vm.running = false
+  }
+
+  #nodeVols(node: string): Map<string, SimVolume> {
+    const m = this.#vols.get(node)
+    if (!m) throw new BackendError(`no such node '${node}'`)
+    return m
+  }
+
+  #vm(node: string, vmid: number): SimVm | undefined {
+    return this.#vms.get(`${node}/${vmid}`)
+  }
+
+  // ---- storage --------------------------------------------------------------------------------
+
+  async listVolumes(node: string, storage: string, content?: StorageContent): Promise<VolumeInfo[]> {
+    return [...this.#nodeVols(node).values()]
+      .filter((v) => v.volid.startsWith(`${storage}:`) && (!content || v.content === content))
+      .map(({snapshots: _s, imageVersion: _i, ...v}) => v)
+  }
+
+  async storageUsage(node: string, storage: string): Promise<{used: number}> {
+    let used = 0
+    for (const v of this.#nodeVols(node).values()) if (v.volid.startsWith(`${storage}:`)) used += v.used ?? v.size
+    return {used}
+  }
+
+  async importFile(node: string, storage: string, content: StorageContent, filename: string, srcPath: string, ctx: TaskContext): Promise<VolumeInfo> {
+    const st = await stat(srcPath)
+    await this.#wait('importFile', ctx)
+    // The simulation keeps the record, not the bytes: remove the temp file (the API layer verified its checksum).
+    await rm(srcPath, {force: true})
+    const volid = `${storage}:${content}/${filename}`
+    const fmt = /\.(qcow2|raw|img|iso|vmdk)$/.exec(filename)?.[1] ?? 'raw'
+    const v: SimVolume = {volid, content, format: fmt === 'img' ? 'raw' : fmt, size: st.size, used: st.size, ctime: Math.floor(Date.now() / 1000), snapshots: new Set(), imageVersion: VERSION_RE.exec(basename(filename))?.[1]}
+    this.#nodeVols(node).set(volid, v)
+    ctx.log(`imported ${filename} (${st.size} bytes) to ${volid}`)
+    return v
+  }
+
+  async deleteVolume(node: string, volid: string): Promise<void> {
+    if (!this.#nodeVols(node).delete(volid)) throw new BackendError(`volume '${volid}' does not exist`)
+  }
+
+  async volumeInfo(node: string, volid: string): Promise<VolumeInfo | undefined> {
+    return this.#nodeVols(node).get(volid)
+  }
+
+  // ---- disks --------------------------------------------------------------------------------
+
+  #newName(node: string, storage: string, vmid: number, fmt: string, prefix = 'vm'): string {
+    const vols = this.#nodeVols(node)
+    for (let n = 0; ; n++) {
+      const volid = `${storage}:${vmid}/${prefix}-${vmid}-disk-${n}.${fmt}`
+      if (!vols.has(volid) && !vols.has(`${storage}:${vmid}/vm-${vmid}-disk-${n}.${fmt}`) && !vols.has(`${storage}:${vmid}/base-${vmid}-disk-${n}.${fmt}`)) return volid
+    }
+  }
+
+  #add(node: string, v: Omit<SimVolume, 'ctime' | 'snapshots'> & {snapshots?: Set<string>}): SimVolume {
+    const vol: SimVolume = {ctime: Math.floor(Date.now() / 1000), snapshots: new Set(), ...v}
+    this.#nodeVols(node).set(vol.volid, vol)
+    return vol
+  }
+
+  async allocateDisk(node: string, vmid: number, alloc: DiskAllocation, ctx: TaskContext): Promise<VolumeInfo> {
+    const volid = this.#newName(node, alloc.storage, vmid, alloc.format)
+    if (alloc.importFrom) {
+      const src = this.#nodeVols(node).get(alloc.importFrom)
+      if (!src) throw new BackendError(`unable to parse volume ID '${alloc.importFrom}'`)
+      ctx.log(`importing disk '${alloc.importFrom}' to VM ${vmid} ...`)
+      // Import time grows with the source size (20 s for a ~1 GiB image by default).
+      await this.#wait('import', ctx, Math.max(0.2, src.size / 2 ** 30))
+      const virtual = src.format === 'qcow2' ? Math.max(src.size, 2 * 2 ** 30) : src.size
+      ctx.log(`transferred ${src.size} bytes: 100.00%`)
+      return this.#add(node, {volid, content: 'images', format: alloc.format, size: virtual, used: src.size, vmid, imageVersion: src.imageVersion})
+    }
+    await this.#wait('allocate', ctx)
+    ctx.log(`Formatting '${volid}', fmt=${alloc.format} size=${alloc.sizeBytes}`)
+    return this.#add(node, {volid, content: 'images', format: alloc.format, size: alloc.sizeBytes ?? 0, used: 0, vmid})
+  }
+
+  async allocateCloudInit(node: string, vmid: number, storage: string): Promise<VolumeInfo> {
+    const volid = `${storage}:${vmid}/vm-${vmid}-cloudinit.qcow2`
+    return this.#add(node, {volid, content: 'images', format: 'qcow2', size: 4 * 2 ** 20, used: 4 * 2 ** 20, vmid})
+  }
+
+  async regenerateCloudInit(spec: VmSpec): Promise<void> {
+    const vm = this.#vm(spec.node, spec.vmid)
+    if (vm) vm.spec = spec
+  }
+
+  async copyDisk(node: string, srcVolid: string, newVmid: number, targetStorage: string, format: 'qcow2' | 'raw', ctx: TaskContext, snapname?: string): Promise<VolumeInfo> {
+    const src = this.#nodeVols(node).get(srcVolid)
+    if (!src) throw new BackendError(`volume '${srcVolid}' does not exist`)
+    if (snapname && !src.snapshots.has(snapname)) throw new BackendError(`snapshot '${snapname}' does not exist on '${srcVolid}'`)
+    ctx.log(`create full clone of drive (${srcVolid})`)
+    await this.#wait('copy', ctx, Math.max(0.1, (src.used ?? src.size) / 2 ** 30))
+    const volid = this.#newName(node, targetStorage, newVmid, format)
+    return this.#add(node, {volid, content: 'images', format, size: src.size, used: src.used, vmid: newVmid, imageVersion: src.imageVersion})
+  }
+
+  async linkDisk(node: string, baseVolid: string, newVmid: number, ctx: TaskContext): Promise<VolumeInfo> {
+    const base = this.#nodeVols(node).get(baseVolid)
+    if (!base) throw new BackendError(`volume '${baseVolid}' does not exist`)
+    await this.#wait('link', ctx)
+    const {storage, name} = parseVolid(baseVolid)
+    const file = basename(this.#newName(node, storage, newVmid, base.format))
+    const volid = `${storage}:${name}/${newVmid}/${file}`
+    ctx.log(`create linked clone of drive (${baseVolid})`)
+    return this.#add(node, {volid, content: 'images', format: base.format, size: base.size, used: 0, vmid: newVmid, imageVersion: base.imageVersion})
+  }
+
+  async resizeDisk(spec: VmSpec, diskKey: string, newSizeBytes: number, ctx: TaskContext): Promise<void> {
+    const d = spec.disks.find((x) => x.key === diskKey)
+    const v = d && this.#nodeVols(spec.node).get(d.volid)
+    if (!v) throw new BackendError(`no such disk '${diskKey}'`)
+    await this.#wait('resize', ctx)
+    v.size = newSizeBytes
+  }
+
+  async convertToTemplate(spec: VmSpec, ctx: TaskContext): Promise<Record<string, string>> {
+    await this.#wait('template', ctx)
+    const map: Record<string, string> = {}
+    const vols = this.#nodeVols(spec.node)
+    for (const d of spec.disks) {
+      if (d.cloudinit || d.media === 'cdrom') continue
+      const v = vols.get(d.volid)
+      if (!v || !/\/vm-\d+-disk-\d+\./.test(v.volid)) continue
+      const nv = v.volid.replace(/\/vm-(\d+)-disk-/, '/base-$1-disk-')
+      vols.delete(v.volid)
+      vols.set(nv, {...v, volid: nv})
+      map[v.volid] = nv
+    }
+    return map
+  }
+
+  // ---- lifecycle -------------------------------------------------------------------------------
+
+  async start(spec: VmSpec, ctx: TaskContext): Promise<void> {
+    for (const d of spec.disks) {
+      if (d.media === 'cdrom' && !d.cloudinit) continue
+      if (!this.#nodeVols(spec.node).has(d.volid)) throw new BackendError(`start failed: volume '${d.volid}' does not exist`)
+    }
+    await this.#wait('start', ctx)
+    const key = `${spec.node}/${spec.vmid}`
+    const prev = this.#vms.get(key)
+    const vm: SimVm = prev ?? {spec, running: false, startedAt: 0, pid: 0, files: new Map(), procs: new Map(), nextPid: 1000, databases: [], backups: [], configured: {}}
+    vm.spec = spec
+    vm.running = true
+    vm.startedAt = Date.now()
+    vm.pid = this.#pidSeq++
+    this.#vms.set(key, vm)
+    ctx.log(`VM ${spec.vmid} started (simulated)`)
+  }
+
+  async shutdown(spec: VmSpec, opts: {timeoutS: number; forceStop: boolean}, ctx: TaskContext): Promise<void> {
+    const vm = this.#vm(spec.node, spec.vmid)
+    if (!vm?.running) return
+    // A guest without a running agent or still booting ignores ACPI only in real life; the model always obeys.
+    await this.#wait('shutdown', ctx)
+    vm.running = false
+  }
+
+  async stop(node: string, vmid: number, ctx: TaskContext): Promise<void> {
+    const vm = this.#vm(node, vmid)
+    if (!vm?.running) return
+    await this.#wait('stop', ctx)
+    vm.running = false
+  }
+
+  status(node: string, vmid: number): VmRuntimeStatus {
+    const vm = this.#vm(node, vmid)
+    if (!vm?.running) return {running: false, uptime: 0, qmpstatus: 'stopped', cpu: 0, mem: 0}
+    const uptime = Math.floor((Date.now() - vm.startedAt) / 1000)
+    return {running: true, pid: vm.pid, uptime, qmpstatus: 'running', cpu: 0.02, mem: Math.min(vm.spec.memoryMb, 900) * 2 ** 20}
+  }
+
+  access(node: string, vmid: number): VmAccess | undefined {
+    const vm = this.#vm(node, vmid)
+    if (!vm?.running) return undefined
+    return {endpoints: {}, note: 'simulated backend: no network, guest answers the agent from a model'}
+  }
+
+  async destroyVm(node: string, vmid: number, volids: string[], ctx: TaskContext): Promise<void> {
+    await this.#wait('destroy', ctx)
+    const vols = this.#nodeVols(node)
+    for (const v of volids) vols.delete(v)
+    this.#vms.delete(`${node}/${vmid}`)
+  }
+
+  // ---- snapshots -------------------------------------------------------------------------------
+
+  #snapDisks(spec: VmSpec): SimVolume[] {
+    const vols = this.#nodeVols(spec.node)
+    return spec.disks.filter((d) => d.media === 'disk' && !d.cloudinit).map((d) => vols.get(d.volid)).filter((v): v is SimVolume => v !== undefined)
+  }
+
+  async snapshotCreate(spec: VmSpec, name: string, ctx: TaskContext): Promise<void> {
+    await this.#wait('snapshot', ctx)
+    for (const v of this.#snapDisks(spec)) {
+      v.snapshots.add(name)
+      ctx.log(`snapshotting '${v.volid}' (${name})`)
+    }
+    const vm = this.#vm(spec.node, spec.vmid)
+    if (vm) (vm as SimVm & {snapState?: Map<string, unknown>}).snapState = new Map([...((vm as SimVm & {snapState?: Map<string, unknown>}).snapState ?? []), [name, structuredClone({databases: vm.databases, backups: vm.backups, files: [...vm.files]})]])
+  }
+
+  async snapshotRollback(spec: VmSpec, name: string, ctx: TaskContext): Promise<void> {
+    await this.#wait('rollback', ctx)
+    for (const v of this.#snapDisks(spec)) if (!v.snapshots.has(name)) throw new BackendError(`snapshot '${name}' does not exist on '${v.volid}'`)
+    const vm = this.#vm(spec.node, spec.vmid) as (SimVm & {snapState?: Map<string, {databases: SimVm['databases']; backups: string[]; files: [string, Buffer][]}>}) | undefined
+    const saved = vm?.snapState?.get(name)
+    if (vm && saved) {
+      vm.databases = saved.databases
+      vm.backups = saved.backups
+      vm.files = new Map(saved.files.map(([k, b]) => [k, Buffer.from(b)]))
+    }
+  }
+
+  async snapshotDelete(spec: VmSpec, name: string, ctx: TaskContext): Promise<void> {
+    await this.#wait('snapshot', ctx, 0.5)
+    for (const v of this.#snapDisks(spec)) v.snapshots.delete(name)
+    ;(this.#vm(spec.node, spec.vmid) as (SimVm & {snapState?: Map<string, unknown>}) | undefined)?.snapState?.delete(name)
+  }
+
+  // ---- guest agent model --------------------------------------------------------------------------
+
+  #agentVm(node: string, vmid: number, cmd: string): SimVm {
+    const vm = this.#vm(node, vmid)
+    if (!vm?.running) throw new BackendError(`VM ${vmid} is not running`)
+    if (!vm.spec.agent) throw new BackendError('No QEMU guest agent configured')
+    if (Date.now() - vm.startedAt < this.#d.boot * this.#scale) throw new BackendError('QEMU guest agent is not running')
+    void cmd
+    return vm
+  }
+
+  /** Image version of the guest: /etc/pgi/image.json if rewritten, else the OS disk's origin, else the spec's. */
+  #imageVersion(vm: SimVm): string {
+    const os = vm.spec.disks.find((d) => d.key === 'virtio0') ?? vm.spec.disks.find((d) => d.media === 'disk' && !d.cloudinit)
+    const vol = os && this.#nodeVols(vm.spec.node).get(os.volid)
+    return vol?.imageVersion ?? vm.spec.imageVersion ?? '0.0.0'
+  }
+
+  #imageJson(vm: SimVm): string {
+    return JSON.stringify({name: 'pgi-tryton', version: this.#imageVersion(vm), build_time: new Date(vm.startedAt).toISOString(), ports: {ssh: 22, web: 80, jsonrpc: 8000, postgresql: 5432}})
+  }
+
+  #dataDisk(vm: SimVm): VolumeInfo | undefined {
+    const d = vm.spec.disks.find((x) => x.serial === 'pgi-data')
+    return d ? this.#nodeVols(vm.spec.node).get(d.volid) : undefined
+  }
+
+  #health(vm: SimVm): {out: string; code: number} {
+    const unhealthy = this.#unhealthy(vm.spec.node, vm.spec.vmid)
+    const data = this.#dataDisk(vm)
+    const used = 180 * 2 ** 20 + vm.databases.length * 40 * 2 ** 20
+    const last = vm.backups.at(-1)
+    const problems: string[] = []
+    if (unhealthy) problems.push('trytond: service failed to start (lab fault injection)')
+    if (!data) problems.push('data_disk: no disk with serial pgi-data')
+    const healthy = problems.length === 0
+    const body = {
+      healthy,
+      image: {name: 'pgi-tryton', version: this.#imageVersion(vm)},
+      checks: {
+        postgresql: {ok: true, detail: 'PostgreSQL 15 accepting connections'},
+        trytond: {ok: !unhealthy, version: '6.0'},
+        web: {ok: !unhealthy},
+        data_disk: {ok: Boolean(data), mounted: Boolean(data), used_bytes: data ? used : 0, size_bytes: data?.size ?? 0, used_pct: data && data.size > 0 ? Math.round((used / data.size) * 1000) / 10 : 0},
+        backup: {ok: true, last: last ?? null, age_s: last ? Math.floor((Date.now() - Date.parse(last)) / 1000) : null},
+      },
+      databases: vm.databases,
+      problems,
+    }
+    return {out: JSON.stringify(body), code: healthy ? 0 : 1}
+  }
+
+  #run(vm: SimVm, command: string[], input: string | undefined): {out: string; err: string; code: number} {
+    const prog = basename(command[0] ?? '')
+    switch (prog) {
+      case 'pgi-health': {
+        const h = this.#health(vm)
+        return {out: h.out, err: '', code: h.code}
+      }
+      case 'pgi-configure': {
+        let req: Record<string, {login?: string; password?: string}>
+        try {
+          req = JSON.parse(input ?? '{}') as typeof req
+        } catch {
+          return {out: '', err: 'pgi-configure: stdin is not JSON', code: 2}
+        }
+        const changed: string[] = []
+        for (const k of ['sql_admin', 'tryton_admin', 'ami']) {
+          const v = req[k]
+          if (!v) continue
+          const fp = JSON.stringify([v.login, v.password])
+          if (vm.configured[k] !== fp) changed.push(k)
+          vm.configured[k] = fp
+        }
+        return {out: JSON.stringify({changed}), err: '', code: 0}
+      }
+      case 'pgi-backup': {
+        const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')
+        vm.backups.push(new Date().toISOString())
+        const path = `/srv/pgi/backups/${stamp}/manifest.json`
+        vm.files.set(path, Buffer.from(JSON.stringify({created: new Date().toISOString(), databases: vm.databases.map((d) => ({name: d.name, sha256: '0'.repeat(64), rows: {}}))})))
+        return {out: path, err: '', code: 0}
+      }
+      case 'cat': {
+        const f = command[1] ?? ''
+        const content = this.#readFile(vm, f)
+        return content === undefined ? {out: '', err: `cat: ${f}: No such file or directory`, code: 1} : {out: content.toString(), err: '', code: 0}
+      }
+      case 'true':
+        return {out: '', err: '', code: 0}
+      case 'hostname':
+        return {out: vm.spec.name, err: '', code: 0}
+      default:
+        return {out: '', err: `${prog}: command not found (simulated guest)`, code: 127}
+    }
+  }
+
+  #readFile(vm: SimVm, file: string): Buffer | undefined {
+    if (vm.files.has(file)) return vm.files.get(file)
+    if (file === '/etc/pgi/image.json') return Buffer.from(this.#imageJson(vm))
+    if (file === '/etc/hostname') return Buffer.from(vm.spec.name + '\n')
+    return undefined
+  }
+
+  readonly agent: GuestAgent = {
+    ping: async (node, vmid) => {
+      this.#agentVm(node, vmid, 'ping')
+    },
+    networkGetInterfaces: async (node, vmid) => {
+      const vm = this.#agentVm(node, vmid, 'network-get-interfaces')
+      const out: AgentNetworkInterface[] = [{name: 'lo', 'hardware-address': '00:00:00:00:00:00', 'ip-addresses': [{'ip-address': '127.0.0.1', 'ip-address-type': 'ipv4', prefix: 8}, {'ip-address': '::1', 'ip-address-type': 'ipv6', prefix: 128}]}]
+      vm.spec.nics.forEach((nic, i) => {
+        const ips: NonNullable<AgentNetworkInterface['ip-addresses']> = []
+        if (nic.ipv4 && nic.ipv4 !== 'dhcp') ips.push({'ip-address': nic.ipv4.address, 'ip-address-type': 'ipv4', prefix: nic.ipv4.prefix})
+        const mac = nic.macaddr.toLowerCase().split(':')
+        const eui = [(Number.parseInt(mac[0] ?? '0', 16) ^ 2).toString(16).padStart(2, '0') + (mac[1] ?? ''), `${mac[2]}ff`, `fe${mac[3]}`, `${mac[4]}${mac[5]}`]
+        ips.push({'ip-address': `fe80::${eui.map((x) => x.replace(/^0+(?=.)/, '')).join(':')}`, 'ip-address-type': 'ipv6', prefix: 64})
+        out.push({name: `eth${i}`, 'hardware-address': nic.macaddr.toLowerCase(), 'ip-addresses': ips})
+      })
+      return out
+    },
+    getFsinfo: async (node, vmid) => {
+      const vm = this.#agentVm(node, vmid, 'get-fsinfo')
+      const out: AgentFsInfo[] = []
+      const vols = this.#nodeVols(node)
+      const os = vm.spec.disks.find((d) => d.key === 'virtio0')
+      const osVol = os && vols.get(os.volid)
+      if (osVol) out.push({name: 'vda1', mountpoint: '/', type: 'ext4', 'total-bytes': osVol.size - 2 ** 20, 'used-bytes': Math.min(osVol.size, 1.6 * 2 ** 30), disk: [{'bus-type': 'virtio', bus: 0, target: 0, unit: 0, dev: '/dev/vda1'}]})
+      const data = vm.spec.disks.find((d) => d.serial === 'pgi-data')
+      const dataVol = data && vols.get(data.volid)
+      if (data && dataVol) out.push({name: 'vdb', mountpoint: '/srv/pgi', type: 'ext4', 'total-bytes': dataVol.size, 'used-bytes': 180 * 2 ** 20 + vm.databases.length * 40 * 2 ** 20, disk: [{serial: 'pgi-data', 'bus-type': 'virtio', bus: 0, target: 0, unit: 0, dev: '/dev/vdb'}]})
+      return out
+    },
+    exec: async (node, vmid, command, inputData) => {
+      const vm = this.#agentVm(node, vmid, 'exec')
+      const pid = vm.nextPid++
+      const r = this.#run(vm, command, inputData)
+      vm.procs.set(pid, {status: {exited: true, exitcode: r.code, 'out-data': r.out, ...(r.err ? {'err-data': r.err} : {})}})
+      return {pid}
+    },
+    execStatus: async (node, vmid, pid) => {
+      const vm = this.#agentVm(node, vmid, 'exec-status')
+      const p = vm.procs.get(pid)
+      if (!p) throw new BackendError(`Agent error: Invalid parameter 'pid'`)
+      vm.procs.delete(pid)
+      return p.status
+    },
+    fileWrite: async (node, vmid, file, content) => {
+      const vm = this.#agentVm(node, vmid, 'file-write')
+      vm.files.set(file, content)
+      if (file === '/etc/pgi/image.json') {
+        try {
+          const v = (JSON.parse(content.toString()) as {version?: string}).version
+          if (v) vm.spec = {...vm.spec, imageVersion: v}
+        } catch {
+          // not JSON: the guest keeps the file, health keeps the old version
+        }
+      }
+    },
+    fileRead: async (node, vmid, file) => {
+      const vm = this.#agentVm(node, vmid, 'file-read')
+      const c = this.#readFile(vm, file)
+      if (c === undefined) throw new BackendError(`Agent error: Failed to open file '${file}': No such file or directory`)
+      const max = 16 * 2 ** 20
+      return {content: c.subarray(0, max), truncated: c.length > max}
+    },
+  }
+
+  /** For tests and the scale bench: add a database to a guest's model. */
+  addDatabase(node: string, vmid: number, name: string, modules: Record<string, string> = {ir: '6.0.0', account_fr: '6.0.0'}): void {
+    const vm = this.#vm(node, vmid)
+    if (!vm) throw new BackendError(`VM ${vmid} has never run`)
+    vm.databases.push({name, modules})
+  }
+}
