@@ -1,0 +1,87 @@
+import {Args, Flags} from '@oclif/core'
+
+import {BaseCommand, inventoryFlag, secretsDirFlag} from '../src/cli/base-command.js'
+import {resolveDeployImage} from '../src/deploy/image.js'
+import {planExitCode, runDeploy, type DeployReport, type PlanRow} from '../src/deploy/service.js'
+import {imagesDir} from '../src/paths.js'
+
+export default class Deploy extends BaseCommand<typeof Deploy> {
+  static override summary = 'Deploy the PGI image to establishments: plan, then create or fix their VMs.'
+
+  static override description = `Compares the inventory with what each hypervisor holds and prints the plan (create / continue / drifted / up to date / blocked), then — after confirmation — stages the signed image on each node once, creates the VMs (OS disk imported, data disk, cloud-init), starts them, waits for the guest agent and pgi-health, sets each establishment's secrets through the guest agent and writes the AMI handoff files.
+
+Establishments run in parallel (--max-parallel, and at most --max-per-hypervisor on one hypervisor); one failing does not stop the others. Running deploy again after success changes nothing and says so; after an interruption it continues each VM from where it really is.
+
+Exit codes: 0 all done or up to date, 4 some establishments failed (see the summary), 8 every hypervisor unreachable or its certificate does not match the pin.`
+
+  static override examples = [
+    {description: 'Show what would be done for every establishment, change nothing.', command: '<%= config.bin %> deploy --all --dry-run'},
+    {description: 'Deploy two establishments.', command: '<%= config.bin %> deploy 0130040Y 0840004Y'},
+    {description: 'Deploy a group, 20 at a time, without questions (CI).', command: '<%= config.bin %> deploy --group vaucluse --max-parallel 20 --yes'},
+    {description: 'Deploy a given image version, staged from a mirror.', command: '<%= config.bin %> deploy --all --image 2026.11.0 --image-url https://mirror.example/pgi/{file} --yes'},
+  ]
+
+  static override strict = false
+
+  static override args = {
+    uai: Args.string({description: 'UAI(s) of the establishments to deploy.', required: false}),
+  }
+
+  static override flags = {
+    inventory: inventoryFlag,
+    'secrets-dir': secretsDirFlag,
+    'images-dir': Flags.string({summary: 'Folder of built images.', env: 'PGI_IMAGES_DIR', default: async () => imagesDir()}),
+    all: Flags.boolean({summary: 'Every establishment of the inventory.', default: false}),
+    group: Flags.string({summary: 'The establishments of a group (`groups:` in the inventory).'}),
+    image: Flags.string({summary: 'Image version to deploy (default: each establishment\'s `image:`).', env: 'PGI_IMAGE'}),
+    'image-url': Flags.string({summary: 'Stage the image on nodes with download-url from this URL ({file} = image file name) instead of uploading it.'}),
+    'dry-run': Flags.boolean({summary: 'Print the plan and stop: nothing is sent to any hypervisor but reads.', default: false}),
+    'max-parallel': Flags.integer({summary: 'Establishments deployed at once.', default: 10, min: 1}),
+    'max-per-hypervisor': Flags.integer({summary: 'Establishments deployed at once on one hypervisor.', default: 4, min: 1}),
+    'handoff-dir': Flags.string({summary: 'Folder for the AMI handoff files (default <state dir>/handoffs).', env: 'PGI_HANDOFF_DIR'}),
+    'agent-timeout': Flags.integer({summary: 'Seconds to wait for a new VM\'s guest agent (software-emulated boots are slow).', default: 600, min: 1}),
+    'health-timeout': Flags.integer({summary: 'Seconds to wait for pgi-health to report healthy.', default: 1200, min: 1}),
+  }
+
+  public async run(): Promise<DeployReport> {
+    const f = this.flags
+    const uais = this.argv.filter((a) => !a.startsWith('-'))
+    const report = await runDeploy({
+      inventoryPath: f.inventory,
+      selection: {uais, all: f.all, group: f.group},
+      secretsDir: f['secrets-dir'],
+      image: f.image,
+      resolveImage: (v) => resolveDeployImage(v, {imagesDir: f['images-dir'], io: this.io}),
+      imageUrl: f['image-url'],
+      handoffDir: f['handoff-dir'],
+      dryRun: f['dry-run'],
+      maxParallel: f['max-parallel'],
+      maxPerHypervisor: f['max-per-hypervisor'],
+      agentTimeoutMs: f['agent-timeout'] * 1000,
+      healthTimeoutMs: f['health-timeout'] * 1000,
+      io: this.io,
+      confirm: (q) => this.confirm(q),
+      showPlan: (rows) => this.showPlan(rows),
+    })
+    if (report.result) {
+      this.status = report.result.exitCode
+      this.table(
+        ['UAI', 'hypervisor/node', 'VM', 'outcome', 'detail'],
+        report.result.outcomes.map((o) => [o.uai, `${o.hypervisor}/${o.node}`, o.vmid, o.outcome, o.error ? `[${o.error.code}] ${o.detail}` : o.detail]),
+      )
+      const c = report.result.counts
+      this.io.info(`summary: ${c.created} created, ${c.updated} updated, ${c['up-to-date']} up to date, ${c.drifted} drifted (left as is), ${c.failed} failed, ${c.blocked} blocked; handoffs in ${report.handoffDir}`)
+    } else if (report.dryRun) {
+      this.status = planExitCode(report.plan)
+      this.io.info('dry run: nothing was changed')
+    }
+    return report
+  }
+
+  private showPlan(rows: PlanRow[]): void {
+    this.table(
+      ['UAI', 'name', 'hypervisor/node', 'VM', 'image', 'plan', 'detail'],
+      rows.map((r) => [r.uai, r.name, `${r.hypervisor}/${r.node}`, r.vmid, r.image, r.action, r.blocked ? `[${r.blocked.code}] ${r.blocked.message}` : r.detail]),
+    )
+  }
+}
