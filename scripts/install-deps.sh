@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 DEB_PACKAGES=(
   qemu-system-x86 qemu-utils          # lab VMs and image conversion
+  genisoimage                         # cloud-init NoCloud seed images (src/qemu/cloudinit.ts)
   mmdebstrap extlinux syslinux-common e2fsprogs dosfstools fdisk mount zstd uidmap  # image build
   age openssh-client openssh-server   # handoff interoperability, SSH to VMs
   openssl iproute2 ca-certificates
