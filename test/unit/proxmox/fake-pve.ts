@@ -43,6 +43,8 @@ export class FakePve {
   readonly requests: Recorded[] = []
   private readonly routes = new Map<string, Handler>()
   private readonly counts = new Map<string, number>()
+  /** Answers requests no route matches (default: 501 like an unknown PVE method). */
+  fallback?: Handler
 
   on(route: string, handler: Handler | Reply | Reply[]): this {
     if (typeof handler === 'function') this.routes.set(route, handler)
@@ -75,7 +77,7 @@ export class FakePve {
     const key = `${method} ${path}`
     const n = this.counts.get(key) ?? 0
     this.counts.set(key, n + 1)
-    const h = this.routes.get(key)
+    const h = this.routes.get(key) ?? this.fallback
     if (!h) return new Response(JSON.stringify({data: null}), {status: 501, statusText: `Method '${key}' not implemented`, headers: {'content-type': 'application/json;charset=UTF-8'}})
     const r = await h(req, n)
     if ('throw' in r) throw r.throw

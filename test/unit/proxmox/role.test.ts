@@ -1,0 +1,207 @@
+/**
+ * The least-privilege role, checked three ways:
+ *  1. against the official PVE API schema (8.4 and 9.1) read from ../shared/pve-api at test time:
+ *     every endpoint the client calls exists, and its `permissions.check` (and the privileges its
+ *     description names) are satisfied by the role on the ACL paths we grant — and nothing in
+ *     the role is unneeded or unknown to that PVE version;
+ *  2. against the client itself: driving every PveClient method hits exactly PGI_ENDPOINTS;
+ *  3. against docs/proxmox-role.md: the documented privileges are the ones in src/proxmox/role.ts.
+ */
+import {existsSync, readFileSync} from 'node:fs'
+import {mkdtemp, rm, writeFile} from 'node:fs/promises'
+import {tmpdir} from 'node:os'
+import {dirname, join, resolve} from 'node:path'
+import {fileURLToPath} from 'node:url'
+
+import {describe, expect, it} from 'vitest'
+
+import {
+  AMI_ENDPOINTS,
+  AMI_ROLE_PRIVILEGES,
+  PGI_ENDPOINTS,
+  PGI_ROLE_PRIVILEGES,
+  pveumAmiCommands,
+  pveumCommands,
+  type PveMajor,
+} from '../../../src/proxmox/role.js'
+import {client, FakePve, ok, upid, type Recorded, type Reply} from './fake-pve.js'
+
+const repo = resolve(dirname(fileURLToPath(import.meta.url)), '../../..')
+const apiDir = process.env.PGI_PVE_API_DIR ?? resolve(repo, '../shared/pve-api')
+const FILES: Record<PveMajor, string> = {'8': 'apidoc-pve8.json', '9': 'apidoc.json'}
+
+type Check = [string, ...unknown[]]
+interface Method {
+  permissions?: {check?: Check; description?: string; user?: string}
+}
+interface SchemaNode {
+  path: string
+  info?: Record<string, Method>
+  children?: SchemaNode[]
+}
+
+function loadSchema(major: PveMajor): {index: Map<string, Method>; text: string} {
+  const file = join(apiDir, FILES[major])
+  if (!existsSync(file)) throw new Error(`PVE API schema not found at ${file} (set PGI_PVE_API_DIR)`)
+  const text = readFileSync(file, 'utf8')
+  const index = new Map<string, Method>()
+  const walk = (nodes: SchemaNode[]): void => {
+    for (const n of nodes) {
+      for (const [m, info] of Object.entries(n.info ?? {})) index.set(`${m} ${n.path}`, info)
+      walk(n.children ?? [])
+    }
+  }
+  walk(JSON.parse(text) as SchemaNode[])
+  return {index, text}
+}
+
+/** ACL paths the pveum commands grant the role on (storages/bridges are per hypervisor). */
+const GRANTED = ['/vms', '/nodes', '/storage/', '/sdn/zones/localnetwork/']
+const covered = (p: string): boolean => GRANTED.some((g) => p === g || p.startsWith(g.endsWith('/') ? g : g + '/'))
+
+/** Evaluates a PVE permission check (PVE::RPCEnvironment::check_api2_permissions) for our grants. */
+function satisfied(check: Check | undefined, privs: Set<string>, named: Set<string>): boolean {
+  if (!check) return true
+  const [op, ...rest] = check
+  if (op === 'and') return rest.map((c) => satisfied(c as Check, privs, named)).every(Boolean)
+  if (op === 'or') return rest.map((c) => satisfied(c as Check, privs, named)).some(Boolean)
+  if (op === 'perm') {
+    const [path, list, ...mods] = rest as [string, string[], ...unknown[]]
+    for (const p of list) named.add(p)
+    if (mods.includes('require_param')) return false // pools: pgi does not use them
+    if (!covered(path)) return false
+    return mods.includes('any') ? list.some((p) => privs.has(p)) : list.every((p) => privs.has(p))
+  }
+  throw new Error(`unhandled permission check ${JSON.stringify(check)}`)
+}
+
+describe.each(['8', '9'] as PveMajor[])('PGI role on PVE %s', (major) => {
+  const {index, text} = loadSchema(major)
+  const role = new Set(PGI_ROLE_PRIVILEGES[major])
+
+  it('satisfies the permissions of every endpoint the client calls', () => {
+    const failures: string[] = []
+    for (const e of PGI_ENDPOINTS) {
+      const m = index.get(`${e.method} ${e.path}`)
+      if (!m) {
+        failures.push(`${e.method} ${e.path}: not in the PVE ${major} schema`)
+        continue
+      }
+      if (!satisfied(m.permissions?.check, role, new Set())) failures.push(`${e.method} ${e.path}: ${JSON.stringify(m.permissions?.check)}`)
+      for (const p of e.described ?? []) {
+        if (!(m.permissions?.description ?? '').includes(p)) failures.push(`${e.method} ${e.path}: description does not name ${p}`)
+        if (!role.has(p)) failures.push(`${e.method} ${e.path}: role lacks ${p}`)
+      }
+    }
+    expect(failures).toEqual([])
+  })
+
+  it('holds nothing unneeded, and only privileges this PVE version knows', () => {
+    const named = new Set<string>()
+    for (const e of PGI_ENDPOINTS) {
+      const m = index.get(`${e.method} ${e.path}`)
+      satisfied(m?.permissions?.check, role, named)
+      for (const p of e.described ?? []) named.add(p)
+    }
+    expect([...role].filter((p) => !named.has(p))).toEqual([])
+    expect([...role].filter((p) => !new RegExp(`"${p.replace(/\./g, '\\.')}"`).test(text))).toEqual([])
+  })
+
+  it('is really needed: without the guest-agent privilege, agent exec is refused', () => {
+    const agentPriv = major === '8' ? 'VM.Monitor' : 'VM.GuestAgent.Unrestricted'
+    const without = new Set([...role].filter((p) => p !== agentPriv))
+    const exec = index.get('POST /nodes/{node}/qemu/{vmid}/agent/exec')!
+    expect(satisfied(exec.permissions?.check, without, new Set())).toBe(false)
+    const dl = index.get('POST /nodes/{node}/storage/{storage}/download-url')!
+    expect(satisfied(dl.permissions?.check, new Set([...role].filter((p) => p !== 'Sys.AccessNetwork')), new Set())).toBe(false)
+  })
+
+  it('AMI role: status and read-only agent calls on one VM, nothing more', () => {
+    const ami = new Set(AMI_ROLE_PRIVILEGES[major])
+    for (const e of AMI_ENDPOINTS) expect(satisfied(index.get(`${e.method} ${e.path}`)!.permissions?.check, ami, new Set()), `${e.method} ${e.path}`).toBe(true)
+    for (const k of ['POST /nodes/{node}/qemu/{vmid}/agent/exec', 'PUT /nodes/{node}/qemu/{vmid}/config', 'POST /nodes/{node}/qemu/{vmid}/status/stop', 'DELETE /nodes/{node}/qemu/{vmid}']) {
+      const granted = satisfied(index.get(k)!.permissions?.check, ami, new Set())
+      // PVE 8 has no finer agent privilege: VM.Monitor also allows exec (documented caveat)
+      if (major === '8' && k.includes('agent/exec')) expect(granted).toBe(true)
+      else expect(granted, k).toBe(false)
+    }
+  })
+})
+
+describe('the client calls exactly PGI_ENDPOINTS', () => {
+  it('every PveClient method maps to a listed endpoint, and every listed endpoint is used', async () => {
+    const templates = PGI_ENDPOINTS.map((e) => ({
+      key: `${e.method} ${e.path}`,
+      re: new RegExp(`^${e.method} ${e.path.replace(/\{upid\}/g, 'UPID:[^/]+').replace(/\{[a-z]+\}/g, '[^/]+')}$`),
+    }))
+    const fake = new FakePve()
+    const u = upid('qmcreate', 100)
+    fake.fallback = (r: Recorded): Reply => {
+      if (r.path.includes('/tasks/') && r.path.endsWith('/status')) return ok({status: 'stopped', exitstatus: 'OK', upid: u, type: 'qmcreate', node: 'pve1', starttime: 1})
+      if (r.path.endsWith('/agent/exec')) return ok({pid: 7})
+      if (r.path.endsWith('/exec-status')) return ok({exited: 1, exitcode: 0, 'out-data': ''})
+      if (r.path.endsWith('/nextid')) return ok('100')
+      if (r.path.endsWith('/agent/file-read')) return ok({content: '{}'})
+      if (r.method !== 'GET' && !r.path.endsWith('/config') && !r.path.endsWith('/cloudinit') && !r.path.endsWith('/file-write')) return ok(u)
+      return ok(r.path.endsWith('/config') ? {digest: 'x'} : [])
+    }
+    const c = client(fake)
+    const dir = await mkdtemp(join(tmpdir(), 'pgi-role-'))
+    try {
+      await writeFile(join(dir, 'i.qcow2'), 'x')
+      await c.version()
+      await c.nodes()
+      await c.clusterResources('vm')
+      await c.nextVmid()
+      await c.createVm('pve1', 100, {name: 'a'})
+      await c.vmConfig('pve1', 100)
+      await c.updateVmConfig('pve1', 100, {memory: 1})
+      await c.vmStatus('pve1', 100)
+      await c.cloneVm('pve1', 100, 101, {full: true})
+      await c.convertToTemplate('pve1', 100)
+      await c.startVm('pve1', 100)
+      await c.shutdownVm('pve1', 100)
+      await c.stopVm('pve1', 100)
+      await c.deleteVm('pve1', 100, {purge: true, destroyUnreferencedDisks: true})
+      await c.resizeDisk('pve1', 100, 'virtio1', '64G')
+      await c.listSnapshots('pve1', 100)
+      await c.snapshot('pve1', 100, 'pre-update')
+      await c.rollbackSnapshot('pve1', 100, 'pre-update')
+      await c.deleteSnapshot('pve1', 100, 'pre-update')
+      await c.regenerateCloudinit('pve1', 100)
+      await c.agentPing('pve1', 100)
+      await c.agentNetworkInterfaces('pve1', 100)
+      await c.agentFsInfo('pve1', 100)
+      await c.agentExec('pve1', 100, ['true'])
+      await c.agentFileWrite('pve1', 100, '/tmp/x', 'y')
+      await c.agentFileRead('pve1', 100, '/etc/pgi/image.json')
+      await c.storageContent('pve1', 'local', 'import')
+      await c.storageStatus('pve1', 'local')
+      await c.uploadFile('pve1', 'local', join(dir, 'i.qcow2'), {filename: 'i.qcow2', content: 'import'})
+      await c.downloadUrl('pve1', 'local', {url: 'https://images.invalid/i.qcow2', filename: 'i.qcow2', content: 'import', sha256: 'a'.repeat(64)})
+      await c.listTasks('pve1', {vmid: 100})
+      await c.taskLog('pve1', u)
+    } finally {
+      await rm(dir, {recursive: true, force: true})
+    }
+    const used = new Set<string>()
+    const unlisted: string[] = []
+    for (const r of fake.requests) {
+      const t = templates.find((x) => x.re.test(`${r.method} ${r.path}`))
+      if (t) used.add(t.key)
+      else unlisted.push(`${r.method} ${r.path}`)
+    }
+    expect(unlisted).toEqual([])
+    expect(templates.map((t) => t.key).filter((k) => !used.has(k))).toEqual([])
+  })
+})
+
+describe('docs/proxmox-role.md', () => {
+  it.each(['8', '9'] as PveMajor[])('documents the exact PVE %s privileges and pveum commands', (major) => {
+    const doc = readFileSync(join(repo, 'docs/proxmox-role.md'), 'utf8')
+    const v = major === '8' ? '8.4' : '9.1'
+    expect(doc).toContain(pveumCommands({pveVersion: v, storages: [], bridges: []})[0])
+    expect(doc).toContain(pveumAmiCommands({pveVersion: v, user: 'x', vmid: 1})[0])
+    for (const p of PGI_ROLE_PRIVILEGES[major]) expect(doc).toContain(p)
+  })
+})
