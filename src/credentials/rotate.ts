@@ -82,9 +82,11 @@ export async function rotateEstablishmentSecrets(opts: RotateOptions): Promise<R
   // The current secrets must exist: rotating an establishment that was never deployed makes no sense.
   const current = await readEstablishmentSecrets(store, est.uai)
 
-  // 1. pending secrets: reuse those of an interrupted run, or generate new ones.
+  // 1. pending secrets: reuse those of an interrupted run, or generate new ones — but only once
+  // the VM is known to be up, so an unreachable hypervisor or a stopped VM leaves nothing pending.
   let names = await pendingSecrets(store, est.uai)
   const resumed = names.length > 0
+  if (!resumed) await requireRunningVm(api, est)
   const fresh: Partial<EstablishmentSecrets> = {}
   if (resumed) {
     io?.info(`${est.uai}: finishing an interrupted rotation (${names.join(', ')})`)
@@ -100,7 +102,7 @@ export async function rotateEstablishmentSecrets(opts: RotateOptions): Promise<R
   await step('pending-written')
 
   // 2. apply in the guest (secrets on stdin only).
-  const guestChanged = await applyInGuest(api, est, fresh, {timeoutMs: opts.timeoutMs ?? 120_000, where, io})
+  const guestChanged = await applyInGuest(api, est, fresh, {timeoutMs: opts.timeoutMs ?? 120_000, io})
   await step('guest-applied')
 
   // 3. promote pending → current.
@@ -135,24 +137,12 @@ export async function applyInGuest(
   api: PveApi,
   est: Establishment,
   secrets: Partial<EstablishmentSecrets>,
-  opts: {timeoutMs?: number; where?: Record<string, unknown>; io?: Io} = {},
+  opts: {timeoutMs?: number; io?: Io} = {},
 ): Promise<string[]> {
   const where = {uai: est.uai, hypervisor: api.hypervisor, node: est.node, vmid: est.vmid}
   const values = Object.values(secrets).filter((v): v is Secret => v !== undefined)
   const scrub = (t: string) => values.reduce((acc, s) => acc.split(s.reveal()).join('[secret]'), t)
-  const status = await api.vmStatus(est.node, est.vmid)
-  if (!status) {
-    throw new UserError(ErrorCode.UNKNOWN_ESTABLISHMENT, `the VM of ${est.uai} (VM ${est.vmid}) does not exist on ${api.hypervisor}/${est.node}`, {
-      where,
-      suggestions: [`Deploy it first: \`pgi deploy ${est.uai}\`.`],
-    })
-  }
-  if (status.status !== 'running') {
-    throw new UserError(ErrorCode.UNHEALTHY, `the VM of ${est.uai} is ${status.status}, so its secrets cannot be changed`, {
-      where,
-      suggestions: ['Start the VM, then run the same command again: the pending secrets are kept and will be applied.'],
-    })
-  }
+  await requireRunningVm(api, est)
   let r: AgentExecResult
   try {
     r = await api.agentExec(est.node, est.vmid, [PGI_CONFIGURE], {inputData: guestConfigureInput(secrets, est.ami.login), timeoutMs: opts.timeoutMs})
@@ -175,6 +165,24 @@ export async function applyInGuest(
   } catch {
     opts.io?.warn(`${est.uai}: pgi-configure succeeded but did not print JSON`)
     return []
+  }
+}
+
+/** Throws unless the establishment's VM exists and runs (so its guest agent can be used). */
+export async function requireRunningVm(api: PveApi, est: Establishment): Promise<void> {
+  const where = {uai: est.uai, hypervisor: api.hypervisor, node: est.node, vmid: est.vmid}
+  const status = await api.vmStatus(est.node, est.vmid)
+  if (!status) {
+    throw new UserError(ErrorCode.UNKNOWN_ESTABLISHMENT, `the VM of ${est.uai} (VM ${est.vmid}) does not exist on ${api.hypervisor}/${est.node}`, {
+      where,
+      suggestions: [`Deploy it first: \`pgi deploy ${est.uai}\`.`],
+    })
+  }
+  if (status.status !== 'running') {
+    throw new UserError(ErrorCode.UNHEALTHY, `the VM of ${est.uai} is ${status.status}, so its secrets cannot be changed`, {
+      where,
+      suggestions: ['Start the VM (and wait for it to boot), then run the same command again.'],
+    })
   }
 }
 

@@ -3,7 +3,7 @@
  * and a secret store, works establishment by establishment, and returns plain results that never
  * hold a secret (except `openHandoffForOwner`, whose job is to show them to their owner).
  */
-import {asPgiError, ErrorCode, UserError} from '../errors.js'
+import {asPgiError, ErrorCode, type PgiError, UserError} from '../errors.js'
 import type {Io} from '../io.js'
 import type {Establishment, Inventory} from '../inventory/types.js'
 import {Hypervisors, type PveConnector} from '../hypervisors.js'
@@ -19,6 +19,20 @@ export function openInventoryStore(inventory: Pick<Inventory, 'recipients'>, dir
 
 /** Per-establishment outcome of a fleet-wide credentials command. */
 export type Outcome<R> = ({ok: true} & R) | {ok: false; uai: string; error: Record<string, unknown>}
+
+/** The typed error behind a failed outcome (not serialised: `error` is its JSON form). */
+export function outcomeError(o: {ok: false}): PgiError | undefined {
+  return (o as {[ERROR]?: PgiError})[ERROR]
+}
+
+const ERROR = Symbol('pgi.error')
+
+function failed(uai: string, err: unknown): {ok: false; uai: string; error: Record<string, unknown>} {
+  const e = asPgiError(err)
+  const o = {ok: false as const, uai, error: e.toJSON()}
+  Object.defineProperty(o, ERROR, {value: e, enumerable: false})
+  return o
+}
 
 export interface HandoffRunResult {
   outDir: string
@@ -45,9 +59,9 @@ export async function writeHandoffs(opts: {
       const issued = await issueHandoff(est, {store: opts.store, outDir: opts.outDir, connection: opts.connection?.(est), io: opts.io})
       out.push({ok: true, ...issued})
     } catch (err) {
-      const e = asPgiError(err)
-      opts.io?.error(`${est.uai}: ${e.message}`)
-      out.push({ok: false, uai: est.uai, error: e.toJSON()})
+      const o = failed(est.uai, err)
+      if (opts.establishments.length > 1) opts.io?.error(`${est.uai}: ${String(o.error.message)}`)
+      out.push(o)
     }
   }
   return {outDir: opts.outDir, written: out.filter((o) => o.ok).length, failed: out.filter((o) => !o.ok).length, establishments: out}
@@ -80,9 +94,9 @@ export async function rotateSecrets(opts: {
       const r = await rotateEstablishmentSecrets({api, store: opts.store, establishment: est, outDir: opts.outDir, only: opts.only, io: opts.io, connection: opts.connection?.(est)})
       out.push({ok: true, ...r})
     } catch (err) {
-      const e = asPgiError(err)
-      opts.io.error(`${est.uai}: ${e.message}`)
-      out.push({ok: false, uai: est.uai, error: e.toJSON()})
+      const o = failed(est.uai, err)
+      if (opts.establishments.length > 1) opts.io.error(`${est.uai}: ${String(o.error.message)}`)
+      out.push(o)
     }
   }
   return {rotated: out.filter((o) => o.ok).length, failed: out.filter((o) => !o.ok).length, establishments: out}
@@ -98,4 +112,17 @@ export async function openHandoffForOwner(file: string, identityFiles: string[])
   }
   const {document, text} = await openHandoff(file, identityFiles)
   return {handoff: handoffToJson(document), text}
+}
+
+/**
+ * When nothing succeeded: the error to raise. With one establishment it is that establishment's
+ * own error (its code, place and suggestions); with several, a PARTIAL_FAILURE listing them.
+ */
+export function allFailedError(what: string, outcomes: {ok: boolean; uai: string}[]): PgiError {
+  const failures = outcomes.filter((o): o is {ok: false; uai: string; error: Record<string, unknown>} => !o.ok)
+  if (failures.length === 1) return outcomeError(failures[0]) ?? new UserError(ErrorCode.PARTIAL_FAILURE, `${what} failed for ${failures[0].uai}`)
+  return new UserError(ErrorCode.PARTIAL_FAILURE, `${what} failed for every establishment (${failures.length})`, {
+    details: {establishments: failures.map((f) => ({uai: f.uai, error: f.error}))},
+    suggestions: failures.slice(0, 5).map((f) => `${f.uai}: ${String(f.error.message)}`),
+  })
 }

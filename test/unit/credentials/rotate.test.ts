@@ -138,6 +138,7 @@ describe('rotateEstablishmentSecrets', () => {
     let err = (await rotateEstablishmentSecrets({api: d.api, store: d.store, establishment: d.est, outDir: d.out}).catch((e: unknown) => e)) as UserError
     expect(err.code).toBe(ErrorCode.UNHEALTHY)
     expect(d.fake.calls).toEqual([])
+    expect(await pendingSecrets(d.store, d.est.uai)).toEqual([]) // nothing left half-done
     d.fake.vmState = 'absent'
     err = (await rotateEstablishmentSecrets({api: d.api, store: d.store, establishment: d.est, outDir: d.out}).catch((e: unknown) => e)) as UserError
     expect(err.code).toBe(ErrorCode.UNKNOWN_ESTABLISHMENT)

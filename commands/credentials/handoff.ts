@@ -1,0 +1,50 @@
+import {Args, Flags} from '@oclif/core'
+
+import {BaseCommand, inventoryFlag, secretsDirFlag} from '../../src/cli/base-command.js'
+import {allFailedError, openInventoryStore, writeHandoffs, type HandoffRunResult} from '../../src/credentials/service.js'
+import {ExitCode} from '../../src/exit-codes.js'
+import {loadValidInventory} from '../../src/inventory/load.js'
+import {selectEstablishments} from '../../src/inventory/select.js'
+
+export default class CredentialsHandoff extends BaseCommand<typeof CredentialsHandoff> {
+  static override summary = "Write each establishment's access codes for its AMI, encrypted to the AMI's age key alone."
+  static override description = `For each establishment, writes <out>/<UAI>.handoff.age: a French letter for the AMI with the VM address, the SSH login, the SQL administrator and Tryton admin logins, the web client URL and the desktop client profile. It is age-encrypted to the AMI's public key (inventory ami.age_recipient) and nobody else: the technician who writes it cannot read it back. The AMI opens it with \`pgi credentials open\` or \`age -d -i KEY FILE\`.
+
+The passwords come from the secret store (written by \`pgi deploy\`); an establishment that has not been deployed yet fails with the secret it lacks, the others are written. No secret is ever printed.`
+  static override examples = [
+    {description: 'Write the handoff of one establishment', command: '<%= config.bin %> <%= command.id %> 0130040Y --out handoffs/'},
+    {description: 'Write the handoffs of a group', command: '<%= config.bin %> <%= command.id %> --group bts-cg -i inventory/'},
+    {description: 'Every establishment, result as JSON', command: '<%= config.bin %> <%= command.id %> --all --json'},
+  ]
+
+  static override strict = false
+  static override args = {
+    uai: Args.string({description: 'UAI of an establishment (several may be given).', required: false}),
+  }
+
+  static override flags = {
+    inventory: inventoryFlag,
+    'secrets-dir': secretsDirFlag,
+    out: Flags.string({char: 'o', summary: 'Folder the handoff files are written to.', env: 'PGI_HANDOFF_DIR', default: 'handoffs'}),
+    all: Flags.boolean({summary: 'Every establishment of the inventory.', default: false}),
+    group: Flags.string({char: 'g', summary: 'The establishments of a group (inventory `groups:`).'}),
+  }
+
+  async run(): Promise<HandoffRunResult> {
+    const {argv} = await this.parse(CredentialsHandoff)
+    const inventory = await loadValidInventory(this.flags.inventory)
+    const establishments = selectEstablishments(inventory, {uais: argv as string[], all: this.flags.all, group: this.flags.group})
+    const store = await openInventoryStore(inventory, this.flags['secrets-dir'])
+    const result = await writeHandoffs({establishments, store, outDir: this.flags.out, io: this.io})
+    if (result.written === 0 && result.failed > 0) throw allFailedError('handoff', result.establishments)
+    if (result.failed > 0) this.status = ExitCode.PARTIAL
+    this.table(
+      ['UAI', 'AMI', 'Address', 'File', 'Result'],
+      result.establishments.map((e) => (e.ok ? [e.uai, e.ami, e.address, e.file, 'written'] : [e.uai, '', '', '', `failed: ${String(e.error.message)}`])),
+    )
+    if (!this.jsonEnabled() && result.written > 0) {
+      this.log(`\nSend each file to its AMI (e-mail is fine: only their key opens it). They read it with:\n  age -d -i THEIR_KEY FILE     or     pgi credentials open FILE --identity THEIR_KEY`)
+    }
+    return result
+  }
+}

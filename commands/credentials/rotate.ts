@@ -1,0 +1,48 @@
+import {Args, Flags} from '@oclif/core'
+
+import {BaseCommand, inventoryFlag, secretsDirFlag} from '../../src/cli/base-command.js'
+import {ESTABLISHMENT_SECRETS, type EstablishmentSecretName} from '../../src/credentials/secrets.js'
+import {allFailedError, openInventoryStore, rotateSecrets, type RotateRunResult} from '../../src/credentials/service.js'
+import {ExitCode} from '../../src/exit-codes.js'
+import {loadValidInventory} from '../../src/inventory/load.js'
+import {selectEstablishments} from '../../src/inventory/select.js'
+
+export default class CredentialsRotate extends BaseCommand<typeof CredentialsRotate> {
+  static override summary = "Change an establishment's passwords: in the VM first, then in the secret store, then a new handoff."
+  static override description = `Generates new passwords (SQL administrator, Tryton admin, the AMI's login), sets them in the VM through the guest agent (on stdin, never on a command line), saves them in the secret store and writes a new handoff for the AMI. The old passwords stop working: send the AMI the new file.
+
+Safe to interrupt: the new passwords are saved in the store (encrypted, as "pending") before anything changes in the VM, so running the same command again finishes the rotation with them.`
+  static override examples = [
+    {description: 'Rotate every secret of one establishment', command: '<%= config.bin %> <%= command.id %> 0130040Y --out handoffs/'},
+    {description: "Only the AMI's password, without a question (CI)", command: '<%= config.bin %> <%= command.id %> 0130040Y --only ami-password --yes'},
+    {description: 'Finish a rotation that was interrupted', command: '<%= config.bin %> <%= command.id %> 0130040Y --yes'},
+  ]
+
+  static override strict = false
+  static override args = {
+    uai: Args.string({description: 'UAI of the establishment (several may be given).', required: true}),
+  }
+
+  static override flags = {
+    inventory: inventoryFlag,
+    'secrets-dir': secretsDirFlag,
+    out: Flags.string({char: 'o', summary: 'Folder the new handoff files are written to.', env: 'PGI_HANDOFF_DIR', default: 'handoffs'}),
+    only: Flags.string({summary: 'Rotate only these secrets (default: all).', options: [...ESTABLISHMENT_SECRETS], multiple: true}),
+  }
+
+  async run(): Promise<RotateRunResult> {
+    const {argv} = await this.parse(CredentialsRotate)
+    const inventory = await loadValidInventory(this.flags.inventory)
+    const establishments = selectEstablishments(inventory, {uais: argv as string[]})
+    const store = await openInventoryStore(inventory, this.flags['secrets-dir'])
+    await this.confirm(`Change the passwords of ${establishments.map((e) => e.uai).join(', ')}? The AMI will need the new handoff file.`)
+    const result = await rotateSecrets({inventory, establishments, store, outDir: this.flags.out, only: this.flags.only as EstablishmentSecretName[] | undefined, io: this.io})
+    if (result.rotated === 0) throw allFailedError('rotation', result.establishments)
+    if (result.failed > 0) this.status = ExitCode.PARTIAL
+    this.table(
+      ['UAI', 'Rotated', 'Resumed', 'Handoff', 'Result'],
+      result.establishments.map((e) => (e.ok ? [e.uai, e.rotated.join(', '), e.resumed ? 'yes' : 'no', e.handoff.file, 'done'] : [e.uai, '', '', '', `failed: ${String(e.error.message)}`])),
+    )
+    return result
+  }
+}

@@ -1,0 +1,208 @@
+/**
+ * The `pgi credentials` commands run in-process (oclif), their stdout/stderr captured: results,
+ * exit codes, and — above all — that no secret ever reaches the output of handoff/reencrypt
+ * (open is the one command that shows them, to the key's owner).
+ */
+import {mkdtemp, readFile, rm, writeFile} from 'node:fs/promises'
+import {tmpdir} from 'node:os'
+import {join} from 'node:path'
+import {format} from 'node:util'
+
+import {Config} from '@oclif/core'
+import {afterAll, afterEach, beforeAll, beforeEach, describe, expect, it} from 'vitest'
+
+import CredentialsHandoff from '../../../commands/credentials/handoff.js'
+import CredentialsOpen from '../../../commands/credentials/open.js'
+import CredentialsReencrypt from '../../../commands/credentials/reencrypt.js'
+import CredentialsRotate from '../../../commands/credentials/rotate.js'
+import {ensureEstablishmentSecrets} from '../../../src/credentials/secrets.js'
+import {SecretStore} from '../../../src/secrets/store.js'
+import {ageKey} from './fixtures.js'
+
+type CommandClass = {run(argv: string[], config: Config): Promise<unknown>}
+
+let config: Config
+let tmp: string
+const savedEnv = {...process.env}
+
+beforeAll(async () => {
+  config = await Config.load({root: process.cwd()})
+})
+afterAll(() => {
+  process.env = savedEnv
+})
+
+beforeEach(async () => {
+  tmp = await mkdtemp(join(tmpdir(), 'pgi-cred-cmd-'))
+  process.env = {...savedEnv, PGI_STATE_DIR: join(tmp, 'state'), CI: 'true'}
+  delete process.env.PGI_SECRETS_DIR
+  delete process.env.PGI_INVENTORY
+  delete process.env.PGI_HANDOFF_DIR
+  process.exitCode = undefined
+})
+afterEach(async () => {
+  process.exitCode = undefined
+  await rm(tmp, {recursive: true, force: true})
+})
+
+/** Runs a command in-process and captures everything it writes. */
+async function runCli(cmd: CommandClass, argv: string[]): Promise<{stdout: string; stderr: string; exitCode: number}> {
+  let stdout = ''
+  let stderr = ''
+  const ow = process.stdout.write.bind(process.stdout)
+  const ew = process.stderr.write.bind(process.stderr)
+  process.stdout.write = ((chunk: string | Uint8Array) => ((stdout += String(chunk)), true)) as typeof process.stdout.write
+  process.stderr.write = ((chunk: string | Uint8Array) => ((stderr += String(chunk)), true)) as typeof process.stderr.write
+  // oclif prints results with console.log / console.error
+  const {log, error} = console
+  console.log = (...a: unknown[]) => void (stdout += format(...a) + '\n')
+  console.error = (...a: unknown[]) => void (stderr += format(...a) + '\n')
+  try {
+    await cmd.run(argv, config)
+  } catch (err) {
+    stderr += `[thrown] ${(err as Error).message}\n`
+    if (process.exitCode === undefined) process.exitCode = (err as {oclif?: {exit?: number}}).oclif?.exit ?? 1
+  } finally {
+    process.stdout.write = ow
+    process.stderr.write = ew
+    console.log = log
+    console.error = error
+  }
+  const exitCode = Number(process.exitCode ?? 0)
+  process.exitCode = undefined
+  return {stdout, stderr, exitCode}
+}
+
+async function setup() {
+  const tech = await ageKey(tmp, 'tech')
+  const ci = await ageKey(tmp, 'ci')
+  const amiA = await ageKey(tmp, 'ami-a')
+  const amiB = await ageKey(tmp, 'ami-b')
+  const inv = join(tmp, 'inventory.yaml')
+  await writeFile(
+    inv,
+    `region: Test
+recipients:
+  - {name: tech, key: ${tech.recipient}}
+  - {name: ci, key: ${ci.recipient}}
+hypervisors:
+  hv-test:
+    url: https://127.0.0.1:8006
+    nodes: [pve1]
+    tls: {fingerprint: "3A:9F:0C:51:7B:22:E4:18:C6:0D:95:AB:41:7E:F2:63:88:1C:D4:5A:09:B7:E3:2F:6C:11:8A:D0:54:F9:2E:B3"}
+    token: {id: pgi@pve!deploy, secret: {env: PGI_TOKEN_HV_TEST}}
+    storage: {os: local-lvm, data: local-lvm, import: local}
+    bridge: vmbr0
+establishments:
+  - uai: 0130040Y
+    name: Lycée Georges Colomb
+    academie: Aix-Marseille
+    hypervisor: hv-test
+    node: pve1
+    vmid: 1001
+    network: {address: 192.0.2.101/24, gateway: 192.0.2.1, dns: [192.0.2.53]}
+    ami: {name: Jeanne Petit, age_recipient: ${amiA.recipient}}
+  - uai: 0130041Z
+    name: Lycée Marseilleveyre
+    academie: Aix-Marseille
+    hypervisor: hv-test
+    node: pve1
+    vmid: 1002
+    network: {address: 192.0.2.102/24, gateway: 192.0.2.1, dns: [192.0.2.53]}
+    ami: {name: Karim Benali, age_recipient: ${amiB.recipient}}
+`,
+  )
+  const secretsDir = join(tmp, 'secrets')
+  const store = await SecretStore.open({dir: secretsDir, recipients: [tech.recipient, ci.recipient]})
+  const {secrets} = await ensureEstablishmentSecrets(store, '0130040Y')
+  const values = Object.values(secrets).map((s) => s.reveal())
+  return {tech, ci, amiA, amiB, inv, secretsDir, store, values, out: join(tmp, 'handoffs')}
+}
+
+function expectNoSecret(text: string, values: string[]) {
+  for (const v of values) expect(text).not.toContain(v)
+}
+
+describe('pgi credentials handoff / open / reencrypt / rotate', () => {
+  it('handoff writes what it can, names what is missing, prints no secret; open shows them to the AMI', async () => {
+    const s = await setup()
+    const common = ['-i', s.inv, '--secrets-dir', s.secretsDir, '--out', s.out]
+    const json = await runCli(CredentialsHandoff, ['0130040Y', '0130041Z', ...common, '--json'])
+    expect(json.exitCode).toBe(4) // partial: 0130041Z was never deployed
+    const env = JSON.parse(json.stdout) as {status: number; result: {written: number; failed: number; establishments: {ok: boolean; uai: string; error?: {code: string; message: string}}[]}}
+    expect(env.status).toBe(4)
+    expect(env.result.written).toBe(1)
+    expect(env.result.establishments[1]).toMatchObject({ok: false, uai: '0130041Z', error: {code: 'PGI_SECRET_MISSING'}})
+    expect(env.result.establishments[1].error!.message).toContain('establishments/0130041Z/sql-admin')
+    expectNoSecret(json.stdout + json.stderr, s.values)
+
+    const human = await runCli(CredentialsHandoff, ['0130040Y', ...common])
+    expect(human.exitCode).toBe(0)
+    expect(human.stdout).toContain('0130040Y')
+    expect(human.stdout).toContain('age -d -i')
+    expectNoSecret(human.stdout + human.stderr, s.values)
+
+    // one establishment, failing: its own error and exit code, not a wrapper
+    const one = await runCli(CredentialsHandoff, ['0130041Z', ...common])
+    expect(one.exitCode).toBe(1)
+    expect(one.stderr).toContain('PGI_SECRET_MISSING')
+    expect(one.stderr).toContain('pgi deploy 0130041Z')
+
+    const file = join(s.out, '0130040Y.handoff.age')
+    const opened = await runCli(CredentialsOpen, [file, '--identity', s.amiA.file, '--json'])
+    expect(opened.exitCode).toBe(0)
+    const h = JSON.parse(opened.stdout).result
+    expect([h.postgresql.password, h.tryton_admin.password, h.ssh.password].sort()).toEqual([...s.values].sort())
+    const table = await runCli(CredentialsOpen, [file, '-k', s.amiA.file])
+    expect(table.stdout).toContain('pgi_admin')
+    expect(table.stdout).toContain('http://192.0.2.101/')
+    const letter = await runCli(CredentialsOpen, [file, '-k', s.amiA.file, '--text'])
+    expect(letter.stdout).toContain("Codes d'accès")
+    expect(letter.stdout).not.toContain('BEGIN PGI HANDOFF DATA')
+
+    const wrong = await runCli(CredentialsOpen, [file, '-k', s.amiB.file])
+    expect(wrong.exitCode).toBe(1)
+    expect(wrong.stderr).toContain('PGI_SECRET_DECRYPT')
+    expectNoSecret(wrong.stdout + wrong.stderr, s.values)
+  })
+
+  it('reencrypt after a technician leaves: the new recipient set can read, the old one cannot', async () => {
+    const s = await setup()
+    const newTech = await ageKey(tmp, 'new-tech')
+    const inv = (await readFile(s.inv, 'utf8')).replace(s.tech.recipient, newTech.recipient)
+    await writeFile(s.inv, inv)
+    const r = await runCli(CredentialsReencrypt, ['-i', s.inv, '--secrets-dir', s.secretsDir, '--json'])
+    expect(r.exitCode).toBe(0)
+    const res = JSON.parse(r.stdout).result
+    expect(res.reencrypted).toHaveLength(3)
+    expect(res.recipients).toBe(3) // new tech, CI, the local identity
+    expectNoSecret(r.stdout + r.stderr, s.values)
+    const asNew = await SecretStore.open({dir: s.secretsDir, recipients: [], identityFiles: [newTech.file]})
+    expect((await asNew.get('establishments/0130040Y/sql-admin')).reveal()).toMatch(/^[A-Za-z2-9]{24}$/)
+    const asOld = await SecretStore.open({dir: s.secretsDir, recipients: [], identityFiles: [s.tech.file]})
+    await expect(asOld.get('establishments/0130040Y/sql-admin')).rejects.toThrow(/not encrypted to your age key/)
+  })
+
+  it('rotate without --yes in CI asks for the flag and changes nothing', async () => {
+    const s = await setup()
+    const r = await runCli(CredentialsRotate, ['0130040Y', '-i', s.inv, '--secrets-dir', s.secretsDir, '--out', s.out])
+    expect(r.exitCode).toBe(2)
+    expect(r.stderr).toContain('--yes')
+    expect(await s.store.list('establishments/0130040Y/pending/')).toEqual([])
+  })
+
+  it('rotate with an unreachable hypervisor fails clearly, leaves nothing pending, prints no secret', async () => {
+    const s = await setup()
+    // nothing listens on 127.0.0.1:1
+    await writeFile(s.inv, (await readFile(s.inv, 'utf8')).replace('https://127.0.0.1:8006', 'https://127.0.0.1:1'))
+    const token = '2f1c7a0e-5b7d-4c1e-9a3b-6d8e0f4a2b19'
+    process.env.PGI_TOKEN_HV_TEST = token
+    const r = await runCli(CredentialsRotate, ['0130040Y', '-i', s.inv, '--secrets-dir', s.secretsDir, '--out', s.out, '--yes', '--json'])
+    expect(r.exitCode).not.toBe(0)
+    const env = JSON.parse(r.stdout)
+    expect(env.error.code).toBe('PGI_UNREACHABLE')
+    expect(r.exitCode).toBe(8)
+    expect(await s.store.list('establishments/0130040Y/pending/')).toEqual([])
+    expectNoSecret(r.stdout + r.stderr, [...s.values, token])
+  }, 60_000) // the client retries a refused connection for a while
+})
