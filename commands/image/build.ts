@@ -1,0 +1,44 @@
+import {Args, Flags} from '@oclif/core'
+
+import {BaseCommand, secretsDirFlag} from '../../src/cli/base-command.js'
+import type {BuildResult} from '../../src/image/build.js'
+
+export default class ImageBuild extends BaseCommand<typeof ImageBuild> {
+  static override summary = 'Build, sign and publish a VM image from a recipe (needs root).'
+  static override description = `Installs the recipe's packages with mmdebstrap from this host's apt sources (or --mirror), pinned by the recipe's image.lock (written by the first build), configures the guest, assembles a BIOS-bootable disk, converts it to a zstd-compressed qcow2, and writes manifest.json signed with the Ed25519 key kept in the secret store (image-signing/ed25519, created on first use). The image goes to <images dir>/<name>/<version>/. A published version is never overwritten. Set SOURCE_DATE_EPOCH for reproducible builds. Recipe format: docs/image.md.`
+
+  static override examples = [
+    {description: 'Build the reference PGI image at its recipe\'s version:', command: 'sudo <%= config.bin %> <%= command.id %>'},
+    {description: 'Build version 1.1.0, reproducibly, into a folder of your choice:', command: 'sudo SOURCE_DATE_EPOCH=1767225600 <%= config.bin %> <%= command.id %> pgi-tryton --version 1.1.0 --out /srv/images'},
+    {description: 'Build from another mirror (a deb822 .sources file) and take the current package versions:', command: 'sudo <%= config.bin %> <%= command.id %> --mirror ./snapshot.sources --update-lock'},
+  ]
+
+  static override args = {
+    recipe: Args.string({description: 'Recipe name shipped with pgi (pgi-tryton, lab-test) or path to an image.yaml.', default: 'pgi-tryton'}),
+  }
+
+  static override flags = {
+    version: Flags.string({char: 'v', summary: 'Version to build (default: the recipe\'s version).'}),
+    mirror: Flags.string({summary: 'apt sources: a deb822 .sources file, a sources.list file or a mirror URL (default: this host\'s).', env: 'PGI_IMAGE_MIRROR'}),
+    out: Flags.string({char: 'o', summary: 'Images folder (default: <state dir>/images).', env: 'PGI_IMAGES_DIR'}),
+    'update-lock': Flags.boolean({summary: 'Resolve the packages again and rewrite image.lock.', default: false}),
+    'keep-work': Flags.boolean({summary: 'Keep the work folder (rootfs, raw disk) for inspection.', default: false}),
+    'secrets-dir': secretsDirFlag,
+  }
+
+  public async run(): Promise<BuildResult> {
+    const {buildImage} = await import('../../src/image/build.js')
+    const r = await buildImage({
+      recipe: this.args.recipe,
+      version: this.flags.version,
+      mirror: this.flags.mirror,
+      out: this.flags.out,
+      updateLock: this.flags['update-lock'],
+      keepWork: this.flags['keep-work'],
+      secretsDir: this.flags['secrets-dir'],
+      io: this.io,
+    })
+    this.table(['Image', 'Version', 'qcow2', 'Size (MB)', 'sha256', 'Key', 'Time (s)'], [[r.name, r.version, r.disk, (r.sizeBytes / 1e6).toFixed(0), r.sha256.slice(0, 16), r.keyId, r.seconds]])
+    return r
+  }
+}

@@ -1,0 +1,142 @@
+"""Shared helpers of the pgi guest tools (pgi-health, pgi-configure, pgi-backup, pgi-datadisk,
+pgi-upgrade, pgi-db). Guest contract: docs/image.md. Python 3.11 standard library only, plus
+psycopg2 where noted (it ships with tryton-server)."""
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+DATA = '/srv/pgi'
+DATA_DEVICE = '/dev/disk/by-id/virtio-pgi-data'
+STATE_DIR = DATA + '/.pgi'
+STATE_FILE = STATE_DIR + '/state.json'
+PG_VERSION = '15'
+PG_DATA = DATA + '/postgresql/15/main'
+FILESTORE = DATA + '/tryton/filestore'
+BACKUPS = DATA + '/backups'
+RUN_DIR = '/run/pgi'
+IMAGE_JSON = '/etc/pgi/image.json'
+TRYTOND_CONF = '/etc/tryton/trytond.conf'
+TRYTON_ADMIN_HASH = STATE_DIR + '/tryton-admin.hash'
+SYSTEM_DATABASES = ('postgres', 'template0', 'template1')
+
+
+def log(msg):
+    """Diagnostics go to stderr (the journal for units); stdout is for results."""
+    sys.stderr.write(msg.rstrip() + '\n')
+    sys.stderr.flush()
+
+
+def now_utc():
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+
+
+def iso(dt):
+    return dt.strftime('%Y-%m-%dT%H:%M:%SZ')
+
+
+def run(args, check=True, input=None, **kw):
+    """Runs a program (arguments never carry a secret: those go on stdin)."""
+    r = subprocess.run(args, input=input, capture_output=True, text=True, **kw)
+    if check and r.returncode != 0:
+        raise RuntimeError('%s failed (exit %d): %s' % (' '.join(args), r.returncode, (r.stderr or r.stdout).strip()[-800:]))
+    return r
+
+
+def read_json(path, default=None):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return default
+
+
+def write_json(path, data, mode=0o644):
+    """Atomic write (temp file + rename)."""
+    d = os.path.dirname(path)
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix='.tmp-')
+    with os.fdopen(fd, 'w') as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write('\n')
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def image_info():
+    return read_json(IMAGE_JSON, {}) or {}
+
+
+def version_key(v):
+    """'1.10.2' > '1.9' (numeric parts; a non-numeric suffix sorts before the release)."""
+    parts = []
+    for p in str(v).replace('-', '.').split('.'):
+        parts.append((0, int(p), '') if p.isdigit() else (-1, 0, p))
+    return parts
+
+
+def psql(sql, db='postgres', input=None):
+    """Runs SQL as the postgres superuser over the local socket (peer auth); returns rows."""
+    r = run(['runuser', '-u', 'postgres', '--', 'psql', '-X', '-q', '-A', '-t', '-F', '\t',
+             '-v', 'ON_ERROR_STOP=1', '-d', db, '-c', sql], input=input)
+    return [line.split('\t') for line in r.stdout.splitlines() if line != '']
+
+
+def psql_script(script, db='postgres'):
+    """Runs an SQL script given on stdin (so values in it never appear in a process list)."""
+    run(['runuser', '-u', 'postgres', '--', 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', db], input=script)
+
+
+def databases():
+    return [r[0] for r in psql("SELECT datname FROM pg_database WHERE NOT datistemplate AND datname <> 'postgres' ORDER BY 1")]
+
+
+def is_tryton_db(db):
+    return bool(psql("SELECT 1 FROM information_schema.tables WHERE table_name = 'ir_module' LIMIT 1", db=db))
+
+
+def tryton_module_versions():
+    """Version of every installed Tryton module (from its tryton.cfg), as ir.module reports it."""
+    import configparser
+    import glob
+    versions = {}
+    base = '/usr/lib/python3/dist-packages/trytond'
+    for cfg in glob.glob(base + '/modules/*/tryton.cfg') + glob.glob(base + '/ir/tryton.cfg') + glob.glob(base + '/res/tryton.cfg'):
+        cp = configparser.ConfigParser()
+        cp.read(cfg)
+        name = os.path.basename(os.path.dirname(cfg))
+        if cp.has_option('tryton', 'version'):
+            versions[name] = cp.get('tryton', 'version')
+    return versions
+
+
+def scram_sha256(password, iterations=4096):
+    """A PostgreSQL SCRAM-SHA-256 verifier, computed here so the clear password never reaches
+    the server or its logs (what psql's \\password does). PostgreSQL has no library for this in
+    Python's standard library, hence these few lines (RFC 5802/7677)."""
+    import base64
+    import hashlib
+    import hmac
+    salt = os.urandom(16)
+    salted = hashlib.pbkdf2_hmac('sha256', password.encode('utf-8'), salt, iterations)
+    client_key = hmac.new(salted, b'Client Key', hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b'Server Key', hashlib.sha256).digest()
+    b64 = lambda b: base64.b64encode(b).decode('ascii')
+    return 'SCRAM-SHA-256$%d:%s$%s:%s' % (iterations, b64(salt), b64(stored_key), b64(server_key))
+
+
+def tryton_password_hash(password):
+    """A hash res.user accepts (trytond 6.0 verifies with passlib: bcrypt or pbkdf2_sha512)."""
+    from passlib.context import CryptContext
+    return CryptContext(schemes=['pbkdf2_sha512']).hash(password)
+
+
+def quote_ident(name):
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(value):
+    return "'" + value.replace("'", "''") + "'"

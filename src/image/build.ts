@@ -1,0 +1,468 @@
+import {createHash} from 'node:crypto'
+import {existsSync} from 'node:fs'
+import {chmod, cp, lstat, mkdir, open, readdir, readFile, rename, rm, stat, writeFile} from 'node:fs/promises'
+import {dirname, join} from 'node:path'
+
+import {ErrorCode, UserError} from '../errors.js'
+import {ExitCode} from '../exit-codes.js'
+import {requireTools, run} from '../exec.js'
+import type {Io} from '../io.js'
+import {imagesDir, secretsDir, stateDir} from '../paths.js'
+import {runSteps, type Step} from '../progress.js'
+import type {Secret} from '../secret.js'
+import {aptPreferences, lockDrift, lockPath, parseDpkgList, readLock, requestDigest, writeLock, type ImageLock} from './lock.js'
+import {
+  exportTrustedKey,
+  generateSigningKey,
+  keyId,
+  manifestBytes,
+  publicKeyOf,
+  sha256OfFile,
+  signBytes,
+  SIGNING_KEY_SECRET,
+  type ImageManifest,
+} from './manifest.js'
+import {loadRecipe, VERSION_RE, type Recipe} from './recipe.js'
+import {digestTree, formatTree, listTree} from './tree.js'
+
+export interface BuildOptions {
+  /** Recipe name shipped with pgi ("pgi-tryton") or a path to an image.yaml. */
+  recipe?: string
+  version?: string
+  /** A deb822 .sources file, a one-line sources.list file, or a mirror URL; default: the host's apt sources. */
+  mirror?: string
+  /** Output root (default imagesDir()). */
+  out?: string
+  /** Resolve packages again and rewrite image.lock. */
+  updateLock?: boolean
+  /** Keep the work folder (rootfs, raw disk) for inspection. */
+  keepWork?: boolean
+  /** Secret store folder (default secretsDir()). */
+  secretsDir?: string
+  env?: NodeJS.ProcessEnv
+  io: Io
+}
+
+export interface BuildResult {
+  name: string
+  version: string
+  dir: string
+  disk: string
+  manifest: string
+  sha256: string
+  sizeBytes: number
+  treeDigest: string
+  lockWritten: boolean
+  keyId: string
+  seconds: number
+}
+
+const SECTOR = 512
+const PART_OFFSET = 1024 * 1024
+/** Fixed identifiers so that two builds give the same disk (ext4 UUID, hash seed, MBR id). */
+function fixedIds(recipe: Recipe, version: string): {fsUuid: string; hashSeed: string; diskId: string} {
+  const h = createHash('sha256').update(`${recipe.name}\0${version}`).digest('hex')
+  const uuid = (s: string) => `${s.slice(0, 8)}-${s.slice(8, 12)}-4${s.slice(13, 16)}-8${s.slice(17, 20)}-${s.slice(20, 32)}`
+  return {fsUuid: uuid(h), hashSeed: uuid(h.slice(32)), diskId: `0x${h.slice(0, 8)}`}
+}
+
+export function parseSize(size: string): number {
+  const m = /^(\d+)([MG])$/.exec(size)
+  if (!m) throw new UserError(ErrorCode.IMAGE_INVALID, `disk size "${size}" must look like 3G or 2048M`)
+  return Number(m[1]) * (m[2] === 'G' ? 1024 ** 3 : 1024 ** 2)
+}
+
+/**
+ * The apt sources mmdebstrap uses: `--mirror` (a file or URL), else the host's deb822 sources or
+ * sources.list. No mirror host name is ever written by pgi itself.
+ */
+export async function resolveSources(mirror: string | undefined): Promise<{arg: string; origin: string}> {
+  if (mirror) {
+    if (/^(https?|file|mirror\+\w+):/.test(mirror)) return {arg: mirror, origin: '--mirror URL'}
+    if (!existsSync(mirror)) throw new UserError(ErrorCode.USAGE, `--mirror ${mirror}: no such file`, {exitCode: ExitCode.USAGE, suggestions: ['Give a deb822 .sources file, a sources.list file or a mirror URL.']})
+    return {arg: mirror, origin: mirror}
+  }
+  const dir = '/etc/apt/sources.list.d'
+  const found: string[] = []
+  try {
+    for (const n of (await readdir(dir)).sort()) if (n.endsWith('.sources')) found.push(join(dir, n))
+  } catch {
+    // no sources.list.d
+  }
+  // a deb822 file with an enabled Debian suite; several files: the first that has "Types: deb"
+  for (const f of found) {
+    const text = await readFile(f, 'utf8')
+    if (/^Types:.*\bdeb\b/m.test(text) && !/^Enabled:\s*no/im.test(text)) return {arg: f, origin: f}
+  }
+  if (existsSync('/etc/apt/sources.list')) {
+    const text = await readFile('/etc/apt/sources.list', 'utf8')
+    if (/^deb\s/m.test(text)) return {arg: '/etc/apt/sources.list', origin: '/etc/apt/sources.list'}
+  }
+  throw new UserError(ErrorCode.USAGE, 'no apt sources on this host to build from', {
+    exitCode: ExitCode.USAGE,
+    suggestions: ['Pass --mirror with a deb822 .sources file or a mirror URL.'],
+  })
+}
+
+function sh(s: string): string {
+  return `'${s.replace(/'/g, `'\\''`)}'`
+}
+
+/** The image folder: `<root>/<name>/<version>/`. */
+export function imageDir(root: string, name: string, version: string): string {
+  return join(root, name, version)
+}
+
+async function signingKey(opts: BuildOptions): Promise<Secret> {
+  const {SecretStore} = await import('../secrets/store.js')
+  const store = await SecretStore.open({dir: opts.secretsDir ?? secretsDir(opts.env), recipients: [], env: opts.env})
+  const existing = await store.tryGet(SIGNING_KEY_SECRET)
+  if (existing) return existing
+  const key = generateSigningKey()
+  await store.put(SIGNING_KEY_SECRET, key)
+  opts.io.info(`created the image signing key (secret ${SIGNING_KEY_SECRET}, key id ${keyId(publicKeyOf(key))})`)
+  return key
+}
+
+/** Stages the recipe's files (modes normalised) into `stage/`, to be copied over the rootfs. */
+async function stageFiles(recipe: Recipe, stage: string): Promise<string[]> {
+  const chowns: string[] = []
+  for (const f of recipe.files) {
+    const src = join(recipe.dir, f.src)
+    const dest = join(stage, f.dest)
+    const st = await stat(src)
+    await mkdir(st.isDirectory() ? dest : dirname(dest), {recursive: true})
+    await cp(src, dest, {recursive: true, force: true, dereference: true})
+    const fix = async (p: string): Promise<void> => {
+      const s = await lstat(p)
+      if (s.isDirectory()) {
+        await chmod(p, 0o755)
+        for (const n of await readdir(p)) await fix(join(p, n))
+      } else if (s.isFile()) await chmod(p, s.mode & 0o111 ? 0o755 : 0o644)
+    }
+    await fix(dest)
+    if (!st.isDirectory()) {
+      if (f.mode) await chmod(dest, parseInt(f.mode, 8))
+      if (f.owner || f.group) chowns.push(`chroot "$1" chown ${sh(`${f.owner ?? 'root'}:${f.group ?? 'root'}`)} ${sh(f.dest)}`)
+    }
+  }
+  return chowns
+}
+
+/** The customize hook mmdebstrap runs with the rootfs as $1 (proc/sys/dev mounted by it). */
+function customizeScript(recipe: Recipe, ctx: {stage: string; chowns: string[]; epoch: number; work: string; cacheMounted: boolean}): string {
+  const rm = recipe.trim.remove.map((g) => `rm -rf "$1"${g.replace(/[^A-Za-z0-9_./*+@-]/g, '')}`).join('\n')
+  const enable = recipe.services.enable.map((u) => `chroot "$1" systemctl enable ${sh(u)}`).join('\n')
+  const disable = recipe.services.disable.map((u) => `chroot "$1" systemctl disable ${sh(u)} 2>/dev/null || true\nchroot "$1" systemctl mask ${sh(u)}`).join('\n')
+  return `#!/bin/sh
+# generated by pgi image build: configures the rootfs given as $1
+set -eu
+export SOURCE_DATE_EPOCH=${ctx.epoch}
+${ctx.cacheMounted ? 'umount "$1/var/cache/apt/archives"' : ''}
+# recipe files
+cp -a ${sh(ctx.stage)}/. "$1/"
+${ctx.chowns.join('\n')}
+# kernel, initramfs and boot loader configuration
+KVER=$(cd "$1/boot" && ls vmlinuz-* | sed 's/^vmlinuz-//' | sort -V | tail -n 1)
+[ -n "$KVER" ] || { echo "no kernel in /boot" >&2; exit 1; }
+printf '%s\\n' "$KVER" > ${sh(join(ctx.work, 'kernel-release'))}
+mkdir -p "$1/etc/initramfs-tools/conf.d"
+printf 'MODULES=list\\nCOMPRESS=zstd\\n' > "$1/etc/initramfs-tools/conf.d/pgi.conf"
+printf 'virtio_pci\\nvirtio_blk\\nvirtio_scsi\\nvirtio_net\\nsd_mod\\n' >> "$1/etc/initramfs-tools/modules"
+mkdir -p "$1/boot/extlinux"
+cat > "$1/boot/extlinux/extlinux.conf" <<EOF
+DEFAULT linux
+TIMEOUT 1
+PROMPT 0
+LABEL linux
+  LINUX /boot/vmlinuz-$KVER
+  INITRD /boot/initrd.img-$KVER
+  APPEND root=LABEL=${recipe.disk.label} ro ${recipe.kernel.cmdline}
+EOF
+printf 'LABEL=%s / ext4 defaults,noatime,errors=remount-ro 0 1\\n' ${sh(recipe.disk.label)} > "$1/etc/fstab"
+echo ${sh(recipe.name)} > "$1/etc/hostname"
+# services
+${enable}
+${disable}
+# the recipe's own configuration
+cat > "$1/tmp/pgi-configure.sh" <<'PGI_CONFIGURE_EOF'
+${recipe.configure ?? 'true'}
+PGI_CONFIGURE_EOF
+chroot "$1" /bin/sh /tmp/pgi-configure.sh
+rm -f "$1/tmp/pgi-configure.sh"
+chroot "$1" update-initramfs -u -k "$KVER" >/dev/null
+# what is installed, for the lock and the manifest
+chroot "$1" dpkg-query -W -f '\${Package}\\t\${Version}\\n' > ${sh(join(ctx.work, 'packages.tsv'))}
+# trim
+${rm}
+# nothing specific to the build machine or to one VM
+: > "$1/etc/machine-id"
+rm -f "$1/var/lib/dbus/machine-id" "$1"/etc/ssh/ssh_host_*
+rm -rf "$1"/var/lib/cloud/* "$1"/var/lib/systemd/random-seed "$1"/var/cache/ldconfig/aux-cache
+rm -rf "$1"/tmp/* "$1"/var/tmp/* "$1"/var/cache/apt/*.bin "$1"/var/cache/debconf/*-old "$1"/var/lib/dpkg/*-old
+find "$1/var/log" -type f -delete
+find "$1/var/cache/man" -type f -delete 2>/dev/null || true
+find "$1" -xdev -name '__pycache__' -type d -prune -exec rm -rf {} +
+`
+}
+
+/** Builds, signs and publishes an image. Needs root (mmdebstrap, loop devices, mount). */
+export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
+  const env = opts.env ?? process.env
+  const {io} = opts
+  const started = Date.now()
+  if (process.getuid?.() !== 0) {
+    throw new UserError(ErrorCode.NOT_ROOT, 'building an image needs root (mmdebstrap, loop devices and mount)', {
+      suggestions: ['Run it as root, e.g. `sudo pgi image build`.'],
+    })
+  }
+  await requireTools(['mmdebstrap', 'mkfs.ext4', 'sfdisk', 'losetup', 'mount', 'extlinux', 'qemu-img'])
+  const mbr = ['/usr/lib/syslinux/mbr/mbr.bin', '/usr/lib/EXTLINUX/mbr.bin'].find((p) => existsSync(p))
+  if (!mbr) throw new UserError(ErrorCode.TOOL_MISSING, 'syslinux mbr.bin not found', {suggestions: ['Install it: apt-get install syslinux-common']})
+
+  const recipe = await loadRecipe(opts.recipe)
+  const version = opts.version ?? recipe.version
+  if (!VERSION_RE.test(version)) throw new UserError(ErrorCode.USAGE, `version "${version}" is not a version like 1.2.0`, {exitCode: ExitCode.USAGE})
+  const root = opts.out ?? imagesDir(env)
+  const outDir = imageDir(root, recipe.name, version)
+  if (existsSync(join(outDir, 'manifest.json'))) {
+    throw new UserError(ErrorCode.IMAGE_EXISTS, `image ${recipe.name} ${version} is already published in ${outDir}`, {
+      exitCode: ExitCode.REFUSED,
+      suggestions: ['Published versions are never overwritten: build with --version set to a new version.'],
+    })
+  }
+  const epoch = Number(env.SOURCE_DATE_EPOCH ?? Math.floor(Date.now() / 1000))
+  if (!Number.isInteger(epoch) || epoch < 0) throw new UserError(ErrorCode.USAGE, `SOURCE_DATE_EPOCH "${env.SOURCE_DATE_EPOCH}" is not a number of seconds`)
+  const work = join(stateDir(env), 'build', `${recipe.name}-${version}-${process.pid}`)
+  const cache = join(stateDir(env), 'apt-cache', recipe.suite)
+  const lockFile = lockPath(recipe)
+
+  interface Ctx {
+    sources?: {arg: string; origin: string}
+    lock?: ImageLock
+    lockWritten: boolean
+    installed?: Map<string, string>
+    kernelRelease?: string
+    treeDigest?: string
+    treeEntries?: number
+    raw?: string
+    qcow2?: string
+    manifest?: ImageManifest
+    keyId?: string
+  }
+  const rootfs = join(work, 'root')
+  const raw = join(work, 'disk.raw')
+  const diskName = `${recipe.name}-${version}.qcow2`
+  const tmpOut = join(root, recipe.name, `.${version}.partial-${process.pid}`)
+  let mounted: {loop?: string; mnt?: string} = {}
+
+  const steps: Step<Ctx>[] = [
+    {
+      title: 'Resolve packages and the lock',
+      run: async (ctx) => {
+        ctx.sources = await resolveSources(opts.mirror)
+        const lock = opts.updateLock ? undefined : await readLock(lockFile)
+        if (lock && lock.request !== requestDigest(recipe)) {
+          throw new UserError(ErrorCode.IMAGE_INVALID, `${lockFile} was written for another package list than the recipe's`, {
+            exitCode: ExitCode.INVALID_INPUT,
+            suggestions: ['The recipe\'s packages, kernel or suite changed: rebuild with --update-lock to resolve them again (and commit the new image.lock).'],
+          })
+        }
+        ctx.lock = lock
+        await rm(work, {recursive: true, force: true})
+        await mkdir(work, {recursive: true})
+        await mkdir(cache, {recursive: true})
+        return `${lock ? `${lock.packages.size} packages pinned by image.lock` : 'no lock: resolving from the mirror'}; sources ${ctx.sources.origin}`
+      },
+    },
+    {
+      title: 'Install the root file system (mmdebstrap)',
+      run: async (ctx, update) => {
+        const stage = join(work, 'stage')
+        await mkdir(join(stage, 'etc', 'pgi'), {recursive: true})
+        const chowns = await stageFiles(recipe, stage)
+        const imageJson = {name: recipe.name, version, build_time: new Date(epoch * 1000).toISOString().replace(/\.\d{3}Z$/, 'Z'), ports: recipe.ports}
+        await writeFile(join(stage, 'etc', 'pgi', 'image.json'), JSON.stringify(imageJson, null, 2) + '\n')
+        await chmod(join(stage, 'etc', 'pgi'), 0o755)
+        const hook = join(work, 'customize.sh')
+        await writeFile(hook, customizeScript(recipe, {stage, chowns, epoch, work, cacheMounted: true}), {mode: 0o755})
+        const prefs = join(work, 'lock.pref')
+        if (ctx.lock) await writeFile(prefs, aptPreferences(ctx.lock))
+        const args = [
+          '--mode=root',
+          '--variant=apt',
+          '--format=directory',
+          `--architectures=${recipe.architecture}`,
+          `--components=${recipe.components.join(',')}`,
+          '--skip=download/empty',
+          '--skip=essential/unlink',
+          '--aptopt=APT::Install-Recommends "false"',
+          '--aptopt=Acquire::Languages "none"',
+          ...recipe.trim.path_exclude.map((p) => `--dpkgopt=path-exclude=${p}`),
+          ...recipe.trim.path_include.map((p) => `--dpkgopt=path-include=${p}`),
+          `--setup-hook=mkdir -p "$1/var/cache/apt/archives" && mount -o bind ${sh(cache)} "$1/var/cache/apt/archives"`,
+          ...(ctx.lock ? [`--setup-hook=mkdir -p "$1/etc/apt/preferences.d" && cp ${sh(prefs)} "$1/etc/apt/preferences.d/pgi-image-lock.pref"`] : []),
+          `--include=${[recipe.kernel.package, ...recipe.packages].join(',')}`,
+          ...(ctx.lock ? [`--customize-hook=rm -f "$1/etc/apt/preferences.d/pgi-image-lock.pref"`] : []),
+          `--customize-hook=${hook} "$1"`,
+          recipe.suite,
+          rootfs,
+          ctx.sources!.arg,
+        ]
+        await run('mmdebstrap', args, {env: {SOURCE_DATE_EPOCH: String(epoch), LC_ALL: 'C.UTF-8'}, onLine: (l) => update(l.slice(0, 120)), timeoutMs: 30 * 60_000}, io)
+        ctx.installed = parseDpkgList(await readFile(join(work, 'packages.tsv'), 'utf8'))
+        ctx.kernelRelease = (await readFile(join(work, 'kernel-release'), 'utf8')).trim()
+        return `${ctx.installed.size} packages, kernel ${ctx.kernelRelease}`
+      },
+    },
+    {
+      title: 'Check the packages against image.lock',
+      run: async (ctx) => {
+        if (ctx.lock) {
+          const drift = lockDrift(ctx.lock, ctx.installed!)
+          if (drift.length > 0) {
+            throw new UserError(ErrorCode.IMAGE_INVALID, `the build did not reproduce image.lock (${drift.length} differences: ${drift.slice(0, 5).join('; ')})`, {
+              details: {drift},
+              suggestions: [
+                'The mirror no longer has some locked versions (a Debian point release replaced them): use --mirror with a snapshot of the archive, or --update-lock to take the current versions.',
+              ],
+            })
+          }
+          return 'identical to the lock'
+        }
+        const lock: ImageLock = {suite: recipe.suite, architecture: recipe.architecture, request: requestDigest(recipe), packages: ctx.installed!}
+        await writeLock(lockFile, lock, recipe.name)
+        ctx.lock = lock
+        ctx.lockWritten = true
+        return `wrote ${lockFile}`
+      },
+    },
+    {
+      title: 'Clamp timestamps and list the file tree',
+      run: async (ctx) => {
+        // every mtime newer than SOURCE_DATE_EPOCH is set to it (reproducible builds' convention)
+        await run('find', [rootfs, '-xdev', '-newermt', `@${epoch}`, '-exec', 'touch', '--no-dereference', `--date=@${epoch}`, '{}', '+'], {}, io)
+        const entries = await listTree(rootfs)
+        ctx.treeDigest = digestTree(entries)
+        ctx.treeEntries = entries.length
+        await writeFile(join(work, 'files.txt'), formatTree(entries))
+        return `${entries.length} entries, tree ${ctx.treeDigest.slice(0, 12)}`
+      },
+    },
+    {
+      title: 'Assemble the BIOS-bootable disk',
+      run: async (ctx) => {
+        const total = parseSize(recipe.disk.size)
+        const partSize = total - PART_OFFSET
+        const ids = fixedIds(recipe, version)
+        await rm(raw, {force: true})
+        const fh = await open(raw, 'w')
+        await fh.truncate(total)
+        await fh.close()
+        await run('sfdisk', ['--no-reread', '--no-tell-kernel', raw], {
+          input: `label: dos\nlabel-id: ${ids.diskId}\nunit: sectors\n\nstart=${PART_OFFSET / SECTOR}, size=${partSize / SECTOR}, type=83, bootable\n`,
+        }, io)
+        // the file system is made from the directory, at the partition's offset (no partition device nodes here)
+        await run('mkfs.ext4', ['-q', '-F', '-d', rootfs, '-L', recipe.disk.label, '-U', ids.fsUuid, '-E', `hash_seed=${ids.hashSeed},offset=${PART_OFFSET},root_owner=0:0,lazy_itable_init=0`, '-O', '^64bit', '-m', '1', '-T', 'default', raw, `${partSize / 1024}k`], {
+          env: {E2FSPROGS_FAKE_TIME: String(epoch), SOURCE_DATE_EPOCH: String(epoch)},
+        }, io)
+        const loop = (await run('losetup', ['--find', '--show', '--offset', String(PART_OFFSET), '--sizelimit', String(partSize), raw], {}, io)).stdout.trim()
+        mounted.loop = loop
+        const mnt = join(work, 'mnt')
+        await mkdir(mnt, {recursive: true})
+        await run('mount', [loop, mnt], {}, io)
+        mounted.mnt = mnt
+        await run('extlinux', ['--install', join(mnt, 'boot', 'extlinux')], {}, io)
+        await run('umount', [mnt], {}, io)
+        mounted.mnt = undefined
+        await run('losetup', ['-d', loop], {}, io)
+        mounted.loop = undefined
+        // syslinux's MBR boot code: the first 440 bytes (the partition table stays)
+        const code = await readFile(mbr)
+        const out = await open(raw, 'r+')
+        await out.write(code.subarray(0, 440), 0, 440, 0)
+        await out.close()
+        ctx.raw = raw
+        return `${recipe.disk.size}, ext4 label ${recipe.disk.label}`
+      },
+    },
+    {
+      title: 'Convert to zstd-compressed qcow2',
+      run: async (ctx) => {
+        await rm(tmpOut, {recursive: true, force: true})
+        await mkdir(tmpOut, {recursive: true})
+        ctx.qcow2 = join(tmpOut, diskName)
+        await run('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', '-c', '-o', 'compression_type=zstd', raw, ctx.qcow2], {}, io)
+        return `${((await stat(ctx.qcow2)).size / 1e6).toFixed(0)} MB`
+      },
+    },
+    {
+      title: 'Write and sign manifest.json',
+      run: async (ctx) => {
+        const key = await signingKey(opts)
+        const pub = publicKeyOf(key)
+        const kid = keyId(pub)
+        const pkgs = [...ctx.installed!.entries()].sort(([a], [b]) => (a < b ? -1 : 1))
+        const m: ImageManifest = {
+          format: 1,
+          name: recipe.name,
+          version,
+          description: recipe.description,
+          build_time: new Date(epoch * 1000).toISOString().replace(/\.\d{3}Z$/, 'Z'),
+          source_date_epoch: epoch,
+          disk: {
+            file: diskName,
+            format: 'qcow2',
+            sha256: await sha256OfFile(ctx.qcow2!),
+            size_bytes: (await stat(ctx.qcow2!)).size,
+            virtual_size_bytes: parseSize(recipe.disk.size),
+            raw_sha256: await sha256OfFile(raw),
+          },
+          kernel: {package: recipe.kernel.package, release: ctx.kernelRelease!, version: ctx.installed!.get(`linux-image-${ctx.kernelRelease}`) ?? ''},
+          recipe: {name: recipe.name, digest: recipe.digest},
+          lock: {digest: createHash('sha256').update(await readFile(lockFile)).digest('hex'), packages: ctx.lock!.packages.size},
+          tree: {digest: ctx.treeDigest!, entries: ctx.treeEntries!},
+          packages: pkgs.map(([name, v]) => ({name, version: v})),
+          ports: recipe.ports,
+          signing: {algorithm: 'ed25519', key_id: kid},
+        }
+        const bytes = manifestBytes(m)
+        await writeFile(join(tmpOut, 'manifest.json'), bytes)
+        await writeFile(join(tmpOut, 'manifest.sig'), signBytes(bytes, key))
+        await cp(join(work, 'files.txt'), join(tmpOut, 'files.txt'))
+        await exportTrustedKey(root, pub)
+        if (existsSync(outDir)) await rm(outDir, {recursive: true}) // an unpublished leftover (no manifest.json)
+        await rename(tmpOut, outDir)
+        ctx.manifest = m
+        ctx.keyId = kid
+        return `key ${kid}`
+      },
+    },
+  ]
+
+  const ctx: Ctx = {lockWritten: false}
+  try {
+    await runSteps(io, steps, ctx)
+  } finally {
+    if (mounted.mnt) await run('umount', [mounted.mnt], {allowFailure: true}, io)
+    if (mounted.loop) await run('losetup', ['-d', mounted.loop], {allowFailure: true}, io)
+    // mmdebstrap unmounts what it mounted; make sure the apt cache bind mount is gone before rm
+    if (existsSync(join(rootfs, 'var/cache/apt/archives'))) await run('umount', [join(rootfs, 'var/cache/apt/archives')], {allowFailure: true}, io)
+    await rm(tmpOut, {recursive: true, force: true})
+    if (!opts.keepWork) await rm(work, {recursive: true, force: true})
+  }
+  const m = ctx.manifest!
+  return {
+    name: m.name,
+    version: m.version,
+    dir: outDir,
+    disk: join(outDir, m.disk.file),
+    manifest: join(outDir, 'manifest.json'),
+    sha256: m.disk.sha256,
+    sizeBytes: m.disk.size_bytes,
+    treeDigest: m.tree.digest,
+    lockWritten: ctx.lockWritten,
+    keyId: ctx.keyId!,
+    seconds: Math.round((Date.now() - started) / 100) / 10,
+  }
+}

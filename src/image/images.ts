@@ -1,0 +1,126 @@
+import {existsSync} from 'node:fs'
+import {readdir, readFile, stat} from 'node:fs/promises'
+import {join} from 'node:path'
+
+import {ErrorCode, UserError} from '../errors.js'
+import {imagesDir} from '../paths.js'
+import {loadTrustedKeys, verifyManifestAndDisk, type ImageManifest} from './manifest.js'
+
+/** The image recipe used when only a version is given. */
+export const DEFAULT_IMAGE = 'pgi-tryton'
+
+export interface ImageRef {
+  name: string
+  version: string
+}
+
+export interface ImageEntry extends ImageRef {
+  dir: string
+  diskPath: string
+  manifestPath: string
+  signaturePath: string
+  sizeBytes?: number
+  sha256?: string
+  buildTime?: string
+  keyId?: string
+}
+
+export interface ImageLookupOptions {
+  /** Images folder (default imagesDir()). */
+  root?: string
+  env?: NodeJS.ProcessEnv
+}
+
+/** "1.2.0" (the default image), "pgi-tryton@1.2.0" or "pgi-tryton/1.2.0". */
+export function parseImageRef(ref: string, defaultName = DEFAULT_IMAGE): ImageRef {
+  const m = /^(?:([a-z0-9][a-z0-9-]*)[@/])?([0-9][0-9A-Za-z.+~-]*)$/.exec(ref.trim())
+  if (!m) throw new UserError(ErrorCode.USAGE, `"${ref}" is not an image version (1.2.0, or NAME@1.2.0)`, {suggestions: ['List the images with `pgi image list`.']})
+  return {name: m[1] ?? defaultName, version: m[2]}
+}
+
+function compareVersions(a: string, b: string): number {
+  const pa = a.split(/[.+~-]/)
+  const pb = b.split(/[.+~-]/)
+  for (let i = 0; i < Math.max(pa.length, pb.length); i++) {
+    const x = pa[i] ?? ''
+    const y = pb[i] ?? ''
+    const d = /^\d+$/.test(x) && /^\d+$/.test(y) ? Number(x) - Number(y) : x.localeCompare(y)
+    if (d !== 0) return d
+  }
+  return 0
+}
+
+async function entryFor(root: string, name: string, version: string): Promise<ImageEntry | undefined> {
+  const dir = join(root, name, version)
+  const manifestPath = join(dir, 'manifest.json')
+  if (!existsSync(manifestPath)) return undefined
+  const e: ImageEntry = {name, version, dir, manifestPath, signaturePath: join(dir, 'manifest.sig'), diskPath: join(dir, `${name}-${version}.qcow2`)}
+  try {
+    const m = JSON.parse(await readFile(manifestPath, 'utf8')) as ImageManifest
+    e.diskPath = join(dir, m.disk.file)
+    e.sizeBytes = m.disk.size_bytes
+    e.sha256 = m.disk.sha256
+    e.buildTime = m.build_time
+    e.keyId = m.signing?.key_id
+  } catch {
+    // unreadable manifest: listed; `verifyImage` says what is wrong
+  }
+  return e
+}
+
+/** Every published image (a folder with manifest.json), by name then version (oldest first). Not verified. */
+export async function listImages(opts: ImageLookupOptions = {}): Promise<ImageEntry[]> {
+  const root = opts.root ?? imagesDir(opts.env)
+  const out: ImageEntry[] = []
+  let names: string[] = []
+  try {
+    names = (await readdir(root)).filter((n) => n !== 'trusted-keys' && !n.startsWith('.'))
+  } catch {
+    return out
+  }
+  for (const name of names.sort()) {
+    if (!(await stat(join(root, name))).isDirectory()) continue
+    const versions = (await readdir(join(root, name))).filter((v) => !v.startsWith('.')).sort(compareVersions)
+    for (const v of versions) {
+      const e = await entryFor(root, name, v)
+      if (e) out.push(e)
+    }
+  }
+  return out
+}
+
+/** One published image (not verified); IMAGE_NOT_FOUND when absent. */
+export async function findImage(ref: string | ImageRef, opts: ImageLookupOptions = {}): Promise<ImageEntry> {
+  const r = typeof ref === 'string' ? parseImageRef(ref) : ref
+  const root = opts.root ?? imagesDir(opts.env)
+  const e = await entryFor(root, r.name, r.version)
+  if (!e) {
+    const have = (await listImages({root})).filter((i) => i.name === r.name).map((i) => i.version)
+    throw new UserError(ErrorCode.IMAGE_NOT_FOUND, `no image ${r.name} ${r.version} in ${root}`, {
+      details: {available: have},
+      suggestions: [have.length ? `Available versions: ${have.join(', ')}.` : 'Build it first: `sudo pgi image build`.', 'Or point --images-dir / PGI_IMAGES_DIR at the folder holding it.'],
+    })
+  }
+  return e
+}
+
+/**
+ * Verifies an image before anything uses it: the manifest's Ed25519 signature against the
+ * trusted keys (`<images dir>/trusted-keys/*.pem`), then the qcow2's size and sha256. Throws
+ * IMAGE_INVALID (exit 7, refused) for a modified image or manifest. This is what deploy calls.
+ */
+export async function verifyImage(ref: string | ImageRef, opts: ImageLookupOptions = {}): Promise<{manifest: ImageManifest; diskPath: string; entry: ImageEntry}> {
+  const root = opts.root ?? imagesDir(opts.env)
+  const e = await findImage(ref, {root})
+  const manifest = await verifyManifestAndDisk({
+    what: `${e.name} ${e.version}`,
+    manifestPath: e.manifestPath,
+    signaturePath: e.signaturePath,
+    diskDir: e.dir,
+    trusted: await loadTrustedKeys(root),
+  })
+  if (manifest.name !== e.name || manifest.version !== e.version) {
+    throw new UserError(ErrorCode.IMAGE_INVALID, `image ${e.name} ${e.version}: its signed manifest says ${manifest.name} ${manifest.version} (copied to the wrong folder?)`, {exitCode: 7})
+  }
+  return {manifest, diskPath: join(e.dir, manifest.disk.file), entry: e}
+}
