@@ -8,9 +8,10 @@ import {mkdtemp, readFile, rm, writeFile} from 'node:fs/promises'
 import {createServer, type Server} from 'node:https'
 import {createServer as createTcpServer} from 'node:net'
 import {tmpdir} from 'node:os'
-import {join} from 'node:path'
+import {dirname, join} from 'node:path'
+import {fileURLToPath} from 'node:url'
 
-import {afterAll, beforeAll, describe, expect, it} from 'vitest'
+import {afterAll, beforeAll, describe, expect, it, vi} from 'vitest'
 
 import {ErrorCode, PgiError} from '../../../src/errors.js'
 import {ExitCode} from '../../../src/exit-codes.js'
@@ -268,5 +269,90 @@ describe('inspectCertificate and unreachable hosts', () => {
     } finally {
       await t.close()
     }
+  })
+})
+
+describe('pgi inventory trust', () => {
+  const yamlText = (url: string, tls: string) => `# yaml-language-server: $schema=../schema.json
+# Hypervisors of the lab (a comment that must survive)
+hypervisors:
+  hv-lab:
+    url: ${url}   # the API
+    nodes: [pve1]
+    pve_version: "9.1"
+    tls:
+${tls}
+    token:
+      id: pgi@pve!deploy
+      secret: {env: PGI_TOKEN_HV_LAB}   # never the secret itself
+    storage: {os: local-lvm, data: local-lvm, import: local}
+    bridge: vmbr0
+`
+
+  it('writeFingerprint replaces a wrong pin in place: only that value changes, file:line reported', async () => {
+    const {writeFingerprint} = await import('../../../src/proxmox/trust.js')
+    const file = join(dir, 'hv-replace.yaml')
+    const before = yamlText(selfSigned.url, `      fingerprint: '${'00:'.repeat(31)}00'   # pinned 2026-01`)
+    await writeFile(file, before)
+    const fp = fingerprintOf('node.pem')
+    const w = await writeFingerprint(file, 'hv-lab', fp.toLowerCase())
+    expect(w).toMatchObject({line: 9, column: 20, previous: '00:'.repeat(31) + '00'})
+    const after = await readFile(file, 'utf8')
+    const b = before.split('\n')
+    const a = after.split('\n')
+    expect(a.length).toBe(b.length)
+    expect(a.filter((l, i) => l !== b[i])).toEqual([`      fingerprint: "${fp}"   # pinned 2026-01`])
+  })
+
+  it('writeFingerprint adds the pin beside ca_file, keeping the comments', async () => {
+    const {writeFingerprint} = await import('../../../src/proxmox/trust.js')
+    const file = join(dir, 'hv-add.yaml')
+    await writeFile(file, yamlText(selfSigned.url, '      ca_file: ca1.pem   # the Région CA'))
+    const fp = fingerprintOf('node.pem')
+    const w = await writeFingerprint(file, 'hv-lab', fp)
+    const after = await readFile(file, 'utf8')
+    expect(after).toContain('# Hypervisors of the lab (a comment that must survive)')
+    expect(after).toContain('# never the secret itself')
+    expect(after).toContain('ca_file: ca1.pem')
+    expect(after.split('\n')[w.line - 1]).toContain(`fingerprint: "${fp}"`)
+    await expect(writeFingerprint(file, 'hv-nope', fp)).rejects.toThrow(/not defined/)
+  })
+
+  it('the command shows the certificate, refuses a mismatch (exit 8), and --write --yes pins it', async () => {
+    const {default: Trust} = await import('../../../commands/inventory/trust.js')
+    const inv = join(dir, 'inv')
+    const {mkdir} = await import('node:fs/promises')
+    await mkdir(inv, {recursive: true})
+    const hvFile = join(inv, 'hypervisors.yaml')
+    await writeFile(hvFile, yamlText(selfSigned.url, `      fingerprint: "${'AB:'.repeat(31)}AB"`))
+    const repo = join(dirname(fileURLToPath(import.meta.url)), '../../..')
+    const out: string[] = []
+    const run = async (argv: string[]) => {
+      process.exitCode = undefined
+      out.length = 0
+      // oclif prints through console.log
+      const spy = vi.spyOn(console, 'log').mockImplementation((...a: unknown[]) => void out.push(a.map(String).join(' ')))
+      try {
+        await Trust.run(argv, repo)
+      } finally {
+        spy.mockRestore()
+      }
+      const code = process.exitCode
+      process.exitCode = undefined
+      return {code, json: JSON.parse(out.join('')) as {status: number; result?: {certificate: {fingerprint256: string}; matches?: boolean; written?: {line: number}}; error?: {code: string}}}
+    }
+    const fp = fingerprintOf('node.pem')
+    const n = selfSigned.requests.length
+    const r1 = await run(['hv-lab', '-i', inv, '--json', '--log-level', 'silent'])
+    expect(r1.code).toBe(ExitCode.UNREACHABLE)
+    expect(r1.json.error?.code).toBe(ErrorCode.TLS_MISMATCH)
+    const r2 = await run(['hv-lab', '-i', inv, '--json', '--write', '--yes', '--log-level', 'silent'])
+    expect(r2.json.status).toBe(0)
+    expect(r2.json.result?.certificate.fingerprint256).toBe(fp)
+    expect(r2.json.result?.written?.line).toBe(9)
+    expect(await readFile(hvFile, 'utf8')).toContain(`fingerprint: "${fp}"`)
+    const r3 = await run(['hv-lab', '-i', inv, '--json', '--log-level', 'silent'])
+    expect(r3.json.result?.matches).toBe(true)
+    expect(selfSigned.requests.length).toBe(n) // trust never sends an HTTP request
   })
 })
