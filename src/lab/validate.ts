@@ -155,7 +155,8 @@ function checkIpconfig(v: string): string | undefined {
 
 /** Validates one value against its definition; returns the PVE error text or undefined. */
 export function checkParam(def: ParamDef, raw: string | string[]): string | undefined {
-  if (def.type === 'array') return Array.isArray(raw) ? undefined : `type check ('array') failed`
+  // A single form value is a one-element array (PVE's form decoding does the same).
+  if (def.type === 'array') return undefined
   if (Array.isArray(raw)) return `type check ('${def.type}') failed - got ARRAY`
   const v = raw
   const scalar = checkScalar(v, def)
