@@ -1,7 +1,9 @@
 import {Args, Flags} from '@oclif/core'
 
 import {BaseCommand, inventoryFlag, secretsDirFlag} from '../../src/cli/base-command.js'
+import type {HandoffConnection} from '../../src/credentials/handoff.js'
 import {allFailedError, openInventoryStore, writeHandoffs, type HandoffRunResult} from '../../src/credentials/service.js'
+import {UsageError} from '../../src/errors.js'
 import {ExitCode} from '../../src/exit-codes.js'
 import {loadValidInventory} from '../../src/inventory/load.js'
 import {selectEstablishments} from '../../src/inventory/select.js'
@@ -15,6 +17,7 @@ The passwords come from the secret store (written by \`pgi deploy\`); an establi
     {description: 'Write the handoff of one establishment', command: '<%= config.bin %> <%= command.id %> 0130040Y --out handoffs/'},
     {description: 'Write the handoffs of a group', command: '<%= config.bin %> <%= command.id %> --group bts-cg -i inventory/'},
     {description: 'Every establishment, result as JSON', command: '<%= config.bin %> <%= command.id %> --all --json'},
+    {description: 'A lab VM reached through ports forwarded on loopback', command: '<%= config.bin %> <%= command.id %> 0130040Y --host 127.0.0.1 --ssh-port 10022 --postgresql-port 15432 --jsonrpc-port 18000 --web-url http://127.0.0.1:10080/'},
   ]
 
   static override strict = false
@@ -28,6 +31,12 @@ The passwords come from the secret store (written by \`pgi deploy\`); an establi
     out: Flags.string({char: 'o', summary: 'Folder the handoff files are written to.', env: 'PGI_HANDOFF_DIR', default: 'handoffs'}),
     all: Flags.boolean({summary: 'Every establishment of the inventory.', default: false}),
     group: Flags.string({char: 'g', summary: 'The establishments of a group (inventory `groups:`).'}),
+    host: Flags.string({summary: 'Address the AMI connects to, when not the inventory one (NAT, a lab forwarding ports on loopback). One establishment only.', helpGroup: 'CONNECTION'}),
+    'ssh-port': Flags.integer({summary: 'SSH port the AMI connects to (default 22). One establishment only.', min: 1, max: 65535, helpGroup: 'CONNECTION'}),
+    'postgresql-port': Flags.integer({summary: 'PostgreSQL port (default 5432). One establishment only.', min: 1, max: 65535, helpGroup: 'CONNECTION'}),
+    'jsonrpc-port': Flags.integer({summary: "Tryton port for the desktop client (default 8000). One establishment only.", min: 1, max: 65535, helpGroup: 'CONNECTION'}),
+    'web-url': Flags.string({summary: 'URL of the web client (default http://ADDRESS/). One establishment only.', helpGroup: 'CONNECTION'}),
+    database: Flags.string({summary: 'Tryton database name given to the clients (default pgi).', helpGroup: 'CONNECTION'}),
   }
 
   async run(): Promise<HandoffRunResult> {
@@ -35,12 +44,18 @@ The passwords come from the secret store (written by \`pgi deploy\`); an establi
     const inventory = await loadValidInventory(this.flags.inventory)
     const establishments = selectEstablishments(inventory, {uais: argv as string[], all: this.flags.all, group: this.flags.group})
     const store = await openInventoryStore(inventory, this.flags['secrets-dir'])
-    const result = await writeHandoffs({establishments, store, outDir: this.flags.out, io: this.io})
+    const f = this.flags
+    const connection: HandoffConnection = {host: f.host, sshPort: f['ssh-port'], postgresqlPort: f['postgresql-port'], jsonrpcPort: f['jsonrpc-port'], webUrl: f['web-url'], database: f.database}
+    const perSite = (['host', 'ssh-port', 'postgresql-port', 'jsonrpc-port', 'web-url'] as const).filter((k) => f[k] !== undefined)
+    if (perSite.length > 0 && establishments.length > 1) {
+      throw new UsageError(`--${perSite[0]} describes one VM, but ${establishments.length} establishments are selected`, {suggestions: ['Write the handoffs one establishment at a time when you override the address or ports.']})
+    }
+    const result = await writeHandoffs({establishments, store, outDir: this.flags.out, io: this.io, connection: () => connection})
     if (result.written === 0 && result.failed > 0) throw allFailedError('handoff', result.establishments)
     if (result.failed > 0) this.status = ExitCode.PARTIAL
     this.table(
       ['UAI', 'AMI', 'Address', 'File', 'Result'],
-      result.establishments.map((e) => (e.ok ? [e.uai, e.ami, e.address, e.file, 'written'] : [e.uai, '', '', '', `failed: ${String(e.error.message)}`])),
+      result.establishments.map((e) => (e.ok ? [e.uai, e.ami, e.address, e.file, 'written'] : [e.uai, '', '', '', `failed: ${String(e.error.code)} (see above)`])),
     )
     if (!this.jsonEnabled() && result.written > 0) {
       this.log(`\nSend each file to its AMI (e-mail is fine: only their key opens it). They read it with:\n  age -d -i THEIR_KEY FILE     or     pgi credentials open FILE --identity THEIR_KEY`)

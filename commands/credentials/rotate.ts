@@ -41,7 +41,7 @@ Safe to interrupt: the new passwords are saved in the store (encrypted, as "pend
     if (result.failed > 0) this.status = ExitCode.PARTIAL
     this.table(
       ['UAI', 'Rotated', 'Resumed', 'Handoff', 'Result'],
-      result.establishments.map((e) => (e.ok ? [e.uai, e.rotated.join(', '), e.resumed ? 'yes' : 'no', e.handoff.file, 'done'] : [e.uai, '', '', '', `failed: ${String(e.error.message)}`])),
+      result.establishments.map((e) => (e.ok ? [e.uai, e.rotated.join(', '), e.resumed ? 'yes' : 'no', e.handoff.file, 'done'] : [e.uai, '', '', '', `failed: ${String(e.error.code)} (see above)`])),
     )
     return result
   }

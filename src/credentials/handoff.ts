@@ -172,8 +172,7 @@ export function renderHandoff(doc: HandoffDocument): string {
       ? [`   Empreinte du serveur  : ${fps[0]}`, ...fps.slice(1).map((f) => `                           ${f}`), `   (à la première connexion, vérifiez que SSH affiche bien cette empreinte)`]
       : []),
     `   À quoi ça sert : intervenir sur le serveur pour un problème technique local (redémarrer`,
-    `   un service, consulter les journaux, vérifier l'espace disque). Votre compte a les droits`,
-    `   d'administration par sudo.`,
+    `   un service, consulter les journaux, vérifier l'espace disque).`,
     `   Changer le mot de passe : connecté au serveur, tapez « passwd ».`,
     ``,
     `2. La base de données PostgreSQL (administrateur SQL)`,

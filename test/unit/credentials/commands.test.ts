@@ -160,6 +160,18 @@ describe('pgi credentials handoff / open / reencrypt / rotate', () => {
     expect(letter.stdout).toContain("Codes d'accès")
     expect(letter.stdout).not.toContain('BEGIN PGI HANDOFF DATA')
 
+    // connection overrides (a lab's loopback forwards): one establishment only
+    const both = await runCli(CredentialsHandoff, ['0130040Y', '0130041Z', ...common, '--host', '127.0.0.1'])
+    expect(both.exitCode).toBe(2)
+    const lab = await runCli(CredentialsHandoff, ['0130040Y', ...common, '--host', '127.0.0.1', '--ssh-port', '10022', '--postgresql-port', '15432', '--jsonrpc-port', '18000', '--web-url', 'http://127.0.0.1:10080/'])
+    expect(lab.exitCode).toBe(0)
+    const viaLab = JSON.parse((await runCli(CredentialsOpen, [file, '-k', s.amiA.file, '--json'])).stdout).result
+    expect(viaLab.ssh).toMatchObject({host: '127.0.0.1', port: 10022})
+    expect(viaLab.postgresql).toMatchObject({host: '127.0.0.1', port: 15432})
+    expect(viaLab.desktop_client).toMatchObject({host: '127.0.0.1', port: 18000})
+    expect(viaLab.web_client.url).toBe('http://127.0.0.1:10080/')
+    expect(viaLab.vm.address).toBe('192.0.2.101')
+
     const wrong = await runCli(CredentialsOpen, [file, '-k', s.amiB.file])
     expect(wrong.exitCode).toBe(1)
     expect(wrong.stderr).toContain('PGI_SECRET_DECRYPT')
