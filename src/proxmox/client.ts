@@ -12,7 +12,7 @@ import {MemoryIo, type Io} from '../io.js'
 import type {Hypervisor} from '../inventory/types.js'
 import type {Secret} from '../secret.js'
 import {isLockError, PveApiError, PveTaskError, type PveWhere} from './errors.js'
-import {createTrustedFetch, NetworkError, type FetchFn, type PinnedFetch} from './tls.js'
+import {createTrustedFetch, NetworkError, toNetworkError, type FetchFn, type PinnedFetch} from './tls.js'
 import type {
   AgentExecResult,
   AgentInterface,
@@ -327,15 +327,15 @@ export class PveClient implements PveApi {
     for (let i = 0; i < 4 && c; i++) {
       if (c instanceof PgiError) return withWhere(c, where)
       if ((c as Error).name === 'AbortError' || (c as Error).name === 'TimeoutError') {
-        return new NetworkError(this.hostport(), 'ETIMEDOUT', `no answer to ${method} ${path} within ${this.requestTimeoutMs} ms`, false, err)
+        return withWhere(new NetworkError(this.hostport(), 'ETIMEDOUT', `no answer to ${method} ${path} within ${this.requestTimeoutMs} ms`, false, err), where)
       }
       c = (c as {cause?: unknown}).cause
     }
     if (res && res.status === 200) {
       return new PveApiError({status: 200, pveMessage: `unexpected answer: ${(err as Error).message}`, method, path, where, cause: err})
     }
-    // Anything else thrown by the fetch is a network-level failure of unknown outcome.
-    return new NetworkError(this.hostport(), undefined, (err as Error)?.message ?? String(err), false, err)
+    // Anything else thrown by an injected fetch (e.g. undici's "fetch failed"): classify its errno.
+    return withWhere(toNetworkError((err as {cause?: unknown})?.cause ?? err, this.hostport()), where)
   }
 
   private hostport(): string {
@@ -372,6 +372,8 @@ export class PveClient implements PveApi {
               })
             }
             this.io.warn(`${method} ${path}: connection lost after sending; re-reading the state instead of sending it again`, {hypervisor: this.hypervisor, ...o.where})
+            // Give a request still in flight on the server time to register its task first.
+            await this.sleep(this.retry.baseDelayMs)
             const r = await o.reconcile()
             if (r.applied) return {data: (r.upid ?? null) as T, reconciled: r}
             throw new UnreachableError(ErrorCode.UNREACHABLE, `${method} ${path}: the connection failed, and re-reading the state shows the request was not applied (${err.message})`, {

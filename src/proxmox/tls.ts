@@ -95,6 +95,14 @@ export class NetworkError extends UnreachableError {
   }
 }
 
+/** Any failure thrown by a fetch → NetworkError (PgiErrors in the cause chain are returned as they are). */
+export function toNetworkError(err: unknown, hostport: string): PgiError {
+  const pgi = findPgiError(err)
+  if (pgi) return pgi
+  const {code, message} = errnoOf(err)
+  return new NetworkError(hostport, code, code ? `${code} (${message})` : message, code !== undefined && NOT_SENT_CODES.has(code), err)
+}
+
 function errnoOf(err: unknown): {code?: string; message: string} {
   let e: unknown = err
   for (let i = 0; i < 5 && e; i++) {
@@ -162,11 +170,8 @@ export function createTrustedFetch(trust: TlsTrust, opts: {connectTimeoutMs?: nu
       return await undiciFetch(input, {...init, dispatcher})
     } catch (err) {
       if ((err as Error)?.name === 'AbortError' || (err as Error)?.name === 'TimeoutError') throw err
-      const pgi = findPgiError(err)
-      if (pgi) throw pgi
       const url = new URL(typeof input === 'string' || input instanceof URL ? input : input.url)
-      const {code, message} = errnoOf(err)
-      throw new NetworkError(hostPort(url.hostname.replace(/^\[|\]$/g, ''), url.port, url.protocol), code, code ? `${code} (${message})` : message, code !== undefined && NOT_SENT_CODES.has(code), err)
+      throw toNetworkError(err, hostPort(url.hostname.replace(/^\[|\]$/g, ''), url.port, url.protocol))
     }
   }
   return {fetch, dispatcher, close: () => dispatcher.close()}

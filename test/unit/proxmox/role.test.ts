@@ -32,6 +32,7 @@ const FILES: Record<PveMajor, string> = {'8': 'apidoc-pve8.json', '9': 'apidoc.j
 
 type Check = [string, ...unknown[]]
 interface Method {
+  parameters?: {properties?: Record<string, unknown>}
   permissions?: {check?: Check; description?: string; user?: string}
 }
 interface SchemaNode {
@@ -157,29 +158,29 @@ describe('the client calls exactly PGI_ENDPOINTS', () => {
       await c.vmConfig('pve1', 100)
       await c.updateVmConfig('pve1', 100, {memory: 1})
       await c.vmStatus('pve1', 100)
-      await c.cloneVm('pve1', 100, 101, {full: true})
+      await c.cloneVm('pve1', 100, 101, {full: true, name: 'pgi-b', storage: 'local-lvm', target: 'pve1', description: 'd'})
       await c.convertToTemplate('pve1', 100)
       await c.startVm('pve1', 100)
-      await c.shutdownVm('pve1', 100)
+      await c.shutdownVm('pve1', 100, {forceStopAfterS: 60})
       await c.stopVm('pve1', 100)
       await c.deleteVm('pve1', 100, {purge: true, destroyUnreferencedDisks: true})
       await c.resizeDisk('pve1', 100, 'virtio1', '64G')
       await c.listSnapshots('pve1', 100)
-      await c.snapshot('pve1', 100, 'pre-update')
+      await c.snapshot('pve1', 100, 'pre-update', 'before 2026.11.1')
       await c.rollbackSnapshot('pve1', 100, 'pre-update')
       await c.deleteSnapshot('pve1', 100, 'pre-update')
       await c.regenerateCloudinit('pve1', 100)
       await c.agentPing('pve1', 100)
       await c.agentNetworkInterfaces('pve1', 100)
       await c.agentFsInfo('pve1', 100)
-      await c.agentExec('pve1', 100, ['true'])
+      await c.agentExec('pve1', 100, ['true'], {inputData: '{}'})
       await c.agentFileWrite('pve1', 100, '/tmp/x', 'y')
       await c.agentFileRead('pve1', 100, '/etc/pgi/image.json')
       await c.storageContent('pve1', 'local', 'import')
       await c.storageStatus('pve1', 'local')
-      await c.uploadFile('pve1', 'local', join(dir, 'i.qcow2'), {filename: 'i.qcow2', content: 'import'})
+      await c.uploadFile('pve1', 'local', join(dir, 'i.qcow2'), {filename: 'i.qcow2', content: 'import', sha256: 'a'.repeat(64)})
       await c.downloadUrl('pve1', 'local', {url: 'https://images.invalid/i.qcow2', filename: 'i.qcow2', content: 'import', sha256: 'a'.repeat(64)})
-      await c.listTasks('pve1', {vmid: 100})
+      await c.listTasks('pve1', {vmid: 100, type: 'qmstart', since: 1})
       await c.taskLog('pve1', u)
     } finally {
       await rm(dir, {recursive: true, force: true})
@@ -193,6 +194,21 @@ describe('the client calls exactly PGI_ENDPOINTS', () => {
     }
     expect(unlisted).toEqual([])
     expect(templates.map((t) => t.key).filter((k) => !used.has(k))).toEqual([])
+
+    // Every parameter name the client sends exists for that endpoint in both PVE versions
+    // (PVE rejects unknown parameters: additionalProperties 0).
+    const unknown: string[] = []
+    for (const major of ['8', '9'] as PveMajor[]) {
+      const {index} = loadSchema(major)
+      for (const r of fake.requests) {
+        const t = templates.find((x) => x.re.test(`${r.method} ${r.path}`))!
+        const props = index.get(t.key)?.parameters?.properties ?? {}
+        const names = new Set<string>([...r.query.keys(), ...(r.form?.keys() ?? [])])
+        if (r.bodyBytes) for (const m of r.bodyBytes.toString('latin1').matchAll(/Content-Disposition: form-data; name="([^"]+)"/g)) names.add(m[1])
+        for (const n of names) if (!(n in props)) unknown.push(`PVE ${major}: ${t.key} has no parameter "${n}"`)
+      }
+    }
+    expect([...new Set(unknown)]).toEqual([])
   })
 })
 
