@@ -80,7 +80,7 @@ const DRIVE_KEYS: Record<string, SubKeyDef> = {
   'import-from': {type: 'string', format: 'pve-volume-id-or-absolute-path'},
   serial: {type: 'string', format: 'urlencoded'},
   size: {type: 'string', format: 'disk-size'},
-  format: {type: 'string', enum: ['raw', 'cow', 'qcow', 'qed', 'qcow2', 'vmdk', 'cloop']},
+  format: {type: 'string', enum: ['raw', 'qcow', 'qed', 'qcow2', 'vmdk', 'cloop']},
   media: {type: 'string', enum: ['cdrom', 'disk']},
   cache: {type: 'string', enum: ['none', 'writethrough', 'writeback', 'unsafe', 'directsync']},
   discard: {type: 'string', enum: ['ignore', 'on']},
@@ -88,7 +88,7 @@ const DRIVE_KEYS: Record<string, SubKeyDef> = {
   backup: {type: 'boolean'},
   ssd: {type: 'boolean'},
 }
-/** ide has no iothread in PVE. */
+/** ide and sata have no iothread in PVE. */
 const IDE_KEYS: Record<string, SubKeyDef> = Object.fromEntries(Object.entries(DRIVE_KEYS).filter(([k]) => k !== 'iothread'))
 /** virtio has no ssd option in PVE. */
 const VIRTIO_KEYS: Record<string, SubKeyDef> = Object.fromEntries(Object.entries(DRIVE_KEYS).filter(([k]) => k !== 'ssd'))
@@ -128,7 +128,7 @@ export const VM_CONFIG_PARAMS: Record<string, ParamDef> = {
   'net': opt({type: 'string', keys: NET_KEYS, maxIndex: 31}),
   virtio: opt({type: 'string', keys: VIRTIO_KEYS, maxIndex: 15}),
   scsi: opt({type: 'string', keys: DRIVE_KEYS, maxIndex: 30}),
-  sata: opt({type: 'string', keys: DRIVE_KEYS, maxIndex: 5}),
+  sata: opt({type: 'string', keys: IDE_KEYS, maxIndex: 5}),
   ide: opt({type: 'string', keys: IDE_KEYS, maxIndex: 3}),
   ciuser: opt(str),
   cipassword: opt(str),
