@@ -2,6 +2,7 @@ import {Args, Flags} from '@oclif/core'
 
 import {BaseCommand, inventoryFlag, secretsDirFlag} from '../src/cli/base-command.js'
 import {resolveDeployImage} from '../src/deploy/image.js'
+import {labConnection} from '../src/deploy/lab-connection.js'
 import {planExitCode, runDeploy, type DeployReport, type PlanRow} from '../src/deploy/service.js'
 import {imagesDir} from '../src/paths.js'
 
@@ -39,6 +40,7 @@ Exit codes: 0 all done or up to date, 4 some establishments failed (see the summ
     'max-parallel': Flags.integer({summary: 'Establishments deployed at once.', default: 10, min: 1}),
     'max-per-hypervisor': Flags.integer({summary: 'Establishments deployed at once on one hypervisor.', default: 4, min: 1}),
     'handoff-dir': Flags.string({summary: 'Folder for the AMI handoff files (default <state dir>/handoffs).', env: 'PGI_HANDOFF_DIR'}),
+    'lab-dir': Flags.string({summary: 'The inventory is a pgi lab\'s: write handoffs with the lab\'s forwarded 127.0.0.1 ports (qemu labs).'}),
     'agent-timeout': Flags.integer({summary: 'Seconds to wait for a new VM\'s guest agent (software-emulated boots are slow).', default: 600, min: 1}),
     'health-timeout': Flags.integer({summary: 'Seconds to wait for pgi-health to report healthy.', default: 1200, min: 1}),
   }
@@ -61,6 +63,7 @@ Exit codes: 0 all done or up to date, 4 some establishments failed (see the summ
       healthTimeoutMs: f['health-timeout'] * 1000,
       io: this.io,
       confirm: (q) => this.confirm(q),
+      connection: f['lab-dir'] ? labConnection(f['lab-dir']) : undefined,
       showPlan: (rows) => this.showPlan(rows),
     })
     if (report.result) {

@@ -1,4 +1,4 @@
-import {Listr, type ListrTask} from 'listr2'
+import {Listr, ListrLogger, ProcessOutput, type ListrTask} from 'listr2'
 
 import {KeyedPool} from './fleet/pool.js'
 import type {Io} from './io.js'
@@ -12,6 +12,12 @@ export interface Step<C> {
   /** Skip the step (with the reason shown) when this returns a string. */
   skip?: (ctx: C) => string | false | undefined
   run: (ctx: C, update: (text: string) => void) => Promise<string | void>
+}
+
+/** listr2 renderer options sending every line to stderr (stdout is kept for results and --json). */
+function toStderr(): Record<string, unknown> {
+  const logger = new ListrLogger({useIcons: true, processOutput: new ProcessOutput(process.stderr, process.stderr)})
+  return {logger}
 }
 
 /**
@@ -45,7 +51,8 @@ export async function runSteps<C extends object>(io: Io, steps: Step<C>[], ctx: 
     exitOnError: true,
     renderer: io.interactive ? 'default' : 'simple',
     fallbackRenderer: 'simple',
-    rendererOptions: {collapseSubtasks: false},
+    rendererOptions: {collapseSubtasks: false, ...toStderr()},
+    fallbackRendererOptions: toStderr(),
     registerSignalListeners: false,
   } as ConstructorParameters<typeof Listr<C>>[1])
   return list.run(ctx)
@@ -89,7 +96,8 @@ export async function runParallel(io: Io, jobs: ParallelJob[], bounds: {max: num
     collectErrors: 'minimal',
     renderer: io.interactive ? 'default' : 'simple',
     fallbackRenderer: 'simple',
-    rendererOptions: {collapseSubtasks: false},
+    rendererOptions: {collapseSubtasks: false, ...toStderr()},
+    fallbackRendererOptions: toStderr(),
     registerSignalListeners: false,
   } as ConstructorParameters<typeof Listr<object>>[1])
   await list.run({}).catch(() => undefined)
