@@ -220,4 +220,9 @@ describe('docs/proxmox-role.md', () => {
     expect(doc).toContain(pveumAmiCommands({pveVersion: v, user: 'x', vmid: 1})[0])
     for (const p of PGI_ROLE_PRIVILEGES[major]) expect(doc).toContain(p)
   })
+
+  it('the README shows the same PVE 9 privileges', () => {
+    const readme = readFileSync(join(repo, 'README.md'), 'utf8')
+    expect(readme).toContain(`PVE 9.x: \`${PGI_ROLE_PRIVILEGES['9'].join(' ')}\``)
+  })
 })
