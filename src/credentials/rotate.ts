@@ -4,6 +4,7 @@ import type {Establishment} from '../inventory/types.js'
 import type {AgentExecResult, PveApi} from '../proxmox/types.js'
 import type {Secret} from '../secret.js'
 import {generatePassword, type SecretStore} from '../secrets/store.js'
+import {withEstablishmentLock} from './lock.js'
 import {issueHandoff, recordHostKeyFingerprints, type HandoffConnection, type HandoffIssued} from './handoff.js'
 import {
   ESTABLISHMENT_SECRETS,
@@ -47,6 +48,8 @@ export interface RotateOptions {
   timeoutMs?: number
   /** Called after each step (tests use it to interrupt; progress displays use it too). */
   onStep?: (step: RotateStep) => Promise<void> | void
+  /** Environment for the local lock file's location (stateDir); default process.env. */
+  env?: NodeJS.ProcessEnv
 }
 
 export type RotateStep = 'pending-written' | 'guest-applied' | 'promoted' | 'handoff-reissued' | 'pending-cleared'
@@ -72,6 +75,10 @@ export async function pendingSecrets(store: SecretStore, uai: string): Promise<E
 }
 
 export async function rotateEstablishmentSecrets(opts: RotateOptions): Promise<RotateResult> {
+  return withEstablishmentLock(opts.establishment.uai, 'rotating its secrets', opts.env, () => rotateLocked(opts))
+}
+
+async function rotateLocked(opts: RotateOptions): Promise<RotateResult> {
   const {api, store, establishment: est, io} = opts
   const where = {uai: est.uai, hypervisor: api.hypervisor, node: est.node, vmid: est.vmid}
   const step = async (s: RotateStep) => {

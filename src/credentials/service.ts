@@ -91,7 +91,7 @@ export async function rotateSecrets(opts: {
   for (const est of opts.establishments) {
     try {
       const api = await hvs.get(est.hypervisor)
-      const r = await rotateEstablishmentSecrets({api, store: opts.store, establishment: est, outDir: opts.outDir, only: opts.only, io: opts.io, connection: opts.connection?.(est)})
+      const r = await rotateEstablishmentSecrets({api, store: opts.store, establishment: est, outDir: opts.outDir, only: opts.only, io: opts.io, env: opts.env, connection: opts.connection?.(est)})
       out.push({ok: true, ...r})
     } catch (err) {
       const o = failed(est.uai, err)

@@ -1,11 +1,12 @@
-import {mkdtemp, rm} from 'node:fs/promises'
+import {mkdir, mkdtemp, rm, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
 import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
 import {openHandoff} from '../../../src/credentials/handoff.js'
-import {pendingSecrets, rotateEstablishmentSecrets, type RotateStep} from '../../../src/credentials/rotate.js'
+import {establishmentLockFile} from '../../../src/credentials/lock.js'
+import {pendingSecrets, rotateEstablishmentSecrets, type RotateOptions, type RotateStep} from '../../../src/credentials/rotate.js'
 import {ensureEstablishmentSecrets, establishmentSecretKey, guestConfigureInput, readEstablishmentSecrets} from '../../../src/credentials/secrets.js'
 import {ErrorCode, UserError} from '../../../src/errors.js'
 import {MemoryIo} from '../../../src/io.js'
@@ -25,6 +26,9 @@ afterEach(async () => {
 })
 
 class Interrupted extends Error {}
+
+/** Locks live under the test's own state dir. */
+const rotate = (o: RotateOptions) => rotateEstablishmentSecrets({env, ...o})
 
 /** A deployed establishment: secrets in the store and the same ones in the (fake) guest. */
 async function deployed() {
@@ -55,7 +59,7 @@ describe('rotateEstablishmentSecrets', () => {
     const d = await deployed()
     const io = new MemoryIo()
     const steps: RotateStep[] = []
-    const r = await rotateEstablishmentSecrets({api: d.api, store: d.store, establishment: d.est, outDir: d.out, io, onStep: (s) => void steps.push(s)})
+    const r = await rotate({api: d.api, store: d.store, establishment: d.est, outDir: d.out, io, onStep: (s) => void steps.push(s)})
     expect(steps).toEqual(['pending-written', 'guest-applied', 'promoted', 'handoff-reissued', 'pending-cleared'])
     expect(r).toMatchObject({uai: '0130040Y', hypervisor: 'hv-test', node: 'pve1', vmid: 1001, resumed: false, rotated: ['sql-admin', 'tryton-admin', 'ami-password'], guestChanged: ['sql_admin', 'tryton_admin', 'ami']})
     const cur = await expectConsistent(d)
@@ -75,7 +79,7 @@ describe('rotateEstablishmentSecrets', () => {
 
   it('--only rotates a subset', async () => {
     const d = await deployed()
-    const r = await rotateEstablishmentSecrets({api: d.api, store: d.store, establishment: d.est, outDir: d.out, only: ['ami-password']})
+    const r = await rotate({api: d.api, store: d.store, establishment: d.est, outDir: d.out, only: ['ami-password']})
     expect(r.rotated).toEqual(['ami-password'])
     expect(r.guestChanged).toEqual(['ami'])
     const cur = await expectConsistent(d)
@@ -86,7 +90,7 @@ describe('rotateEstablishmentSecrets', () => {
   for (const stopAfter of ['pending-written', 'guest-applied', 'promoted', 'handoff-reissued'] as const) {
     it(`interrupted after "${stopAfter}", a rerun finishes with the same new secrets and ends consistent`, async () => {
       const d = await deployed()
-      const err = await rotateEstablishmentSecrets({
+      const err = await rotate({
         api: d.api,
         store: d.store,
         establishment: d.est,
@@ -104,7 +108,7 @@ describe('rotateEstablishmentSecrets', () => {
 
       // a fresh process (new store object) resumes
       const store2 = await SecretStore.open({dir: d.store.dir, recipients: [], env})
-      const r = await rotateEstablishmentSecrets({api: d.api, store: store2, establishment: d.est, outDir: d.out})
+      const r = await rotate({api: d.api, store: store2, establishment: d.est, outDir: d.out})
       expect(r.resumed).toBe(true)
       expect(r.rotated).toEqual(['sql-admin', 'tryton-admin', 'ami-password'])
       const cur = await expectConsistent({...d, store: store2})
@@ -116,7 +120,7 @@ describe('rotateEstablishmentSecrets', () => {
     const d = await deployed()
     d.fake.failConfigure = 1
     const io = new MemoryIo()
-    const err = (await rotateEstablishmentSecrets({api: d.api, store: d.store, establishment: d.est, outDir: d.out, io}).catch((e: unknown) => e)) as UserError
+    const err = (await rotate({api: d.api, store: d.store, establishment: d.est, outDir: d.out, io}).catch((e: unknown) => e)) as UserError
     expect(err).toBeInstanceOf(UserError)
     expect(err.code).toBe(ErrorCode.GUEST_CONFIGURE)
     expect(err.where).toMatchObject({uai: '0130040Y', hypervisor: 'hv-test', node: 'pve1', vmid: 1001})
@@ -127,7 +131,7 @@ describe('rotateEstablishmentSecrets', () => {
     const pendingVals = await Promise.all((await d.store.list('establishments/0130040Y/pending/')).map(async (k) => (await d.store.get(k)).reveal()))
     expect(JSON.stringify(err.toJSON()) + io.text()).not.toMatch(new RegExp(pendingVals.join('|')))
 
-    const r = await rotateEstablishmentSecrets({api: d.api, store: d.store, establishment: d.est, outDir: d.out})
+    const r = await rotate({api: d.api, store: d.store, establishment: d.est, outDir: d.out})
     expect(r.resumed).toBe(true)
     await expectConsistent(d)
   })
@@ -135,16 +139,16 @@ describe('rotateEstablishmentSecrets', () => {
   it('a stopped or missing VM is a clear error, with nothing changed in the guest', async () => {
     const d = await deployed()
     d.fake.vmState = 'stopped'
-    let err = (await rotateEstablishmentSecrets({api: d.api, store: d.store, establishment: d.est, outDir: d.out}).catch((e: unknown) => e)) as UserError
+    let err = (await rotate({api: d.api, store: d.store, establishment: d.est, outDir: d.out}).catch((e: unknown) => e)) as UserError
     expect(err.code).toBe(ErrorCode.UNHEALTHY)
     expect(d.fake.calls).toEqual([])
     expect(await pendingSecrets(d.store, d.est.uai)).toEqual([]) // nothing left half-done
     d.fake.vmState = 'absent'
-    err = (await rotateEstablishmentSecrets({api: d.api, store: d.store, establishment: d.est, outDir: d.out}).catch((e: unknown) => e)) as UserError
+    err = (await rotate({api: d.api, store: d.store, establishment: d.est, outDir: d.out}).catch((e: unknown) => e)) as UserError
     expect(err.code).toBe(ErrorCode.UNKNOWN_ESTABLISHMENT)
     expect(err.suggestions[0]).toContain('pgi deploy 0130040Y')
     d.fake.vmState = 'running'
-    await rotateEstablishmentSecrets({api: d.api, store: d.store, establishment: d.est, outDir: d.out})
+    await rotate({api: d.api, store: d.store, establishment: d.est, outDir: d.out})
     await expectConsistent(d)
   })
 
@@ -153,9 +157,38 @@ describe('rotateEstablishmentSecrets', () => {
     const est = establishment('0130041Z', ami.recipient)
     const store = await SecretStore.open({dir: join(tmp, 'store'), recipients: [], env})
     const fake = new FakeGuestPveApi(est.node, est.vmid)
-    const err = (await rotateEstablishmentSecrets({api: asPveApi(fake), store, establishment: est, outDir: join(tmp, 'h')}).catch((e: unknown) => e)) as UserError
+    const err = (await rotate({api: asPveApi(fake), store, establishment: est, outDir: join(tmp, 'h')}).catch((e: unknown) => e)) as UserError
     expect(err.code).toBe(ErrorCode.SECRET_MISSING)
     expect(fake.calls).toEqual([])
     expect(await store.list()).toEqual([])
+  })
+
+  it('two runs on the same establishment never interleave; a lock left by a dead process is taken over', async () => {
+    const d = await deployed()
+    let release!: () => void
+    const held = new Promise<void>((r) => (release = r))
+    let started!: () => void
+    const isHeld = new Promise<void>((r) => (started = r))
+    const first = rotate({api: d.api, store: d.store, establishment: d.est, outDir: d.out, onStep: async (s) => {
+      if (s === 'pending-written') {
+        started()
+        await held
+      }
+    }})
+    await isHeld
+    const err = (await rotate({api: d.api, store: d.store, establishment: d.est, outDir: d.out}).catch((e: unknown) => e)) as UserError
+    expect(err.code).toBe(ErrorCode.LOCKED)
+    expect(err.exitCode).toBe(7)
+    expect(err.message).toContain(`pid ${process.pid}`)
+    release()
+    await first
+    await expectConsistent(d)
+
+    // a lock whose process is gone (same host) does not block
+    const file = establishmentLockFile(d.est.uai, env)
+    await mkdir(join(tmp, 'state', 'locks'), {recursive: true})
+    await writeFile(file, JSON.stringify({pid: 2 ** 22 + 12345, host: (await import('node:os')).hostname(), since: '2026-01-01T00:00:00Z', what: 'rotating its secrets'}))
+    await rotate({api: d.api, store: d.store, establishment: d.est, outDir: d.out})
+    await expectConsistent(d)
   })
 })
