@@ -309,7 +309,8 @@ export class LabApi {
         const info = await this.backend.volumeInfo(c.node.name, src)
         if (!info) throw new HttpError(500, `${key}: unable to parse volume ID '${src}' - volume does not exist`)
         const srcStorage = src.split(':')[0]!
-        this.access.check(c.principal, `/storage/${srcStorage}`, ['Datastore.Audit'])
+        // PVE's check_volume_access for import/iso content: read access to the storage.
+        this.access.check(c.principal, `/storage/${srcStorage}`, ['Datastore.AllocateSpace', 'Datastore.Audit'], true)
         const vol = await this.backend.allocateDisk(c.node.name, vmid, {storage, format: fmt, importFrom: src}, ctx)
         return [vol.volid, ...extra, `size=${formatSize(vol.size)}`].join(',')
       }

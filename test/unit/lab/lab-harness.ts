@@ -87,6 +87,7 @@ export async function startTestLab(o: {nodes?: number; pveVersion?: '8.4' | '9.1
     const n = node ?? nodes[0]!
     for (;;) {
       const r = await call('GET', `/nodes/${n}/tasks/${encodeURIComponent(upid)}/status`, {}, {node: n})
+      if (r.status === 500 && /lab fault injection/.test(r.reason)) continue // injected 500: poll again, as a client would
       if (r.status !== 200) throw new Error(`task status ${r.status} ${r.reason}`)
       if (r.body.data.status === 'stopped') return r.body.data
       await new Promise((res) => setTimeout(res, 5))
