@@ -922,7 +922,8 @@ function withWhere(e: PgiError, where: PveWhere): PgiError {
 }
 
 function isNoSuchVm(err: unknown): boolean {
-  return err instanceof PveApiError && err.status === 500 && /Configuration file '[^']*' does not exist|does not exist/.test(err.pveMessage)
+  // PVE: "Configuration file 'nodes/pve1/qemu-server/100.conf' does not exist"
+  return err instanceof PveApiError && err.status === 500 && /Configuration file '[^']*qemu-server\/\d+\.conf' does not exist/.test(err.pveMessage)
 }
 
 function lockGaveUp(err: PgiError, elapsedMs: number): PgiError {

@@ -395,3 +395,15 @@ describe('upload', () => {
     expect(fake.calls(statusRoute(u))).toHaveLength(1)
   })
 })
+
+describe('missing VMs', () => {
+  it('only "Configuration file … qemu-server/N.conf does not exist" means no such VM; other "does not exist" errors throw', async () => {
+    const f1 = new FakePve().on('GET /nodes/pve1/qemu/100/status/current', fail(500, "Configuration file 'nodes/pve1/qemu-server/100.conf' does not exist"))
+    expect(await client(f1).vmStatus('pve1', 100)).toBeUndefined()
+    const f2 = new FakePve().on('GET /nodes/pve1/qemu/100/config', fail(500, "storage 'tank' does not exist"))
+    expect((await rejection(client(f2).vmConfig('pve1', 100))).code).toBe(ErrorCode.PVE_HTTP)
+    const f3 = new FakePve().on('DELETE /nodes/pve1/qemu/100', fail(500, "Configuration file 'nodes/pve1/qemu-server/100.conf' does not exist"))
+    await client(f3).deleteVm('pve1', 100, {purge: true, destroyUnreferencedDisks: true})
+    expect(f3.calls('DELETE /nodes/pve1/qemu/100')[0].query.get('destroy-unreferenced-disks')).toBe('1')
+  })
+})
