@@ -317,7 +317,10 @@ export class PveClient implements PveApi {
       const errors = body && typeof body === 'object' && 'errors' in body ? (body as {errors: unknown}).errors : undefined
       const parameterErrors: Record<string, string> = {}
       if (errors && typeof errors === 'object') for (const [k, v] of Object.entries(errors)) parameterErrors[k] = String(v)
-      const pveMessage = res.statusText || (body && typeof body === 'object' && 'message' in body ? String((body as {message: unknown}).message) : '') || (typeof body === 'string' ? body : '') || `HTTP ${res.status}`
+      // The full message is in the body's "message" when there is one (the reason phrase is a
+      // single header line), else in the reason phrase; a body without JSON may be plain text.
+      const bodyMsg = body && typeof body === 'object' && typeof (body as {message?: unknown}).message === 'string' ? (body as {message: string}).message.trim() : ''
+      const pveMessage = bodyMsg || res.statusText || (typeof body === 'string' ? body.trim() : '') || `HTTP ${res.status}`
       const e = new PveApiError({status: res.status, pveMessage: pveMessage.trim(), method, path, parameterErrors, where, cause: err})
       this.io.debug(`PVE ${method} ${path} → ${res.status} ${pveMessage}`, {hypervisor: this.hypervisor})
       return e

@@ -407,3 +407,14 @@ describe('missing VMs', () => {
     expect(f3.calls('DELETE /nodes/pve1/qemu/100')[0].query.get('destroy-unreferenced-disks')).toBe('1')
   })
 })
+
+describe('PVE message sources', () => {
+  it('prefers the body "message" over the reason phrase, and reads a plain-text body', async () => {
+    const f1 = new FakePve().on('POST /nodes/pve1/qemu', {status: 500, reason: 'unable to create VM 100 - unable to parse drive options', body: JSON.stringify({data: null, message: "unable to create VM 100 - unable to parse drive options 'virtio0'\n"})})
+    expect(((await rejection(client(f1).createVm('pve1', 100, {name: 'x'}))) as PveApiError).pveMessage).toBe("unable to create VM 100 - unable to parse drive options 'virtio0'")
+    const f2 = new FakePve().on('GET /version', {status: 403, reason: '', body: 'Permission check failed (/, Sys.Audit)', contentType: 'text/plain'})
+    const e = (await rejection(client(f2).version())) as PveApiError
+    expect(e.code).toBe(ErrorCode.PVE_PERMISSION)
+    expect(e.permission).toEqual({path: '/', privilege: 'Sys.Audit'})
+  })
+})
