@@ -11,7 +11,7 @@ import {encodeParams} from '../../../src/proxmox/client.js'
 import {PveApiError, PveTaskError} from '../../../src/proxmox/errors.js'
 import {NetworkError, TlsMismatchError} from '../../../src/proxmox/tls.js'
 import {parseUpid, tryParseUpid} from '../../../src/proxmox/upid.js'
-import {client, FakeClock, FakePve, fail, ok, TOKEN_ID, upid} from './fake-pve.js'
+import {client, FakeClock, FakePve, fail, ok, TOKEN_ID, upid, type Recorded, type Reply} from './fake-pve.js'
 
 const UPID_CREATE = 'UPID:pve1:0000ABCD:0001E240:6761A3F0:qmcreate:100:root@pam:'
 
@@ -416,5 +416,40 @@ describe('PVE message sources', () => {
     const e = (await rejection(client(f2).version())) as PveApiError
     expect(e.code).toBe(ErrorCode.PVE_PERMISSION)
     expect(e.permission).toEqual({path: '/', privilege: 'Sys.Audit'})
+  })
+})
+
+describe('concurrency and timeouts', () => {
+  it('parallel requests on one client keep their own answers and errors (with where)', async () => {
+    const fake = new FakePve()
+      .on('GET /nodes/pve1/qemu/101/config', async () => (await new Promise((r) => setTimeout(r, 20)), fail(403, 'Permission check failed (/vms/101, VM.Audit)')))
+      .on('GET /nodes/pve1/qemu/102/config', ok({name: 'b', digest: 'd2'}))
+      .on('GET /nodes/pve2/qemu/103/config', async () => (await new Promise((r) => setTimeout(r, 5)), fail(500, 'unexpected server failure')))
+    const c = client(fake)
+    const [a, b, d] = await Promise.allSettled([c.vmConfig('pve1', 101), c.vmConfig('pve1', 102), c.vmConfig('pve2', 103)])
+    expect(a.status === 'rejected' && (a.reason as PveApiError).permission).toEqual({path: '/vms/101', privilege: 'VM.Audit'})
+    expect(a.status === 'rejected' && (a.reason as PgiError).where).toEqual({hypervisor: 'hv-test', node: 'pve1', vmid: 101})
+    expect(b.status === 'fulfilled' && b.value?.digest).toBe('d2')
+    expect(d.status === 'rejected' && (d.reason as PveApiError).pveMessage).toBe('unexpected server failure')
+    expect(d.status === 'rejected' && (d.reason as PgiError).where).toEqual({hypervisor: 'hv-test', node: 'pve2', vmid: 103})
+  })
+
+  it('a request that gets no answer times out (request timeout), is retried if a GET, then is PGI_UNREACHABLE', async () => {
+    const hang = (r: Recorded) =>
+      new Promise<Reply>((_res, rej) => r.signal?.addEventListener('abort', () => rej(Object.assign(new Error('This operation was aborted'), {name: 'AbortError'}))))
+    const fake = new FakePve().on('GET /nodes/pve1/qemu/100/status/current', hang)
+    const e = await rejection(client(fake, new FakeClock(), {requestTimeoutMs: 30, retry: {networkRetries: 1}}).vmStatus('pve1', 100))
+    expect(e.code).toBe(ErrorCode.UNREACHABLE)
+    expect(e.message).toContain('no answer to GET /nodes/pve1/qemu/100/status/current within 30 ms')
+    expect(e.where).toEqual({hypervisor: 'hv-test', node: 'pve1', vmid: 100})
+    expect(fake.calls('GET /nodes/pve1/qemu/100/status/current')).toHaveLength(2)
+  })
+
+  it('agent exec gives up with TimeoutError when the guest command does not exit', async () => {
+    const fake = new FakePve().on('POST /nodes/pve1/qemu/100/agent/exec', ok({pid: 9})).on('GET /nodes/pve1/qemu/100/agent/exec-status', ok({exited: 0}))
+    const e = await rejection(client(fake).agentExec('pve1', 100, ['/usr/local/sbin/pgi-backup'], {timeoutMs: 10_000}))
+    expect(e).toBeInstanceOf(TimeoutError)
+    expect(e.message).toMatch(/pgi-backup \(pid 9\) still running/)
+    expect(fake.calls('POST /nodes/pve1/qemu/100/agent/exec')).toHaveLength(1)
   })
 })

@@ -27,6 +27,7 @@ export interface Recorded {
   rawBody?: string
   form?: URLSearchParams
   bodyBytes?: Buffer
+  signal?: AbortSignal
 }
 
 export type Reply =
@@ -58,13 +59,13 @@ export class FakePve {
     return this.requests.filter((r) => r.method === m && r.path === p)
   }
 
-  readonly fetch: FetchFn = (async (input: string | URL, init?: {method?: string; body?: unknown; headers?: Record<string, string>}) => {
+  readonly fetch: FetchFn = (async (input: string | URL, init?: {method?: string; body?: unknown; headers?: Record<string, string>; signal?: AbortSignal}) => {
     const url = new URL(String(input))
     const method = (init?.method ?? 'GET').toUpperCase()
     const path = decodeURIComponent(url.pathname.replace(/^\/api2\/json/, ''))
     const headers: Record<string, string> = {}
     for (const [k, v] of Object.entries(init?.headers ?? {})) headers[k.toLowerCase()] = String(v)
-    const req: Recorded = {method, path, rawUrl: url.toString(), query: url.searchParams, headers}
+    const req: Recorded = {method, path, rawUrl: url.toString(), query: url.searchParams, headers, signal: init?.signal}
     if (typeof init?.body === 'string') {
       req.rawBody = init.body
       req.form = new URLSearchParams(init.body)
