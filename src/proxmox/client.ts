@@ -509,6 +509,7 @@ export class PveClient implements PveApi {
     const lockStart = this.now()
     let attempt = 0
     for (;;) {
+      if (o.wait?.signal?.aborted) throw o.wait.signal.reason
       const sent = this.now()
       const reconcile = async (): Promise<Reconciled> => {
         const upid = await this.findStartedTask(node, o.type, o.taskId, sent)
@@ -528,7 +529,7 @@ export class PveClient implements PveApi {
         if (err instanceof PveTaskError && err.isLocked && this.now() - lockStart < this.retry.lockTimeoutMs) {
           const d = this.backoff(attempt++)
           this.io.info(`${o.type}: ${err.exitstatus}; trying again in ${(d / 1000).toFixed(1)} s`, o.where)
-          await this.sleep(d)
+          await this.sleep(d, o.wait?.signal)
           continue
         }
         if (err instanceof PveTaskError && err.isLocked) throw lockGaveUp(err, this.now() - lockStart)
