@@ -20,7 +20,7 @@ import {verifyImage} from './images.js'
 export interface BootTestOptions {
   version: string
   root?: string
-  /** An existing data disk (qcow2) to attach instead of a blank one; it is used in place. */
+  /** An existing data disk to attach instead of a blank one (qcow2 by extension, else raw); used in place. */
   dataDisk?: string
   /** Keep the VM's folder (disks, serial log) afterwards. */
   keep?: boolean
@@ -160,7 +160,7 @@ export async function testImage(opts: BootTestOptions): Promise<BootTestResult> 
             cpus: 2,
             disks: [
               {file: os, format: 'qcow2', id: 'virtio0'},
-              {file: data, format: 'qcow2', id: 'virtio1', serial: 'pgi-data'},
+              {file: data, format: data.endsWith('.qcow2') ? 'qcow2' : 'raw', id: 'virtio1', serial: 'pgi-data'},
             ],
             seedImage: seed,
             network: userNetFor('10.0.2.15', 24, '10.0.2.2', forwards),
