@@ -281,13 +281,16 @@ export class PveClient implements PveApi {
     res.headers.forEach((v, k) => headers.set(k, v))
     const ct = res.headers.get('content-type')
     if (ct && /^application\/json/i.test(ct)) headers.set('content-type', 'application/json;charset=UTF-8')
+    // The engine only puts the reason phrase in its own Error text; keep a header-safe copy for
+    // it and the decoded one for our errors.
+    const statusText = res.statusText.replace(/[^\t\x20-\x7e\x80-\xff]/g, '?')
     if (res.status !== 200 || ctx?.wantBody) {
       const bodyText = await res.text()
-      if (ctx) ctx.res = {status: res.status, statusText: res.statusText, bodyText}
-      return new Response(bodyText, {status: res.status, statusText: res.statusText, headers})
+      if (ctx) ctx.res = {status: res.status, statusText: decodeReason(res.statusText), bodyText}
+      return new Response(bodyText, {status: res.status, statusText, headers})
     }
     if (ctx) ctx.res = {status: res.status, statusText: res.statusText}
-    return new Response(res.body, {status: res.status, statusText: res.statusText, headers})
+    return new Response(res.body, {status: res.status, statusText, headers})
   }
 
   private backoff(attempt: number): number {
@@ -910,6 +913,13 @@ export class PveClient implements PveApi {
     const upid = (safeJson(text) as {data?: unknown})?.data
     if (typeof upid === 'string' && tryParseUpid(upid)) await this.waitTask(node, upid, wait)
   }
+}
+
+/** HTTP reason phrases arrive as latin1: PVE's are UTF-8 (e.g. a VM description in a message). */
+export function decodeReason(reason: string): string {
+  if (!/[\x80-\xff]/.test(reason) || /[^\x00-\xff]/.test(reason)) return reason
+  const utf8 = Buffer.from(reason, 'latin1').toString('utf8')
+  return utf8.includes('\ufffd') ? reason : utf8
 }
 
 function safeJson(text: string): unknown {

@@ -453,3 +453,14 @@ describe('concurrency and timeouts', () => {
     expect(fake.calls('POST /nodes/pve1/qemu/100/agent/exec')).toHaveLength(1)
   })
 })
+
+describe('reason phrases', () => {
+  it('decodes a UTF-8 reason phrase received as latin1', async () => {
+    const {decodeReason} = await import('../../../src/proxmox/client.js')
+    const wire = Buffer.from("storage 'données' does not exist", 'utf8').toString('latin1')
+    expect(decodeReason(wire)).toBe("storage 'données' does not exist")
+    expect(decodeReason('plain')).toBe('plain')
+    const fake = new FakePve().on('GET /nodes/pve1/storage/donn/status', {status: 500, reason: wire})
+    expect(((await rejection(client(fake).storageStatus('pve1', 'donn'))) as PveApiError).pveMessage).toBe("storage 'données' does not exist")
+  })
+})
