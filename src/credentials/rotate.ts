@@ -80,7 +80,6 @@ export async function rotateEstablishmentSecrets(opts: RotateOptions): Promise<R
 
 async function rotateLocked(opts: RotateOptions): Promise<RotateResult> {
   const {api, store, establishment: est, io} = opts
-  const where = {uai: est.uai, hypervisor: api.hypervisor, node: est.node, vmid: est.vmid}
   const step = async (s: RotateStep) => {
     io?.debug(`rotate ${est.uai}: ${s}`)
     await opts.onStep?.(s)
