@@ -7,7 +7,7 @@ import {dirname, isAbsolute, resolve as resolvePath} from 'node:path'
 import {ProxmoxEngine} from 'proxmox-api'
 import {Headers, Response} from 'undici'
 
-import {ErrorCode, PgiError, TimeoutError, UnreachableError, UserError} from '../errors.js'
+import {BugError, ErrorCode, PgiError, TimeoutError, UnreachableError, UserError} from '../errors.js'
 import {MemoryIo, type Io} from '../io.js'
 import type {Hypervisor} from '../inventory/types.js'
 import type {Secret} from '../secret.js'
@@ -778,6 +778,10 @@ export class PveClient implements PveApi {
 
   async agentExec(node: string, vmid: number, command: string[], opts: {inputData?: string; timeoutMs?: number} = {}): Promise<AgentExecResult> {
     if (command.length === 0) throw new UserError(ErrorCode.USAGE, 'agentExec: empty command')
+    if (opts.inputData !== undefined && /[^\x00-\x7e]/.test(opts.inputData)) {
+      // PVE base64-encodes input-data as bytes: non-ASCII text would be mangled or refused.
+      throw new BugError('agentExec: inputData must be ASCII (PVE re-encodes it); send JSON made with asciiJson()')
+    }
     // Not idempotent: after a lost answer the command may run; it is not sent twice.
     const started = await this.agent<{pid: number}>('POST', node, vmid, 'exec', {command, 'input-data': opts.inputData}, false)
     const pid = started?.pid
@@ -790,8 +794,8 @@ export class PveClient implements PveApi {
       if (st && (st.exited === 1 || st.exited === true)) {
         return {
           exitcode: st.exitcode ?? (st.signal !== undefined ? 128 + st.signal : -1),
-          stdout: st['out-data'] ?? '',
-          stderr: st['err-data'] ?? '',
+          stdout: decodeReason(st['out-data'] ?? ''),
+          stderr: decodeReason(st['err-data'] ?? ''),
           truncated: Boolean(st['out-truncated']) || Boolean(st['err-truncated']),
         }
       }
@@ -807,14 +811,19 @@ export class PveClient implements PveApi {
   }
 
   async agentFileWrite(node: string, vmid: number, file: string, content: string): Promise<void> {
-    // PVE base64-encodes `content` itself (encode=1, the default); writing twice is harmless.
-    await this.agent('POST', node, vmid, 'file-write', {file, content}, true)
+    // Encoded here (encode=0): PVE's own base64 step works on bytes and would mangle or refuse
+    // non-ASCII text. Writing the same content twice is harmless (idempotent).
+    const b64 = Buffer.from(content, 'utf8').toString('base64')
+    if (b64.length > 61_440) {
+      throw new UserError(ErrorCode.USAGE, `agentFileWrite: ${file} is too large for the guest agent (${Buffer.byteLength(content)} bytes; PVE takes at most 45 KiB)`, {where: this.where(node, vmid)})
+    }
+    await this.agent('POST', node, vmid, 'file-write', {file, content: b64, encode: false}, true)
   }
 
   async agentFileRead(node: string, vmid: number, file: string): Promise<string> {
     const r = await this.agent<{content: string; truncated?: number | boolean}>('GET', node, vmid, 'file-read', {file})
     if (r?.truncated) this.io.warn(`guest file ${file} was truncated by the agent (16 MiB limit)`, this.where(node, vmid))
-    return r?.content ?? ''
+    return decodeReason(r?.content ?? '')
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -915,11 +924,24 @@ export class PveClient implements PveApi {
   }
 }
 
-/** HTTP reason phrases arrive as latin1: PVE's are UTF-8 (e.g. a VM description in a message). */
-export function decodeReason(reason: string): string {
-  if (!/[\x80-\xff]/.test(reason) || /[^\x00-\xff]/.test(reason)) return reason
-  const utf8 = Buffer.from(reason, 'latin1').toString('utf8')
-  return utf8.includes('\ufffd') ? reason : utf8
+/**
+ * Text whose UTF-8 bytes were read as latin1 characters, back to what was meant: HTTP reason
+ * phrases (PVE's are UTF-8), and guest-agent output, which PVE base64-decodes to bytes and then
+ * serialises as if each byte were a character. Text that is not such mojibake is returned as is.
+ */
+export function decodeReason(text: string): string {
+  if (!/[\x80-\xff]/.test(text) || /[^\x00-\xff]/.test(text)) return text
+  const utf8 = Buffer.from(text, 'latin1').toString('utf8')
+  return utf8.includes('\ufffd') ? text : utf8
+}
+
+/**
+ * JSON for a guest command's stdin (`agentExec` inputData): PVE base64-encodes input-data as
+ * bytes and fails on characters beyond latin1, so every non-ASCII character is escaped (\uXXXX),
+ * which any JSON reader turns back into the same text.
+ */
+export function asciiJson(value: unknown): string {
+  return JSON.stringify(value).replace(/[\u007f-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
 }
 
 function safeJson(text: string): unknown {

@@ -464,3 +464,32 @@ describe('reason phrases', () => {
     expect(((await rejection(client(fake).storageStatus('pve1', 'donn'))) as PveApiError).pveMessage).toBe("storage 'données' does not exist")
   })
 })
+
+describe('guest agent text', () => {
+  it('file-write sends UTF-8 base64 itself (encode=0); file-read and exec output are decoded from PVE\'s byte strings', async () => {
+    const wire = (t: string) => Buffer.from(t, 'utf8').toString('latin1') // what PVE's JSON holds
+    const fake = new FakePve()
+      .on('POST /nodes/pve1/qemu/100/agent/file-write', ok(null))
+      .on('GET /nodes/pve1/qemu/100/agent/file-read', ok({content: wire('{"name":"Lycée Frédéric Mistral"}\n')}))
+      .on('POST /nodes/pve1/qemu/100/agent/exec', ok({pid: 3}))
+      .on('GET /nodes/pve1/qemu/100/agent/exec-status', ok({exited: 1, exitcode: 0, 'out-data': wire('sauvegarde terminée ✓\n')}))
+    const c = client(fake)
+    await c.agentFileWrite('pve1', 100, '/etc/pgi/site.json', '{"name":"Lycée"}')
+    const w = fake.calls('POST /nodes/pve1/qemu/100/agent/file-write')[0].form!
+    expect(w.get('encode')).toBe('0')
+    expect(Buffer.from(w.get('content')!, 'base64').toString('utf8')).toBe('{"name":"Lycée"}')
+    expect(await c.agentFileRead('pve1', 100, '/etc/pgi/image.json')).toBe('{"name":"Lycée Frédéric Mistral"}\n')
+    expect((await c.agentExec('pve1', 100, ['/usr/local/sbin/pgi-backup'])).stdout).toBe('sauvegarde terminée ✓\n')
+  })
+
+  it('exec input must be ASCII; asciiJson escapes the rest so the guest reads the same JSON', async () => {
+    const {asciiJson} = await import('../../../src/proxmox/client.js')
+    const v = {ami: {login: 'ami', password: 'pâté-ß-€'}}
+    const j = asciiJson(v)
+    expect(j).toMatch(/^[\x20-\x7e]*$/)
+    expect(JSON.parse(j)).toEqual(v)
+    const fake = new FakePve()
+    expect((await rejection(client(fake).agentExec('pve1', 100, ['/usr/local/sbin/pgi-configure'], {inputData: JSON.stringify(v)}))).code).toBe(ErrorCode.INTERNAL)
+    expect(fake.requests).toHaveLength(0)
+  })
+})
