@@ -25,10 +25,11 @@ export class InventoryNotFoundError extends UserError {
 /** The inventory has at least one error; `details.problems` lists every problem found. */
 export class InventoryInvalidError extends UserError {
   readonly problems: InventoryProblem[]
-  constructor(path: string, problems: InventoryProblem[]) {
+  /** `listed`: the problems were already printed (pgi inventory validate), so the suggestions do not repeat them. */
+  constructor(path: string, problems: InventoryProblem[], opts: {listed?: boolean} = {}) {
     const errors = problems.filter((p) => p.severity === 'error')
     const first = errors[0]
-    const shown = errors.slice(0, 5).map((p) => formatProblem(p))
+    const shown = opts.listed ? [] : errors.slice(0, 5).map((p) => formatProblem(p))
     super(
       ErrorCode.INVENTORY_INVALID,
       `inventory ${path} is invalid: ${errors.length} error${errors.length === 1 ? '' : 's'}` +
@@ -39,8 +40,10 @@ export class InventoryInvalidError extends UserError {
         details: {problems},
         suggestions: [
           ...shown,
-          ...(errors.length > shown.length ? [`… and ${errors.length - shown.length} more`] : []),
-          `Run \`pgi inventory validate -i ${path}\` to list every problem with its suggestion.`,
+          ...(!opts.listed && errors.length > shown.length ? [`… and ${errors.length - shown.length} more`] : []),
+          opts.listed
+            ? 'Fix the problems listed above (each line: file:line:column, rule, message, suggestion) and run again.'
+            : `Run \`pgi inventory validate -i ${path}\` to list every problem with its suggestion.`,
         ],
       },
     )

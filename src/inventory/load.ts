@@ -43,14 +43,18 @@ export async function loadInventory(path: string): Promise<LoadResult> {
       problems.addAt({file: src.file, ...src.linePos(w.pos[0])}, 'yaml-warning', w.message.split('\n')[0] ?? w.message, undefined, 'warning')
     }
     if (src.value === null || src.value === undefined) {
-      if (src.doc.errors.length === 0) problems.add(src, [], 'empty-file', 'this file holds no inventory data', {severity: 'warning'})
+      if (src.readable) problems.add(src, [], 'empty-file', 'this file holds no inventory data', {severity: 'warning', suggestion: 'add hypervisors:, establishments: … or remove the file'})
       continue
     }
     if (!validate(src.value)) schemaProblems(src, validate.errors ?? [], schema, generic)
   }
 
   const merged = mergeFiles(sources, problems)
-  const inventory = checkInventory(merged, problems, {path: resolve(path), files: sources.map((s) => s.file)})
+  const inventory = checkInventory(merged, problems, {
+    path: resolve(path),
+    files: sources.map((s) => s.file),
+    complete: sources.every((s) => s.readable),
+  })
 
   // A specific rule (uai-check-letter, secret-literal, …) says more than the schema's generic
   // "invalid format" at the same node: keep only the specific one.

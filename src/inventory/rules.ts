@@ -70,7 +70,12 @@ export function where(item: Item, at: 'key' | 'value' = 'key'): string {
   return `${item.src.file}:${line}:${column}`
 }
 
-export function checkInventory(m: Merged, P: ProblemList, meta: {path: string; files: string[]}): Inventory {
+/**
+ * `meta.complete` is false when a file could not be read (YAML syntax error): references into the
+ * unread content (hypervisor names, group members, unused hypervisors) are then not checked, as
+ * they would only repeat the syntax error in confusing ways.
+ */
+export function checkInventory(m: Merged, P: ProblemList, meta: {path: string; files: string[]; complete: boolean}): Inventory {
   const rings = strings(m.rings?.value) ?? DEFAULT_RINGS
   const defaults: Rec = isRecord(m.defaults?.value) ? m.defaults.value : {}
   const dsrc = m.defaults?.src
@@ -93,12 +98,12 @@ export function checkInventory(m: Merged, P: ProblemList, meta: {path: string; f
   }
 
   const recipients = checkRecipients(m.recipients, P)
-  const establishments = checkEstablishments(m, hypervisors, rings, defaults, P)
-  const groups = checkGroups(m.groups, establishments, P)
+  const establishments = checkEstablishments(m, hypervisors, rings, defaults, P, meta.complete)
+  const groups = checkGroups(m.groups, establishments, P, meta.complete)
 
   const used = new Set(establishments.map((e) => e.hypervisor))
   for (const [name, item] of m.hypervisors) {
-    if (!used.has(name)) {
+    if (meta.complete && !used.has(name)) {
       P.add(item.src, item.path, 'unused-hypervisor', `hypervisor "${name}" has no establishment`, {
         at: 'key',
         severity: 'warning',
@@ -347,7 +352,7 @@ function checkIpList(src: SourceFile, path: YamlPath, v: unknown, P: ProblemList
   return strings(v)
 }
 
-function checkEstablishments(m: Merged, hypervisors: Map<string, Hypervisor>, rings: string[], defaults: Rec, P: ProblemList): Establishment[] {
+function checkEstablishments(m: Merged, hypervisors: Map<string, Hypervisor>, rings: string[], defaults: Rec, P: ProblemList, complete: boolean): Establishment[] {
   const out: Establishment[] = []
   const uais = new Map<string, Item>()
   const vmids = new Map<string, {vmid: number; item: Item; uai: string}[]>()
@@ -376,7 +381,7 @@ function checkEstablishments(m: Merged, hypervisors: Map<string, Hypervisor>, ri
     // hypervisor and node
     const hvName = str(e.hypervisor)
     const hv = hvName === undefined ? undefined : hypervisors.get(hvName)
-    if (hvName !== undefined && !m.hypervisors.has(hvName)) {
+    if (complete && hvName !== undefined && !m.hypervisors.has(hvName)) {
       P.add(src, at('hypervisor'), 'unknown-hypervisor', `hypervisor "${hvName}" is not defined under hypervisors:`, {
         suggestion: suggestAmong(hvName, [...m.hypervisors.keys()], 'hypervisors'),
       })
@@ -596,7 +601,7 @@ function checkWindowFields(src: SourceFile, path: YamlPath, w: unknown, P: Probl
 // ---------------------------------------------------------------------------------------------
 // groups
 
-function checkGroups(groups: Map<string, Item>, establishments: Establishment[], P: ProblemList): Map<string, string[]> {
+function checkGroups(groups: Map<string, Item>, establishments: Establishment[], P: ProblemList, complete: boolean): Map<string, string[]> {
   const out = new Map<string, string[]>()
   const byUai = new Map(establishments.map((e) => [e.uai, e]))
   const all = [...byUai.keys()]
@@ -615,6 +620,7 @@ function checkGroups(groups: Map<string, Item>, establishments: Establishment[],
         if (!e.groups.includes(name)) e.groups.push(name)
         return
       }
+      if (!complete) return
       let suggestion: string
       const pb = uaiProblem(uai)
       if (pb?.kind === 'check-letter' && byUai.has(pb.expected!)) suggestion = `the check letter is wrong: did you mean ${pb.expected}?`

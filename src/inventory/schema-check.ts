@@ -45,7 +45,23 @@ export function schemaHash(text: string): string {
  * version of schema.json (tests run from sources; a schema edited without a rebuild), the schema is
  * compiled here instead — same options, same result, slower.
  */
-export async function loadSchemaValidator(): Promise<{validate: SchemaValidateFn; schema: JsonSchema; compiled: 'build' | 'runtime'}> {
+export function loadSchemaValidator(): Promise<LoadedValidator> {
+  cached ??= loadValidatorOnce().catch((err: unknown) => {
+    cached = undefined
+    throw err
+  })
+  return cached
+}
+
+export interface LoadedValidator {
+  validate: SchemaValidateFn
+  schema: JsonSchema
+  compiled: 'build' | 'runtime'
+}
+
+let cached: Promise<LoadedValidator> | undefined
+
+async function loadValidatorOnce(): Promise<LoadedValidator> {
   const text = await readFile(schemaPath(), 'utf8')
   const schema = JSON.parse(text) as JsonSchema
   const hash = schemaHash(text)
@@ -98,16 +114,33 @@ function pointerToPath(ptr: string): string[] {
   return ptr === '' ? [] : ptr.slice(1).split('/').map(unescapePointer)
 }
 
-/** The schema object that holds the failing keyword (schemaPath minus the keyword). */
-function schemaAt(schema: JsonSchema, schemaPath: string): Record<string, unknown> | undefined {
-  const segs = schemaPath.replace(/^#\/?/, '').split('/').filter((s) => s !== '').map(unescapePointer)
-  segs.pop()
-  let cur: unknown = schema
-  for (const s of segs) {
-    if (cur === null || typeof cur !== 'object') return undefined
-    cur = (cur as Record<string, unknown>)[s]
+/**
+ * The (sub)schema that describes the value at `path`, found by walking the schema along the
+ * instance path (properties, additionalProperties, items; $ref resolved). ajv's own schemaPath is
+ * relative to the last $ref, so it cannot be used on its own.
+ */
+function schemaFor(root: JsonSchema, path: YamlPath): Record<string, unknown> | undefined {
+  const deref = (s: unknown): Record<string, unknown> | undefined => {
+    let cur = s
+    for (let i = 0; i < 16 && cur !== null && typeof cur === 'object' && typeof (cur as Record<string, unknown>).$ref === 'string'; i++) {
+      const ref = (cur as Record<string, unknown>).$ref as string
+      const target = ref.replace(/^#\/?/, '').split('/').filter(Boolean).map(unescapePointer).reduce<unknown>((o, k) => (o as Record<string, unknown> | undefined)?.[k], root)
+      // keep the referring schema's own annotations (description, examples) over the target's
+      const {$ref: _ref, ...own} = cur as Record<string, unknown>
+      cur = {...(target as Record<string, unknown>), ...own}
+    }
+    return cur !== null && typeof cur === 'object' ? (cur as Record<string, unknown>) : undefined
   }
-  return cur !== null && typeof cur === 'object' ? (cur as Record<string, unknown>) : undefined
+  let cur = deref(root)
+  for (const seg of path) {
+    if (!cur) return undefined
+    const props = cur.properties as Record<string, unknown> | undefined
+    if (props && Object.hasOwn(props, String(seg))) cur = deref(props[String(seg)])
+    else if (cur.items !== undefined && /^\d+$/.test(String(seg))) cur = deref(cur.items)
+    else if (cur.additionalProperties !== undefined && typeof cur.additionalProperties === 'object') cur = deref(cur.additionalProperties)
+    else return undefined
+  }
+  return cur
 }
 
 function valueAt(root: unknown, path: YamlPath): unknown {
@@ -140,14 +173,16 @@ export function schemaProblems(src: SourceFile, errors: SchemaError[], schema: J
   for (const e of errors) {
     const path = pointerToPath(e.instancePath)
     const what = describePath(path)
-    const s = schemaAt(schema, e.schemaPath)
+    const s = schemaFor(schema, path)
     const value = valueAt(src.value, path)
     if (e.propertyName !== undefined) {
       // a map key that is not a valid name (propertyNames); ajv reports it once more as 'propertyNames'
       const container = path.at(-1) ?? 'a name'
+      const names = schemaFor(schema, [...path, e.propertyName])
+      const ns = names && (schema.definitions as Record<string, Record<string, unknown>> | undefined)?.[`${String(container).replace(/s$/, '')}Name`]
       out.add(src, [...path, e.propertyName], 'invalid-name', `"${e.propertyName}" is not a valid name in ${String(container)}`, {
         at: 'key',
-        suggestion: [firstSentence(s?.description), example(s) && `e.g. ${example(s)}`].filter(Boolean).join(', '),
+        suggestion: [firstSentence(ns?.description), example(ns) && `e.g. ${example(ns)}`].filter(Boolean).join(', ') || 'letters, digits and dashes',
       })
       continue
     }

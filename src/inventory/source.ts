@@ -15,8 +15,10 @@ export type At = 'key' | 'value'
 export class SourceFile {
   readonly lineCounter = new LineCounter()
   readonly doc: Document.Parsed
-  /** The document as plain JS (maps become objects), or undefined when the file is empty. */
+  /** The document as plain JS (maps become objects), or undefined when the file is empty or unreadable. */
   readonly value: unknown
+  /** False when a YAML syntax error keeps the file from being read. */
+  readonly readable: boolean
 
   constructor(
     /** The file's path as shown to the user. */
@@ -26,7 +28,10 @@ export class SourceFile {
     readonly absPath: string = file,
   ) {
     this.doc = parseDocument(text, {lineCounter: this.lineCounter, prettyErrors: false, uniqueKeys: true})
-    this.value = this.doc.errors.length === 0 ? this.doc.toJS({maxAliasCount: 1000}) : undefined
+    // A document with only duplicate keys is still usable (the checks go on); one with a syntax
+    // error is not read further: its structure is unreliable and would cause confusing follow-ups.
+    this.readable = this.doc.errors.every((e) => e.code === 'DUPLICATE_KEY')
+    this.value = this.readable ? this.doc.toJS({maxAliasCount: 1000}) : undefined
   }
 
   /** The node at `path` (aliases resolved), or undefined when it does not exist. */
