@@ -29,19 +29,24 @@ interface TestServer {
   url: string
   /** TCP connections accepted. */
   handshakes: number
-  requests: {method: string; url: string; headers: Record<string, string | string[] | undefined>; bodyLength: number}[]
+  requests: {method: string; url: string; headers: Record<string, string | string[] | undefined>; bodyLength: number; body: string}[]
 }
 
 async function startServer(keyFile: string, certFile: string): Promise<TestServer> {
   const s: TestServer = {server: undefined as never, port: 0, url: '', handshakes: 0, requests: []}
   s.server = createServer({key: await readFile(join(dir, keyFile)), cert: await readFile(join(dir, certFile))}, (req, res) => {
     let n = 0
-    req.on('data', (c: Buffer) => (n += c.length))
+    let head = ''
+    req.on('data', (c: Buffer) => {
+      n += c.length
+      if (head.length < 4096) head += c.toString('latin1')
+    })
     req.on('end', () => {
-      s.requests.push({method: req.method ?? '', url: req.url ?? '', headers: req.headers, bodyLength: n})
+      s.requests.push({method: req.method ?? '', url: req.url ?? '', headers: req.headers, bodyLength: n, body: head})
       const u = req.url ?? ''
       let data: unknown = {version: '9.1.2', release: '9.1', repoid: 'f1e2d3c4'}
       if (u.includes('/upload')) data = upid('imgcopy', '')
+      if (req.method === 'POST' && u.endsWith('/qemu')) data = upid('qmcreate', 100)
       if (u.includes('/tasks/')) data = {status: 'stopped', exitstatus: 'OK', type: 'imgcopy', upid: upid('imgcopy', ''), node: 'pve1', starttime: 1}
       res.writeHead(200, 'OK', {'content-type': 'application/json;charset=UTF-8'})
       res.end(JSON.stringify({data}))
@@ -164,6 +169,22 @@ describe('fingerprint pinning', () => {
       await bad.close()
     }
     expect(selfSigned.requests.length).toBe(n)
+  })
+
+  it('a form POST (proxmox-api engine) goes over the pinned connection intact', async () => {
+    const c = connectHypervisor(hv(selfSigned.url, {fingerprint: fingerprintOf('node.pem')}), {tokenSecret: TOKEN_SECRET})
+    try {
+      await c.createVm('pve1', 100, {name: 'pgi-0130040y', sshkeys: 'ssh-ed25519 AAAA+/= ami@x', agent: true})
+    } finally {
+      await c.close()
+    }
+    const post = selfSigned.requests.find((r) => r.method === 'POST' && r.url === '/api2/json/nodes/pve1/qemu')!
+    expect(post.headers['content-type']).toBe('application/x-www-form-urlencoded')
+    expect(Number(post.headers['content-length'])).toBe(post.bodyLength)
+    const form = new URLSearchParams(post.body)
+    expect(form.get('vmid')).toBe('100')
+    expect(form.get('agent')).toBe('1')
+    expect(form.get('sshkeys')).toBe('ssh-ed25519%20AAAA%2B%2F%3D%20ami%40x')
   })
 
   it('uploads over the pinned connection with an exact Content-Length (not chunked)', async () => {
