@@ -1,0 +1,154 @@
+#!/usr/bin/env node
+// bench/status: wall time of `pgi status --all --json` on a simulated lab of 500 establishments
+// over 50 nodes where every API request takes 20 ms (lab latency fault), then the same with one
+// node that accepts connections but never answers (lab dead-node fault).
+// Targets: <= 3 s, and <= 3 s + the per-request timeout with the hanging node.
+//
+// The VMs are created through the PveApi (src/proxmox/client.ts) with the metadata deploy writes
+// (tags + pgi-meta description, src/fleet/vm-meta.ts), not through `pgi deploy`: the bench
+// measures status, and populating 500 VMs must take seconds.
+//
+// Needs a build (`npm run build`). Usage: node bench/status.mjs [--nodes 50] [--sites 500]
+//   [--latency-ms 20] [--timeout 5] [--runs 3]. Last line: one JSON object.
+import {spawn} from 'node:child_process'
+import {mkdtemp, rm} from 'node:fs/promises'
+import {tmpdir} from 'node:os'
+import {dirname, join, resolve} from 'node:path'
+import {fileURLToPath} from 'node:url'
+import {parseArgs} from 'node:util'
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '..')
+const dist = (p) => join(root, 'dist', 'src', p)
+
+const {values: a} = parseArgs({
+  options: {
+    nodes: {type: 'string', default: '50'},
+    sites: {type: 'string', default: '500'},
+    'latency-ms': {type: 'string', default: '20'},
+    timeout: {type: 'string', default: '5'},
+    runs: {type: 'string', default: '3'},
+  },
+})
+const nodes = Number(a.nodes)
+const sites = Number(a.sites)
+const latencyMs = Number(a['latency-ms'])
+const timeoutS = Number(a.timeout)
+const runs = Number(a.runs)
+
+const {startLab, stopLab} = await import(dist('lab/lab.js'))
+const {NO_FAULTS} = await import(dist('lab/faults.js'))
+const {loadValidInventory} = await import(dist('inventory/load.js'))
+const {SecretStore} = await import(dist('secrets/store.js'))
+const {Hypervisors} = await import(dist('hypervisors.js'))
+const {connectHypervisor} = await import(dist('proxmox/client.js'))
+const {formatDescription, formatTags} = await import(dist('fleet/vm-meta.js'))
+const {MemoryIo} = await import(dist('io.js'))
+
+const work = await mkdtemp(join(tmpdir(), 'pgi-bench-status-'))
+const env = {...process.env, PGI_STATE_DIR: join(work, 'state'), CI: 'true', PGI_LOG_LEVEL: 'error'}
+delete env.PGI_INVENTORY
+
+function median(xs) {
+  const s = [...xs].sort((x, y) => x - y)
+  return s[Math.floor(s.length / 2)]
+}
+
+/** Creates and starts every establishment's VM (on answering nodes) with deploy's metadata. */
+async function populate(inventoryPath, secretsDir, dead) {
+  const inv = await loadValidInventory(inventoryPath)
+  const store = await SecretStore.open({dir: secretsDir, recipients: inv.recipients.map((r) => r.key), env})
+  const io = new MemoryIo('silent')
+  const hvs = new Hypervisors(inv, {store, io, env, connect: (hv, o) => connectHypervisor(hv, {tokenSecret: o.tokenSecret, io, poll: {initialMs: 5, maxMs: 50}})})
+  const byHv = new Map()
+  for (const e of inv.establishments) if (!dead.includes(e.node)) byHv.set(e.hypervisor, [...(byHv.get(e.hypervisor) ?? []), e])
+  const t0 = performance.now()
+  const apis = []
+  await Promise.all(
+    [...byHv].map(async ([name, list]) => {
+      const api = await hvs.get(name)
+      apis.push(api)
+      for (let i = 0; i < list.length; i += 4) {
+        await Promise.all(
+          list.slice(i, i + 4).map(async (e) => {
+            const meta = {v: 1, uai: e.uai, image: e.image ?? '2026.11.0', deployedAt: new Date().toISOString(), by: 'bench/status'}
+            await api.createVm(e.node, e.vmid, {
+              name: `pgi-${e.uai.toLowerCase()}`,
+              cores: 1,
+              memory: 1024,
+              agent: 1,
+              virtio0: 'local-vm:4',
+              virtio1: `local-vm:${e.dataDiskGb},serial=pgi-data`,
+              net0: 'virtio,bridge=vmbr0',
+              tags: formatTags(meta, e.ring),
+              description: formatDescription(meta, e.name),
+            })
+            await api.startVm(e.node, e.vmid)
+          }),
+        )
+      }
+    }),
+  )
+  await Promise.all(apis.map((x) => x.close?.()))
+  return Math.round(performance.now() - t0)
+}
+
+/** One `pgi status --all --json` run as a child process: wall time and the verdict counts. */
+function statusRun(inventoryPath, secretsDir) {
+  return new Promise((resolveP, reject) => {
+    const t0 = performance.now()
+    const child = spawn(process.execPath, [join(root, 'bin', 'run.js'), 'status', '--all', '--json', '-i', inventoryPath, '--secrets-dir', secretsDir, '--timeout', String(timeoutS)], {env, stdio: ['ignore', 'pipe', 'pipe']})
+    let out = ''
+    let err = ''
+    child.stdout.on('data', (d) => (out += d))
+    child.stderr.on('data', (d) => (err += d))
+    child.on('error', reject)
+    child.on('close', (code) => {
+      const ms = Math.round(performance.now() - t0)
+      try {
+        const env = JSON.parse(out)
+        resolveP({ms, exit: code, summary: env.result?.summary ?? env.error})
+      } catch {
+        reject(new Error(`pgi status printed no JSON (exit ${code}): ${err.slice(-2000)}`))
+      }
+    })
+  })
+}
+
+async function scenario(name, deadNodes) {
+  const dir = join(work, name)
+  const faults = {...NO_FAULTS, seed: 7, latencyMs: {min: latencyMs, max: latencyMs}, deadNodes}
+  const lab = await startLab({dir, nodes, sites, backend: 'simulated', timeScale: 0, authFailDelayMs: 0, faults, env, readyTimeoutMs: 120_000})
+  try {
+    const populateMs = await populate(lab.inventory, lab.secretsDir, deadNodes)
+    const times = []
+    let last
+    for (let i = 0; i < runs; i++) {
+      last = await statusRun(lab.inventory, lab.secretsDir)
+      times.push(last.ms)
+      process.stderr.write(`${name}: run ${i + 1}: ${last.ms} ms, exit ${last.exit}, ${JSON.stringify(last.summary)}\n`)
+    }
+    return {populateMs, medianMs: median(times), runsMs: times, exit: last.exit, summary: last.summary}
+  } finally {
+    await stopLab({dir, env}).catch(() => undefined)
+  }
+}
+
+try {
+  const healthy = await scenario('all-answering', [])
+  const hanging = await scenario('one-node-hanging', ['lab7'])
+  const result = {
+    bench: 'status',
+    command: 'pgi status --all --json',
+    nodes,
+    sites,
+    latencyMs,
+    requestTimeoutS: timeoutS,
+    runs,
+    population: 'PveApi createVm+startVm with deploy metadata (not pgi deploy)',
+    allAnswering: {medianMs: healthy.medianMs, runsMs: healthy.runsMs, exit: healthy.exit, summary: healthy.summary, targetMs: 3000, ok: healthy.medianMs <= 3000},
+    oneNodeHanging: {medianMs: hanging.medianMs, runsMs: hanging.runsMs, exit: hanging.exit, summary: hanging.summary, targetMs: 3000 + timeoutS * 1000, ok: hanging.medianMs <= 3000 + timeoutS * 1000},
+  }
+  console.log(JSON.stringify(result))
+} finally {
+  await rm(work, {recursive: true, force: true})
+}

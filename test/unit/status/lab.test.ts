@@ -1,0 +1,113 @@
+import {afterAll, beforeAll, describe, expect, it} from 'vitest'
+
+import {MemoryIo} from '../../../src/io.js'
+import {readRequestLog} from '../../../src/lab/server.js'
+import {StatusService} from '../../../src/status/service.js'
+import type {StatusReport} from '../../../src/status/types.js'
+import {startSimLab, type SimLab} from './sim-lab.js'
+
+/**
+ * pgi status against a simulated lab (3 nodes; lab3 accepts connections but never answers),
+ * through the real Proxmox client, pinned TLS and the lab's PVE permission checks.
+ */
+describe('pgi status on a simulated lab', () => {
+  let lab: SimLab
+  const TIMEOUT_MS = 1500
+
+  beforeAll(async () => {
+    lab = await startSimLab({nodes: 3, sites: 9, faults: {dead_nodes: ['lab3']}})
+  }, 60_000)
+  afterAll(async () => {
+    await lab?.close()
+  })
+
+  async function status(opts: {uais?: string[]; token?: {id: string; secret: import('../../../src/secret.js').Secret}} = {}): Promise<StatusReport> {
+    const ests = opts.uais ? lab.establishments.filter((e) => opts.uais!.includes(e.uai)) : lab.establishments
+    const svc = await StatusService.open({inventory: lab.inventory, establishments: ests, io: new MemoryIo(), env: lab.env, requestTimeoutMs: TIMEOUT_MS, ...(opts.token ? {token: opts.token} : {})})
+    try {
+      return await svc.collect()
+    } finally {
+      await svc.close()
+    }
+  }
+
+  const on = (node: string) => lab.establishments.filter((e) => e.node === node)
+  const verdicts = (r: StatusReport, node: string) => r.establishments.filter((e) => e.node === node).map((e) => e.verdict)
+
+  it('healthy: running VMs whose guest says all is well, with one listing per node', async () => {
+    const r = await status({uais: [...on('lab1'), ...on('lab2')].map((e) => e.uai)})
+    expect(r.summary).toMatchObject({healthy: 6, total: 6})
+    const e = r.establishments[0]
+    expect(e).toMatchObject({verdict: 'healthy', reason: 'all checks passed', vm: {present: true, state: 'running'}, agent: {answering: true}, image: {wanted: '2026.11.0', recorded: '2026.11.0', running: '2026.11.0'}})
+    expect(e.checks).toMatchObject({postgresql: true, trytond: true, web: true, data_disk: true})
+    expect(e.dataDisk?.source).toBe('pgi-health')
+    const log = await readRequestLog(lab.requestLog)
+    const listings = log.filter((l) => l.path === '/cluster/resources')
+    expect(listings.map((l) => l.node).sort()).toEqual(['lab1', 'lab2'])
+    expect(log.filter((l) => /\/agent\/exec$/.test(l.path))).toHaveLength(6)
+    expect(log.filter((l) => /\/status\/current$/.test(l.path))).toHaveLength(0)
+  })
+
+  it('degraded: a guest whose Tryton server fails, with the reason', async () => {
+    const target = on('lab1')[1]!
+    lab.setUnhealthy('lab1', target.vmid, true)
+    try {
+      const r = await status({uais: on('lab1').map((e) => e.uai)})
+      const e = r.establishments.find((x) => x.uai === target.uai)!
+      expect(e.verdict).toBe('degraded')
+      expect(e.reason).toBe('the Tryton server is not answering')
+      expect(e.checks.trytond).toBe(false)
+      expect(r.establishments[0]!.uai).toBe(target.uai) // problems first
+      expect(r.summary).toMatchObject({healthy: 2, degraded: 1})
+    } finally {
+      lab.setUnhealthy('lab1', target.vmid, false)
+    }
+  })
+
+  it('down: a VM stopped through the API', async () => {
+    const target = on('lab2')[0]!
+    const cl = lab.client('lab2')
+    await cl.stopVm('lab2', target.vmid)
+    try {
+      const r = await status({uais: on('lab2').map((e) => e.uai)})
+      const e = r.establishments.find((x) => x.uai === target.uai)!
+      expect(e).toMatchObject({verdict: 'down', reason: 'VM is stopped', vm: {present: true, state: 'stopped'}})
+      expect(e.agent.answering).toBeNull()
+      const log = await readRequestLog(lab.requestLog)
+      // no guest-agent call for a stopped VM
+      expect(log.some((l) => l.path === `/nodes/lab2/qemu/${target.vmid}/agent/exec`)).toBe(true) // from earlier runs only…
+      const after = log.filter((l) => Date.parse(l.time) >= Date.parse(r.checkedAt))
+      expect(after.some((l) => l.path.startsWith(`/nodes/lab2/qemu/${target.vmid}/agent`))).toBe(false)
+    } finally {
+      await cl.startVm('lab2', target.vmid)
+    }
+  })
+
+  it('unknown: a node that stops answering; the others come back within the timeout', async () => {
+    const t0 = Date.now()
+    const r = await status()
+    const took = Date.now() - t0
+    expect(verdicts(r, 'lab3').every((v) => v === 'unknown')).toBe(true)
+    expect(r.establishments.find((e) => e.node === 'lab3')!.reason).toBe('hypervisor not reachable (timeout after 1.5 s)')
+    expect(verdicts(r, 'lab1').every((v) => v === 'healthy')).toBe(true)
+    expect(verdicts(r, 'lab2').every((v) => v === 'healthy')).toBe(true)
+    expect(took).toBeLessThan(TIMEOUT_MS + 1500)
+    expect(r.hypervisors.find((h) => h.name === 'lab3')).toMatchObject({reachable: false})
+    expect(r.hypervisors.find((h) => h.name === 'lab1')!.durationMs).toBeLessThan(TIMEOUT_MS)
+  })
+
+  it("an AMI's own token: the refused privilege is named, the rest is shown", async () => {
+    const r = await status({uais: [lab.ami.uai], token: {id: lab.ami.id, secret: lab.ami.secret}})
+    const e = r.establishments[0]!
+    expect(e.verdict).toBe('unknown')
+    expect(e.reason).toBe('PGI health not checked: this token lacks the privilege VM.GuestAgent.Unrestricted on /vms/1001')
+    expect(e.vm).toMatchObject({present: true, state: 'running'})
+    expect(e.agent.answering).toBe(true)
+    expect(e.image.recorded).toBe('2026.11.0')
+    expect(e.dataDisk).toMatchObject({source: 'agent-fsinfo', sizeBytes: 8 * 2 ** 30})
+    // another establishment's VM is invisible to that token: said so, not "absent"
+    const other = on('lab1')[1]!
+    const r2 = await status({uais: [other.uai], token: {id: lab.ami.id, secret: lab.ami.secret}})
+    expect(r2.establishments[0]).toMatchObject({verdict: 'unknown', reason: `cannot see the VM: this token lacks the privilege VM.Audit on /vms/${other.vmid}`})
+  })
+})

@@ -1,0 +1,208 @@
+/**
+ * A simulated lab (engineer C's LabApi + LabServer + SimulatedBackend, in this process) for the
+ * status tests and bench: N nodes on 127.0.0.1, each its own HTTPS listener and pinned
+ * certificate, a pgi token with the PGI role on "/", an AMI token that only sees one VM, faults
+ * (latency, dead nodes), and establishments whose VMs are created through the real client
+ * (src/proxmox/client.ts) with the metadata deploy writes (tags + pgi-meta description).
+ */
+import {randomUUID} from 'node:crypto'
+import {mkdtemp, rm} from 'node:fs/promises'
+import {tmpdir} from 'node:os'
+import {join} from 'node:path'
+
+import {formatDescription, formatTags} from '../../../src/fleet/vm-meta.js'
+import type {Establishment, Hypervisor, Inventory} from '../../../src/inventory/types.js'
+import {uaiFromNumber} from '../../../src/inventory/uai.js'
+import {MemoryIo} from '../../../src/io.js'
+import {AccessControl, defaultPgiRolePrivileges, sha256Hex} from '../../../src/lab/access.js'
+import {LabApi} from '../../../src/lab/api.js'
+import type {StorageDef} from '../../../src/lab/backend.js'
+import {ensureNodeCert} from '../../../src/lab/certs.js'
+import {faultConfigFrom, Faults} from '../../../src/lab/faults.js'
+import {LabServer} from '../../../src/lab/server.js'
+import {SimulatedBackend} from '../../../src/lab/simulated-backend.js'
+import {connectHypervisor} from '../../../src/proxmox/client.js'
+import {AMI_ROLE_PRIVILEGES} from '../../../src/proxmox/role.js'
+import type {PveApi} from '../../../src/proxmox/types.js'
+import {Secret} from '../../../src/secret.js'
+
+export interface SimLabOptions {
+  nodes: number
+  sites: number
+  /** Faults in the YAML form (snake_case), e.g. {latency_ms: 20, dead_nodes: ['lab3']}. */
+  faults?: Record<string, unknown>
+  /** Image version written on the VMs (and wanted by the inventory unless `wanted` is given). */
+  image?: string
+  wanted?: string
+  /** Leave these UAIs without a VM. */
+  skip?: (index: number) => boolean
+  /** VMs created in parallel (per node) when populating. */
+  createParallel?: number
+}
+
+export interface SimLab {
+  dir: string
+  inventory: Inventory
+  establishments: Establishment[]
+  /** Environment holding the pgi token secret (PGI_LAB_TOKEN) for the inventory's {env} refs. */
+  env: NodeJS.ProcessEnv
+  /** An AMI token (user ami@pve, VM.Audit + VM.GuestAgent.Audit on the first establishment's VM only). */
+  ami: {id: string; secret: Secret; uai: string}
+  api: LabApi
+  backend: SimulatedBackend
+  /** JSONL request log of the lab (src/lab/server.ts readRequestLog). */
+  requestLog: string
+  /** Make a guest's PGI unhealthy (its Tryton server fails) or healthy again. */
+  setUnhealthy(node: string, vmid: number, on: boolean): void
+  /** A client of one node, with the pgi token (to act on VMs as a technician would). */
+  client(node: string): PveApi
+  close(): Promise<void>
+}
+
+export const TOKEN_ENV = 'PGI_LAB_TOKEN'
+
+export async function startSimLab(o: SimLabOptions): Promise<SimLab> {
+  const dir = await mkdtemp(join(tmpdir(), 'pgi-status-lab-'))
+  const nodeNames = Array.from({length: o.nodes}, (_, i) => `lab${i + 1}`)
+  const storages: StorageDef[] = [
+    {id: 'local', type: 'dir', content: ['iso', 'import', 'vztmpl', 'snippets', 'backup'], path: (n) => join(dir, n, 'local'), totalBytes: 100 * 2 ** 30},
+    {id: 'local-vm', type: 'dir', content: ['images', 'rootdir'], path: (n) => join(dir, n, 'local-vm'), totalBytes: 1000 * 2 ** 30},
+  ]
+  const pgiSecret = randomUUID()
+  const amiSecret = randomUUID()
+  const image = o.image ?? '2026.11.0'
+
+  // establishments: round-robin over the nodes, vmid 1001… per node
+  const establishments: Establishment[] = []
+  const perNode = new Map<string, number>()
+  for (let i = 0; i < o.sites; i++) {
+    const node = nodeNames[i % o.nodes]!
+    const k = (perNode.get(node) ?? 0) + 1
+    perNode.set(node, k)
+    establishments.push({
+      uai: uaiFromNumber(130000 + i),
+      name: `Lycée ${i + 1}`,
+      academie: 'Lab',
+      hypervisor: node,
+      node,
+      vmid: 1000 + k,
+      network: {address: `10.${Math.floor(i / 250)}.${i % 250}.10/24`, gateway: `10.${Math.floor(i / 250)}.${i % 250}.1`, dns: []},
+      dataDiskGb: 8,
+      osDiskGb: 4,
+      cores: 1,
+      memoryMb: 1024,
+      ami: {name: 'AMI', ageRecipient: 'age1lab', login: 'ami'},
+      ring: 'general',
+      image: o.wanted ?? image,
+      groups: [],
+      source: {file: 'lab.yaml', line: i + 1, column: 1},
+    })
+  }
+  const amiVm = establishments[0]!
+  const amiTokenId = 'ami@pve!status'
+
+  const access = new AccessControl({
+    users: {'pgi@pve': {}, 'ami@pve': {}},
+    tokens: {'pgi@pve!status': {secretSha256: sha256Hex(pgiSecret), privsep: false}, [amiTokenId]: {secretSha256: sha256Hex(amiSecret), privsep: false}},
+    roles: {PGI: defaultPgiRolePrivileges('9.1'), AMI: [...AMI_ROLE_PRIVILEGES['9']]},
+    acl: [
+      {path: '/', ugid: 'pgi@pve', roleid: 'PGI', propagate: true},
+      {path: `/vms/${amiVm.vmid}`, ugid: 'ami@pve', roleid: 'AMI', propagate: true},
+    ],
+  })
+  const faults = new Faults(faultConfigFrom(o.faults ?? {}, 'test faults'))
+  const unhealthy = new Set<string>()
+  // the lab's fault hook for "a guest whose PGI is not healthy", switchable while the lab runs
+  const backend = new SimulatedBackend({timeScale: 0, guestUnhealthy: (n, v) => faults.guestUnhealthy(n, v) || unhealthy.has(`${n}/${v}`)})
+  const api = new LabApi({nodes: nodeNames, storages, backend, access, faults, pveVersion: '9.1', tmpDir: join(dir, 'tmp')})
+  await backend.init({dir: join(dir, 'backend'), nodes: nodeNames.map((name, index) => ({name, index})), storages, pveVersion: '9.1', log: () => undefined})
+  const certs: Record<string, {key: string; cert: string}> = {}
+  const fingerprints: Record<string, string> = {}
+  // one certificate made with openssl, shared by the nodes (each still has its own listener and pin)
+  const c = await ensureNodeCert(join(dir, 'cert'), 'lab')
+  for (const n of nodeNames) {
+    certs[n] = {key: c.key, cert: c.cert}
+    fingerprints[n] = c.fingerprint
+  }
+  const requestLog = join(dir, 'requests.jsonl')
+  const server = new LabServer({api, certs, tmpDir: join(dir, 'tmp'), authFailDelayMs: 0, requestLog})
+  const ports = await server.listen()
+
+  const hypervisors = new Map<string, Hypervisor>()
+  for (const n of nodeNames) {
+    hypervisors.set(n, {
+      name: n,
+      url: `https://127.0.0.1:${ports[n]}`,
+      nodes: [n],
+      tls: {fingerprint: fingerprints[n]},
+      token: {id: 'pgi@pve!status', secret: {env: TOKEN_ENV}},
+      storage: {os: 'local-vm', data: 'local-vm', import: 'local'},
+      bridge: 'vmbr0',
+      pveVersion: '9.1',
+      source: {file: 'lab.yaml', line: 1, column: 1},
+    })
+  }
+  const inventory: Inventory = {path: dir, files: [], rings: ['canary', 'pilot', 'general'], recipients: [], hypervisors, establishments, groups: new Map([['first', establishments.slice(0, 2).map((e) => e.uai)]])}
+
+  const clients: PveApi[] = []
+  const client = (node: string): PveApi => {
+    const cl = connectHypervisor(hypervisors.get(node)!, {tokenSecret: new Secret(pgiSecret), io: new MemoryIo('silent'), requestTimeoutMs: 30_000, poll: {initialMs: 5, maxMs: 50}})
+    clients.push(cl)
+    return cl
+  }
+
+  // create and start the VMs through the API, with the metadata deploy writes
+  const dead = new Set((o.faults?.dead_nodes as string[] | undefined) ?? [])
+  const byNode = new Map<string, Establishment[]>()
+  establishments.forEach((e, i) => {
+    if (o.skip?.(i) || dead.has(e.node)) return
+    byNode.set(e.node, [...(byNode.get(e.node) ?? []), e])
+  })
+  await Promise.all(
+    [...byNode].map(async ([node, list]) => {
+      const cl = client(node)
+      const par = o.createParallel ?? 4
+      for (let i = 0; i < list.length; i += par) {
+        await Promise.all(
+          list.slice(i, i + par).map(async (e) => {
+            const meta = {v: 1 as const, uai: e.uai, image, deployedAt: new Date().toISOString(), by: 'status-test'}
+            await cl.createVm(node, e.vmid, {
+              name: `pgi-${e.uai.toLowerCase()}`,
+              cores: 1,
+              memory: 1024,
+              agent: 1,
+              virtio0: 'local-vm:4',
+              virtio1: 'local-vm:8,serial=pgi-data',
+              net0: 'virtio,bridge=vmbr0',
+              tags: formatTags(meta, e.ring),
+              description: formatDescription(meta, e.name),
+            })
+            await cl.startVm(node, e.vmid)
+          }),
+        )
+      }
+    }),
+  )
+
+  return {
+    dir,
+    inventory,
+    establishments,
+    env: {[TOKEN_ENV]: pgiSecret},
+    ami: {id: amiTokenId, secret: new Secret(amiSecret), uai: amiVm.uai},
+    api,
+    backend,
+    requestLog,
+    setUnhealthy(node, vmid, on) {
+      if (on) unhealthy.add(`${node}/${vmid}`)
+      else unhealthy.delete(`${node}/${vmid}`)
+    },
+    client,
+    async close() {
+      await Promise.allSettled(clients.map((cl) => (cl as PveApi & {close?: () => Promise<void>}).close?.()))
+      await server.close()
+      await backend.close()
+      await rm(dir, {recursive: true, force: true})
+    },
+  }
+}
