@@ -167,7 +167,9 @@ export function createTrustedFetch(trust: TlsTrust, opts: {connectTimeoutMs?: nu
   const dispatcher = new Agent({connect, connections: 8, keepAliveTimeout: 10_000})
   const fetch: FetchFn = async (input, init) => {
     try {
-      return await undiciFetch(input, {...init, dispatcher})
+      // Never follow a redirect: the PVE API does not send them, and following one could re-send
+      // a request elsewhere. A 3xx comes back as an answer, typed as an HTTP error upstream.
+      return await undiciFetch(input, {...init, redirect: 'manual', dispatcher})
     } catch (err) {
       if ((err as Error)?.name === 'AbortError' || (err as Error)?.name === 'TimeoutError') throw err
       const url = new URL(typeof input === 'string' || input instanceof URL ? input : input.url)
