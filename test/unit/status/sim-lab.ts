@@ -1,5 +1,5 @@
 /**
- * A simulated lab (engineer C's LabApi + LabServer + SimulatedBackend, in this process) for the
+ * A simulated lab (engineer C's startRuntime: LabApi + LabServer + SimulatedBackend, in this process) for the
  * status tests and bench: N nodes on 127.0.0.1, each its own HTTPS listener and pinned
  * certificate, a pgi token with the PGI role on "/", an AMI token that only sees one VM, faults
  * (latency, dead nodes), and establishments whose VMs are created through the real client
@@ -14,15 +14,12 @@ import {formatDescription, formatTags} from '../../../src/fleet/vm-meta.js'
 import type {Establishment, Hypervisor, Inventory} from '../../../src/inventory/types.js'
 import {uaiFromNumber} from '../../../src/inventory/uai.js'
 import {MemoryIo} from '../../../src/io.js'
-import {AccessControl, defaultPgiRolePrivileges, sha256Hex} from '../../../src/lab/access.js'
-import {LabApi} from '../../../src/lab/api.js'
-import type {StorageDef} from '../../../src/lab/backend.js'
-import {ensureNodeCert} from '../../../src/lab/certs.js'
+import {sha256Hex} from '../../../src/lab/access.js'
+import type {LabApi} from '../../../src/lab/api.js'
 import {faultConfigFrom, Faults} from '../../../src/lab/faults.js'
-import {LabServer} from '../../../src/lab/server.js'
-import {SimulatedBackend} from '../../../src/lab/simulated-backend.js'
+import {startRuntime} from '../../../src/lab/runtime.js'
 import {connectHypervisor} from '../../../src/proxmox/client.js'
-import {AMI_ROLE_PRIVILEGES} from '../../../src/proxmox/role.js'
+import {AMI_ROLE_PRIVILEGES, PGI_ROLE_PRIVILEGES} from '../../../src/proxmox/role.js'
 import type {PveApi} from '../../../src/proxmox/types.js'
 import {Secret} from '../../../src/secret.js'
 
@@ -49,7 +46,6 @@ export interface SimLab {
   /** An AMI token (user ami@pve, VM.Audit + VM.GuestAgent.Audit on the first establishment's VM only). */
   ami: {id: string; secret: Secret; uai: string}
   api: LabApi
-  backend: SimulatedBackend
   /** JSONL request log of the lab (src/lab/server.ts readRequestLog). */
   requestLog: string
   /** Make a guest's PGI unhealthy (its Tryton server fails) or healthy again. */
@@ -64,10 +60,6 @@ export const TOKEN_ENV = 'PGI_LAB_TOKEN'
 export async function startSimLab(o: SimLabOptions): Promise<SimLab> {
   const dir = await mkdtemp(join(tmpdir(), 'pgi-status-lab-'))
   const nodeNames = Array.from({length: o.nodes}, (_, i) => `lab${i + 1}`)
-  const storages: StorageDef[] = [
-    {id: 'local', type: 'dir', content: ['iso', 'import', 'vztmpl', 'snippets', 'backup'], path: (n) => join(dir, n, 'local'), totalBytes: 100 * 2 ** 30},
-    {id: 'local-vm', type: 'dir', content: ['images', 'rootdir'], path: (n) => join(dir, n, 'local-vm'), totalBytes: 1000 * 2 ** 30},
-  ]
   const pgiSecret = randomUUID()
   const amiSecret = randomUUID()
   const image = o.image ?? '2026.11.0'
@@ -101,32 +93,31 @@ export async function startSimLab(o: SimLabOptions): Promise<SimLab> {
   const amiVm = establishments[0]!
   const amiTokenId = 'ami@pve!status'
 
-  const access = new AccessControl({
-    users: {'pgi@pve': {}, 'ami@pve': {}},
-    tokens: {'pgi@pve!status': {secretSha256: sha256Hex(pgiSecret), privsep: false}, [amiTokenId]: {secretSha256: sha256Hex(amiSecret), privsep: false}},
-    roles: {PGI: defaultPgiRolePrivileges('9.1'), AMI: [...AMI_ROLE_PRIVILEGES['9']]},
-    acl: [
-      {path: '/', ugid: 'pgi@pve', roleid: 'PGI', propagate: true},
-      {path: `/vms/${amiVm.vmid}`, ugid: 'ami@pve', roleid: 'AMI', propagate: true},
-    ],
-  })
-  const faults = new Faults(faultConfigFrom(o.faults ?? {}, 'test faults'))
   const unhealthy = new Set<string>()
-  // the lab's fault hook for "a guest whose PGI is not healthy", switchable while the lab runs
-  const backend = new SimulatedBackend({timeScale: 0, guestUnhealthy: (n, v) => faults.guestUnhealthy(n, v) || unhealthy.has(`${n}/${v}`)})
-  const api = new LabApi({nodes: nodeNames, storages, backend, access, faults, pveVersion: '9.1', tmpDir: join(dir, 'tmp')})
-  await backend.init({dir: join(dir, 'backend'), nodes: nodeNames.map((name, index) => ({name, index})), storages, pveVersion: '9.1', log: () => undefined})
-  const certs: Record<string, {key: string; cert: string}> = {}
-  const fingerprints: Record<string, string> = {}
-  // one certificate made with openssl, shared by the nodes (each still has its own listener and pin)
-  const c = await ensureNodeCert(join(dir, 'cert'), 'lab')
-  for (const n of nodeNames) {
-    certs[n] = {key: c.key, cert: c.cert}
-    fingerprints[n] = c.fingerprint
-  }
-  const requestLog = join(dir, 'requests.jsonl')
-  const server = new LabServer({api, certs, tmpDir: join(dir, 'tmp'), authFailDelayMs: 0, requestLog})
-  const ports = await server.listen()
+  const faultConfig = faultConfigFrom(o.faults ?? {}, 'test faults')
+  const faults = new Faults(faultConfig)
+  const rt = await startRuntime({
+    dir,
+    nodes: nodeNames,
+    backend: 'simulated',
+    pveVersion: '9.1',
+    timeScale: 0,
+    faults: faultConfig,
+    // the lab's fault hook for "a guest whose PGI is not healthy", switchable while the lab runs
+    simulated: {guestUnhealthy: (n, v) => faults.guestUnhealthy(n, v) || unhealthy.has(`${n}/${v}`)},
+    authFailDelayMs: 0,
+    access: {
+      users: {'pgi@pve': {}, 'ami@pve': {}},
+      tokens: {'pgi@pve!status': {secretSha256: sha256Hex(pgiSecret), privsep: false}, [amiTokenId]: {secretSha256: sha256Hex(amiSecret), privsep: false}},
+      roles: {PGI: [...PGI_ROLE_PRIVILEGES['9']], AMI: [...AMI_ROLE_PRIVILEGES['9']]},
+      acl: [
+        {path: '/', ugid: 'pgi@pve', roleid: 'PGI', propagate: true},
+        {path: `/vms/${amiVm.vmid}`, ugid: 'ami@pve', roleid: 'AMI', propagate: true},
+      ],
+    },
+  })
+  const ports = rt.ports
+  const fingerprints = rt.fingerprints
 
   const hypervisors = new Map<string, Hypervisor>()
   for (const n of nodeNames) {
@@ -190,9 +181,8 @@ export async function startSimLab(o: SimLabOptions): Promise<SimLab> {
     establishments,
     env: {[TOKEN_ENV]: pgiSecret},
     ami: {id: amiTokenId, secret: new Secret(amiSecret), uai: amiVm.uai},
-    api,
-    backend,
-    requestLog,
+    api: rt.api,
+    requestLog: rt.requestLog,
     setUnhealthy(node, vmid, on) {
       if (on) unhealthy.add(`${node}/${vmid}`)
       else unhealthy.delete(`${node}/${vmid}`)
@@ -200,8 +190,7 @@ export async function startSimLab(o: SimLabOptions): Promise<SimLab> {
     client,
     async close() {
       await Promise.allSettled(clients.map((cl) => (cl as PveApi & {close?: () => Promise<void>}).close?.()))
-      await server.close()
-      await backend.close()
+      await rt.close()
       await rm(dir, {recursive: true, force: true})
     },
   }
