@@ -1,7 +1,7 @@
 import {Args, Flags} from '@oclif/core'
 
 import {BaseCommand, inventoryFlag, secretsDirFlag} from '../src/cli/base-command.js'
-import {resolveDeployImage} from '../src/deploy/image.js'
+import {newestImageVersion, resolveDeployImage} from '../src/deploy/image.js'
 import {labConnection} from '../src/deploy/lab-connection.js'
 import {planExitCode, runDeploy, type DeployReport, type PlanRow} from '../src/deploy/service.js'
 import {imagesDir} from '../src/paths.js'
@@ -34,7 +34,7 @@ Exit codes: 0 all done or up to date, 4 some establishments failed (see the summ
     'images-dir': Flags.string({summary: 'Folder of built images.', env: 'PGI_IMAGES_DIR', default: async () => imagesDir()}),
     all: Flags.boolean({summary: 'Every establishment of the inventory.', default: false}),
     group: Flags.string({summary: 'The establishments of a group (`groups:` in the inventory).'}),
-    image: Flags.string({summary: 'Image version to deploy (default: each establishment\'s `image:`).', env: 'PGI_IMAGE'}),
+    image: Flags.string({summary: 'Image version to deploy (default: each establishment\'s `image:`, else the newest built image).', env: 'PGI_IMAGE'}),
     'image-url': Flags.string({summary: 'Stage the image on nodes with download-url from this URL ({file} = image file name) instead of uploading it.'}),
     'dry-run': Flags.boolean({summary: 'Print the plan and stop: nothing is sent to any hypervisor but reads.', default: false}),
     'max-parallel': Flags.integer({summary: 'Establishments deployed at once.', default: 10, min: 1}),
@@ -52,7 +52,9 @@ Exit codes: 0 all done or up to date, 4 some establishments failed (see the summ
       inventoryPath: f.inventory,
       selection: {uais, all: f.all, group: f.group},
       secretsDir: f['secrets-dir'],
+      // no --image: each establishment's `image:`, else the newest built image
       image: f.image,
+      defaultImage: await newestImageVersion(f['images-dir']),
       resolveImage: (v) => resolveDeployImage(v, {imagesDir: f['images-dir'], io: this.io}),
       imageUrl: f['image-url'],
       handoffDir: f['handoff-dir'],

@@ -161,7 +161,7 @@ export async function planDeploy(ests: readonly Establishment[], opts: PlanOptio
 
       // no VM yet: create it — needs a verified image and an import-capable storage
       const img = await imageOf(version)
-      if (img instanceof PgiError) return blocked(img.code, `image ${version}: ${img.message}`, img.suggestions)
+      if (img instanceof PgiError) return blocked(img.code, img.message.includes(version) ? img.message : `image ${version}: ${img.message}`, img.suggestions)
       const problem = await importStorageProblem(api, hv, est.node, st)
       if (problem) return blocked(ErrorCode.REFUSED, problem, [`Add the "import" content type to storage ${hv.storage.import} (Datacenter → Storage → Edit → Content), or set storage.import in the inventory.`])
       return {...base, action: 'create', summary: `create VM ${est.vmid} from ${importVolid(hv, img)}`}

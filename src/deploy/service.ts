@@ -9,6 +9,7 @@ import {openInventoryStore} from '../credentials/service.js'
 import {ErrorCode} from '../errors.js'
 import {ExitCode, type ExitCodeValue} from '../exit-codes.js'
 import {Hypervisors, type PveConnector} from '../hypervisors.js'
+import {parseImageRef} from '../image/images.js'
 import {loadValidInventory} from '../inventory/load.js'
 import {selectEstablishments, type Selection} from '../inventory/select.js'
 import type {Establishment, Inventory} from '../inventory/types.js'
@@ -25,6 +26,8 @@ export interface DeployRequest {
   secretsDir: string
   /** Image version for every selected establishment (else each one's inventory `image`). */
   image?: string
+  /** Version for establishments whose inventory names none (when no --image): the newest built. */
+  defaultImage?: string
   /** Verifies and describes an image version (signature + checksum). */
   resolveImage: (version: string) => Promise<DeployImage>
   /** Stage with download-url from this URL template instead of uploading (`{file}`). */
@@ -103,7 +106,7 @@ export async function runDeploy(req: DeployRequest): Promise<DeployReport> {
   const plan = await planDeploy(establishments, {
     hypervisors,
     io: req.io,
-    imageVersion: (e) => req.image ?? e.image,
+    imageVersion: (e) => (req.image ? parseImageRef(req.image).version : undefined) ?? e.image ?? req.defaultImage,
     resolveImage: req.resolveImage,
   })
   const rows = planRows(plan.items)
