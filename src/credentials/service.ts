@@ -6,6 +6,7 @@
 import {asPgiError, ErrorCode, type PgiError, UserError} from '../errors.js'
 import type {Io} from '../io.js'
 import type {Establishment, Inventory} from '../inventory/types.js'
+import {settleAll} from '../fleet/pool.js'
 import {Hypervisors, type PveConnector} from '../hypervisors.js'
 import {SecretStore} from '../secrets/store.js'
 import {handoffToJson, issueHandoff, openHandoff, type HandoffConnection, type HandoffIssued, type HandoffJson} from './handoff.js'
@@ -52,18 +53,17 @@ export async function writeHandoffs(opts: {
   io?: Io
   /** Per-establishment connection overrides (a lab's loopback forwards). */
   connection?: (est: Establishment) => HandoffConnection | undefined
+  /** How many handoffs are written at once (default 4). */
+  parallel?: number
 }): Promise<HandoffRunResult> {
-  const out: Outcome<HandoffIssued>[] = []
-  for (const est of opts.establishments) {
-    try {
-      const issued = await issueHandoff(est, {store: opts.store, outDir: opts.outDir, connection: opts.connection?.(est), io: opts.io})
-      out.push({ok: true, ...issued})
-    } catch (err) {
-      const o = failed(est.uai, err)
-      if (opts.establishments.length > 1) opts.io?.error(`${est.uai}: ${String(o.error.message)}`)
-      out.push(o)
-    }
-  }
+  // A few at a time: the work is age encryption (WebCrypto, off the main thread) and fsyncs.
+  const settled = await settleAll(opts.establishments, () => 'handoff', (est) => issueHandoff(est, {store: opts.store, outDir: opts.outDir, connection: opts.connection?.(est), io: opts.io}), {max: opts.parallel ?? 4})
+  const out: Outcome<HandoffIssued>[] = settled.map((r) => {
+    if (r.ok) return {ok: true, ...r.value}
+    const o = failed(r.item.uai, r.error)
+    if (opts.establishments.length > 1) opts.io?.error(`${r.item.uai}: ${String(o.error.message)}`)
+    return o
+  })
   return {outDir: opts.outDir, written: out.filter((o) => o.ok).length, failed: out.filter((o) => !o.ok).length, establishments: out}
 }
 

@@ -6,6 +6,7 @@ import {bech32} from '@scure/base'
 import {armor, Decrypter, Encrypter} from 'age-encryption'
 
 import {BugError, ErrorCode, UserError} from '../errors.js'
+import {settleAll} from '../fleet/pool.js'
 import type {SecretRef} from '../inventory/types.js'
 import {Secret} from '../secret.js'
 import {syncDir, writeFileAtomic} from './atomic.js'
@@ -213,19 +214,13 @@ export class SecretStore {
    */
   async reencrypt(prefix?: string): Promise<ReencryptResult> {
     const result: ReencryptResult = {reencrypted: [], failed: [], recipients: this.recipients.length}
-    for (const key of await this.list(prefix)) {
-      let value: Secret
-      try {
-        value = await this.get(key)
-      } catch (err) {
-        if (err instanceof UserError) {
-          result.failed.push({key, code: err.code, message: err.message})
-          continue
-        }
-        throw err
-      }
-      await this.put(key, value)
-      result.reencrypted.push(key)
+    const keys = await this.list(prefix)
+    // A few files at a time: each is a decrypt + encrypt (WebCrypto, off the main thread) + fsyncs.
+    const settled = await settleAll(keys, () => 'store', async (key) => this.put(key, await this.get(key)), {max: 4})
+    for (const r of settled) {
+      if (r.ok) result.reencrypted.push(r.item)
+      else if (r.error instanceof UserError) result.failed.push({key: r.item, code: r.error.code, message: r.error.message})
+      else throw r.error
     }
     return result
   }
