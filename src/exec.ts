@@ -1,3 +1,6 @@
+import {spawn} from 'node:child_process'
+import {closeSync, openSync} from 'node:fs'
+
 import {execa, type Options as ExecaOptions} from 'execa'
 
 import {ErrorCode, UserError} from './errors.js'
@@ -108,22 +111,26 @@ export async function run(file: string, args: readonly string[], opts: RunOption
 }
 
 /** Starts a long-running program in the background (QEMU, a lab daemon) and returns its handle. */
-export function spawnDetached(file: string, args: readonly string[], opts: {cwd?: string; env?: Record<string, string | undefined>; logFile: string}) {
-  const child = execa(file, args, {
-    cwd: opts.cwd,
-    env: opts.env,
-    extendEnv: true,
-    detached: true,
-    stdin: 'ignore',
-    stdout: {file: opts.logFile, append: true},
-    stderr: {file: opts.logFile, append: true},
-    reject: false,
-    cleanup: false,
-  })
-  child.unref()
-  // Not awaited: the caller tracks the pid; swallow the eventual settle so it never rejects.
-  void child.catch(() => undefined)
-  return {pid: child.pid}
+export function spawnDetached(file: string, args: readonly string[], opts: {cwd?: string; env?: Record<string, string | undefined>; logFile: string}): {pid: number | undefined} {
+  // node:child_process rather than execa here: the log file must be handed to the child as a
+  // plain file descriptor. execa's `{file}` target pipes the output through this process, which
+  // then cannot exit before the child (`pgi lab start` hung) and the child gets SIGPIPE when this
+  // process ends; execa's types do not take an arbitrary descriptor.
+  const fd = openSync(opts.logFile, 'a')
+  try {
+    const child = spawn(file, [...args], {
+      cwd: opts.cwd,
+      env: Object.fromEntries(Object.entries({...process.env, ...opts.env}).filter(([, v]) => v !== undefined)) as NodeJS.ProcessEnv,
+      detached: true,
+      stdio: ['ignore', fd, fd],
+    })
+    // A missing program is reported asynchronously: the caller sees no pid and checks the log.
+    child.on('error', () => undefined)
+    child.unref()
+    return {pid: child.pid}
+  } finally {
+    closeSync(fd)
+  }
 }
 
 /** Is `tool` on the PATH? */
