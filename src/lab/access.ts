@@ -97,6 +97,7 @@ export class AccessControl {
     this.cfg = cfg
     this.#tokenCache.clear()
     this.#privCache.clear()
+    this.#effCache.clear()
   }
 
   config(): AccessConfig {
@@ -180,8 +181,21 @@ export class AccessControl {
     return result
   }
 
+  readonly #effCache = new Map<string, Set<string>>()
+
   /** Effective privileges of a principal on a path (token with privsep: intersection with the user's). */
   privileges(p: Principal, path: string): Set<string> {
+    const key = `${p.tokenid ?? p.user}\0${path}`
+    let hit = this.#effCache.get(key)
+    if (!hit) {
+      hit = this.#computePrivileges(p, path)
+      if (this.#effCache.size > 100_000) this.#effCache.clear()
+      this.#effCache.set(key, hit)
+    }
+    return hit
+  }
+
+  #computePrivileges(p: Principal, path: string): Set<string> {
     const userPrivs = p.user === 'root@pam' ? new Set(ALL_PRIVILEGES) : this.#aclPrivs(p.user, path)
     if (!p.tokenid) return userPrivs
     const tok = this.cfg.tokens[p.tokenid]

@@ -616,7 +616,9 @@ export class LabApi {
     h.vmStatusCurrent = async (c) => {
       const vm = this.#vm(c)
       const st = this.backend.status(c.node.name, vm.vmid)
-      const spec = this.spec(c.node.name, vm)
+      // Hot path (status polling): read the few keys directly instead of building a full VmSpec.
+      const cfg = vm.config
+      const spec = {name: cfg.name ?? `VM${vm.vmid}`, cores: Number(cfg.cores ?? 1), sockets: Number(cfg.sockets ?? 1), memoryMb: Number(/^(?:current=)?(\d+)/.exec(cfg.memory ?? '512')?.[1] ?? 512), agent: /^(1|enabled=1)/.test(cfg.agent ?? '')}
       return {
         vmid: vm.vmid,
         name: spec.name,

@@ -142,14 +142,30 @@ export class LabServer {
   }
 
   async close(): Promise<void> {
+    this.flushLog()
     for (const s of this.#sockets) s.destroy()
     await Promise.all([...this.servers.values()].map((s) => new Promise<void>((r) => s.close(() => r()))))
     this.servers.clear()
   }
 
+  #logBuf: string[] = []
+  #logTimer: NodeJS.Timeout | undefined
+
+  /** Buffered JSONL append (flushed every 50 ms and at close): a sync write per request would cap throughput. */
   #log(e: RequestLogEntry): void {
     if (!this.#o.requestLog) return
-    appendFileSync(this.#o.requestLog, JSON.stringify(e) + '\n')
+    this.#logBuf.push(JSON.stringify(e) + '\n')
+    this.#logTimer ??= setTimeout(() => this.flushLog(), 50)
+  }
+
+  /** Writes buffered request-log lines now (tests call it before reading the log). */
+  flushLog(): void {
+    if (this.#logTimer) clearTimeout(this.#logTimer)
+    this.#logTimer = undefined
+    if (this.#logBuf.length === 0 || !this.#o.requestLog) return
+    const text = this.#logBuf.join('')
+    this.#logBuf = []
+    appendFileSync(this.#o.requestLog, text)
   }
 
   #send(res: ServerResponse, status: number, body: unknown, reason?: string, headers: Record<string, string> = {}): void {
