@@ -1,0 +1,216 @@
+import {createHash} from 'node:crypto'
+import {existsSync} from 'node:fs'
+import {cp, mkdir, mkdtemp, readFile, rm, writeFile} from 'node:fs/promises'
+import {tmpdir} from 'node:os'
+import {dirname, join, resolve} from 'node:path'
+import {fileURLToPath} from 'node:url'
+
+import {afterAll, beforeAll, describe, expect, it} from 'vitest'
+
+import {parseHandoff, type HandoffDocument} from '../../../src/credentials/handoff.js'
+import {run, spawnDetached} from '../../../src/exec.js'
+import {buildImage} from '../../../src/image/build.js'
+import {listImages} from '../../../src/image/images.js'
+import {lockPath} from '../../../src/image/lock.js'
+import {loadRecipe} from '../../../src/image/recipe.js'
+import {StderrIo} from '../../../src/io.js'
+import {readRequestLog} from '../../../src/lab/server.js'
+import {stateDir} from '../../../src/paths.js'
+import {sshExec} from '../../../src/ssh.js'
+
+/**
+ * The main job, end to end, on a qemu-backed lab (real QEMU VMs of the real pgi-tryton image):
+ * `pgi deploy` of two establishments from a clean start; then, as the AMI would: open the handoff
+ * with the real `age` tool, log into the VM over SSH with its codes, connect to PostgreSQL as the
+ * SQL administrator (psql, password in PGPASSWORD), log into Tryton over JSON-RPC as admin. Then:
+ * a second deploy changes nothing (no write request in the lab's log); no secret in any output;
+ * a deploy killed with SIGKILL mid-way is finished by running deploy again; a node whose
+ * certificate does not match the pin is sent nothing (exit 8); `pgi destroy` refuses without its
+ * flags, then backs up, copies the backup off the VM and deletes it.
+ *
+ * The image is built once (same cache key as test/e2e/image: recipe digest + lock) under
+ * <stateDir>/e2e-image-cache/, or taken from PGI_E2E_IMAGES_DIR.
+ */
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..')
+const CLI = join(ROOT, 'bin', 'run.js')
+const io = new StderrIo(process.env.PGI_LOG_LEVEL === 'debug' ? 'debug' : 'warn', false)
+
+async function cachedImage(): Promise<{root: string; version: string}> {
+  if (process.env.PGI_E2E_IMAGES_DIR) {
+    const root = resolve(process.env.PGI_E2E_IMAGES_DIR)
+    const have = (await listImages({root})).filter((i) => i.name === 'pgi-tryton').slice(-1)[0]
+    if (!have) throw new Error(`no pgi-tryton image in PGI_E2E_IMAGES_DIR=${root}`)
+    return {root, version: have.version}
+  }
+  // same cache as test/e2e/image/image.test.ts, so CI builds the image once for both
+  const recipe = await loadRecipe('pgi-tryton')
+  const lock = existsSync(lockPath(recipe)) ? await readFile(lockPath(recipe)) : Buffer.from('')
+  const key = createHash('sha256').update(recipe.digest).update(lock).digest('hex').slice(0, 16)
+  const dir = join(stateDir(), 'e2e-image-cache', key)
+  const have = (await listImages({root: dir})).find((i) => i.name === 'pgi-tryton')
+  if (have) return {root: dir, version: have.version}
+  await rm(dir, {recursive: true, force: true})
+  await mkdir(dir, {recursive: true})
+  const r = await buildImage({recipe: 'pgi-tryton', out: dir, io, env: {...process.env, SOURCE_DATE_EPOCH: process.env.SOURCE_DATE_EPOCH ?? '1767225600'}})
+  return {root: dir, version: r.version}
+}
+
+let base: string
+let labDir: string
+let env: Record<string, string>
+let images: {root: string; version: string}
+const outputs: string[] = []
+
+async function pgi(args: string[], opts: {allowFailure?: boolean; env?: Record<string, string>} = {}) {
+  const r = await run('node', [CLI, ...args], {env: {...env, ...opts.env}, allowFailure: true, timeoutMs: 40 * 60_000})
+  outputs.push(r.stdout, r.stderr)
+  if (r.exitCode !== 0 && !opts.allowFailure) throw new Error(`pgi ${args.join(' ')} exited ${r.exitCode}:\n${r.stderr.slice(-3000)}`)
+  return r
+}
+
+function deployArgs(uais: string[], extra: string[] = []): string[] {
+  return ['deploy', ...uais, '--yes', '--json', '--image', images.version, '--images-dir', images.root, '--lab-dir', labDir, '--handoff-dir', join(base, 'handoffs'), '--health-timeout', '1800', '--agent-timeout', '900', ...extra]
+}
+
+async function openWithAge(uai: string): Promise<HandoffDocument> {
+  const file = join(base, 'handoffs', `${uai}.handoff.age`)
+  const r = await run('age', ['--decrypt', '--identity', join(labDir, 'ami-identity.txt'), file])
+  return parseHandoff(r.stdout, file)
+}
+
+async function trytonRpc(port: number, path: string, method: string, params: unknown[]): Promise<unknown> {
+  const res = await fetch(`http://127.0.0.1:${port}/${path}`, {method: 'POST', headers: {'Content-Type': 'application/json'}, body: JSON.stringify({id: 1, method, params})})
+  const body = (await res.json()) as {result?: unknown; error?: unknown}
+  if (body.error) throw new Error(`Tryton ${method}: ${JSON.stringify(body.error)}`)
+  return body.result
+}
+
+describe('pgi deploy on a qemu-backed lab', () => {
+  let uais: string[] = []
+  const docs = new Map<string, HandoffDocument>()
+
+  beforeAll(async () => {
+    images = await cachedImage()
+    base = await mkdtemp(join(tmpdir(), 'pgi-e2e-deploy-'))
+    labDir = join(base, 'lab')
+    env = {PGI_STATE_DIR: join(base, 'state'), CI: 'true', PGI_LOG_LEVEL: 'info'}
+    await pgi(['lab', 'start', '--backend', 'qemu', '--nodes', '1', '--sites', '3', '--dir', labDir, '--json'])
+    env.PGI_INVENTORY = join(labDir, 'inventory', 'lab.yaml')
+    env.PGI_SECRETS_DIR = join(labDir, 'secrets')
+    const list = await pgi(['inventory', 'list', '--json'])
+    uais = (JSON.parse(list.stdout) as {result: {uai: string}[]}).result.map((e) => e.uai)
+    expect(uais).toHaveLength(3)
+  }, 60 * 60_000)
+
+  afterAll(async () => {
+    if (labDir) await pgi(['lab', 'stop', '--dir', labDir], {allowFailure: true})
+    if (base) await rm(base, {recursive: true, force: true})
+  }, 5 * 60_000)
+
+  it('deploys two establishments from a clean start and hands their codes over', async () => {
+    const [a, b] = uais
+    const r = await pgi(deployArgs([a!, b!]))
+    const out = JSON.parse(r.stdout) as {status: number; result: {result: {outcomes: {uai: string; outcome: string}[]}}}
+    expect(out.status).toBe(0)
+    expect(out.result.result.outcomes.map((o) => o.outcome)).toEqual(['created', 'created'])
+    for (const u of [a!, b!]) docs.set(u, await openWithAge(u))
+  }, 60 * 60_000)
+
+  it('lets the AMI in: SSH with the handoff codes, psql as the SQL administrator, Tryton admin over JSON-RPC', async () => {
+    for (const [uai, d] of docs) {
+      const ssh = await sshExec({host: d.ssh.host, port: d.ssh.port, username: d.ssh.login, password: d.ssh.password, hostKeyFingerprints: d.ssh.hostKeyFingerprints}, 'hostname; id -un')
+      expect(ssh.code).toBe(0)
+      expect(ssh.stdout.split('\n')[0]).toBe(`pgi-${uai.toLowerCase()}`)
+      expect(ssh.stdout.split('\n')[1]).toBe(d.ssh.login)
+
+      const pg = await run('psql', ['-h', d.postgresql.host, '-p', String(d.postgresql.port), '-U', d.postgresql.login, '-d', 'postgres', '-tAc', 'select current_user'], {env: {PGPASSWORD: d.postgresql.password.reveal(), PGCONNECT_TIMEOUT: '20'}})
+      expect(pg.stdout.trim()).toBe(d.postgresql.login)
+    }
+    // a teacher creates a database (server side, through the guest contract); the admin logs in
+    const [uai, d] = [...docs][0]!
+    const db = d.desktopClient.database
+    const mk = await pgiGuest(uai, ['/usr/local/sbin/pgi-db', 'create', db, '--lang', 'fr'])
+    expect(JSON.parse(mk).database).toBe(db)
+    const login = (await trytonRpc(d.desktopClient.port, `${db}/`, 'common.db.login', [d.trytonAdmin.login, {password: d.trytonAdmin.password.reveal()}, 'fr'])) as [number, string]
+    expect(login[0]).toBeGreaterThan(0)
+  }, 60 * 60_000)
+
+  it('changes nothing on a second deploy (no write request in the lab log), and prints no secret', async () => {
+    const before = (await readRequestLog(join(labDir, 'requests.jsonl'))).length
+    const [a, b] = uais
+    const r = await pgi(deployArgs([a!, b!]))
+    const out = JSON.parse(r.stdout) as {result: {upToDate: boolean; result: {outcomes: {outcome: string}[]}}}
+    expect(out.result.upToDate).toBe(true)
+    expect(out.result.result.outcomes.map((o) => o.outcome)).toEqual(['up-to-date', 'up-to-date'])
+    const after = (await readRequestLog(join(labDir, 'requests.jsonl'))).slice(before)
+    expect(after.length).toBeGreaterThan(0)
+    expect(after.filter((e) => e.method !== 'GET')).toEqual([])
+
+    const secrets = [...docs.values()].flatMap((d) => [d.ssh.password.reveal(), d.postgresql.password.reveal(), d.trytonAdmin.password.reveal()])
+    const logs = [...outputs, await readFile(join(labDir, 'requests.jsonl'), 'utf8'), await readFile(join(labDir, 'daemon.log'), 'utf8').catch(() => '')].join('\n')
+    for (const s of secrets) expect(logs).not.toContain(s)
+  }, 30 * 60_000)
+
+  it('finishes a deploy killed with SIGKILL mid-way by running deploy again', async () => {
+    const c = uais[2]!
+    const journal = join(base, 'state', 'journal', 'deploy', `${c}.json`)
+    const args = [CLI, 'deploy', c, '--yes', '--image', images.version, '--images-dir', images.root, '--lab-dir', labDir, '--handoff-dir', join(base, 'handoffs')]
+    const child = spawnDetached('node', args, {env: {...process.env, ...env}, logFile: join(base, 'killed-deploy.log')})
+    const deadline = Date.now() + 20 * 60_000
+    for (;;) {
+      const j = existsSync(journal) ? (JSON.parse(await readFile(journal, 'utf8')) as {steps: Record<string, string>}) : undefined
+      if (j?.steps.created || j?.steps.started) break
+      if (Date.now() > deadline) throw new Error('the deploy never reached the create step')
+      await new Promise((r) => setTimeout(r, 500))
+    }
+    process.kill(child.pid!, 'SIGKILL')
+    const dry = await pgi(['deploy', c, '--dry-run', '--json', '--image', images.version, '--images-dir', images.root])
+    expect((JSON.parse(dry.stdout) as {result: {plan: {action: string}[]}}).result.plan[0]!.action).toBe('continue')
+    const r = await pgi(deployArgs([c]))
+    expect((JSON.parse(r.stdout) as {result: {result: {outcomes: {outcome: string}[]}}}).result.result.outcomes[0]!.outcome).toBe('created')
+    expect((await openWithAge(c)).establishment.uai).toBe(c)
+  }, 60 * 60_000)
+
+  it('sends nothing to a node whose certificate does not match the pin (exit 8)', async () => {
+    const inv = join(base, 'bad-inventory')
+    await cp(join(labDir, 'inventory'), inv, {recursive: true})
+    const file = join(inv, 'lab.yaml')
+    const text = await readFile(file, 'utf8')
+    await writeFile(file, text.replace(/fingerprint: "?([0-9A-F]{2})/g, (_m, x: string) => `fingerprint: "${x === 'AA' ? 'BB' : 'AA'}`))
+    const before = (await readRequestLog(join(labDir, 'requests.jsonl'))).length
+    const r = await pgi(['deploy', '--all', '--yes', '--json', '--image', images.version, '--images-dir', images.root], {allowFailure: true, env: {PGI_INVENTORY: inv}})
+    expect(r.exitCode).toBe(8)
+    expect((await readRequestLog(join(labDir, 'requests.jsonl'))).length).toBe(before)
+  }, 10 * 60_000)
+
+  it('destroy refuses without --destroy-data, then takes a verified backup, copies it off and deletes the VM', async () => {
+    const [uai] = uais
+    const refused = await pgi(['destroy', uai!, '--json'], {allowFailure: true})
+    expect(refused.exitCode).toBe(7)
+    const noConfirm = await pgi(['destroy', uai!, '--destroy-data', '--json'], {allowFailure: true})
+    expect(noConfirm.exitCode).toBe(7)
+    const r = await pgi(['destroy', uai!, '--destroy-data', '--yes', '--json', '--backup-dir', join(base, 'final-backups')])
+    const res = (JSON.parse(r.stdout) as {result: {destroyed: boolean; backup: {dir: string; files: {file: string}[]; databases: {name: string}[]}}}).result
+    expect(res.destroyed).toBe(true)
+    expect(res.backup.databases.map((d) => d.name)).toContain(docs.get(uai!)!.desktopClient.database)
+    for (const f of res.backup.files) expect(existsSync(join(res.backup.dir, f.file))).toBe(true)
+    const plan = await pgi(['deploy', uai!, '--dry-run', '--json', '--image', images.version, '--images-dir', images.root])
+    expect((JSON.parse(plan.stdout) as {result: {plan: {action: string}[]}}).result.plan[0]!.action).toBe('create')
+  }, 30 * 60_000)
+})
+
+/** Runs a guest-contract command in the VM of `uai` through the lab's API (the guest agent), as pgi does. */
+async function pgiGuest(uai: string, command: string[]): Promise<string> {
+  const {loadValidInventory} = await import('../../../src/inventory/load.js')
+  const {findEstablishment} = await import('../../../src/inventory/select.js')
+  const {openInventoryStore} = await import('../../../src/credentials/service.js')
+  const {Hypervisors} = await import('../../../src/hypervisors.js')
+  const inv = await loadValidInventory(env.PGI_INVENTORY!)
+  const est = findEstablishment(inv, uai)
+  const store = await openInventoryStore(inv, env.PGI_SECRETS_DIR!, {...process.env, ...env})
+  const api = await new Hypervisors(inv, {store, io, env: {...process.env, ...env}}).get(est.hypervisor)
+  const r = await api.agentExec(est.node, est.vmid, command, {timeoutMs: 40 * 60_000})
+  if (r.exitcode !== 0) throw new Error(`${command.join(' ')} exited ${r.exitcode}: ${r.stderr}`)
+  return r.stdout
+}
