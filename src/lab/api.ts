@@ -422,6 +422,9 @@ export class LabApi {
     h.vmCreate = async (c) => {
       const vmid = Number(c.params.vmid)
       this.access.check(c.principal, `/vms/${vmid}`, ['VM.Allocate'])
+      // PVE checks the VM.Config.* privilege of every key given at creation too.
+      const keys = Object.keys(c.params).filter((k) => !['node', 'vmid', 'start', 'storage', 'pool'].includes(k))
+      this.#checkConfigPerms(c, keys.map((k) => [k, String(c.params[k])] as [string, string]))
       if (c.node.vms.has(vmid)) throw new HttpError(500, `unable to create VM ${vmid} - VM ${vmid} already exists on node '${c.node.name}'`)
       const vm: VmRecord = {vmid, config: {lock: 'create'}, snapshots: {}}
       c.node.vms.set(vmid, vm)
@@ -430,9 +433,7 @@ export class LabApi {
         try {
           await this.#withConfigLock(c, vmid, async () => {
             const params = {...c.params}
-            const hasName = params.name !== undefined
             await this.#applyConfig(c, vm, params, ctx, c.params.storage as string | undefined)
-            if (!hasName) vm.config.name = `VM${vmid}`
             vm.config.smbios1 ??= `uuid=${crypto.randomUUID()}`
             vm.config.vmgenid ??= crypto.randomUUID()
             vm.config.meta ??= `creation-qemu=9.2.0,ctime=${Math.floor(Date.now() / 1000)}`
@@ -652,7 +653,7 @@ export class LabApi {
       return this.#task(c, 'qmshutdown', String(vm.vmid), async (ctx) => {
         if (!this.backend.status(c.node.name, vm.vmid).running) throw new Error(`VM ${vm.vmid} not running`)
         const timeoutS = c.params.timeout === undefined ? 180 : Number(c.params.timeout)
-        await this.backend.shutdown(this.spec(c.node.name, vm), {timeoutS, forceStop: parseBool(c.params.forceStop) ?? true}, ctx)
+        await this.backend.shutdown(this.spec(c.node.name, vm), {timeoutS, forceStop: parseBool(c.params.forceStop) ?? false}, ctx)
       })
     }
 
