@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The main job, end to end, on a fresh Debian 12 machine (as root), from a clone of pgi:
+#   1. install what pgi needs and build it (scripts/install-deps.sh);
+#   2. build the reference image pgi-tryton, or reuse the newest one already built;
+#   3. start a local lab hypervisor with real QEMU VMs (PVE-compatible API on 127.0.0.1), 2 sites;
+#   4. deploy both establishments (pgi deploy), which writes each AMI's handoff file;
+#   5. show their status (pgi status);
+#   6. say how to open the web client and the handoffs, and how to stop the lab.
+# Every step must succeed: the first failure stops the script with its error (set -e).
+#
+# Settings (environment): PGI_DEMO_DIR (default <state dir>/demo), PGI_IMAGES_DIR, PGI_IMAGE
+# (a version to use instead of the newest/built one), PGI_IMAGE_MIRROR (apt sources for the build;
+# default: this host's own apt sources).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n==> %s\n' "$*" >&2; }
+pgi() { ./bin/run.js "$@"; }
+json_field() { node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const v=(0,eval)("(j)=>"+process.argv[1])(JSON.parse(s));if(v===undefined||v===null)process.exit(3);console.log(typeof v==="string"?v:JSON.stringify(v))})' "$1"; }
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "scripts/demo.sh must run as root (image build and QEMU need it)." >&2
+  exit 1
+fi
+
+say "1/6 Installing dependencies and building pgi"
+bash scripts/install-deps.sh
+
+STATE="${PGI_STATE_DIR:-${XDG_STATE_HOME:-$HOME/.local/state}/pgi}"
+DEMO="${PGI_DEMO_DIR:-$STATE/demo}"
+LAB="$DEMO/lab"
+HANDOFFS="$DEMO/handoffs"
+mkdir -p "$DEMO"
+
+say "2/6 The reference image"
+VERSION="${PGI_IMAGE:-}"
+if [ -z "$VERSION" ]; then
+  VERSION=$(pgi image list --json --log-level error | json_field 'j.result.filter(i=>i.name==="pgi-tryton").map(i=>i.version).pop()' || true)
+fi
+if [ -z "$VERSION" ]; then
+  echo "No pgi-tryton image built yet: building it (a few minutes)." >&2
+  VERSION=$(pgi image build pgi-tryton --json | json_field 'j.result.version')
+else
+  echo "Using image pgi-tryton $VERSION." >&2
+fi
+pgi image verify "$VERSION" >&2
+
+say "3/6 Starting a local lab hypervisor (real QEMU VMs) with 2 establishments"
+if pgi lab status --dir "$LAB" --json --log-level error 2>/dev/null | json_field 'j.result.running' 2>/dev/null | grep -qx true; then
+  echo "A lab is already running in $LAB: using it." >&2
+else
+  pgi lab start --backend qemu --nodes 1 --sites 2 --dir "$LAB"
+fi
+export PGI_INVENTORY="$LAB/inventory/lab.yaml"
+export PGI_SECRETS_DIR="$LAB/secrets"
+
+say "4/6 Deploying both establishments (this boots real VMs in software emulation: be patient)"
+# exits non-zero (4 partial, 8 unreachable…) when an establishment fails: set -e stops here then
+pgi deploy --all --yes --image "$VERSION" --lab-dir "$LAB" --handoff-dir "$HANDOFFS"
+
+say "5/6 Status"
+pgi status --all
+
+say "6/6 What next"
+WEB=$(pgi lab status --dir "$LAB" --json --log-level error | json_field 'j.result.vms.map(v=>`  ${v.name}: http://${(v.access&&v.access.endpoints&&v.access.endpoints.web)||"(no web forward)"}/`).join("\n")')
+cat <<EOF
+
+The two PGI servers are deployed and healthy.
+
+Web client (Tryton, thin client) of each establishment, from this machine:
+$WEB
+
+The AMI's access codes (one file per establishment, readable only with the AMI's key):
+  ls $HANDOFFS
+  ./bin/run.js credentials open $HANDOFFS/<UAI>.handoff.age --identity $LAB/ami-identity.txt
+  (the real age tool opens them too: age -d -i $LAB/ami-identity.txt <file>)
+
+Use this lab with other commands:
+  export PGI_INVENTORY=$PGI_INVENTORY PGI_SECRETS_DIR=$PGI_SECRETS_DIR
+
+Stop the lab (stops every VM; the lab folder is kept):
+  ./bin/run.js lab stop --dir $LAB
+EOF
