@@ -446,10 +446,17 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
   } finally {
     if (mounted.mnt) await run('umount', [mounted.mnt], {allowFailure: true}, io)
     if (mounted.loop) await run('losetup', ['-d', mounted.loop], {allowFailure: true}, io)
-    // mmdebstrap unmounts what it mounted; make sure the apt cache bind mount is gone before rm
-    if (existsSync(join(rootfs, 'var/cache/apt/archives'))) await run('umount', [join(rootfs, 'var/cache/apt/archives')], {allowFailure: true}, io)
+    // mmdebstrap unmounts what it mounted; the apt cache bind mount is ours: it must be gone
+    // before the work folder is removed, or rm would empty the cache through it
+    const archives = join(rootfs, 'var/cache/apt/archives')
+    let stillMounted = false
+    if (existsSync(archives)) {
+      await run('umount', [archives], {allowFailure: true}, io)
+      stillMounted = (await run('mountpoint', ['-q', archives], {allowFailure: true}, io)).exitCode === 0
+    }
     await rm(tmpOut, {recursive: true, force: true})
-    if (!opts.keepWork) await rm(work, {recursive: true, force: true})
+    if (stillMounted) io.warn(`the apt cache is still mounted on ${archives}: work folder ${work} left in place (unmount it, then remove it)`)
+    else if (!opts.keepWork) await rm(work, {recursive: true, force: true})
   }
   const m = ctx.manifest!
   return {

@@ -14,6 +14,7 @@ STATE_DIR = DATA + '/.pgi'
 STATE_FILE = STATE_DIR + '/state.json'
 PG_VERSION = '15'
 PG_DATA = DATA + '/postgresql/15/main'
+PG_TEMPLATE = '/var/lib/pgi/pgdata-template'
 FILESTORE = DATA + '/tryton/filestore'
 BACKUPS = DATA + '/backups'
 RUN_DIR = '/run/pgi'
@@ -77,16 +78,48 @@ def version_key(v):
     return parts
 
 
-def psql(sql, db='postgres', input=None):
-    """Runs SQL as the postgres superuser over the local socket (peer auth); returns rows."""
-    r = run(['runuser', '-u', 'postgres', '--', 'psql', '-X', '-q', '-A', '-t', '-F', '\t',
-             '-v', 'ON_ERROR_STOP=1', '-d', db, '-c', sql], input=input)
-    return [line.split('\t') for line in r.stdout.splitlines() if line != '']
+def run_as(user, args, check=True, input=None, **kw):
+    """Runs a program as a system user (no PAM session: runuser's is slow under emulation)."""
+    import pwd
+    pw = pwd.getpwnam(user)
+    env = dict(kw.pop('env', None) or os.environ, HOME=pw.pw_dir, USER=user, LOGNAME=user)
+    return run(args, check=check, input=input, user=pw.pw_uid, group=pw.pw_gid, extra_groups=[], env=env, cwd='/', **kw)
+
+
+_connections = {}
+
+
+def connect(db='postgres'):
+    """psycopg2 connection as the postgres superuser over the local socket (peer auth, with the
+    pg_ident map "pgi" letting root act as postgres), autocommit. Cached per database."""
+    import psycopg2
+    c = _connections.get(db)
+    if c is None or c.closed:
+        c = psycopg2.connect(dbname=db, user='postgres', host='/var/run/postgresql', connect_timeout=10)
+        c.autocommit = True
+        _connections[db] = c
+    return c
+
+
+def close(db):
+    c = _connections.pop(db, None)
+    if c is not None:
+        c.close()
+
+
+def psql(sql, db='postgres', params=None):
+    """Runs one SQL statement as postgres; returns the rows as lists of strings."""
+    with connect(db).cursor() as cur:
+        cur.execute(sql, params)
+        if cur.description is None:
+            return []
+        return [['' if v is None else str(v) for v in row] for row in cur.fetchall()]
 
 
 def psql_script(script, db='postgres'):
-    """Runs an SQL script given on stdin (so values in it never appear in a process list)."""
-    run(['runuser', '-u', 'postgres', '--', 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', db], input=script)
+    """Runs SQL statements (values already quoted) as postgres."""
+    with connect(db).cursor() as cur:
+        cur.execute(script)
 
 
 def databases():
