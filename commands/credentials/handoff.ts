@@ -1,12 +1,16 @@
+import {join} from 'node:path'
+
 import {Args, Flags} from '@oclif/core'
 
 import {BaseCommand, inventoryFlag, secretsDirFlag} from '../../src/cli/base-command.js'
 import type {HandoffConnection} from '../../src/credentials/handoff.js'
 import {allFailedError, openInventoryStore, writeHandoffs, type HandoffRunResult} from '../../src/credentials/service.js'
+import {labConnection} from '../../src/deploy/lab-connection.js'
 import {UsageError} from '../../src/errors.js'
 import {ExitCode} from '../../src/exit-codes.js'
 import {loadValidInventory} from '../../src/inventory/load.js'
 import {selectEstablishments} from '../../src/inventory/select.js'
+import {stateDir} from '../../src/paths.js'
 
 export default class CredentialsHandoff extends BaseCommand<typeof CredentialsHandoff> {
   static override summary = "Write each establishment's access codes for its AMI, encrypted to the AMI's age key alone."
@@ -28,7 +32,8 @@ The passwords come from the secret store (written by \`pgi deploy\`); an establi
   static override flags = {
     inventory: inventoryFlag,
     'secrets-dir': secretsDirFlag,
-    out: Flags.string({char: 'o', summary: 'Folder the handoff files are written to.', env: 'PGI_HANDOFF_DIR', default: 'handoffs'}),
+    out: Flags.string({char: 'o', summary: 'Folder the handoff files are written to (default <state dir>/handoffs, as deploy).', env: 'PGI_HANDOFF_DIR', default: async () => join(stateDir(), 'handoffs')}),
+    'lab-dir': Flags.string({summary: "The inventory is a pgi lab's: give the AMI the lab's forwarded 127.0.0.1 ports (qemu labs).", helpGroup: 'CONNECTION'}),
     all: Flags.boolean({summary: 'Every establishment of the inventory.', default: false}),
     group: Flags.string({char: 'g', summary: 'The establishments of a group (inventory `groups:`).'}),
     host: Flags.string({summary: 'Address the AMI connects to, when not the inventory one (NAT, a lab forwarding ports on loopback). One establishment only.', helpGroup: 'CONNECTION'}),
@@ -47,10 +52,11 @@ The passwords come from the secret store (written by \`pgi deploy\`); an establi
     const f = this.flags
     const connection: HandoffConnection = {host: f.host, sshPort: f['ssh-port'], postgresqlPort: f['postgresql-port'], jsonrpcPort: f['jsonrpc-port'], webUrl: f['web-url'], database: f.database}
     const perSite = (['host', 'ssh-port', 'postgresql-port', 'jsonrpc-port', 'web-url'] as const).filter((k) => f[k] !== undefined)
+    if (perSite.length > 0 && f['lab-dir']) throw new UsageError(`--${perSite[0]} and --lab-dir both say where the VM is: give one of them`)
     if (perSite.length > 0 && establishments.length > 1) {
       throw new UsageError(`--${perSite[0]} describes one VM, but ${establishments.length} establishments are selected`, {suggestions: ['Write the handoffs one establishment at a time when you override the address or ports.']})
     }
-    const result = await writeHandoffs({establishments, store, outDir: this.flags.out, io: this.io, connection: () => connection})
+    const result = await writeHandoffs({establishments, store, outDir: this.flags.out, io: this.io, connection: f['lab-dir'] ? labConnection(f['lab-dir']) : () => connection})
     if (result.written === 0 && result.failed > 0) throw allFailedError('handoff', result.establishments)
     if (result.failed > 0) this.status = ExitCode.PARTIAL
     this.table(

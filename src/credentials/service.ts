@@ -18,6 +18,9 @@ export function openInventoryStore(inventory: Pick<Inventory, 'recipients'>, dir
   return SecretStore.open({dir, recipients: inventory.recipients.map((r) => r.key), env})
 }
 
+/** How the AMI reaches an establishment's VM when it is not its inventory address (e.g. `labConnection`). */
+export type ConnectionOf = (est: Establishment) => HandoffConnection | undefined | Promise<HandoffConnection | undefined>
+
 /** Per-establishment outcome of a fleet-wide credentials command. */
 export type Outcome<R> = ({ok: true} & R) | {ok: false; uai: string; error: Record<string, unknown>}
 
@@ -52,12 +55,12 @@ export async function writeHandoffs(opts: {
   outDir: string
   io?: Io
   /** Per-establishment connection overrides (a lab's loopback forwards). */
-  connection?: (est: Establishment) => HandoffConnection | undefined
+  connection?: ConnectionOf
   /** How many handoffs are written at once (default 4). */
   parallel?: number
 }): Promise<HandoffRunResult> {
   // A few at a time: the work is age encryption (WebCrypto, off the main thread) and fsyncs.
-  const settled = await settleAll(opts.establishments, () => 'handoff', (est) => issueHandoff(est, {store: opts.store, outDir: opts.outDir, connection: opts.connection?.(est), io: opts.io}), {max: opts.parallel ?? 4})
+  const settled = await settleAll(opts.establishments, () => 'handoff', async (est) => issueHandoff(est, {store: opts.store, outDir: opts.outDir, connection: await opts.connection?.(est), io: opts.io}), {max: opts.parallel ?? 4})
   const out: Outcome<HandoffIssued>[] = settled.map((r) => {
     if (r.ok) return {ok: true, ...r.value}
     const o = failed(r.item.uai, r.error)
@@ -84,14 +87,14 @@ export async function rotateSecrets(opts: {
   env?: NodeJS.ProcessEnv
   /** How to open a hypervisor's API (default: the real client, TLS pinned). */
   connect?: PveConnector
-  connection?: (est: Establishment) => HandoffConnection | undefined
+  connection?: ConnectionOf
 }): Promise<RotateRunResult> {
   const hvs = new Hypervisors(opts.inventory, {store: opts.store, io: opts.io, env: opts.env, connect: opts.connect})
   const out: Outcome<RotateResult>[] = []
   for (const est of opts.establishments) {
     try {
       const api = await hvs.get(est.hypervisor)
-      const r = await rotateEstablishmentSecrets({api, store: opts.store, establishment: est, outDir: opts.outDir, only: opts.only, io: opts.io, env: opts.env, connection: opts.connection?.(est)})
+      const r = await rotateEstablishmentSecrets({api, store: opts.store, establishment: est, outDir: opts.outDir, only: opts.only, io: opts.io, env: opts.env, connection: await opts.connection?.(est)})
       out.push({ok: true, ...r})
     } catch (err) {
       const o = failed(est.uai, err)
