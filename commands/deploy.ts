@@ -47,7 +47,9 @@ Exit codes: 0 all done or up to date, 4 some establishments failed (see the summ
 
   public async run(): Promise<DeployReport> {
     const f = this.flags
-    const uais = this.argv.filter((a) => !a.startsWith('-'))
+    // the UAIs are every positional argument (strict = false); flag values are not among them
+    const {argv} = await this.parse(Deploy)
+    const uais = (argv as string[]).filter((a) => typeof a === 'string')
     const report = await runDeploy({
       inventoryPath: f.inventory,
       selection: {uais, all: f.all, group: f.group},

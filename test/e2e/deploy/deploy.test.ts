@@ -161,6 +161,13 @@ describe('pgi deploy on a qemu-backed lab', () => {
     for (;;) {
       const j = existsSync(journal) ? (JSON.parse(await readFile(journal, 'utf8')) as {steps: Record<string, string>}) : undefined
       if (j?.steps.created || j?.steps.started) break
+      let alive = true
+      try {
+        process.kill(child.pid!, 0)
+      } catch {
+        alive = false
+      }
+      if (!alive) throw new Error(`the deploy ended before it could be killed:\n${await readFile(join(base, 'killed-deploy.log'), 'utf8')}`)
       if (Date.now() > deadline) throw new Error('the deploy never reached the create step')
       await new Promise((r) => setTimeout(r, 500))
     }
