@@ -48,7 +48,7 @@ The passwords come from the secret store (written by \`pgi deploy\`); an establi
     const {argv} = await this.parse(CredentialsHandoff)
     const inventory = await loadValidInventory(this.flags.inventory)
     const establishments = selectEstablishments(inventory, {uais: argv as string[], all: this.flags.all, group: this.flags.group})
-    const store = await openInventoryStore(inventory, this.flags['secrets-dir'])
+    const store = await openInventoryStore(inventory, this.flags['secrets-dir'], process.env, this.io)
     const f = this.flags
     const connection: HandoffConnection = {host: f.host, sshPort: f['ssh-port'], postgresqlPort: f['postgresql-port'], jsonrpcPort: f['jsonrpc-port'], webUrl: f['web-url'], database: f.database}
     const perSite = (['host', 'ssh-port', 'postgresql-port', 'jsonrpc-port', 'web-url'] as const).filter((k) => f[k] !== undefined)

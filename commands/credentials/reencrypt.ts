@@ -22,7 +22,7 @@ export default class CredentialsReencrypt extends BaseCommand<typeof Credentials
 
   async run(): Promise<ReencryptResult & {store: string}> {
     const inventory = await loadValidInventory(this.flags.inventory)
-    const store = await openInventoryStore(inventory, this.flags['secrets-dir'])
+    const store = await openInventoryStore(inventory, this.flags['secrets-dir'], process.env, this.io)
     const r = await store.reencrypt(this.flags.prefix)
     for (const f of r.failed) this.io.warn(`${f.key}: ${f.message}`)
     if (r.failed.length > 0 && r.reencrypted.length === 0) {

@@ -39,7 +39,7 @@ Safe to interrupt: the new passwords are saved in the store (encrypted, as "pend
     const {argv} = await this.parse(CredentialsRotate)
     const inventory = await loadValidInventory(this.flags.inventory)
     const establishments = selectEstablishments(inventory, {uais: argv as string[]})
-    const store = await openInventoryStore(inventory, this.flags['secrets-dir'])
+    const store = await openInventoryStore(inventory, this.flags['secrets-dir'], process.env, this.io)
     await this.confirm(`Change the passwords of ${establishments.map((e) => e.uai).join(', ')}? The AMI will need the new handoff file.`)
     const result = await rotateSecrets({inventory, establishments, store, outDir: this.flags.out, only: this.flags.only as EstablishmentSecretName[] | undefined, io: this.io, connection: this.flags['lab-dir'] ? labConnection(this.flags['lab-dir']) : undefined})
     if (result.rotated === 0) throw allFailedError('rotation', result.establishments)

@@ -13,9 +13,21 @@ import {handoffToJson, issueHandoff, openHandoff, type HandoffConnection, type H
 import {rotateEstablishmentSecrets, type RotateResult} from './rotate.js'
 import type {EstablishmentSecretName} from './secrets.js'
 
-/** Opens the store of an inventory: encrypted to its `recipients` (plus the local identity). */
-export function openInventoryStore(inventory: Pick<Inventory, 'recipients'>, dir: string, env: NodeJS.ProcessEnv = process.env): Promise<SecretStore> {
-  return SecretStore.open({dir, recipients: inventory.recipients.map((r) => r.key), env})
+/**
+ * Opens the store of an inventory: encrypted to its `recipients` (plus the local identity). Warns
+ * when the inventory lists nobody (only this machine could read what it writes) or when the local
+ * key is not listed (the others' files will not open here).
+ */
+export async function openInventoryStore(inventory: Pick<Inventory, 'recipients'>, dir: string, env: NodeJS.ProcessEnv = process.env, io?: Io): Promise<SecretStore> {
+  const listed = inventory.recipients.map((r) => r.key)
+  const store = await SecretStore.open({dir, recipients: listed, env})
+  const mine = store.ownRecipients
+  if (listed.length === 0) {
+    io?.warn(`the inventory lists no recipients: secrets written now are readable only with this machine's key (${mine.join(', ')}); add the technicians' and CI's keys under \`recipients:\``)
+  } else if (!mine.some((k) => listed.includes(k))) {
+    io?.warn(`your age key (${mine.join(', ')}) is not in the inventory's recipients: secrets written by others will not open here; add it under \`recipients:\` and ask a colleague to run \`pgi credentials reencrypt\``)
+  }
+  return store
 }
 
 /** How the AMI reaches an establishment's VM when it is not its inventory address (e.g. `labConnection`). */

@@ -203,3 +203,21 @@ describe('ensureEstablishmentSecrets during a rotation', () => {
     expect(err.suggestions[0]).toContain('pgi credentials rotate 0130040Y')
   })
 })
+
+describe('openInventoryStore', () => {
+  it('warns when nobody is listed, or when this machine key is not', async () => {
+    const {openInventoryStore} = await import('../../../src/credentials/service.js')
+    const {MemoryIo} = await import('../../../src/io.js')
+    const other = await ageKey(tmp, 'other')
+    let io = new MemoryIo()
+    await openInventoryStore({recipients: []}, join(tmp, 'store'), env, io)
+    expect(io.warnings.join('\n')).toContain('lists no recipients')
+    io = new MemoryIo()
+    await openInventoryStore({recipients: [{name: 'other', key: other.recipient}]}, join(tmp, 'store'), env, io)
+    expect(io.warnings.join('\n')).toContain('is not in the inventory')
+    io = new MemoryIo()
+    const {localIdentity} = await import('../../../src/secrets/identity.js')
+    await openInventoryStore({recipients: [{name: 'me', key: (await localIdentity(env)).recipient}]}, join(tmp, 'store'), env, io)
+    expect(io.warnings).toEqual([])
+  })
+})
