@@ -1,6 +1,7 @@
 import {execFileSync} from 'node:child_process'
+import {createHash} from 'node:crypto'
 import {existsSync, readdirSync, readFileSync, readlinkSync} from 'node:fs'
-import {mkdir, mkdtemp, rename, rm} from 'node:fs/promises'
+import {mkdir, mkdtemp, readFile, rename, rm} from 'node:fs/promises'
 import {connect} from 'node:net'
 import {tmpdir} from 'node:os'
 import {dirname, join, resolve} from 'node:path'
@@ -24,7 +25,7 @@ import {SecretStore} from '../../../src/secrets/store.js'
  * and nothing outside the lab dir.
  *
  * The test disk is built once by `pgi image build` from images/lab-test/image.yaml and cached in
- * <stateDir>/test-cache/lab-test-<recipe digest>/ (so CI builds it once per recipe change).
+ * <stateDir>/test-cache/lab-test-<digest of recipe + image.lock>/ (CI builds it once per change).
  * PGI_LAB_TEST_DISK=<qcow2> uses another bootable disk with cloud-init and qemu-guest-agent.
  */
 
@@ -40,7 +41,10 @@ const BOOT_TIMEOUT_MS = 10 * 60_000
 async function labTestDisk(): Promise<string> {
   if (process.env.PGI_LAB_TEST_DISK) return resolve(process.env.PGI_LAB_TEST_DISK)
   const recipe = await loadRecipe(RECIPE)
-  const cache = join(stateDir(), 'test-cache', `lab-test-${recipe.digest.slice(0, 16)}`)
+  // keyed by the recipe (and the files it installs) and by its package lock
+  const lock = await readFile(join(dirname(RECIPE), 'image.lock'), 'utf8').catch(() => '')
+  const key = createHash('sha256').update(recipe.digest).update('\0').update(lock).digest('hex').slice(0, 16)
+  const cache = join(stateDir(), 'test-cache', `lab-test-${key}`)
   const disk = join(cache, 'lab-test.qcow2')
   if (existsSync(disk)) return disk
   await rm(cache, {recursive: true, force: true})
@@ -247,7 +251,18 @@ describe('qemu-backed lab (real VMs)', () => {
     expect(vm?.status).toBe('running')
     const ssh = vm?.access?.endpoints.ssh
     expect(ssh).toMatch(/^127\.0\.0\.1:\d+$/)
-    expect(await banner(Number(ssh!.split(':')[1]))).toMatch(/^SSH-2\.0-OpenSSH/)
+    // sshd starts after cloud-init has written the host keys: poll until it answers
+    let sshBanner = ''
+    for (;;) {
+      try {
+        sshBanner = await banner(Number(ssh!.split(':')[1]))
+        break
+      } catch (error) {
+        if (Date.now() > deadline) throw error
+        await new Promise((res) => setTimeout(res, 3000))
+      }
+    }
+    expect(sshBanner).toMatch(/^SSH-2\.0-OpenSSH/)
 
     // the lab daemon and QEMU hold no regular file open outside the lab dir
     for (const p of [started.daemon.pid, qemu[0].pid]) expect(openFilesOutside(p, labDir)).toEqual([])
