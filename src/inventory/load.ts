@@ -28,19 +28,19 @@ export interface LoadResult {
 export async function loadInventory(path: string): Promise<LoadResult> {
   const files = await inventoryFiles(path)
   const sources = await Promise.all(
-    files.map(async (abs) => new SourceFile(displayPath(abs), await readFile(abs, 'utf8'), abs)),
+    files.map(async (abs) => SourceFile.parse(displayPath(abs), await readFile(abs, 'utf8'), abs)),
   )
   const problems = new ProblemList()
   const generic = new ProblemList()
   const {validate, schema} = await loadSchemaValidator()
 
   for (const src of sources) {
-    for (const e of src.doc.errors) {
+    for (const e of src.errors) {
       const rule = e.code === 'DUPLICATE_KEY' ? 'duplicate-key' : 'yaml-syntax'
-      problems.addAt({file: src.file, ...src.linePos(e.pos[0])}, rule, e.message.split('\n')[0] ?? e.message, syntaxHint(e.code))
+      problems.addAt({file: src.file, ...src.linePos(e.offset)}, rule, e.message, syntaxHint(e.code))
     }
-    for (const w of src.doc.warnings) {
-      problems.addAt({file: src.file, ...src.linePos(w.pos[0])}, 'yaml-warning', w.message.split('\n')[0] ?? w.message, undefined, 'warning')
+    for (const w of src.warnings) {
+      problems.addAt({file: src.file, ...src.linePos(w.offset)}, 'yaml-warning', w.message, 'check this value', 'warning')
     }
     if (src.value === null || src.value === undefined) {
       if (src.readable) problems.add(src, [], 'empty-file', 'this file holds no inventory data', {severity: 'warning', suggestion: 'add hypervisors:, establishments: … or remove the file'})

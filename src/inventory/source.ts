@@ -1,5 +1,3 @@
-import {isAlias, isMap, isPair, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node} from 'yaml'
-
 import type {InventoryProblem, SourceRef} from './types.js'
 
 /** A path into a YAML document: map keys and sequence indexes. */
@@ -8,58 +6,164 @@ export type YamlPath = readonly (string | number)[]
 /** Where in a node a problem points: at its key (unknown key, duplicate) or at its value. */
 export type At = 'key' | 'value'
 
+/** A YAML syntax error or warning, at a character offset. */
+export interface YamlIssue {
+  code: string
+  message: string
+  offset: number
+}
+
+/** One node of the position tree: where its value starts, where its key starts (map entries), its children. */
+interface PosNode {
+  start: number
+  end: number
+  keyStart?: number
+  /** Map entries by key, or sequence items by index. */
+  children?: Map<string, PosNode>
+}
+
 /**
- * One parsed inventory file: the YAML document with a line counter, so any path in it can be turned
- * into `line:column` for error messages.
+ * One parsed inventory file: its value, and the position of every node so any path can be turned
+ * into `line:column` for problems.
+ *
+ * Two readers, because of speed: js-yaml (with its parse listener, which reports where each node
+ * starts) reads a 1,000-establishment inventory ~10× faster than `yaml`'s document API, so it is the
+ * normal path; but js-yaml stops at the first error, so a file it rejects is read again with `yaml`
+ * (parseDocument + LineCounter), which reports every syntax error at its place and still yields
+ * the rest of a file whose only fault is a duplicate key.
  */
 export class SourceFile {
-  readonly lineCounter = new LineCounter()
-  readonly doc: Document.Parsed
   /** The document as plain JS (maps become objects), or undefined when the file is empty or unreadable. */
-  readonly value: unknown
+  value: unknown
   /** False when a YAML syntax error keeps the file from being read. */
-  readonly readable: boolean
+  readable = true
+  errors: YamlIssue[] = []
+  warnings: YamlIssue[] = []
+  private root: PosNode | undefined
+  private readonly newlines: number[] = []
 
-  constructor(
+  private constructor(
     /** The file's path as shown to the user. */
     readonly file: string,
     readonly text: string,
     /** The file's absolute path (relative paths inside it, e.g. tls.ca_file, are resolved against it). */
-    readonly absPath: string = file,
+    readonly absPath: string,
   ) {
-    this.doc = parseDocument(text, {lineCounter: this.lineCounter, prettyErrors: false, uniqueKeys: true})
+    for (let i = text.indexOf('\n'); i !== -1; i = text.indexOf('\n', i + 1)) this.newlines.push(i)
+  }
+
+  /** `reader: 'exact'` forces the `yaml` reader (tests compare both readers' positions). */
+  static async parse(file: string, text: string, absPath: string = file, opts: {reader?: 'auto' | 'exact'} = {}): Promise<SourceFile> {
+    const src = new SourceFile(file, text, absPath)
+    if (opts.reader === 'exact' || !(await src.readFast())) await src.readExact()
+    return src
+  }
+
+  /** The js-yaml path: true when the file was read (no error at all). */
+  private async readFast(): Promise<boolean> {
+    const {load, CORE_SCHEMA} = await import('js-yaml')
+    // The listener sees every node open and close (nested), with the reader's offset.
+    const stack: {start: number; kids: {node: PosNode; result: unknown}[]}[] = [{start: 0, kids: []}]
+    let value: unknown
+    try {
+      value = load(this.text, {
+        schema: CORE_SCHEMA,
+        json: false,
+        listener: (event, state) => {
+          if (event === 'open') stack.push({start: state.position, kids: []})
+          else {
+            const open = stack.pop()!
+            const node = this.buildNode(open.start, state.position, state.result, open.kids)
+            stack.at(-1)!.kids.push({node, result: state.result})
+          }
+        },
+      })
+    } catch {
+      return false
+    }
+    this.value = value ?? undefined
+    this.root = value === null || value === undefined ? undefined : stack[0]!.kids.at(-1)?.node
+    return true
+  }
+
+  /** A node from the listener's events: maps alternate key and value children, sequences list items. */
+  private buildNode(start: number, end: number, result: unknown, kids: {node: PosNode; result: unknown}[]): PosNode {
+    // js-yaml tries a block mapping around a flow collection and wraps it: unwrap.
+    if (kids.length === 1 && kids[0]!.result === result && result !== null && typeof result === 'object') return kids[0]!.node
+    const node: PosNode = {start: this.skipProps(start), end}
+    if (Array.isArray(result)) {
+      if (kids.length === result.length) node.children = new Map(kids.map((k, i) => [String(i), k.node]))
+    } else if (result !== null && typeof result === 'object' && kids.length % 2 === 0 && kids.length > 0) {
+      node.children = new Map()
+      for (let i = 0; i < kids.length; i += 2) {
+        const k = kids[i]!.node
+        const v = kids[i + 1]!.node
+        // an empty value (`key:` then a new line) is placed right after the colon, as yaml does
+        if (kids[i + 1]!.result === null && !v.children && !/^(null|Null|NULL|~)/.test(this.text.slice(v.start, v.start + 4))) {
+          v.start = k.end + 1
+        }
+        v.keyStart = k.start
+        node.children.set(String(kids[i]!.result), v)
+      }
+    }
+    return node
+  }
+
+  /** Skips blanks, comments, anchors and tags before a node's content. */
+  private skipProps(i: number): number {
+    const t = this.text
+    for (;;) {
+      while (i < t.length && (t[i] === ' ' || t[i] === '\t' || t[i] === '\n' || t[i] === '\r')) i++
+      if (t[i] === '#') {
+        while (i < t.length && t[i] !== '\n') i++
+      } else if ((t[i] === '&' || t[i] === '!') && i + 1 < t.length) {
+        while (i < t.length && !/\s/.test(t[i]!)) i++
+      } else return i
+    }
+  }
+
+  /** The `yaml` path: every syntax error with its position; the value when only keys are duplicated. */
+  private async readExact(): Promise<void> {
+    const Y = await import('yaml')
+    const doc = Y.parseDocument(this.text, {prettyErrors: false, uniqueKeys: true})
+    this.errors = doc.errors.map((e) => ({code: e.code, message: e.message.split('\n')[0] ?? e.message, offset: e.pos[0]}))
+    this.warnings = doc.warnings.map((e) => ({code: e.code, message: e.message.split('\n')[0] ?? e.message, offset: e.pos[0]}))
     // A document with only duplicate keys is still usable (the checks go on); one with a syntax
     // error is not read further: its structure is unreliable and would cause confusing follow-ups.
-    this.readable = this.doc.errors.every((e) => e.code === 'DUPLICATE_KEY')
-    this.value = this.readable ? this.doc.toJS({maxAliasCount: 1000}) : undefined
-  }
-
-  /** The node at `path` (aliases resolved), or undefined when it does not exist. */
-  node(path: YamlPath): Node | undefined {
-    let cur: unknown = this.doc.contents
-    for (const seg of path) {
-      cur = this.resolve(cur)
-      if (isMap(cur)) {
-        const pair = cur.items.find((p) => isPair(p) && keyString(p.key) === String(seg))
-        cur = pair?.value
-      } else if (isSeq(cur)) {
-        cur = cur.items[Number(seg)]
-      } else {
-        return undefined
+    this.readable = this.errors.every((e) => e.code === 'DUPLICATE_KEY')
+    this.value = this.readable ? (doc.toJS({maxAliasCount: 1000}) ?? undefined) : undefined
+    const toPos = (n: unknown, seen = 0): PosNode | undefined => {
+      if (Y.isAlias(n)) return seen > 50 ? undefined : toPos(n.resolve(doc), seen + 1)
+      const range = (n as {range?: [number, number, number]} | null)?.range
+      if (!range) return undefined
+      const node: PosNode = {start: range[0], end: range[1]}
+      if (Y.isMap(n)) {
+        node.children = new Map()
+        for (const pair of n.items) {
+          const k = Y.isScalar(pair.key) ? String(pair.key.value) : String(pair.key)
+          const v = toPos(pair.value, seen) ?? {start: (pair.key as {range?: number[]} | null)?.range?.[1] ?? range[0], end: range[1]}
+          v.keyStart = (pair.key as {range?: number[]} | null)?.range?.[0]
+          if (!node.children.has(k)) node.children.set(k, v)
+        }
+      } else if (Y.isSeq(n)) {
+        node.children = new Map()
+        n.items.forEach((item, i) => {
+          const v = toPos(item, seen)
+          if (v) node.children!.set(String(i), v)
+        })
       }
-      if (cur === undefined || cur === null) return undefined
+      return node
     }
-    return (this.resolve(cur) as Node | null) ?? undefined
+    this.root = toPos(doc.contents)
   }
 
-  /** The key node of the last segment of `path` (a map key), when there is one. */
-  keyNode(path: YamlPath): Node | undefined {
-    if (path.length === 0) return undefined
-    const parent = this.node(path.slice(0, -1))
-    if (!isMap(parent)) return undefined
-    const last = String(path.at(-1))
-    const pair = parent.items.find((p) => isPair(p) && keyString(p.key) === last)
-    return (pair?.key as Node | undefined) ?? undefined
+  private nodeAt(path: YamlPath): PosNode | undefined {
+    let cur = this.root
+    for (const seg of path) {
+      cur = cur?.children?.get(String(seg))
+      if (!cur) return undefined
+    }
+    return cur
   }
 
   /**
@@ -68,17 +172,19 @@ export class SourceFile {
    */
   pos(path: YamlPath, at: At = 'value'): {line: number; column: number} {
     for (let p = path; ; p = p.slice(0, -1)) {
-      const n = at === 'key' && p === path ? this.keyNode(p) ?? this.node(p) : this.node(p)
-      const offset = n?.range?.[0]
-      if (offset !== undefined) return this.linePos(offset)
+      const n = this.nodeAt(p)
+      if (n) return this.linePos(at === 'key' && p === path && n.keyStart !== undefined ? n.keyStart : n.start)
       if (p.length === 0) return {line: 1, column: 1}
     }
   }
 
   /** The original text of a scalar (e.g. "0130040" that YAML read as the number 130040). */
   sourceText(path: YamlPath): string | undefined {
-    const n = this.node(path)
-    return isScalar(n) ? (n.source ?? (n.range ? this.text.slice(n.range[0], n.range[1]) : undefined)) : undefined
+    const n = this.nodeAt(path)
+    if (!n || n.children) return undefined
+    const raw = this.text.slice(n.start, n.end)
+    // the reader may stop after trailing blanks, a comma or a closing bracket: keep the scalar itself
+    return /^[^\s,\]}#]+/.exec(raw)?.[0] ?? raw.trim()
   }
 
   ref(path: YamlPath, at: At = 'value'): SourceRef {
@@ -86,18 +192,16 @@ export class SourceFile {
   }
 
   linePos(offset: number): {line: number; column: number} {
-    const {line, col} = this.lineCounter.linePos(offset)
-    return {line, column: col}
+    // binary search: how many newlines come before offset
+    let lo = 0
+    let hi = this.newlines.length
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1
+      if (this.newlines[mid]! < offset) lo = mid + 1
+      else hi = mid
+    }
+    return {line: lo + 1, column: offset - (lo === 0 ? 0 : this.newlines[lo - 1]! + 1) + 1}
   }
-
-  private resolve(n: unknown): unknown {
-    return isAlias(n) ? n.resolve(this.doc) : n
-  }
-}
-
-function keyString(k: unknown): string {
-  if (isScalar(k)) return String(k.value)
-  return String(k)
 }
 
 /** Collects problems; one instance per load. */
