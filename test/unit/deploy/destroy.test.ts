@@ -1,0 +1,61 @@
+import {join} from 'node:path'
+
+import {afterEach, describe, expect, it} from 'vitest'
+
+import {destroyEstablishment} from '../../../src/deploy/destroy.js'
+import {runDeploy} from '../../../src/deploy/service.js'
+import {SafetyRefusal} from '../../../src/errors.js'
+import {MemoryIo} from '../../../src/io.js'
+import {readRequestLog} from '../../../src/lab/server.js'
+import {fastConnect, startSimLab, type SimLab} from './sim-lab.js'
+
+let lab: SimLab | undefined
+afterEach(async () => {
+  await lab?.close()
+  lab = undefined
+})
+
+async function deployed(): Promise<SimLab> {
+  const l = await startSimLab({nodes: 1, establishmentsPerNode: 1})
+  await runDeploy({
+    inventoryPath: l.dir, inventory: l.inventory, selection: {all: true}, secretsDir: l.store.dir, resolveImage: async () => l.image,
+    handoffDir: join(l.dir, 'handoffs'), io: new MemoryIo(), env: l.env, connect: fastConnect(), confirm: async () => undefined, pollIntervalMs: 20,
+  })
+  return l
+}
+
+describe('pgi destroy', () => {
+  it('refuses without --destroy-data before sending anything', async () => {
+    lab = await deployed()
+    const before = (await readRequestLog(lab.rt.requestLog)).length
+    const e = lab.inventory.establishments[0]!
+    await expect(destroyEstablishment(e, {hypervisors: lab.hypervisors(new MemoryIo()), io: new MemoryIo(), destroyData: false, confirm: async () => undefined, backupDir: join(lab.dir, 'bk')}))
+      .rejects.toMatchObject({code: 'PGI_REFUSED', exitCode: 7})
+    expect((await readRequestLog(lab.rt.requestLog)).length).toBe(before)
+  }, 60_000)
+
+  it('changes nothing when the typed confirmation is refused, or the VM is not pgi\'s', async () => {
+    lab = await deployed()
+    const e = lab.inventory.establishments[0]!
+    const before = (await readRequestLog(lab.rt.requestLog)).length
+    await expect(destroyEstablishment(e, {hypervisors: lab.hypervisors(new MemoryIo()), io: new MemoryIo(), destroyData: true, confirm: async () => {
+      throw new SafetyRefusal('confirmation did not match')
+    }, backupDir: join(lab.dir, 'bk')})).rejects.toMatchObject({exitCode: 7})
+    expect((await readRequestLog(lab.rt.requestLog)).slice(before).filter((r) => r.method !== 'GET')).toEqual([])
+
+    const other = {...e, uai: '0130041Z'}
+    await expect(destroyEstablishment(other, {hypervisors: lab.hypervisors(new MemoryIo()), io: new MemoryIo(), destroyData: true, confirm: async () => undefined, backupDir: join(lab.dir, 'bk')}))
+      .rejects.toMatchObject({code: 'PGI_REFUSED'})
+  }, 60_000)
+
+  it('deletes nothing when the final backup does not verify', async () => {
+    lab = await deployed()
+    const e = lab.inventory.establishments[0]!
+    // the simulated guest's pgi-backup --verify does not print a verification: the backup is not proven
+    await expect(destroyEstablishment(e, {hypervisors: lab.hypervisors(new MemoryIo()), io: new MemoryIo(), destroyData: true, confirm: async () => undefined, backupDir: join(lab.dir, 'bk')}))
+      .rejects.toMatchObject({code: 'PGI_BACKUP_FAILED'})
+    const log = await readRequestLog(lab.rt.requestLog)
+    expect(log.filter((r) => r.method === 'DELETE')).toEqual([])
+    expect(log.filter((r) => r.path.endsWith('/status/stop'))).toEqual([])
+  }, 60_000)
+})
