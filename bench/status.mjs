@@ -27,6 +27,8 @@ const {values: a} = parseArgs({
     'latency-ms': {type: 'string', default: '20'},
     timeout: {type: 'string', default: '5'},
     runs: {type: 'string', default: '3'},
+    // leave a populated, answering lab running in DIR and exit (for profiling `pgi status` by hand)
+    keep: {type: 'string'},
   },
 })
 const nodes = Number(a.nodes)
@@ -131,6 +133,17 @@ async function scenario(name, deadNodes) {
   } finally {
     await stopLab({dir, env}).catch(() => undefined)
   }
+}
+
+if (a.keep) {
+  const dir = resolve(a.keep)
+  const faults = {...NO_FAULTS, seed: 7, latencyMs: {min: latencyMs, max: latencyMs}, deadNodes: []}
+  const keepEnv = {...env, PGI_STATE_DIR: join(dir, 'state')}
+  Object.assign(env, keepEnv)
+  const lab = await startLab({dir: join(dir, 'lab'), nodes, sites, backend: 'simulated', timeScale: 0, authFailDelayMs: 0, faults, env, readyTimeoutMs: 120_000})
+  await populate(lab.inventory, lab.secretsDir, [])
+  console.log(JSON.stringify({kept: dir, inventory: lab.inventory, secretsDir: lab.secretsDir, stateDir: keepEnv.PGI_STATE_DIR}))
+  process.exit(0)
 }
 
 try {

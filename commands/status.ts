@@ -77,7 +77,9 @@ Exit codes: 0 every selected establishment is healthy, 5 at least one is degrade
     const uais = argv.map(String)
     if (f.output && f.format !== 'prometheus') throw new UsageError('--output is for --format prometheus', {suggestions: ['Redirect stdout for the other formats.']})
 
+    const t0 = performance.now()
     const inventory = await loadValidInventory(f.inventory)
+    this.io.debug('inventory loaded', {ms: Math.round(performance.now() - t0), establishments: inventory.establishments.length})
     const establishments = f.all || uais.length > 0 || f.group !== undefined ? selectEstablishments(inventory, {uais, all: f.all, group: f.group}) : [...inventory.establishments]
     const token = f['token-id'] ? {id: f['token-id'], secret: new Secret(tokenSecretFromEnv())} : undefined
 
@@ -92,6 +94,7 @@ Exit codes: 0 every selected establishment is healthy, 5 at least one is degrade
       maxParallel: f['max-parallel'],
       perHypervisor: f['max-per-hypervisor'],
     })
+    this.io.debug('status service ready', {ms: Math.round(performance.now() - t0)})
     try {
       const report = f.watch ? await this.watch(svc, f.watch) : await svc.collect()
       if (!report) return undefined

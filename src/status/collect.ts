@@ -174,7 +174,9 @@ async function probeHypervisor(run: HypervisorRun, ests: Establishment[], ctx: R
   }
 
   try {
+    const c0 = performance.now()
     run.api = await withTimeout(ctx.api(run.name), ctx.requestTimeoutMs, 'connect')
+    ctx.io.debug(`hypervisor ${run.name} opened`, {ms: Math.round(performance.now() - c0)})
   } catch (err) {
     const pe = toProbeError('connect', err)
     ctx.io.debug(`cannot open hypervisor ${run.name}`, {code: pe.code, cause: pe.message})
