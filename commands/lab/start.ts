@@ -11,6 +11,7 @@ export default class LabStart extends BaseCommand<typeof LabStart> {
     {description: 'A simulated lab of 2 nodes and 6 establishments:', command: '<%= config.bin %> <%= command.id %> --backend simulated --nodes 2 --sites 6'},
     {description: 'A lab of real QEMU VMs pretending to be PVE 8.4:', command: '<%= config.bin %> <%= command.id %> --backend qemu --pve-version 8.4'},
     {description: 'A lab with injected faults, replayable with its seed:', command: '<%= config.bin %> <%= command.id %> --backend simulated --faults faults.yaml --seed 42'},
+    {description: 'Faults from flags: 5% of tasks fail, node lab3 hangs:', command: '<%= config.bin %> <%= command.id %> --backend simulated --nodes 3 --task-failure-rate 0.05 --dead-node lab3 --seed 7'},
   ]
 
   static override flags = {
@@ -24,13 +25,35 @@ export default class LabStart extends BaseCommand<typeof LabStart> {
     'time-scale': Flags.string({summary: 'Simulated backend: multiply task durations by this factor (0 = instant).', default: '1'}),
     'auth-fail-delay': Flags.integer({summary: 'Delay before a 401 answer, in ms (PVE: 3000).', default: 3000}),
     'secrets-dir': Flags.string({summary: 'Secret store for the lab token (default <dir>/secrets).'}),
+    'task-failure-rate': Flags.string({summary: 'Fault: fraction (0-1) of async tasks that fail.', helpGroup: 'FAULTS'}),
+    'http-500-rate': Flags.string({summary: 'Fault: fraction (0-1) of requests answered 500.', helpGroup: 'FAULTS'}),
+    'latency-ms': Flags.string({summary: 'Fault: latency added to every request, "N" or "MIN-MAX" ms.', helpGroup: 'FAULTS'}),
+    'lock-contention-rate': Flags.string({summary: 'Fault: fraction (0-1) of config writes that hit "can\'t lock file … got timeout".', helpGroup: 'FAULTS'}),
+    'dead-node': Flags.string({summary: 'Fault: a node that accepts connections but never answers (repeatable).', multiple: true, helpGroup: 'FAULTS'}),
+    'unhealthy-vm': Flags.string({summary: 'Fault: NODE/VMID whose PGI never becomes healthy (repeatable).', multiple: true, helpGroup: 'FAULTS'}),
+    'unhealthy-rate': Flags.string({summary: 'Fault: fraction (0-1) of guests whose PGI never becomes healthy.', helpGroup: 'FAULTS'}),
   }
 
   public async run(): Promise<LabSummary> {
     const {startLab} = await import('../../src/lab/lab.js')
-    const {loadFaultFile} = await import('../../src/lab/faults.js')
+    const {faultConfigFrom, faultConfigToObject, loadFaultFile} = await import('../../src/lab/faults.js')
     const f = this.flags
-    const faults = f.faults ? await loadFaultFile(f.faults) : undefined
+    // Flags override the file's keys (same names, snake_case in the file).
+    const overrides: Record<string, unknown> = {}
+    const num = (v: string | undefined) => (v === undefined ? undefined : Number(v))
+    if (f['task-failure-rate'] !== undefined) overrides.task_failure_rate = num(f['task-failure-rate'])
+    if (f['http-500-rate'] !== undefined) overrides.http_500_rate = num(f['http-500-rate'])
+    if (f['lock-contention-rate'] !== undefined) overrides.lock_contention_rate = num(f['lock-contention-rate'])
+    if (f['unhealthy-rate'] !== undefined) overrides.unhealthy_rate = num(f['unhealthy-rate'])
+    if (f['latency-ms'] !== undefined) {
+      const [min, max] = f['latency-ms'].split('-').map(Number)
+      overrides.latency_ms = {min, max: max ?? min}
+    }
+    if (f['dead-node']) overrides.dead_nodes = f['dead-node']
+    if (f['unhealthy-vm']) overrides.unhealthy_vms = f['unhealthy-vm']
+    if (f.seed !== undefined) overrides.seed = f.seed
+    const fromFile = f.faults ? faultConfigToObject(await loadFaultFile(f.faults)) : {}
+    const faults = f.faults || Object.keys(overrides).length > 0 ? faultConfigFrom({...fromFile, ...overrides}, f.faults ?? 'flags') : undefined
     const s = await startLab({
       dir: f.dir,
       nodes: f.nodes,

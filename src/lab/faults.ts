@@ -64,6 +64,8 @@ export function faultConfigFrom(obj: Record<string, unknown>, source = 'faults')
     const l = lat as {min?: number; max?: number}
     latencyMs = {min: Number(l.min ?? 0), max: Number(l.max ?? l.min ?? 0)}
   }
+  if (!(latencyMs.min >= 0 && latencyMs.max >= latencyMs.min)) throw new UserError(ErrorCode.USAGE, `${source}: latency_ms must be a number or {min, max} with 0 <= min <= max`, {where: {file: source}})
+  if (obj.seed !== undefined && !Number.isInteger(Number(obj.seed))) throw new UserError(ErrorCode.USAGE, `${source}: seed must be an integer`, {where: {file: source}})
   const strings = (v: unknown, name: string): string[] => {
     if (v === undefined) return []
     if (!Array.isArray(v) || v.some((x) => typeof x !== 'string' && typeof x !== 'number')) throw new UserError(ErrorCode.USAGE, `${source}: ${name} must be a list`, {where: {file: source}})

@@ -70,6 +70,10 @@ interface SimVm {
   databases: {name: string; modules: Record<string, string>}[]
   backups: string[]
   configured: Record<string, string>
+  /** Guest state saved with each snapshot (databases, backups, files), restored on rollback. */
+  snapState: Map<string, {databases: SimVm['databases']; backups: string[]; files: [string, Buffer][]}>
+  /** Version written to /etc/pgi/image.json through the agent, if any. */
+  writtenVersion?: string
 }
 
 const VERSION_RE = /(\d{4}\.\d+\.\d+(?:[-+][\w.]+)?)/
@@ -83,6 +87,15 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
       reject(new Error('task aborted'))
     }, {once: true})
   })
+}
+
+function versionOf(json: Buffer): string | undefined {
+  try {
+    const v = (JSON.parse(json.toString()) as {version?: unknown}).version
+    return typeof v === 'string' ? v : undefined
+  } catch {
+    return undefined // not JSON: the guest keeps the file, the version stays what it was
+  }
 }
 
 export function parseVolid(volid: string): {storage: string; name: string} {
@@ -265,7 +278,7 @@ export class SimulatedBackend implements VmBackend {
     await this.#wait('start', ctx)
     const key = `${spec.node}/${spec.vmid}`
     const prev = this.#vms.get(key)
-    const vm: SimVm = prev ?? {spec, running: false, startedAt: 0, pid: 0, files: new Map(), procs: new Map(), nextPid: 1000, databases: [], backups: [], configured: {}}
+    const vm: SimVm = prev ?? {spec, running: false, startedAt: 0, pid: 0, files: new Map(), procs: new Map(), nextPid: 1000, databases: [], backups: [], configured: {}, snapState: new Map()}
     vm.spec = spec
     vm.running = true
     vm.startedAt = Date.now()
@@ -323,25 +336,27 @@ export class SimulatedBackend implements VmBackend {
       ctx.log(`snapshotting '${v.volid}' (${name})`)
     }
     const vm = this.#vm(spec.node, spec.vmid)
-    if (vm) (vm as SimVm & {snapState?: Map<string, unknown>}).snapState = new Map([...((vm as SimVm & {snapState?: Map<string, unknown>}).snapState ?? []), [name, structuredClone({databases: vm.databases, backups: vm.backups, files: [...vm.files]})]])
+    if (vm) vm.snapState.set(name, structuredClone({databases: vm.databases, backups: vm.backups, files: [...vm.files]}))
   }
 
   async snapshotRollback(spec: VmSpec, name: string, ctx: TaskContext): Promise<void> {
     await this.#wait('rollback', ctx)
     for (const v of this.#snapDisks(spec)) if (!v.snapshots.has(name)) throw new BackendError(`snapshot '${name}' does not exist on '${v.volid}'`)
-    const vm = this.#vm(spec.node, spec.vmid) as (SimVm & {snapState?: Map<string, {databases: SimVm['databases']; backups: string[]; files: [string, Buffer][]}>}) | undefined
-    const saved = vm?.snapState?.get(name)
+    const vm = this.#vm(spec.node, spec.vmid)
+    const saved = vm?.snapState.get(name)
     if (vm && saved) {
       vm.databases = saved.databases
       vm.backups = saved.backups
       vm.files = new Map(saved.files.map(([k, b]) => [k, Buffer.from(b)]))
+      const written = vm.files.get('/etc/pgi/image.json')
+      vm.writtenVersion = written ? versionOf(written) : undefined
     }
   }
 
   async snapshotDelete(spec: VmSpec, name: string, ctx: TaskContext): Promise<void> {
     await this.#wait('snapshot', ctx, 0.5)
     for (const v of this.#snapDisks(spec)) v.snapshots.delete(name)
-    ;(this.#vm(spec.node, spec.vmid) as (SimVm & {snapState?: Map<string, unknown>}) | undefined)?.snapState?.delete(name)
+    this.#vm(spec.node, spec.vmid)?.snapState.delete(name)
   }
 
   // ---- guest agent model --------------------------------------------------------------------------
@@ -357,6 +372,7 @@ export class SimulatedBackend implements VmBackend {
 
   /** Image version of the guest: /etc/pgi/image.json if rewritten, else the OS disk's origin, else the spec's. */
   #imageVersion(vm: SimVm): string {
+    if (vm.writtenVersion) return vm.writtenVersion
     const os = vm.spec.disks.find((d) => d.key === 'virtio0') ?? vm.spec.disks.find((d) => d.media === 'disk' && !d.cloudinit)
     const vol = os && this.#nodeVols(vm.spec.node).get(os.volid)
     return vol?.imageVersion ?? vm.spec.imageVersion ?? '0.0.0'
@@ -494,14 +510,7 @@ export class SimulatedBackend implements VmBackend {
     fileWrite: async (node, vmid, file, content) => {
       const vm = this.#agentVm(node, vmid, 'file-write')
       vm.files.set(file, content)
-      if (file === '/etc/pgi/image.json') {
-        try {
-          const v = (JSON.parse(content.toString()) as {version?: string}).version
-          if (v) vm.spec = {...vm.spec, imageVersion: v}
-        } catch {
-          // not JSON: the guest keeps the file, health keeps the old version
-        }
-      }
+      if (file === '/etc/pgi/image.json') vm.writtenVersion = versionOf(content)
     },
     fileRead: async (node, vmid, file) => {
       const vm = this.#agentVm(node, vmid, 'file-read')
