@@ -1,0 +1,169 @@
+import {createHash} from 'node:crypto'
+import {existsSync} from 'node:fs'
+import {mkdir, mkdtemp, readFile, rm, writeFile} from 'node:fs/promises'
+import {tmpdir} from 'node:os'
+import {dirname, join, resolve} from 'node:path'
+import {fileURLToPath} from 'node:url'
+
+import {afterAll, beforeAll, describe, expect, it} from 'vitest'
+
+import {openInventoryStore} from '../../../src/credentials/service.js'
+import {run} from '../../../src/exec.js'
+import {Hypervisors} from '../../../src/hypervisors.js'
+import {buildImage} from '../../../src/image/build.js'
+import {listImages} from '../../../src/image/images.js'
+import {lockPath} from '../../../src/image/lock.js'
+import {loadRecipe} from '../../../src/image/recipe.js'
+import {loadValidInventory} from '../../../src/inventory/load.js'
+import {findEstablishment} from '../../../src/inventory/select.js'
+import type {Establishment} from '../../../src/inventory/types.js'
+import {StderrIo} from '../../../src/io.js'
+import {stateDir} from '../../../src/paths.js'
+import type {PveApi} from '../../../src/proxmox/types.js'
+import type {EstablishmentStatus, StatusReport} from '../../../src/status/types.js'
+
+/**
+ * `pgi status` end to end on a qemu-backed lab: a really deployed PGI VM (the real pgi-tryton
+ * image, `pgi deploy`) is healthy; with its PostgreSQL stopped through the guest agent
+ * (`systemctl stop postgresql`) it is degraded with that reason; with the VM stopped through the
+ * API it is down; and the establishment of a lab node that accepts connections but never answers
+ * (lab fault `dead_nodes`) is unknown, reported within the request timeout while the others come back.
+ *
+ * The image is built once, in the same cache as test/e2e/image and test/e2e/deploy (recipe digest
+ * + lock) under <stateDir>/e2e-image-cache/, or taken from PGI_E2E_IMAGES_DIR.
+ */
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..')
+const CLI = join(ROOT, 'bin', 'run.js')
+const io = new StderrIo(process.env.PGI_LOG_LEVEL === 'debug' ? 'debug' : 'warn', false)
+const TIMEOUT_S = 4
+
+async function cachedImage(): Promise<{root: string; version: string}> {
+  if (process.env.PGI_E2E_IMAGES_DIR) {
+    const root = resolve(process.env.PGI_E2E_IMAGES_DIR)
+    const have = (await listImages({root})).filter((i) => i.name === 'pgi-tryton').slice(-1)[0]
+    if (!have) throw new Error(`no pgi-tryton image in PGI_E2E_IMAGES_DIR=${root}`)
+    return {root, version: have.version}
+  }
+  const recipe = await loadRecipe('pgi-tryton')
+  const lock = existsSync(lockPath(recipe)) ? await readFile(lockPath(recipe)) : Buffer.from('')
+  const key = createHash('sha256').update(recipe.digest).update(lock).digest('hex').slice(0, 16)
+  const dir = join(stateDir(), 'e2e-image-cache', key)
+  const have = (await listImages({root: dir})).find((i) => i.name === 'pgi-tryton')
+  if (have) return {root: dir, version: have.version}
+  await rm(dir, {recursive: true, force: true})
+  await mkdir(dir, {recursive: true})
+  const r = await buildImage({recipe: 'pgi-tryton', out: dir, io, env: {...process.env, SOURCE_DATE_EPOCH: process.env.SOURCE_DATE_EPOCH ?? '1767225600'}})
+  return {root: dir, version: r.version}
+}
+
+let base: string
+let labDir: string
+let env: Record<string, string>
+let images: {root: string; version: string}
+let deployed: Establishment
+let deadOne: Establishment
+let api: PveApi
+
+async function pgi(args: string[], opts: {allowFailure?: boolean} = {}) {
+  const r = await run('node', [CLI, ...args], {env, allowFailure: true, timeoutMs: 60 * 60_000})
+  if (r.exitCode !== 0 && !opts.allowFailure) throw new Error(`pgi ${args.join(' ')} exited ${r.exitCode}:\n${r.stderr.slice(-3000)}`)
+  return r
+}
+
+async function status(args: string[]): Promise<{exitCode: number; report: StatusReport; ms: number}> {
+  const t0 = Date.now()
+  const r = await pgi(['status', ...args, '--json', '--timeout', String(TIMEOUT_S)], {allowFailure: true})
+  const out = JSON.parse(r.stdout) as {status: number; result: StatusReport}
+  expect(out.status).toBe(r.exitCode)
+  return {exitCode: r.exitCode, report: out.result, ms: Date.now() - t0}
+}
+
+const line = (r: StatusReport, uai: string): EstablishmentStatus => r.establishments.find((e) => e.uai === uai)!
+
+/** Polls `pgi status` until `uai` has `verdict` (a guest needs a few seconds to notice a stopped service). */
+async function until(uai: string, verdict: string, timeoutMs = 5 * 60_000): Promise<EstablishmentStatus> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const {report} = await status([uai])
+    const e = line(report, uai)
+    if (e.verdict === verdict || Date.now() > deadline) return e
+    await new Promise((r) => setTimeout(r, 3000))
+  }
+}
+
+describe('pgi status on a qemu-backed lab', () => {
+  beforeAll(async () => {
+    images = await cachedImage()
+    base = await mkdtemp(join(tmpdir(), 'pgi-e2e-status-'))
+    labDir = join(base, 'lab')
+    env = {...(process.env as Record<string, string>), PGI_STATE_DIR: join(base, 'state'), CI: 'true', PGI_LOG_LEVEL: 'info'}
+    delete env.PGI_INVENTORY
+    // lab2 accepts connections but never answers: its establishment can only be "unknown"
+    const faults = join(base, 'faults.yaml')
+    await writeFile(faults, 'dead_nodes: [lab2]\n')
+    await pgi(['lab', 'start', '--backend', 'qemu', '--nodes', '2', '--sites', '2', '--dir', labDir, '--faults', faults, '--json'])
+    env.PGI_INVENTORY = join(labDir, 'inventory', 'lab.yaml')
+    env.PGI_SECRETS_DIR = join(labDir, 'secrets')
+    const inv = await loadValidInventory(env.PGI_INVENTORY)
+    deployed = inv.establishments.find((e) => e.node === 'lab1')!
+    deadOne = inv.establishments.find((e) => e.node === 'lab2')!
+    await pgi(['deploy', deployed.uai, '--yes', '--json', '--image', images.version, '--images-dir', images.root, '--lab-dir', labDir, '--handoff-dir', join(base, 'handoffs'), '--health-timeout', '1800', '--agent-timeout', '900'])
+    const store = await openInventoryStore(inv, env.PGI_SECRETS_DIR, env)
+    api = await new Hypervisors(inv, {store, io, env}).get(findEstablishment(inv, deployed.uai).hypervisor)
+  }, 90 * 60_000)
+
+  afterAll(async () => {
+    await (api as PveApi & {close?: () => Promise<void>} | undefined)?.close?.()
+    if (labDir) await pgi(['lab', 'stop', '--dir', labDir], {allowFailure: true})
+    if (base) await rm(base, {recursive: true, force: true})
+  }, 5 * 60_000)
+
+  it('a freshly deployed establishment is healthy (exit 0), with what its guest reports', async () => {
+    const e = await until(deployed.uai, 'healthy')
+    expect(e.verdict).toBe('healthy')
+    expect(e.vm.state).toBe('running')
+    expect(e.agent.answering).toBe(true)
+    expect(e.image.running).toBe(images.version)
+    expect(e.checks).toMatchObject({postgresql: true, trytond: true, web: true})
+    expect(e.dataDisk?.source).toBe('pgi-health')
+    const {exitCode} = await status([deployed.uai])
+    expect(exitCode).toBe(0)
+    // the table for people names it too
+    const t = await pgi(['status', deployed.uai])
+    expect(t.stdout).toContain(deployed.uai)
+    expect(t.stdout).toMatch(/healthy/)
+  }, 15 * 60_000)
+
+  it('with PostgreSQL stopped in the guest, it is degraded and says why (exit 5)', async () => {
+    const stop = await api.agentExec(deployed.node, deployed.vmid, ['systemctl', 'stop', 'postgresql'], {timeoutMs: 5 * 60_000})
+    expect(stop.exitcode).toBe(0)
+    try {
+      const e = await until(deployed.uai, 'degraded')
+      expect(e.verdict).toBe('degraded')
+      expect(e.reason).toBe('PostgreSQL is not running on the server')
+      expect(e.checks.postgresql).toBe(false)
+      expect((await status([deployed.uai])).exitCode).toBe(5)
+    } finally {
+      await api.agentExec(deployed.node, deployed.vmid, ['systemctl', 'start', 'postgresql'], {timeoutMs: 5 * 60_000})
+    }
+    expect((await until(deployed.uai, 'healthy')).verdict).toBe('healthy')
+  }, 30 * 60_000)
+
+  it('with the VM stopped through the API, it is down', async () => {
+    await api.stopVm(deployed.node, deployed.vmid)
+    const {report, exitCode} = await status([deployed.uai])
+    expect(exitCode).toBe(5)
+    expect(line(report, deployed.uai)).toMatchObject({verdict: 'down', reason: 'VM is stopped', vm: {state: 'stopped'}})
+  }, 10 * 60_000)
+
+  it('the establishment of a node that never answers is unknown, within the request timeout', async () => {
+    const {report, exitCode, ms} = await status(['--all'])
+    expect(exitCode).toBe(5)
+    expect(line(report, deadOne.uai)).toMatchObject({verdict: 'unknown', reason: `hypervisor not reachable (timeout after ${TIMEOUT_S} s)`, hypervisorReachable: false})
+    expect(line(report, deployed.uai).verdict).toBe('down')
+    // CLI start-up + one request timeout, not one timeout per call
+    expect(ms).toBeLessThan(TIMEOUT_S * 1000 + 15_000)
+    expect(report.hypervisors.find((h) => h.name === deployed.hypervisor)!.durationMs).toBeLessThan(TIMEOUT_S * 1000)
+  }, 10 * 60_000)
+})
