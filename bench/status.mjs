@@ -55,6 +55,19 @@ function median(xs) {
   return s[Math.floor(s.length / 2)]
 }
 
+/** Population is not what is measured: on a loaded machine a request may fail; look again and redo. */
+async function withRetry(api, e, f) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await f()
+    } catch (err) {
+      if (attempt >= 4) throw err
+      process.stderr.write(`populate ${e.uai}: ${err.message.split('\n')[0]}; again (${attempt})\n`)
+      await new Promise((r) => setTimeout(r, 500 * attempt))
+    }
+  }
+}
+
 /** Creates and starts every establishment's VM (on answering nodes) with deploy's metadata. */
 async function populate(inventoryPath, secretsDir, dead) {
   const inv = await loadValidInventory(inventoryPath)
@@ -71,9 +84,9 @@ async function populate(inventoryPath, secretsDir, dead) {
       apis.push(api)
       for (let i = 0; i < list.length; i += 4) {
         await Promise.all(
-          list.slice(i, i + 4).map(async (e) => {
+          list.slice(i, i + 4).map((e) => withRetry(api, e, async () => {
             const meta = {v: 1, uai: e.uai, image: e.image ?? '2026.11.0', deployedAt: new Date().toISOString(), by: 'bench/status'}
-            await api.createVm(e.node, e.vmid, {
+            if (!(await api.vmStatus(e.node, e.vmid))) await api.createVm(e.node, e.vmid, {
               name: `pgi-${e.uai.toLowerCase()}`,
               cores: 1,
               memory: 1024,
@@ -84,8 +97,8 @@ async function populate(inventoryPath, secretsDir, dead) {
               tags: formatTags(meta, e.ring),
               description: formatDescription(meta, e.name),
             })
-            await api.startVm(e.node, e.vmid)
-          }),
+            if ((await api.vmStatus(e.node, e.vmid))?.status !== 'running') await api.startVm(e.node, e.vmid)
+          })),
         )
       }
     }),
