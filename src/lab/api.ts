@@ -370,7 +370,7 @@ export class LabApi {
   }
 
   /** Storage upload/download: the server has the file in `tmpPath` (checksum verified). */
-  importUploaded(c: Ctx, tmpPath: string, type: 'imgcopy' | 'download'): string {
+  importUploaded(c: Ctx, source: string | ((ctx: Parameters<VmBackend['start']>[1]) => Promise<string>), type: 'imgcopy' | 'download'): string {
     const storage = String(c.params.storage)
     const content = String(c.params.content)
     this.storageDef(storage, content)
@@ -380,6 +380,8 @@ export class LabApi {
     return this.task(c, type, '', async (ctx) => {
       ctx.log(`target node: ${c.node.name}`)
       ctx.log(`target file: ${this.storages.get(storage)!.path(c.node.name)}/${content}/${filename}`)
+      // An upload arrives as a verified temp file; a download is fetched (and verified) inside the task.
+      const tmpPath = typeof source === 'string' ? source : await source(ctx)
       await this.backend.importFile(c.node.name, storage, content as never, filename, tmpPath, ctx)
       ctx.log(`file size is: ${c.upload?.size ?? 0}`)
     })

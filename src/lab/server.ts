@@ -395,27 +395,34 @@ export class LabServer {
       throw new HttpError(500, `the lab only downloads from loopback addresses (got '${url.hostname}')`)
     }
     const tmp = join(this.#o.tmpDir, `download-${randomBytes(8).toString('hex')}`)
-    // Fetch first (so a bad URL fails the request like PVE's HEAD check does), then hand over to a task.
-    const {fetch} = await import('undici')
-    const r = await fetch(url, {signal: AbortSignal.timeout(30_000)}).catch((e: Error) => {
-      throw new HttpError(500, `invalid server response: '${e.message}'`)
-    })
-    if (!r.ok || !r.body) throw new HttpError(500, `invalid server response: '${r.status} ${r.statusText}'`)
-    const out = createWriteStream(tmp, {mode: 0o600})
-    let size = 0
-    for await (const chunk of r.body as AsyncIterable<Uint8Array>) {
-      size += chunk.length
-      if (!out.write(chunk)) await new Promise<void>((res) => out.once('drain', () => res()))
-    }
-    await new Promise<void>((res, rej) => out.end((e?: Error | null) => (e ? rej(e) : res())))
-    try {
-      await verifyChecksum(tmp, c.params.checksum as string | undefined, c.params['checksum-algorithm'] as string | undefined)
-    } catch (e) {
-      await rm(tmp, {force: true})
-      throw e
-    }
-    c.upload = {path: tmp, size}
-    return this.api.importUploaded(c, tmp, 'download')
+    // As PVE: the UPID comes back at once, the transfer and the checksum check run in the task.
+    return this.api.importUploaded(c, async (ctx) => {
+      const {fetch} = await import('undici')
+      ctx.log(`downloading ${url.href} to ${tmp}`)
+      const r = await fetch(url, {signal: AbortSignal.any([AbortSignal.timeout(30 * 60_000), ctx.signal])}).catch((e: Error) => {
+        throw new Error(`invalid server response: '${e.message}'`)
+      })
+      if (!r.ok || !r.body) throw new Error(`invalid server response: '${r.status} ${r.statusText}'`)
+      const out = createWriteStream(tmp, {mode: 0o600})
+      let size = 0
+      try {
+        for await (const chunk of r.body as AsyncIterable<Uint8Array>) {
+          size += chunk.length
+          if (!out.write(chunk)) await new Promise<void>((res) => out.once('drain', () => res()))
+        }
+        await new Promise<void>((res, rej) => out.end((e?: Error | null) => (e ? rej(e) : res())))
+        ctx.log(`downloaded ${size} bytes`)
+        if (c.params.checksum) ctx.log(`calculating checksum...`)
+        await verifyChecksum(tmp, c.params.checksum as string | undefined, c.params['checksum-algorithm'] as string | undefined)
+        if (c.params.checksum) ctx.log(`checksum verified`)
+      } catch (e) {
+        out.destroy()
+        await rm(tmp, {force: true})
+        throw e
+      }
+      c.upload = {path: tmp, size}
+      return tmp
+    }, 'download')
   }
 }
 
