@@ -3,15 +3,18 @@
  * and a secret store, works establishment by establishment, and returns plain results that never
  * hold a secret (except `openHandoffForOwner`, whose job is to show them to their owner).
  */
+import {stat} from 'node:fs/promises'
+import {join, resolve} from 'node:path'
+
 import {asPgiError, ErrorCode, type PgiError, UserError} from '../errors.js'
 import type {Io} from '../io.js'
 import type {Establishment, Inventory} from '../inventory/types.js'
 import {settleAll} from '../fleet/pool.js'
 import {Hypervisors, type PveConnector} from '../hypervisors.js'
 import {SecretStore} from '../secrets/store.js'
-import {handoffToJson, issueHandoff, openHandoff, type HandoffConnection, type HandoffIssued, type HandoffJson} from './handoff.js'
-import {rotateEstablishmentSecrets, type RotateResult} from './rotate.js'
-import type {EstablishmentSecretName} from './secrets.js'
+import {HANDOFF_SUFFIX, handoffToJson, issueHandoff, openHandoff, type HandoffConnection, type HandoffIssued, type HandoffJson} from './handoff.js'
+import {pendingSecrets, rotateEstablishmentSecrets, type RotateResult} from './rotate.js'
+import {ESTABLISHMENT_SECRETS, establishmentSecretKey, type EstablishmentSecretName} from './secrets.js'
 
 /**
  * Opens the store of an inventory: encrypted to its `recipients` (plus the local identity). Warns
@@ -140,4 +143,42 @@ export function allFailedError(what: string, outcomes: {ok: boolean; uai: string
     details: {establishments: failures.map((f) => ({uai: f.uai, error: f.error}))},
     suggestions: failures.slice(0, 5).map((f) => `${f.uai}: ${String(f.error.message)}`),
   })
+}
+
+/** Where an establishment stands, credentials-wise. Read from file names only: no key needed. */
+export interface CredentialsOverviewRow {
+  uai: string
+  name: string
+  ami: string
+  /** Secrets present in the store (of sql-admin, tryton-admin, ami-password). */
+  secrets: EstablishmentSecretName[]
+  missing: EstablishmentSecretName[]
+  /** Secrets of an unfinished rotation (`pgi credentials rotate UAI` finishes it). */
+  pending: EstablishmentSecretName[]
+  handoff?: {file: string; written: string}
+  /** What to do next, if anything. */
+  next?: string
+}
+
+export async function credentialsOverview(opts: {establishments: Establishment[]; store: SecretStore; outDir: string}): Promise<CredentialsOverviewRow[]> {
+  const rows: CredentialsOverviewRow[] = []
+  for (const est of opts.establishments) {
+    const secrets: EstablishmentSecretName[] = []
+    const missing: EstablishmentSecretName[] = []
+    for (const n of ESTABLISHMENT_SECRETS) ((await opts.store.has(establishmentSecretKey(est.uai, n))) ? secrets : missing).push(n)
+    const pending = await pendingSecrets(opts.store, est.uai)
+    const file = join(resolve(opts.outDir), `${est.uai}${HANDOFF_SUFFIX}`)
+    const st = await stat(file).catch(() => undefined)
+    const handoff = st ? {file, written: st.mtime.toISOString()} : undefined
+    const next =
+      pending.length > 0
+        ? `pgi credentials rotate ${est.uai}`
+        : missing.length > 0
+          ? `pgi deploy ${est.uai}`
+          : !handoff
+            ? `pgi credentials handoff ${est.uai}`
+            : undefined
+    rows.push({uai: est.uai, name: est.name, ami: est.ami.name, secrets, missing, pending, ...(handoff ? {handoff} : {}), ...(next ? {next} : {})})
+  }
+  return rows
 }

@@ -12,6 +12,7 @@ import {Config} from '@oclif/core'
 import {afterAll, afterEach, beforeAll, beforeEach, describe, expect, it} from 'vitest'
 
 import CredentialsHandoff from '../../../commands/credentials/handoff.js'
+import CredentialsList from '../../../commands/credentials/list.js'
 import CredentialsOpen from '../../../commands/credentials/open.js'
 import CredentialsReencrypt from '../../../commands/credentials/reencrypt.js'
 import CredentialsRotate from '../../../commands/credentials/rotate.js'
@@ -171,6 +172,16 @@ describe('pgi credentials handoff / open / reencrypt / rotate', () => {
     expect(viaLab.desktop_client).toMatchObject({host: '127.0.0.1', port: 18000})
     expect(viaLab.web_client.url).toBe('http://127.0.0.1:10080/')
     expect(viaLab.vm.address).toBe('192.0.2.101')
+
+    // list: what exists, what is next — from file names only
+    const list = await runCli(CredentialsList, ['-i', s.inv, '--secrets-dir', s.secretsDir, '--out', s.out, '--json'])
+    expect(list.exitCode).toBe(0)
+    const rows = JSON.parse(list.stdout).result as {uai: string; missing: string[]; handoff?: unknown; next?: string}[]
+    expect(rows.map((r) => [r.uai, r.missing.length, Boolean(r.handoff), r.next])).toEqual([
+      ['0130040Y', 0, true, undefined],
+      ['0130041Z', 3, false, 'pgi deploy 0130041Z'],
+    ])
+    expectNoSecret(list.stdout + list.stderr, s.values)
 
     const wrong = await runCli(CredentialsOpen, [file, '-k', s.amiB.file])
     expect(wrong.exitCode).toBe(1)

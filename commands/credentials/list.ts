@@ -1,0 +1,51 @@
+import {join} from 'node:path'
+
+import {Args, Flags} from '@oclif/core'
+
+import {BaseCommand, inventoryFlag, secretsDirFlag} from '../../src/cli/base-command.js'
+import {credentialsOverview, openInventoryStore, type CredentialsOverviewRow} from '../../src/credentials/service.js'
+import {loadValidInventory} from '../../src/inventory/load.js'
+import {selectEstablishments} from '../../src/inventory/select.js'
+import {stateDir} from '../../src/paths.js'
+
+export default class CredentialsList extends BaseCommand<typeof CredentialsList> {
+  static override summary = 'Show, per establishment, which secrets exist, unfinished rotations and handoff files.'
+  static override description = `Reads only file names (no secret is decrypted, none is shown): for each establishment, whether its three secrets are in the store, whether a rotation was interrupted, when its handoff file was written, and what to run next. Every establishment when none is named.`
+  static override examples = [
+    {description: 'The whole inventory', command: '<%= config.bin %> <%= command.id %> -i inventory/'},
+    {description: 'One group, as JSON', command: '<%= config.bin %> <%= command.id %> --group bts-cg --json'},
+  ]
+
+  static override strict = false
+  static override args = {
+    uai: Args.string({description: 'UAI of an establishment (several may be given; default: all).', required: false}),
+  }
+
+  static override flags = {
+    inventory: inventoryFlag,
+    'secrets-dir': secretsDirFlag,
+    out: Flags.string({char: 'o', summary: 'Folder of the handoff files (default <state dir>/handoffs).', env: 'PGI_HANDOFF_DIR', default: async () => join(stateDir(), 'handoffs')}),
+    group: Flags.string({char: 'g', summary: 'The establishments of a group (inventory `groups:`).'}),
+  }
+
+  async run(): Promise<CredentialsOverviewRow[]> {
+    const {argv} = await this.parse(CredentialsList)
+    const inventory = await loadValidInventory(this.flags.inventory)
+    const uais = argv as string[]
+    const establishments = selectEstablishments(inventory, {uais, group: this.flags.group, all: uais.length === 0 && this.flags.group === undefined})
+    const store = await openInventoryStore(inventory, this.flags['secrets-dir'], process.env, this.io)
+    const rows = await credentialsOverview({establishments, store, outDir: this.flags.out})
+    this.table(
+      ['UAI', 'Establishment', 'Secrets', 'Rotation', 'Handoff', 'Next'],
+      rows.map((r) => [
+        r.uai,
+        r.name,
+        r.missing.length === 0 ? 'all 3' : r.secrets.length === 0 ? 'none' : `missing ${r.missing.join(', ')}`,
+        r.pending.length > 0 ? `unfinished (${r.pending.join(', ')})` : '',
+        r.handoff ? r.handoff.written.replace('T', ' ').replace(/\.\d+Z$/, 'Z') : 'not written',
+        r.next ?? '',
+      ]),
+    )
+    return rows
+  }
+}
