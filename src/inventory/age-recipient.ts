@@ -8,6 +8,16 @@ import {bech32} from '@scure/base'
  * Returns why it is not valid, or undefined when it is.
  */
 export function ageRecipientProblem(s: string): string | undefined {
+  // one AMI often looks after several establishments: check each distinct key once
+  if (checked.has(s)) return checked.get(s)
+  const why = check(s)
+  if (checked.size < 10_000) checked.set(s, why)
+  return why
+}
+
+const checked = new Map<string, string | undefined>()
+
+function check(s: string): string | undefined {
   if (!s.startsWith('age1')) return 'an age recipient starts with "age1"'
   if (s !== s.toLowerCase()) return 'an age recipient is written in lower case'
   let decoded: {prefix: string; words: number[]}
