@@ -72,7 +72,7 @@ export async function startSimLab(o: SimLabOptions): Promise<SimLab> {
     const k = (perNode.get(node) ?? 0) + 1
     perNode.set(node, k)
     establishments.push({
-      uai: uaiFromNumber(130000 + i),
+      uai: uaiFromNumber(9_900_001 + i), // the UAIs `pgi lab start` gives (src/lab/inventory-gen.ts)
       name: `Lycée ${i + 1}`,
       academie: 'Lab',
       hypervisor: node,
