@@ -34,3 +34,10 @@ export {destroyEstablishment, type DestroyOptions, type DestroyResult} from './d
 export {createParams, diffVm, vmName, type DeployImage, type Drift} from './deploy/desired.js'
 export {waitForAgent, waitForHealthy, guestHealth, backupGuest, verifyGuestBackup, type GuestHealth, type GuestTarget} from './fleet/guest.js'
 export {copyFromGuest} from './fleet/guest-copy.js'
+// lab: a local Proxmox-VE-compatible hypervisor (src/lab)
+export {startLab, stopLab, labStatus, readLabState, type LabSummary, type LabStateFile, type StartOptions} from './lab/lab.js'
+export {startRuntime, LAB_STORAGES, type LabRuntime, type RuntimeOptions} from './lab/runtime.js'
+export {readRequestLog, type RequestLogEntry} from './lab/server.js'
+export {loadFaultFile, faultConfigFrom, Faults, NO_FAULTS, type FaultConfig} from './lab/faults.js'
+export {SimulatedBackend, DEFAULT_DURATIONS, type SimulatedOptions} from './lab/simulated-backend.js'
+export type * from './lab/backend.js'
