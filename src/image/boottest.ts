@@ -97,7 +97,7 @@ export async function testImage(opts: BootTestOptions): Promise<BootTestResult> 
   const healthTimeout = opts.healthTimeoutMs ?? 8 * 60_000
 
   const health = async (vm: Vm): Promise<{code: number; report?: HealthReport; raw: string}> => {
-    const r = await vm.qga({timeoutMs: 30_000}).run(['/usr/local/sbin/pgi-health'], {timeoutMs: 60_000})
+    const r = await vm.qga({timeoutMs: 30_000}).run(['/usr/local/sbin/pgi-health'], {timeoutMs: 180_000})
     let report: HealthReport | undefined
     try {
       report = JSON.parse(r.stdout) as HealthReport
