@@ -306,10 +306,7 @@ export class LabApi {
       const fmt = (p.format === 'raw' ? 'raw' : 'qcow2') as 'qcow2' | 'raw'
       const src = p['import-from']
       if (src) {
-        if (src.startsWith('/')) {
-          if (!this.access.isRoot(c.principal)) throw new PermissionError(`/`, 'Sys.Modify') // PVE: only root may import from an absolute path
-          throw new HttpError(500, `${key}: importing from an absolute path is not supported by the lab; upload it to an 'import' storage`)
-        }
+        if (src.startsWith('/')) throw new HttpError(500, `${key}: importing from an absolute path is not supported by the lab; upload it to an 'import' storage`)
         const info = await this.backend.volumeInfo(c.node.name, src)
         if (!info) throw new HttpError(500, `${key}: unable to parse volume ID '${src}' - volume does not exist`)
         const srcStorage = src.split(':')[0]!
@@ -340,6 +337,19 @@ export class LabApi {
       }
     }
     return out
+  }
+
+  /**
+   * PVE's PVE::Storage::check_volume_access for disk parameters: a filesystem path (as `file` or
+   * `import-from`, or a bare size PVE parses as a path) is root@pam's alone, tokens included.
+   */
+  checkDiskPaths(c: Ctx): void {
+    for (const [k, v] of Object.entries(c.params)) {
+      if (!DISK_KEY_RE.test(k) || typeof v !== 'string') continue
+      const p = parsePropertyString(v, DISK_PARAM_KEYS_ALL)
+      const paths = [p.file, p['import-from']].filter((x): x is string => x !== undefined && (x.startsWith('/') || /^\d+$/.test(x)))
+      if (paths.length > 0 && !this.access.isRoot(c.principal)) throw new HttpError(500, 'Only root can pass arbitrary filesystem paths.')
+    }
   }
 
   /** Permission check for each config key being set or deleted. */

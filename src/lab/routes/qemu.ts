@@ -30,6 +30,7 @@ export function qemuRoutes(api: LabApi): Record<string, Handler> {
       // PVE checks the VM.Config.* privilege of every key given at creation too.
       const keys = Object.keys(c.params).filter((k) => !['node', 'vmid', 'start', 'storage', 'pool'].includes(k))
       api.checkConfigPerms(c, keys.map((k) => [k, String(c.params[k])] as [string, string]))
+      api.checkDiskPaths(c)
       if (c.node.vms.has(vmid)) throw new HttpError(500, `unable to create VM ${vmid} - VM ${vmid} already exists on node '${c.node.name}'`)
       const vm: VmRecord = {vmid, config: {lock: 'create'}, snapshots: {}}
       c.node.vms.set(vmid, vm)
@@ -181,6 +182,7 @@ export function qemuRoutes(api: LabApi): Record<string, Handler> {
         if (setKeys.includes(k)) throw new ParamError({[k]: `unable to delete parameter '${k}' and set it at the same time`})
       }
       api.checkConfigPerms(c, [...setKeys.map((k) => [k, String(c.params[k])] as [string, string]), ...del.map((k) => [k, vm.config[k]] as [string, string | undefined])])
+      api.checkDiskPaths(c)
       await api.withConfigLock(c, vm.vmid, async () => {
         api.checkLock(vm, c)
         const digest = c.params.digest as string | undefined

@@ -131,6 +131,13 @@ describe('lab API (simulated backend)', () => {
     expect((await lab.call('GET', '/version', {}, {auth: {token: 'pgi@pve!deploy=wrong'}})).status).toBe(401)
   })
 
+  it('refuses filesystem paths from tokens, as PVE does for anyone but root@pam', async () => {
+    const r = await lab.call('POST', '/nodes/lab1/qemu', {vmid: 1500, virtio0: 'local-vm:0,import-from=/var/lib/x.qcow2'})
+    expect(r.status).toBe(500)
+    expect(r.reason).toBe('Only root can pass arbitrary filesystem paths.')
+    expect((await lab.call('POST', '/nodes/lab1/qemu', {vmid: 1500, virtio0: '32'})).reason).toBe('Only root can pass arbitrary filesystem paths.')
+  })
+
   it('refuses skiplock for tokens', async () => {
     const r = await lab.call('POST', '/nodes/lab1/qemu/1001/status/stop', {skiplock: 1})
     expect(r.status).toBe(400)
