@@ -105,6 +105,9 @@ export async function startRuntime(o: RuntimeOptions): Promise<LabRuntime> {
   const server = new LabServer({api, certs, ports: o.ports, authFailDelayMs: o.authFailDelayMs ?? 3000, requestLog: o.requestLog === false ? undefined : requestLog, tmpDir: join(o.dir, 'tmp')})
   const ports = await server.listen()
   await writeVmSnapshot(api, join(runDir, 'vms.json'))
+  // VMs also change state on their own (a guest powers off, QEMU dies): refresh the snapshot now and then.
+  const refresh = setInterval(() => void writeVmSnapshot(api, join(runDir, 'vms.json')).catch(() => undefined), 5000)
+  refresh.unref()
   return {
     api,
     server,
@@ -114,6 +117,7 @@ export async function startRuntime(o: RuntimeOptions): Promise<LabRuntime> {
     certs,
     requestLog,
     async close() {
+      clearInterval(refresh)
       if (pending) clearTimeout(pending)
       await server.close()
       api.tasks.abortAll()
