@@ -35,7 +35,9 @@ export const STATUS_DEFAULTS = {
   requestTimeoutMs: 5_000,
   healthTimeoutMs: 30_000,
   maxParallel: 64,
-  perHypervisor: 4,
+  // each hypervisor usually holds one PGI VM (one per lycée); 2 in flight keeps a slow school link and
+  // the TLS handshakes (one per connection) low, the fleet-wide fan-out is what makes status fast
+  perHypervisor: 2,
 } as const
 
 export interface StatusOptions {
