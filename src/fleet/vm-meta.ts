@@ -21,6 +21,14 @@ export interface RolloutMark {
   /** Why it failed or rolled back, in words. */
   reason?: string
   backup?: string
+  /** sha256 of the backup manifest (its copy off the guest is in the local rollout journal). */
+  backupSha256?: string
+  /** Volume of the OS disk before the swap (kept as unusedN until commit: the way back). */
+  oldDisk?: string
+  /** Volume of the new OS disk after the swap. */
+  newDisk?: string
+  /** Set once the old OS disk / snapshot were removed after a commit. */
+  cleaned?: boolean
 }
 
 export interface VmMeta {

@@ -18,6 +18,7 @@ import {uaiFromNumber} from '../../../src/inventory/uai.js'
 import type {Io} from '../../../src/io.js'
 import {startRuntime, type LabRuntime} from '../../../src/lab/runtime.js'
 import type {FaultConfig} from '../../../src/lab/faults.js'
+import type {VmBackend} from '../../../src/lab/backend.js'
 import {connectHypervisor} from '../../../src/proxmox/client.js'
 import {SecretStore} from '../../../src/secrets/store.js'
 
@@ -46,6 +47,8 @@ export interface SimLabOptions {
   /** Durations of the simulated backend (ms, before timeScale). */
   durations?: Record<string, number>
   imageBytes?: number
+  /** Use this backend instead of a plain SimulatedBackend (e.g. one with a richer guest model; then timeScale/durations are its own). */
+  backend?: VmBackend
 }
 
 /** Tuned (not replaced) client: short task polling so scaled-down lab tasks are not dominated by it. */
@@ -59,7 +62,7 @@ export async function startSimLab(o: SimLabOptions = {}): Promise<SimLab> {
   const rt = await startRuntime({
     dir: join(dir, 'lab'),
     nodes,
-    backend: 'simulated',
+    backend: o.backend ?? 'simulated',
     pveVersion: '9.1',
     timeScale: o.timeScale ?? 0.001,
     simulated: o.durations ? {durations: o.durations} : undefined,

@@ -1,0 +1,649 @@
+/**
+ * One establishment's rollout, as a state machine whose state lives on the hypervisor: the VM's
+ * config (which disk is virtio0, which are unusedN) and the `rollout` mark in its pgi-meta
+ * description. Every mark write is a compare-and-swap on the config digest, and every write
+ * first checks that the mark still names this rollout and this runner: two runners can never both
+ * drive one VM. Each step is idempotent and re-entrant: after a kill at any point, running the
+ * same rollout again (`pgi rollout resume`) reads the mark and the VM and carries on, or rolls
+ * back.
+ *
+ *   claimed → checked → backed-up → stopped → swapped → started → gated → committed
+ *                                      └──────── any failure ────────┘→ rolling-back → rolled-back
+ *
+ * checked:   healthy on the current version, new image staged on the node
+ * backed-up: pgi-backup, pgi-backup --verify (restore into a scratch database, row counts), the
+ *            manifest copied off the guest into the local journal
+ * stopped:   clean shutdown; the old OS disk's volume recorded in the mark (the way back)
+ * swapped:   virtio0 detached (PVE keeps it as unusedN), a new virtio0 imported from the staged
+ *            image, grown to the inventory size, cloud-init regenerated. virtio1 (the data disk)
+ *            is never named in any request.
+ * started:   VM started
+ * gated:     guest agent, pgi-health healthy on the new version, the data disk upgraded for it,
+ *            every database of the manifest opens with the same key-table row counts, a Tryton
+ *            login works — within the health timeout
+ * committed: new version recorded (tags + description, one CAS write), then the old OS disk
+ *            removed (unless --keep-old-disk)
+ * Rollback:  old OS disk back as virtio0 (the new one detached and removed), start, restore the
+ *            databases from the verified backup if the new OS had upgraded them, health and row
+ *            counts checked again, reason recorded in the mark.
+ */
+import {createHash} from 'node:crypto'
+
+import {backupGuest, guestHealth, verifyGuestBackup, waitForAgent, waitForHealthy, type GuestTarget} from '../fleet/guest.js'
+import {formatDescription, formatTags, parseDescription, type RolloutMark, type VmMeta} from '../fleet/vm-meta.js'
+import {parseDisk, importVolid, type DeployImage} from '../deploy/desired.js'
+import {ErrorCode, PgiError, UserError, asPgiError} from '../errors.js'
+import {ExitCode} from '../exit-codes.js'
+import type {Hypervisors} from '../hypervisors.js'
+import type {Establishment} from '../inventory/types.js'
+import type {Io} from '../io.js'
+import type {PveApi, PveParams, PveVmConfig} from '../proxmox/types.js'
+import type {Secret} from '../secret.js'
+import {probeGuest, restoreInGuest, type ProbeResult} from './guest-scripts.js'
+import type {Control, RolloutJournal} from './journal.js'
+import {inWindow, describeWindow} from './window.js'
+
+export const STEPS = ['claimed', 'checked', 'backed-up', 'stopped', 'swapped', 'started', 'gated', 'committed'] as const
+export type ForwardStep = (typeof STEPS)[number]
+/** Marks after which nothing is in progress. */
+export const FINAL_STEPS = new Set(['committed', 'rolled-back', 'rollback-failed', 'precheck-failed', 'backup-failed', 'aborted'])
+
+export type Outcome =
+  | 'updated' // on the new version, gate passed
+  | 'already' // was already on the target version: nothing sent
+  | 'rolled-back' // failed, back on the previous version and healthy
+  | 'failed' // failed before any change (pre-check, backup): still on the previous version
+  | 'rollback-failed' // could not roll back: needs a person
+  | 'interrupted' // stopped mid-way (hypervisor unreachable, killed): resume finishes it
+  | 'paused' // stopped at a step boundary by `pgi rollout pause`
+  | 'aborted' // stopped by `pgi rollout abort` (rolled back when it was mid-way)
+  | 'blocked' // not started: not a pgi VM, another rollout holds it…
+  | 'deferred' // outside its maintenance window
+  | 'not-started' // the rollout halted / was paused before its turn
+
+export interface EstablishmentResult {
+  uai: string
+  name: string
+  hypervisor: string
+  node: string
+  vmid: number
+  ring: string
+  from?: string
+  to: string
+  outcome: Outcome
+  /** Last step recorded on the VM. */
+  step?: string
+  reason?: string
+  /** Local copy of the backup manifest. */
+  manifest?: string
+  durationMs: number
+}
+
+export interface EstablishmentCtx {
+  hypervisors: Hypervisors
+  io: Io
+  image: DeployImage
+  rolloutId: string
+  runner: string
+  journal: RolloutJournal
+  /** Take over marks of this rollout id held by another runner (resume). */
+  takeover: boolean
+  window: 'now' | 'inventory'
+  keepOldDisk: boolean
+  agentTimeoutMs: number
+  healthTimeoutMs: number
+  pollIntervalMs: number
+  /** Seconds a clean shutdown may take before the VM is stopped hard (rollback only; forward waits). */
+  shutdownTimeoutS: number
+  /** Attempts of one forward step on transient errors before rolling back (default 3). */
+  stepAttempts: number
+  /** Tryton admin password for the gate's login (undefined: login not checked, said in the result). */
+  trytonAdmin: (uai: string) => Promise<Secret | undefined>
+  control: () => Promise<Control>
+  /** A kill (tests; SIGTERM): stop between steps, touch nothing more. */
+  signal?: AbortSignal
+  now: () => Date
+  onStep?: (uai: string, step: string) => void | Promise<void>
+  update?: (text: string) => void
+}
+
+/** The mark belongs to another runner (or another rollout) now: stop touching this VM. */
+export class RunnerConflict extends UserError {
+  constructor(message: string, where: PgiError['where']) {
+    super(ErrorCode.LOCKED, message, {exitCode: ExitCode.REFUSED, where, suggestions: ['Another pgi run drives this establishment: let it finish, or run `pgi rollout status`.']})
+  }
+}
+
+/** The new version did not pass the gate. */
+export class GateFailed extends UserError {
+  constructor(message: string, where: PgiError['where']) {
+    super(ErrorCode.UNHEALTHY, message, {exitCode: ExitCode.UNHEALTHY, where})
+  }
+}
+
+/** Stopped on purpose between steps (kill signal): nothing more is sent. */
+export class Killed extends Error {
+  constructor() {
+    super('rollout runner stopped')
+    this.name = 'Killed'
+  }
+}
+
+class Stop extends Error {
+  constructor(readonly outcome: 'paused') {
+    super(outcome)
+  }
+}
+
+const stepIndex = (s: string | undefined): number => STEPS.indexOf(s as ForwardStep)
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+const sha256 = (s: string) => createHash('sha256').update(s).digest('hex')
+
+interface Run {
+  est: Establishment
+  t: GuestTarget
+  api: PveApi
+  ctx: EstablishmentCtx
+  id: string
+  from?: string
+  to: string
+  manifestLocal?: string
+}
+
+function describe(e: unknown): string {
+  return e instanceof Error ? e.message : String(e)
+}
+
+function transient(e: unknown): boolean {
+  if (e instanceof RunnerConflict || e instanceof GateFailed || e instanceof Killed) return false
+  const p = asPgiError(e)
+  return ![ErrorCode.BACKUP_FAILED, ErrorCode.PVE_PERMISSION, ErrorCode.PVE_PARAMETERS, ErrorCode.IMAGE_INVALID].includes(p.code as never)
+}
+
+function unreachable(e: unknown): boolean {
+  const p = asPgiError(e)
+  return p.code === ErrorCode.UNREACHABLE || p.code === ErrorCode.TLS_MISMATCH
+}
+
+async function readVm(r: Run): Promise<{cfg: PveVmConfig; meta: VmMeta}> {
+  const cfg = await r.api.vmConfig(r.est.node, r.est.vmid)
+  const meta = parseDescription(typeof cfg?.description === 'string' ? cfg.description : undefined)
+  if (!cfg || !meta) {
+    throw new UserError(ErrorCode.REFUSED, `VM ${r.est.vmid} ${cfg ? 'has no pgi description' : 'does not exist'}`, {
+      exitCode: ExitCode.REFUSED,
+      where: where(r),
+      suggestions: ['Deploy it first (pgi deploy); rollout only updates VMs pgi deployed.'],
+    })
+  }
+  return {cfg, meta}
+}
+
+function where(r: Pick<Run, 'est'>): PgiError['where'] {
+  return {uai: r.est.uai, hypervisor: r.est.hypervisor, node: r.est.node, vmid: r.est.vmid}
+}
+
+function owns(r: Run, mark: RolloutMark | undefined): boolean {
+  return mark !== undefined && mark.id === r.id && mark.runner === r.ctx.runner
+}
+
+/**
+ * Compare-and-swap write of the VM config: `change` sees the current config and meta (ownership
+ * already checked) and returns the params to send, or undefined when there is nothing left to do.
+ * A digest mismatch re-reads and re-checks ownership before trying again.
+ */
+async function cas(r: Run, change: (cfg: PveVmConfig, meta: VmMeta) => (PveParams & {delete?: string}) | undefined, opts: {claim?: boolean} = {}): Promise<PveVmConfig> {
+  for (let attempt = 0; ; attempt++) {
+    const {cfg, meta} = await readVm(r)
+    if (!opts.claim && !owns(r, meta.rollout)) {
+      throw new RunnerConflict(`the rollout mark of VM ${r.est.vmid} now names ${meta.rollout ? `rollout ${meta.rollout.id} run by ${meta.rollout.runner ?? '?'}` : 'no rollout'}: another runner took it over`, where(r))
+    }
+    const params = change(cfg, meta)
+    if (!params) return cfg
+    try {
+      await r.api.updateVmConfig(r.est.node, r.est.vmid, {...params, digest: cfg.digest})
+      return cfg
+    } catch (err) {
+      const e = asPgiError(err)
+      if (e.code !== ErrorCode.PVE_DIGEST_MISMATCH || attempt >= 8) throw err
+      r.ctx.io.debug(`${r.est.uai}: config changed under us (digest), re-reading`)
+    }
+  }
+}
+
+/** Writes the mark (and, with `image`, the new version in meta and tags). */
+async function writeMark(r: Run, patch: Partial<RolloutMark>, opts: {claim?: boolean; image?: DeployImage} = {}): Promise<void> {
+  await cas(
+    r,
+    (_cfg, meta) => {
+      if (opts.claim) {
+        const m = meta.rollout
+        if (m && !FINAL_STEPS.has(m.step) && !(m.id === r.id && (m.runner === r.ctx.runner || r.ctx.takeover))) {
+          throw new RunnerConflict(`VM ${r.est.vmid} is held by rollout ${m.id} (step ${m.step}, runner ${m.runner ?? '?'})`, where(r))
+        }
+      }
+      const base: RolloutMark = opts.claim && (!meta.rollout || meta.rollout.id !== r.id) ? {id: r.id, from: meta.image, to: r.to, step: 'claimed', at: ''} : meta.rollout!
+      const mark: RolloutMark = {...base, ...patch, runner: r.ctx.runner, at: r.ctx.now().toISOString()}
+      const next: VmMeta = opts.image ? {...meta, image: opts.image.version, imageSha256: opts.image.sha256, deployedAt: r.ctx.now().toISOString(), rollout: mark} : {...meta, rollout: mark}
+      const p: PveParams = {description: formatDescription(next, r.est.name)}
+      if (opts.image) p.tags = formatTags(next, r.est.ring)
+      return p
+    },
+    {claim: opts.claim},
+  )
+  if (patch.step) {
+    await r.ctx.journal.writeEstablishment({uai: r.est.uai, step: patch.step, reason: patch.reason, manifest: r.manifestLocal, at: r.ctx.now().toISOString()})
+    await r.ctx.onStep?.(r.est.uai, patch.step)
+  }
+}
+
+function checkKilled(r: Run): void {
+  if (r.ctx.signal?.aborted) throw new Killed()
+}
+
+/** Runs one forward step, retrying transient failures (a 500, a failed task) a few times. */
+async function attempt<T>(r: Run, what: string, fn: () => Promise<T>): Promise<T> {
+  for (let i = 1; ; i++) {
+    checkKilled(r)
+    try {
+      return await fn()
+    } catch (err) {
+      if (!transient(err) || i >= r.ctx.stepAttempts || r.ctx.signal?.aborted) throw err
+      r.ctx.io.debug(`${r.est.uai}: ${what} failed (attempt ${i}), retrying: ${describe(err)}`)
+      await sleep(Math.min(5000, r.ctx.pollIntervalMs * 2 ** i))
+    }
+  }
+}
+
+export async function rolloutEstablishment(est: Establishment, ctx: EstablishmentCtx): Promise<EstablishmentResult> {
+  const started = Date.now()
+  const api = await ctx.hypervisors.get(est.hypervisor)
+  const r: Run = {est, api, t: {api, node: est.node, vmid: est.vmid, uai: est.uai}, ctx, id: ctx.rolloutId, to: ctx.image.version}
+  const result = (outcome: Outcome, extra: Partial<EstablishmentResult> = {}): EstablishmentResult => ({
+    uai: est.uai,
+    name: est.name,
+    hypervisor: est.hypervisor,
+    node: est.node,
+    vmid: est.vmid,
+    ring: est.ring,
+    from: r.from,
+    to: r.to,
+    outcome,
+    ...(r.manifestLocal ? {manifest: r.manifestLocal} : {}),
+    durationMs: Date.now() - started,
+    ...extra,
+  })
+
+  let mark: RolloutMark | undefined
+  try {
+    const {meta} = await readVm(r)
+    mark = meta.rollout
+    r.from = mark && mark.id === r.id ? mark.from : meta.image
+    if (!mark || mark.id !== r.id) {
+      if (mark && !FINAL_STEPS.has(mark.step)) {
+        return result('blocked', {step: mark.step, reason: `rollout ${mark.id} (${mark.from} → ${mark.to}) is mid-way at step ${mark.step}, run by ${mark.runner ?? '?'}: resume or abort it first`})
+      }
+      if (meta.image === r.to) return result('already', {reason: `already on ${r.to}`})
+      if (ctx.window === 'inventory' && !inWindow(est.maintenanceWindow, ctx.now())) {
+        return result('deferred', {reason: `outside its maintenance window (${describeWindow(est.maintenanceWindow)})`})
+      }
+      const c = await ctx.control()
+      if (c) return result('not-started', {reason: `rollout ${c === 'pause' ? 'paused' : 'aborted'} before this establishment's turn`})
+      await writeMark(r, {step: 'claimed'}, {claim: true})
+      mark = (await readVm(r)).meta.rollout
+    } else if (FINAL_STEPS.has(mark.step)) {
+      const outcome: Outcome = mark.step === 'committed' ? (mark.cleaned || ctx.keepOldDisk ? 'updated' : 'updated') : mark.step === 'rolled-back' ? 'rolled-back' : mark.step === 'rollback-failed' ? 'rollback-failed' : mark.step === 'aborted' ? 'aborted' : 'failed'
+      if (mark.step === 'committed' && !mark.cleaned && !ctx.keepOldDisk) {
+        if (mark.runner !== ctx.runner) await writeMark(r, {}, {claim: true})
+        await cleanupOldDisk(r, mark)
+      }
+      return result(outcome, {step: mark.step, reason: mark.reason})
+    } else if (mark.runner !== ctx.runner) {
+      if (!ctx.takeover) return result('blocked', {step: mark.step, reason: `held by runner ${mark.runner ?? '?'} at step ${mark.step}: run \`pgi rollout resume\` if that run is gone`})
+      ctx.io.info(`${est.uai}: taking over from ${mark.runner ?? '?'} at step ${mark.step}`)
+      await writeMark(r, {}, {claim: true})
+      mark = (await readVm(r)).meta.rollout
+    }
+    if (mark?.backup) r.manifestLocal = (await ctx.journal.readEstablishment(est.uai))?.manifest ?? ctx.journal.manifestPath(est.uai)
+    if (mark?.step === 'rolling-back') return await rollback(r, mark.reason ?? 'an earlier rollback was interrupted', result)
+    return await forward(r, mark!, result)
+  } catch (err) {
+    if (err instanceof Killed) return result('interrupted', {step: mark?.step, reason: 'runner stopped'})
+    if (err instanceof RunnerConflict) return result('blocked', {step: mark?.step, reason: err.message})
+    const e = asPgiError(err)
+    return result(unreachable(e) ? 'interrupted' : 'failed', {step: mark?.step, reason: e.message})
+  }
+}
+
+async function forward(r: Run, start: RolloutMark, result: (o: Outcome, x?: Partial<EstablishmentResult>) => EstablishmentResult): Promise<EstablishmentResult> {
+  const {ctx, est, t} = r
+  let mark = start
+  const update = (s: string) => ctx.update?.(s)
+  try {
+    for (;;) {
+      checkKilled(r)
+      const step = mark.step as ForwardStep
+      const ctl = await ctx.control()
+      if (ctl && stepIndex(step) < stepIndex('backed-up') + 1 && step !== 'committed') {
+        // the PGI still runs the old version untouched: stop here
+        if (ctl === 'pause') throw new Stop('paused')
+        await writeMark(r, {step: 'aborted', reason: 'aborted by `pgi rollout abort` before any change'})
+        return result('aborted', {step: 'aborted', reason: 'aborted before any change'})
+      }
+      if (ctl === 'abort' && stepIndex(step) < stepIndex('gated')) throw new GateFailed('aborted by `pgi rollout abort`', where(r))
+      switch (step) {
+        case 'claimed': {
+          update('checking health and staging')
+          await attempt(r, 'pre-check', () => precheck(r)).catch(async (err) => {
+            if (err instanceof Killed || err instanceof RunnerConflict || unreachable(err)) throw err
+            await writeMark(r, {step: 'precheck-failed', reason: describe(err)})
+            throw new Finished(result('failed', {step: 'precheck-failed', reason: describe(err)}))
+          })
+          await writeMark(r, {step: 'checked'})
+          break
+        }
+        case 'checked': {
+          update('backing up the databases')
+          const b = await attempt(r, 'backup', () => backup(r)).catch(async (err) => {
+            if (err instanceof Killed || err instanceof RunnerConflict || unreachable(err)) throw err
+            await writeMark(r, {step: 'backup-failed', reason: describe(err)})
+            throw new Finished(result('failed', {step: 'backup-failed', reason: `backup: ${describe(err)}`}))
+          })
+          await writeMark(r, {step: 'backed-up', backup: b.path, backupSha256: b.sha256})
+          break
+        }
+        case 'backed-up': {
+          update('shutting down')
+          const old = await attempt(r, 'shutdown', () => shutdown(r))
+          await writeMark(r, {step: 'stopped', oldDisk: old})
+          break
+        }
+        case 'stopped': {
+          update(`swapping the OS disk for ${r.to}`)
+          const nd = await attempt(r, 'swap', () => swap(r, mark))
+          await writeMark(r, {step: 'swapped', newDisk: nd})
+          break
+        }
+        case 'swapped': {
+          update('starting')
+          await attempt(r, 'start', async () => {
+            const st = await r.api.vmStatus(est.node, est.vmid)
+            if (st?.status !== 'running') await r.api.startVm(est.node, est.vmid, {timeoutMs: 600_000})
+          })
+          await writeMark(r, {step: 'started'})
+          break
+        }
+        case 'started': {
+          update('gate: health, databases, login')
+          await gate(r, mark)
+          await writeMark(r, {step: 'gated'})
+          break
+        }
+        case 'gated': {
+          update('recording the new version')
+          await attempt(r, 'commit', () => writeMark(r, {step: 'committed', reason: undefined}, {image: ctx.image}))
+          mark = (await readVm(r)).meta.rollout!
+          if (!ctx.keepOldDisk) await attempt(r, 'cleanup', () => cleanupOldDisk(r, mark)).catch((err) => ctx.io.warn(`${est.uai}: updated, but the old OS disk was not removed: ${describe(err)}`))
+          return result('updated', {step: 'committed'})
+        }
+        default:
+          throw new UserError(ErrorCode.INTERNAL, `unknown rollout step "${step}" on VM ${est.vmid}`)
+      }
+      mark = (await readVm(r)).meta.rollout!
+      if (!owns(r, mark)) throw new RunnerConflict(`another runner took VM ${est.vmid} over`, where(r))
+    }
+  } catch (err) {
+    if (err instanceof Finished) return err.result
+    if (err instanceof Stop) return result('paused', {step: mark.step, reason: 'paused before the VM was stopped'})
+    if (err instanceof Killed || err instanceof RunnerConflict) throw err
+    if (stepIndex(mark.step) < stepIndex('backed-up') + 1 && !(mark.step === 'backed-up' && (await vmStopped(r)))) {
+      // nothing was changed yet: the PGI runs its old version
+      if (unreachable(err)) throw err
+      const reason = describe(err)
+      await writeMark(r, {step: 'precheck-failed', reason}).catch(() => undefined)
+      return result('failed', {step: mark.step, reason})
+    }
+    if (unreachable(err)) throw err
+    const reason = err instanceof GateFailed ? `gate: ${err.message}` : `${mark.step}: ${describe(err)}`
+    ctx.io.warn(`${est.uai}: rolling back to ${r.from}: ${reason}`)
+    void t
+    return rollback(r, reason, result)
+  }
+}
+
+class Finished extends Error {
+  constructor(readonly result: EstablishmentResult) {
+    super('finished')
+  }
+}
+
+async function vmStopped(r: Run): Promise<boolean> {
+  try {
+    return (await r.api.vmStatus(r.est.node, r.est.vmid))?.status !== 'running'
+  } catch {
+    return true
+  }
+}
+
+async function precheck(r: Run): Promise<void> {
+  const {api, est, ctx} = r
+  const hv = ctx.hypervisors.definition(est.hypervisor)
+  const volid = importVolid(hv, ctx.image)
+  const staged = (await api.storageContent(est.node, hv.storage.import, 'import')).find((c) => c.volid === volid)
+  if (!staged || staged.size !== ctx.image.size) {
+    throw new UserError(ErrorCode.IMAGE_NOT_FOUND, `image ${r.to} is not staged on ${est.node} (${volid}${staged ? `: ${staged.size} bytes, expected ${ctx.image.size}` : ' missing'})`, {
+      where: where(r),
+      suggestions: [`Run \`pgi rollout stage ${r.to}\` first.`],
+    })
+  }
+  const st = await api.vmStatus(est.node, est.vmid)
+  if (st?.status !== 'running') throw new UserError(ErrorCode.UNHEALTHY, `VM ${est.vmid} is not running: not updating an establishment that was not healthy`, {where: where(r)})
+  const h = await guestHealth(r.t)
+  if (h.exitcode !== 0 || !h.health?.healthy) {
+    throw new UserError(ErrorCode.UNHEALTHY, `not healthy on ${r.from} before the update: ${h.health?.problems?.join('; ') || `pgi-health exit ${h.exitcode}`}`, {where: where(r), suggestions: ['Fix it first (pgi status), then run the rollout again.']})
+  }
+  if (h.health.image?.version && h.health.image.version !== r.from) {
+    throw new UserError(ErrorCode.REFUSED, `the guest runs ${h.health.image.version} but its VM records ${r.from}`, {where: where(r), suggestions: ['Run `pgi status` and `pgi deploy` to reconcile before a rollout.']})
+  }
+}
+
+interface ManifestDb {
+  name: string
+  row_counts?: Record<string, number>
+}
+
+async function backup(r: Run): Promise<{path: string; sha256: string}> {
+  const path = await backupGuest(r.t)
+  await verifyGuestBackup(r.t, path)
+  const text = await r.api.agentFileRead(r.est.node, r.est.vmid, path)
+  JSON.parse(text) // a manifest that is not JSON is no backup
+  r.manifestLocal = await r.ctx.journal.writeManifest(r.est.uai, text)
+  return {path, sha256: sha256(text)}
+}
+
+async function shutdown(r: Run): Promise<string> {
+  const {api, est} = r
+  const st = await api.vmStatus(est.node, est.vmid)
+  if (st?.status === 'running') await api.shutdownVm(est.node, est.vmid, {timeoutMs: 900_000})
+  const {cfg} = await readVm(r)
+  const os = parseDisk(cfg.virtio0)
+  if (!os?.volid) throw new UserError(ErrorCode.REFUSED, `VM ${est.vmid} has no OS disk on virtio0`, {where: where(r)})
+  return os.volid
+}
+
+function unusedKeyOf(cfg: PveVmConfig, volid: string): string | undefined {
+  return Object.keys(cfg).find((k) => /^unused\d+$/.test(k) && String(cfg[k]).split(',')[0] === volid)
+}
+
+async function swap(r: Run, mark: RolloutMark): Promise<string> {
+  const {api, est, ctx} = r
+  const hv = ctx.hypervisors.definition(est.hypervisor)
+  const old = mark.oldDisk!
+  // 1. detach the old OS disk: PVE keeps it as unusedN (the way back)
+  let cfg = await cas(r, (c) => (parseDisk(c.virtio0)?.volid === old ? {delete: 'virtio0'} : undefined))
+  cfg = (await readVm(r)).cfg
+  if (!unusedKeyOf(cfg, old) && parseDisk(cfg.virtio0)?.volid !== old) {
+    throw new UserError(ErrorCode.REFUSED, `the previous OS disk ${old} is no longer in VM ${est.vmid}'s config: not going on without a way back`, {where: where(r)})
+  }
+  // 2. a new OS disk from the staged image
+  await cas(r, (c) => (c.virtio0 === undefined ? {virtio0: `${hv.storage.os}:0,import-from=${importVolid(hv, ctx.image)}`} : undefined))
+  cfg = (await readVm(r)).cfg
+  const nd = parseDisk(cfg.virtio0)
+  if (!nd || nd.volid === old) throw new UserError(ErrorCode.PVE_HTTP, `VM ${est.vmid} has no new OS disk after the import`, {where: where(r)})
+  if (nd.size !== undefined && nd.size < est.osDiskGb * 2 ** 30) await api.resizeDisk(est.node, est.vmid, 'virtio0', `${est.osDiskGb}G`)
+  await cas(r, (c) => (String(c.boot ?? '').includes('virtio0') ? undefined : {boot: 'order=virtio0'}))
+  await api.regenerateCloudinit(est.node, est.vmid)
+  return nd.volid
+}
+
+function manifestDbs(text: string | undefined): ManifestDb[] {
+  if (!text) return []
+  try {
+    const m = JSON.parse(text) as {databases?: ManifestDb[]}
+    return Array.isArray(m.databases) ? m.databases : []
+  } catch {
+    return []
+  }
+}
+
+async function readLocalManifest(r: Run): Promise<string | undefined> {
+  const {readFile} = await import('node:fs/promises')
+  if (!r.manifestLocal) return undefined
+  try {
+    return await readFile(r.manifestLocal, 'utf8')
+  } catch {
+    return undefined
+  }
+}
+
+/** Databases of the manifest: open, same row counts, login. Returns the problems (empty = fine). */
+function compareData(manifest: ManifestDb[], probe: ProbeResult, loginChecked: boolean): string[] {
+  const problems: string[] = []
+  for (const db of manifest) {
+    const p = probe.databases.find((d) => d.name === db.name)
+    if (!p) problems.push(`database ${db.name} was not checked`)
+    else if (!p.opens) problems.push(`database ${db.name} does not open: ${p.error ?? '?'}`)
+    else {
+      const want = JSON.stringify(Object.entries(db.row_counts ?? {}).sort())
+      const have = JSON.stringify(Object.entries(p.row_counts ?? {}).sort())
+      if (want !== have) problems.push(`database ${db.name}: row counts ${have} differ from the backup's ${want}`)
+      if (loginChecked && p.login === false) problems.push(`database ${db.name}: Tryton login failed (${p.login_error ?? '?'})`)
+    }
+  }
+  return problems
+}
+
+async function gate(r: Run, mark: RolloutMark): Promise<void> {
+  const {ctx} = r
+  const deadline = Date.now() + ctx.healthTimeoutMs
+  const opts = {intervalMs: ctx.pollIntervalMs, signal: ctx.signal, onProgress: ctx.update}
+  try {
+    await waitForAgent(r.t, {...opts, timeoutMs: ctx.agentTimeoutMs})
+    const h = await waitForHealthy(r.t, {...opts, timeoutMs: Math.max(1000, deadline - Date.now())})
+    if (h.image?.version !== r.to) throw new GateFailed(`pgi-health reports version ${h.image?.version ?? '?'}, expected ${r.to}`, where(r))
+  } catch (err) {
+    if (err instanceof GateFailed || ctx.signal?.aborted) throw err
+    throw new GateFailed(describe(err), where(r))
+  }
+  const secret = await ctx.trytonAdmin(r.est.uai)
+  const manifest = manifestDbs(await readLocalManifest(r))
+  for (;;) {
+    let problems: string[]
+    try {
+      const probe = await probeGuest(r.t, mark.backup ?? '', secret ? {login: 'admin', password: secret.reveal()} : undefined)
+      problems = []
+      if (probe.state.image?.version && probe.state.image.version !== r.to) problems.push(`the databases were not upgraded to ${r.to} (data disk says ${probe.state.image.version})`)
+      if (probe.upgrade.ok === false) problems.push(`database upgrade failed: ${probe.upgrade.error ?? '?'}`)
+      problems.push(...compareData(manifest, probe, secret !== undefined))
+    } catch (err) {
+      problems = [describe(err)]
+    }
+    if (problems.length === 0) {
+      if (!secret && manifest.length > 0) ctx.io.warn(`${r.est.uai}: Tryton login not checked (no tryton-admin secret in the store)`)
+      return
+    }
+    if (Date.now() >= deadline) throw new GateFailed(problems.join('; '), where(r))
+    ctx.update?.(`gate: ${problems[0]}`)
+    await sleep(ctx.pollIntervalMs)
+  }
+}
+
+async function cleanupOldDisk(r: Run, mark: RolloutMark): Promise<void> {
+  if (mark.oldDisk) await cas(r, (c) => {
+    const k = unusedKeyOf(c, mark.oldDisk!)
+    return k && parseDisk(c.virtio0)?.volid !== mark.oldDisk ? {delete: k} : undefined
+  })
+  await writeMark(r, {cleaned: true})
+}
+
+/** Back to the previous OS disk, data restored if it had been upgraded, healthy again. */
+async function rollback(r: Run, reason: string, result: (o: Outcome, x?: Partial<EstablishmentResult>) => EstablishmentResult): Promise<EstablishmentResult> {
+  const {api, est, ctx} = r
+  const tries = Math.max(ctx.stepAttempts, 5)
+  const retry = async <T>(what: string, fn: () => Promise<T>): Promise<T> => {
+    for (let i = 1; ; i++) {
+      checkKilled(r)
+      try {
+        return await fn()
+      } catch (err) {
+        if (err instanceof RunnerConflict || err instanceof Killed || i >= tries) throw err
+        ctx.io.debug(`${est.uai}: rollback ${what} failed (attempt ${i}): ${describe(err)}`)
+        await sleep(Math.min(5000, ctx.pollIntervalMs * 2 ** i))
+      }
+    }
+  }
+  try {
+    await retry('mark', () => writeMark(r, {step: 'rolling-back', reason}))
+    const mark = (await readVm(r)).meta.rollout!
+    const old = mark.oldDisk
+    const {cfg} = await readVm(r)
+    if (old && parseDisk(cfg.virtio0)?.volid !== old) {
+      await retry('stop', async () => {
+        const st = await api.vmStatus(est.node, est.vmid)
+        if (st?.status === 'running') await api.shutdownVm(est.node, est.vmid, {forceStopAfterS: ctx.shutdownTimeoutS})
+      })
+      await retry('detach the new OS disk', () => cas(r, (c) => (c.virtio0 !== undefined && parseDisk(c.virtio0)?.volid !== old ? {delete: 'virtio0'} : undefined)))
+      await retry('re-attach the old OS disk', () => cas(r, (c) => (c.virtio0 === undefined ? {virtio0: old} : undefined)))
+      await retry('boot order', () => cas(r, (c) => (String(c.boot ?? '').includes('virtio0') ? undefined : {boot: 'order=virtio0'})))
+      await retry('cloud-init', () => api.regenerateCloudinit(est.node, est.vmid))
+    }
+    await retry('start', async () => {
+      const st = await api.vmStatus(est.node, est.vmid)
+      if (st?.status !== 'running') await api.startVm(est.node, est.vmid, {timeoutMs: 600_000})
+    })
+    const opts = {intervalMs: ctx.pollIntervalMs, signal: ctx.signal, onProgress: ctx.update}
+    await retry('guest agent', () => waitForAgent(r.t, {...opts, timeoutMs: ctx.agentTimeoutMs}))
+    const manifest = manifestDbs(await readLocalManifest(r))
+    let restored: string[] = []
+    if (mark.backup) {
+      const probe = await retry('data check', () => probeGuest(r.t, mark.backup!))
+      const dataVersion = probe.state.image?.version
+      if ((dataVersion && r.from && dataVersion !== r.from) || compareData(manifest, probe, false).length > 0) {
+        ctx.io.warn(`${est.uai}: the databases had been upgraded to ${dataVersion ?? '?'}: restoring them from the backup ${mark.backup}`)
+        restored = await retry('restore', () => restoreInGuest(r.t, mark.backup!, r.from ?? ''))
+      }
+    }
+    const h = await retry('health', () => waitForHealthy(r.t, {...opts, timeoutMs: ctx.healthTimeoutMs}))
+    if (r.from && h.image?.version && h.image.version !== r.from) throw new UserError(ErrorCode.UNHEALTHY, `after rollback the guest reports ${h.image.version}, expected ${r.from}`, {where: where(r)})
+    if (mark.backup) {
+      const probe = await retry('data check', () => probeGuest(r.t, mark.backup!))
+      const problems = compareData(manifest, probe, false)
+      if (problems.length > 0) throw new UserError(ErrorCode.UNHEALTHY, `after rollback: ${problems.join('; ')}`, {where: where(r)})
+    }
+    if (mark.newDisk && mark.newDisk !== old) {
+      await retry('remove the failed OS disk', () => cas(r, (c) => {
+        const k = unusedKeyOf(c, mark.newDisk!)
+        return k ? {delete: k} : undefined
+      })).catch((err) => ctx.io.warn(`${est.uai}: the failed OS disk ${mark.newDisk} was left attached as unused: ${describe(err)}`))
+    }
+    const why = `${reason}${restored.length ? `; databases restored from ${mark.backup}: ${restored.join(', ')}` : ''}`
+    await retry('mark', () => writeMark(r, {step: 'rolled-back', reason: why}))
+    return result('rolled-back', {step: 'rolled-back', reason: why})
+  } catch (err) {
+    if (err instanceof Killed) throw err
+    if (err instanceof RunnerConflict) throw err
+    if (unreachable(err)) return result('interrupted', {step: 'rolling-back', reason: `${reason}; rollback interrupted: ${describe(err)}`})
+    const why = `${reason}; ROLLBACK FAILED: ${describe(err)}`
+    await writeMark(r, {step: 'rollback-failed', reason: why}).catch(() => undefined)
+    return result('rollback-failed', {step: 'rollback-failed', reason: why})
+  }
+}

@@ -1,0 +1,441 @@
+/**
+ * The use cases behind `pgi rollout plan|stage|start|resume|status|pause|abort`: load the
+ * inventory, select establishments, open the secret store and hypervisors, then call the engine
+ * (src/rollout/run.ts, establishment.ts). Deploy's pieces are reused: Stager (staging, checksum
+ * verified by PVE on arrival), importVolid, the verified image description (resolveDeployImage).
+ */
+import {createHash, randomBytes} from 'node:crypto'
+import {join} from 'node:path'
+
+import {acquireLock} from '../credentials/lock.js'
+import {openInventoryStore} from '../credentials/service.js'
+import {importVolid, type DeployImage} from '../deploy/desired.js'
+import {Stager, type StageOutcome} from '../deploy/stage.js'
+import {ErrorCode, UsageError, UserError, asPgiError} from '../errors.js'
+import {ExitCode} from '../exit-codes.js'
+import {parseDescription, type RolloutMark} from '../fleet/vm-meta.js'
+import {settleAll} from '../fleet/pool.js'
+import {Hypervisors, type PveConnector} from '../hypervisors.js'
+import {parseImageRef} from '../image/images.js'
+import {loadValidInventory} from '../inventory/load.js'
+import {selectEstablishments, type Selection} from '../inventory/select.js'
+import type {Establishment, Inventory} from '../inventory/types.js'
+import type {Io} from '../io.js'
+import {journalDir, stateDir} from '../paths.js'
+import type {SecretStore} from '../secrets/store.js'
+import {FINAL_STEPS, type EstablishmentResult} from './establishment.js'
+import {RolloutJournal, listRollouts, type RolloutRecord} from './journal.js'
+import {RUNNER, parseMaxFailures, runRollout, type RolloutResult} from './run.js'
+import {describeWindow, inWindow} from './window.js'
+
+export interface FleetRequest {
+  inventoryPath: string
+  /** Already loaded inventory (library use, tests). */
+  inventory?: Inventory
+  selection: Selection
+  secretsDir: string
+  io: Io
+  env?: NodeJS.ProcessEnv
+  connect?: PveConnector
+  requestTimeoutMs?: number
+}
+
+interface Fleet {
+  inventory: Inventory
+  establishments: Establishment[]
+  store: SecretStore
+  hypervisors: Hypervisors
+  env: NodeJS.ProcessEnv
+}
+
+async function openFleet(req: FleetRequest): Promise<Fleet> {
+  const env = req.env ?? process.env
+  const inventory = req.inventory ?? (await loadValidInventory(req.inventoryPath))
+  const establishments = selectEstablishments(inventory, req.selection)
+  const store = await openInventoryStore(inventory, req.secretsDir, env)
+  const hypervisors = new Hypervisors(inventory, {store, io: req.io, env, connect: req.connect, requestTimeoutMs: req.requestTimeoutMs})
+  return {inventory, establishments, store, hypervisors, env}
+}
+
+function wavesFor(inventory: Inventory, waves: string[] | undefined): string[] {
+  if (!waves || waves.length === 0) return inventory.rings
+  const unknown = waves.filter((w) => !inventory.rings.includes(w))
+  if (unknown.length > 0) throw new UsageError(`--waves names unknown ring(s): ${unknown.join(', ')}`, {suggestions: [`The inventory's rings: ${inventory.rings.join(', ')}.`]})
+  return waves
+}
+
+// ---- plan ------------------------------------------------------------------------------------
+
+export interface RolloutPlanRow {
+  uai: string
+  name: string
+  hypervisor: string
+  node: string
+  vmid: number
+  current?: string
+  target: string
+  wave: string
+  /** 1-based position of the wave, 0 when the ring is not among --waves. */
+  waveIndex: number
+  window: string
+  inWindowNow: boolean
+  staged: boolean
+  action: 'update' | 'up-to-date' | 'blocked' | 'excluded'
+  blockers: string[]
+  rollout?: {id: string; step: string; runner?: string; reason?: string}
+}
+
+export interface PlanRequest extends FleetRequest {
+  version: string
+  resolveImage: (version: string) => Promise<DeployImage>
+  waves?: string[]
+  window?: 'now' | 'inventory'
+}
+
+export async function planRollout(req: PlanRequest): Promise<{version: string; image?: DeployImage; rows: RolloutPlanRow[]}> {
+  const fleet = await openFleet(req)
+  const version = parseImageRef(req.version).version
+  const waves = wavesFor(fleet.inventory, req.waves)
+  let image: DeployImage | undefined
+  let imageProblem: string | undefined
+  try {
+    image = await req.resolveImage(version)
+  } catch (err) {
+    imageProblem = `image ${version}: ${asPgiError(err).message}`
+  }
+  const staged = new Map<string, Promise<Set<string> | string>>()
+  const stagedOn = (e: Establishment) => {
+    const key = `${e.hypervisor}/${e.node}`
+    if (!staged.has(key)) {
+      const hv = fleet.hypervisors.definition(e.hypervisor)
+      staged.set(
+        key,
+        fleet.hypervisors
+          .get(e.hypervisor)
+          .then((api) => api.storageContent(e.node, hv.storage.import, 'import'))
+          .then((list) => new Set(list.filter((c) => !image || c.size === image.size).map((c) => c.volid)))
+          .catch((err) => asPgiError(err).message),
+      )
+    }
+    return staged.get(key)!
+  }
+  const now = new Date()
+  const rows = await Promise.all(
+    fleet.establishments.map(async (e): Promise<RolloutPlanRow> => {
+      const waveIndex = waves.indexOf(e.ring) + 1
+      const row: RolloutPlanRow = {
+        uai: e.uai,
+        name: e.name,
+        hypervisor: e.hypervisor,
+        node: e.node,
+        vmid: e.vmid,
+        target: version,
+        wave: e.ring,
+        waveIndex,
+        window: describeWindow(e.maintenanceWindow),
+        inWindowNow: inWindow(e.maintenanceWindow, now),
+        staged: false,
+        action: 'update',
+        blockers: [],
+      }
+      if (imageProblem) row.blockers.push(imageProblem)
+      try {
+        const api = await fleet.hypervisors.get(e.hypervisor)
+        const cfg = await api.vmConfig(e.node, e.vmid)
+        const meta = parseDescription(typeof cfg?.description === 'string' ? cfg.description : undefined)
+        if (!cfg) row.blockers.push(`VM ${e.vmid} does not exist: deploy it first`)
+        else if (!meta) row.blockers.push(`VM ${e.vmid} was not deployed by pgi`)
+        else {
+          row.current = meta.image
+          const m = meta.rollout
+          if (m) row.rollout = {id: m.id, step: m.step, ...(m.runner ? {runner: m.runner} : {}), ...(m.reason ? {reason: m.reason} : {})}
+          if (m && !FINAL_STEPS.has(m.step)) row.blockers.push(`rollout ${m.id} (${m.from} → ${m.to}) is mid-way at step ${m.step}: resume or abort it`)
+          if (cfg.lock) row.blockers.push(`VM is locked (${cfg.lock})`)
+        }
+        const s = image ? await stagedOn(e) : undefined
+        if (typeof s === 'string') row.blockers.push(`import storage: ${s}`)
+        else if (s && image) row.staged = s.has(importVolid(fleet.hypervisors.definition(e.hypervisor), image))
+      } catch (err) {
+        row.blockers.push(asPgiError(err).message)
+      }
+      if (row.current === version && row.blockers.length === 0) row.action = 'up-to-date'
+      else if (waveIndex === 0) row.action = 'excluded'
+      else if (row.blockers.length > 0) row.action = 'blocked'
+      if (req.window === 'inventory' && !row.inWindowNow && row.action === 'update') row.blockers.push('outside its maintenance window now (it would wait for it)')
+      return row
+    }),
+  )
+  rows.sort((a, b) => (a.waveIndex || 99) - (b.waveIndex || 99))
+  return {version, image, rows}
+}
+
+// ---- stage -----------------------------------------------------------------------------------
+
+export interface StageRow {
+  hypervisor: string
+  node: string
+  establishments: number
+  outcome: StageOutcome | 'failed'
+  detail: string
+}
+
+export interface StageRequest extends FleetRequest {
+  version: string
+  resolveImage: (version: string) => Promise<DeployImage>
+  imageUrl?: string
+  maxParallel?: number
+}
+
+/** Puts the verified image on every node of the selection (once per node); touches no VM. Resumable: a node that has it is skipped. */
+export async function stageRollout(req: StageRequest): Promise<{version: string; rows: StageRow[]; exitCode: number}> {
+  const fleet = await openFleet(req)
+  const image = await req.resolveImage(parseImageRef(req.version).version)
+  const nodes = new Map<string, {hv: string; node: string; n: number}>()
+  for (const e of fleet.establishments) {
+    const k = `${e.hypervisor}/${e.node}`
+    const cur = nodes.get(k) ?? {hv: e.hypervisor, node: e.node, n: 0}
+    cur.n++
+    nodes.set(k, cur)
+  }
+  const stager = new Stager({io: req.io, imageUrl: req.imageUrl, onProgress: (k, t) => req.io.debug(`${k}: ${t}`)})
+  const out = await settleAll(
+    [...nodes.values()],
+    (x) => x.hv,
+    async (x) => stager.stage(await fleet.hypervisors.get(x.hv), fleet.hypervisors.definition(x.hv), x.node, image),
+    {max: req.maxParallel ?? 4, perKey: 1},
+  )
+  const rows: StageRow[] = out.map((o) => ({
+    hypervisor: o.item.hv,
+    node: o.item.node,
+    establishments: o.item.n,
+    outcome: o.ok ? o.value : 'failed',
+    detail: o.ok ? (o.value === 'already-there' ? `${image.file} already there` : `${image.file} ${o.value}, checksum verified`) : asPgiError(o.error).message,
+  }))
+  const failed = rows.filter((r) => r.outcome === 'failed').length
+  return {version: image.version, rows, exitCode: failed === 0 ? ExitCode.OK : failed === rows.length && rows.length > 0 ? ExitCode.FAILURE : ExitCode.PARTIAL}
+}
+
+// ---- start / resume --------------------------------------------------------------------------
+
+export interface StartRequest extends FleetRequest {
+  version: string
+  resolveImage: (version: string) => Promise<DeployImage>
+  waves?: string[]
+  maxParallel?: number
+  maxPerHypervisor?: number
+  maxFailures?: string
+  window?: 'now' | 'inventory'
+  keepOldDisk?: boolean
+  agentTimeoutMs?: number
+  healthTimeoutMs?: number
+  pollIntervalMs?: number
+  shutdownTimeoutS?: number
+  confirm: (question: string) => Promise<void>
+  signal?: AbortSignal
+  onStep?: (uai: string, step: string) => void | Promise<void>
+  onResult?: (r: EstablishmentResult) => void
+  /** Runner name written in the marks (default host:pid). */
+  runner?: string
+}
+
+function lockFile(inventory: Inventory, env: NodeJS.ProcessEnv): string {
+  const h = createHash('sha256').update(inventory.path).digest('hex').slice(0, 16)
+  return join(stateDir(env), 'locks', `rollout-${h}.lock`)
+}
+
+function newId(now: Date): string {
+  return `${now.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')}-${randomBytes(3).toString('hex')}`
+}
+
+async function execute(fleet: Fleet, record: RolloutRecord, journal: RolloutJournal, image: DeployImage, req: StartRequest, takeover: boolean, establishments: Establishment[]): Promise<RolloutResult> {
+  const release = await acquireLock(lockFile(fleet.inventory, fleet.env), `rollout ${record.id} of ${fleet.inventory.path}`)
+  try {
+    await journal.writeRecord(record)
+    return await runRollout({
+      record,
+      journal,
+      establishments,
+      onResult: req.onResult,
+      ctx: {
+        hypervisors: fleet.hypervisors,
+        io: req.io,
+        image,
+        takeover,
+        window: record.window,
+        keepOldDisk: record.keepOldDisk,
+        agentTimeoutMs: req.agentTimeoutMs ?? 600_000,
+        healthTimeoutMs: req.healthTimeoutMs ?? 1_200_000,
+        pollIntervalMs: req.pollIntervalMs ?? 5000,
+        shutdownTimeoutS: req.shutdownTimeoutS ?? 180,
+        stepAttempts: 3,
+        trytonAdmin: (uai) => fleet.store.tryGet(`establishments/${uai}/tryton-admin`),
+        signal: req.signal,
+        now: () => new Date(),
+        onStep: req.onStep,
+        runner: req.runner ?? RUNNER,
+      },
+    })
+  } finally {
+    await release()
+  }
+}
+
+export async function startRollout(req: StartRequest): Promise<RolloutResult> {
+  const fleet = await openFleet(req)
+  const version = parseImageRef(req.version).version
+  const waves = wavesFor(fleet.inventory, req.waves)
+  const image = await req.resolveImage(version)
+  const inWaves = fleet.establishments.filter((e) => waves.includes(e.ring))
+  if (inWaves.length === 0) throw new UsageError(`no selected establishment is in the waves ${waves.join(', ')}`)
+  const maxFailures = req.maxFailures ?? '0'
+  parseMaxFailures(maxFailures, inWaves.length)
+  await req.confirm(`Roll out ${version} to ${inWaves.length} establishment(s) in waves ${waves.join(' → ')} (${req.maxParallel ?? 10} at once, halt after more than ${maxFailures} failure(s))? Each one is backed up, stopped, updated and gated; failures roll back.`)
+  const now = new Date()
+  const id = newId(now)
+  const journal = new RolloutJournal(journalDir(fleet.env), id)
+  const record: RolloutRecord = {
+    id,
+    version,
+    uais: inWaves.map((e) => e.uai),
+    waves,
+    maxParallel: req.maxParallel ?? 10,
+    maxPerHypervisor: req.maxPerHypervisor ?? 4,
+    maxFailures,
+    window: req.window ?? 'now',
+    keepOldDisk: req.keepOldDisk ?? false,
+    inventoryPath: fleet.inventory.path,
+    runner: req.runner ?? RUNNER,
+    startedAt: now.toISOString(),
+    updatedAt: now.toISOString(),
+    state: 'running',
+  }
+  req.io.info(`rollout ${id}: ${version} to ${inWaves.length} establishment(s); journal ${journal.dir}`)
+  return execute(fleet, record, journal, image, req, false, inWaves)
+}
+
+export interface ResumeRequest extends Omit<StartRequest, 'version' | 'confirm'> {
+  /** Rollout id (default: the newest unfinished one in the local journal, else the marks found on the VMs). */
+  id?: string
+}
+
+/**
+ * Continues a rollout: from the local journal when this machine has it (every establishment of
+ * the rollout, with its options), otherwise from the marks on the VMs of the selection (the
+ * establishments it touched; their target version is in the mark).
+ */
+export async function resumeRollout(req: ResumeRequest): Promise<RolloutResult> {
+  const fleet = await openFleet(req)
+  const root = journalDir(fleet.env)
+  const local = (await listRollouts(root)).filter((r) => (req.id ? r.id === req.id : r.state !== 'done'))
+  let record = local[0]
+  let establishments: Establishment[]
+  if (record) {
+    const want = new Set(record.uais)
+    establishments = fleet.inventory.establishments.filter((e) => want.has(e.uai))
+  } else {
+    // another machine: find what the marks say
+    const marks = await readMarks(fleet)
+    const open = marks.filter((m) => m.mark && !FINAL_STEPS.has(m.mark.step) && (!req.id || m.mark.id === req.id))
+    if (open.length === 0) {
+      throw new UserError(ErrorCode.USAGE, req.id ? `no rollout ${req.id} found in the journal nor on the selected VMs` : 'no unfinished rollout in the local journal nor on the selected VMs', {
+        exitCode: ExitCode.USAGE,
+        suggestions: ['Run `pgi rollout status --all` to see what the VMs record.'],
+      })
+    }
+    const id = open[0]!.mark!.id
+    const mine = open.filter((m) => m.mark!.id === id)
+    establishments = mine.map((m) => m.est)
+    const now = new Date().toISOString()
+    record = {
+      id,
+      version: mine[0]!.mark!.to,
+      uais: establishments.map((e) => e.uai),
+      waves: [...new Set([...fleet.inventory.rings, ...establishments.map((e) => e.ring)])],
+      maxParallel: req.maxParallel ?? 10,
+      maxPerHypervisor: req.maxPerHypervisor ?? 4,
+      maxFailures: req.maxFailures ?? `${establishments.length}`,
+      window: 'now',
+      keepOldDisk: req.keepOldDisk ?? false,
+      inventoryPath: fleet.inventory.path,
+      runner: req.runner ?? RUNNER,
+      startedAt: now,
+      updatedAt: now,
+      state: 'running',
+    }
+    req.io.info(`rollout ${id}: no local journal here; finishing the ${establishments.length} establishment(s) its marks name`)
+  }
+  const journal = new RolloutJournal(root, record.id)
+  await journal.setControl(undefined)
+  const image = await req.resolveImage(record.version)
+  record = {...record, state: 'running', runner: req.runner ?? RUNNER, updatedAt: new Date().toISOString(), ...(req.maxParallel ? {maxParallel: req.maxParallel} : {}), ...(req.maxFailures ? {maxFailures: req.maxFailures} : {})}
+  req.io.info(`resuming rollout ${record.id} (${record.version})`)
+  return execute(fleet, record, journal, image, {...req, version: record.version, confirm: async () => undefined}, true, establishments)
+}
+
+// ---- status / pause / abort ------------------------------------------------------------------
+
+interface MarkRow {
+  est: Establishment
+  image?: string
+  mark?: RolloutMark
+  error?: string
+}
+
+async function readMarks(fleet: Fleet): Promise<MarkRow[]> {
+  const out = await settleAll(
+    fleet.establishments,
+    (e) => e.hypervisor,
+    async (e): Promise<MarkRow> => {
+      const api = await fleet.hypervisors.get(e.hypervisor)
+      const cfg = await api.vmConfig(e.node, e.vmid)
+      const meta = parseDescription(typeof cfg?.description === 'string' ? cfg.description : undefined)
+      return {est: e, image: meta?.image, mark: meta?.rollout}
+    },
+    {max: 20, perKey: 8},
+  )
+  return out.map((o) => (o.ok ? o.value : {est: o.item, error: asPgiError(o.error).message}))
+}
+
+export interface StatusRow {
+  uai: string
+  image?: string
+  rollout?: string
+  from?: string
+  to?: string
+  step?: string
+  state: 'done' | 'rolled-back' | 'failed' | 'in-progress' | 'none' | 'unknown'
+  runner?: string
+  at?: string
+  reason?: string
+}
+
+export interface RolloutStatus {
+  /** The newest rollout in the local journal (or the one asked for). */
+  journal?: RolloutRecord & {control?: string}
+  establishments: StatusRow[]
+}
+
+export async function rolloutStatus(req: FleetRequest & {id?: string}): Promise<RolloutStatus> {
+  const fleet = await openFleet(req)
+  const root = journalDir(fleet.env)
+  const rec = (await listRollouts(root)).find((r) => !req.id || r.id === req.id)
+  const marks = await readMarks(fleet)
+  const rows: StatusRow[] = marks.map((m) => {
+    if (m.error) return {uai: m.est.uai, state: 'unknown', reason: m.error}
+    const k = m.mark
+    if (!k || (req.id && k.id !== req.id)) return {uai: m.est.uai, image: m.image, state: 'none'}
+    const state: StatusRow['state'] = k.step === 'committed' ? 'done' : k.step === 'rolled-back' ? 'rolled-back' : FINAL_STEPS.has(k.step) ? 'failed' : 'in-progress'
+    return {uai: m.est.uai, image: m.image, rollout: k.id, from: k.from, to: k.to, step: k.step, state, runner: k.runner, at: k.at, reason: k.reason}
+  })
+  const control = rec ? await new RolloutJournal(root, rec.id).control() : undefined
+  return {...(rec ? {journal: {...rec, ...(control ? {control} : {})}} : {}), establishments: rows}
+}
+
+/** Asks the running rollout (this machine's journal) to pause or abort at its next step boundary. */
+export async function controlRollout(what: 'pause' | 'abort', opts: {env?: NodeJS.ProcessEnv; id?: string}): Promise<{id: string; control: string}> {
+  const root = journalDir(opts.env ?? process.env)
+  const rec = (await listRollouts(root)).find((r) => (opts.id ? r.id === opts.id : r.state === 'running' || r.state === 'paused'))
+  if (!rec) throw new UserError(ErrorCode.USAGE, opts.id ? `no rollout ${opts.id} in the local journal` : 'no running rollout in the local journal', {exitCode: ExitCode.USAGE, suggestions: ['Run `pgi rollout status` to see the rollouts.']})
+  await new RolloutJournal(root, rec.id).setControl(what)
+  return {id: rec.id, control: what}
+}
