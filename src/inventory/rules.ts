@@ -98,8 +98,9 @@ export function checkInventory(m: Merged, P: ProblemList, meta: {path: string; f
   }
 
   const recipients = checkRecipients(m.recipients, P)
-  const establishments = checkEstablishments(m, hypervisors, rings, defaults, P, meta.complete)
-  const groups = checkGroups(m.groups, establishments, P, meta.complete)
+  const misspelt: Misspelt = new Map()
+  const establishments = checkEstablishments(m, hypervisors, rings, defaults, P, meta.complete, misspelt)
+  const groups = checkGroups(m.groups, establishments, P, meta.complete, misspelt)
 
   const used = new Set(establishments.map((e) => e.hypervisor))
   for (const [name, item] of m.hypervisors) {
@@ -352,7 +353,10 @@ function checkIpList(src: SourceFile, path: YamlPath, v: unknown, P: ProblemList
   return strings(v)
 }
 
-function checkEstablishments(m: Merged, hypervisors: Map<string, Hypervisor>, rings: string[], defaults: Rec, P: ProblemList, complete: boolean): Establishment[] {
+/** UAIs an establishment meant but wrote wrongly (the fixed form → where), so that groups naming the right UAI point there. */
+type Misspelt = Map<string, Item>
+
+function checkEstablishments(m: Merged, hypervisors: Map<string, Hypervisor>, rings: string[], defaults: Rec, P: ProblemList, complete: boolean, misspelt: Misspelt): Establishment[] {
   const out: Establishment[] = []
   const uais = new Map<string, Item>()
   const vmids = new Map<string, {vmid: number; item: Item; uai: string}[]>()
@@ -367,6 +371,11 @@ function checkEstablishments(m: Merged, hypervisors: Map<string, Hypervisor>, ri
     const {src} = item
     const at = (...k: (string | number)[]): YamlPath => [...item.path, ...k]
     const uai = checkUai(src, at('uai'), e.uai, P)
+    if (uai === undefined) {
+      const text = typeof e.uai === 'number' ? (src.sourceText(at('uai')) ?? '') : typeof e.uai === 'string' ? e.uai.trim().toUpperCase() : ''
+      const fixed = /^\d{7}$/.test(text) ? text + uaiCheckLetter(text) : /^\d{7}[A-Z]$/.test(text) ? text.slice(0, 7) + uaiCheckLetter(text.slice(0, 7)) : undefined
+      if (fixed) misspelt.set(fixed, {...item, path: at('uai')})
+    }
     const label = uai ?? str(e.name) ?? `establishments[${String(item.path.at(-1))}]`
 
     if (uai) {
@@ -601,7 +610,7 @@ function checkWindowFields(src: SourceFile, path: YamlPath, w: unknown, P: Probl
 // ---------------------------------------------------------------------------------------------
 // groups
 
-function checkGroups(groups: Map<string, Item>, establishments: Establishment[], P: ProblemList, complete: boolean): Map<string, string[]> {
+function checkGroups(groups: Map<string, Item>, establishments: Establishment[], P: ProblemList, complete: boolean, misspelt: Misspelt): Map<string, string[]> {
   const out = new Map<string, string[]>()
   const byUai = new Map(establishments.map((e) => [e.uai, e]))
   const all = [...byUai.keys()]
@@ -623,7 +632,9 @@ function checkGroups(groups: Map<string, Item>, establishments: Establishment[],
       if (!complete) return
       let suggestion: string
       const pb = uaiProblem(uai)
-      if (pb?.kind === 'check-letter' && byUai.has(pb.expected!)) suggestion = `the check letter is wrong: did you mean ${pb.expected}?`
+      const meant = misspelt.get(uai)
+      if (meant) suggestion = `the establishment at ${where(meant, 'value')} has its UAI written wrongly (${String(meant.src.sourceText(meant.path) ?? '')}): fix it there`
+      else if (pb?.kind === 'check-letter' && byUai.has(pb.expected!)) suggestion = `the check letter is wrong: did you mean ${pb.expected}?`
       else if (pb?.kind === 'format' && /^\d{7}$/.test(uai) && byUai.has(uai + uaiCheckLetter(uai))) suggestion = `did you mean ${uai}${uaiCheckLetter(uai)}?`
       else suggestion = suggestAmong(uai, all, 'UAIs of the inventory')
       P.add(item.src, path, 'group-unknown-uai', `group "${name}" names ${uai}, which is not an establishment of the inventory`, {suggestion})

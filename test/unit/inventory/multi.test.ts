@@ -84,7 +84,9 @@ describe('a broken inventory', () => {
     expect(problems.filter((p) => p.severity === 'warning').map((p) => p.rule)).toEqual(['unused-hypervisor'])
     expect(problems.find((p) => p.rule === 'unknown-key' && p.message.includes('brigde'))!.suggestion).toBe('did you mean "bridge"?')
     expect(problems.find((p) => p.rule === 'unknown-key' && p.message.includes('emial'))!.suggestion).toBe('did you mean "email"?')
-    expect(problems.find((p) => p.rule === 'group-unknown-uai')!.suggestion).toBe('did you mean "0130041Z"?')
+    expect(problems.find((p) => p.rule === 'group-unknown-uai')!.suggestion).toBe(
+      `the establishment at ${dir}/sites/establishments.yaml:2:10 has its UAI written wrongly (0130040X): fix it there`,
+    )
     // a literal secret is never echoed back in a problem
     expect(JSON.stringify(problems)).not.toContain('s3cr3t-t0ken')
   })
