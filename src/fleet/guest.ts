@@ -64,9 +64,13 @@ export interface GuestHealth {
   problems?: string[]
 }
 
-/** Runs pgi-health once; undefined output when it printed no JSON. */
-export async function guestHealth(t: GuestTarget): Promise<{exitcode: number; health?: GuestHealth; stderr: string}> {
-  const r = await t.api.agentExec(t.node, t.vmid, [GUEST_HEALTH], {timeoutMs: 60_000})
+/**
+ * Runs pgi-health once; undefined output when it printed no JSON. A slow guest (software
+ * emulation, first boot) may take minutes: the call waits up to `timeoutMs` (default 5 min) rather
+ * than start a second pgi-health while the first still runs.
+ */
+export async function guestHealth(t: GuestTarget, timeoutMs = 300_000): Promise<{exitcode: number; health?: GuestHealth; stderr: string}> {
+  const r = await t.api.agentExec(t.node, t.vmid, [GUEST_HEALTH], {timeoutMs})
   let health: GuestHealth | undefined
   try {
     health = JSON.parse(r.stdout) as GuestHealth
@@ -82,7 +86,7 @@ export async function waitForHealthy(t: GuestTarget, opts: WaitOpts): Promise<Gu
   let last = 'not run yet'
   for (;;) {
     try {
-      const r = await guestHealth(t)
+      const r = await guestHealth(t, Math.max(60_000, opts.timeoutMs - (Date.now() - start)))
       if (r.exitcode === 0 && r.health?.healthy) return r.health
       last = r.health?.problems?.length ? r.health.problems.join('; ') : `exit ${r.exitcode}${r.stderr ? `: ${r.stderr.trim().split('\n').slice(-1)[0]}` : ''}`
     } catch (err) {
