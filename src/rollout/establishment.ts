@@ -28,6 +28,7 @@
  *            counts checked again, reason recorded in the mark.
  */
 import {createHash} from 'node:crypto'
+import {readFile} from 'node:fs/promises'
 
 import {backupGuest, guestHealth, verifyGuestBackup, waitForAgent, waitForHealthy, type GuestTarget} from '../fleet/guest.js'
 import {formatDescription, formatTags, parseDescription, type RolloutMark, type VmMeta} from '../fleet/vm-meta.js'
@@ -118,6 +119,13 @@ export class RunnerConflict extends UserError {
 export class GateFailed extends UserError {
   constructor(message: string, where: PgiError['where']) {
     super(ErrorCode.UNHEALTHY, message, {exitCode: ExitCode.UNHEALTHY, where})
+  }
+}
+
+/** `pgi rollout abort` reached an establishment mid-way: roll it back. */
+class AbortRequested extends GateFailed {
+  constructor(w: PgiError['where']) {
+    super('aborted by `pgi rollout abort`', w)
   }
 }
 
@@ -291,7 +299,8 @@ export async function rolloutEstablishment(est: Establishment, ctx: Establishmen
       await writeMark(r, {step: 'claimed'}, {claim: true})
       mark = (await readVm(r)).meta.rollout
     } else if (FINAL_STEPS.has(mark.step)) {
-      const outcome: Outcome = mark.step === 'committed' ? (mark.cleaned || ctx.keepOldDisk ? 'updated' : 'updated') : mark.step === 'rolled-back' ? 'rolled-back' : mark.step === 'rollback-failed' ? 'rollback-failed' : mark.step === 'aborted' ? 'aborted' : 'failed'
+      const abortedRb = mark.step === 'rolled-back' && (mark.reason ?? '').startsWith('aborted by')
+      const outcome: Outcome = mark.step === 'committed' ? 'updated' : abortedRb ? 'aborted' : mark.step === 'rolled-back' ? 'rolled-back' : mark.step === 'rollback-failed' ? 'rollback-failed' : mark.step === 'aborted' ? 'aborted' : 'failed'
       if (mark.step === 'committed' && !mark.cleaned && !ctx.keepOldDisk) {
         if (mark.runner !== ctx.runner) await writeMark(r, {}, {claim: true})
         await cleanupOldDisk(r, mark)
@@ -329,7 +338,7 @@ async function forward(r: Run, start: RolloutMark, result: (o: Outcome, x?: Part
         await writeMark(r, {step: 'aborted', reason: 'aborted by `pgi rollout abort` before any change'})
         return result('aborted', {step: 'aborted', reason: 'aborted before any change'})
       }
-      if (ctl === 'abort' && stepIndex(step) < stepIndex('gated')) throw new GateFailed('aborted by `pgi rollout abort`', where(r))
+      if (ctl === 'abort' && stepIndex(step) < stepIndex('gated')) throw new AbortRequested(where(r))
       switch (step) {
         case 'claimed': {
           update('checking health and staging')
@@ -403,10 +412,11 @@ async function forward(r: Run, start: RolloutMark, result: (o: Outcome, x?: Part
       return result('failed', {step: mark.step, reason})
     }
     if (unreachable(err)) throw err
-    const reason = err instanceof GateFailed ? `gate: ${err.message}` : `${mark.step}: ${describe(err)}`
+    const reason = err instanceof AbortRequested ? err.message : err instanceof GateFailed ? `gate: ${err.message}` : `${mark.step}: ${describe(err)}`
     ctx.io.warn(`${est.uai}: rolling back to ${r.from}: ${reason}`)
     void t
-    return rollback(r, reason, result)
+    const rb = await rollback(r, reason, result)
+    return err instanceof AbortRequested && rb.outcome === 'rolled-back' ? {...rb, outcome: 'aborted'} : rb
   }
 }
 
@@ -505,14 +515,25 @@ function manifestDbs(text: string | undefined): ManifestDb[] {
   }
 }
 
-async function readLocalManifest(r: Run): Promise<string | undefined> {
-  const {readFile} = await import('node:fs/promises')
-  if (!r.manifestLocal) return undefined
-  try {
-    return await readFile(r.manifestLocal, 'utf8')
-  } catch {
-    return undefined
+/**
+ * The backup manifest: the local copy, else (resuming on another machine) read again from the
+ * guest — the VM must be running — checked against the sha256 the mark recorded, and kept locally.
+ */
+async function readManifest(r: Run, mark: RolloutMark): Promise<string | undefined> {
+  if (r.manifestLocal) {
+    try {
+      return await readFile(r.manifestLocal, 'utf8')
+    } catch {
+      // not on this machine
+    }
   }
+  if (!mark.backup) return undefined
+  const text = await r.api.agentFileRead(r.est.node, r.est.vmid, mark.backup)
+  if (mark.backupSha256 && sha256(text) !== mark.backupSha256) {
+    throw new UserError(ErrorCode.BACKUP_FAILED, `the backup manifest ${mark.backup} in VM ${r.est.vmid} no longer matches the sha256 recorded in its rollout mark`, {where: where(r)})
+  }
+  r.manifestLocal = await r.ctx.journal.writeManifest(r.est.uai, text)
+  return text
 }
 
 /** Databases of the manifest: open, same row counts, login. Returns the problems (empty = fine). */
@@ -545,7 +566,7 @@ async function gate(r: Run, mark: RolloutMark): Promise<void> {
     throw new GateFailed(describe(err), where(r))
   }
   const secret = await ctx.trytonAdmin(r.est.uai)
-  const manifest = manifestDbs(await readLocalManifest(r))
+  const manifest = manifestDbs(await readManifest(r, mark))
   for (;;) {
     let problems: string[]
     try {
@@ -612,7 +633,7 @@ async function rollback(r: Run, reason: string, result: (o: Outcome, x?: Partial
     })
     const opts = {intervalMs: ctx.pollIntervalMs, signal: ctx.signal, onProgress: ctx.update}
     await retry('guest agent', () => waitForAgent(r.t, {...opts, timeoutMs: ctx.agentTimeoutMs}))
-    const manifest = manifestDbs(await readLocalManifest(r))
+    const manifest = manifestDbs(await retry('manifest', () => readManifest(r, mark)))
     let restored: string[] = []
     if (mark.backup) {
       const probe = await retry('data check', () => probeGuest(r.t, mark.backup!))

@@ -365,7 +365,9 @@ export async function resumeRollout(req: ResumeRequest): Promise<RolloutResult> 
     req.io.info(`rollout ${id}: no local journal here; finishing the ${establishments.length} establishment(s) its marks name`)
   }
   const journal = new RolloutJournal(root, record.id)
-  await journal.setControl(undefined)
+  // after `abort`, resume only finishes the rollbacks (nothing new starts); after `pause`, it goes on
+  if ((await journal.control()) === 'abort' || record.state === 'aborted') await journal.setControl('abort')
+  else await journal.setControl(undefined)
   const image = await req.resolveImage(record.version)
   record = {...record, state: 'running', runner: req.runner ?? RUNNER, updatedAt: new Date().toISOString(), ...(req.maxParallel ? {maxParallel: req.maxParallel} : {}), ...(req.maxFailures ? {maxFailures: req.maxFailures} : {})}
   req.io.info(`resuming rollout ${record.id} (${record.version})`)

@@ -23,6 +23,8 @@ export interface RolloutLab extends SimLab {
   /** Stage `version` on every node (the real `pgi rollout stage` service). */
   stage(version: string): Promise<void>
   request(io: Io, version: string, over?: Partial<StartRequest>): StartRequest
+  /** The boot-time upgrade problem of an establishment's guest, if any. */
+  boot(e: {node: string; vmid: number}): string | undefined
 }
 
 export const ROWS = {party_party: 12, account_move: 40, account_move_line: 120, res_user: 3}
@@ -82,6 +84,7 @@ export async function startRolloutLab(o: {nodes: number; perNode: number; rings?
       const r = await stageRollout({inventoryPath: lab.dir, inventory: lab.inventory, selection: {all: true}, secretsDir: lab.store.dir, io: new MemoryIo('warn'), env: lab.env, connect: fastConnect(), version, resolveImage})
       if (r.exitCode !== 0) throw new Error(`staging failed: ${JSON.stringify(r.rows)}`)
     },
+    boot: (e) => model.boots.get(`${e.node}/${e.vmid}`)?.upgradeError,
     request(io2, version, over = {}) {
       return {
         inventoryPath: lab.dir,

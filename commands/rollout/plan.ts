@@ -1,0 +1,49 @@
+import {Flags} from '@oclif/core'
+
+import {BaseCommand} from '../../src/cli/base-command.js'
+import {imageFlags, imageResolver, positional, selectionFlags, uaiArgs, versionArg} from '../../src/rollout/cli-flags.js'
+import {planRollout, type RolloutPlanRow} from '../../src/rollout/service.js'
+import {ExitCode} from '../../src/exit-codes.js'
+
+export default class RolloutPlan extends BaseCommand<typeof RolloutPlan> {
+  static override summary = 'Show what a rollout of an image version would do, establishment by establishment.'
+
+  static override description = `For each selected establishment: its current version → the target, its wave (ring), its maintenance window, whether the image is already staged on its node, and what blocks it (unreachable hypervisor, VM missing or locked, another rollout mid-way, image not verified). Only reads: nothing is changed.
+
+Exit codes: 0 nothing blocked, 4 some establishments are blocked.`
+
+  static override examples = [
+    {description: 'Plan version 2026.12.0 for every establishment.', command: '<%= config.bin %> rollout plan 2026.12.0 --all'},
+    {description: 'Plan for one group, canary and pilot waves only, as JSON.', command: '<%= config.bin %> rollout plan 2026.12.0 --group vaucluse --waves canary,pilot --json'},
+  ]
+
+  static override strict = false
+  static override args = {...versionArg, ...uaiArgs}
+  static override flags = {
+    ...selectionFlags,
+    ...imageFlags,
+    waves: Flags.string({summary: 'Rings to include, in order (default: the inventory\'s rings).'}),
+    window: Flags.string({summary: 'now: ignore maintenance windows; inventory: say who is outside theirs.', options: ['now', 'inventory'], default: 'now'}),
+  }
+
+  public async run(): Promise<{version: string; rows: RolloutPlanRow[]}> {
+    const f = this.flags
+    const {argv} = await this.parse(RolloutPlan)
+    const r = await planRollout({
+      inventoryPath: f.inventory,
+      selection: {uais: positional(argv, 1), all: f.all, group: f.group},
+      secretsDir: f['secrets-dir'],
+      io: this.io,
+      version: this.args.version,
+      resolveImage: imageResolver(f['images-dir'], this.io),
+      waves: f.waves?.split(',').map((w) => w.trim()).filter(Boolean),
+      window: f.window as 'now' | 'inventory',
+    })
+    this.table(
+      ['UAI', 'name', 'hypervisor/node', 'VM', 'current → target', 'wave', 'window', 'staged', 'plan', 'blockers'],
+      r.rows.map((x) => [x.uai, x.name, `${x.hypervisor}/${x.node}`, x.vmid, `${x.current ?? '?'} → ${x.target}`, x.waveIndex ? `${x.waveIndex}. ${x.wave}` : `${x.wave} (not in waves)`, x.window, x.staged ? 'yes' : 'no', x.action, x.blockers.join('; ')]),
+    )
+    if (r.rows.some((x) => x.action === 'blocked')) this.status = ExitCode.PARTIAL
+    return {version: r.version, rows: r.rows}
+  }
+}
