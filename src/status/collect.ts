@@ -34,7 +34,8 @@ const DATA_SERIAL = 'pgi-data'
 export const STATUS_DEFAULTS = {
   requestTimeoutMs: 5_000,
   healthTimeoutMs: 30_000,
-  maxParallel: 64,
+  // enough to hide network latency; more only makes each answer wait for CPU on a busy machine
+  maxParallel: 32,
   // each hypervisor usually holds one PGI VM (one per lycée); 2 in flight keeps a slow school link and
   // the TLS handshakes (one per connection) low, the fleet-wide fan-out is what makes status fast
   perHypervisor: 2,
@@ -57,15 +58,29 @@ export interface StatusOptions {
   now?: () => Date
 }
 
-/** Runs `p` with a deadline; rejects with CallTimeout when it passes (the late answer is ignored). */
+/**
+ * Runs `p` with a deadline; rejects with CallTimeout when it passes (the late answer is ignored).
+ * When the timer itself fires late, this process was starved of CPU (a busy machine) and an answer
+ * may be waiting unprocessed: the deadline is then extended once by that lateness, so a slow
+ * machine running pgi is not reported as a hypervisor that stopped answering.
+ */
 export function withTimeout<T>(p: Promise<T>, ms: number, call: string, hypervisorLevel = true): Promise<T> {
   let timer: NodeJS.Timeout | undefined
+  const armed = performance.now()
   const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new CallTimeout(call, ms, hypervisorLevel)), ms)
+    const fire = (extended: boolean) => {
+      const late = performance.now() - armed - ms
+      if (!extended && late > STARVATION_MS) timer = setTimeout(() => fire(true), late)
+      else reject(new CallTimeout(call, ms, hypervisorLevel))
+    }
+    timer = setTimeout(() => fire(false), ms)
   })
   p.catch(() => undefined) // a late rejection after the deadline is not an unhandled rejection
   return Promise.race([p, deadline]).finally(() => clearTimeout(timer))
 }
+
+/** A timer firing this much (ms) after its time means the event loop was starved. */
+const STARVATION_MS = 250
 
 const AGENT_DOWN_RE = /guest agent is not running|No QEMU guest agent configured|qmp command '[^']*' failed|got timeout|agent.*not (enabled|configured|running)|VM \d+ is not running/i
 
