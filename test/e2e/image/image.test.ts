@@ -56,7 +56,7 @@ describe('pgi-tryton image', () => {
   })
 
   it('boots healthy, takes pgi-configure, creates a French-accounting database, logs in over JSON-RPC, survives a reboot', async () => {
-    const r = await testImage({version, root, io})
+    const r = await testImage({version, root, io, healthTimeoutMs: 12 * 60_000})
     expect(r.rebootedHealthy).toBe(true)
     expect(r.modules).toContain('account_fr')
     const db = r.health.databases.find((d) => d.name === 'bts_test')
@@ -81,7 +81,7 @@ describe('pgi-tryton image', () => {
     } finally {
       await run('umount', [mnt])
     }
-    const r = await testImage({version, root, io, dataDisk: disk, quick: true})
+    const r = await testImage({version, root, io, dataDisk: disk, quick: true, healthTimeoutMs: 12 * 60_000})
     expect(r.rebootedHealthy).toBe(true)
     expect(r.health.checks.data_disk).toMatchObject({ok: true, mounted: true})
     // same filesystem (UUID), marker intact, and the PGI layout added beside it
