@@ -249,10 +249,19 @@ export async function testImage(opts: BootTestOptions): Promise<BootTestResult> 
       },
     },
   ]
+  // an interrupted test must not leave its VM running
+  const onSignal = (sig: NodeJS.Signals) => {
+    io.warn(`${sig}: stopping the test VM (folder kept: ${vmDir})`)
+    void (ctx.vm?.stop({graceMs: 0}) ?? Promise.resolve()).finally(() => process.exit(sig === 'SIGINT' ? 130 : 143))
+  }
+  process.once('SIGINT', onSignal)
+  process.once('SIGTERM', onSignal)
   try {
     await runSteps(io, steps, ctx)
     ok = true
   } finally {
+    process.off('SIGINT', onSignal)
+    process.off('SIGTERM', onSignal)
     await ctx.vm?.stop({graceMs: 20_000}).catch((e: Error) => io.warn(`could not stop the test VM: ${e.message}`))
     if (ok && !opts.keep) await rm(vmDir, {recursive: true, force: true})
     else io.info(`test VM folder kept: ${vmDir}`)
