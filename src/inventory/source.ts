@@ -81,6 +81,9 @@ export class SourceFile {
     } catch {
       return false
     }
+    // js-yaml shares aliased nodes without limit; nested aliases can expand to billions of nodes
+    // ("billion laughs"). Let yaml, which caps alias expansion, report such a file.
+    if (expandedSize(value, 1_000_000) > 1_000_000) return false
     this.value = value ?? undefined
     this.root = value === null || value === undefined ? undefined : stack[0]!.kids.at(-1)?.node
     return true
@@ -131,9 +134,19 @@ export class SourceFile {
     // A document with only duplicate keys is still usable (the checks go on); one with a syntax
     // error is not read further: its structure is unreliable and would cause confusing follow-ups.
     this.readable = this.errors.every((e) => e.code === 'DUPLICATE_KEY')
-    this.value = this.readable ? (doc.toJS({maxAliasCount: 1000}) ?? undefined) : undefined
-    const toPos = (n: unknown, seen = 0): PosNode | undefined => {
-      if (Y.isAlias(n)) return seen > 50 ? undefined : toPos(n.resolve(doc), seen + 1)
+    if (this.readable) {
+      try {
+        this.value = doc.toJS({maxAliasCount: 1000}) ?? undefined
+      } catch (err) {
+        // yaml refuses excessive alias expansion ("billion laughs")
+        this.errors.push({code: 'ALIAS_COUNT', message: (err as Error).message, offset: 0})
+        this.readable = false
+        this.value = undefined
+      }
+    }
+    // An alias is a leaf here (its own position): following it could expand exponentially, and
+    // the js-yaml reader does the same.
+    const toPos = (n: unknown): PosNode | undefined => {
       const range = (n as {range?: [number, number, number]} | null)?.range
       if (!range) return undefined
       const node: PosNode = {start: range[0], end: range[1]}
@@ -141,14 +154,14 @@ export class SourceFile {
         node.children = new Map()
         for (const pair of n.items) {
           const k = Y.isScalar(pair.key) ? String(pair.key.value) : String(pair.key)
-          const v = toPos(pair.value, seen) ?? {start: (pair.key as {range?: number[]} | null)?.range?.[1] ?? range[0], end: range[1]}
+          const v = toPos(pair.value) ?? {start: (pair.key as {range?: number[]} | null)?.range?.[1] ?? range[0], end: range[1]}
           v.keyStart = (pair.key as {range?: number[]} | null)?.range?.[0]
           if (!node.children.has(k)) node.children.set(k, v)
         }
       } else if (Y.isSeq(n)) {
         node.children = new Map()
         n.items.forEach((item, i) => {
-          const v = toPos(item, seen)
+          const v = toPos(item)
           if (v) node.children!.set(String(i), v)
         })
       }
@@ -202,6 +215,19 @@ export class SourceFile {
     }
     return {line: lo + 1, column: offset - (lo === 0 ? 0 : this.newlines[lo - 1]! + 1) + 1}
   }
+}
+
+/** Number of nodes of a value once aliases are expanded, counting up to `limit` (then stops). */
+function expandedSize(v: unknown, limit: number): number {
+  let n = 0
+  const stack = [v]
+  while (stack.length > 0 && n <= limit) {
+    const x = stack.pop()
+    n++
+    if (Array.isArray(x)) for (const y of x) stack.push(y)
+    else if (x !== null && typeof x === 'object') for (const y of Object.values(x)) stack.push(y)
+  }
+  return n
 }
 
 /** Collects problems; one instance per load. */

@@ -79,4 +79,13 @@ describe('positions: the fast reader (js-yaml) and the exact one (yaml) agree', 
     expect(dup.linePos(dup.errors[0]!.offset)).toEqual({line: 3, column: 1})
     expect(dup.value).toMatchObject({b: 2}) // the rest of the file is still checked
   })
+
+  it('refuses alias bombs (billion laughs) with a problem instead of hanging', async () => {
+    let text = 'a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n'
+    for (let i = 1; i < 10; i++) text += `a${i}: &a${i} [${Array.from({length: 10}, () => `*a${i - 1}`).join(', ')}]\n`
+    const src = await SourceFile.parse('bomb.yaml', text)
+    expect(src.readable).toBe(false)
+    expect(src.errors.map((e) => e.code)).toEqual(['ALIAS_COUNT'])
+    expect(src.errors[0]!.message).toMatch(/alias/i)
+  })
 })
