@@ -60,17 +60,22 @@ export interface StatusOptions {
 
 /**
  * Runs `p` with a deadline; rejects with CallTimeout when it passes (the late answer is ignored).
- * When the timer itself fires late, this process was starved of CPU (a busy machine) and an answer
- * may be waiting unprocessed: the deadline is then extended once by that lateness, so a slow
- * machine running pgi is not reported as a hypervisor that stopped answering.
+ * When the timer itself fires late, or the event loop was busy nearly all the window, this process
+ * was short of CPU (a busy machine, or its own work) and an answer may be waiting unread: the
+ * deadline is then extended once (by the lateness, at least half the timeout), so a slow machine
+ * running pgi is not reported as a hypervisor that stopped answering. A dead hypervisor costs at
+ * most 1.5× the timeout (or the lateness) in that case.
  */
 export function withTimeout<T>(p: Promise<T>, ms: number, call: string, hypervisorLevel = true): Promise<T> {
   let timer: NodeJS.Timeout | undefined
   const armed = performance.now()
+  const elu0 = performance.eventLoopUtilization()
   const deadline = new Promise<never>((_, reject) => {
     const fire = (extended: boolean) => {
       const late = performance.now() - armed - ms
-      if (!extended && late > STARVATION_MS) timer = setTimeout(() => fire(true), late)
+      // busy all along (answers may wait unread behind our own work), or the timer itself came late
+      const busy = performance.eventLoopUtilization(elu0).utilization > SATURATED_ELU
+      if (!extended && (late > STARVATION_MS || busy)) timer = setTimeout(() => fire(true), Math.max(late, ms / 2))
       else reject(new CallTimeout(call, ms, hypervisorLevel))
     }
     timer = setTimeout(() => fire(false), ms)
@@ -81,6 +86,8 @@ export function withTimeout<T>(p: Promise<T>, ms: number, call: string, hypervis
 
 /** A timer firing this much (ms) after its time means the event loop was starved. */
 const STARVATION_MS = 250
+/** Event-loop utilisation over a request's window above which this process, not the hypervisor, was the bottleneck. */
+const SATURATED_ELU = 0.9
 
 const AGENT_DOWN_RE = /guest agent is not running|No QEMU guest agent configured|qmp command '[^']*' failed|got timeout|agent.*not (enabled|configured|running)|VM \d+ is not running/i
 
