@@ -219,7 +219,7 @@ export const LAB_ROUTES: RouteDef[] = [
     method: 'POST', path: `${STORE}/download-url`, handler: 'storageDownload',
     params: {node, storage, content: {type: 'string', format: 'pve-storage-content', enum: ['iso', 'vztmpl', 'import']}, filename: {type: 'string', maxLength: 255}, url: {type: 'string', pattern: 'https?://.*'}, checksum: opt({type: 'string', requires: 'checksum-algorithm'}), 'checksum-algorithm': opt({type: 'string', enum: ['md5', 'sha1', 'sha224', 'sha256', 'sha384', 'sha512'], requires: 'checksum'}), 'verify-certificates': opt(bool)},
   },
-  {method: 'GET', path: '/nodes/{node}/tasks', handler: 'taskList', params: {node, limit: opt({type: 'integer', minimum: 0}), start: opt({type: 'integer', minimum: 0}), vmid: opt(vmid), errors: opt(bool)}},
+  {method: 'GET', path: '/nodes/{node}/tasks', handler: 'taskList', params: {node, limit: opt({type: 'integer', minimum: 0}), start: opt({type: 'integer', minimum: 0}), vmid: opt(vmid), errors: opt(bool), typefilter: opt({type: 'string'}), userfilter: opt({type: 'string'}), statusfilter: opt({type: 'string', format: 'pve-task-status-type-list'}), since: opt({type: 'integer'}), until: opt({type: 'integer'}), source: opt({type: 'string', enum: ['archive', 'active', 'all']})}},
   {method: 'GET', path: '/nodes/{node}/tasks/{upid}/status', handler: 'taskStatus', params: {node, upid: str}},
   {method: 'GET', path: '/nodes/{node}/tasks/{upid}/log', handler: 'taskLog', params: {node, upid: str, start: opt({type: 'integer', minimum: 0}), limit: opt({type: 'integer', minimum: 0})}},
 ]

@@ -333,6 +333,16 @@ export class LabServer {
         .filter((t) => this.#canSeeTask(c, t.user, c.node.name))
         .filter((t) => c.params.vmid === undefined || t.id === String(c.params.vmid))
         .filter((t) => !c.params.errors || (t.status === 'stopped' && t.exitstatus !== 'OK'))
+        .filter((t) => c.params.typefilter === undefined || t.type === String(c.params.typefilter))
+        .filter((t) => c.params.userfilter === undefined || t.user.includes(String(c.params.userfilter)))
+        .filter((t) => c.params.since === undefined || t.starttime >= Number(c.params.since))
+        .filter((t) => c.params.until === undefined || t.starttime <= Number(c.params.until))
+        // source: 'archive' (default in PVE) lists finished tasks, 'active' running ones, 'all' both
+        .filter((t) => {
+          const source = String(c.params.source ?? 'archive')
+          return source === 'all' || (source === 'active' ? t.status === 'running' : t.status === 'stopped')
+        })
+        .filter((t) => c.params.statusfilter === undefined || String(c.params.statusfilter).split(/[,; ]+/).some((s) => (s === 'ok' ? t.exitstatus === 'OK' : s === 'error' ? t.status === 'stopped' && t.exitstatus !== 'OK' && !String(t.exitstatus).startsWith('WARNINGS') : s === 'warning' ? String(t.exitstatus).startsWith('WARNINGS') : s === 'running' ? t.status === 'running' : false)))
         .slice(start, start + limit)
         .map((t) => ({upid: t.upid, node: t.node, pid: t.pid, pstart: t.pstart, starttime: t.starttime, type: t.type, id: t.id, user: t.user, ...(t.endtime ? {endtime: t.endtime, status: t.exitstatus} : {})}))
     }
