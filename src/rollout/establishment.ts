@@ -156,6 +156,8 @@ interface Run {
   from?: string
   to: string
   manifestLocal?: string
+  /** Last step this run recorded (for the result when it stops). */
+  step?: string
 }
 
 function describe(e: unknown): string {
@@ -173,8 +175,29 @@ function unreachable(e: unknown): boolean {
   return p.code === ErrorCode.UNREACHABLE || p.code === ErrorCode.TLS_MISMATCH
 }
 
+/** A server-side failure (HTTP 5xx, not a digest mismatch nor a refusal): worth sending again. */
+function serverError(e: unknown): boolean {
+  const p = asPgiError(e)
+  return p.code === ErrorCode.PVE_HTTP || p.code === ErrorCode.PVE_LOCKED
+}
+
+/**
+ * Reads and mark writes are retried on server errors (a 500, a busy config lock): sending them
+ * again is safe — a read changes nothing, a mark write carries the digest it was computed from.
+ */
+async function resilient<T>(r: Run, fn: () => Promise<T>): Promise<T> {
+  for (let i = 1; ; i++) {
+    try {
+      return await fn()
+    } catch (err) {
+      if (!serverError(err) || i >= 5 || r.ctx.signal?.aborted) throw err
+      await sleep(Math.min(3000, r.ctx.pollIntervalMs * 2 ** i))
+    }
+  }
+}
+
 async function readVm(r: Run): Promise<{cfg: PveVmConfig; meta: VmMeta}> {
-  const cfg = await r.api.vmConfig(r.est.node, r.est.vmid)
+  const cfg = await resilient(r, () => r.api.vmConfig(r.est.node, r.est.vmid))
   const meta = parseDescription(typeof cfg?.description === 'string' ? cfg.description : undefined)
   if (!cfg || !meta) {
     throw new UserError(ErrorCode.REFUSED, `VM ${r.est.vmid} ${cfg ? 'has no pgi description' : 'does not exist'}`, {
@@ -212,6 +235,11 @@ async function cas(r: Run, change: (cfg: PveVmConfig, meta: VmMeta) => (PveParam
       return cfg
     } catch (err) {
       const e = asPgiError(err)
+      if (serverError(e) && attempt < 5 && !r.ctx.signal?.aborted) {
+        // the write may or may not have happened: re-read (its digest tells) and decide again
+        await sleep(Math.min(3000, r.ctx.pollIntervalMs * 2 ** (attempt + 1)))
+        continue
+      }
       if (e.code !== ErrorCode.PVE_DIGEST_MISMATCH || attempt >= 8) throw err
       r.ctx.io.debug(`${r.est.uai}: config changed under us (digest), re-reading`)
     }
@@ -239,6 +267,7 @@ async function writeMark(r: Run, patch: Partial<RolloutMark>, opts: {claim?: boo
     {claim: opts.claim},
   )
   if (patch.step) {
+    r.step = patch.step
     await r.ctx.journal.writeEstablishment({uai: r.est.uai, step: patch.step, reason: patch.reason, manifest: r.manifestLocal, at: r.ctx.now().toISOString()})
     await r.ctx.onStep?.(r.est.uai, patch.step)
   }
@@ -316,10 +345,11 @@ export async function rolloutEstablishment(est: Establishment, ctx: Establishmen
     if (mark?.step === 'rolling-back') return await rollback(r, mark.reason ?? 'an earlier rollback was interrupted', result)
     return await forward(r, mark!, result)
   } catch (err) {
-    if (err instanceof Killed) return result('interrupted', {step: mark?.step, reason: 'runner stopped'})
-    if (err instanceof RunnerConflict) return result('blocked', {step: mark?.step, reason: err.message})
+    const step = r.step ?? mark?.step
+    if (err instanceof Killed) return result('interrupted', {step, reason: 'runner stopped'})
+    if (err instanceof RunnerConflict) return result('blocked', {step, reason: err.message})
     const e = asPgiError(err)
-    return result(unreachable(e) ? 'interrupted' : 'failed', {step: mark?.step, reason: e.message})
+    return result(unreachable(e) ? 'interrupted' : 'failed', {step, reason: e.message})
   }
 }
 

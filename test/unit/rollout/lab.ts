@@ -19,7 +19,7 @@ import {RolloutGuestModel} from './sim-guest.js'
 export interface RolloutLab extends SimLab {
   model: RolloutGuestModel
   images: Map<string, DeployImage>
-  image(version: string): Promise<DeployImage>
+  makeImage(version: string): Promise<DeployImage>
   /** Stage `version` on every node (the real `pgi rollout stage` service). */
   stage(version: string): Promise<void>
   request(io: Io, version: string, over?: Partial<StartRequest>): StartRequest
@@ -38,7 +38,7 @@ export async function startRolloutLab(o: {nodes: number; perNode: number; rings?
     e.ring = o.rings ? o.rings(i) : 'general'
   })
   const images = new Map<string, DeployImage>([[lab.image.version, lab.image]])
-  const image = async (version: string): Promise<DeployImage> => {
+  const makeImage = async (version: string): Promise<DeployImage> => {
     const have = images.get(version)
     if (have) return have
     const bytes = randomBytes(64 * 1024)
@@ -78,9 +78,9 @@ export async function startRolloutLab(o: {nodes: number; perNode: number; rings?
     ...lab,
     model,
     images,
-    image,
+    makeImage,
     async stage(version) {
-      await image(version)
+      await makeImage(version)
       const r = await stageRollout({inventoryPath: lab.dir, inventory: lab.inventory, selection: {all: true}, secretsDir: lab.store.dir, io: new MemoryIo('warn'), env: lab.env, connect: fastConnect(), version, resolveImage})
       if (r.exitCode !== 0) throw new Error(`staging failed: ${JSON.stringify(r.rows)}`)
     },

@@ -138,7 +138,7 @@ describe('rollout resume after the runner is killed', () => {
     expect(r.establishments[0]!.reason).toMatch(/aborted by `pgi rollout abort`/)
     await expectHealthyOn(x!.uai, '2026.11.0', dataDisk)
     expect((await vm(y!.uai)).meta.rollout?.id).not.toBe(r.id)
-    const again = await resumeRollout(lab.request(io, '2026.12.0', {id: r.id}))
+    const again = await resumeRollout({...lab.request(io, '2026.12.0'), id: r.id})
     expect(again.establishments.map((e) => e.outcome)).toEqual(['aborted', 'not-started'])
   })
 })

@@ -30,7 +30,7 @@ describe('pgi rollout on a simulated lab', () => {
   it('plans, then updates every establishment wave by wave: backed up, OS disk swapped, data disk untouched, databases upgraded, new version recorded', async () => {
     lab = await startRolloutLab({nodes: 2, perNode: 2, rings: (i) => ['canary', 'pilot', 'general', 'general'][i]!})
     const io = new MemoryIo('info')
-    await lab.image('2026.12.0')
+    await lab.makeImage('2026.12.0')
     const before = await Promise.all(lab.inventory.establishments.map((e) => vmOf(lab!, e.uai)))
 
     const plan = await planRollout(lab.request(io, '2026.12.0'))

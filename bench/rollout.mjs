@@ -1,0 +1,109 @@
+#!/usr/bin/env node
+// bench/rollout: wall time of rolling a new image version out to 500 establishments of a
+// simulated lab (the same lab as test/unit/rollout: deploy's test lab over the rollout guest
+// model, real HTTPS API and client, the simulated backend's realistic task durations — import
+// 20 s, boot 15 s, shutdown 4 s… — scaled by --time-scale), in waves canary (1 %), pilot (9 %),
+// general (90 %), against the ideal for those waves and that parallelism:
+//   ideal = Σ over waves of  max(ceil(n / max-parallel), max over hypervisors ceil(n_hv / per-hv)) × chain
+// where `chain` is one establishment's full rollout measured alone on the idle lab (calibration,
+// the longest of --calibrations runs). Target: ratio <= 1.15.
+// CPU: the lab runs in this process (its guest model is test code), so the CPU figure is pgi AND
+// the lab together, per establishment: an upper bound of pgi's own.
+//
+// The lab helpers are TypeScript test code: they are compiled with tsc into
+// node_modules/.cache/pgi-bench-rollout first (about 15 s).
+// Usage: node bench/rollout.mjs [--nodes 50] [--sites 500] [--max-parallel 50]
+//   [--max-per-hypervisor 2] [--time-scale 0.05] [--calibrations 2]
+// Last line: one JSON object.
+import {execFileSync} from 'node:child_process'
+import {cpus} from 'node:os'
+import {dirname, join, resolve} from 'node:path'
+import {fileURLToPath, pathToFileURL} from 'node:url'
+import {parseArgs} from 'node:util'
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '..')
+const {values: a} = parseArgs({
+  options: {
+    nodes: {type: 'string', default: '50'},
+    sites: {type: 'string', default: '500'},
+    'max-parallel': {type: 'string', default: '50'},
+    'max-per-hypervisor': {type: 'string', default: '2'},
+    'time-scale': {type: 'string', default: '0.05'},
+    calibrations: {type: 'string', default: '2'},
+  },
+})
+const nodes = Number(a.nodes)
+const perNode = Math.ceil(Number(a.sites) / nodes)
+const maxParallel = Number(a['max-parallel'])
+const perHv = Number(a['max-per-hypervisor'])
+const timeScale = Number(a['time-scale'])
+
+const out = join(root, 'node_modules', '.cache', 'pgi-bench-rollout')
+process.stderr.write('compiling the lab helpers…\n')
+try {
+  execFileSync(join(root, 'node_modules', '.bin', 'tsc'), ['--outDir', out, '--rootDir', root, '--module', 'nodenext', '--moduleResolution', 'nodenext', '--target', 'es2022', '--lib', 'ES2023', '--skipLibCheck', '--esModuleInterop', '--resolveJsonModule', join(root, 'test/unit/rollout/lab.ts')], {stdio: ['ignore', 'ignore', 'inherit']})
+} catch {
+  // tsc exits non-zero on type errors elsewhere in the tree but still emits: use what it wrote
+}
+const mod = (p) => import(pathToFileURL(join(out, p)).href)
+const {startRolloutLab} = await mod('test/unit/rollout/lab.js')
+const {startRollout} = await mod('src/rollout/service.js')
+const {MemoryIo} = await mod('src/io.js')
+
+process.env.CI = 'true'
+const total = nodes * perNode
+// rings: 1 % canary, 9 % pilot, the rest general (calibration sites excluded below)
+const ring = (i) => (i % 100 === 0 ? 'canary' : i % 100 < 10 ? 'pilot' : 'general')
+process.stderr.write(`deploying ${total} establishments on ${nodes} nodes (time scale ${timeScale})…\n`)
+const lab = await startRolloutLab({nodes, perNode, rings: ring, timeScale, deployParallel: 100})
+try {
+  await lab.stage('2026.12.0')
+  const io = new MemoryIo('warn')
+  const opts = {pollIntervalMs: 250, agentTimeoutMs: 600_000, healthTimeoutMs: 600_000, requestTimeoutMs: 60_000}
+  // calibration: one establishment alone, the longest of N (each a different site, lab idle)
+  const calib = lab.inventory.establishments.filter((e) => e.ring === 'general').slice(-Number(a.calibrations))
+  let chain = 0
+  for (const e of calib) {
+    const t0 = Date.now()
+    const r = await startRollout(lab.request(io, '2026.12.0', {...opts, selection: {uais: [e.uai]}, maxParallel: 1}))
+    if (r.establishments[0].outcome !== 'updated') throw new Error(`calibration failed: ${JSON.stringify(r.establishments[0])}`)
+    chain = Math.max(chain, Date.now() - t0)
+  }
+  const calibrated = new Set(calib.map((e) => e.uai))
+  const sel = lab.inventory.establishments.filter((e) => !calibrated.has(e.uai))
+  let ideal = 0
+  for (const w of ['canary', 'pilot', 'general']) {
+    const inWave = sel.filter((e) => e.ring === w)
+    if (inWave.length === 0) continue
+    const byHv = new Map()
+    for (const e of inWave) byHv.set(e.hypervisor, (byHv.get(e.hypervisor) ?? 0) + 1)
+    const rounds = Math.max(Math.ceil(inWave.length / maxParallel), ...[...byHv.values()].map((n) => Math.ceil(n / perHv)))
+    ideal += rounds * chain
+  }
+  const cpu0 = process.cpuUsage()
+  const t0 = Date.now()
+  const r = await startRollout(lab.request(io, '2026.12.0', {...opts, selection: {uais: sel.map((e) => e.uai)}, maxParallel, maxPerHypervisor: perHv}))
+  const wall = Date.now() - t0
+  const cpu = process.cpuUsage(cpu0)
+  const cpuMs = (cpu.user + cpu.system) / 1000
+  const result = {
+    bench: 'rollout',
+    machine: {cpus: cpus().length, model: cpus()[0]?.model},
+    nodes,
+    establishments: sel.length,
+    waves: {canary: sel.filter((e) => e.ring === 'canary').length, pilot: sel.filter((e) => e.ring === 'pilot').length, general: sel.filter((e) => e.ring === 'general').length},
+    maxParallel,
+    maxPerHypervisor: perHv,
+    timeScale,
+    chainMs: chain,
+    idealMs: ideal,
+    wallMs: wall,
+    ratio: Math.round((wall / ideal) * 1000) / 1000,
+    target: 1.15,
+    outcomes: r.counts,
+    cpuMsPerEstablishment_pgiAndLab: Math.round((cpuMs / sel.length) * 10) / 10,
+  }
+  console.log(JSON.stringify(result))
+} finally {
+  await lab.close()
+}
