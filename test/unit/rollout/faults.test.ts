@@ -48,6 +48,8 @@ describe('rollout of 200 establishments under injected faults', () => {
       perNode: Number(process.env.PGI_ROLLOUT_FAULT_PER_NODE ?? 20),
       rings: (i) => (i % 20 === 0 ? 'canary' : i % 20 < 5 ? 'pilot' : 'general'),
       deployParallel: 50,
+      // and some guests never become healthy on the new version: those must be rolled back
+      brokenOn: (_node, vmid, version) => version === '2026.12.0' && vmid % 7 === 3,
     })
     await lab.stage('2026.12.0')
     const before = await configs(lab)
@@ -76,6 +78,7 @@ describe('rollout of 200 establishments under injected faults', () => {
     const onDead = res.establishments.filter((r) => r.node === dead)
     expect(onDead.some((r) => r.outcome === 'interrupted')).toBe(true)
     expect(res.establishments.filter((r) => r.node !== dead).every((r) => ['updated', 'rolled-back', 'failed'].includes(r.outcome))).toBe(true)
+    expect(res.establishments.filter((r) => r.outcome === 'rolled-back').length).toBeGreaterThan(5)
     expect(res.exitCode).toBe(4)
 
     // the node comes back; faults stay on
@@ -112,6 +115,6 @@ describe('rollout of 200 establishments under injected faults', () => {
         if (meta.rollout?.step === 'rolled-back') expect(d.backups.size).toBeGreaterThan(0)
       }
     }
-    expect(updated).toBeGreaterThan(lab.inventory.establishments.length * 0.75)
+    expect(updated).toBeGreaterThan(lab.inventory.establishments.length * 0.6)
   }, 600_000)
 })

@@ -29,8 +29,8 @@ export interface RolloutLab extends SimLab {
 
 export const ROWS = {party_party: 12, account_move: 40, account_move_line: 120, res_user: 3}
 
-export async function startRolloutLab(o: {nodes: number; perNode: number; rings?: (i: number) => string; broken?: string[]; timeScale?: number; durations?: Record<string, number>; faults?: Partial<FaultConfig>; deployParallel?: number}): Promise<RolloutLab> {
-  const model = new RolloutGuestModel({timeScale: o.timeScale ?? 0.001, brokenVersions: o.broken ?? [], ...(o.durations ? {durations: o.durations} : {})})
+export async function startRolloutLab(o: {nodes: number; perNode: number; rings?: (i: number) => string; broken?: string[]; brokenOn?: (node: string, vmid: number, version: string) => boolean; timeScale?: number; durations?: Record<string, number>; faults?: Partial<FaultConfig>; deployParallel?: number}): Promise<RolloutLab> {
+  const model = new RolloutGuestModel({timeScale: o.timeScale ?? 0.001, brokenVersions: o.broken ?? [], brokenOn: o.brokenOn, ...(o.durations ? {durations: o.durations} : {})})
   // a fresh fault config (all off while deploying), switched on below once the fleet is deployed
   const faults: FaultConfig = {seed: 1, taskFailureRate: 0, http500Rate: 0, latencyMs: {min: 0, max: 0}, lockContentionRate: 0, deadNodes: [], unhealthyVms: [], unhealthyRate: 0}
   const lab = await startSimLab({nodes: o.nodes, establishmentsPerNode: o.perNode, backend: model.backend, faults})

@@ -32,6 +32,8 @@ interface DataDisk {
 export interface GuestModelOptions extends SimulatedOptions {
   /** Image versions whose trytond never starts. */
   brokenVersions?: string[]
+  /** Guests whose PGI never becomes healthy on this version (per VM: e.g. a local quirk the new version trips on). */
+  brokenOn?: (node: string, vmid: number, version: string) => boolean
 }
 
 function cmp(a: string, b: string): number {
@@ -48,6 +50,7 @@ export class RolloutGuestModel {
   readonly inner: SimulatedBackend
   readonly backend: VmBackend
   readonly broken: Set<string>
+  readonly brokenOn: (node: string, vmid: number, version: string) => boolean
   readonly disks = new Map<string, DataDisk>()
   readonly specs = new Map<string, VmSpec>()
   readonly boots = new Map<string, {os: string; upgradeError?: string}>()
@@ -58,6 +61,7 @@ export class RolloutGuestModel {
   constructor(opts: GuestModelOptions = {}) {
     this.inner = new SimulatedBackend(opts)
     this.broken = new Set(opts.brokenVersions ?? [])
+    this.brokenOn = opts.brokenOn ?? (() => false)
     const inner = this.inner
     const agent: GuestAgent = {...inner.agent, exec: (n, v, c, i, t) => this.#exec(n, v, c, i, t), execStatus: (n, v, p, t) => this.#execStatus(n, v, p, t)}
     const start = (spec: VmSpec, ctx: TaskContext) => this.#start(spec, ctx)
@@ -144,7 +148,7 @@ export class RolloutGuestModel {
     const fail = (err: string, code = 1): AgentExecStatus => ({exited: true, exitcode: code, 'err-data': err})
     const d = this.disk(node, vmid)
     const boot = this.boots.get(`${node}/${vmid}`)
-    const broken = boot ? this.broken.has(boot.os) : false
+    const broken = boot ? this.broken.has(boot.os) || this.brokenOn(node, vmid, boot.os) : false
     if (prog === 'pgi-health') {
       const base = await this.#innerRun(node, vmid, command)
       const h = JSON.parse(base['out-data'] ?? '{}') as {healthy: boolean; problems: string[]; checks: Record<string, {ok: boolean}>; databases: unknown[]}
