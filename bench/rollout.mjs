@@ -13,7 +13,7 @@
 // The lab helpers are TypeScript test code: they are compiled with tsc into
 // node_modules/.cache/pgi-bench-rollout first (about 15 s).
 // Usage: node bench/rollout.mjs [--nodes 50] [--sites 500] [--max-parallel 50]
-//   [--max-per-hypervisor 2] [--time-scale 0.05] [--calibrations 2]
+//   [--max-per-hypervisor 2] [--time-scale 0.25] [--calibrations 2]
 // Last line: one JSON object.
 import {execFileSync} from 'node:child_process'
 import {cpus} from 'node:os'
@@ -28,7 +28,7 @@ const {values: a} = parseArgs({
     sites: {type: 'string', default: '500'},
     'max-parallel': {type: 'string', default: '50'},
     'max-per-hypervisor': {type: 'string', default: '2'},
-    'time-scale': {type: 'string', default: '0.05'},
+    'time-scale': {type: 'string', default: '0.25'},
     calibrations: {type: 'string', default: '2'},
   },
 })
@@ -52,8 +52,12 @@ const {MemoryIo} = await mod('src/io.js')
 
 process.env.CI = 'true'
 const total = nodes * perNode
-// rings: 1 % canary, 9 % pilot, the rest general (calibration sites excluded below)
-const ring = (i) => (i % 100 === 0 ? 'canary' : i % 100 < 10 ? 'pilot' : 'general')
+// rings: 1 % canary, 9 % pilot, the rest general, spread over the nodes as a Région would pick
+// them (establishment i is the (i mod perNode)-th of node floor(i / perNode))
+const ring = (i) => {
+  const j = (i % perNode) * nodes + Math.floor(i / perNode)
+  return j < total / 100 ? 'canary' : j < total / 10 ? 'pilot' : 'general'
+}
 process.stderr.write(`deploying ${total} establishments on ${nodes} nodes (time scale ${timeScale})…\n`)
 const lab = await startRolloutLab({nodes, perNode, rings: ring, timeScale, deployParallel: 100})
 try {

@@ -30,6 +30,7 @@
 import {createHash} from 'node:crypto'
 import {readFile} from 'node:fs/promises'
 
+import {TRYTON_ADMIN_LOGIN} from '../credentials/secrets.js'
 import {backupGuest, guestHealth, verifyGuestBackup, waitForAgent, waitForHealthy, type GuestTarget} from '../fleet/guest.js'
 import {formatDescription, formatTags, parseDescription, type RolloutMark, type VmMeta} from '../fleet/vm-meta.js'
 import {parseDisk, importVolid, type DeployImage} from '../deploy/desired.js'
@@ -600,7 +601,7 @@ async function gate(r: Run, mark: RolloutMark): Promise<void> {
   for (;;) {
     let problems: string[]
     try {
-      const probe = await probeGuest(r.t, mark.backup ?? '', secret ? {login: 'admin', password: secret.reveal()} : undefined)
+      const probe = await probeGuest(r.t, mark.backup ?? '', secret ? {login: TRYTON_ADMIN_LOGIN, password: secret.reveal()} : undefined)
       problems = []
       if (probe.state.image?.version && probe.state.image.version !== r.to) problems.push(`the databases were not upgraded to ${r.to} (data disk says ${probe.state.image.version})`)
       if (probe.upgrade.ok === false) problems.push(`database upgrade failed: ${probe.upgrade.error ?? '?'}`)
