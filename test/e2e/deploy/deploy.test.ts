@@ -1,6 +1,5 @@
-import {createHash} from 'node:crypto'
 import {existsSync} from 'node:fs'
-import {cp, mkdir, mkdtemp, readFile, rm, writeFile} from 'node:fs/promises'
+import {cp, mkdtemp, readFile, rm, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {dirname, join, resolve} from 'node:path'
 import {fileURLToPath} from 'node:url'
@@ -9,14 +8,11 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {parseHandoff, type HandoffDocument} from '../../../src/credentials/handoff.js'
 import {run, spawnDetached} from '../../../src/exec.js'
-import {buildImage} from '../../../src/image/build.js'
-import {listImages} from '../../../src/image/images.js'
-import {lockPath} from '../../../src/image/lock.js'
-import {loadRecipe} from '../../../src/image/recipe.js'
 import {StderrIo} from '../../../src/io.js'
 import {readRequestLog} from '../../../src/lab/server.js'
-import {stateDir} from '../../../src/paths.js'
 import {sshExec} from '../../../src/ssh.js'
+
+import {cachedPgiImage} from '../../helpers/e2e-image.js'
 
 /**
  * The main job, end to end, on a qemu-backed lab (real QEMU VMs of the real pgi-tryton image):
@@ -36,25 +32,6 @@ const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..')
 const CLI = join(ROOT, 'bin', 'run.js')
 const io = new StderrIo(process.env.PGI_LOG_LEVEL === 'debug' ? 'debug' : 'warn', false)
 
-async function cachedImage(): Promise<{root: string; version: string}> {
-  if (process.env.PGI_E2E_IMAGES_DIR) {
-    const root = resolve(process.env.PGI_E2E_IMAGES_DIR)
-    const have = (await listImages({root})).filter((i) => i.name === 'pgi-tryton').slice(-1)[0]
-    if (!have) throw new Error(`no pgi-tryton image in PGI_E2E_IMAGES_DIR=${root}`)
-    return {root, version: have.version}
-  }
-  // same cache as test/e2e/image/image.test.ts, so CI builds the image once for both
-  const recipe = await loadRecipe('pgi-tryton')
-  const lock = existsSync(lockPath(recipe)) ? await readFile(lockPath(recipe)) : Buffer.from('')
-  const key = createHash('sha256').update(recipe.digest).update(lock).digest('hex').slice(0, 16)
-  const dir = join(stateDir(), 'e2e-image-cache', key)
-  const have = (await listImages({root: dir})).find((i) => i.name === 'pgi-tryton')
-  if (have) return {root: dir, version: have.version}
-  await rm(dir, {recursive: true, force: true})
-  await mkdir(dir, {recursive: true})
-  const r = await buildImage({recipe: 'pgi-tryton', out: dir, io, env: {...process.env, SOURCE_DATE_EPOCH: process.env.SOURCE_DATE_EPOCH ?? '1767225600'}})
-  return {root: dir, version: r.version}
-}
 
 let base: string
 let labDir: string
@@ -91,7 +68,7 @@ describe('pgi deploy on a qemu-backed lab', () => {
   const docs = new Map<string, HandoffDocument>()
 
   beforeAll(async () => {
-    images = await cachedImage()
+    images = await cachedPgiImage(io)
     base = await mkdtemp(join(tmpdir(), 'pgi-e2e-deploy-'))
     labDir = join(base, 'lab')
     env = {PGI_STATE_DIR: join(base, 'state'), CI: 'true', PGI_LOG_LEVEL: 'info'}

@@ -1,4 +1,3 @@
-import {createHash} from 'node:crypto'
 import {existsSync} from 'node:fs'
 import {mkdir, mkdtemp, readFile, rm, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
@@ -8,12 +7,11 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {run} from '../../../src/exec.js'
 import {StderrIo} from '../../../src/io.js'
-import {stateDir} from '../../../src/paths.js'
 import {buildImage} from '../../../src/image/build.js'
 import {testImage} from '../../../src/image/boottest.js'
-import {listImages, verifyImage} from '../../../src/image/images.js'
-import {lockPath} from '../../../src/image/lock.js'
-import {loadRecipe} from '../../../src/image/recipe.js'
+import {verifyImage} from '../../../src/image/images.js'
+
+import {cachedPgiImage} from '../../helpers/e2e-image.js'
 
 /**
  * Builds the reference image (once per recipe + lock: cached under the state dir so CI builds
@@ -24,23 +22,11 @@ const io = new StderrIo(process.env.PGI_LOG_LEVEL === 'debug' ? 'debug' : 'warn'
 let root: string
 let version: string
 
-async function cachedBuild(): Promise<{root: string; version: string}> {
-  const recipe = await loadRecipe('pgi-tryton')
-  const lock = existsSync(lockPath(recipe)) ? await readFile(lockPath(recipe)) : Buffer.from('')
-  const key = createHash('sha256').update(recipe.digest).update(lock).digest('hex').slice(0, 16)
-  const dir = join(stateDir(), 'e2e-image-cache', key)
-  const have = (await listImages({root: dir})).find((i) => i.name === 'pgi-tryton')
-  if (have) return {root: dir, version: have.version}
-  await rm(dir, {recursive: true, force: true})
-  await mkdir(dir, {recursive: true})
-  const r = await buildImage({recipe: 'pgi-tryton', out: dir, io, env: {...process.env, SOURCE_DATE_EPOCH: process.env.SOURCE_DATE_EPOCH ?? '1767225600'}})
-  return {root: dir, version: r.version}
-}
 
 describe('pgi-tryton image', () => {
   const tmp: string[] = []
   beforeAll(async () => {
-    ;({root, version} = await cachedBuild())
+    ;({root, version} = await cachedPgiImage(io))
   })
   afterAll(async () => {
     for (const d of tmp) await rm(d, {recursive: true, force: true})

@@ -1,6 +1,4 @@
-import {createHash} from 'node:crypto'
-import {existsSync} from 'node:fs'
-import {mkdir, mkdtemp, readFile, rm, writeFile} from 'node:fs/promises'
+import {mkdtemp, rm, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {dirname, join, resolve} from 'node:path'
 import {fileURLToPath} from 'node:url'
@@ -10,17 +8,14 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {openInventoryStore} from '../../../src/credentials/service.js'
 import {run} from '../../../src/exec.js'
 import {Hypervisors} from '../../../src/hypervisors.js'
-import {buildImage} from '../../../src/image/build.js'
-import {listImages} from '../../../src/image/images.js'
-import {lockPath} from '../../../src/image/lock.js'
-import {loadRecipe} from '../../../src/image/recipe.js'
 import {loadValidInventory} from '../../../src/inventory/load.js'
 import {findEstablishment} from '../../../src/inventory/select.js'
 import type {Establishment} from '../../../src/inventory/types.js'
 import {StderrIo} from '../../../src/io.js'
-import {stateDir} from '../../../src/paths.js'
 import type {PveApi} from '../../../src/proxmox/types.js'
 import type {EstablishmentStatus, StatusReport} from '../../../src/status/types.js'
+
+import {cachedPgiImage} from '../../helpers/e2e-image.js'
 
 /**
  * `pgi status` end to end on a qemu-backed lab: a really deployed PGI VM (the real pgi-tryton
@@ -38,24 +33,6 @@ const CLI = join(ROOT, 'bin', 'run.js')
 const io = new StderrIo(process.env.PGI_LOG_LEVEL === 'debug' ? 'debug' : 'warn', false)
 const TIMEOUT_S = 4
 
-async function cachedImage(): Promise<{root: string; version: string}> {
-  if (process.env.PGI_E2E_IMAGES_DIR) {
-    const root = resolve(process.env.PGI_E2E_IMAGES_DIR)
-    const have = (await listImages({root})).filter((i) => i.name === 'pgi-tryton').slice(-1)[0]
-    if (!have) throw new Error(`no pgi-tryton image in PGI_E2E_IMAGES_DIR=${root}`)
-    return {root, version: have.version}
-  }
-  const recipe = await loadRecipe('pgi-tryton')
-  const lock = existsSync(lockPath(recipe)) ? await readFile(lockPath(recipe)) : Buffer.from('')
-  const key = createHash('sha256').update(recipe.digest).update(lock).digest('hex').slice(0, 16)
-  const dir = join(stateDir(), 'e2e-image-cache', key)
-  const have = (await listImages({root: dir})).find((i) => i.name === 'pgi-tryton')
-  if (have) return {root: dir, version: have.version}
-  await rm(dir, {recursive: true, force: true})
-  await mkdir(dir, {recursive: true})
-  const r = await buildImage({recipe: 'pgi-tryton', out: dir, io, env: {...process.env, SOURCE_DATE_EPOCH: process.env.SOURCE_DATE_EPOCH ?? '1767225600'}})
-  return {root: dir, version: r.version}
-}
 
 let base: string
 let labDir: string
@@ -94,7 +71,7 @@ async function until(uai: string, verdict: string, timeoutMs = 5 * 60_000): Prom
 
 describe('pgi status on a qemu-backed lab', () => {
   beforeAll(async () => {
-    images = await cachedImage()
+    images = await cachedPgiImage(io)
     base = await mkdtemp(join(tmpdir(), 'pgi-e2e-status-'))
     labDir = join(base, 'lab')
     env = {...(process.env as Record<string, string>), PGI_STATE_DIR: join(base, 'state'), CI: 'true', PGI_LOG_LEVEL: 'info'}
