@@ -67,12 +67,9 @@ export async function runRollout(o: RunOptions): Promise<RolloutResult> {
   let failures = 0
   let halted: string | undefined
   const pool = new KeyedPool({max: record.maxParallel, perKey: record.maxPerHypervisor})
-  // the control file is read at most every 200 ms, however many establishments ask
-  let ctl: {at: number; v: Promise<Awaited<ReturnType<RolloutJournal['control']>>>} | undefined
-  const control = () => {
-    if (!ctl || Date.now() - ctl.at > 200) ctl = {at: Date.now(), v: journal.control()}
-    return ctl.v
-  }
+  // read at every step boundary (a few thousand reads of a tiny file for a whole Région): a pause
+  // or abort takes effect at the very next boundary
+  const control = () => journal.control()
   const ctx: EstablishmentCtx = {...o.ctx, runner: o.ctx.runner ?? RUNNER, rolloutId: record.id, journal, control}
   const waveReports: WaveReport[] = []
 
