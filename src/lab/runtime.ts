@@ -6,7 +6,7 @@ import {LabApi} from './api.js'
 import type {StorageDef, VmBackend} from './backend.js'
 import {ensureNodeCert} from './certs.js'
 import {Faults, NO_FAULTS, type FaultConfig} from './faults.js'
-import {LabServer} from './server.js'
+import {LabServer, readRequestLog, type RequestLogEntry} from './server.js'
 import {SimulatedBackend, type SimulatedOptions} from './simulated-backend.js'
 
 /**
@@ -45,6 +45,8 @@ export interface LabRuntime {
   fingerprints: Record<string, string>
   certs: Record<string, {key: string; cert: string}>
   requestLog: string
+  /** The request log with every request answered so far (flushes the server's 50 ms buffer first). */
+  readRequestLog(): Promise<RequestLogEntry[]>
   close(): Promise<void>
 }
 
@@ -116,6 +118,10 @@ export async function startRuntime(o: RuntimeOptions): Promise<LabRuntime> {
     fingerprints,
     certs,
     requestLog,
+    async readRequestLog() {
+      server.flushLog()
+      return readRequestLog(requestLog)
+    },
     async close() {
       clearInterval(refresh)
       if (pending) clearTimeout(pending)

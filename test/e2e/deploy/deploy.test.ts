@@ -161,7 +161,7 @@ describe('pgi deploy on a qemu-backed lab', () => {
     await cp(join(labDir, 'inventory'), inv, {recursive: true})
     const file = join(inv, 'lab.yaml')
     const text = await readFile(file, 'utf8')
-    await writeFile(file, text.replace(/fingerprint: "?([0-9A-F]{2})/g, (_m, x: string) => `fingerprint: "${x === 'AA' ? 'BB' : 'AA'}`))
+    await writeFile(file, text.replace(/fingerprint: "?([0-9A-F]{2})/g, (_m, x: string) => `fingerprint: ${x === 'AA' ? 'BB' : 'AA'}`))
     const before = (await readRequestLog(join(labDir, 'requests.jsonl'))).length
     const r = await pgi(['deploy', '--all', '--yes', '--json', '--image', images.version, '--images-dir', images.root], {allowFailure: true, env: {PGI_INVENTORY: inv}})
     expect(r.exitCode).toBe(8)

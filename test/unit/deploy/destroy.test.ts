@@ -6,7 +6,6 @@ import {destroyEstablishment} from '../../../src/deploy/destroy.js'
 import {runDeploy} from '../../../src/deploy/service.js'
 import {SafetyRefusal} from '../../../src/errors.js'
 import {MemoryIo} from '../../../src/io.js'
-import {readRequestLog} from '../../../src/lab/server.js'
 import {fastConnect, startSimLab, type SimLab} from './sim-lab.js'
 
 let lab: SimLab | undefined
@@ -27,21 +26,21 @@ async function deployed(): Promise<SimLab> {
 describe('pgi destroy', () => {
   it('refuses without --destroy-data before sending anything', async () => {
     lab = await deployed()
-    const before = (await readRequestLog(lab.rt.requestLog)).length
+    const before = (await lab.rt.readRequestLog()).length
     const e = lab.inventory.establishments[0]!
     await expect(destroyEstablishment(e, {hypervisors: lab.hypervisors(new MemoryIo()), io: new MemoryIo(), destroyData: false, confirm: async () => undefined, backupDir: join(lab.dir, 'bk')}))
       .rejects.toMatchObject({code: 'PGI_REFUSED', exitCode: 7})
-    expect((await readRequestLog(lab.rt.requestLog)).length).toBe(before)
+    expect((await lab.rt.readRequestLog()).length).toBe(before)
   }, 60_000)
 
   it('changes nothing when the typed confirmation is refused, or the VM is not pgi\'s', async () => {
     lab = await deployed()
     const e = lab.inventory.establishments[0]!
-    const before = (await readRequestLog(lab.rt.requestLog)).length
+    const before = (await lab.rt.readRequestLog()).length
     await expect(destroyEstablishment(e, {hypervisors: lab.hypervisors(new MemoryIo()), io: new MemoryIo(), destroyData: true, confirm: async () => {
       throw new SafetyRefusal('confirmation did not match')
     }, backupDir: join(lab.dir, 'bk')})).rejects.toMatchObject({exitCode: 7})
-    expect((await readRequestLog(lab.rt.requestLog)).slice(before).filter((r) => r.method !== 'GET')).toEqual([])
+    expect((await lab.rt.readRequestLog()).slice(before).filter((r) => r.method !== 'GET')).toEqual([])
 
     const other = {...e, uai: '0130041Z'}
     await expect(destroyEstablishment(other, {hypervisors: lab.hypervisors(new MemoryIo()), io: new MemoryIo(), destroyData: true, confirm: async () => undefined, backupDir: join(lab.dir, 'bk')}))
@@ -54,7 +53,7 @@ describe('pgi destroy', () => {
     // the simulated guest's pgi-backup --verify does not print a verification: the backup is not proven
     await expect(destroyEstablishment(e, {hypervisors: lab.hypervisors(new MemoryIo()), io: new MemoryIo(), destroyData: true, confirm: async () => undefined, backupDir: join(lab.dir, 'bk')}))
       .rejects.toMatchObject({code: 'PGI_BACKUP_FAILED'})
-    const log = await readRequestLog(lab.rt.requestLog)
+    const log = await lab.rt.readRequestLog()
     expect(log.filter((r) => r.method === 'DELETE')).toEqual([])
     expect(log.filter((r) => r.path.endsWith('/status/stop'))).toEqual([])
   }, 60_000)

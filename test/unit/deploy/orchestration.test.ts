@@ -7,7 +7,7 @@ import {openHandoff} from '../../../src/credentials/handoff.js'
 import {runDeploy, type DeployRequest} from '../../../src/deploy/service.js'
 import {parseDescription} from '../../../src/fleet/vm-meta.js'
 import {MemoryIo} from '../../../src/io.js'
-import {readRequestLog, type RequestLogEntry} from '../../../src/lab/server.js'
+import type {RequestLogEntry} from '../../../src/lab/server.js'
 import {connectHypervisor} from '../../../src/proxmox/client.js'
 import {Secret} from '../../../src/secret.js'
 import {fastConnect, startSimLab, type SimLab} from './sim-lab.js'
@@ -54,12 +54,12 @@ describe('pgi deploy against a simulated lab', () => {
 
     const dry = await runDeploy(request(lab, io, {dryRun: true}))
     expect(dry.plan.map((r) => r.action)).toEqual(['create', 'create', 'create', 'create'])
-    expect(writes(await readRequestLog(lab.rt.requestLog))).toEqual([])
+    expect(writes(await lab.rt.readRequestLog())).toEqual([])
 
     const first = await runDeploy(request(lab, io))
     expect(first.result!.outcomes.map((o) => o.outcome)).toEqual(['created', 'created', 'created', 'created'])
     expect(first.result!.exitCode).toBe(0)
-    const log1 = await readRequestLog(lab.rt.requestLog)
+    const log1 = await lab.rt.readRequestLog()
     // staged once per node, whatever the number of establishments on it
     expect(writes(log1).filter((e) => e.path.endsWith('/upload'))).toHaveLength(2)
     // secrets went through the agent's stdin, never a config key
@@ -82,7 +82,7 @@ describe('pgi deploy against a simulated lab', () => {
     const second = await runDeploy(request(lab, io))
     expect(second.upToDate).toBe(true)
     expect(second.result!.outcomes.map((o) => o.outcome)).toEqual(['up-to-date', 'up-to-date', 'up-to-date', 'up-to-date'])
-    const log2 = await readRequestLog(lab.rt.requestLog)
+    const log2 = await lab.rt.readRequestLog()
     expect(log2.length).toBeGreaterThan(before)
     expect(writes(log2.slice(before))).toEqual([])
 
@@ -142,12 +142,12 @@ describe('pgi deploy against a simulated lab', () => {
     expect(broken.result!.outcomes[0]).toMatchObject({outcome: 'failed', error: {code: 'PGI_TIMEOUT'}})
     lab.rt.api.faults.config.unhealthyVms.length = 0
 
-    const log1 = await readRequestLog(lab.rt.requestLog)
+    const log1 = await lab.rt.readRequestLog()
     const dry = await runDeploy(request(lab, io, {dryRun: true}))
     expect(dry.plan[0]!.action).toBe('continue')
     const again = await runDeploy(request(lab, io))
     expect(again.result!.outcomes[0]).toMatchObject({outcome: 'created', detail: expect.stringContaining('completed')})
-    const after = writes((await readRequestLog(lab.rt.requestLog)).slice(log1.length))
+    const after = writes((await lab.rt.readRequestLog()).slice(log1.length))
     expect(after.filter((w) => /\/qemu$/.test(w.path))).toEqual([])
     expect(after.filter((w) => w.path.endsWith('/upload'))).toEqual([])
     await access(join(lab.dir, 'handoffs', `${e.uai}.handoff.age`))
@@ -162,7 +162,7 @@ describe('pgi deploy against a simulated lab', () => {
     expect(r.result!.outcomes.map((o) => o.outcome)).toEqual(['blocked', 'blocked'])
     expect(r.result!.outcomes[0]!.error!.code).toBe('PGI_TLS_MISMATCH')
     expect(r.result!.exitCode).toBe(8)
-    expect(await readRequestLog(lab.rt.requestLog)).toEqual([])
+    expect(await lab.rt.readRequestLog()).toEqual([])
   }, 60_000)
 
   it('blocks establishments whose image cannot be verified, before anything is sent', async () => {
@@ -173,6 +173,6 @@ describe('pgi deploy against a simulated lab', () => {
       throw new UserError(ErrorCode.IMAGE_INVALID, 'the signature of manifest.json does not match')
     }}))
     expect(r.result!.outcomes[0]).toMatchObject({outcome: 'blocked', error: {code: 'PGI_IMAGE_INVALID'}})
-    expect(writes(await readRequestLog(lab.rt.requestLog))).toEqual([])
+    expect(writes(await lab.rt.readRequestLog())).toEqual([])
   }, 60_000)
 })

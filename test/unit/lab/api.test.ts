@@ -157,9 +157,7 @@ describe('lab API (simulated backend)', () => {
   })
 
   it('logs requests with parameter names but never secret values', async () => {
-    const {readRequestLog} = await import('../../../src/lab/server.js')
-    lab.rt.server.flushLog()
-    const log = await readRequestLog(lab.rt.requestLog)
+    const log = await lab.rt.readRequestLog()
     const create = log.find((e) => e.method === 'POST' && e.path === '/nodes/lab1/qemu' && e.status === 200)
     expect(create?.params).toContain('cipassword')
     const text = JSON.stringify(log)

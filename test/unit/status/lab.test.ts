@@ -1,7 +1,6 @@
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {MemoryIo} from '../../../src/io.js'
-import {readRequestLog} from '../../../src/lab/server.js'
 import {StatusService} from '../../../src/status/service.js'
 import type {StatusReport} from '../../../src/status/types.js'
 import {startSimLab, type SimLab} from './sim-lab.js'
@@ -41,7 +40,7 @@ describe('pgi status on a simulated lab', () => {
     expect(e).toMatchObject({verdict: 'healthy', reason: 'all checks passed', vm: {present: true, state: 'running'}, agent: {answering: true}, image: {wanted: '2026.11.0', recorded: '2026.11.0', running: '2026.11.0'}})
     expect(e.checks).toMatchObject({postgresql: true, trytond: true, web: true, data_disk: true})
     expect(e.dataDisk?.source).toBe('pgi-health')
-    const log = await readRequestLog(lab.requestLog)
+    const log = await lab.readRequestLog()
     const listings = log.filter((l) => l.path === '/cluster/resources')
     expect(listings.map((l) => l.node).sort()).toEqual(['lab1', 'lab2'])
     expect(log.filter((l) => /\/agent\/exec$/.test(l.path))).toHaveLength(6)
@@ -73,7 +72,7 @@ describe('pgi status on a simulated lab', () => {
       const e = r.establishments.find((x) => x.uai === target.uai)!
       expect(e).toMatchObject({verdict: 'down', reason: 'VM is stopped', vm: {present: true, state: 'stopped'}})
       expect(e.agent.answering).toBeNull()
-      const log = await readRequestLog(lab.requestLog)
+      const log = await lab.readRequestLog()
       // no guest-agent call for a stopped VM
       expect(log.some((l) => l.path === `/nodes/lab2/qemu/${target.vmid}/agent/exec`)).toBe(true) // from earlier runs only…
       const after = log.filter((l) => Date.parse(l.time) >= Date.parse(r.checkedAt))

@@ -18,6 +18,7 @@ import {sha256Hex} from '../../../src/lab/access.js'
 import type {LabApi} from '../../../src/lab/api.js'
 import {faultConfigFrom, Faults} from '../../../src/lab/faults.js'
 import {startRuntime} from '../../../src/lab/runtime.js'
+import type {RequestLogEntry} from '../../../src/lab/server.js'
 import {connectHypervisor} from '../../../src/proxmox/client.js'
 import {AMI_ROLE_PRIVILEGES, PGI_ROLE_PRIVILEGES} from '../../../src/proxmox/role.js'
 import type {PveApi} from '../../../src/proxmox/types.js'
@@ -48,6 +49,8 @@ export interface SimLab {
   api: LabApi
   /** JSONL request log of the lab (src/lab/server.ts readRequestLog). */
   requestLog: string
+  /** The request log once every answered request is in it (the server buffers it for 50 ms). */
+  readRequestLog(): Promise<RequestLogEntry[]>
   /** Make a guest's PGI unhealthy (its Tryton server fails) or healthy again. */
   setUnhealthy(node: string, vmid: number, on: boolean): void
   /** A client of one node, with the pgi token (to act on VMs as a technician would). */
@@ -183,6 +186,7 @@ export async function startSimLab(o: SimLabOptions): Promise<SimLab> {
     ami: {id: amiTokenId, secret: new Secret(amiSecret), uai: amiVm.uai},
     api: rt.api,
     requestLog: rt.requestLog,
+    readRequestLog: () => rt.readRequestLog(),
     setUnhealthy(node, vmid, on) {
       if (on) unhealthy.add(`${node}/${vmid}`)
       else unhealthy.delete(`${node}/${vmid}`)
