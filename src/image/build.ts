@@ -168,7 +168,10 @@ KVER=$(cd "$1/boot" && ls vmlinuz-* | sed 's/^vmlinuz-//' | sort -V | tail -n 1)
 printf '%s\\n' "$KVER" > ${sh(join(ctx.work, 'kernel-release'))}
 mkdir -p "$1/etc/initramfs-tools/conf.d"
 printf 'MODULES=list\\nCOMPRESS=zstd\\n' > "$1/etc/initramfs-tools/conf.d/pgi.conf"
-printf 'virtio_pci\\nvirtio_blk\\nvirtio_scsi\\nvirtio_net\\nsd_mod\\n' >> "$1/etc/initramfs-tools/modules"
+# virtio disks and NIC; and the CD-ROM drivers (IDE, SATA, SCSI): Proxmox's cloud-init drive is a
+# CD-ROM, and cloud-init's generator (ds-identify) looks for its label before udev loads modules:
+# without them in the initramfs it finds no seed and disables cloud-init for the boot
+printf 'virtio_pci\\nvirtio_blk\\nvirtio_scsi\\nvirtio_net\\nsd_mod\\nata_piix\\nahci\\nsr_mod\\n' >> "$1/etc/initramfs-tools/modules"
 mkdir -p "$1/boot/extlinux"
 cat > "$1/boot/extlinux/extlinux.conf" <<EOF
 DEFAULT linux
