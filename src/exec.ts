@@ -4,6 +4,7 @@ import {closeSync, openSync} from 'node:fs'
 import {execa, type Options as ExecaOptions} from 'execa'
 
 import {ErrorCode, UserError} from './errors.js'
+import {ExitCode} from './exit-codes.js'
 import type {Io} from './io.js'
 
 /**
@@ -48,6 +49,23 @@ export interface RunOptions {
   /** Stream each output line to this callback (progress). */
   onLine?: (line: string) => void
   signal?: AbortSignal
+  /** After SIGTERM (timeout or signal), how long the program may clean up before SIGKILL (default 5 s). */
+  killGraceMs?: number
+  /**
+   * Run in its own process group and, on `signal`, send SIGTERM (then SIGKILL after killGraceMs)
+   * to the whole group: for tools whose children outlive them (mmdebstrap waits for apt/dpkg and
+   * keeps the output pipes open, so stopping only the top process stops nothing).
+   */
+  processGroup?: boolean
+}
+
+function killGroup(pid: number | undefined, sig: NodeJS.Signals): void {
+  if (!pid) return
+  try {
+    process.kill(-pid, sig)
+  } catch {
+    // the group is already gone
+  }
 }
 
 export interface RunResult {
@@ -76,10 +94,21 @@ export async function run(file: string, args: readonly string[], opts: RunOption
     timeout: opts.timeoutMs,
     reject: false,
     stripFinalNewline: true,
-    cancelSignal: opts.signal,
+    ...(opts.processGroup ? {detached: true} : {cancelSignal: opts.signal}),
+    ...(opts.killGraceMs !== undefined ? {forceKillAfterDelay: opts.killGraceMs} : {}),
     ...(opts.input === undefined ? {stdin: 'ignore' as const} : {}),
   }
   const child = execa(file, args, options)
+  let groupKilled = false
+  const onAbort = () => {
+    groupKilled = true
+    killGroup(child.pid, 'SIGTERM')
+    setTimeout(() => killGroup(child.pid, 'SIGKILL'), opts.killGraceMs ?? 5000).unref()
+  }
+  if (opts.processGroup && opts.signal) {
+    if (opts.signal.aborted) onAbort()
+    else opts.signal.addEventListener('abort', onAbort, {once: true})
+  }
   if (opts.onLine) {
     const feed = (chunk: Buffer | string) => {
       for (const line of chunk.toString().split('\n')) if (line.trim()) opts.onLine?.(line)
@@ -88,6 +117,10 @@ export async function run(file: string, args: readonly string[], opts: RunOption
     child.stderr?.on('data', feed)
   }
   const r = await child
+  opts.signal?.removeEventListener('abort', onAbort)
+  if (groupKilled) {
+    throw new UserError(ErrorCode.INTERRUPTED, `"${file}" was interrupted`, {exitCode: ExitCode.INTERRUPTED})
+  }
   if ((r as {code?: string}).code === 'ENOENT' || (r.failed && /ENOENT/.test(String(r.message)) && r.exitCode === undefined)) {
     throw missingTool(file)
   }
@@ -96,6 +129,9 @@ export async function run(file: string, args: readonly string[], opts: RunOption
     exitCode: r.exitCode ?? (r.timedOut ? 124 : 1),
     stdout: String(r.stdout ?? ''),
     stderr: String(r.stderr ?? ''),
+  }
+  if (r.isCanceled) {
+    throw new UserError(ErrorCode.INTERRUPTED, `"${file}" was interrupted`, {exitCode: ExitCode.INTERRUPTED})
   }
   if (r.timedOut) {
     throw new UserError(ErrorCode.TOOL_FAILED, `"${command}" did not finish within ${opts.timeoutMs} ms`, {

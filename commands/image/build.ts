@@ -36,6 +36,7 @@ export default class ImageBuild extends BaseCommand<typeof ImageBuild> {
       updateLock: this.flags['update-lock'],
       keepWork: this.flags['keep-work'],
       secretsDir: this.flags['secrets-dir'],
+      signal: this.interruptSignal(),
       io: this.io,
     })
     this.table(['Image', 'Version', 'qcow2', 'Size (MB)', 'sha256', 'Key', 'Time (s)'], [[r.name, r.version, r.disk, (r.sizeBytes / 1e6).toFixed(0), r.sha256.slice(0, 16), r.keyId, r.seconds]])

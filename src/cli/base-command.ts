@@ -81,6 +81,27 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
   }
 
   /** Ask for a yes/no confirmation (or `--yes`). */
+  #interrupt?: AbortController
+
+  /**
+   * An AbortSignal that fires on the first Ctrl-C / SIGTERM, for long work that must clean up
+   * (unmount, remove temporary files) before it exits 130; a second signal exits at once.
+   */
+  protected interruptSignal(): AbortSignal {
+    if (!this.#interrupt) {
+      const ac = new AbortController()
+      this.#interrupt = ac
+      const onSignal = (sig: NodeJS.Signals) => {
+        if (ac.signal.aborted) process.exit(ExitCode.INTERRUPTED)
+        this.io.warn(`${sig}: stopping and cleaning up (press Ctrl-C again to exit at once)`)
+        ac.abort(new Error(sig))
+      }
+      process.on('SIGINT', onSignal)
+      process.on('SIGTERM', onSignal)
+    }
+    return this.#interrupt.signal
+  }
+
   protected confirm(question: string): Promise<void> {
     return confirm(this.asker, question, {yes: Boolean(this.flags.yes)})
   }

@@ -40,6 +40,8 @@ export interface BuildOptions {
   /** Secret store folder (default secretsDir()). */
   secretsDir?: string
   env?: NodeJS.ProcessEnv
+  /** Interrupts the build (Ctrl-C): the running tool is stopped, mounts and work files cleaned up. */
+  signal?: AbortSignal
   io: Io
 }
 
@@ -319,7 +321,7 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
           rootfs,
           ctx.sources!.arg,
         ]
-        await run('mmdebstrap', args, {env: {SOURCE_DATE_EPOCH: String(epoch), LC_ALL: 'C.UTF-8'}, onLine: (l) => update(l.slice(0, 120)), timeoutMs: 30 * 60_000}, io)
+        await run('mmdebstrap', args, {env: {SOURCE_DATE_EPOCH: String(epoch), LC_ALL: 'C.UTF-8'}, onLine: (l) => update(l.slice(0, 120)), timeoutMs: 30 * 60_000, signal: opts.signal, processGroup: true, killGraceMs: 30_000}, io)
         ctx.installed = parseDpkgList(await readFile(join(work, 'packages.tsv'), 'utf8'))
         ctx.kernelRelease = (await readFile(join(work, 'kernel-release'), 'utf8')).trim()
         return `${ctx.installed.size} packages, kernel ${ctx.kernelRelease}`
@@ -351,7 +353,7 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
       title: 'Clamp timestamps and list the file tree',
       run: async (ctx) => {
         // every mtime newer than SOURCE_DATE_EPOCH is set to it (reproducible builds' convention)
-        await run('find', [rootfs, '-xdev', '-newermt', `@${epoch}`, '-exec', 'touch', '--no-dereference', `--date=@${epoch}`, '{}', '+'], {}, io)
+        await run('find', [rootfs, '-xdev', '-newermt', `@${epoch}`, '-exec', 'touch', '--no-dereference', `--date=@${epoch}`, '{}', '+'], {signal: opts.signal}, io)
         const entries = await listTree(rootfs)
         ctx.treeDigest = digestTree(entries)
         ctx.treeEntries = entries.length
@@ -402,7 +404,7 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
         await rm(tmpOut, {recursive: true, force: true})
         await mkdir(tmpOut, {recursive: true})
         ctx.qcow2 = join(tmpOut, diskName)
-        await run('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', '-c', '-o', 'compression_type=zstd', raw, ctx.qcow2], {}, io)
+        await run('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', '-c', '-o', 'compression_type=zstd', raw, ctx.qcow2], {signal: opts.signal}, io)
         return `${((await stat(ctx.qcow2)).size / 1e6).toFixed(0)} MB`
       },
     },
@@ -456,16 +458,12 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
   } finally {
     if (mounted.mnt) await run('umount', [mounted.mnt], {allowFailure: true}, io)
     if (mounted.loop) await run('losetup', ['-d', mounted.loop], {allowFailure: true}, io)
-    // mmdebstrap unmounts what it mounted; the apt cache bind mount is ours: it must be gone
-    // before the work folder is removed, or rm would empty the cache through it
-    const archives = join(rootfs, 'var/cache/apt/archives')
-    let stillMounted = false
-    if (existsSync(archives)) {
-      await run('umount', [archives], {allowFailure: true}, io)
-      stillMounted = (await run('mountpoint', ['-q', archives], {allowFailure: true}, io)).exitCode === 0
-    }
+    // mmdebstrap unmounts what it mounted (proc, sys, dev) and the apt cache bind mount is ours; an
+    // interrupted build can leave any of them behind: every mount under the work folder must be
+    // gone before it is removed, or rm would empty the apt cache (or worse) through it
+    const stillMounted = await unmountUnder(work, io)
     await rm(tmpOut, {recursive: true, force: true})
-    if (stillMounted) io.warn(`the apt cache is still mounted on ${archives}: work folder ${work} left in place (unmount it, then remove it)`)
+    if (stillMounted.length > 0) io.warn(`still mounted under the work folder: ${stillMounted.join(', ')}: ${work} left in place (unmount them, then remove it)`)
     else if (!opts.keepWork) await rm(work, {recursive: true, force: true})
   }
   const m = ctx.manifest!
@@ -482,4 +480,21 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
     keyId: ctx.keyId!,
     seconds: Math.round((Date.now() - started) / 100) / 10,
   }
+}
+
+/** Mount points at or under `dir` (from /proc/self/mountinfo, octal escapes decoded), deepest first. */
+async function mountsUnder(dir: string): Promise<string[]> {
+  const text = await readFile('/proc/self/mountinfo', 'utf8').catch(() => '')
+  const points = text.split('\n').map((l) => l.split(' ')[4]).filter((p): p is string => Boolean(p))
+    .map((p) => p.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8))))
+  return points.filter((p) => p === dir || p.startsWith(dir + '/')).sort((a, b) => b.length - a.length)
+}
+
+/** Unmounts everything mounted under `dir` (lazily when busy); returns what is still mounted. */
+export async function unmountUnder(dir: string, io: Io): Promise<string[]> {
+  for (const p of await mountsUnder(dir)) {
+    const r = await run('umount', [p], {allowFailure: true}, io)
+    if (r.exitCode !== 0) await run('umount', ['--lazy', p], {allowFailure: true}, io)
+  }
+  return mountsUnder(dir)
 }
