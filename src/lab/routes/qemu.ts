@@ -197,12 +197,20 @@ export function qemuRoutes(api: LabApi): Record<string, Handler> {
             vm.config[`unused${n}`] = v.split(',')[0]!
           } else if (DISK_KEY_RE.test(k) && /-cloudinit\.qcow2/.test(v)) {
             await api.backend.deleteVolume(c.node.name, v.split(',')[0]!).catch(() => undefined)
+          } else if (/^unused\d+$/.test(k)) {
+            // PVE: "Unlink of unused[n] always cause physical removal" (of a volume no drive uses)
+            const volid = v.split(',')[0]!
+            const inUse = Object.entries(vm.config).some(([x, y]) => x !== k && (DISK_KEY_RE.test(x) || /^unused\d+$/.test(x)) && y.split(',')[0] === volid)
+            if (!inUse) await api.backend.deleteVolume(c.node.name, volid).catch(() => undefined)
           }
           delete vm.config[k]
         }
         const params: RawParams = {}
         for (const k of setKeys) params[k] = c.params[k]!
         await api.applyConfig(c, vm, params, taskCtx)
+        // PVE's write_vm_config: "remove 'unusedX' settings if we re-add a volume"
+        const attached = new Set(Object.entries(vm.config).filter(([x]) => DISK_KEY_RE.test(x)).map(([, y]) => y.split(',')[0]))
+        for (const x of Object.keys(vm.config)) if (/^unused\d+$/.test(x) && attached.has(vm.config[x]!.split(',')[0])) delete vm.config[x]
         if (setKeys.some((k) => /^(ci|sshkeys|ipconfig|nameserver|searchdomain|name)/.test(k)) && api.spec(c.node.name, vm).cloudInit) {
           await api.backend.regenerateCloudInit(api.spec(c.node.name, vm))
         }

@@ -75,6 +75,28 @@ describe('lab API (simulated backend)', () => {
     expect(stale.reason).toBe('detected modified configuration - file changed by other user? Try again.')
   })
 
+  it('keeps a detached disk as unusedN, drops that entry when the volume is attached again, and frees the volume when unusedN is deleted', async () => {
+    const cfgOf = async () => (await lab.call('GET', '/nodes/lab1/qemu/1001/config')).body.data as Record<string, string>
+    const os = (await cfgOf()).virtio0!.split(',')[0]!
+    expect((await lab.call('PUT', '/nodes/lab1/qemu/1001/config', {delete: 'virtio0'})).status).toBe(200)
+    expect((await cfgOf()).unused0).toBe(os)
+    // PVE's write_vm_config: "remove 'unusedX' settings if we re-add a volume"
+    expect((await lab.call('PUT', '/nodes/lab1/qemu/1001/config', {virtio0: os})).status).toBe(200)
+    let cfg = await cfgOf()
+    expect(cfg.virtio0!.split(',')[0]).toBe(os)
+    expect(Object.keys(cfg).filter((k) => k.startsWith('unused'))).toEqual([])
+    // a second disk, detached, then its unusedN deleted: the volume is gone (PVE removes it)
+    expect((await lab.call('PUT', '/nodes/lab1/qemu/1001/config', {virtio2: 'local-vm:1'})).status).toBe(200)
+    const extra = (await cfgOf()).virtio2!.split(',')[0]!
+    expect((await lab.call('PUT', '/nodes/lab1/qemu/1001/config', {delete: 'virtio2'})).status).toBe(200)
+    cfg = await cfgOf()
+    const key = Object.keys(cfg).find((k) => k.startsWith('unused') && cfg[k] === extra)!
+    expect(await lab.rt.backend.volumeInfo('lab1', extra)).toBeDefined()
+    expect((await lab.call('PUT', '/nodes/lab1/qemu/1001/config', {delete: key})).status).toBe(200)
+    expect(await lab.rt.backend.volumeInfo('lab1', extra)).toBeUndefined()
+    expect(Object.keys(await cfgOf()).filter((k) => k.startsWith('unused'))).toEqual([])
+  })
+
   it('locks a VM during a snapshot: other writes fail with "VM is locked (snapshot)"', async () => {
     lab.rt.api.faults.config // keep the default no-fault config
     const backend = lab.rt.backend as unknown as {snapshotCreate: (...a: unknown[]) => Promise<void>}
