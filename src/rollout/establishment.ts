@@ -41,7 +41,7 @@ import type {Establishment} from '../inventory/types.js'
 import type {Io} from '../io.js'
 import type {PveApi, PveParams, PveVmConfig} from '../proxmox/types.js'
 import type {Secret} from '../secret.js'
-import {probeGuest, restoreInGuest, type ProbeResult} from './guest-scripts.js'
+import {probeGuest, restoreInGuest, waitForBoot, type ProbeResult} from './guest-scripts.js'
 import type {Control, RolloutJournal} from './journal.js'
 import {inWindow, describeWindow} from './window.js'
 
@@ -664,6 +664,9 @@ async function rollback(r: Run, reason: string, result: (o: Outcome, x?: Partial
     })
     const opts = {intervalMs: ctx.pollIntervalMs, signal: ctx.signal, onProgress: ctx.update}
     await retry('guest agent', () => waitForAgent(r.t, {...opts, timeoutMs: ctx.agentTimeoutMs}))
+    // the data check must see the boot done (PostgreSQL up, the boot-time upgrade run or refused),
+    // not a boot half-way (databases that do not open yet would look damaged)
+    ctx.io.debug(`${est.uai}: boot after rollback: ${await waitForBoot(r.t, ctx.healthTimeoutMs)}`)
     const manifest = manifestDbs(await retry('manifest', () => readManifest(r, mark)))
     let restored: string[] = []
     if (mark.backup) {

@@ -8,6 +8,7 @@
  */
 import {ErrorCode, UserError} from '../errors.js'
 import type {GuestTarget} from '../fleet/guest.js'
+import {asciiJson} from '../proxmox/client.js'
 
 export const PYTHON = '/usr/bin/python3'
 /** First line of each script: also how the simulated guest of the tests recognises them. */
@@ -22,6 +23,7 @@ export const RESTORE_MARK = '# pgi-rollout-restore'
  */
 export const PROBE_SCRIPT = `${PROBE_MARK}
 import importlib.machinery, importlib.util, json, sys, urllib.request
+sys.dont_write_bytecode = True  # loading pgi-backup as a module must leave no __pycache__ in /usr/local/sbin
 sys.path.insert(0, '/usr/local/lib/pgi')
 from pgilib import *
 req = json.loads(sys.stdin.read() or '{}')
@@ -70,6 +72,9 @@ base = os.path.dirname(mpath)
 m = read_json(mpath)
 if not m:
     raise SystemExit('%s is missing or not JSON' % mpath)
+# a rollback runs this right after the old OS booted: PostgreSQL (and the data disk) may still be
+# on their way up; this waits for them (a no-op when PostgreSQL runs)
+run(['systemctl', 'start', 'postgresql@15-main.service'])
 def sha(p):
     h = hashlib.sha256()
     with open(p, 'rb') as f:
@@ -126,7 +131,7 @@ function lastJson<T>(stdout: string): T | undefined {
 }
 
 export async function probeGuest(t: GuestTarget, manifestPath: string, login?: {login: string; password: string}): Promise<ProbeResult> {
-  const r = await t.api.agentExec(t.node, t.vmid, [PYTHON, '-c', PROBE_SCRIPT], {inputData: JSON.stringify({manifest: manifestPath, login}), timeoutMs: 600_000})
+  const r = await t.api.agentExec(t.node, t.vmid, [PYTHON, '-c', PROBE_SCRIPT], {inputData: asciiJson({manifest: manifestPath, login}), timeoutMs: 600_000})
   const out = lastJson<ProbeResult>(r.stdout)
   if (r.exitcode !== 0 || !out || !Array.isArray(out.databases)) {
     throw new UserError(ErrorCode.GUEST_COMMAND_FAILED, `the database checks failed to run in VM ${t.vmid} (exit ${r.exitcode}): ${(r.stderr || r.stdout).trim().slice(-300) || '(no output)'}`, {
@@ -137,7 +142,7 @@ export async function probeGuest(t: GuestTarget, manifestPath: string, login?: {
 }
 
 export async function restoreInGuest(t: GuestTarget, manifestPath: string, version: string): Promise<string[]> {
-  const r = await t.api.agentExec(t.node, t.vmid, [PYTHON, '-c', RESTORE_SCRIPT], {inputData: JSON.stringify({manifest: manifestPath, version}), timeoutMs: 3600_000})
+  const r = await t.api.agentExec(t.node, t.vmid, [PYTHON, '-c', RESTORE_SCRIPT], {inputData: asciiJson({manifest: manifestPath, version}), timeoutMs: 3600_000})
   const out = lastJson<{restored: string[]}>(r.stdout)
   if (r.exitcode !== 0 || !out) {
     throw new UserError(ErrorCode.BACKUP_FAILED, `restoring the databases from ${manifestPath} failed in VM ${t.vmid} (exit ${r.exitcode}): ${(r.stderr || r.stdout).trim().slice(-300) || '(no output)'}`, {
@@ -146,4 +151,19 @@ export async function restoreInGuest(t: GuestTarget, manifestPath: string, versi
     })
   }
   return out.restored
+}
+
+/**
+ * Waits, bounded, until the guest's boot has finished (systemd "running" or "degraded": no start
+ * job left), so that data checks right after a start see PostgreSQL up and the boot-time upgrade
+ * done (or failed), not a boot half-way. Returns systemd's word for the state; a boot that has not
+ * settled within `timeoutMs` is not an error here: the checks that follow say what they see.
+ */
+export async function waitForBoot(t: GuestTarget, timeoutMs: number): Promise<string> {
+  try {
+    const r = await t.api.agentExec(t.node, t.vmid, ['systemctl', 'is-system-running', '--wait'], {timeoutMs})
+    return r.stdout.trim() || `exit ${r.exitcode}`
+  } catch (err) {
+    return `not settled: ${err instanceof Error ? err.message : String(err)}`
+  }
 }
