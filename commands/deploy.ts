@@ -5,6 +5,7 @@ import {newestImageVersion, resolveDeployImage} from '../src/deploy/image.js'
 import {labConnection} from '../src/deploy/lab-connection.js'
 import {planExitCode, runDeploy, type DeployReport, type PlanRow} from '../src/deploy/service.js'
 import {imagesDir} from '../src/paths.js'
+import {bwlimitFlag} from '../src/rollout/cli-flags.js'
 
 export default class Deploy extends BaseCommand<typeof Deploy> {
   static override summary = 'Deploy the PGI image to establishments: plan, then create or fix their VMs.'
@@ -36,6 +37,7 @@ Exit codes: 0 all done or up to date, 4 some establishments failed (see the summ
     group: Flags.string({summary: 'The establishments of a group (`groups:` in the inventory).'}),
     image: Flags.string({summary: 'Image version to deploy (default: each establishment\'s `image:`, else the newest built image).', env: 'PGI_IMAGE'}),
     'image-url': Flags.string({summary: 'Stage the image on nodes with download-url from this URL ({file} = image file name) instead of uploading it.'}),
+    bwlimit: bwlimitFlag,
     'dry-run': Flags.boolean({summary: 'Print the plan and stop: nothing is sent to any hypervisor but reads.', default: false}),
     'max-parallel': Flags.integer({summary: 'Establishments deployed at once.', default: 10, min: 1}),
     'max-per-hypervisor': Flags.integer({summary: 'Establishments deployed at once on one hypervisor.', default: 4, min: 1}),
@@ -59,6 +61,7 @@ Exit codes: 0 all done or up to date, 4 some establishments failed (see the summ
       defaultImage: await newestImageVersion(f['images-dir']),
       resolveImage: (v) => resolveDeployImage(v, {imagesDir: f['images-dir'], io: this.io}),
       imageUrl: f['image-url'],
+      bwlimitKiB: f.bwlimit,
       handoffDir: f['handoff-dir'],
       dryRun: f['dry-run'],
       maxParallel: f['max-parallel'],

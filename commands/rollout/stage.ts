@@ -2,18 +2,19 @@ import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../src/cli/base-command.js'
 import type {ExitCodeValue} from '../../src/exit-codes.js'
-import {imageFlags, imageResolver, positional, selectionFlags, uaiArgs, versionArg} from '../../src/rollout/cli-flags.js'
+import {bwlimitFlag, imageFlags, imageResolver, positional, selectionFlags, uaiArgs, versionArg} from '../../src/rollout/cli-flags.js'
 import {stageRollout, type StageRow} from '../../src/rollout/service.js'
 
 export default class RolloutStage extends BaseCommand<typeof RolloutStage> {
   static override summary = 'Put an image version on every node of the selection ahead of a rollout; no VM is touched.'
 
-  static override description = `The image is verified locally first (signature by a trusted key, size, sha256), then uploaded once per node to its import storage (or pulled with --image-url), PVE checking the sha256 on arrival and pgi the stored size after. Nodes that already hold it are skipped, so running it again resumes an interrupted staging. No VM is read or changed.
+  static override description = `The image is verified locally first (signature by a trusted key, size, sha256), then uploaded once per node to its import storage (at most --bwlimit per node; or pulled with --image-url), PVE checking the sha256 on arrival and pgi the stored size after. Nodes that already hold it are skipped, so running it again resumes an interrupted staging. No VM is read or changed.
 
 Exit codes: 0 staged everywhere, 4 some nodes failed, 1 all failed.`
 
   static override examples = [
     {description: 'Stage 2026.12.0 on every node, days before the rollout.', command: '<%= config.bin %> rollout stage 2026.12.0 --all'},
+    {description: 'Stage over slow school links, at most 2 MiB/s per node, two nodes at a time.', command: '<%= config.bin %> rollout stage 2026.12.0 --all --bwlimit 2M --max-parallel 2'},
     {description: 'Let each node pull it from a mirror.', command: '<%= config.bin %> rollout stage 2026.12.0 --all --image-url https://mirror.example/pgi/{file}'},
   ]
 
@@ -23,6 +24,7 @@ Exit codes: 0 staged everywhere, 4 some nodes failed, 1 all failed.`
     ...selectionFlags,
     ...imageFlags,
     'image-url': Flags.string({summary: 'Stage with download-url from this URL ({file} = image file name) instead of uploading.'}),
+    bwlimit: bwlimitFlag,
     'max-parallel': Flags.integer({summary: 'Nodes staged at once (one at a time per hypervisor).', default: 4, min: 1}),
   }
 
@@ -37,6 +39,7 @@ Exit codes: 0 staged everywhere, 4 some nodes failed, 1 all failed.`
       version: this.args.version,
       resolveImage: imageResolver(f['images-dir'], this.io),
       imageUrl: f['image-url'],
+      bwlimitKiB: f.bwlimit,
       maxParallel: f['max-parallel'],
     })
     this.status = r.exitCode as ExitCodeValue

@@ -150,11 +150,17 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
 
 /** oclif's own parse errors are usage errors (exit 2); everything else maps through asPgiError. */
 function toPgi(err: unknown): PgiError {
-  if (err instanceof PgiError) return err
-  if (err instanceof Errors.CLIError) {
+  // a flag's own parse function failed: oclif rewrites that error's message (any class) to
+  // "Parsing --flag \n\t<why>\nSee more help with --help"
+  const flagParse = err instanceof Error && /^Parsing --\S+ *\n/.test(err.message)
+  if (err instanceof PgiError && !flagParse) return err
+  if (err instanceof Errors.CLIError || flagParse) {
     const exit = (err as Errors.CLIError).oclif?.exit
-    if (exit === 2 || /flag|argument|Unexpected|Missing|Expected/i.test(err.message)) {
-      return new UsageError(err.message.split('\n')[0] ?? err.message, {suggestions: ['See the command\'s --help for its flags and examples.']})
+    if (flagParse || exit === 2 || /flag|argument|Unexpected|Missing|Expected/i.test(err.message)) {
+      // "Parsing --bwlimit \n\t<why>\nSee more help with --help": the flag and why, on one line
+      const parts = err.message.split('\n').map((l) => l.trim()).filter((l) => l && !/^See more help/.test(l))
+      const message = flagParse && parts.length > 1 ? parts.slice(1).join('; ') : parts[0] ?? err.message
+      return new UsageError(message, {suggestions: ['See the command\'s --help for its flags and examples.']})
     }
   }
   if (err instanceof Error && /SIGINT/.test(err.message)) {

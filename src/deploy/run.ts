@@ -81,6 +81,7 @@ export interface ExecuteOptions {
   pollIntervalMs?: number
   /** Stage with download-url from this URL (`{file}` = image file name) instead of uploading. */
   imageUrl?: string
+  bwlimitKiB?: number
   now?: () => Date
   signal?: AbortSignal
 }
@@ -90,7 +91,7 @@ const RUNNER = `${hostname()}:${process.pid}`
 export async function executeDeploy(plan: Plan, establishments: readonly Establishment[], opts: ExecuteOptions): Promise<DeployResult> {
   const byUai = new Map(establishments.map((e) => [e.uai, e]))
   const journal = new DeployJournal(opts.journalDir)
-  const stager = new Stager({io: opts.io, imageUrl: opts.imageUrl})
+  const stager = new Stager({io: opts.io, imageUrl: opts.imageUrl, bwlimitKiB: opts.bwlimitKiB})
   const now = opts.now ?? (() => new Date())
 
   const outcomes = new Map<string, DeployOutcome>()

@@ -32,6 +32,8 @@ export interface DeployRequest {
   resolveImage: (version: string) => Promise<DeployImage>
   /** Stage with download-url from this URL template instead of uploading (`{file}`). */
   imageUrl?: string
+  /** Upload rate cap per node, KiB/s. */
+  bwlimitKiB?: number
   /** Folder of the AMI handoff files (default `<stateDir>/handoffs`). */
   handoffDir?: string
   dryRun?: boolean
@@ -131,6 +133,7 @@ export async function runDeploy(req: DeployRequest): Promise<DeployReport> {
     healthTimeoutMs: req.healthTimeoutMs,
     pollIntervalMs: req.pollIntervalMs,
     imageUrl: req.imageUrl,
+    bwlimitKiB: req.bwlimitKiB,
     signal: req.signal,
   })
   return {dryRun: false, upToDate, plan: rows, result, handoffDir}

@@ -2,7 +2,7 @@
  * Staging: getting the verified image onto a node's import storage once, however many
  * establishments on that node are deployed at the same time (one promise per hypervisor/node).
  */
-import {ErrorCode, UserError} from '../errors.js'
+import {ErrorCode, UsageError, UserError} from '../errors.js'
 import type {Io} from '../io.js'
 import type {Hypervisor} from '../inventory/types.js'
 import type {PveApi} from '../proxmox/types.js'
@@ -12,6 +12,8 @@ export interface StageOptions {
   io: Io
   /** Pull from this URL (`download-url` with checksum) instead of uploading; `{file}` is replaced by the image file name. */
   imageUrl?: string
+  /** Upload rate cap, KiB/s (uploads only: a node's download-url follows its datacenter's `bwlimit: download=`). */
+  bwlimitKiB?: number
   /** Progress of one staging (bytes sent). */
   onProgress?: (key: string, text: string) => void
 }
@@ -20,7 +22,13 @@ export type StageOutcome = 'already-there' | 'uploaded' | 'downloaded'
 
 export class Stager {
   private readonly inflight = new Map<string, Promise<StageOutcome>>()
-  constructor(private readonly opts: StageOptions) {}
+  constructor(private readonly opts: StageOptions) {
+    if (opts.imageUrl && opts.bwlimitKiB) {
+      throw new UsageError('--bwlimit limits uploads from this machine; with --image-url each node downloads the image itself', {
+        suggestions: ["Drop --bwlimit, and cap the nodes' downloads in Proxmox VE instead (Datacenter → Options → Bandwidth limits: `bwlimit: download=KiB/s` in datacenter.cfg).", 'Or drop --image-url to upload from here with --bwlimit.'],
+      })
+    }
+  }
 
   /**
    * Make sure `image` is on `node`'s import storage. Concurrent callers for the same node and image
@@ -61,6 +69,7 @@ export class Stager {
         filename: image.file,
         content: 'import',
         sha256: image.sha256,
+        bwlimitKiB: this.opts.bwlimitKiB,
         onProgress: (sent, total) => {
           const pct = Math.floor((sent / Math.max(total, 1)) * 100)
           if (pct >= last + 5 || sent === total) {

@@ -30,8 +30,11 @@ function where(t: GuestTarget): ErrorLocation {
 const sleep = (ms: number, signal?: AbortSignal) =>
   new Promise<void>((resolve, reject) => {
     if (signal?.aborted) return reject(signal.reason)
-    const t = setTimeout(resolve, ms)
-    signal?.addEventListener('abort', () => (clearTimeout(t), reject(signal.reason)), {once: true})
+    // the listener goes when the sleep ends: a rollout's long-lived stop signal would otherwise
+    // collect one per poll of every establishment
+    const onAbort = () => (clearTimeout(t), reject(signal!.reason))
+    const t = setTimeout(() => (signal?.removeEventListener('abort', onAbort), resolve()), ms)
+    signal?.addEventListener('abort', onAbort, {once: true})
   })
 
 /** Waits until the guest agent answers a ping. */

@@ -864,10 +864,11 @@ export class PveClient implements PveApi {
     node: string,
     storage: string,
     file: string,
-    opts: {filename: string; content: 'import' | 'iso' | 'vztmpl'; sha256?: string; onProgress?: (sent: number, total: number) => void},
+    opts: {filename: string; content: 'import' | 'iso' | 'vztmpl'; sha256?: string; onProgress?: (sent: number, total: number) => void; bwlimitKiB?: number},
     wait?: WaitOptions,
   ): Promise<void> {
     const where = this.where(node)
+    const limit = opts.bwlimitKiB && opts.bwlimitKiB > 0 ? opts.bwlimitKiB * 1024 : undefined
     if (!/^[\w.+-]+$/.test(opts.filename)) throw new UserError(ErrorCode.USAGE, `upload file name "${opts.filename}" may only hold letters, digits, . _ + -`, {where})
     const total = (await stat(file)).size
     const boundary = `----pgi${randomBytes(16).toString('hex')}`
@@ -888,7 +889,16 @@ export class PveClient implements PveApi {
       yield headB
       let sent = 0
       opts.onProgress?.(0, total)
-      for await (const chunk of createReadStream(file, {highWaterMark: 1 << 20})) {
+      const started = performance.now()
+      // with a bandwidth limit: small chunks (about 1/8 s of the allowed rate), each sent no earlier
+      // than the limit allows since the start (a school link shared with classes is not flooded)
+      const chunkSize = limit ? Math.max(16 << 10, Math.min(1 << 20, Math.floor(limit / 8))) : 1 << 20
+      for await (const chunk of createReadStream(file, {highWaterMark: chunkSize})) {
+        if (limit) {
+          const due = started + (sent / limit) * 1000
+          const wait = due - performance.now()
+          if (wait > 1) await sleepReal(wait)
+        }
         sent += (chunk as Buffer).length
         yield chunk as Buffer
         opts.onProgress?.(sent, total)

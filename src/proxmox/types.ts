@@ -155,8 +155,11 @@ export interface PveApi {
 
   storageContent(node: string, storage: string, content?: string): Promise<PveStorageContent[]>
   storageStatus(node: string, storage: string): Promise<{total: number; used: number; avail: number; content: string; type: string}>
-  /** Multipart upload of a local file (content type "import" for disk images), checksum verified by PVE. */
-  uploadFile(node: string, storage: string, file: string, opts: {filename: string; content: 'import' | 'iso' | 'vztmpl'; sha256?: string; onProgress?: (sent: number, total: number) => void}, wait?: WaitOptions): Promise<void>
+  /**
+   * Multipart upload of a local file (content type "import" for disk images), checksum verified by
+   * PVE; `bwlimitKiB` caps the upload rate (KiB/s, as PVE's own bwlimit settings).
+   */
+  uploadFile(node: string, storage: string, file: string, opts: {filename: string; content: 'import' | 'iso' | 'vztmpl'; sha256?: string; onProgress?: (sent: number, total: number) => void; bwlimitKiB?: number}, wait?: WaitOptions): Promise<void>
   downloadUrl(node: string, storage: string, opts: {url: string; filename: string; content: 'import' | 'iso' | 'vztmpl'; sha256: string}, wait?: WaitOptions): Promise<void>
 
   waitTask(node: string, upid: string, wait?: WaitOptions): Promise<PveTaskStatus>

@@ -25,6 +25,22 @@ export const imageFlags = {
   'images-dir': Flags.string({summary: 'Folder of built images.', env: 'PGI_IMAGES_DIR', default: async () => imagesDir()}),
 }
 
+/**
+ * `--bwlimit 2048` (KiB/s, as PVE and rsync count) or with a unit: `512K`, `2M`, `1.5M`
+ * (binary units, per second). Uploads only.
+ */
+export const bwlimitFlag = Flags.custom<number>({
+  summary: 'Cap each upload to a node at this rate: KiB/s, or with a unit (512K, 2M).',
+  description: 'Per node: with --max-parallel N, up to N times this leaves this machine. A school link shared with classes keeps its room.',
+  helpValue: '<rate>',
+  parse: async (v) => {
+    const m = /^(\d+(?:\.\d+)?)\s*([KMG]?)(?:i?B?(?:\/s)?)?$/i.exec(v.trim())
+    const kib = m ? Number(m[1]) * ({'': 1, K: 1, M: 1024, G: 1024 * 1024} as Record<string, number>)[m[2]!.toUpperCase()]! : NaN
+    if (!Number.isFinite(kib) || kib < 1) throw new Error(`--bwlimit: "${v}" is not a rate (KiB/s, or 512K, 2M, …), at least 1 KiB/s`)
+    return Math.round(kib)
+  },
+})()
+
 export const runFlags = {
   'max-parallel': Flags.integer({summary: 'Establishments updated at once.', default: 10, min: 1}),
   'max-per-hypervisor': Flags.integer({summary: 'Establishments updated at once on one hypervisor.', default: 4, min: 1}),

@@ -183,11 +183,15 @@ export interface StageRequest extends FleetRequest {
   version: string
   resolveImage: (version: string) => Promise<DeployImage>
   imageUrl?: string
+  /** Upload rate cap per node, KiB/s. */
+  bwlimitKiB?: number
   maxParallel?: number
 }
 
 /** Puts the verified image on every node of the selection (once per node); touches no VM. Resumable: a node that has it is skipped. */
 export async function stageRollout(req: StageRequest): Promise<{version: string; rows: StageRow[]; exitCode: number}> {
+  // before anything is read: refuses --bwlimit with --image-url
+  const stager = new Stager({io: req.io, imageUrl: req.imageUrl, bwlimitKiB: req.bwlimitKiB, onProgress: (k, t) => req.io.debug(`${k}: ${t}`)})
   const fleet = await openFleet(req)
   const image = await req.resolveImage(parseImageRef(req.version).version)
   const nodes = new Map<string, {hv: string; node: string; n: number}>()
@@ -197,7 +201,6 @@ export async function stageRollout(req: StageRequest): Promise<{version: string;
     cur.n++
     nodes.set(k, cur)
   }
-  const stager = new Stager({io: req.io, imageUrl: req.imageUrl, onProgress: (k, t) => req.io.debug(`${k}: ${t}`)})
   const out = await settleAll(
     [...nodes.values()],
     (x) => x.hv,

@@ -394,6 +394,27 @@ describe('upload', () => {
     expect(progress.length).toBeGreaterThan(2)
     expect(fake.calls(statusRoute(u))).toHaveLength(1)
   })
+
+  it('--bwlimit paces the upload: 768 KiB at 1024 KiB/s take about 0.75 s, arrive intact, in small chunks', async () => {
+    const file = join(dir, 'paced.qcow2')
+    const data = Buffer.alloc(768 * 1024, 3)
+    await writeFile(file, data)
+    const u = upid('imgcopy', '', {})
+    const fake = new FakePve()
+      .on('POST /nodes/pve1/storage/local/upload', ok(u))
+      .on(statusRoute(u), ok({...stopped('OK'), type: 'imgcopy', upid: u}))
+    const progress: number[] = []
+    const t = performance.now()
+    await client(fake).uploadFile('pve1', 'local', file, {filename: 'paced.qcow2', content: 'import', bwlimitKiB: 1024, onProgress: (s) => progress.push(s)})
+    const ms = performance.now() - t
+    // the last chunk may leave at 0.625 s (6 of 128 KiB chunks before it); never faster than the limit
+    expect(ms).toBeGreaterThanOrEqual(600)
+    expect(progress.at(-1)).toBe(data.length)
+    // chunks of 1/8 s of the rate (128 KiB), not 1 MiB
+    expect(progress.length).toBeGreaterThanOrEqual(6)
+    const body = fake.calls('POST /nodes/pve1/storage/local/upload')[0]!.bodyBytes!
+    expect(body.includes(data)).toBe(true)
+  })
 })
 
 describe('missing VMs', () => {
