@@ -39,7 +39,9 @@ if [ -z "$VERSION" ]; then
 fi
 if [ -z "$VERSION" ]; then
   echo "No pgi-tryton image built yet: building it (a few minutes)." >&2
-  VERSION=$(pgi image build pgi-tryton --json | json_field 'j.result.version')
+  # --allow-lock-drift: Debian keeps only its latest versions; where image.lock is older, the build
+  # takes the current ones (listed in the manifest) rather than failing on a fresh machine
+  VERSION=$(pgi image build pgi-tryton --allow-lock-drift --json | json_field 'j.result.version')
 else
   echo "Using image pgi-tryton $VERSION." >&2
 fi

@@ -10,6 +10,7 @@ export default class ImageBuild extends BaseCommand<typeof ImageBuild> {
   static override examples = [
     {description: 'Build the reference PGI image at its recipe\'s version:', command: 'sudo <%= config.bin %> <%= command.id %>'},
     {description: 'Build version 1.1.0, reproducibly, into a folder of your choice:', command: 'sudo SOURCE_DATE_EPOCH=1767225600 <%= config.bin %> <%= command.id %> pgi-tryton --version 1.1.0 --out /srv/images'},
+    {description: 'Build although Debian replaced some locked versions since image.lock was written (differences recorded in the manifest):', command: 'sudo <%= config.bin %> <%= command.id %> --allow-lock-drift'},
     {description: 'Build from another mirror (a deb822 .sources file) and take the current package versions:', command: 'sudo <%= config.bin %> <%= command.id %> --mirror ./snapshot.sources --update-lock'},
   ]
 
@@ -21,7 +22,12 @@ export default class ImageBuild extends BaseCommand<typeof ImageBuild> {
     version: Flags.string({char: 'v', summary: 'Version to build (default: the recipe\'s version).'}),
     mirror: Flags.string({summary: 'apt sources: a deb822 .sources file, a sources.list file or a mirror URL (default: this host\'s).', env: 'PGI_IMAGE_MIRROR'}),
     out: Flags.string({char: 'o', summary: 'Images folder (default: <state dir>/images).', env: 'PGI_IMAGES_DIR'}),
-    'update-lock': Flags.boolean({summary: 'Resolve the packages again and rewrite image.lock.', default: false}),
+    'update-lock': Flags.boolean({summary: 'Resolve the packages again and rewrite image.lock.', default: false, exclusive: ['allow-lock-drift']}),
+    'allow-lock-drift': Flags.boolean({
+      summary: 'Where the archive no longer has a locked version, take its current one (warned, recorded in the manifest) instead of failing.',
+      description: 'Debian keeps only the latest version of each package on its mirrors: after a point or security release, a strict build from an older image.lock fails. This builds anyway without rewriting image.lock; the manifest lists every difference (lock.drift).',
+      default: false,
+    }),
     'keep-work': Flags.boolean({summary: 'Keep the work folder (rootfs, raw disk) for inspection.', default: false}),
     'secrets-dir': secretsDirFlag,
   }
@@ -34,6 +40,7 @@ export default class ImageBuild extends BaseCommand<typeof ImageBuild> {
       mirror: this.flags.mirror,
       out: this.flags.out,
       updateLock: this.flags['update-lock'],
+      allowLockDrift: this.flags['allow-lock-drift'],
       keepWork: this.flags['keep-work'],
       secretsDir: this.flags['secrets-dir'],
       signal: this.interruptSignal(),

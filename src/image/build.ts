@@ -35,6 +35,12 @@ export interface BuildOptions {
   out?: string
   /** Resolve packages again and rewrite image.lock. */
   updateLock?: boolean
+  /**
+   * Where the archive no longer has a locked version (Debian replaces them at each point and
+   * security release), build with its current one instead of failing: each difference is warned
+   * about and recorded in the manifest (`lock.drift`); image.lock is not rewritten.
+   */
+  allowLockDrift?: boolean
   /** Keep the work folder (rootfs, raw disk) for inspection. */
   keepWork?: boolean
   /** Secret store folder (default secretsDir()). */
@@ -55,6 +61,8 @@ export interface BuildResult {
   sizeBytes: number
   treeDigest: string
   lockWritten: boolean
+  /** Differences from image.lock the build took (allowLockDrift), empty when it reproduced the lock. */
+  lockDrift: string[]
   keyId: string
   seconds: number
 }
@@ -253,6 +261,7 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
     sources?: {arg: string; origin: string}
     lock?: ImageLock
     lockWritten: boolean
+    drift?: string[]
     installed?: Map<string, string>
     kernelRelease?: string
     treeDigest?: string
@@ -332,11 +341,16 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
       run: async (ctx) => {
         if (ctx.lock) {
           const drift = lockDrift(ctx.lock, ctx.installed!)
+          if (drift.length > 0 && opts.allowLockDrift) {
+            for (const d of drift) opts.io.warn(`image.lock drift: ${d}`)
+            ctx.drift = drift
+            return `${drift.length} differences from the lock, taken (--allow-lock-drift): ${drift.slice(0, 3).join('; ')}${drift.length > 3 ? '; …' : ''}`
+          }
           if (drift.length > 0) {
             throw new UserError(ErrorCode.IMAGE_INVALID, `the build did not reproduce image.lock (${drift.length} differences: ${drift.slice(0, 5).join('; ')})`, {
               details: {drift},
               suggestions: [
-                'The mirror no longer has some locked versions (a Debian point release replaced them): use --mirror with a snapshot of the archive, or --update-lock to take the current versions.',
+                'The mirror no longer has some locked versions (a Debian point release replaced them): use --mirror with a snapshot of the archive, or --update-lock to take the current versions (and commit image.lock), or --allow-lock-drift to build with them once, recorded in the manifest.',
               ],
             })
           }
@@ -432,7 +446,7 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
           },
           kernel: {package: recipe.kernel.package, release: ctx.kernelRelease!, version: ctx.installed!.get(`linux-image-${ctx.kernelRelease}`) ?? ''},
           recipe: {name: recipe.name, digest: recipe.digest},
-          lock: {digest: createHash('sha256').update(await readFile(lockFile)).digest('hex'), packages: ctx.lock!.packages.size},
+          lock: {digest: createHash('sha256').update(await readFile(lockFile)).digest('hex'), packages: ctx.lock!.packages.size, ...(ctx.drift?.length ? {drift: ctx.drift} : {})},
           tree: {digest: ctx.treeDigest!, entries: ctx.treeEntries!},
           packages: pkgs.map(([name, v]) => ({name, version: v})),
           ports: recipe.ports,
@@ -477,6 +491,7 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
     sizeBytes: m.disk.size_bytes,
     treeDigest: m.tree.digest,
     lockWritten: ctx.lockWritten,
+    lockDrift: ctx.drift ?? [],
     keyId: ctx.keyId!,
     seconds: Math.round((Date.now() - started) / 100) / 10,
   }

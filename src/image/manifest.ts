@@ -27,7 +27,8 @@ export interface ImageManifest {
   }
   kernel: {package: string; release: string; version: string}
   recipe: {name: string; digest: string}
-  lock: {digest: string; packages: number}
+  /** `drift`: where the build took the archive's current version instead of the locked one (--allow-lock-drift). */
+  lock: {digest: string; packages: number; drift?: string[]}
   /** Digest of the root file tree (paths, types, modes, owners, content hashes). */
   tree: {digest: string; entries: number}
   packages: {name: string; version: string}[]

@@ -30,6 +30,6 @@ export async function cachedPgiImage(io: Io): Promise<{root: string; version: st
   if (have) return {root: dir, version: have.version}
   await rm(dir, {recursive: true, force: true})
   await mkdir(dir, {recursive: true})
-  const r = await buildImage({recipe: 'pgi-tryton', out: dir, io, env: {...process.env, SOURCE_DATE_EPOCH: process.env.SOURCE_DATE_EPOCH ?? '1767225600'}})
+  const r = await buildImage({recipe: 'pgi-tryton', out: dir, io, allowLockDrift: true, env: {...process.env, SOURCE_DATE_EPOCH: process.env.SOURCE_DATE_EPOCH ?? '1767225600'}})
   return {root: dir, version: r.version}
 }

@@ -52,7 +52,7 @@ async function labTestDisk(): Promise<string> {
   await rm(cache, {recursive: true, force: true})
   await mkdir(cache, {recursive: true})
   const io = new StderrIo('info', false)
-  const r = await buildImage({recipe: RECIPE, out: join(cache, 'images'), io, env: {...process.env, PGI_STATE_DIR: join(cache, 'build-state')}})
+  const r = await buildImage({recipe: RECIPE, out: join(cache, 'images'), io, allowLockDrift: true, env: {...process.env, PGI_STATE_DIR: join(cache, 'build-state')}})
   await rename(r.disk, disk)
   await rm(join(cache, 'images'), {recursive: true, force: true})
   await rm(join(cache, 'build-state', 'build'), {recursive: true, force: true})
