@@ -26,7 +26,7 @@ import {cachedPgiImage} from '../../helpers/e2e-image.js'
  *    (`pgi-db create`, from the image's BTS template) with its own number of extra parties;
  * 2. v2 (1.1.0: same packages, one more file under /etc/pgi) staged and rolled out: both run v2
  *    (the new file is there), the data disk records the databases upgraded to 1.1.0, every row is
- *    still there, the old OS disk is gone;
+ *    still there, the old OS disk is gone, the SSH host keys are the same (kept on the data disk);
  * 3. a broken v3 (1.2.0: trytond can never start) rolled out: the gate fails, both are rolled
  *    back to v2 — healthy, data disk back at 1.1.0 (the databases the new OS had marked upgraded
  *    were restored from the backup), same rows — and the output says why (exit 4);
@@ -62,6 +62,8 @@ let v1: string
 let sites: Establishment[] = []
 let api: PveApi
 const extraParties = new Map<string, number>()
+/** Each VM's SSH host key fingerprint at deploy: kept on the data disk, the same on every OS disk. */
+const hostKeys = new Map<string, string>()
 const DB = 'bts_e2e'
 let builds: Promise<Map<string, string>> | undefined
 
@@ -92,6 +94,7 @@ async function sql(e: Establishment, query: string): Promise<string> {
 }
 
 const parties = async (e: Establishment) => Number(await sql(e, 'SELECT count(*) FROM party_party'))
+const hostKey = async (e: Establishment) => (await guest(e, ['ssh-keygen', '-lf', '/etc/ssh/ssh_host_ed25519_key.pub'])).trim()
 const studentParties = async (e: Establishment) => Number(await sql(e, "SELECT count(*) FROM party_party WHERE code LIKE 'E2E-%'"))
 
 async function health(e: Establishment): Promise<{healthy: boolean; image: {version?: string}; problems?: string[]}> {
@@ -119,6 +122,8 @@ async function expectOn(version: string) {
     expect(String(cfg.virtio1)).toContain('serial=pgi-data')
     expect((await dataDisk(e)).image?.version).toBe(version)
     expect(await studentParties(e)).toBe(extraParties.get(e.uai))
+    // the AMI's SSH client and handoff still know this server
+    expect(await hostKey(e)).toBe(hostKeys.get(e.uai))
   }
 }
 
@@ -196,6 +201,7 @@ describe('pgi rollout on a qemu-backed lab', () => {
       const n = 7 + 5 * i
       await sql(e, `INSERT INTO party_party (name, code, active, create_uid, create_date) SELECT 'Élève ' || g, 'E2E-' || g, true, 0, now() FROM generate_series(1, ${n}) g`)
       extraParties.set(e.uai, n)
+      hostKeys.set(e.uai, await hostKey(e))
       expect(await studentParties(e)).toBe(n)
     }
     note(`v1 ${v1} deployed, databases made`)
