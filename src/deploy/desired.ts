@@ -60,6 +60,9 @@ export function managedSettings(est: Establishment, hv: Hypervisor): Record<stri
     memory: String(est.memoryMb),
     agent: '1',
     ciuser: est.ami.login,
+    // PVE's cloud-init upgrades every package at the first boot of each new OS disk unless told
+    // not to (ciupgrade defaults to 1): the image's pinned packages must stay as built
+    ciupgrade: '0',
     ipconfig0: ipconfig0(est),
     nameserver: est.network.dns.join(' '),
   }
@@ -90,6 +93,7 @@ export function createParams(est: Establishment, hv: Hypervisor, image: DeployIm
     boot: 'order=virtio0',
     serial0: 'socket',
     ciuser: est.ami.login,
+    ciupgrade: 0,
     ipconfig0: m.ipconfig0,
     nameserver: m.nameserver,
     tags: formatTags(meta, est.ring),
@@ -229,5 +233,5 @@ export function updateParams(drifts: Drift[], est: Establishment, hv: Hypervisor
 /** Does a config change need the cloud-init drive regenerated? */
 export function touchesCloudInit(params: PveParams & {delete?: string}): boolean {
   const keys = [...Object.keys(params), ...(params.delete ?? '').split(',')]
-  return keys.some((k) => ['ciuser', 'sshkeys', 'ipconfig0', 'nameserver', 'searchdomain', 'name'].includes(k))
+  return keys.some((k) => ['ciuser', 'ciupgrade', 'sshkeys', 'ipconfig0', 'nameserver', 'searchdomain', 'name'].includes(k))
 }

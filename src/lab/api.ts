@@ -235,6 +235,7 @@ export class LabApi {
         searchdomain: cfg.searchdomain,
         ipconfig,
         type: cfg.citype === 'configdrive2' ? 'configdrive2' : 'nocloud',
+        upgrade: cfg.ciupgrade === undefined ? true : /^(1|true|on|yes)$/i.test(String(cfg.ciupgrade)),
       }
     }
     const boot = /order=([^,]+)/.exec(cfg.boot ?? '')?.[1]?.split(';') ?? disks.filter((d) => d.media === 'disk').map((d) => d.key)

@@ -161,6 +161,8 @@ export interface CloudInitSpec {
   ipconfig: Record<string, {ip?: string; gw?: string; ip6?: string; gw6?: string}>
   /** `citype` (nocloud default on Linux). */
   type: 'nocloud' | 'configdrive2'
+  /** `ciupgrade` (PVE default 1): user-data asks for a package upgrade at first boot. */
+  upgrade: boolean
 }
 
 /** Everything needed to run a VM: the API layer builds it from the config each time. */

@@ -376,6 +376,7 @@ export class QemuBackend implements VmBackend {
       sshKeys: ci.sshKeys,
       nameservers: ci.nameservers,
       searchdomain: ci.searchdomain,
+      packageUpgrade: ci.upgrade,
       nics: spec.nics.map((nic, i) => ({name: `eth${i}`, mac: nic.macaddr, ipconfig: ci.ipconfig[nic.key] ?? {ip: 'dhcp'}})),
     }
   }

@@ -92,8 +92,8 @@ export interface SeedSpec {
   /** crypt(3) SHA-512 hash (`$6$…`) of the password: the clear text never goes into a seed. */
   passwordHash?: string
   sshKeys?: string[]
-  /** Passwordless sudo for `user` (PVE's default user has it). Default true. */
-  sudo?: boolean
+  /** `package_upgrade: true` (PVE's `ciupgrade`, default on). */
+  packageUpgrade?: boolean
   nics?: SeedNic[]
   nameservers?: string[]
   searchdomain?: string
@@ -135,25 +135,22 @@ export function networkConfig(spec: SeedSpec): Record<string, unknown> {
   return {version: 2, ethernets}
 }
 
-/** Builds the #cloud-config user-data document. */
+/**
+ * Builds the #cloud-config user-data document PVE writes for a VM (qemu-server's
+ * `cloudinit_userdata`), key for key: `user` renames the image's default user (which keeps the
+ * image's groups and sudo rule: `users: [default]`), `password` is the crypt hash of cipassword,
+ * `package_upgrade` unless `ciupgrade` is 0. What the VM gets in the lab is what it gets on PVE.
+ */
 export function userData(spec: SeedSpec): Record<string, unknown> {
   const doc: Record<string, unknown> = {hostname: spec.hostname, manage_etc_hosts: true}
   if (spec.searchdomain) doc.fqdn = `${spec.hostname}.${spec.searchdomain.split(/[\s,]+/)[0]}`
-  if (spec.user) {
-    const u: Record<string, unknown> = {name: spec.user, shell: '/bin/bash', lock_passwd: !spec.passwordHash}
-    if (spec.passwordHash) u.passwd = spec.passwordHash
-    if (spec.sshKeys?.length) u.ssh_authorized_keys = spec.sshKeys
-    if (spec.sudo ?? true) u.sudo = 'ALL=(ALL) NOPASSWD:ALL'
-    doc.users = [u]
-  } else if (spec.sshKeys?.length) {
-    doc.ssh_authorized_keys = spec.sshKeys
-  }
-  if (spec.passwordHash) {
-    doc.ssh_pwauth = true
-    doc.chpasswd = {expire: false}
-  }
-  doc.package_update = false
-  doc.package_upgrade = false
+  if (spec.user) doc.user = spec.user
+  if (spec.user === 'root') doc.disable_root = false
+  if (spec.passwordHash) doc.password = spec.passwordHash
+  if (spec.sshKeys?.length) doc.ssh_authorized_keys = spec.sshKeys
+  doc.chpasswd = {expire: false}
+  if (spec.user !== 'root') doc.users = ['default']
+  if (spec.packageUpgrade ?? true) doc.package_upgrade = true
   return doc
 }
 

@@ -205,6 +205,8 @@ describe('qemu-backed lab (real VMs)', () => {
       boot: 'order=virtio0',
       net0: `virtio=${MAC},bridge=vmbr0`,
       ciuser: 'ami',
+      // as pgi deploy does: no package upgrade at first boot (PVE's default would run apt at boot)
+      ciupgrade: 0,
       sshkeys: encodeURIComponent('ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH1Xx8d0cn2mN9Vn1oFq2W0o8p1o7y7vXn3bEw8m2rKq ami@lab'),
       ipconfig0: `ip=${GUEST_IP}/24,gw=10.77.12.1`,
       nameserver: '10.77.12.1',

@@ -48,16 +48,29 @@ describe('seedFiles', () => {
     expect(meta['instance-id']).toMatch(/^[0-9a-f]{40}$/)
   })
 
-  it('writes a #cloud-config creating the user with the hash and keys, never a clear password', () => {
+  it('writes the #cloud-config PVE writes: the image\'s default user renamed, the hash and keys, never a clear password', () => {
     const text = seedFiles(spec)['user-data']
     expect(text.startsWith('#cloud-config\n')).toBe(true)
-    const doc = parse(text)
-    expect(doc.hostname).toBe('pgi-0130040y')
-    expect(doc.fqdn).toBe('pgi-0130040y.lycee.example')
-    expect(doc.users).toEqual([
-      {name: 'ami', shell: '/bin/bash', lock_passwd: false, passwd: HASH, ssh_authorized_keys: spec.sshKeys, sudo: 'ALL=(ALL) NOPASSWD:ALL'},
-    ])
-    expect(doc.ssh_pwauth).toBe(true)
+    expect(text).not.toContain('NOPASSWD')
+    // qemu-server's cloudinit_userdata, key for key (ciupgrade unset: PVE's default is to upgrade)
+    expect(parse(text)).toEqual({
+      hostname: 'pgi-0130040y',
+      manage_etc_hosts: true,
+      fqdn: 'pgi-0130040y.lycee.example',
+      user: 'ami',
+      password: HASH,
+      ssh_authorized_keys: spec.sshKeys,
+      chpasswd: {expire: false},
+      users: ['default'],
+      package_upgrade: true,
+    })
+  })
+
+  it('asks for no package upgrade with ciupgrade 0, and keeps root\'s login usable when ciuser is root', () => {
+    expect(parse(seedFiles({...spec, packageUpgrade: false})['user-data']).package_upgrade).toBeUndefined()
+    const root = parse(seedFiles({...spec, user: 'root'})['user-data'])
+    expect(root).toMatchObject({user: 'root', disable_root: false})
+    expect(root.users).toBeUndefined()
   })
 
   it('turns ipconfig0 into a network-config v2 matching the MAC, with gateway and DNS', () => {
@@ -96,11 +109,11 @@ describe('seedFiles', () => {
     expect(() => seedFiles({...spec, sshKeys: ['ssh-ed25519 A\nssh-rsa B']})).toThrow(/one line/)
   })
 
-  it('locks the password of a key-only user', () => {
+  it('sets no password for a key-only user (the image\'s default user stays locked)', () => {
     const doc = parse(seedFiles({hostname: 'h', user: 'ami', sshKeys: ['ssh-ed25519 AAAA k']})['user-data'])
-    expect(doc.users[0].lock_passwd).toBe(true)
-    expect(doc.users[0].passwd).toBeUndefined()
-    expect(doc.ssh_pwauth).toBeUndefined()
+    expect(doc.password).toBeUndefined()
+    expect(doc.ssh_authorized_keys).toEqual(['ssh-ed25519 AAAA k'])
+    expect(doc.users).toEqual(['default'])
   })
 })
 

@@ -44,6 +44,7 @@ function spec(over: Partial<VmSpec> = {}): VmSpec {
       searchdomain: 'lycee.test',
       ipconfig: {net0: {ip: '10.13.4.20/24', gw: '10.13.4.1'}},
       type: 'nocloud',
+      upgrade: false,
     },
     rawConfig: {},
     ...over,
@@ -105,7 +106,8 @@ describe('QemuBackend storage (qemu-img, PVE directory layout)', () => {
     // read as cloud-init's PyYAML does (YAML 1.1): the MAC stays a string
     expect(parse(net, {version: '1.1'}).ethernets.eth0.match).toEqual({macaddress: 'bc:24:11:00:00:64'})
     const ud = execFileSync('isoinfo', ['-R', '-x', '/user-data', '-i', raw], {encoding: 'utf8'})
-    expect(ud).toContain('name: ami')
+    expect(ud).toContain('user: ami')
+    expect(ud).not.toContain('package_upgrade')
     expect(ud).toContain('ssh-ed25519 AAAAC3Nza ami@poste')
     const md = execFileSync('isoinfo', ['-R', '-x', '/meta-data', '-i', raw], {encoding: 'utf8'})
     expect(md).toContain('local-hostname: pgi-0130040y')
@@ -180,6 +182,7 @@ describe('QemuBackend network and seed mapping', () => {
       sshKeys: ['ssh-ed25519 AAAAC3Nza ami@poste'],
       nameservers: ['10.13.4.1'],
       searchdomain: 'lycee.test',
+      packageUpgrade: false,
       nics: [{name: 'eth0', mac: 'BC:24:11:00:00:64', ipconfig: {ip: '10.13.4.20/24', gw: '10.13.4.1'}}],
     })
   })
