@@ -36,6 +36,11 @@ import {cachedPgiImage} from '../../helpers/e2e-image.js'
  * v2, v3 and v4 are built from copies of images/pgi-tryton (its image.lock too: same packages,
  * warm apt cache) into the test's own images folder, next to a copy of v1, one after the other
  * while the VMs work. Timing of a run is in docs/rollout.md.
+ *
+ * It takes ~55 min on a 2-core machine (three image builds, six OS-disk swaps under software
+ * emulation): more than the CI budget left by the rest of the suite. It runs when
+ * PGI_E2E_ROLLOUT=1 (`PGI_E2E_ROLLOUT=1 bash scripts/test.sh test/e2e/rollout`); otherwise vitest
+ * reports it skipped.
  */
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..')
@@ -167,7 +172,7 @@ function buildAll(): {v2: Promise<string>; v3: Promise<string>; v4: Promise<stri
 
 let versions: ReturnType<typeof buildAll>
 
-describe('pgi rollout on a qemu-backed lab', () => {
+describe.skipIf(process.env.PGI_E2E_ROLLOUT !== '1')('pgi rollout on a qemu-backed lab', () => {
   beforeAll(async () => {
     const cached = await cachedPgiImage(io)
     v1 = cached.version
