@@ -81,11 +81,16 @@ const VERSION_RE = /(\d{4}\.\d+\.\d+(?:[-+][\w.]+)?)/
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   if (ms <= 0) return Promise.resolve()
   return new Promise((resolve, reject) => {
-    const t = setTimeout(resolve, ms)
-    signal?.addEventListener('abort', () => {
+    // the listener goes when the sleep ends: a task's signal sees many sleeps
+    const onAbort = () => {
       clearTimeout(t)
       reject(new Error('task aborted'))
-    }, {once: true})
+    }
+    const t = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort)
+      resolve()
+    }, ms)
+    signal?.addEventListener('abort', onAbort, {once: true})
   })
 }
 

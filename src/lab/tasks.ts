@@ -1,3 +1,5 @@
+import {setMaxListeners} from 'node:events'
+
 import type {TaskContext} from './backend.js'
 
 /**
@@ -38,7 +40,11 @@ export class TaskManager {
   #pstart = 0x100000
   readonly #abort = new AbortController()
 
-  constructor(private readonly maxKept = 5000) {}
+  constructor(private readonly maxKept = 5000) {
+    // one signal for every running task (the lab's shutdown): hundreds of tasks wait on it at
+    // once in a large lab, each sleep removing its listener when it ends
+    setMaxListeners(0, this.#abort.signal)
+  }
 
   get(upid: string): TaskRecord | undefined {
     return this.#tasks.get(upid)

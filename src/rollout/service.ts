@@ -5,6 +5,7 @@
  * verified by PVE on arrival), importVolid, the verified image description (resolveDeployImage).
  */
 import {createHash, randomBytes} from 'node:crypto'
+import {setMaxListeners} from 'node:events'
 import {join} from 'node:path'
 
 import {acquireLock} from '../credentials/lock.js'
@@ -252,6 +253,9 @@ function newId(now: Date): string {
 
 async function execute(fleet: Fleet, record: RolloutRecord, journal: RolloutJournal, image: DeployImage, req: StartRequest, takeover: boolean, establishments: Establishment[]): Promise<RolloutResult> {
   const release = await acquireLock(lockFile(fleet.inventory, fleet.env), `rollout ${record.id} of ${fleet.inventory.path}`)
+  // every bounded wait of every establishment in flight listens on the stop signal (each removes
+  // its listener when done): more than Node's default 10 at once is expected, not a leak
+  if (req.signal) setMaxListeners(0, req.signal)
   try {
     await journal.writeRecord(record)
     return await runRollout({
