@@ -4,6 +4,7 @@
  */
 import {ErrorCode, TimeoutError, UserError, type ErrorLocation} from '../errors.js'
 import type {PveApi} from '../proxmox/types.js'
+import {sleep} from '../sleep.js'
 
 export const GUEST_HEALTH = '/usr/local/sbin/pgi-health'
 export const GUEST_BACKUP = '/usr/local/sbin/pgi-backup'
@@ -26,16 +27,6 @@ export interface WaitOpts {
 function where(t: GuestTarget): ErrorLocation {
   return {uai: t.uai, hypervisor: t.api.hypervisor, node: t.node, vmid: t.vmid}
 }
-
-const sleep = (ms: number, signal?: AbortSignal) =>
-  new Promise<void>((resolve, reject) => {
-    if (signal?.aborted) return reject(signal.reason)
-    // the listener goes when the sleep ends: a rollout's long-lived stop signal would otherwise
-    // collect one per poll of every establishment
-    const onAbort = () => (clearTimeout(t), reject(signal!.reason))
-    const t = setTimeout(() => (signal?.removeEventListener('abort', onAbort), resolve()), ms)
-    signal?.addEventListener('abort', onAbort, {once: true})
-  })
 
 /** Waits until the guest agent answers a ping. */
 export async function waitForAgent(t: GuestTarget, opts: WaitOpts): Promise<number> {

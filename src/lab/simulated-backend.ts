@@ -1,6 +1,7 @@
 import {rm, stat} from 'node:fs/promises'
 import {basename} from 'node:path'
 
+import {sleep as abortableSleep} from '../sleep.js'
 import {
   BackendError,
   type AgentExecStatus,
@@ -78,19 +79,11 @@ interface SimVm {
 
 const VERSION_RE = /(\d{4}\.\d+\.\d+(?:[-+][\w.]+)?)/
 
+/** A task's simulated duration; the lab's shutdown cuts it short. */
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   if (ms <= 0) return Promise.resolve()
-  return new Promise((resolve, reject) => {
-    // the listener goes when the sleep ends: a task's signal sees many sleeps
-    const onAbort = () => {
-      clearTimeout(t)
-      reject(new Error('task aborted'))
-    }
-    const t = setTimeout(() => {
-      signal?.removeEventListener('abort', onAbort)
-      resolve()
-    }, ms)
-    signal?.addEventListener('abort', onAbort, {once: true})
+  return abortableSleep(ms, signal).catch(() => {
+    throw new Error('task aborted')
   })
 }
 

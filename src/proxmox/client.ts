@@ -8,6 +8,7 @@ import {ProxmoxEngine} from 'proxmox-api'
 import {Headers, Response} from 'undici'
 
 import {BugError, ErrorCode, PgiError, TimeoutError, UnreachableError, UserError} from '../errors.js'
+import {sleep} from '../sleep.js'
 import {MemoryIo, type Io} from '../io.js'
 import type {Hypervisor} from '../inventory/types.js'
 import type {Secret} from '../secret.js'
@@ -129,19 +130,6 @@ interface RequestOptions {
   noLockRetry?: boolean
 }
 
-const sleepReal = (ms: number, signal?: AbortSignal): Promise<void> =>
-  new Promise((resolve, reject) => {
-    if (signal?.aborted) return reject(signal.reason)
-    const t = setTimeout(() => {
-      signal?.removeEventListener('abort', onAbort)
-      resolve()
-    }, ms)
-    const onAbort = (): void => {
-      clearTimeout(t)
-      reject(signal?.reason)
-    }
-    signal?.addEventListener('abort', onAbort, {once: true})
-  })
 
 /** PVE's `urlencoded` format: what sshkeys must look like (PVE::JSONSchema, pve-urlencoded). */
 const URLENCODED_RE = /^[-%a-zA-Z0-9_.!~*'()]*$/
@@ -230,7 +218,7 @@ export class PveClient implements PveApi {
     this.pollInitial = opts.poll?.initialMs ?? 500
     this.pollMax = opts.poll?.maxMs ?? 5000
     this.now = opts.now ?? Date.now
-    this.sleep = opts.sleep ?? sleepReal
+    this.sleep = opts.sleep ?? sleep
     this.random = opts.random ?? Math.random
 
     let url: URL
@@ -897,7 +885,7 @@ export class PveClient implements PveApi {
         if (limit) {
           const due = started + (sent / limit) * 1000
           const wait = due - performance.now()
-          if (wait > 1) await sleepReal(wait)
+          if (wait > 1) await sleep(wait)
         }
         sent += (chunk as Buffer).length
         yield chunk as Buffer
