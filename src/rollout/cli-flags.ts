@@ -2,8 +2,6 @@
  * Flags shared by the `pgi rollout …` commands (selection like `pgi deploy`, images, timeouts).
  * Kept here, beside the service they feed, so the commands stay thin.
  */
-import {setMaxListeners} from 'node:events'
-
 import {Args, Flags} from '@oclif/core'
 
 import {inventoryFlag, secretsDirFlag} from '../cli/base-command.js'
@@ -69,9 +67,8 @@ export function resultTable(r: {establishments: {uai: string; ring: string; hype
 
 /** SIGINT/SIGTERM stop the runner between steps (marks stay on the VMs: `pgi rollout resume` continues). */
 export function stopSignal(io: Io): AbortSignal {
+  // (the rollout service allows it any number of listeners: every wait in flight listens on it)
   const ac = new AbortController()
-  // every bounded wait of every establishment in flight listens on it (src/fleet/guest.ts sleeps)
-  setMaxListeners(0, ac.signal)
   const stop = (sig: string) => {
     io.warn(`${sig}: stopping after the current step of each establishment in flight; run \`pgi rollout resume\` to continue`)
     ac.abort(new Error(sig))
