@@ -532,6 +532,9 @@ async function swap(r: Run, mark: RolloutMark): Promise<string> {
   if (!nd || nd.volid === old) throw new UserError(ErrorCode.PVE_HTTP, `VM ${est.vmid} has no new OS disk after the import`, {where: where(r)})
   if (nd.size !== undefined && nd.size < est.osDiskGb * 2 ** 30) await api.resizeDisk(est.node, est.vmid, 'virtio0', `${est.osDiskGb}G`)
   await cas(r, (c) => (String(c.boot ?? '').includes('virtio0') ? undefined : {boot: 'order=virtio0'}))
+  // a VM deployed by an older pgi may lack it: PVE's cloud-init would then upgrade every package
+  // of the new OS disk at its first boot (ciupgrade defaults to 1)
+  await cas(r, (c) => (String(c.ciupgrade ?? '1') === '0' ? undefined : {ciupgrade: 0}))
   await api.regenerateCloudinit(est.node, est.vmid)
   return nd.volid
 }

@@ -31,6 +31,11 @@ describe('pgi rollout on a simulated lab', () => {
     lab = await startRolloutLab({nodes: 2, perNode: 2, rings: (i) => ['canary', 'pilot', 'general', 'general'][i]!})
     const io = new MemoryIo('info')
     await lab.makeImage('2026.12.0')
+    // the first VM as an older pgi deployed it: no ciupgrade (PVE's default: upgrade at boot)
+    const first = lab.inventory.establishments[0]!
+    const admin = connectHypervisor(lab.inventory.hypervisors.get(first.hypervisor)!, {tokenSecret: new Secret(lab.tokenSecret)})
+    await admin.updateVmConfig(first.node, first.vmid, {delete: 'ciupgrade'})
+    expect((await vmOf(lab, first.uai)).cfg.ciupgrade).toBeUndefined()
     const before = await Promise.all(lab.inventory.establishments.map((e) => vmOf(lab!, e.uai)))
 
     const plan = await planRollout(lab.request(io, '2026.12.0'))
@@ -61,6 +66,8 @@ describe('pgi rollout on a simulated lab', () => {
       expect(meta.image).toBe('2026.12.0')
       expect(meta.rollout).toMatchObject({id: res.id, from: '2026.11.0', to: '2026.12.0', step: 'committed', cleaned: true})
       expect(String(cfg.tags)).toContain('img-2026.12.0')
+      // the new OS disk's first boot upgrades no package, whoever deployed the VM
+      expect(String(cfg.ciupgrade)).toBe('0')
       // the data disk is the same volume, the OS disk a new one, the old one removed
       expect(cfg.virtio1).toBe(before[i]!.cfg.virtio1)
       expect(cfg.virtio0).not.toBe(before[i]!.cfg.virtio0)
