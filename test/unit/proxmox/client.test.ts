@@ -367,14 +367,19 @@ describe('upload', () => {
     await rm(dir, {recursive: true, force: true})
   })
 
-  it('streams a multipart body with checksum, exact length, progress, then waits for the imgcopy task', async () => {
-    const file = join(dir, 'pgi-2026.11.0.qcow2')
-    const data = Buffer.alloc(3 * 1024 * 1024 + 17, 7)
+  /** A file to upload and a fake PVE that accepts it (its imgcopy task ends OK). */
+  async function uploadCase(name: string, data: Buffer) {
+    const file = join(dir, name)
     await writeFile(file, data)
     const u = upid('imgcopy', '', {})
     const fake = new FakePve()
       .on('POST /nodes/pve1/storage/local/upload', ok(u))
       .on(statusRoute(u), ok({...stopped('OK'), type: 'imgcopy', upid: u}))
+    return {file, data, u, fake}
+  }
+
+  it('streams a multipart body with checksum, exact length, progress, then waits for the imgcopy task', async () => {
+    const {file, data, u, fake} = await uploadCase('pgi-2026.11.0.qcow2', Buffer.alloc(3 * 1024 * 1024 + 17, 7))
     const progress: number[] = []
     await client(fake).uploadFile('pve1', 'local', file, {filename: 'pgi-2026.11.0.qcow2', content: 'import', sha256: 'AB'.repeat(32), onProgress: (s) => progress.push(s)})
     const req = fake.calls('POST /nodes/pve1/storage/local/upload')[0]
@@ -396,13 +401,7 @@ describe('upload', () => {
   })
 
   it('--bwlimit paces the upload: 768 KiB at 1024 KiB/s take about 0.75 s, arrive intact, in small chunks', async () => {
-    const file = join(dir, 'paced.qcow2')
-    const data = Buffer.alloc(768 * 1024, 3)
-    await writeFile(file, data)
-    const u = upid('imgcopy', '', {})
-    const fake = new FakePve()
-      .on('POST /nodes/pve1/storage/local/upload', ok(u))
-      .on(statusRoute(u), ok({...stopped('OK'), type: 'imgcopy', upid: u}))
+    const {file, data, fake} = await uploadCase('paced.qcow2', Buffer.alloc(768 * 1024, 3))
     const progress: number[] = []
     const t = performance.now()
     await client(fake).uploadFile('pve1', 'local', file, {filename: 'paced.qcow2', content: 'import', bwlimitKiB: 1024, onProgress: (s) => progress.push(s)})
