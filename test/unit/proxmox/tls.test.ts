@@ -44,6 +44,13 @@ async function startServer(keyFile: string, certFile: string): Promise<TestServe
     req.on('end', () => {
       s.requests.push({method: req.method ?? '', url: req.url ?? '', headers: req.headers, bodyLength: n, body: head})
       const u = req.url ?? ''
+      if (u.endsWith('/hang')) return // accepts the request, never answers
+      if (u.includes('/qemu/404/')) {
+        // PVE's answer for a VM that is not there: the message in the reason phrase
+        res.writeHead(500, "Configuration file 'nodes/pve1/qemu-server/404.conf' does not exist", {'content-type': 'application/json;charset=UTF-8'})
+        res.end(JSON.stringify({data: null}))
+        return
+      }
       let data: unknown = {version: '9.1.2', release: '9.1', repoid: 'f1e2d3c4'}
       if (u.includes('/upload')) data = upid('imgcopy', '')
       if (req.method === 'POST' && u.endsWith('/qemu')) data = upid('qmcreate', 100)
@@ -200,6 +207,39 @@ describe('fingerprint pinning', () => {
     expect(up.headers['transfer-encoding']).toBeUndefined()
     expect(Number(up.headers['content-length'])).toBe(up.bodyLength)
     expect(up.bodyLength).toBeGreaterThan(2 * 1024 * 1024)
+  })
+
+  it('gives the reason phrase and body of an error answer, and a request whose answer never comes is aborted by its signal', async () => {
+    const t = createTrustedFetch({fingerprint: fingerprintOf('node.pem')})
+    try {
+      const res = await t.fetch(`${selfSigned.url}/api2/json/nodes/pve1/qemu/404/status/current`)
+      expect(res.status).toBe(500)
+      expect(res.statusText).toBe("Configuration file 'nodes/pve1/qemu-server/404.conf' does not exist")
+      expect(await res.json()).toEqual({data: null})
+      const started = performance.now()
+      const e = await rejection(t.fetch(`${selfSigned.url}/api2/json/hang`, {signal: AbortSignal.timeout(300)}))
+      expect((e as Error).name).toBe('TimeoutError')
+      expect(performance.now() - started).toBeLessThan(5_000)
+    } finally {
+      await t.close()
+    }
+  })
+
+  it('through PveClient: the per-request deadline is PGI_UNREACHABLE naming the call, and a missing VM is told from the reason phrase', async () => {
+    const c = connectHypervisor(hv(selfSigned.url, {fingerprint: fingerprintOf('node.pem')}), {tokenSecret: TOKEN_SECRET, requestTimeoutMs: 300, retry: {networkRetries: 0}})
+    try {
+      expect(await c.vmStatus('pve1', 404)).toBeUndefined()
+      const n = selfSigned.requests.length
+      // vmConfig of an existing VM path that hangs: the client's deadline ends it
+      const e = await rejection((c as unknown as {get: (p: string, q: undefined, w: object) => Promise<unknown>}).get('/hang', undefined, {hypervisor: 'hv-tls'}))
+      expect(e.code).toBe(ErrorCode.UNREACHABLE)
+      expect(e.message).toContain('no answer to GET /hang within 300 ms')
+      expect(e.message).not.toContain('#pgi-call')
+      expect(selfSigned.requests.length).toBe(n + 1)
+      expect(selfSigned.requests.at(-1)!.url).toBe('/api2/json/hang') // the call tag (URL fragment) is never sent
+    } finally {
+      await c.close()
+    }
   })
 
   it('refuses a pin that is not a SHA-256 fingerprint', () => {
