@@ -202,7 +202,12 @@ export class SecretStore {
         }
       }
     }
-    await walk(this.dir, [])
+    // Start from the deepest folder the prefix names ("establishments/0130040Y/pending/" → that
+    // folder): a fleet run lists one establishment's keys ~200 times, not the whole store each time.
+    const folder = (prefix ?? '').split('/').slice(0, -1)
+    const safe = folder.every((seg) => seg !== '' && seg !== '.' && seg !== '..')
+    if (safe && folder.length > 0) await walk(join(this.dir, ...folder), folder)
+    else await walk(this.dir, [])
     keys.sort()
     return prefix === undefined ? keys : keys.filter((k) => k.startsWith(prefix))
   }

@@ -118,6 +118,11 @@ describe('SecretStore', () => {
     await writeFile(join(dir, '.deadbeef.tmp'), 'left by a crash')
     expect(await store.list()).toEqual(['establishments/0130040Y/sql-admin', 'establishments/0130041Z/sql-admin', 'hypervisors/hv-nord/token'])
     expect(await store.list('establishments/0130040Y/')).toEqual(['establishments/0130040Y/sql-admin'])
+    // a prefix ending mid-name, a folder that does not exist, a prefix that would leave the store
+    expect(await store.list('establishments/0130041')).toEqual(['establishments/0130041Z/sql-admin'])
+    expect(await store.list('establishments/0130040Y/pending/')).toEqual([])
+    expect(await store.list('../establishments/')).toEqual([])
+    expect(await store.list('hypervisors/hv-nord/tok')).toEqual(['hypervisors/hv-nord/token'])
     expect((await store.get('establishments/0130040Y/sql-admin')).reveal()).toBe('b')
     expect(await store.delete('establishments/0130041Z/sql-admin')).toBe(true)
     expect(await store.delete('establishments/0130041Z/sql-admin')).toBe(false)
