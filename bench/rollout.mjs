@@ -49,6 +49,7 @@ const mod = (p) => import(pathToFileURL(join(out, p)).href)
 const {startRolloutLab} = await mod('test/unit/rollout/lab.js')
 const {startRollout} = await mod('src/rollout/service.js')
 const {MemoryIo} = await mod('src/io.js')
+const {connectHypervisor} = await mod('src/proxmox/client.js')
 
 process.env.CI = 'true'
 const total = nodes * perNode
@@ -63,7 +64,13 @@ const lab = await startRolloutLab({nodes, perNode, rings: ring, timeScale, deplo
 try {
   await lab.stage('2026.12.0')
   const io = new MemoryIo('warn')
-  const opts = {pollIntervalMs: 250, agentTimeoutMs: 600_000, healthTimeoutMs: 600_000, requestTimeoutMs: 60_000}
+  // Every wait scales like the durations (as in bench/deploy): the client's task polling (default
+  // 500 ms growing to 5 s), its retry back-off (1 s to 15 s) and the rollout's own polling (default
+  // 5 s) times --time-scale, so the lab and pgi see the request rate of a real fleet per second of
+  // simulated work, not a faster one.
+  const scaled = (ms, min) => Math.max(min, Math.round(ms * timeScale))
+  const connect = (hv, o) => connectHypervisor(hv, {...o, poll: {initialMs: scaled(500, 5), maxMs: scaled(5000, 20)}, retry: {baseDelayMs: scaled(1000, 20), maxDelayMs: scaled(15_000, 100)}})
+  const opts = {connect, pollIntervalMs: scaled(5000, 20), agentTimeoutMs: 600_000, healthTimeoutMs: 600_000, requestTimeoutMs: 60_000}
   // calibration: one establishment alone, the longest of N (each a different site, lab idle)
   const calib = lab.inventory.establishments.filter((e) => e.ring === 'general').slice(-Number(a.calibrations))
   let chain = 0

@@ -99,6 +99,11 @@ function privForKey(key: string, value?: string): string {
   return 'VM.Config.Options'
 }
 
+/** Whether a VM config turns the guest agent on (`agent: 1` or `agent: enabled=1,…`). */
+export function agentEnabled(cfg: Record<string, string>): boolean {
+  return /^(1|enabled=1)/.test(cfg.agent ?? '')
+}
+
 export class LabApi {
   readonly nodes = new Map<string, NodeState>()
   readonly tasks = new TaskManager()
@@ -247,7 +252,7 @@ export class LabApi {
       cores: Number(cfg.cores ?? 1),
       sockets: Number(cfg.sockets ?? 1),
       memoryMb: Number(parsePropertyString(cfg.memory ?? '512', VM_CONFIG_PARAMS.memory!.keys!).current ?? 512),
-      agent: /^(1|enabled=1)/.test(cfg.agent ?? ''),
+      agent: agentEnabled(cfg),
       disks,
       nics,
       bootOrder: boot,

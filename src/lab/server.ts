@@ -183,7 +183,9 @@ export class LabServer {
     let logPath = fullPath
     let paramNames: string[] = []
     let user: string | undefined
-    const finish = (status: number) => this.#log({time: new Date(t0).toISOString(), node: nodeName, method, path: logPath, params: paramNames, status, ms: Date.now() - t0, ...(user ? {user} : {})})
+    const finish = (status: number) => {
+      if (this.#o.requestLog) this.#log({time: new Date(t0).toISOString(), node: nodeName, method, path: logPath, params: paramNames, status, ms: Date.now() - t0, ...(user ? {user} : {})})
+    }
     try {
       const lat = this.api.faults.latency(nodeName, fullPath)
       if (lat > 0) await new Promise((r) => setTimeout(r, lat))

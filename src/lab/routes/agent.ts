@@ -1,7 +1,7 @@
 import {randomUUID} from 'node:crypto'
 
 import {PermissionError} from '../access.js'
-import {configDigest, DIGEST_MISMATCH, DISK_PARAM_KEYS_ALL, HttpError, randomMac, type Ctx, type Handler, type LabApi, type VmRecord} from '../api.js'
+import {agentEnabled, configDigest, DIGEST_MISMATCH, DISK_PARAM_KEYS_ALL, HttpError, randomMac, type Ctx, type Handler, type LabApi, type VmRecord} from '../api.js'
 import {BackendError, type VmBackend} from '../backend.js'
 import {DISK_KEY_RE, VM_CONFIG_PARAMS} from '../params.js'
 import {formatSize, normalizeTags, ParamError, parseBool, parsePropertyString, parseSize, splitList, type RawParams} from '../validate.js'
@@ -12,7 +12,7 @@ export function agentRoutes(api: LabApi): Record<string, Handler> {
     // ---- guest agent ----
     const agentVm = (c: Ctx): VmRecord => {
       const vm = api.vmOf(c)
-      if (!api.spec(c.node.name, vm).agent) throw new HttpError(500, 'No QEMU guest agent configured')
+      if (!agentEnabled(vm.config)) throw new HttpError(500, 'No QEMU guest agent configured')
       if (!api.backend.status(c.node.name, vm.vmid).running) throw new HttpError(500, `VM ${vm.vmid} is not running`)
       return vm
     }
