@@ -1,9 +1,7 @@
 import {Args, Flags} from '@oclif/core'
 
 import {BaseCommand, inventoryFlag, secretsDirFlag} from '../src/cli/base-command.js'
-import {newestImageVersion, resolveDeployImage} from '../src/deploy/image.js'
-import {labConnection} from '../src/deploy/lab-connection.js'
-import {planExitCode, runDeploy, type DeployReport, type PlanRow} from '../src/deploy/service.js'
+import type {DeployReport, PlanRow} from '../src/deploy/service.js'
 import {imagesDir} from '../src/paths.js'
 import {bwlimitFlag} from '../src/rollout/cli-flags.js'
 
@@ -48,6 +46,12 @@ Exit codes: 0 all done or up to date, 4 some establishments failed (see the summ
   }
 
   public async run(): Promise<DeployReport> {
+    // the engine is loaded when the command runs, not with every command (start-up time)
+    const [{newestImageVersion, resolveDeployImage}, {labConnection}, {planExitCode, runDeploy}] = await Promise.all([
+      import('../src/deploy/image.js'),
+      import('../src/deploy/lab-connection.js'),
+      import('../src/deploy/service.js'),
+    ])
     const f = this.flags
     // the UAIs are every positional argument (strict = false); flag values are not among them
     const {argv} = await this.parse(Deploy)

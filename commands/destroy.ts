@@ -2,12 +2,8 @@ import {Args, Flags} from '@oclif/core'
 import {join} from 'node:path'
 
 import {BaseCommand, inventoryFlag, secretsDirFlag} from '../src/cli/base-command.js'
-import {openInventoryStore} from '../src/credentials/service.js'
-import {destroyEstablishment, type DestroyResult} from '../src/deploy/destroy.js'
+import type {DestroyResult} from '../src/deploy/destroy.js'
 import {FlagRequiredError, SafetyRefusal} from '../src/errors.js'
-import {Hypervisors} from '../src/hypervisors.js'
-import {loadValidInventory} from '../src/inventory/load.js'
-import {findEstablishment} from '../src/inventory/select.js'
 import {stateDir} from '../src/paths.js'
 
 export default class Destroy extends BaseCommand<typeof Destroy> {
@@ -40,6 +36,14 @@ export default class Destroy extends BaseCommand<typeof Destroy> {
         suggestions: [`If you really mean it: pgi destroy ${this.args.uai} --destroy-data (a final backup is taken and copied here first).`],
       })
     }
+    // the engine is loaded when the command runs, not with every command (start-up time)
+    const [{openInventoryStore}, {destroyEstablishment}, {Hypervisors}, {loadValidInventory}, {findEstablishment}] = await Promise.all([
+      import('../src/credentials/service.js'),
+      import('../src/deploy/destroy.js'),
+      import('../src/hypervisors.js'),
+      import('../src/inventory/load.js'),
+      import('../src/inventory/select.js'),
+    ])
     const inventory = await loadValidInventory(f.inventory)
     const est = findEstablishment(inventory, this.args.uai)
     const store = await openInventoryStore(inventory, f['secrets-dir'])

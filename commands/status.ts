@@ -6,14 +6,18 @@ import {Args, Flags} from '@oclif/core'
 import {BaseCommand, inventoryFlag, secretsDirFlag} from '../src/cli/base-command.js'
 import {UsageError} from '../src/errors.js'
 import {ExitCode} from '../src/exit-codes.js'
-import {loadValidInventory} from '../src/inventory/load.js'
-import {selectEstablishments} from '../src/inventory/select.js'
-import {Secret} from '../src/secret.js'
-import {detailLines, renderPrometheus, renderTable, useColour} from '../src/status/format.js'
 import {STATUS_DEFAULTS} from '../src/status/collect.js'
-import {StatusService, tokenSecretFromEnv, TOKEN_SECRET_ENV} from '../src/status/service.js'
+import {detailLines, renderPrometheus, renderTable, useColour} from '../src/status/format.js'
+import type {StatusService} from '../src/status/service.js'
 import type {StatusReport} from '../src/status/types.js'
 import {watchStatus, type WatchMode} from '../src/status/watch.js'
+
+/**
+ * The variable the secret of --token-id comes from: src/status/service.ts's TOKEN_SECRET_ENV, which
+ * reads it. Repeated here (a unit test checks they agree) because importing service.ts for a
+ * string would load the Proxmox client with every command (the CLI is one bundle: start-up time).
+ */
+const TOKEN_SECRET_ENV = 'PGI_TOKEN_SECRET'
 
 export default class Status extends BaseCommand<typeof Status> {
   static override summary = 'Show whether each establishment\'s PGI server is healthy, and why not.'
@@ -77,6 +81,13 @@ Exit codes: 0 every selected establishment is healthy, 5 at least one is degrade
     const uais = argv.map(String)
     if (f.output && f.format !== 'prometheus') throw new UsageError('--output is for --format prometheus', {suggestions: ['Redirect stdout for the other formats.']})
 
+    // the engine (inventory loader, Proxmox client) is loaded when the command runs, not with every command
+    const [{loadValidInventory}, {selectEstablishments}, {Secret}, {StatusService, tokenSecretFromEnv}] = await Promise.all([
+      import('../src/inventory/load.js'),
+      import('../src/inventory/select.js'),
+      import('../src/secret.js'),
+      import('../src/status/service.js'),
+    ])
     const t0 = performance.now()
     const inventory = await loadValidInventory(f.inventory)
     this.io.debug('inventory loaded', {ms: Math.round(performance.now() - t0), establishments: inventory.establishments.length})

@@ -4,12 +4,9 @@ import {Args, Flags} from '@oclif/core'
 
 import {BaseCommand, inventoryFlag, secretsDirFlag} from '../../src/cli/base-command.js'
 import type {HandoffConnection} from '../../src/credentials/handoff.js'
-import {allFailedError, openInventoryStore, writeHandoffs, type HandoffRunResult} from '../../src/credentials/service.js'
-import {labConnection} from '../../src/deploy/lab-connection.js'
+import type {HandoffRunResult} from '../../src/credentials/service.js'
 import {UsageError} from '../../src/errors.js'
 import {ExitCode} from '../../src/exit-codes.js'
-import {loadValidInventory} from '../../src/inventory/load.js'
-import {selectEstablishments} from '../../src/inventory/select.js'
 import {stateDir} from '../../src/paths.js'
 
 export default class CredentialsHandoff extends BaseCommand<typeof CredentialsHandoff> {
@@ -45,6 +42,13 @@ The passwords come from the secret store (written by \`pgi deploy\`); an establi
   }
 
   async run(): Promise<HandoffRunResult> {
+    // the engine is loaded when the command runs, not with every command (start-up time)
+    const [{allFailedError, openInventoryStore, writeHandoffs}, {labConnection}, {loadValidInventory}, {selectEstablishments}] = await Promise.all([
+      import('../../src/credentials/service.js'),
+      import('../../src/deploy/lab-connection.js'),
+      import('../../src/inventory/load.js'),
+      import('../../src/inventory/select.js'),
+    ])
     const {argv} = await this.parse(CredentialsHandoff)
     const inventory = await loadValidInventory(this.flags.inventory)
     const establishments = selectEstablishments(inventory, {uais: argv as string[], all: this.flags.all, group: this.flags.group})

@@ -3,9 +3,7 @@ import {join} from 'node:path'
 import {Args, Flags} from '@oclif/core'
 
 import {BaseCommand, inventoryFlag, secretsDirFlag} from '../../src/cli/base-command.js'
-import {credentialsOverview, openInventoryStore, type CredentialsOverviewRow} from '../../src/credentials/service.js'
-import {loadValidInventory} from '../../src/inventory/load.js'
-import {selectEstablishments} from '../../src/inventory/select.js'
+import type {CredentialsOverviewRow} from '../../src/credentials/service.js'
 import {stateDir} from '../../src/paths.js'
 
 export default class CredentialsList extends BaseCommand<typeof CredentialsList> {
@@ -29,6 +27,12 @@ export default class CredentialsList extends BaseCommand<typeof CredentialsList>
   }
 
   async run(): Promise<CredentialsOverviewRow[]> {
+    // the engine is loaded when the command runs, not with every command (start-up time)
+    const [{credentialsOverview, openInventoryStore}, {loadValidInventory}, {selectEstablishments}] = await Promise.all([
+      import('../../src/credentials/service.js'),
+      import('../../src/inventory/load.js'),
+      import('../../src/inventory/select.js'),
+    ])
     const {argv} = await this.parse(CredentialsList)
     const inventory = await loadValidInventory(this.flags.inventory)
     const uais = argv as string[]

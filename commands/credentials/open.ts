@@ -2,7 +2,6 @@ import {Args, Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../src/cli/base-command.js'
 import type {HandoffJson} from '../../src/credentials/handoff.js'
-import {openHandoffForOwner} from '../../src/credentials/service.js'
 
 export default class CredentialsOpen extends BaseCommand<typeof CredentialsOpen> {
   static override summary = 'Decrypt a handoff file with your age key and show your access codes.'
@@ -23,6 +22,8 @@ export default class CredentialsOpen extends BaseCommand<typeof CredentialsOpen>
   }
 
   async run(): Promise<HandoffJson> {
+    // the engine is loaded when the command runs, not with every command (start-up time)
+    const {openHandoffForOwner} = await import('../../src/credentials/service.js')
     const {handoff: h, text} = await openHandoffForOwner(this.args.file, this.flags.identity)
     if (this.jsonEnabled()) return h
     if (this.flags.text) {

@@ -1,9 +1,7 @@
 import {Flags} from '@oclif/core'
 
 import {BaseCommand, inventoryFlag, secretsDirFlag} from '../../src/cli/base-command.js'
-import {openInventoryStore} from '../../src/credentials/service.js'
 import {ErrorCode, UserError} from '../../src/errors.js'
-import {loadValidInventory} from '../../src/inventory/load.js'
 import type {ReencryptResult} from '../../src/secrets/store.js'
 
 export default class CredentialsReencrypt extends BaseCommand<typeof CredentialsReencrypt> {
@@ -21,6 +19,8 @@ export default class CredentialsReencrypt extends BaseCommand<typeof Credentials
   }
 
   async run(): Promise<ReencryptResult & {store: string}> {
+    // the engine is loaded when the command runs, not with every command (start-up time)
+    const [{openInventoryStore}, {loadValidInventory}] = await Promise.all([import('../../src/credentials/service.js'), import('../../src/inventory/load.js')])
     const inventory = await loadValidInventory(this.flags.inventory)
     const store = await openInventoryStore(inventory, this.flags['secrets-dir'], process.env, this.io)
     const r = await store.reencrypt(this.flags.prefix)

@@ -3,12 +3,9 @@ import {join} from 'node:path'
 import {Args, Flags} from '@oclif/core'
 
 import {BaseCommand, inventoryFlag, secretsDirFlag} from '../../src/cli/base-command.js'
-import {ESTABLISHMENT_SECRETS, type EstablishmentSecretName} from '../../src/credentials/secrets.js'
-import {allFailedError, openInventoryStore, rotateSecrets, type RotateRunResult} from '../../src/credentials/service.js'
-import {labConnection} from '../../src/deploy/lab-connection.js'
+import {ESTABLISHMENT_SECRETS, type EstablishmentSecretName} from '../../src/credentials/secret-names.js'
+import type {RotateRunResult} from '../../src/credentials/service.js'
 import {ExitCode} from '../../src/exit-codes.js'
-import {loadValidInventory} from '../../src/inventory/load.js'
-import {selectEstablishments} from '../../src/inventory/select.js'
 import {stateDir} from '../../src/paths.js'
 
 export default class CredentialsRotate extends BaseCommand<typeof CredentialsRotate> {
@@ -36,6 +33,13 @@ Safe to interrupt: the new passwords are saved in the store (encrypted, as "pend
   }
 
   async run(): Promise<RotateRunResult> {
+    // the engine is loaded when the command runs, not with every command (start-up time)
+    const [{allFailedError, openInventoryStore, rotateSecrets}, {labConnection}, {loadValidInventory}, {selectEstablishments}] = await Promise.all([
+      import('../../src/credentials/service.js'),
+      import('../../src/deploy/lab-connection.js'),
+      import('../../src/inventory/load.js'),
+      import('../../src/inventory/select.js'),
+    ])
     const {argv} = await this.parse(CredentialsRotate)
     const inventory = await loadValidInventory(this.flags.inventory)
     const establishments = selectEstablishments(inventory, {uais: argv as string[]})

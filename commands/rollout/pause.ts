@@ -1,7 +1,6 @@
 import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../src/cli/base-command.js'
-import {controlRollout} from '../../src/rollout/service.js'
 
 export default class RolloutPause extends BaseCommand<typeof RolloutPause> {
   static override summary = 'Pause the running rollout: establishments in flight finish their step (those whose VM is already stopped run to the end), nobody new starts.'
@@ -18,6 +17,8 @@ Exit codes: 0 request written, 2 no running rollout in the journal.`
   static override flags = {id: Flags.string({summary: 'Rollout id (default: the running one).'})}
 
   public async run(): Promise<{id: string; control: string}> {
+    // the engine is loaded when the command runs, not with every command (start-up time)
+    const {controlRollout} = await import('../../src/rollout/service.js')
     const r = await controlRollout('pause', {id: this.flags.id})
     this.io.info(`rollout ${r.id}: pause requested; the runner acts on it at the next step boundary`)
     return r

@@ -2,7 +2,7 @@ import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../src/cli/base-command.js'
 import {imageFlags, imageResolver, positional, selectionFlags, uaiArgs, versionArg} from '../../src/rollout/cli-flags.js'
-import {planRollout, type RolloutPlanRow} from '../../src/rollout/service.js'
+import type {RolloutPlanRow} from '../../src/rollout/service.js'
 import {ExitCode} from '../../src/exit-codes.js'
 
 export default class RolloutPlan extends BaseCommand<typeof RolloutPlan> {
@@ -27,6 +27,8 @@ Exit codes: 0 nothing blocked, 4 some establishments are blocked.`
   }
 
   public async run(): Promise<{version: string; rows: RolloutPlanRow[]}> {
+    // the engine is loaded when the command runs, not with every command (start-up time)
+    const {planRollout} = await import('../../src/rollout/service.js')
     const f = this.flags
     const {argv} = await this.parse(RolloutPlan)
     const r = await planRollout({

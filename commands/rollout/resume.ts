@@ -3,7 +3,6 @@ import {Flags} from '@oclif/core'
 import {BaseCommand} from '../../src/cli/base-command.js'
 import {imageFlags, imageResolver, positional, resultTable, runFlags, selectionFlags, stopSignal, uaiArgs} from '../../src/rollout/cli-flags.js'
 import type {RolloutResult} from '../../src/rollout/run.js'
-import {resumeRollout} from '../../src/rollout/service.js'
 
 export default class RolloutResume extends BaseCommand<typeof RolloutResume> {
   static override summary = 'Continue a rollout that was paused, halted or interrupted: finish or roll back every establishment it touched.'
@@ -29,6 +28,8 @@ Exit codes: as \`pgi rollout start\`.`
   }
 
   public async run(): Promise<RolloutResult> {
+    // the engine is loaded when the command runs, not with every command (start-up time)
+    const {resumeRollout} = await import('../../src/rollout/service.js')
     const f = this.flags
     const {argv} = await this.parse(RolloutResume)
     const uais = positional(argv, 0)

@@ -3,7 +3,7 @@ import {Flags} from '@oclif/core'
 import {BaseCommand} from '../../src/cli/base-command.js'
 import type {ExitCodeValue} from '../../src/exit-codes.js'
 import {bwlimitFlag, imageFlags, imageResolver, positional, selectionFlags, uaiArgs, versionArg} from '../../src/rollout/cli-flags.js'
-import {stageRollout, type StageRow} from '../../src/rollout/service.js'
+import type {StageRow} from '../../src/rollout/service.js'
 
 export default class RolloutStage extends BaseCommand<typeof RolloutStage> {
   static override summary = 'Put an image version on every node of the selection ahead of a rollout; no VM is touched.'
@@ -29,6 +29,8 @@ Exit codes: 0 staged everywhere, 4 some nodes failed, 1 all failed.`
   }
 
   public async run(): Promise<{version: string; rows: StageRow[]}> {
+    // the engine is loaded when the command runs, not with every command (start-up time)
+    const {stageRollout} = await import('../../src/rollout/service.js')
     const f = this.flags
     const {argv} = await this.parse(RolloutStage)
     const r = await stageRollout({

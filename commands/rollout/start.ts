@@ -3,7 +3,6 @@ import {Flags} from '@oclif/core'
 import {BaseCommand} from '../../src/cli/base-command.js'
 import {imageFlags, imageResolver, positional, resultTable, runFlags, selectionFlags, stopSignal, uaiArgs, versionArg} from '../../src/rollout/cli-flags.js'
 import type {RolloutResult} from '../../src/rollout/run.js'
-import {startRollout} from '../../src/rollout/service.js'
 
 export default class RolloutStart extends BaseCommand<typeof RolloutStart> {
   static override summary = 'Roll an image version out to establishments, wave by wave, with backups, health gates and automatic rollback.'
@@ -31,6 +30,8 @@ Exit codes: 0 all updated (or already), 4 some failed / were rolled back / halte
   }
 
   public async run(): Promise<RolloutResult> {
+    // the engine is loaded when the command runs, not with every command (start-up time)
+    const {startRollout} = await import('../../src/rollout/service.js')
     const f = this.flags
     const {argv} = await this.parse(RolloutStart)
     const r = await startRollout({

@@ -3,7 +3,7 @@ import {Flags} from '@oclif/core'
 import {BaseCommand} from '../../src/cli/base-command.js'
 import {ExitCode} from '../../src/exit-codes.js'
 import {positional, selectionFlags, uaiArgs} from '../../src/rollout/cli-flags.js'
-import {rolloutStatus, type RolloutStatus} from '../../src/rollout/service.js'
+import type {RolloutStatus} from '../../src/rollout/service.js'
 
 export default class RolloutStatusCommand extends BaseCommand<typeof RolloutStatusCommand> {
   static override summary = 'Where rollouts stand: the local journal and the rollout mark of each VM.'
@@ -22,6 +22,8 @@ Exit codes: 0 nothing mid-way or failed, 4 some establishment is mid-way, failed
   static override flags = {...selectionFlags, id: Flags.string({summary: 'Only this rollout.'})}
 
   public async run(): Promise<RolloutStatus> {
+    // the engine is loaded when the command runs, not with every command (start-up time)
+    const {rolloutStatus} = await import('../../src/rollout/service.js')
     const f = this.flags
     const {argv} = await this.parse(RolloutStatusCommand)
     const uais = positional(argv, 0)

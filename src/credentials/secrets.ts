@@ -1,14 +1,9 @@
 import {ErrorCode, UserError} from '../errors.js'
 import type {Secret} from '../secret.js'
 import {generatePassword, type SecretStore} from '../secrets/store.js'
+import {ESTABLISHMENT_SECRETS, type EstablishmentSecretName} from './secret-names.js'
 
-/**
- * The per-establishment secrets and where they live in the secret store:
- * `establishments/<UAI>/{sql-admin,tryton-admin,ami-password}`, plus, while a rotation is in
- * flight, `establishments/<UAI>/pending/<name>`.
- */
-export const ESTABLISHMENT_SECRETS = ['sql-admin', 'tryton-admin', 'ami-password'] as const
-export type EstablishmentSecretName = (typeof ESTABLISHMENT_SECRETS)[number]
+export {ESTABLISHMENT_SECRETS, type EstablishmentSecretName}
 
 /** Fixed logins of the guest contract. The AMI's login comes from the inventory (`ami.login`). */
 export const SQL_ADMIN_LOGIN = 'pgi_admin'

@@ -5,7 +5,7 @@
 import {Args, Flags} from '@oclif/core'
 
 import {inventoryFlag, secretsDirFlag} from '../cli/base-command.js'
-import {resolveDeployImage} from '../deploy/image.js'
+import type {DeployImage} from '../deploy/desired.js'
 import type {Io} from '../io.js'
 import {imagesDir} from '../paths.js'
 
@@ -53,8 +53,9 @@ export function positional(argv: unknown[], skip: number): string[] {
   return (argv as string[]).filter((a) => typeof a === 'string').slice(skip)
 }
 
-export function imageResolver(dir: string, io: Io) {
-  return (v: string) => resolveDeployImage(v, {imagesDir: dir, io})
+export function imageResolver(dir: string, io: Io): (v: string) => Promise<DeployImage> {
+  // loaded when an image is resolved: the commands import this file for their flags
+  return async (v) => (await import('../deploy/image.js')).resolveDeployImage(v, {imagesDir: dir, io})
 }
 
 /** The per-establishment table of a start/resume. */
