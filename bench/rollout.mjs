@@ -51,6 +51,12 @@ const {startRollout} = await mod('src/rollout/service.js')
 const {MemoryIo} = await mod('src/io.js')
 const {connectHypervisor} = await mod('src/proxmox/client.js')
 
+function percentiles(xs) {
+  const s = [...xs].sort((x, y) => x - y)
+  const at = (q) => s[Math.min(s.length - 1, Math.floor(q * s.length))]
+  return {p50: at(0.5), p90: at(0.9), max: s.at(-1)}
+}
+
 process.env.CI = 'true'
 const total = nodes * perNode
 // rings: 1 % canary, 9 % pilot, the rest general, spread over the nodes as a Région would pick
@@ -113,6 +119,8 @@ try {
     target: 1.15,
     outcomes: r.counts,
     cpuMsPerEstablishment_pgiAndLab: Math.round((cpuMs / sel.length) * 10) / 10,
+    // each establishment's own chain inside the fleet run, to compare with chainMs (alone)
+    perSiteMs: percentiles(r.establishments.map((x) => x.durationMs)),
   }
   console.log(JSON.stringify(result))
 } finally {

@@ -27,7 +27,7 @@ const H = Number(values.hypervisors)
 const TARGETS_MS = {version: 250, validate_example: 400, validate_generated: 1500}
 
 const bin = join(root, 'bin', 'run.js')
-if (!existsSync(join(root, 'dist', 'src', 'inventory', 'uai.js'))) {
+if (!existsSync(join(root, 'dist', 'src', 'inventory', 'uai.js')) || !existsSync(join(root, 'dist', 'cli', 'main.js'))) {
   console.error('bench/startup: run `npm run build` first')
   process.exit(1)
 }

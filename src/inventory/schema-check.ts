@@ -3,7 +3,7 @@ import {readFile} from 'node:fs/promises'
 import {createRequire} from 'node:module'
 import {join} from 'node:path'
 
-import {packageRoot} from '../paths.js'
+import {moduleTreeDir, packageRoot} from '../paths.js'
 import {describePath, type ProblemList, type SourceFile, type YamlPath} from './source.js'
 import {didYouMean, suggestAmong} from './suggest.js'
 
@@ -66,7 +66,8 @@ async function loadValidatorOnce(): Promise<LoadedValidator> {
   const schema = JSON.parse(text) as JsonSchema
   const hash = schemaHash(text)
   try {
-    const req = createRequire(import.meta.url)
+    // next to this module in dist/src/inventory/ (also when this code runs from the CLI bundle)
+    const req = createRequire(join(moduleTreeDir(), 'inventory', 'schema-check.js'))
     const mod = req(`./${GENERATED_VALIDATOR}`) as SchemaValidateFn & {schemaHash?: string}
     if (mod.schemaHash === hash) return {validate: mod, schema, compiled: 'build'}
   } catch (err) {

@@ -2,14 +2,13 @@ import {randomUUID} from 'node:crypto'
 import {access, chmod, mkdir, readFile, rm, writeFile} from 'node:fs/promises'
 import {request} from 'node:https'
 import {dirname, join, resolve} from 'node:path'
-import {fileURLToPath} from 'node:url'
 
 import {generateIdentity, identityToRecipient} from 'age-encryption'
 
 import {ErrorCode, UserError} from '../errors.js'
 import {spawnDetached} from '../exec.js'
 import type {Io} from '../io.js'
-import {labDir} from '../paths.js'
+import {labDir, moduleTreeDir} from '../paths.js'
 import {PGI_ROLE_PRIVILEGES, pveMajor} from '../proxmox/role.js'
 import {Secret} from '../secret.js'
 import {localIdentity} from '../secrets/identity.js'
@@ -116,8 +115,8 @@ export async function readLabState(dir: string): Promise<LabStateFile | undefine
 }
 
 function daemonScript(): string {
-  const here = dirname(fileURLToPath(import.meta.url))
-  return join(here, 'daemon.js')
+  // dist/src/lab/daemon.js (also when this code runs from the CLI bundle, dist/cli/)
+  return join(moduleTreeDir(), 'lab', 'daemon.js')
 }
 
 function getJson(url: string, cert: string, token: string, timeoutMs: number): Promise<{status: number; body: string}> {

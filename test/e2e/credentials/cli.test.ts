@@ -17,7 +17,7 @@ let tmp: string
 
 beforeAll(async () => {
   await requireTools(['age', 'age-keygen'])
-  await access(join(root, 'dist', 'commands', 'credentials', 'handoff.js')).catch(() => {
+  await access(join(root, 'dist', 'cli', 'commands.js')).catch(() => {
     throw new Error('the CLI is not built: run `npm run build` first')
   })
   tmp = await mkdtemp(join(tmpdir(), 'pgi-cred-cli-'))

@@ -25,7 +25,7 @@ const CLI = join(ROOT, 'bin', 'run.js')
 function ensureBuilt(): void {
   const daemon = join(ROOT, 'dist', 'src', 'lab', 'daemon.js')
   const newest = Math.max(...['src/lab', 'src/lab/routes', 'commands/lab'].flatMap((d) => readdirSync(join(ROOT, d)).filter((f) => f.endsWith('.ts')).map((f) => statSync(join(ROOT, d, f)).mtimeMs)))
-  if (existsSync(daemon) && statSync(daemon).mtimeMs >= newest && existsSync(join(ROOT, 'oclif.manifest.json'))) return
+  if (existsSync(daemon) && statSync(daemon).mtimeMs >= newest && existsSync(join(ROOT, 'dist', 'cli', 'commands.js')) && existsSync(join(ROOT, 'oclif.manifest.json'))) return
   execFileSync('npm', ['run', 'build'], {cwd: ROOT, stdio: 'inherit', timeout: 10 * 60_000})
 }
 

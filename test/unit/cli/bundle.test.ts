@@ -1,0 +1,64 @@
+import {join} from 'node:path'
+
+import {build, type Metafile} from 'esbuild'
+import {describe, expect, it} from 'vitest'
+
+import Status from '../../../commands/status.js'
+import {TOKEN_SECRET_ENV} from '../../../src/status/service.js'
+import {bundleOptions, commandIds} from '../../../scripts/bundle.mjs'
+
+/**
+ * The CLI bundle (scripts/bundle.mjs) keeps start-up fast only if `pgi --version` loads oclif alone
+ * and commands.js (every command class, loaded by every command) none of the engine: commands
+ * import their services inside run(). These check the bundle's module graph, built in memory.
+ */
+const HEAVY = ['undici', 'proxmox-api', 'listr2', 'execa', 'age-encryption', 'yaml', 'js-yaml', 'busboy', 'ssh2', 'ajv']
+
+let meta: Metafile | undefined
+async function metafile(): Promise<Metafile> {
+  meta ??= (await build({...bundleOptions(join(process.cwd(), 'dist', 'cli-test')), write: false, logLevel: 'silent'})).metafile!
+  return meta
+}
+
+/** The source files an entry loads before any import() runs. */
+function staticInputs(m: Metafile, entry: string): string[] {
+  const start = Object.keys(m.outputs).find((k) => m.outputs[k]!.entryPoint === `pgi-entry:${entry}`)!
+  const seen = new Set<string>()
+  const todo = [start]
+  while (todo.length > 0) {
+    const f = todo.pop()!
+    if (seen.has(f) || !m.outputs[f]) continue
+    seen.add(f)
+    for (const i of m.outputs[f]!.imports) if (i.kind === 'import-statement' && !i.external) todo.push(i.path)
+  }
+  return [...seen].flatMap((f) => Object.keys(m.outputs[f]!.inputs))
+}
+
+describe('CLI bundle', () => {
+  it('lists every command file under its oclif id', () => {
+    const ids = Object.keys(commandIds())
+    expect(ids).toContain('inventory:validate')
+    expect(ids).toContain('status')
+    expect(ids).toContain('rollout:start')
+    expect(ids).not.toContain('index')
+  })
+
+  it('main.js (pgi --version) loads oclif and none of pgi', async () => {
+    const inputs = staticInputs(await metafile(), 'main')
+    expect(inputs.filter((i) => /^(src|commands)\//.test(i))).toEqual([])
+    expect(inputs.some((i) => i.includes('node_modules/@oclif/core/'))).toBe(true)
+  }, 60_000)
+
+  it('commands.js loads no heavy package and no engine module: commands import them in run()', async () => {
+    const inputs = staticInputs(await metafile(), 'commands')
+    for (const p of HEAVY) expect(inputs.filter((i) => i.includes(`node_modules/${p}/`)), p).toEqual([])
+    const engine = inputs.filter((i) => /^src\/(proxmox|inventory|deploy|secrets|lab|image)\/|^src\/(rollout|credentials|status)\/service\.ts$/.test(i))
+    expect(engine).toEqual([])
+    expect(inputs).toContain('commands/inventory/validate.ts')
+  }, 60_000)
+
+  it("status's help names the variable the service reads the token secret from", () => {
+    expect(Status.description).toContain(TOKEN_SECRET_ENV)
+    expect(Status.flags['token-id'].summary).toContain(TOKEN_SECRET_ENV)
+  })
+})
