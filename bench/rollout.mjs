@@ -7,15 +7,16 @@
 //   ideal = Σ over waves of  max(ceil(n / max-parallel), max over hypervisors ceil(n_hv / per-hv)) × chain
 // where `chain` is one establishment's full rollout measured alone on the idle lab (calibration,
 // the longest of --calibrations runs). Target: ratio <= 1.15.
-// CPU: the lab runs in this process (its guest model is test code), so the CPU figure is pgi AND
-// the lab together, per establishment: an upper bound of pgi's own.
+// The lab runs in its own process (this file with --lab-child), as real hypervisors are other
+// machines: the CPU figures are pgi's own (this process) and the lab's (the child), per
+// establishment, separately.
 //
 // The lab helpers are TypeScript test code: they are compiled with tsc into
 // node_modules/.cache/pgi-bench-rollout first (about 15 s).
 // Usage: node bench/rollout.mjs [--nodes 50] [--sites 500] [--max-parallel 50]
 //   [--max-per-hypervisor 2] [--time-scale 0.25] [--calibrations 2]
 // Last line: one JSON object.
-import {execFileSync} from 'node:child_process'
+import {execFileSync, fork} from 'node:child_process'
 import {cpus} from 'node:os'
 import {dirname, join, resolve} from 'node:path'
 import {fileURLToPath, pathToFileURL} from 'node:url'
@@ -30,6 +31,7 @@ const {values: a} = parseArgs({
     'max-per-hypervisor': {type: 'string', default: '2'},
     'time-scale': {type: 'string', default: '0.25'},
     calibrations: {type: 'string', default: '2'},
+    'lab-child': {type: 'boolean'},
   },
 })
 const nodes = Number(a.nodes)
@@ -39,11 +41,13 @@ const perHv = Number(a['max-per-hypervisor'])
 const timeScale = Number(a['time-scale'])
 
 const out = join(root, 'node_modules', '.cache', 'pgi-bench-rollout')
-process.stderr.write('compiling the lab helpers…\n')
-try {
-  execFileSync(join(root, 'node_modules', '.bin', 'tsc'), ['--outDir', out, '--rootDir', root, '--module', 'nodenext', '--moduleResolution', 'nodenext', '--target', 'es2022', '--lib', 'ES2023', '--skipLibCheck', '--esModuleInterop', '--resolveJsonModule', join(root, 'test/unit/rollout/lab.ts')], {stdio: ['ignore', 'ignore', 'inherit']})
-} catch {
-  // tsc exits non-zero on type errors elsewhere in the tree but still emits: use what it wrote
+if (!process.argv.includes('--lab-child')) {
+  process.stderr.write('compiling the lab helpers…\n')
+  try {
+    execFileSync(join(root, 'node_modules', '.bin', 'tsc'), ['--outDir', out, '--rootDir', root, '--module', 'nodenext', '--moduleResolution', 'nodenext', '--target', 'es2022', '--lib', 'ES2023', '--skipLibCheck', '--esModuleInterop', '--resolveJsonModule', join(root, 'test/unit/rollout/lab.ts')], {stdio: ['ignore', 'ignore', 'inherit']})
+  } catch {
+    // tsc exits non-zero on type errors elsewhere in the tree but still emits: use what it wrote
+  }
 }
 const mod = (p) => import(pathToFileURL(join(out, p)).href)
 const {startRolloutLab} = await mod('test/unit/rollout/lab.js')
@@ -65,10 +69,47 @@ const ring = (i) => {
   const j = (i % perNode) * nodes + Math.floor(i / perNode)
   return j < total / 100 ? 'canary' : j < total / 10 ? 'pilot' : 'general'
 }
-process.stderr.write(`deploying ${total} establishments on ${nodes} nodes (time scale ${timeScale})…\n`)
-const lab = await startRolloutLab({nodes, perNode, rings: ring, timeScale, deployParallel: 100})
-try {
+
+if (process.argv.includes('--lab-child')) {
+  // The lab process: deploys the fleet at 2026.11.0, stages 2026.12.0, hands the parent what a
+  // runner needs (inventory, secret store, environment, images), answers CPU questions, stops.
+  process.stderr.write(`deploying ${total} establishments on ${nodes} nodes (time scale ${timeScale})…\n`)
+  const lab = await startRolloutLab({nodes, perNode, rings: ring, timeScale, deployParallel: 100})
   await lab.stage('2026.12.0')
+  process.on('message', async (m) => {
+    if (m === 'cpu') process.send({cpu: process.cpuUsage()})
+    if (m === 'stop') {
+      await lab.close()
+      process.exit(0)
+    }
+  })
+  process.send({ready: {dir: lab.dir, inventory: lab.inventory, secretsDir: lab.store.dir, env: lab.env, images: [...lab.images]}})
+} else {
+  const child = fork(fileURLToPath(import.meta.url), [...process.argv.slice(2), '--lab-child'], {serialization: 'advanced', stdio: ['ignore', 'ignore', 'inherit', 'ipc']})
+  const next = () => new Promise((res, rej) => {
+    child.once('message', res)
+    child.once('exit', (code) => rej(new Error(`the lab process exited (${code})`)))
+  })
+  const {ready: L} = await next()
+  const labCpu = async () => {
+    child.send('cpu')
+    return (await next()).cpu
+  }
+  const images = new Map(L.images)
+  const resolveImage = async (v) => {
+    const i = images.get(v)
+    if (!i) throw new Error(`image ${v} not built`)
+    return i
+  }
+  try {
+    await main(L, resolveImage, labCpu)
+  } finally {
+    child.send('stop')
+    await new Promise((r) => child.once('exit', r))
+  }
+}
+
+async function main(lab, resolveImage, labCpu) {
   const io = new MemoryIo('warn')
   // Every wait scales like the durations (as in bench/deploy): the client's task polling (default
   // 500 ms growing to 5 s), its retry back-off (1 s to 15 s) and the rollout's own polling (default
@@ -76,13 +117,30 @@ try {
   // simulated work, not a faster one.
   const scaled = (ms, min) => Math.max(min, Math.round(ms * timeScale))
   const connect = (hv, o) => connectHypervisor(hv, {...o, poll: {initialMs: scaled(500, 5), maxMs: scaled(5000, 20)}, retry: {baseDelayMs: scaled(1000, 20), maxDelayMs: scaled(15_000, 100)}})
-  const opts = {connect, pollIntervalMs: scaled(5000, 20), agentTimeoutMs: 600_000, healthTimeoutMs: 600_000, requestTimeoutMs: 60_000}
+  const request = (version, over) => ({
+    inventoryPath: lab.dir,
+    inventory: lab.inventory,
+    selection: {all: true},
+    secretsDir: lab.secretsDir,
+    io,
+    env: lab.env,
+    connect,
+    requestTimeoutMs: 60_000,
+    version,
+    resolveImage,
+    confirm: async () => undefined,
+    pollIntervalMs: scaled(5000, 20),
+    agentTimeoutMs: 600_000,
+    healthTimeoutMs: 600_000,
+    shutdownTimeoutS: 5,
+    ...over,
+  })
   // calibration: one establishment alone, the longest of N (each a different site, lab idle)
   const calib = lab.inventory.establishments.filter((e) => e.ring === 'general').slice(-Number(a.calibrations))
   let chain = 0
   for (const e of calib) {
     const t0 = Date.now()
-    const r = await startRollout(lab.request(io, '2026.12.0', {...opts, selection: {uais: [e.uai]}, maxParallel: 1}))
+    const r = await startRollout(request('2026.12.0', {selection: {uais: [e.uai]}, maxParallel: 1, maxPerHypervisor: 1}))
     if (r.establishments[0].outcome !== 'updated') throw new Error(`calibration failed: ${JSON.stringify(r.establishments[0])}`)
     chain = Math.max(chain, Date.now() - t0)
   }
@@ -98,11 +156,15 @@ try {
     ideal += rounds * chain
   }
   const cpu0 = process.cpuUsage()
+  const lab0 = await labCpu()
   const t0 = Date.now()
-  const r = await startRollout(lab.request(io, '2026.12.0', {...opts, selection: {uais: sel.map((e) => e.uai)}, maxParallel, maxPerHypervisor: perHv}))
+  const r = await startRollout(request('2026.12.0', {selection: {uais: sel.map((e) => e.uai)}, maxParallel, maxPerHypervisor: perHv}))
   const wall = Date.now() - t0
   const cpu = process.cpuUsage(cpu0)
-  const cpuMs = (cpu.user + cpu.system) / 1000
+  const lab1 = await labCpu()
+  const ms = (u) => (u.user + u.system) / 1000
+  const cpuMs = ms(cpu)
+  const labCpuMs = ms(lab1) - ms(lab0)
   const result = {
     bench: 'rollout',
     machine: {cpus: cpus().length, model: cpus()[0]?.model},
@@ -118,11 +180,9 @@ try {
     ratio: Math.round((wall / ideal) * 1000) / 1000,
     target: 1.15,
     outcomes: r.counts,
-    cpuMsPerEstablishment_pgiAndLab: Math.round((cpuMs / sel.length) * 10) / 10,
+    cpuMsPerEstablishment: {pgi: Math.round((cpuMs / sel.length) * 10) / 10, lab: Math.round((labCpuMs / sel.length) * 10) / 10},
     // each establishment's own chain inside the fleet run, to compare with chainMs (alone)
     perSiteMs: percentiles(r.establishments.map((x) => x.durationMs)),
   }
   console.log(JSON.stringify(result))
-} finally {
-  await lab.close()
 }
