@@ -160,7 +160,7 @@ async function stageFiles(recipe: Recipe, stage: string): Promise<string[]> {
 }
 
 /** The customize hook mmdebstrap runs with the rootfs as $1 (proc/sys/dev mounted by it). */
-function customizeScript(recipe: Recipe, ctx: {stage: string; chowns: string[]; epoch: number; work: string; cacheMounted: boolean; buildCache: string}): string {
+function customizeScript(recipe: Recipe, ctx: {stage: string; chowns: string[]; epoch: number; work: string; cacheMounted: boolean}): string {
   const rm = recipe.trim.remove.map((g) => `rm -rf "$1"${g.replace(/[^A-Za-z0-9_./*+@-]/g, '')}`).join('\n')
   const enable = recipe.services.enable.map((u) => `chroot "$1" systemctl enable ${sh(u)}`).join('\n')
   const disable = recipe.services.disable.map((u) => `chroot "$1" systemctl disable ${sh(u)} 2>/dev/null || true\nchroot "$1" systemctl mask ${sh(u)}`).join('\n')
@@ -203,13 +203,7 @@ ${disable}
 cat > "$1/tmp/pgi-configure.sh" <<'PGI_CONFIGURE_EOF'
 ${recipe.configure ?? 'true'}
 PGI_CONFIGURE_EOF
-# $PGI_BUILD_CACHE: a folder kept between builds of this recipe, for results that depend only on
-# inputs the recipe puts in their key (e.g. the template database of pgi-tryton)
-mkdir -p "$1/var/cache/pgi-build"
-mount -o bind ${sh(ctx.buildCache)} "$1/var/cache/pgi-build"
-PGI_BUILD_CACHE=/var/cache/pgi-build chroot "$1" /bin/sh /tmp/pgi-configure.sh
-umount "$1/var/cache/pgi-build"
-rmdir "$1/var/cache/pgi-build"
+chroot "$1" /bin/sh /tmp/pgi-configure.sh
 rm -f "$1/tmp/pgi-configure.sh"
 chroot "$1" update-initramfs -u -k "$KVER" >/dev/null
 # what is installed, for the lock and the manifest
@@ -266,7 +260,6 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
   if (!Number.isInteger(epoch) || epoch < 0) throw new UserError(ErrorCode.USAGE, `SOURCE_DATE_EPOCH "${env.SOURCE_DATE_EPOCH}" is not a number of seconds`)
   const work = join(stateDir(env), 'build', `${recipe.name}-${version}-${process.pid}`)
   const cache = join(stateDir(env), 'apt-cache', recipe.suite)
-  const buildCache = join(stateDir(env), 'build-cache', recipe.name)
   const lockFile = lockPath(recipe)
 
   interface Ctx {
@@ -318,8 +311,7 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
         await writeFile(join(stage, 'etc', 'pgi', 'image.json'), JSON.stringify(imageJson, null, 2) + '\n')
         await chmod(join(stage, 'etc', 'pgi'), 0o755)
         const hook = join(work, 'customize.sh')
-        await mkdir(buildCache, {recursive: true})
-        await writeFile(hook, customizeScript(recipe, {stage, chowns, epoch, work, cacheMounted: true, buildCache}), {mode: 0o755})
+        await writeFile(hook, customizeScript(recipe, {stage, chowns, epoch, work, cacheMounted: true}), {mode: 0o755})
         const prefs = join(work, 'lock.pref')
         if (ctx.lock) await writeFile(prefs, aptPreferences(ctx.lock))
         const args = [
