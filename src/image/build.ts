@@ -169,8 +169,6 @@ function customizeScript(recipe: Recipe, ctx: {stage: string; chowns: string[]; 
 set -eu
 export SOURCE_DATE_EPOCH=${ctx.epoch}
 ${ctx.cacheMounted ? 'umount "$1/var/cache/apt/archives"' : ''}
-# dpkg in the VM syncs what it writes (the build's unsafe-io is for the build only)
-sed -i '/^force-unsafe-io$/d' "$1/etc/dpkg/dpkg.cfg.d/99mmdebstrap"
 # recipe files
 cp -a ${sh(ctx.stage)}/. "$1/"
 ${ctx.chowns.join('\n')}
@@ -324,9 +322,6 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
           '--skip=essential/unlink',
           '--aptopt=APT::Install-Recommends "false"',
           '--aptopt=Acquire::Languages "none"',
-          // no fsync of every unpacked file (the rootfs is thrown away if the build fails); removed
-          // from the image's dpkg configuration by the customize hook
-          '--dpkgopt=force-unsafe-io',
           ...recipe.trim.path_exclude.map((p) => `--dpkgopt=path-exclude=${p}`),
           ...recipe.trim.path_include.map((p) => `--dpkgopt=path-include=${p}`),
           `--setup-hook=mkdir -p "$1/var/cache/apt/archives" && mount -o bind ${sh(cache)} "$1/var/cache/apt/archives"`,
