@@ -213,9 +213,6 @@ ${rm}
 rm -f "$1/var/lib/dbus/machine-id" "$1"/etc/ssh/ssh_host_*
 rm -rf "$1"/var/lib/cloud/* "$1"/var/lib/systemd/random-seed "$1"/var/cache/ldconfig/aux-cache
 rm -rf "$1"/tmp/* "$1"/var/tmp/* "$1"/var/cache/apt/*.bin "$1"/var/cache/debconf/*-old "$1"/var/lib/dpkg/*-old
-# the archive's package lists (~50 MB, 12 MB compressed): a copy of the mirror at build time, which
-# would make two builds differ whenever the archive changed between them; \`apt-get update\` fetches them
-find "$1/var/lib/apt/lists" -maxdepth 1 -type f ! -name lock -delete
 find "$1/var/log" -type f -delete
 find "$1/var/cache/man" -type f -delete 2>/dev/null || true
 # Python byte code: made again with hash-based invalidation, so it is the same in every build
