@@ -1,10 +1,10 @@
 import {readFileSync} from 'node:fs'
+import type {IncomingHttpHeaders} from 'node:http'
 import {isIP} from 'node:net'
 import {Readable} from 'node:stream'
 import tls from 'node:tls'
 
 import {Agent, buildConnector, type Dispatcher} from 'undici'
-import type {IncomingHttpHeaders} from 'node:http'
 
 import {ErrorCode, PgiError, UnreachableError, UserError} from '../errors.js'
 
@@ -234,28 +234,28 @@ function send(dispatcher: Dispatcher, url: URL, init: HttpInit): Promise<HttpAns
     signal?.addEventListener('abort', onAbort, {once: true})
     try {
       dispatcher.dispatch(
-      {origin: url.origin, path: url.pathname + url.search, method: (init.method ?? 'GET') as Dispatcher.HttpMethod, headers: init.headers, body: bodyOf(init.body)},
-      {
-        onRequestStart(c) {
-          controller = c
-          if (done) c.abort(new Error('aborted'))
+        {origin: url.origin, path: url.pathname + url.search, method: (init.method ?? 'GET') as Dispatcher.HttpMethod, headers: init.headers, body: bodyOf(init.body)},
+        {
+          onRequestStart(c) {
+            controller = c
+            if (done) c.abort(new Error('aborted'))
+          },
+          onResponseStart(_c, statusCode, h, statusMessage) {
+            if (statusCode < 200) return // 1xx: the real answer follows
+            status = statusCode
+            statusText = statusMessage ?? ''
+            headers = h
+          },
+          onResponseData(_c, chunk) {
+            chunks.push(chunk)
+          },
+          onResponseEnd() {
+            finish(undefined, answerOf(status, statusText, headers, Buffer.concat(chunks)))
+          },
+          onResponseError(_c, err) {
+            finish(err)
+          },
         },
-        onResponseStart(_c, statusCode, h, statusMessage) {
-          if (statusCode < 200) return // 1xx: the real answer follows
-          status = statusCode
-          statusText = statusMessage ?? ''
-          headers = h
-        },
-        onResponseData(_c, chunk) {
-          chunks.push(chunk)
-        },
-        onResponseEnd() {
-          finish(undefined, answerOf(status, statusText, headers, Buffer.concat(chunks)))
-        },
-        onResponseError(_c, err) {
-          finish(err)
-        },
-      },
       )
     } catch (err) {
       finish(err)
