@@ -1,3 +1,4 @@
+import {compareIds} from '../compare.js'
 import {readdir, readFile, stat} from 'node:fs/promises'
 import {isAbsolute, join, relative, resolve, sep} from 'node:path'
 
@@ -61,7 +62,7 @@ export async function loadInventory(path: string): Promise<LoadResult> {
   const specific = new Set(problems.items.map((p) => `${p.file}:${p.line}:${p.column}`))
   const all = [...problems.items, ...generic.items.filter((p) => !(GENERIC_RULES.has(p.rule) && specific.has(`${p.file}:${p.line}:${p.column}`)))]
   const order = new Map(sources.map((s, i) => [s.file, i]))
-  all.sort((a, b) => (order.get(a.file) ?? 0) - (order.get(b.file) ?? 0) || a.line - b.line || a.column - b.column || a.rule.localeCompare(b.rule))
+  all.sort((a, b) => (order.get(a.file) ?? 0) - (order.get(b.file) ?? 0) || a.line - b.line || a.column - b.column || compareIds(a.rule, b.rule))
   return {inventory, problems: dedupe(all)}
 }
 

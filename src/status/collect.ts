@@ -14,6 +14,7 @@
  * its remaining calls fail at once with the same cause, so a dead hypervisor costs one timeout and
  * only its own lines, never the others'.
  */
+import {compareIds} from '../compare.js'
 import {ErrorCode} from '../errors.js'
 import {KeyedPool} from '../fleet/pool.js'
 import {imageFromTags, parseDescription} from '../fleet/vm-meta.js'
@@ -149,7 +150,7 @@ export async function collectStatus(opts: StatusOptions): Promise<StatusReport> 
   const judgedAt = now()
   const policy = opts.policy ?? DEFAULT_POLICY
   const establishments = observations.map((o) => toEstablishmentStatus(o, judgedAt, policy))
-  summaries.sort((a, b) => a.name.localeCompare(b.name))
+  summaries.sort((a, b) => compareIds(a.name, b.name))
   return {
     checkedAt: started.toISOString(),
     durationMs: Math.round(performance.now() - t0),

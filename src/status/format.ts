@@ -3,6 +3,7 @@
  * the node-exporter textfile format for monitoring, and one line per changed establishment for
  * `--watch` without a terminal. Pure functions of the report (tested in test/unit/status).
  */
+import {compareIds} from '../compare.js'
 import {styleText} from 'node:util'
 
 import Table from 'cli-table3'
@@ -144,7 +145,7 @@ export function renderPrometheus(report: StatusReport): string {
     if (!f) fam.set(name, (f = {help, samples: []}))
     f.samples.push(`${name}${labels(l)} ${num(v)}`)
   }
-  for (const e of sortStatuses(report.establishments).sort((a, b) => a.uai.localeCompare(b.uai))) {
+  for (const e of sortStatuses(report.establishments).sort((a, b) => compareIds(a.uai, b.uai))) {
     const l = {uai: e.uai, hypervisor: e.hypervisor, node: e.node}
     add('pgi_up', 'Whether the establishment PGI server is healthy (1) or not (0).', l, e.verdict === 'healthy' ? 1 : 0)
     for (const v of VERDICTS) add('pgi_verdict', 'The status verdict of the establishment (1 for the current verdict).', {...l, verdict: v}, e.verdict === v ? 1 : 0)

@@ -11,6 +11,7 @@
  *             privilege, node offline, VM still booting, health check unreadable.
  * - healthy:  the VM runs and pgi-health says every check passed.
  */
+import {compareIds} from '../compare.js'
 import {ErrorCode} from '../errors.js'
 import type {RolloutMark} from '../fleet/vm-meta.js'
 import {formatSeconds, unreachableCause} from './probe-error.js'
@@ -346,6 +347,6 @@ export function summarize(list: readonly EstablishmentStatus[]): Record<Verdict,
 /** Problems first (down, degraded, unknown, then healthy), then by hypervisor, then by UAI. */
 export function sortStatuses(list: readonly EstablishmentStatus[]): EstablishmentStatus[] {
   return [...list].sort(
-    (a, b) => VERDICT_RANK[a.verdict] - VERDICT_RANK[b.verdict] || a.hypervisor.localeCompare(b.hypervisor) || a.uai.localeCompare(b.uai),
+    (a, b) => VERDICT_RANK[a.verdict] - VERDICT_RANK[b.verdict] || compareIds(a.hypervisor, b.hypervisor) || compareIds(a.uai, b.uai),
   )
 }
