@@ -31,7 +31,9 @@ export function storeCredentials(opts: StoreCredentialsOptions): DeployCredentia
     async configure(api: PveApi, est: Establishment): Promise<string[]> {
       const {secrets, generated} = await ensureEstablishmentSecrets(opts.store, est.uai)
       if (generated.length > 0) opts.io.debug(`${est.uai}: generated ${generated.join(', ')} into the secret store`)
-      const changed = await applyInGuest(api, est, secrets, {timeoutMs: 300_000, io: opts.io})
+      // up to 12 minutes: on a first boot pgi-configure waits for cloud-init's first stage (up to
+      // 10 minutes) before it sets the AMI's password, then for sshd (see the image's pgi-configure)
+      const changed = await applyInGuest(api, est, secrets, {timeoutMs: 900_000, io: opts.io})
       try {
         const fps = await fetchHostKeyFingerprints(api, est.node, est.vmid)
         if (fps.length > 0) await recordHostKeyFingerprints(opts.store, est.uai, fps)

@@ -262,7 +262,9 @@ export async function testImage(opts: BootTestOptions): Promise<BootTestResult> 
   } finally {
     process.off('SIGINT', onSignal)
     process.off('SIGTERM', onSignal)
-    await ctx.vm?.stop({graceMs: 20_000}).catch((e: Error) => io.warn(`could not stop the test VM: ${e.message}`))
+    // a clean power-off (the data disk may be the user's, --data-disk): health comes before
+    // cloud-init has finished, and stopping its stages under software emulation takes a while
+    await ctx.vm?.stop({graceMs: 90_000}).catch((e: Error) => io.warn(`could not stop the test VM: ${e.message}`))
     if (ok && !opts.keep) await rm(vmDir, {recursive: true, force: true})
     else io.info(`test VM folder kept: ${vmDir}`)
   }

@@ -160,7 +160,7 @@ async function stageFiles(recipe: Recipe, stage: string): Promise<string[]> {
 }
 
 /** The customize hook mmdebstrap runs with the rootfs as $1 (proc/sys/dev mounted by it). */
-function customizeScript(recipe: Recipe, ctx: {stage: string; chowns: string[]; epoch: number; work: string; cacheMounted: boolean}): string {
+function customizeScript(recipe: Recipe, ctx: {stage: string; chowns: string[]; epoch: number; work: string; cacheMounted: boolean; buildCache: string}): string {
   const rm = recipe.trim.remove.map((g) => `rm -rf "$1"${g.replace(/[^A-Za-z0-9_./*+@-]/g, '')}`).join('\n')
   const enable = recipe.services.enable.map((u) => `chroot "$1" systemctl enable ${sh(u)}`).join('\n')
   const disable = recipe.services.disable.map((u) => `chroot "$1" systemctl disable ${sh(u)} 2>/dev/null || true\nchroot "$1" systemctl mask ${sh(u)}`).join('\n')
@@ -169,6 +169,8 @@ function customizeScript(recipe: Recipe, ctx: {stage: string; chowns: string[]; 
 set -eu
 export SOURCE_DATE_EPOCH=${ctx.epoch}
 ${ctx.cacheMounted ? 'umount "$1/var/cache/apt/archives"' : ''}
+# dpkg in the VM syncs what it writes (the build's unsafe-io is for the build only)
+sed -i '/^force-unsafe-io$/d' "$1/etc/dpkg/dpkg.cfg.d/99mmdebstrap"
 # recipe files
 cp -a ${sh(ctx.stage)}/. "$1/"
 ${ctx.chowns.join('\n')}
@@ -201,7 +203,13 @@ ${disable}
 cat > "$1/tmp/pgi-configure.sh" <<'PGI_CONFIGURE_EOF'
 ${recipe.configure ?? 'true'}
 PGI_CONFIGURE_EOF
-chroot "$1" /bin/sh /tmp/pgi-configure.sh
+# $PGI_BUILD_CACHE: a folder kept between builds of this recipe, for results that depend only on
+# inputs the recipe puts in their key (e.g. the template database of pgi-tryton)
+mkdir -p "$1/var/cache/pgi-build"
+mount -o bind ${sh(ctx.buildCache)} "$1/var/cache/pgi-build"
+PGI_BUILD_CACHE=/var/cache/pgi-build chroot "$1" /bin/sh /tmp/pgi-configure.sh
+umount "$1/var/cache/pgi-build"
+rmdir "$1/var/cache/pgi-build"
 rm -f "$1/tmp/pgi-configure.sh"
 chroot "$1" update-initramfs -u -k "$KVER" >/dev/null
 # what is installed, for the lock and the manifest
@@ -213,6 +221,9 @@ ${rm}
 rm -f "$1/var/lib/dbus/machine-id" "$1"/etc/ssh/ssh_host_*
 rm -rf "$1"/var/lib/cloud/* "$1"/var/lib/systemd/random-seed "$1"/var/cache/ldconfig/aux-cache
 rm -rf "$1"/tmp/* "$1"/var/tmp/* "$1"/var/cache/apt/*.bin "$1"/var/cache/debconf/*-old "$1"/var/lib/dpkg/*-old
+# the archive's package lists (~50 MB, 12 MB compressed): a copy of the mirror at build time, which
+# would make two builds differ whenever the archive changed between them; \`apt-get update\` fetches them
+find "$1/var/lib/apt/lists" -maxdepth 1 -type f ! -name lock -delete
 find "$1/var/log" -type f -delete
 find "$1/var/cache/man" -type f -delete 2>/dev/null || true
 # Python byte code: made again with hash-based invalidation, so it is the same in every build
@@ -236,7 +247,7 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
       suggestions: ['Run it as root, e.g. `sudo pgi image build`.'],
     })
   }
-  await requireTools(['mmdebstrap', 'mkfs.ext4', 'sfdisk', 'losetup', 'mount', 'extlinux', 'qemu-img'])
+  await requireTools(['mmdebstrap', 'mkfs.ext4', 'tune2fs', 'debugfs', 'sfdisk', 'losetup', 'mount', 'unshare', 'extlinux', 'qemu-img'])
   const mbr = ['/usr/lib/syslinux/mbr/mbr.bin', '/usr/lib/EXTLINUX/mbr.bin'].find((p) => existsSync(p))
   if (!mbr) throw new UserError(ErrorCode.TOOL_MISSING, 'syslinux mbr.bin not found', {suggestions: ['Install it: apt-get install syslinux-common']})
 
@@ -255,6 +266,7 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
   if (!Number.isInteger(epoch) || epoch < 0) throw new UserError(ErrorCode.USAGE, `SOURCE_DATE_EPOCH "${env.SOURCE_DATE_EPOCH}" is not a number of seconds`)
   const work = join(stateDir(env), 'build', `${recipe.name}-${version}-${process.pid}`)
   const cache = join(stateDir(env), 'apt-cache', recipe.suite)
+  const buildCache = join(stateDir(env), 'build-cache', recipe.name)
   const lockFile = lockPath(recipe)
 
   interface Ctx {
@@ -266,6 +278,7 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
     kernelRelease?: string
     treeDigest?: string
     treeEntries?: number
+    treePaths?: string[]
     raw?: string
     qcow2?: string
     manifest?: ImageManifest
@@ -306,7 +319,8 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
         await writeFile(join(stage, 'etc', 'pgi', 'image.json'), JSON.stringify(imageJson, null, 2) + '\n')
         await chmod(join(stage, 'etc', 'pgi'), 0o755)
         const hook = join(work, 'customize.sh')
-        await writeFile(hook, customizeScript(recipe, {stage, chowns, epoch, work, cacheMounted: true}), {mode: 0o755})
+        await mkdir(buildCache, {recursive: true})
+        await writeFile(hook, customizeScript(recipe, {stage, chowns, epoch, work, cacheMounted: true, buildCache}), {mode: 0o755})
         const prefs = join(work, 'lock.pref')
         if (ctx.lock) await writeFile(prefs, aptPreferences(ctx.lock))
         const args = [
@@ -319,6 +333,9 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
           '--skip=essential/unlink',
           '--aptopt=APT::Install-Recommends "false"',
           '--aptopt=Acquire::Languages "none"',
+          // no fsync of every unpacked file (the rootfs is thrown away if the build fails); removed
+          // from the image's dpkg configuration by the customize hook
+          '--dpkgopt=force-unsafe-io',
           ...recipe.trim.path_exclude.map((p) => `--dpkgopt=path-exclude=${p}`),
           ...recipe.trim.path_include.map((p) => `--dpkgopt=path-include=${p}`),
           `--setup-hook=mkdir -p "$1/var/cache/apt/archives" && mount -o bind ${sh(cache)} "$1/var/cache/apt/archives"`,
@@ -371,6 +388,7 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
         const entries = await listTree(rootfs)
         ctx.treeDigest = digestTree(entries)
         ctx.treeEntries = entries.length
+        ctx.treePaths = entries.map((e) => e.path)
         await writeFile(join(work, 'files.txt'), formatTree(entries))
         return `${entries.length} entries, tree ${ctx.treeDigest.slice(0, 12)}`
       },
@@ -388,19 +406,48 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
         await run('sfdisk', ['--no-reread', '--no-tell-kernel', raw], {
           input: `label: dos\nlabel-id: ${ids.diskId}\nunit: sectors\n\nstart=${PART_OFFSET / SECTOR}, size=${partSize / SECTOR}, type=83, bootable\n`,
         }, io)
-        // the file system is made from the directory, at the partition's offset (no partition device nodes here)
-        await run('mkfs.ext4', ['-q', '-F', '-d', rootfs, '-L', recipe.disk.label, '-U', ids.fsUuid, '-E', `hash_seed=${ids.hashSeed},offset=${PART_OFFSET},root_owner=0:0,lazy_itable_init=0`, '-O', '^64bit', '-m', '1', '-T', 'default', raw, `${partSize / 1024}k`], {
-          env: {E2FSPROGS_FAKE_TIME: String(epoch), SOURCE_DATE_EPOCH: String(epoch)},
+        // the file system is made from the directory, at the partition's offset (no partition device
+        // nodes here); without a journal until extlinux is installed (below)
+        const fakeTime = {E2FSPROGS_FAKE_TIME: String(epoch), SOURCE_DATE_EPOCH: String(epoch)}
+        // debugfs exits 0 whatever its commands did: anything but its banner and the echoed commands is an error
+        const debugfs = async (cmds: string, dev: string): Promise<void> => {
+          const r = await run('debugfs', ['-w', '-f', cmds, dev], {env: fakeTime}, io)
+          const errors = `${r.stdout}\n${r.stderr}`.split('\n').filter((l) => l.trim() && !/^debugfs[: ]/.test(l))
+          if (errors.length > 0) throw new UserError(ErrorCode.TOOL_FAILED, `debugfs -f ${cmds}: ${errors.slice(0, 3).join('; ')}`)
+        }
+        await run('mkfs.ext4', ['-q', '-F', '-d', rootfs, '-L', recipe.disk.label, '-U', ids.fsUuid, '-E', `hash_seed=${ids.hashSeed},offset=${PART_OFFSET},root_owner=0:0,lazy_itable_init=0`, '-O', '^64bit,^has_journal', '-m', '1', '-T', 'default', raw, `${partSize / 1024}k`], {
+          env: fakeTime,
         }, io)
         const loop = (await run('losetup', ['--find', '--show', '--offset', String(PART_OFFSET), '--sizelimit', String(partSize), raw], {}, io)).stdout.trim()
         mounted.loop = loop
-        const mnt = join(work, 'mnt')
-        await mkdir(mnt, {recursive: true})
-        await run('mount', [loop, mnt], {}, io)
-        mounted.mnt = mnt
-        await run('extlinux', ['--install', join(mnt, 'boot', 'extlinux')], {}, io)
-        await run('umount', [mnt], {}, io)
-        mounted.mnt = undefined
+        // extlinux needs the file system mounted: in a mount namespace of its own, at a fixed path
+        // (ext4 records it in the superblock), and gone with the namespace if the build is stopped
+        await run('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', `mount ${sh(loop)} /mnt && extlinux --install /mnt/boot/extlinux && umount /mnt`], {}, io)
+        // Reproducibility: the same bytes from every build of the same tree. mkfs.ext4 -d copies each
+        // inode's ctime and atime from the build tree (ctime is the build's clock), and the mount
+        // writes its time, a count and the write volume in the superblock, and new inodes
+        // (ldlinux.*) with the clock's times, a random generation and a change counter. Set them
+        // to SOURCE_DATE_EPOCH / 0 with debugfs; the superblock first, so that tune2fs copies it
+        // to the backups when it adds the journal (never written to: no stale transactions).
+        const sbFix = join(work, 'debugfs-sb.cmds')
+        await writeFile(sbFix, ['mtime', 'wtime', 'lastcheck'].map((f) => `ssv ${f} @${epoch}`).concat(['ssv mnt_count 0', 'ssv kbytes_written 0']).join('\n') + '\n')
+        await debugfs(sbFix, loop)
+        await run('tune2fs', ['-j', loop], {env: fakeTime}, io)
+        const inodeFix = join(work, 'debugfs-inodes.cmds')
+        const lines: string[] = []
+        for (const p of ctx.treePaths!) {
+          if (/["\n\\]/.test(p)) {
+            io.warn(`${p}: a name debugfs cannot quote; its inode times stay as built (the disk image will differ between builds)`)
+            continue
+          }
+          for (const t of ['ctime', 'atime']) lines.push(`sif "${p}" ${t} @${epoch}`, `sif "${p}" ${t}_extra 0`)
+        }
+        for (const f of ['/boot/extlinux/ldlinux.sys', '/boot/extlinux/ldlinux.c32', '/boot/extlinux', '/lost+found', '<8>']) {
+          for (const t of ['ctime', 'atime', 'mtime', 'crtime']) lines.push(`sif ${f} ${t} @${epoch}`, `sif ${f} ${t}_extra 0`)
+          lines.push(`sif ${f} generation 0`, `sif ${f} version 0`)
+        }
+        await writeFile(inodeFix, lines.join('\n') + '\n')
+        await debugfs(inodeFix, loop)
         await run('losetup', ['-d', loop], {}, io)
         mounted.loop = undefined
         // syslinux's MBR boot code: the first 440 bytes (the partition table stays)
