@@ -1,6 +1,6 @@
 import {join} from 'node:path'
 
-import {build, type Metafile} from 'esbuild'
+import {build, type BuildResult, type Metafile} from 'esbuild'
 import {describe, expect, it} from 'vitest'
 
 import Status from '../../../commands/status.js'
@@ -14,10 +14,13 @@ import {bundleOptions, commandIds} from '../../../scripts/bundle.mjs'
  */
 const HEAVY = ['undici', 'proxmox-api', 'listr2', 'execa', 'age-encryption', 'yaml', 'js-yaml', 'busboy', 'ssh2', 'ajv']
 
-let meta: Metafile | undefined
+let built: Promise<BuildResult> | undefined
+function bundle(): Promise<BuildResult> {
+  built ??= build({...bundleOptions(join(process.cwd(), 'dist', 'cli-test')), write: false, logLevel: 'silent'})
+  return built
+}
 async function metafile(): Promise<Metafile> {
-  meta ??= (await build({...bundleOptions(join(process.cwd(), 'dist', 'cli-test')), write: false, logLevel: 'silent'})).metafile!
-  return meta
+  return (await bundle()).metafile!
 }
 
 /** The source files an entry loads before any import() runs. */
@@ -55,6 +58,12 @@ describe('CLI bundle', () => {
     const engine = inputs.filter((i) => /^src\/(proxmox|inventory|deploy|secrets|lab|image)\/|^src\/(rollout|credentials|status)\/service\.ts$/.test(i))
     expect(engine).toEqual([])
     expect(inputs).toContain('commands/inventory/validate.ts')
+  }, 60_000)
+
+  it("oclif's command sort is patched at bundle time: no ICU collator at start-up", async () => {
+    const js = ((await bundle()).outputFiles ?? []).filter((f) => f.path.endsWith('.js')).map((f) => f.text)
+    expect(js.some((t) => /\.sort\(\(a, b\) => \(?a\.id < b\.id \? -1 : a\.id > b\.id \? 1 : 0\)?\)/.test(t))).toBe(true)
+    expect(js.filter((t) => t.includes('a.id.localeCompare(b.id)'))).toEqual([])
   }, 60_000)
 
   it("status's help names the variable the service reads the token secret from", () => {
