@@ -220,7 +220,10 @@ ${rm}
 : > "$1/etc/machine-id"
 rm -f "$1/var/lib/dbus/machine-id" "$1"/etc/ssh/ssh_host_*
 rm -rf "$1"/var/lib/cloud/* "$1"/var/lib/systemd/random-seed "$1"/var/cache/ldconfig/aux-cache
-rm -rf "$1"/tmp/* "$1"/var/tmp/* "$1"/var/cache/apt/*.bin "$1"/var/cache/debconf/*-old "$1"/var/lib/dpkg/*-old
+# not /tmp: mmdebstrap keeps its apt configuration there (its TMPDIR) until its own clean-up, which
+# then empties /tmp itself. Without that file, the clean-up's \`apt-get update\` (with no sources) and
+# \`apt-get clean\` read the host's configuration and empty the host's package lists and apt cache
+rm -rf "$1"/var/tmp/* "$1"/var/cache/apt/*.bin "$1"/var/cache/debconf/*-old "$1"/var/lib/dpkg/*-old
 # the archive's package lists (~50 MB, 12 MB compressed): a copy of the mirror at build time, which
 # would make two builds differ whenever the archive changed between them; \`apt-get update\` fetches them
 find "$1/var/lib/apt/lists" -maxdepth 1 -type f ! -name lock -delete
@@ -233,6 +236,12 @@ find "$1" -xdev -name '__pycache__' -type d -prune -exec rm -rf {} +
 if [ -x "$1/usr/bin/python3" ]; then
   chroot "$1" python3 -m compileall -q -j 2 --invalidation-mode unchecked-hash -x '/(tests?|idlelib|lib2to3|turtledemo|ensurepip)/' /usr/lib/python3 /usr/lib/python3.11 /usr/local/lib/pgi >/dev/null \
     || echo "warning: compileall reported errors (modules left uncompiled compile at run time)" >&2
+fi
+# whatever ran above (the recipe's configure included) must have left that file: stop the build rather
+# than let mmdebstrap's clean-up run apt on the host
+if [ -n "\${MMDEBSTRAP_APT_CONFIG:-}" ] && [ ! -e "$MMDEBSTRAP_APT_CONFIG" ]; then
+  echo "pgi: mmdebstrap's apt configuration $MMDEBSTRAP_APT_CONFIG was removed during the build (a clean-up of the image's /tmp?); stopping before mmdebstrap's clean-up would run apt with the host's configuration" >&2
+  exit 1
 fi
 `
 }
