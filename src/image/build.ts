@@ -23,6 +23,7 @@ import {
   type ImageManifest,
 } from './manifest.js'
 import {loadRecipe, VERSION_RE, type Recipe} from './recipe.js'
+import {addJournal, mkfsFromTree, pinInodes, pinSuperblock} from './ext4.js'
 import {digestTree, formatTree, listTree} from './tree.js'
 
 export interface BuildOptions {
@@ -287,7 +288,6 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
     kernelRelease?: string
     treeDigest?: string
     treeEntries?: number
-    treePaths?: string[]
     raw?: string
     qcow2?: string
     manifest?: ImageManifest
@@ -397,7 +397,6 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
         const entries = await listTree(rootfs)
         ctx.treeDigest = digestTree(entries)
         ctx.treeEntries = entries.length
-        ctx.treePaths = entries.map((e) => e.path)
         await writeFile(join(work, 'files.txt'), formatTree(entries))
         return `${entries.length} entries, tree ${ctx.treeDigest.slice(0, 12)}`
       },
@@ -416,47 +415,23 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
           input: `label: dos\nlabel-id: ${ids.diskId}\nunit: sectors\n\nstart=${PART_OFFSET / SECTOR}, size=${partSize / SECTOR}, type=83, bootable\n`,
         }, io)
         // the file system is made from the directory, at the partition's offset (no partition device
-        // nodes here); without a journal until extlinux is installed (below)
-        const fakeTime = {E2FSPROGS_FAKE_TIME: String(epoch), SOURCE_DATE_EPOCH: String(epoch)}
-        // debugfs exits 0 whatever its commands did: anything but its banner and the echoed commands is an error
-        const debugfs = async (cmds: string, dev: string): Promise<void> => {
-          const r = await run('debugfs', ['-w', '-f', cmds, dev], {env: fakeTime}, io)
-          const errors = `${r.stdout}\n${r.stderr}`.split('\n').filter((l) => l.trim() && !/^debugfs[: ]/.test(l))
-          if (errors.length > 0) throw new UserError(ErrorCode.TOOL_FAILED, `debugfs -f ${cmds}: ${errors.slice(0, 3).join('; ')}`)
-        }
-        await run('mkfs.ext4', ['-q', '-F', '-d', rootfs, '-L', recipe.disk.label, '-U', ids.fsUuid, '-E', `hash_seed=${ids.hashSeed},offset=${PART_OFFSET},root_owner=0:0,lazy_itable_init=0`, '-O', '^64bit,^has_journal', '-m', '1', '-T', 'default', raw, `${partSize / 1024}k`], {
-          env: fakeTime,
-        }, io)
+        // nodes here), with fixed identifiers and clock; without a journal until extlinux is
+        // installed (below). What makes the same tree give the same bytes: src/image/ext4.ts
+        await mkfsFromTree({tree: rootfs, image: raw, offset: PART_OFFSET, sizeBytes: partSize, label: recipe.disk.label, uuid: ids.fsUuid, hashSeed: ids.hashSeed, epoch}, io)
         const loop = (await run('losetup', ['--find', '--show', '--offset', String(PART_OFFSET), '--sizelimit', String(partSize), raw], {}, io)).stdout.trim()
         mounted.loop = loop
         // extlinux needs the file system mounted: in a mount namespace of its own, at a fixed path
         // (ext4 records it in the superblock), and gone with the namespace if the build is stopped
-        await run('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', `mount ${sh(loop)} /mnt && extlinux --install /mnt/boot/extlinux && umount /mnt`], {}, io)
-        // Reproducibility: the same bytes from every build of the same tree. mkfs.ext4 -d copies each
-        // inode's ctime and atime from the build tree (ctime is the build's clock), and the mount
-        // writes its time, a count and the write volume in the superblock, and new inodes
-        // (ldlinux.*) with the clock's times, a random generation and a change counter. Set them
-        // to SOURCE_DATE_EPOCH / 0 with debugfs; the superblock first, so that tune2fs copies it
-        // to the backups when it adds the journal (never written to: no stale transactions).
-        const sbFix = join(work, 'debugfs-sb.cmds')
-        await writeFile(sbFix, ['mtime', 'wtime', 'lastcheck'].map((f) => `ssv ${f} @${epoch}`).concat(['ssv mnt_count 0', 'ssv kbytes_written 0']).join('\n') + '\n')
-        await debugfs(sbFix, loop)
-        await run('tune2fs', ['-j', loop], {env: fakeTime}, io)
-        const inodeFix = join(work, 'debugfs-inodes.cmds')
-        const lines: string[] = []
-        for (const p of ctx.treePaths!) {
-          if (/["\n\\]/.test(p)) {
-            io.warn(`${p}: a name debugfs cannot quote; its inode times stay as built (the disk image will differ between builds)`)
-            continue
-          }
-          for (const t of ['ctime', 'atime']) lines.push(`sif "${p}" ${t} @${epoch}`, `sif "${p}" ${t}_extra 0`)
-        }
-        for (const f of ['/boot/extlinux/ldlinux.sys', '/boot/extlinux/ldlinux.c32', '/boot/extlinux', '/lost+found', '<8>']) {
-          for (const t of ['ctime', 'atime', 'mtime', 'crtime']) lines.push(`sif ${f} ${t} @${epoch}`, `sif ${f} ${t}_extra 0`)
-          lines.push(`sif ${f} generation 0`, `sif ${f} version 0`)
-        }
-        await writeFile(inodeFix, lines.join('\n') + '\n')
-        await debugfs(inodeFix, loop)
+        await run('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', `mount -o noatime ${sh(loop)} /mnt && extlinux --install /mnt/boot/extlinux && umount /mnt`], {}, io)
+        // what the read-write mount wrote with the build's clock, counters and random numbers
+        // (superblock times and counts; new inodes ldlinux.* with their times, generation and
+        // version; the boot folder's times), and every inode's ctime and atime copied from the
+        // build tree by mkfs.ext4 -d: set to SOURCE_DATE_EPOCH / 0. The superblock first, so that
+        // tune2fs copies it to the backups when it adds the journal (never written to: no stale
+        // transactions of the mount in it)
+        await pinSuperblock(loop, epoch, io)
+        await addJournal(loop, epoch, io)
+        const pinned = await pinInodes(loop, epoch, ['/boot/extlinux/ldlinux.sys', '/boot/extlinux/ldlinux.c32', '/boot/extlinux', '/lost+found'], io)
         await run('losetup', ['-d', loop], {}, io)
         mounted.loop = undefined
         // syslinux's MBR boot code: the first 440 bytes (the partition table stays)
@@ -465,7 +440,7 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
         await out.write(code.subarray(0, 440), 0, 440, 0)
         await out.close()
         ctx.raw = raw
-        return `${recipe.disk.size}, ext4 label ${recipe.disk.label}`
+        return `${recipe.disk.size}, ext4 label ${recipe.disk.label}, ${pinned} inodes`
       },
     },
     {

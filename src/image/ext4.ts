@@ -1,0 +1,131 @@
+import {ErrorCode, UserError} from '../errors.js'
+import {run} from '../exec.js'
+import type {Io} from '../io.js'
+
+/**
+ * The image's ext4 file system, made so that the same tree gives the same bytes in every build
+ * (docs/image.md, "Reproducible bytes"). e2fsprogs (mkfs.ext4 -d, debugfs, tune2fs, dumpe2fs)
+ * does the work: it writes a file system from a directory without mounting it, and lets every
+ * inode and superblock field be set afterwards. What it would otherwise take from the build
+ * machine, and how each is pinned:
+ *
+ * - the clock (mkfs and tune2fs times, the superblock's write time): `E2FSPROGS_FAKE_TIME`;
+ * - UUID and directory hash seed (random by default): given, derived from the image's name and version;
+ * - the order of directory entries and inode numbers: mkfs.ext4 -d sorts each directory with
+ *   `scandir(alphasort)`, which collates by the locale: `LC_ALL=C`;
+ * - each inode's ctime and atime, copied from the build tree (ctime is when the build wrote the
+ *   file, and no program can set it): set afterwards with debugfs, by inode number (every inode
+ *   in use, whatever its name), with the creation time, generation and version;
+ * - what a read-write mount writes (extlinux needs one): see {@link pinSuperblock} and {@link pinInodes}.
+ */
+
+/**
+ * A file system inside an image file, for e2fsprogs: `file?offset=N` (its Unix I/O manager takes
+ * options after `?`), so that no loop device is needed.
+ */
+export function fsTarget(image: string, offset: number): string {
+  return offset > 0 ? `${image}?offset=${offset}` : image
+}
+
+function fakeTime(epoch: number): Record<string, string> {
+  return {E2FSPROGS_FAKE_TIME: String(epoch), SOURCE_DATE_EPOCH: String(epoch), LC_ALL: 'C'}
+}
+
+export interface Ext4FromTree {
+  tree: string
+  /** Image file (created beforehand at its full size) and the partition's offset in it. */
+  image: string
+  offset: number
+  sizeBytes: number
+  label: string
+  uuid: string
+  hashSeed: string
+  epoch: number
+  /** Without a journal (one is added by {@link addJournal} after the boot loader's mount). */
+  journal?: boolean
+}
+
+/** `mkfs.ext4 -d tree` into the image at `offset`, with fixed identifiers and clock. */
+export async function mkfsFromTree(o: Ext4FromTree, io?: Io): Promise<void> {
+  await run('mkfs.ext4', [
+    '-q', '-F', '-d', o.tree, '-L', o.label, '-U', o.uuid,
+    '-E', `hash_seed=${o.hashSeed},offset=${o.offset},root_owner=0:0,lazy_itable_init=0,nodiscard`,
+    '-O', `^64bit${o.journal ? '' : ',^has_journal'}`, '-m', '1', '-T', 'default',
+    o.image, `${Math.floor(o.sizeBytes / 1024)}k`,
+  ], {env: fakeTime(o.epoch)}, io)
+}
+
+/** Runs debugfs commands (read from stdin) on `target`, read-write. */
+export async function debugfs(target: string, commands: readonly string[], epoch: number, io?: Io): Promise<void> {
+  const r = await run('debugfs', ['-w', '-f', '-', target], {env: fakeTime(epoch), input: commands.join('\n') + '\n'}, io)
+  // debugfs exits 0 whatever its commands did: anything but its banner and the echoed commands is an error
+  const errors = `${r.stdout}\n${r.stderr}`.split('\n').filter((l) => l.trim() && !/^debugfs[: ]/.test(l))
+  if (errors.length > 0) throw new UserError(ErrorCode.TOOL_FAILED, `debugfs on ${target}: ${errors.slice(0, 3).join('; ')}`)
+}
+
+/**
+ * The inode numbers in use, from dumpe2fs's per-group "Free inodes:" lists (the inode bitmaps):
+ * every inode of a group that is not listed free. Reserved inodes 1–10 are left out but for the
+ * root directory (2), the resize inode (7) and the journal (8).
+ */
+export function usedInodes(dumpe2fsOutput: string): number[] {
+  const perGroup = /^Inodes per group:\s+(\d+)/m.exec(dumpe2fsOutput)
+  const count = /^Inode count:\s+(\d+)/m.exec(dumpe2fsOutput)
+  if (!perGroup || !count) throw new UserError(ErrorCode.TOOL_FAILED, 'dumpe2fs: no inode count or inodes per group in its output')
+  const ipg = Number(perGroup[1])
+  const groups = Number(count[1]) / ipg
+  const free: string[] = []
+  for (const m of dumpe2fsOutput.matchAll(/^\s+Free inodes:[ \t]*(.*)$/gm)) free.push(m[1]!.trim())
+  if (free.length !== groups) throw new UserError(ErrorCode.TOOL_FAILED, `dumpe2fs: ${free.length} "Free inodes" lists for ${groups} groups`)
+  const used: number[] = []
+  free.forEach((list, g) => {
+    const isFree = new Set<number>()
+    for (const part of list.split(',').map((s) => s.trim()).filter(Boolean)) {
+      const m = /^(\d+)(?:-(\d+))?$/.exec(part)
+      if (!m) throw new UserError(ErrorCode.TOOL_FAILED, `dumpe2fs: unexpected free inode range "${part}"`)
+      for (let i = Number(m[1]); i <= Number(m[2] ?? m[1]); i++) isFree.add(i)
+    }
+    for (let i = g * ipg + 1; i <= (g + 1) * ipg; i++) {
+      if (isFree.has(i)) continue
+      if (i <= 10 && i !== 2 && i !== 7 && i !== 8) continue
+      used.push(i)
+    }
+  })
+  return used
+}
+
+/**
+ * The superblock fields a read-write mount writes (mount and write times, last check, mount count,
+ * lifetime writes) set to `epoch` / 0. Run it before {@link addJournal}: tune2fs copies the
+ * primary superblock to the backups when it adds the journal.
+ */
+export async function pinSuperblock(target: string, epoch: number, io?: Io): Promise<void> {
+  await debugfs(target, [...['mtime', 'wtime', 'lastcheck'].map((f) => `ssv ${f} @${epoch}`), 'ssv mnt_count 0', 'ssv kbytes_written 0'], epoch, io)
+}
+
+/** Adds the journal (never written to, so no transactions of the build's mount in it). */
+export async function addJournal(target: string, epoch: number, io?: Io): Promise<void> {
+  await run('tune2fs', ['-j', target], {env: fakeTime(epoch)}, io)
+}
+
+/**
+ * Sets every inode in use to the same times: ctime, atime and creation time to `epoch` (and their
+ * nanoseconds to 0), generation and version to 0 (random or counted for the inodes a mount
+ * creates or changes); and the mtime of `mtimePaths` (what a mount wrote, e.g. the boot
+ * loader's files: their mtime is the build's clock). By inode number, so that any file name,
+ * whatever characters it holds, is covered.
+ */
+export async function pinInodes(target: string, epoch: number, mtimePaths: readonly string[] = [], io?: Io): Promise<number> {
+  const inodes = usedInodes((await run('dumpe2fs', [target], {env: fakeTime(epoch)}, io)).stdout)
+  const cmds: string[] = []
+  for (const n of inodes) {
+    for (const t of ['ctime', 'atime', 'crtime']) cmds.push(`sif <${n}> ${t} @${epoch}`, `sif <${n}> ${t}_extra 0`)
+    cmds.push(`sif <${n}> generation 0`, `sif <${n}> version 0`)
+  }
+  for (const p of mtimePaths) {
+    if (/["\n]/.test(p)) throw new UserError(ErrorCode.TOOL_FAILED, `${JSON.stringify(p)}: a name debugfs cannot quote`)
+    cmds.push(`sif "${p}" mtime @${epoch}`, `sif "${p}" mtime_extra 0`)
+  }
+  await debugfs(target, cmds, epoch, io)
+  return inodes.length
+}
