@@ -1,5 +1,5 @@
 import {execFile} from 'node:child_process'
-import {mkdtemp, readFile, rm} from 'node:fs/promises'
+import {mkdir, mkdtemp, readFile, rm} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {dirname, join, resolve} from 'node:path'
 import {fileURLToPath} from 'node:url'
@@ -11,7 +11,7 @@ import type {ImageManifest} from '../../../src/image/manifest.js'
 import {compare, snapshot, type Snapshot} from './host-snapshot.js'
 
 /**
- * `pgi image build lab-test` (the small recipe) through the bundled CLI, twice, as a user runs it:
+ * `pgi image build` through the bundled CLI, as a user runs it. The small recipe, lab-test, twice:
  *
  * - the first build changes nothing on the host outside pgi's own folders: apt's package lists
  *   and cache and the system logs are compared before and after (a build used to empty
@@ -20,8 +20,12 @@ import {compare, snapshot, type Snapshot} from './host-snapshot.js'
  * - the two builds, from the same recipe, lock and SOURCE_DATE_EPOCH into two folders, give the
  *   same bytes: the same raw disk and the same qcow2 sha256.
  *
- * Needs root (like `pgi image build`) and `npm run build`. Takes two lab-test builds (about a minute
- * each with a warm apt cache on an idle 2-core machine, docs/performance.md).
+ * Needs root (like `pgi image build`) and `npm run build`. Takes two lab-test builds (about two
+ * minutes each with a warm apt cache on the shared 2-core machine, docs/performance.md).
+ *
+ * PGI_E2E_REPRO_TRYTON=1 also builds pgi-tryton twice and compares the bytes (two builds of 3–6
+ * minutes with warm apt and build caches); PGI_E2E_REPRO_OUT=DIR keeps those two images in
+ * DIR/a and DIR/b (e.g. for PGI_E2E_IMAGES_DIR=DIR/a npx vitest run test/e2e/image/image.test.ts).
  */
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..')
 const CLI = join(ROOT, 'bin', 'run.js')
@@ -44,24 +48,33 @@ interface Built {
 }
 
 const dirs: string[] = []
+afterAll(async () => {
+  for (const d of dirs) await rm(d, {recursive: true, force: true})
+})
 
-async function build(label: string, secrets: string): Promise<Built> {
-  const out = await mkdtemp(join(tmpdir(), `pgi-e2e-labtest-${label}-`))
-  dirs.push(out)
+async function build(recipe: string, label: string, secrets: string, keepIn?: string): Promise<Built> {
+  let out: string
+  if (keepIn) {
+    out = join(keepIn, label)
+    await mkdir(out, {recursive: true})
+  } else {
+    out = await mkdtemp(join(tmpdir(), `pgi-e2e-${recipe}-${label}-`))
+    dirs.push(out)
+  }
   const t0 = Date.now()
   const stdout = await new Promise<string>((ok, fail) => {
     execFile(
       process.execPath,
-      [CLI, 'image', 'build', 'lab-test', '--out', out, '--secrets-dir', secrets, '--allow-lock-drift', '--json'],
+      [CLI, 'image', 'build', recipe, '--out', out, '--secrets-dir', secrets, '--allow-lock-drift', '--json'],
       {env: {...process.env, CI: 'true', SOURCE_DATE_EPOCH: EPOCH}, timeout: 30 * 60_000, maxBuffer: 64 * 1024 * 1024},
-      (err, so, se) => (err ? fail(new Error(`pgi image build lab-test (${label}) failed: ${err.message}\n${String(se).slice(-4000)}\n${String(so).slice(-2000)}`)) : ok(String(so))),
+      (err, so, se) => (err ? fail(new Error(`pgi image build ${recipe} (${label}) failed: ${err.message}\n${String(se).slice(-4000)}\n${String(so).slice(-2000)}`)) : ok(String(so))),
     )
   })
   const seconds = (Date.now() - t0) / 1000
   const envelope = JSON.parse(stdout) as {status: number; result: {manifest: string}}
   expect(envelope.status).toBe(0)
   const manifest = JSON.parse(await readFile(envelope.result.manifest, 'utf8')) as ImageManifest
-  process.stderr.write(`lab-test build ${label}: ${seconds.toFixed(1)} s, qcow2 ${manifest.disk.sha256.slice(0, 16)}, raw ${manifest.disk.raw_sha256.slice(0, 16)}\n`)
+  process.stderr.write(`${recipe} build ${label}: ${seconds.toFixed(1)} s, qcow2 ${manifest.disk.sha256.slice(0, 16)}, raw ${manifest.disk.raw_sha256.slice(0, 16)}\n`)
   return {out, manifest, seconds}
 }
 
@@ -75,11 +88,8 @@ describe('pgi image build lab-test', () => {
     secrets = await mkdtemp(join(tmpdir(), 'pgi-e2e-labtest-secrets-'))
     dirs.push(secrets)
     before = await snapshot(WATCHED)
-    a = await build('a', secrets)
+    a = await build('lab-test', 'a', secrets)
     after = await snapshot(WATCHED)
-  })
-  afterAll(async () => {
-    for (const d of dirs) await rm(d, {recursive: true, force: true})
   })
 
   it('leaves the host\'s apt package lists, apt cache and logs as they were', async () => {
@@ -92,10 +102,23 @@ describe('pgi image build lab-test', () => {
   })
 
   it('gives the same bytes when built again from the same recipe, lock and SOURCE_DATE_EPOCH', async () => {
-    const b = await build('b', secrets)
+    const b = await build('lab-test', 'b', secrets)
     expect(b.manifest.tree.digest).toBe(a.manifest.tree.digest)
     expect(b.manifest.disk.raw_sha256).toBe(a.manifest.disk.raw_sha256)
     expect(b.manifest.disk.sha256).toBe(a.manifest.disk.sha256)
     expect(b.manifest.disk.size_bytes).toBe(a.manifest.disk.size_bytes)
+  })
+})
+
+describe.skipIf(!process.env.PGI_E2E_REPRO_TRYTON)('pgi image build pgi-tryton (PGI_E2E_REPRO_TRYTON=1)', () => {
+  it('gives the same bytes when built again from the same recipe, lock and SOURCE_DATE_EPOCH', async () => {
+    const secrets = await mkdtemp(join(tmpdir(), 'pgi-e2e-tryton-secrets-'))
+    dirs.push(secrets)
+    const keep = process.env.PGI_E2E_REPRO_OUT ? resolve(process.env.PGI_E2E_REPRO_OUT) : undefined
+    const a = await build('pgi-tryton', 'a', secrets, keep)
+    const b = await build('pgi-tryton', 'b', secrets, keep)
+    expect(b.manifest.tree.digest).toBe(a.manifest.tree.digest)
+    expect(b.manifest.disk.raw_sha256).toBe(a.manifest.disk.raw_sha256)
+    expect(b.manifest.disk.sha256).toBe(a.manifest.disk.sha256)
   })
 })
