@@ -239,7 +239,7 @@ export class LabApi {
   /** A VM disk as the backend sees it. */
   #vmDisk(d: Drive): VmDisk {
     const cloudinit = isCloudinitDrive(d)
-    return {key: d.key, volid: d.file, media: isCdrom(d) ? 'cdrom' : 'disk', serial: d.opts.serial, ...(cloudinit ? {cloudinit: true} : {})}
+    return {key: d.key, volid: d.file, media: isCdrom(d) ? 'cdrom' : 'disk', serial: d.opts.serial, ...(cloudinit ? {cloudinit: true} : {}), ...(/^(efidisk|tpmstate)0$/.test(d.key) ? {firmware: true} : {})}
   }
 
   /** Builds the backend's VmSpec from the current config. */
@@ -248,7 +248,7 @@ export class LabApi {
     const disks: VmDisk[] = []
     const nics: VmNic[] = []
     for (const [k, v] of Object.entries(cfg)) {
-      if (isBusDriveKey(k)) disks.push(this.#vmDisk(this.parseDrive(k, v)))
+      if (isDriveKey(k)) disks.push(this.#vmDisk(this.parseDrive(k, v)))
       const nm = /^net(\d+)$/.exec(k)
       if (nm) {
         const p = this.#parseNet(k, v)
@@ -281,7 +281,7 @@ export class LabApi {
         upgrade: cfg.ciupgrade === undefined ? true : cfg.ciupgrade === '1',
       }
     }
-    const boot = /order=([^,]+)/.exec(cfg.boot ?? '')?.[1]?.split(';') ?? disks.filter((d) => d.media === 'disk').map((d) => d.key)
+    const boot = /order=([^,]+)/.exec(cfg.boot ?? '')?.[1]?.split(';') ?? disks.filter((d) => d.media === 'disk' && !d.firmware).map((d) => d.key)
     const version = /(?:^|;)pgi-(\d{4}\.\d+\.\d+)/.exec(cfg.tags ?? '')?.[1] ?? /image[ :=]+v?(\d{4}\.\d+\.\d+)/i.exec(decodeURIComponent(cfg.description ?? ''))?.[1]
     const memory = /^(?:current=)?(\d+)/.exec(cfg.memory ?? '')?.[1]
     return {

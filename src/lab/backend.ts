@@ -134,6 +134,11 @@ export interface VmDisk {
   serial?: string
   /** True for the cloud-init drive (`<storage>:cloudinit`). */
   cloudinit?: boolean
+  /**
+   * True for `efidisk0` (OVMF variables) and `tpmstate0` (TPM state): volumes of the VM that
+   * snapshots, clones and templates carry, but that the guest does not see as disks.
+   */
+  firmware?: boolean
 }
 
 export interface VmNic {

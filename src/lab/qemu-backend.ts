@@ -513,6 +513,10 @@ export class QemuBackend implements VmBackend {
     const boot = spec.bootOrder.find((k) => spec.disks.some((d) => d.key === k))
     for (const d of spec.disks) {
       if (d.volid === 'none') continue
+      if (d.firmware) {
+        ctx.log(`${d.key}: kept, but not given to the VM (the lab's VMs boot with SeaBIOS and have no TPM)`)
+        continue
+      }
       const p = this.#parse(spec.node, d.volid)
       if (!existsSync(p.path)) throw new BackendError(`start failed: volume '${d.volid}' does not exist`)
       const fmt = p.content === 'images' ? ((await this.#imgInfo(p.path)).format as 'qcow2' | 'raw') : 'raw'
@@ -742,10 +746,11 @@ export class QemuBackend implements VmBackend {
 
   // ---- snapshots ------------------------------------------------------------------------------
 
-  #snapDisks(spec: VmSpec): {key: string; path: string; volid: string}[] {
+  /** Disks with snapshots; `attached` when the running QEMU has them (firmware volumes it never has). */
+  #snapDisks(spec: VmSpec): {key: string; path: string; volid: string; attached: boolean}[] {
     return spec.disks
       .filter((d) => d.media === 'disk' && !d.cloudinit && !/^ide\d$/.test(d.key))
-      .map((d) => ({key: d.key, volid: d.volid, path: this.#parse(spec.node, d.volid).path}))
+      .map((d) => ({key: d.key, volid: d.volid, path: this.#parse(spec.node, d.volid).path, attached: !d.firmware}))
       .filter((d) => d.path.endsWith('.qcow2'))
   }
 
@@ -753,7 +758,7 @@ export class QemuBackend implements VmBackend {
     const r = this.#running(spec.node, spec.vmid)
     for (const d of this.#snapDisks(spec)) {
       ctx.log(`snapshotting '${d.key}' (${d.volid})`)
-      if (r) {
+      if (r && d.attached) {
         const q = await r.vm.qmp()
         try {
           await q.execute('blockdev-snapshot-internal-sync', {device: `drive-${d.key}`, name}, 120_000)
@@ -786,7 +791,7 @@ export class QemuBackend implements VmBackend {
       const info = await this.#imgInfo(d.path)
       if (!(info.snapshots ?? []).some((s) => s.name === name)) continue
       ctx.log(`delete snapshot '${name}' of '${d.key}'`)
-      if (r) {
+      if (r && d.attached) {
         const q = await r.vm.qmp()
         try {
           await q.execute('blockdev-snapshot-delete-internal-sync', {device: `drive-${d.key}`, name}, 120_000)

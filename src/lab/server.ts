@@ -345,7 +345,7 @@ export class LabServer {
         .list(c.node.name)
         .filter((t) => this.#canSeeTask(c, t.user, c.node.name))
         .filter((t) => c.params.vmid === undefined || t.id === String(c.params.vmid))
-        .filter((t) => !c.params.errors || (t.status === 'stopped' && t.exitstatus !== 'OK'))
+        .filter((t) => c.params.errors !== '1' || (t.status === 'stopped' && t.exitstatus !== 'OK'))
         .filter((t) => c.params.typefilter === undefined || t.type === String(c.params.typefilter))
         .filter((t) => c.params.userfilter === undefined || t.user.includes(String(c.params.userfilter)))
         .filter((t) => c.params.since === undefined || t.starttime >= Number(c.params.since))

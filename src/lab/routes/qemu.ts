@@ -414,7 +414,7 @@ export function qemuRoutes(api: LabApi): Record<string, Handler> {
     const cur = vm.config[key]
     if (!cur) throw new HttpError(500, `disk '${key}' does not exist`)
     api.checkLock(vm, c)
-    if (c.params['target-vmid'] !== undefined && Number(c.params['target-vmid']) !== vm.vmid) throw new HttpError(500, 'the lab does not move disks to another VM (target-vmid)')
+    if (c.params['target-vmid'] !== undefined && Number(c.params['target-vmid']) !== vm.vmid) return reassign(c, vm, key, cur)
     if (!c.params.storage) throw new ParamError({storage: 'parameter is missing and it is not optional'})
     const storage = String(c.params.storage)
     api.storageDef(storage, 'images')
@@ -435,6 +435,45 @@ export function qemuRoutes(api: LabApi): Record<string, Handler> {
         delete vm.config.lock
       }
     }, () => delete vm.config.lock)
+  }
+
+  /**
+   * move_disk with target-vmid: the disk leaves this VM for another (PVE renames the volume to the
+   * target's name; the lab copies it to a volume of the target and frees the old one).
+   */
+  const reassign = (c: Ctx, vm: VmRecord, key: string, cur: string): string => {
+    const targetVmid = Number(c.params['target-vmid'])
+    const target = c.node.vms.get(targetVmid)
+    if (!target) throw new HttpError(500, `Configuration file 'nodes/${c.node.name}/qemu-server/${targetVmid}.conf' does not exist`)
+    if (c.params.storage !== undefined) throw new ParamError({storage: "cannot be combined with 'target-vmid'"})
+    api.access.check(c.principal, `/vms/${targetVmid}`, ['VM.Config.Disk'])
+    if (target.config.lock) throw new HttpError(500, `VM is locked (${target.config.lock})`)
+    const targetDigest = c.params['target-digest'] as string | undefined
+    if (targetDigest && targetDigest !== vmDigest(target)) throw new HttpError(500, DIGEST_MISMATCH)
+    const targetKey = String(c.params['target-disk'] ?? key)
+    if (target.config[targetKey] !== undefined || target.pending[targetKey] !== undefined) throw new HttpError(500, `Target disk key '${targetKey}' is already in use for VM ${targetVmid}`)
+    const unused = /^unused\d+$/.test(key)
+    const d = unused ? {key, file: cur.split(',')[0]!, opts: {}} : api.parseDrive(key, cur)
+    if (!unused && isCdrom(d)) throw new HttpError(500, 'reassigning a CD-ROM is not possible')
+    if (!unused && api.running(c, vm)) throw new HttpError(500, `can't move disk ${key} of running VM ${vm.vmid} to another VM`)
+    vm.config.lock = 'disk'
+    target.config.lock = 'disk'
+    return api.task(c, 'qmmove', String(vm.vmid), async (ctx) => {
+      try {
+        const fmt = (d.file.endsWith('.raw') ? 'raw' : 'qcow2') as 'qcow2' | 'raw'
+        const vol = await api.backend.copyDisk(c.node.name, d.file, targetVmid, d.file.split(':')[0]!, fmt, ctx)
+        await api.backend.deleteVolume(c.node.name, d.file, ctx)
+        delete vm.config[key]
+        target.config[targetKey] = /^unused\d+$/.test(targetKey) ? vol.volid : printDrive({...d, key: targetKey, file: vol.volid, opts: {...d.opts, size: formatSize(vol.size)}})
+        ctx.log(`moved ${key} of VM ${vm.vmid} to ${targetKey} of VM ${targetVmid} as '${vol.volid}'`)
+      } finally {
+        delete vm.config.lock
+        delete target.config.lock
+      }
+    }, () => {
+      delete vm.config.lock
+      delete target.config.lock
+    })
   }
 
   // ---- snapshots ---------------------------------------------------------------------------------
@@ -511,8 +550,13 @@ export function qemuRoutes(api: LabApi): Record<string, Handler> {
     return api.task(c, 'qmrollback', String(vm.vmid), async (ctx) => {
       try {
         if (api.running(c, vm)) await api.backend.stop(c.node.name, vm.vmid, ctx)
-        await api.backend.snapshotRollback(api.spec(c.node.name, vm), name, ctx)
+        // the disks of the snapshot go back; disks added since stay, as unusedN (PVE's __snapshot_rollback_get_unused)
+        const snapVm = {...vm, config: snap.config}
+        await api.backend.snapshotRollback(api.spec(c.node.name, snapVm), name, ctx)
+        const kept = new Set(api.volids(snapVm))
+        const added = api.volids({...vm, pending: {}}).filter((v) => !kept.has(v) && !/-cloudinit\./.test(v))
         vm.config = {...snap.config, parent: name}
+        for (const volid of added) vm.config[nextUnused(vm.config)] = volid
         vm.pending = {}
         vm.pendingDelete.clear()
       } finally {
