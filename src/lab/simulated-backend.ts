@@ -570,6 +570,12 @@ export class SimulatedBackend implements VmBackend {
     },
   }
 
+  /** For tests: the disks the running guest has (those it started with and those hot-plugged since). */
+  guestDisks(node: string, vmid: number): VmDisk[] {
+    const vm = this.#vm(node, vmid)
+    return vm?.running ? vm.spec.disks.filter((d) => !d.firmware) : []
+  }
+
   /** For tests and the scale bench: add a database to a guest's model. */
   addDatabase(node: string, vmid: number, name: string, modules: Record<string, string> = {ir: '6.0.0', account_fr: '6.0.0'}): void {
     const vm = this.#vm(node, vmid)
