@@ -73,6 +73,8 @@ export interface QemuBackendOptions {
   closeGraceMs?: number
   /** Accepted for symmetry with the simulated backend: a real guest decides its own health. */
   guestUnhealthy?: (node: string, vmid: number) => boolean
+  /** How long a disk unplug waits for the guest to release the device (ms, default 60 000). */
+  unplugTimeoutMs?: number
 }
 
 interface ParsedVolid {
@@ -674,7 +676,7 @@ export class QemuBackend implements VmBackend {
       })
       await q.execute('device_del', {id: diskKey}, 10_000)
       let timer: NodeJS.Timeout | undefined
-      const ok = await Promise.race([deleted.then(() => true), new Promise<boolean>((res) => (timer = setTimeout(() => res(false), 60_000)))])
+      const ok = await Promise.race([deleted.then(() => true), new Promise<boolean>((res) => (timer = setTimeout(() => res(false), this.#opts.unplugTimeoutMs ?? 60_000)))])
       clearTimeout(timer)
       if (!ok) throw new BackendError(`error on hot-unplugging device '${diskKey}' (the guest did not release it)`)
       // a hot-plugged disk's block node goes with it; a disk given at start was a -drive, removed with its device
