@@ -16,7 +16,6 @@ import {
   configDigest,
   defaultBootOrder,
   hotplugFeatures,
-  isBusDriveKey,
   isCdrom,
   isCloudinitDrive,
   isCloudinitKey,
@@ -301,7 +300,7 @@ export class LabApi {
     }
   }
 
-  #parseNet(key: string, value: string): Record<string, string> {
+  #parseNet(_key: string, value: string): Record<string, string> {
     const props = this.schema.method('POST', '/nodes/{node}/qemu')!.parameters!.properties!
     return parsePropertyString(value, props['net[n]']!.format as never)
   }
@@ -492,7 +491,7 @@ export class LabApi {
       const cur = vm.config[k]
       if (cur !== undefined && isDriveKey(k)) {
         const d = this.parseDrive(k, cur)
-        if (force && !isCdrom(d)) await this.#deallocate(c, vm, k, d)
+        if (force && !isCdrom(d)) await this.#deallocate(c, vm, d)
         else await this.#registerUnused(c, vm, d)
       }
       if (cur !== undefined && isCloudinitKey(k)) cloudinit = true
@@ -510,13 +509,13 @@ export class LabApi {
     if (cloudinit) await this.regenerateCloudInit(c.node.name, vm)
   }
 
-  async #deallocate(c: Ctx, vm: VmRecord, key: string, d: Drive): Promise<void> {
+  /** Frees a drive's volume (force delete, or an unusedN removed): PVE's try_deallocate_drive. */
+  async #deallocate(c: Ctx, vm: VmRecord, d: Drive): Promise<void> {
     if (!new RegExp(`^[^:]+:(?:base-\\d+-disk-\\d+\\.\\w+/)?${vm.vmid}/`).test(d.file)) return
     const inSnapshot = Object.values(vm.snapshots).some((s) => Object.entries(s.config).some(([k, v]) => (isDriveKey(k) || /^unused\d+$/.test(k)) && v.split(',')[0] === d.file))
     if (inSnapshot) throw new HttpError(500, `unable to delete '${d.file}' - volume is still in use (snapshot?)`)
     this.access.check(c.principal, `/storage/${d.file.split(':')[0]}`, ['Datastore.AllocateSpace'])
     await this.backend.deleteVolume(c.node.name, d.file).catch(() => undefined)
-    void key
   }
 
   /**
@@ -549,7 +548,7 @@ export class LabApi {
             if (cur !== undefined) {
               const d = this.parseDrive(k, cur)
               await this.backend.unplugDisk(this.spec(c.node.name, vm), k, ctx)
-              if (force && !isCdrom(d)) await this.#deallocate(c, vm, k, d)
+              if (force && !isCdrom(d)) await this.#deallocate(c, vm, d)
               else await this.#registerUnused(c, vm, d)
             }
             apply = true
@@ -694,7 +693,7 @@ export class LabApi {
         if (/^unused\d+$/.test(k)) {
           if (vm.config.protection === '1') throw new HttpError(500, `can't remove unused disk '${val}' - protection mode enabled`)
           const volid = val.split(',')[0]!.replace(/^file=/, '')
-          await this.#deallocate(c, vm, k, {key: k, file: volid, opts: {}})
+          await this.#deallocate(c, vm, {key: k, file: volid, opts: {}})
           delete vm.config[k]
         } else if (isDriveKey(k)) {
           if (vm.config.protection === '1') throw new HttpError(500, `can't remove drive '${k}' - protection mode enabled`)

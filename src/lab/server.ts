@@ -215,6 +215,26 @@ export class LabServer {
       // A route serves only when the release the lab plays has that method (PVE 8.4 lacks some of 9.1's).
       const route = matched.route && this.api.schema.method(matched.route.method, matched.route.path) ? matched.route : undefined
       const schemaMethod = route ? this.api.schema.method(route.method, route.path)! : undefined
+      // ---- authentication: before anything else, unknown paths included (PVE's auth_handler) ----
+      let principal: Principal | undefined
+      if (!route?.noAuth) {
+        try {
+          principal = this.#authenticate(req, method !== 'GET')
+          user = principal.tokenid ?? principal.user
+        } catch (e) {
+          await drain(req)
+          if (this.#o.authFailDelayMs) await new Promise((r) => setTimeout(r, this.#o.authFailDelayMs))
+          this.#sendUnauthorized(res, e instanceof AuthError ? e.message : 'authentication failure')
+          return finish(401)
+        }
+      } else if (/^PVEAPIToken/.test(req.headers.authorization ?? '')) {
+        // POST /access/ticket has allowtoken 0
+        await drain(req)
+        if (this.#o.authFailDelayMs) await new Promise((r) => setTimeout(r, this.#o.authFailDelayMs))
+        this.#sendUnauthorized(res, 'API tokens are not allowed for this endpoint')
+        return finish(401)
+      }
+
       if (!route || !schemaMethod) {
         // PVE's rest_handler: 501 with the path relative to /api2/json
         await drain(req)
@@ -231,26 +251,6 @@ export class LabServer {
         await drain(req)
         this.#sendError(res, 500, 'lab fault injection: internal server error\n')
         return finish(500)
-      }
-
-      // ---- authentication ----
-      let principal: Principal | undefined
-      if (!route.noAuth) {
-        try {
-          principal = this.#authenticate(req, method !== 'GET')
-          user = principal.tokenid ?? principal.user
-        } catch (e) {
-          await drain(req)
-          if (this.#o.authFailDelayMs) await new Promise((r) => setTimeout(r, this.#o.authFailDelayMs))
-          this.#sendUnauthorized(res, e instanceof AuthError ? e.message : 'authentication failure')
-          return finish(401)
-        }
-      } else if (/^PVEAPIToken/.test(req.headers.authorization ?? '')) {
-        // POST /access/ticket has allowtoken 0
-        await drain(req)
-        if (this.#o.authFailDelayMs) await new Promise((r) => setTimeout(r, this.#o.authFailDelayMs))
-        this.#sendUnauthorized(res, 'API tokens are not allowed for this endpoint')
-        return finish(401)
       }
 
       // ---- parameters ----

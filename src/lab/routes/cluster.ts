@@ -1,7 +1,6 @@
 import {createHash} from 'node:crypto'
 import {cpus, totalmem} from 'node:os'
 
-import {PermissionError} from '../access.js'
 import {HttpError, type Handler, type LabApi} from '../api.js'
 import {ParamError} from '../validate.js'
 
@@ -181,6 +180,5 @@ export function clusterRoutes(api: LabApi): Record<string, Handler> {
     return null
   }
 
-  void PermissionError
   return h
 }

@@ -1,4 +1,4 @@
-import {copyFile, mkdtemp, open, readFile, rm} from 'node:fs/promises'
+import {copyFile, mkdtemp, open, rm} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
@@ -127,6 +127,5 @@ describe('disk hot-plug on the qemu backend', () => {
       await fh.close()
     }
     await ok('POST', `${V}/status/stop`)
-    void readFile
   }, BOOT_TIMEOUT_MS + 10 * 60_000)
 })

@@ -46,6 +46,8 @@ describe('the lab as PVE clients see it (simulated backend, PVE 9.1)', () => {
     expect(unknown.reason).toBe("Method 'GET /foo' not implemented")
     expect(unknown.body).toEqual({data: null, message: "Method 'GET /foo' not implemented"})
     expect((await lab.call('DELETE', '/version')).reason).toBe("Method 'DELETE /version' not implemented")
+    // credentials come first, unknown paths included
+    expect((await lab.call('GET', '/foo', {}, {auth: 'none'})).status).toBe(401)
   })
 
   it('answers /version and node status as the schema requires', async () => {
