@@ -67,11 +67,17 @@ function compile(routes: RouteDef[]): Compiled[] {
 }
 
 const COMPILED = compile(LAB_ROUTES)
+/** The routes by number of path segments: a request is matched against those of its depth only. */
+const BY_DEPTH = new Map<number, Compiled[]>()
+for (const c of COMPILED) {
+  const depth = c.route.path.split('/').length
+  BY_DEPTH.set(depth, [...(BY_DEPTH.get(depth) ?? []), c])
+}
 
-/** Finds the route for a method + path (path without /api2/json); `allowed` lists methods of a path match. */
+/** Finds the route for a method + path (path without /api2/json); `pathExists` when another method serves it. */
 export function matchRoute(method: string, path: string): {route?: RouteDef; pathParams: Record<string, string>; pathExists: boolean} {
   let pathExists = false
-  for (const c of COMPILED) {
+  for (const c of BY_DEPTH.get(path.replace(/\/$/, '').split('/').length) ?? []) {
     const m = c.re.exec(path)
     if (!m) continue
     pathExists = true

@@ -20,7 +20,8 @@ export function clusterRoutes(api: LabApi): Record<string, Handler> {
   const h: Record<string, Handler> = {}
   const rel = () => RELEASES[api.schema.release]
   // PVE's repoid is the pve-manager git commit (short hex); the lab's is derived from its version.
-  const repoid = () => createHash('sha1').update(`pgi-lab-${rel().version}`).digest('hex').slice(0, 16)
+  const repoidText = createHash('sha1').update(`pgi-lab-${rel().version}`).digest('hex').slice(0, 16)
+  const repoid = () => repoidText
   const uptime = (started: number) => Math.floor(Date.now() / 1000) - started
   const MEM = 32 * 2 ** 30
 
