@@ -406,7 +406,7 @@ export class SimulatedBackend implements VmBackend {
   /** Image version of the guest: /etc/pgi/image.json if rewritten, else the OS disk's origin, else the spec's. */
   #imageVersion(vm: SimVm): string {
     if (vm.writtenVersion) return vm.writtenVersion
-    const os = vm.spec.disks.find((d) => d.key === 'virtio0') ?? vm.spec.disks.find((d) => d.media === 'disk' && !d.cloudinit)
+    const os = vm.spec.disks.find((d) => d.key === 'virtio0') ?? vm.spec.disks.find((d) => d.media === 'disk' && !d.cloudinit && !d.firmware)
     const vol = os && this.#nodeVols(vm.spec.node).get(os.volid)
     return vol?.imageVersion ?? vm.spec.imageVersion ?? '0.0.0'
   }
