@@ -11,6 +11,7 @@ DEB_PACKAGES=(
   age openssh-client openssh-server   # handoff interoperability, SSH to VMs
   openssl iproute2 ca-certificates
   postgresql-client                   # the AMI's view: psql against a deployed VM
+  python3-proxmoxer python3-requests  # a PVE client nobody here wrote, against the lab (test/unit/lab/proxmoxer.test.ts)
 )
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do

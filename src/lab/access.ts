@@ -1,6 +1,6 @@
 import {createHash, createHmac, randomBytes, scryptSync, timingSafeEqual} from 'node:crypto'
 
-import type {PermCheck} from './params.js'
+import type {PermissionCheck} from './pve-schema.js'
 
 /**
  * Users, API tokens, roles and ACLs of a lab node — the part of PVE's access control the lab needs:
@@ -74,10 +74,10 @@ export class AuthError extends Error {
   }
 }
 
-/** 403 with PVE's text: "Permission check failed (/vms/100, VM.Allocate)". */
+/** 403 with PVE's text: "Permission check failed (/vms/100, VM.Allocate)", or without details ("Permission check failed"). */
 export class PermissionError extends Error {
-  constructor(readonly path: string, readonly privs: string) {
-    super(`Permission check failed (${path}, ${privs})`)
+  constructor(readonly path?: string, readonly privs?: string) {
+    super(path === undefined ? 'Permission check failed' : `Permission check failed (${path}${privs === undefined ? '' : `, ${privs}`})`)
     this.name = 'PermissionError'
   }
 }
@@ -218,10 +218,68 @@ export class AccessControl {
     for (const x of privs) if (!have.has(x)) throw new PermissionError(path, x)
   }
 
-  /** Applies a route's PermCheck with its {param} placeholders filled from `params`. */
-  checkRoute(p: Principal, perm: PermCheck, params: Record<string, unknown>): void {
-    const path = perm[1].replace(/\{(\w+)\}/g, (_, k: string) => String(params[k] ?? ''))
-    this.check(p, path, perm[2], perm[3] === 'any')
+  /**
+   * Runs a method's `permissions` from the PVE schema (RPCEnvironment's check_api2_permissions and
+   * exec_api2_perm_check): `user: 'all'` lets any authenticated user in (the handler filters),
+   * `check` is evaluated with its `{param}` placeholders filled from the request: 'perm' (with
+   * 'any' and 'require_param'), 'and', 'or'. Throws PermissionError with PVE's texts.
+   */
+  checkApi(p: Principal, perms: {check?: PermissionCheck; user?: string} | undefined, params: Record<string, unknown>): void {
+    if (p.user === 'root@pam' && !p.tokenid) return
+    if (!perms) throw new PermissionError(undefined, undefined)
+    if (perms.user === 'all' || perms.user === 'world') return
+    if (perms.check) {
+      this.#evaluate(p, perms.check, params, false)
+      return
+    }
+    throw new PermissionError()
+  }
+
+  #evaluate(p: Principal, check: PermissionCheck, params: Record<string, unknown>, noerr: boolean): boolean {
+    const [test, ...rest] = check
+    if (test === 'and') {
+      for (const sub of rest) this.#evaluate(p, sub as PermissionCheck, params, false)
+      return true
+    }
+    if (test === 'or') {
+      for (const sub of rest) if (this.#evaluate(p, sub as PermissionCheck, params, true)) return true
+      if (noerr) return false
+      throw new PermissionError()
+    }
+    if (test === 'perm') {
+      const [tmpl, privs, ...mods] = rest as [string, string[], ...unknown[]]
+      const opts: Record<string, unknown> = {}
+      for (let i = 0; i + 1 < mods.length; i += 2) opts[String(mods[i])] = mods[i + 1]
+      const req = opts.require_param as string | undefined
+      if (req && params[req] === undefined) {
+        if (noerr) return false
+        throw new PermissionError()
+      }
+      const path = tmpl.replace(/\{(\w+)\}/g, (_, k: string) => String(params[k] ?? ''))
+      if (noerr) {
+        const have = this.privileges(p, path)
+        return opts.any ? privs.some((x) => have.has(x)) : privs.every((x) => have.has(x))
+      }
+      this.check(p, path, privs, Boolean(opts.any))
+      return true
+    }
+    throw new Error(`lab defect: permission test '${String(test)}' is not implemented`)
+  }
+
+  /** Every path the principal has privileges on, with them (GET /access/permissions). */
+  permissionTree(p: Principal, paths: string[]): Record<string, Record<string, number>> {
+    const out: Record<string, Record<string, number>> = {}
+    const all = new Set(['/', '/access', '/access/groups', '/nodes', '/pool', '/sdn', '/storage', '/vms', ...this.cfg.acl.map((a) => a.path), ...paths])
+    for (const path of [...all].sort()) {
+      const privs = [...this.privileges(p, path)].sort()
+      if (privs.length > 0) out[path] = Object.fromEntries(privs.map((x) => [x, 1]))
+    }
+    return out
+  }
+
+  /** Whether a user or token exists ("user@realm" or "user@realm!token"). */
+  exists(authid: string): boolean {
+    return authid.includes('!') ? this.cfg.tokens[authid] !== undefined : this.cfg.users[authid] !== undefined
   }
 
   /** True for root@pam logged in with a ticket: may use skiplock and absolute paths. Tokens never are. */

@@ -134,6 +134,11 @@ export interface VmDisk {
   serial?: string
   /** True for the cloud-init drive (`<storage>:cloudinit`). */
   cloudinit?: boolean
+  /**
+   * True for `efidisk0` (OVMF variables) and `tpmstate0` (TPM state): volumes of the VM that
+   * snapshots, clones and templates carry, but that the guest does not see as disks.
+   */
+  firmware?: boolean
 }
 
 export interface VmNic {
@@ -258,9 +263,34 @@ export interface GuestAgent {
   /** Write `content` (raw bytes, already decoded by the API layer) to `file` in the guest. */
   fileWrite(node: string, vmid: number, file: string, content: Buffer, timeoutMs: number): Promise<void>
   /**
-   * Read up to 16 MiB of `file` from the guest (PVE's limit); `truncated` when the file is bigger.
+   * Read `file` from the guest: from byte `offset` (default 0), at most `count` bytes (default and
+   * at most 16 MiB, PVE's limit); `truncated` when the read did not reach the end of the file.
    */
-  fileRead(node: string, vmid: number, file: string, timeoutMs: number): Promise<{content: Buffer; truncated: boolean}>
+  fileRead(node: string, vmid: number, file: string, timeoutMs: number, range?: {offset?: number; count?: number}): Promise<{content: Buffer; truncated: boolean}>
+  /** `guest-info`: the agent's version and its commands. */
+  info(node: string, vmid: number, timeoutMs: number): Promise<AgentInfo>
+  /** `guest-get-osinfo`: the guest's operating system (os-release and uname). */
+  getOsinfo(node: string, vmid: number, timeoutMs: number): Promise<AgentOsInfo>
+  /** `guest-get-host-name`. */
+  getHostName(node: string, vmid: number, timeoutMs: number): Promise<{'host-name': string}>
+}
+
+/** `guest-info` result, as qemu-guest-agent returns it. */
+export interface AgentInfo {
+  version: string
+  supported_commands: {name: string; enabled: boolean; 'success-response': boolean}[]
+}
+
+/** `guest-get-osinfo` result, as qemu-guest-agent returns it on Linux. */
+export interface AgentOsInfo {
+  id?: string
+  name?: string
+  'pretty-name'?: string
+  version?: string
+  'version-id'?: string
+  'kernel-release'?: string
+  'kernel-version'?: string
+  machine?: string
 }
 
 export interface VmBackend {
@@ -343,6 +373,26 @@ export interface VmBackend {
   shutdown(spec: VmSpec, opts: {timeoutS: number; forceStop: boolean}, ctx: TaskContext): Promise<void>
   /** Hard stop (QMP quit / kill). Resolves when the process is gone. Idempotent. */
   stop(node: string, vmid: number, ctx: TaskContext): Promise<void>
+  /** Pause the running VM's vCPUs (QMP `stop`; qmpstatus `paused`). */
+  pause(node: string, vmid: number): Promise<void>
+  /** Resume a paused VM (QMP `cont`). */
+  resume(node: string, vmid: number): Promise<void>
+
+  // ---- hot-plug ------------------------------------------------------------------------------------
+
+  /**
+   * Attach `disk` (a volume of this node, not a CD-ROM) to the RUNNING VM `spec` describes, as
+   * PVE's vm_deviceplug does when `hotplug` includes `disk`: the guest sees a new disk (qemu:
+   * QMP blockdev-add + device_add of a virtio-blk device with the disk's serial). `spec` is the
+   * config before the disk is added. Throws BackendError when the VM cannot take it.
+   */
+  hotplugDisk(spec: VmSpec, disk: VmDisk, ctx: TaskContext): Promise<void>
+  /**
+   * Detach the disk `diskKey` from the RUNNING VM (qemu: QMP device_del, wait for the guest to
+   * release it, then blockdev-del). The volume itself stays (the API layer makes it `unusedN`).
+   * A disk the running VM does not have is not an error.
+   */
+  unplugDisk(spec: VmSpec, diskKey: string, ctx: TaskContext): Promise<void>
   /** Current runtime status; for an unknown or never-started VM, `running: false`. */
   status(node: string, vmid: number): VmRuntimeStatus
   /** How to reach a running VM from the host; undefined when not running or not applicable. */

@@ -10,6 +10,8 @@ import {QemuVm, userNetFor, type PortForward, type UserNetSpec, type VmDiskSpec}
 import {
   BackendError,
   type AgentExecStatus,
+  type AgentInfo,
+  type AgentOsInfo,
   type AgentFsInfo,
   type AgentNetworkInterface,
   type BackendInit,
@@ -20,6 +22,7 @@ import {
   type TaskContext,
   type VmAccess,
   type VmBackend,
+  type VmDisk,
   type VmRuntimeStatus,
   type VmSpec,
   type VolumeInfo,
@@ -70,6 +73,8 @@ export interface QemuBackendOptions {
   closeGraceMs?: number
   /** Accepted for symmetry with the simulated backend: a real guest decides its own health. */
   guestUnhealthy?: (node: string, vmid: number) => boolean
+  /** How long a disk unplug waits for the guest to release the device (ms, default 60 000). */
+  unplugTimeoutMs?: number
 }
 
 interface ParsedVolid {
@@ -94,6 +99,10 @@ interface ImgInfo {
 interface RunningVm {
   vm: QemuVm
   spec?: VmSpec
+  /** vCPUs paused through QMP `stop`. */
+  paused?: boolean
+  /** Disk keys attached after start (QMP blockdev-add: their block node is named `drive-<key>`). */
+  hotplugged?: Set<string>
   cpuSample?: {at: number; ticks: number; cpu: number}
   net?: UserNetSpec
 }
@@ -440,7 +449,9 @@ export class QemuBackend implements VmBackend {
     if (r) {
       const q = await r.vm.qmp()
       try {
-        await q.execute('block_resize', {device: `drive-${diskKey}`, size: newSizeBytes}, 60_000)
+        // a disk attached at start has a named drive; a hot-plugged one a named block node
+        const target = r.hotplugged?.has(diskKey) ? {'node-name': `drive-${diskKey}`} : {device: `drive-${diskKey}`}
+        await q.execute('block_resize', {...target, size: newSizeBytes}, 60_000)
       } finally {
         q.close()
       }
@@ -504,6 +515,10 @@ export class QemuBackend implements VmBackend {
     const boot = spec.bootOrder.find((k) => spec.disks.some((d) => d.key === k))
     for (const d of spec.disks) {
       if (d.volid === 'none') continue
+      if (d.firmware) {
+        ctx.log(`${d.key}: kept, but not given to the VM (the lab's VMs boot with SeaBIOS and have no TPM)`)
+        continue
+      }
       const p = this.#parse(spec.node, d.volid)
       if (!existsSync(p.path)) throw new BackendError(`start failed: volume '${d.volid}' does not exist`)
       const fmt = p.content === 'images' ? ((await this.#imgInfo(p.path)).format as 'qcow2' | 'raw') : 'raw'
@@ -586,7 +601,93 @@ export class QemuBackend implements VmBackend {
     const r = this.#running(node, vmid)
     if (!r) return {running: false, uptime: 0, qmpstatus: 'stopped', cpu: 0, mem: 0}
     const {cpu, mem} = this.#usage(r)
-    return {running: true, pid: r.vm.pid, uptime: r.vm.uptimeS(), qmpstatus: 'running', cpu, mem}
+    return {running: true, pid: r.vm.pid, uptime: r.vm.uptimeS(), qmpstatus: r.paused ? 'paused' : 'running', cpu, mem}
+  }
+
+  async #qmpCommand(node: string, vmid: number, command: string, args?: Record<string, unknown>): Promise<RunningVm> {
+    const r = this.#running(node, vmid)
+    if (!r) throw new BackendError(`VM ${vmid} not running`)
+    const q = await r.vm.qmp()
+    try {
+      await q.execute(command, args, 10_000)
+    } finally {
+      q.close()
+    }
+    return r
+  }
+
+  async pause(node: string, vmid: number): Promise<void> {
+    const r = await this.#qmpCommand(node, vmid, 'stop')
+    r.paused = true
+  }
+
+  async resume(node: string, vmid: number): Promise<void> {
+    const r = await this.#qmpCommand(node, vmid, 'cont')
+    r.paused = false
+  }
+
+  // ---- hot-plug (PVE's vm_deviceplug / vm_deviceunplug for disks) ---------------------------------
+
+  async hotplugDisk(spec: VmSpec, disk: VmDisk, ctx: TaskContext): Promise<void> {
+    const r = this.#running(spec.node, spec.vmid)
+    if (!r) throw new BackendError(`VM ${spec.vmid} is not running`)
+    if (disk.media === 'cdrom') throw new BackendError(`${disk.key}: CD-ROMs cannot be hot-plugged in the lab`)
+    const p = this.#parse(spec.node, disk.volid)
+    if (!existsSync(p.path)) throw new BackendError(`volume '${disk.volid}' does not exist`)
+    const format = p.content === 'images' ? (await this.#imgInfo(p.path)).format : 'raw'
+    if (disk.serial !== undefined && !/^[A-Za-z0-9_.-]{1,20}$/.test(disk.serial)) throw new BackendError(`${disk.key}: disk serial "${disk.serial}" must be 1–20 characters [A-Za-z0-9_.-]`)
+    const node = `drive-${disk.key}`
+    const q = await r.vm.qmp()
+    try {
+      // the same block settings as a disk given at start (src/qemu/vm.ts): writeback cache, discard unmap
+      await q.execute('blockdev-add', {'node-name': node, driver: format, discard: 'unmap', cache: {direct: false, 'no-flush': false}, file: {driver: 'file', filename: p.path, discard: 'unmap'}}, 30_000)
+      try {
+        // scsi/sata disks are presented as virtio-blk, as at start (the lab has one disk controller model)
+        await q.execute('device_add', {driver: 'virtio-blk-pci', id: disk.key, drive: node, ...(disk.serial ? {serial: disk.serial} : {})}, 30_000)
+      } catch (error) {
+        await q.execute('blockdev-del', {'node-name': node}, 10_000).catch(() => undefined)
+        throw error
+      }
+    } catch (error) {
+      throw new BackendError(`error on hotplug device '${disk.key}': ${(error as Error).message.replace(/^QMP \S+ failed: /, '')}`)
+    } finally {
+      q.close()
+    }
+    ;(r.hotplugged ??= new Set()).add(disk.key)
+    this.#infoCache.delete(p.path)
+    ctx.log(`hot-plugged ${disk.key} (${disk.volid}) as virtio-blk`)
+  }
+
+  async unplugDisk(spec: VmSpec, diskKey: string, ctx: TaskContext): Promise<void> {
+    const r = this.#running(spec.node, spec.vmid)
+    if (!r) return
+    const q = await r.vm.qmp()
+    try {
+      const devices = await q.execute<{name: string}[]>('qom-list', {path: '/machine/peripheral'}, 10_000)
+      if (!devices.some((d) => d.name === diskKey)) return
+      // the guest releases the device (ACPI eject) and QEMU then announces DEVICE_DELETED
+      const deleted = new Promise<void>((resolve) => {
+        const off = q.onEvent((e) => {
+          if (e.event === 'DEVICE_DELETED' && (e.data as {device?: string} | undefined)?.device === diskKey) {
+            off()
+            resolve()
+          }
+        })
+      })
+      await q.execute('device_del', {id: diskKey}, 10_000)
+      let timer: NodeJS.Timeout | undefined
+      const ok = await Promise.race([deleted.then(() => true), new Promise<boolean>((res) => (timer = setTimeout(() => res(false), this.#opts.unplugTimeoutMs ?? 60_000)))])
+      clearTimeout(timer)
+      if (!ok) throw new BackendError(`error on hot-unplugging device '${diskKey}' (the guest did not release it)`)
+      // a hot-plugged disk's block node goes with it; a disk given at start was a -drive, removed with its device
+      if (r.hotplugged?.delete(diskKey)) await q.execute('blockdev-del', {'node-name': `drive-${diskKey}`}, 10_000)
+    } catch (error) {
+      if (error instanceof BackendError) throw error
+      throw new BackendError(`error on hot-unplugging device '${diskKey}': ${(error as Error).message}`)
+    } finally {
+      q.close()
+    }
+    ctx.log(`unplugged ${diskKey}`)
   }
 
   /** CPU (fraction of a core, averaged since the previous call) and resident memory of QEMU. */
@@ -647,10 +748,11 @@ export class QemuBackend implements VmBackend {
 
   // ---- snapshots ------------------------------------------------------------------------------
 
-  #snapDisks(spec: VmSpec): {key: string; path: string; volid: string}[] {
+  /** Disks with snapshots; `attached` when the running QEMU has them (firmware volumes it never has). */
+  #snapDisks(spec: VmSpec): {key: string; path: string; volid: string; attached: boolean}[] {
     return spec.disks
       .filter((d) => d.media === 'disk' && !d.cloudinit && !/^ide\d$/.test(d.key))
-      .map((d) => ({key: d.key, volid: d.volid, path: this.#parse(spec.node, d.volid).path}))
+      .map((d) => ({key: d.key, volid: d.volid, path: this.#parse(spec.node, d.volid).path, attached: !d.firmware}))
       .filter((d) => d.path.endsWith('.qcow2'))
   }
 
@@ -658,7 +760,7 @@ export class QemuBackend implements VmBackend {
     const r = this.#running(spec.node, spec.vmid)
     for (const d of this.#snapDisks(spec)) {
       ctx.log(`snapshotting '${d.key}' (${d.volid})`)
-      if (r) {
+      if (r && d.attached) {
         const q = await r.vm.qmp()
         try {
           await q.execute('blockdev-snapshot-internal-sync', {device: `drive-${d.key}`, name}, 120_000)
@@ -691,7 +793,7 @@ export class QemuBackend implements VmBackend {
       const info = await this.#imgInfo(d.path)
       if (!(info.snapshots ?? []).some((s) => s.name === name)) continue
       ctx.log(`delete snapshot '${name}' of '${d.key}'`)
-      if (r) {
+      if (r && d.attached) {
         const q = await r.vm.qmp()
         try {
           await q.execute('blockdev-snapshot-delete-internal-sync', {device: `drive-${d.key}`, name}, 120_000)
@@ -750,7 +852,10 @@ export class QemuBackend implements VmBackend {
         return out
       }),
     fileWrite: (node, vmid, file, content, timeoutMs) => this.#agent(node, vmid, 'guest-file-write', (q) => q.fileWrite(file, content, timeoutMs)),
-    fileRead: (node, vmid, file, timeoutMs) => this.#agent(node, vmid, 'guest-file-read', (q) => q.fileRead(file, {timeoutMs})),
+    fileRead: (node, vmid, file, timeoutMs, range = {}) => this.#agent(node, vmid, 'guest-file-read', (q) => readGuestFile(q, file, range.offset ?? 0, Math.min(range.count ?? MAX_READ, MAX_READ), timeoutMs)),
+    info: (node, vmid, timeoutMs) => this.#agent(node, vmid, 'guest-info', (q) => q.execute<AgentInfo>('guest-info', undefined, timeoutMs)),
+    getOsinfo: (node, vmid, timeoutMs) => this.#agent(node, vmid, 'guest-get-osinfo', (q) => q.execute<AgentOsInfo>('guest-get-osinfo', undefined, timeoutMs)),
+    getHostName: (node, vmid, timeoutMs) => this.#agent(node, vmid, 'guest-get-host-name', (q) => q.execute<{'host-name': string}>('guest-get-host-name', undefined, timeoutMs)),
   }
 
   /** For tests: wait until the guest agent of a VM answers (boot under TCG takes a while). */
@@ -766,6 +871,33 @@ export class QemuBackend implements VmBackend {
       }
     }
   }
+}
+
+/** PVE's file-read limit. */
+const MAX_READ = 16 * 1024 * 1024
+
+/**
+ * qemu-server's file-read: open, seek to `offset`, read up to `count` bytes in 1 MiB chunks,
+ * close; `truncated` when the end of the file was not reached.
+ */
+async function readGuestFile(q: QgaClient, file: string, offset: number, count: number, timeoutMs: number): Promise<{content: Buffer; truncated: boolean}> {
+  const handle = await q.execute<number>('guest-file-open', {path: file, mode: 'r'}, timeoutMs)
+  const parts: Buffer[] = []
+  let read = 0
+  let eof = false
+  try {
+    if (offset > 0) await q.execute('guest-file-seek', {handle, offset, whence: 'set'}, timeoutMs)
+    while (read < count && !eof) {
+      const r = await q.execute<{count: number; 'buf-b64': string; eof: boolean}>('guest-file-read', {handle, count: Math.min(count - read, 1024 * 1024)}, timeoutMs)
+      const b = Buffer.from(r['buf-b64'] ?? '', 'base64')
+      parts.push(b)
+      read += b.length
+      eof = r.eof || b.length === 0
+    }
+  } finally {
+    await q.execute('guest-file-close', {handle}, timeoutMs).catch(() => undefined)
+  }
+  return {content: Buffer.concat(parts), truncated: !eof}
 }
 
 export default QemuBackend

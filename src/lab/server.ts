@@ -67,11 +67,17 @@ function compile(routes: RouteDef[]): Compiled[] {
 }
 
 const COMPILED = compile(LAB_ROUTES)
+/** The routes by number of path segments: a request is matched against those of its depth only. */
+const BY_DEPTH = new Map<number, Compiled[]>()
+for (const c of COMPILED) {
+  const depth = c.route.path.split('/').length
+  BY_DEPTH.set(depth, [...(BY_DEPTH.get(depth) ?? []), c])
+}
 
-/** Finds the route for a method + path (path without /api2/json); `allowed` lists methods of a path match. */
+/** Finds the route for a method + path (path without /api2/json); `pathExists` when another method serves it. */
 export function matchRoute(method: string, path: string): {route?: RouteDef; pathParams: Record<string, string>; pathExists: boolean} {
   let pathExists = false
-  for (const c of COMPILED) {
+  for (const c of BY_DEPTH.get(path.replace(/\/$/, '').split('/').length) ?? []) {
     const m = c.re.exec(path)
     if (!m) continue
     pathExists = true
@@ -175,6 +181,18 @@ export class LabServer {
     res.end(text)
   }
 
+  /** An error as PVE's JSON formatter writes it: `{"data":null,"message":…}` (and `errors` for a 400). */
+  #sendError(res: ServerResponse, status: number, message: string, errors?: Record<string, string>): void {
+    this.#send(res, status, {data: null, ...(errors ? {errors} : {}), message}, message)
+  }
+
+  /** 401 for a request without valid credentials: PVE's HTTP server answers it with no body. */
+  #sendUnauthorized(res: ServerResponse, reason: string): void {
+    res.statusMessage = sanitizeReason(reason)
+    res.writeHead(401, {'Content-Length': 0, 'Cache-Control': 'max-age=0', Pragma: 'no-cache'})
+    res.end()
+  }
+
   async #handle(nodeName: string, req: IncomingMessage, res: ServerResponse): Promise<void> {
     const t0 = Date.now()
     const url = new URL(req.url ?? '/', 'https://lab')
@@ -190,49 +208,55 @@ export class LabServer {
       const lat = this.api.faults.latency(nodeName, fullPath)
       if (lat > 0) await new Promise((r) => setTimeout(r, lat))
       if (!fullPath.startsWith('/api2/json/')) {
-        this.#send(res, 501, {data: null}, `Unsupported API format (the lab serves /api2/json only)`)
+        await drain(req)
+        res.statusMessage = 'no such uri'
+        res.writeHead(501, {'Content-Length': 0})
+        res.end()
         return finish(501)
       }
       const path = fullPath.slice('/api2/json'.length)
       logPath = path
-      const {route, pathParams, pathExists} = matchRoute(method, path)
-      if (!route) {
-        // PVE answers 501 for unknown methods/paths.
-        const msg = pathExists ? `Method '${method} /api2/json${path}' not implemented` : `Method '${method} /api2/json${path}' not implemented`
-        await drain(req)
-        this.#send(res, 501, {data: null}, msg)
-        return finish(501)
-      }
-      const node = pathParams.node !== undefined ? this.api.nodes.get(pathParams.node) : this.api.nodes.get(nodeName)
-      if (pathParams.node !== undefined && (!node || pathParams.node !== nodeName)) {
-        await drain(req)
-        this.#send(res, 500, {data: null, message: `hostname lookup '${pathParams.node}' failed - failed to get address info for: ${pathParams.node}: Name or service not known\n`}, `hostname lookup '${pathParams.node}' failed`)
-        return finish(500)
-      }
-      if (this.api.faults.http500(nodeName, method, path)) {
-        await drain(req)
-        this.#send(res, 500, {data: null, message: 'lab fault injection: internal server error\n'}, 'lab fault injection: internal server error')
-        return finish(500)
-      }
-
-      // ---- authentication ----
+      const matched = matchRoute(method, path)
+      const {pathParams} = matched
+      // A route serves only when the release the lab plays has that method (PVE 8.4 lacks some of 9.1's).
+      const route = matched.route && this.api.schema.method(matched.route.method, matched.route.path) ? matched.route : undefined
+      const schemaMethod = route ? this.api.schema.method(route.method, route.path)! : undefined
+      // ---- authentication: before anything else, unknown paths included (PVE's auth_handler) ----
       let principal: Principal | undefined
-      if (!route.noAuth) {
+      if (!route?.noAuth) {
         try {
           principal = this.#authenticate(req, method !== 'GET')
           user = principal.tokenid ?? principal.user
         } catch (e) {
           await drain(req)
           if (this.#o.authFailDelayMs) await new Promise((r) => setTimeout(r, this.#o.authFailDelayMs))
-          const msg = e instanceof AuthError ? e.message : 'authentication failure'
-          const status = /csrf/i.test(msg) ? 401 : 401
-          this.#send(res, status, {data: null, message: `${msg}\n`}, msg)
-          return finish(status)
+          this.#sendUnauthorized(res, e instanceof AuthError ? e.message : 'authentication failure')
+          return finish(401)
         }
       } else if (/^PVEAPIToken/.test(req.headers.authorization ?? '')) {
+        // POST /access/ticket has allowtoken 0
         await drain(req)
-        this.#send(res, 401, {data: null, message: 'API tokens are not allowed for this endpoint\n'}, 'API tokens are not allowed for this endpoint')
+        if (this.#o.authFailDelayMs) await new Promise((r) => setTimeout(r, this.#o.authFailDelayMs))
+        this.#sendUnauthorized(res, 'API tokens are not allowed for this endpoint')
         return finish(401)
+      }
+
+      if (!route || !schemaMethod) {
+        // PVE's rest_handler: 501 with the path relative to /api2/json
+        await drain(req)
+        this.#sendError(res, 501, `Method '${method} ${path.replace(/\/$/, '') || '/'}' not implemented`)
+        return finish(501)
+      }
+      const node = pathParams.node !== undefined ? this.api.nodes.get(pathParams.node) : this.api.nodes.get(nodeName)
+      if (pathParams.node !== undefined && (!node || pathParams.node !== nodeName)) {
+        await drain(req)
+        this.#sendError(res, 500, `hostname lookup '${pathParams.node}' failed - failed to get address info for: ${pathParams.node}: Name or service not known\n`)
+        return finish(500)
+      }
+      if (this.api.faults.http500(nodeName, method, path)) {
+        await drain(req)
+        this.#sendError(res, 500, 'lab fault injection: internal server error\n')
+        return finish(500)
       }
 
       // ---- parameters ----
@@ -252,20 +276,20 @@ export class LabServer {
         const q = parseForm(url.search.slice(1))
         for (const [k, v] of Object.entries(q)) params[k] ??= v
       }
+      delete params._dc // ExtJS's cache buster, which PVE's server drops
       paramNames = Object.keys(params).sort()
       const all: RawParams = {...params, ...pathParams}
-      const errors = validateParams(route.params, all)
+      const props = schemaMethod.parameters?.properties ?? {}
+      const errors = validateParams(props, all)
+      if (schemaMethod.parameters?.additionalProperties) for (const k of Object.keys(errors)) if (errors[k]!.startsWith('property is not defined in schema')) delete errors[k]
       if (Object.keys(errors).length > 0) {
         if (upload) await rm(upload.path, {force: true})
-        this.#send(res, 400, {data: null, errors}, 'Parameter verification failed.')
+        this.#sendError(res, 400, 'Parameter verification failed.\n', errors)
         return finish(400)
       }
 
-      // ---- privileges ----
-      if (principal && route.perm) {
-        const perm = route.agent && this.#pveMajor() === 8 ? (['perm', '/vms/{vmid}', ['VM.Monitor']] as RouteDef['perm'] & object) : route.perm
-        this.api.access.checkRoute(principal, perm, all)
-      }
+      // ---- privileges: the method's `permissions` from the schema of the release the lab plays ----
+      if (principal) this.api.access.checkApi(principal, schemaMethod.permissions, all)
 
       const ctx: Ctx = {node: node!, params: all, principal: principal ?? {user: 'anonymous'}, upload}
       let data: unknown
@@ -277,12 +301,8 @@ export class LabServer {
         })
         data = this.api.importUploaded(ctx, upload.path, 'imgcopy')
       } else if (route.handler === 'storageDownload') {
-        this.api.access.check(ctx.principal, `/storage/${all.storage}`, ['Datastore.AllocateTemplate'])
-        if (!this.api.access.has(ctx.principal, '/', 'Sys.Audit') || !this.api.access.has(ctx.principal, '/', 'Sys.Modify')) {
-          this.api.access.check(ctx.principal, `/nodes/${nodeName}`, ['Sys.AccessNetwork'])
-        }
         data = await this.#download(ctx)
-      } else if (route.handler === 'taskStatus' || route.handler === 'taskLog' || route.handler === 'taskList') {
+      } else if (route.handler === 'taskStatus' || route.handler === 'taskLog' || route.handler === 'taskList' || route.handler === 'taskIndex') {
         data = this.#tasks(route.handler, ctx)
       } else {
         const h = this.api.handlers[route.handler]
@@ -299,7 +319,7 @@ export class LabServer {
     } catch (e) {
       const status = errStatus(e)
       if (status === 400) {
-        this.#send(res, 400, {data: null, errors: (e as ParamError).errors}, 'Parameter verification failed.')
+        this.#sendError(res, 400, 'Parameter verification failed.\n', (e as ParamError).errors)
         return finish(400)
       }
       if (status === 401 && this.#o.authFailDelayMs) await new Promise((r) => setTimeout(r, this.#o.authFailDelayMs))
@@ -307,13 +327,10 @@ export class LabServer {
       if (!(e instanceof HttpError || e instanceof PermissionError || e instanceof BackendError || e instanceof AuthError)) {
         process.stderr.write(`lab: ${method} ${fullPath}: ${e instanceof Error ? e.stack : msg}\n`)
       }
-      this.#send(res, status, {data: null, message: `${msg}\n`}, msg)
+      // the body carries the message as PVE's die text (with its newline); the reason phrase is one line
+      this.#sendError(res, status, msg.endsWith('\n') ? msg : `${msg}\n`)
       return finish(status)
     }
-  }
-
-  #pveMajor(): number {
-    return Number(this.api.pveVersion.split('.')[0])
   }
 
   #authenticate(req: IncomingMessage, write: boolean): Principal {
@@ -334,7 +351,7 @@ export class LabServer {
         .list(c.node.name)
         .filter((t) => this.#canSeeTask(c, t.user, c.node.name))
         .filter((t) => c.params.vmid === undefined || t.id === String(c.params.vmid))
-        .filter((t) => !c.params.errors || (t.status === 'stopped' && t.exitstatus !== 'OK'))
+        .filter((t) => c.params.errors !== '1' || (t.status === 'stopped' && t.exitstatus !== 'OK'))
         .filter((t) => c.params.typefilter === undefined || t.type === String(c.params.typefilter))
         .filter((t) => c.params.userfilter === undefined || t.user.includes(String(c.params.userfilter)))
         .filter((t) => c.params.since === undefined || t.starttime >= Number(c.params.since))
@@ -352,6 +369,7 @@ export class LabServer {
     const t = this.api.tasks.get(upid)
     if (!t || t.node !== c.node.name) throw new HttpError(500, `unable to open file - No such file or directory`)
     if (!this.#canSeeTask(c, t.user, c.node.name)) throw new PermissionError(`/nodes/${c.node.name}`, 'Sys.Audit')
+    if (handler === 'taskIndex') return [{name: 'log'}, {name: 'status'}]
     if (handler === 'taskStatus') {
       return {upid: t.upid, node: t.node, pid: t.pid, pstart: t.pstart, starttime: t.starttime, type: t.type, id: t.id, user: t.user, status: t.status, ...(t.status === 'stopped' ? {exitstatus: t.exitstatus} : {})}
     }

@@ -14,6 +14,7 @@ import {
   type TaskContext,
   type VmAccess,
   type VmBackend,
+  type VmDisk,
   type VmRuntimeStatus,
   type VmSpec,
   type VolumeInfo,
@@ -63,6 +64,8 @@ interface SimVolume extends VolumeInfo {
 interface SimVm {
   spec: VmSpec
   running: boolean
+  /** vCPUs paused (QMP `stop`): qmpstatus `paused`. */
+  paused?: boolean
   startedAt: number
   pid: number
   files: Map<string, Buffer>
@@ -279,6 +282,7 @@ export class SimulatedBackend implements VmBackend {
     const vm: SimVm = prev ?? {spec, running: false, startedAt: 0, pid: 0, files: new Map(), procs: new Map(), nextPid: 1000, databases: [], backups: [], configured: {}, snapState: new Map()}
     vm.spec = spec
     vm.running = true
+    vm.paused = false
     vm.startedAt = Date.now()
     vm.pid = this.#pidSeq++
     this.#vms.set(key, vm)
@@ -304,7 +308,38 @@ export class SimulatedBackend implements VmBackend {
     const vm = this.#vm(node, vmid)
     if (!vm?.running) return {running: false, uptime: 0, qmpstatus: 'stopped', cpu: 0, mem: 0}
     const uptime = Math.floor((Date.now() - vm.startedAt) / 1000)
-    return {running: true, pid: vm.pid, uptime, qmpstatus: 'running', cpu: 0.02, mem: Math.min(vm.spec.memoryMb, 900) * 2 ** 20}
+    return {running: true, pid: vm.pid, uptime, qmpstatus: vm.paused ? 'paused' : 'running', cpu: vm.paused ? 0 : 0.02, mem: Math.min(vm.spec.memoryMb, 900) * 2 ** 20}
+  }
+
+  async pause(node: string, vmid: number): Promise<void> {
+    const vm = this.#vm(node, vmid)
+    if (!vm?.running) throw new BackendError(`VM ${vmid} not running`)
+    vm.paused = true
+  }
+
+  async resume(node: string, vmid: number): Promise<void> {
+    const vm = this.#vm(node, vmid)
+    if (!vm?.running) throw new BackendError(`VM ${vmid} not running`)
+    vm.paused = false
+  }
+
+  // ---- hot-plug ------------------------------------------------------------------------------------
+
+  async hotplugDisk(spec: VmSpec, disk: VmDisk, ctx: TaskContext): Promise<void> {
+    const vm = this.#vm(spec.node, spec.vmid)
+    if (!vm?.running) throw new BackendError(`VM ${spec.vmid} is not running`)
+    if (!this.#nodeVols(spec.node).has(disk.volid)) throw new BackendError(`volume '${disk.volid}' does not exist`)
+    if (vm.spec.disks.some((d) => d.key === disk.key)) throw new BackendError(`error on hotplug device '${disk.key}': duplicate ID '${disk.key}' for device`)
+    // the guest sees the new disk: later agent answers (get-fsinfo…) and health checks use this spec
+    vm.spec = {...vm.spec, disks: [...vm.spec.disks, disk]}
+    ctx.log(`hot-plugged ${disk.key} (${disk.volid})`)
+  }
+
+  async unplugDisk(spec: VmSpec, diskKey: string, ctx: TaskContext): Promise<void> {
+    const vm = this.#vm(spec.node, spec.vmid)
+    if (!vm?.running) return
+    vm.spec = {...vm.spec, disks: vm.spec.disks.filter((d) => d.key !== diskKey)}
+    ctx.log(`unplugged ${diskKey}`)
   }
 
   access(node: string, vmid: number): VmAccess | undefined {
@@ -371,7 +406,7 @@ export class SimulatedBackend implements VmBackend {
   /** Image version of the guest: /etc/pgi/image.json if rewritten, else the OS disk's origin, else the spec's. */
   #imageVersion(vm: SimVm): string {
     if (vm.writtenVersion) return vm.writtenVersion
-    const os = vm.spec.disks.find((d) => d.key === 'virtio0') ?? vm.spec.disks.find((d) => d.media === 'disk' && !d.cloudinit)
+    const os = vm.spec.disks.find((d) => d.key === 'virtio0') ?? vm.spec.disks.find((d) => d.media === 'disk' && !d.cloudinit && !d.firmware)
     const vol = os && this.#nodeVols(vm.spec.node).get(os.volid)
     return vol?.imageVersion ?? vm.spec.imageVersion ?? '0.0.0'
   }
@@ -510,13 +545,35 @@ export class SimulatedBackend implements VmBackend {
       vm.files.set(file, content)
       if (file === '/etc/pgi/image.json') vm.writtenVersion = versionOf(content)
     },
-    fileRead: async (node, vmid, file) => {
+    fileRead: async (node, vmid, file, _timeoutMs, range = {}) => {
       const vm = this.#agentVm(node, vmid, 'file-read')
       const c = this.#readFile(vm, file)
       if (c === undefined) throw new BackendError(`Agent error: Failed to open file '${file}': No such file or directory`)
-      const max = 16 * 2 ** 20
-      return {content: c.subarray(0, max), truncated: c.length > max}
+      const offset = range.offset ?? 0
+      const count = Math.min(range.count ?? 16 * 2 ** 20, 16 * 2 ** 20)
+      // as qemu-guest-agent: the end of the file is seen only by a read that comes back short
+      return {content: c.subarray(offset, offset + count), truncated: c.length - offset >= count}
     },
+    info: async (node, vmid) => {
+      this.#agentVm(node, vmid, 'info')
+      const commands = ['guest-info', 'guest-ping', 'guest-sync', 'guest-sync-delimited', 'guest-exec', 'guest-exec-status', 'guest-file-open', 'guest-file-read', 'guest-file-write', 'guest-file-seek', 'guest-file-flush', 'guest-file-close', 'guest-get-fsinfo', 'guest-get-osinfo', 'guest-get-host-name', 'guest-network-get-interfaces', 'guest-shutdown']
+      return {version: '7.2.19', supported_commands: commands.map((name) => ({name, enabled: true, 'success-response': name !== 'guest-shutdown'}))}
+    },
+    getOsinfo: async (node, vmid) => {
+      this.#agentVm(node, vmid, 'get-osinfo')
+      // the PGI image: Debian 12 with its cloud kernel
+      return {id: 'debian', name: 'Debian GNU/Linux', 'pretty-name': 'Debian GNU/Linux 12 (bookworm)', version: '12 (bookworm)', 'version-id': '12', 'kernel-release': '6.1.0-37-cloud-amd64', 'kernel-version': '#1 SMP PREEMPT_DYNAMIC Debian 6.1.140-1 (2025-05-22)', machine: 'x86_64'}
+    },
+    getHostName: async (node, vmid) => {
+      const vm = this.#agentVm(node, vmid, 'get-host-name')
+      return {'host-name': vm.spec.name}
+    },
+  }
+
+  /** For tests: the disks the running guest has (those it started with and those hot-plugged since). */
+  guestDisks(node: string, vmid: number): VmDisk[] {
+    const vm = this.#vm(node, vmid)
+    return vm?.running ? vm.spec.disks.filter((d) => !d.firmware) : []
   }
 
   /** For tests and the scale bench: add a database to a guest's model. */

@@ -1,11 +1,14 @@
-import {isIP} from 'node:net'
+import {checkCodeFormat, CPU_MODELS, NAMED_PROPERTY_FORMATS, perlRegex, splitList, VM_CPU_FLAGS} from './pve-formats.js'
+import type {SchemaProp} from './pve-schema.js'
 
-import {NUMBERED_PARAMS, type ParamDef, type SubKeyDef} from './params.js'
+export {splitList} from './pve-formats.js'
 
 /**
- * Parameter verification as PVE's JSONSchema module does it: the same checks and the same texts
- * (so clients that match on them behave the same against the lab). Written here because PVE's
- * formats (property strings, pve-tag-list, urlencoded…) are not JSON Schema and no library knows them.
+ * Parameter verification as PVE's JSONSchema.pm does it (check_prop, check_type, check_object,
+ * parse_property_string), driven by the API schema (src/lab/pve-schema/): the same checks in the
+ * same order and the same texts, so that clients matching on them behave the same against the lab.
+ * Written here because PVE's schema dialect (property strings, named formats, `-list` formats,
+ * numbered keys) is not JSON Schema and no library implements it.
  */
 
 export type RawParams = Record<string, string | string[]>
@@ -18,53 +21,218 @@ export class ParamError extends Error {
   }
 }
 
-const NODE_RE = /^[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?$/
-const STORAGE_ID_RE = /^[a-z][a-z0-9\-_.]*[a-z0-9]$/i
-const CONFIGID_RE = /^[a-z][a-z0-9_-]+$/i
-const DNS_LABEL = '(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)'
-const DNS_NAME_RE = new RegExp(`^${DNS_LABEL}(?:\\.${DNS_LABEL})*$`)
-const TAG_RE = /^[a-z0-9_][a-z0-9_\-+.]*$/i
-const URLENCODED_RE = /^[-%a-zA-Z0-9_.!~*'()]*$/
-const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i
-const POOL_RE = /^[A-Za-z0-9_\-.]+$/
-const REALM_RE = /^[A-Za-z][A-Za-z0-9.\-_]+$/
-const CONTENT_TYPES = ['images', 'rootdir', 'vztmpl', 'iso', 'backup', 'snippets', 'import', 'none']
-
-/** Splits a PVE "-list" value on `,`, `;` and whitespace. */
-export function splitList(v: string): string[] {
-  return v.split(/[,;\s]+/).filter((x) => x !== '')
+/**
+ * Highest index of each numbered parameter family (`net[n]` in the schema stands for net0…net31).
+ * The schema gives these ranges only in prose, so they are PVE's constants (qemu-server's
+ * MAX_NETS, MAX_*_DISKS, MAX_UNUSED_DISKS, MAX_SERIAL_PORTS, …; corosync links; pve-manager's
+ * ACME domains; pve-container's mount points and devices).
+ */
+export const NUMBERED_MAX: Record<string, number> = {
+  ide: 3, sata: 5, scsi: 30, virtio: 15, unused: 255, net: 31, ipconfig: 31, serial: 3, parallel: 2,
+  hostpci: 15, usb: 13, numa: 7, virtiofs: 9, link: 7, mp: 255, dev: 255, acmedomain: 4,
 }
+
+/** The schema key of a parameter: `virtio7` → `virtio[n]` (within PVE's range); direct names as they are. */
+export function schemaKeyOf(props: Record<string, SchemaProp>, name: string): string | undefined {
+  if (props[name] && !name.endsWith('[n]')) return name
+  const m = /^([a-z]+)(\d+)$/.exec(name)
+  if (m && props[`${m[1]}[n]`] && !/^0\d/.test(m[2]!) && Number(m[2]) <= (NUMBERED_MAX[m[1]!] ?? -1)) return `${m[1]}[n]`
+  return undefined
+}
+
+const truthy = (x: unknown) => x === 1 || x === true || x === '1'
+
+/** PVE's is_number / is_integer. */
+const NUMBER_RE = /^[+-]?(\d+\.\d+|\d+\.|\.\d+|\d+)([eE][+-]?\d+)?$/
+const INTEGER_RE = /^[+-]?\d+$/
+
+/** PVE's parse_boolean (used inside property strings): 1/on/yes/true, 0/off/no/false. */
+export function parseBoolean(v: string): '1' | '0' | undefined {
+  if (/^(1|on|yes|true)$/i.test(v)) return '1'
+  if (/^(0|off|no|false)$/i.test(v)) return '0'
+  return undefined
+}
+
+/** check_type for a scalar (form values are strings; JSON booleans arrive as 1/0). */
+function typeProblem(type: SchemaProp['type'], v: string): string | undefined {
+  if (type === undefined || Array.isArray(type)) return undefined
+  if (type === 'boolean' && v !== '1' && v !== '0') return `type check ('boolean') failed - got '${v}'`
+  if (type === 'integer' && !INTEGER_RE.test(v)) return `type check ('integer') failed - got '${v}'`
+  if (type === 'number' && !NUMBER_RE.test(v)) return `type check ('number') failed - got '${v}'`
+  if (type === 'array' || type === 'object') return `type check ('${type}') failed`
+  return undefined
+}
+
+/** The property-string sub-schema of a parameter, if its format is one (in place, or registered by name). */
+export function propertyFormatOf(prop: SchemaProp, props?: Record<string, SchemaProp>): Record<string, SchemaProp> | undefined {
+  const f = prop.format
+  if (f && typeof f === 'object') return f
+  if (typeof f !== 'string') return undefined
+  if (f === 'pve-qm-ide') {
+    const ide = props?.['ide[n]']?.format
+    return ide && typeof ide === 'object' ? ide : undefined
+  }
+  return NAMED_PROPERTY_FORMATS[f]
+}
+
+/** Extra checks PVE runs after parsing some named property strings (format validators). */
+function formatValidator(name: string | undefined, parsed: Record<string, string>): string | undefined {
+  if (name === 'pve-vm-cpu-conf') {
+    const t = parsed.cputype
+    if (!t) return 'CPU is missing cputype'
+    if (t.startsWith('custom-')) return `CPU model '${t.slice('custom-'.length)}' does not exist`
+    if (!CPU_MODELS.includes(t)) return `Built-in cputype '${t}' is not defined (missing 'custom-' prefix?)`
+    const flag = `[+-](?:${VM_CPU_FLAGS.join('|')})`
+    if (parsed.flags && !new RegExp(`^${flag}(;${flag})*$`).test(parsed.flags)) return `VM-specific CPU flags must be a subset of: ${VM_CPU_FLAGS.join(', ')}`
+  }
+  return undefined
+}
+
+/**
+ * PVE's parse_property_string: "k=v,k2=v2" (a bare value goes to the default key, booleans are
+ * normalised to 1/0, aliases map to their key) then check_object on the result. Throws an Error
+ * whose message is PVE's (e.g. "format error\nvirtio0.bogus: property is not defined in schema…").
+ */
+export function parsePropertyString(value: string, format: Record<string, SchemaProp>, path = '', formatName?: string): Record<string, string> {
+  const res: Record<string, string> = {}
+  let defaultKey: string | undefined
+  for (const part of value.split(',')) {
+    if (/^\s*$/.test(part)) continue
+    const kv = /^([^=]+)=(.+)$/s.exec(part)
+    if (kv) {
+      let k = kv[1]!
+      let v = kv[2]!
+      if (res[k] !== undefined) throw new Error(`duplicate key in comma-separated list property: ${k}`)
+      let schema = format[k]
+      if (schema?.alias) {
+        if (schema.keyAlias) {
+          // "virtio=BC:24:…" in a net property string: the key names the model, the value is the MAC
+          if (res[schema.keyAlias] !== undefined) throw new Error(`key alias '${schema.keyAlias}' is already defined`)
+          res[schema.keyAlias] = k
+        }
+        k = schema.alias
+        schema = format[k]
+        if (res[k] !== undefined) throw new Error(`key '${k}' is already defined (via alias)`)
+      }
+      if (!schema) throw new Error(`invalid key in comma-separated list property: ${k}`)
+      if (schema.type === 'boolean') v = parseBoolean(v) ?? v
+      res[k] = v
+    } else if (!part.includes('=')) {
+      if (defaultKey) throw new Error(`duplicate key in comma-separated list property: ${defaultKey}`)
+      defaultKey = Object.keys(format).find((k) => truthy(format[k]!.default_key))
+      if (!defaultKey) throw new Error('value without key, but schema does not define a default key')
+      if (res[defaultKey] !== undefined) throw new Error(`duplicate key in comma-separated list property: ${defaultKey}`)
+      res[defaultKey] = format[defaultKey]!.type === 'boolean' ? (parseBoolean(part) ?? part) : part
+    } else {
+      throw new Error('missing key in comma-separated list property')
+    }
+  }
+  const errors: ParamErrors = {}
+  checkObject(path, format, res, errors)
+  if (Object.keys(errors).length > 0) {
+    // PVE::Exception's text: the message, then "<path>: <error>" per error, each line ended
+    throw new Error('format error\n' + Object.entries(errors).map(([k, e]) => `${k}: ${e}\n`).join(''))
+  }
+  const extra = formatValidator(formatName, res)
+  if (extra) throw new Error(extra)
+  return res
+}
+
+/** check_object over a parsed property string (additional properties are not allowed). */
+function checkObject(path: string, schema: Record<string, SchemaProp>, value: Record<string, string>, errors: ParamErrors): void {
+  const at = (k: string) => (path ? `${path}.${k}` : k)
+  for (const [k, s] of Object.entries(schema)) {
+    const p = checkProp(s, value[k], undefined)
+    if (p) errors[at(k)] = p
+  }
+  for (const k of Object.keys(value)) {
+    const s = schema[k]
+    if (!s) {
+      errors[at(k)] = 'property is not defined in schema and the schema does not allow additional properties'
+      continue
+    }
+    if (typeof s.requires === 'string' && value[s.requires] === undefined) errors[at(s.requires)] = `missing property required by '${at(k)}'`
+  }
+}
+
+/**
+ * check_prop for one value; returns PVE's error text or undefined. `props` are the other
+ * parameters of the method (for `pve-qm-ide`, which is the schema's `ide[n]` format).
+ */
+export function checkProp(prop: SchemaProp, raw: string | string[] | undefined, props: Record<string, SchemaProp> | undefined, path = ''): string | undefined {
+  if (prop.alias) return undefined
+  if (raw === undefined) return truthy(prop.optional) || prop.type === 'null' ? undefined : 'property is missing and it is not optional'
+  if (prop.type === 'array') {
+    // A form field given once is a one-element array (RESTHandler's normalize_legacy_param_formats).
+    const items = Array.isArray(raw) ? raw : [raw]
+    if (prop.items) {
+      for (const [i, x] of items.entries()) {
+        const p = checkProp(prop.items, x, props, `${path}[${i}]`)
+        if (p) return p
+      }
+    }
+    return undefined
+  }
+  let v: string
+  if (Array.isArray(raw)) {
+    if (prop.type === 'string' && typeof prop.format === 'string' && prop.format.endsWith('-list')) v = raw.join(',')
+    else return `type check ('${String(prop.type)}') failed - got ARRAY`
+  } else v = raw
+  const t = typeProblem(prop.type, v)
+  if (t) return t
+  const format = propertyFormatOf(prop, props)
+  if (format) {
+    try {
+      parsePropertyString(v, format, path, typeof prop.format === 'string' ? prop.format : undefined)
+    } catch (e) {
+      const msg = (e as Error).message
+      return `invalid format - ${msg.endsWith('\n') ? msg : `${msg}\n`}`
+    }
+  } else if (typeof prop.format === 'string') {
+    const f = checkCodeFormat(prop.format, v)
+    if (f) return `invalid format - ${f}\n`
+  }
+  if (prop.pattern !== undefined && !perlRegex(prop.pattern).test(v)) return 'value does not match the regex pattern'
+  if (prop.maxLength !== undefined && [...v].length > prop.maxLength) return `value may only be ${prop.maxLength} characters long`
+  if (prop.minLength !== undefined && [...v].length < prop.minLength) return `value must be at least ${prop.minLength} characters long`
+  if (NUMBER_RE.test(v)) {
+    if (prop.maximum !== undefined && Number(v) > Number(prop.maximum)) return `value must have a maximum value of ${prop.maximum}`
+    if (prop.minimum !== undefined && Number(v) < Number(prop.minimum)) return `value must have a minimum value of ${prop.minimum}`
+  }
+  if (prop.enum && !prop.enum.includes(v)) return `value '${v}' does not have a value in the enumeration '${prop.enum.join(', ')}'`
+  return undefined
+}
+
+/**
+ * Validates all parameters of a request (path parameters included) against a method's schema
+ * properties. Returns PVE's error map, empty when valid: unknown parameters, missing required
+ * ones, wrong type/format/pattern/bounds/enum, `requires`.
+ */
+export function validateParams(props: Record<string, SchemaProp>, params: RawParams): ParamErrors {
+  const errors: ParamErrors = {}
+  for (const [name, raw] of Object.entries(params)) {
+    const key = schemaKeyOf(props, name)
+    if (!key) {
+      errors[name] = 'property is not defined in schema and the schema does not allow additional properties'
+      continue
+    }
+    const prop = props[key]!
+    const p = checkProp(prop, raw, props, name)
+    if (p) errors[name] = p
+    if (typeof prop.requires === 'string' && params[prop.requires] === undefined) errors[prop.requires] = `missing property required by '${name}'`
+  }
+  for (const [name, prop] of Object.entries(props)) {
+    if (name.endsWith('[n]') || truthy(prop.optional) || params[name] !== undefined || errors[name] !== undefined) continue
+    errors[name] = 'property is missing and it is not optional'
+  }
+  return errors
+}
+
+// ---- helpers shared by the handlers ------------------------------------------------------------------
 
 /** Tag normalisation as PVE stores it: lower case, unique, sorted, `;`-joined. */
 export function normalizeTags(v: string): string {
   return [...new Set(splitList(v).map((t) => t.toLowerCase()))].sort().join(';')
-}
-
-/** Parses "k=v,k2=v2" (a value without "k=" goes to `defaultKey`). Throws a PVE-style text. */
-export function parsePropertyString(value: string, keys: Record<string, SubKeyDef>): Record<string, string> {
-  const out: Record<string, string> = {}
-  const defaultKey = Object.entries(keys).find(([, d]) => d.defaultKey)?.[0]
-  for (const part of value.split(',')) {
-    if (part === '') continue
-    const eq = part.indexOf('=')
-    let k: string
-    let v: string
-    if (eq < 0) {
-      if (!defaultKey || out[defaultKey] !== undefined) throw new Error(`value without key, but schema does not define a default key`)
-      k = defaultKey
-      v = part
-    } else {
-      k = part.slice(0, eq)
-      v = part.slice(eq + 1)
-    }
-    const def = keys[k]
-    if (!def) throw new Error(`invalid format - format error\n${k}: property is not defined in schema and the schema does not allow additional properties`)
-    if (out[k] !== undefined) throw new Error(`invalid format - duplicate key in comma-separated list property: ${k}`)
-    const problem = checkScalar(v, def)
-    if (problem) throw new Error(`invalid format - format error\n${k}: ${problem}`)
-    out[k] = v
-  }
-  return out
 }
 
 /** Serialises a property string in PVE's order: default key first (bare), then the others. */
@@ -75,159 +243,22 @@ export function formatPropertyString(obj: Record<string, string | number | undef
   return parts.join(',')
 }
 
-function checkScalar(v: string, def: {type: string; enum?: string[]; minimum?: number; maximum?: number}): string | undefined {
-  if (def.type === 'integer' || def.type === 'number') {
-    const ok = def.type === 'integer' ? /^-?\d+$/.test(v) : /^-?\d+(\.\d+)?$/.test(v)
-    if (!ok) return `type check ('${def.type}') failed - got '${v}'`
-    const n = Number(v)
-    if (def.minimum !== undefined && n < def.minimum) return `value must have a minimum value of ${def.minimum}`
-    if (def.maximum !== undefined && n > def.maximum) return `value must have a maximum value of ${def.maximum}`
-  }
-  if (def.type === 'boolean' && !/^(0|1|true|false|yes|no|on|off)$/i.test(v)) return `type check ('boolean') failed - got '${v}'`
-  if (def.enum && !def.enum.includes(v)) return `value '${v}' does not have a value in the enumeration '${def.enum.join(', ')}'`
-  return undefined
-}
-
-/** Checks a named PVE format; returns the PVE error text or undefined. */
-export function checkFormat(format: string, v: string): string | undefined {
-  switch (format) {
-    case 'pve-node':
-      return NODE_RE.test(v) ? undefined : `value does not look like a valid node name`
-    case 'pve-vmid':
-      return undefined // integer range is checked by minimum/maximum
-    case 'pve-storage-id':
-      return STORAGE_ID_RE.test(v) ? undefined : `storage ID '${v}' contains illegal characters`
-    case 'pve-configid':
-      return CONFIGID_RE.test(v) ? undefined : `invalid configuration ID '${v}'`
-    case 'pve-configid-list':
-      for (const x of splitList(v)) if (!CONFIGID_RE.test(x)) return `invalid configuration ID '${x}'`
-      return undefined
-    case 'dns-name':
-      return DNS_NAME_RE.test(v) ? undefined : `value does not look like a valid DNS name`
-    case 'pve-tag-list':
-      for (const t of splitList(v)) if (!TAG_RE.test(t)) return `invalid characters in tag '${t}'`
-      return undefined
-    case 'urlencoded':
-      return URLENCODED_RE.test(v) ? undefined : `invalid urlencoded string: ${v}`
-    case 'address-list':
-      for (const a of splitList(v)) if (!isIP(a)) return `value does not look like a valid IP address`
-      return undefined
-    case 'pve-poolid':
-      return POOL_RE.test(v) ? undefined : `pool name '${v}' contains illegal characters`
-    case 'pve-realm':
-      return REALM_RE.test(v) ? undefined : `value does not look like a valid realm name`
-    case 'pve-storage-content':
-      return CONTENT_TYPES.includes(v) ? undefined : `invalid content type '${v}'`
-    case 'pve-storage-content-list':
-      for (const c of splitList(v)) if (!CONTENT_TYPES.includes(c)) return `invalid content type '${c}'`
-      return undefined
-    case 'pve-qm-ipconfig':
-      return checkIpconfig(v)
-    case 'pve-qm-boot':
-      return /^(order=[a-z0-9]+(;[a-z0-9]+)*|legacy=[acdn]{1,4})?$/.test(v) ? undefined : `invalid format - format error`
-    case 'pve-vm-cpu-conf':
-      return /^(cputype=)?[A-Za-z0-9_\-.]+$/.test(v) ? undefined : `invalid format - format error`
-    case 'mac-addr':
-      return MAC_RE.test(v) ? undefined : `value does not look like a valid MAC address`
-    default:
-      return undefined
-  }
-}
-
-/** ip=<CIDR|dhcp>,gw=<IP>,ip6=…,gw6=… */
-function checkIpconfig(v: string): string | undefined {
-  for (const part of v.split(',')) {
-    const [k, val = ''] = part.split('=', 2)
-    if (k === 'ip') {
-      if (val === 'dhcp') continue
-      const [addr, prefix] = val.split('/')
-      if (isIP(addr ?? '') !== 4 || !/^\d+$/.test(prefix ?? '') || Number(prefix) > 32) return `invalid format - format error\nip: value does not look like a valid IPv4 network configuration`
-    } else if (k === 'gw') {
-      if (isIP(val) !== 4) return `invalid format - format error\ngw: value does not look like a valid IPv4 address`
-    } else if (k === 'ip6') {
-      if (!['dhcp', 'auto'].includes(val) && isIP(val.split('/')[0] ?? '') !== 6) return `invalid format - format error\nip6: value does not look like a valid IPv6 network configuration`
-    } else if (k === 'gw6') {
-      if (isIP(val) !== 6) return `invalid format - format error\ngw6: value does not look like a valid IPv6 address`
-    } else return `invalid format - format error\n${k}: property is not defined in schema and the schema does not allow additional properties`
-  }
-  return undefined
-}
-
-/** Validates one value against its definition; returns the PVE error text or undefined. */
-export function checkParam(def: ParamDef, raw: string | string[]): string | undefined {
-  // A single form value is a one-element array (PVE's form decoding does the same).
-  if (def.type === 'array') return undefined
-  if (Array.isArray(raw)) return `type check ('${def.type}') failed - got ARRAY`
-  const v = raw
-  const scalar = checkScalar(v, def)
-  if (scalar) return scalar
-  if (def.maxLength !== undefined && v.length > def.maxLength) return `value may only be ${def.maxLength} characters long`
-  if (def.pattern !== undefined && !new RegExp(`^(?:${def.pattern})$`).test(v)) return `value does not match the regex pattern`
-  if (def.format) {
-    const f = checkFormat(def.format, v)
-    if (f) return f
-  }
-  if (def.keys) {
-    try {
-      parsePropertyString(v, def.keys)
-    } catch (e) {
-      return (e as Error).message
-    }
-  }
-  return undefined
-}
-
-/** Looks up the definition of an incoming parameter name (handles numbered keys: virtio1 → virtio). */
-export function paramDefFor(defs: Record<string, ParamDef>, name: string): ParamDef | undefined {
-  const direct = defs[name]
-  if (direct && direct.maxIndex === undefined) return direct
-  const m = /^([a-z]+)(\d+)$/.exec(name)
-  if (m && NUMBERED_PARAMS.has(m[1]!)) {
-    const d = defs[m[1]!]
-    if (d && d.maxIndex !== undefined && Number(m[2]) <= d.maxIndex) return d
-  }
-  return undefined
-}
-
-/**
- * Validates all parameters of a request (path params included). Returns PVE's error map, empty
- * when valid: unknown parameters, missing required ones, wrong type/format, `requires`.
- */
-export function validateParams(defs: Record<string, ParamDef>, params: RawParams): ParamErrors {
-  const errors: ParamErrors = {}
-  for (const [name, raw] of Object.entries(params)) {
-    const def = paramDefFor(defs, name)
-    if (!def) {
-      errors[name] = 'property is not defined in schema and the schema does not allow additional properties'
-      continue
-    }
-    const p = checkParam(def, raw)
-    if (p) errors[name] = p
-    else if (def.requires && params[def.requires] === undefined) errors[def.requires] = `parameter is missing and it is not optional`
-  }
-  for (const [name, def] of Object.entries(defs)) {
-    if (def.optional || def.maxIndex !== undefined) continue
-    if (params[name] === undefined && errors[name] === undefined) errors[name] = 'property is missing and it is not optional'
-  }
-  return errors
-}
-
-/** PVE booleans: 1/0, true/false, yes/no, on/off. */
+/** A validated PVE boolean (1/0; JSON true/false arrive as 1/0). */
 export function parseBool(v: string | string[] | undefined): boolean | undefined {
   if (v === undefined || Array.isArray(v)) return undefined
-  return /^(1|true|yes|on)$/i.test(v)
+  return parseBoolean(v) === '1'
 }
 
 /** "32" (GiB), "512M", "+2G", "10.5G" → bytes (PVE's disk-size: default unit G for bare numbers in STORAGE:SIZE, K/M/G/T suffixes). */
 export function parseSize(v: string, defaultUnit: 'G' | 'B' = 'G'): number {
-  const m = /^\+?(\d+(?:\.\d+)?)([KMGT])?$/.exec(v)
+  const m = /^\+?(\d+(?:\.\d+)?)([KMGT])?(?:iB)?$/.exec(v)
   if (!m) throw new Error(`unable to parse size '${v}'`)
   const unit = m[2] ?? (defaultUnit === 'G' ? 'G' : '')
   const mult = {'': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4}[unit] ?? 1
   return Math.round(Number(m[1]) * mult)
 }
 
-/** Bytes → PVE's size text ("32G", "512M", "1536K"). */
+/** Bytes → PVE's size text ("32G", "512M", "1536K"; PVE::JSONSchema::format_size). */
 export function formatSize(bytes: number): string {
   for (const [u, m] of [['T', 1024 ** 4], ['G', 1024 ** 3], ['M', 1024 ** 2], ['K', 1024]] as const) {
     if (bytes >= m && bytes % m === 0) return `${bytes / m}${u}`

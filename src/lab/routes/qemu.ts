@@ -1,420 +1,607 @@
 import {randomUUID} from 'node:crypto'
 
-import {PermissionError} from '../access.js'
-import {configDigest, DIGEST_MISMATCH, DISK_PARAM_KEYS_ALL, HttpError, randomMac, type Ctx, type Handler, type LabApi, type VmRecord} from '../api.js'
-import {BackendError, type VmBackend} from '../backend.js'
-import {DISK_KEY_RE, VM_CONFIG_PARAMS} from '../params.js'
-import {formatSize, normalizeTags, ParamError, parseBool, parsePropertyString, parseSize, splitList, type RawParams} from '../validate.js'
+import {DIGEST_MISMATCH, HttpError, MASK, randomMac, type Ctx, type Handler, type LabApi} from '../api.js'
+import {formatSize, ParamError, parseBool, parseSize} from '../validate.js'
+import {isCdrom, isCloudinitDrive, isCloudinitKey, isDriveKey, nextUnused, pendingItems, printDrive, vmDigest, withPending, type VmRecord} from '../vmconfig.js'
 
-/** Lab handlers: VM list, create, destroy, clone, template, config GET/POST/PUT, status, power actions, resize, move_disk, snapshots, cloud-init. Registered by LabApi under the handler ids of params.ts. */
+/**
+ * Lab handlers: VM list, create, destroy, clone, template, config GET/POST/PUT and pending,
+ * status and power actions, resize, move_disk, unlink, snapshots, cloud-init. Registered by LabApi
+ * under the handler ids of params.ts.
+ */
 export function qemuRoutes(api: LabApi): Record<string, Handler> {
   const h: Record<string, Handler> = {}
-    h.vmList = async (c) => {
-      const out: Record<string, unknown>[] = []
-      for (const vm of c.node.vms.values()) {
-        if (!api.access.has(c.principal, `/vms/${vm.vmid}`, 'VM.Audit')) continue
-        const st = api.backend.status(c.node.name, vm.vmid)
-        out.push({vmid: vm.vmid, name: vm.config.name, status: st.running ? 'running' : 'stopped', uptime: st.uptime, ...(st.pid ? {pid: st.pid} : {}), ...(vm.config.tags ? {tags: vm.config.tags} : {}), ...(vm.config.lock ? {lock: vm.config.lock} : {}), template: Number(vm.config.template ?? 0) || undefined, maxmem: api.spec(c.node.name, vm).memoryMb * 2 ** 20, cpus: Number(vm.config.cores ?? 1)})
-      }
-      return out
-    }
+  const memMb = (cfg: Record<string, string>) => Number(/^(?:current=)?(\d+)/.exec(cfg.memory ?? '')?.[1] ?? 512)
 
-    h.vmIndex = async (c) => {
-      api.vmOf(c)
-      return ['config', 'status', 'snapshot', 'agent', 'cloudinit', 'resize', 'move_disk', 'clone', 'template'].map((subdir) => ({subdir}))
-    }
-
-    h.vmCreate = async (c) => {
-      const vmid = Number(c.params.vmid)
-      api.access.check(c.principal, `/vms/${vmid}`, ['VM.Allocate'])
-      // PVE checks the VM.Config.* privilege of every key given at creation too.
-      const keys = Object.keys(c.params).filter((k) => !['node', 'vmid', 'start', 'storage', 'pool'].includes(k))
-      api.checkConfigPerms(c, keys.map((k) => [k, String(c.params[k])] as [string, string]))
-      api.checkDiskPaths(c)
-      if (c.node.vms.has(vmid)) throw new HttpError(500, `unable to create VM ${vmid} - VM ${vmid} already exists on node '${c.node.name}'`)
-      const vm: VmRecord = {vmid, config: {lock: 'create'}, snapshots: {}}
-      c.node.vms.set(vmid, vm)
-      api.changed()
-      return api.task(c, 'qmcreate', String(vmid), async (ctx) => {
-        try {
-          await api.withConfigLock(c, vmid, async () => {
-            const params = {...c.params}
-            await api.applyConfig(c, vm, params, ctx, c.params.storage as string | undefined)
-            vm.config.smbios1 ??= `uuid=${randomUUID()}`
-            vm.config.vmgenid ??= randomUUID()
-            vm.config.meta ??= `creation-qemu=9.2.0,ctime=${Math.floor(Date.now() / 1000)}`
-            delete vm.config.lock
-          })
-        } catch (e) {
-          // PVE removes a half-created VM (and the disks it allocated).
-          await api.backend.destroyVm(c.node.name, vmid, api.volids(vm), ctx).catch(() => undefined)
-          c.node.vms.delete(vmid)
-          throw e
-        }
-        if (parseBool(c.params.start)) await api.startVm(c, vm, ctx)
-      }, () => c.node.vms.delete(vmid))
-    }
-
-    h.vmDestroy = async (c) => {
-      const vm = api.vmOf(c)
-      api.checkLock(vm, c)
-      if (vm.config.protection === '1') throw new HttpError(500, `can't remove VM ${vm.vmid} - protection mode enabled`)
-      if (api.backend.status(c.node.name, vm.vmid).running) throw new HttpError(500, `VM ${vm.vmid} is running - destroy failed`)
-      vm.config.lock = 'destroyed'
-      return api.task(c, 'qmdestroy', String(vm.vmid), async (ctx) => {
-        await api.withConfigLock(c, vm.vmid, async () => {
-          const volids = api.volids(vm)
-          if (parseBool(c.params['destroy-unreferenced-disks']) !== false) {
-            for (const s of api.storages.values()) {
-              if (!s.content.includes('images')) continue
-              for (const v of await api.backend.listVolumes(c.node.name, s.id, 'images')) if (v.vmid === vm.vmid && !volids.includes(v.volid)) volids.push(v.volid)
-            }
-          }
-          await api.backend.destroyVm(c.node.name, vm.vmid, volids, ctx)
-          c.node.vms.delete(vm.vmid)
-        })
-      }, () => delete vm.config.lock)
-    }
-
-    h.vmClone = async (c) => {
-      const src = api.vmOf(c)
-      const newid = Number(c.params.newid)
-      api.access.check(c.principal, `/vms/${src.vmid}`, ['VM.Clone'])
-      api.access.check(c.principal, `/vms/${newid}`, ['VM.Allocate'])
-      if (c.params.target && c.params.target !== c.node.name) throw new HttpError(500, `Node '${c.params.target}' is not part of this lab node's cluster (each lab node is a single-node cluster)`)
-      if (c.node.vms.has(newid)) throw new HttpError(500, `unable to create VM ${newid}: config file already exists`)
-      api.checkLock(src, c)
-      const isTemplate = src.config.template === '1'
-      const full = c.params.full === undefined ? !isTemplate : parseBool(c.params.full)
-      if (!full && !isTemplate) throw new HttpError(500, 'Linked clone feature is not supported for a non-template VM (use full=1)')
-      if (c.params.storage && !full) throw new ParamError({storage: 'Storage migration requires full clone'})
-      const target: VmRecord = {vmid: newid, config: {lock: 'create'}, snapshots: {}}
-      c.node.vms.set(newid, target)
-      if (!isTemplate) src.config.lock = 'clone'
-      api.changed()
-      return api.task(c, 'qmclone', String(src.vmid), async (ctx) => {
-        try {
-          const snap = c.params.snapname as string | undefined
-          const base = snap ? src.snapshots[snap]?.config : src.config
-          if (!base) throw new Error(`snapshot '${snap}' does not exist`)
-          const cfg: Record<string, string> = {}
-          for (const [k, v] of Object.entries(base)) {
-            if (['lock', 'template', 'parent', 'snapstate', 'vmgenid', 'smbios1'].includes(k) || /^unused\d+$/.test(k)) continue
-            if (DISK_KEY_RE.test(k)) {
-              const p = parsePropertyString(v, DISK_PARAM_KEYS_ALL)
-              const file = p.file!
-              if (p.media === 'cdrom' && !/-cloudinit\.qcow2$/.test(file)) {
-                cfg[k] = v
-                continue
-              }
-              if (/-cloudinit\.qcow2$/.test(file)) {
-                const vol = await api.backend.allocateCloudInit(c.node.name, newid, (c.params.storage as string) ?? file.split(':')[0]!, ctx)
-                cfg[k] = `${vol.volid},media=cdrom`
-                continue
-              }
-              const storage = (c.params.storage as string | undefined) ?? file.split(':')[0]!
-              if (full) api.access.check(c.principal, `/storage/${storage}`, ['Datastore.AllocateSpace'])
-              const fmt = ((c.params.format as string) ?? (file.endsWith('.raw') ? 'raw' : 'qcow2')) as 'qcow2' | 'raw'
-              const vol = full ? await api.backend.copyDisk(c.node.name, file, newid, storage, fmt, ctx, snap) : await api.backend.linkDisk(c.node.name, file, newid, ctx)
-              const rest = v.split(',').slice(1).filter((x) => !x.startsWith('size='))
-              cfg[k] = [vol.volid, ...rest, `size=${formatSize(vol.size)}`].join(',')
-              continue
-            }
-            if (/^net\d+$/.test(k)) {
-              cfg[k] = v.replace(/([0-9A-F]{2}:){5}[0-9A-F]{2}/i, randomMac())
-              continue
-            }
-            cfg[k] = v
-          }
-          if (c.params.name) cfg.name = String(c.params.name)
-          else cfg.name = `Copy-of-VM-${src.config.name ?? src.vmid}`
-          if (c.params.description !== undefined) cfg.description = String(c.params.description)
-          cfg.smbios1 = `uuid=${randomUUID()}`
-          cfg.vmgenid = randomUUID()
-          target.config = cfg
-        } catch (e) {
-          await api.backend.destroyVm(c.node.name, newid, api.volids(target), ctx).catch(() => undefined)
-          c.node.vms.delete(newid)
-          throw e
-        } finally {
-          if (src.config.lock === 'clone') delete src.config.lock
-        }
-      }, () => {
-        c.node.vms.delete(newid)
-        if (src.config.lock === 'clone') delete src.config.lock
-      })
-    }
-
-    h.vmTemplate = async (c) => {
-      const vm = api.vmOf(c)
-      api.checkLock(vm, c)
-      if (vm.config.template === '1') throw new HttpError(500, 'you can\'t convert a template to a template')
-      if (api.backend.status(c.node.name, vm.vmid).running) throw new HttpError(500, `you can't convert a VM to template if VM is running`)
-      return api.task(c, 'qmtemplate', String(vm.vmid), async (ctx) => {
-        await api.withConfigLock(c, vm.vmid, async () => {
-          const map = await api.backend.convertToTemplate(api.spec(c.node.name, vm), ctx)
-          for (const [k, v] of Object.entries(vm.config)) {
-            if (!DISK_KEY_RE.test(k)) continue
-            const f = v.split(',')[0]!
-            if (map[f]) vm.config[k] = v.replace(f, map[f])
-          }
-          vm.config.template = '1'
-        })
-      })
-    }
-
-    h.vmConfigGet = async (c) => {
-      const vm = api.vmOf(c)
-      const snap = c.params.snapshot as string | undefined
-      if (snap) {
-        const s = vm.snapshots[snap]
-        if (!s) throw new HttpError(500, `snapshot '${snap}' does not exist`)
-        return api.configOut({vmid: vm.vmid, config: s.config, snapshots: {}})
-      }
-      return api.configOut(vm)
-    }
-
-    const update = async (c: Ctx, ctx?: Parameters<VmBackend['allocateDisk']>[3]): Promise<void> => {
-      const vm = api.vmOf(c)
-      const del = c.params.delete ? splitList(String(c.params.delete)) : []
-      const setKeys = Object.keys(c.params).filter((k) => !['node', 'vmid', 'digest', 'delete', 'skiplock'].includes(k))
-      for (const k of del) {
-        if (setKeys.includes(k)) throw new ParamError({[k]: `unable to delete parameter '${k}' and set it at the same time`})
-      }
-      api.checkConfigPerms(c, [...setKeys.map((k) => [k, String(c.params[k])] as [string, string]), ...del.map((k) => [k, vm.config[k]] as [string, string | undefined])])
-      api.checkDiskPaths(c)
-      await api.withConfigLock(c, vm.vmid, async () => {
-        api.checkLock(vm, c)
-        const digest = c.params.digest as string | undefined
-        if (digest && digest !== configDigest(vm.config)) throw new HttpError(500, DIGEST_MISMATCH)
-        const taskCtx = ctx ?? {upid: '', log: () => undefined, signal: new AbortController().signal}
-        for (const k of del) {
-          const v = vm.config[k]
-          if (v === undefined) continue
-          if (DISK_KEY_RE.test(k) && !/media=cdrom/.test(v)) {
-            let n = 0
-            while (vm.config[`unused${n}`] !== undefined) n++
-            vm.config[`unused${n}`] = v.split(',')[0]!
-          } else if (DISK_KEY_RE.test(k) && /-cloudinit\.qcow2/.test(v)) {
-            await api.backend.deleteVolume(c.node.name, v.split(',')[0]!).catch(() => undefined)
-          } else if (/^unused\d+$/.test(k)) {
-            // PVE: "Unlink of unused[n] always cause physical removal" (of a volume no drive uses)
-            const volid = v.split(',')[0]!
-            const inUse = Object.entries(vm.config).some(([x, y]) => x !== k && (DISK_KEY_RE.test(x) || /^unused\d+$/.test(x)) && y.split(',')[0] === volid)
-            if (!inUse) await api.backend.deleteVolume(c.node.name, volid).catch(() => undefined)
-          }
-          delete vm.config[k]
-        }
-        const params: RawParams = {}
-        for (const k of setKeys) params[k] = c.params[k]!
-        await api.applyConfig(c, vm, params, taskCtx)
-        // PVE's write_vm_config: "remove 'unusedX' settings if we re-add a volume"
-        const attached = new Set(Object.entries(vm.config).filter(([x]) => DISK_KEY_RE.test(x)).map(([, y]) => y.split(',')[0]))
-        for (const x of Object.keys(vm.config)) if (/^unused\d+$/.test(x) && attached.has(vm.config[x]!.split(',')[0])) delete vm.config[x]
-        if (setKeys.some((k) => /^(ci|sshkeys|ipconfig|nameserver|searchdomain|name)/.test(k)) && api.spec(c.node.name, vm).cloudInit) {
-          await api.backend.regenerateCloudInit(api.spec(c.node.name, vm))
-        }
-      })
-      api.changed()
-    }
-
-    h.vmConfigPost = async (c) => {
-      const vm = api.vmOf(c)
-      api.checkLock(vm, c)
-      return api.task(c, 'qmconfig', String(vm.vmid), async (ctx) => update(c, ctx))
-    }
-
-    h.vmConfigPut = async (c) => {
-      await update(c)
-      return null
-    }
-
-    h.vmStatusCurrent = async (c) => {
-      const vm = api.vmOf(c)
+  h.vmList = async (c) => {
+    const out: Record<string, unknown>[] = []
+    for (const vm of c.node.vms.values()) {
+      if (!api.access.has(c.principal, `/vms/${vm.vmid}`, 'VM.Audit')) continue
       const st = api.backend.status(c.node.name, vm.vmid)
-      // Hot path (status polling): read the few keys directly instead of building a full VmSpec.
       const cfg = vm.config
-      const spec = {name: cfg.name ?? `VM${vm.vmid}`, cores: Number(cfg.cores ?? 1), sockets: Number(cfg.sockets ?? 1), memoryMb: Number(/^(?:current=)?(\d+)/.exec(cfg.memory ?? '512')?.[1] ?? 512), agent: /^(1|enabled=1)/.test(cfg.agent ?? '')}
-      return {
+      out.push({
         vmid: vm.vmid,
-        name: spec.name,
+        name: cfg.name ?? `VM${vm.vmid}`,
         status: st.running ? 'running' : 'stopped',
-        qmpstatus: st.qmpstatus,
         uptime: st.uptime,
         ...(st.pid ? {pid: st.pid} : {}),
-        cpus: spec.cores * spec.sockets,
-        cpu: st.cpu,
-        maxmem: spec.memoryMb * 2 ** 20,
+        ...(cfg.tags ? {tags: cfg.tags} : {}),
+        ...(cfg.lock ? {lock: cfg.lock} : {}),
+        ...(cfg.template === '1' ? {template: 1} : {}),
+        maxmem: memMb(cfg) * 2 ** 20,
         mem: st.mem,
-        ...(spec.agent ? {agent: 1} : {}),
-        ...(vm.config.lock ? {lock: vm.config.lock} : {}),
-        ...(vm.config.tags ? {tags: vm.config.tags} : {}),
-        ...(vm.config.template === '1' ? {template: 1} : {}),
-        ha: {managed: 0},
+        cpu: st.cpu,
+        cpus: Number(cfg.cores ?? 1) * Number(cfg.sockets ?? 1),
+        maxdisk: 0,
+        disk: 0,
+        netin: 0,
+        netout: 0,
+        diskread: 0,
+        diskwrite: 0,
+        ...(full(c) ? {qmpstatus: st.qmpstatus} : {}),
+      })
+    }
+    return out
+  }
+  const full = (c: Ctx) => parseBool(c.params.full) === true
+
+  h.vmIndex = async (c) => {
+    api.vmOf(c)
+    return ['agent', 'clone', 'cloudinit', 'config', 'move_disk', 'pending', 'resize', 'snapshot', 'status', 'template', 'unlink'].map((subdir) => ({subdir}))
+  }
+
+  // ---- create / destroy / clone / template -------------------------------------------------------
+
+  h.vmCreate = async (c) => {
+    const vmid = Number(c.params.vmid)
+    const pool = c.params.pool as string | undefined
+    if (pool !== undefined && !c.node.pools.has(pool)) throw new HttpError(500, `pool '${pool}' does not exist`)
+    if (c.params.storage !== undefined) api.access.check(c.principal, `/storage/${c.params.storage}`, ['Datastore.AllocateSpace'])
+    if (parseBool(c.params['ha-managed'])) api.access.check(c.principal, '/', ['Sys.Console'])
+    if (parseBool(c.params.start)) {
+      if (!api.access.has(c.principal, `/vms/${vmid}`, 'VM.PowerMgmt') && !(pool && api.access.has(c.principal, `/pool/${pool}`, 'VM.PowerMgmt'))) throw api.permissionError(`/vms/${vmid}`, 'VM.PowerMgmt')
+    }
+    if (!api.access.has(c.principal, `/vms/${vmid}`, 'VM.Allocate') && !(pool && api.access.has(c.principal, `/pool/${pool}`, 'VM.Allocate'))) throw api.permissionError()
+    if (c.params.archive !== undefined) {
+      // restore from a backup archive: the lab's storages hold no vzdump backups to restore
+      for (const k of Object.keys(c.params)) if (isDriveKey(k)) throw new ParamError({[k]: "option conflicts with option 'archive'"})
+      const archive = String(c.params.archive)
+      const info = archive.includes(':') ? await api.backend.volumeInfo(c.node.name, archive) : undefined
+      if (!info) throw new HttpError(500, `unable to restore VM ${vmid} - volume '${archive}' does not exist`)
+      throw new HttpError(500, `unable to restore VM ${vmid} - the lab cannot restore vzdump archives ('${archive}')`)
+    }
+    const params = {...c.params}
+    if (params.cdrom !== undefined) {
+      params.ide2 = `${params.cdrom},media=cdrom`
+      delete params.cdrom
+    }
+    c.params = params
+    api.checkDriveAccess(c, params, params.storage as string | undefined)
+    api.checkConfigPerms(c, undefined, Object.entries(params).filter(([k]) => !['node', 'vmid', 'start', 'storage', 'pool', 'archive', 'force', 'unique', 'live-restore', 'bwlimit', 'ha-managed', 'import-working-storage'].includes(k)).map(([k, v]) => [k, String(v)] as [string, string]))
+    if (c.node.vms.has(vmid)) throw new HttpError(500, `unable to create VM ${vmid} - VM ${vmid} already exists on node '${c.node.name}'`)
+    const vm = api.newVm(vmid)
+    c.node.vms.set(vmid, vm)
+    api.changed()
+    return api.task(c, 'qmcreate', String(vmid), async (ctx) => {
+      const created: string[] = []
+      try {
+        await api.withConfigLock(c, vmid, async () => api.createConfig(c, vm, ctx, created))
+      } catch (e) {
+        // PVE removes a half-created VM (and the disks it allocated).
+        for (const volid of created) await api.backend.deleteVolume(c.node.name, volid).catch(() => undefined)
+        await api.backend.destroyVm(c.node.name, vmid, [], ctx).catch(() => undefined)
+        c.node.vms.delete(vmid)
+        throw new Error(`unable to create VM ${vmid} - ${e instanceof ParamError ? Object.entries(e.errors).map(([k, v]) => `${k}: ${v}`).join('; ') : (e as Error).message}`)
       }
-    }
+      if (pool !== undefined) c.node.pools.get(pool)?.members.add(`qemu/${vmid}`)
+      if (parseBool(c.params.start)) {
+        ctx.log('Execute autostart')
+        await api.startVm(c, vm, ctx)
+      }
+    }, () => c.node.vms.delete(vmid))
+  }
 
-    h.vmStart = async (c) => {
-      const vm = api.vmOf(c)
-      api.checkLock(vm, c)
-      if (vm.config.template === '1') throw new HttpError(500, `you can't start a vm if it's a template`)
-      if (api.backend.status(c.node.name, vm.vmid).running) throw new HttpError(500, `VM ${vm.vmid} already running`)
-      return api.task(c, 'qmstart', String(vm.vmid), async (ctx) => api.startVm(c, vm, ctx))
-    }
-
-    h.vmShutdown = async (c) => {
-      const vm = api.vmOf(c)
-      api.checkLock(vm, c)
-      return api.task(c, 'qmshutdown', String(vm.vmid), async (ctx) => {
-        if (!api.backend.status(c.node.name, vm.vmid).running) throw new Error(`VM ${vm.vmid} not running`)
-        const timeoutS = c.params.timeout === undefined ? 180 : Number(c.params.timeout)
-        await api.backend.shutdown(api.spec(c.node.name, vm), {timeoutS, forceStop: parseBool(c.params.forceStop) ?? false}, ctx)
-      })
-    }
-
-    h.vmStop = async (c) => {
-      const vm = api.vmOf(c)
-      api.checkLock(vm, c)
-      return api.task(c, 'qmstop', String(vm.vmid), async (ctx) => {
-        await api.backend.stop(c.node.name, vm.vmid, ctx)
-      })
-    }
-
-    h.vmResize = async (c) => {
-      const vm = api.vmOf(c)
-      const key = String(c.params.disk)
-      const cur = vm.config[key]
-      if (!cur) throw new HttpError(500, `disk '${key}' does not exist`)
-      api.checkLock(vm, c)
-      const digest = c.params.digest as string | undefined
-      if (digest && digest !== configDigest(vm.config)) throw new HttpError(500, DIGEST_MISMATCH)
-      const p = parsePropertyString(cur, DISK_PARAM_KEYS_ALL)
-      if (p.media === 'cdrom') throw new HttpError(500, `you can't resize a cdrom`)
-      const info = await api.backend.volumeInfo(c.node.name, p.file!)
-      const curSize = info?.size ?? (p.size ? parseSize(p.size, 'B') : 0)
-      const sizeText = String(c.params.size)
-      const newSize = sizeText.startsWith('+') ? curSize + parseSize(sizeText.slice(1), 'B') : parseSize(sizeText, 'B')
-      if (newSize < curSize) throw new HttpError(500, `shrinking disks is not supported`)
-      return api.task(c, 'resize', String(vm.vmid), async (ctx) => {
-        await api.withConfigLock(c, vm.vmid, async () => {
-          if (newSize === curSize) {
-            ctx.log(`disk '${key}' already has the requested size`)
-            return
+  h.vmDestroy = async (c) => {
+    const vm = api.vmOf(c)
+    api.checkLock(vm, c)
+    if (vm.config.protection === '1') throw new HttpError(500, `can't remove VM ${vm.vmid} - protection mode enabled`)
+    if (api.running(c, vm)) throw new HttpError(500, `VM ${vm.vmid} is running - destroy failed`)
+    vm.config.lock = 'destroyed'
+    return api.task(c, 'qmdestroy', String(vm.vmid), async (ctx) => {
+      await api.withConfigLock(c, vm.vmid, async () => {
+        const volids = api.volids(vm)
+        if (parseBool(c.params['destroy-unreferenced-disks']) !== false) {
+          for (const s of api.storages.values()) {
+            if (!s.content.includes('images')) continue
+            for (const v of await api.backend.listVolumes(c.node.name, s.id, 'images')) if (v.vmid === vm.vmid && !volids.includes(v.volid)) volids.push(v.volid)
           }
-          await api.backend.resizeDisk(api.spec(c.node.name, vm), key, newSize, ctx)
-          vm.config[key] = cur.replace(/(,|^)size=[^,]*/, '') + `,size=${formatSize(newSize)}`
-          vm.config[key] = vm.config[key].replace(/^,/, '')
-        })
+        }
+        await api.backend.destroyVm(c.node.name, vm.vmid, volids, ctx)
+        c.node.vms.delete(vm.vmid)
+        for (const p of c.node.pools.values()) p.members.delete(`qemu/${vm.vmid}`)
       })
-    }
+    }, () => delete vm.config.lock)
+  }
 
-    h.vmMoveDisk = async (c) => {
-      const vm = api.vmOf(c)
-      const key = String(c.params.disk)
-      const cur = vm.config[key]
-      if (!cur) throw new HttpError(500, `disk '${key}' does not exist`)
-      api.checkLock(vm, c)
-      if (!c.params.storage) throw new ParamError({storage: 'parameter is missing and it is not optional'})
-      const storage = String(c.params.storage)
-      api.storageDef(storage, 'images')
-      api.access.check(c.principal, `/storage/${storage}`, ['Datastore.AllocateSpace'])
-      const digest = c.params.digest as string | undefined
-      if (digest && digest !== configDigest(vm.config)) throw new HttpError(500, DIGEST_MISMATCH)
-      const p = parsePropertyString(cur, DISK_PARAM_KEYS_ALL)
-      if (Object.keys(vm.snapshots).length > 0 && parseBool(c.params.delete)) throw new HttpError(500, `you can't move a disk with snapshots and delete the source`)
-      vm.config.lock = 'disk'
-      return api.task(c, 'qmmove', String(vm.vmid), async (ctx) => {
-        try {
-          const fmt = ((c.params.format as string) ?? (p.file!.endsWith('.raw') ? 'raw' : 'qcow2')) as 'qcow2' | 'raw'
-          const vol = await api.backend.copyDisk(c.node.name, p.file!, vm.vmid, storage, fmt, ctx)
-          vm.config[key] = cur.replace(p.file!, vol.volid)
-          if (parseBool(c.params.delete)) await api.backend.deleteVolume(c.node.name, p.file!, ctx)
-          else {
-            let n = 0
-            while (vm.config[`unused${n}`] !== undefined) n++
-            vm.config[`unused${n}`] = p.file!
+  h.vmClone = async (c) => {
+    const src = api.vmOf(c)
+    const newid = Number(c.params.newid)
+    const pool = c.params.pool as string | undefined
+    if (pool !== undefined && !c.node.pools.has(pool)) throw new HttpError(500, `pool '${pool}' does not exist`)
+    if (c.params.target && c.params.target !== c.node.name) throw new HttpError(500, `Node '${c.params.target}' is not part of this lab node's cluster (each lab node is a single-node cluster)`)
+    if (c.node.vms.has(newid)) throw new HttpError(500, `unable to create VM ${newid}: config file already exists`)
+    api.checkLock(src, c)
+    const isTemplate = src.config.template === '1'
+    const full = c.params.full === undefined ? !isTemplate : parseBool(c.params.full)
+    if (!full && !isTemplate) throw new HttpError(500, 'Linked clone feature is not supported for a non-template VM (use full=1)')
+    if (c.params.storage && !full) throw new ParamError({storage: 'Storage migration requires full clone'})
+    if (c.params.format && !full) throw new ParamError({format: 'Storage migration requires full clone'})
+    if (c.params.storage) {
+      api.storageDef(String(c.params.storage), 'images')
+      api.access.check(c.principal, `/storage/${c.params.storage}`, ['Datastore.AllocateSpace'])
+    }
+    const target = api.newVm(newid)
+    c.node.vms.set(newid, target)
+    if (!isTemplate) src.config.lock = 'clone'
+    api.changed()
+    return api.task(c, 'qmclone', String(src.vmid), async (ctx) => {
+      try {
+        const snap = c.params.snapname as string | undefined
+        const base = snap ? src.snapshots[snap]?.config : src.config
+        if (!base) throw new Error(`snapshot '${snap}' does not exist`)
+        const cfg: Record<string, string> = {}
+        for (const [k, v] of Object.entries(base)) {
+          if (['lock', 'template', 'parent', 'snapstate', 'snaptime', 'vmstate', 'runningmachine', 'runningcpu', 'vmgenid', 'smbios1'].includes(k) || /^unused\d+$/.test(k)) continue
+          if (isDriveKey(k)) {
+            const d = api.parseDrive(k, v)
+            if (isCdrom(d) && !isCloudinitDrive(d)) {
+              cfg[k] = v
+              continue
+            }
+            if (isCloudinitDrive(d)) {
+              const vol = await api.backend.allocateCloudInit(c.node.name, newid, (c.params.storage as string) ?? d.file.split(':')[0]!, ctx)
+              cfg[k] = printDrive({key: k, file: vol.volid, opts: {...d.opts, media: 'cdrom'}})
+              continue
+            }
+            const storage = (c.params.storage as string | undefined) ?? d.file.split(':')[0]!
+            if (full) api.access.check(c.principal, `/storage/${storage}`, ['Datastore.AllocateSpace'])
+            const fmt = ((c.params.format as string) ?? (d.file.endsWith('.raw') ? 'raw' : 'qcow2')) as 'qcow2' | 'raw'
+            const vol = full ? await api.backend.copyDisk(c.node.name, d.file, newid, storage, fmt, ctx, snap) : await api.backend.linkDisk(c.node.name, d.file, newid, ctx)
+            cfg[k] = printDrive({key: k, file: vol.volid, opts: {...d.opts, size: formatSize(vol.size)}})
+            continue
           }
-        } finally {
-          delete vm.config.lock
-        }
-      }, () => delete vm.config.lock)
-    }
-
-    h.snapList = async (c) => {
-      const vm = api.vmOf(c)
-      const out: Record<string, unknown>[] = Object.entries(vm.snapshots).map(([name, s]) => ({name, snaptime: s.snaptime, description: s.description, ...(s.parent ? {parent: s.parent} : {}), vmstate: 0}))
-      out.push({name: 'current', digest: configDigest(vm.config), running: api.backend.status(c.node.name, vm.vmid).running ? 1 : 0, description: 'You are here!', ...(vm.config.parent ? {parent: vm.config.parent} : {})})
-      return out
-    }
-
-    h.snapCreate = async (c) => {
-      const vm = api.vmOf(c)
-      const name = String(c.params.snapname)
-      if (name === 'current') throw new ParamError({snapname: 'invalid snapshot name'})
-      if (parseBool(c.params.vmstate)) throw new HttpError(500, 'the lab does not save RAM state (vmstate=1 is not supported)')
-      api.checkLock(vm, c)
-      if (vm.snapshots[name]) throw new HttpError(500, `snapshot name '${name}' already used`)
-      vm.config.lock = 'snapshot'
-      return api.task(c, 'qmsnapshot', String(vm.vmid), async (ctx) => {
-        try {
-          await api.backend.snapshotCreate(api.spec(c.node.name, vm), name, ctx)
-          const {lock: _l, ...cfg} = vm.config
-          vm.snapshots[name] = {config: cfg, snaptime: Math.floor(Date.now() / 1000), description: String(c.params.description ?? ''), parent: vm.config.parent}
-          vm.config.parent = name
-        } finally {
-          delete vm.config.lock
-        }
-      }, () => delete vm.config.lock)
-    }
-
-    h.snapDelete = async (c) => {
-      const vm = api.vmOf(c)
-      const name = String(c.params.snapname)
-      if (!vm.snapshots[name]) throw new HttpError(500, `snapshot '${name}' does not exist`)
-      api.checkLock(vm, c)
-      vm.config.lock = 'snapshot-delete'
-      return api.task(c, 'qmdelsnapshot', String(vm.vmid), async (ctx) => {
-        try {
-          await api.backend.snapshotDelete(api.spec(c.node.name, vm), name, ctx)
-          const parent = vm.snapshots[name]!.parent
-          for (const s of Object.values(vm.snapshots)) if (s.parent === name) s.parent = parent
-          if (vm.config.parent === name) {
-            if (parent) vm.config.parent = parent
-            else delete vm.config.parent
+          if (/^net\d+$/.test(k)) {
+            cfg[k] = v.replace(/([0-9A-F]{2}:){5}[0-9A-F]{2}/i, randomMac())
+            continue
           }
-          delete vm.snapshots[name]
-        } finally {
-          delete vm.config.lock
+          cfg[k] = v
         }
-      }, () => delete vm.config.lock)
-    }
+        cfg.name = c.params.name !== undefined ? String(c.params.name) : `Copy-of-VM-${src.config.name ?? src.vmid}`
+        if (c.params.description !== undefined) cfg.description = String(c.params.description)
+        cfg.smbios1 = `uuid=${randomUUID()}`
+        cfg.vmgenid = randomUUID()
+        target.config = cfg
+        if (pool !== undefined) c.node.pools.get(pool)?.members.add(`qemu/${newid}`)
+      } catch (e) {
+        await api.backend.destroyVm(c.node.name, newid, api.volids(target), ctx).catch(() => undefined)
+        c.node.vms.delete(newid)
+        throw e
+      } finally {
+        if (src.config.lock === 'clone') delete src.config.lock
+      }
+    }, () => {
+      c.node.vms.delete(newid)
+      if (src.config.lock === 'clone') delete src.config.lock
+    })
+  }
 
-    h.snapRollback = async (c) => {
-      const vm = api.vmOf(c)
-      const name = String(c.params.snapname)
-      const snap = vm.snapshots[name]
-      if (!snap) throw new HttpError(500, `snapshot '${name}' does not exist`)
-      api.checkLock(vm, c)
-      vm.config.lock = 'rollback'
-      return api.task(c, 'qmrollback', String(vm.vmid), async (ctx) => {
-        try {
-          if (api.backend.status(c.node.name, vm.vmid).running) await api.backend.stop(c.node.name, vm.vmid, ctx)
-          await api.backend.snapshotRollback(api.spec(c.node.name, vm), name, ctx)
-          vm.config = {...snap.config, parent: name}
-        } finally {
-          delete vm.config.lock
+  h.vmTemplate = async (c) => {
+    const vm = api.vmOf(c)
+    api.checkLock(vm, c)
+    if (vm.config.template === '1') throw new HttpError(500, "you can't convert a template to a template")
+    if (api.running(c, vm)) throw new HttpError(500, "you can't convert a VM to template if VM is running")
+    return api.task(c, 'qmtemplate', String(vm.vmid), async (ctx) => {
+      await api.withConfigLock(c, vm.vmid, async () => {
+        const map = await api.backend.convertToTemplate(api.spec(c.node.name, vm), ctx)
+        for (const [k, v] of Object.entries(vm.config)) {
+          if (!isDriveKey(k)) continue
+          const f = v.split(',')[0]!
+          if (map[f]) vm.config[k] = v.replace(f, map[f])
         }
-        if (parseBool(c.params.start)) await api.startVm(c, vm, ctx)
-      }, () => delete vm.config.lock)
-    }
+        vm.config.template = '1'
+      })
+    })
+  }
 
-    h.cloudinitUpdate = async (c) => {
-      const vm = api.vmOf(c)
-      api.checkLock(vm, c)
-      const spec = api.spec(c.node.name, vm)
-      if (!spec.cloudInit) throw new HttpError(500, `no cloudinit drive found for VM ${vm.vmid}`)
-      await api.withConfigLock(c, vm.vmid, () => api.backend.regenerateCloudInit(spec))
-      return null
+  // ---- configuration -----------------------------------------------------------------------------
+
+  h.vmConfigGet = async (c) => {
+    const vm = api.vmOf(c)
+    const snap = c.params.snapshot as string | undefined
+    const current = parseBool(c.params.current) === true
+    if (snap && current) throw new ParamError({snapshot: "cannot use 'snapshot' parameter with 'current'", current: "cannot use 'snapshot' parameter with 'current'"})
+    if (snap) {
+      const s = vm.snapshots[snap]
+      if (!s) throw new HttpError(500, `snapshot '${snap}' does not exist`)
+      return api.configOut(vm, false, {...s.config, snaptime: String(s.snaptime), ...(s.description ? {description: s.description} : {})})
     }
+    return api.configOut(vm, current)
+  }
+
+  h.vmConfigPost = async (c) => {
+    const vm = api.vmOf(c)
+    api.checkLock(vm, c)
+    return api.task(c, 'qmconfig', String(vm.vmid), async (ctx) => api.updateConfig(c, ctx))
+  }
+
+  h.vmConfigPut = async (c) => {
+    const lines: string[] = []
+    await api.updateConfig(c, {upid: '', log: (l) => void lines.push(l), signal: new AbortController().signal})
+    return null
+  }
+
+  h.vmPending = async (c) => {
+    const vm = api.vmOf(c)
+    return pendingItems(vm, vmDigest(vm))
+  }
+
+  h.vmUnlink = async (c) => {
+    const vm = api.vmOf(c)
+    const ids = String(c.params.idlist).split(/[,;\s]+/).filter(Boolean)
+    const force = parseBool(c.params.force) ?? false
+    const params = {...c.params, delete: ids.join(','), ...(force ? {force: '1'} : {})}
+    delete (params as Record<string, unknown>).idlist
+    api.checkLock(vm, c)
+    await api.updateConfig({...c, params}, {upid: '', log: () => undefined, signal: new AbortController().signal})
+    return null
+  }
+
+  // ---- status and power --------------------------------------------------------------------------
+
+  h.vmStatusIndex = async (c) => {
+    api.vmOf(c)
+    return ['current', 'reboot', 'reset', 'resume', 'shutdown', 'start', 'stop', 'suspend'].map((subdir) => ({subdir}))
+  }
+
+  h.vmStatusCurrent = async (c) => {
+    const vm = api.vmOf(c)
+    const st = api.backend.status(c.node.name, vm.vmid)
+    // Hot path (status polling): read the few keys directly instead of building a full VmSpec.
+    const cfg = vm.config
+    return {
+      vmid: vm.vmid,
+      name: cfg.name ?? `VM${vm.vmid}`,
+      status: st.running ? 'running' : 'stopped',
+      qmpstatus: st.qmpstatus,
+      uptime: st.uptime,
+      ...(st.pid ? {pid: st.pid} : {}),
+      cpus: Number(cfg.cores ?? 1) * Number(cfg.sockets ?? 1),
+      cpu: st.cpu,
+      maxmem: memMb(cfg) * 2 ** 20,
+      mem: st.mem,
+      maxdisk: 0,
+      disk: 0,
+      diskread: 0,
+      diskwrite: 0,
+      netin: 0,
+      netout: 0,
+      ...(/^(1|enabled=1)(,|$)/.test(cfg.agent ?? '') ? {agent: 1} : {}),
+      ...(cfg.lock ? {lock: cfg.lock} : {}),
+      ...(cfg.tags ? {tags: cfg.tags} : {}),
+      ...(cfg.template === '1' ? {template: 1} : {}),
+      ...(st.running ? {'running-qemu': api.pveVersion.startsWith('8') ? '9.2.0' : '10.1.2', 'running-machine': 'pc-i440fx-' + (api.pveVersion.startsWith('8') ? '9.2+pve1' : '10.1+pve1')} : {}),
+      ha: {managed: 0},
+    }
+  }
+
+  /** PVE's vm_start checks run inside the task: a start that cannot happen is a task that fails. */
+  const startChecks = (c: Ctx, vm: VmRecord) => {
+    api.checkLock(vm, c)
+    if (vm.config.template === '1') throw new HttpError(500, "you can't start a vm if it's a template")
+    if (api.running(c, vm)) throw new HttpError(500, `VM ${vm.vmid} already running`)
+  }
+
+  h.vmStart = async (c) => {
+    const vm = api.vmOf(c)
+    if (parseBool(c.params.skiplock) && !api.access.isRoot(c.principal)) throw new ParamError({skiplock: 'Only root may use this option.'})
+    for (const k of ['migratedfrom', 'migration_network', 'migration_type', 'stateuri', 'targetstorage', 'force-cpu', 'machine', 'nets-host-mtu', 'with-conntrack-state'] as const) {
+      if (c.params[k] !== undefined && !api.access.isRoot(c.principal)) throw new ParamError({[k]: 'Only root may use this option.'})
+    }
+    if (c.params.migratedfrom !== undefined) throw new HttpError(500, 'the lab has one node per cluster: it cannot receive migrations')
+    return api.task(c, 'qmstart', String(vm.vmid), async (ctx) => {
+      await api.withConfigLock(c, vm.vmid, async () => {
+        startChecks(c, vm)
+        await api.startVm(c, vm, ctx)
+      })
+    })
+  }
+
+  h.vmShutdown = async (c) => {
+    const vm = api.vmOf(c)
+    api.checkLock(vm, c)
+    return api.task(c, 'qmshutdown', String(vm.vmid), async (ctx) => {
+      if (!api.running(c, vm)) throw new Error(`VM ${vm.vmid} not running`)
+      const timeoutS = c.params.timeout === undefined ? 180 : Number(c.params.timeout)
+      await api.backend.shutdown(api.spec(c.node.name, vm), {timeoutS, forceStop: parseBool(c.params.forceStop) ?? false}, ctx)
+      await afterStop(c, vm)
+    })
+  }
+
+  h.vmStop = async (c) => {
+    const vm = api.vmOf(c)
+    api.checkLock(vm, c)
+    return api.task(c, 'qmstop', String(vm.vmid), async (ctx) => {
+      await api.backend.stop(c.node.name, vm.vmid, ctx)
+      await afterStop(c, vm)
+    })
+  }
+
+  /** After a VM stops, its pending changes apply (qemu-server's vm_stop_cleanup, run by qmeventd). */
+  const afterStop = async (c: Ctx, vm: VmRecord) => {
+    if (api.running(c, vm)) return
+    await api.withConfigLock(c, vm.vmid, () => api.applyPending(c, vm))
+  }
+
+  h.vmReboot = async (c) => {
+    const vm = api.vmOf(c)
+    api.checkLock(vm, c)
+    if (!api.running(c, vm)) throw new HttpError(500, `VM ${vm.vmid} not running`)
+    return api.task(c, 'qmreboot', String(vm.vmid), async (ctx) => {
+      const timeoutS = c.params.timeout === undefined ? 180 : Number(c.params.timeout)
+      await api.backend.shutdown(api.spec(c.node.name, vm), {timeoutS, forceStop: false}, ctx)
+      await api.withConfigLock(c, vm.vmid, () => api.startVm(c, vm, ctx))
+    })
+  }
+
+  h.vmReset = async (c) => {
+    const vm = api.vmOf(c)
+    api.checkLock(vm, c)
+    if (!api.running(c, vm)) throw new HttpError(500, `VM ${vm.vmid} not running`)
+    return api.task(c, 'qmreset', String(vm.vmid), async (ctx) => {
+      // a hard reset: the VM process restarts with the same (current) config
+      await api.backend.stop(c.node.name, vm.vmid, ctx)
+      await api.backend.start(api.spec(c.node.name, vm), ctx)
+    })
+  }
+
+  h.vmSuspend = async (c) => {
+    const vm = api.vmOf(c)
+    api.checkLock(vm, c)
+    if (parseBool(c.params.todisk)) throw new HttpError(500, 'the lab does not save RAM state (todisk=1 is not supported)')
+    if (!api.running(c, vm)) throw new HttpError(500, `VM ${vm.vmid} not running`)
+    return api.task(c, 'qmsuspend', String(vm.vmid), async () => api.backend.pause(c.node.name, vm.vmid))
+  }
+
+  h.vmResume = async (c) => {
+    const vm = api.vmOf(c)
+    if (!parseBool(c.params.nocheck)) api.checkLock(vm, c)
+    if (!api.running(c, vm)) throw new HttpError(500, `VM ${vm.vmid} not running`)
+    return api.task(c, 'qmresume', String(vm.vmid), async () => api.backend.resume(c.node.name, vm.vmid))
+  }
+
+  // ---- disks -------------------------------------------------------------------------------------
+
+  h.vmResize = async (c) => {
+    const vm = api.vmOf(c)
+    const key = String(c.params.disk)
+    const cur = vm.config[key]
+    if (!cur) throw new HttpError(500, `disk '${key}' does not exist`)
+    api.checkLock(vm, c)
+    const digest = c.params.digest as string | undefined
+    if (digest && digest !== vmDigest(vm)) throw new HttpError(500, DIGEST_MISMATCH)
+    const d = api.parseDrive(key, cur)
+    if (isCdrom(d)) throw new HttpError(500, "you can't resize a cdrom")
+    const info = await api.backend.volumeInfo(c.node.name, d.file)
+    const curSize = info?.size ?? (d.opts.size ? parseSize(d.opts.size, 'B') : 0)
+    const sizeText = String(c.params.size)
+    const newSize = sizeText.startsWith('+') ? curSize + parseSize(sizeText.slice(1), 'B') : parseSize(sizeText, 'B')
+    if (newSize < curSize) throw new HttpError(500, `shrinking disks is not supported`)
+    return api.task(c, 'resize', String(vm.vmid), async (ctx) => {
+      await api.withConfigLock(c, vm.vmid, async () => {
+        if (newSize === curSize) {
+          ctx.log(`disk '${key}' already has the requested size`)
+          return
+        }
+        await api.backend.resizeDisk(api.spec(c.node.name, vm), key, newSize, ctx)
+        vm.config[key] = printDrive({...d, opts: {...d.opts, size: formatSize(newSize)}})
+      })
+    })
+  }
+
+  h.vmMoveDisk = async (c) => {
+    const vm = api.vmOf(c)
+    const key = String(c.params.disk)
+    const cur = vm.config[key]
+    if (!cur) throw new HttpError(500, `disk '${key}' does not exist`)
+    api.checkLock(vm, c)
+    if (c.params['target-vmid'] !== undefined && Number(c.params['target-vmid']) !== vm.vmid) return reassign(c, vm, key, cur)
+    if (!c.params.storage) throw new ParamError({storage: 'parameter is missing and it is not optional'})
+    const storage = String(c.params.storage)
+    api.storageDef(storage, 'images')
+    api.access.check(c.principal, `/storage/${storage}`, ['Datastore.AllocateSpace'])
+    const digest = c.params.digest as string | undefined
+    if (digest && digest !== vmDigest(vm)) throw new HttpError(500, DIGEST_MISMATCH)
+    const d = api.parseDrive(key, cur)
+    if (Object.keys(vm.snapshots).length > 0 && parseBool(c.params.delete)) throw new HttpError(500, "you can't move a disk with snapshots and delete the source")
+    vm.config.lock = 'disk'
+    return api.task(c, 'qmmove', String(vm.vmid), async (ctx) => {
+      try {
+        const fmt = ((c.params.format as string) ?? (d.file.endsWith('.raw') ? 'raw' : 'qcow2')) as 'qcow2' | 'raw'
+        const vol = await api.backend.copyDisk(c.node.name, d.file, vm.vmid, storage, fmt, ctx)
+        vm.config[key] = printDrive({...d, file: vol.volid})
+        if (parseBool(c.params.delete)) await api.backend.deleteVolume(c.node.name, d.file, ctx)
+        else vm.config[nextUnused(vm.config)] = d.file
+      } finally {
+        delete vm.config.lock
+      }
+    }, () => delete vm.config.lock)
+  }
+
+  /**
+   * move_disk with target-vmid: the disk leaves this VM for another (PVE renames the volume to the
+   * target's name; the lab copies it to a volume of the target and frees the old one).
+   */
+  const reassign = (c: Ctx, vm: VmRecord, key: string, cur: string): string => {
+    const targetVmid = Number(c.params['target-vmid'])
+    const target = c.node.vms.get(targetVmid)
+    if (!target) throw new HttpError(500, `Configuration file 'nodes/${c.node.name}/qemu-server/${targetVmid}.conf' does not exist`)
+    if (c.params.storage !== undefined) throw new ParamError({storage: "cannot be combined with 'target-vmid'"})
+    api.access.check(c.principal, `/vms/${targetVmid}`, ['VM.Config.Disk'])
+    if (target.config.lock) throw new HttpError(500, `VM is locked (${target.config.lock})`)
+    const targetDigest = c.params['target-digest'] as string | undefined
+    if (targetDigest && targetDigest !== vmDigest(target)) throw new HttpError(500, DIGEST_MISMATCH)
+    const targetKey = String(c.params['target-disk'] ?? key)
+    if (target.config[targetKey] !== undefined || target.pending[targetKey] !== undefined) throw new HttpError(500, `Target disk key '${targetKey}' is already in use for VM ${targetVmid}`)
+    const unused = /^unused\d+$/.test(key)
+    const d = unused ? {key, file: cur.split(',')[0]!, opts: {}} : api.parseDrive(key, cur)
+    if (!unused && isCdrom(d)) throw new HttpError(500, 'reassigning a CD-ROM is not possible')
+    if (!unused && api.running(c, vm)) throw new HttpError(500, `can't move disk ${key} of running VM ${vm.vmid} to another VM`)
+    vm.config.lock = 'disk'
+    target.config.lock = 'disk'
+    return api.task(c, 'qmmove', String(vm.vmid), async (ctx) => {
+      try {
+        const fmt = (d.file.endsWith('.raw') ? 'raw' : 'qcow2') as 'qcow2' | 'raw'
+        const vol = await api.backend.copyDisk(c.node.name, d.file, targetVmid, d.file.split(':')[0]!, fmt, ctx)
+        await api.backend.deleteVolume(c.node.name, d.file, ctx)
+        delete vm.config[key]
+        target.config[targetKey] = /^unused\d+$/.test(targetKey) ? vol.volid : printDrive({...d, key: targetKey, file: vol.volid, opts: {...d.opts, size: formatSize(vol.size)}})
+        ctx.log(`moved ${key} of VM ${vm.vmid} to ${targetKey} of VM ${targetVmid} as '${vol.volid}'`)
+      } finally {
+        delete vm.config.lock
+        delete target.config.lock
+      }
+    }, () => {
+      delete vm.config.lock
+      delete target.config.lock
+    })
+  }
+
+  // ---- snapshots ---------------------------------------------------------------------------------
+
+  h.snapList = async (c) => {
+    const vm = api.vmOf(c)
+    const out: Record<string, unknown>[] = Object.entries(vm.snapshots).map(([name, s]) => ({name, snaptime: s.snaptime, description: s.description, ...(s.parent ? {parent: s.parent} : {}), vmstate: 0}))
+    out.push({name: 'current', digest: vmDigest(vm), running: api.running(c, vm) ? 1 : 0, description: 'You are here!', ...(vm.config.parent ? {parent: vm.config.parent} : {})})
+    return out
+  }
+
+  const snapOf = (c: Ctx, vm: VmRecord) => {
+    const name = String(c.params.snapname)
+    const s = vm.snapshots[name]
+    if (!s) throw new HttpError(500, `snapshot '${name}' does not exist`)
+    return {name, s}
+  }
+  h.snapIndex = async (c) => {
+    snapOf(c, api.vmOf(c))
+    return [{rel: 'child', href: 'config'}, {rel: 'child', href: 'rollback'}].map((x) => ({...x}))
+  }
+  h.snapConfigGet = async (c) => {
+    const vm = api.vmOf(c)
+    const {s} = snapOf(c, vm)
+    return api.configOut(vm, false, {...s.config, snaptime: String(s.snaptime), ...(s.description ? {description: s.description} : {})})
+  }
+
+  h.snapCreate = async (c) => {
+    const vm = api.vmOf(c)
+    const name = String(c.params.snapname)
+    if (name === 'current') throw new ParamError({snapname: 'invalid snapshot name'})
+    if (parseBool(c.params.vmstate)) throw new HttpError(500, 'the lab does not save RAM state (vmstate=1 is not supported)')
+    api.checkLock(vm, c)
+    if (vm.snapshots[name]) throw new HttpError(500, `snapshot name '${name}' already used`)
+    vm.config.lock = 'snapshot'
+    return api.task(c, 'qmsnapshot', String(vm.vmid), async (ctx) => {
+      try {
+        await api.backend.snapshotCreate(api.spec(c.node.name, vm), name, ctx)
+        const {lock: _l, ...cfg} = vm.config
+        vm.snapshots[name] = {config: cfg, snaptime: Math.floor(Date.now() / 1000), description: String(c.params.description ?? ''), parent: vm.config.parent}
+        vm.config.parent = name
+      } finally {
+        delete vm.config.lock
+      }
+    }, () => delete vm.config.lock)
+  }
+
+  h.snapDelete = async (c) => {
+    const vm = api.vmOf(c)
+    const {name} = snapOf(c, vm)
+    api.checkLock(vm, c)
+    vm.config.lock = 'snapshot-delete'
+    return api.task(c, 'qmdelsnapshot', String(vm.vmid), async (ctx) => {
+      try {
+        await api.backend.snapshotDelete(api.spec(c.node.name, vm), name, ctx)
+        const parent = vm.snapshots[name]!.parent
+        for (const s of Object.values(vm.snapshots)) if (s.parent === name) s.parent = parent
+        if (vm.config.parent === name) {
+          if (parent) vm.config.parent = parent
+          else delete vm.config.parent
+        }
+        delete vm.snapshots[name]
+      } finally {
+        delete vm.config.lock
+      }
+    }, () => delete vm.config.lock)
+  }
+
+  h.snapRollback = async (c) => {
+    const vm = api.vmOf(c)
+    const {name, s: snap} = snapOf(c, vm)
+    api.checkLock(vm, c)
+    vm.config.lock = 'rollback'
+    return api.task(c, 'qmrollback', String(vm.vmid), async (ctx) => {
+      try {
+        if (api.running(c, vm)) await api.backend.stop(c.node.name, vm.vmid, ctx)
+        // the disks of the snapshot go back; disks added since stay, as unusedN (PVE's __snapshot_rollback_get_unused)
+        const snapVm = {...vm, config: snap.config}
+        await api.backend.snapshotRollback(api.spec(c.node.name, snapVm), name, ctx)
+        const kept = new Set(api.volids(snapVm))
+        const added = api.volids({...vm, pending: {}}).filter((v) => !kept.has(v) && !/-cloudinit\./.test(v))
+        vm.config = {...snap.config, parent: name}
+        for (const volid of added) vm.config[nextUnused(vm.config)] = volid
+        vm.pending = {}
+        vm.pendingDelete.clear()
+      } finally {
+        delete vm.config.lock
+      }
+      if (parseBool(c.params.start)) await api.startVm(c, vm, ctx)
+    }, () => delete vm.config.lock)
+  }
+
+  // ---- cloud-init --------------------------------------------------------------------------------
+
+  /** GET …/cloudinit: each cloud-init key, with what the drive holds (`value`) and what it will hold (`pending`). */
+  h.cloudinitPending = async (c) => {
+    const vm = api.vmOf(c)
+    const cfg = withPending(vm)
+    const applied = vm.cloudinitApplied ?? {}
+    const keys = new Set([...Object.keys(cfg).filter((k) => isCloudinitKey(k)), ...Object.keys(applied).filter((k) => isCloudinitKey(k))])
+    const mask = (k: string, v: string) => (k === 'cipassword' ? MASK : v)
+    return [...keys].sort().map((key) => {
+      const now = cfg[key]
+      const was = vm.cloudinitApplied ? applied[key] : now
+      const item: Record<string, unknown> = {key}
+      if (was !== undefined) item.value = mask(key, was)
+      if (now !== undefined && now !== was) item.pending = mask(key, now)
+      if (now === undefined && was !== undefined) item.delete = 1
+      return item
+    })
+  }
+
+  h.cloudinitUpdate = async (c) => {
+    const vm = api.vmOf(c)
+    api.checkLock(vm, c)
+    if (!api.spec(c.node.name, vm).cloudInit) throw new HttpError(500, `no cloudinit drive found for VM ${vm.vmid}`)
+    await api.withConfigLock(c, vm.vmid, async () => {
+      // the pending cloud-init keys go into the config with the new drive (vmconfig_update_cloudinit_drive)
+      for (const [k, v] of Object.entries(vm.pending)) {
+        if (!isCloudinitKey(k)) continue
+        vm.config[k] = v
+        delete vm.pending[k]
+      }
+      await api.regenerateCloudInit(c.node.name, vm)
+    })
+    api.changed()
+    return null
+  }
+
   return h
 }

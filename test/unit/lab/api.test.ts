@@ -44,7 +44,7 @@ describe('lab API (simulated backend)', () => {
     expect(eth0['ip-addresses'][0]).toEqual({'ip-address': '10.1.0.10', 'ip-address-type': 'ipv4', prefix: 16})
     const ex = await lab.call('POST', '/nodes/lab1/qemu/1001/agent/exec', {command: ['/usr/local/sbin/pgi-health']})
     const es = await lab.call('GET', '/nodes/lab1/qemu/1001/agent/exec-status', {pid: ex.body.data.pid})
-    expect(es.body.data.exited).toBe(true)
+    expect(es.body.data.exited).toBe(1) // PVE passes the agent's booleans on as 1/0
     expect(JSON.parse(es.body.data['out-data']).healthy).toBe(true)
   })
 
@@ -53,9 +53,10 @@ describe('lab API (simulated backend)', () => {
     expect(r.status).toBe(400)
     expect(r.reason).toBe('Parameter verification failed.')
     expect(r.body.data).toBeNull()
+    expect(r.body.message).toBe('Parameter verification failed.\n')
     expect(r.body.errors).toEqual({
-      vmid: 'value must have a minimum value of 100',
-      name: 'value does not look like a valid DNS name',
+      vmid: 'invalid format - value does not look like a valid VM ID\n',
+      name: 'invalid format - value does not look like a valid DNS name\n',
       bogus: 'property is not defined in schema and the schema does not allow additional properties',
       description: 'value may only be 8192 characters long',
     })
@@ -72,7 +73,9 @@ describe('lab API (simulated backend)', () => {
     expect(ok.body).toEqual({data: null})
     const stale = await lab.call('PUT', '/nodes/lab1/qemu/1001/config', {description: 'second', digest})
     expect(stale.status).toBe(500)
-    expect(stale.reason).toBe('detected modified configuration - file changed by other user? Try again.')
+    // what qemu-server's update_vm_api says (resize and move_disk say "detected modified configuration")
+    expect(stale.reason).toBe('checksum mismatch (file change by other user?)')
+    expect(stale.body).toEqual({data: null, message: 'checksum mismatch (file change by other user?)\n'})
   })
 
   it('keeps a detached disk as unusedN, drops that entry when the volume is attached again, and frees the volume when unusedN is deleted', async () => {
@@ -157,7 +160,10 @@ describe('lab API (simulated backend)', () => {
     const r = await lab.call('POST', '/nodes/lab1/qemu', {vmid: 1500, virtio0: 'local-vm:0,import-from=/var/lib/x.qcow2'})
     expect(r.status).toBe(500)
     expect(r.reason).toBe('Only root can pass arbitrary filesystem paths.')
-    expect((await lab.call('POST', '/nodes/lab1/qemu', {vmid: 1500, virtio0: '32'})).reason).toBe('Only root can pass arbitrary filesystem paths.')
+    // a bare size is not a volume: the drive's `file` fails its format before any access check
+    const bare = await lab.call('POST', '/nodes/lab1/qemu', {vmid: 1500, virtio0: '32'})
+    expect(bare.status).toBe(400)
+    expect(bare.body.errors).toEqual({virtio0: "invalid format - format error\nvirtio0.file: invalid format - unable to parse volume ID '32'\n\n"})
   })
 
   it('refuses skiplock for tokens', async () => {

@@ -63,7 +63,7 @@ describe('pgi client against the lab', () => {
     const cfg = await api.vmConfig('lab1', 1001)
     expect(cfg?.sshkeys).toContain('%20')
     await api.updateVmConfig('lab1', 1001, {description: 'image 2026.11.0', digest: cfg!.digest})
-    await expect(api.updateVmConfig('lab1', 1001, {description: 'stale', digest: cfg!.digest})).rejects.toThrow(/detected modified configuration/)
+    await expect(api.updateVmConfig('lab1', 1001, {description: 'stale', digest: cfg!.digest})).rejects.toThrow(/checksum mismatch/)
     await api.regenerateCloudinit('lab1', 1001)
     await api.startVm('lab1', 1001)
     expect((await api.vmStatus('lab1', 1001))?.status).toBe('running')

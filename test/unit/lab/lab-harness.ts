@@ -4,6 +4,7 @@ import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
 import {hashPassword, sha256Hex, type AccessConfig} from '../../../src/lab/access.js'
+import type {VmBackend} from '../../../src/lab/backend.js'
 import type {FaultConfig} from '../../../src/lab/faults.js'
 import {startRuntime, type LabRuntime} from '../../../src/lab/runtime.js'
 import {PGI_ROLE_PRIVILEGES} from '../../../src/proxmox/role.js'
@@ -45,10 +46,10 @@ export function form(params: Record<string, string | number | string[]>): string
   return parts.join('&')
 }
 
-export async function startTestLab(o: {nodes?: number; pveVersion?: '8.4' | '9.1'; faults?: FaultConfig; timeScale?: number; lockTimeoutMs?: number} = {}): Promise<TestLab> {
+export async function startTestLab(o: {nodes?: number; pveVersion?: '8.4' | '9.1'; faults?: FaultConfig; timeScale?: number; lockTimeoutMs?: number; backend?: VmBackend} = {}): Promise<TestLab> {
   const dir = await mkdtemp(join(tmpdir(), 'pgi-lab-test-'))
   const nodes = Array.from({length: o.nodes ?? 1}, (_, i) => `lab${i + 1}`)
-  const rt = await startRuntime({dir, nodes, backend: 'simulated', pveVersion: o.pveVersion ?? '9.1', access: testAccess(o.pveVersion), faults: o.faults, timeScale: o.timeScale ?? 0, authFailDelayMs: 10, lockTimeoutMs: o.lockTimeoutMs ?? 200, simulated: {durations: {boot: 0}}})
+  const rt = await startRuntime({dir, nodes, backend: o.backend ?? 'simulated', pveVersion: o.pveVersion ?? '9.1', access: testAccess(o.pveVersion), faults: o.faults, timeScale: o.timeScale ?? 0, authFailDelayMs: 10, lockTimeoutMs: o.lockTimeoutMs ?? 200, simulated: {durations: {boot: 0}}})
   const call: TestLab['call'] = (method, path, params = {}, opts = {}) => {
     const node = opts.node ?? nodes[0]!
     const port = rt.ports[node]!

@@ -5,22 +5,24 @@ import {configDigest} from '../../../src/lab/api.js'
 import {faultConfigFrom, Faults, NO_FAULTS} from '../../../src/lab/faults.js'
 import {labInventoryYaml} from '../../../src/lab/inventory-gen.js'
 import {ConfigLocks, parseUpid, TaskManager} from '../../../src/lab/tasks.js'
-import {checkParam, formatSize, normalizeTags, parsePropertyString, parseSize, validateParams} from '../../../src/lab/validate.js'
-import {VM_CONFIG_PARAMS} from '../../../src/lab/params.js'
+import {loadPveSchema} from '../../../src/lab/pve-schema.js'
+import {checkProp, formatSize, normalizeTags, parsePropertyString, parseSize, propertyFormatOf, validateParams} from '../../../src/lab/validate.js'
+
+const CONFIG = loadPveSchema('9.1').method('PUT', '/nodes/{node}/qemu/{vmid}/config')!.parameters!.properties!
 
 describe('tags', () => {
   it('normalises like PVE: split on , ; space, lower case, unique, sorted, ;-joined', () => {
     expect(normalizeTags('Prod;pgi, canary  PGI')).toBe('canary;pgi;prod')
-    expect(checkParam(VM_CONFIG_PARAMS.tags!, 'ok;Also-ok.1')).toBeUndefined()
-    expect(checkParam(VM_CONFIG_PARAMS.tags!, 'bad/tag')).toBe("invalid characters in tag 'bad/tag'")
+    expect(checkProp(CONFIG.tags!, 'ok;Also-ok.1', CONFIG)).toBeUndefined()
+    expect(checkProp(CONFIG.tags!, 'bad/tag', CONFIG)).toBe('invalid format - invalid characters in tag\n')
   })
 })
 
 describe('validation', () => {
   it('reports unknown, missing and malformed parameters with PVE texts', () => {
-    const defs = {vmid: {type: 'integer' as const, minimum: 100}, name: {type: 'string' as const, format: 'dns-name', optional: true}}
+    const defs = {vmid: {type: 'integer', minimum: 100}, name: {type: 'string', format: 'dns-name', optional: 1}}
     expect(validateParams(defs, {name: 'a_b', x: '1'})).toEqual({
-      name: 'value does not look like a valid DNS name',
+      name: 'invalid format - value does not look like a valid DNS name\n',
       x: 'property is not defined in schema and the schema does not allow additional properties',
       vmid: 'property is missing and it is not optional',
     })
@@ -28,13 +30,20 @@ describe('validation', () => {
   })
 
   it('parses PVE property strings with a default key and rejects unknown keys', () => {
-    const keys = VM_CONFIG_PARAMS.virtio!.keys!
-    expect(parsePropertyString('local:0,import-from=local:import/x.qcow2,serial=pgi-data', keys)).toEqual({file: 'local:0', 'import-from': 'local:import/x.qcow2', serial: 'pgi-data'})
-    expect(() => parsePropertyString('local:1,nope=1', keys)).toThrow(/nope: property is not defined/)
-    expect(checkParam(VM_CONFIG_PARAMS.ipconfig!, 'ip=10.0.0.5/24,gw=10.0.0.1')).toBeUndefined()
-    expect(checkParam(VM_CONFIG_PARAMS.ipconfig!, 'ip=10.0.0.5')).toMatch(/IPv4 network configuration/)
-    expect(checkParam(VM_CONFIG_PARAMS.sshkeys!, 'ssh-ed25519%20AAAA')).toBeUndefined()
-    expect(checkParam(VM_CONFIG_PARAMS.sshkeys!, 'ssh-ed25519+AAAA')).toMatch(/urlencoded/)
+    const keys = propertyFormatOf(CONFIG['virtio[n]']!)!
+    expect(parsePropertyString('local:0,import-from=local:import/x.qcow2,serial=pgi-data,iothread=on', keys)).toEqual({file: 'local:0', 'import-from': 'local:import/x.qcow2', serial: 'pgi-data', iothread: '1'})
+    expect(() => parsePropertyString('local:1,nope=1', keys)).toThrow(/invalid key in comma-separated list property: nope/)
+    // a key alias: "virtio=<MAC>" in a NIC names the model and gives the MAC
+    expect(parsePropertyString('virtio=BC:24:11:00:00:01,bridge=vmbr0', propertyFormatOf(CONFIG['net[n]']!)!)).toEqual({model: 'virtio', macaddr: 'BC:24:11:00:00:01', bridge: 'vmbr0'})
+    expect(checkProp(CONFIG['ipconfig[n]']!, 'ip=10.0.0.5/24,gw=10.0.0.1', CONFIG)).toBeUndefined()
+    expect(checkProp(CONFIG['ipconfig[n]']!, 'ip=10.0.0.5', CONFIG)).toBe('invalid format - format error\nip: invalid format - value does not look like a valid ipv4 network configuration\n\n')
+    expect(checkProp(CONFIG['ipconfig[n]']!, 'gw=10.0.0.1', CONFIG)).toBe("invalid format - format error\nip: missing property required by 'gw'\n")
+    expect(checkProp(CONFIG.sshkeys!, 'ssh-ed25519%20AAAA', CONFIG)).toBeUndefined()
+    expect(checkProp(CONFIG.sshkeys!, 'ssh-ed25519+AAAA', CONFIG)).toMatch(/urlencoded/)
+    // PVE's form values: booleans are 1 or 0 only (JSON true/false arrive as 1/0)
+    expect(checkProp(CONFIG.onboot!, 'true', CONFIG)).toBe("type check ('boolean') failed - got 'true'")
+    expect(checkProp(CONFIG.cpu!, 'host,flags=+aes', CONFIG)).toBeUndefined()
+    expect(checkProp(CONFIG.cpu!, 'nehalem', CONFIG)).toBe("invalid format - Built-in cputype 'nehalem' is not defined (missing 'custom-' prefix?)\n")
   })
 
   it('parses and formats sizes', () => {

@@ -1,6 +1,7 @@
 /**
  * The least-privilege role, checked three ways:
- *  1. against the official PVE API schema (8.4 and 9.1) read from ../shared/pve-api at test time:
+ *  1. against the PVE API schema (8.4 and 9.1; the trimmed copy of the official files kept in
+ *     src/lab/pve-schema/, or the official files in PGI_PVE_API_DIR):
  *     every endpoint the client calls exists, and its `permissions.check` (and the privileges its
  *     description names) are satisfied by the role on the ACL paths we grant — and nothing in
  *     the role is unneeded or unknown to that PVE version;
@@ -27,8 +28,8 @@ import {
 import {client, FakePve, ok, upid, type Recorded, type Reply} from './fake-pve.js'
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '../../..')
-const apiDir = process.env.PGI_PVE_API_DIR ?? resolve(repo, '../shared/pve-api')
-const FILES: Record<PveMajor, string> = {'8': 'apidoc-pve8.json', '9': 'apidoc.json'}
+const apiDir = process.env.PGI_PVE_API_DIR ?? resolve(repo, 'src/lab/pve-schema')
+const FILES: Record<PveMajor, string> = process.env.PGI_PVE_API_DIR ? {'8': 'apidoc-pve8.json', '9': 'apidoc.json'} : {'8': 'pve-8.4.json', '9': 'pve-9.1.json'}
 
 type Check = [string, ...unknown[]]
 interface Method {
