@@ -1,10 +1,12 @@
-import {readFileSync} from 'node:fs'
 import {dirname, resolve} from 'node:path'
+
+import {readRegularFileSync} from '../bounded-read.js'
 
 import {ageRecipientProblem} from './age-recipient.js'
 import {inSubnet, isIpv4, parseCidr, type Cidr} from './ipv4.js'
 import {envNameFor} from './schema-check.js'
-import type {ProblemList, SourceFile, YamlPath} from './source.js'
+import {describePath, type ProblemList, type SourceFile, type YamlPath} from './source.js'
+import {quote, secretLiteralKind} from './redact.js'
 import {didYouMean, suggestAmong} from './suggest.js'
 import type {
   Ami,
@@ -42,6 +44,9 @@ export interface Merged {
   hypervisors: Map<string, Item>
   groups: Map<string, Item>
 }
+
+/** A CA file holds one certificate, or a chain of a few: 1 MiB is far more (the whole Mozilla store is ~0.2 MiB). */
+export const MAX_CA_FILE_BYTES = 1024 * 1024
 
 export const DEFAULT_RINGS = ['canary', 'pilot', 'general']
 export const BUILTIN_DEFAULTS = {dataDiskGb: 32, osDiskGb: 8, cores: 2, memoryMb: 4096, amiLogin: 'ami', bridge: 'vmbr0', timezone: 'Europe/Paris'}
@@ -143,7 +148,7 @@ function checkHypervisor(name: string, item: Item, P: ProblemList): Hypervisor |
     try {
       u = new URL(url)
     } catch {
-      P.add(src, at('url'), 'hypervisor-url', `"${url}" is not a URL`, {suggestion: 'e.g. https://192.0.2.10:8006'})
+      P.add(src, at('url'), 'hypervisor-url', `${quote(url)} is not a URL`, {suggestion: 'e.g. https://192.0.2.10:8006'})
     }
     if (u) {
       host = u.hostname.replace(/^\[|\]$/g, '')
@@ -199,16 +204,15 @@ function checkHypervisor(name: string, item: Item, P: ProblemList): Hypervisor |
     }
     if (ca !== undefined && typeof ca === 'string') {
       const abs = resolve(dirname(src.absPath), ca)
-      let text: string | undefined
-      try {
-        text = readFileSync(abs, 'utf8')
-      } catch (err) {
-        const code = (err as NodeJS.ErrnoException).code
-        P.add(src, at('tls', 'ca_file'), 'tls-ca-file', `CA file "${ca}" ${code === 'ENOENT' ? 'does not exist' : `cannot be read (${code})`} (looked for ${abs})`, {
-          suggestion: 'ca_file is relative to this YAML file; copy the PVE CA there (/etc/pve/pve-root-ca.pem on the node) or pin tls.fingerprint instead',
+      const r = readRegularFileSync(abs, MAX_CA_FILE_BYTES, 'a CA file')
+      if (!r.ok) {
+        P.add(src, at('tls', 'ca_file'), 'tls-ca-file', `CA file "${ca}" ${r.problem.message} (looked for ${abs})`, {
+          suggestion:
+            r.problem.kind === 'missing'
+              ? 'ca_file is relative to this YAML file; copy the PVE CA there (/etc/pve/pve-root-ca.pem on the node) or pin tls.fingerprint instead'
+              : 'give the CA certificate in a PEM file (/etc/pve/pve-root-ca.pem on the node), or pin tls.fingerprint instead',
         })
-      }
-      if (text !== undefined && !text.includes('-----BEGIN CERTIFICATE-----')) {
+      } else if (!r.data.includes('-----BEGIN CERTIFICATE-----')) {
         P.add(src, at('tls', 'ca_file'), 'tls-ca-file', `CA file "${ca}" holds no PEM certificate`, {
           suggestion: 'give the CA certificate in PEM form (-----BEGIN CERTIFICATE-----)',
         })
@@ -219,6 +223,14 @@ function checkHypervisor(name: string, item: Item, P: ProblemList): Hypervisor |
 
   let token: Hypervisor['token'] | undefined
   if (isRecord(v.token)) {
+    const id = v.token.id
+    if (typeof id === 'string' && /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(id.trim())) {
+      // the generic check (findSecretLiterals) knows the USER@REALM!ID=SECRET form; a bare UUID is
+      // what a token secret looks like, and a token id never does
+      P.add(src, at('token', 'id'), 'secret-literal', 'token.id looks like a token secret (a UUID), not a token id: secrets never go in the inventory', {
+        suggestion: `write the id (USER@REALM!TOKENID, e.g. pgi@pve!deploy) and secret: {env: ${envNameFor(name)}}; rotate the token: its secret has been written in a file`,
+      })
+    }
     const secret = v.token.secret === undefined ? undefined : checkSecret(src, at('token', 'secret'), v.token.secret, name, P)
     token = {id: str(v.token.id) ?? '', secret: secret ?? {env: envNameFor(name)}}
   }
@@ -264,7 +276,8 @@ export function checkSecret(src: SourceFile, path: YamlPath, v: unknown, hv: str
   if (hasEnv) {
     const name = v.env
     if (typeof name !== 'string' || !ENV_NAME.test(name)) {
-      P.add(src, [...path, 'env'], 'secret-ref', `"${String(name)}" is not an environment variable name`, {
+      // not quoted: a value in the wrong place here may be the secret itself
+      P.add(src, [...path, 'env'], 'secret-ref', 'env must name an environment variable (letters, digits and _, not starting with a digit)', {
         suggestion: `letters, digits and _, e.g. ${envNameFor(hv)}`,
       })
       return undefined
@@ -273,12 +286,59 @@ export function checkSecret(src: SourceFile, path: YamlPath, v: unknown, hv: str
   }
   const key = v.store
   if (typeof key !== 'string' || !STORE_KEY.test(key)) {
-    P.add(src, [...path, 'store'], 'secret-ref', `"${String(key)}" is not a secret store key`, {
+    P.add(src, [...path, 'store'], 'secret-ref', 'store must be a secret store key (lower-case path segments)', {
       suggestion: `lower-case path segments, e.g. hypervisors/${hv}/token`,
     })
     return undefined
   }
   return {store: key}
+}
+
+/**
+ * `secret-literal` wherever a value (or a key) of a file has the form of a secret (redact.ts): a
+ * Proxmox token with its secret, an age secret key, a private key, a password in a URL. Runs
+ * after the other rules, and skips the places where one of them reported a secret-literal already
+ * (token.secret, the URL). The message names the kind of secret, never the value.
+ */
+export function checkSecretLiterals(sources: SourceFile[], P: ProblemList): void {
+  const reported = new Set(P.items.filter((p) => p.rule === 'secret-literal').map((p) => `${p.file}:${p.line}:${p.column}`))
+  for (const src of sources) {
+    // iterative, and bounded: the readers cap alias expansion at ~1,000,000 nodes
+    const stack: {v: unknown; path: YamlPath}[] = [{v: src.value, path: []}]
+    for (let n = 0; stack.length > 0 && n < 2_000_000; n++) {
+      const {v, path} = stack.pop()!
+      const report = (p: YamlPath, at: 'key' | 'value', kind: string) => {
+        const ref = src.ref(p, at)
+        if (reported.has(`${ref.file}:${ref.line}:${ref.column}`)) return
+        reported.add(`${ref.file}:${ref.line}:${ref.column}`)
+        P.add(src, p, 'secret-literal', `${describePath(p)} holds ${kind}: secrets never go in the inventory`, {at, suggestion: secretSuggestion(p, kind)})
+      }
+      if (typeof v === 'string') {
+        const kind = secretLiteralKind(v)
+        if (kind) report(path, 'value', kind)
+      } else if (Array.isArray(v)) {
+        v.forEach((x, i) => stack.push({v: x, path: [...path, i]}))
+      } else if (isRecord(v)) {
+        for (const [k, x] of Object.entries(v)) {
+          const kind = secretLiteralKind(k)
+          if (kind) report([...path, k], 'key', kind)
+          stack.push({v: x, path: [...path, k]})
+        }
+      }
+    }
+  }
+}
+
+function secretSuggestion(p: YamlPath, kind: string): string {
+  const rotate = 'it has been written in a file (and maybe committed): replace it with a new one'
+  if (kind.startsWith('an age secret key')) {
+    return `an age public key starts with age1: \`age-keygen -y KEYFILE\` prints it from the secret key; ${rotate}`
+  }
+  if (kind.startsWith('a Proxmox API token')) {
+    const hv = p[0] === 'hypervisors' && typeof p[1] === 'string' ? p[1] : 'NAME'
+    return `write only the id (the part before "=") in token.id, and secret: {env: ${envNameFor(hv)}} or {store: hypervisors/${hv}/token}; rotate the token: ${rotate}`
+  }
+  return `keep it in the secret store or an environment variable; ${rotate}`
 }
 
 // ---------------------------------------------------------------------------------------------
