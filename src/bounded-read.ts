@@ -27,6 +27,12 @@ export interface FileProblem {
   code?: string
 }
 
+/**
+ * Limit for a CA file (tls.ca_file), checked by the inventory and again where the TLS client reads
+ * it: one certificate or a chain of a few; the whole Mozilla store is ~0.2 MiB.
+ */
+export const MAX_CA_FILE_BYTES = 1024 * 1024
+
 /** Open flags: read only, never block on a FIFO, never make a terminal the controlling one. */
 const FLAGS = constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY
 
@@ -75,7 +81,7 @@ function statProblem(st: Stats, maxBytes: number, what: string): FileProblem | u
 }
 
 function tooLarge(size: number | undefined, maxBytes: number, what: string): FileProblem {
-  const s = size === undefined ? 'is larger than' : `is ${formatBytes(size)}, more than`
+  const s = size === undefined ? 'is larger than' : `is ${formatBytes(size)} (${String(size).replace(/\B(?=(\d{3})+(?!\d))/g, ',')} bytes), more than`
   return {kind: 'too-large', message: `${s} ${formatBytes(maxBytes)}, the limit for ${what}`}
 }
 

@@ -217,7 +217,7 @@ function syntaxProblem(code: string, message: string): {rule: string; message: s
       return {rule: 'duplicate-key', message, suggestion: 'a key may appear only once in a mapping: remove or rename one'}
     case 'TAG_RESOLVE_FAILED':
     case 'BAD_COLLECTION_TYPE':
-      return {rule: 'yaml-tag', message: `${message.replace(/^Unresolved tag: /, 'unknown tag ')}: an inventory holds plain values (text, numbers, true/false, lists, mappings)`, suggestion: 'remove the tag (the !… before the value)'}
+      return {rule: 'yaml-tag', message: `${message.replace(/^Unresolved tag: /, 'unknown tag ').replace('tag:yaml.org,2002:', '!!')}: an inventory holds plain values (text, numbers, true/false, lists, mappings)`, suggestion: 'remove the tag (the !… before the value)'}
     case 'MULTIPLE_DOCS':
       return {rule: 'yaml-syntax', message: 'a second YAML document starts here (---): an inventory file holds one document', suggestion: 'split the documents into separate files, or remove the --- line'}
     case 'TOO_DEEP':

@@ -1,6 +1,6 @@
 import {dirname, resolve} from 'node:path'
 
-import {readRegularFileSync} from '../bounded-read.js'
+import {MAX_CA_FILE_BYTES, readRegularFileSync} from '../bounded-read.js'
 
 import {ageRecipientProblem} from './age-recipient.js'
 import {inSubnet, isIpv4, parseCidr, type Cidr} from './ipv4.js'
@@ -44,9 +44,6 @@ export interface Merged {
   hypervisors: Map<string, Item>
   groups: Map<string, Item>
 }
-
-/** A CA file holds one certificate, or a chain of a few: 1 MiB is far more (the whole Mozilla store is ~0.2 MiB). */
-export const MAX_CA_FILE_BYTES = 1024 * 1024
 
 export const DEFAULT_RINGS = ['canary', 'pilot', 'general']
 export const BUILTIN_DEFAULTS = {dataDiskGb: 32, osDiskGb: 8, cores: 2, memoryMb: 4096, amiLogin: 'ami', bridge: 'vmbr0', timezone: 'Europe/Paris'}
@@ -524,7 +521,8 @@ function checkEstablishments(m: Merged, hypervisors: Map<string, Hypervisor>, ri
 
     // ring
     const ringOwn = str(e.ring)
-    if (ringOwn !== undefined && !rings.includes(ringOwn)) {
+    // (the rings may be defined in a file that could not be read: then not checked)
+    if (ringOwn !== undefined && !rings.includes(ringOwn) && (complete || m.rings)) {
       P.add(src, at('ring'), 'unknown-ring', `ring "${ringOwn}" is not one of the rings (${rings.join(', ')})`, {
         suggestion: suggestAmong(ringOwn, rings, 'rings'),
       })
@@ -557,7 +555,7 @@ function checkEstablishments(m: Merged, hypervisors: Map<string, Hypervisor>, ri
     if (own || dwin) {
       const w = {...dwin, ...own}
       const missing = ['days', 'start', 'end'].filter((k) => w[k] === undefined)
-      if (missing.length > 0) {
+      if (missing.length > 0 && (complete || m.defaults)) {
         const p = own ? at('maintenance_window') : ['defaults', 'maintenance_window']
         P.add(own ? src : m.defaults!.src, p, 'maintenance-window', `the maintenance window has no ${missing.join(', ')} (here nor in defaults.maintenance_window)`, {
           suggestion: 'e.g. {days: [wed, sat], start: "12:00", end: "14:00"}',
@@ -572,7 +570,8 @@ function checkEstablishments(m: Merged, hypervisors: Map<string, Hypervisor>, ri
     }
 
     const academie = str(e.academie) ?? str(defaults.academie)
-    if (academie === undefined) {
+    // (defaults may be in a file that could not be read: then not reported)
+    if (academie === undefined && (complete || m.defaults)) {
       P.add(src, item.path, 'missing-key', `establishment ${label} has no académie`, {suggestion: 'add academie: … here or under defaults:'})
     }
 
