@@ -10,6 +10,8 @@ import {isUtf8} from 'node:buffer'
 export type Decoded = {ok: true; text: string} | {ok: false; problem: EncodingProblem}
 
 export interface EncodingProblem {
+  /** not-utf8, or yaml-syntax for a character YAML does not allow anywhere (a control character) */
+  rule: 'not-utf8' | 'yaml-syntax'
   line: number
   column: number
   message: string
@@ -22,13 +24,36 @@ const decoder = new TextDecoder('utf-8', {fatal: true, ignoreBOM: false})
 /** The text of a file (without a UTF-8 byte-order mark), or where and why it is not UTF-8. */
 export function decodeUtf8(buf: Uint8Array): Decoded {
   // isUtf8 is Node's native check; the slower scan below runs only on a file that fails it
-  if (isUtf8(buf)) return {ok: true, text: decoder.decode(buf)}
-  return {ok: false, problem: encodingProblem(buf)}
+  if (!isUtf8(buf)) return {ok: false, problem: encodingProblem(buf)}
+  const text = decoder.decode(buf)
+  // YAML allows no control character but tab, line feed and carriage return (and NEL), anywhere;
+  // yaml reads them into values, where a NUL or an escape sequence would reach VM names and screens
+  const c = NOT_PRINTABLE.exec(text)
+  if (c) {
+    const lineStart = text.lastIndexOf('\n', c.index - 1) + 1
+    const line = (text.slice(0, lineStart).match(/\n/g)?.length ?? 0) + 1
+    const code = c[0].charCodeAt(0).toString(16).toUpperCase().padStart(4, '0')
+    return {
+      ok: false,
+      problem: {
+        rule: 'yaml-syntax',
+        line,
+        column: c.index - lineStart + 1,
+        message: `control character U+${code} is not allowed in YAML: the file is not read further`,
+        suggestion: 'remove it (an editor may show it as ^@, ^[ or a box); if the file holds binary data, it is not an inventory file',
+      },
+    }
+  }
+  return {ok: true, text}
 }
+
+/** Characters outside YAML's printable set (c-printable), but for the BMP's non-characters. */
+const NOT_PRINTABLE = /[\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u0084\u0086-\u009F\uFFFE\uFFFF]/
 
 function encodingProblem(all: Uint8Array): EncodingProblem {
   if ((all[0] === 0xff && all[1] === 0xfe) || (all[0] === 0xfe && all[1] === 0xff)) {
     return {
+      rule: 'not-utf8',
       line: 1,
       column: 1,
       message: 'the file is UTF-16 (it starts with a UTF-16 byte-order mark), not UTF-8',
@@ -62,6 +87,7 @@ function encodingProblem(all: Uint8Array): EncodingProblem {
   const atLine = (lines.values().next().value as number | undefined) ?? 1
   const more = count > 1 ? ` (${count} such bytes, on ${lines.size} line${lines.size === 1 ? '' : 's'})` : ''
   return {
+    rule: 'not-utf8',
     line: atLine,
     column,
     message: `byte 0x${buf[first]!.toString(16).toUpperCase().padStart(2, '0')} is not UTF-8${more}: the file must be saved as UTF-8${!control ? '; it looks like Latin-1 or Windows-1252' : ''}`,

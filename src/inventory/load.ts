@@ -4,6 +4,7 @@ import {isAbsolute, join, relative, resolve} from 'node:path'
 import {formatBytes, readRegularFile, type FileProblem} from '../bounded-read.js'
 import {compareIds} from '../compare.js'
 import {decodeUtf8} from './encoding.js'
+import {quote} from './redact.js'
 
 import {InventoryInvalidError, InventoryNotFoundError} from './errors.js'
 import {checkInventory, checkSecretLiterals, where, type Item, type Merged} from './rules.js'
@@ -46,9 +47,14 @@ export async function loadInventory(path: string): Promise<LoadResult> {
   const {validate, schema} = await loadSchemaValidator()
 
   for (const src of sources) {
-    for (const e of src.errors) {
-      const {rule, message, suggestion} = syntaxProblem(e.code, e.message)
+    // every YAML error has its line, up to MAX_YAML_ERRORS a file (a file of garbage has thousands)
+    for (const e of src.errors.slice(0, MAX_YAML_ERRORS)) {
+      const {rule, message, suggestion} = syntaxProblem(e.code, e.code === 'DUPLICATE_KEY' ? duplicateKeyMessage(src, e.offset) : e.message)
       problems.addAt({file: src.file, ...src.linePos(e.offset)}, rule, message, suggestion)
+    }
+    if (src.errors.length > MAX_YAML_ERRORS) {
+      const last = src.errors[MAX_YAML_ERRORS]!
+      problems.addAt({file: src.file, ...src.linePos(last.offset)}, 'yaml-syntax', `${src.errors.length - MAX_YAML_ERRORS} more YAML errors from here on, not listed`, 'fix the ones above first: later errors often follow from them')
     }
     for (const w of src.warnings) {
       problems.addAt({file: src.file, ...src.linePos(w.offset)}, 'yaml-warning', w.message, 'check this value', 'warning')
@@ -150,6 +156,15 @@ async function listInventory(path: string): Promise<{files: string[]; problems: 
   return {files, problems}
 }
 
+/** YAML errors listed for one file; the rest are counted in one more line. */
+const MAX_YAML_ERRORS = 20
+
+/** "the key "bridge" appears twice in this mapping", from the key's text at `offset`. */
+function duplicateKeyMessage(src: SourceFile, offset: number): string {
+  const key = /^(?:"[^"\n]*"|'[^'\n]*'|[^:#\n]*[^\s:#])/.exec(src.text.slice(offset, offset + 200))?.[0]
+  return key ? `the key ${quote(key.replace(/^["']|["']$/g, ''))} is already in this mapping` : 'a key is already in this mapping'
+}
+
 /** Rule ids of files that cannot be read, by what is wrong with them. */
 const FILE_RULES: Record<FileProblem['kind'], string> = {
   missing: 'file-unreadable',
@@ -183,7 +198,7 @@ async function readSources(files: string[], problems: ProblemList): Promise<Sour
     }
     const d = decodeUtf8(r.data)
     if (!d.ok) {
-      problems.addAt({file, line: d.problem.line, column: d.problem.column}, 'not-utf8', d.problem.message, d.problem.suggestion)
+      problems.addAt({file, line: d.problem.line, column: d.problem.column}, d.problem.rule, d.problem.message, d.problem.suggestion)
       continue
     }
     sources.push(await SourceFile.parse(file, d.text, abs))
@@ -226,8 +241,9 @@ function syntaxProblem(code: string, message: string): {rule: string; message: s
       return {rule: 'yaml-limit', message: `the YAML is nested too deeply to be read (${message})`, suggestion: 'an inventory nests a few levels deep: check the indentation and brackets'}
     case 'ALIAS_COUNT':
       return {rule: 'yaml-limit', message: 'the YAML aliases (*name) expand to too many values: the file is not read', suggestion: 'use fewer aliases (at most 1,000 expansions), or write the values out'}
-    case 'BAD_INDENT':
     case 'MISSING_CHAR':
+      return {rule: 'yaml-syntax', message, suggestion: /quote/i.test(message) ? 'close the quoted value with the same quote it opens with' : 'a closing bracket or quote is missing: check this value and the indentation'}
+    case 'BAD_INDENT':
       return {rule: 'yaml-syntax', message, suggestion: 'check the indentation and the closing bracket of this block'}
     case 'TAB_AS_INDENT':
       return {rule: 'yaml-syntax', message, suggestion: 'indent with spaces, not tabs'}

@@ -24,7 +24,7 @@ const FORMS: {name: string; re: RegExp}[] = [
   // a PEM private key (SSH, TLS)
   {name: 'a private key', re: /-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|$)/},
   // user:password@ in a URL
-  {name: 'a password in a URL', re: /(?<=[a-z][a-z0-9+.-]*:\/\/)[^\s/@:]*:[^\s/@]*@/i},
+  {name: 'a password in a URL', re: /(?<=[a-z][a-z0-9+.-]*:\/\/)[^\s/@:]*:[^/@\n]*@/i},
 ]
 
 /** A UUID: the form of Proxmox token secrets. Not reported on its own (ids may be UUIDs), but never quoted. */
@@ -52,10 +52,13 @@ export function looksSecret(text: string): boolean {
   return secretLiteralKind(text) !== undefined || UUID.test(text)
 }
 
-/** `"value"` for a message, or words that do not show it when it may be a secret. */
+/**
+ * `"value"` for a message, or words that do not show it when it may be a secret. A long value is
+ * cut (its start is enough to find it at the problem's line and column).
+ */
 export function quote(value: string, path?: YamlPath): string {
   if ((path && isSecretPath(path)) || looksSecret(value)) return 'a value not shown here (it may be a secret)'
-  return `"${value}"`
+  return `"${value.length > 80 ? `${value.slice(0, 60)}…" (${value.length} characters)` : `${value}"`}`
 }
 
 /** A message with every secret-looking part replaced by "[hidden]". */

@@ -349,7 +349,8 @@ function checkRecipients(items: Item[], P: ProblemList): Recipient[] {
     const key = str(item.value.key)
     const name = str(item.value.name) ?? ''
     if (key === undefined) continue
-    const why = ageRecipientProblem(key)
+    // an age secret key there is a secret-literal (checkSecretLiterals), not one more problem here
+    const why = secretLiteralKind(key) ? undefined : ageRecipientProblem(key)
     if (why) {
       P.add(item.src, [...item.path, 'key'], 'age-recipient', `recipient "${name}": ${why}`, {
         suggestion: 'copy the public key printed by `age-keygen -y KEYFILE` (it starts with age1)',
@@ -533,7 +534,7 @@ function checkEstablishments(m: Merged, hypervisors: Map<string, Hypervisor>, ri
     const amiRaw: Rec = isRecord(e.ami) ? e.ami : {}
     const ageRecipient = str(amiRaw.age_recipient)
     if (ageRecipient !== undefined) {
-      const why = ageRecipientProblem(ageRecipient)
+      const why = secretLiteralKind(ageRecipient) ? undefined : ageRecipientProblem(ageRecipient)
       if (why) {
         P.add(src, at('ami', 'age_recipient'), 'age-recipient', `the AMI's age recipient is not valid: ${why}`, {
           suggestion: 'ask the AMI for the public key printed by `age-keygen -y KEYFILE` (it starts with age1)',

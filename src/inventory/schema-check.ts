@@ -111,7 +111,7 @@ function yamlTypeOf(v: unknown, path: YamlPath): string {
 
 /** A key as a message shows it (a key, too, can be a pasted secret). */
 function keyText(k: string): string {
-  return looksSecret(k) ? 'a key not shown here (it may be a secret)' : `"${k}"`
+  return looksSecret(k) ? 'a key not shown here (it may be a secret)' : quote(k)
 }
 
 function unescapePointer(seg: string): string {
