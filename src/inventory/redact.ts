@@ -15,16 +15,20 @@ import type {YamlPath} from './source.js'
  */
 
 /** Secret forms, each with what to call it. Anchored versions are used on whole values. */
-const FORMS: {name: string; re: RegExp}[] = [
+/**
+ * `hint` is a substring every match holds: the regular expression runs only on texts that have it
+ * (the check runs on every value of an inventory of a thousand establishments).
+ */
+const FORMS: {name: string; hint: string; re: RegExp}[] = [
   // a Proxmox VE API token with its secret: USER@REALM!TOKENID=SECRET (the Authorization header's
   // form, with or without its PVEAPIToken= prefix)
-  {name: 'a Proxmox API token with its secret (…=SECRET)', re: /(?:PVEAPIToken=)?[^\s@=!"'{}[\],]+@[^\s!=@"'{}[\],]+![^\s=@!"'{}[\],]+=[^\s"'{}[\],]+/},
+  {name: 'a Proxmox API token with its secret (…=SECRET)', hint: '=', re: /(?:PVEAPIToken=)?[^\s@=!"'{}[\],]+@[^\s!=@"'{}[\],]+![^\s=@!"'{}[\],]+=[^\s"'{}[\],]+/},
   // an age identity (the private key), e.g. pasted where the public key (age1…) goes
-  {name: 'an age secret key (AGE-SECRET-KEY-1…)', re: /AGE-SECRET-KEY-(?:PQ-)?1[0-9A-Za-z]+/},
+  {name: 'an age secret key (AGE-SECRET-KEY-1…)', hint: 'AGE-SECRET-KEY-', re: /AGE-SECRET-KEY-(?:PQ-)?1[0-9A-Za-z]+/},
   // a PEM private key (SSH, TLS)
-  {name: 'a private key', re: /-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|$)/},
+  {name: 'a private key', hint: 'PRIVATE KEY-----', re: /-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|$)/},
   // user:password@ in a URL
-  {name: 'a password in a URL', re: /(?<=[a-z][a-z0-9+.-]*:\/\/)[^\s/@:]*:[^/@\n]*@/i},
+  {name: 'a password in a URL', hint: '@', re: /(?<=[a-z][a-z0-9+.-]*:\/\/)[^\s/@:]*:[^/@\n]*@/i},
 ]
 
 /** A UUID: the form of Proxmox token secrets. Not reported on its own (ids may be UUIDs), but never quoted. */
@@ -35,7 +39,7 @@ const SECRET_KEY = /secret|passw|private|credential|api[_-]?key|^pass$|^pwd$/i
 
 /** What kind of secret a whole value is, when it holds one of the recognised forms. */
 export function secretLiteralKind(value: string): string | undefined {
-  for (const f of FORMS) if (f.re.test(value)) return f.name
+  for (const f of FORMS) if (value.includes(f.hint) && f.re.test(value)) return f.name
   return undefined
 }
 

@@ -300,26 +300,39 @@ export function checkSecret(src: SourceFile, path: YamlPath, v: unknown, hv: str
 export function checkSecretLiterals(sources: SourceFile[], P: ProblemList): void {
   const reported = new Set(P.items.filter((p) => p.rule === 'secret-literal').map((p) => `${p.file}:${p.line}:${p.column}`))
   for (const src of sources) {
-    // iterative, and bounded: the readers cap alias expansion at ~1,000,000 nodes
-    const stack: {v: unknown; path: YamlPath}[] = [{v: src.value, path: []}]
+    // iterative, and bounded: the readers cap alias expansion at ~1,000,000 nodes. A node's path
+    // is built only for a report (from its parent links): most values are not secrets.
+    interface Node {
+      v: unknown
+      key: string | number | undefined
+      up: Node | undefined
+    }
+    const pathOf = (n: Node): YamlPath => {
+      const p: (string | number)[] = []
+      for (let c: Node | undefined = n; c && c.key !== undefined; c = c.up) p.push(c.key)
+      return p.reverse()
+    }
+    const report = (p: YamlPath, at: 'key' | 'value', kind: string) => {
+      const ref = src.ref(p, at)
+      if (reported.has(`${ref.file}:${ref.line}:${ref.column}`)) return
+      reported.add(`${ref.file}:${ref.line}:${ref.column}`)
+      P.add(src, p, 'secret-literal', `${describePath(p)} holds ${kind}: secrets never go in the inventory`, {at, suggestion: secretSuggestion(p, kind)})
+    }
+    const stack: Node[] = [{v: src.value, key: undefined, up: undefined}]
     for (let n = 0; stack.length > 0 && n < 2_000_000; n++) {
-      const {v, path} = stack.pop()!
-      const report = (p: YamlPath, at: 'key' | 'value', kind: string) => {
-        const ref = src.ref(p, at)
-        if (reported.has(`${ref.file}:${ref.line}:${ref.column}`)) return
-        reported.add(`${ref.file}:${ref.line}:${ref.column}`)
-        P.add(src, p, 'secret-literal', `${describePath(p)} holds ${kind}: secrets never go in the inventory`, {at, suggestion: secretSuggestion(p, kind)})
-      }
+      const node = stack.pop()!
+      const v = node.v
       if (typeof v === 'string') {
         const kind = secretLiteralKind(v)
-        if (kind) report(path, 'value', kind)
+        if (kind) report(pathOf(node), 'value', kind)
       } else if (Array.isArray(v)) {
-        v.forEach((x, i) => stack.push({v: x, path: [...path, i]}))
+        v.forEach((x, i) => stack.push({v: x, key: i, up: node}))
       } else if (isRecord(v)) {
         for (const [k, x] of Object.entries(v)) {
+          const child = {v: x, key: k, up: node}
           const kind = secretLiteralKind(k)
-          if (kind) report([...path, k], 'key', kind)
-          stack.push({v: x, path: [...path, k]})
+          if (kind) report(pathOf(child), 'key', kind)
+          stack.push(child)
         }
       }
     }

@@ -77,7 +77,7 @@ interface Run {
 let runs = 0
 /** Every run's measures, printed at the end (the bounds are asserted per run). */
 const measures: {args: string; wallS: number; rssKb: number}[] = []
-/** Runs `pgi ARGS` in `cwd` under /usr/bin/time; kills it after 20 s (a hang fails the bound, not the suite). */
+/** Runs `pgi ARGS` in `cwd` under /usr/bin/time; kills it after 20 s (a hung run fails its bounds instead of the whole suite hanging). */
 function pgi(cwd: string, args: string[], opts: {dropDac?: boolean} = {}): Promise<Run> {
   const timeFile = join(tmp, `time-${runs++}`)
   const argv = ['-f', '%e %M', '-o', timeFile, ...(opts.dropDac ? DROP_DAC : []), process.execPath, RUN, ...args]
@@ -86,18 +86,25 @@ function pgi(cwd: string, args: string[], opts: {dropDac?: boolean} = {}): Promi
       cwd,
       env: {...process.env, CI: 'true', NO_COLOR: '1', PGI_STATE_DIR: stateDir, PGI_INVENTORY: '', PGI_TOKEN_HV_MARSEILLE: 'not-used'},
       stdio: ['ignore', 'pipe', 'pipe'],
+      // its own process group: a hung run is killed with /usr/bin/time (pgi is its child)
+      detached: true,
     })
     let stdout = ''
     let stderr = ''
     child.stdout.on('data', (b: Buffer) => (stdout += b.toString()))
     child.stderr.on('data', (b: Buffer) => (stderr += b.toString()))
-    const killer = setTimeout(() => child.kill('SIGKILL'), 20_000)
+    const killer = setTimeout(() => process.kill(-child.pid!, 'SIGKILL'), 20_000)
     child.on('error', fail)
     child.on('close', (code) => {
       clearTimeout(killer)
       // /usr/bin/time writes "Command exited with non-zero status N" first, then the format line
-      const last = readFileSync(timeFile, 'utf8').trim().split('\n').at(-1) ?? ''
-      const [wall, rss] = last.split(' ').map(Number)
+      let last = ''
+      try {
+        last = readFileSync(timeFile, 'utf8').trim().split('\n').at(-1) ?? ''
+      } catch {
+        // killed before /usr/bin/time wrote its measures
+      }
+      const [wall, rss] = last === '' ? [Infinity, Infinity] : last.split(' ').map(Number)
       measures.push({args: expect.getState().currentTestName ?? args.join(' '), wallS: wall ?? Infinity, rssKb: rss ?? Infinity})
       done({code, stdout, stderr, wallS: wall ?? Infinity, rssKb: rss ?? Infinity})
     })
