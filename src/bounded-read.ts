@@ -81,7 +81,9 @@ function statProblem(st: Stats, maxBytes: number, what: string): FileProblem | u
 }
 
 function tooLarge(size: number | undefined, maxBytes: number, what: string): FileProblem {
-  const s = size === undefined ? 'is larger than' : `is ${formatBytes(size)} (${String(size).replace(/\B(?=(\d{3})+(?!\d))/g, ',')} bytes), more than`
+  // the exact count when the rounded one could equal the limit ("2 MiB, more than 2 MiB")
+  const exact = size !== undefined && size >= 1024 ? ` (${String(size).replace(/\B(?=(\d{3})+(?!\d))/g, ',')} bytes)` : ''
+  const s = size === undefined ? 'is larger than' : `is ${formatBytes(size)}${exact}, more than`
   return {kind: 'too-large', message: `${s} ${formatBytes(maxBytes)}, the limit for ${what}`}
 }
 
