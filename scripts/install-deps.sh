@@ -10,6 +10,7 @@ DEB_PACKAGES=(
   mmdebstrap extlinux syslinux-common e2fsprogs dosfstools fdisk mount zstd uidmap  # image build
   age openssh-client openssh-server   # handoff interoperability, SSH to VMs
   openssl iproute2 ca-certificates
+  time                                # /usr/bin/time: memory of CLI runs in tests (test/e2e/cli/bad-inventory.test.ts)
   postgresql-client                   # the AMI's view: psql against a deployed VM
   python3-proxmoxer python3-requests  # a PVE client nobody here wrote, against the lab (test/unit/lab/proxmoxer.test.ts)
 )

@@ -3,6 +3,7 @@ import {join, resolve} from 'node:path'
 
 import {armor, Decrypter, Encrypter} from 'age-encryption'
 
+import {readRegularFile} from '../bounded-read.js'
 import {ErrorCode, UserError} from '../errors.js'
 import type {Io} from '../io.js'
 import {packageRoot} from '../paths.js'
@@ -266,12 +267,10 @@ export async function encryptHandoff(doc: HandoffDocument, recipient: string): P
 
 /** Decrypts a handoff file with the AMI's identity file(s) and parses it. */
 export async function openHandoff(file: string, identityFiles: string[]): Promise<{document: HandoffDocument; text: string}> {
-  let data: Buffer
-  try {
-    data = await readFile(file)
-  } catch (err) {
-    throw new UserError(ErrorCode.HANDOFF_INVALID, `cannot read the handoff file (${(err as NodeJS.ErrnoException).code ?? String(err)})`, {where: {file}, cause: err})
-  }
+  // a regular file, bounded (a handoff is a few KiB): a FIFO or /dev/zero must not hang pgi or fill its memory
+  const r = await readRegularFile(file, 1024 * 1024, 'a handoff file')
+  if (!r.ok) throw new UserError(ErrorCode.HANDOFF_INVALID, `the handoff file ${r.problem.message}`, {where: {file}})
+  const data = r.data
   const d = new Decrypter()
   const recipients: string[] = []
   for (const f of identityFiles) {

@@ -1,10 +1,12 @@
-import {readFileSync} from 'node:fs'
 import {dirname, resolve} from 'node:path'
+
+import {MAX_CA_FILE_BYTES, readRegularFileSync} from '../bounded-read.js'
 
 import {ageRecipientProblem} from './age-recipient.js'
 import {inSubnet, isIpv4, parseCidr, type Cidr} from './ipv4.js'
 import {envNameFor} from './schema-check.js'
-import type {ProblemList, SourceFile, YamlPath} from './source.js'
+import {describePath, type ProblemList, type SourceFile, type YamlPath} from './source.js'
+import {quote, secretLiteralKind} from './redact.js'
 import {didYouMean, suggestAmong} from './suggest.js'
 import type {
   Ami,
@@ -143,7 +145,7 @@ function checkHypervisor(name: string, item: Item, P: ProblemList): Hypervisor |
     try {
       u = new URL(url)
     } catch {
-      P.add(src, at('url'), 'hypervisor-url', `"${url}" is not a URL`, {suggestion: 'e.g. https://192.0.2.10:8006'})
+      P.add(src, at('url'), 'hypervisor-url', `${quote(url)} is not a URL`, {suggestion: 'e.g. https://192.0.2.10:8006'})
     }
     if (u) {
       host = u.hostname.replace(/^\[|\]$/g, '')
@@ -199,16 +201,15 @@ function checkHypervisor(name: string, item: Item, P: ProblemList): Hypervisor |
     }
     if (ca !== undefined && typeof ca === 'string') {
       const abs = resolve(dirname(src.absPath), ca)
-      let text: string | undefined
-      try {
-        text = readFileSync(abs, 'utf8')
-      } catch (err) {
-        const code = (err as NodeJS.ErrnoException).code
-        P.add(src, at('tls', 'ca_file'), 'tls-ca-file', `CA file "${ca}" ${code === 'ENOENT' ? 'does not exist' : `cannot be read (${code})`} (looked for ${abs})`, {
-          suggestion: 'ca_file is relative to this YAML file; copy the PVE CA there (/etc/pve/pve-root-ca.pem on the node) or pin tls.fingerprint instead',
+      const r = readRegularFileSync(abs, MAX_CA_FILE_BYTES, 'a CA file')
+      if (!r.ok) {
+        P.add(src, at('tls', 'ca_file'), 'tls-ca-file', `CA file "${ca}" ${r.problem.message} (looked for ${abs})`, {
+          suggestion:
+            r.problem.kind === 'missing'
+              ? 'ca_file is relative to this YAML file; copy the PVE CA there (/etc/pve/pve-root-ca.pem on the node) or pin tls.fingerprint instead'
+              : 'give the CA certificate in a PEM file (/etc/pve/pve-root-ca.pem on the node), or pin tls.fingerprint instead',
         })
-      }
-      if (text !== undefined && !text.includes('-----BEGIN CERTIFICATE-----')) {
+      } else if (!r.data.includes('-----BEGIN CERTIFICATE-----')) {
         P.add(src, at('tls', 'ca_file'), 'tls-ca-file', `CA file "${ca}" holds no PEM certificate`, {
           suggestion: 'give the CA certificate in PEM form (-----BEGIN CERTIFICATE-----)',
         })
@@ -219,6 +220,14 @@ function checkHypervisor(name: string, item: Item, P: ProblemList): Hypervisor |
 
   let token: Hypervisor['token'] | undefined
   if (isRecord(v.token)) {
+    const id = v.token.id
+    if (typeof id === 'string' && /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(id.trim())) {
+      // the generic check (findSecretLiterals) knows the USER@REALM!ID=SECRET form; a bare UUID is
+      // what a token secret looks like, and a token id never does
+      P.add(src, at('token', 'id'), 'secret-literal', 'token.id looks like a token secret (a UUID), not a token id: secrets never go in the inventory', {
+        suggestion: `write the id (USER@REALM!TOKENID, e.g. pgi@pve!deploy) and secret: {env: ${envNameFor(name)}}; rotate the token: its secret has been written in a file`,
+      })
+    }
     const secret = v.token.secret === undefined ? undefined : checkSecret(src, at('token', 'secret'), v.token.secret, name, P)
     token = {id: str(v.token.id) ?? '', secret: secret ?? {env: envNameFor(name)}}
   }
@@ -264,7 +273,8 @@ export function checkSecret(src: SourceFile, path: YamlPath, v: unknown, hv: str
   if (hasEnv) {
     const name = v.env
     if (typeof name !== 'string' || !ENV_NAME.test(name)) {
-      P.add(src, [...path, 'env'], 'secret-ref', `"${String(name)}" is not an environment variable name`, {
+      // not quoted: a value in the wrong place here may be the secret itself
+      P.add(src, [...path, 'env'], 'secret-ref', 'env must name an environment variable (letters, digits and _, not starting with a digit)', {
         suggestion: `letters, digits and _, e.g. ${envNameFor(hv)}`,
       })
       return undefined
@@ -273,12 +283,72 @@ export function checkSecret(src: SourceFile, path: YamlPath, v: unknown, hv: str
   }
   const key = v.store
   if (typeof key !== 'string' || !STORE_KEY.test(key)) {
-    P.add(src, [...path, 'store'], 'secret-ref', `"${String(key)}" is not a secret store key`, {
+    P.add(src, [...path, 'store'], 'secret-ref', 'store must be a secret store key (lower-case path segments)', {
       suggestion: `lower-case path segments, e.g. hypervisors/${hv}/token`,
     })
     return undefined
   }
   return {store: key}
+}
+
+/**
+ * `secret-literal` wherever a value (or a key) of a file has the form of a secret (redact.ts): a
+ * Proxmox token with its secret, an age secret key, a private key, a password in a URL. Runs
+ * after the other rules, and skips the places where one of them reported a secret-literal already
+ * (token.secret, the URL). The message names the kind of secret, never the value.
+ */
+export function checkSecretLiterals(sources: SourceFile[], P: ProblemList): void {
+  const reported = new Set(P.items.filter((p) => p.rule === 'secret-literal').map((p) => `${p.file}:${p.line}:${p.column}`))
+  for (const src of sources) {
+    // iterative, and bounded: the readers cap alias expansion at ~1,000,000 nodes. A node's path
+    // is built only for a report (from its parent links): most values are not secrets.
+    interface Node {
+      v: unknown
+      key: string | number | undefined
+      up: Node | undefined
+    }
+    const pathOf = (n: Node): YamlPath => {
+      const p: (string | number)[] = []
+      for (let c: Node | undefined = n; c && c.key !== undefined; c = c.up) p.push(c.key)
+      return p.reverse()
+    }
+    const report = (p: YamlPath, at: 'key' | 'value', kind: string) => {
+      const ref = src.ref(p, at)
+      if (reported.has(`${ref.file}:${ref.line}:${ref.column}`)) return
+      reported.add(`${ref.file}:${ref.line}:${ref.column}`)
+      P.add(src, p, 'secret-literal', `${describePath(p)} holds ${kind}: secrets never go in the inventory`, {at, suggestion: secretSuggestion(p, kind)})
+    }
+    const stack: Node[] = [{v: src.value, key: undefined, up: undefined}]
+    for (let n = 0; stack.length > 0 && n < 2_000_000; n++) {
+      const node = stack.pop()!
+      const v = node.v
+      if (typeof v === 'string') {
+        const kind = secretLiteralKind(v)
+        if (kind) report(pathOf(node), 'value', kind)
+      } else if (Array.isArray(v)) {
+        v.forEach((x, i) => stack.push({v: x, key: i, up: node}))
+      } else if (isRecord(v)) {
+        for (const [k, x] of Object.entries(v)) {
+          const child = {v: x, key: k, up: node}
+          const kind = secretLiteralKind(k)
+          if (kind) report(pathOf(child), 'key', kind)
+          stack.push(child)
+        }
+      }
+    }
+  }
+}
+
+function secretSuggestion(p: YamlPath, kind: string): string {
+  const rotate = 'it has been written in a file (and maybe committed): replace it with a new one'
+  if (kind.startsWith('an age secret key')) {
+    return `an age public key starts with age1: \`age-keygen -y KEYFILE\` prints it from the secret key; ${rotate}`
+  }
+  if (kind.startsWith('a Proxmox API token')) {
+    const hv = p[0] === 'hypervisors' && typeof p[1] === 'string' ? p[1] : 'NAME'
+    return `write only the id (the part before "=") in token.id, and secret: {env: ${envNameFor(hv)}} or {store: hypervisors/${hv}/token}; rotate the token: ${rotate}`
+  }
+  return `keep it in the secret store or an environment variable; ${rotate}`
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -292,7 +362,8 @@ function checkRecipients(items: Item[], P: ProblemList): Recipient[] {
     const key = str(item.value.key)
     const name = str(item.value.name) ?? ''
     if (key === undefined) continue
-    const why = ageRecipientProblem(key)
+    // an age secret key there is a secret-literal (checkSecretLiterals), not one more problem here
+    const why = secretLiteralKind(key) ? undefined : ageRecipientProblem(key)
     if (why) {
       P.add(item.src, [...item.path, 'key'], 'age-recipient', `recipient "${name}": ${why}`, {
         suggestion: 'copy the public key printed by `age-keygen -y KEYFILE` (it starts with age1)',
@@ -464,7 +535,8 @@ function checkEstablishments(m: Merged, hypervisors: Map<string, Hypervisor>, ri
 
     // ring
     const ringOwn = str(e.ring)
-    if (ringOwn !== undefined && !rings.includes(ringOwn)) {
+    // (the rings may be defined in a file that could not be read: then not checked)
+    if (ringOwn !== undefined && !rings.includes(ringOwn) && (complete || m.rings)) {
       P.add(src, at('ring'), 'unknown-ring', `ring "${ringOwn}" is not one of the rings (${rings.join(', ')})`, {
         suggestion: suggestAmong(ringOwn, rings, 'rings'),
       })
@@ -475,7 +547,7 @@ function checkEstablishments(m: Merged, hypervisors: Map<string, Hypervisor>, ri
     const amiRaw: Rec = isRecord(e.ami) ? e.ami : {}
     const ageRecipient = str(amiRaw.age_recipient)
     if (ageRecipient !== undefined) {
-      const why = ageRecipientProblem(ageRecipient)
+      const why = secretLiteralKind(ageRecipient) ? undefined : ageRecipientProblem(ageRecipient)
       if (why) {
         P.add(src, at('ami', 'age_recipient'), 'age-recipient', `the AMI's age recipient is not valid: ${why}`, {
           suggestion: 'ask the AMI for the public key printed by `age-keygen -y KEYFILE` (it starts with age1)',
@@ -497,7 +569,7 @@ function checkEstablishments(m: Merged, hypervisors: Map<string, Hypervisor>, ri
     if (own || dwin) {
       const w = {...dwin, ...own}
       const missing = ['days', 'start', 'end'].filter((k) => w[k] === undefined)
-      if (missing.length > 0) {
+      if (missing.length > 0 && (complete || m.defaults)) {
         const p = own ? at('maintenance_window') : ['defaults', 'maintenance_window']
         P.add(own ? src : m.defaults!.src, p, 'maintenance-window', `the maintenance window has no ${missing.join(', ')} (here nor in defaults.maintenance_window)`, {
           suggestion: 'e.g. {days: [wed, sat], start: "12:00", end: "14:00"}',
@@ -512,7 +584,8 @@ function checkEstablishments(m: Merged, hypervisors: Map<string, Hypervisor>, ri
     }
 
     const academie = str(e.academie) ?? str(defaults.academie)
-    if (academie === undefined) {
+    // (defaults may be in a file that could not be read: then not reported)
+    if (academie === undefined && (complete || m.defaults)) {
       P.add(src, item.path, 'missing-key', `establishment ${label} has no académie`, {suggestion: 'add academie: … here or under defaults:'})
     }
 

@@ -3,8 +3,10 @@ import {readFile} from 'node:fs/promises'
 import {createRequire} from 'node:module'
 import {join} from 'node:path'
 
+import {cjsExports} from '../interop.js'
 import {moduleTreeDir, packageRoot} from '../paths.js'
 import {describePath, type ProblemList, type SourceFile, type YamlPath} from './source.js'
+import {looksSecret, quote} from './redact.js'
 import {didYouMean, suggestAmong} from './suggest.js'
 
 /** The subset of an ajv error this module reads (ajv's ErrorObject, without importing ajv). */
@@ -82,10 +84,9 @@ export async function compileSchema(schema: JsonSchema, code?: {source: boolean}
   return ajv.compile(schema) as unknown as SchemaValidateFn
 }
 
-/** ajv is CommonJS with `exports.default`; under ESM the class is one level down. */
+/** ajv is CommonJS: its module.exports is the class, which also sits under `.default`. */
 export async function ajvClass(): Promise<typeof import('ajv').default> {
-  const mod = (await import('ajv')) as unknown as {default: typeof import('ajv').default & {default?: typeof import('ajv').default}}
-  return mod.default.default ?? mod.default
+  return cjsExports(await import('ajv')).default
 }
 
 const YAML_TYPE: Record<string, string> = {
@@ -98,13 +99,19 @@ const YAML_TYPE: Record<string, string> = {
   null: 'empty',
 }
 
-function yamlTypeOf(v: unknown): string {
+/** The value as a message shows it; a string is quoted unless it may be a secret (redact.ts). */
+function yamlTypeOf(v: unknown, path: YamlPath): string {
   if (v === null || v === undefined) return 'empty'
   if (Array.isArray(v)) return 'a list'
   if (typeof v === 'object') return 'a mapping'
-  if (typeof v === 'number') return Number.isInteger(v) ? `the number ${v}` : `the number ${v}`
+  if (typeof v === 'number') return `the number ${v}`
   if (typeof v === 'boolean') return `${v}`
-  return `"${String(v)}"`
+  return quote(String(v), path)
+}
+
+/** A key as a message shows it (a key, too, can be a pasted secret). */
+function keyText(k: string): string {
+  return looksSecret(k) ? 'a key not shown here (it may be a secret)' : quote(k)
 }
 
 function unescapePointer(seg: string): string {
@@ -181,7 +188,7 @@ export function schemaProblems(src: SourceFile, errors: SchemaError[], schema: J
       const container = path.at(-1) ?? 'a name'
       const names = schemaFor(schema, [...path, e.propertyName])
       const ns = names && (schema.definitions as Record<string, Record<string, unknown>> | undefined)?.[`${String(container).replace(/s$/, '')}Name`]
-      out.add(src, [...path, e.propertyName], 'invalid-name', `"${e.propertyName}" is not a valid name in ${String(container)}`, {
+      out.add(src, [...path, e.propertyName], 'invalid-name', `${keyText(e.propertyName)} is not a valid name in ${String(container)}`, {
         at: 'key',
         suggestion: [firstSentence(ns?.description), example(ns) && `e.g. ${example(ns)}`].filter(Boolean).join(', ') || 'letters, digits and dashes',
       })
@@ -194,7 +201,7 @@ export function schemaProblems(src: SourceFile, errors: SchemaError[], schema: J
         const key = String(e.params.additionalProperty)
         const allowed = Object.keys((s?.properties as Record<string, unknown> | undefined) ?? {})
         const close = didYouMean(key, allowed)
-        out.add(src, [...path, key], 'unknown-key', `unknown key "${key}" in ${what}`, {
+        out.add(src, [...path, key], 'unknown-key', `unknown key ${keyText(key)} in ${what}`, {
           at: 'key',
           suggestion: close ? `did you mean "${close}"?` : `allowed keys here: ${allowed.join(', ')}`,
         })
@@ -222,20 +229,20 @@ export function schemaProblems(src: SourceFile, errors: SchemaError[], schema: J
       }
       case 'type': {
         const t = String(e.params.type)
-        out.add(src, path, 'wrong-type', `${what} must be ${YAML_TYPE[t] ?? t}, not ${yamlTypeOf(value)}`, {
+        out.add(src, path, 'wrong-type', `${what} must be ${YAML_TYPE[t] ?? t}, not ${yamlTypeOf(value, path)}`, {
           suggestion: example(s) ? `e.g. ${example(s)}` : undefined,
         })
         continue
       }
       case 'enum': {
         const allowed = ((e.params.allowedValues as unknown[]) ?? []).map(String)
-        out.add(src, path, 'invalid-value', `${what} is ${yamlTypeOf(value)}, not one of ${allowed.join(', ')}`, {
-          suggestion: suggestAmong(String(value), allowed, 'allowed'),
+        out.add(src, path, 'invalid-value', `${what} is ${yamlTypeOf(value, path)}, not one of ${allowed.join(', ')}`, {
+          suggestion: typeof value === 'string' && looksSecret(value) ? `one of ${allowed.join(', ')}` : suggestAmong(String(value), allowed, 'allowed'),
         })
         continue
       }
       case 'pattern': {
-        out.add(src, path, 'invalid-format', `${what} is not valid: ${yamlTypeOf(value)}`, {
+        out.add(src, path, 'invalid-format', `${what} is not valid: ${yamlTypeOf(value, path)}`, {
           suggestion: [firstSentence(s?.description), example(s) && `e.g. ${example(s)}`].filter(Boolean).join(', ') || undefined,
         })
         continue

@@ -1,3 +1,5 @@
+import {cjsExports} from '../interop.js'
+import {redactSecrets} from './redact.js'
 import type {InventoryProblem, SourceRef} from './types.js'
 
 /** A path into a YAML document: map keys and sequence indexes. */
@@ -127,19 +129,38 @@ export class SourceFile {
 
   /** The `yaml` path: every syntax error with its position; the value when only keys are duplicated. */
   private async readExact(): Promise<void> {
-    const Y = await import('yaml')
-    const doc = Y.parseDocument(this.text, {prettyErrors: false, uniqueKeys: true})
-    this.errors = doc.errors.map((e) => ({code: e.code, message: e.message.split('\n')[0] ?? e.message, offset: e.pos[0]}))
-    this.warnings = doc.warnings.map((e) => ({code: e.code, message: e.message.split('\n')[0] ?? e.message, offset: e.pos[0]}))
-    // A document with only duplicate keys is still usable (the checks go on); one with a syntax
-    // error is not read further: its structure is unreliable and would cause confusing follow-ups.
-    this.readable = this.errors.every((e) => e.code === 'DUPLICATE_KEY')
+    const deep = flowTooDeep(this.text, MAX_FLOW_DEPTH)
+    if (deep !== -1) {
+      this.errors = [{code: 'TOO_DEEP', message: `brackets ([ or {) nested more than ${MAX_FLOW_DEPTH} deep: the file is not read further`, offset: deep}]
+      this.readable = false
+      return
+    }
+    const Y = cjsExports(await import('yaml'))
+    let doc
+    try {
+      doc = Y.parseDocument(this.text, {prettyErrors: false, uniqueKeys: true})
+    } catch (err) {
+      // the parser's own recursion (a stack overflow on a very deeply nested file)
+      this.errors = [{code: 'RESOURCE_EXHAUSTION', message: (err as Error).message, offset: 0}]
+      this.readable = false
+      return
+    }
+    // An unknown tag (!!js/function, !!binary, !custom…) is a warning for yaml, which reads the
+    // value as if untagged; the writer meant something pgi does not have: an error here.
+    const isTag = (e: {code: string}) => e.code === 'TAG_RESOLVE_FAILED' || e.code === 'BAD_COLLECTION_TYPE'
+    const issue = (e: {code: string; message: string; pos: [number, number]}): YamlIssue => ({code: e.code, message: e.message.split('\n')[0] ?? e.message, offset: e.pos[0]})
+    this.errors = [...doc.errors, ...doc.warnings.filter(isTag)].map(issue).sort((a, b) => a.offset - b.offset)
+    this.warnings = doc.warnings.filter((w) => !isTag(w)).map(issue)
+    // A document whose only errors are duplicate keys or unknown tags is still usable (the checks
+    // go on); one with a syntax error is not read further: its structure is unreliable and would
+    // cause confusing follow-ups.
+    this.readable = this.errors.every((e) => e.code === 'DUPLICATE_KEY' || isTag(e))
     if (this.readable) {
       try {
         this.value = doc.toJS({maxAliasCount: 1000}) ?? undefined
       } catch (err) {
-        // yaml refuses excessive alias expansion ("billion laughs")
-        this.errors.push({code: 'ALIAS_COUNT', message: (err as Error).message, offset: 0})
+        // yaml refuses excessive alias expansion ("billion laughs"); or a stack overflow
+        this.errors.push({code: /alias/i.test((err as Error).message) ? 'ALIAS_COUNT' : 'RESOURCE_EXHAUSTION', message: (err as Error).message, offset: 0})
         this.readable = false
         this.value = undefined
       }
@@ -167,7 +188,12 @@ export class SourceFile {
       }
       return node
     }
-    this.root = toPos(doc.contents)
+    try {
+      this.root = toPos(doc.contents)
+    } catch {
+      // too deep to walk: problems point at the file's start
+      this.root = undefined
+    }
   }
 
   private nodeAt(path: YamlPath): PosNode | undefined {
@@ -217,6 +243,46 @@ export class SourceFile {
   }
 }
 
+/** An inventory nests ~5 levels; flow collections beyond this are refused before parsing. */
+export const MAX_FLOW_DEPTH = 64
+
+/**
+ * Offset of the first `[` or `{` that opens a flow collection deeper than `max`, or -1.
+ *
+ * Why: yaml's parser tokenises the whole file before it composes (and then fails on its own
+ * stack): 1 MB of "[" took 1.2 GB of memory and 5 s. Written here, as a scan that runs before
+ * yaml on files js-yaml rejected. Approximate on purpose: comments and quoted scalars are skipped,
+ * every other bracket counts (an unbalanced bracket inside plain text counts too: reaching the
+ * limit that way takes dozens of them, in a file that failed to parse already).
+ */
+export function flowTooDeep(t: string, max: number): number {
+  let depth = 0
+  for (let i = 0; i < t.length; i++) {
+    const c = t.charCodeAt(i)
+    const prev = i === 0 ? 10 : t.charCodeAt(i - 1)
+    // 91 [  123 {  93 ]  125 }  35 #  34 "  39 '
+    if (c === 91 || c === 123) {
+      if (++depth > max) return i
+    } else if (c === 93 || c === 125) {
+      if (depth > 0) depth--
+    } else if (c === 35 && (i === 0 || prev === 32 || prev === 9 || prev === 10 || prev === 13)) {
+      const nl = t.indexOf('\n', i)
+      i = nl === -1 ? t.length : nl
+    } else if ((c === 34 || c === 39) && (prev === 10 || prev === 13 || prev === 32 || prev === 9 || prev === 91 || prev === 123 || prev === 44 || prev === 58)) {
+      // a quoted scalar: to its closing quote (\" escapes in double quotes, '' in single ones)
+      for (i++; i < t.length; i++) {
+        const d = t.charCodeAt(i)
+        if (c === 34 && d === 92) i++
+        else if (d === c) {
+          if (c === 39 && t.charCodeAt(i + 1) === 39) i++
+          else break
+        }
+      }
+    }
+  }
+  return -1
+}
+
 /** Number of nodes of a value once aliases are expanded, counting up to `limit` (then stops). */
 function expandedSize(v: unknown, limit: number): number {
   let n = 0
@@ -244,15 +310,16 @@ export class ProblemList {
     this.items.push({
       ...src.ref(path, opts.at ?? 'value'),
       rule,
-      message,
-      ...(opts.suggestion ? {suggestion: opts.suggestion} : {}),
+      // the last guard against a secret in a message (see redact.ts)
+      message: redactSecrets(message),
+      ...(opts.suggestion ? {suggestion: redactSecrets(opts.suggestion)} : {}),
       severity: opts.severity ?? 'error',
     })
   }
 
-  /** A problem at a raw position (YAML syntax errors). */
+  /** A problem at a raw position (YAML syntax errors, files that cannot be read). */
   addAt(ref: SourceRef, rule: string, message: string, suggestion?: string, severity: 'error' | 'warning' = 'error'): void {
-    this.items.push({...ref, rule, message, ...(suggestion ? {suggestion} : {}), severity})
+    this.items.push({...ref, rule, message: redactSecrets(message), ...(suggestion ? {suggestion: redactSecrets(suggestion)} : {}), severity})
   }
 }
 

@@ -8,6 +8,7 @@ import {join} from 'node:path'
 
 import Busboy from 'busboy'
 
+import {cjsExports} from '../interop.js'
 import {AuthError, PermissionError, type Principal} from './access.js'
 import {HttpError, LabApi, type Ctx} from './api.js'
 import {BackendError} from './backend.js'
@@ -427,7 +428,7 @@ export class LabServer {
     const tmp = join(this.#o.tmpDir, `download-${randomBytes(8).toString('hex')}`)
     // As PVE: the UPID comes back at once, the transfer and the checksum check run in the task.
     return this.api.importUploaded(c, async (ctx) => {
-      const {fetch} = await import('undici')
+      const {fetch} = cjsExports(await import('undici'))
       ctx.log(`downloading ${url.href} to ${tmp}`)
       const r = await fetch(url, {signal: AbortSignal.any([AbortSignal.timeout(30 * 60_000), ctx.signal])}).catch((e: Error) => {
         throw new Error(`invalid server response: '${e.message}'`)

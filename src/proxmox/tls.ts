@@ -1,4 +1,3 @@
-import {readFileSync} from 'node:fs'
 import type {IncomingHttpHeaders} from 'node:http'
 import {isIP} from 'node:net'
 import {Readable} from 'node:stream'
@@ -6,6 +5,7 @@ import tls from 'node:tls'
 
 import {Agent, buildConnector, type Dispatcher} from 'undici'
 
+import {MAX_CA_FILE_BYTES, readRegularFileSync} from '../bounded-read.js'
 import {ErrorCode, PgiError, UnreachableError, UserError} from '../errors.js'
 
 /**
@@ -297,15 +297,14 @@ function secureContextFor(ca: string | undefined): tls.SecureContext {
   return c
 }
 
+/** The CA file, read as the inventory checked it: a regular file, bounded (src/bounded-read.ts). */
 function readCa(file: string): string {
-  try {
-    return readFileSync(file, 'utf8')
-  } catch (err) {
-    throw new UserError(ErrorCode.INVENTORY_INVALID, `cannot read the CA file ${file}: ${(err as Error).message}`, {
-      cause: err,
-      suggestions: ['Fix tls.ca_file in the inventory (a path relative to the YAML file), or pin the fingerprint instead: pgi inventory trust <hypervisor>'],
-    })
-  }
+  const r = readRegularFileSync(file, MAX_CA_FILE_BYTES, 'a CA file')
+  if (r.ok) return r.data.toString('utf8')
+  throw new UserError(ErrorCode.INVENTORY_INVALID, `the CA file ${file} ${r.problem.message}`, {
+    where: {file},
+    suggestions: ['Fix tls.ca_file in the inventory (a path relative to the YAML file), or pin the fingerprint instead: pgi inventory trust <hypervisor>'],
+  })
 }
 
 export interface CertificateInfo {

@@ -3,6 +3,7 @@ import {resolve} from 'node:path'
 
 import {isMap, isScalar, parseDocument} from 'yaml'
 
+import {MAX_CA_FILE_BYTES, readRegularFile} from '../bounded-read.js'
 import {ErrorCode, UserError} from '../errors.js'
 import type {Hypervisor} from '../inventory/types.js'
 import {inspectCertificate, normalizeFingerprint, type CertificateInfo} from './tls.js'
@@ -30,7 +31,11 @@ export interface TrustReport {
 
 export async function inspectHypervisor(hv: Hypervisor, opts: {timeoutMs?: number} = {}): Promise<TrustReport> {
   let ca: string | undefined
-  if (hv.tls.caFile) ca = await readFile(hv.tls.caFile, 'utf8').catch(() => undefined)
+  if (hv.tls.caFile) {
+    // bounded, regular files only: as the inventory checked it (src/bounded-read.ts)
+    const r = await readRegularFile(hv.tls.caFile, MAX_CA_FILE_BYTES, 'a CA file')
+    ca = r.ok ? r.data.toString('utf8') : undefined
+  }
   const certificate = await inspectCertificate(hv.url, {timeoutMs: opts.timeoutMs, ca}).catch((err: unknown) => {
     if (err instanceof UserError) (err as {where?: unknown}).where ??= {hypervisor: hv.name}
     throw err

@@ -1,9 +1,10 @@
 import {randomBytes} from 'node:crypto'
-import {access, chmod, link, mkdir, readFile, unlink, writeFile} from 'node:fs/promises'
+import {access, chmod, link, mkdir, unlink, writeFile} from 'node:fs/promises'
 import {dirname, join} from 'node:path'
 
 import {generateIdentity, identityToRecipient} from 'age-encryption'
 
+import {readRegularFile} from '../bounded-read.js'
 import {ErrorCode, UserError} from '../errors.js'
 import {stateDir} from '../paths.js'
 import {Secret} from '../secret.js'
@@ -62,19 +63,20 @@ export async function createIdentityFile(file: string): Promise<{created: boolea
   }
 }
 
+/** An identity file holds a few keys (~75 bytes each, post-quantum ones ~2 KiB). */
+const MAX_IDENTITY_FILE_BYTES = 1024 * 1024
+
 /** Reads every age identity (`AGE-SECRET-KEY-…` lines) in a file, as `age -i` does. */
 export async function readIdentityFile(file: string): Promise<LoadedIdentity[]> {
-  let text: string
-  try {
-    text = await readFile(file, 'utf8')
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code
-    throw new UserError(ErrorCode.SECRET_DECRYPT, code === 'ENOENT' ? 'age identity file not found' : `cannot read the age identity file (${code ?? String(err)})`, {
+  // a regular file, bounded: a path to a FIFO or /dev/zero must not hang pgi or fill its memory
+  const r = await readRegularFile(file, MAX_IDENTITY_FILE_BYTES, 'an age identity file')
+  if (!r.ok) {
+    throw new UserError(ErrorCode.SECRET_DECRYPT, r.problem.kind === 'missing' ? 'age identity file not found' : `the age identity file ${r.problem.message}`, {
       where: {file},
       suggestions: ['Check the path (--identity, PGI_AGE_IDENTITY); create a key with `age-keygen -o FILE` if you have none.'],
-      cause: err,
     })
   }
+  const text = r.data.toString('utf8')
   const out: LoadedIdentity[] = []
   let lineNo = 0
   for (const raw of text.split('\n')) {
