@@ -265,7 +265,9 @@ export function judge(obs: Observation, now: Date, p: VerdictPolicy = DEFAULT_PO
   if (record?.stale) {
     // the recorder stopped (or the server's clock is wrong): an old result is not today's health
     verdict = 'unknown'
-    reasons.push(`the server's health record is stale: written ${humanDuration(record.ageS)} ago (more than ${humanDuration(p.healthRecordMaxAgeS)}; its pgi-health timer may have stopped)`)
+    // the time it was written, not its age: the reason stays the same from one run to the next (--watch)
+    const at = `${new Date(Date.parse(obs.healthRecordAt!)).toISOString().slice(0, 16).replace('T', ' ')} UTC`
+    reasons.push(`the server's health record is stale: last written ${at} (over ${humanDuration(p.healthRecordMaxAgeS)} ago; its pgi-health timer may have stopped)`)
     if (obs.health) notes.push(`that record said: ${healthReasons(obs, obs.health, now, p).reasons[0] ?? 'all checks passed'}`)
   } else if (obs.health) {
     const hr = healthReasons(obs, obs.health, now, p)

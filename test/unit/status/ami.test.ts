@@ -110,7 +110,7 @@ describe("an AMI's token on PVE 9: the server's health record", () => {
     await lab.client('lab2').agentFileWrite('lab2', 1001, HEALTH_RECORD_FILE, JSON.stringify({v: 1, at, took_s: 1.2, exit_code: 0, health: h.health}))
     const e = await status('lab2')
     expect(e.verdict).toBe('unknown')
-    expect(e.reason).toBe("the server's health record is stale: written 25 min ago (more than 10 min; its pgi-health timer may have stopped)")
+    expect(e.reason).toBe(`the server's health record is stale: last written ${at.slice(0, 10)} ${at.slice(11, 16)} UTC (over 10 min ago; its pgi-health timer may have stopped)`)
     expect(e.notes).toContain('that record said: all checks passed')
     expect(e.checks.postgresql).toBeNull()
     expect(e.healthCheck).toMatchObject({via: 'health-record', recordedAt: at, stale: true})

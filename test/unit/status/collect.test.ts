@@ -229,7 +229,7 @@ describe('collectStatus', () => {
     it('past the threshold the record is stale: unknown, its checks not used, what it said in a note', async () => {
       const {e} = await run(record('2026-11-22T07:35:00Z', healthyReport()))
       expect(e.verdict).toBe('unknown')
-      expect(e.reason).toBe("the server's health record is stale: written 25 min ago (more than 10 min; its pgi-health timer may have stopped)")
+      expect(e.reason).toBe("the server's health record is stale: last written 2026-11-22 07:35 UTC (over 10 min ago; its pgi-health timer may have stopped)")
       expect(e.notes).toContain('that record said: all checks passed')
       expect(e.checks.postgresql).toBeNull()
       expect(e.dataDisk).toBeNull()

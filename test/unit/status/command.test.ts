@@ -178,7 +178,8 @@ describe('pgi status (command)', () => {
       try {
         const r = await pgi([lab.ami.uai], lab.ami)
         expect(r.exitCode).toBe(5)
-        expect(r.stdout).toMatch(/the server's health record is stale: written 20 min ago/)
+        expect(r.stdout).toMatch(/the server's health record is stale: last written \d{4}-\d\d-\d\d \d\d:\d\d UTC \(over 10 min ago/)
+        expect(r.stdout).toMatch(/health: the server's record of \S+, 20 min old \(STALE: not used\)/)
         expect(r.stdout).toMatch(/STALE: not used/)
         const lenient = await pgi([lab.ami.uai, '--health-max-age', '3600'], lab.ami)
         expect(lenient.exitCode).toBe(0)
