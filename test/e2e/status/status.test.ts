@@ -52,7 +52,7 @@ let api: PveApi
 
 async function pgi(args: string[], opts: {allowFailure?: boolean; env?: Record<string, string>} = {}) {
   const r = await run('node', [CLI, ...args], {env: {...env, ...opts.env}, allowFailure: true, timeoutMs: 60 * 60_000})
-  if (r.exitCode !== 0 && !opts.allowFailure) throw new Error(`pgi ${args.join(' ')} exited ${r.exitCode}:\n${r.stderr.slice(-3000)}`)
+  if (r.exitCode !== 0 && !opts.allowFailure) throw new Error(`pgi ${args.join(' ')} exited ${r.exitCode}:\n${r.stdout.slice(-3000)}\n${r.stderr.slice(-3000)}`)
   return r
 }
 
