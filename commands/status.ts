@@ -8,6 +8,7 @@ import {UsageError} from '../src/errors.js'
 import {ExitCode} from '../src/exit-codes.js'
 import {STATUS_DEFAULTS} from '../src/status/collect.js'
 import {detailLines, renderPrometheus, renderTable, useColour} from '../src/status/format.js'
+import {DEFAULT_POLICY} from '../src/status/verdict.js'
 import type {StatusService} from '../src/status/service.js'
 import type {StatusReport} from '../src/status/types.js'
 import {watchStatus, type WatchMode} from '../src/status/watch.js'
@@ -26,7 +27,7 @@ export default class Status extends BaseCommand<typeof Status> {
 
 Without UAI, --group or --all, every establishment of the inventory is shown. Problems come first. Hypervisors are asked in parallel (a bounded number of requests each); every request has a deadline (--timeout), so a dead hypervisor only makes its own lines "unknown".
 
-An AMI can use their own API token, which only sees their VM: --token-id ID with the secret in ${TOKEN_SECRET_ENV} (never on the command line). What such a token may not read is named (the missing privilege) and the rest is still shown.
+An AMI can use their own API token, which only sees their VM: --token-id ID with the secret in ${TOKEN_SECRET_ENV} (never on the command line). When the token may read files in the VM but not run commands (the PGI-AMI role on PVE 9), the health the server records every 2 minutes is read instead, its age shown (stale past --health-max-age). What such a token may not read is named (the missing privilege) and the rest is still shown.
 
 --format prometheus writes the node-exporter textfile format (with --output, atomically to a file). --watch N repeats every N seconds: redrawn in place on a terminal, only the changes otherwise.
 
@@ -64,6 +65,12 @@ Exit codes: 0 every selected establishment is healthy, 5 at least one is degrade
     'health-timeout': Flags.integer({summary: 'Deadline of the health check inside each VM, in seconds.', default: STATUS_DEFAULTS.healthTimeoutMs / 1000, min: 1}),
     'max-parallel': Flags.integer({summary: 'API requests in flight overall.', default: STATUS_DEFAULTS.maxParallel, min: 1}),
     'max-per-hypervisor': Flags.integer({summary: 'API requests in flight on one hypervisor.', default: STATUS_DEFAULTS.perHypervisor, min: 1}),
+    'health-max-age': Flags.integer({
+      summary: 'When the token may not run the health check in the VM (an AMI\'s, PVE 9), the server\'s own record of it is read: older than this many seconds, it is stale (the verdict is unknown).',
+      default: DEFAULT_POLICY.healthRecordMaxAgeS,
+      min: 1,
+      env: 'PGI_STATUS_HEALTH_MAX_AGE',
+    }),
     'token-id': Flags.string({summary: `Use this API token (USER@REALM!TOKENID) for every hypervisor instead of the inventory's; its secret comes from ${TOKEN_SECRET_ENV}.`, env: 'PGI_TOKEN_ID'}),
   }
 
@@ -104,6 +111,7 @@ Exit codes: 0 every selected establishment is healthy, 5 at least one is degrade
       healthTimeoutMs: f['health-timeout'] * 1000,
       maxParallel: f['max-parallel'],
       perHypervisor: f['max-per-hypervisor'],
+      healthMaxAgeS: f['health-max-age'],
     })
     this.io.debug('status service ready', {ms: Math.round(performance.now() - t0)})
     try {

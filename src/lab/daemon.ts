@@ -9,7 +9,7 @@ import {startRuntime} from './runtime.js'
  * The lab daemon: ONE process serving every lab node (`pgi lab start` starts it in the background
  * with `node daemon.js <lab dir>`). It reads <dir>/lab.json and <dir>/access.json, listens, writes
  * <dir>/run/daemon.json ({pid, ports}) when ready, and on SIGTERM/SIGINT stops the backend (and with
- * it every VM process), closes the listeners and removes run/daemon.json.
+ * it every VM process), closes the listeners and removes run/daemon.json. SIGHUP re-reads access.json.
  */
 async function main(): Promise<void> {
   const dir = process.argv[2]
@@ -46,6 +46,18 @@ async function main(): Promise<void> {
   }
   process.on('SIGTERM', () => void stop('SIGTERM'))
   process.on('SIGINT', () => void stop('SIGINT'))
+  // access.json is the lab's user.cfg: users, tokens, roles and ACLs changed there apply at once on
+  // SIGHUP, as pveum's changes do on PVE (e.g. an AMI's token granted on one VM)
+  process.on('SIGHUP', () => {
+    void (async () => {
+      try {
+        rt.api.access.setConfig(JSON.parse(await readFile(join(dir, 'access.json'), 'utf8')) as AccessConfig)
+        log('SIGHUP: access.json reloaded')
+      } catch (e) {
+        log(`SIGHUP: access.json not reloaded, the previous one stays: ${e instanceof Error ? e.message : String(e)}`)
+      }
+    })()
+  })
   await writeFile(join(dir, 'run', 'daemon.json'), JSON.stringify({pid: process.pid, ports: rt.ports, fingerprints: rt.fingerprints, started: Date.now()}))
   log(`lab daemon ${process.pid} serving ${Object.entries(rt.ports).map(([n, p]) => `${n}=127.0.0.1:${p}`).join(' ')}`)
 }

@@ -53,6 +53,8 @@ export interface SimulatedOptions {
   durations?: Partial<Durations>
   /** A guest whose PGI never becomes healthy (fault injection). */
   guestUnhealthy?: (node: string, vmid: number) => boolean
+  /** Does the guest's image record its health in /run/pgi/health.json (pgi-health.timer)? Default: yes. */
+  guestHealthRecord?: (node: string, vmid: number) => boolean
 }
 
 interface SimVolume extends VolumeInfo {
@@ -110,6 +112,7 @@ export class SimulatedBackend implements VmBackend {
   readonly #d: Durations
   readonly #scale: number
   readonly #unhealthy: (node: string, vmid: number) => boolean
+  readonly #recordsHealth: (node: string, vmid: number) => boolean
   #init!: BackendInit
   /** node → volid → volume */
   readonly #vols = new Map<string, Map<string, SimVolume>>()
@@ -121,6 +124,7 @@ export class SimulatedBackend implements VmBackend {
     this.#d = {...DEFAULT_DURATIONS, ...opts.durations}
     this.#scale = opts.timeScale ?? 1
     this.#unhealthy = opts.guestUnhealthy ?? (() => false)
+    this.#recordsHealth = opts.guestHealthRecord ?? (() => true)
   }
 
   #wait(what: keyof Durations, ctx?: TaskContext, factor = 1): Promise<void> {
@@ -490,8 +494,26 @@ export class SimulatedBackend implements VmBackend {
     }
   }
 
+  /**
+   * /run/pgi/health.json as the image's pgi-health.timer writes it (guest contract, docs/image.md):
+   * first run 1 min after boot, then every 2 min (scaled like the other durations; at once at
+   * scale 0); none before the first run (/run is a tmpfs). Its content is the guest's health now,
+   * stamped with the last run's time.
+   */
+  #healthRecord(vm: SimVm): Buffer | undefined {
+    if (!this.#recordsHealth(vm.spec.node, vm.spec.vmid)) return undefined
+    const up = Date.now() - vm.startedAt
+    const first = 60_000 * this.#scale
+    const every = 120_000 * this.#scale
+    if (up < first) return undefined
+    const at = every > 0 ? vm.startedAt + first + Math.floor((up - first) / every) * every : Date.now()
+    const h = this.#health(vm)
+    return Buffer.from(JSON.stringify({v: 1, at: new Date(at).toISOString().replace(/\.\d{3}Z$/, 'Z'), took_s: 0.4, exit_code: h.code, health: JSON.parse(h.out) as unknown}))
+  }
+
   #readFile(vm: SimVm, file: string): Buffer | undefined {
     if (vm.files.has(file)) return vm.files.get(file)
+    if (file === '/run/pgi/health.json') return this.#healthRecord(vm)
     if (file === '/etc/pgi/image.json') return Buffer.from(this.#imageJson(vm))
     if (file === '/etc/hostname') return Buffer.from(vm.spec.name + '\n')
     return undefined

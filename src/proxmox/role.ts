@@ -88,13 +88,16 @@ export const PGI_ROLE_PRIVILEGES: Record<PveMajor, readonly string[]> = {
 }
 
 /**
- * The narrower role for an AMI (one establishment's IT agent) who may look at the status of their
- * own VM only: config and state, and the read-only guest-agent calls (ping, addresses, disks).
- * Granted on /vms/<vmid> alone.
+ * The read-only role of an AMI (one establishment's IT agent), `PGI-AMI`, granted on /vms/<vmid>
+ * alone: the VM's state and configuration, the read-only guest-agent calls (ping, addresses,
+ * disks), and reading a file through the agent — which is how `pgi status` reads the health the
+ * server records every 2 minutes (/run/pgi/health.json) without running a command in it. On PVE 9
+ * that is VM.GuestAgent.FileRead, far narrower than VM.GuestAgent.Unrestricted (exec); PVE 8 has
+ * only VM.Monitor, which allows every agent call, exec included (a documented caveat).
  */
 export const AMI_ROLE_PRIVILEGES: Record<PveMajor, readonly string[]> = {
   '8': ['VM.Audit', 'VM.Monitor'],
-  '9': ['VM.Audit', 'VM.GuestAgent.Audit'],
+  '9': ['VM.Audit', 'VM.GuestAgent.Audit', 'VM.GuestAgent.FileRead'],
 }
 
 /** Endpoints the AMI role is meant to allow. */
@@ -104,6 +107,28 @@ export const AMI_ENDPOINTS: readonly Pick<PgiEndpoint, 'method' | 'path'>[] = [
   {method: 'POST', path: '/nodes/{node}/qemu/{vmid}/agent/ping'},
   {method: 'GET', path: '/nodes/{node}/qemu/{vmid}/agent/network-get-interfaces'},
   {method: 'GET', path: '/nodes/{node}/qemu/{vmid}/agent/get-fsinfo'},
+  {method: 'GET', path: '/nodes/{node}/qemu/{vmid}/agent/file-read'},
+]
+
+/**
+ * The optional role `PGI-AMI-DB`, for an establishment whose AMI manages the class databases with
+ * pgi (`pgi db`, which runs pgi-db in the guest): everything PGI-AMI allows, plus running commands
+ * in their own VM through the guest agent (exec). Granted on /vms/<vmid> alone, instead of or
+ * beside PGI-AMI. It gives nothing the AMI does not already have inside the VM (their account has
+ * sudo), and no right on the VM itself (configuration, power, snapshots, deletion) nor on another.
+ * On PVE 9 VM.GuestAgent.Unrestricted satisfies every guest-agent check (it is in each "any" list),
+ * so it replaces VM.GuestAgent.Audit and FileRead; on PVE 8 the role is the same as PGI-AMI.
+ */
+export const AMI_DB_ROLE_PRIVILEGES: Record<PveMajor, readonly string[]> = {
+  '8': ['VM.Audit', 'VM.Monitor'],
+  '9': ['VM.Audit', 'VM.GuestAgent.Unrestricted'],
+}
+
+/** Endpoints the PGI-AMI-DB role is meant to allow: the AMI role's, plus exec and its result. */
+export const AMI_DB_ENDPOINTS: readonly Pick<PgiEndpoint, 'method' | 'path'>[] = [
+  ...AMI_ENDPOINTS,
+  {method: 'POST', path: '/nodes/{node}/qemu/{vmid}/agent/exec'},
+  {method: 'GET', path: '/nodes/{node}/qemu/{vmid}/agent/exec-status'},
 ]
 
 /** "8.4.1" / "9.1" / undefined → major version (default: 9, the current release). */
@@ -144,9 +169,19 @@ export function pveumCommands(o: PveumOptions): string[] {
   ]
 }
 
-/** `pveum` commands for an AMI's read-only status access to one VM. */
-export function pveumAmiCommands(o: {pveVersion?: string; user: string; vmid: number; role?: string}): string[] {
+/**
+ * `pveum` commands for an AMI's access to one VM: the role (PGI-AMI, or PGI-AMI-DB with `db`), a
+ * privilege-separated API token for `pgi status --token-id`, and the grant on /vms/<vmid> alone for
+ * the user and the token (a privilege-separated token has the intersection of both ACLs).
+ */
+export function pveumAmiCommands(o: {pveVersion?: string; user: string; vmid: number; db?: boolean; tokenName?: string; role?: string}): string[] {
   const major = pveMajor(o.pveVersion)
-  const role = o.role ?? 'PGI-AMI'
-  return [`pveum role add ${role} --privs "${AMI_ROLE_PRIVILEGES[major].join(',')}"`, `pveum acl modify /vms/${o.vmid} --users ${o.user} --roles ${role}`]
+  const role = o.role ?? (o.db ? 'PGI-AMI-DB' : 'PGI-AMI')
+  const privs = (o.db ? AMI_DB_ROLE_PRIVILEGES : AMI_ROLE_PRIVILEGES)[major]
+  const tokenName = o.tokenName ?? 'status'
+  return [
+    `pveum role add ${role} --privs "${privs.join(',')}"`,
+    `pveum user token add ${o.user} ${tokenName} --privsep 1 --comment "pgi status"`,
+    `pveum acl modify /vms/${o.vmid} --users ${o.user} --tokens '${o.user}!${tokenName}' --roles ${role}`,
+  ]
 }

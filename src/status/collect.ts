@@ -6,8 +6,9 @@
  * then per VM its config (the pgi-meta line: image, rollout mark) and, for running VMs only, one
  * `agent exec pgi-health`. A VM missing from the listing gets one `status/current` (to tell "not
  * there" from "not visible to this token"). When pgi-health may not run (a token without
- * VM.GuestAgent.Unrestricted, e.g. an AMI's), the agent is pinged and asked for its filesystems
- * instead, so what can be known is still shown.
+ * VM.GuestAgent.Unrestricted, e.g. an AMI's on PVE 9), the result the server records every 2 minutes
+ * is read instead (agent file-read, src/status/health-record.ts); failing that, the agent is pinged
+ * and asked for its filesystems, so what can be known is still shown.
  *
  * Every request has its own deadline (`requestTimeoutMs`). The first hypervisor-level failure
  * (timeout, refused connection, TLS mismatch, token refused) opens a breaker for that hypervisor:
@@ -21,7 +22,8 @@ import {imageFromTags, parseDescription} from '../fleet/vm-meta.js'
 import type {Io} from '../io.js'
 import type {Establishment} from '../inventory/types.js'
 import type {PveApi, PveResource} from '../proxmox/types.js'
-import {CallTimeout, HypervisorDown, isHypervisorLevel, toProbeError} from './probe-error.js'
+import {readHealthRecord} from './health-record.js'
+import {CallTimeout, HypervisorDown, isAgentDown, isHypervisorLevel, toProbeError} from './probe-error.js'
 import type {HypervisorSummary, Observation, ProbeError, StatusReport, VerdictPolicy} from './types.js'
 import {DEFAULT_POLICY, parseHealthOutput, rolloutState, sortStatuses, summarize, toEstablishmentStatus} from './verdict.js'
 
@@ -90,8 +92,6 @@ export function withTimeout<T>(p: Promise<T>, ms: number, call: string, hypervis
 const STARVATION_MS = 250
 /** Event-loop utilisation over a request's window above which this process, not the hypervisor, was the bottleneck. */
 const SATURATED_ELU = 0.9
-
-const AGENT_DOWN_RE = /guest agent is not running|No QEMU guest agent configured|qmp command '[^']*' failed|got timeout|agent.*not (enabled|configured|running)|VM \d+ is not running/i
 
 /** One hypervisor's part of a run, with its breaker. */
 class HypervisorRun {
@@ -290,6 +290,7 @@ async function probeVm(o: Observation, res: PveResource | undefined, call: Call,
         guestSide: true,
       })
       o.agentAnswering = true
+      o.healthVia = 'agent-exec'
       o.healthExitCode = r.exitcode
       const parsed = parseHealthOutput(r.stdout)
       if ('report' in parsed) o.health = parsed.report
@@ -305,8 +306,10 @@ async function probeVm(o: Observation, res: PveResource | undefined, call: Call,
       const pe = toProbeError('agent exec pgi-health', err)
       if (pe.code === ErrorCode.PVE_PERMISSION) {
         o.healthError = pe
-        await agentFallback(o, node, call)
-      } else if (AGENT_DOWN_RE.test(pe.message)) {
+        // may not run it (PVE 9 without VM.GuestAgent.Unrestricted): read the result the server
+        // records every 2 minutes (file-read: VM.GuestAgent.FileRead), else what the agent tells
+        if (!(await readHealthRecord(o, node, call)) && o.agentAnswering !== false) await agentFallback(o, node, call)
+      } else if (isAgentDown(pe)) {
         o.agentAnswering = false
         o.agentError = pe
       } else o.healthError = pe
@@ -333,7 +336,7 @@ async function agentFallback(o: Observation, node: string, call: Call): Promise<
   } catch (err) {
     const pe = toProbeError('agent ping', err)
     o.agentError = pe
-    if (pe.code !== ErrorCode.PVE_PERMISSION && AGENT_DOWN_RE.test(pe.message)) o.agentAnswering = false
+    if (pe.code !== ErrorCode.PVE_PERMISSION && isAgentDown(pe)) o.agentAnswering = false
     return
   }
   if (!o.agentAnswering) return

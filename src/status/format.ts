@@ -105,6 +105,14 @@ export function detailLines(e: EstablishmentStatus): string[] {
   if (e.backup) lines.push(`  last backup: ${e.backup.ageS === null ? 'none' : `${humanDuration(e.backup.ageS)} ago`}`)
   if (e.databases) lines.push(`  databases: ${e.databases.map((d) => d.name).join(', ') || 'none'}`)
   if (e.rollout) lines.push(`  update ${e.rollout.from} → ${e.rollout.to}: ${e.rollout.state} (step ${e.rollout.step}, ${e.rollout.at})`)
+  const hc = e.healthCheck
+  if (hc) {
+    lines.push(
+      hc.via === 'agent-exec'
+        ? '  health: pgi-health run now through the guest agent'
+        : `  health: the server's record of ${hc.recordedAt ?? '?'}${hc.ageS === null ? '' : `, ${humanDuration(hc.ageS)} old`}${hc.stale ? ' (STALE: not used)' : ''} (/run/pgi/health.json, read through the guest agent)`,
+    )
+  }
   return lines
 }
 
@@ -172,6 +180,9 @@ export function renderPrometheus(report: StatusReport): string {
         running: e.image.running ?? e.image.recorded ?? '',
         wanted: e.image.wanted ?? '',
       }, 1)
+    }
+    if (e.healthCheck?.via === 'health-record' && e.healthCheck.ageS !== null) {
+      add('pgi_health_record_age_seconds', 'Age of the health record read from the server (when the token may not run pgi-health).', l, e.healthCheck.ageS)
     }
     if (e.rollout) {
       add('pgi_rollout_pending', 'Whether an update of this establishment is half-way.', l, e.rollout.state === 'pending' ? 1 : 0)

@@ -66,6 +66,14 @@ function codeFromMessage(message: string): string {
   return ErrorCode.PVE_HTTP
 }
 
+/** PVE's and qemu-ga's texts for a guest agent that does not answer (not running, not configured, timed out). */
+const AGENT_DOWN_RE = /guest agent is not running|No QEMU guest agent configured|qmp command '[^']*' failed|got timeout|agent.*not (enabled|configured|running)|VM \d+ is not running/i
+
+/** The call failed because the VM's guest agent does not answer (rather than being refused or failing in the guest). */
+export function isAgentDown(e: ProbeError): boolean {
+  return AGENT_DOWN_RE.test(e.message)
+}
+
 /** The error means the whole hypervisor is out of reach for this run (not just one VM's call). */
 export function isHypervisorLevel(e: ProbeError): boolean {
   return e.code === ErrorCode.UNREACHABLE || e.code === ErrorCode.TLS_MISMATCH || e.code === ErrorCode.PVE_AUTH

@@ -18,6 +18,7 @@ import type {Secret} from '../secret.js'
 import {SecretStore} from '../secrets/store.js'
 import {collectStatus, STATUS_DEFAULTS} from './collect.js'
 import type {StatusReport, VerdictPolicy} from './types.js'
+import {DEFAULT_POLICY} from './verdict.js'
 
 /** Environment variable that holds the secret of `--token-id` (never a flag value). */
 export const TOKEN_SECRET_ENV = 'PGI_TOKEN_SECRET'
@@ -39,6 +40,11 @@ export interface StatusServiceOptions {
   maxParallel?: number
   perHypervisor?: number
   policy?: VerdictPolicy
+  /**
+   * Age (s) past which the server's health record — read when the token may not run pgi-health —
+   * is stale (default DEFAULT_POLICY.healthRecordMaxAgeS, 10 min; overrides `policy`'s).
+   */
+  healthMaxAgeS?: number
   /** How to open a PveApi (tests, labs); default: the real client, pinned TLS, no retries. */
   connect?: PveConnector
 }
@@ -107,6 +113,7 @@ export class StatusService {
       },
       io: this.opts.io,
       ...pick(this.opts, ['requestTimeoutMs', 'healthTimeoutMs', 'maxParallel', 'perHypervisor', 'policy']),
+      ...(this.opts.healthMaxAgeS === undefined ? {} : {policy: {...(this.opts.policy ?? DEFAULT_POLICY), healthRecordMaxAgeS: this.opts.healthMaxAgeS}}),
     })
   }
 

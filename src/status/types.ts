@@ -98,6 +98,19 @@ export interface Observation {
   healthError?: ProbeError
   /** Data-disk usage from the agent's get-fsinfo (used when pgi-health could not run). */
   fsDataDisk?: {usedBytes: number; sizeBytes: number; mountpoint: string}
+
+  /**
+   * How `health` (or `healthError`) was learnt: pgi-health run through the guest agent (exec), or
+   * the result the server records every 2 minutes (/run/pgi/health.json) read through the agent
+   * (file-read), when the token may read files but not run commands (an AMI's, on PVE 9).
+   */
+  healthVia?: 'agent-exec' | 'health-record'
+  /** When the server wrote that record (ISO, the server's clock). */
+  healthRecordAt?: string
+  /** The record could not be read (refused, absent, not JSON, agent not answering). */
+  healthRecordError?: ProbeError
+  /** The record does not exist on the server (an image without the pgi-health timer, or just booted). */
+  healthRecordMissing?: boolean
 }
 
 export interface EstablishmentStatus {
@@ -125,6 +138,12 @@ export interface EstablishmentStatus {
   rollout: RolloutState | null
   /** pgi-health's own problem list, verbatim. */
   problems: string[]
+  /**
+   * How the health was learnt: pgi-health run live (agent exec), or the server's record of it read
+   * through the agent (file-read), with the time it was written, its age at this run, and whether it
+   * is older than the threshold (then its checks are not used). null when neither could be done.
+   */
+  healthCheck: {via: 'agent-exec' | 'health-record'; recordedAt: string | null; ageS: number | null; stale: boolean} | null
   /** Calls that failed, with the privilege when PVE refused one. */
   errors: ProbeError[]
 }
@@ -159,4 +178,9 @@ export interface VerdictPolicy {
   agentBootGraceS: number
   /** A rollout step pending for longer than this is reported as stalled (degraded) (s). */
   rolloutStallS: number
+  /**
+   * The server's health record (read when the token may not run pgi-health) older than this is
+   * stale: its checks are not used and the verdict is unknown (s). The image writes it every 2 min.
+   */
+  healthRecordMaxAgeS: number
 }

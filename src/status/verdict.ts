@@ -24,6 +24,8 @@ export const DEFAULT_POLICY: VerdictPolicy = {
   backupGraceS: 36 * 3600,
   agentBootGraceS: 300,
   rolloutStallS: 6 * 3600,
+  // the image records its health every 2 minutes: 5 missed runs
+  healthRecordMaxAgeS: 600,
 }
 
 /** Severity order for sorting: problems first (down, degraded, unknown), healthy last. */
@@ -84,6 +86,11 @@ export function parseHealthOutput(stdout: string): {report: PgiHealthReport} | {
     }
     if (raw === undefined) return {error: 'pgi-health did not print JSON'}
   }
+  return healthReportFrom(raw)
+}
+
+/** pgi-health's JSON (already parsed: from its stdout, or from the server's health record) as a report. */
+export function healthReportFrom(raw: unknown): {report: PgiHealthReport} | {error: string} {
   if (!isRecord(raw) || typeof raw.healthy !== 'boolean') return {error: 'pgi-health output has no "healthy" field'}
   const checks: PgiHealthReport['checks'] = {}
   if (isRecord(raw.checks)) {
@@ -117,9 +124,20 @@ export interface Judgement {
 
 /** Why a call was refused, naming the privilege PVE asked for. */
 export function permissionText(e: ProbeError, what: string): string {
-  return e.privilege
-    ? `${what}: this token lacks the privilege ${e.privilege}${e.path ? ` on ${e.path}` : ''}`
-    : `${what}: permission denied (${e.message})`
+  // PVE names the alternatives of an "any" check with "|": "VM.GuestAgent.FileRead|VM.GuestAgent.Unrestricted"
+  const privilege = e.privilege?.split('|').join(' or ')
+  return privilege ? `${what}: this token lacks the privilege ${privilege}${e.path ? ` on ${e.path}` : ''}` : `${what}: permission denied (${e.message})`
+}
+
+/** The age of the server's health record at `now`, when the health came from one. */
+export function healthRecordAge(obs: Observation, now: Date, p: VerdictPolicy): {ageS: number; aheadS: number; stale: boolean} | undefined {
+  if (obs.healthVia !== 'health-record' || !obs.healthRecordAt) return undefined
+  const t = Date.parse(obs.healthRecordAt)
+  if (Number.isNaN(t)) return undefined
+  const delta = (now.getTime() - t) / 1000
+  // a record "from the future" is a clock difference between the server and this machine
+  const ageS = Math.max(0, delta)
+  return {ageS, aheadS: Math.max(0, -delta), stale: ageS > p.healthRecordMaxAgeS}
 }
 
 function hypervisorReason(e: ProbeError): string {
@@ -242,7 +260,16 @@ export function judge(obs: Observation, now: Date, p: VerdictPolicy = DEFAULT_PO
 
   const reasons: string[] = []
   let verdict: Verdict = 'healthy'
-  if (obs.health) {
+  const record = healthRecordAge(obs, now, p)
+  if (record && record.aheadS > 60) notes.push(`the server's clock is ${humanDuration(record.aheadS)} ahead of this machine's`)
+  if (record?.stale) {
+    // the recorder stopped (or the server's clock is wrong): an old result is not today's health
+    verdict = 'unknown'
+    // the time it was written, not its age: the reason stays the same from one run to the next (--watch)
+    const at = `${new Date(Date.parse(obs.healthRecordAt!)).toISOString().slice(0, 16).replace('T', ' ')} UTC`
+    reasons.push(`the server's health record is stale: last written ${at} (over ${humanDuration(p.healthRecordMaxAgeS)} ago; its pgi-health timer may have stopped)`)
+    if (obs.health) notes.push(`that record said: ${healthReasons(obs, obs.health, now, p).reasons[0] ?? 'all checks passed'}`)
+  } else if (obs.health) {
     const hr = healthReasons(obs, obs.health, now, p)
     notes.push(...hr.notes)
     if (hr.reasons.length > 0) {
@@ -252,9 +279,19 @@ export function judge(obs: Observation, now: Date, p: VerdictPolicy = DEFAULT_PO
   } else {
     const he = obs.healthError
     const ae = obs.agentError
-    if (he?.code === ErrorCode.PVE_PERMISSION) {
+    const re = obs.healthRecordError
+    if (he?.code === ErrorCode.PVE_PERMISSION && obs.agentAnswering !== false) {
+      // may not run pgi-health, and its record could not be read either
       verdict = 'unknown'
-      reasons.push(permissionText(he, 'PGI health not checked'))
+      if (obs.healthRecordMissing) {
+        reasons.push(
+          (obs.uptimeS ?? Infinity) < p.agentBootGraceS
+            ? `VM is starting (up ${humanDuration(obs.uptimeS ?? 0)}; the server has not recorded its health yet)`
+            : 'PGI health not known: the server has no health record (/run/pgi/health.json: an image without the pgi-health timer, or the timer is stopped)',
+        )
+      } else if (re?.code === ErrorCode.PVE_PERMISSION) reasons.push(permissionText(re, 'PGI health not checked'))
+      else if (re) reasons.push(`PGI health not known: ${re.code === ErrorCode.GUEST_COMMAND_FAILED ? re.message : `the server's health record could not be read (${re.message})`}`)
+      else reasons.push(permissionText(he, 'PGI health not checked'))
       if (obs.agentAnswering) notes.push('the VM runs and its guest agent answers')
     } else if (obs.agentAnswering === false || (!he && ae)) {
       if (ae?.code === ErrorCode.PVE_PERMISSION) {
@@ -282,6 +319,8 @@ export function judge(obs: Observation, now: Date, p: VerdictPolicy = DEFAULT_PO
     }
   }
 
+  if (record && !record.stale) notes.push(`health recorded by the server ${humanDuration(record.ageS)} ago`)
+
   const r = obs.rollout
   if (r && r.state === 'failed') {
     reasons.push(`the update to ${r.to} failed${r.step === 'rolled-back' ? ' and was rolled back' : ` (step ${r.step})`}${r.reason ? `: ${r.reason}` : ''}`)
@@ -297,8 +336,11 @@ export function judge(obs: Observation, now: Date, p: VerdictPolicy = DEFAULT_PO
 }
 
 /** The observation plus its verdict, as `pgi status` reports it. */
-export function toEstablishmentStatus(obs: Observation, now: Date, p: VerdictPolicy = DEFAULT_POLICY): EstablishmentStatus {
-  const j = judge(obs, now, p)
+export function toEstablishmentStatus(observed: Observation, now: Date, p: VerdictPolicy = DEFAULT_POLICY): EstablishmentStatus {
+  const j = judge(observed, now, p)
+  const record = healthRecordAge(observed, now, p)
+  // a stale record's checks are not today's: shown as unknown, never as facts
+  const obs: Observation = record?.stale ? {...observed, health: undefined} : observed
   const h = obs.health
   const checks: Record<string, boolean | null> = {}
   for (const name of ['postgresql', 'trytond', 'web', 'data_disk', 'backup']) checks[name] = h ? (h.checks[name]?.ok ?? null) : null
@@ -306,7 +348,7 @@ export function toEstablishmentStatus(obs: Observation, now: Date, p: VerdictPol
   const usage = dataDiskUsage(obs)
   const disk = h?.checks.data_disk
   const fromHealth = Boolean(disk && ((typeof disk.used_bytes === 'number' && typeof disk.size_bytes === 'number') || typeof disk.used_pct === 'number'))
-  const errors = [obs.hypervisorError, obs.vmError, obs.metaError, obs.agentError, obs.healthError].filter((e): e is ProbeError => e !== undefined)
+  const errors = [obs.hypervisorError, obs.vmError, obs.metaError, obs.agentError, obs.healthError, obs.healthRecordError].filter((e): e is ProbeError => e !== undefined)
   return {
     uai: obs.uai,
     name: obs.name,
@@ -334,6 +376,12 @@ export function toEstablishmentStatus(obs: Observation, now: Date, p: VerdictPol
     databases: h ? h.databases.map((d) => ({name: d.name, modules: d.modules ?? {}})) : null,
     rollout: obs.rollout ?? null,
     problems: h?.problems ?? [],
+    healthCheck:
+      observed.healthVia === 'health-record'
+        ? {via: 'health-record', recordedAt: observed.healthRecordAt ?? null, ageS: record ? Math.round(record.ageS) : null, stale: record?.stale ?? false}
+        : observed.healthVia === 'agent-exec'
+          ? {via: 'agent-exec', recordedAt: null, ageS: null, stale: false}
+          : null,
     errors,
   }
 }

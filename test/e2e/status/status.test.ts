@@ -1,4 +1,5 @@
-import {mkdtemp, rm, writeFile} from 'node:fs/promises'
+import {randomUUID} from 'node:crypto'
+import {mkdtemp, readFile, rm, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {dirname, join, resolve} from 'node:path'
 import {fileURLToPath} from 'node:url'
@@ -6,13 +7,17 @@ import {fileURLToPath} from 'node:url'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {openInventoryStore} from '../../../src/credentials/service.js'
+import {sha256Hex, type AccessConfig} from '../../../src/lab/access.js'
+import {readRequestLog} from '../../../src/lab/server.js'
 import {run} from '../../../src/exec.js'
 import {Hypervisors} from '../../../src/hypervisors.js'
 import {loadValidInventory} from '../../../src/inventory/load.js'
 import {findEstablishment} from '../../../src/inventory/select.js'
 import type {Establishment} from '../../../src/inventory/types.js'
 import {StderrIo} from '../../../src/io.js'
+import {AMI_ROLE_PRIVILEGES} from '../../../src/proxmox/role.js'
 import type {PveApi} from '../../../src/proxmox/types.js'
+import {HEALTH_RECORD_FILE} from '../../../src/status/health-record.js'
 import type {EstablishmentStatus, StatusReport} from '../../../src/status/types.js'
 
 import {cachedPgiImage} from '../../helpers/e2e-image.js'
@@ -23,6 +28,9 @@ import {cachedPgiImage} from '../../helpers/e2e-image.js'
  * (`systemctl stop postgresql`) it is degraded with that reason; with the VM stopped through the
  * API it is down; and the establishment of a lab node that accepts connections but never answers
  * (lab fault `dead_nodes`) is unknown, reported within the request timeout while the others come back.
+ * An AMI's token with the PGI-AMI role of PVE 9 (VM.Audit, VM.GuestAgent.Audit, VM.GuestAgent.FileRead
+ * on their VM only: agent exec refused) gets the full verdict from the health record the image's
+ * pgi-health.timer writes in the guest (/run/pgi/health.json) — on the same VM, no extra boot.
  *
  * The image is built once, in the same cache as test/e2e/image and test/e2e/deploy (recipe digest
  * + lock) under <stateDir>/e2e-image-cache/, or taken from PGI_E2E_IMAGES_DIR.
@@ -42,9 +50,9 @@ let deployed: Establishment
 let deadOne: Establishment
 let api: PveApi
 
-async function pgi(args: string[], opts: {allowFailure?: boolean} = {}) {
-  const r = await run('node', [CLI, ...args], {env, allowFailure: true, timeoutMs: 60 * 60_000})
-  if (r.exitCode !== 0 && !opts.allowFailure) throw new Error(`pgi ${args.join(' ')} exited ${r.exitCode}:\n${r.stderr.slice(-3000)}`)
+async function pgi(args: string[], opts: {allowFailure?: boolean; env?: Record<string, string>} = {}) {
+  const r = await run('node', [CLI, ...args], {env: {...env, ...opts.env}, allowFailure: true, timeoutMs: 60 * 60_000})
+  if (r.exitCode !== 0 && !opts.allowFailure) throw new Error(`pgi ${args.join(' ')} exited ${r.exitCode}:\n${r.stdout.slice(-3000)}\n${r.stderr.slice(-3000)}`)
   return r
 }
 
@@ -110,6 +118,57 @@ describe('pgi status on a qemu-backed lab', () => {
     const t = await pgi(['status', deployed.uai])
     expect(t.stdout).toContain(deployed.uai)
     expect(t.stdout).toMatch(/healthy/)
+  }, 15 * 60_000)
+
+  it("an AMI's PGI-AMI token (PVE 9, no exec): the full verdict from the record the image's timer writes", async () => {
+    const {node, vmid, uai} = deployed
+    const sh = async (cmd: string[]) => (await api.agentExec(node, vmid, cmd, {timeoutMs: 5 * 60_000})).stdout.trim()
+    // the timer runs, and will run again (a monotonic next elapse is set)
+    expect(await sh(['systemctl', 'is-active', 'pgi-health.timer'])).toBe('active')
+    expect(await sh(['systemctl', 'show', 'pgi-health.timer', '--property=NextElapseUSecMonotonic', '--value'])).not.toMatch(/^(0|infinity|)$/)
+    // a record saying healthy (under emulation the first run, a minute after boot, may predate trytond)
+    let rec: {v: number; at: string; exit_code: number; health: {healthy: boolean; image?: {version?: string}}} | undefined
+    for (const deadline = Date.now() + 6 * 60_000; ; await new Promise((r) => setTimeout(r, 10_000))) {
+      rec = JSON.parse(await api.agentFileRead(node, vmid, HEALTH_RECORD_FILE)) as typeof rec
+      if (rec!.health?.healthy || Date.now() > deadline) break
+    }
+    expect(rec).toMatchObject({v: 1, exit_code: 0, health: {healthy: true, image: {version: images.version}}})
+    expect(Date.now() - Date.parse(rec!.at)).toBeLessThan(10 * 60_000)
+    expect(await sh(['stat', '-c', '%a %U', HEALTH_RECORD_FILE])).toBe('644 root')
+
+    // the AMI's user and privilege-separated token, PGI-AMI on their VM only, as docs/proxmox-role.md
+    // grants them (the lab's access.json, applied at once on SIGHUP)
+    const tokenId = `ami-${uai.toLowerCase()}@pve!status`
+    const user = tokenId.split('!')[0]!
+    const secret = randomUUID()
+    const accessFile = join(labDir, 'access.json')
+    const access = JSON.parse(await readFile(accessFile, 'utf8')) as AccessConfig
+    access.users[user] = {}
+    access.tokens[tokenId] = {secretSha256: sha256Hex(secret), privsep: true}
+    access.roles['PGI-AMI'] = [...AMI_ROLE_PRIVILEGES['9']]
+    access.acl.push({path: `/vms/${vmid}`, ugid: user, roleid: 'PGI-AMI', propagate: true}, {path: `/vms/${vmid}`, ugid: tokenId, roleid: 'PGI-AMI', propagate: true})
+    await writeFile(accessFile, JSON.stringify(access, null, 1), {mode: 0o600})
+    const daemon = JSON.parse(await readFile(join(labDir, 'run', 'daemon.json'), 'utf8')) as {pid: number}
+    process.kill(daemon.pid, 'SIGHUP')
+    await new Promise((r) => setTimeout(r, 1000))
+
+    const amiEnv = {PGI_TOKEN_SECRET: secret}
+    const r = await pgi(['status', uai, '--token-id', tokenId, '--json', '--timeout', String(TIMEOUT_S)], {allowFailure: true, env: amiEnv})
+    const e = line((JSON.parse(r.stdout) as {result: StatusReport}).result, uai)
+    expect(e).toMatchObject({verdict: 'healthy', reason: 'all checks passed', agent: {answering: true}, image: {running: images.version}, healthCheck: {via: 'health-record', stale: false}})
+    expect(e.checks).toMatchObject({postgresql: true, trytond: true, web: true, data_disk: true})
+    expect(e.dataDisk?.source).toBe('pgi-health')
+    expect(e.healthCheck!.ageS).toBeLessThan(10 * 60)
+    expect(r.exitCode).toBe(0)
+    // the table says how old the record is
+    const t = await pgi(['status', uai, '--token-id', tokenId, '--timeout', String(TIMEOUT_S)], {env: amiEnv})
+    expect(t.stdout).toMatch(/health: the server's record of \S+, \d+ (s|min) old/)
+    expect(t.stdout + t.stderr).not.toContain(secret)
+    // PVE 9's answers to that token: exec refused, file-read allowed
+    await new Promise((res) => setTimeout(res, 200))
+    const mine = (await readRequestLog(join(labDir, 'requests.jsonl'))).filter((l) => l.user === tokenId && l.path.includes('/agent/'))
+    expect(mine.filter((l) => l.path.endsWith('/agent/exec')).map((l) => l.status)).toEqual([403, 403])
+    expect(mine.filter((l) => l.path.endsWith('/agent/file-read')).map((l) => l.status)).toEqual([200, 200])
   }, 15 * 60_000)
 
   it('with PostgreSQL stopped in the guest, it is degraded and says why (exit 5)', async () => {

@@ -17,6 +17,8 @@ import {fileURLToPath} from 'node:url'
 import {describe, expect, it} from 'vitest'
 
 import {
+  AMI_DB_ENDPOINTS,
+  AMI_DB_ROLE_PRIVILEGES,
   AMI_ENDPOINTS,
   AMI_ROLE_PRIVILEGES,
   PGI_ENDPOINTS,
@@ -61,21 +63,27 @@ function loadSchema(major: PveMajor): {index: Map<string, Method>; text: string}
 const GRANTED = ['/vms', '/nodes', '/storage/', '/sdn/zones/localnetwork/']
 const covered = (p: string): boolean => GRANTED.some((g) => p === g || p.startsWith(g.endsWith('/') ? g : g + '/'))
 
-/** Evaluates a PVE permission check (PVE::RPCEnvironment::check_api2_permissions) for our grants. */
-function satisfied(check: Check | undefined, privs: Set<string>, named: Set<string>): boolean {
+/**
+ * Evaluates a PVE permission check (PVE::RPCEnvironment::check_api2_permissions) for our grants:
+ * `grants` tells whether the role is granted on an ACL path (default: the PGI role's paths).
+ */
+function satisfied(check: Check | undefined, privs: Set<string>, named: Set<string>, grants: (path: string) => boolean = covered): boolean {
   if (!check) return true
   const [op, ...rest] = check
-  if (op === 'and') return rest.map((c) => satisfied(c as Check, privs, named)).every(Boolean)
-  if (op === 'or') return rest.map((c) => satisfied(c as Check, privs, named)).some(Boolean)
+  if (op === 'and') return rest.map((c) => satisfied(c as Check, privs, named, grants)).every(Boolean)
+  if (op === 'or') return rest.map((c) => satisfied(c as Check, privs, named, grants)).some(Boolean)
   if (op === 'perm') {
     const [path, list, ...mods] = rest as [string, string[], ...unknown[]]
     for (const p of list) named.add(p)
     if (mods.includes('require_param')) return false // pools: pgi does not use them
-    if (!covered(path)) return false
+    if (!grants(path)) return false
     return mods.includes('any') ? list.some((p) => privs.has(p)) : list.every((p) => privs.has(p))
   }
   throw new Error(`unhandled permission check ${JSON.stringify(check)}`)
 }
+
+/** The AMI roles are granted on /vms/<vmid> alone. */
+const oneVm = (p: string): boolean => p === '/vms/{vmid}'
 
 describe.each(['8', '9'] as PveMajor[])('PGI role on PVE %s', (major) => {
   const {index, text} = loadSchema(major)
@@ -118,15 +126,46 @@ describe.each(['8', '9'] as PveMajor[])('PGI role on PVE %s', (major) => {
     expect(satisfied(dl.permissions?.check, new Set([...role].filter((p) => p !== 'Sys.AccessNetwork')), new Set())).toBe(false)
   })
 
-  it('AMI role: status and read-only agent calls on one VM, nothing more', () => {
-    const ami = new Set(AMI_ROLE_PRIVILEGES[major])
-    for (const e of AMI_ENDPOINTS) expect(satisfied(index.get(`${e.method} ${e.path}`)!.permissions?.check, ami, new Set()), `${e.method} ${e.path}`).toBe(true)
-    for (const k of ['POST /nodes/{node}/qemu/{vmid}/agent/exec', 'PUT /nodes/{node}/qemu/{vmid}/config', 'POST /nodes/{node}/qemu/{vmid}/status/stop', 'DELETE /nodes/{node}/qemu/{vmid}']) {
-      const granted = satisfied(index.get(k)!.permissions?.check, ami, new Set())
-      // PVE 8 has no finer agent privilege: VM.Monitor also allows exec (documented caveat)
-      if (major === '8' && k.includes('agent/exec')) expect(granted).toBe(true)
-      else expect(granted, k).toBe(false)
-    }
+  /** Can a role granted on /vms/<vmid> call this endpoint, per the PVE schema? */
+  const allows = (privs: readonly string[], key: string): boolean => {
+    const m = index.get(key)
+    if (!m) throw new Error(`${key}: not in the PVE ${major} schema`)
+    return satisfied(m.permissions?.check, new Set(privs), new Set(), oneVm)
+  }
+  const NEVER = [
+    'PUT /nodes/{node}/qemu/{vmid}/config',
+    'POST /nodes/{node}/qemu/{vmid}/status/stop',
+    'POST /nodes/{node}/qemu/{vmid}/status/start',
+    'DELETE /nodes/{node}/qemu/{vmid}',
+    'POST /nodes/{node}/qemu/{vmid}/snapshot',
+    'POST /nodes/{node}/qemu/{vmid}/snapshot/{snapname}/rollback',
+    'POST /nodes/{node}/qemu/{vmid}/clone',
+    'PUT /nodes/{node}/qemu/{vmid}/resize',
+  ]
+
+  it.each([
+    ['PGI-AMI', AMI_ROLE_PRIVILEGES[major], AMI_ENDPOINTS],
+    ['PGI-AMI-DB', AMI_DB_ROLE_PRIVILEGES[major], AMI_DB_ENDPOINTS],
+  ] as const)('%s: its endpoints on one VM, only privileges they ask for and this PVE version knows', (_name, privs, endpoints) => {
+    for (const e of endpoints) expect(allows(privs, `${e.method} ${e.path}`), `${e.method} ${e.path}`).toBe(true)
+    const named = new Set<string>()
+    for (const e of endpoints) satisfied(index.get(`${e.method} ${e.path}`)?.permissions?.check, new Set(privs), named, oneVm)
+    expect(privs.filter((p) => !named.has(p))).toEqual([])
+    expect(privs.filter((p) => !new RegExp(`"${p.replace(/\./g, '\\.')}"`).test(text))).toEqual([])
+    // each privilege is needed: without it, one of the endpoints is refused
+    for (const p of privs) expect(endpoints.some((e) => !allows(privs.filter((x) => x !== p), `${e.method} ${e.path}`)), `${p} is needed`).toBe(true)
+    // nothing on the VM itself: configuration, power, snapshots, deletion, clones
+    for (const k of NEVER) expect(allows(privs, k), k).toBe(false)
+  })
+
+  it('PGI-AMI reads files through the agent but may not run commands (PVE 9); PGI-AMI-DB may', () => {
+    const exec = 'POST /nodes/{node}/qemu/{vmid}/agent/exec'
+    expect(allows(AMI_ROLE_PRIVILEGES[major], 'GET /nodes/{node}/qemu/{vmid}/agent/file-read')).toBe(true)
+    // PVE 8 has no finer agent privilege: VM.Monitor also allows exec and file-write (documented caveat)
+    expect(allows(AMI_ROLE_PRIVILEGES[major], exec)).toBe(major === '8')
+    expect(allows(AMI_ROLE_PRIVILEGES[major], 'POST /nodes/{node}/qemu/{vmid}/agent/file-write')).toBe(major === '8')
+    expect(allows(AMI_DB_ROLE_PRIVILEGES[major], exec)).toBe(true)
+    expect(allows(AMI_DB_ROLE_PRIVILEGES[major], 'GET /nodes/{node}/qemu/{vmid}/agent/exec-status')).toBe(true)
   })
 })
 
@@ -218,7 +257,9 @@ describe('docs/proxmox-role.md', () => {
     const doc = readFileSync(join(repo, 'docs/proxmox-role.md'), 'utf8')
     const v = major === '8' ? '8.4' : '9.1'
     expect(doc).toContain(pveumCommands({pveVersion: v, storages: [], bridges: []})[0])
-    expect(doc).toContain(pveumAmiCommands({pveVersion: v, user: 'x', vmid: 1})[0])
+    for (const db of [false, true]) expect(doc).toContain(pveumAmiCommands({pveVersion: v, user: 'x', vmid: 1, db})[0])
+    for (const line of pveumAmiCommands({pveVersion: v, user: 'ami-0130040y@pve', vmid: 1001}).slice(1)) expect(doc).toContain(line)
+    expect(doc).toContain(pveumAmiCommands({pveVersion: v, user: 'ami-0130040y@pve', vmid: 1001, db: true}).at(-1))
     for (const p of PGI_ROLE_PRIVILEGES[major]) expect(doc).toContain(p)
   })
 

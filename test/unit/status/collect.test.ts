@@ -6,6 +6,7 @@ import {PveApiError} from '../../../src/proxmox/errors.js'
 import type {AgentExecResult, PveApi, PveResource, PveVmConfig, PveVmStatus} from '../../../src/proxmox/types.js'
 import {collectStatus, findDataDisk, withTimeout} from '../../../src/status/collect.js'
 import {CallTimeout} from '../../../src/status/probe-error.js'
+import {DEFAULT_POLICY} from '../../../src/status/verdict.js'
 import {establishment, healthyReport} from './fixtures.js'
 
 /**
@@ -31,6 +32,8 @@ class FakePve {
   hangFrom = Infinity
   denyExec = false
   denyStatus = false
+  /** What agent file-read of /run/pgi/health.json gives: a record's text, missing, or refused. */
+  healthRecord: string | 'missing' | 'deny' = 'missing'
 
   constructor(
     readonly hypervisor: string,
@@ -80,6 +83,14 @@ class FakePve {
           if (self.denyExec) throw self.forbidden(`/vms/${vmid}`, 'VM.GuestAgent.Unrestricted')
           const h = find(vmid)?.health ?? healthyReport()
           return {exitcode: 0, stdout: JSON.stringify(h), stderr: '', truncated: false}
+        }),
+      agentFileRead: (node, vmid, file) =>
+        self.op('agent file-read', (): string => {
+          if (self.healthRecord === 'deny') throw self.forbidden(`/vms/${vmid}`, 'VM.GuestAgent.FileRead|VM.GuestAgent.Unrestricted')
+          if (self.healthRecord === 'missing' || file !== '/run/pgi/health.json') {
+            throw new PveApiError({status: 500, pveMessage: `Agent error: failed to open file '${file}' (mode: 'r'): No such file or directory`, method: 'GET', path: 'file-read', where: {hypervisor: self.hypervisor}})
+          }
+          return self.healthRecord
         }),
       agentPing: () => self.op('agent ping', () => true),
       agentFsInfo: () =>
@@ -158,18 +169,102 @@ describe('collectStatus', () => {
     expect(r.establishments.every((e) => e.verdict === 'unknown')).toBe(true)
   })
 
-  it("with an AMI's token: names the refused privilege and still shows what is known", async () => {
+  it("with a token that may neither run pgi-health nor read files: names the privilege to ask for, still shows what is known", async () => {
     const {fake, ests} = fleet('hv-a', 'pve1', 1)
     fake.denyExec = true
+    fake.healthRecord = 'deny'
     const r = await collectStatus({establishments: ests, api: async () => fake.api(), io: new MemoryIo()})
     const e = r.establishments[0]
     expect(e.verdict).toBe('unknown')
-    expect(e.reason).toBe('PGI health not checked: this token lacks the privilege VM.GuestAgent.Unrestricted on /vms/1001')
+    expect(e.reason).toBe('PGI health not checked: this token lacks the privilege VM.GuestAgent.FileRead or VM.GuestAgent.Unrestricted on /vms/1001')
     expect(e.vm).toMatchObject({present: true, state: 'running', uptimeS: 7200})
     expect(e.agent.answering).toBe(true)
     expect(e.dataDisk).toMatchObject({usedBytes: 8e9, sizeBytes: 32e9, usedRatio: 0.25, source: 'agent-fsinfo'})
     expect(e.image.recorded).toBe('2026.11.0')
-    expect(e.errors).toEqual([expect.objectContaining({code: 'PGI_PVE_PERMISSION', privilege: 'VM.GuestAgent.Unrestricted', call: 'agent exec pgi-health'})])
+    expect(e.healthCheck).toBeNull()
+    expect(e.errors).toEqual([
+      expect.objectContaining({code: 'PGI_PVE_PERMISSION', privilege: 'VM.GuestAgent.Unrestricted', call: 'agent exec pgi-health'}),
+      expect.objectContaining({code: 'PGI_PVE_PERMISSION', privilege: 'VM.GuestAgent.FileRead|VM.GuestAgent.Unrestricted', call: 'agent file-read /run/pgi/health.json'}),
+    ])
+  })
+
+  describe('with a token that may read files but not run pgi-health (an AMI on PVE 9)', () => {
+    const NOW = new Date('2026-11-22T08:00:00Z')
+    const record = (at: string, health: object | null, extra: object = {}) => JSON.stringify({v: 1, at, took_s: 2.1, exit_code: health ? 0 : 3, health, ...extra})
+    const run = async (rec: string | 'missing', o: {uptimeS?: number; maxAgeS?: number} = {}) => {
+      const {fake, ests} = fleet('hv-a', 'pve1', 1)
+      fake.denyExec = true
+      fake.healthRecord = rec
+      const r = await collectStatus({
+        establishments: ests,
+        api: async () => fake.api(),
+        io: new MemoryIo(),
+        now: () => NOW,
+        ...(o.maxAgeS ? {policy: {...DEFAULT_POLICY, healthRecordMaxAgeS: o.maxAgeS}} : {}),
+      })
+      return {e: r.establishments[0]!, calls: fake.calls}
+    }
+
+    it('a fresh record gives the full verdict, its age shown; the exec refusal is not an error then', async () => {
+      const {e, calls} = await run(record('2026-11-22T07:58:40Z', healthyReport()))
+      expect(e).toMatchObject({verdict: 'healthy', reason: 'all checks passed', agent: {answering: true}})
+      expect(e.checks).toMatchObject({postgresql: true, trytond: true, web: true, data_disk: true, backup: true})
+      expect(e.image.running).toBe('2026.11.0')
+      expect(e.dataDisk?.source).toBe('pgi-health')
+      expect(e.healthCheck).toEqual({via: 'health-record', recordedAt: '2026-11-22T07:58:40Z', ageS: 80, stale: false})
+      expect(e.notes).toContain('health recorded by the server 80 s ago')
+      expect(e.errors).toEqual([])
+      // the record says everything: no ping, no get-fsinfo
+      expect([...calls].sort()).toEqual(['agent exec', 'agent file-read', 'cluster/resources', 'config'])
+    })
+
+    it('a record of an unhealthy server: degraded with the reason', async () => {
+      const h = healthyReport()
+      h.healthy = false
+      h.checks.postgresql = {ok: false}
+      const {e} = await run(record('2026-11-22T07:59:00Z', h))
+      expect(e).toMatchObject({verdict: 'degraded', reason: 'PostgreSQL is not running on the server'})
+    })
+
+    it('past the threshold the record is stale: unknown, its checks not used, what it said in a note', async () => {
+      const {e} = await run(record('2026-11-22T07:35:00Z', healthyReport()))
+      expect(e.verdict).toBe('unknown')
+      expect(e.reason).toBe("the server's health record is stale: last written 2026-11-22 07:35 UTC (over 10 min ago; its pgi-health timer may have stopped)")
+      expect(e.notes).toContain('that record said: all checks passed')
+      expect(e.checks.postgresql).toBeNull()
+      expect(e.dataDisk).toBeNull()
+      expect(e.healthCheck).toEqual({via: 'health-record', recordedAt: '2026-11-22T07:35:00Z', ageS: 1500, stale: true})
+      // the threshold is a setting: 30 min makes the same record fresh
+      expect((await run(record('2026-11-22T07:35:00Z', healthyReport()), {maxAgeS: 1800})).e.verdict).toBe('healthy')
+    })
+
+    it('a missing record: said plainly, with what the agent still tells', async () => {
+      const {e} = await run('missing')
+      expect(e.verdict).toBe('unknown')
+      expect(e.reason).toBe('PGI health not known: the server has no health record (/run/pgi/health.json: an image without the pgi-health timer, or the timer is stopped)')
+      expect(e.agent.answering).toBe(true)
+      expect(e.dataDisk?.source).toBe('agent-fsinfo')
+    })
+
+    it('a record of a pgi-health that failed or did not finish', async () => {
+      const failed = await run(record('2026-11-22T07:59:00Z', null, {error: 'pgi-health exited with 3: Traceback'}))
+      expect(failed.e).toMatchObject({verdict: 'unknown', reason: 'the health check failed to run (pgi-health exited with 3: Traceback)'})
+      const slow = await run(record('2026-11-22T07:59:00Z', null, {timed_out: true, timeout_s: 120, error: 'pgi-health did not finish within 120 s'}))
+      expect(slow.e).toMatchObject({verdict: 'degraded', reason: 'the health check did not finish within 120 s'})
+    })
+
+    it('an unreadable record is not taken for a health', async () => {
+      const {e} = await run('{"v": 1, "health": {"healthy": true, "checks": {}}}')
+      expect(e).toMatchObject({verdict: 'unknown', reason: 'PGI health not known: the health record on the server is unreadable: it has no valid "at" time'})
+      expect((await run('not json')).e.reason).toBe('PGI health not known: the health record on the server is unreadable: it is not JSON')
+    })
+
+    it("a server's clock ahead of this machine's: age 0 and a note, not a negative age", async () => {
+      const {e} = await run(record('2026-11-22T08:10:00Z', healthyReport()))
+      expect(e.verdict).toBe('healthy')
+      expect(e.healthCheck?.ageS).toBe(0)
+      expect(e.notes).toContain("the server's clock is 10 min ahead of this machine's")
+    })
   })
 
   it('tells a VM that is not there (down) from one the token cannot see (unknown, VM.Audit)', async () => {

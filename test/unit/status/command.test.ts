@@ -1,6 +1,7 @@
 import {existsSync} from 'node:fs'
 import {readdir, readFile, writeFile} from 'node:fs/promises'
 import {dirname, join} from 'node:path'
+import {fileURLToPath} from 'node:url'
 import {format} from 'node:util'
 
 import {Config} from '@oclif/core'
@@ -9,6 +10,7 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import Status from '../../../commands/status.js'
 import {openInventoryStore} from '../../../src/credentials/service.js'
+import {run} from '../../../src/exec.js'
 import {loadValidInventory} from '../../../src/inventory/load.js'
 import {labInventoryYaml} from '../../../src/lab/inventory-gen.js'
 import {Secret} from '../../../src/secret.js'
@@ -133,13 +135,61 @@ describe('pgi status (command)', () => {
     expect(r.stderr).toContain('PGI_TOKEN_SECRET')
   })
 
-  it("an AMI's token: exit 5, the missing privilege named on stderr, no stack trace", async () => {
-    const r = await runCli([lab.ami.uai, '--token-id', lab.ami.id, ...common()], {PGI_TOKEN_SECRET: lab.ami.secret.reveal()})
+  it("an AMI's token without VM.GuestAgent.FileRead: exit 5, the missing privilege named on stderr, no stack trace", async () => {
+    const r = await runCli([lab.ami.uai, '--token-id', lab.amiAuditOnly.id, ...common()], {PGI_TOKEN_SECRET: lab.amiAuditOnly.secret.reveal()})
     expect(r.exitCode).toBe(5)
-    expect(r.stdout).toMatch(/PGI health not checked: this token lacks the privilege/)
+    expect(r.stdout).toMatch(/PGI health not checked: this token lacks the privilege VM\.GuestAgent\.FileRead or VM\.GuestAgent\.Unrestricted/)
     expect(r.stderr).toMatch(/this API token lacks VM\.GuestAgent\.Unrestricted on \/vms\/1001/)
     expect(r.stderr).not.toMatch(/\n\s+at /)
-    expect(r.stdout + r.stderr).not.toContain(lab.ami.secret.reveal())
+    expect(r.stdout + r.stderr).not.toContain(lab.amiAuditOnly.secret.reveal())
     expect(existsSync(secretsDir)).toBe(true)
+  })
+
+  describe('through ./bin/run.js (the built CLI, as an AMI runs it)', () => {
+    const CLI = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'bin', 'run.js')
+    /** Runs the CLI in a child process (async: this process serves the lab meanwhile). */
+    const pgi = async (args: string[], token: {id: string; secret: Secret}) =>
+      run(process.execPath, [CLI, 'status', ...args, '--token-id', token.id, '-i', invFile, '--timeout', '5'], {
+        env: {PGI_STATE_DIR: process.env.PGI_STATE_DIR!, CI: 'true', PGI_TOKEN_SECRET: token.secret.reveal()},
+        timeoutMs: 60_000,
+        allowFailure: true,
+      })
+
+    it("the PGI-AMI token (PVE 9, no exec) gets the full verdict from the server's record, its age shown", async () => {
+      const t = await pgi([lab.ami.uai], lab.ami)
+      expect(t.exitCode).toBe(0)
+      expect(t.stdout).toMatch(/1 establishment: 1 healthy/)
+      expect(t.stdout).toMatch(/checks: postgresql ok, trytond ok, web ok, data_disk ok, backup ok/)
+      expect(t.stdout).toMatch(/health: the server's record of \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ, \d+ s old \(\/run\/pgi\/health\.json, read through the guest agent\)/)
+      expect(t.stderr).not.toMatch(/lacks/)
+      const j = await pgi([lab.ami.uai, '--json'], lab.ami)
+      expect(j.exitCode).toBe(0)
+      const e = (JSON.parse(j.stdout) as {result: {establishments: {verdict: string; healthCheck: unknown}[]}}).result.establishments[0]!
+      expect(e).toMatchObject({verdict: 'healthy', healthCheck: {via: 'health-record', stale: false}})
+      const p = await pgi([lab.ami.uai, '--format', 'prometheus'], lab.ami)
+      expect(p.stdout).toMatch(new RegExp(`^pgi_health_record_age_seconds\\{uai="${lab.ami.uai}",hypervisor="lab1",node="lab1"\\} \\d+$`, 'm'))
+      expect(t.stdout + t.stderr + j.stdout + j.stderr).not.toContain(lab.ami.secret.reveal())
+    })
+
+    it('a record older than --health-max-age is stale (exit 5); a bad value is a usage error', async () => {
+      const at = new Date(Date.now() - 20 * 60_000).toISOString().replace(/\.\d{3}Z$/, 'Z')
+      const e = lab.establishments[0]!
+      await lab.client(e.node).agentFileWrite(e.node, e.vmid, '/run/pgi/health.json', JSON.stringify({v: 1, at, exit_code: 0, health: {healthy: true, checks: {postgresql: {ok: true}}, databases: [], problems: []}}))
+      try {
+        const r = await pgi([lab.ami.uai], lab.ami)
+        expect(r.exitCode).toBe(5)
+        expect(r.stdout).toMatch(/the server's health record is stale: last written \d{4}-\d\d-\d\d \d\d:\d\d UTC \(over 10 min ago/)
+        expect(r.stdout).toMatch(/health: the server's record of \S+, 20 min old \(STALE: not used\)/)
+        expect(r.stdout).toMatch(/STALE: not used/)
+        const lenient = await pgi([lab.ami.uai, '--health-max-age', '3600'], lab.ami)
+        expect(lenient.exitCode).toBe(0)
+        const bad = await pgi([lab.ami.uai, '--health-max-age', '0'], lab.ami)
+        expect(bad.exitCode).toBe(2)
+        expect(bad.stderr).toMatch(/greater than or equal to 1/)
+      } finally {
+        // the guest's own record again (the simulated timer's), for the other tests
+        await lab.client(e.node).agentFileWrite(e.node, e.vmid, '/run/pgi/health.json', JSON.stringify({v: 1, at: new Date().toISOString(), exit_code: 0, health: {healthy: true, checks: {}, databases: [], problems: []}}))
+      }
+    })
   })
 })

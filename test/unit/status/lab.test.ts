@@ -95,15 +95,20 @@ describe('pgi status on a simulated lab', () => {
     expect(r.hypervisors.find((h) => h.name === 'lab1')!.durationMs).toBeLessThan(TIMEOUT_MS)
   })
 
-  it("an AMI's own token: the refused privilege is named, the rest is shown", async () => {
+  it("an AMI's own token: the full verdict from the server's health record; another VM is not visible", async () => {
     const r = await status({uais: [lab.ami.uai], token: {id: lab.ami.id, secret: lab.ami.secret}})
     const e = r.establishments[0]!
-    expect(e.verdict).toBe('unknown')
-    expect(e.reason).toBe('PGI health not checked: this token lacks the privilege VM.GuestAgent.Unrestricted on /vms/1001')
+    expect(e.verdict).toBe('healthy')
+    expect(e.healthCheck).toMatchObject({via: 'health-record', stale: false})
     expect(e.vm).toMatchObject({present: true, state: 'running'})
     expect(e.agent.answering).toBe(true)
     expect(e.image.recorded).toBe('2026.11.0')
-    expect(e.dataDisk).toMatchObject({source: 'agent-fsinfo', sizeBytes: 8 * 2 ** 30})
+    expect(e.dataDisk).toMatchObject({source: 'pgi-health', sizeBytes: 8 * 2 ** 30})
+    // a token of the role before VM.GuestAgent.FileRead: the refused privilege is named, the rest is shown
+    const old = (await status({uais: [lab.ami.uai], token: lab.amiAuditOnly})).establishments[0]!
+    expect(old.verdict).toBe('unknown')
+    expect(old.reason).toBe('PGI health not checked: this token lacks the privilege VM.GuestAgent.FileRead or VM.GuestAgent.Unrestricted on /vms/1001')
+    expect(old.dataDisk).toMatchObject({source: 'agent-fsinfo', sizeBytes: 8 * 2 ** 30})
     // another establishment's VM is invisible to that token: said so, not "absent"
     const other = on('lab1')[1]!
     const r2 = await status({uais: [other.uai], token: {id: lab.ami.id, secret: lab.ami.secret}})

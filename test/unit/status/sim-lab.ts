@@ -1,7 +1,7 @@
 /**
- * A simulated lab (engineer C's startRuntime: LabApi + LabServer + SimulatedBackend, in this process) for the
- * status tests and bench: N nodes on 127.0.0.1, each its own HTTPS listener and pinned
- * certificate, a pgi token with the PGI role on "/", an AMI token that only sees one VM, faults
+ * A simulated lab (src/lab/runtime.ts's startRuntime: LabApi + LabServer + SimulatedBackend, in this
+ * process) for the status tests and bench: N nodes on 127.0.0.1, each its own HTTPS listener and
+ * pinned certificate, a pgi token with the PGI role on "/", AMI tokens that only see one VM, faults
  * (latency, dead nodes), and establishments whose VMs are created through the real client
  * (src/proxmox/client.ts) with the metadata deploy writes (tags + pgi-meta description).
  */
@@ -44,8 +44,13 @@ export interface SimLab {
   establishments: Establishment[]
   /** Environment holding the pgi token secret (PGI_LAB_TOKEN) for the inventory's {env} refs. */
   env: NodeJS.ProcessEnv
-  /** An AMI token (user ami@pve, VM.Audit + VM.GuestAgent.Audit on the first establishment's VM only). */
+  /**
+   * An AMI token (user ami@pve, the PGI-AMI role of PVE 9 — VM.Audit, VM.GuestAgent.Audit,
+   * VM.GuestAgent.FileRead — on /vms/<vmid of the first establishment> only: that vmid on every node).
+   */
   ami: {id: string; secret: Secret; uai: string}
+  /** A token of the same user with VM.Audit + VM.GuestAgent.Audit only (the PGI-AMI role before it could read files). */
+  amiAuditOnly: {id: string; secret: Secret}
   api: LabApi
   /** JSONL request log of the lab (src/lab/server.ts readRequestLog). */
   requestLog: string
@@ -53,6 +58,8 @@ export interface SimLab {
   readRequestLog(): Promise<RequestLogEntry[]>
   /** Make a guest's PGI unhealthy (its Tryton server fails) or healthy again. */
   setUnhealthy(node: string, vmid: number, on: boolean): void
+  /** Make a guest's image one without the pgi-health timer (no /run/pgi/health.json), or give it back. */
+  setHealthRecord(node: string, vmid: number, on: boolean): void
   /** A client of one node, with the pgi token (to act on VMs as a technician would). */
   client(node: string): PveApi
   close(): Promise<void>
@@ -65,6 +72,7 @@ export async function startSimLab(o: SimLabOptions): Promise<SimLab> {
   const nodeNames = Array.from({length: o.nodes}, (_, i) => `lab${i + 1}`)
   const pgiSecret = randomUUID()
   const amiSecret = randomUUID()
+  const amiAuditOnlySecret = randomUUID()
   const image = o.image ?? '2026.11.0'
 
   // establishments: round-robin over the nodes, vmid 1001… per node
@@ -95,8 +103,10 @@ export async function startSimLab(o: SimLabOptions): Promise<SimLab> {
   }
   const amiVm = establishments[0]!
   const amiTokenId = 'ami@pve!status'
+  const amiAuditOnlyId = 'ami@pve!audit'
 
   const unhealthy = new Set<string>()
+  const noHealthRecord = new Set<string>()
   const faultConfig = faultConfigFrom(o.faults ?? {}, 'test faults')
   const faults = new Faults(faultConfig)
   const rt = await startRuntime({
@@ -107,15 +117,22 @@ export async function startSimLab(o: SimLabOptions): Promise<SimLab> {
     timeScale: 0,
     faults: faultConfig,
     // the lab's fault hook for "a guest whose PGI is not healthy", switchable while the lab runs
-    simulated: {guestUnhealthy: (n, v) => faults.guestUnhealthy(n, v) || unhealthy.has(`${n}/${v}`)},
+    simulated: {guestUnhealthy: (n, v) => faults.guestUnhealthy(n, v) || unhealthy.has(`${n}/${v}`), guestHealthRecord: (n, v) => !noHealthRecord.has(`${n}/${v}`)},
     authFailDelayMs: 0,
     access: {
       users: {'pgi@pve': {}, 'ami@pve': {}},
-      tokens: {'pgi@pve!status': {secretSha256: sha256Hex(pgiSecret), privsep: false}, [amiTokenId]: {secretSha256: sha256Hex(amiSecret), privsep: false}},
-      roles: {PGI: [...PGI_ROLE_PRIVILEGES['9']], AMI: [...AMI_ROLE_PRIVILEGES['9']]},
+      tokens: {
+        'pgi@pve!status': {secretSha256: sha256Hex(pgiSecret), privsep: false},
+        [amiTokenId]: {secretSha256: sha256Hex(amiSecret), privsep: true},
+        [amiAuditOnlyId]: {secretSha256: sha256Hex(amiAuditOnlySecret), privsep: true},
+      },
+      roles: {PGI: [...PGI_ROLE_PRIVILEGES['9']], 'PGI-AMI': [...AMI_ROLE_PRIVILEGES['9']], 'AMI-AUDIT': ['VM.Audit', 'VM.GuestAgent.Audit']},
       acl: [
         {path: '/', ugid: 'pgi@pve', roleid: 'PGI', propagate: true},
-        {path: `/vms/${amiVm.vmid}`, ugid: 'ami@pve', roleid: 'AMI', propagate: true},
+        // as docs/proxmox-role.md grants it: the user and its privilege-separated token
+        {path: `/vms/${amiVm.vmid}`, ugid: 'ami@pve', roleid: 'PGI-AMI', propagate: true},
+        {path: `/vms/${amiVm.vmid}`, ugid: amiTokenId, roleid: 'PGI-AMI', propagate: true},
+        {path: `/vms/${amiVm.vmid}`, ugid: amiAuditOnlyId, roleid: 'AMI-AUDIT', propagate: true},
       ],
     },
   })
@@ -184,12 +201,17 @@ export async function startSimLab(o: SimLabOptions): Promise<SimLab> {
     establishments,
     env: {[TOKEN_ENV]: pgiSecret},
     ami: {id: amiTokenId, secret: new Secret(amiSecret), uai: amiVm.uai},
+    amiAuditOnly: {id: amiAuditOnlyId, secret: new Secret(amiAuditOnlySecret)},
     api: rt.api,
     requestLog: rt.requestLog,
     readRequestLog: () => rt.readRequestLog(),
     setUnhealthy(node, vmid, on) {
       if (on) unhealthy.add(`${node}/${vmid}`)
       else unhealthy.delete(`${node}/${vmid}`)
+    },
+    setHealthRecord(node, vmid, on) {
+      if (on) noHealthRecord.delete(`${node}/${vmid}`)
+      else noHealthRecord.add(`${node}/${vmid}`)
     },
     client,
     async close() {
