@@ -29,9 +29,9 @@ export const ALL_PRIVILEGES = [
 ]
 
 /**
- * The least-privilege role the lab gives pgi's token when `src/proxmox/role.ts` (engineer B's list)
- * is not available: what deploy/status/rollout call, per PVE version (guest agent: 9 → VM.GuestAgent.*,
- * 8 → VM.Monitor). `pgi lab start` prefers B's PGI_ROLE_PRIVILEGES when that module exists.
+ * The least-privilege role the lab gives pgi's token when `src/proxmox/role.ts` (the role pgi documents
+ * for production) is not available: what deploy/status/rollout call, per PVE version (guest agent:
+ * 9 → VM.GuestAgent.*, 8 → VM.Monitor). `pgi lab start` prefers role.ts's PGI_ROLE_PRIVILEGES.
  */
 export function defaultPgiRolePrivileges(pveVersion: string): string[] {
   const base = [

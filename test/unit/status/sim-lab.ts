@@ -1,5 +1,5 @@
 /**
- * A simulated lab (engineer C's startRuntime: LabApi + LabServer + SimulatedBackend, in this process) for the
+ * A simulated lab (src/lab/runtime.ts's startRuntime: LabApi + LabServer + SimulatedBackend, in this process) for the
  * status tests and bench: N nodes on 127.0.0.1, each its own HTTPS listener and pinned
  * certificate, a pgi token with the PGI role on "/", an AMI token that only sees one VM, faults
  * (latency, dead nodes), and establishments whose VMs are created through the real client
