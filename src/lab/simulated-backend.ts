@@ -345,7 +345,9 @@ export class SimulatedBackend implements VmBackend {
   access(node: string, vmid: number): VmAccess | undefined {
     const vm = this.#vm(node, vmid)
     if (!vm?.running) return undefined
-    return {endpoints: {}, note: 'simulated backend: no network, guest answers the agent from a model'}
+    // no network: nothing is forwarded; the addresses are those cloud-init was given (what its agent reports)
+    const addresses = vm.spec.nics.flatMap((n) => (n.ipv4 && n.ipv4 !== 'dhcp' ? [n.ipv4.address] : []))
+    return {endpoints: {}, addresses, note: 'simulated backend: no network, guest answers the agent from a model'}
   }
 
   async destroyVm(node: string, vmid: number, volids: string[], ctx: TaskContext): Promise<void> {
