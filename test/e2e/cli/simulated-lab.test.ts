@@ -47,6 +47,7 @@ beforeAll(async () => {
   labDir = join(base, 'lab')
   images = join(base, 'images')
   await signedTestImage(images, 'pgi-tryton', '2026.11.0')
+  await signedTestImage(images, 'pgi-tryton', '1.0.0')
   await signedTestImage(images, 'pgi-custom', '2026.12.0')
   await signedTestImage(images, 'pgi-custom', '2026.12.1')
   env = {...process.env, PGI_STATE_DIR: join(base, 'state'), CI: 'true', PGI_LOG_LEVEL: 'info'}
@@ -70,10 +71,10 @@ const flags = () => deployFlags.map((f) => (typeof f === 'function' ? f() : f))
 describe('handoffs of a deploy run again', () => {
   it('with everything up to date: none rewritten, none written to the default folder', async () => {
     const h0 = join(base, 'h0')
-    ok(await pgi(['deploy', plain.uai, ...flags(), '--image', '2026.11.0', '--handoff-dir', h0]))
+    ok(await pgi(['deploy', plain.uai, ...flags(), '--image', '1.0.0', '--handoff-dir', h0]))
     const file = join(h0, `${plain.uai}.handoff.age`)
     const [before, mtime] = [await digestOf(file), (await stat(file)).mtimeMs]
-    const r = await pgi(['deploy', plain.uai, ...flags(), '--image', '2026.11.0'])
+    const r = await pgi(['deploy', plain.uai, ...flags(), '--image', '1.0.0'])
     ok(r)
     expect(r.json!.result.result.outcomes[0]).toMatchObject({outcome: 'up-to-date', handoff: file})
     expect([await digestOf(file), (await stat(file)).mtimeMs]).toEqual([before, mtime])
@@ -156,17 +157,18 @@ describe('a refused second rollout', () => {
 describe('pgi status', () => {
   it('is degraded (exit 5) when the server runs another image than the one its VM records', async () => {
     // deployed by the first test (idempotent here)
-    ok(await pgi(['deploy', plain.uai, ...flags(), '--image', '2026.11.0']))
+    ok(await pgi(['deploy', plain.uai, ...flags(), '--image', '1.0.0']))
+    // the simulated guest runs the version of the image its OS disk was imported from (1.0.0, not "0.0.0")
     const healthy = await pgi(['status', plain.uai, '--json'])
     ok(healthy)
-    expect(healthy.json!.result.establishments[0]).toMatchObject({verdict: 'healthy', image: {recorded: '2026.11.0', running: '2026.11.0'}})
+    expect(healthy.json!.result.establishments[0]).toMatchObject({verdict: 'healthy', image: {recorded: '1.0.0', running: '1.0.0'}})
 
-    // the OS disk changed outside pgi: the guest now says it runs 2026.11.9
+    // the OS disk changed outside pgi: the guest now says it runs 1.0.9
     const store = await SecretStore.open({dir: env.PGI_SECRETS_DIR!, recipients: [], env})
     const hv = inventory.hypervisors.get(plain.hypervisor)!
     const api = connectHypervisor(hv, {tokenSecret: await store.get((hv.token.secret as {store: string}).store)})
     try {
-      await api.agentFileWrite(plain.node, plain.vmid, '/etc/pgi/image.json', JSON.stringify({name: 'pgi-tryton', version: '2026.11.9'}))
+      await api.agentFileWrite(plain.node, plain.vmid, '/etc/pgi/image.json', JSON.stringify({name: 'pgi-tryton', version: '1.0.9'}))
     } finally {
       await (api as {close?: () => Promise<void>}).close?.()
     }
@@ -174,11 +176,11 @@ describe('pgi status', () => {
     expect(r.exitCode, r.stderr).toBe(5)
     const e = r.json!.result.establishments[0]
     expect(e.verdict).toBe('degraded')
-    expect(e.image).toMatchObject({recorded: '2026.11.0', running: '2026.11.9'})
-    expect(e.reasons).toContain('the VM metadata says image 2026.11.0 but the server runs 2026.11.9')
+    expect(e.image).toMatchObject({recorded: '1.0.0', running: '1.0.9'})
+    expect(e.reasons).toContain('the VM metadata says image 1.0.0 but the server runs 1.0.9')
     const human = await pgi(['status', plain.uai])
     expect(human.exitCode).toBe(5)
-    expect(human.stdout).toContain('the VM metadata says image 2026.11.0 but the server runs 2026.11.9')
+    expect(human.stdout).toContain('the VM metadata says image 1.0.0 but the server runs 1.0.9')
   })
 
   it('exits 8 when no hypervisor can be trusted (TLS pin mismatch), 5 when only some cannot', async () => {
