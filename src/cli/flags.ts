@@ -91,12 +91,14 @@ export const imageRefFlag = Flags.custom<ImageRef>({
   parse: async (v) => imageRef(v, {flag: 'image'}),
 })
 
+/** A required positional image reference, `version` (VERSION or NAME@VERSION). */
+export function imageRefArgument(description: string) {
+  return Args.custom<ImageRef>({parse: async (v) => imageRef(v, {argument: 'version'})})({description, required: true})
+}
+
 /** The image version a rollout command works on (first positional argument). */
 export const imageRefArg = {
-  version: Args.custom<ImageRef>({parse: async (v) => imageRef(v, {argument: 'version'})})({
-    description: 'Image version to roll out (e.g. 2026.12.0), or NAME@VERSION for an image other than pgi-tryton.',
-    required: true,
-  }),
+  version: imageRefArgument('Image version to roll out (e.g. 2026.12.0), or NAME@VERSION for an image other than pgi-tryton.'),
 }
 
 /**
