@@ -96,9 +96,9 @@ if (process.argv.includes('--lab-child')) {
     return (await next()).cpu
   }
   const images = new Map(L.images)
-  const resolveImage = async (v) => {
-    const i = images.get(v)
-    if (!i) throw new Error(`image ${v} not built`)
+  const resolveImage = async (ref) => {
+    const i = images.get(ref.version)
+    if (!i) throw new Error(`image ${ref.name} ${ref.version} not built`)
     return i
   }
   try {
@@ -126,7 +126,7 @@ async function main(lab, resolveImage, labCpu) {
     env: lab.env,
     connect,
     requestTimeoutMs: 60_000,
-    version,
+    image: {name: 'pgi-tryton', version},
     resolveImage,
     confirm: async () => undefined,
     pollIntervalMs: scaled(5000, 20),

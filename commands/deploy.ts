@@ -1,9 +1,11 @@
+import {dirname} from 'node:path'
+
 import {Args, Flags} from '@oclif/core'
 
-import {BaseCommand, inventoryFlag, secretsDirFlag} from '../src/cli/base-command.js'
+import {BaseCommand} from '../src/cli/base-command.js'
+import {imageResolver} from '../src/cli/fleet.js'
+import {bwlimitFlag, imageRefFlag, imagesDirFlag, selectionFlags, STATE_DIR_HELP} from '../src/cli/flags.js'
 import type {DeployReport, PlanRow} from '../src/deploy/service.js'
-import {imagesDir} from '../src/paths.js'
-import {bwlimitFlag} from '../src/rollout/cli-flags.js'
 
 export default class Deploy extends BaseCommand<typeof Deploy> {
   static override summary = 'Deploy the PGI image to establishments: plan, then create or fix their VMs.'
@@ -19,6 +21,7 @@ Exit codes: 0 all done or up to date, 4 some establishments failed (see the summ
     {description: 'Deploy two establishments.', command: '<%= config.bin %> deploy 0130040Y 0840004Y'},
     {description: 'Deploy a group, 20 at a time, without questions (CI).', command: '<%= config.bin %> deploy --group vaucluse --max-parallel 20 --yes'},
     {description: 'Deploy a given image version, staged from a mirror.', command: '<%= config.bin %> deploy --all --image 2026.11.0 --image-url https://mirror.example/pgi/{file} --yes'},
+    {description: 'Deploy an image other than the reference one (NAME@VERSION).', command: '<%= config.bin %> deploy 0130040Y --image pgi-tryton-lab@2026.11.0'},
   ]
 
   static override strict = false
@@ -28,42 +31,41 @@ Exit codes: 0 all done or up to date, 4 some establishments failed (see the summ
   }
 
   static override flags = {
-    inventory: inventoryFlag,
-    'secrets-dir': secretsDirFlag,
-    'images-dir': Flags.string({summary: 'Folder of built images.', env: 'PGI_IMAGES_DIR', default: async () => imagesDir()}),
-    all: Flags.boolean({summary: 'Every establishment of the inventory.', default: false}),
-    group: Flags.string({summary: 'The establishments of a group (`groups:` in the inventory).'}),
-    image: Flags.string({summary: 'Image version to deploy (default: each establishment\'s `image:`, else the newest built image).', env: 'PGI_IMAGE'}),
+    ...selectionFlags,
+    'images-dir': imagesDirFlag,
+    image: imageRefFlag({summary: 'Image to deploy: VERSION (of pgi-tryton) or NAME@VERSION (default: each establishment\'s `image:`, else the newest built pgi-tryton).', env: 'PGI_IMAGE'}),
     'image-url': Flags.string({summary: 'Stage the image on nodes with download-url from this URL ({file} = image file name) instead of uploading it.'}),
     bwlimit: bwlimitFlag,
     'dry-run': Flags.boolean({summary: 'Print the plan and stop: nothing is sent to any hypervisor but reads.', default: false}),
     'max-parallel': Flags.integer({summary: 'Establishments deployed at once.', default: 10, min: 1}),
     'max-per-hypervisor': Flags.integer({summary: 'Establishments deployed at once on one hypervisor.', default: 4, min: 1}),
-    'handoff-dir': Flags.string({summary: 'Folder for the AMI handoff files (default <state dir>/handoffs).', env: 'PGI_HANDOFF_DIR'}),
-    'lab-dir': Flags.string({summary: 'The inventory is a pgi lab\'s: write handoffs with the lab\'s forwarded 127.0.0.1 ports (qemu labs).'}),
+    'handoff-dir': Flags.string({
+      summary: 'Folder for the AMI handoff files (default: where each establishment\'s handoff was written before, else <state dir>/handoffs).',
+      description: `A handoff is written when it is missing there or when what it says changed (new secrets, host keys, address); an up-to-date establishment keeps its file. ${STATE_DIR_HELP}`,
+      env: 'PGI_HANDOFF_DIR',
+    }),
+    'lab-dir': Flags.string({summary: 'The inventory is a pgi lab\'s: handoffs name the lab\'s forwarded 127.0.0.1 ports (qemu labs) or the addresses the lab gives its VMs (simulated labs).'}),
     'agent-timeout': Flags.integer({summary: 'Seconds to wait for a new VM\'s guest agent (software-emulated boots are slow).', default: 600, min: 1}),
     'health-timeout': Flags.integer({summary: 'Seconds to wait for pgi-health to report healthy.', default: 1200, min: 1}),
   }
 
   public async run(): Promise<DeployReport> {
     // the engine is loaded when the command runs, not with every command (start-up time)
-    const [{newestImageVersion, resolveDeployImage}, {labConnection}, {planExitCode, runDeploy}] = await Promise.all([
+    const [{newestImage}, {labConnection}, {planExitCode, runDeploy}] = await Promise.all([
       import('../src/deploy/image.js'),
       import('../src/deploy/lab-connection.js'),
       import('../src/deploy/service.js'),
     ])
     const f = this.flags
-    // the UAIs are every positional argument (strict = false); flag values are not among them
-    const {argv} = await this.parse(Deploy)
-    const uais = (argv as string[]).filter((a) => typeof a === 'string')
     const report = await runDeploy({
       inventoryPath: f.inventory,
-      selection: {uais, all: f.all, group: f.group},
+      // the UAIs are every positional argument (strict = false)
+      selection: {uais: this.positionals, all: f.all, group: f.group},
       secretsDir: f['secrets-dir'],
       // no --image: each establishment's `image:`, else the newest built image
       image: f.image,
-      defaultImage: await newestImageVersion(f['images-dir']),
-      resolveImage: (v) => resolveDeployImage(v, {imagesDir: f['images-dir'], io: this.io}),
+      defaultImage: f.image ? undefined : await newestImage(f['images-dir']),
+      resolveImage: imageResolver(f['images-dir'], this.io),
       imageUrl: f['image-url'],
       bwlimitKiB: f.bwlimit,
       handoffDir: f['handoff-dir'],
@@ -74,7 +76,7 @@ Exit codes: 0 all done or up to date, 4 some establishments failed (see the summ
       healthTimeoutMs: f['health-timeout'] * 1000,
       io: this.io,
       confirm: (q) => this.confirm(q),
-      connection: f['lab-dir'] ? labConnection(f['lab-dir']) : undefined,
+      connection: f['lab-dir'] ? labConnection(f['lab-dir'], {io: this.io}) : undefined,
       showPlan: (rows) => this.showPlan(rows),
     })
     if (report.result) {
@@ -84,7 +86,8 @@ Exit codes: 0 all done or up to date, 4 some establishments failed (see the summ
         report.result.outcomes.map((o) => [o.uai, `${o.hypervisor}/${o.node}`, o.vmid, o.outcome, o.error ? `[${o.error.code}] ${o.detail}` : o.detail]),
       )
       const c = report.result.counts
-      this.io.info(`summary: ${c.created} created, ${c.updated} updated, ${c['up-to-date']} up to date, ${c.drifted} drifted (left as is), ${c.failed} failed, ${c.blocked} blocked; handoffs in ${report.handoffDir}`)
+      const dirs = [...new Set(report.result.outcomes.flatMap((o) => (o.handoff ? [dirname(o.handoff)] : [])))]
+      this.io.info(`summary: ${c.created} created, ${c.updated} updated, ${c['up-to-date']} up to date, ${c.drifted} drifted (left as is), ${c.failed} failed, ${c.blocked} blocked; handoffs in ${dirs.length > 0 ? dirs.join(', ') : report.handoffDir}`)
     } else if (report.dryRun) {
       this.status = planExitCode(report.plan)
       this.io.info('dry run: nothing was changed')

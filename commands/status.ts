@@ -5,10 +5,10 @@ import {Args, Flags} from '@oclif/core'
 
 import {BaseCommand, inventoryFlag, secretsDirFlag} from '../src/cli/base-command.js'
 import {UsageError} from '../src/errors.js'
-import {ExitCode} from '../src/exit-codes.js'
 import {STATUS_DEFAULTS} from '../src/status/collect.js'
 import {detailLines, renderPrometheus, renderTable, useColour} from '../src/status/format.js'
 import {DEFAULT_POLICY} from '../src/status/verdict.js'
+import {statusExitCode} from '../src/status/verdict.js'
 import type {StatusService} from '../src/status/service.js'
 import type {StatusReport} from '../src/status/types.js'
 import {watchStatus, type WatchMode} from '../src/status/watch.js'
@@ -31,7 +31,7 @@ An AMI can use their own API token, which only sees their VM: --token-id ID with
 
 --format prometheus writes the node-exporter textfile format (with --output, atomically to a file). --watch N repeats every N seconds: redrawn in place on a terminal, only the changes otherwise.
 
-Exit codes: 0 every selected establishment is healthy, 5 at least one is degraded, down or unknown.`
+Exit codes: 0 every selected establishment is healthy; 5 at least one is degraded, down or unknown (among them, those of a hypervisor that could not be reached or whose certificate does not match the pin); 8 none could be checked: the hypervisor of every selected establishment is unreachable or its TLS certificate does not match the pin.`
 
   static override examples = [
     {description: 'Every establishment, problems first.', command: '<%= config.bin %> status'},
@@ -117,7 +117,7 @@ Exit codes: 0 every selected establishment is healthy, 5 at least one is degrade
     try {
       const report = f.watch ? await this.watch(svc, f.watch) : await svc.collect()
       if (!report) return undefined
-      this.status = report.summary.healthy === report.summary.total ? ExitCode.OK : ExitCode.UNHEALTHY
+      this.status = statusExitCode(report.establishments)
       this.explainRefusals(report)
       if (!f.watch) await this.show(report)
       return report
@@ -192,7 +192,7 @@ Exit codes: 0 every selected establishment is healthy, 5 at least one is degrade
         },
         signal: ac.signal,
         onRound: (r) => {
-          this.status = r.summary.healthy === r.summary.total ? ExitCode.OK : ExitCode.UNHEALTHY
+          this.status = statusExitCode(r.establishments)
         },
       })
     } finally {

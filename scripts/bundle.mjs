@@ -11,6 +11,8 @@
 //   dist/cli/main.js      @oclif/core's `execute`, imported by bin/run.js
 //   dist/cli/commands.js  `COMMANDS`, every command class by id: oclif's "explicit" command
 //                         discovery (package.json oclif.commands); `oclif manifest` reads it too
+//   dist/cli/hooks.js     oclif's hooks (package.json oclif.hooks: command_not_found), loaded
+//                         only when oclif runs one
 //   dist/cli/*-HASH.js    code both share, and the modules the commands import() when they run,
 //                         so that a command loads only what it uses
 //   dist/cli/oclif.js     @oclif/core for the two above: runs dist/cli/oclif.cjs (below)
@@ -205,7 +207,7 @@ const oclifFromScript = {
 /** esbuild's options (also used by the unit test, with write: false). */
 export function bundleOptions(outdir) {
   return {
-    entryPoints: {main: 'pgi-entry:main', commands: 'pgi-entry:commands', oclif: '@oclif/core'},
+    entryPoints: {main: 'pgi-entry:main', commands: 'pgi-entry:commands', hooks: join(root, 'src', 'cli', 'hooks.ts'), oclif: '@oclif/core'},
     outdir,
     bundle: true,
     splitting: true,

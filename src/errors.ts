@@ -63,8 +63,14 @@ export const ErrorCode = {
 
 export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode]
 
-/** Where an error happened: a place in a file, or an establishment on a hypervisor node. */
+/**
+ * Where an error happened: a place in a file, an establishment on a hypervisor node, or on the
+ * command line (the command, flag or argument at fault; names without dashes or brackets).
+ */
 export interface ErrorLocation {
+  command?: string
+  flag?: string
+  argument?: string
   file?: string
   line?: number
   column?: number
@@ -107,11 +113,14 @@ export abstract class PgiError extends Error {
     this.details = opts.details
   }
 
-  /** "file:line:col" or "UAI 0130040Y on hv-nord/pve1", for messages. */
+  /** "file:line:col", "UAI 0130040Y on hv-nord/pve1" or "--flag", for messages. */
   static formatWhere(w: ErrorLocation | undefined): string {
     if (!w) return ''
     if (w.file) return [w.file, w.line, w.column].filter((x) => x !== undefined).join(':')
     const parts: string[] = []
+    if (w.command) parts.push(`command "${w.command}"`)
+    if (w.flag) parts.push(`--${w.flag}`)
+    if (w.argument) parts.push(`argument ${w.argument}`)
     if (w.uai) parts.push(`UAI ${w.uai}`)
     if (w.hypervisor) parts.push(`on ${w.hypervisor}${w.node ? `/${w.node}` : ''}`)
     else if (w.node) parts.push(`on node ${w.node}`)
@@ -160,6 +169,7 @@ export class FlagRequiredError extends UserError {
   constructor(flag: string, why: string) {
     super(ErrorCode.FLAG_REQUIRED, `flag required in non-interactive use: ${flag} (${why})`, {
       exitCode: ExitCode.USAGE,
+      where: {flag: flag.replace(/^-+/, '')},
       suggestions: [`Pass ${flag} to confirm, or run the command on a terminal to be asked.`],
     })
   }

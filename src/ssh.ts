@@ -1,7 +1,11 @@
 /**
- * The only module that speaks SSH (through `ssh2`). Used to log into a PGI VM as its AMI would,
- * with the codes of the handoff: password or key authentication, and the server's host key
- * checked against the fingerprints the handoff lists (never "accept any host key" silently).
+ * The only module that speaks SSH (through `ssh2`): logs into a PGI VM as its AMI would, with the
+ * codes of the handoff — password or key authentication, and the server's host key checked
+ * against the fingerprints the handoff lists (never "accept any host key" silently).
+ *
+ * No pgi command uses it today: pgi reaches hypervisors through the Proxmox API and VMs through
+ * the API and their guest agent, which needs no network path from this machine to the VM. The
+ * end-to-end tests use it to prove that the AMI's handoff lets them in (test/e2e/deploy).
  */
 import {createHash} from 'node:crypto'
 

@@ -1,13 +1,11 @@
-import {join} from 'node:path'
-
 import {Args, Flags} from '@oclif/core'
 
-import {BaseCommand, inventoryFlag, secretsDirFlag} from '../../src/cli/base-command.js'
+import {BaseCommand} from '../../src/cli/base-command.js'
+import {handoffDirFlag, inventoryFlag, secretsDirFlag} from '../../src/cli/flags.js'
 import type {HandoffConnection} from '../../src/credentials/handoff.js'
 import type {HandoffRunResult} from '../../src/credentials/service.js'
 import {UsageError} from '../../src/errors.js'
 import {ExitCode} from '../../src/exit-codes.js'
-import {stateDir} from '../../src/paths.js'
 
 export default class CredentialsHandoff extends BaseCommand<typeof CredentialsHandoff> {
   static override summary = "Write each establishment's access codes for its AMI, encrypted to the AMI's age key alone."
@@ -29,7 +27,7 @@ The passwords come from the secret store (written by \`pgi deploy\`); an establi
   static override flags = {
     inventory: inventoryFlag,
     'secrets-dir': secretsDirFlag,
-    out: Flags.string({char: 'o', summary: 'Folder the handoff files are written to (default <state dir>/handoffs, as deploy).', env: 'PGI_HANDOFF_DIR', default: async () => join(stateDir(), 'handoffs')}),
+    out: handoffDirFlag("Folder the handoff files are written to (deploy's default folder)."),
     'lab-dir': Flags.string({summary: "The inventory is a pgi lab's: give the AMI the lab's forwarded 127.0.0.1 ports (qemu labs).", helpGroup: 'CONNECTION'}),
     all: Flags.boolean({summary: 'Every establishment of the inventory.', default: false}),
     group: Flags.string({char: 'g', summary: 'The establishments of a group (inventory `groups:`).'}),
@@ -60,7 +58,7 @@ The passwords come from the secret store (written by \`pgi deploy\`); an establi
     if (perSite.length > 0 && establishments.length > 1) {
       throw new UsageError(`--${perSite[0]} describes one VM, but ${establishments.length} establishments are selected`, {suggestions: ['Write the handoffs one establishment at a time when you override the address or ports.']})
     }
-    const result = await writeHandoffs({establishments, store, outDir: this.flags.out, io: this.io, connection: f['lab-dir'] ? labConnection(f['lab-dir']) : () => connection})
+    const result = await writeHandoffs({establishments, store, outDir: this.flags.out, io: this.io, connection: f['lab-dir'] ? labConnection(f['lab-dir'], {io: this.io}) : () => connection})
     if (result.written === 0 && result.failed > 0) throw allFailedError('handoff', result.establishments)
     if (result.failed > 0) this.status = ExitCode.PARTIAL
     this.table(

@@ -2,9 +2,9 @@ import {join} from 'node:path'
 
 import {Args, Flags} from '@oclif/core'
 
-import {BaseCommand, inventoryFlag, secretsDirFlag} from '../../src/cli/base-command.js'
+import {BaseCommand} from '../../src/cli/base-command.js'
+import {handoffDirFlag, inventoryFlag, secretsDirFlag} from '../../src/cli/flags.js'
 import type {CredentialsOverviewRow} from '../../src/credentials/service.js'
-import {stateDir} from '../../src/paths.js'
 
 export default class CredentialsList extends BaseCommand<typeof CredentialsList> {
   static override summary = 'Show, per establishment, which secrets exist, unfinished rotations and handoff files.'
@@ -22,7 +22,7 @@ export default class CredentialsList extends BaseCommand<typeof CredentialsList>
   static override flags = {
     inventory: inventoryFlag,
     'secrets-dir': secretsDirFlag,
-    out: Flags.string({char: 'o', summary: 'Folder of the handoff files (default <state dir>/handoffs).', env: 'PGI_HANDOFF_DIR', default: async () => join(stateDir(), 'handoffs')}),
+    out: handoffDirFlag('Folder of the handoff files.'),
     group: Flags.string({char: 'g', summary: 'The establishments of a group (inventory `groups:`).'}),
   }
 

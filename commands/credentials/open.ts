@@ -31,6 +31,7 @@ export default class CredentialsOpen extends BaseCommand<typeof CredentialsOpen>
       return h
     }
     this.log(`${h.establishment.name} (UAI ${h.establishment.uai}) — VM ${h.vm.name}, ${h.vm.address} — issued ${h.issued_at}`)
+    if (h.vm.note) this.log(`Note: ${h.vm.note}`)
     const hp = (host: string, port: number) => `${host}:${port}`
     this.table(
       ['Access', 'Where', 'Login', 'Password'],

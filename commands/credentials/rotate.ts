@@ -2,11 +2,11 @@ import {join} from 'node:path'
 
 import {Args, Flags} from '@oclif/core'
 
-import {BaseCommand, inventoryFlag, secretsDirFlag} from '../../src/cli/base-command.js'
+import {BaseCommand} from '../../src/cli/base-command.js'
+import {handoffDirFlag, inventoryFlag, secretsDirFlag} from '../../src/cli/flags.js'
 import {ESTABLISHMENT_SECRETS, type EstablishmentSecretName} from '../../src/credentials/secret-names.js'
 import type {RotateRunResult} from '../../src/credentials/service.js'
 import {ExitCode} from '../../src/exit-codes.js'
-import {stateDir} from '../../src/paths.js'
 
 export default class CredentialsRotate extends BaseCommand<typeof CredentialsRotate> {
   static override summary = "Change an establishment's passwords: in the VM first, then in the secret store, then a new handoff."
@@ -27,7 +27,7 @@ Safe to interrupt: the new passwords are saved in the store (encrypted, as "pend
   static override flags = {
     inventory: inventoryFlag,
     'secrets-dir': secretsDirFlag,
-    out: Flags.string({char: 'o', summary: 'Folder the new handoff files are written to (default <state dir>/handoffs, as deploy).', env: 'PGI_HANDOFF_DIR', default: async () => join(stateDir(), 'handoffs')}),
+    out: handoffDirFlag("Folder the new handoff files are written to (deploy's default folder)."),
     'lab-dir': Flags.string({summary: "The inventory is a pgi lab's: give the AMI the lab's forwarded 127.0.0.1 ports (qemu labs)."}),
     only: Flags.string({summary: 'Rotate only these secrets (default: all).', options: [...ESTABLISHMENT_SECRETS], multiple: true}),
   }
@@ -45,7 +45,7 @@ Safe to interrupt: the new passwords are saved in the store (encrypted, as "pend
     const establishments = selectEstablishments(inventory, {uais: argv as string[]})
     const store = await openInventoryStore(inventory, this.flags['secrets-dir'], process.env, this.io)
     await this.confirm(`Change the passwords of ${establishments.map((e) => e.uai).join(', ')}? The AMI will need the new handoff file.`)
-    const result = await rotateSecrets({inventory, establishments, store, outDir: this.flags.out, only: this.flags.only as EstablishmentSecretName[] | undefined, io: this.io, connection: this.flags['lab-dir'] ? labConnection(this.flags['lab-dir']) : undefined})
+    const result = await rotateSecrets({inventory, establishments, store, outDir: this.flags.out, only: this.flags.only as EstablishmentSecretName[] | undefined, io: this.io, connection: this.flags['lab-dir'] ? labConnection(this.flags['lab-dir'], {io: this.io}) : undefined})
     if (result.rotated === 0) throw allFailedError('rotation', result.establishments)
     if (result.failed > 0) this.status = ExitCode.PARTIAL
     this.table(

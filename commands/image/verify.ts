@@ -1,6 +1,7 @@
-import {Args, Flags} from '@oclif/core'
+import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../src/cli/base-command.js'
+import {imageRefArgument} from '../../src/cli/flags.js'
 
 export interface VerifyResult {
   name: string
@@ -20,7 +21,7 @@ export default class ImageVerify extends BaseCommand<typeof ImageVerify> {
   ]
 
   static override args = {
-    version: Args.string({description: 'Image version (1.0.0), or NAME@VERSION.', required: true}),
+    version: imageRefArgument('Image version (1.0.0), or NAME@VERSION.'),
   }
 
   static override flags = {

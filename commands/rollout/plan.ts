@@ -1,7 +1,8 @@
 import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../src/cli/base-command.js'
-import {imageFlags, imageResolver, positional, selectionFlags, uaiArgs, versionArg} from '../../src/rollout/cli-flags.js'
+import {imageResolver} from '../../src/cli/fleet.js'
+import {imageRefArg, imagesDirFlag, selectionFlags, uaiArgs} from '../../src/cli/flags.js'
 import type {RolloutPlanRow} from '../../src/rollout/service.js'
 import {ExitCode} from '../../src/exit-codes.js'
 
@@ -18,10 +19,10 @@ Exit codes: 0 nothing blocked, 4 some establishments are blocked.`
   ]
 
   static override strict = false
-  static override args = {...versionArg, ...uaiArgs}
+  static override args = {...imageRefArg, ...uaiArgs}
   static override flags = {
     ...selectionFlags,
-    ...imageFlags,
+    'images-dir': imagesDirFlag,
     waves: Flags.string({summary: 'Rings to include, in order (default: the inventory\'s rings).'}),
     window: Flags.string({summary: 'now: ignore maintenance windows; inventory: say who is outside theirs.', options: ['now', 'inventory'], default: 'now'}),
   }
@@ -30,13 +31,12 @@ Exit codes: 0 nothing blocked, 4 some establishments are blocked.`
     // the engine is loaded when the command runs, not with every command (start-up time)
     const {planRollout} = await import('../../src/rollout/service.js')
     const f = this.flags
-    const {argv} = await this.parse(RolloutPlan)
     const r = await planRollout({
       inventoryPath: f.inventory,
-      selection: {uais: positional(argv, 1), all: f.all, group: f.group},
+      selection: {uais: this.positionals.slice(1), all: f.all, group: f.group},
       secretsDir: f['secrets-dir'],
       io: this.io,
-      version: this.args.version,
+      image: this.args.version,
       resolveImage: imageResolver(f['images-dir'], this.io),
       waves: f.waves?.split(',').map((w) => w.trim()).filter(Boolean),
       window: f.window as 'now' | 'inventory',

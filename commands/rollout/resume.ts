@@ -1,7 +1,8 @@
 import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../src/cli/base-command.js'
-import {imageFlags, imageResolver, positional, resultTable, runFlags, selectionFlags, stopSignal, uaiArgs} from '../../src/rollout/cli-flags.js'
+import {imageResolver, resultTable, stopSignal} from '../../src/cli/fleet.js'
+import {imagesDirFlag, runFlags, selectionFlags, uaiArgs} from '../../src/cli/flags.js'
 import type {RolloutResult} from '../../src/rollout/run.js'
 
 export default class RolloutResume extends BaseCommand<typeof RolloutResume> {
@@ -20,7 +21,7 @@ Exit codes: as \`pgi rollout start\`.`
   static override args = uaiArgs
   static override flags = {
     ...selectionFlags,
-    ...imageFlags,
+    'images-dir': imagesDirFlag,
     ...runFlags,
     id: Flags.string({summary: 'Rollout id (default: the newest unfinished one).'}),
     'max-parallel': Flags.integer({summary: 'Establishments updated at once (default: as started).', min: 1}),
@@ -31,8 +32,7 @@ Exit codes: as \`pgi rollout start\`.`
     // the engine is loaded when the command runs, not with every command (start-up time)
     const {resumeRollout} = await import('../../src/rollout/service.js')
     const f = this.flags
-    const {argv} = await this.parse(RolloutResume)
-    const uais = positional(argv, 0)
+    const uais = this.positionals
     const r = await resumeRollout({
       inventoryPath: f.inventory,
       selection: {uais, all: f.all || (uais.length === 0 && !f.group), group: f.group},

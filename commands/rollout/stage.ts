@@ -2,7 +2,8 @@ import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../src/cli/base-command.js'
 import type {ExitCodeValue} from '../../src/exit-codes.js'
-import {bwlimitFlag, imageFlags, imageResolver, positional, selectionFlags, uaiArgs, versionArg} from '../../src/rollout/cli-flags.js'
+import {imageResolver} from '../../src/cli/fleet.js'
+import {bwlimitFlag, imageRefArg, imagesDirFlag, selectionFlags, uaiArgs} from '../../src/cli/flags.js'
 import type {StageRow} from '../../src/rollout/service.js'
 
 export default class RolloutStage extends BaseCommand<typeof RolloutStage> {
@@ -19,10 +20,10 @@ Exit codes: 0 staged everywhere, 4 some nodes failed, 1 all failed.`
   ]
 
   static override strict = false
-  static override args = {...versionArg, ...uaiArgs}
+  static override args = {...imageRefArg, ...uaiArgs}
   static override flags = {
     ...selectionFlags,
-    ...imageFlags,
+    'images-dir': imagesDirFlag,
     'image-url': Flags.string({summary: 'Stage with download-url from this URL ({file} = image file name) instead of uploading.'}),
     bwlimit: bwlimitFlag,
     'max-parallel': Flags.integer({summary: 'Nodes staged at once (one at a time per hypervisor).', default: 4, min: 1}),
@@ -32,13 +33,12 @@ Exit codes: 0 staged everywhere, 4 some nodes failed, 1 all failed.`
     // the engine is loaded when the command runs, not with every command (start-up time)
     const {stageRollout} = await import('../../src/rollout/service.js')
     const f = this.flags
-    const {argv} = await this.parse(RolloutStage)
     const r = await stageRollout({
       inventoryPath: f.inventory,
-      selection: {uais: positional(argv, 1), all: f.all, group: f.group},
+      selection: {uais: this.positionals.slice(1), all: f.all, group: f.group},
       secretsDir: f['secrets-dir'],
       io: this.io,
-      version: this.args.version,
+      image: this.args.version,
       resolveImage: imageResolver(f['images-dir'], this.io),
       imageUrl: f['image-url'],
       bwlimitKiB: f.bwlimit,

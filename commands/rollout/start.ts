@@ -1,7 +1,8 @@
 import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../src/cli/base-command.js'
-import {imageFlags, imageResolver, positional, resultTable, runFlags, selectionFlags, stopSignal, uaiArgs, versionArg} from '../../src/rollout/cli-flags.js'
+import {imageResolver, resultTable, stopSignal} from '../../src/cli/fleet.js'
+import {imageRefArg, imagesDirFlag, runFlags, selectionFlags, uaiArgs} from '../../src/cli/flags.js'
 import type {RolloutResult} from '../../src/rollout/run.js'
 
 export default class RolloutStart extends BaseCommand<typeof RolloutStart> {
@@ -19,10 +20,10 @@ Exit codes: 0 all updated (or already), 4 some failed / were rolled back / halte
   ]
 
   static override strict = false
-  static override args = {...versionArg, ...uaiArgs}
+  static override args = {...imageRefArg, ...uaiArgs}
   static override flags = {
     ...selectionFlags,
-    ...imageFlags,
+    'images-dir': imagesDirFlag,
     ...runFlags,
     waves: Flags.string({summary: 'Rings to roll out, in order (default: the inventory\'s rings, e.g. canary,pilot,general).'}),
     'max-failures': Flags.string({summary: 'Halt when more establishments than this fail: a number or a percentage of the selection.', default: '0'}),
@@ -33,13 +34,12 @@ Exit codes: 0 all updated (or already), 4 some failed / were rolled back / halte
     // the engine is loaded when the command runs, not with every command (start-up time)
     const {startRollout} = await import('../../src/rollout/service.js')
     const f = this.flags
-    const {argv} = await this.parse(RolloutStart)
     const r = await startRollout({
       inventoryPath: f.inventory,
-      selection: {uais: positional(argv, 1), all: f.all, group: f.group},
+      selection: {uais: this.positionals.slice(1), all: f.all, group: f.group},
       secretsDir: f['secrets-dir'],
       io: this.io,
-      version: this.args.version,
+      image: this.args.version,
       resolveImage: imageResolver(f['images-dir'], this.io),
       waves: f.waves?.split(',').map((w) => w.trim()).filter(Boolean),
       maxParallel: f['max-parallel'],

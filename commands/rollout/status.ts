@@ -2,7 +2,7 @@ import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../src/cli/base-command.js'
 import {ExitCode} from '../../src/exit-codes.js'
-import {positional, selectionFlags, uaiArgs} from '../../src/rollout/cli-flags.js'
+import {selectionFlags, uaiArgs} from '../../src/cli/flags.js'
 import type {RolloutStatus} from '../../src/rollout/service.js'
 
 export default class RolloutStatusCommand extends BaseCommand<typeof RolloutStatusCommand> {
@@ -25,8 +25,7 @@ Exit codes: 0 nothing mid-way or failed, 4 some establishment is mid-way, failed
     // the engine is loaded when the command runs, not with every command (start-up time)
     const {rolloutStatus} = await import('../../src/rollout/service.js')
     const f = this.flags
-    const {argv} = await this.parse(RolloutStatusCommand)
-    const uais = positional(argv, 0)
+    const uais = this.positionals
     const s = await rolloutStatus({inventoryPath: f.inventory, selection: {uais, all: f.all || (uais.length === 0 && !f.group), group: f.group}, secretsDir: f['secrets-dir'], io: this.io, id: f.id})
     if (s.journal) this.io.info(`rollout ${s.journal.id} (${s.journal.version}): ${s.journal.state}${s.journal.control ? `, ${s.journal.control} requested` : ''}${s.journal.reason ? ` — ${s.journal.reason}` : ''}`)
     this.table(['UAI', 'image', 'rollout', 'from → to', 'step', 'state', 'runner', 'at', 'why'], s.establishments.map((e) => [e.uai, e.image, e.rollout, e.from ? `${e.from} → ${e.to}` : '', e.step, e.state, e.runner, e.at, e.reason]))

@@ -1,31 +1,16 @@
-import {Command, Flags, Errors, type Interfaces} from '@oclif/core'
+import {Command, Flags, type Interfaces} from '@oclif/core'
 import Table from 'cli-table3'
 
-import {asPgiError, ErrorCode, PgiError, UsageError} from '../errors.js'
+import {PgiError} from '../errors.js'
 import {ExitCode, type ExitCodeValue} from '../exit-codes.js'
 import {isInteractive, parseLogLevel, StderrIo, type Io, type LogLevel} from '../io.js'
-import {defaultInventoryPath, secretsDir} from '../paths.js'
 import {confirm, confirmTyped, terminalAsker, type Asker} from './prompt.js'
+import {renderError, toPgiError} from './usage.js'
+
+export {inventoryFlag, secretsDirFlag} from './flags.js'
 
 export type BaseFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof BaseCommand)['baseFlags'] & T['flags']>
 export type BaseArgs<T extends typeof Command> = Interfaces.InferredArgs<T['args']>
-
-/** `-i/--inventory` (env PGI_INVENTORY): a folder of YAML files or one file. */
-export const inventoryFlag = Flags.string({
-  char: 'i',
-  summary: 'Inventory: a folder of YAML files or one YAML file.',
-  env: 'PGI_INVENTORY',
-  default: async () => defaultInventoryPath(),
-  helpGroup: 'GLOBAL',
-})
-
-/** `--secrets-dir` (env PGI_SECRETS_DIR): the age-encrypted secret store. */
-export const secretsDirFlag = Flags.string({
-  summary: 'Secret store folder (age-encrypted files).',
-  env: 'PGI_SECRETS_DIR',
-  default: async () => secretsDir(),
-  helpGroup: 'GLOBAL',
-})
 
 /** The JSON envelope of every command (`--json`). */
 export type Envelope<R> = {status: number; result: R; warnings: string[]} | {status: number; error: Record<string, unknown>}
@@ -57,6 +42,8 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
 
   protected flags!: BaseFlags<T>
   protected args!: BaseArgs<T>
+  /** Every positional argument as typed, in order (the commands that take UAIs are not strict). */
+  protected positionals: string[] = []
   protected io!: Io
   protected asker!: Asker
   /** Exit status for a run that returns a result but is not a full success (partial, unhealthy). */
@@ -64,7 +51,7 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
 
   public override async init(): Promise<void> {
     await super.init()
-    const {args, flags} = await this.parse({
+    const {args, flags, raw} = await this.parse({
       flags: this.ctor.flags,
       baseFlags: (super.ctor as typeof BaseCommand).baseFlags,
       enableJsonFlag: this.ctor.enableJsonFlag,
@@ -73,6 +60,7 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     })
     this.flags = flags as BaseFlags<T>
     this.args = args as BaseArgs<T>
+    this.positionals = raw.filter((t) => t.type === 'arg').map((t) => t.input)
     const json = this.jsonEnabled()
     const level: LogLevel = parseLogLevel(this.flags['log-level'] as string | undefined)
     const interactive = isInteractive() && !json
@@ -137,48 +125,27 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
   }
 
   protected override toErrorJson(err: unknown): Envelope<never> {
-    const e = toPgi(err)
+    const e = this.toPgi(err)
     return {status: e.exitCode, error: e.toJSON()}
   }
 
+  /** Any error as a PgiError; oclif's parse errors name the flag or argument at fault. */
+  private toPgi(err: unknown): PgiError {
+    return toPgiError(err, {flags: Object.keys({...this.ctor.flags, ...(this.ctor as typeof BaseCommand).baseFlags, ...(this.ctor.enableJsonFlag ? {json: true} : {})})})
+  }
+
   public override async catch(err: Error & {exitCode?: number}): Promise<void> {
-    const e = toPgi(err)
+    const e = this.toPgi(err)
     process.exitCode = e.exitCode
     if (this.jsonEnabled()) {
       this.logJson(this.toErrorJson(e))
       return
     }
-    const where = PgiError.formatWhere(e.where)
-    const lines = [`Error [${e.code}]${where ? ` at ${where}` : ''}: ${e.message}`]
-    for (const s of e.suggestions) lines.push(`  → ${s}`)
-    if (e.kind === 'bug' && this.io?.level === 'debug' && err.stack) lines.push(err.stack)
-    process.stderr.write(lines.join('\n') + '\n')
+    process.stderr.write(renderError(e, e.kind === 'bug' && this.io?.level === 'debug' ? err.stack : undefined))
   }
 
   protected override async finally(err: Error | undefined): Promise<void> {
     if (!err && this.status !== ExitCode.OK) process.exitCode = this.status
     await super.finally(err)
   }
-}
-
-/** oclif's own parse errors are usage errors (exit 2); everything else maps through asPgiError. */
-function toPgi(err: unknown): PgiError {
-  // a flag's own parse function failed: oclif rewrites that error's message (any class) to
-  // "Parsing --flag \n\t<why>\nSee more help with --help"
-  const flagParse = err instanceof Error && /^Parsing --\S+ *\n/.test(err.message)
-  if (err instanceof PgiError && !flagParse) return err
-  if (err instanceof Errors.CLIError || flagParse) {
-    const exit = (err as Errors.CLIError).oclif?.exit
-    if (flagParse || exit === 2 || /flag|argument|Unexpected|Missing|Expected/i.test(err.message)) {
-      // "Parsing --bwlimit \n\t<why>\nSee more help with --help": the flag and why, on one line
-      const parts = err.message.split('\n').map((l) => l.trim()).filter((l) => l && !/^See more help/.test(l))
-      const message = flagParse && parts.length > 1 ? parts.slice(1).join('; ') : parts[0] ?? err.message
-      return new UsageError(message, {suggestions: ['See the command\'s --help for its flags and examples.']})
-    }
-  }
-  if (err instanceof Error && /SIGINT/.test(err.message)) {
-    return new UsageError('interrupted', {exitCode: ExitCode.INTERRUPTED})
-  }
-  const e = asPgiError(err)
-  return e.code === ErrorCode.INTERNAL && err instanceof Error && err.name === 'ExitError' ? new UsageError(err.message) : e
 }

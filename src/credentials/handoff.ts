@@ -55,6 +55,8 @@ export interface HandoffConnection {
   webUrl?: string
   /** Tryton database name (default "pgi"). */
   database?: string
+  /** Why the AMI reaches the VM this way (e.g. a simulated lab), shown in the letter beside the address. */
+  note?: string
 }
 
 /** Everything the AMI receives. Passwords are Secrets; they are revealed only into the encrypted file. */
@@ -64,7 +66,7 @@ export interface HandoffDocument {
   issuedBy: string
   establishment: {uai: string; name: string; academie: string}
   ami: {name: string}
-  vm: {name: string; address: string}
+  vm: {name: string; address: string; note?: string}
   ssh: {host: string; port: number; login: string; password: Secret; hostKeyFingerprints: string[]}
   postgresql: {host: string; port: number; login: string; password: Secret}
   trytonAdmin: {login: string; password: Secret}
@@ -79,7 +81,7 @@ export interface HandoffJson {
   issued_by: string
   establishment: {uai: string; name: string; academie: string}
   ami: {name: string}
-  vm: {name: string; address: string}
+  vm: {name: string; address: string; note?: string}
   ssh: {host: string; port: number; login: string; password: string; host_key_fingerprints: string[]}
   postgresql: {host: string; port: number; login: string; password: string}
   tryton_admin: {login: string; password: string}
@@ -112,7 +114,7 @@ export function buildHandoff(est: Establishment, secrets: EstablishmentSecrets, 
     issuedBy: opts.issuedBy ?? 'pgi',
     establishment: {uai: est.uai, name: est.name, academie: est.academie},
     ami: {name: est.ami.name},
-    vm: {name: handoffVmName(est.uai), address},
+    vm: {name: handoffVmName(est.uai), address, ...(c.note ? {note: c.note} : {})},
     ssh: {host, port: c.sshPort ?? GUEST_PORTS.ssh, login: est.ami.login, password: secrets.amiPassword, hostKeyFingerprints: opts.sshHostKeyFingerprints ?? []},
     postgresql: {host, port: c.postgresqlPort ?? GUEST_PORTS.postgresql, login: SQL_ADMIN_LOGIN, password: secrets.sqlAdmin},
     trytonAdmin: {login: TRYTON_ADMIN_LOGIN, password: secrets.trytonAdmin},
@@ -166,6 +168,7 @@ export function renderHandoff(doc: HandoffDocument): string {
     ``,
     `1. Le serveur (machine virtuelle ${j.vm.name})`,
     `   Adresse IP            : ${j.vm.address}`,
+    ...(j.vm.note ? [`   Remarque              : ${j.vm.note}`] : []),
     `   Connexion à distance  : ${sshCmd}`,
     `   Identifiant           : ${j.ssh.login}`,
     `   Mot de passe          : ${j.ssh.password}`,

@@ -2,31 +2,119 @@
  * Deploy's use of the credentials area: secrets generated into the secret store (CSPRNG, age at
  * rest), applied in the guest through the agent's stdin (`applyInGuest`), the VM's SSH host keys
  * recorded for the handoff, and the AMI handoff file written with `issueHandoff`.
+ *
+ * A handoff is written only when it is missing or when what it says changed, and stays where it
+ * was written: each write is recorded in `<journal dir>/handoffs/<UAI>.json` (the file, a digest
+ * of what the handoff says apart from the secrets, when). A later deploy without --handoff-dir
+ * finds it there; one whose VM is up to date leaves it alone. A handoff is stale when one of the
+ * establishment's secrets or host keys in the store is newer than the file (rotated, regenerated),
+ * or when the rest of what it says differs (address, ports, AMI, key it is encrypted to).
  */
-import {access} from 'node:fs/promises'
-import {join, resolve} from 'node:path'
+import {createHash} from 'node:crypto'
+import {mkdir, readFile, stat} from 'node:fs/promises'
+import {dirname, join, resolve} from 'node:path'
 
 import {HANDOFF_SUFFIX, issueHandoff, recordHostKeyFingerprints, type HandoffConnection} from '../credentials/handoff.js'
 import {applyInGuest, fetchHostKeyFingerprints} from '../credentials/rotate.js'
-import {ensureEstablishmentSecrets} from '../credentials/secrets.js'
+import {ESTABLISHMENT_SECRETS, establishmentSecretKey, ensureEstablishmentSecrets, hostKeysKey} from '../credentials/secrets.js'
 import type {Establishment} from '../inventory/types.js'
 import type {Io} from '../io.js'
 import type {PveApi} from '../proxmox/types.js'
+import {writeFileAtomic} from '../secrets/atomic.js'
 import type {SecretStore} from '../secrets/store.js'
 import type {DeployCredentials} from './run.js'
 
 export interface StoreCredentialsOptions {
   store: SecretStore
-  /** Folder of the handoff files. */
+  /** Folder of the handoff files: the one the user named, else the default one. */
   handoffDir: string
+  /** True when the user named handoffDir (it then wins over where a handoff was written before). */
+  explicitDir?: boolean
+  /** Where each handoff's record is kept (default: none kept, every handoff goes to handoffDir). */
+  recordDir?: string
   io: Io
   /** How the AMI reaches the VM when it is not the inventory address (a lab's forwarded ports). */
   connection?: (est: Establishment) => Promise<HandoffConnection | undefined> | HandoffConnection | undefined
 }
 
+/** What deploy remembers of the last handoff it wrote for an establishment (no secret). */
+interface HandoffRecord {
+  file: string
+  /** sha256 of what the handoff says apart from the secrets and host keys (see `inputsDigest`). */
+  inputs: string
+  writtenAt: string
+}
+
+/** A digest of everything the handoff says that is not in the secret store. */
+function inputsDigest(est: Establishment, connection: HandoffConnection | undefined): string {
+  const said = {
+    uai: est.uai,
+    name: est.name,
+    academie: est.academie,
+    ami: {name: est.ami.name, login: est.ami.login, recipient: est.ami.ageRecipient?.trim()},
+    address: est.network.address,
+    connection: connection ?? null,
+  }
+  return createHash('sha256').update(JSON.stringify(said)).digest('hex')
+}
+
+async function mtimeMs(file: string): Promise<number | undefined> {
+  try {
+    return (await stat(file)).mtimeMs
+  } catch {
+    return undefined
+  }
+}
+
 export function storeCredentials(opts: StoreCredentialsOptions): DeployCredentials {
   const dir = resolve(opts.handoffDir)
-  const path = (est: Establishment) => join(dir, `${est.uai}${HANDOFF_SUFFIX}`)
+  const inDir = (est: Establishment) => join(dir, `${est.uai}${HANDOFF_SUFFIX}`)
+  const recordFile = (uai: string) => join(opts.recordDir!, `${uai}.json`)
+  const records = new Map<string, HandoffRecord | undefined>()
+
+  async function record(uai: string): Promise<HandoffRecord | undefined> {
+    if (!opts.recordDir) return undefined
+    if (!records.has(uai)) {
+      let r: HandoffRecord | undefined
+      try {
+        const j = JSON.parse(await readFile(recordFile(uai), 'utf8')) as Partial<HandoffRecord>
+        if (typeof j.file === 'string' && typeof j.inputs === 'string') r = {file: j.file, inputs: j.inputs, writtenAt: String(j.writtenAt ?? '')}
+      } catch {
+        // none yet, or unreadable: as if none
+      }
+      records.set(uai, r)
+    }
+    return records.get(uai)
+  }
+
+  /** The handoff's file: in the folder named, else where it was written before, else the default folder. */
+  async function target(est: Establishment): Promise<string> {
+    if (opts.explicitDir) return inDir(est)
+    return (await record(est.uai))?.file ?? inDir(est)
+  }
+
+  /** Whether the store holds a secret or host key of `est` newer than `writtenMs`. */
+  async function storeNewer(est: Establishment, writtenMs: number): Promise<boolean> {
+    const keys = [...ESTABLISHMENT_SECRETS.map((n) => establishmentSecretKey(est.uai, n)), hostKeysKey(est.uai)]
+    for (const k of keys) {
+      const m = await mtimeMs(opts.store.fileFor(k))
+      if (m !== undefined && m > writtenMs) return true
+    }
+    return false
+  }
+
+  /** Why the handoff of `est` must be (re)written, or undefined when the one there is current. */
+  async function staleness(est: Establishment, file: string, connection: HandoffConnection | undefined): Promise<string | undefined> {
+    const written = await mtimeMs(file)
+    if (written === undefined) return 'missing'
+    if (await storeNewer(est, written)) return 'secrets or host keys changed'
+    const r = await record(est.uai)
+    // a handoff pgi did not record (an older pgi, `pgi credentials handoff`): its inputs are unknown, kept as is
+    if (r && r.file === file && r.inputs !== inputsDigest(est, connection)) return 'address, ports or AMI changed'
+    return undefined
+  }
+
+  const resolvedPath = new Map<string, string>()
   return {
     async configure(api: PveApi, est: Establishment): Promise<string[]> {
       const {secrets, generated} = await ensureEstablishmentSecrets(opts.store, est.uai)
@@ -36,24 +124,47 @@ export function storeCredentials(opts: StoreCredentialsOptions): DeployCredentia
       const changed = await applyInGuest(api, est, secrets, {timeoutMs: 900_000, io: opts.io})
       try {
         const fps = await fetchHostKeyFingerprints(api, est.node, est.vmid)
-        if (fps.length > 0) await recordHostKeyFingerprints(opts.store, est.uai, fps)
+        const had = (await opts.store.tryGet(hostKeysKey(est.uai)))?.reveal()
+        // rewritten only when they differ: a newer file means a new handoff
+        if (fps.length > 0 && had !== fps.join('\n')) await recordHostKeyFingerprints(opts.store, est.uai, fps)
       } catch (err) {
         opts.io.warn(`${est.uai}: could not read the VM's SSH host keys (the handoff will not list them): ${(err as Error).message}`)
       }
       return changed
     },
-    handoffPath: path,
+    handoffPath: (est) => resolvedPath.get(est.uai) ?? inDir(est),
+    /** True when a handoff saying what is current is there (the caller then leaves it alone). */
     async handoffExists(est: Establishment): Promise<boolean> {
+      const file = await target(est)
+      resolvedPath.set(est.uai, file)
+      let connection: HandoffConnection | undefined
       try {
-        await access(path(est))
-        return true
-      } catch {
-        return false
+        connection = (await record(est.uai)) ? await opts.connection?.(est) : undefined
+      } catch (err) {
+        // how the VM is reached cannot be read now (a lab VM not running): the handoff there is kept
+        opts.io.debug(`${est.uai}: ${(err as Error).message}: the handoff ${file} is kept as is`)
+        return (await mtimeMs(file)) !== undefined
       }
+      const why = await staleness(est, file, connection)
+      if (why && why !== 'missing') opts.io.info(`${est.uai}: the handoff ${file} is out of date (${why}): writing a new one`)
+      return why === undefined
     },
+    /** Writes the handoff when it is missing or out of date; returns its path either way. */
     async writeHandoff(est: Establishment): Promise<string> {
+      const file = await target(est)
+      resolvedPath.set(est.uai, file)
       const connection = await opts.connection?.(est)
-      const r = await issueHandoff(est, {store: opts.store, outDir: dir, connection, io: opts.io})
+      if ((await staleness(est, file, connection)) === undefined) {
+        opts.io.debug(`${est.uai}: the handoff ${file} is current: left as is`)
+        return file
+      }
+      const r = await issueHandoff(est, {store: opts.store, outDir: dirname(file), connection, io: opts.io})
+      if (opts.recordDir) {
+        const rec: HandoffRecord = {file: r.file, inputs: inputsDigest(est, connection), writtenAt: r.issuedAt}
+        await mkdir(opts.recordDir, {recursive: true, mode: 0o700})
+        await writeFileAtomic(recordFile(est.uai), JSON.stringify(rec, null, 2) + '\n', {mode: 0o600})
+        records.set(est.uai, rec)
+      }
       return r.file
     },
   }

@@ -1,14 +1,14 @@
 /**
- * The image a deploy stages: E's `verifyImage` (signature by a trusted key, size, sha256) runs
- * BEFORE anything is sent to a hypervisor; this turns its answer into what staging needs.
+ * The image a deploy stages: src/image's `verifyImage` (signature by a trusted key, size, sha256)
+ * runs BEFORE anything is sent to a hypervisor; this turns its answer into what staging needs.
  */
-import {listImages, parseImageRef, verifyImage} from '../image/images.js'
+import {DEFAULT_IMAGE, listImages, verifyImage, type ImageRef} from '../image/images.js'
 import type {Io} from '../io.js'
 import type {DeployImage} from './desired.js'
 
-/** Verifies image `ref` ("2026.11.0" or "pgi-tryton@2026.11.0") in `imagesDir` and describes it for staging. */
-export async function resolveDeployImage(ref: string, opts: {imagesDir: string; io?: Io}): Promise<DeployImage> {
-  const {manifest: m, diskPath} = await verifyImage(parseImageRef(ref), {root: opts.imagesDir})
+/** Verifies image `ref` (parsed once, at the command line) in `imagesDir` and describes it for staging. */
+export async function resolveDeployImage(ref: ImageRef, opts: {imagesDir: string; io?: Io}): Promise<DeployImage> {
+  const {manifest: m, diskPath} = await verifyImage(ref, {root: opts.imagesDir})
   opts.io?.debug(`image ${m.name} ${m.version} verified`, {sha256: m.disk.sha256, key: m.signing.key_id})
   return {
     name: m.name,
@@ -21,8 +21,9 @@ export async function resolveDeployImage(ref: string, opts: {imagesDir: string; 
   }
 }
 
-/** The newest built image version (for inventories that name none and no --image); undefined when none is built. */
-export async function newestImageVersion(imagesDir: string): Promise<string | undefined> {
+/** The newest built version of the reference image (for inventories that name none and no --image); undefined when none is built. */
+export async function newestImage(imagesDir: string): Promise<ImageRef | undefined> {
   const all = await listImages({root: imagesDir})
-  return all.filter((i) => i.name === 'pgi-tryton').slice(-1)[0]?.version
+  const newest = all.filter((i) => i.name === DEFAULT_IMAGE).slice(-1)[0]
+  return newest ? {name: newest.name, version: newest.version} : undefined
 }

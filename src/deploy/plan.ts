@@ -7,6 +7,7 @@
 import {parseDescription} from '../fleet/vm-meta.js'
 import {ErrorCode, PgiError, asPgiError, type ErrorCodeValue} from '../errors.js'
 import type {Hypervisors} from '../hypervisors.js'
+import type {ImageRef} from '../image/images.js'
 import type {Establishment, Hypervisor} from '../inventory/types.js'
 import type {Io} from '../io.js'
 import type {PveApi, PveNodeInfo, PveResource, PveVmConfig} from '../proxmox/types.js'
@@ -36,10 +37,10 @@ export interface PlanItem {
 export interface PlanOptions {
   hypervisors: Hypervisors
   io: Io
-  /** Image version for an establishment (--image overrides the inventory). */
-  imageVersion: (est: Establishment) => string | undefined
-  /** Verifies the image of `version` (signature + checksum) and describes it; throws if missing or invalid. */
-  resolveImage: (version: string) => Promise<DeployImage>
+  /** The image for an establishment (--image overrides the inventory). */
+  imageRef: (est: Establishment) => ImageRef | undefined
+  /** Verifies image `ref` (signature + checksum) and describes it; throws if missing or invalid. */
+  resolveImage: (ref: ImageRef) => Promise<DeployImage>
 }
 
 /** The plan, and what was resolved while making it (reused by the run). */
@@ -80,21 +81,22 @@ export async function planDeploy(ests: readonly Establishment[], opts: PlanOptio
     }),
   )
 
-  // images: resolve (and verify) each version once, only if some establishment needs it
+  // images: resolve (and verify) each one once, only if some establishment needs it. The run finds
+  // them by version (what VMs record): one run never wants two images of the same version
   const images = new Map<string, DeployImage>()
-  const imageErrors = new Map<string, PgiError>()
-  const imageOf = async (version: string): Promise<DeployImage | PgiError> => {
-    if (images.has(version)) return images.get(version)!
-    if (imageErrors.has(version)) return imageErrors.get(version)!
-    try {
-      const img = await opts.resolveImage(version)
-      images.set(version, img)
-      return img
-    } catch (err) {
-      const e = asPgiError(err)
-      imageErrors.set(version, e)
-      return e
+  const resolved = new Map<string, Promise<DeployImage | PgiError>>()
+  const imageOf = (ref: ImageRef): Promise<DeployImage | PgiError> => {
+    const key = `${ref.name}@${ref.version}`
+    if (!resolved.has(key)) {
+      resolved.set(
+        key,
+        opts.resolveImage(ref).then(
+          (img) => (images.set(img.version, img), img),
+          (err) => asPgiError(err),
+        ),
+      )
     }
+    return resolved.get(key)!
   }
 
   const configs = new Map<string, PveVmConfig>()
@@ -102,7 +104,8 @@ export async function planDeploy(ests: readonly Establishment[], opts: PlanOptio
     ests.map(async (est): Promise<PlanItem> => {
       const hv = opts.hypervisors.definition(est.hypervisor)
       const st = states.get(est.hypervisor)!
-      const version = opts.imageVersion(est)
+      const ref = opts.imageRef(est)
+      const version = ref?.version
       const base = {uai: est.uai, name: est.name, hypervisor: est.hypervisor, node: est.node, vmid: est.vmid, image: version ?? '', drifts: []}
       const blocked = (code: ErrorCodeValue, message: string, suggestions: string[] = [], vm?: PlanItem['vm']): PlanItem => ({
         ...base,
@@ -160,8 +163,8 @@ export async function planDeploy(ests: readonly Establishment[], opts: PlanOptio
       }
 
       // no VM yet: create it — needs a verified image and an import-capable storage
-      const img = await imageOf(version)
-      if (img instanceof PgiError) return blocked(img.code, img.message.includes(version) ? img.message : `image ${version}: ${img.message}`, img.suggestions)
+      const img = await imageOf(ref!)
+      if (img instanceof PgiError) return blocked(img.code, img.message.includes(version) ? img.message : `image ${ref!.name} ${version}: ${img.message}`, img.suggestions)
       const problem = await importStorageProblem(api, hv, est.node, st)
       if (problem) return blocked(ErrorCode.REFUSED, problem, [`Add the "import" content type to storage ${hv.storage.import} (Datacenter → Storage → Edit → Content), or set storage.import in the inventory.`])
       return {...base, action: 'create', summary: `create VM ${est.vmid} from ${importVolid(hv, img)}`}

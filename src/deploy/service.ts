@@ -9,7 +9,7 @@ import {openInventoryStore} from '../credentials/service.js'
 import {ErrorCode} from '../errors.js'
 import {ExitCode, type ExitCodeValue} from '../exit-codes.js'
 import {Hypervisors, type PveConnector} from '../hypervisors.js'
-import {parseImageRef} from '../image/images.js'
+import {DEFAULT_IMAGE, type ImageRef} from '../image/images.js'
 import {loadValidInventory} from '../inventory/load.js'
 import {selectEstablishments, type Selection} from '../inventory/select.js'
 import type {Establishment, Inventory} from '../inventory/types.js'
@@ -24,17 +24,20 @@ export interface DeployRequest {
   inventoryPath: string
   selection: Selection
   secretsDir: string
-  /** Image version for every selected establishment (else each one's inventory `image`). */
-  image?: string
-  /** Version for establishments whose inventory names none (when no --image): the newest built. */
-  defaultImage?: string
-  /** Verifies and describes an image version (signature + checksum). */
-  resolveImage: (version: string) => Promise<DeployImage>
+  /** The image of every selected establishment (else each one's inventory `image`, a version of the reference image). */
+  image?: ImageRef
+  /** For establishments whose inventory names none (when no --image): the newest built reference image. */
+  defaultImage?: ImageRef
+  /** Verifies and describes an image (signature + checksum). */
+  resolveImage: (ref: ImageRef) => Promise<DeployImage>
   /** Stage with download-url from this URL template instead of uploading (`{file}`). */
   imageUrl?: string
   /** Upload rate cap per node, KiB/s. */
   bwlimitKiB?: number
-  /** Folder of the AMI handoff files (default `<stateDir>/handoffs`). */
+  /**
+   * Folder of the AMI handoff files. Default: for each establishment, the folder its handoff was
+   * written to before (the deploy journal), else `<stateDir>/handoffs`.
+   */
   handoffDir?: string
   dryRun?: boolean
   maxParallel?: number
@@ -78,6 +81,7 @@ export interface DeployReport {
   plan: PlanRow[]
   /** Absent on --dry-run. */
   result?: DeployResult
+  /** The folder given, else the default one (an establishment's handoff stays where it was written before). */
   handoffDir: string
 }
 
@@ -108,7 +112,7 @@ export async function runDeploy(req: DeployRequest): Promise<DeployReport> {
   const plan = await planDeploy(establishments, {
     hypervisors,
     io: req.io,
-    imageVersion: (e) => (req.image ? parseImageRef(req.image).version : undefined) ?? e.image ?? req.defaultImage,
+    imageRef: (e) => req.image ?? (e.image ? {name: DEFAULT_IMAGE, version: e.image} : req.defaultImage),
     resolveImage: req.resolveImage,
   })
   const rows = planRows(plan.items)
@@ -125,7 +129,7 @@ export async function runDeploy(req: DeployRequest): Promise<DeployReport> {
   const result = await executeDeploy(plan, establishments, {
     hypervisors,
     io: req.io,
-    credentials: storeCredentials({store, handoffDir, io: req.io, connection: req.connection}),
+    credentials: storeCredentials({store, handoffDir, explicitDir: req.handoffDir !== undefined, recordDir: join(journalDir(env), 'handoffs'), io: req.io, connection: req.connection}),
     journalDir: journalDir(env),
     maxParallel: req.maxParallel,
     maxPerHypervisor: req.maxPerHypervisor,

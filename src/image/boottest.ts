@@ -11,7 +11,7 @@ import type {Secret} from '../secret.js'
 import {verifyImage} from './images.js'
 
 /**
- * `pgi image test`: boots a published image under QEMU (engineer D's src/qemu) with a blank data
+ * `pgi image test`: boots a published image under QEMU (src/qemu) with a blank data
  * disk (or a given one) and a cloud-init seed, and checks the guest contract end to end: the
  * guest agent answers, pgi-health turns healthy, pgi-configure applies generated passwords,
  * a Tryton database with the French chart of accounts is created, the admin logs in over

@@ -29,9 +29,9 @@ export const ALL_PRIVILEGES = [
 ]
 
 /**
- * A least-privilege role for pgi's token, independent of `src/proxmox/role.ts`: what
- * deploy/status/rollout call, per PVE version (guest agent: 9 → VM.GuestAgent.*, 8 → VM.Monitor).
- * `pgi lab start` gives its token role.ts's PGI_ROLE_PRIVILEGES.
+ * The least-privilege role the lab gives pgi's token when `src/proxmox/role.ts` (the role pgi documents
+ * for production) is not available: what deploy/status/rollout call, per PVE version (guest agent:
+ * 9 → VM.GuestAgent.*, 8 → VM.Monitor). `pgi lab start` prefers role.ts's PGI_ROLE_PRIVILEGES.
  */
 export function defaultPgiRolePrivileges(pveVersion: string): string[] {
   const base = [

@@ -209,6 +209,8 @@ export interface VmRuntimeStatus {
 export interface VmAccess {
   /** Host-side endpoints, loopback only: e.g. {ssh: "127.0.0.1:42022", web: "127.0.0.1:42080"}. */
   endpoints: Record<string, string>
+  /** The guest's own IPv4 addresses as the lab configured them (cloud-init ipconfig), when known. */
+  addresses?: string[]
   /** Free text, e.g. "user-mode networking, guest address 10.0.2.15". */
   note?: string
 }

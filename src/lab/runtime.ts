@@ -55,8 +55,8 @@ async function makeBackend(o: RuntimeOptions, faults: Faults): Promise<VmBackend
   if (o.backend === 'simulated') {
     return new SimulatedBackend({timeScale: o.timeScale ?? 1, guestUnhealthy: (n, v) => faults.guestUnhealthy(n, v), ...o.simulated})
   }
-  // The qemu backend is engineer D's (src/lab/qemu-backend.ts); loaded lazily so the simulated lab
-  // never needs QEMU. The module path is built at run time so this file compiles before it exists.
+  // The qemu backend (src/lab/qemu-backend.ts) is loaded lazily so that the simulated lab never
+  // needs QEMU. The module path is built at run time so this file compiles before it exists.
   const modPath = './qemu-backend.js'
   const mod = (await import(modPath)) as Record<string, unknown>
   const Ctor = (mod.QemuBackend ?? mod.default) as (new (opts: Record<string, unknown>) => VmBackend) | undefined
@@ -139,7 +139,7 @@ export interface VmSnapshotEntry {
   name?: string
   status: string
   lock?: string
-  access?: {endpoints: Record<string, string>; note?: string}
+  access?: {endpoints: Record<string, string>; addresses?: string[]; note?: string}
 }
 
 async function writeVmSnapshot(api: LabApi, file: string): Promise<void> {

@@ -82,7 +82,13 @@ interface SimVm {
   writtenVersion?: string
 }
 
-const VERSION_RE = /(\d{4}\.\d+\.\d+(?:[-+][\w.]+)?)/
+/**
+ * The image version in a staged file's name, `<name>-<version>.<ext>` as deploy names it
+ * (pgi-tryton-1.0.0.qcow2, pgi-tryton-2026.11.0.qcow2): the guest then reports that version, as a
+ * real guest booted from that image does. Only calendar versions matched before, and a guest of
+ * image 1.0.0 said it ran 0.0.0.
+ */
+const VERSION_RE = /-(\d+(?:\.\d+)+(?:[-+~][\w.]+)?)\.[A-Za-z0-9]+$/
 
 /** A task's simulated duration; the lab's shutdown cuts it short. */
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
@@ -349,7 +355,9 @@ export class SimulatedBackend implements VmBackend {
   access(node: string, vmid: number): VmAccess | undefined {
     const vm = this.#vm(node, vmid)
     if (!vm?.running) return undefined
-    return {endpoints: {}, note: 'simulated backend: no network, guest answers the agent from a model'}
+    // no network: nothing is forwarded; the addresses are those cloud-init was given (what its agent reports)
+    const addresses = vm.spec.nics.flatMap((n) => (n.ipv4 && n.ipv4 !== 'dhcp' ? [n.ipv4.address] : []))
+    return {endpoints: {}, addresses, note: 'simulated backend: no network, guest answers the agent from a model'}
   }
 
   async destroyVm(node: string, vmid: number, volids: string[], ctx: TaskContext): Promise<void> {

@@ -16,6 +16,8 @@ export type RolloutState = 'running' | 'paused' | 'aborted' | 'halted' | 'done' 
 export interface RolloutRecord {
   id: string
   version: string
+  /** The image's name when it is not the reference image (pgi-tryton). */
+  imageName?: string
   /** Selected UAIs in inventory order. */
   uais: string[]
   waves: string[]

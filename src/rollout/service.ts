@@ -17,7 +17,7 @@ import {ExitCode} from '../exit-codes.js'
 import {parseDescription, type RolloutMark} from '../fleet/vm-meta.js'
 import {settleAll} from '../fleet/pool.js'
 import {Hypervisors, type PveConnector} from '../hypervisors.js'
-import {parseImageRef} from '../image/images.js'
+import {DEFAULT_IMAGE, type ImageRef} from '../image/images.js'
 import {loadValidInventory} from '../inventory/load.js'
 import {selectEstablishments, type Selection} from '../inventory/select.js'
 import type {Establishment, Inventory} from '../inventory/types.js'
@@ -87,22 +87,23 @@ export interface RolloutPlanRow {
 }
 
 export interface PlanRequest extends FleetRequest {
-  version: string
-  resolveImage: (version: string) => Promise<DeployImage>
+  /** The image to roll out (parsed at the command line). */
+  image: ImageRef
+  resolveImage: (ref: ImageRef) => Promise<DeployImage>
   waves?: string[]
   window?: 'now' | 'inventory'
 }
 
 export async function planRollout(req: PlanRequest): Promise<{version: string; image?: DeployImage; rows: RolloutPlanRow[]}> {
   const fleet = await openFleet(req)
-  const version = parseImageRef(req.version).version
+  const version = req.image.version
   const waves = wavesFor(fleet.inventory, req.waves)
   let image: DeployImage | undefined
   let imageProblem: string | undefined
   try {
-    image = await req.resolveImage(version)
+    image = await req.resolveImage(req.image)
   } catch (err) {
-    imageProblem = `image ${version}: ${asPgiError(err).message}`
+    imageProblem = `image ${req.image.name} ${version}: ${asPgiError(err).message}`
   }
   const staged = new Map<string, Promise<Set<string> | string>>()
   const stagedOn = (e: Establishment) => {
@@ -181,8 +182,9 @@ export interface StageRow {
 }
 
 export interface StageRequest extends FleetRequest {
-  version: string
-  resolveImage: (version: string) => Promise<DeployImage>
+  /** The image to stage (parsed at the command line). */
+  image: ImageRef
+  resolveImage: (ref: ImageRef) => Promise<DeployImage>
   imageUrl?: string
   /** Upload rate cap per node, KiB/s. */
   bwlimitKiB?: number
@@ -194,7 +196,7 @@ export async function stageRollout(req: StageRequest): Promise<{version: string;
   // before anything is read: refuses --bwlimit with --image-url
   const stager = new Stager({io: req.io, imageUrl: req.imageUrl, bwlimitKiB: req.bwlimitKiB, onProgress: (k, t) => req.io.debug(`${k}: ${t}`)})
   const fleet = await openFleet(req)
-  const image = await req.resolveImage(parseImageRef(req.version).version)
+  const image = await req.resolveImage(req.image)
   const nodes = new Map<string, {hv: string; node: string; n: number}>()
   for (const e of fleet.establishments) {
     const k = `${e.hypervisor}/${e.node}`
@@ -222,8 +224,9 @@ export async function stageRollout(req: StageRequest): Promise<{version: string;
 // ---- start / resume --------------------------------------------------------------------------
 
 export interface StartRequest extends FleetRequest {
-  version: string
-  resolveImage: (version: string) => Promise<DeployImage>
+  /** The image to roll out (parsed at the command line). */
+  image: ImageRef
+  resolveImage: (ref: ImageRef) => Promise<DeployImage>
   waves?: string[]
   maxParallel?: number
   maxPerHypervisor?: number
@@ -251,13 +254,15 @@ function newId(now: Date): string {
   return `${now.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')}-${randomBytes(3).toString('hex')}`
 }
 
-async function execute(fleet: Fleet, record: RolloutRecord, journal: RolloutJournal, image: DeployImage, req: StartRequest, takeover: boolean, establishments: Establishment[]): Promise<RolloutResult> {
+async function execute(fleet: Fleet, record: RolloutRecord, journal: RolloutJournal, image: DeployImage, req: StartRequest, takeover: boolean, establishments: Establishment[], announce?: string): Promise<RolloutResult> {
   const release = await acquireLock(lockFile(fleet.inventory, fleet.env), `rollout ${record.id} of ${fleet.inventory.path}`)
   // every bounded wait of every establishment in flight listens on the stop signal (each removes
   // its listener when done): more than Node's default 10 at once is expected, not a leak
   if (req.signal) setMaxListeners(0, req.signal)
   try {
     await journal.writeRecord(record)
+    // said once the lock is held and the journal exists (a refused rollout names no journal)
+    if (announce) req.io.info(announce)
     return await runRollout({
       record,
       journal,
@@ -289,9 +294,9 @@ async function execute(fleet: Fleet, record: RolloutRecord, journal: RolloutJour
 
 export async function startRollout(req: StartRequest): Promise<RolloutResult> {
   const fleet = await openFleet(req)
-  const version = parseImageRef(req.version).version
+  const version = req.image.version
   const waves = wavesFor(fleet.inventory, req.waves)
-  const image = await req.resolveImage(version)
+  const image = await req.resolveImage(req.image)
   const inWaves = fleet.establishments.filter((e) => waves.includes(e.ring))
   if (inWaves.length === 0) throw new UsageError(`no selected establishment is in the waves ${waves.join(', ')}`)
   const maxFailures = req.maxFailures ?? '0'
@@ -303,6 +308,7 @@ export async function startRollout(req: StartRequest): Promise<RolloutResult> {
   const record: RolloutRecord = {
     id,
     version,
+    ...(req.image.name !== DEFAULT_IMAGE ? {imageName: req.image.name} : {}),
     uais: inWaves.map((e) => e.uai),
     waves,
     maxParallel: req.maxParallel ?? 10,
@@ -316,11 +322,10 @@ export async function startRollout(req: StartRequest): Promise<RolloutResult> {
     updatedAt: now.toISOString(),
     state: 'running',
   }
-  req.io.info(`rollout ${id}: ${version} to ${inWaves.length} establishment(s); journal ${journal.dir}`)
-  return execute(fleet, record, journal, image, req, false, inWaves)
+  return execute(fleet, record, journal, image, req, false, inWaves, `rollout ${id}: ${req.image.name} ${version} to ${inWaves.length} establishment(s); journal ${journal.dir}`)
 }
 
-export interface ResumeRequest extends Omit<StartRequest, 'version' | 'confirm'> {
+export interface ResumeRequest extends Omit<StartRequest, 'image' | 'confirm'> {
   /** Rollout id (default: the newest unfinished one in the local journal, else the marks found on the VMs). */
   id?: string
 }
@@ -375,10 +380,11 @@ export async function resumeRollout(req: ResumeRequest): Promise<RolloutResult> 
   // after `abort`, resume only finishes the rollbacks (nothing new starts); after `pause`, it goes on
   if ((await journal.control()) === 'abort' || record.state === 'aborted') await journal.setControl('abort')
   else await journal.setControl(undefined)
-  const image = await req.resolveImage(record.version)
+  const ref: ImageRef = {name: record.imageName ?? DEFAULT_IMAGE, version: record.version}
+  const image = await req.resolveImage(ref)
   record = {...record, state: 'running', runner: req.runner ?? RUNNER, updatedAt: new Date().toISOString(), ...(req.maxParallel ? {maxParallel: req.maxParallel} : {}), ...(req.maxFailures ? {maxFailures: req.maxFailures} : {})}
   req.io.info(`resuming rollout ${record.id} (${record.version})`)
-  return execute(fleet, record, journal, image, {...req, version: record.version, confirm: async () => undefined}, true, establishments)
+  return execute(fleet, record, journal, image, {...req, image: ref, confirm: async () => undefined}, true, establishments)
 }
 
 // ---- status / pause / abort ------------------------------------------------------------------

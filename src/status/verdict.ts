@@ -6,13 +6,15 @@
  * The verdicts:
  * - down:     the PGI cannot be serving: no VM, VM stopped or paused.
  * - degraded: the VM runs but something in it is wrong (PostgreSQL, Tryton, web client, data disk
- *             full or missing, backups stale, a failed or stalled update, a guest that stopped answering).
+ *             full or missing, backups stale, a failed or stalled update, a guest that stopped answering,
+ *             a server running another image than the one its VM records).
  * - unknown:  pgi could not tell: hypervisor unreachable, TLS mismatch, token refused or lacking a
  *             privilege, node offline, VM still booting, health check unreadable.
  * - healthy:  the VM runs and pgi-health says every check passed.
  */
 import {compareIds} from '../compare.js'
 import {ErrorCode} from '../errors.js'
+import {ExitCode, type ExitCodeValue} from '../exit-codes.js'
 import type {RolloutMark} from '../fleet/vm-meta.js'
 import {formatSeconds, unreachableCause} from './probe-error.js'
 import type {EstablishmentStatus, Observation, PgiHealthReport, ProbeError, RolloutState, Verdict, VerdictPolicy} from './types.js'
@@ -240,7 +242,12 @@ export function judge(obs: Observation, now: Date, p: VerdictPolicy = DEFAULT_PO
   if (obs.wantedImage && (running ?? recorded) && (running ?? recorded) !== obs.wantedImage && obs.rollout?.state !== 'pending') {
     notes.push(`runs image ${running ?? recorded}, the inventory wants ${obs.wantedImage}`)
   }
-  if (running && recorded && running !== recorded) notes.push(`the VM metadata says image ${recorded} but the server runs ${running}`)
+  // the image the VM records (deploy, rollout) and the one its server says it runs must agree: when
+  // they differ, what the fleet believes about this server is wrong (an OS disk changed outside
+  // pgi, a rollout that recorded one version and booted another). Expected only half-way through
+  // an update that is still running.
+  const mismatch = running && recorded && running !== recorded ? `the VM metadata says image ${recorded} but the server runs ${running}` : undefined
+  if (mismatch && obs.rollout?.state === 'pending') notes.push(mismatch)
 
   if (obs.template) return done('down', [`VM ${obs.vmid} is a template, not a server`])
   switch (obs.vmState) {
@@ -317,6 +324,11 @@ export function judge(obs: Observation, now: Date, p: VerdictPolicy = DEFAULT_PO
       verdict = 'unknown'
       reasons.push(`the health check failed to run${he ? ` (${he.message})` : ''}`)
     }
+  }
+
+  if (mismatch && obs.rollout?.state !== 'pending') {
+    reasons.push(mismatch)
+    if (verdict === 'healthy') verdict = 'degraded'
   }
 
   if (record && !record.stale) notes.push(`health recorded by the server ${humanDuration(record.ageS)} ago`)
@@ -397,4 +409,16 @@ export function sortStatuses(list: readonly EstablishmentStatus[]): Establishmen
   return [...list].sort(
     (a, b) => VERDICT_RANK[a.verdict] - VERDICT_RANK[b.verdict] || compareIds(a.hypervisor, b.hypervisor) || compareIds(a.uai, b.uai),
   )
+}
+
+/**
+ * The exit status of `pgi status` (the README's table): 0 when every selected establishment is
+ * healthy; 8 when none could be checked because every one's hypervisor was unreachable or its
+ * TLS certificate did not match the pin (as `pgi deploy`); 5 otherwise (at least one degraded,
+ * down or unknown, including the establishments of one unreachable hypervisor among others).
+ */
+export function statusExitCode(list: readonly EstablishmentStatus[]): ExitCodeValue {
+  if (list.every((e) => e.verdict === 'healthy')) return ExitCode.OK
+  const cutOff = (e: EstablishmentStatus) => !e.hypervisorReachable && e.errors.some((x) => x.code === ErrorCode.UNREACHABLE || x.code === ErrorCode.TLS_MISMATCH)
+  return list.every(cutOff) ? ExitCode.UNREACHABLE : ExitCode.UNHEALTHY
 }

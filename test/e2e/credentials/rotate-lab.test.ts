@@ -1,5 +1,5 @@
 /**
- * `pgi credentials rotate` end to end against a simulated lab (engineer C's PVE-compatible HTTPS
+ * `pgi credentials rotate` end to end against a simulated lab (src/lab: the PVE-compatible HTTPS
  * API in this process, simulated guests that model the guest contract's pgi-configure), through
  * the real Proxmox client over TLS on 127.0.0.1, the hypervisor token read from the secret store.
  * The guest's state is checked from the outside: re-applying the store's secrets with

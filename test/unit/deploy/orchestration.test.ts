@@ -111,7 +111,7 @@ describe('pgi deploy against a simulated lab', () => {
     const cfg = await api.vmConfig(e.node, e.vmid)
     expect(cfg).toMatchObject({cores: 1, nameserver: e.network.dns.join(' ')})
 
-    const newer = await runDeploy(request(lab, io, {image: '2026.12.0', dryRun: true}))
+    const newer = await runDeploy(request(lab, io, {image: {name: 'pgi-tryton', version: '2026.12.0'}, dryRun: true}))
     expect(newer.plan[0]!.action).toBe('drifted')
     expect(newer.plan[0]!.drifts).toEqual([expect.objectContaining({setting: 'image', fix: 'manual'})])
     await api.close()

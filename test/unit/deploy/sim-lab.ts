@@ -1,5 +1,5 @@
 /**
- * A simulated lab (engineer C's runtime: the PVE-compatible HTTPS API over the simulated backend)
+ * A simulated lab (src/lab/runtime.ts: the PVE-compatible HTTPS API over the simulated backend)
  * started in this process for deploy tests and the deploy bench, with an inventory pointing at it:
  * one hypervisor per lab node, pinned to the node's real certificate, token secret in an env var.
  * Everything goes through the real Proxmox client over HTTPS on 127.0.0.1.

@@ -48,9 +48,9 @@ export async function startRolloutLab(o: {nodes: number; perNode: number; rings?
     images.set(version, img)
     return img
   }
-  const resolveImage = async (v: string) => {
-    const i = images.get(v)
-    if (!i) throw new Error(`image ${v} not built`)
+  const resolveImage = async (ref: {name: string; version: string}) => {
+    const i = images.get(ref.version)
+    if (!i || i.name !== ref.name) throw new Error(`image ${ref.name} ${ref.version} not built`)
     return i
   }
   const io = new MemoryIo('warn')
@@ -81,7 +81,7 @@ export async function startRolloutLab(o: {nodes: number; perNode: number; rings?
     makeImage,
     async stage(version) {
       await makeImage(version)
-      const r = await stageRollout({inventoryPath: lab.dir, inventory: lab.inventory, selection: {all: true}, secretsDir: lab.store.dir, io: new MemoryIo('warn'), env: lab.env, connect: fastConnect(), version, resolveImage})
+      const r = await stageRollout({inventoryPath: lab.dir, inventory: lab.inventory, selection: {all: true}, secretsDir: lab.store.dir, io: new MemoryIo('warn'), env: lab.env, connect: fastConnect(), image: {name: 'pgi-tryton', version}, resolveImage})
       if (r.exitCode !== 0) throw new Error(`staging failed: ${JSON.stringify(r.rows)}`)
     },
     boot: (e) => model.boots.get(`${e.node}/${e.vmid}`)?.upgradeError,
@@ -95,7 +95,7 @@ export async function startRolloutLab(o: {nodes: number; perNode: number; rings?
         env: lab.env,
         connect: fastConnect(),
         requestTimeoutMs: 5000,
-        version,
+        image: {name: 'pgi-tryton', version},
         resolveImage,
         confirm: async () => undefined,
         pollIntervalMs: 20,

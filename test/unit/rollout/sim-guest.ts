@@ -1,5 +1,5 @@
 /**
- * The simulated lab's backend (engineer C's SimulatedBackend, unchanged) with the parts of the
+ * The simulated lab's backend (src/lab/simulated-backend.ts, unchanged) with the parts of the
  * guest contract a rollout exercises added on top, modelled on images/pgi-tryton/files:
  *
  * - the data disk (keyed by its volume, so it follows the disk, not the VM) holds the databases

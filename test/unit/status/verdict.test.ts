@@ -3,7 +3,7 @@ import {describe, expect, it} from 'vitest'
 import {ErrorCode} from '../../../src/errors.js'
 import {PveApiError} from '../../../src/proxmox/errors.js'
 import {CallTimeout, toProbeError} from '../../../src/status/probe-error.js'
-import {humanDuration, judge, parseHealthOutput, rolloutState, toEstablishmentStatus} from '../../../src/status/verdict.js'
+import {humanDuration, judge, parseHealthOutput, rolloutState, statusExitCode, toEstablishmentStatus} from '../../../src/status/verdict.js'
 import {healthyReport, NOW, obs} from './fixtures.js'
 
 describe('judge', () => {
@@ -133,6 +133,18 @@ describe('judge', () => {
     expect(rolloutState({...base, step: 'committed'}).state).toBe('done')
   })
 
+  it('a server running another image than its VM records is degraded, and says which (a note only mid-update)', () => {
+    const h = healthyReport({image: {name: 'pgi-tryton', version: '0.0.0'}})
+    const j = judge(obs({health: h, metaImage: '1.0.0'}), NOW)
+    expect(j.verdict).toBe('degraded')
+    expect(j.reasons).toEqual(['the VM metadata says image 1.0.0 but the server runs 0.0.0'])
+    expect(toEstablishmentStatus(obs({health: h, metaImage: '1.0.0'}), NOW).reason).toBe('the VM metadata says image 1.0.0 but the server runs 0.0.0')
+    // half-way through a running update the OS disk is already the new one: expected, noted
+    const mid = judge(obs({health: h, metaImage: '1.0.0', rollout: rolloutState({id: 'r1', from: '1.0.0', to: '0.0.0', at: '2026-11-22T06:30:00Z', step: 'swapped'})}), NOW)
+    expect(mid.verdict).toBe('healthy')
+    expect(mid.notes).toContain('the VM metadata says image 1.0.0 but the server runs 0.0.0')
+  })
+
   it('a node reported offline makes its VMs unknown', () => {
     expect(judge(obs({vmState: 'unknown', health: undefined}), NOW)).toMatchObject({verdict: 'unknown', reasons: ['node pve-mrs1 is offline or not answering for its VMs']})
   })
@@ -160,5 +172,19 @@ describe('humanDuration', () => {
     expect(humanDuration(600)).toBe('10 min')
     expect(humanDuration(5 * 3600)).toBe('5 h')
     expect(humanDuration(3 * 86400)).toBe('3 days')
+  })
+})
+
+describe('statusExitCode', () => {
+  const tls = {code: ErrorCode.TLS_MISMATCH, call: 'cluster/resources', message: 'fingerprint mismatch'}
+  const cut = () => toEstablishmentStatus(obs({hypervisorReachable: false, hypervisorError: tls, vmPresent: undefined, health: undefined}), NOW)
+  const healthy = () => toEstablishmentStatus(obs(), NOW)
+  it('0 all healthy, 8 when no hypervisor could be reached or trusted, 5 otherwise', () => {
+    expect(statusExitCode([healthy(), healthy()])).toBe(0)
+    expect(statusExitCode([])).toBe(0)
+    expect(statusExitCode([cut(), cut()])).toBe(8)
+    expect(statusExitCode([cut(), healthy()])).toBe(5)
+    const refused = toEstablishmentStatus(obs({hypervisorReachable: false, hypervisorError: {code: ErrorCode.PVE_AUTH, call: 'cluster/resources', message: '401'}, vmPresent: undefined, health: undefined}), NOW)
+    expect(statusExitCode([refused])).toBe(5)
   })
 })

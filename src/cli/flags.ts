@@ -1,0 +1,130 @@
+/**
+ * Flags and arguments shared by the commands, with typed parsers: a value is parsed once, here at
+ * the edge, and the engine's requests carry what was parsed (an image reference, a rate in KiB/s),
+ * never the raw text to be parsed again.
+ *
+ * Defaults that depend on the machine (the state folder under the user's home, the current folder)
+ * are computed when the command runs; `--help` shows them as `<state dir>/…` (`defaultHelp`):
+ * oclif's manifest (oclif.manifest.json, written at build time) would otherwise hold the paths of
+ * the machine that built pgi.
+ */
+import {join} from 'node:path'
+
+import {Args, Flags} from '@oclif/core'
+
+import {UsageError} from '../errors.js'
+import type {ImageRef} from '../image/images.js'
+import {defaultInventoryPath, imagesDir, secretsDir, stateDir} from '../paths.js'
+
+/** How `<state dir>` in the help is found (src/paths.ts stateDir). */
+export const STATE_DIR_HELP = '<state dir> is $PGI_STATE_DIR, else $XDG_STATE_HOME/pgi, else ~/.local/state/pgi.'
+
+/** `-i/--inventory` (env PGI_INVENTORY): a folder of YAML files or one file. */
+export const inventoryFlag = Flags.string({
+  char: 'i',
+  summary: 'Inventory: a folder of YAML files or one YAML file.',
+  env: 'PGI_INVENTORY',
+  default: async () => defaultInventoryPath(),
+  defaultHelp: async () => './inventory',
+  helpGroup: 'GLOBAL',
+})
+
+/** `--secrets-dir` (env PGI_SECRETS_DIR): the age-encrypted secret store. */
+export const secretsDirFlag = Flags.string({
+  summary: 'Secret store folder (age-encrypted files).',
+  description: STATE_DIR_HELP,
+  env: 'PGI_SECRETS_DIR',
+  default: async () => secretsDir(),
+  defaultHelp: async () => '<state dir>/secrets',
+  helpGroup: 'GLOBAL',
+})
+
+/** `--images-dir` (env PGI_IMAGES_DIR): the built, signed images. */
+export const imagesDirFlag = Flags.string({
+  summary: 'Folder of built images.',
+  description: STATE_DIR_HELP,
+  env: 'PGI_IMAGES_DIR',
+  default: async () => imagesDir(),
+  defaultHelp: async () => '<state dir>/images',
+})
+
+/** The default folder of the AMI handoff files, for the commands that always write there. */
+export function handoffDirFlag(summary: string) {
+  return Flags.string({
+    char: 'o',
+    summary,
+    description: STATE_DIR_HELP,
+    env: 'PGI_HANDOFF_DIR',
+    default: async () => join(stateDir(), 'handoffs'),
+    defaultHelp: async () => '<state dir>/handoffs',
+  })
+}
+
+/** Which establishments: UAIs as arguments, or `--all`, or `--group`. */
+export const selectionFlags = {
+  inventory: inventoryFlag,
+  'secrets-dir': secretsDirFlag,
+  all: Flags.boolean({summary: 'Every establishment of the inventory.', default: false}),
+  group: Flags.string({summary: 'The establishments of a group (`groups:` in the inventory).'}),
+}
+
+/** UAIs: every positional argument after the declared ones (the commands are not strict). */
+export const uaiArgs = {uai: Args.string({description: 'UAI(s) of the establishments (else --group or --all).', required: false})}
+
+/**
+ * "2026.12.0" (the reference image, pgi-tryton) or "NAME@2026.12.0": the image reference, parsed
+ * here once. src/image/images.ts's parseImageRef is the one grammar; it is loaded when a value is
+ * parsed (commands.js, loaded by every command, must not load the engine: start-up time).
+ */
+async function imageRef(value: string, where: {flag: string} | {argument: string}): Promise<ImageRef> {
+  const {parseImageRef} = await import('../image/images.js')
+  try {
+    return parseImageRef(value)
+  } catch (err) {
+    throw new UsageError((err as Error).message, {where, suggestions: ['List the built images with `pgi image list`.']})
+  }
+}
+
+/** `--image NAME@VERSION` or `--image VERSION`. */
+export const imageRefFlag = Flags.custom<ImageRef>({
+  helpValue: '<[name@]version>',
+  parse: async (v) => imageRef(v, {flag: 'image'}),
+})
+
+/** A required positional image reference, `version` (VERSION or NAME@VERSION). */
+export function imageRefArgument(description: string) {
+  return Args.custom<ImageRef>({parse: async (v) => imageRef(v, {argument: 'version'})})({description, required: true})
+}
+
+/** The image version a rollout command works on (first positional argument). */
+export const imageRefArg = {
+  version: imageRefArgument('Image version to roll out (e.g. 2026.12.0), or NAME@VERSION for an image other than pgi-tryton.'),
+}
+
+/**
+ * `--bwlimit 2048` (KiB/s, as PVE and rsync count) or with a unit: `512K`, `2M`, `1.5M`
+ * (binary units, per second). Uploads only.
+ */
+export function parseRateKiB(v: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([KMG]?)(?:i?B?(?:\/s)?)?$/i.exec(v.trim())
+  const kib = m ? Number(m[1]) * ({'': 1, K: 1, M: 1024, G: 1024 * 1024} as Record<string, number>)[m[2]!.toUpperCase()]! : NaN
+  if (!Number.isFinite(kib) || kib < 1) throw new UsageError(`--bwlimit: "${v}" is not a rate (KiB/s, or 512K, 2M, …), at least 1 KiB/s`, {where: {flag: 'bwlimit'}})
+  return Math.round(kib)
+}
+
+export const bwlimitFlag = Flags.custom<number>({
+  summary: 'Cap each upload to a node at this rate: KiB/s, or with a unit (512K, 2M).',
+  description: 'Per node: with --max-parallel N, up to N times this leaves this machine. A school link shared with classes keeps its room.',
+  helpValue: '<rate>',
+  parse: async (v) => parseRateKiB(v),
+})()
+
+/** Flags of the commands that update establishments (rollout start and resume). */
+export const runFlags = {
+  'max-parallel': Flags.integer({summary: 'Establishments updated at once.', default: 10, min: 1}),
+  'max-per-hypervisor': Flags.integer({summary: 'Establishments updated at once on one hypervisor.', default: 4, min: 1}),
+  'keep-old-disk': Flags.boolean({summary: 'Keep the previous OS disk attached as unused after a successful update (default: removed once the gate passed).', default: false}),
+  'agent-timeout': Flags.integer({summary: 'Seconds to wait for the guest agent after a start.', default: 600, min: 1}),
+  'health-timeout': Flags.integer({summary: 'Seconds the gate (health, databases, login) may take after the agent answered.', default: 1200, min: 1}),
+  'shutdown-timeout': Flags.integer({summary: 'Seconds a clean shutdown may take during a rollback before the VM is stopped hard.', default: 180, min: 1}),
+}

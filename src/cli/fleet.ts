@@ -1,0 +1,34 @@
+/**
+ * What the fleet commands (deploy, rollout …) share at the edge: how an image reference becomes a
+ * verified image, the per-establishment result table of a rollout, and Ctrl-C between steps.
+ */
+import type {DeployImage} from '../deploy/desired.js'
+import type {ImageRef} from '../image/images.js'
+import type {Io} from '../io.js'
+
+/** Verifies the image `ref` in `dir` (signature, size, sha256) and describes it for staging. */
+export function imageResolver(dir: string, io: Io): (ref: ImageRef) => Promise<DeployImage> {
+  // loaded when an image is resolved: commands.js (every command's flags) must not load the engine
+  return async (ref) => (await import('../deploy/image.js')).resolveDeployImage(ref, {imagesDir: dir, io})
+}
+
+/** The per-establishment table of a rollout start/resume. */
+export function resultTable(r: {establishments: {uai: string; ring: string; hypervisor: string; node: string; vmid: number; from?: string; to: string; outcome: string; step?: string; reason?: string}[]}): {head: string[]; rows: (string | number)[][]} {
+  return {
+    head: ['UAI', 'wave', 'hypervisor/node', 'VM', 'from → to', 'outcome', 'step', 'why'],
+    rows: r.establishments.map((e) => [e.uai, e.ring, `${e.hypervisor}/${e.node}`, e.vmid, `${e.from ?? '?'} → ${e.to}`, e.outcome, e.step ?? '', e.reason ?? '']),
+  }
+}
+
+/** SIGINT/SIGTERM stop the rollout runner between steps (marks stay on the VMs: `pgi rollout resume` continues). */
+export function stopSignal(io: Io): AbortSignal {
+  // (the rollout service allows it any number of listeners: every wait in flight listens on it)
+  const ac = new AbortController()
+  const stop = (sig: string) => {
+    io.warn(`${sig}: stopping after the current step of each establishment in flight; run \`pgi rollout resume\` to continue`)
+    ac.abort(new Error(sig))
+  }
+  process.once('SIGINT', () => stop('SIGINT'))
+  process.once('SIGTERM', () => stop('SIGTERM'))
+  return ac.signal
+}

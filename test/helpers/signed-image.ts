@@ -1,0 +1,42 @@
+/**
+ * A published image for tests that never boot it (simulated labs, image resolution): a random
+ * "qcow2" file with a manifest signed by a fresh Ed25519 key, that key trusted in the images
+ * folder. `verifyImage` accepts it as it accepts a built one; the simulated lab reads the version
+ * from the staged file name.
+ */
+import {createHash, randomBytes} from 'node:crypto'
+import {mkdir, writeFile} from 'node:fs/promises'
+import {join} from 'node:path'
+
+import {exportTrustedKey, generateSigningKey, keyId, manifestBytes, publicKeyOf, signBytes, type ImageManifest} from '../../src/image/manifest.js'
+
+export async function signedTestImage(root: string, name: string, version: string, bytes = 256 * 1024): Promise<{dir: string; file: string}> {
+  const key = generateSigningKey()
+  const pub = publicKeyOf(key)
+  await exportTrustedKey(root, pub)
+  const dir = join(root, name, version)
+  await mkdir(dir, {recursive: true})
+  const data = randomBytes(bytes)
+  const file = `${name}-${version}.qcow2`
+  await writeFile(join(dir, file), data)
+  const sha = createHash('sha256').update(data).digest('hex')
+  const m: ImageManifest = {
+    format: 1,
+    name,
+    version,
+    build_time: new Date(0).toISOString(),
+    source_date_epoch: 0,
+    disk: {file, format: 'qcow2', sha256: sha, size_bytes: data.length, virtual_size_bytes: 8 * 2 ** 30, raw_sha256: sha},
+    kernel: {package: 'linux-image-amd64', release: 'test', version: 'test'},
+    recipe: {name, digest: 'test'},
+    lock: {digest: 'test', packages: 0},
+    tree: {digest: 'test', entries: 0},
+    packages: [],
+    ports: {ssh: 22, web: 80, jsonrpc: 8000, postgresql: 5432},
+    signing: {algorithm: 'ed25519', key_id: keyId(pub)},
+  }
+  const raw = manifestBytes(m)
+  await writeFile(join(dir, 'manifest.json'), raw)
+  await writeFile(join(dir, 'manifest.sig'), signBytes(raw, key))
+  return {dir, file}
+}
