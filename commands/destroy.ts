@@ -48,28 +48,33 @@ export default class Destroy extends BaseCommand<typeof Destroy> {
     const est = findEstablishment(inventory, this.args.uai)
     const store = await openInventoryStore(inventory, f['secrets-dir'])
     const hypervisors = new Hypervisors(inventory, {store, io: this.io})
-    // no progress renderer here: the typed confirmation needs the terminal to itself
-    const r = await destroyEstablishment(est, {
-      hypervisors,
-      io: this.io,
-      destroyData: f['destroy-data'],
-      confirm: async (question, expected) => {
-        try {
-          await this.confirmTyped(question, expected)
-        } catch (err) {
-          if (err instanceof FlagRequiredError) {
-            throw new SafetyRefusal(`destroying ${expected} needs a typed confirmation, and there is no terminal to type it: refused`, {
-              where: {uai: expected},
-              suggestions: ['In non-interactive use, pass --yes together with --destroy-data.'],
-            })
+    let r: DestroyResult
+    try {
+      // no progress renderer here: the typed confirmation needs the terminal to itself
+      r = await destroyEstablishment(est, {
+        hypervisors,
+        io: this.io,
+        destroyData: f['destroy-data'],
+        confirm: async (question, expected) => {
+          try {
+            await this.confirmTyped(question, expected)
+          } catch (err) {
+            if (err instanceof FlagRequiredError) {
+              throw new SafetyRefusal(`destroying ${expected} needs a typed confirmation, and there is no terminal to type it: refused`, {
+                where: {uai: expected},
+                suggestions: ['In non-interactive use, pass --yes together with --destroy-data.'],
+              })
+            }
+            throw err
           }
-          throw err
-        }
-      },
-      backupDir: f['backup-dir'] ?? join(stateDir(), 'final-backups'),
-      agentTimeoutMs: f['agent-timeout'] * 1000,
-      update: (text) => this.io.info(`${est.uai}: ${text}`),
-    })
+        },
+        backupDir: f['backup-dir'] ?? join(stateDir(), 'final-backups'),
+        agentTimeoutMs: f['agent-timeout'] * 1000,
+        update: (text) => this.io.info(`${est.uai}: ${text}`),
+      })
+    } finally {
+      await hypervisors.close()
+    }
     this.table(['UAI', 'VM', 'destroyed', 'detail'], [[r.uai, `${r.hypervisor}/${r.node}/${r.vmid}`, r.destroyed ? 'yes' : 'no', r.detail]])
     return r
   }

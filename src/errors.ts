@@ -19,14 +19,33 @@ export const ErrorCode = {
   UNKNOWN_HYPERVISOR: 'PGI_UNKNOWN_HYPERVISOR',
   UNKNOWN_GROUP: 'PGI_UNKNOWN_GROUP',
   // hypervisor / Proxmox API
+  /** PVE refused the request with its own reason (e.g. "VM 100 already exists"): sending it again changes nothing. */
   PVE_HTTP: 'PGI_PVE_HTTP',
+  /**
+   * The hypervisor's API kept failing with a server error that names no PVE reason (HTTP 5xx such
+   * as pveproxy/pvedaemon trouble, "internal server error"), after pgi's retries: try again later.
+   */
+  PVE_SERVER_ERROR: 'PGI_PVE_SERVER_ERROR',
+  /** 400 "Parameter verification failed." (per-parameter reasons in details). */
   PVE_PARAMETERS: 'PGI_PVE_PARAMETERS',
+  /** 403: the API token lacks a privilege (named in details). */
   PVE_PERMISSION: 'PGI_PVE_PERMISSION',
+  /** 401: the API token was refused (wrong, expired or missing). */
   PVE_AUTH: 'PGI_PVE_AUTH',
+  /** A PVE task ended with an error (its exit status and log tail in details). */
   PVE_TASK_FAILED: 'PGI_PVE_TASK_FAILED',
+  /**
+   * A PVE task was started but pgi could not learn how it ended (its status could not be read after
+   * retries): it may have succeeded. Running the command again picks up from what is really there.
+   */
+  PVE_TASK_UNKNOWN: 'PGI_PVE_TASK_UNKNOWN',
+  /** "VM is locked (…)" / "can't lock file … got timeout" still true after the lock wait budget. */
   PVE_LOCKED: 'PGI_PVE_LOCKED',
+  /** A config write carrying a digest lost the compare-and-swap: someone changed the VM meanwhile. */
   PVE_DIGEST_MISMATCH: 'PGI_PVE_DIGEST_MISMATCH',
+  /** The hypervisor could not be reached or did not answer within the deadline (exit 8). */
   UNREACHABLE: 'PGI_UNREACHABLE',
+  /** The hypervisor's certificate does not match the pinned fingerprint (exit 8); nothing was sent. */
   TLS_MISMATCH: 'PGI_TLS_MISMATCH',
   // local tools and environment
   TOOL_MISSING: 'PGI_TOOL_MISSING',

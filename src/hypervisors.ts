@@ -37,6 +37,11 @@ export interface HypervisorsOptions {
  * The token secret is resolved with `resolveSecretRef` (secret store or environment) when the
  * hypervisor is first asked for, so a run that only touches one hypervisor never needs the others'
  * tokens. A failed open (missing token, unknown name) is not cached: the next `get` tries again.
+ * Sharing one client per hypervisor also shares its deadline and breaker (src/proxmox/client.ts):
+ * a hypervisor found out of reach costs one deadline for the whole run, whoever asks.
+ *
+ * `close()` ends the run's connections (each service calls it when its work is done), so the
+ * process exits with its last output, whatever failed.
  */
 export class Hypervisors {
   private readonly open = new Map<string, Promise<PveApi>>()
@@ -61,6 +66,18 @@ export class Hypervisors {
       })
     }
     return hv
+  }
+
+  /** Closes every client opened so far (their connection pools); the object can be used again after. */
+  async close(): Promise<void> {
+    const opened = [...this.open.values()]
+    this.open.clear()
+    await Promise.allSettled(
+      opened.map(async (p) => {
+        const api = (await p) as PveApi & {close?: () => Promise<void>}
+        await api.close?.()
+      }),
+    )
   }
 
   /** The PveApi of `name`, opened on first call (concurrent callers share the same opening). */

@@ -151,7 +151,8 @@ export async function applyInGuest(
   await requireRunningVm(api, est)
   let r: AgentExecResult
   try {
-    r = await api.agentExec(est.node, est.vmid, [PGI_CONFIGURE], {inputData: guestConfigureInput(secrets, est.ami.login), timeoutMs: opts.timeoutMs})
+    // convergent (it sets what it is given): safe to start again after a server fault
+    r = await api.agentExec(est.node, est.vmid, [PGI_CONFIGURE], {inputData: guestConfigureInput(secrets, est.ami.login), timeoutMs: opts.timeoutMs, idempotent: true})
   } catch (err) {
     const e = err as Error & {code?: string}
     throw new UserError(ErrorCode.GUEST_CONFIGURE, `could not run pgi-configure in the VM of ${est.uai}: ${scrub(e.message)}`, {
@@ -194,7 +195,7 @@ export async function requireRunningVm(api: PveApi, est: Establishment): Promise
 
 /** Reads the guest's SSH host key fingerprints through the agent ("ED25519 SHA256:…"). */
 export async function fetchHostKeyFingerprints(api: PveApi, node: string, vmid: number): Promise<string[]> {
-  const r = await api.agentExec(node, vmid, ['/bin/sh', '-c', 'for f in /etc/ssh/ssh_host_*_key.pub; do ssh-keygen -l -E sha256 -f "$f"; done'], {timeoutMs: 30_000})
+  const r = await api.agentExec(node, vmid, ['/bin/sh', '-c', 'for f in /etc/ssh/ssh_host_*_key.pub; do ssh-keygen -l -E sha256 -f "$f"; done'], {timeoutMs: 30_000, idempotent: true})
   if (r.exitcode !== 0) throw new Error(`ssh-keygen exited with ${r.exitcode}`)
   const out: string[] = []
   for (const line of r.stdout.split('\n')) {

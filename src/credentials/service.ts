@@ -106,16 +106,20 @@ export async function rotateSecrets(opts: {
 }): Promise<RotateRunResult> {
   const hvs = new Hypervisors(opts.inventory, {store: opts.store, io: opts.io, env: opts.env, connect: opts.connect})
   const out: Outcome<RotateResult>[] = []
-  for (const est of opts.establishments) {
-    try {
-      const api = await hvs.get(est.hypervisor)
-      const r = await rotateEstablishmentSecrets({api, store: opts.store, establishment: est, outDir: opts.outDir, only: opts.only, io: opts.io, env: opts.env, connection: await opts.connection?.(est)})
-      out.push({ok: true, ...r})
-    } catch (err) {
-      const o = failed(est.uai, err)
-      if (opts.establishments.length > 1) opts.io.error(`${est.uai}: ${String(o.error.message)}`)
-      out.push(o)
+  try {
+    for (const est of opts.establishments) {
+      try {
+        const api = await hvs.get(est.hypervisor)
+        const r = await rotateEstablishmentSecrets({api, store: opts.store, establishment: est, outDir: opts.outDir, only: opts.only, io: opts.io, env: opts.env, connection: await opts.connection?.(est)})
+        out.push({ok: true, ...r})
+      } catch (err) {
+        const o = failed(est.uai, err)
+        if (opts.establishments.length > 1) opts.io.error(`${est.uai}: ${String(o.error.message)}`)
+        out.push(o)
+      }
     }
+  } finally {
+    await hvs.close()
   }
   return {rotated: out.filter((o) => o.ok).length, failed: out.filter((o) => !o.ok).length, establishments: out}
 }

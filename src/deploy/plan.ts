@@ -57,7 +57,8 @@ interface HvState {
   error?: PgiError
   nodes: Map<string, PveNodeInfo>
   vms: PveResource[]
-  importOk: Map<string, string | undefined>
+  /** Per node: undefined when the import storage is usable, what it lacks, or the error reading it. */
+  importOk: Map<string, string | PgiError | undefined>
 }
 
 export async function planDeploy(ests: readonly Establishment[], opts: PlanOptions): Promise<Plan> {
@@ -76,7 +77,7 @@ export async function planDeploy(ests: readonly Establishment[], opts: PlanOptio
         st.vms = vms
       } catch (err) {
         st.error = asPgiError(err)
-        opts.io.debug(`plan: ${name} unreachable`, {code: st.error.code})
+        opts.io.debug(`plan: ${name} could not be read`, {code: st.error.code})
       }
     }),
   )
@@ -119,7 +120,8 @@ export async function planDeploy(ests: readonly Establishment[], opts: PlanOptio
       }
       if (st.error || !st.api) {
         const e = st.error!
-        return blocked(e.code, `hypervisor ${est.hypervisor} unreachable: ${e.message}`, e.suggestions)
+        const unreachable = e.code === ErrorCode.UNREACHABLE || e.code === ErrorCode.TLS_MISMATCH
+        return blocked(e.code, unreachable ? `hypervisor ${est.hypervisor} unreachable: ${e.message}` : `hypervisor ${est.hypervisor}: ${e.message}`, e.suggestions)
       }
       const api = st.api
       const node = st.nodes.get(est.node)
@@ -166,6 +168,7 @@ export async function planDeploy(ests: readonly Establishment[], opts: PlanOptio
       const img = await imageOf(ref!)
       if (img instanceof PgiError) return blocked(img.code, img.message.includes(version) ? img.message : `image ${ref!.name} ${version}: ${img.message}`, img.suggestions)
       const problem = await importStorageProblem(api, hv, est.node, st)
+      if (problem instanceof PgiError) return blocked(problem.code, `storage ${hv.storage.import} on ${est.node}: ${problem.message}`, problem.suggestions)
       if (problem) return blocked(ErrorCode.REFUSED, problem, [`Add the "import" content type to storage ${hv.storage.import} (Datacenter → Storage → Edit → Content), or set storage.import in the inventory.`])
       return {...base, action: 'create', summary: `create VM ${est.vmid} from ${importVolid(hv, img)}`}
     }),
@@ -173,14 +176,19 @@ export async function planDeploy(ests: readonly Establishment[], opts: PlanOptio
   return {items, images, configs}
 }
 
-async function importStorageProblem(api: PveApi, hv: Hypervisor, node: string, st: HvState): Promise<string | undefined> {
+/**
+ * Whether the node's import storage can take the image: undefined when it can, what it lacks
+ * (a refusal: deploy would fail there), or the error met reading it (named as it is: a read that
+ * failed is not a refusal).
+ */
+async function importStorageProblem(api: PveApi, hv: Hypervisor, node: string, st: HvState): Promise<string | PgiError | undefined> {
   if (!st.importOk.has(node)) {
     try {
       const s = await api.storageStatus(node, hv.storage.import)
       const content = s.content.split(',').map((c) => c.trim())
       st.importOk.set(node, content.includes('import') ? undefined : `storage ${hv.storage.import} on ${node} lacks the "import" content type (has: ${s.content || 'none'})`)
     } catch (err) {
-      st.importOk.set(node, `storage ${hv.storage.import} on ${node}: ${asPgiError(err).message}`)
+      st.importOk.set(node, asPgiError(err))
     }
   }
   return st.importOk.get(node)

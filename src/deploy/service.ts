@@ -15,6 +15,7 @@ import {selectEstablishments, type Selection} from '../inventory/select.js'
 import type {Establishment, Inventory} from '../inventory/types.js'
 import type {Io} from '../io.js'
 import {journalDir, stateDir} from '../paths.js'
+import type {SecretStore} from '../secrets/store.js'
 import {storeCredentials} from './credentials.js'
 import type {DeployImage} from './desired.js'
 import {fmtDrift, needsWork, planDeploy, type PlanItem} from './plan.js'
@@ -106,6 +107,14 @@ export async function runDeploy(req: DeployRequest): Promise<DeployReport> {
   const establishments = selectEstablishments(inventory, req.selection)
   const store = await openInventoryStore(inventory, req.secretsDir, env)
   const hypervisors = new Hypervisors(inventory, {store, io: req.io, env, connect: req.connect})
+  try {
+    return await deployWith(req, inventory, establishments, store, hypervisors, env)
+  } finally {
+    await hypervisors.close()
+  }
+}
+
+async function deployWith(req: DeployRequest, inventory: Inventory, establishments: Establishment[], store: SecretStore, hypervisors: Hypervisors, env: NodeJS.ProcessEnv): Promise<DeployReport> {
   const handoffDir = req.handoffDir ?? join(stateDir(env), 'handoffs')
 
   req.io.info(`planning ${establishments.length} establishment(s) on ${new Set(establishments.map((e) => e.hypervisor)).size} hypervisor(s)`)

@@ -25,7 +25,8 @@ export async function copyFromGuest(t: GuestTarget, guestPath: string, localPath
   const {api, node, vmid} = t
   // the script gets the paths as arguments (no secret involved), never interpolated into the text
   const script = 'set -e; d=$(mktemp -d /tmp/pgi-xfer.XXXXXX); chmod 700 "$d"; base64 -w0 -- "$1" | split -b "$2" -d -a 5 - "$d/c."; echo "$d"; ls "$d"'
-  const r = await api.agentExec(node, vmid, ['/bin/sh', '-c', script, 'sh', guestPath, String(CHUNK)], {timeoutMs: 3600_000})
+  // may run twice: each run cuts its own copy in its own temp folder (/tmp is emptied at boot)
+  const r = await api.agentExec(node, vmid, ['/bin/sh', '-c', script, 'sh', guestPath, String(CHUNK)], {timeoutMs: 3600_000, idempotent: true})
   const lines = r.stdout.trim().split('\n').filter(Boolean)
   if (r.exitcode !== 0 || lines.length === 0) {
     throw new UserError(ErrorCode.BACKUP_FAILED, `could not prepare ${guestPath} for copy in VM ${vmid} (exit ${r.exitcode}): ${r.stderr.trim().slice(-300)}`, {
@@ -51,7 +52,7 @@ export async function copyFromGuest(t: GuestTarget, guestPath: string, localPath
     }
   } finally {
     await fh.close()
-    await api.agentExec(node, vmid, ['/bin/rm', '-rf', '--', dir], {timeoutMs: 60_000}).catch(() => undefined)
+    await api.agentExec(node, vmid, ['/bin/rm', '-rf', '--', dir], {timeoutMs: 60_000, idempotent: true}).catch(() => undefined)
   }
   const sha256 = hash.digest('hex')
   if (opts.expectSha256 && sha256 !== opts.expectSha256.toLowerCase()) {

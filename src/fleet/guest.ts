@@ -64,7 +64,7 @@ export interface GuestHealth {
  * than start a second pgi-health while the first still runs.
  */
 export async function guestHealth(t: GuestTarget, timeoutMs = 300_000): Promise<{exitcode: number; health?: GuestHealth; stderr: string}> {
-  const r = await t.api.agentExec(t.node, t.vmid, [GUEST_HEALTH], {timeoutMs})
+  const r = await t.api.agentExec(t.node, t.vmid, [GUEST_HEALTH], {timeoutMs, idempotent: true})
   let health: GuestHealth | undefined
   try {
     health = JSON.parse(r.stdout) as GuestHealth
@@ -100,7 +100,8 @@ export async function waitForHealthy(t: GuestTarget, opts: WaitOpts): Promise<Gu
 
 /** Takes a backup of every database with `pgi-backup`; returns the manifest path in the guest. */
 export async function backupGuest(t: GuestTarget, timeoutMs = 3600_000): Promise<string> {
-  const r = await t.api.agentExec(t.node, t.vmid, [GUEST_BACKUP], {timeoutMs})
+  // may run twice: pgi-backup takes a lock, and a second run only adds one more backup
+  const r = await t.api.agentExec(t.node, t.vmid, [GUEST_BACKUP], {timeoutMs, idempotent: true})
   const path = r.stdout.trim().split('\n').filter(Boolean).slice(-1)[0] ?? ''
   if (r.exitcode !== 0 || !path.startsWith('/')) {
     throw new UserError(ErrorCode.BACKUP_FAILED, `pgi-backup failed in VM ${t.vmid} (exit ${r.exitcode}): ${lastLine(r.stderr || r.stdout)}`, {
@@ -116,7 +117,7 @@ export async function backupGuest(t: GuestTarget, timeoutMs = 3600_000): Promise
  * of each dump into a scratch database with row counts compared. Returns the per-database results.
  */
 export async function verifyGuestBackup(t: GuestTarget, manifestPath: string, timeoutMs = 3600_000): Promise<{name: string; ok: boolean; row_counts?: Record<string, number>}[]> {
-  const r = await t.api.agentExec(t.node, t.vmid, [GUEST_BACKUP, '--verify', manifestPath], {timeoutMs})
+  const r = await t.api.agentExec(t.node, t.vmid, [GUEST_BACKUP, '--verify', manifestPath], {timeoutMs, idempotent: true})
   let out: {verified?: {name: string; ok: boolean; row_counts?: Record<string, number>}[]} | undefined
   try {
     out = JSON.parse(r.stdout.trim().split('\n').slice(-1)[0] ?? '') as typeof out

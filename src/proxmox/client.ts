@@ -10,7 +10,8 @@ import {sleep} from '../sleep.js'
 import {MemoryIo, type Io} from '../io.js'
 import type {Hypervisor} from '../inventory/types.js'
 import type {Secret} from '../secret.js'
-import {isLockError, PveApiError, PveTaskError, type PveWhere} from './errors.js'
+import {armDeadline, DeadlineExceeded} from './deadline.js'
+import {HypervisorDownError, isLockError, PveApiError, PveTaskError, type PveWhere} from './errors.js'
 import {createTrustedFetch, NetworkError, toNetworkError, type FetchFn, type HttpAnswer, type HttpInit, type PinnedFetch} from './tls.js'
 import type {
   AgentExecResult,
@@ -36,11 +37,17 @@ import {parseUpid, tryParseUpid} from './upid.js'
  *
  * - TLS verified by pin or CA (src/proxmox/tls.ts), passed in as `fetch`;
  * - typed errors (PveApiError with status, PVE message, per-parameter errors; PveTaskError);
+ * - a deadline on every request (src/proxmox/deadline.ts) and a breaker: a hypervisor that answers
+ *   nothing for a whole deadline (or refuses the TLS pin, or the token) is out of reach for the
+ *   rest of the run, and every later request to it fails at once with the same error. This is
+ *   the one per-hypervisor time bound of every fleet read and write (status, deploy, rollout,
+ *   credentials, destroy), since they all go through one client per hypervisor;
  * - waits and bounded retries with back-off and jitter on "VM is locked (…)" and
- *   "can't lock file … got timeout";
+ *   "can't lock file … got timeout", and on server faults (a 5xx that names no PVE reason);
  * - no blind re-send of a non-idempotent request: the engine's own retry is disabled, a GET is
- *   retried, a POST/DELETE whose fate is unknown after a network error is *reconciled* by
- *   re-reading the state (the task it may have started, the VM, its status);
+ *   retried, a POST/DELETE whose fate is unknown after a network error or a server fault is
+ *   *reconciled* by re-reading the state (the task it may have started, the VM, its status) and
+ *   sent again only when that shows it was not applied;
  * - a task waiter with per-type default timeouts and the log tail on failure;
  * - multipart upload (the engine cannot), streamed, with progress;
  * - guest-agent calls unwrapped (`{data:{result:…}}`), agent exec polled to completion.
@@ -72,11 +79,29 @@ export const DEFAULT_TASK_TIMEOUTS_MS: Record<string, number> = {
 }
 export const DEFAULT_TASK_TIMEOUT_MS = 15 * 60_000
 
+/**
+ * Deadline of one API read until its answer starts (ms): PVE answers a read in milliseconds, so a
+ * hypervisor silent for this long is out of reach (the status service uses the same bound).
+ */
+export const DEFAULT_REQUEST_TIMEOUT_MS = 5_000
+/** Deadline of one API write (POST/PUT/DELETE: a synchronous config change may take PVE a while). */
+export const DEFAULT_WRITE_TIMEOUT_MS = 60_000
+/** Deadline of one guest-agent request: PVE itself waits for the agent a few seconds before answering. */
+export const DEFAULT_AGENT_REQUEST_TIMEOUT_MS = 30_000
+/** After this long (ms), a hypervisor found out of reach is tried again (a run of hours, a node back up). */
+export const DEFAULT_BREAKER_COOLDOWN_MS = 5 * 60_000
+
 export interface RetryPolicy {
   /** How long to keep retrying while the VM is locked (ms). Default 10 min. */
   lockTimeoutMs: number
   /** Retries of a request that failed at network level and is safe to repeat. Default 4. */
   networkRetries: number
+  /**
+   * Retries of a request that got a server fault (a 5xx naming no PVE reason): reads and idempotent
+   * writes are sent again; other writes only after re-reading the state shows they were not
+   * applied. Default 4.
+   */
+  serverRetries: number
   /** First back-off delay (ms); doubles each attempt, with ±50 % jitter. Default 1000. */
   baseDelayMs: number
   /** Cap of one back-off delay (ms). Default 15000. */
@@ -88,8 +113,14 @@ export interface ConnectOptions {
   io?: Io
   /** A fetch to use instead of the trusted one built from `hv.tls` (tests, labs). */
   fetch?: FetchFn
-  /** Timeout of one API request (ms). Default 60 s. */
+  /** Deadline of one API read, until its answer starts (ms). Default DEFAULT_REQUEST_TIMEOUT_MS (5 s). */
   requestTimeoutMs?: number
+  /** Deadline of one API write (ms). Default 60 s (never less than requestTimeoutMs). */
+  writeTimeoutMs?: number
+  /** Deadline of one guest-agent request (ms). Default 30 s (never less than requestTimeoutMs). */
+  agentRequestTimeoutMs?: number
+  /** How long a hypervisor found out of reach is not asked again (ms). Default 5 min. */
+  breakerCooldownMs?: number
   retry?: Partial<RetryPolicy>
   /** Per task-type timeouts overriding DEFAULT_TASK_TIMEOUTS_MS. */
   taskTimeoutsMs?: Record<string, number>
@@ -110,6 +141,10 @@ interface RecordedResponse {
 interface CallCtx {
   res?: RecordedResponse
   wantBody: boolean
+  /** Deadline of this request until its answer starts (ms). */
+  timeoutMs: number
+  /** The failure of the transport, kept here instead of being thrown through the engine (see recordingFetch). */
+  fetchError?: unknown
 }
 
 type Params = Record<string, unknown>
@@ -205,6 +240,9 @@ export class PveClient implements PveApi {
   private readonly tokenId: string
   private readonly tokenSecret: Secret
   private readonly requestTimeoutMs: number
+  private readonly writeTimeoutMs: number
+  private readonly agentRequestTimeoutMs: number
+  private readonly breakerCooldownMs: number
   private readonly retry: RetryPolicy
   private readonly taskTimeouts: Record<string, number>
   private readonly pollInitial: number
@@ -216,6 +254,16 @@ export class PveClient implements PveApi {
   /** Calls in flight, by the number in their URL fragment (see CALL_TAG). */
   private readonly calls = new Map<number, CallCtx>()
   private callSeq = 0
+  /** HTTP answers received from this hypervisor so far (any status): tells a silent hypervisor from a slow request. */
+  private answers = 0
+  /**
+   * Tasks this client started or followed: a task found when re-reading the state after a lost
+   * request is that request's only if it is none of these (an earlier start of the same VM a few
+   * seconds before is not the one a failed start made).
+   */
+  private readonly knownTasks = new Set<string>()
+  /** Set when the hypervisor was found out of reach (the breaker is open): later requests fail at once with it. */
+  private down?: {error: PgiError; at: number}
 
   constructor(init: PveClientInit, opts: ConnectOptions) {
     this.hypervisor = init.name
@@ -224,8 +272,11 @@ export class PveClient implements PveApi {
     this.onClose = init.onClose
     this.tokenId = init.tokenId
     this.tokenSecret = opts.tokenSecret
-    this.requestTimeoutMs = opts.requestTimeoutMs ?? 60_000
-    this.retry = {lockTimeoutMs: 10 * 60_000, networkRetries: 4, baseDelayMs: 1000, maxDelayMs: 15_000, ...opts.retry}
+    this.requestTimeoutMs = opts.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS
+    this.writeTimeoutMs = Math.max(opts.writeTimeoutMs ?? DEFAULT_WRITE_TIMEOUT_MS, this.requestTimeoutMs)
+    this.agentRequestTimeoutMs = Math.max(opts.agentRequestTimeoutMs ?? DEFAULT_AGENT_REQUEST_TIMEOUT_MS, this.requestTimeoutMs)
+    this.breakerCooldownMs = opts.breakerCooldownMs ?? DEFAULT_BREAKER_COOLDOWN_MS
+    this.retry = {lockTimeoutMs: 10 * 60_000, networkRetries: 4, serverRetries: 4, baseDelayMs: 1000, maxDelayMs: 15_000, ...opts.retry}
     this.taskTimeouts = {...DEFAULT_TASK_TIMEOUTS_MS, ...opts.taskTimeoutsMs}
     this.pollInitial = opts.poll?.initialMs ?? 500
     this.pollMax = opts.poll?.maxMs ?? 5000
@@ -262,7 +313,9 @@ export class PveClient implements PveApi {
       schema: 'https',
       tokenID: init.tokenId,
       tokenSecret: opts.tokenSecret.reveal(),
-      queryTimeout: this.requestTimeoutMs,
+      // only a backstop: every request has its own, shorter deadline (recordingFetch), and the
+      // engine's timer is always cleared because our fetch always resolves
+      queryTimeout: Math.max(this.writeTimeoutMs, this.agentRequestTimeoutMs) + 30_000,
       fetch: ((input: string | URL, reqInit?: HttpInit) => this.recordingFetch(input, reqInit)) as never,
     })
   }
@@ -280,13 +333,39 @@ export class PveClient implements PveApi {
    * status, reason phrase and (for errors) the body in it, so failures can be typed without
    * parsing the engine's Error text; and normalises the JSON content type, which the engine
    * matches byte for byte.
+   *
+   * It also holds the request's deadline (until the answer starts; the trusted fetch bounds the
+   * body's idle time itself), and it never rejects: proxmox-api arms a timer per request (its
+   * queryTimeout) and clears it only when fetch resolves, so a rejected fetch would leave that
+   * timer armed and the process alive long after its last output. A transport failure is kept in
+   * the call's context instead, and the engine gets an answer that it turns into an error at once.
    */
   private async recordingFetch(input: string | URL, init?: HttpInit): Promise<EngineAnswer> {
     const url = new URL(input)
     const ctx = url.hash.startsWith(CALL_TAG) ? this.calls.get(Number(url.hash.slice(CALL_TAG.length))) : undefined
     url.hash = ''
-    const res: HttpAnswer = await this.baseFetch(url, init)
-    const bodyText = await res.text()
+    const timeoutMs = ctx?.timeoutMs ?? this.writeTimeoutMs
+    const ac = new AbortController()
+    const outer = init?.signal ?? undefined
+    const onOuter = () => ac.abort(outer!.reason)
+    if (outer?.aborted) ac.abort(outer.reason)
+    else outer?.addEventListener('abort', onOuter, {once: true})
+    const cancel = armDeadline(timeoutMs, () => ac.abort(new DeadlineExceeded(timeoutMs)))
+    let res: HttpAnswer
+    let bodyText: string
+    try {
+      res = await untilAborted(this.baseFetch(url, {...init, signal: ac.signal, idleTimeoutMs: Math.max(timeoutMs, DEFAULT_AGENT_REQUEST_TIMEOUT_MS), onResponse: cancel}), ac.signal)
+      cancel()
+      bodyText = await untilAborted(res.text(), ac.signal)
+    } catch (err) {
+      if (!ctx) throw err
+      ctx.fetchError = err
+      return FAILED_ANSWER
+    } finally {
+      cancel()
+      outer?.removeEventListener('abort', onOuter)
+    }
+    this.answers++
     const ct = res.headers.get('content-type')
     const contentType = ct && /^application\/json/i.test(ct) ? 'application/json;charset=UTF-8' : ct
     if (ctx) ctx.res = res.status !== 200 || ctx.wantBody ? {status: res.status, statusText: decodeReason(res.statusText), bodyText} : {status: res.status, statusText: res.statusText}
@@ -306,9 +385,15 @@ export class PveClient implements PveApi {
     return Math.round(d * (0.5 + this.random() * 0.5))
   }
 
+  /** The deadline of one request: guest-agent calls, reads, writes. */
+  private deadlineFor(method: string, path: string): number {
+    if (/\/agent\//.test(path)) return this.agentRequestTimeoutMs
+    return method === 'GET' ? this.requestTimeoutMs : this.writeTimeoutMs
+  }
+
   /** One request, no retry. Returns the envelope's data (and the raw body when asked). */
   private async once<T>(method: string, path: string, params: Params | undefined, o: RequestOptions): Promise<{data: T; body?: unknown}> {
-    const ctx: CallCtx = {wantBody: Boolean(o.wantBody)}
+    const ctx: CallCtx = {wantBody: Boolean(o.wantBody), timeoutMs: this.deadlineFor(method, path)}
     const id = ++this.callSeq
     this.calls.set(id, ctx)
     const started = this.now()
@@ -319,7 +404,7 @@ export class PveClient implements PveApi {
       if (o.wantBody && ctx.res?.bodyText) body = safeJson(ctx.res.bodyText)
       return {data, body}
     } catch (err) {
-      throw this.toTyped(err, ctx, method, path, o.where)
+      throw this.toTyped(ctx.fetchError ?? err, ctx, method, path, o.where)
     } finally {
       this.calls.delete(id)
     }
@@ -345,7 +430,10 @@ export class PveClient implements PveApi {
     for (let i = 0; i < 4 && c; i++) {
       if (c instanceof PgiError) return withWhere(c, where)
       if ((c as Error).name === 'AbortError' || (c as Error).name === 'TimeoutError') {
-        return withWhere(new NetworkError(this.hostport(), 'ETIMEDOUT', `no answer to ${method} ${path} within ${this.requestTimeoutMs} ms`, false, err), where)
+        const ms = c instanceof DeadlineExceeded ? c.timeoutMs : ctx.timeoutMs
+        const e = new NetworkError(this.hostport(), 'ETIMEDOUT', `no answer to ${method} ${path} within ${ms} ms`, false, err)
+        ;(e as {details?: Record<string, unknown>}).details = {...e.details, timeoutMs: ms}
+        return withWhere(e, where)
       }
       c = (c as {cause?: unknown}).cause
     }
@@ -360,21 +448,58 @@ export class PveClient implements PveApi {
     return `${this.baseUrl.hostname}:${this.baseUrl.port || 443}`
   }
 
+  /** Fails at once when the breaker is open (the hypervisor was found out of reach in this run). */
+  private checkDown(where: PveWhere): void {
+    if (!this.down) return
+    if (this.now() - this.down.at < this.breakerCooldownMs) throw new HypervisorDownError(this.down.error, where)
+    this.io.debug(`hypervisor ${this.hypervisor}: trying again after it was found out of reach`, {since: new Date(this.down.at).toISOString()})
+    this.down = undefined
+  }
+
+  /** Opens the breaker: the hypervisor is out of reach for this run (see the module comment). */
+  private trip(err: PgiError): void {
+    if (this.down) return
+    this.down = {error: err, at: this.now()}
+    this.io.debug(`hypervisor ${this.hypervisor} out of reach: not asking it again in this run`, {code: err.code, cause: err.message})
+  }
+
   /**
    * A request with the retry policy: lock errors are waited out (bounded, back-off + jitter);
    * network errors are retried only when the request certainly was not sent or is idempotent;
-   * otherwise the state is re-read (`reconcile`) instead of sending it again.
+   * otherwise the state is re-read (`reconcile`) instead of sending it again. Server faults (a 5xx
+   * naming no PVE reason) are retried for idempotent requests, and for others only once a re-read
+   * shows they were not applied. A hypervisor that answers nothing for a whole deadline, refuses
+   * the pinned certificate or the token opens the breaker.
    */
   private async request<T>(method: string, path: string, params: Params | undefined, o: RequestOptions): Promise<{data: T; body?: unknown; reconciled?: Reconciled}> {
     const idempotent = method === 'GET' || o.idempotent === true
     const lockStart = this.now()
+    const started = this.now()
+    const answersAtStart = this.answers
     let netAttempt = 0
     let lockAttempt = 0
+    let serverAttempt = 0
     for (;;) {
+      this.checkDown(o.where)
+      const answersBefore = this.answers
       try {
         return await this.once<T>(method, path, params, o)
       } catch (err) {
+        if (err instanceof HypervisorDownError) throw err
+        if (err instanceof PgiError && (err.code === ErrorCode.TLS_MISMATCH || err.code === ErrorCode.PVE_AUTH)) {
+          this.trip(err)
+          throw err
+        }
         if (err instanceof NetworkError && err.code === ErrorCode.UNREACHABLE) {
+          // silent for a whole deadline (no answer to this request nor to any other meanwhile), or
+          // refusing connections for as long: out of reach for this run, not asked again
+          const silentTimeout = (err.errno === 'ETIMEDOUT' || err.errno === 'UND_ERR_CONNECT_TIMEOUT') && this.answers === answersBefore
+          const silentTooLong = this.answers === answersAtStart && this.now() - started + this.backoff(netAttempt) >= this.requestTimeoutMs
+          if (silentTimeout || (err.notSent && silentTooLong)) {
+            this.trip(err)
+            if (!idempotent && !err.notSent) throw this.outcomeUnknown(method, path, err, o.where)
+            throw err
+          }
           if ((err.notSent || idempotent) && netAttempt < this.retry.networkRetries) {
             const d = this.backoff(netAttempt++)
             this.io.warn(`${err.message}; retrying in ${(d / 1000).toFixed(1)} s`, {hypervisor: this.hypervisor})
@@ -382,13 +507,7 @@ export class PveClient implements PveApi {
             continue
           }
           if (!err.notSent && !idempotent) {
-            if (!o.reconcile) {
-              throw new UnreachableError(ErrorCode.UNREACHABLE, `${method} ${path}: the connection failed and pgi cannot tell whether the hypervisor applied the request (${err.message})`, {
-                where: o.where,
-                cause: err,
-                suggestions: ['Check the state on the hypervisor (Tasks panel), then run the command again.'],
-              })
-            }
+            if (!o.reconcile) throw this.outcomeUnknown(method, path, err, o.where)
             this.io.warn(`${method} ${path}: connection lost after sending; re-reading the state instead of sending it again`, {hypervisor: this.hypervisor, ...o.where})
             // Give a request still in flight on the server time to register its task first.
             await this.sleep(this.retry.baseDelayMs)
@@ -400,7 +519,23 @@ export class PveClient implements PveApi {
               suggestions: ['Nothing was changed: run the command again once the hypervisor is reachable.'],
             })
           }
+          if (this.answers === answersAtStart) this.trip(err)
           throw err
+        }
+        if (err instanceof PveApiError && err.isServerFault) {
+          if (serverAttempt < this.retry.serverRetries && (idempotent || o.reconcile)) {
+            const d = this.backoff(serverAttempt++)
+            this.io.debug(`${method} ${path}: ${err.status} ${err.pveMessage}; ${idempotent ? 'sending it again' : 're-reading the state'} in ${(d / 1000).toFixed(1)} s`, {hypervisor: this.hypervisor, ...o.where})
+            await this.sleep(d)
+            if (!idempotent) {
+              // never sent again blindly: what the hypervisor holds says whether it was applied
+              const r = await o.reconcile!()
+              if (r.applied) return {data: (r.upid ?? null) as T, reconciled: r}
+              this.io.debug(`${method} ${path}: not applied (re-read): sending it again`, {hypervisor: this.hypervisor, ...o.where})
+            }
+            continue
+          }
+          throw serverAttempt > 0 ? err.withAttempts(serverAttempt + 1) : err
         }
         if (!o.noLockRetry && isLockError(err) && this.now() - lockStart < this.retry.lockTimeoutMs) {
           const d = this.backoff(lockAttempt++)
@@ -412,6 +547,15 @@ export class PveClient implements PveApi {
         throw err
       }
     }
+  }
+
+  /** A write that may or may not have been applied, with no state to re-read. */
+  private outcomeUnknown(method: string, path: string, err: PgiError, where: PveWhere): UnreachableError {
+    return new UnreachableError(ErrorCode.UNREACHABLE, `${method} ${path}: the connection failed and pgi cannot tell whether the hypervisor applied the request (${err.message})`, {
+      where,
+      cause: err,
+      suggestions: ['Check the state on the hypervisor (Tasks panel), then run the command again.'],
+    })
   }
 
   private get<T>(path: string, params: Params | undefined, where: PveWhere): Promise<T> {
@@ -438,13 +582,16 @@ export class PveClient implements PveApi {
     }
     const vmid = /^\d+$/.test(u.id) ? Number(u.id) : undefined
     const where = this.where(u.node || node, vmid)
+    this.rememberTask(upid)
     const timeout = wait.timeoutMs ?? this.taskTimeout(u.type)
     const start = this.now()
     let delay = this.pollInitial
     const path = `/nodes/${seg(u.node || node)}/tasks/${seg(upid)}/status`
     for (;;) {
       if (wait.signal?.aborted) throw wait.signal.reason
-      const st = await this.get<PveTaskStatus>(path, undefined, where)
+      const st = await this.get<PveTaskStatus>(path, undefined, where).catch((err: unknown) => {
+        throw this.taskUnknown(err, u.type, upid, where)
+      })
       if (st.status === 'stopped') {
         const exit = st.exitstatus ?? ''
         if (exit === 'OK' || /^WARNINGS: \d+$/.test(exit)) {
@@ -474,6 +621,25 @@ export class PveClient implements PveApi {
     }
   }
 
+  /**
+   * The status of a started task could not be read (after the retries of `get`): the task itself
+   * may have succeeded, so the failure is named for what it is. An unreachable hypervisor is left
+   * as it is (its own code and exit status say what happened).
+   */
+  private taskUnknown(err: unknown, type: string, upid: string, where: PveWhere): unknown {
+    if (!(err instanceof PgiError) || err.code === ErrorCode.UNREACHABLE || err.code === ErrorCode.TLS_MISMATCH) return err
+    return new UserError(ErrorCode.PVE_TASK_UNKNOWN, `task ${type} was started, but its status could not be read: ${err.message}`, {
+      where,
+      cause: err,
+      exitCode: err.exitCode,
+      details: {upid, taskType: type},
+      suggestions: [
+        'The task may have finished on the hypervisor: run the command again, it carries on from what the hypervisor holds.',
+        `Or look at the task there: pvenode task status ${upid}`,
+      ],
+    })
+  }
+
   async taskLog(node: string, upid: string, opts: {start?: number; limit?: number} = {}): Promise<string[]> {
     const u = tryParseUpid(upid)
     const lines = await this.get<{n: number; t: string}[]>(`/nodes/${seg(u?.node ?? node)}/tasks/${seg(upid)}/log`, {start: opts.start ?? 0, limit: opts.limit ?? 500}, this.where(node))
@@ -501,11 +667,19 @@ export class PveClient implements PveApi {
     return rows ?? []
   }
 
-  /** Finds a task of `type` (our token's, started since `sinceMs`) that an unanswered request may have started. */
+  private rememberTask(upid: string): void {
+    this.knownTasks.add(upid)
+    if (this.knownTasks.size > 10_000) this.knownTasks.delete(this.knownTasks.values().next().value!)
+  }
+
+  /**
+   * Finds a task of `type` (our token's, started since `sinceMs`, give or take 5 s of clock skew)
+   * that an unanswered request may have started: not one this client already knows.
+   */
   private async findStartedTask(node: string, type: string, id: number | string | undefined, sinceMs: number): Promise<string | undefined> {
     const tasks = await this.listTasks(node, {type, vmid: typeof id === 'number' ? id : undefined, since: Math.floor(sinceMs / 1000) - 5})
     const user = this.tokenId.split('!')[0]
-    const mine = tasks.filter((t) => t.type === type && (id === undefined || String(t.id) === String(id)) && (t.user === this.tokenId || t.user === user) && t.starttime * 1000 >= sinceMs - 5000)
+    const mine = tasks.filter((t) => t.type === type && (id === undefined || String(t.id) === String(id)) && (t.user === this.tokenId || t.user === user) && t.starttime * 1000 >= sinceMs - 5000 && !this.knownTasks.has(t.upid))
     return mine.sort((a, b) => b.starttime - a.starttime)[0]?.upid
   }
 
@@ -535,6 +709,7 @@ export class PveClient implements PveApi {
       try {
         const r = await this.request<unknown>(method, path, params, {where: o.where, reconcile, idempotent: o.idempotent})
         const upid = r.data
+        if (typeof upid === 'string') this.rememberTask(upid)
         if (typeof upid === 'string' && tryParseUpid(upid)) await this.waitTask(node, upid, o.wait)
         else if (r.reconciled === undefined && upid !== null && upid !== undefined) {
           this.io.debug(`PVE ${method} ${path} returned no task id`, {data: upid})
@@ -788,14 +963,15 @@ export class PveClient implements PveApi {
     return (await this.agent<unknown[]>('GET', node, vmid, 'get-fsinfo')) ?? []
   }
 
-  async agentExec(node: string, vmid: number, command: string[], opts: {inputData?: string; timeoutMs?: number} = {}): Promise<AgentExecResult> {
+  async agentExec(node: string, vmid: number, command: string[], opts: {inputData?: string; timeoutMs?: number; idempotent?: boolean} = {}): Promise<AgentExecResult> {
     if (command.length === 0) throw new UserError(ErrorCode.USAGE, 'agentExec: empty command')
     if (opts.inputData !== undefined && /[^\x00-\x7e]/.test(opts.inputData)) {
       // PVE base64-encodes input-data as bytes: non-ASCII text would be mangled or refused.
       throw new BugError('agentExec: inputData must be ASCII (PVE re-encodes it); send JSON made with asciiJson()')
     }
-    // Not idempotent: after a lost answer the command may run; it is not sent twice.
-    const started = await this.agent<{pid: number}>('POST', node, vmid, 'exec', {command, 'input-data': opts.inputData}, false)
+    // Unless the caller says the command may run twice (a read-only check, a convergent
+    // configuration), a command whose start was not confirmed is not sent again: it may run.
+    const started = await this.agent<{pid: number}>('POST', node, vmid, 'exec', {command, 'input-data': opts.inputData}, opts.idempotent === true)
     const pid = started?.pid
     if (typeof pid !== 'number') throw new PveApiError({status: 200, pveMessage: `agent exec returned no pid (${JSON.stringify(started)})`, method: 'POST', path: this.vmPath(node, vmid, '/agent/exec'), where: this.where(node, vmid)})
     const timeout = opts.timeoutMs ?? 5 * 60_000
@@ -912,37 +1088,60 @@ export class PveClient implements PveApi {
       yield tailB
     }
 
-    let res: HttpAnswer
-    try {
-      res = await this.baseFetch(url, {
-        method: 'POST',
-        headers: {
-          Authorization: `PVEAPIToken=${this.tokenId}=${this.tokenSecret.reveal()}`,
-          'Content-Type': `multipart/form-data; boundary=${boundary}`,
-          'Content-Length': String(length),
-          Accept: 'application/json',
-        },
-        body: body(),
-        duplex: 'half',
-      })
-    } catch (err) {
-      const e = this.toTyped(err, {wantBody: false}, 'POST', path, where)
-      if (e instanceof NetworkError && !e.notSent) {
-        // The file may have arrived: look for the copy task, then for the volume.
-        this.io.warn(`upload of ${opts.filename}: connection lost; checking whether the hypervisor received it`, where)
-        const upid = await this.findStartedTask(node, 'imgcopy', undefined, sentAt)
-        if (upid) return void (await this.waitTask(node, upid, wait))
-        const have = (await this.storageContent(node, storage, opts.content)).find((c) => c.volid === volid)
-        if (have && have.size === total) return
+    // What the node holds after an upload whose answer was lost or a server fault: the copy task
+    // it started, else the volume itself (complete when its size is the file's).
+    const reconcile = async (): Promise<'applied' | 'not-applied'> => {
+      const upid = await this.findStartedTask(node, 'imgcopy', undefined, sentAt)
+      if (upid) {
+        await this.waitTask(node, upid, wait)
+        return 'applied'
       }
-      throw e
+      const have = (await this.storageContent(node, storage, opts.content)).find((c) => c.volid === volid)
+      return have && have.size === total ? 'applied' : 'not-applied'
     }
-    const text = await res.text()
-    if (res.status !== 200) {
-      throw this.toTyped(new Error(`HTTP ${res.status}`), {wantBody: true, res: {status: res.status, statusText: res.statusText, bodyText: text}}, 'POST', path, where)
+    for (let attempt = 0; ; attempt++) {
+      this.checkDown(where)
+      let res: HttpAnswer
+      try {
+        res = await this.baseFetch(url, {
+          method: 'POST',
+          headers: {
+            Authorization: `PVEAPIToken=${this.tokenId}=${this.tokenSecret.reveal()}`,
+            'Content-Type': `multipart/form-data; boundary=${boundary}`,
+            'Content-Length': String(length),
+            Accept: 'application/json',
+          },
+          body: body(),
+          duplex: 'half',
+        })
+      } catch (err) {
+        const e = this.toTyped(err, {wantBody: false, timeoutMs: this.writeTimeoutMs}, 'POST', path, where)
+        if (e instanceof NetworkError && !e.notSent) {
+          // The file may have arrived: look for the copy task, then for the volume.
+          this.io.warn(`upload of ${opts.filename}: connection lost; checking whether the hypervisor received it`, where)
+          if ((await reconcile()) === 'applied') return
+        }
+        if (e.code === ErrorCode.TLS_MISMATCH || (e instanceof NetworkError && e.notSent)) this.trip(e)
+        throw e
+      }
+      this.answers++
+      const text = await res.text()
+      if (res.status !== 200) {
+        const e = this.toTyped(new Error(`HTTP ${res.status}`), {wantBody: true, timeoutMs: this.writeTimeoutMs, res: {status: res.status, statusText: res.statusText, bodyText: text}}, 'POST', path, where)
+        if (e instanceof PveApiError && e.isServerFault && attempt < this.retry.serverRetries) {
+          // a server fault: sent again only once the node shows it did not take this one
+          await this.sleep(this.backoff(attempt))
+          if ((await reconcile()) === 'applied') return
+          this.io.warn(`upload of ${opts.filename}: ${e.status} ${e.pveMessage}; the node does not have it: sending it again`, where)
+          continue
+        }
+        if (e.code === ErrorCode.PVE_AUTH) this.trip(e)
+        throw e instanceof PveApiError && attempt > 0 ? e.withAttempts(attempt + 1) : e
+      }
+      const upid = (safeJson(text) as {data?: unknown})?.data
+      if (typeof upid === 'string' && tryParseUpid(upid)) await this.waitTask(node, upid, wait)
+      return
     }
-    const upid = (safeJson(text) as {data?: unknown})?.data
-    if (typeof upid === 'string' && tryParseUpid(upid)) await this.waitTask(node, upid, wait)
   }
 }
 
@@ -964,6 +1163,32 @@ export function decodeReason(text: string): string {
  */
 export function asciiJson(value: unknown): string {
   return JSON.stringify(value).replace(/[\u007f-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
+}
+
+/**
+ * What the engine gets when the transport failed (the failure itself is in the call's context):
+ * an answer it turns into an Error at once, after clearing its timer (see recordingFetch).
+ */
+const FAILED_ANSWER: EngineAnswer = {
+  status: 599,
+  statusText: 'request failed',
+  headers: {get: (name) => (name.toLowerCase() === 'content-type' ? 'application/json;charset=UTF-8' : null)},
+  body: null,
+  text: async () => '{"data":null}',
+  json: async () => ({data: null}),
+}
+
+/** `p`, or a rejection with the signal's reason as soon as it aborts (whatever `p` does then). */
+function untilAborted<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) {
+    p.catch(() => undefined)
+    return Promise.reject(signal.reason)
+  }
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason)
+    signal.addEventListener('abort', onAbort, {once: true})
+    p.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort))
+  })
 }
 
 function safeJson(text: string): unknown {
@@ -1007,7 +1232,8 @@ export function connectHypervisor(hv: Hypervisor, opts: ConnectOptions): PveClie
   if (!fetch) {
     const caFile = hv.tls.caFile && !isAbsolute(hv.tls.caFile) && hv.source?.file ? resolvePath(dirname(hv.source.file), hv.tls.caFile) : hv.tls.caFile
     try {
-      pool = createTrustedFetch({fingerprint: hv.tls.fingerprint, caFile})
+      // a connection that does not even open within a read's deadline is a silent hypervisor
+      pool = createTrustedFetch({fingerprint: hv.tls.fingerprint, caFile}, {connectTimeoutMs: Math.min(10_000, opts.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS)})
     } catch (err) {
       throw withWhere(err instanceof PgiError ? err : new UserError(ErrorCode.INVENTORY_INVALID, String(err)), {hypervisor: hv.name})
     }

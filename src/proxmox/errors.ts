@@ -1,4 +1,4 @@
-import {ErrorCode, type ErrorCodeValue, type ErrorLocation, UserError} from '../errors.js'
+import {ErrorCode, PgiError, type ErrorCodeValue, type ErrorLocation, UserError} from '../errors.js'
 
 /**
  * Typed errors of the Proxmox API. PVE reports failures as:
@@ -25,11 +25,30 @@ export interface PveApiErrorInit {
   parameterErrors?: Record<string, string>
   where: PveWhere
   cause?: unknown
+  /** How many times the request was sent (retries of server faults); said in the message when > 1. */
+  attempts?: number
 }
 
 export const LOCKED_RE = /VM is locked \(([^)]*)\)|can't lock file '([^']+)' - got timeout/
 export const DIGEST_RE = /checksum mismatch|detected modified configuration - file changed by other user\?/i
 const PERMISSION_RE = /Permission check failed \(([^,)]+)(?:,\s*([^)]+))?\)/
+
+/**
+ * PVE's own reasons for refusing a request: a 5xx whose message says one of these is PVE's answer
+ * about the request itself (no such VM, already exists, agent not running, bad value…), and sending
+ * it again would change nothing. Any other 5xx (pveproxy or pvedaemon trouble, "internal server
+ * error", a cluster file system hiccup, a proxy error between nodes: 502/503/504/595/596/599) is a
+ * server fault worth retrying where retrying is safe.
+ */
+const PVE_REASON_RE =
+  /does not exist|already exists|not running|is running|no such|not found|unable to|invalid|not allowed|not supported|not implemented|permission|only root|guest agent|agent error|QEMU guest|No QMP|qmp command|hostname lookup|checksum mismatch|file changed by other user|VM is locked|can't lock file|is a template|parameter|missing|wrong|refus|forbidden|already|not enough|no space|quota/i
+const SERVER_FAULT_STATUSES = new Set([500, 502, 503, 504, 595, 596, 597, 599])
+
+/** A server-side fault that says nothing about the request (see PVE_REASON_RE): worth retrying where safe. */
+export function isServerFault(status: number, pveMessage: string): boolean {
+  if (!SERVER_FAULT_STATUSES.has(status)) return false
+  return status !== 500 || !PVE_REASON_RE.test(pveMessage)
+}
 
 function codeFor(status: number, msg: string): ErrorCodeValue {
   if (status === 400) return ErrorCode.PVE_PARAMETERS
@@ -37,6 +56,7 @@ function codeFor(status: number, msg: string): ErrorCodeValue {
   if (status === 403) return ErrorCode.PVE_PERMISSION
   if (DIGEST_RE.test(msg)) return ErrorCode.PVE_DIGEST_MISMATCH
   if (LOCKED_RE.test(msg)) return ErrorCode.PVE_LOCKED
+  if (isServerFault(status, msg)) return ErrorCode.PVE_SERVER_ERROR
   return ErrorCode.PVE_HTTP
 }
 
@@ -59,6 +79,8 @@ function suggestionsFor(code: ErrorCodeValue, init: PveApiErrorInit, perm?: {pat
       return ['The VM configuration was changed by someone else meanwhile: re-read it and run the command again.']
     case ErrorCode.PVE_LOCKED:
       return ['Another operation holds the VM lock: wait for it to finish (Tasks panel of the hypervisor), or clear a stale lock with `qm unlock <vmid>` after checking.']
+    case ErrorCode.PVE_SERVER_ERROR:
+      return ['The hypervisor\'s API is failing on its side (see its syslog: pveproxy, pvedaemon, pve-cluster): run the command again later; what was done is kept.']
     default:
       return []
   }
@@ -83,7 +105,7 @@ export class PveApiError extends UserError {
       .map(([k, v]) => `${k}: ${v.trim()}`)
       .join('; ')
     const msg =
-      `${init.method} ${init.path} failed: ${init.status} ${init.pveMessage}` + (paramText ? ` (${paramText})` : '')
+      `${init.method} ${init.path} failed: ${init.status} ${init.pveMessage}` + (paramText ? ` (${paramText})` : '') + ((init.attempts ?? 1) > 1 ? ` (${init.attempts} attempts)` : '')
     super(code, msg, {
       where: init.where,
       cause: init.cause,
@@ -95,8 +117,10 @@ export class PveApiError extends UserError {
         path: init.path,
         ...(Object.keys(params).length > 0 ? {parameterErrors: params} : {}),
         ...(permission ? {permission} : {}),
+        ...((init.attempts ?? 1) > 1 ? {attempts: init.attempts} : {}),
       },
     })
+    this.init = init
     this.status = init.status
     this.pveMessage = init.pveMessage
     this.method = init.method
@@ -105,8 +129,20 @@ export class PveApiError extends UserError {
     this.permission = permission
   }
 
+  private readonly init: PveApiErrorInit
+
   get isLocked(): boolean {
     return this.code === ErrorCode.PVE_LOCKED
+  }
+
+  /** A server fault (see isServerFault): the request may be sent again where that is safe. */
+  get isServerFault(): boolean {
+    return this.code === ErrorCode.PVE_SERVER_ERROR
+  }
+
+  /** The same error, saying how many times the request was sent. */
+  withAttempts(attempts: number): PveApiError {
+    return new PveApiError({...this.init, attempts})
   }
 }
 
@@ -142,4 +178,16 @@ export class PveTaskError extends UserError {
 /** True for PVE's "VM is locked (…)" and "can't lock file … got timeout", from the API or a task. */
 export function isLockError(err: unknown): boolean {
   return (err instanceof PveApiError && err.isLocked) || (err instanceof PveTaskError && err.isLocked)
+}
+
+/**
+ * A request not sent because its hypervisor was already found out of reach in this run (the
+ * client's breaker, src/proxmox/client.ts): the same code, exit code, message and advice as the
+ * failure that found it, located where this request was going.
+ */
+export class HypervisorDownError extends PgiError {
+  readonly kind = 'user' as const
+  constructor(readonly first: PgiError, where: PveWhere) {
+    super(first.code, first.message, first.exitCode, {where, suggestions: first.suggestions, details: {...first.details, notSent: true}, cause: first})
+  }
 }

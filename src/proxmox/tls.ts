@@ -26,6 +26,10 @@ export interface HttpInit {
   signal?: AbortSignal | null
   /** Accepted for WHATWG-fetch compatibility (streamed bodies); has no effect here. */
   duplex?: 'half'
+  /** Called when the answer starts (status line and headers received), before its body. */
+  onResponse?: () => void
+  /** Longest pause (ms) while the answer's body arrives before the request fails (default undici's 300 s). */
+  idleTimeoutMs?: number
 }
 
 /** What the client reads of an answer. A WHATWG `Response` has all of it (tests inject such fetches). */
@@ -199,7 +203,22 @@ export function createTrustedFetch(trust: TlsTrust, opts: {connectTimeoutMs?: nu
       throw toNetworkError(err, hostPort(url.hostname.replace(/^\[|\]$/g, ''), url.port, url.protocol))
     }
   }
-  return {fetch, dispatcher, close: () => dispatcher.close()}
+  return {fetch, dispatcher, close: () => closeDispatcher(dispatcher)}
+}
+
+/**
+ * Closes a connection pool at the end of a run: requests still in flight get a second to finish
+ * (nothing should be in flight by then), then every socket is destroyed, so nothing of the pool
+ * keeps the process alive after its last output.
+ */
+async function closeDispatcher(dispatcher: Agent, graceMs = 1000): Promise<void> {
+  let timer: NodeJS.Timeout | undefined
+  const grace = new Promise<void>((resolve) => {
+    timer = setTimeout(resolve, graceMs)
+  })
+  await Promise.race([dispatcher.close().catch(() => undefined), grace])
+  clearTimeout(timer)
+  await dispatcher.destroy().catch(() => undefined)
 }
 
 /**
@@ -234,7 +253,14 @@ function send(dispatcher: Dispatcher, url: URL, init: HttpInit): Promise<HttpAns
     signal?.addEventListener('abort', onAbort, {once: true})
     try {
       dispatcher.dispatch(
-        {origin: url.origin, path: url.pathname + url.search, method: (init.method ?? 'GET') as Dispatcher.HttpMethod, headers: init.headers, body: bodyOf(init.body)},
+        {
+          origin: url.origin,
+          path: url.pathname + url.search,
+          method: (init.method ?? 'GET') as Dispatcher.HttpMethod,
+          headers: init.headers,
+          body: bodyOf(init.body),
+          ...(init.idleTimeoutMs ? {bodyTimeout: init.idleTimeoutMs} : {}),
+        },
         {
           onRequestStart(c) {
             controller = c
@@ -245,6 +271,7 @@ function send(dispatcher: Dispatcher, url: URL, init: HttpInit): Promise<HttpAns
             status = statusCode
             statusText = statusMessage ?? ''
             headers = h
+            init.onResponse?.()
           },
           onResponseData(_c, chunk) {
             chunks.push(chunk)

@@ -148,8 +148,12 @@ export interface PveApi {
   agentPing(node: string, vmid: number): Promise<boolean>
   agentNetworkInterfaces(node: string, vmid: number): Promise<AgentInterface[]>
   agentFsInfo(node: string, vmid: number): Promise<unknown[]>
-  /** Runs a command in the guest (argv, never a shell string with secrets); stdin from inputData. */
-  agentExec(node: string, vmid: number, command: string[], opts?: {inputData?: string; timeoutMs?: number}): Promise<AgentExecResult>
+  /**
+   * Runs a command in the guest (argv, never a shell string with secrets); stdin from inputData.
+   * `idempotent`: the command may safely run twice (a read-only check, a convergent configuration),
+   * so its start is sent again after a server fault or a lost answer; otherwise it never is.
+   */
+  agentExec(node: string, vmid: number, command: string[], opts?: {inputData?: string; timeoutMs?: number; idempotent?: boolean}): Promise<AgentExecResult>
   agentFileWrite(node: string, vmid: number, file: string, content: string): Promise<void>
   agentFileRead(node: string, vmid: number, file: string): Promise<string>
 

@@ -179,7 +179,7 @@ function unreachable(e: unknown): boolean {
 /** A server-side failure (HTTP 5xx, not a digest mismatch nor a refusal): worth sending again. */
 function serverError(e: unknown): boolean {
   const p = asPgiError(e)
-  return p.code === ErrorCode.PVE_HTTP || p.code === ErrorCode.PVE_LOCKED
+  return p.code === ErrorCode.PVE_HTTP || p.code === ErrorCode.PVE_SERVER_ERROR || p.code === ErrorCode.PVE_LOCKED
 }
 
 /**

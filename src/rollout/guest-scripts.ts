@@ -131,7 +131,7 @@ function lastJson<T>(stdout: string): T | undefined {
 }
 
 export async function probeGuest(t: GuestTarget, manifestPath: string, login?: {login: string; password: string}): Promise<ProbeResult> {
-  const r = await t.api.agentExec(t.node, t.vmid, [PYTHON, '-c', PROBE_SCRIPT], {inputData: asciiJson({manifest: manifestPath, login}), timeoutMs: 600_000})
+  const r = await t.api.agentExec(t.node, t.vmid, [PYTHON, '-c', PROBE_SCRIPT], {inputData: asciiJson({manifest: manifestPath, login}), timeoutMs: 600_000, idempotent: true})
   const out = lastJson<ProbeResult>(r.stdout)
   if (r.exitcode !== 0 || !out || !Array.isArray(out.databases)) {
     throw new UserError(ErrorCode.GUEST_COMMAND_FAILED, `the database checks failed to run in VM ${t.vmid} (exit ${r.exitcode}): ${(r.stderr || r.stdout).trim().slice(-300) || '(no output)'}`, {
@@ -161,7 +161,7 @@ export async function restoreInGuest(t: GuestTarget, manifestPath: string, versi
  */
 export async function waitForBoot(t: GuestTarget, timeoutMs: number): Promise<string> {
   try {
-    const r = await t.api.agentExec(t.node, t.vmid, ['systemctl', 'is-system-running', '--wait'], {timeoutMs})
+    const r = await t.api.agentExec(t.node, t.vmid, ['systemctl', 'is-system-running', '--wait'], {timeoutMs, idempotent: true})
     return r.stdout.trim() || `exit ${r.exitcode}`
   } catch (err) {
     return `not settled: ${err instanceof Error ? err.message : String(err)}`

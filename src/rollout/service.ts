@@ -58,6 +58,16 @@ async function openFleet(req: FleetRequest): Promise<Fleet> {
   return {inventory, establishments, store, hypervisors, env}
 }
 
+/** Runs `fn` on the opened fleet, then closes its hypervisor connections whatever happened. */
+async function withFleet<T>(req: FleetRequest, fn: (fleet: Fleet) => Promise<T>): Promise<T> {
+  const fleet = await openFleet(req)
+  try {
+    return await fn(fleet)
+  } finally {
+    await fleet.hypervisors.close()
+  }
+}
+
 function wavesFor(inventory: Inventory, waves: string[] | undefined): string[] {
   if (!waves || waves.length === 0) return inventory.rings
   const unknown = waves.filter((w) => !inventory.rings.includes(w))
@@ -95,80 +105,81 @@ export interface PlanRequest extends FleetRequest {
 }
 
 export async function planRollout(req: PlanRequest): Promise<{version: string; image?: DeployImage; rows: RolloutPlanRow[]}> {
-  const fleet = await openFleet(req)
-  const version = req.image.version
-  const waves = wavesFor(fleet.inventory, req.waves)
-  let image: DeployImage | undefined
-  let imageProblem: string | undefined
-  try {
-    image = await req.resolveImage(req.image)
-  } catch (err) {
-    imageProblem = `image ${req.image.name} ${version}: ${asPgiError(err).message}`
-  }
-  const staged = new Map<string, Promise<Set<string> | string>>()
-  const stagedOn = (e: Establishment) => {
-    const key = `${e.hypervisor}/${e.node}`
-    if (!staged.has(key)) {
-      const hv = fleet.hypervisors.definition(e.hypervisor)
-      staged.set(
-        key,
-        fleet.hypervisors
-          .get(e.hypervisor)
-          .then((api) => api.storageContent(e.node, hv.storage.import, 'import'))
-          .then((list) => new Set(list.filter((c) => !image || c.size === image.size).map((c) => c.volid)))
-          .catch((err) => asPgiError(err).message),
-      )
+  return withFleet(req, async (fleet) => {
+    const version = req.image.version
+    const waves = wavesFor(fleet.inventory, req.waves)
+    let image: DeployImage | undefined
+    let imageProblem: string | undefined
+    try {
+      image = await req.resolveImage(req.image)
+    } catch (err) {
+      imageProblem = `image ${req.image.name} ${version}: ${asPgiError(err).message}`
     }
-    return staged.get(key)!
-  }
-  const now = new Date()
-  const rows = await Promise.all(
-    fleet.establishments.map(async (e): Promise<RolloutPlanRow> => {
-      const waveIndex = waves.indexOf(e.ring) + 1
-      const row: RolloutPlanRow = {
-        uai: e.uai,
-        name: e.name,
-        hypervisor: e.hypervisor,
-        node: e.node,
-        vmid: e.vmid,
-        target: version,
-        wave: e.ring,
-        waveIndex,
-        window: describeWindow(e.maintenanceWindow),
-        inWindowNow: inWindow(e.maintenanceWindow, now),
-        staged: false,
-        action: 'update',
-        blockers: [],
+    const staged = new Map<string, Promise<Set<string> | string>>()
+    const stagedOn = (e: Establishment) => {
+      const key = `${e.hypervisor}/${e.node}`
+      if (!staged.has(key)) {
+        const hv = fleet.hypervisors.definition(e.hypervisor)
+        staged.set(
+          key,
+          fleet.hypervisors
+            .get(e.hypervisor)
+            .then((api) => api.storageContent(e.node, hv.storage.import, 'import'))
+            .then((list) => new Set(list.filter((c) => !image || c.size === image.size).map((c) => c.volid)))
+            .catch((err) => asPgiError(err).message),
+        )
       }
-      if (imageProblem) row.blockers.push(imageProblem)
-      try {
-        const api = await fleet.hypervisors.get(e.hypervisor)
-        const cfg = await api.vmConfig(e.node, e.vmid)
-        const meta = parseDescription(typeof cfg?.description === 'string' ? cfg.description : undefined)
-        if (!cfg) row.blockers.push(`VM ${e.vmid} does not exist: deploy it first`)
-        else if (!meta) row.blockers.push(`VM ${e.vmid} was not deployed by pgi`)
-        else {
-          row.current = meta.image
-          const m = meta.rollout
-          if (m) row.rollout = {id: m.id, step: m.step, ...(m.runner ? {runner: m.runner} : {}), ...(m.reason ? {reason: m.reason} : {})}
-          if (m && !FINAL_STEPS.has(m.step)) row.blockers.push(`rollout ${m.id} (${m.from} → ${m.to}) is mid-way at step ${m.step}: resume or abort it`)
-          if (cfg.lock) row.blockers.push(`VM is locked (${cfg.lock})`)
+      return staged.get(key)!
+    }
+    const now = new Date()
+    const rows = await Promise.all(
+      fleet.establishments.map(async (e): Promise<RolloutPlanRow> => {
+        const waveIndex = waves.indexOf(e.ring) + 1
+        const row: RolloutPlanRow = {
+          uai: e.uai,
+          name: e.name,
+          hypervisor: e.hypervisor,
+          node: e.node,
+          vmid: e.vmid,
+          target: version,
+          wave: e.ring,
+          waveIndex,
+          window: describeWindow(e.maintenanceWindow),
+          inWindowNow: inWindow(e.maintenanceWindow, now),
+          staged: false,
+          action: 'update',
+          blockers: [],
         }
-        const s = image ? await stagedOn(e) : undefined
-        if (typeof s === 'string') row.blockers.push(`import storage: ${s}`)
-        else if (s && image) row.staged = s.has(importVolid(fleet.hypervisors.definition(e.hypervisor), image))
-      } catch (err) {
-        row.blockers.push(asPgiError(err).message)
-      }
-      if (row.current === version && row.blockers.length === 0) row.action = 'up-to-date'
-      else if (waveIndex === 0) row.action = 'excluded'
-      else if (row.blockers.length > 0) row.action = 'blocked'
-      if (req.window === 'inventory' && !row.inWindowNow && row.action === 'update') row.blockers.push('outside its maintenance window now (it would wait for it)')
-      return row
-    }),
-  )
-  rows.sort((a, b) => (a.waveIndex || 99) - (b.waveIndex || 99))
-  return {version, image, rows}
+        if (imageProblem) row.blockers.push(imageProblem)
+        try {
+          const api = await fleet.hypervisors.get(e.hypervisor)
+          const cfg = await api.vmConfig(e.node, e.vmid)
+          const meta = parseDescription(typeof cfg?.description === 'string' ? cfg.description : undefined)
+          if (!cfg) row.blockers.push(`VM ${e.vmid} does not exist: deploy it first`)
+          else if (!meta) row.blockers.push(`VM ${e.vmid} was not deployed by pgi`)
+          else {
+            row.current = meta.image
+            const m = meta.rollout
+            if (m) row.rollout = {id: m.id, step: m.step, ...(m.runner ? {runner: m.runner} : {}), ...(m.reason ? {reason: m.reason} : {})}
+            if (m && !FINAL_STEPS.has(m.step)) row.blockers.push(`rollout ${m.id} (${m.from} → ${m.to}) is mid-way at step ${m.step}: resume or abort it`)
+            if (cfg.lock) row.blockers.push(`VM is locked (${cfg.lock})`)
+          }
+          const s = image ? await stagedOn(e) : undefined
+          if (typeof s === 'string') row.blockers.push(`import storage: ${s}`)
+          else if (s && image) row.staged = s.has(importVolid(fleet.hypervisors.definition(e.hypervisor), image))
+        } catch (err) {
+          row.blockers.push(asPgiError(err).message)
+        }
+        if (row.current === version && row.blockers.length === 0) row.action = 'up-to-date'
+        else if (waveIndex === 0) row.action = 'excluded'
+        else if (row.blockers.length > 0) row.action = 'blocked'
+        if (req.window === 'inventory' && !row.inWindowNow && row.action === 'update') row.blockers.push('outside its maintenance window now (it would wait for it)')
+        return row
+      }),
+    )
+    rows.sort((a, b) => (a.waveIndex || 99) - (b.waveIndex || 99))
+    return {version, image, rows}
+  })
 }
 
 // ---- stage -----------------------------------------------------------------------------------
@@ -195,30 +206,31 @@ export interface StageRequest extends FleetRequest {
 export async function stageRollout(req: StageRequest): Promise<{version: string; rows: StageRow[]; exitCode: number}> {
   // before anything is read: refuses --bwlimit with --image-url
   const stager = new Stager({io: req.io, imageUrl: req.imageUrl, bwlimitKiB: req.bwlimitKiB, onProgress: (k, t) => req.io.debug(`${k}: ${t}`)})
-  const fleet = await openFleet(req)
-  const image = await req.resolveImage(req.image)
-  const nodes = new Map<string, {hv: string; node: string; n: number}>()
-  for (const e of fleet.establishments) {
-    const k = `${e.hypervisor}/${e.node}`
-    const cur = nodes.get(k) ?? {hv: e.hypervisor, node: e.node, n: 0}
-    cur.n++
-    nodes.set(k, cur)
-  }
-  const out = await settleAll(
-    [...nodes.values()],
-    (x) => x.hv,
-    async (x) => stager.stage(await fleet.hypervisors.get(x.hv), fleet.hypervisors.definition(x.hv), x.node, image),
-    {max: req.maxParallel ?? 4, perKey: 1},
-  )
-  const rows: StageRow[] = out.map((o) => ({
-    hypervisor: o.item.hv,
-    node: o.item.node,
-    establishments: o.item.n,
-    outcome: o.ok ? o.value : 'failed',
-    detail: o.ok ? (o.value === 'already-there' ? `${image.file} already there` : `${image.file} ${o.value}, checksum verified`) : asPgiError(o.error).message,
-  }))
-  const failed = rows.filter((r) => r.outcome === 'failed').length
-  return {version: image.version, rows, exitCode: failed === 0 ? ExitCode.OK : failed === rows.length && rows.length > 0 ? ExitCode.FAILURE : ExitCode.PARTIAL}
+  return withFleet(req, async (fleet) => {
+    const image = await req.resolveImage(req.image)
+    const nodes = new Map<string, {hv: string; node: string; n: number}>()
+    for (const e of fleet.establishments) {
+      const k = `${e.hypervisor}/${e.node}`
+      const cur = nodes.get(k) ?? {hv: e.hypervisor, node: e.node, n: 0}
+      cur.n++
+      nodes.set(k, cur)
+    }
+    const out = await settleAll(
+      [...nodes.values()],
+      (x) => x.hv,
+      async (x) => stager.stage(await fleet.hypervisors.get(x.hv), fleet.hypervisors.definition(x.hv), x.node, image),
+      {max: req.maxParallel ?? 4, perKey: 1},
+    )
+    const rows: StageRow[] = out.map((o) => ({
+      hypervisor: o.item.hv,
+      node: o.item.node,
+      establishments: o.item.n,
+      outcome: o.ok ? o.value : 'failed',
+      detail: o.ok ? (o.value === 'already-there' ? `${image.file} already there` : `${image.file} ${o.value}, checksum verified`) : asPgiError(o.error).message,
+    }))
+    const failed = rows.filter((r) => r.outcome === 'failed').length
+    return {version: image.version, rows, exitCode: failed === 0 ? ExitCode.OK : failed === rows.length && rows.length > 0 ? ExitCode.FAILURE : ExitCode.PARTIAL}
+  })
 }
 
 // ---- start / resume --------------------------------------------------------------------------
@@ -293,36 +305,37 @@ async function execute(fleet: Fleet, record: RolloutRecord, journal: RolloutJour
 }
 
 export async function startRollout(req: StartRequest): Promise<RolloutResult> {
-  const fleet = await openFleet(req)
-  const version = req.image.version
-  const waves = wavesFor(fleet.inventory, req.waves)
-  const image = await req.resolveImage(req.image)
-  const inWaves = fleet.establishments.filter((e) => waves.includes(e.ring))
-  if (inWaves.length === 0) throw new UsageError(`no selected establishment is in the waves ${waves.join(', ')}`)
-  const maxFailures = req.maxFailures ?? '0'
-  parseMaxFailures(maxFailures, inWaves.length)
-  await req.confirm(`Roll out ${version} to ${inWaves.length} establishment(s) in waves ${waves.join(' → ')} (${req.maxParallel ?? 10} at once, halt after more than ${maxFailures} failure(s))? Each one is backed up, stopped, updated and gated; failures roll back.`)
-  const now = new Date()
-  const id = newId(now)
-  const journal = new RolloutJournal(journalDir(fleet.env), id)
-  const record: RolloutRecord = {
-    id,
-    version,
-    ...(req.image.name !== DEFAULT_IMAGE ? {imageName: req.image.name} : {}),
-    uais: inWaves.map((e) => e.uai),
-    waves,
-    maxParallel: req.maxParallel ?? 10,
-    maxPerHypervisor: req.maxPerHypervisor ?? 4,
-    maxFailures,
-    window: req.window ?? 'now',
-    keepOldDisk: req.keepOldDisk ?? false,
-    inventoryPath: fleet.inventory.path,
-    runner: req.runner ?? RUNNER,
-    startedAt: now.toISOString(),
-    updatedAt: now.toISOString(),
-    state: 'running',
-  }
-  return execute(fleet, record, journal, image, req, false, inWaves, `rollout ${id}: ${req.image.name} ${version} to ${inWaves.length} establishment(s); journal ${journal.dir}`)
+  return withFleet(req, async (fleet) => {
+    const version = req.image.version
+    const waves = wavesFor(fleet.inventory, req.waves)
+    const image = await req.resolveImage(req.image)
+    const inWaves = fleet.establishments.filter((e) => waves.includes(e.ring))
+    if (inWaves.length === 0) throw new UsageError(`no selected establishment is in the waves ${waves.join(', ')}`)
+    const maxFailures = req.maxFailures ?? '0'
+    parseMaxFailures(maxFailures, inWaves.length)
+    await req.confirm(`Roll out ${version} to ${inWaves.length} establishment(s) in waves ${waves.join(' → ')} (${req.maxParallel ?? 10} at once, halt after more than ${maxFailures} failure(s))? Each one is backed up, stopped, updated and gated; failures roll back.`)
+    const now = new Date()
+    const id = newId(now)
+    const journal = new RolloutJournal(journalDir(fleet.env), id)
+    const record: RolloutRecord = {
+      id,
+      version,
+      ...(req.image.name !== DEFAULT_IMAGE ? {imageName: req.image.name} : {}),
+      uais: inWaves.map((e) => e.uai),
+      waves,
+      maxParallel: req.maxParallel ?? 10,
+      maxPerHypervisor: req.maxPerHypervisor ?? 4,
+      maxFailures,
+      window: req.window ?? 'now',
+      keepOldDisk: req.keepOldDisk ?? false,
+      inventoryPath: fleet.inventory.path,
+      runner: req.runner ?? RUNNER,
+      startedAt: now.toISOString(),
+      updatedAt: now.toISOString(),
+      state: 'running',
+    }
+    return execute(fleet, record, journal, image, req, false, inWaves, `rollout ${id}: ${req.image.name} ${version} to ${inWaves.length} establishment(s); journal ${journal.dir}`)
+  })
 }
 
 export interface ResumeRequest extends Omit<StartRequest, 'image' | 'confirm'> {
@@ -336,55 +349,56 @@ export interface ResumeRequest extends Omit<StartRequest, 'image' | 'confirm'> {
  * establishments it touched; their target version is in the mark).
  */
 export async function resumeRollout(req: ResumeRequest): Promise<RolloutResult> {
-  const fleet = await openFleet(req)
-  const root = journalDir(fleet.env)
-  const local = (await listRollouts(root)).filter((r) => (req.id ? r.id === req.id : r.state !== 'done'))
-  let record = local[0]
-  let establishments: Establishment[]
-  if (record) {
-    const want = new Set(record.uais)
-    establishments = fleet.inventory.establishments.filter((e) => want.has(e.uai))
-  } else {
-    // another machine: find what the marks say
-    const marks = await readMarks(fleet)
-    const open = marks.filter((m) => m.mark && !FINAL_STEPS.has(m.mark.step) && (!req.id || m.mark.id === req.id))
-    if (open.length === 0) {
-      throw new UserError(ErrorCode.USAGE, req.id ? `no rollout ${req.id} found in the journal nor on the selected VMs` : 'no unfinished rollout in the local journal nor on the selected VMs', {
-        exitCode: ExitCode.USAGE,
-        suggestions: ['Run `pgi rollout status --all` to see what the VMs record.'],
-      })
+  return withFleet(req, async (fleet) => {
+    const root = journalDir(fleet.env)
+    const local = (await listRollouts(root)).filter((r) => (req.id ? r.id === req.id : r.state !== 'done'))
+    let record = local[0]
+    let establishments: Establishment[]
+    if (record) {
+      const want = new Set(record.uais)
+      establishments = fleet.inventory.establishments.filter((e) => want.has(e.uai))
+    } else {
+      // another machine: find what the marks say
+      const marks = await readMarks(fleet)
+      const open = marks.filter((m) => m.mark && !FINAL_STEPS.has(m.mark.step) && (!req.id || m.mark.id === req.id))
+      if (open.length === 0) {
+        throw new UserError(ErrorCode.USAGE, req.id ? `no rollout ${req.id} found in the journal nor on the selected VMs` : 'no unfinished rollout in the local journal nor on the selected VMs', {
+          exitCode: ExitCode.USAGE,
+          suggestions: ['Run `pgi rollout status --all` to see what the VMs record.'],
+        })
+      }
+      const id = open[0]!.mark!.id
+      const mine = open.filter((m) => m.mark!.id === id)
+      establishments = mine.map((m) => m.est)
+      const now = new Date().toISOString()
+      record = {
+        id,
+        version: mine[0]!.mark!.to,
+        uais: establishments.map((e) => e.uai),
+        waves: [...new Set([...fleet.inventory.rings, ...establishments.map((e) => e.ring)])],
+        maxParallel: req.maxParallel ?? 10,
+        maxPerHypervisor: req.maxPerHypervisor ?? 4,
+        maxFailures: req.maxFailures ?? `${establishments.length}`,
+        window: 'now',
+        keepOldDisk: req.keepOldDisk ?? false,
+        inventoryPath: fleet.inventory.path,
+        runner: req.runner ?? RUNNER,
+        startedAt: now,
+        updatedAt: now,
+        state: 'running',
+      }
+      req.io.info(`rollout ${id}: no local journal here; finishing the ${establishments.length} establishment(s) its marks name`)
     }
-    const id = open[0]!.mark!.id
-    const mine = open.filter((m) => m.mark!.id === id)
-    establishments = mine.map((m) => m.est)
-    const now = new Date().toISOString()
-    record = {
-      id,
-      version: mine[0]!.mark!.to,
-      uais: establishments.map((e) => e.uai),
-      waves: [...new Set([...fleet.inventory.rings, ...establishments.map((e) => e.ring)])],
-      maxParallel: req.maxParallel ?? 10,
-      maxPerHypervisor: req.maxPerHypervisor ?? 4,
-      maxFailures: req.maxFailures ?? `${establishments.length}`,
-      window: 'now',
-      keepOldDisk: req.keepOldDisk ?? false,
-      inventoryPath: fleet.inventory.path,
-      runner: req.runner ?? RUNNER,
-      startedAt: now,
-      updatedAt: now,
-      state: 'running',
-    }
-    req.io.info(`rollout ${id}: no local journal here; finishing the ${establishments.length} establishment(s) its marks name`)
-  }
-  const journal = new RolloutJournal(root, record.id)
-  // after `abort`, resume only finishes the rollbacks (nothing new starts); after `pause`, it goes on
-  if ((await journal.control()) === 'abort' || record.state === 'aborted') await journal.setControl('abort')
-  else await journal.setControl(undefined)
-  const ref: ImageRef = {name: record.imageName ?? DEFAULT_IMAGE, version: record.version}
-  const image = await req.resolveImage(ref)
-  record = {...record, state: 'running', runner: req.runner ?? RUNNER, updatedAt: new Date().toISOString(), ...(req.maxParallel ? {maxParallel: req.maxParallel} : {}), ...(req.maxFailures ? {maxFailures: req.maxFailures} : {})}
-  req.io.info(`resuming rollout ${record.id} (${record.version})`)
-  return execute(fleet, record, journal, image, {...req, image: ref, confirm: async () => undefined}, true, establishments)
+    const journal = new RolloutJournal(root, record.id)
+    // after `abort`, resume only finishes the rollbacks (nothing new starts); after `pause`, it goes on
+    if ((await journal.control()) === 'abort' || record.state === 'aborted') await journal.setControl('abort')
+    else await journal.setControl(undefined)
+    const ref: ImageRef = {name: record.imageName ?? DEFAULT_IMAGE, version: record.version}
+    const image = await req.resolveImage(ref)
+    record = {...record, state: 'running', runner: req.runner ?? RUNNER, updatedAt: new Date().toISOString(), ...(req.maxParallel ? {maxParallel: req.maxParallel} : {}), ...(req.maxFailures ? {maxFailures: req.maxFailures} : {})}
+    req.io.info(`resuming rollout ${record.id} (${record.version})`)
+    return execute(fleet, record, journal, image, {...req, image: ref, confirm: async () => undefined}, true, establishments)
+  })
 }
 
 // ---- status / pause / abort ------------------------------------------------------------------
@@ -431,19 +445,20 @@ export interface RolloutStatus {
 }
 
 export async function rolloutStatus(req: FleetRequest & {id?: string}): Promise<RolloutStatus> {
-  const fleet = await openFleet(req)
-  const root = journalDir(fleet.env)
-  const rec = (await listRollouts(root)).find((r) => !req.id || r.id === req.id)
-  const marks = await readMarks(fleet)
-  const rows: StatusRow[] = marks.map((m) => {
-    if (m.error) return {uai: m.est.uai, state: 'unknown', reason: m.error}
-    const k = m.mark
-    if (!k || (req.id && k.id !== req.id)) return {uai: m.est.uai, image: m.image, state: 'none'}
-    const state: StatusRow['state'] = k.step === 'committed' ? 'done' : k.step === 'rolled-back' ? 'rolled-back' : FINAL_STEPS.has(k.step) ? 'failed' : 'in-progress'
-    return {uai: m.est.uai, image: m.image, rollout: k.id, from: k.from, to: k.to, step: k.step, state, runner: k.runner, at: k.at, reason: k.reason}
+  return withFleet(req, async (fleet) => {
+    const root = journalDir(fleet.env)
+    const rec = (await listRollouts(root)).find((r) => !req.id || r.id === req.id)
+    const marks = await readMarks(fleet)
+    const rows: StatusRow[] = marks.map((m) => {
+      if (m.error) return {uai: m.est.uai, state: 'unknown', reason: m.error}
+      const k = m.mark
+      if (!k || (req.id && k.id !== req.id)) return {uai: m.est.uai, image: m.image, state: 'none'}
+      const state: StatusRow['state'] = k.step === 'committed' ? 'done' : k.step === 'rolled-back' ? 'rolled-back' : FINAL_STEPS.has(k.step) ? 'failed' : 'in-progress'
+      return {uai: m.est.uai, image: m.image, rollout: k.id, from: k.from, to: k.to, step: k.step, state, runner: k.runner, at: k.at, reason: k.reason}
+    })
+    const control = rec ? await new RolloutJournal(root, rec.id).control() : undefined
+    return {...(rec ? {journal: {...rec, ...(control ? {control} : {})}} : {}), establishments: rows}
   })
-  const control = rec ? await new RolloutJournal(root, rec.id).control() : undefined
-  return {...(rec ? {journal: {...rec, ...(control ? {control} : {})}} : {}), establishments: rows}
 }
 
 /** Asks the running rollout (this machine's journal) to pause or abort at its next step boundary. */

@@ -10,10 +10,12 @@
  * is read instead (agent file-read, src/status/health-record.ts); failing that, the agent is pinged
  * and asked for its filesystems, so what can be known is still shown.
  *
- * Every request has its own deadline (`requestTimeoutMs`). The first hypervisor-level failure
- * (timeout, refused connection, TLS mismatch, token refused) opens a breaker for that hypervisor:
- * its remaining calls fail at once with the same cause, so a dead hypervisor costs one timeout and
- * only its own lines, never the others'.
+ * Every request has its own deadline (`requestTimeoutMs`, the same bound the Proxmox client puts on
+ * every request of every command). The first hypervisor-level failure (timeout, refused connection,
+ * TLS mismatch, token refused) opens a breaker for that hypervisor: its remaining calls fail at
+ * once with the same cause, so a dead hypervisor costs one timeout and only its own lines, never
+ * the others'. A hypervisor that answers with an error (a server fault that outlived the client's
+ * retries) is reachable: its lines say what it answered.
  */
 import {compareIds} from '../compare.js'
 import {ErrorCode} from '../errors.js'
@@ -21,6 +23,7 @@ import {KeyedPool} from '../fleet/pool.js'
 import {imageFromTags, parseDescription} from '../fleet/vm-meta.js'
 import type {Io} from '../io.js'
 import type {Establishment} from '../inventory/types.js'
+import {withDeadline} from '../proxmox/deadline.js'
 import type {PveApi, PveResource} from '../proxmox/types.js'
 import {readHealthRecord} from './health-record.js'
 import {CallTimeout, HypervisorDown, isAgentDown, isHypervisorLevel, toProbeError} from './probe-error.js'
@@ -64,34 +67,13 @@ export interface StatusOptions {
 
 /**
  * Runs `p` with a deadline; rejects with CallTimeout when it passes (the late answer is ignored).
- * When the timer itself fires late, or the event loop was busy nearly all the window, this process
- * was short of CPU (a busy machine, or its own work) and an answer may be waiting unread: the
- * deadline is then extended once (by the lateness, at least half the timeout), so a slow machine
- * running pgi is not reported as a hypervisor that stopped answering. A dead hypervisor costs at
- * most 1.5× the timeout (or the lateness) in that case.
+ * The deadline is the one every request to a hypervisor has (src/proxmox/deadline.ts: extended
+ * once when this process, not the hypervisor, was short of CPU). With the real client each request
+ * also carries that deadline itself; this bound covers any PveApi and calls of several requests.
  */
 export function withTimeout<T>(p: Promise<T>, ms: number, call: string, hypervisorLevel = true): Promise<T> {
-  let timer: NodeJS.Timeout | undefined
-  const armed = performance.now()
-  const elu0 = performance.eventLoopUtilization()
-  const deadline = new Promise<never>((_, reject) => {
-    const fire = (extended: boolean) => {
-      const late = performance.now() - armed - ms
-      // busy all along (answers may wait unread behind our own work), or the timer itself came late
-      const busy = performance.eventLoopUtilization(elu0).utilization > SATURATED_ELU
-      if (!extended && (late > STARVATION_MS || busy)) timer = setTimeout(() => fire(true), Math.max(late, ms / 2))
-      else reject(new CallTimeout(call, ms, hypervisorLevel))
-    }
-    timer = setTimeout(() => fire(false), ms)
-  })
-  p.catch(() => undefined) // a late rejection after the deadline is not an unhandled rejection
-  return Promise.race([p, deadline]).finally(() => clearTimeout(timer))
+  return withDeadline(p, ms, () => new CallTimeout(call, ms, hypervisorLevel))
 }
-
-/** A timer firing this much (ms) after its time means the event loop was starved. */
-const STARVATION_MS = 250
-/** Event-loop utilisation over a request's window above which this process, not the hypervisor, was the bottleneck. */
-const SATURATED_ELU = 0.9
 
 /** One hypervisor's part of a run, with its breaker. */
 class HypervisorRun {
@@ -216,10 +198,12 @@ async function probeHypervisor(run: HypervisorRun, ests: Establishment[], ctx: R
   } catch (err) {
     const pe = toProbeError('cluster/resources', err)
     for (const o of obs) {
-      if (pe.code === ErrorCode.PVE_PERMISSION) {
+      if (isHypervisorLevel(pe)) o.hypervisorError = pe
+      else {
+        // it answered (a refusal, a server error): the VMs' state is what could not be read
         o.hypervisorReachable = true
         o.vmError = pe
-      } else o.hypervisorError = pe
+      }
     }
     return obs
   }
@@ -285,7 +269,7 @@ async function probeVm(o: Observation, res: PveResource | undefined, call: Call,
   const readHealth = async () => {
     if (o.vmState !== 'running' || o.template) return
     try {
-      const r = await call('agent exec pgi-health', (api) => api.agentExec(node, o.vmid, [HEALTH_COMMAND], {timeoutMs: ctx.healthTimeoutMs}), {
+      const r = await call('agent exec pgi-health', (api) => api.agentExec(node, o.vmid, [HEALTH_COMMAND], {timeoutMs: ctx.healthTimeoutMs, idempotent: true}), {
         timeoutMs: ctx.healthTimeoutMs + ctx.requestTimeoutMs,
         guestSide: true,
       })

@@ -454,15 +454,21 @@ describe('concurrency and timeouts', () => {
     expect(d.status === 'rejected' && (d.reason as PgiError).where).toEqual({hypervisor: 'hv-test', node: 'pve2', vmid: 103})
   })
 
-  it('a request that gets no answer times out (request timeout), is retried if a GET, then is PGI_UNREACHABLE', async () => {
+  it('a request that gets no answer times out (request deadline), is PGI_UNREACHABLE, and the hypervisor is not asked again', async () => {
     const hang = (r: Recorded) =>
       new Promise<Reply>((_res, rej) => r.signal?.addEventListener('abort', () => rej(Object.assign(new Error('This operation was aborted'), {name: 'AbortError'}))))
-    const fake = new FakePve().on('GET /nodes/pve1/qemu/100/status/current', hang)
-    const e = await rejection(client(fake, new FakeClock(), {requestTimeoutMs: 30, retry: {networkRetries: 1}}).vmStatus('pve1', 100))
+    const fake = new FakePve().on('GET /nodes/pve1/qemu/100/status/current', hang).on('GET /version', ok({version: '9.1.2'}))
+    const c = client(fake, new FakeClock(), {requestTimeoutMs: 30, retry: {networkRetries: 1}})
+    const e = await rejection(c.vmStatus('pve1', 100))
     expect(e.code).toBe(ErrorCode.UNREACHABLE)
     expect(e.message).toContain('no answer to GET /nodes/pve1/qemu/100/status/current within 30 ms')
     expect(e.where).toEqual({hypervisor: 'hv-test', node: 'pve1', vmid: 100})
-    expect(fake.calls('GET /nodes/pve1/qemu/100/status/current')).toHaveLength(2)
+    // silent for a whole deadline: not retried, and later requests fail at once with the same cause
+    expect(fake.calls('GET /nodes/pve1/qemu/100/status/current')).toHaveLength(1)
+    const again = await rejection(c.version())
+    expect(again.code).toBe(ErrorCode.UNREACHABLE)
+    expect(again.message).toBe(e.message)
+    expect(fake.calls('GET /version')).toHaveLength(0)
   })
 
   it('agent exec gives up with TimeoutError when the guest command does not exit', async () => {
