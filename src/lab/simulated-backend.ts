@@ -2,6 +2,7 @@ import {rm, stat} from 'node:fs/promises'
 import {basename} from 'node:path'
 
 import {sleep as abortableSleep} from '../sleep.js'
+import {bootGuest, DataDisk, readGuestFile, runGuestCommand, TEMPLATE_MODULES, TEMPLATE_ROWS, writeGuestFile, type BootState, type GuestEnv, type GuestFile} from './simulated-guest.js'
 import {
   BackendError,
   type AgentExecStatus,
@@ -23,8 +24,9 @@ import {
 /**
  * The simulated backend: no VMs, no disk images. Volumes are records (size, format, the image
  * version they came from), operations take configurable times, and each "guest" answers the guest
- * agent from a model of the PGI image (the guest contract: pgi-health, pgi-configure, pgi-backup,
- * /etc/pgi/image.json). Built for scale tests: hundreds of VMs in one process.
+ * agent from a model of the PGI image (src/lab/simulated-guest.ts: the guest contract's programs,
+ * with their state on the data disk's volume, the OS disk's volume or the current boot, as in the
+ * image). Built for scale tests: hundreds of VMs in one process.
  */
 
 /** Realistic durations (ms) before scaling: what a small PVE node takes. */
@@ -51,8 +53,11 @@ export interface SimulatedOptions {
   /** Multiplies every duration (0 = instant, 0.01 for fast tests). Default 1. */
   timeScale?: number
   durations?: Partial<Durations>
-  /** A guest whose PGI never becomes healthy (fault injection). */
-  guestUnhealthy?: (node: string, vmid: number) => boolean
+  /**
+   * A guest whose PGI never becomes healthy (fault injection: trytond does not start), asked with
+   * the version of the OS image the guest booted.
+   */
+  guestUnhealthy?: (node: string, vmid: number, version: string) => boolean
   /** Does the guest's image record its health in /run/pgi/health.json (pgi-health.timer)? Default: yes. */
   guestHealthRecord?: (node: string, vmid: number) => boolean
 }
@@ -70,16 +75,16 @@ interface SimVm {
   paused?: boolean
   startedAt: number
   pid: number
-  files: Map<string, Buffer>
   procs: Map<number, {status: AgentExecStatus}>
   nextPid: number
-  databases: {name: string; modules: Record<string, string>}[]
-  backups: string[]
-  configured: Record<string, string>
-  /** Guest state saved with each snapshot (databases, backups, files), restored on rollback. */
-  snapState: Map<string, {databases: SimVm['databases']; backups: string[]; files: [string, Buffer][]}>
-  /** Version written to /etc/pgi/image.json through the agent, if any. */
-  writtenVersion?: string
+  /** /tmp and /run of the current boot. */
+  runFiles: Map<string, GuestFile>
+  /** What the current boot's units left (data disk, upgrade). */
+  boot: BootState
+  /** Accounts set by pgi-configure (ami). */
+  accounts: Map<string, string>
+  /** Version of the OS image this boot started. */
+  bootedVersion: string
 }
 
 /**
@@ -98,7 +103,8 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   })
 }
 
-function versionOf(json: Buffer): string | undefined {
+function versionOf(json: Buffer | undefined): string | undefined {
+  if (!json) return undefined
   try {
     const v = (JSON.parse(json.toString()) as {version?: unknown}).version
     return typeof v === 'string' ? v : undefined
@@ -117,13 +123,19 @@ export class SimulatedBackend implements VmBackend {
   readonly kind = 'simulated'
   readonly #d: Durations
   readonly #scale: number
-  readonly #unhealthy: (node: string, vmid: number) => boolean
+  readonly #unhealthy: (node: string, vmid: number, version: string) => boolean
   readonly #recordsHealth: (node: string, vmid: number) => boolean
   #init!: BackendInit
   /** node → volid → volume */
   readonly #vols = new Map<string, Map<string, SimVolume>>()
   /** "node/vmid" → runtime */
   readonly #vms = new Map<string, SimVm>()
+  /** "node volid" → what a data disk holds (/srv/pgi), created at the first boot with it */
+  readonly #disks = new Map<string, DataDisk>()
+  /** "node volid" → files of an OS disk (/etc…) written through the agent */
+  readonly #osFiles = new Map<string, Map<string, GuestFile>>()
+  /** "node volid@snapshot" → a volume's content when the snapshot was taken */
+  readonly #snapContent = new Map<string, {disk?: DataDisk; osFiles?: Map<string, GuestFile>}>()
   #pidSeq = 20000
 
   constructor(opts: SimulatedOptions = {}) {
@@ -185,6 +197,38 @@ export class SimulatedBackend implements VmBackend {
 
   async deleteVolume(node: string, volid: string): Promise<void> {
     if (!this.#nodeVols(node).delete(volid)) throw new BackendError(`volume '${volid}' does not exist`)
+    this.#dropContent(node, volid)
+  }
+
+  // ---- what volumes hold (the guest's files) ---------------------------------------------------
+
+  #key(node: string, volid: string): string {
+    return `${node} ${volid}`
+  }
+
+  #dropContent(node: string, volid: string): void {
+    const k = this.#key(node, volid)
+    this.#disks.delete(k)
+    this.#osFiles.delete(k)
+    for (const s of [...this.#snapContent.keys()]) if (s.startsWith(`${k}@`)) this.#snapContent.delete(s)
+  }
+
+  /** A new volume made from `from` (a clone, a linked clone) holds what it held (at `snapname`, if given). */
+  #copyContent(node: string, from: string, to: string, snapname?: string): void {
+    const src = snapname ? this.#snapContent.get(`${this.#key(node, from)}@${snapname}`) : {disk: this.#disks.get(this.#key(node, from)), osFiles: this.#osFiles.get(this.#key(node, from))}
+    if (src?.disk) this.#disks.set(this.#key(node, to), src.disk.clone())
+    if (src?.osFiles) this.#osFiles.set(this.#key(node, to), cloneFiles(src.osFiles))
+  }
+
+  #renameContent(node: string, from: string, to: string): void {
+    const a = this.#key(node, from)
+    const b = this.#key(node, to)
+    const d = this.#disks.get(a)
+    if (d) this.#disks.set(b, d)
+    const o = this.#osFiles.get(a)
+    if (o) this.#osFiles.set(b, o)
+    this.#disks.delete(a)
+    this.#osFiles.delete(a)
   }
 
   async volumeInfo(node: string, volid: string): Promise<VolumeInfo | undefined> {
@@ -241,6 +285,7 @@ export class SimulatedBackend implements VmBackend {
     ctx.log(`create full clone of drive (${srcVolid})`)
     await this.#wait('copy', ctx, Math.max(0.1, (src.used ?? src.size) / 2 ** 30))
     const volid = this.#newName(node, targetStorage, newVmid, format)
+    this.#copyContent(node, srcVolid, volid, snapname)
     return this.#add(node, {volid, content: 'images', format, size: src.size, used: src.used, vmid: newVmid, imageVersion: src.imageVersion})
   }
 
@@ -252,6 +297,7 @@ export class SimulatedBackend implements VmBackend {
     const file = basename(this.#newName(node, storage, newVmid, base.format))
     const volid = `${storage}:${name}/${newVmid}/${file}`
     ctx.log(`create linked clone of drive (${baseVolid})`)
+    this.#copyContent(node, baseVolid, volid)
     return this.#add(node, {volid, content: 'images', format: base.format, size: base.size, used: 0, vmid: newVmid, imageVersion: base.imageVersion})
   }
 
@@ -274,6 +320,7 @@ export class SimulatedBackend implements VmBackend {
       const nv = v.volid.replace(/\/vm-(\d+)-disk-/, '/base-$1-disk-')
       vols.delete(v.volid)
       vols.set(nv, {...v, volid: nv})
+      this.#renameContent(spec.node, v.volid, nv)
       map[v.volid] = nv
     }
     return map
@@ -289,12 +336,18 @@ export class SimulatedBackend implements VmBackend {
     await this.#wait('start', ctx)
     const key = `${spec.node}/${spec.vmid}`
     const prev = this.#vms.get(key)
-    const vm: SimVm = prev ?? {spec, running: false, startedAt: 0, pid: 0, files: new Map(), procs: new Map(), nextPid: 1000, databases: [], backups: [], configured: {}, snapState: new Map()}
+    const vm: SimVm = prev ?? {spec, running: false, startedAt: 0, pid: 0, procs: new Map(), nextPid: 1000, runFiles: new Map(), boot: {datadisk: {ok: false}, upgrade: {ok: false}}, accounts: new Map(), bootedVersion: ''}
     vm.spec = spec
     vm.running = true
     vm.paused = false
     vm.startedAt = Date.now()
     vm.pid = this.#pidSeq++
+    vm.procs = new Map()
+    // a new boot: /tmp and /run start empty, then the image's boot units run
+    vm.runFiles = new Map()
+    const env = this.#env(vm)
+    vm.boot = bootGuest(env)
+    vm.bootedVersion = env.osVersion
     this.#vms.set(key, vm)
     ctx.log(`VM ${spec.vmid} started (simulated)`)
   }
@@ -340,7 +393,7 @@ export class SimulatedBackend implements VmBackend {
     if (!vm?.running) throw new BackendError(`VM ${spec.vmid} is not running`)
     if (!this.#nodeVols(spec.node).has(disk.volid)) throw new BackendError(`volume '${disk.volid}' does not exist`)
     if (vm.spec.disks.some((d) => d.key === disk.key)) throw new BackendError(`error on hotplug device '${disk.key}': duplicate ID '${disk.key}' for device`)
-    // the guest sees the new disk: later agent answers (get-fsinfo…) and health checks use this spec
+    // the guest sees the new disk (get-fsinfo…); what mounts at boot (the data disk) waits for a boot
     vm.spec = {...vm.spec, disks: [...vm.spec.disks, disk]}
     ctx.log(`hot-plugged ${disk.key} (${disk.volid})`)
   }
@@ -363,7 +416,10 @@ export class SimulatedBackend implements VmBackend {
   async destroyVm(node: string, vmid: number, volids: string[], ctx: TaskContext): Promise<void> {
     await this.#wait('destroy', ctx)
     const vols = this.#nodeVols(node)
-    for (const v of volids) vols.delete(v)
+    for (const v of volids) {
+      vols.delete(v)
+      this.#dropContent(node, v)
+    }
     this.#vms.delete(`${node}/${vmid}`)
   }
 
@@ -378,30 +434,35 @@ export class SimulatedBackend implements VmBackend {
     await this.#wait('snapshot', ctx)
     for (const v of this.#snapDisks(spec)) {
       v.snapshots.add(name)
+      // what the volume holds (a data disk's databases and backups, an OS disk's files) goes with it
+      const k = this.#key(spec.node, v.volid)
+      const disk = this.#disks.get(k)
+      const osFiles = this.#osFiles.get(k)
+      this.#snapContent.set(`${k}@${name}`, {...(disk ? {disk: disk.clone()} : {}), ...(osFiles ? {osFiles: cloneFiles(osFiles)} : {})})
       ctx.log(`snapshotting '${v.volid}' (${name})`)
     }
-    const vm = this.#vm(spec.node, spec.vmid)
-    if (vm) vm.snapState.set(name, structuredClone({databases: vm.databases, backups: vm.backups, files: [...vm.files]}))
   }
 
   async snapshotRollback(spec: VmSpec, name: string, ctx: TaskContext): Promise<void> {
     await this.#wait('rollback', ctx)
-    for (const v of this.#snapDisks(spec)) if (!v.snapshots.has(name)) throw new BackendError(`snapshot '${name}' does not exist on '${v.volid}'`)
-    const vm = this.#vm(spec.node, spec.vmid)
-    const saved = vm?.snapState.get(name)
-    if (vm && saved) {
-      vm.databases = saved.databases
-      vm.backups = saved.backups
-      vm.files = new Map(saved.files.map(([k, b]) => [k, Buffer.from(b)]))
-      const written = vm.files.get('/etc/pgi/image.json')
-      vm.writtenVersion = written ? versionOf(written) : undefined
+    const disks = this.#snapDisks(spec)
+    for (const v of disks) if (!v.snapshots.has(name)) throw new BackendError(`snapshot '${name}' does not exist on '${v.volid}'`)
+    for (const v of disks) {
+      const k = this.#key(spec.node, v.volid)
+      const saved = this.#snapContent.get(`${k}@${name}`)
+      if (saved?.disk) this.#disks.set(k, saved.disk.clone())
+      else this.#disks.delete(k)
+      if (saved?.osFiles) this.#osFiles.set(k, cloneFiles(saved.osFiles))
+      else this.#osFiles.delete(k)
     }
   }
 
   async snapshotDelete(spec: VmSpec, name: string, ctx: TaskContext): Promise<void> {
     await this.#wait('snapshot', ctx, 0.5)
-    for (const v of this.#snapDisks(spec)) v.snapshots.delete(name)
-    this.#vm(spec.node, spec.vmid)?.snapState.delete(name)
+    for (const v of this.#snapDisks(spec)) {
+      v.snapshots.delete(name)
+      this.#snapContent.delete(`${this.#key(spec.node, v.volid)}@${name}`)
+    }
   }
 
   // ---- guest agent model --------------------------------------------------------------------------
@@ -415,91 +476,38 @@ export class SimulatedBackend implements VmBackend {
     return vm
   }
 
-  /** Image version of the guest: /etc/pgi/image.json if rewritten, else the OS disk's origin, else the spec's. */
-  #imageVersion(vm: SimVm): string {
-    if (vm.writtenVersion) return vm.writtenVersion
-    const os = vm.spec.disks.find((d) => d.key === 'virtio0') ?? vm.spec.disks.find((d) => d.media === 'disk' && !d.cloudinit && !d.firmware)
-    const vol = os && this.#nodeVols(vm.spec.node).get(os.volid)
-    return vol?.imageVersion ?? vm.spec.imageVersion ?? '0.0.0'
+  #osDisk(spec: VmSpec): VmSpec['disks'][number] | undefined {
+    return spec.disks.find((d) => d.key === 'virtio0') ?? spec.disks.find((d) => d.media === 'disk' && !d.cloudinit && !d.firmware && d.serial !== 'pgi-data')
   }
 
-  #imageJson(vm: SimVm): string {
-    return JSON.stringify({name: 'pgi-tryton', version: this.#imageVersion(vm), build_time: new Date(vm.startedAt).toISOString(), ports: {ssh: 22, web: 80, jsonrpc: 8000, postgresql: 5432}})
+  /** The OS disk's files (created on first use). */
+  #osFilesOf(spec: VmSpec): Map<string, GuestFile> {
+    const os = this.#osDisk(spec)
+    const k = this.#key(spec.node, os?.volid ?? `(no OS disk of ${spec.vmid})`)
+    let m = this.#osFiles.get(k)
+    if (!m) this.#osFiles.set(k, (m = new Map()))
+    return m
   }
 
-  #dataDisk(vm: SimVm): VolumeInfo | undefined {
-    const d = vm.spec.disks.find((x) => x.serial === 'pgi-data')
-    return d ? this.#nodeVols(vm.spec.node).get(d.volid) : undefined
-  }
-
-  #health(vm: SimVm): {out: string; code: number} {
-    const unhealthy = this.#unhealthy(vm.spec.node, vm.spec.vmid)
-    const data = this.#dataDisk(vm)
-    const used = 180 * 2 ** 20 + vm.databases.length * 40 * 2 ** 20
-    const last = vm.backups.at(-1)
-    const problems: string[] = []
-    if (unhealthy) problems.push('trytond: service failed to start (lab fault injection)')
-    if (!data) problems.push('data_disk: no disk with serial pgi-data')
-    const healthy = problems.length === 0
-    const body = {
-      healthy,
-      image: {name: 'pgi-tryton', version: this.#imageVersion(vm)},
-      checks: {
-        postgresql: {ok: true, detail: 'PostgreSQL 15 accepting connections'},
-        trytond: {ok: !unhealthy, version: '6.0'},
-        web: {ok: !unhealthy},
-        data_disk: {ok: Boolean(data), mounted: Boolean(data), used_bytes: data ? used : 0, size_bytes: data?.size ?? 0, used_pct: data && data.size > 0 ? Math.round((used / data.size) * 1000) / 10 : 0},
-        backup: {ok: true, last: last ?? null, age_s: last ? Math.floor((Date.now() - Date.parse(last)) / 1000) : null},
-      },
-      databases: vm.databases,
-      problems,
+  /** Everything the guest of `vm` sees now: its OS disk, its data disk (by serial), this boot. */
+  #env(vm: SimVm): GuestEnv {
+    const spec = vm.spec
+    const vols = this.#nodeVols(spec.node)
+    const osFiles = this.#osFilesOf(spec)
+    const os = this.#osDisk(spec)
+    const written = versionOf(osFiles.get('/etc/pgi/image.json')?.data)
+    const osVersion = written ?? (os && vols.get(os.volid)?.imageVersion) ?? spec.imageVersion ?? '0.0.0'
+    const data = spec.disks.find((d) => d.serial === 'pgi-data' && d.media === 'disk')
+    const dataVol = data && vols.get(data.volid)
+    let disk: DataDisk | undefined
+    if (data && dataVol) {
+      const k = this.#key(spec.node, data.volid)
+      disk = this.#disks.get(k)
+      if (!disk) this.#disks.set(k, (disk = new DataDisk()))
     }
-    return {out: JSON.stringify(body), code: healthy ? 0 : 1}
-  }
-
-  #run(vm: SimVm, command: string[], input: string | undefined): {out: string; err: string; code: number} {
-    const prog = basename(command[0] ?? '')
-    switch (prog) {
-      case 'pgi-health': {
-        const h = this.#health(vm)
-        return {out: h.out, err: '', code: h.code}
-      }
-      case 'pgi-configure': {
-        let req: Record<string, {login?: string; password?: string}>
-        try {
-          req = JSON.parse(input ?? '{}') as typeof req
-        } catch {
-          return {out: '', err: 'pgi-configure: stdin is not JSON', code: 2}
-        }
-        const changed: string[] = []
-        for (const k of ['sql_admin', 'tryton_admin', 'ami']) {
-          const v = req[k]
-          if (!v) continue
-          const fp = JSON.stringify([v.login, v.password])
-          if (vm.configured[k] !== fp) changed.push(k)
-          vm.configured[k] = fp
-        }
-        return {out: JSON.stringify({changed}), err: '', code: 0}
-      }
-      case 'pgi-backup': {
-        const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')
-        vm.backups.push(new Date().toISOString())
-        const path = `/srv/pgi/backups/${stamp}/manifest.json`
-        vm.files.set(path, Buffer.from(JSON.stringify({created: new Date().toISOString(), databases: vm.databases.map((d) => ({name: d.name, sha256: '0'.repeat(64), rows: {}}))})))
-        return {out: path, err: '', code: 0}
-      }
-      case 'cat': {
-        const f = command[1] ?? ''
-        const content = this.#readFile(vm, f)
-        return content === undefined ? {out: '', err: `cat: ${f}: No such file or directory`, code: 1} : {out: content.toString(), err: '', code: 0}
-      }
-      case 'true':
-        return {out: '', err: '', code: 0}
-      case 'hostname':
-        return {out: vm.spec.name, err: '', code: 0}
-      default:
-        return {out: '', err: `${prog}: command not found (simulated guest)`, code: 127}
-    }
+    // the fault is asked at every look (a test may clear it: trytond then answers again)
+    const trytondUp = vm.boot.datadisk.ok && !this.#unhealthy(spec.node, spec.vmid, vm.bootedVersion || osVersion)
+    return {hostname: spec.name, osVersion, disk, diskSizeBytes: dataVol?.size ?? 0, osFiles, runFiles: vm.runFiles, boot: vm.boot, trytondUp, accounts: vm.accounts, now: Date.now}
   }
 
   /**
@@ -515,16 +523,13 @@ export class SimulatedBackend implements VmBackend {
     const every = 120_000 * this.#scale
     if (up < first) return undefined
     const at = every > 0 ? vm.startedAt + first + Math.floor((up - first) / every) * every : Date.now()
-    const h = this.#health(vm)
+    const h = runGuestCommand(this.#env(vm), ['/usr/local/sbin/pgi-health'], undefined)
     return Buffer.from(JSON.stringify({v: 1, at: new Date(at).toISOString().replace(/\.\d{3}Z$/, 'Z'), took_s: 0.4, exit_code: h.code, health: JSON.parse(h.out) as unknown}))
   }
 
   #readFile(vm: SimVm, file: string): Buffer | undefined {
-    if (vm.files.has(file)) return vm.files.get(file)
-    if (file === '/run/pgi/health.json') return this.#healthRecord(vm)
-    if (file === '/etc/pgi/image.json') return Buffer.from(this.#imageJson(vm))
-    if (file === '/etc/hostname') return Buffer.from(vm.spec.name + '\n')
-    return undefined
+    if (file === '/run/pgi/health.json' && !vm.runFiles.has(file)) return this.#healthRecord(vm)
+    return readGuestFile(this.#env(vm), file)
   }
 
   readonly agent: GuestAgent = {
@@ -553,13 +558,16 @@ export class SimulatedBackend implements VmBackend {
       if (osVol) out.push({name: 'vda1', mountpoint: '/', type: 'ext4', 'total-bytes': osVol.size - 2 ** 20, 'used-bytes': Math.min(osVol.size, 1.6 * 2 ** 30), disk: [{'bus-type': 'virtio', bus: 0, target: 0, unit: 0, dev: '/dev/vda1'}]})
       const data = vm.spec.disks.find((d) => d.serial === 'pgi-data')
       const dataVol = data && vols.get(data.volid)
-      if (data && dataVol) out.push({name: 'vdb', mountpoint: '/srv/pgi', type: 'ext4', 'total-bytes': dataVol.size, 'used-bytes': 180 * 2 ** 20 + vm.databases.length * 40 * 2 ** 20, disk: [{serial: 'pgi-data', 'bus-type': 'virtio', bus: 0, target: 0, unit: 0, dev: '/dev/vdb'}]})
+      if (data && dataVol && vm.boot.datadisk.ok) {
+        const used = 180 * 2 ** 20 + (this.#env(vm).disk?.databases.size ?? 0) * 40 * 2 ** 20
+        out.push({name: 'vdb', mountpoint: '/srv/pgi', type: 'ext4', 'total-bytes': dataVol.size, 'used-bytes': used, disk: [{serial: 'pgi-data', 'bus-type': 'virtio', bus: 0, target: 0, unit: 0, dev: '/dev/vdb'}]})
+      }
       return out
     },
     exec: async (node, vmid, command, inputData) => {
       const vm = this.#agentVm(node, vmid, 'exec')
       const pid = vm.nextPid++
-      const r = this.#run(vm, command, inputData)
+      const r = runGuestCommand(this.#env(vm), command, inputData)
       vm.procs.set(pid, {status: {exited: true, exitcode: r.code, 'out-data': r.out, ...(r.err ? {'err-data': r.err} : {})}})
       return {pid}
     },
@@ -572,8 +580,7 @@ export class SimulatedBackend implements VmBackend {
     },
     fileWrite: async (node, vmid, file, content) => {
       const vm = this.#agentVm(node, vmid, 'file-write')
-      vm.files.set(file, content)
-      if (file === '/etc/pgi/image.json') vm.writtenVersion = versionOf(content)
+      if (!writeGuestFile(this.#env(vm), file, Buffer.from(content))) throw new BackendError(`Agent error: Failed to open file '${file}': No such file or directory`)
     },
     fileRead: async (node, vmid, file, _timeoutMs, range = {}) => {
       const vm = this.#agentVm(node, vmid, 'file-read')
@@ -600,16 +607,39 @@ export class SimulatedBackend implements VmBackend {
     },
   }
 
+  // ---- inspection and set-up (tests, the scale bench) -----------------------------------------
+
   /** For tests: the disks the running guest has (those it started with and those hot-plugged since). */
   guestDisks(node: string, vmid: number): VmDisk[] {
     const vm = this.#vm(node, vmid)
     return vm?.running ? vm.spec.disks.filter((d) => !d.firmware) : []
   }
 
-  /** For tests and the scale bench: add a database to a guest's model. */
-  addDatabase(node: string, vmid: number, name: string, modules: Record<string, string> = {ir: '6.0.0', account_fr: '6.0.0'}): void {
-    const vm = this.#vm(node, vmid)
-    if (!vm) throw new BackendError(`VM ${vmid} has never run`)
-    vm.databases.push({name, modules})
+  /**
+   * Adds a database to the data disk of a VM that has booted with one, as `pgi-db create` and a
+   * class's work would leave it: the template's modules, the given key-table row counts.
+   */
+  addDatabase(node: string, vmid: number, name: string, rows: Record<string, number> = TEMPLATE_ROWS, modules: Record<string, string> = TEMPLATE_MODULES): void {
+    const disk = this.dataDisk(node, vmid)
+    if (!disk) throw new BackendError(`VM ${vmid} has no data disk that has booted`)
+    disk.databases.set(name, {modules: {...modules}, rows: {...rows}})
   }
+
+  /** What the data disk of a VM holds (its volume's content), undefined before its first boot. */
+  dataDisk(node: string, vmid: number): DataDisk | undefined {
+    const vm = this.#vm(node, vmid)
+    const data = vm?.spec.disks.find((d) => d.serial === 'pgi-data' && d.media === 'disk')
+    const d = data && this.#disks.get(this.#key(node, data.volid))
+    return d?.state ? d : undefined
+  }
+
+  /** The version of the OS image the VM last booted, and what its boot-time units reported. */
+  guestBoot(node: string, vmid: number): {osVersion: string; boot: BootState} | undefined {
+    const vm = this.#vm(node, vmid)
+    return vm ? {osVersion: vm.bootedVersion, boot: vm.boot} : undefined
+  }
+}
+
+function cloneFiles(m: Map<string, GuestFile>): Map<string, GuestFile> {
+  return new Map([...m].map(([k, f]) => [k, {data: Buffer.from(f.data), mtime: f.mtime}]))
 }

@@ -62,7 +62,7 @@ describe('simulated backend model', () => {
     expect(await conf()).toEqual({changed: []})
     const {pid} = await b.agent.exec('lab1', 100, ['/usr/local/sbin/pgi-backup'], undefined, 1000)
     const out = (await b.agent.execStatus('lab1', 100, pid, 1000))['out-data']!
-    expect(out).toMatch(/^\/srv\/pgi\/backups\/\d{8}T\d{6}Z\/manifest\.json$/)
+    expect(out).toMatch(/^\/srv\/pgi\/backups\/\d{8}T\d{6}Z\/manifest\.json\n$/)
     expect((await health()).body.checks.backup.last).not.toBeNull()
   })
 

@@ -1,6 +1,6 @@
 /**
  * A simulated lab for rollout tests and the rollout bench: deploy's test lab (test/unit/deploy/
- * sim-lab.ts, the real HTTPS API and client) over the rollout guest model (./sim-guest.ts), every
+ * sim-lab.ts, the real HTTPS API and client) over the lab's simulated guest (./sim-guest.ts), every
  * establishment deployed with the real `pgi deploy` service at version 2026.11.0 and holding a
  * student database; further image versions made on demand.
  */
@@ -84,7 +84,7 @@ export async function startRolloutLab(o: {nodes: number; perNode: number; rings?
       const r = await stageRollout({inventoryPath: lab.dir, inventory: lab.inventory, selection: {all: true}, secretsDir: lab.store.dir, io: new MemoryIo('warn'), env: lab.env, connect: fastConnect(), image: {name: 'pgi-tryton', version}, resolveImage})
       if (r.exitCode !== 0) throw new Error(`staging failed: ${JSON.stringify(r.rows)}`)
     },
-    boot: (e) => model.boots.get(`${e.node}/${e.vmid}`)?.upgradeError,
+    boot: (e) => model.upgradeError(e.node, e.vmid),
     request(io2, version, over = {}) {
       return {
         inventoryPath: lab.dir,
