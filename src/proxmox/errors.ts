@@ -41,7 +41,7 @@ const PERMISSION_RE = /Permission check failed \(([^,)]+)(?:,\s*([^)]+))?\)/
  * server fault worth retrying where retrying is safe.
  */
 const PVE_REASON_RE =
-  /does not exist|already exists|not running|is running|no such|not found|unable to|invalid|not allowed|not supported|not implemented|permission|only root|guest agent|agent error|QEMU guest|No QMP|qmp command|hostname lookup|checksum mismatch|file changed by other user|VM is locked|can't lock file|is a template|parameter|missing|wrong|refus|forbidden|already|not enough|no space|quota/i
+  /does not exist|already exists|not running|is running|no such|not found|unable to|invalid|not allowed|not supported|not implemented|permission|only root|guest agent|agent error|QEMU guest|No QMP|qmp command|hostname lookup|checksum mismatch|file changed by other user|VM is locked|can't lock file|is a template|parameter|missing|wrong|forbidden|already|not enough|no space|quota/i
 const SERVER_FAULT_STATUSES = new Set([500, 502, 503, 504, 595, 596, 597, 599])
 
 /** A server-side fault that says nothing about the request (see PVE_REASON_RE): worth retrying where safe. */

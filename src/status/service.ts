@@ -53,14 +53,14 @@ export interface StatusServiceOptions {
  * Status is a snapshot that a person or a monitoring job repeats: a network failure is reported at
  * once as "unreachable" rather than retried with back-off (which would hold one dead hypervisor's
  * lines for a minute). Hence no network retries here, unlike deploy; a server fault (a 500 naming
- * no reason) is sent again twice, quickly, within the call's deadline.
+ * no reason) is sent again, quickly (at most 4 times, ~2 s of back-off), within the call's deadline.
  */
 export const statusConnector: PveConnector = (hv, o) =>
   connectHypervisor(hv, {
     tokenSecret: o.tokenSecret,
     io: o.io,
     ...(o.requestTimeoutMs === undefined ? {} : {requestTimeoutMs: o.requestTimeoutMs}),
-    retry: {networkRetries: 0, serverRetries: 2, baseDelayMs: 200, maxDelayMs: 1000},
+    retry: {networkRetries: 0, serverRetries: 4, baseDelayMs: 200, maxDelayMs: 1000},
   })
 
 export class StatusService {
