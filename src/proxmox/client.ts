@@ -10,7 +10,7 @@ import {sleep} from '../sleep.js'
 import {MemoryIo, type Io} from '../io.js'
 import type {Hypervisor} from '../inventory/types.js'
 import type {Secret} from '../secret.js'
-import {armDeadline, DeadlineExceeded} from './deadline.js'
+import {armDeadline, DeadlineExceeded} from '../deadline.js'
 import {HypervisorDownError, isLockError, PveApiError, PveTaskError, type PveWhere} from './errors.js'
 import {createTrustedFetch, NetworkError, toNetworkError, type FetchFn, type HttpAnswer, type HttpInit, type PinnedFetch} from './tls.js'
 import type {
@@ -37,7 +37,7 @@ import {parseUpid, tryParseUpid} from './upid.js'
  *
  * - TLS verified by pin or CA (src/proxmox/tls.ts), passed in as `fetch`;
  * - typed errors (PveApiError with status, PVE message, per-parameter errors; PveTaskError);
- * - a deadline on every request (src/proxmox/deadline.ts) and a breaker: a hypervisor that answers
+ * - a deadline on every request (src/deadline.ts) and a breaker: a hypervisor that answers
  *   nothing for a whole deadline (or refuses the TLS pin, or the token) is out of reach for the
  *   rest of the run, and every later request to it fails at once with the same error. This is
  *   the one per-hypervisor time bound of every fleet read and write (status, deploy, rollout,

@@ -23,7 +23,7 @@ import {KeyedPool} from '../fleet/pool.js'
 import {imageFromTags, parseDescription} from '../fleet/vm-meta.js'
 import type {Io} from '../io.js'
 import type {Establishment} from '../inventory/types.js'
-import {withDeadline} from '../proxmox/deadline.js'
+import {withDeadline} from '../deadline.js'
 import type {PveApi, PveResource} from '../proxmox/types.js'
 import {readHealthRecord} from './health-record.js'
 import {CallTimeout, HypervisorDown, isAgentDown, isHypervisorLevel, toProbeError} from './probe-error.js'
@@ -67,7 +67,7 @@ export interface StatusOptions {
 
 /**
  * Runs `p` with a deadline; rejects with CallTimeout when it passes (the late answer is ignored).
- * The deadline is the one every request to a hypervisor has (src/proxmox/deadline.ts: extended
+ * The deadline is the one every request to a hypervisor has (src/deadline.ts: extended
  * once when this process, not the hypervisor, was short of CPU). With the real client each request
  * also carries that deadline itself; this bound covers any PveApi and calls of several requests.
  */
