@@ -84,7 +84,8 @@ beforeAll(async () => {
   api = connectHypervisor(inventory.hypervisors.get(est.hypervisor)!, {tokenSecret: new Secret(token), poll: {initialMs: 20, maxMs: 100}})
 
   // "deploy": a running VM with the guest agent, its secrets set through pgi-configure
-  await api.createVm(est.node, est.vmid, {name: `pgi-${est.uai.toLowerCase()}`, agent: 1, memory: 1024, cores: 1, virtio0: 'local-vm:1', net0: 'virtio,bridge=vmbr0'})
+  // a PGI VM: OS disk, and the data disk its PostgreSQL lives on (pgi-configure needs it)
+  await api.createVm(est.node, est.vmid, {name: `pgi-${est.uai.toLowerCase()}`, agent: 1, memory: 1024, cores: 1, virtio0: 'local-vm:1', virtio1: 'local-vm:1,serial=pgi-data', net0: 'virtio,bridge=vmbr0'})
   await api.startVm(est.node, est.vmid)
   for (let i = 0; i < 100 && !(await api.agentPing(est.node, est.vmid).catch(() => false)); i++) await new Promise((r) => setTimeout(r, 50))
   const {secrets} = await ensureEstablishmentSecrets(store, est.uai)
