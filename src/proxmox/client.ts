@@ -265,6 +265,12 @@ export class PveClient implements PveApi {
   private readonly knownTasks = new Set<string>()
   /** Set when the hypervisor was found out of reach (the breaker is open): later requests fail at once with it. */
   private down?: {error: PgiError; at: number}
+  /**
+   * Aborted when the breaker opens or the client is closed: every wait between retries or polls
+   * ends then (its next request fails at once), so no sleeping retry outlives the run's last output.
+   */
+  private wake = new AbortController()
+  private closed = false
 
   constructor(init: PveClientInit, opts: ConnectOptions) {
     this.hypervisor = init.name
@@ -321,9 +327,32 @@ export class PveClient implements PveApi {
     })
   }
 
-  /** Closes the connection pool (lets the process exit promptly). */
+  /** Closes the connection pool and ends every wait in progress (lets the process exit promptly). */
   async close(): Promise<void> {
+    this.closed = true
+    this.wake.abort()
     await this.onClose?.()
+  }
+
+  /**
+   * Waits `ms` between two attempts or polls, or less: until the breaker opens or the client is
+   * closed (the next request then fails at once), or `signal` aborts (its reason is thrown).
+   */
+  private async pause(ms: number, signal?: AbortSignal): Promise<void> {
+    const ac = new AbortController()
+    const wake = this.wake.signal
+    const onAbort = () => ac.abort()
+    if (wake.aborted || signal?.aborted) ac.abort()
+    wake.addEventListener('abort', onAbort, {once: true})
+    signal?.addEventListener('abort', onAbort, {once: true})
+    try {
+      await this.sleep(ms, ac.signal)
+    } catch {
+      if (signal?.aborted) throw signal.reason
+    } finally {
+      wake.removeEventListener('abort', onAbort)
+      signal?.removeEventListener('abort', onAbort)
+    }
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -451,6 +480,7 @@ export class PveClient implements PveApi {
 
   /** Fails at once when the breaker is open (the hypervisor was found out of reach in this run). */
   private checkDown(where: PveWhere): void {
+    if (this.closed) throw new UnreachableError(ErrorCode.UNREACHABLE, `the connection to ${this.hypervisor} was closed at the end of the run`, {where})
     if (!this.down) return
     if (this.now() - this.down.at < this.breakerCooldownMs) throw new HypervisorDownError(this.down.error, where)
     this.io.debug(`hypervisor ${this.hypervisor}: trying again after it was found out of reach`, {since: new Date(this.down.at).toISOString()})
@@ -461,6 +491,8 @@ export class PveClient implements PveApi {
   private trip(err: PgiError): void {
     if (this.down) return
     this.down = {error: err, at: this.now()}
+    this.wake.abort()
+    this.wake = new AbortController()
     this.io.debug(`hypervisor ${this.hypervisor} out of reach: not asking it again in this run`, {code: err.code, cause: err.message})
   }
 
@@ -504,14 +536,14 @@ export class PveClient implements PveApi {
           if ((err.notSent || idempotent) && netAttempt < this.retry.networkRetries) {
             const d = this.backoff(netAttempt++)
             this.io.warn(`${err.message}; retrying in ${(d / 1000).toFixed(1)} s`, {hypervisor: this.hypervisor})
-            await this.sleep(d)
+            await this.pause(d)
             continue
           }
           if (!err.notSent && !idempotent) {
             if (!o.reconcile) throw this.outcomeUnknown(method, path, err, o.where)
             this.io.warn(`${method} ${path}: connection lost after sending; re-reading the state instead of sending it again`, {hypervisor: this.hypervisor, ...o.where})
             // Give a request still in flight on the server time to register its task first.
-            await this.sleep(this.retry.baseDelayMs)
+            await this.pause(this.retry.baseDelayMs)
             const r = await o.reconcile()
             if (r.applied) return {data: (r.upid ?? null) as T, reconciled: r}
             throw new UnreachableError(ErrorCode.UNREACHABLE, `${method} ${path}: the connection failed, and re-reading the state shows the request was not applied (${err.message})`, {
@@ -527,7 +559,7 @@ export class PveClient implements PveApi {
           if (serverAttempt < this.retry.serverRetries && (idempotent || o.reconcile)) {
             const d = this.backoff(serverAttempt++)
             this.io.debug(`${method} ${path}: ${err.status} ${err.pveMessage}; ${idempotent ? 'sending it again' : 're-reading the state'} in ${(d / 1000).toFixed(1)} s`, {hypervisor: this.hypervisor, ...o.where})
-            await this.sleep(d)
+            await this.pause(d)
             if (!idempotent) {
               // never sent again blindly: what the hypervisor holds says whether it was applied
               const r = await o.reconcile!()
@@ -541,7 +573,7 @@ export class PveClient implements PveApi {
         if (!o.noLockRetry && isLockError(err) && this.now() - lockStart < this.retry.lockTimeoutMs) {
           const d = this.backoff(lockAttempt++)
           this.io.info(`${(err as PveApiError).pveMessage}: waiting ${(d / 1000).toFixed(1)} s before trying again`, {hypervisor: this.hypervisor, ...o.where})
-          await this.sleep(d)
+          await this.pause(d)
           continue
         }
         if (isLockError(err)) throw lockGaveUp(err as PgiError, this.now() - lockStart)
@@ -617,7 +649,7 @@ export class PveClient implements PveApi {
         })
       }
       wait.onProgress?.(`${u.type} running (${Math.round(elapsed / 1000)} s)`)
-      await this.sleep(Math.min(delay, Math.max(0, timeout - elapsed)), wait.signal)
+      await this.pause(Math.min(delay, Math.max(0, timeout - elapsed)), wait.signal)
       delay = Math.min(this.pollMax, Math.round(delay * 1.5))
     }
   }
@@ -720,7 +752,7 @@ export class PveClient implements PveApi {
         if (err instanceof PveTaskError && err.isLocked && this.now() - lockStart < this.retry.lockTimeoutMs) {
           const d = this.backoff(attempt++)
           this.io.info(`${o.type}: ${err.exitstatus}; trying again in ${(d / 1000).toFixed(1)} s`, o.where)
-          await this.sleep(d, o.wait?.signal)
+          await this.pause(d, o.wait?.signal)
           continue
         }
         if (err instanceof PveTaskError && err.isLocked) throw lockGaveUp(err, this.now() - lockStart)
@@ -787,7 +819,7 @@ export class PveClient implements PveApi {
       if (this.now() - start > this.taskTimeout(type)) {
         throw new TimeoutError(`VM ${vmid} still locked (${st.lock}) after ${Math.round((this.now() - start) / 1000)} s`, {where: this.where(node, vmid)})
       }
-      await this.sleep(d)
+      await this.pause(d)
       d = Math.min(this.pollMax, Math.round(d * 1.5))
     }
   }
@@ -994,7 +1026,7 @@ export class PveClient implements PveApi {
           suggestions: ['The command goes on in the guest; check it there before running it again.'],
         })
       }
-      await this.sleep(d)
+      await this.pause(d)
       d = Math.min(this.pollMax, Math.round(d * 1.5))
     }
   }
@@ -1131,7 +1163,7 @@ export class PveClient implements PveApi {
         const e = this.toTyped(new Error(`HTTP ${res.status}`), {wantBody: true, timeoutMs: this.writeTimeoutMs, res: {status: res.status, statusText: res.statusText, bodyText: text}}, 'POST', path, where)
         if (e instanceof PveApiError && e.isServerFault && attempt < this.retry.serverRetries) {
           // a server fault: sent again only once the node shows it did not take this one
-          await this.sleep(this.backoff(attempt))
+          await this.pause(this.backoff(attempt))
           if ((await reconcile()) === 'applied') return
           this.io.warn(`upload of ${opts.filename}: ${e.status} ${e.pveMessage}; the node does not have it: sending it again`, where)
           continue

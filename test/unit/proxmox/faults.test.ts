@@ -285,6 +285,34 @@ describe('a hypervisor out of reach costs one deadline (the breaker)', () => {
 
 describe('nothing is left armed after a failed request', () => {
   const timers = () => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length
+  const realTime = {now: Date.now, sleep: (ms: number, signal?: AbortSignal) => new Promise<void>((res, rej) => {
+    const t = setTimeout(res, ms)
+    signal?.addEventListener('abort', () => (clearTimeout(t), rej(signal.reason)), {once: true})
+  })}
+
+  it('a retry waiting its turn ends as soon as another request finds the hypervisor out of reach', async () => {
+    const base = timers()
+    const fake = new FakePve()
+      .on('GET /version', {throw: new NetworkError('127.0.0.1:8006', 'ECONNREFUSED', 'ECONNREFUSED', true)})
+      .on('GET /nodes', (r) => new Promise<Reply>((_res, rej) => r.signal?.addEventListener('abort', () => rej(r.signal!.reason))))
+    const c = client(fake, undefined, {...realTime, io: new MemoryIo(), requestTimeoutMs: 60_000, retry: {networkRetries: 10, baseDelayMs: 4000, maxDelayMs: 4000}})
+    const t0 = performance.now()
+    // /version is refused and waits ~3 s before trying again; /nodes gets no answer within its 100 ms
+    const c2 = client(fake, undefined, {...realTime, io: new MemoryIo(), requestTimeoutMs: 100, retry: {networkRetries: 10, baseDelayMs: 4000, maxDelayMs: 4000}})
+    const [a, b] = await Promise.allSettled([c2.version(), c2.nodes()])
+    expect([a.status, b.status]).toEqual(['rejected', 'rejected'])
+    expect(performance.now() - t0).toBeLessThan(1500)
+    expect(fake.calls('GET /version')).toHaveLength(1)
+    await c2.close()
+    // closing the client ends a wait too
+    const p = c.version()
+    await new Promise((r) => setTimeout(r, 50))
+    const t1 = performance.now()
+    await c.close()
+    expect((await rejection(p)).code).toBe(ErrorCode.UNREACHABLE)
+    expect(performance.now() - t1).toBeLessThan(500)
+    expect(timers()).toBeLessThanOrEqual(base)
+  })
 
   it('no timer survives a TLS mismatch, a refused connection, a server fault, an unanswered request', async () => {
     const base = timers()
