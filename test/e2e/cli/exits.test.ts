@@ -106,6 +106,7 @@ async function runAll(inv: string, expectText: RegExp, jsonFirst: boolean): Prom
       const json = (i % 2 === 0) === jsonFirst
       const a = json ? [...args, '--json'] : args
       const r: CliRun = await runPgi(a, env, {killAfterMs: 90_000})
+      if (process.env.PGI_E2E_TIMINGS) console.log(`${a.slice(0, -2).join(' ')} → exit ${r.code}, ${r.ms} ms, ${r.afterLastOutputMs} ms after the last output`)
       const out = r.stdout + r.stderr
       if (r.code === null) problems.push(`did not exit (killed): ${describeRun(a, r)}`)
       else if (r.afterLastOutputMs > EXIT_AFTER_OUTPUT_MS) problems.push(`exited ${r.afterLastOutputMs} ms after its last output: ${describeRun(a, r)}`)
