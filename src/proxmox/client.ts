@@ -524,9 +524,11 @@ export class PveClient implements PveApi {
           throw err
         }
         if (err instanceof NetworkError && err.code === ErrorCode.UNREACHABLE) {
-          // silent for a whole deadline (no answer to this request nor to any other meanwhile), or
-          // refusing connections for as long: out of reach for this run, not asked again
-          const silentTimeout = (err.errno === 'ETIMEDOUT' || err.errno === 'UND_ERR_CONNECT_TIMEOUT') && this.answers === answersBefore
+          // silent for a whole deadline (no connection, or no answer to a read nor to any other
+          // request meanwhile), or refusing connections for as long: out of reach for this run, not
+          // asked again. A write may take PVE long (a synchronous config change importing a disk):
+          // its own timeout says nothing of the hypervisor.
+          const silentTimeout = (err.errno === 'UND_ERR_CONNECT_TIMEOUT' || (err.errno === 'ETIMEDOUT' && method === 'GET')) && this.answers === answersBefore
           const silentTooLong = this.answers === answersAtStart && this.now() - started + this.backoff(netAttempt) >= this.requestTimeoutMs
           if (silentTimeout || (err.notSent && silentTooLong)) {
             this.trip(err)

@@ -244,6 +244,16 @@ describe('a hypervisor out of reach costs one deadline (the breaker)', () => {
     expect((await c.version()).version).toBe('9.1.2')
   })
 
+  it('a write that takes longer than its deadline (a synchronous import) says nothing of the hypervisor: the breaker stays closed', async () => {
+    const fake = new FakePve()
+      .on('PUT /nodes/pve1/qemu/100/config', async (r, n) => (n === 0 ? hang(r) : ok(null)))
+      .on('GET /version', ok({version: '9.1.2'}))
+    const c = client(fake, new FakeClock(), {requestTimeoutMs: 50, writeTimeoutMs: 80})
+    await c.updateVmConfig('pve1', 100, {virtio0: 'local-lvm:0,import-from=local:import/pgi.qcow2'})
+    expect(fake.calls('PUT /nodes/pve1/qemu/100/config')).toHaveLength(2)
+    expect((await c.version()).version).toBe('9.1.2')
+  })
+
   it('refused connections are retried while they last less than a read deadline, then the hypervisor is out of reach', async () => {
     const refused = () => ({throw: new NetworkError('127.0.0.1:8006', 'ECONNREFUSED', 'ECONNREFUSED', true)})
     const f1 = new FakePve().on('GET /version', [refused(), refused(), ok({version: '9.1.2'})])
