@@ -141,8 +141,10 @@ export abstract class PgiError extends Error {
     if (w.flag) parts.push(`--${w.flag}`)
     if (w.argument) parts.push(`argument ${w.argument}`)
     if (w.uai) parts.push(`UAI ${w.uai}`)
-    if (w.hypervisor) parts.push(`on ${w.hypervisor}${w.node ? `/${w.node}` : ''}`)
-    else if (w.node) parts.push(`on node ${w.node}`)
+    // "UAI 0130040Y on hv-nord/pve1", or alone "hypervisor hv-nord/pve1" (never "at on …")
+    const on = parts.length > 0 ? 'on ' : ''
+    if (w.hypervisor) parts.push(`${on || 'hypervisor '}${w.hypervisor}${w.node ? `/${w.node}` : ''}`)
+    else if (w.node) parts.push(`${on}node ${w.node}`)
     if (w.vmid !== undefined) parts.push(`VM ${w.vmid}`)
     return parts.join(' ')
   }
