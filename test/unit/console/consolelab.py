@@ -66,7 +66,9 @@ class ConsoleLab(pgitest.Lab):
         self.procs = {}
 
     # -- setup
-    def start(self):
+    def start(self, services=True):
+        """Everything; with services=False, no nginx, web application or worker (test_console.py
+        drives the application in-process and runs jobs itself)."""
         for d in (self.sock, self.data, self.run_dir, self.templates, os.path.join(self.data, '.pgi'), os.path.join(self.data, 'backups')):
             os.makedirs(d, exist_ok=True)
         subprocess.run(['chown', 'postgres', self.sock, self.dir], check=True)
@@ -96,11 +98,12 @@ class ConsoleLab(pgitest.Lab):
         with open(os.path.join(self.data, '.pgi', 'tryton-admin.hash'), 'w') as f:
             f.write(h + '\n')
         self.start_trytond()
-        self.run_tool(['pgi-tls'], check=True)
-        self.start_nginx()
         out = self.console('setup', '--wait-postgresql', '30')
         assert out[0] == 0, out
-        self.start_console()
+        if services:
+            self.run_tool(['pgi-tls'], check=True)
+            self.start_nginx()
+            self.start_console()
 
     def env(self, **extra):
         e = super().env(**extra)

@@ -202,8 +202,8 @@ def too_many(action, login, wait):
 def create_app():
     app = Flask(__name__, static_folder=os.path.join(HERE, 'static'), static_url_path=PREFIX + '/static',
                 template_folder=os.path.join(HERE, 'templates'))
-    app.config.update(MAX_CONTENT_LENGTH=config.UPLOAD_MAX_BYTES + (1 << 20), TEMPLATES_AUTO_RELOAD=False,
-                      SEND_FILE_MAX_AGE_DEFAULT=3600, JSON_AS_ASCII=False)
+    app.config.update(MAX_CONTENT_LENGTH=config.UPLOAD_MAX_BYTES + (1 << 20), TEMPLATES_AUTO_RELOAD=False, SEND_FILE_MAX_AGE_DEFAULT=3600)
+    app.json.ensure_ascii = False  # Flask ≥ 2.2 (Debian 12 and 13)
     app.jinja_env.globals.update(csrf_token=csrf_token, KINDS=jobs.KINDS)
     app.jinja_env.filters.update(size=human_size, date=human_date)
 
