@@ -315,10 +315,26 @@ describe.skipIf(why !== null)(`teachers' console in chromium, native${why ? ` (s
     expect(sheet.map((s) => s.login).sort()).toEqual(['hugo.martin', 'lea.dupont', 'lina.nguyen'])
     for (const s of sheet) expect(s.password).toMatch(/^[a-z2-9]{10}$/)
     await shot(p, '08-fiche')
-    await p.emulateMedia({media: 'print'})
-    await p.pdf?.({path: join(shots, '08-fiche.pdf'), format: 'A4'}).catch(() => undefined)
-    await p.emulateMedia({media: 'screen'})
     sheet.sort((a, b) => a.login.localeCompare(b.login))
+  })
+
+  step('a class sheet of 30 (shared mode) prints on one A4 page', async () => {
+    const p = teacherA
+    const names = Array.from({length: 30}, (_, i) => `NOM${String.fromCharCode(65 + (i % 26))}${i};Prénom${i};BTS CG2`).join('\n')
+    await p.goto(`${lab.info.https}/console/classes/nouvelle`)
+    await p.getByLabel('Nom de la classe').fill('BTS CG2')
+    await p.getByLabel('Coller la liste').fill(`Nom;Prénom;Classe\n${names}\n`)
+    await p.getByLabel('Une base partagée').check()
+    await p.getByRole('button', {name: 'Créer la classe'}).click()
+    await waitJob(p)
+    await p.getByRole('link', {name: 'Imprimer la fiche de la classe'}).click()
+    expect(await p.locator('.sheet-table tbody tr').count()).toBe(30)
+    await p.emulateMedia({media: 'print'})
+    const pdf = await p.pdf({format: 'A4', printBackground: false})
+    await p.emulateMedia({media: 'screen'})
+    writeFileSync(join(shots, '08-fiche-30.pdf'), pdf)
+    const pages = pdf.toString('latin1').match(/\/Type\s*\/Page[^s]/g) ?? []
+    expect(pages.length).toBe(1)
   })
 
   step('a student logs into the Tryton web client with the sheet\'s credentials and records an invoice', async () => {
@@ -397,6 +413,12 @@ describe.skipIf(why !== null)(`teachers' console in chromium, native${why ? ` (s
 
   step('teacher A downloads the student\'s dump (a pg_dump archive)', async () => {
     const p = teacherA
+    // the class page on a 768-px tablet first
+    await p.setViewportSize({width: 768, height: 1024})
+    await p.goto(classUrl)
+    await fits(p, 'class page on a 768-px tablet')
+    await shot(p, '07-classe-tablette')
+    await p.setViewportSize({width: 1280, height: 800})
     await p.goto(classUrl)
     await p.getByRole('button', {name: `Télécharger ${student().db}`}).click()
     await waitJob(p)
@@ -462,7 +484,7 @@ describe.skipIf(why !== null)(`teachers' console in chromium, native${why ? ` (s
   step('the audit log shows each action, in the AMI\'s page and in `pgi-console audit`', async () => {
     await ami.goto(`${lab.info.https}/console/ami/journal`)
     await fits(ami, 'audit page')
-    await shot(ami, '16-journal')
+    await shot(ami, '16-journal', false)
     const page = (await ami.locator('main').innerText()).replace(/\s+/g, ' ')
     const cli = (await lab.ask<{status: number; out: {actor: string; action: string; result: string; target: string}[]}>({console: ['audit', '--limit', '1000']}))
     expect(cli.status).toBe(0)
