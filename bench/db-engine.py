@@ -62,6 +62,7 @@ def main():
         timed('login_check_first_s', 'login-check', 'pgi')
         timed('login_check_s', 'login-check', 'pgi')
         res['db_size_bytes'] = int(lab.psql("SELECT pg_database_size('pgi')")[0][0])
+        res['load_avg_1m'] = round(os.getloadavg()[0], 1)
     finally:
         lab.stop()
     print(json.dumps(res))

@@ -21,7 +21,8 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.abspath(os.path.join(HERE, '..', '..', '..'))
 FILES = os.path.join(REPO, 'images', 'pgi-tryton', 'files')
-LIB = os.path.join(FILES, 'usr', 'local', 'lib', 'pgi')
+# PGI_TEST_LIB: another copy of /usr/local/lib/pgi (to check that a test fails without a fix)
+LIB = os.environ.get('PGI_TEST_LIB') or os.path.join(FILES, 'usr', 'local', 'lib', 'pgi')
 SBIN = os.path.join(FILES, 'usr', 'local', 'sbin')
 PYTHON = '/usr/bin/python3'  # Debian's: trytond, psycopg2, passlib, proteus live there
 MODULES = ['account_fr', 'account_invoice', 'account_product', 'company', 'party', 'product', 'sale', 'purchase', 'stock']

@@ -137,6 +137,7 @@ class Engine(unittest.TestCase):
                          [['Entreprise modèle']])
         self.assertEqual(self.sql('postgres', "SELECT count(*) FROM pg_database WHERE datname LIKE 'pgi_tmp_%'"), [['0']])
         self.assertEqual(self.sql('pgi', "SELECT value FROM pgi_meta WHERE key = 'source'"), [['template']])
+        self.assertEqual(self.sql('postgres', "SELECT datistemplate FROM pg_database WHERE datname = 'pgi'"), [['f']])
         # a data disk made by an older image (no template database) or a new image (another dump):
         # the first creation restores the image's dump into the cluster once
         lab.psql('ALTER DATABASE pgi_template_bts IS_TEMPLATE false')
@@ -292,6 +293,10 @@ class Engine(unittest.TestCase):
             self.assertEqual(users, sorted([['admin'], ['pgi_health'], ['professeur'], [students[name]['login']]]))
             self.assertEqual(self.sql(name, 'SELECT count(*) FROM ir_cron WHERE active'), [['0']])
             self.assertEqual(self.sql(name, "SELECT value FROM pgi_meta WHERE key = 'class_label'"), [['BTS CG1']])
+        # lists and pgi-health read what they need from the databases' comments, without connecting
+        comment = json.loads(self.sql('postgres', "SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+                                      "WHERE datname = 'bts_cg1_jean_dupont'")[0][0])
+        self.assertEqual(comment['pgi'], {'kind': 'class-student', 'class': 'BTS CG1', 'student': 'jean.dupont', 'login_check': False})
         groups = lambda db, login: {r[0] for r in self.sql(db, 'SELECT d.fs_id FROM "res_user-res_group" ug JOIN res_user u ON u.id = ug."user" '
                                                            "JOIN ir_model_data d ON d.model = 'res.group' AND d.db_id = ug.\"group\" WHERE u.login = '%s'" % login)}
         self.assertIn('group_admin', groups('bts_cg1_jean_dupont', 'professeur'))

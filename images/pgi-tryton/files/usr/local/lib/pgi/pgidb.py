@@ -31,13 +31,12 @@ import json
 import os
 import re
 import secrets
-import shutil
 import subprocess
 import time
 import unicodedata
 import urllib.request
 
-from pgilib import (BACKUPS, DATA, IMAGE_JSON, PG_BIN, PG_HOST, PG_PORT, RUN_DIR, STATE_DIR, TEMPLATES_DIR,  # noqa: F401
+from pgilib import (BACKUPS, DATA, PG_BIN, PG_HOST, PG_PORT, RUN_DIR, STATE_DIR, TEMPLATES_DIR,
                     TRYTON_ADMIN_HASH, TRYTON_URL, TRYTOND_CONF, image_info, iso, log, now_utc, quote_ident,
                     read_json, run, tryton_password_hash, write_json)
 
@@ -625,52 +624,51 @@ class UserFactory:
         return cur.fetchone()[0]
 
 
-_health_hash = None
-
-
-def health_secret(create=True):
-    """The password of the login-check user (pgi_health), the same in every database (copies carry
-    its hash): random, kept root-only on the data disk, never printed."""
+def health_login():
+    """(secret, hash) of the login-check user (pgi_health), the same in every database (copies
+    carry its hash): a random password and its hash, kept root-only on the data disk
+    (tryton-health.secret, one JSON object), never printed. The hash is kept so that checking a
+    database's copy is a string comparison, not a pbkdf2 computation (a second under emulation)."""
     try:
         with open(HEALTH_SECRET) as f:
-            s = f.read().strip()
-        if s:
-            return s
-    except FileNotFoundError:
+            d = json.load(f)
+        if isinstance(d, dict) and d.get('password') and d.get('hash'):
+            return d['password'], d['hash']
+    except (FileNotFoundError, ValueError):
         pass
-    if not create:
-        return None
     os.makedirs(STATE_DIR, mode=0o700, exist_ok=True)
-    s = secrets.token_urlsafe(32)
+    pw = secrets.token_urlsafe(32)
+    d = {'login': HEALTH_LOGIN, 'password': pw, 'hash': password_hash(pw)}
     fd = os.open(HEALTH_SECRET + '.tmp', os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, 'w') as f:
-        f.write(s + '\n')
+        json.dump(d, f)
+        f.write('\n')
     os.replace(HEALTH_SECRET + '.tmp', HEALTH_SECRET)
-    return s
+    return pw, d['hash']
 
 
 def ensure_health_user(cur):
     """The user pgi-health logs in as (no group: it can open a session and nothing else).
     Returns "ok", "created" or "repaired" (then trytond is told to drop its cached logins)."""
-    global _health_hash
-    from passlib.context import CryptContext
-    secret = health_secret()
+    secret, hash_ = health_login()
     cur.execute('SELECT id, password_hash, active FROM res_user WHERE login = %s', (HEALTH_LOGIN,))
     row = cur.fetchone()
+    if row and row[2] and row[1] == hash_:
+        return 'ok'
     if row and row[2] and row[1]:
+        # another hash of the same password (made before the hash was kept) is as good
+        from passlib.context import CryptContext
         try:
             if CryptContext(schemes=['pbkdf2_sha512', 'bcrypt', 'argon2', 'scrypt']).verify(secret, row[1]):
                 return 'ok'
         except (ValueError, TypeError):
             pass
-    if _health_hash is None:
-        _health_hash = password_hash(secret)
     if row:
         cur.execute('UPDATE res_user SET password_hash = %s, active = true, password_reset = NULL, write_uid = 0, '
-                    'write_date = CURRENT_TIMESTAMP WHERE id = %s', (_health_hash, row[0]))
+                    'write_date = CURRENT_TIMESTAMP WHERE id = %s', (hash_, row[0]))
         bump_caches(cur, ['res_user._get_login'])
         return 'repaired'
-    UserFactory(cur).create(HEALTH_LOGIN, HEALTH_NAME, _health_hash, 'health')
+    UserFactory(cur).create(HEALTH_LOGIN, HEALTH_NAME, hash_, 'health')
     return 'created'
 
 
@@ -983,6 +981,7 @@ def clone(src, dst, grace_s=None, close=True):
         if not others:
             try:
                 q(create_database_sql(dst, src))
+                hide(dst)
                 return result('template')
             except psycopg2.errors.ObjectInUse:
                 continue  # someone connected between the check and the copy
@@ -1004,6 +1003,7 @@ def clone(src, dst, grace_s=None, close=True):
 
 def copy_by_dump(src, dst):
     q("CREATE DATABASE %s OWNER tryton ENCODING 'UTF8' TEMPLATE template0" % quote_ident(dst))
+    hide(dst)
     dump = subprocess.Popen([pg_tool('pg_dump'), '-Fc', '-Z', '0'] + pg_args() + [src], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     rest = subprocess.run([pg_tool('pg_restore'), '--exit-on-error', '--no-owner', '--no-privileges', '--role=tryton'] + pg_args() + ['-d', dst],
                           stdin=dump.stdout, capture_output=True, text=True)
@@ -1014,17 +1014,56 @@ def copy_by_dump(src, dst):
 
 
 def restore_into(name, dump, jobs=2):
-    """A new database `name` (owner tryton) from a pg_dump custom-format archive."""
+    """A new database `name` (owner tryton, hidden: see hide) from a pg_dump custom-format archive."""
     q("CREATE DATABASE %s OWNER tryton ENCODING 'UTF8' TEMPLATE template0" % quote_ident(name))
+    hide(name)
     r = run([pg_tool('pg_restore'), '--exit-on-error', '--no-owner', '--no-privileges', '--role=tryton', '-j', str(jobs)]
             + pg_args() + ['-d', name, dump], check=False)
     if r.returncode != 0:
         raise DbError('restore_failed', 'pg_restore of %s failed: %s' % (os.path.basename(dump), (r.stderr or r.stdout).strip()[-500:]))
 
 
-def finish(tmp, name):
-    """The temporary database becomes `name` (no one else connects to a pgi_tmp_ database)."""
-    q('ALTER DATABASE %s RENAME TO %s' % (quote_ident(tmp), quote_ident(name)))
+def hide(name, cur=None):
+    """A database being made is marked as a template while it is: trytond's database list (which
+    connects to every other database) and pgi-backup leave it alone, so nothing holds a connection
+    to it when it is copied or renamed."""
+    sql = 'ALTER DATABASE %s IS_TEMPLATE true' % quote_ident(name)
+    cur.execute(sql) if cur is not None else q(sql)
+
+
+def finish(tmp, name, summary=None, cur=None):
+    """The temporary database becomes `name`: renamed (still hidden), labelled, then shown."""
+    ex = cur.execute if cur is not None else q
+    ex('ALTER DATABASE %s RENAME TO %s' % (quote_ident(tmp), quote_ident(name)))
+    if summary is not None:
+        ex('COMMENT ON DATABASE %s IS %%s' % quote_ident(name), (json.dumps({'pgi': summary}, sort_keys=True),))
+    ex('ALTER DATABASE %s IS_TEMPLATE false' % quote_ident(name))
+
+
+def summary_of(meta):
+    """What lists and pgi-health need to know about a database without connecting to it, from its
+    pgi_meta: kept as the database's comment (a shared catalog: one query reads them all). pgi_meta
+    stays the reference (it travels with dumps)."""
+    meta = meta or {}
+    kind = meta.get('kind')
+    lc = meta.get('login_check')
+    return {'kind': kind, 'class': meta.get('class_label'), 'student': meta.get('student'),
+            'login_check': lc == 'true' or (lc is None and kind not in TEACHING_KINDS)}
+
+
+def summaries():
+    """{database: summary or None} from the databases' comments (see summary_of)."""
+    out = {}
+    for name, comment in q("SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database "
+                           "WHERE NOT datistemplate AND datname <> 'postgres'"):
+        if name.startswith(RESERVED_PREFIXES):
+            continue
+        try:
+            d = json.loads(comment) if comment else None
+        except ValueError:
+            d = None
+        out[name] = d.get('pgi') if isinstance(d, dict) and isinstance(d.get('pgi'), dict) else None
+    return out
 
 
 def modules_of(name):
@@ -1083,7 +1122,8 @@ def create(name, company=None, fiscal_year=None, source=None, template='bts', la
                 ensure_health_user(cur)
                 meta_set(cur, kind='create' if source is None else 'copy', created_at=iso(now_utc()), source=origin, class_label=None,
                          login_check='true' if login_check else 'false', tryton_series=tryton_series(), tryton_version=tryton_version())
-            finish(tmp, name)
+                summary = summary_of(meta_get(cur))
+            finish(tmp, name, summary)
         except BaseException:
             drop_quietly(tmp)
             raise
@@ -1095,6 +1135,7 @@ def create(name, company=None, fiscal_year=None, source=None, template='bts', la
 def _init_with_trytond_admin(name, lang, modules):
     import tempfile
     q("CREATE DATABASE %s OWNER tryton ENCODING 'UTF8' TEMPLATE template0" % quote_ident(name))
+    hide(name)
     os.makedirs(RUN_DIR, exist_ok=True)
     # trytond-admin wants a clear password for a new database: a throwaway one, replaced after
     with tempfile.NamedTemporaryFile('w', dir=RUN_DIR, delete=False) as pf:
@@ -1125,7 +1166,8 @@ def copy(src, dst, close=True):
                 n = neutralise(cur)
                 ensure_health_user(cur)
                 meta_set(cur, kind='copy', source=src, created_at=iso(now_utc()), login_check='false')
-            finish(tmp, dst)
+                summary = summary_of(meta_get(cur))
+            finish(tmp, dst, summary)
         except BaseException:
             drop_quietly(tmp)
             raise
@@ -1318,18 +1360,17 @@ def make_class(model, students_file, mode='per-student', prefix=None, teacher='p
                 meta_set(cur, kind='class-student' if mode == 'per-student' else 'class-shared', class_label=label or prefix,
                          class_prefix=prefix, model=model, teacher=teacher, created_at=iso(now_utc()), login_check='false',
                          tryton_series=tryton_series(), tryton_version=tryton_version())
+                summary = summary_of(meta_get(cur))
                 if mode == 'shared':
                     for s in students:
                         s['password'] = gen_password()
                         users.create(s['login'], '%s %s' % (s['first_name'], s['last_name']), password_hash(s['password']), 'student')
             if mode == 'shared':
-                finish(stage, prefix)
+                finish(stage, prefix, summary)
                 made.append(prefix)
                 stage = None
             else:
-                # not listed by trytond (its database list connects to each database) while copied
-                q('ALTER DATABASE %s IS_TEMPLATE true' % quote_ident(stage))
-                _per_student(stage, students, made, users, workers)
+                _per_student(stage, students, made, users, summary, workers)
         except BaseException:
             for name in made:
                 drop_quietly(name)
@@ -1348,7 +1389,7 @@ def make_class(model, students_file, mode='per-student', prefix=None, teacher='p
             'passwords': 'in this output only: the engine keeps none', 'seconds': round(time.monotonic() - started, 2)}
 
 
-def _per_student(stage, students, made, users, workers=None):
+def _per_student(stage, students, made, users, summary, workers=None):
     """One copy of the staging database per student, then the student's user in it (one statement,
     from what `users` read in the staging copy). Two threads, each with its own connections: copies
     overlap (CREATE DATABASE works in the server) and so do password hashes (pbkdf2 runs in C
@@ -1375,12 +1416,13 @@ def _per_student(stage, students, made, users, workers=None):
                 tmp = tmp_name('st')
                 with admin_conn().cursor() as cur:
                     cur.execute(create_database_sql(tmp, stage))
+                    hide(tmp, cur)
                 try:
                     with session(tmp, role='tryton') as c2, c2.cursor() as cur:
                         users.create(s['login'], '%s %s' % (s['first_name'], s['last_name']), futures[s['login']].result(), 'student', cur=cur)
                         cur.execute("INSERT INTO pgi_meta (key, value) VALUES ('student', %s)", (s['login'],))
                     with admin_conn().cursor() as cur:
-                        cur.execute('ALTER DATABASE %s RENAME TO %s' % (quote_ident(tmp), quote_ident(s['database'])))
+                        finish(tmp, s['database'], dict(summary, student=s['login']), cur)
                 except BaseException:
                     drop_quietly(tmp)
                     raise
@@ -1403,9 +1445,6 @@ def _per_student(stage, students, made, users, workers=None):
 
 # ---------------------------------------------------------------------------------------------
 # backups (per database, beside pgi-backup's nightly sets)
-
-KINDS = ('manual', 'before-replace', 'final', 'nightly')
-
 
 def _stamp():
     return now_utc().strftime('%Y%m%dT%H%M%SZ')
@@ -1611,11 +1650,12 @@ def restore(name, ident='latest', as_name=None, replace=False):
                 bump_caches(cur)
                 meta_set(cur, restored_from=json.dumps({'database': name, 'id': entry['id'], 'date': entry['date']}),
                          restored_at=iso(now_utc()), **({'kind': 'restore', 'login_check': 'false', 'source': name} if target != name else {}))
+                summary = summary_of(meta_get(cur))
             closed = 0
             if in_place:
-                closed = _swap(tmp, name)
+                closed = _swap(tmp, name, summary)
             else:
-                finish(tmp, target)
+                finish(tmp, target, summary)
         except BaseException:
             drop_quietly(tmp)
             raise
@@ -1628,7 +1668,7 @@ def restore(name, ident='latest', as_name=None, replace=False):
     return out
 
 
-def _swap(tmp, name):
+def _swap(tmp, name, summary):
     """`name` replaced by `tmp`: every session on `name` is closed (a restore in place takes the
     database from under its users: the caller has warned them), renamed aside, then dropped."""
     old = tmp_name('old')
@@ -1644,7 +1684,7 @@ def _swap(tmp, name):
                 raise DbError('busy', 'could not take %s from its sessions: %s' % (name, e), BUSY)
             time.sleep(0.1)
     try:
-        q('ALTER DATABASE %s RENAME TO %s' % (quote_ident(tmp), quote_ident(name)))
+        finish(tmp, name, summary)
     except BaseException:
         q('ALTER DATABASE %s RENAME TO %s' % (quote_ident(old), quote_ident(name)))
         raise
@@ -1817,7 +1857,8 @@ def import_(path, as_name):
                 ensure_health_user(cur)
                 meta_set(cur, kind='import', source=os.path.basename(path), created_at=iso(now_utc()), login_check='false',
                          tryton_series=tryton_series(), tryton_version=tryton_version())
-            finish(tmp, as_name)
+                summary = summary_of(meta_get(cur))
+            finish(tmp, as_name, summary)
         except BaseException:
             drop_quietly(tmp)
             raise
@@ -1834,8 +1875,9 @@ def list_databases():
     last = {}
     for e in backups():
         last.setdefault(e['database'], e)
-    out = []
-    for n in user_databases():
+    import concurrent.futures
+
+    def one(n):
         entry = {'name': n, 'size': database_size(n), 'tryton': False, 'modules': [], 'kind': None, 'class': None, 'last_backup': None}
         try:
             with session(n) as c, c.cursor() as cur:
@@ -1855,24 +1897,30 @@ def list_databases():
         b = last.get(n)
         if b:
             entry['last_backup'] = {'id': b['id'], 'date': b['date'], 'kind': b['kind']}
-        out.append(entry)
-    return out
+        return entry
+
+    # one connection per database (a backend start: a fraction of a second emulated), four at a time
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(one, user_databases()))
 
 
 def login_targets():
     """The databases pgi-health logs into: Tryton databases made by `pgi-db create` (the declared
-    ones) or not by pgi-db at all, never teaching copies (see TEACHING_KINDS)."""
+    ones) or not by pgi-db at all, never teaching copies (see TEACHING_KINDS). Read from the
+    databases' comments (one query, whatever the number of class databases); only a database
+    without one (made before this engine, or by hand) is opened to read its pgi_meta."""
     out = []
-    for n in user_databases():
-        try:
-            with session(n) as c, c.cursor() as cur:
-                if not is_tryton(cur):
-                    continue
-                m = meta_get(cur) or {}
-        except Exception:
-            out.append(n)
-            continue
-        if m.get('login_check') == 'true' or (m.get('login_check') is None and m.get('kind') not in TEACHING_KINDS):
+    for n, summary in sorted(summaries().items()):
+        if summary is None:
+            try:
+                with session(n) as c, c.cursor() as cur:
+                    if not is_tryton(cur):
+                        continue
+                    summary = summary_of(meta_get(cur))
+            except Exception:
+                out.append(n)
+                continue
+        if summary['login_check']:
             out.append(n)
     return out
 
@@ -1904,7 +1952,7 @@ def login_check(names=None, timeout=LOGIN_TIMEOUT_S):
             require_database(n)
             with session(n, role='tryton') as c, c.cursor() as cur:
                 r['user'] = ensure_health_user(cur)
-            secret = health_secret()
+            secret = health_login()[0]
             url = '%s/%s/' % (TRYTON_URL.rstrip('/'), urllib.request.quote(n))
             status, res = _rpc(url, 'common.db.login', [HEALTH_LOGIN, {'password': secret}, 'fr'], timeout=timeout)
             if status == 200 and isinstance(res, dict) and res.get('error'):
