@@ -21,7 +21,8 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.abspath(os.path.join(HERE, '..', '..', '..'))
 FILES = os.path.join(REPO, 'images', 'pgi-tryton', 'files')
-LIB = os.path.join(FILES, 'usr', 'local', 'lib', 'pgi')
+# PGI_TEST_LIB: another copy of /usr/local/lib/pgi (to check that a test fails without a fix)
+LIB = os.environ.get('PGI_TEST_LIB') or os.path.join(FILES, 'usr', 'local', 'lib', 'pgi')
 SBIN = os.path.join(FILES, 'usr', 'local', 'sbin')
 PYTHON = '/usr/bin/python3'  # Debian's: trytond, psycopg2, passlib, proteus live there
 MODULES = ['account_fr', 'account_invoice', 'account_product', 'company', 'party', 'product', 'sale', 'purchase', 'stock']
@@ -84,15 +85,22 @@ class Lab:
         for d in (self.sock, self.data, self.run_dir, self.templates, os.path.join(self.data, '.pgi'), os.path.join(self.data, 'backups')):
             os.makedirs(d, exist_ok=True)
         subprocess.run(['chown', 'postgres', self.sock, self.dir], check=True)
+        os.chmod(self.templates, 0o755)
         self.build_template()
         subprocess.run(['runuser', '-u', 'postgres', '--', self.pgbin + '/initdb', '--no-sync', '-D', self.pgdata, '--encoding=UTF8',
                         '--locale=C.UTF-8', '--auth-local=trust'], check=True, capture_output=True)
+        # as the image's recipe does: the tryton role, then the template database (seed-cluster)
+        subprocess.run(['runuser', '-u', 'postgres', '--', self.pgbin + '/postgres', '--single', '-D', self.pgdata, 'postgres'],
+                       input=b'CREATE ROLE tryton LOGIN CREATEDB;\n', check=True, capture_output=True)
+        r = subprocess.run(['runuser', '-u', 'postgres', '--', 'env', 'PGI_TEMPLATES=' + self.templates, PYTHON, '-W', 'ignore',
+                            os.path.join(LIB, 'seed-cluster'), self.pgdata, EPOCH], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError('seed-cluster failed:\n%s' % r.stderr[-3000:])
         opts = "-c listen_addresses='' -c unix_socket_directories='%s' -p %s -c fsync=%s -c max_connections=60" % (
             self.sock, self.pg_port, 'on' if self.fsync else 'off')
         subprocess.run(['runuser', '-u', 'postgres', '--', self.pgbin + '/pg_ctl', '-D', self.pgdata, '-s', '-w', '-l',
                         os.path.join(self.dir, 'pg.log'), '-o', opts, 'start'], check=True)
         self.started = True
-        self.psql('CREATE ROLE tryton LOGIN CREATEDB')
         filestore = os.path.join(self.dir, 'filestore')
         os.makedirs(filestore, exist_ok=True)
         subprocess.run(['chown', 'tryton', filestore], check=True)

@@ -105,6 +105,9 @@ class Engine(unittest.TestCase):
 
     # -- create
     def test_01_create_from_template(self):
+        # the cluster holds the template from the start (seed-cluster, as the image's first boot)
+        self.assertEqual(self.sql('postgres', "SELECT datistemplate, datallowconn FROM pg_database WHERE datname = 'pgi_template_bts'"),
+                         [['t', 'f']])
         out = self.ok('create', 'pgi', '--company', 'Lycée Jean Moulin', '--fiscal-year', '2027')
         self.assertEqual(out['from'], 'template')
         self.assertEqual(out['method'], 'template')
@@ -133,6 +136,22 @@ class Engine(unittest.TestCase):
         self.assertEqual(self.sql('pgi_courant', 'SELECT p.name FROM company_company c JOIN party_party p ON p.id = c.party'),
                          [['Entreprise modèle']])
         self.assertEqual(self.sql('postgres', "SELECT count(*) FROM pg_database WHERE datname LIKE 'pgi_tmp_%'"), [['0']])
+        self.assertEqual(self.sql('pgi', "SELECT value FROM pgi_meta WHERE key = 'source'"), [['template']])
+        self.assertEqual(self.sql('postgres', "SELECT datistemplate FROM pg_database WHERE datname = 'pgi'"), [['f']])
+        # a data disk made by an older image (no template database) or a new image (another dump):
+        # the first creation restores the image's dump into the cluster once
+        lab.psql('ALTER DATABASE pgi_template_bts IS_TEMPLATE false')
+        lab.psql('DROP DATABASE pgi_template_bts')
+        self.ok('create', 'pgi_disque_ancien')
+        lab.psql('COMMENT ON DATABASE pgi_template_bts IS \'{"dump_sha256": "0000"}\'')
+        self.ok('create', 'pgi_image_nouvelle')
+        meta = json.loads(self.sql('postgres', "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = 'pgi_template_bts'")[0][0])
+        with open(os.path.join(lab.templates, 'bts.dump'), 'rb') as f:
+            import hashlib
+            self.assertEqual(meta['dump_sha256'], hashlib.sha256(f.read()).hexdigest())
+        self.assertEqual(self.invoices('pgi_image_nouvelle'), [])
+        for d in ('pgi_disque_ancien', 'pgi_image_nouvelle'):
+            lab.psql('DROP DATABASE %s' % d)
 
     def test_02_invoice_posted_in_the_new_fiscal_year(self):
         inv = lab.proteus('pgi', 'admin', pgitest.ADMIN_PASSWORD, pgitest.post_invoice_script('2027-03-15', 'Client Mars'))
@@ -193,6 +212,15 @@ class Engine(unittest.TestCase):
         self.refused(2, 'usage', 'restore', 'pgi', '--as', 'x', '--replace')
         lab.psql('CREATE DATABASE pas_tryton')
         self.refused(3, 'not_tryton', 'copy', 'pas_tryton', 'nouvelle')
+        # what a killed run left behind (its process is gone) is dropped by the next operation;
+        # another live run's temporary database is not
+        lab.psql('CREATE DATABASE pgi_tmp_st_999999999_deadbeef')
+        lab.psql('CREATE DATABASE pgi_tmp_st_%d_0badcafe' % os.getpid())
+        self.ok('copy', 'pgi', 'pgi_apres_panne')
+        tmp = [r[0] for r in lab.psql("SELECT datname FROM pg_database WHERE datname LIKE 'pgi_tmp_%' ORDER BY 1")]
+        self.assertEqual(tmp, ['pgi_tmp_st_%d_0badcafe' % os.getpid()])
+        lab.psql('DROP DATABASE pgi_tmp_st_%d_0badcafe' % os.getpid())
+        lab.psql('DROP DATABASE pgi_apres_panne')
 
     # -- copy
     def test_05_copy_and_trytond_connections(self):
@@ -265,6 +293,10 @@ class Engine(unittest.TestCase):
             self.assertEqual(users, sorted([['admin'], ['pgi_health'], ['professeur'], [students[name]['login']]]))
             self.assertEqual(self.sql(name, 'SELECT count(*) FROM ir_cron WHERE active'), [['0']])
             self.assertEqual(self.sql(name, "SELECT value FROM pgi_meta WHERE key = 'class_label'"), [['BTS CG1']])
+        # lists and pgi-health read what they need from the databases' comments, without connecting
+        comment = json.loads(self.sql('postgres', "SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+                                      "WHERE datname = 'bts_cg1_jean_dupont'")[0][0])
+        self.assertEqual(comment['pgi'], {'kind': 'class-student', 'class': 'BTS CG1', 'student': 'jean.dupont', 'login_check': False})
         groups = lambda db, login: {r[0] for r in self.sql(db, 'SELECT d.fs_id FROM "res_user-res_group" ug JOIN res_user u ON u.id = ug."user" '
                                                            "JOIN ir_model_data d ON d.model = 'res.group' AND d.db_id = ug.\"group\" WHERE u.login = '%s'" % login)}
         self.assertIn('group_admin', groups('bts_cg1_jean_dupont', 'professeur'))
@@ -417,7 +449,7 @@ class Engine(unittest.TestCase):
         self.assertEqual(dbs['bts_cg1_eloise_martin']['class'], 'BTS CG1')
         self.assertEqual(dbs['bts_cg1_eloise_martin']['kind'], 'class-student')
         self.assertEqual(dbs['pgi']['company'], 'Lycée Jean Moulin')
-        self.assertEqual(dbs['pgi']['last_backup']['kind'], 'nightly')
+        self.assertEqual(dbs['pgi']['last_backup']['kind'], 'manual', 'the newest: test_06\'s, after the nightly set')
         self.assertGreater(dbs['pgi']['size'], 1 << 20)
         self.assertIn('account_fr', dbs['pgi']['modules'])
         self.assertFalse(dbs['pas_tryton']['tryton'])
