@@ -24,6 +24,9 @@ DEB_TEST_PACKAGES=(
   tryton-modules-account tryton-modules-account-fr tryton-modules-account-invoice tryton-modules-account-product
   tryton-modules-company tryton-modules-country tryton-modules-currency tryton-modules-party tryton-modules-product
   tryton-modules-purchase tryton-modules-sale tryton-modules-stock
+  # the teachers' console, natively (test/unit/console): its web stack, nginx in front, the web
+  # client it sends students to, and Debian's chromium driven by playwright-core
+  tryton-sao nginx-light python3-flask python3-waitress python3-argon2 python3-cryptography chromium
 )
 [ "$with_test" = 1 ] && DEB_PACKAGES+=("${DEB_TEST_PACKAGES[@]}")
 missing=()
