@@ -356,9 +356,9 @@ describe.skipIf(why !== null)(`teachers' console in chromium, native${why ? ` (s
     await page.locator('.global-search-text', {hasText: 'Factures client'}).first().click()
     const tab = page.locator('#tabcontent > .tab-pane.active')
     await tab.locator('.toolbar button[id="new_"]').click()
-    await tab.locator('input[name="party"]').waitFor()
+    // the new record's form is ready when sao has put the focus on its first field, the party
+    await expect.poll(() => page.evaluate(() => (document.activeElement as HTMLInputElement | null)?.name), {timeout: 30_000}).toBe('party')
     // typed as a person types (sao reacts to key events), then Tab: no such party, sao offers to make it
-    await tab.locator('input[name="party"]').click()
     await page.keyboard.type('Client Durand')
     await page.keyboard.press('Tab')
     await page.locator('.modal-dialog').filter({hasText: 'Recherche Tiers'}).getByRole('button', {name: /^\s*nouveau\s*$/i}).click()

@@ -117,7 +117,8 @@ def reset_to_model(name, model, close=True):
                 pgidb.meta_set(cur, **keep)
                 pgidb.meta_set(cur, reset_from=model, reset_at=pgidb.iso(pgidb.now_utc()))
                 pgidb.bump_caches(cur)
-            closed = pgidb._swap(tmp, name)
+                summary = pgidb.summary_of(pgidb.meta_get(cur))
+            closed = pgidb._swap(tmp, name, summary)
         except BaseException:
             pgidb.drop_quietly(tmp)
             raise
