@@ -3,7 +3,7 @@
 # Ends with one line "N passed, N failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-deps.sh
+bash scripts/install-deps.sh --test
 
 report=$(mktemp /tmp/pgi-vitest-XXXXXX.json)
 set +e

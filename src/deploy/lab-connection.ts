@@ -24,7 +24,10 @@ export function connectionOf(vm: VmSnapshotEntry | undefined): HandoffConnection
   const eps = access.endpoints ?? {}
   if (Object.keys(eps).length > 0) {
     const ssh = split(eps.ssh)
-    const web = split(eps.web)
+    // the web client over HTTPS when the VM serves it (port 80 redirects browsers there, to the
+    // standard port, which a port forward does not have)
+    const web = split(eps.https) ?? split(eps.web)
+    const scheme = eps.https ? 'https' : 'http'
     const pg = split(eps.postgresql)
     const rpc = split(eps.jsonrpc)
     return {
@@ -32,7 +35,7 @@ export function connectionOf(vm: VmSnapshotEntry | undefined): HandoffConnection
       ...(ssh ? {sshPort: ssh.port} : {}),
       ...(pg ? {postgresqlPort: pg.port} : {}),
       ...(rpc ? {jsonrpcPort: rpc.port} : {}),
-      ...(web ? {webUrl: `http://${web.host}:${web.port}/`} : {}),
+      ...(web ? {webUrl: `${scheme}://${web.host}:${web.port}/`} : {}),
     }
   }
   const address = access.addresses?.[0]

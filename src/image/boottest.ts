@@ -8,6 +8,7 @@ import type {Io} from '../io.js'
 import {imagesDir, stateDir} from '../paths.js'
 import {runSteps, type Step} from '../progress.js'
 import type {Secret} from '../secret.js'
+import {checkConsole} from './console-check.js'
 import {verifyImage} from './images.js'
 
 /**
@@ -150,7 +151,11 @@ export async function testImage(opts: BootTestOptions): Promise<BootTestResult> 
         const seed = join(vmDir, 'seed.iso')
         await writeSeedImage({hostname: 'pgi-test', user: 'ami', nics: [{name: 'eth0', ipconfig: {ip: '10.0.2.15/24', gw: '10.0.2.2'}}]}, seed, io)
         const ports = manifest.ports ?? {}
-        const forwards = Object.entries({jsonrpc: ports.jsonrpc ?? 8000, web: ports.web ?? 80}).map(([name, guestPort]) => ({name, guestPort}))
+        // https: the web client and the teachers' console (images that publish it)
+        const forwards = Object.entries({jsonrpc: ports.jsonrpc ?? 8000, web: ports.web ?? 80, ...(ports.https ? {https: ports.https} : {})}).map(([name, guestPort]) => ({
+          name,
+          guestPort,
+        }))
         c.bootStarted = Date.now()
         c.vm = await QemuVm.launch(
           {
@@ -191,6 +196,17 @@ export async function testImage(opts: BootTestOptions): Promise<BootTestResult> 
           if (JSON.stringify(out).includes(p.reveal())) throw new UserError(ErrorCode.IMAGE_INVALID, 'pgi-configure printed a secret')
         }
         return out.changed.join(', ')
+      },
+    },
+    {
+      title: 'The teachers\' console answers over HTTPS (the VM\'s own certificate) and the AMI logs in with the SQL administrator\'s codes',
+      skip: () => (manifest.ports?.https ? false : 'the image publishes no HTTPS port'),
+      run: async (c) => {
+        const port = c.vm!.forwards.find((f) => f.name === 'https')!.hostPort
+        const tls = JSON.parse(await guest(c.vm!, ['/bin/cat', '/run/pgi/tls.json'])) as {sha256: string}
+        const cert = await guest(c.vm!, ['/bin/cat', '/etc/pgi/tls/server.crt'])
+        const r = await checkConsole(port, cert, tls.sha256, {login: 'pgi_admin', password: passwords.sql})
+        return `certificate SHA-256 ${r.fingerprint.slice(0, 23)}…; login page ${r.loginPageMs ?? '?'} ms of server time; AMI logged in`
       },
     },
     {

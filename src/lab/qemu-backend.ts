@@ -41,7 +41,7 @@ import {
  *
  * Networking: each VM's net0 is QEMU user-mode networking whose subnet and gateway are the
  * guest's own static address and gateway from `ipconfig0`, so the inventory's address works
- * inside the guest unchanged; ssh/web/jsonrpc/postgresql are forwarded to ephemeral ports on
+ * inside the guest unchanged; ssh/web/https/jsonrpc/postgresql are forwarded to ephemeral ports on
  * 127.0.0.1 only (reported by `access()` for `pgi lab status`). Guest-agent calls go to the real
  * qemu-guest-agent over the VM's virtio-serial socket. Runtime files (sockets, serial log) live
  * in `<backend dir>/<node>/<vmid>/`.
@@ -51,6 +51,8 @@ import {
 export const FORWARDED_PORTS: PortForward[] = [
   {name: 'ssh', guestPort: 22},
   {name: 'web', guestPort: 80},
+  // the Tryton web client and the teachers' console over HTTPS (port 80 redirects browsers there)
+  {name: 'https', guestPort: 443},
   {name: 'jsonrpc', guestPort: 8000},
   {name: 'postgresql', guestPort: 5432},
 ]

@@ -164,6 +164,7 @@ describe('QemuBackend network and seed mapping', () => {
       forwards: [
         {name: 'ssh', guestPort: 22},
         {name: 'web', guestPort: 80},
+        {name: 'https', guestPort: 443},
         {name: 'jsonrpc', guestPort: 8000},
         {name: 'postgresql', guestPort: 5432},
       ],

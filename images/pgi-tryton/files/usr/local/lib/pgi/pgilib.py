@@ -8,19 +8,39 @@ import subprocess
 import sys
 import tempfile
 
-DATA = '/srv/pgi'
+
+def _detect_pg_version():
+    """The PostgreSQL major version of this image (15 on Debian 12, 17 on Debian 13): the newest
+    server installed under /usr/lib/postgresql (one per image)."""
+    try:
+        found = [d for d in os.listdir('/usr/lib/postgresql') if d.isdigit() and os.path.exists('/usr/lib/postgresql/%s/bin/postgres' % d)]
+    except OSError:
+        found = []
+    return max(found, key=int) if found else '15'
+
+
+# Paths of the guest contract (docs/image.md). The PGI_* environment variables exist for the test
+# suite (test/unit/image-tools), which runs these tools on a developer's machine against a
+# throwaway PostgreSQL cluster and trytond; nothing in the image sets them.
+_env = os.environ.get
+DATA = _env('PGI_DATA', '/srv/pgi')
 DATA_DEVICE = '/dev/disk/by-id/virtio-pgi-data'
 STATE_DIR = DATA + '/.pgi'
 STATE_FILE = STATE_DIR + '/state.json'
-PG_VERSION = '15'
-PG_DATA = DATA + '/postgresql/15/main'
+PG_VERSION = _env('PGI_PG_VERSION') or _detect_pg_version()
+PG_BIN = '/usr/lib/postgresql/%s/bin' % PG_VERSION
+PG_DATA = DATA + '/postgresql/%s/main' % PG_VERSION
+PG_HOST = _env('PGI_PGHOST', '/var/run/postgresql')
+PG_PORT = _env('PGI_PGPORT', '5432')
 PG_TEMPLATE = '/var/lib/pgi/pgdata-template'
 FILESTORE = DATA + '/tryton/filestore'
 BACKUPS = DATA + '/backups'
-RUN_DIR = '/run/pgi'
-IMAGE_JSON = '/etc/pgi/image.json'
-TRYTOND_CONF = '/etc/tryton/trytond.conf'
+RUN_DIR = _env('PGI_RUN_DIR', '/run/pgi')
+IMAGE_JSON = _env('PGI_IMAGE_JSON', '/etc/pgi/image.json')
+TRYTOND_CONF = _env('PGI_TRYTOND_CONF', '/etc/tryton/trytond.conf')
 TRYTON_ADMIN_HASH = STATE_DIR + '/tryton-admin.hash'
+TRYTON_URL = _env('PGI_TRYTON_URL', 'http://127.0.0.1:8000')
+TEMPLATES_DIR = _env('PGI_TEMPLATES', '/usr/share/pgi/templates')
 SYSTEM_DATABASES = ('postgres', 'template0', 'template1')
 
 
@@ -95,7 +115,7 @@ def connect(db='postgres'):
     import psycopg2
     c = _connections.get(db)
     if c is None or c.closed:
-        c = psycopg2.connect(dbname=db, user='postgres', host='/var/run/postgresql', connect_timeout=10)
+        c = psycopg2.connect(dbname=db, user='postgres', host=PG_HOST, port=PG_PORT, connect_timeout=10)
         c.autocommit = True
         _connections[db] = c
     return c
@@ -124,6 +144,20 @@ def psql_script(script, db='postgres'):
 
 def databases():
     return [r[0] for r in psql("SELECT datname FROM pg_database WHERE NOT datistemplate AND datname <> 'postgres' ORDER BY 1")]
+
+
+# tables whose row counts pgi-backup records and --verify compares (the rollout's gate reads them too)
+KEY_TABLES = ('res_user', 'party_party', 'company_company', 'product_template', 'account_account', 'account_move',
+              'account_move_line', 'account_invoice', 'sale_sale', 'purchase_purchase', 'stock_move')
+
+
+def row_counts(db):
+    present = {r[0] for r in psql("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'", db=db)}
+    counts = {}
+    for t in KEY_TABLES:
+        if t in present:
+            counts[t] = int(psql('SELECT count(*) FROM %s' % quote_ident(t), db=db)[0][0])
+    return counts
 
 
 def is_tryton_db(db):

@@ -1,0 +1,201 @@
+#!/usr/bin/env node
+// Teachers' console benchmark on a real VM (needs root, a built pgi: `npm run build`, and a built
+// pgi-tryton image): boots the image under QEMU (KVM when it works, else TCG, as the lab) with a
+// blank data disk, applies pgi-configure, makes a teacher with `pgi-console teacher add` over the
+// guest agent, then drives the console over HTTPS (TLS verified against the VM's certificate, one
+// kept-alive connection, as a browser) and reports:
+//   - each main page's server time: the application's own (Server-Timing) and the round trip
+//     through nginx's TLS, median and max over --repeat GETs (the first, cold, reported apart);
+//   - the wall time of the jobs: a class of --students per-student databases from the BTS
+//     template, a backup, a reset, a restore in place.
+// Options: --version V (default: the newest in the images folder), --images-dir DIR,
+// --students N (30), --repeat N (5), --keep. Last line: one JSON object {"bench":"console",...}.
+import {X509Certificate} from 'node:crypto'
+import {mkdtemp, readdir, rm} from 'node:fs/promises'
+import {Agent, request} from 'node:https'
+import {cpus, tmpdir, totalmem} from 'node:os'
+import {join} from 'node:path'
+
+const argv = process.argv.slice(2)
+const opt = (name, def) => {
+  const i = argv.indexOf(`--${name}`)
+  return i >= 0 ? argv[i + 1] : def
+}
+const {verifyImage} = await import('../dist/src/image/images.js')
+const {imagesDir} = await import('../dist/src/paths.js')
+const {QemuVm, userNetFor, writeSeedImage} = await import('../dist/src/qemu/index.js')
+const {run} = await import('../dist/src/exec.js')
+const {StderrIo} = await import('../dist/src/io.js')
+const {generatePassword} = await import('../dist/src/secrets/store.js')
+const io = new StderrIo('warn', false)
+const root = opt('images-dir', imagesDir(process.env))
+const students = Number(opt('students', '30'))
+const repeat = Number(opt('repeat', '5'))
+const log = (m) => process.stderr.write(`${m}\n`)
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+
+let version = opt('version')
+if (!version) {
+  const vs = await readdir(join(root, 'pgi-tryton'))
+  version = vs.sort((a, b) => a.localeCompare(b, undefined, {numeric: true})).at(-1)
+}
+const {manifest, diskPath} = await verifyImage(version, {root})
+const dir = await mkdtemp(join(tmpdir(), 'pgi-bench-console-'))
+let vm
+try {
+  const os = join(dir, 'os.qcow2')
+  await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', diskPath, os], {}, io)
+  await run('qemu-img', ['create', '-q', '-f', 'qcow2', join(dir, 'data.qcow2'), '8G'], {}, io)
+  await writeSeedImage({hostname: 'pgi-bench', user: 'ami', nics: [{name: 'eth0', ipconfig: {ip: '10.0.2.15/24', gw: '10.0.2.2'}}]}, join(dir, 'seed.iso'), io)
+  const t0 = Date.now()
+  vm = await QemuVm.launch(
+    {
+      name: `bench-console-${version}`,
+      dir,
+      memoryMiB: 2048,
+      cpus: 2,
+      disks: [
+        {file: os, format: 'qcow2', id: 'virtio0'},
+        {file: join(dir, 'data.qcow2'), format: 'qcow2', id: 'virtio1', serial: 'pgi-data'},
+      ],
+      seedImage: join(dir, 'seed.iso'),
+      network: userNetFor('10.0.2.15', 24, '10.0.2.2', [{name: 'https', guestPort: manifest.ports?.https ?? 443}]),
+    },
+    io,
+  )
+  log(`booted ${manifest.name} ${version} (${vm.accel}); waiting for pgi-health`)
+  const guest = async (args, input, timeoutMs = 300_000) => {
+    const r = await vm.qga({timeoutMs: 30_000}).run(args, {input, timeoutMs})
+    if (r.exitcode !== 0) throw new Error(`${args.join(' ')}: exit ${r.exitcode}: ${r.stderr.slice(-500)}`)
+    return r.stdout
+  }
+  await vm.qga({timeoutMs: 5000}).waitReady(15 * 60_000)
+  for (;;) {
+    const r = await vm.qga({timeoutMs: 30_000}).run(['/usr/local/sbin/pgi-health'], {timeoutMs: 180_000}).catch(() => ({exitcode: -1}))
+    if (r.exitcode === 0) break
+    if (Date.now() - t0 > 20 * 60_000) throw new Error('not healthy after 20 min')
+    await sleep(5000)
+  }
+  const bootS = (Date.now() - t0) / 1000
+  log(`healthy after ${bootS.toFixed(0)} s`)
+  const sql = generatePassword()
+  await guest(['/usr/local/sbin/pgi-configure'], JSON.stringify({sql_admin: {login: 'pgi_admin', password: sql.reveal()}, tryton_admin: {login: 'admin', password: generatePassword().reveal()}}))
+  const added = JSON.parse(await guest(['/usr/local/sbin/pgi-console', 'teacher', 'add', '--name', 'Prof Bench', '--email', 'bench@lycee-test.fr']))
+  const cert = await guest(['/bin/cat', '/etc/pgi/tls/server.crt'])
+  const port = vm.forwards.find((f) => f.name === 'https').hostPort
+  const agent = new Agent({keepAlive: true, maxSockets: 1, ca: cert})
+  const jar = {}
+
+  const call = (path, {method = 'GET', form} = {}) =>
+    new Promise((resolve, reject) => {
+      const body = form ? new URLSearchParams(form).toString() : undefined
+      const t = process.hrtime.bigint()
+      const req = request(
+        {host: '127.0.0.1', port, path, method, agent, headers: {
+          Cookie: Object.entries(jar).map(([k, v]) => `${k}=${v}`).join('; '),
+          ...(body ? {'Content-Type': 'application/x-www-form-urlencoded', 'Content-Length': Buffer.byteLength(body), Origin: `https://127.0.0.1:${port}`} : {}),
+        }},
+        (res) => {
+          let text = ''
+          res.setEncoding('utf8')
+          res.on('data', (d) => (text += d))
+          res.on('end', () => {
+            for (const c of res.headers['set-cookie'] ?? []) {
+              const [kv] = c.split(';')
+              const [k, v] = kv.split('=')
+              jar[k] = v
+            }
+            const app = /app;dur=([\d.]+)/.exec(String(res.headers['server-timing'] ?? ''))
+            resolve({status: res.statusCode, text, location: res.headers.location, appMs: app ? Number(app[1]) : null,
+              totalMs: Number(process.hrtime.bigint() - t) / 1e6})
+          })
+        },
+      )
+      req.on('error', reject)
+      req.end(body)
+    })
+  const token = (html) => /name="csrf_token" value="([^"]+)"/.exec(html)[1]
+  const post = async (path, form, from) => call(path, {method: 'POST', form: {...form, csrf_token: token((await call(from)).text)}})
+  const job = async (r) => {
+    const id = /taches\/(\d+)/.exec(r.location ?? '')?.[1]
+    if (!id) throw new Error(`no job: HTTP ${r.status} ${r.text.slice(-300)}`)
+    const t = Date.now()
+    for (;;) {
+      const j = JSON.parse((await call(`/console/taches/${id}.json`)).text)
+      if (j.state === 'done') return {id, seconds: (Date.now() - t) / 1000}
+      if (j.state === 'failed') throw new Error(`job ${id} failed: ${(await call(`/console/taches/${id}`)).text.replace(/<[^>]+>/g, ' ').replace(/\s+/g, ' ').slice(-400)}`)
+      await sleep(1000)
+    }
+  }
+
+  let r = await post('/console/activer', {email: 'bench@lycee-test.fr', code: added.setup_code, password: 'Bench-password-1', confirm: 'Bench-password-1'}, '/console/activer')
+  if (r.status !== 302) throw new Error(`activation: HTTP ${r.status}`)
+  const csv = ['Nom;Prénom;Classe', ...Array.from({length: students}, (_, i) => `ELEVE${String.fromCharCode(65 + (i % 26))}${i};Prénom${i};BTS`)].join('\n')
+  r = await post('/console/classes', {label: 'Bench', students: csv, model: 'bts', mode: 'per-student', company: ''}, '/console/classes/nouvelle')
+  const klass = await job(r)
+  log(`class of ${students}: ${klass.seconds} s`)
+  const classId = /classes\/(\d+)/.exec((await call(`/console/taches/${klass.id}`)).text)[1]
+  const db = /<th scope="row">(bench_[a-z0-9_]+)<\/th>/.exec((await call(`/console/classes/${classId}`)).text.replace('bench_modele', ''))[1]
+  const backup = await job(await post(`/console/bases/${db}/sauvegarder`, {}, `/console/classes/${classId}`))
+  const reset = await job(await post(`/console/bases/${db}/reinitialiser`, {confirm: 'oui'}, `/console/bases/${db}/reinitialiser`))
+  const restorePage = (await call(`/console/bases/${db}/restaurer`)).text
+  const bid = [...restorePage.matchAll(/name="backup_id" id="b\d+" value="([^"]+)"/g)].map((m) => m[1]).find((b) => b.endsWith('-manual'))
+  const restore = await job(await post(`/console/bases/${db}/restaurer`, {backup_id: bid, mode: 'replace', confirm: db}, `/console/bases/${db}/restaurer`))
+  log(`backup ${backup.seconds} s, reset ${reset.seconds} s, restore ${restore.seconds} s`)
+
+  const pages = {
+    home: '/console/',
+    class_page: `/console/classes/${classId}`,
+    class_sheet: `/console/classes/${classId}/fiche`,
+    class_form: '/console/classes/nouvelle',
+    restore_page: `/console/bases/${db}/restaurer`,
+    reset_page: `/console/bases/${db}/reinitialiser`,
+    import_form: '/console/bases/importer',
+    job_page: `/console/taches/${klass.id}`,
+    job_json: `/console/taches/${klass.id}.json`,
+    health: '/console/sante',
+  }
+  const stats = (v) => {
+    const s = [...v].sort((a, b) => a - b)
+    return {median: Number(s[Math.floor(s.length / 2)].toFixed(1)), max: Number(s.at(-1).toFixed(1))}
+  }
+  const measure = async (set) => {
+    const out = {}
+    for (const [name, path] of Object.entries(set)) {
+      const first = await call(path)
+      if (first.status !== 200) throw new Error(`${path}: HTTP ${first.status}`)
+      const runs = []
+      for (let i = 0; i < repeat; i++) runs.push(await call(path))
+      out[name] = {first_app_ms: first.appMs, app_ms: stats(runs.map((x) => x.appMs ?? NaN)), total_ms: stats(runs.map((x) => x.totalMs))}
+    }
+    return out
+  }
+  const teacherPages = await measure(pages)
+  // the AMI's pages, with the SQL administrator's codes
+  for (const k of Object.keys(jar)) delete jar[k]
+  r = await post('/console/ami/connexion', {login: 'pgi_admin', password: sql.reveal()}, '/console/ami/connexion')
+  if (r.status !== 302) throw new Error(`AMI login: HTTP ${r.status}`)
+  const amiPages = await measure({ami_home: '/console/ami/', ami_audit: '/console/ami/journal'})
+  const all = {...teacherPages, ...amiPages}
+  const worst = Math.max(...Object.values(all).map((p) => p.app_ms.max))
+  const worstTotal = Math.max(...Object.values(all).map((p) => p.total_ms.max))
+  const result = {
+    bench: 'console',
+    machine: {cpus: cpus().length, mem_gib: Math.round(totalmem() / 2 ** 30)},
+    image: `${manifest.name} ${version}`,
+    accel: vm.accel,
+    boot_to_healthy_s: Number(bootS.toFixed(1)),
+    fingerprint: new X509Certificate(cert).fingerprint256,
+    jobs_s: {[`class_${students}`]: klass.seconds, backup: backup.seconds, reset: reset.seconds, restore: restore.seconds},
+    pages: all,
+    page_app_ms_max: worst,
+    page_total_ms_max: Number(worstTotal.toFixed(1)),
+    page_target_ms: 300,
+  }
+  for (const [name, p] of Object.entries(all)) log(`${name.padEnd(14)} app median ${p.app_ms.median} ms, max ${p.app_ms.max} ms; round trip median ${p.total_ms.median} ms (first: ${p.first_app_ms} ms)`)
+  console.log(JSON.stringify(result))
+} finally {
+  await vm?.stop({graceMs: 5000}).catch(() => undefined)
+  if (!argv.includes('--keep')) await rm(dir, {recursive: true, force: true})
+  else log(`kept ${dir}`)
+}
