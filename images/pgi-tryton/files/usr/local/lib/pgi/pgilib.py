@@ -1,5 +1,6 @@
 """Shared helpers of the pgi guest tools (pgi-health, pgi-configure, pgi-backup, pgi-datadisk,
-pgi-upgrade, pgi-db). Guest contract: docs/image.md. Python 3.11 standard library only, plus
+pgi-upgrade, pgi-db). Guest contract: docs/image.md. Python 3.11 (Debian 12) and 3.13 (Debian 13)
+standard library only, plus
 psycopg2 where noted (it ships with tryton-server)."""
 import datetime
 import json
@@ -8,12 +9,25 @@ import subprocess
 import sys
 import tempfile
 
+
+
+def _detect_pg_version():
+    """The PostgreSQL major version of this image (15 on Debian 12, 17 on Debian 13): the newest
+    server installed under /usr/lib/postgresql (one per image)."""
+    try:
+        found = [d for d in os.listdir('/usr/lib/postgresql') if d.isdigit() and os.path.exists('/usr/lib/postgresql/%s/bin/postgres' % d)]
+    except OSError:
+        found = []
+    return max(found, key=int) if found else '15'
+
+
 DATA = '/srv/pgi'
 DATA_DEVICE = '/dev/disk/by-id/virtio-pgi-data'
 STATE_DIR = DATA + '/.pgi'
 STATE_FILE = STATE_DIR + '/state.json'
-PG_VERSION = '15'
-PG_DATA = DATA + '/postgresql/15/main'
+PG_VERSION = _detect_pg_version()
+PG_BIN = '/usr/lib/postgresql/%s/bin' % PG_VERSION
+PG_DATA = DATA + '/postgresql/%s/main' % PG_VERSION
 PG_TEMPLATE = '/var/lib/pgi/pgdata-template'
 FILESTORE = DATA + '/tryton/filestore'
 BACKUPS = DATA + '/backups'
@@ -162,7 +176,7 @@ def scram_sha256(password, iterations=4096):
 
 
 def tryton_password_hash(password):
-    """A hash res.user accepts (trytond 6.0 verifies with passlib: bcrypt or pbkdf2_sha512)."""
+    """A hash res.user accepts (trytond 6.0 and 7.0 verify with passlib: bcrypt or pbkdf2_sha512)."""
     from passlib.context import CryptContext
     return CryptContext(schemes=['pbkdf2_sha512']).hash(password)
 
