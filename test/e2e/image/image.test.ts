@@ -118,5 +118,34 @@ for (const L of LINES) {
         await run('umount', [mnt])
       }
     })
+
+    it.skipIf(L.line !== '2')('refuses a data disk of the other line (a PostgreSQL 15 cluster): nothing written, unhealthy with the reason', async () => {
+      const d = await mkdtemp(join(tmpdir(), 'pgi-datadisk-'))
+      tmp.push(d)
+      const disk = join(d, 'data.raw')
+      await run('truncate', ['-s', '2G', disk])
+      await run('mkfs.ext4', ['-q', '-L', 'pgi-data', disk])
+      const mnt = join(d, 'mnt')
+      await mkdir(mnt)
+      await run('mount', ['-o', 'loop', disk, mnt])
+      try {
+        await mkdir(join(mnt, 'postgresql', '15', 'main'), {recursive: true})
+        await writeFile(join(mnt, 'postgresql', '15', 'main', 'PG_VERSION'), '15\n')
+        await writeFile(join(mnt, 'postgresql', '15', 'main', 'MARKER'), 'a class database\n')
+      } finally {
+        await run('umount', [mnt])
+      }
+      const e = await testImage({version, root, io, dataDisk: disk, quick: true, healthTimeoutMs: 5 * 60_000}).then(() => undefined, (err: Error) => err)
+      expect(e?.message).toContain('did not become healthy')
+      expect(e?.message).toContain('PostgreSQL 15 cluster of another image line')
+      await run('mount', ['-o', 'loop,ro', disk, mnt])
+      try {
+        expect(await readFile(join(mnt, 'postgresql', '15', 'main', 'MARKER'), 'utf8')).toBe('a class database\n')
+        expect(existsSync(join(mnt, 'postgresql', L.postgresql))).toBe(false)
+        expect(existsSync(join(mnt, '.pgi'))).toBe(false)
+      } finally {
+        await run('umount', [mnt])
+      }
+    })
   })
 }
