@@ -5,7 +5,7 @@ import type {AgentExecResult, PveApi} from '../proxmox/types.js'
 import type {Secret} from '../secret.js'
 import {generatePassword, type SecretStore} from '../secrets/store.js'
 import {withEstablishmentLock} from './lock.js'
-import {issueHandoff, recordHostKeyFingerprints, recordTrytonSeries, type HandoffConnection, type HandoffIssued} from './handoff.js'
+import {issueHandoff, readTrytonSeries, recordHostKeyFingerprints, recordTrytonSeries, type HandoffConnection, type HandoffIssued} from './handoff.js'
 import {
   ESTABLISHMENT_SECRETS,
   establishmentSecretKey,
@@ -123,7 +123,7 @@ async function rotateLocked(opts: RotateOptions): Promise<RotateResult> {
   if (fps.length > 0) await recordHostKeyFingerprints(store, est.uai, fps)
   // and the Tryton series, which names the handoff's desktop client
   const series = await fetchTrytonSeries(api, est.node, est.vmid).catch(() => undefined)
-  if (series) await recordTrytonSeries(store, est.uai, series)
+  if (series && series !== (await readTrytonSeries(store, est.uai))) await recordTrytonSeries(store, est.uai, series)
 
   // 4. reissue the handoff with the new secrets.
   const secrets: EstablishmentSecrets = {...current, ...fresh}
