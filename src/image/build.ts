@@ -203,11 +203,20 @@ find "$1/var/cache/man" -type f -delete 2>/dev/null || true
 # (the packages' own .pyc embed build-time mtimes); without it trytond compiles ~4 CPU-minutes
 # of modules at each start under software emulation
 find "$1" -xdev -name '__pycache__' -type d -prune -exec rm -rf {} +
-# (with the image's standard library: /usr/lib/python3.11 on Debian 12, python3.13 on Debian 13)
+# (with the image's standard library: /usr/lib/python3.11 on Debian 12, python3.13 on Debian 13).
+# Two processes, each through a fixed list of files in a fixed order: marshal's output for a file
+# depends on what the same process compiled before (which strings it already holds, and how often
+# they are referenced), so compileall -j 2, whose workers take files as they come, gave two builds
+# two trytond/model/modelview .pyc files under Python 3.13. PYTHONHASHSEED fixed too (set
+# constants are written in their hash order).
 if [ -x "$1/usr/bin/python3" ]; then
   PYLIB=$(chroot "$1" python3 -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')
-  chroot "$1" python3 -m compileall -q -j 2 --invalidation-mode unchecked-hash -x '/(tests?|idlelib|lib2to3|turtledemo|ensurepip)/' /usr/lib/python3 "$PYLIB" /usr/local/lib/pgi >/dev/null \
-    || echo "warning: compileall reported errors (modules left uncompiled compile at run time)" >&2
+  PYROOT=$1
+  pyc() { chroot "$PYROOT" env PYTHONHASHSEED=0 python3 -m compileall -q -j 1 --invalidation-mode unchecked-hash -x '/(tests?|idlelib|lib2to3|turtledemo|ensurepip)/' "$@" >/dev/null; }
+  pyc /usr/lib/python3 & PYC1=$!
+  PYC2=0; pyc "$PYLIB" /usr/local/lib/pgi || PYC2=$?
+  PYC1_RC=0; wait $PYC1 || PYC1_RC=$?
+  [ "$PYC1_RC" -eq 0 ] && [ "$PYC2" -eq 0 ] || echo "warning: compileall reported errors (modules left uncompiled compile at run time)" >&2
 fi
 # whatever ran above (the recipe's configure included) must have left that file: stop the build rather
 # than let mmdebstrap's clean-up run apt on the host
