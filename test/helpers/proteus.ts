@@ -52,7 +52,7 @@ const SUITES: Record<string, string> = {'6.0': 'bookworm', '7.0': 'trixie'}
 // XML-RPC with the credentials in the URL: trytond authenticates every call (HTTP basic auth,
 // checked as common.db.login checks them); the URL is built here from stdin, never a command line
 const LOGIN_SCRIPT = String.raw`
-import json, sys, urllib.parse
+import json, sys, urllib.parse, xmlrpc.client
 import proteus
 from proteus import config, Model
 d = json.load(sys.stdin)
@@ -65,7 +65,9 @@ try:
     templates = len(Model.get('account.account.template').find([]))
 except Exception:
     templates = 0
-print(json.dumps({'proteus': proteus.__version__, 'server': cfg.server.common.server.version(),
+# the server's version: a call outside any database (the root path)
+server = xmlrpc.client.ServerProxy('%s://%s/' % (u.scheme, u.netloc)).common.server.version()
+print(json.dumps({'proteus': proteus.__version__, 'server': server,
                   'user': {'id': me.id, 'login': me.login, 'name': me.name}, 'modules': mods, 'accountTemplates': templates}))
 `
 

@@ -11,13 +11,15 @@ import {StderrIo} from '../../../src/io.js'
 
 import {cachedPgiImage} from '../../helpers/e2e-image.js'
 import {proteusFor} from '../../helpers/proteus.js'
+import {hasChromium, saoLogin} from '../../helpers/sao.js'
 
 /**
  * A fresh deploy of the 2.x image line (Debian 13, Tryton 7.0, PostgreSQL 17) on a qemu-backed lab,
  * as a Région technician runs it (`pgi deploy` through bin/run.js): the AMI's handoff names the
  * Tryton 7.0 desktop client, a database made from the 7.0 template (`pgi-db create`, through the
- * guest agent as pgi does) takes the handoff's admin login with proteus 7.0 through the lab's
- * forwarded web port, and `pgi status` reports the establishment healthy on 2.x.
+ * guest agent as pgi does) takes the handoff's admin login with proteus 7.0 and with the Tryton 7.0
+ * web client in Debian's chromium (playwright-core) through the lab's forwarded web port, and
+ * `pgi status` reports the establishment healthy on 2.x.
  *
  * Opt-in (PGI_E2E_IMAGE2=1): the 2.x build and a deploy under software emulation take ~20 minutes.
  * The image comes from the same cache as test/e2e/image (or PGI_E2E_IMAGES_DIR).
@@ -86,6 +88,11 @@ describe.skipIf(process.env.PGI_E2E_IMAGE2 !== '1')('a fresh deploy of pgi-tryto
     expect(login.user.login).toBe('admin')
     expect(login.modules.account_fr).toBe('activated')
     expect(login.accountTemplates).toBeGreaterThan(100)
+    // and with the Tryton 7.0 web client, at the handoff's address (the lab forwards the web port)
+    if (!hasChromium()) throw new Error('this test needs Debian\'s chromium (apt-get install chromium)')
+    const web = await saoLogin(handoff.webClient.url, db, handoff.trytonAdmin.login, handoff.trytonAdmin.password.reveal())
+    expect(web.version).toMatch(/^7\.0\./)
+    expect(web.menu).toEqual(expect.arrayContaining(['Tiers', 'Financier']))
   }, 40 * 60_000)
 
   it('pgi status reports it healthy on 2.x', async () => {

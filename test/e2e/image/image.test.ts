@@ -13,12 +13,15 @@ import {verifyImage} from '../../../src/image/images.js'
 
 import {cachedPgiImage} from '../../helpers/e2e-image.js'
 import {proteusFor} from '../../helpers/proteus.js'
+import {hasChromium, saoLogin} from '../../helpers/sao.js'
 
 /**
  * Each line of the reference image, built once per recipe + lock (cached under the state dir so
  * CI builds once), then booted: the full `pgi image test` path, a login with proteus of the
- * image's Tryton series (a real Tryton client), and the data-disk rule (a disk that already holds
- * a filesystem is mounted, never reformatted). The same in-image tools serve both lines.
+ * image's Tryton series (a real Tryton client) and, where Debian's chromium is installed, with the
+ * web client of that series (sao, through the forwarded web port), and the data-disk rule (a disk
+ * that already holds a filesystem is mounted, never reformatted). The same in-image tools serve
+ * both lines.
  *
  * Line 1 (Debian 12, Tryton 6.0, PostgreSQL 15) runs every time. Line 2 (Debian 13, Tryton 7.0,
  * PostgreSQL 17) is opt-in, PGI_E2E_IMAGE2=1: its build and two boots take ~20 more minutes under
@@ -58,6 +61,7 @@ for (const L of LINES) {
     it(`boots healthy, takes pgi-configure, creates a French-accounting database, admin logs in over JSON-RPC and with proteus ${L.tryton}, survives a reboot`, async () => {
       const proteus = await proteusFor(L.tryton)
       let login: Awaited<ReturnType<typeof proteus.login>> | undefined
+      let web: Awaited<ReturnType<typeof saoLogin>> | undefined
       const r = await testImage({
         version,
         root,
@@ -69,7 +73,12 @@ for (const L of LINES) {
           // and a wrong password is refused to proteus too
           const wrong = await proteus.login(t.webUrl, t.database, t.login, 'not-the-password').then(() => true, () => false)
           expect(wrong).toBe(false)
-          return `proteus ${login.proteus}: ${login.user.login} in ${t.database}`
+          if (!hasChromium()) {
+            process.stderr.write('web client login not checked: no /usr/bin/chromium (apt-get install chromium)\n')
+            return `proteus ${login.proteus}: ${login.user.login} in ${t.database}`
+          }
+          web = await saoLogin(t.webUrl, t.database, t.login, t.password.reveal())
+          return `proteus ${login.proteus} and sao ${web.version}: ${login.user.login} in ${t.database}`
         },
       })
       expect(r.rebootedHealthy).toBe(true)
@@ -79,6 +88,12 @@ for (const L of LINES) {
       expect(login?.user.login).toBe('admin')
       expect(login?.modules).toEqual({account_fr: 'activated', sale: 'activated', purchase: 'activated', stock: 'activated'})
       expect(login?.accountTemplates).toBeGreaterThan(100)
+      if (hasChromium()) {
+        // the web client of the same series, in French, with the BTS modules' menus
+        expect(web?.version).toMatch(new RegExp(`^${L.tryton.replace('.', '\\.')}\\.`))
+        expect(web?.userId).toBe(login?.user.id)
+        expect(web?.menu).toEqual(expect.arrayContaining(['Tiers', 'Financier', 'Ventes', 'Achats']))
+      }
       const db = r.health.databases.find((d) => d.name === 'bts_test')
       expect(db?.modules.account_fr).toMatch(new RegExp(`^${L.tryton.replace('.', '\\.')}\\.`))
       expect(r.health.checks.data_disk).toMatchObject({ok: true, mounted: true})
