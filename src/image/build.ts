@@ -207,8 +207,8 @@ find "$1" -xdev -name '__pycache__' -type d -prune -exec rm -rf {} +
 # Two processes, each through a fixed list of files in a fixed order: marshal's output for a file
 # depends on what the same process compiled before (which strings it already holds, and how often
 # they are referenced), so compileall -j 2, whose workers take files as they come, gave two builds
-# two trytond/model/modelview .pyc files under Python 3.13. PYTHONHASHSEED fixed too (set
-# constants are written in their hash order).
+# two trytond/model/modelview .pyc files under Python 3.13. PYTHONHASHSEED fixed as well, so that
+# nothing in the compiler's run depends on a random seed.
 if [ -x "$1/usr/bin/python3" ]; then
   PYLIB=$(chroot "$1" python3 -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')
   PYROOT=$1
