@@ -1,28 +1,34 @@
 #!/usr/bin/env node
-// Image benchmark (needs root and a built pgi: `npm run build`): two builds of pgi-tryton from
-// the same image.lock with a warm apt cache, into two folders, with the same version and
+// Image benchmark (needs root and a built pgi: `npm run build`): two builds of a recipe (default
+// pgi-tryton, the 1.x line; pgi-tryton@2 for the 2.x line) from the same lock with a warm apt
+// cache, into two folders, with the same version (the recipe's, "-bench.<time>") and
 // SOURCE_DATE_EPOCH; then a boot of the first under QEMU until pgi-health is healthy.
 // Reports build time, qcow2 size, boot-to-healthy time and whether the two builds gave the same
 // file tree (paths, types, modes, owners, content hashes) and the same image sha256.
-// Last line: one JSON object {"bench":"image",...}. Options: --no-boot, --keep.
+// Last line: one JSON object {"bench":"image",...}.
+// Usage: node bench/image.mjs [RECIPE] [--no-boot] [--keep]
 import {mkdtemp, readFile, rm} from 'node:fs/promises'
 import {tmpdir, cpus, totalmem} from 'node:os'
 import {join} from 'node:path'
 
-const args = new Set(process.argv.slice(2))
+const argv = process.argv.slice(2)
+const args = new Set(argv.filter((a) => a.startsWith('--')))
+const recipeRef = argv.find((a) => !a.startsWith('--')) ?? 'pgi-tryton'
 const {buildImage} = await import('../dist/src/image/build.js')
+const {loadRecipe} = await import('../dist/src/image/recipe.js')
 const {testImage} = await import('../dist/src/image/boottest.js')
 const {StderrIo} = await import('../dist/src/io.js')
 const io = new StderrIo('warn', false)
 const env = {...process.env, SOURCE_DATE_EPOCH: process.env.SOURCE_DATE_EPOCH ?? '1767225600'}
-const version = `0.0.${Math.floor(Date.now() / 1000)}`
+// a version of the recipe's own line (a recipe of several lines builds no other)
+const version = `${(await loadRecipe(recipeRef)).version.replace(/[-~+].*$/, '')}-bench.${Math.floor(Date.now() / 1000)}`
 const dirs = []
 
 async function build(label) {
   const out = await mkdtemp(join(tmpdir(), `pgi-bench-image-${label}-`))
   dirs.push(out)
   const t0 = Date.now()
-  const r = await buildImage({recipe: 'pgi-tryton', version, out, io, env})
+  const r = await buildImage({recipe: recipeRef, version, out, io, env})
   const seconds = (Date.now() - t0) / 1000
   const manifest = JSON.parse(await readFile(r.manifest, 'utf8'))
   const files = await readFile(join(r.dir, 'files.txt'), 'utf8')
@@ -53,7 +59,10 @@ try {
   const result = {
     bench: 'image',
     machine: {cpus: cpus().length, mem_gib: Math.round(totalmem() / 2 ** 30)},
+    recipe: recipeRef,
     version,
+    tryton: a.manifest.packages.find((p) => p.name === 'tryton-server')?.version,
+    kernel: a.manifest.kernel.release,
     build_s: [Number(a.seconds.toFixed(1)), Number(b.seconds.toFixed(1))],
     build_target_s: 240,
     qcow2_bytes: a.r.sizeBytes,

@@ -16,6 +16,9 @@ DEB_PACKAGES=(
   time                                # /usr/bin/time: memory of CLI runs in tests (test/e2e/cli/bad-inventory.test.ts)
   postgresql-client                   # the AMI's view: psql against a deployed VM
   python3-proxmoxer python3-requests  # a PVE client nobody here wrote, against the lab (test/unit/lab/proxmoxer.test.ts)
+  # proteus, Tryton's scripting client: 6.0 logs in to the 1.x image (test/e2e/image); 7.0 is
+  # Debian 13's, unpacked by the tests (test/helpers/proteus.ts) and run with these dependencies
+  tryton-proteus python3-dateutil python3-defusedxml
 )
 # the image's database engine runs natively in test/unit/image-tools, against a throwaway
 # PostgreSQL cluster and a real trytond with the image's modules, and proteus as the client

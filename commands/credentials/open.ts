@@ -40,7 +40,7 @@ export default class CredentialsOpen extends BaseCommand<typeof CredentialsOpen>
         ['PostgreSQL (SQL administrator)', hp(h.postgresql.host, h.postgresql.port), h.postgresql.login, h.postgresql.password],
         ['Tryton admin', `database ${h.desktop_client.database}`, h.tryton_admin.login, h.tryton_admin.password],
         ['Web client (thin)', h.web_client.url, '', ''],
-        ['Desktop client (Tryton 6.0)', hp(h.desktop_client.host, h.desktop_client.port), h.desktop_client.username, '(Tryton admin)'],
+        [`Desktop client (${h.desktop_client.client})`, hp(h.desktop_client.host, h.desktop_client.port), h.desktop_client.username, '(Tryton admin)'],
       ],
     )
     if (h.ssh.host_key_fingerprints.length > 0) this.log(`SSH host key: ${h.ssh.host_key_fingerprints.join(', ')}`)

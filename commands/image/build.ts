@@ -5,17 +5,18 @@ import type {BuildResult} from '../../src/image/build.js'
 
 export default class ImageBuild extends BaseCommand<typeof ImageBuild> {
   static override summary = 'Build, sign and publish a VM image from a recipe (needs root).'
-  static override description = `Installs the recipe's packages with mmdebstrap from this host's apt sources (or --mirror), pinned by the recipe's image.lock (written by the first build), configures the guest, assembles a BIOS-bootable disk, converts it to a zstd-compressed qcow2, and writes manifest.json signed with the Ed25519 key kept in the secret store (image-signing/ed25519, created on first use). The image goes to <images dir>/<name>/<version>/. A published version is never overwritten. Set SOURCE_DATE_EPOCH for reproducible builds. Recipe format: docs/image.md.`
+  static override description = `Installs the recipe's packages with mmdebstrap from this host's apt sources (or --mirror; sources for the recipe's Debian suite are derived from them when they list another release), pinned by the recipe's image.lock (written by the first build), configures the guest, assembles a BIOS-bootable disk, converts it to a zstd-compressed qcow2, and writes manifest.json signed with the Ed25519 key kept in the secret store (image-signing/ed25519, created on first use). The image goes to <images dir>/<name>/<version>/. A published version is never overwritten. Set SOURCE_DATE_EPOCH for reproducible builds. Recipe format: docs/image.md.`
 
   static override examples = [
-    {description: 'Build the reference PGI image at its recipe\'s version:', command: 'sudo <%= config.bin %> <%= command.id %>'},
+    {description: 'Build the reference PGI image (line 1.x: Debian 12, Tryton 6.0) at its recipe\'s version:', command: 'sudo <%= config.bin %> <%= command.id %>'},
+    {description: 'Build the 2.x line (Debian 13, Tryton 7.0, PostgreSQL 17) at its recipe\'s version, or at 2.0.1:', command: 'sudo <%= config.bin %> <%= command.id %> pgi-tryton@2\nsudo <%= config.bin %> <%= command.id %> pgi-tryton@2.0.1'},
     {description: 'Build version 1.1.0, reproducibly, into a folder of your choice:', command: 'sudo SOURCE_DATE_EPOCH=1767225600 <%= config.bin %> <%= command.id %> pgi-tryton --version 1.1.0 --out /srv/images'},
     {description: 'Build although Debian replaced some locked versions since image.lock was written (differences recorded in the manifest):', command: 'sudo <%= config.bin %> <%= command.id %> --allow-lock-drift'},
     {description: 'Build from another mirror (a deb822 .sources file) and take the current package versions:', command: 'sudo <%= config.bin %> <%= command.id %> --mirror ./snapshot.sources --update-lock'},
   ]
 
   static override args = {
-    recipe: Args.string({description: 'Recipe name shipped with pgi (pgi-tryton, lab-test) or path to an image.yaml.', default: 'pgi-tryton'}),
+    recipe: Args.string({description: 'Recipe shipped with pgi (pgi-tryton: line 1.x; pgi-tryton@2: line 2.x; pgi-tryton@2.0.1: that version; lab-test) or path to an image.yaml.', default: 'pgi-tryton'}),
   }
 
   static override flags = {

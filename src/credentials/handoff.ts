@@ -16,6 +16,7 @@ import {
   hostKeysKey,
   refuseDuringRotation,
   readEstablishmentSecrets,
+  trytonSeriesKey,
   SQL_ADMIN_LOGIN,
   TRYTON_ADMIN_LOGIN,
   type EstablishmentSecrets,
@@ -36,6 +37,11 @@ const JSON_END = '-----END PGI HANDOFF DATA-----'
 
 /** Default ports of the guest contract (/etc/pgi/image.json). */
 export const GUEST_PORTS = {ssh: 22, web: 80, jsonrpc: 8000, postgresql: 5432} as const
+/**
+ * The Tryton series of a VM whose series pgi never read (deployed before pgi recorded it): those
+ * run the 1.x image line, Tryton 6.0.
+ */
+export const DEFAULT_TRYTON_SERIES = '6.0'
 /** The Tryton database the image creates (the desktop client's profile names it). */
 export const DEFAULT_TRYTON_DATABASE = 'pgi'
 
@@ -96,6 +102,8 @@ export interface BuildHandoffOptions {
   now?: Date
   /** e.g. "pgi 0.1.0" */
   issuedBy?: string
+  /** The server's Tryton series ("7.0"): the desktop client must be the same (default 6.0). */
+  trytonSeries?: string
 }
 
 /** The VM name of an establishment (also its hostname): `pgi-0130040y`. */
@@ -119,7 +127,7 @@ export function buildHandoff(est: Establishment, secrets: EstablishmentSecrets, 
     postgresql: {host, port: c.postgresqlPort ?? GUEST_PORTS.postgresql, login: SQL_ADMIN_LOGIN, password: secrets.sqlAdmin},
     trytonAdmin: {login: TRYTON_ADMIN_LOGIN, password: secrets.trytonAdmin},
     webClient: {url: webUrl},
-    desktopClient: {client: 'Tryton 6.0', host, port: c.jsonrpcPort ?? GUEST_PORTS.jsonrpc, database: c.database ?? DEFAULT_TRYTON_DATABASE, username: TRYTON_ADMIN_LOGIN},
+    desktopClient: {client: `Tryton ${opts.trytonSeries ?? DEFAULT_TRYTON_SERIES}`, host, port: c.jsonrpcPort ?? GUEST_PORTS.jsonrpc, database: c.database ?? DEFAULT_TRYTON_DATABASE, username: TRYTON_ADMIN_LOGIN},
   }
 }
 
@@ -153,6 +161,8 @@ export function renderHandoff(doc: HandoffDocument): string {
   const j = handoffToJson(doc)
   const sshCmd = `ssh ${j.ssh.port === 22 ? '' : `-p ${j.ssh.port} `}${j.ssh.login}@${j.ssh.host}`
   const fps = j.ssh.host_key_fingerprints
+  // "Tryton 7.0" → "7.0" (the series names the client's version and its configuration folder)
+  const series = /(\d+\.\d+)/.exec(j.desktop_client.client)?.[1] ?? DEFAULT_TRYTON_SERIES
   const when = j.issued_at.replace('T', ' ').replace(/\.\d+Z$/, ' UTC').replace(/Z$/, ' UTC')
   const L: string[] = [
     `PGI — Codes d'accès du serveur PGI de l'établissement`,
@@ -202,12 +212,12 @@ export function renderHandoff(doc: HandoffDocument): string {
     `   élèves et des enseignants, puis connectez-vous à la base « ${j.desktop_client.database} ».`,
     ``,
     `5. Le client lourd (application Tryton pour ordinateur)`,
-    `   Installez le client Tryton en version 6.0 (la même version que le serveur ; sous Debian`,
+    `   Installez le client Tryton en version ${series} (la même version que le serveur ; sous Debian`,
     `   ou Ubuntu : paquet « tryton-client »), puis créez ce profil de connexion :`,
     `   Serveur               : ${hostPort(j.desktop_client.host, j.desktop_client.port)}`,
     `   Base de données       : ${j.desktop_client.database}`,
     `   Utilisateur           : ${j.desktop_client.username}`,
-    `   (ou ajoutez ces lignes au fichier ~/.config/tryton/6.0/profiles.cfg) :`,
+    `   (ou ajoutez ces lignes au fichier ~/.config/tryton/${series}/profiles.cfg) :`,
     `       [${j.establishment.name}]`,
     `       host = ${hostPort(j.desktop_client.host, j.desktop_client.port)}`,
     `       database = ${j.desktop_client.database}`,
@@ -312,6 +322,8 @@ export interface IssueHandoffOptions {
   connection?: HandoffConnection
   /** Overrides the fingerprints recorded in the store (`establishments/<UAI>/ssh-host-keys`). */
   sshHostKeyFingerprints?: string[]
+  /** Overrides the Tryton series recorded in the store (`establishments/<UAI>/tryton-series`). */
+  trytonSeries?: string
   /** Use these secrets instead of reading the store (rotation passes the new ones). */
   secrets?: EstablishmentSecrets
   now?: Date
@@ -345,7 +357,8 @@ export async function issueHandoff(est: Establishment, opts: IssueHandoffOptions
   if (!opts.secrets) await refuseDuringRotation(opts.store, est.uai)
   const secrets = opts.secrets ?? (await readEstablishmentSecrets(opts.store, est.uai))
   const fingerprints = opts.sshHostKeyFingerprints ?? (await readHostKeyFingerprints(opts.store, est.uai))
-  const doc = buildHandoff(est, secrets, {connection: opts.connection, sshHostKeyFingerprints: fingerprints, now: opts.now, issuedBy: opts.issuedBy ?? (await pgiVersionLabel())})
+  const trytonSeries = opts.trytonSeries ?? (await readTrytonSeries(opts.store, est.uai))
+  const doc = buildHandoff(est, secrets, {connection: opts.connection, sshHostKeyFingerprints: fingerprints, trytonSeries, now: opts.now, issuedBy: opts.issuedBy ?? (await pgiVersionLabel())})
   const outDir = resolve(opts.outDir)
   await mkdir(outDir, {recursive: true, mode: 0o700})
   const file = join(outDir, `${est.uai}${HANDOFF_SUFFIX}`)
@@ -362,6 +375,17 @@ export async function recordHostKeyFingerprints(store: SecretStore, uai: string,
 export async function readHostKeyFingerprints(store: SecretStore, uai: string): Promise<string[]> {
   const v = await store.tryGet(hostKeysKey(uai))
   return v ? v.reveal().split('\n').map((s) => s.trim()).filter(Boolean) : []
+}
+
+/** Records the Tryton series the VM runs ("7.0"), for the next handoffs. */
+export async function recordTrytonSeries(store: SecretStore, uai: string, series: string): Promise<void> {
+  if (!/^\d+\.\d+$/.test(series)) throw new Error(`not a Tryton series: ${JSON.stringify(series)}`)
+  await store.put(trytonSeriesKey(uai), new Secret(series))
+}
+
+export async function readTrytonSeries(store: SecretStore, uai: string): Promise<string | undefined> {
+  const v = (await store.tryGet(trytonSeriesKey(uai)))?.reveal().trim()
+  return v && /^\d+\.\d+$/.test(v) ? v : undefined
 }
 
 let versionLabel: string | undefined

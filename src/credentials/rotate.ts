@@ -5,7 +5,7 @@ import type {AgentExecResult, PveApi} from '../proxmox/types.js'
 import type {Secret} from '../secret.js'
 import {generatePassword, type SecretStore} from '../secrets/store.js'
 import {withEstablishmentLock} from './lock.js'
-import {issueHandoff, recordHostKeyFingerprints, type HandoffConnection, type HandoffIssued} from './handoff.js'
+import {issueHandoff, readTrytonSeries, recordHostKeyFingerprints, recordTrytonSeries, type HandoffConnection, type HandoffIssued} from './handoff.js'
 import {
   ESTABLISHMENT_SECRETS,
   establishmentSecretKey,
@@ -121,6 +121,9 @@ async function rotateLocked(opts: RotateOptions): Promise<RotateResult> {
     return [] as string[]
   })
   if (fps.length > 0) await recordHostKeyFingerprints(store, est.uai, fps)
+  // and the Tryton series, which names the handoff's desktop client
+  const series = await fetchTrytonSeries(api, est.node, est.vmid).catch(() => undefined)
+  if (series && series !== (await readTrytonSeries(store, est.uai))) await recordTrytonSeries(store, est.uai, series)
 
   // 4. reissue the handoff with the new secrets.
   const secrets: EstablishmentSecrets = {...current, ...fresh}
@@ -194,6 +197,16 @@ export async function requireRunningVm(api: PveApi, est: Establishment): Promise
 }
 
 /** Reads the guest's SSH host key fingerprints through the agent ("ED25519 SHA256:…"). */
+/**
+ * The Tryton series the VM runs ("6.0", "7.0"): the major.minor of its tryton-server package.
+ * Undefined when the guest has none (not a PGI image) or does not answer.
+ */
+export async function fetchTrytonSeries(api: PveApi, node: string, vmid: number): Promise<string | undefined> {
+  const r = await api.agentExec(node, vmid, ['dpkg-query', '-W', '-f', '${Version}', 'tryton-server'], {timeoutMs: 30_000})
+  if (r.exitcode !== 0) return undefined
+  return /^(?:\d+:)?(\d+\.\d+)\./.exec(r.stdout.trim())?.[1]
+}
+
 export async function fetchHostKeyFingerprints(api: PveApi, node: string, vmid: number): Promise<string[]> {
   const r = await api.agentExec(node, vmid, ['/bin/sh', '-c', 'for f in /etc/ssh/ssh_host_*_key.pub; do ssh-keygen -l -E sha256 -f "$f"; done'], {timeoutMs: 30_000, idempotent: true})
   if (r.exitcode !== 0) throw new Error(`ssh-keygen exited with ${r.exitcode}`)

@@ -30,6 +30,14 @@ export function hostKeysKey(uai: string): string {
   return `establishments/${uai}/ssh-host-keys`
 }
 
+/**
+ * Store key of the Tryton series the VM runs ("6.0", "7.0"), read from the guest at deploy and
+ * rotation: the handoff names the desktop client of that series (not secret either).
+ */
+export function trytonSeriesKey(uai: string): string {
+  return `establishments/${uai}/tryton-series`
+}
+
 export function isEstablishmentSecretName(s: string): s is EstablishmentSecretName {
   return (ESTABLISHMENT_SECRETS as readonly string[]).includes(s)
 }

@@ -14,9 +14,9 @@ import {createHash} from 'node:crypto'
 import {mkdir, readFile, stat} from 'node:fs/promises'
 import {dirname, join, resolve} from 'node:path'
 
-import {HANDOFF_SUFFIX, issueHandoff, recordHostKeyFingerprints, type HandoffConnection} from '../credentials/handoff.js'
-import {applyInGuest, fetchHostKeyFingerprints} from '../credentials/rotate.js'
-import {ESTABLISHMENT_SECRETS, establishmentSecretKey, ensureEstablishmentSecrets, hostKeysKey} from '../credentials/secrets.js'
+import {HANDOFF_SUFFIX, issueHandoff, readTrytonSeries, recordHostKeyFingerprints, recordTrytonSeries, type HandoffConnection} from '../credentials/handoff.js'
+import {applyInGuest, fetchHostKeyFingerprints, fetchTrytonSeries} from '../credentials/rotate.js'
+import {ESTABLISHMENT_SECRETS, establishmentSecretKey, ensureEstablishmentSecrets, hostKeysKey, trytonSeriesKey} from '../credentials/secrets.js'
 import type {Establishment} from '../inventory/types.js'
 import type {Io} from '../io.js'
 import type {PveApi} from '../proxmox/types.js'
@@ -93,9 +93,9 @@ export function storeCredentials(opts: StoreCredentialsOptions): DeployCredentia
     return (await record(est.uai))?.file ?? inDir(est)
   }
 
-  /** Whether the store holds a secret or host key of `est` newer than `writtenMs`. */
+  /** Whether the store holds a secret, host key or Tryton series of `est` newer than `writtenMs`. */
   async function storeNewer(est: Establishment, writtenMs: number): Promise<boolean> {
-    const keys = [...ESTABLISHMENT_SECRETS.map((n) => establishmentSecretKey(est.uai, n)), hostKeysKey(est.uai)]
+    const keys = [...ESTABLISHMENT_SECRETS.map((n) => establishmentSecretKey(est.uai, n)), hostKeysKey(est.uai), trytonSeriesKey(est.uai)]
     for (const k of keys) {
       const m = await mtimeMs(opts.store.fileFor(k))
       if (m !== undefined && m > writtenMs) return true
@@ -107,7 +107,7 @@ export function storeCredentials(opts: StoreCredentialsOptions): DeployCredentia
   async function staleness(est: Establishment, file: string, connection: HandoffConnection | undefined): Promise<string | undefined> {
     const written = await mtimeMs(file)
     if (written === undefined) return 'missing'
-    if (await storeNewer(est, written)) return 'secrets or host keys changed'
+    if (await storeNewer(est, written)) return 'secrets, host keys or Tryton series changed'
     const r = await record(est.uai)
     // a handoff pgi did not record (an older pgi, `pgi credentials handoff`): its inputs are unknown, kept as is
     if (r && r.file === file && r.inputs !== inputsDigest(est, connection)) return 'address, ports or AMI changed'
@@ -130,6 +130,10 @@ export function storeCredentials(opts: StoreCredentialsOptions): DeployCredentia
       } catch (err) {
         opts.io.warn(`${est.uai}: could not read the VM's SSH host keys (the handoff will not list them): ${(err as Error).message}`)
       }
+      // the Tryton series (6.0 on the 1.x image line, 7.0 on 2.x): the handoff names its desktop
+      // client. Rewritten only when it differs: a newer record means a new handoff
+      const series = await fetchTrytonSeries(api, est.node, est.vmid).catch(() => undefined)
+      if (series && series !== (await readTrytonSeries(opts.store, est.uai))) await recordTrytonSeries(opts.store, est.uai, series)
       return changed
     },
     handoffPath: (est) => resolvedPath.get(est.uai) ?? inDir(est),

@@ -30,6 +30,13 @@ export interface BootTestOptions {
   memoryMiB?: number
   /** Overall time limits (ms). */
   healthTimeoutMs?: number
+  /**
+   * Checks of the caller's own with a client of its choice (a test's proteus of the image's
+   * Tryton series, a browser), once the test database exists and admin has logged in over
+   * JSON-RPC: the server's web address on 127.0.0.1, the database and admin's login. Returns
+   * a line for the step's summary; a failure fails the test.
+   */
+  clientCheck?: (target: ClientTarget) => Promise<string>
   env?: NodeJS.ProcessEnv
   io: Io
 }
@@ -40,6 +47,19 @@ export interface HealthReport {
   checks: Record<string, {ok: boolean; [k: string]: unknown}>
   databases: {name: string; modules: Record<string, string | null>}[]
   problems: string[]
+}
+
+/** What `clientCheck` gets: a Tryton server with a database and its administrator. */
+export interface ClientTarget {
+  /** http://127.0.0.1:PORT/ : sao and JSON-RPC (the guest's port 80). */
+  webUrl: string
+  /** http://127.0.0.1:PORT/ : trytond itself (the guest's port 8000). */
+  jsonrpcUrl: string
+  database: string
+  login: string
+  password: Secret
+  /** The image's Tryton series, from its packages ("6.0", "7.0"). */
+  trytonSeries?: string
 }
 
 export interface BootTestResult {
@@ -76,6 +96,13 @@ export async function trytonLogin(port: number, db: string, login: string, passw
   const r = (await trytonRpc(port, `${db}/`, 'common.db.login', [login, {password: password.reveal()}, 'fr'])) as [number, string]
   if (!Array.isArray(r) || typeof r[0] !== 'number') throw new UserError(ErrorCode.IMAGE_INVALID, `Tryton login on ${db} returned no session`)
   return `Session ${Buffer.from(`${login}:${r[0]}:${r[1]}`).toString('base64')}`
+}
+
+/** The Tryton series of an image ("7.0"), from its tryton-server package, if it has one. */
+export function trytonSeriesOf(manifest: {packages: {name: string; version: string}[]}): string | undefined {
+  const v = manifest.packages.find((p) => p.name === 'tryton-server')?.version
+  const m = v ? /^(?:\d+:)?(\d+\.\d+)\./.exec(v) : null
+  return m ? m[1] : undefined
 }
 
 export async function testImage(opts: BootTestOptions): Promise<BootTestResult> {
@@ -238,6 +265,21 @@ export async function testImage(opts: BootTestOptions): Promise<BootTestResult> 
         )
         if (wrong) throw new UserError(ErrorCode.IMAGE_INVALID, 'Tryton accepted a wrong admin password')
         return `trytond ${String(version)}, ${templates} account templates (PCG)`
+      },
+    },
+    {
+      title: 'Log in with the caller\'s own client',
+      skip: () => (opts.quick ? 'quick test' : !opts.clientCheck ? 'no client given' : false),
+      run: async (c) => {
+        const port = (name: string) => c.vm!.forwards.find((f) => f.name === name)!.hostPort
+        return opts.clientCheck!({
+          webUrl: `http://127.0.0.1:${port('web')}/`,
+          jsonrpcUrl: `http://127.0.0.1:${port('jsonrpc')}/`,
+          database: TEST_DB,
+          login: 'admin',
+          password: passwords.tryton,
+          trytonSeries: trytonSeriesOf(manifest),
+        })
       },
     },
     {

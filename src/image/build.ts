@@ -22,8 +22,9 @@ import {
   SIGNING_KEY_SECRET,
   type ImageManifest,
 } from './manifest.js'
-import {loadRecipe, VERSION_RE, type Recipe} from './recipe.js'
+import {loadRecipe, majorOf, recipeLines, VERSION_RE, type Recipe} from './recipe.js'
 import {addJournal, mkfsFromTree, pinInodes, pinSuperblock} from './ext4.js'
+import {resolveSources, type ResolvedSources} from './sources.js'
 import {digestTree, formatTree, listTree} from './tree.js'
 
 export interface BuildOptions {
@@ -81,38 +82,6 @@ export function parseSize(size: string): number {
   const m = /^(\d+)([MG])$/.exec(size)
   if (!m) throw new UserError(ErrorCode.IMAGE_INVALID, `disk size "${size}" must look like 3G or 2048M`)
   return Number(m[1]) * (m[2] === 'G' ? 1024 ** 3 : 1024 ** 2)
-}
-
-/**
- * The apt sources mmdebstrap uses: `--mirror` (a file or URL), else the host's deb822 sources or
- * sources.list. No mirror host name is ever written by pgi itself.
- */
-export async function resolveSources(mirror: string | undefined): Promise<{arg: string; origin: string}> {
-  if (mirror) {
-    if (/^(https?|file|mirror\+\w+):/.test(mirror)) return {arg: mirror, origin: '--mirror URL'}
-    if (!existsSync(mirror)) throw new UserError(ErrorCode.USAGE, `--mirror ${mirror}: no such file`, {exitCode: ExitCode.USAGE, suggestions: ['Give a deb822 .sources file, a sources.list file or a mirror URL.']})
-    return {arg: mirror, origin: mirror}
-  }
-  const dir = '/etc/apt/sources.list.d'
-  const found: string[] = []
-  try {
-    for (const n of (await readdir(dir)).sort()) if (n.endsWith('.sources')) found.push(join(dir, n))
-  } catch {
-    // no sources.list.d
-  }
-  // a deb822 file with an enabled Debian suite; several files: the first that has "Types: deb"
-  for (const f of found) {
-    const text = await readFile(f, 'utf8')
-    if (/^Types:.*\bdeb\b/m.test(text) && !/^Enabled:\s*no/im.test(text)) return {arg: f, origin: f}
-  }
-  if (existsSync('/etc/apt/sources.list')) {
-    const text = await readFile('/etc/apt/sources.list', 'utf8')
-    if (/^deb\s/m.test(text)) return {arg: '/etc/apt/sources.list', origin: '/etc/apt/sources.list'}
-  }
-  throw new UserError(ErrorCode.USAGE, 'no apt sources on this host to build from', {
-    exitCode: ExitCode.USAGE,
-    suggestions: ['Pass --mirror with a deb822 .sources file or a mirror URL.'],
-  })
 }
 
 function sh(s: string): string {
@@ -234,9 +203,20 @@ find "$1/var/cache/man" -type f -delete 2>/dev/null || true
 # (the packages' own .pyc embed build-time mtimes); without it trytond compiles ~4 CPU-minutes
 # of modules at each start under software emulation
 find "$1" -xdev -name '__pycache__' -type d -prune -exec rm -rf {} +
+# (with the image's standard library: /usr/lib/python3.11 on Debian 12, python3.13 on Debian 13).
+# Two processes, each through a fixed list of files in a fixed order: marshal's output for a file
+# depends on what the same process compiled before (which strings it already holds, and how often
+# they are referenced), so compileall -j 2, whose workers take files as they come, gave two builds
+# two trytond/model/modelview .pyc files under Python 3.13. PYTHONHASHSEED fixed as well, so that
+# nothing in the compiler's run depends on a random seed.
 if [ -x "$1/usr/bin/python3" ]; then
-  chroot "$1" python3 -m compileall -q -j 2 --invalidation-mode unchecked-hash -x '/(tests?|idlelib|lib2to3|turtledemo|ensurepip)/' /usr/lib/python3 /usr/lib/python3.11 /usr/local/lib/pgi >/dev/null \
-    || echo "warning: compileall reported errors (modules left uncompiled compile at run time)" >&2
+  PYLIB=$(chroot "$1" python3 -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')
+  PYROOT=$1
+  pyc() { chroot "$PYROOT" env PYTHONHASHSEED=0 python3 -m compileall -q -j 1 --invalidation-mode unchecked-hash -x '/(tests?|idlelib|lib2to3|turtledemo|ensurepip)/' "$@" >/dev/null; }
+  pyc /usr/lib/python3 & PYC1=$!
+  PYC2=0; pyc "$PYLIB" /usr/local/lib/pgi || PYC2=$?
+  PYC1_RC=0; wait $PYC1 || PYC1_RC=$?
+  [ "$PYC1_RC" -eq 0 ] && [ "$PYC2" -eq 0 ] || echo "warning: compileall reported errors (modules left uncompiled compile at run time)" >&2
 fi
 # whatever ran above (the recipe's configure included) must have left that file: stop the build rather
 # than let mmdebstrap's clean-up run apt on the host
@@ -245,6 +225,26 @@ if [ -n "\${MMDEBSTRAP_APT_CONFIG:-}" ] && [ ! -e "$MMDEBSTRAP_APT_CONFIG" ]; th
   exit 1
 fi
 `
+}
+
+/**
+ * The version a build may give: a version (1.2.0, 2.0.0-rc1) and, for a recipe of a folder with
+ * several lines (pgi-tryton: 1.x on Debian 12, 2.x on Debian 13), one of its own line, so that a
+ * 2.0.0 can never be a Debian 12 image (nor take that version from the real one).
+ */
+export async function checkVersionOfLine(recipe: Recipe, version: string): Promise<void> {
+  if (!VERSION_RE.test(version)) throw new UserError(ErrorCode.USAGE, `version "${version}" is not a version like 1.2.0`, {exitCode: ExitCode.USAGE})
+  if (recipe.line === undefined || majorOf(version) === recipe.line) return
+  const lines = await recipeLines(recipe.dir)
+  const other = lines.find((l) => l.line === majorOf(version))
+  throw new UserError(ErrorCode.USAGE, `${recipe.path} builds the versions ${recipe.line}.x, not ${version}`, {
+    exitCode: ExitCode.USAGE,
+    suggestions: [
+      other
+        ? `Build ${version} from its line: pgi image build ${recipe.name}@${other.line} --version ${version}`
+        : `Give a version ${recipe.line}.x, or add the line ${majorOf(version)} (images/${recipe.name}/image@${majorOf(version)}.yaml, docs/image.md).`,
+    ],
+  })
 }
 
 /** Builds, signs and publishes an image. Needs root (mmdebstrap, loop devices, mount). */
@@ -262,8 +262,11 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
   if (!mbr) throw new UserError(ErrorCode.TOOL_MISSING, 'syslinux mbr.bin not found', {suggestions: ['Install it: apt-get install syslinux-common']})
 
   const recipe = await loadRecipe(opts.recipe)
-  const version = opts.version ?? recipe.version
-  if (!VERSION_RE.test(version)) throw new UserError(ErrorCode.USAGE, `version "${version}" is not a version like 1.2.0`, {exitCode: ExitCode.USAGE})
+  if (opts.version && recipe.requestedVersion && opts.version !== recipe.requestedVersion) {
+    throw new UserError(ErrorCode.USAGE, `${opts.recipe} names version ${recipe.requestedVersion} but --version is ${opts.version}`, {exitCode: ExitCode.USAGE, suggestions: ['Give the version once: in the recipe reference (pgi-tryton@2.0.1) or with --version.']})
+  }
+  const version = opts.version ?? recipe.requestedVersion ?? recipe.version
+  await checkVersionOfLine(recipe, version)
   const root = opts.out ?? imagesDir(env)
   const outDir = imageDir(root, recipe.name, version)
   if (existsSync(join(outDir, 'manifest.json'))) {
@@ -280,7 +283,7 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
   const lockFile = lockPath(recipe)
 
   interface Ctx {
-    sources?: {arg: string; origin: string}
+    sources?: ResolvedSources
     lock?: ImageLock
     lockWritten: boolean
     drift?: string[]
@@ -303,7 +306,6 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
     {
       title: 'Resolve packages and the lock',
       run: async (ctx) => {
-        ctx.sources = await resolveSources(opts.mirror)
         const lock = opts.updateLock ? undefined : await readLock(lockFile)
         if (lock && lock.request !== requestDigest(recipe)) {
           throw new UserError(ErrorCode.IMAGE_INVALID, `${lockFile} was written for another package list than the recipe's`, {
@@ -315,6 +317,7 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
         await rm(work, {recursive: true, force: true})
         await mkdir(work, {recursive: true})
         await mkdir(cache, {recursive: true})
+        ctx.sources = await resolveSources(opts.mirror, recipe.suite, join(work, 'sources'))
         return `${lock ? `${lock.packages.size} packages pinned by image.lock` : 'no lock: resolving from the mirror'}; sources ${ctx.sources.origin}`
       },
     },

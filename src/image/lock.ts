@@ -1,13 +1,13 @@
 import {createHash} from 'node:crypto'
 import {readFile, rename, writeFile} from 'node:fs/promises'
-import {join} from 'node:path'
+import {basename, dirname, join} from 'node:path'
 
 import {ErrorCode, UserError} from '../errors.js'
 import {ExitCode} from '../exit-codes.js'
 import type {Recipe} from './recipe.js'
 
 /**
- * `image.lock`, next to the recipe: every package installed in the image with its exact
+ * `image.lock` (`image@2.lock` for `image@2.yaml`), next to the recipe: every package installed in the image with its exact
  * version. The first build writes it; later builds pin every package to it (apt preferences,
  * priority 1001) and fail if the result differs, so a rebuild from the same lock gets the same
  * packages. `--update-lock` resolves again from the mirror and rewrites it.
@@ -30,8 +30,10 @@ export interface ImageLock {
 const PKG_RE = /^[a-z0-9][a-z0-9.+-]*(:[a-z0-9]+)?$/
 const VER_RE = /^[A-Za-z0-9.+~:-]+$/
 
-export function lockPath(recipe: Pick<Recipe, 'dir'>): string {
-  return join(recipe.dir, 'image.lock')
+/** Next to the recipe, named after it: image.yaml → image.lock, image@2.yaml → image@2.lock. */
+export function lockPath(recipe: Pick<Recipe, 'path'>): string {
+  const name = basename(recipe.path).replace(/\.ya?ml$/, '')
+  return join(dirname(recipe.path), `${name}.lock`)
 }
 
 /** What the recipe requests (package names, kernel, suite): the lock is valid for one request. */

@@ -1,6 +1,7 @@
 import {createHash} from 'node:crypto'
-import {readFile} from 'node:fs/promises'
-import {dirname, isAbsolute, join, resolve} from 'node:path'
+import {existsSync} from 'node:fs'
+import {readdir, readFile} from 'node:fs/promises'
+import {basename, dirname, isAbsolute, join, resolve} from 'node:path'
 
 import {Ajv, type ErrorObject} from 'ajv'
 import {isMap, isSeq, LineCounter, parseDocument, type Document} from 'yaml'
@@ -46,6 +47,13 @@ export interface Recipe {
   dir: string
   /** sha256 of the recipe file and of every file it installs (in order). */
   digest: string
+  /**
+   * The line (major version) the recipe builds, when its folder holds several lines or it was
+   * asked for by line (`pgi-tryton@2`): a build refuses a version of another line.
+   */
+  line?: string
+  /** The version the reference named (`pgi-tryton@2.0.1`). */
+  requestedVersion?: string
 }
 
 const NAME_RE = '^[a-z0-9][a-z0-9-]{0,62}$'
@@ -141,7 +149,7 @@ function describe(e: ErrorObject): string {
 }
 
 /** Parses and validates recipe text (no file access): for tests and for `loadRecipe`. */
-export function parseRecipe(text: string, path: string): Omit<Recipe, 'digest'> {
+export function parseRecipe(text: string, path: string): Omit<Recipe, 'digest' | 'line' | 'requestedVersion'> {
   const lc = new LineCounter()
   const doc = parseDocument(text, {lineCounter: lc, uniqueKeys: true, prettyErrors: false})
   if (doc.errors.length > 0) {
@@ -184,17 +192,71 @@ export function parseRecipe(text: string, path: string): Omit<Recipe, 'digest'> 
   }
 }
 
-/** The recipe of a name shipped with pgi ("pgi-tryton") or a path to an image.yaml / its folder. */
-export function recipePath(nameOrPath: string | undefined): string {
+/**
+ * A recipe reference, as `pgi image build` takes it:
+ * - a name shipped with pgi: `pgi-tryton` is `images/pgi-tryton/image.yaml`;
+ * - a line of it: `pgi-tryton@2` is `images/pgi-tryton/image@2.yaml` (the versions 2.x), and
+ *   `pgi-tryton@1` is `image.yaml` when that recipe's versions are 1.x (the line it holds);
+ * - a version of a line: `pgi-tryton@2.0.1` is line 2 built at version 2.0.1 (as `--version`);
+ * - a path to an image.yaml (or any NAME.yaml, image@2.yaml included) or to its folder.
+ */
+export interface RecipeRef {
+  path: string
+  /** The line asked for (`@2`), checked against the recipe's version when it is loaded. */
+  line?: string
+  /** The version asked for (`@2.0.1`). */
+  version?: string
+}
+
+const REF_RE = /^([a-z0-9][a-z0-9-]*)(?:@([0-9]+)((?:\.[0-9]+){1,3}(?:[-~+][0-9A-Za-z.]+)?)?)?$/
+
+export function parseRecipeRef(nameOrPath: string | undefined): RecipeRef {
   const v = nameOrPath ?? 'pgi-tryton'
-  if (/^[a-z0-9][a-z0-9-]*$/.test(v)) return join(packageRoot(), 'images', v, 'image.yaml')
+  const m = REF_RE.exec(v)
+  if (m) {
+    const [, name, line, rest] = m
+    const dir = join(packageRoot(), 'images', name)
+    if (line === undefined) return {path: join(dir, 'image.yaml')}
+    const own = join(dir, `image@${line}.yaml`)
+    return {path: existsSync(own) ? own : join(dir, 'image.yaml'), line, version: rest ? line + rest : undefined}
+  }
   const abs = resolve(v)
-  return abs.endsWith('.yaml') || abs.endsWith('.yml') ? abs : join(abs, 'image.yaml')
+  return {path: abs.endsWith('.yaml') || abs.endsWith('.yml') ? abs : join(abs, 'image.yaml')}
+}
+
+/** The recipe file of a reference (see parseRecipeRef). */
+export function recipePath(nameOrPath: string | undefined): string {
+  return parseRecipeRef(nameOrPath).path
+}
+
+/** The major version: the line a version belongs to ("2.0.1" → "2"). */
+export function majorOf(version: string): string {
+  return version.split(/[.~+-]/)[0]
+}
+
+/**
+ * The lines of a recipe folder: `image.yaml` and every `image@N.yaml` beside it, by line, each
+ * with its version. A folder with several lines builds only versions of the line asked for.
+ */
+export async function recipeLines(dir: string): Promise<{line: string; file: string; version: string}[]> {
+  const out: {line: string; file: string; version: string}[] = []
+  let names: string[] = []
+  try {
+    names = await readdir(dir)
+  } catch {
+    return out
+  }
+  for (const n of names.filter((f) => f === 'image.yaml' || /^image@[0-9]+\.yaml$/.test(f)).sort()) {
+    const m = /^version:\s*["']?([^"'\s#]+)/m.exec(await readFile(join(dir, n), 'utf8'))
+    if (m) out.push({line: majorOf(m[1]), file: join(dir, n), version: m[1]})
+  }
+  return out.sort((a, b) => Number(a.line) - Number(b.line))
 }
 
 /** Reads, validates and digests a recipe (the digest covers the files it installs too). */
 export async function loadRecipe(nameOrPath?: string): Promise<Recipe> {
-  const path = recipePath(nameOrPath)
+  const ref = parseRecipeRef(nameOrPath)
+  const path = ref.path
   let text: string
   try {
     text = await readFile(path, 'utf8')
@@ -202,12 +264,24 @@ export async function loadRecipe(nameOrPath?: string): Promise<Recipe> {
     throw new UserError(ErrorCode.IMAGE_NOT_FOUND, `no image recipe at ${path}`, {
       exitCode: ExitCode.INVALID_INPUT,
       cause: err,
-      suggestions: ['Give a recipe name shipped with pgi (pgi-tryton) or the path to an image.yaml.'],
+      suggestions: ['Give a recipe name shipped with pgi (pgi-tryton, pgi-tryton@2, lab-test) or the path to an image.yaml.'],
     })
   }
   const r = parseRecipe(text, path)
+  const fileLine = /^image@([0-9]+)\.yaml$/.exec(basename(path))?.[1]
+  if (fileLine !== undefined && majorOf(r.version) !== fileLine) {
+    throw invalid(path, `a recipe named image@${fileLine}.yaml builds the versions ${fileLine}.x: its version ${r.version} is of line ${majorOf(r.version)}`, 1)
+  }
+  if (ref.line !== undefined && majorOf(r.version) !== ref.line) {
+    const lines = await recipeLines(r.dir)
+    throw new UserError(ErrorCode.IMAGE_NOT_FOUND, `${nameOrPath}: no line ${ref.line} of ${basename(r.dir)} (lines: ${lines.map((l) => `${l.line} in ${basename(l.file)}`).join(', ') || 'none'})`, {
+      exitCode: ExitCode.INVALID_INPUT,
+      suggestions: [`Give one of its lines (${lines.map((l) => `${basename(r.dir)}@${l.line}`).join(', ')}), or add images/${basename(r.dir)}/image@${ref.line}.yaml.`],
+    })
+  }
   const {treeDigest} = await import('./tree.js')
   const h = createHash('sha256').update(text)
   for (const f of r.files) h.update(`\0${f.src}\0${f.dest}\0${f.mode ?? ''}\0${f.owner ?? ''}\0${f.group ?? ''}\0`).update(await treeDigest(join(r.dir, f.src)))
-  return {...r, digest: h.digest('hex')}
+  const lines = await recipeLines(r.dir)
+  return {...r, digest: h.digest('hex'), line: lines.length > 1 || ref.line !== undefined || fileLine !== undefined ? majorOf(r.version) : undefined, requestedVersion: ref.version}
 }

@@ -24,7 +24,8 @@ import {compare, snapshot, type Snapshot} from './host-snapshot.js'
  * minutes each with a warm apt cache on the shared 2-core machine, docs/performance.md).
  *
  * PGI_E2E_REPRO_TRYTON=1 also builds pgi-tryton twice and compares the bytes (two builds of 3–6
- * minutes with warm apt and build caches); PGI_E2E_REPRO_OUT=DIR keeps those two images in
+ * minutes with warm apt and build caches), and pgi-tryton@2 (the 2.x line) with PGI_E2E_IMAGE2=1
+ * too; PGI_E2E_REPRO_OUT=DIR keeps those two images in
  * DIR/a and DIR/b (e.g. for PGI_E2E_IMAGES_DIR=DIR/a npx vitest run test/e2e/image/image.test.ts).
  */
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..')
@@ -110,15 +111,19 @@ describe('pgi image build lab-test', () => {
   })
 })
 
-describe.skipIf(!process.env.PGI_E2E_REPRO_TRYTON)('pgi image build pgi-tryton (PGI_E2E_REPRO_TRYTON=1)', () => {
-  it('gives the same bytes when built again from the same recipe, lock and SOURCE_DATE_EPOCH', async () => {
-    const secrets = await mkdtemp(join(tmpdir(), 'pgi-e2e-tryton-secrets-'))
-    dirs.push(secrets)
-    const keep = process.env.PGI_E2E_REPRO_OUT ? resolve(process.env.PGI_E2E_REPRO_OUT) : undefined
-    const a = await build('pgi-tryton', 'a', secrets, keep)
-    const b = await build('pgi-tryton', 'b', secrets, keep)
-    expect(b.manifest.tree.digest).toBe(a.manifest.tree.digest)
-    expect(b.manifest.disk.raw_sha256).toBe(a.manifest.disk.raw_sha256)
-    expect(b.manifest.disk.sha256).toBe(a.manifest.disk.sha256)
+// line 1 with PGI_E2E_REPRO_TRYTON=1; line 2 (Debian 13, built by this Debian 12 host's tools) when
+// PGI_E2E_IMAGE2=1 too
+for (const [ref, run] of [['pgi-tryton', Boolean(process.env.PGI_E2E_REPRO_TRYTON)], ['pgi-tryton@2', Boolean(process.env.PGI_E2E_REPRO_TRYTON) && process.env.PGI_E2E_IMAGE2 === '1']] as const) {
+  describe.skipIf(!run)(`pgi image build ${ref} (PGI_E2E_REPRO_TRYTON=1${ref.includes('@') ? ', PGI_E2E_IMAGE2=1' : ''})`, () => {
+    it('gives the same bytes when built again from the same recipe, lock and SOURCE_DATE_EPOCH', async () => {
+      const secrets = await mkdtemp(join(tmpdir(), 'pgi-e2e-tryton-secrets-'))
+      dirs.push(secrets)
+      const keep = process.env.PGI_E2E_REPRO_OUT ? resolve(process.env.PGI_E2E_REPRO_OUT) : undefined
+      const a = await build(ref, 'a', secrets, keep)
+      const b = await build(ref, 'b', secrets, keep)
+      expect(b.manifest.tree.digest).toBe(a.manifest.tree.digest)
+      expect(b.manifest.disk.raw_sha256).toBe(a.manifest.disk.raw_sha256)
+      expect(b.manifest.disk.sha256).toBe(a.manifest.disk.sha256)
+    })
   })
-})
+}

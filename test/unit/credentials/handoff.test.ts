@@ -10,7 +10,9 @@ import {
   issueHandoff,
   openHandoff,
   parseHandoff,
+  readTrytonSeries,
   recordHostKeyFingerprints,
+  recordTrytonSeries,
   renderHandoff,
 } from '../../../src/credentials/handoff.js'
 import {
@@ -165,6 +167,25 @@ describe('issueHandoff / openHandoff', () => {
       expect(err.code).toBe(ErrorCode.SECRET_DECRYPT)
       expect(err.message).toContain('not encrypted to the given key')
     }
+  })
+
+  it('names the desktop client of the Tryton series recorded for the VM (7.0 on the 2.x image line; 6.0 when none was)', async () => {
+    const ami = await ageKey(tmp, 'ami')
+    const store = await SecretStore.open({dir: join(tmp, 'store'), recipients: [], env})
+    await ensureEstablishmentSecrets(store, '0130040Y')
+    const est = establishment('0130040Y', ami.recipient)
+    const out = join(tmp, 'handoffs')
+    const before = await openHandoff((await issueHandoff(est, {store, outDir: out})).file, [ami.file])
+    expect(before.document.desktopClient.client).toBe('Tryton 6.0')
+    expect(before.text).toContain('~/.config/tryton/6.0/profiles.cfg')
+    await recordTrytonSeries(store, '0130040Y', '7.0')
+    expect(await readTrytonSeries(store, '0130040Y')).toBe('7.0')
+    const after = await openHandoff((await issueHandoff(est, {store, outDir: out})).file, [ami.file])
+    expect(after.document.desktopClient.client).toBe('Tryton 7.0')
+    expect(after.text).toContain('Installez le client Tryton en version 7.0')
+    expect(after.text).toContain('~/.config/tryton/7.0/profiles.cfg')
+    expect(after.text).not.toContain('6.0')
+    await expect(recordTrytonSeries(store, '0130040Y', '7.0.30-1')).rejects.toThrow(/not a Tryton series/)
   })
 
   it('fails clearly when a secret is missing, the AMI key is invalid, or a rotation is pending', async () => {

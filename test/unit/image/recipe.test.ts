@@ -5,7 +5,9 @@ import {join} from 'node:path'
 import {afterEach, describe, expect, it} from 'vitest'
 
 import {PgiError} from '../../../src/errors.js'
-import {loadRecipe, parseRecipe, recipePath} from '../../../src/image/recipe.js'
+import {checkVersionOfLine} from '../../../src/image/build.js'
+import {lockPath} from '../../../src/image/lock.js'
+import {loadRecipe, parseRecipe, parseRecipeRef, recipePath} from '../../../src/image/recipe.js'
 
 const MIN = `name: demo
 version: 0.1.0
@@ -87,5 +89,55 @@ describe('image recipes', () => {
 
   it('says where a missing recipe was looked for', async () => {
     await expect(loadRecipe('/nonexistent/image.yaml')).rejects.toMatchObject({code: 'PGI_IMAGE_NOT_FOUND'})
+  })
+})
+
+describe('image lines (pgi-tryton@1, pgi-tryton@2)', () => {
+  const dirs: string[] = []
+  afterEach(async () => {
+    for (const d of dirs.splice(0)) await rm(d, {recursive: true, force: true})
+  })
+
+  it('pgi-tryton is line 1 (Debian 12), pgi-tryton@2 line 2 (Debian 13, PostgreSQL 17, Tryton 7.0): one image name', async () => {
+    const one = await loadRecipe('pgi-tryton')
+    expect(one.line).toBe('1')
+    expect((await loadRecipe('pgi-tryton@1')).path).toBe(one.path)
+    const two = await loadRecipe('pgi-tryton@2')
+    expect(two.path).toBe(join(one.dir, 'image@2.yaml'))
+    expect(two).toMatchObject({name: 'pgi-tryton', suite: 'trixie', line: '2'})
+    expect(two.version).toMatch(/^2\./)
+    expect(two.packages).toEqual(expect.arrayContaining(['postgresql-17', 'tryton-server', 'tryton-modules-account-fr', 'tryton-sao']))
+    expect(two.packages).not.toContain('postgresql-15')
+    // the same files: one copy of the in-image tools for both lines
+    expect(two.files).toEqual(one.files)
+    expect(lockPath(two)).toBe(join(one.dir, 'image@2.lock'))
+    expect(lockPath(one)).toBe(join(one.dir, 'image.lock'))
+  })
+
+  it('a version in the reference, and a line that does not exist', async () => {
+    expect(parseRecipeRef('pgi-tryton@2.0.1')).toMatchObject({line: '2', version: '2.0.1'})
+    expect((await loadRecipe('pgi-tryton@2.0.1')).requestedVersion).toBe('2.0.1')
+    const e = await loadRecipe('pgi-tryton@7').then(() => undefined, (err: PgiError) => err)
+    expect(e?.code).toBe('PGI_IMAGE_NOT_FOUND')
+    expect(e?.message).toContain('no line 7')
+    expect(e?.message).toContain('1 in image.yaml, 2 in image@2.yaml')
+  })
+
+  it('refuses a version of another line, and a line file whose version is not of its line', async () => {
+    const one = await loadRecipe('pgi-tryton')
+    await expect(checkVersionOfLine(one, '1.4.2')).resolves.toBeUndefined()
+    const e = await checkVersionOfLine(one, '2.0.0').then(() => undefined, (err: PgiError) => err)
+    expect(e).toMatchObject({code: 'PGI_USAGE'})
+    expect(e?.suggestions?.[0]).toContain('pgi image build pgi-tryton@2 --version 2.0.0')
+    await expect(checkVersionOfLine(one, 'latest')).rejects.toMatchObject({code: 'PGI_USAGE'})
+    // a single-line recipe (lab-test, a Région's own) builds any version
+    const d = await mkdtemp(join(tmpdir(), 'pgi-recipe-'))
+    dirs.push(d)
+    await writeFile(join(d, 'image.yaml'), MIN)
+    const single = await loadRecipe(d)
+    expect(single.line).toBeUndefined()
+    await expect(checkVersionOfLine(single, '7.0.0')).resolves.toBeUndefined()
+    await writeFile(join(d, 'image@2.yaml'), MIN)
+    await expect(loadRecipe(join(d, 'image@2.yaml'))).rejects.toMatchObject({code: 'PGI_IMAGE_INVALID', message: expect.stringContaining('builds the versions 2.x')})
   })
 })

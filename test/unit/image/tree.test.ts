@@ -4,7 +4,8 @@ import {join} from 'node:path'
 
 import {afterEach, describe, expect, it} from 'vitest'
 
-import {imageDir, parseSize, resolveSources} from '../../../src/image/build.js'
+import {imageDir, parseSize} from '../../../src/image/build.js'
+import {resolveSources} from '../../../src/image/sources.js'
 import {digestTree, formatTree, listTree, treeDigest} from '../../../src/image/tree.js'
 
 describe('file trees (reproducibility checks)', () => {
@@ -49,7 +50,7 @@ describe('file trees (reproducibility checks)', () => {
     expect(parseSize('512M')).toBe(512 * 1024 ** 2)
     expect(() => parseSize('3T')).toThrow(/3G or 2048M/)
     expect(imageDir('/i', 'pgi-tryton', '1.0.0')).toBe('/i/pgi-tryton/1.0.0')
-    await expect(resolveSources('/nonexistent.sources')).rejects.toMatchObject({code: 'PGI_USAGE'})
-    expect(await resolveSources('file:///srv/mirror')).toEqual({arg: 'file:///srv/mirror', origin: '--mirror URL'})
+    await expect(resolveSources('/nonexistent.sources', 'bookworm', '/nonexistent-work')).rejects.toMatchObject({code: 'PGI_USAGE'})
+    expect(await resolveSources('file:///srv/mirror', 'bookworm', '/nonexistent-work')).toEqual({arg: 'file:///srv/mirror', origin: '--mirror URL', suites: []})
   })
 })
