@@ -78,6 +78,13 @@ export const ErrorCode = {
   QEMU_FAILED: 'PGI_QEMU_FAILED',
   QMP_ERROR: 'PGI_QMP_ERROR',
   GUEST_AGENT: 'PGI_GUEST_AGENT',
+  // the in-image database engine (pgi-db) refused or failed: src/fleet/pgidb.ts
+  DB_INVALID: 'PGI_DB_INVALID',
+  DB_NOT_FOUND: 'PGI_DB_NOT_FOUND',
+  DB_EXISTS: 'PGI_DB_EXISTS',
+  DB_BUSY: 'PGI_DB_BUSY',
+  DB_NO_ROOM: 'PGI_DB_NO_ROOM',
+  DB_FAILED: 'PGI_DB_FAILED',
 } as const
 
 export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode]
