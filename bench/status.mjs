@@ -3,6 +3,11 @@
 // over 50 nodes where every API request takes 20 ms (lab latency fault), then the same with one
 // node that accepts connections but never answers (lab dead-node fault).
 // Targets: <= 3 s, and <= 3 s + the per-request timeout with the hanging node.
+// Then the marginal CPU of pgi per API request: `pgi status --all --json` at 0 ms latency on 50 and
+// on 500 sites (same node count); (CPU at 500 − CPU at 50) / (requests at 500 − requests at 50),
+// which leaves out start-up, inventory and TLS set-up. Target <= 0.5 ms. The CLI's CPU (user +
+// system) and its request count are taken inside it by a preloaded script (bench/cpu-probe.cjs:
+// process.cpuUsage() at exit, undici's `undici:request:create` diagnostics channel).
 //
 // The VMs are created through the PveApi (src/proxmox/client.ts) with the metadata deploy writes
 // (tags + pgi-meta description, src/fleet/vm-meta.ts), not through `pgi deploy`: the bench
@@ -11,6 +16,7 @@
 // Needs a build (`npm run build`). Usage: node bench/status.mjs [--nodes 50] [--sites 500]
 //   [--latency-ms 20] [--timeout 5] [--runs 3]. Last line: one JSON object.
 import {spawn} from 'node:child_process'
+import {readFileSync} from 'node:fs'
 import {mkdtemp, rm} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {dirname, join, resolve} from 'node:path'
@@ -27,6 +33,10 @@ const {values: a} = parseArgs({
     'latency-ms': {type: 'string', default: '20'},
     timeout: {type: 'string', default: '5'},
     runs: {type: 'string', default: '3'},
+    'marginal-small': {type: 'string', default: '50'},
+    'marginal-runs': {type: 'string', default: '5'},
+    // only the marginal-CPU part (skips the wall-time scenarios)
+    'marginal-only': {type: 'boolean', default: false},
     // leave a populated, answering lab running in DIR and exit (for profiling `pgi status` by hand)
     keep: {type: 'string'},
   },
@@ -107,11 +117,16 @@ async function populate(inventoryPath, secretsDir, dead) {
   return Math.round(performance.now() - t0)
 }
 
-/** One `pgi status --all --json` run as a child process: wall time and the verdict counts. */
-function statusRun(inventoryPath, secretsDir) {
+/**
+ * One `pgi status --all --json` run as a child process: wall time and the verdict counts; with
+ * `probe`, also its CPU (ms, user + system) and the number of HTTP requests it made.
+ */
+function statusRun(inventoryPath, secretsDir, probe = false) {
   return new Promise((resolveP, reject) => {
     const t0 = performance.now()
-    const child = spawn(process.execPath, [join(root, 'bin', 'run.js'), 'status', '--all', '--json', '-i', inventoryPath, '--secrets-dir', secretsDir, '--timeout', String(timeoutS)], {env, stdio: ['ignore', 'pipe', 'pipe']})
+    const probeFile = join(work, `cpu-${process.hrtime.bigint()}.json`)
+    const childEnv = probe ? {...env, NODE_OPTIONS: `${env.NODE_OPTIONS ?? ''} --require ${join(root, 'bench', 'cpu-probe.cjs')}`.trim(), PGI_BENCH_CPU_FILE: probeFile} : env
+    const child = spawn(process.execPath, [join(root, 'bin', 'run.js'), 'status', '--all', '--json', '-i', inventoryPath, '--secrets-dir', secretsDir, '--timeout', String(timeoutS)], {env: childEnv, stdio: ['ignore', 'pipe', 'pipe']})
     let out = ''
     let err = ''
     child.stdout.on('data', (d) => (out += d))
@@ -121,7 +136,8 @@ function statusRun(inventoryPath, secretsDir) {
       const ms = Math.round(performance.now() - t0)
       try {
         const env = JSON.parse(out)
-        resolveP({ms, exit: code, summary: env.result?.summary ?? env.error})
+        const cpu = probe ? JSON.parse(readFileSync(probeFile, 'utf8')) : undefined
+        resolveP({ms, exit: code, summary: env.result?.summary ?? env.error, ...(cpu ? {cpuMs: cpu.cpuMs, requests: cpu.requests} : {})})
       } catch {
         reject(new Error(`pgi status printed no JSON (exit ${code}): ${err.slice(-2000)}`))
       }
@@ -159,9 +175,43 @@ if (a.keep) {
   process.exit(0)
 }
 
+/** CPU and requests of `pgi status --all --json` on `n` sites at 0 ms latency (median CPU of the runs). */
+async function cpuAt(n, runsN) {
+  const dir = join(work, `cpu-${n}`)
+  const lab = await startLab({dir, nodes, sites: n, backend: 'simulated', timeScale: 0, authFailDelayMs: 0, faults: {...NO_FAULTS, seed: 7}, env, readyTimeoutMs: 120_000})
+  try {
+    await populate(lab.inventory, lab.secretsDir, [])
+    const cpu = []
+    let requests
+    let last
+    for (let i = 0; i < runsN; i++) {
+      last = await statusRun(lab.inventory, lab.secretsDir, true)
+      cpu.push(last.cpuMs)
+      if (requests !== undefined && requests !== last.requests) process.stderr.write(`cpu ${n}: run ${i + 1} made ${last.requests} requests (first run: ${requests})\n`)
+      requests ??= last.requests
+      process.stderr.write(`cpu ${n} sites: run ${i + 1}: ${last.ms} ms wall, ${last.cpuMs} ms CPU, ${last.requests} requests, exit ${last.exit}\n`)
+    }
+    return {sites: n, cpuMs: median(cpu), cpuRunsMs: cpu, requests, exit: last.exit}
+  } finally {
+    await stopLab({dir, env}).catch(() => undefined)
+  }
+}
+
+async function marginal() {
+  const small = await cpuAt(Number(a['marginal-small']), Number(a['marginal-runs']))
+  const large = await cpuAt(sites, Number(a['marginal-runs']))
+  const perRequestMs = Math.round(((large.cpuMs - small.cpuMs) / (large.requests - small.requests)) * 1000) / 1000
+  return {latencyMs: 0, small, large, perRequestMs, targetMs: 0.5, ok: perRequestMs <= 0.5}
+}
+
 try {
+  if (a['marginal-only']) {
+    console.log(JSON.stringify({bench: 'status', command: 'pgi status --all --json', nodes, marginalCpu: await marginal()}))
+    process.exit(0)
+  }
   const healthy = await scenario('all-answering', [])
   const hanging = await scenario('one-node-hanging', ['lab7'])
+  const marginalCpu = await marginal()
   const result = {
     bench: 'status',
     command: 'pgi status --all --json',
@@ -173,6 +223,8 @@ try {
     population: 'PveApi createVm+startVm with deploy metadata (not pgi deploy)',
     allAnswering: {medianMs: healthy.medianMs, runsMs: healthy.runsMs, exit: healthy.exit, summary: healthy.summary, targetMs: 3000, ok: healthy.medianMs <= 3000},
     oneNodeHanging: {medianMs: hanging.medianMs, runsMs: hanging.runsMs, exit: hanging.exit, summary: hanging.summary, targetMs: 3000 + timeoutS * 1000, ok: hanging.medianMs <= 3000 + timeoutS * 1000},
+    marginalCpu,
+    ok: healthy.medianMs <= 3000 && hanging.medianMs <= 3000 + timeoutS * 1000 && marginalCpu.ok,
   }
   console.log(JSON.stringify(result))
 } finally {

@@ -3,8 +3,6 @@ import {createReadStream} from 'node:fs'
 import {stat} from 'node:fs/promises'
 import {dirname, isAbsolute, resolve as resolvePath} from 'node:path'
 
-import {ProxmoxEngine} from 'proxmox-api'
-
 import {BugError, ErrorCode, PgiError, TimeoutError, UnreachableError, UserError} from '../errors.js'
 import {sleep} from '../sleep.js'
 import {MemoryIo, type Io} from '../io.js'
@@ -32,8 +30,9 @@ import type {
 import {parseUpid, tryParseUpid} from './upid.js'
 
 /**
- * The one module that speaks the Proxmox VE API (over `proxmox-api`'s engine: API-token auth,
- * form encoding with booleans as 1/0, the `{data}` envelope), with what the engine lacks:
+ * The one module that speaks the Proxmox VE API: API-token auth, query or form parameters with
+ * booleans as 1/0, the `{data}` envelope (see `exchange` for why no client library does that
+ * part), and:
  *
  * - TLS verified by pin or CA (src/proxmox/tls.ts), passed in as `fetch`;
  * - typed errors (PveApiError with status, PVE message, per-parameter errors; PveTaskError);
@@ -44,18 +43,17 @@ import {parseUpid, tryParseUpid} from './upid.js'
  *   credentials, destroy), since they all go through one client per hypervisor;
  * - waits and bounded retries with back-off and jitter on "VM is locked (…)" and
  *   "can't lock file … got timeout", and on server faults (a 5xx that names no PVE reason);
- * - no blind re-send of a non-idempotent request: the engine's own retry is disabled, a GET is
+ * - no blind re-send of a non-idempotent request: a GET is
  *   retried, a POST/DELETE whose fate is unknown after a network error or a server fault is
  *   *reconciled* by re-reading the state (the task it may have started, the VM, its status) and
  *   sent again only when that shows it was not applied;
  * - a task waiter with per-type default timeouts and the log tail on failure;
- * - multipart upload (the engine cannot), streamed, with progress;
+ * - multipart upload, streamed, with progress;
  * - guest-agent calls unwrapped (`{data:{result:…}}`), agent exec polled to completion.
  *
- * We call the engine's `doRequest` with our own paths rather than the typed proxy
- * (`pve.nodes.$(n).qemu…`): the proxy's parameter types model an older PVE schema and reject the
- * config keys we send (virtio0, ipconfig0, import-from…), and its `$()` only escapes "/", while
- * a UPID path segment must be fully percent-encoded.
+ * Paths are built here, each segment percent-encoded (a UPID segment must be fully encoded):
+ * typed proxies of the API (proxmox-api's `pve.nodes.$(n).qemu…`) model an older PVE schema,
+ * reject the config keys pgi sends (virtio0, ipconfig0, import-from…) and escape only "/".
  */
 
 /** Default task timeouts by task type (ms). Full clones and image copies are long on slow disks. */
@@ -144,11 +142,14 @@ interface CallCtx {
   wantBody: boolean
   /** Deadline of this request until its answer starts (ms). */
   timeoutMs: number
-  /** The failure of the transport, kept here instead of being thrown through the engine (see recordingFetch). */
+  /** The failure of the transport (a network error, the deadline), typed by toTyped. */
   fetchError?: unknown
 }
 
 type Params = Record<string, unknown>
+
+/** Sent with every request (PVE's access log shows it). */
+const USER_AGENT = 'pgi (Proxmox VE API client)'
 
 /** What a reconcile found after a request whose outcome is unknown. */
 type Reconciled = {applied: true; upid?: string} | {applied: false}
@@ -171,9 +172,8 @@ const URLENCODED_RE = /^[-%a-zA-Z0-9_.!~*'()]*$/
 const URLENCODED_KEYS = new Set(['sshkeys'])
 
 /**
- * Turns PveParams into engine params: booleans 1/0 (the engine does it too, but explicitly here
- * so the contract does not depend on it), undefined dropped, sshkeys percent-encoded.
- * Form encoding of the whole body (`;`, `=`, `&`, `+` → %3B %3D %26 %2B) is the engine's
+ * Turns PveParams into request params: booleans 1/0, undefined dropped, sshkeys percent-encoded.
+ * Form encoding of the whole body (`;`, `=`, `&`, `+` → %3B %3D %26 %2B) is formEncode's
  * URLSearchParams.
  */
 export function encodeParams(params: Params): Params {
@@ -191,15 +191,6 @@ function seg(s: string | number): string {
   return encodeURIComponent(String(s))
 }
 
-/** proxmox-api's engine with its built-in network retry disabled (see `request` for ours). */
-class NoRetryEngine extends ProxmoxEngine {
-  override doRequest(method: string, path: string, pathTemplate: string, params?: Params, retries = 0): Promise<unknown> {
-    // The engine retries a failed fetch once when retries < 2, POST included; starting at 1
-    // makes its first network failure final. It then skips its own null-stripping: ours did it.
-    return super.doRequest(method, path, pathTemplate, params, Math.max(retries, 1))
-  }
-}
-
 const TOKEN_ID_RE = /^[^@\s]+@[^!\s]+![A-Za-z][A-Za-z0-9._-]*$/
 const TOKEN_SECRET_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 
@@ -214,29 +205,15 @@ export interface PveClientInit {
   onClose?: () => Promise<void>
 }
 
-/**
- * The per-call context reaches the fetch wrapper through the request URL's fragment
- * (`…#pgi-call-7`): proxmox-api copies the path we give it into the URL unchanged, and a fragment
- * is never sent over HTTP (the wrapper removes it). An AsyncLocalStorage would do the same at the
- * price of a hook on every promise of the process (a quarter of `pgi status`'s CPU on a fleet).
- */
-const CALL_TAG = '#pgi-call-'
-
-/** What the engine reads of an answer (proxmox-api's ProxmoxEngine.doRequest). */
-interface EngineAnswer {
-  status: number
-  statusText: string
-  headers: {get(name: string): string | null}
-  body: null
-  text(): Promise<string>
-  json(): Promise<unknown>
-}
-
 export class PveClient implements PveApi {
   readonly hypervisor: string
   readonly baseUrl: URL
   private readonly io: Io
-  private readonly engine: NoRetryEngine
+  /** `https://host:port/api2/json`: every API path is appended to it. */
+  private readonly apiBase: string
+  /** The headers of every API request (the token), and of a form request. */
+  private readonly headers: Record<string, string>
+  private readonly formHeaders: Record<string, string>
   private readonly baseFetch: FetchFn
   private readonly tokenId: string
   private readonly tokenSecret: Secret
@@ -252,9 +229,6 @@ export class PveClient implements PveApi {
   private readonly sleep: (ms: number, signal?: AbortSignal) => Promise<void>
   private readonly random: () => number
   private readonly onClose?: () => Promise<void>
-  /** Calls in flight, by the number in their URL fragment (see CALL_TAG). */
-  private readonly calls = new Map<number, CallCtx>()
-  private callSeq = 0
   /** HTTP answers received from this hypervisor so far (any status): tells a silent hypervisor from a slow request. */
   private answers = 0
   /**
@@ -301,7 +275,7 @@ export class PveClient implements PveApi {
       throw new UserError(ErrorCode.INVENTORY_INVALID, `hypervisor ${init.name}: API URL must be https:// (got ${init.url})`, {where: {hypervisor: init.name}})
     }
     this.baseUrl = url
-    // Validate here: the engine would console.error and throw a bare Error.
+    // Validate here: a malformed token would only show as a 401 from every request.
     if (!TOKEN_ID_RE.test(init.tokenId)) {
       throw new UserError(ErrorCode.PVE_AUTH, `hypervisor ${init.name}: API token id "${init.tokenId}" is not USER@REALM!TOKENID`, {
         where: {hypervisor: init.name},
@@ -314,17 +288,9 @@ export class PveClient implements PveApi {
         suggestions: ['Store the secret printed by `pveum user token add` (once, at creation) — not the token id.'],
       })
     }
-    this.engine = new NoRetryEngine({
-      host: url.hostname,
-      port: url.port ? Number(url.port) : 443,
-      schema: 'https',
-      tokenID: init.tokenId,
-      tokenSecret: opts.tokenSecret.reveal(),
-      // only a backstop: every request has its own, shorter deadline (recordingFetch), and the
-      // engine's timer is always cleared because our fetch always resolves
-      queryTimeout: Math.max(this.writeTimeoutMs, this.agentRequestTimeoutMs) + 30_000,
-      fetch: ((input: string | URL, reqInit?: HttpInit) => this.recordingFetch(input, reqInit)) as never,
-    })
+    this.apiBase = `${url.origin}/api2/json`
+    this.headers = {Authorization: `PVEAPIToken=${init.tokenId}=${opts.tokenSecret.reveal()}`, Accept: 'application/json', 'User-Agent': USER_AGENT}
+    this.formHeaders = {...this.headers, 'Content-Type': 'application/x-www-form-urlencoded'}
   }
 
   /** Closes the connection pool and ends every wait in progress (lets the process exit promptly). */
@@ -359,55 +325,67 @@ export class PveClient implements PveApi {
   // transport
 
   /**
-   * The fetch given to the engine: takes the call's context from the URL fragment and records
-   * status, reason phrase and (for errors) the body in it, so failures can be typed without
-   * parsing the engine's Error text; and normalises the JSON content type, which the engine
-   * matches byte for byte.
+   * One HTTP exchange with the API: the request (query string for GET/DELETE, form body for
+   * POST/PUT, as PVE takes them), its deadline until the answer starts (the trusted fetch bounds
+   * the body's idle time itself), and the answer recorded in `ctx` (status, reason phrase, and the
+   * body for errors or when asked) so that failures are typed without parsing any Error text.
    *
-   * It also holds the request's deadline (until the answer starts; the trusted fetch bounds the
-   * body's idle time itself), and it never rejects: proxmox-api arms a timer per request (its
-   * queryTimeout) and clears it only when fetch resolves, so a rejected fetch would leave that
-   * timer armed and the process alive long after its last output. A transport failure is kept in
-   * the call's context instead, and the engine gets an answer that it turns into an error at once.
+   * Written here rather than left to a generic client library (proxmox-api's engine did it
+   * before): it built a URL object, an AbortController and a timer of its own per request on top
+   * of ours, a third of pgi's CPU per request on a fleet's status (bench/status, marginal CPU).
+   * PVE's API is plain: a token header, form or query parameters, a JSON envelope `{"data": …}`.
    */
-  private async recordingFetch(input: string | URL, init?: HttpInit): Promise<EngineAnswer> {
-    const url = new URL(input)
-    const ctx = url.hash.startsWith(CALL_TAG) ? this.calls.get(Number(url.hash.slice(CALL_TAG.length))) : undefined
-    url.hash = ''
-    const timeoutMs = ctx?.timeoutMs ?? this.writeTimeoutMs
+  private async exchange(method: string, path: string, params: Params | undefined, ctx: CallCtx): Promise<unknown> {
+    let url = this.apiBase + path
+    let body: string | undefined
+    const form = method === 'POST' || method === 'PUT'
+    if (params) {
+      const q = formEncode(params)
+      if (q && form) body = q
+      else if (q) url += (url.includes('?') ? '&' : '?') + q
+    }
     const ac = new AbortController()
-    const outer = init?.signal ?? undefined
-    const onOuter = () => ac.abort(outer!.reason)
-    if (outer?.aborted) ac.abort(outer.reason)
-    else outer?.addEventListener('abort', onOuter, {once: true})
+    const timeoutMs = ctx.timeoutMs
     const cancel = armDeadline(timeoutMs, () => ac.abort(new DeadlineExceeded(timeoutMs)))
     let res: HttpAnswer
     let bodyText: string
     try {
-      res = await untilAborted(this.baseFetch(url, {...init, signal: ac.signal, idleTimeoutMs: Math.max(timeoutMs, DEFAULT_AGENT_REQUEST_TIMEOUT_MS), onResponse: cancel}), ac.signal)
+      res = await untilAborted(
+        this.baseFetch(url, {
+          method,
+          headers: body !== undefined ? {...this.formHeaders, 'Content-Length': String(body.length)} : this.headers,
+          body: body ?? null,
+          signal: ac.signal,
+          idleTimeoutMs: Math.max(timeoutMs, DEFAULT_AGENT_REQUEST_TIMEOUT_MS),
+          onResponse: cancel,
+        }),
+        ac.signal,
+      )
       cancel()
       bodyText = await untilAborted(res.text(), ac.signal)
     } catch (err) {
-      if (!ctx) throw err
       ctx.fetchError = err
-      return FAILED_ANSWER
+      throw err
     } finally {
       cancel()
-      outer?.removeEventListener('abort', onOuter)
     }
     this.answers++
-    const ct = res.headers.get('content-type')
-    const contentType = ct && /^application\/json/i.test(ct) ? 'application/json;charset=UTF-8' : ct
-    if (ctx) ctx.res = res.status !== 200 || ctx.wantBody ? {status: res.status, statusText: decodeReason(res.statusText), bodyText} : {status: res.status, statusText: res.statusText}
-    return {
-      status: res.status,
-      // the engine only puts the reason phrase in its own Error text; ours use the decoded one
-      statusText: res.statusText,
-      headers: {get: (name) => (name.toLowerCase() === 'content-type' ? contentType : res.headers.get(name))},
-      body: null,
-      text: async () => bodyText,
-      json: async () => JSON.parse(bodyText) as unknown,
+    if (res.status !== 200) {
+      ctx.res = {status: res.status, statusText: decodeReason(res.statusText), bodyText}
+      throw new Error(`HTTP ${res.status}`)
     }
+    ctx.res = ctx.wantBody ? {status: 200, statusText: res.statusText, bodyText} : {status: 200, statusText: res.statusText}
+    const ct = res.headers.get('content-type')
+    // an answer without a body type carries no data (PVE sends none for some empty answers)
+    if (!ct) return null
+    if (!/^application\/json/i.test(ct)) throw new Error(`unexpected content type "${ct}"`)
+    let envelope: unknown
+    try {
+      envelope = JSON.parse(bodyText)
+    } catch {
+      throw new Error('the answer is not JSON')
+    }
+    return envelope && typeof envelope === 'object' ? ((envelope as {data?: unknown}).data ?? null) : null
   }
 
   private backoff(attempt: number): number {
@@ -424,19 +402,15 @@ export class PveClient implements PveApi {
   /** One request, no retry. Returns the envelope's data (and the raw body when asked). */
   private async once<T>(method: string, path: string, params: Params | undefined, o: RequestOptions): Promise<{data: T; body?: unknown}> {
     const ctx: CallCtx = {wantBody: Boolean(o.wantBody), timeoutMs: this.deadlineFor(method, path)}
-    const id = ++this.callSeq
-    this.calls.set(id, ctx)
     const started = this.now()
     try {
-      const data = (await this.engine.doRequest(method, `/api2/json${path}${CALL_TAG}${id}`, path, params ? encodeParams(params) : undefined)) as T
+      const data = (await this.exchange(method, path, params ? encodeParams(params) : undefined, ctx)) as T
       this.io.debug(`PVE ${method} ${path} → ${ctx.res?.status ?? '?'}`, {hypervisor: this.hypervisor, ms: this.now() - started})
       let body: unknown
       if (o.wantBody && ctx.res?.bodyText) body = safeJson(ctx.res.bodyText)
       return {data, body}
     } catch (err) {
       throw this.toTyped(ctx.fetchError ?? err, ctx, method, path, o.where)
-    } finally {
-      this.calls.delete(id)
     }
   }
 
@@ -455,7 +429,7 @@ export class PveClient implements PveApi {
       this.io.debug(`PVE ${method} ${path} → ${res.status} ${pveMessage}`, {hypervisor: this.hypervisor})
       return e
     }
-    // The engine wraps fetch failures in a plain Error whose cause is ours.
+    // A transport failure may wrap ours as its cause.
     let c: unknown = err
     for (let i = 0; i < 4 && c; i++) {
       if (c instanceof PgiError) return withWhere(c, where)
@@ -468,7 +442,7 @@ export class PveClient implements PveApi {
       c = (c as {cause?: unknown}).cause
     }
     if (res && res.status === 200) {
-      return new PveApiError({status: 200, pveMessage: `unexpected answer: ${(err as Error).message.replace(/#pgi-call-\d+/g, '')}`, method, path, where, cause: err})
+      return new PveApiError({status: 200, pveMessage: `unexpected answer: ${(err as Error).message}`, method, path, where, cause: err})
     }
     // Anything else thrown by an injected fetch (e.g. undici's "fetch failed"): classify its errno.
     return withWhere(toNetworkError((err as {cause?: unknown})?.cause ?? err, this.hostport()), where)
@@ -1201,16 +1175,17 @@ export function asciiJson(value: unknown): string {
 }
 
 /**
- * What the engine gets when the transport failed (the failure itself is in the call's context):
- * an answer it turns into an Error at once, after clearing its timer (see recordingFetch).
+ * Parameters as PVE reads them (application/x-www-form-urlencoded, for a query string or a form
+ * body): booleans as 1/0 (encodeParams did it), a list as the same key repeated.
  */
-const FAILED_ANSWER: EngineAnswer = {
-  status: 599,
-  statusText: 'request failed',
-  headers: {get: (name) => (name.toLowerCase() === 'content-type' ? 'application/json;charset=UTF-8' : null)},
-  body: null,
-  text: async () => '{"data":null}',
-  json: async () => ({data: null}),
+function formEncode(params: Params): string {
+  const q = new URLSearchParams()
+  for (const [k, v] of Object.entries(params)) {
+    if (v === undefined || v === null) continue
+    if (Array.isArray(v)) for (const e of v) q.append(k, String(e))
+    else q.set(k, String(v))
+  }
+  return q.toString()
 }
 
 /** `p`, or a rejection with the signal's reason as soon as it aborts (whatever `p` does then). */

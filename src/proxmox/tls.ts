@@ -18,7 +18,7 @@ import {ErrorCode, PgiError, UnreachableError, UserError} from '../errors.js'
  * There is no "insecure" mode, and NODE_TLS_REJECT_UNAUTHORIZED is never used.
  */
 
-/** What the client sends: proxmox-api's form requests and the client's streamed uploads. */
+/** What the client sends: its API requests (query or form) and its streamed uploads. */
 export interface HttpInit {
   method?: string
   headers?: Record<string, string>

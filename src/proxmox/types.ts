@@ -1,6 +1,6 @@
 /**
  * The Proxmox VE operations pgi uses, as an interface. `src/proxmox/client.ts` implements it over
- * the real API (proxmox-api + pinned TLS); services (deploy, status, rollout) depend only on this
+ * the real API (src/proxmox/client.ts over pinned TLS); services (deploy, status, rollout) depend only on this
  * interface so they can be tested against the lab or a fake.
  *
  * Conventions: every long action waits for its task and resolves when the task ended OK

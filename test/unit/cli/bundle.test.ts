@@ -12,7 +12,7 @@ import {bundleOptions, checkOclifScript, commandIds, oclifScriptOptions} from '.
  * and commands.js (every command class, loaded by every command) none of the engine: commands
  * import their services inside run(). These check the bundle's module graph, built in memory.
  */
-const HEAVY = ['undici', 'proxmox-api', 'listr2', 'execa', 'age-encryption', 'yaml', 'js-yaml', 'busboy', 'ssh2', 'ajv']
+const HEAVY = ['undici', 'listr2', 'execa', 'age-encryption', 'yaml', 'js-yaml', 'busboy', 'ssh2', 'ajv']
 
 let built: Promise<BuildResult> | undefined
 function bundle(): Promise<BuildResult> {

@@ -156,7 +156,7 @@ describe('fingerprint pinning', () => {
     expect(selfSigned.requests.length).toBe(before.r) // …but not one request
   })
 
-  it('end to end through PveClient (proxmox-api engine): pinned works, mismatch is typed with where', async () => {
+  it('end to end through PveClient (its own requests): pinned works, mismatch is typed with where', async () => {
     const good = connectHypervisor(hv(selfSigned.url, {fingerprint: fingerprintOf('node.pem')}), {tokenSecret: TOKEN_SECRET})
     try {
       expect((await good.version()).release).toBe('9.1')
@@ -178,7 +178,7 @@ describe('fingerprint pinning', () => {
     expect(selfSigned.requests.length).toBe(n)
   })
 
-  it('a form POST (proxmox-api engine) goes over the pinned connection intact', async () => {
+  it('a form POST (form encoded by the client) goes over the pinned connection intact', async () => {
     const c = connectHypervisor(hv(selfSigned.url, {fingerprint: fingerprintOf('node.pem')}), {tokenSecret: TOKEN_SECRET})
     try {
       await c.createVm('pve1', 100, {name: 'pgi-0130040y', sshkeys: 'ssh-ed25519 AAAA+/= ami@x', agent: true})
