@@ -46,7 +46,7 @@ describe('image recipes', () => {
     expect(r.name).toBe('pgi-tryton')
     expect(r.suite).toBe('bookworm')
     expect(r.packages).toEqual(expect.arrayContaining(['postgresql-15', 'tryton-server', 'tryton-modules-account-fr', 'tryton-sao', 'cloud-init', 'qemu-guest-agent']))
-    expect(r.ports).toEqual({ssh: 22, web: 80, jsonrpc: 8000, postgresql: 5432})
+    expect(r.ports).toEqual({ssh: 22, web: 80, https: 443, jsonrpc: 8000, postgresql: 5432})
     expect(r.digest).toMatch(/^[0-9a-f]{64}$/)
     expect(recipePath('pgi-tryton')).toBe(r.path)
   })
