@@ -2,7 +2,8 @@ import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../src/cli/base-command.js'
 import {imageResolver, resultTable, stopSignal} from '../../src/cli/fleet.js'
-import {imagesDirFlag, runFlags, selectionFlags, uaiArgs} from '../../src/cli/flags.js'
+import {imagesDirFlag, reportFlag, runFlags, selectionFlags, uaiArgs} from '../../src/cli/flags.js'
+import {rolloutSuite} from '../../src/report/suites.js'
 import type {RolloutResult} from '../../src/rollout/run.js'
 
 export default class RolloutResume extends BaseCommand<typeof RolloutResume> {
@@ -23,6 +24,7 @@ Exit codes: as \`pgi rollout start\`.`
     ...selectionFlags,
     'images-dir': imagesDirFlag,
     ...runFlags,
+    report: reportFlag,
     id: Flags.string({summary: 'Rollout id (default: the newest unfinished one).'}),
     'max-parallel': Flags.integer({summary: 'Establishments updated at once (default: as started).', min: 1}),
     'max-failures': Flags.string({summary: 'New failure threshold (default: as started).'}),
@@ -51,6 +53,7 @@ Exit codes: as \`pgi rollout start\`.`
       onResult: (e) => this.io.info(`${e.uai}: ${e.outcome}${e.reason ? ` (${e.reason})` : ''}`),
     })
     this.status = r.exitCode
+    await this.writeReports(rolloutSuite(this.commandLine(), r, this.startedAt))
     const t = resultTable(r)
     this.table(t.head, t.rows)
     this.io.info(`rollout ${r.id}: ${r.state}${r.reason ? ` (${r.reason})` : ''}`)
