@@ -1,7 +1,7 @@
 import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../src/cli/base-command.js'
-import {imageResolver, resultTable, stopSignal} from '../../src/cli/fleet.js'
+import {imageResolver, resultTable, stoppedLines, stopSignal} from '../../src/cli/fleet.js'
 import {imagesDirFlag, reportFlag, runFlags, selectionFlags, uaiArgs} from '../../src/cli/flags.js'
 import {rolloutSuite} from '../../src/report/suites.js'
 import type {RolloutResult} from '../../src/rollout/run.js'
@@ -57,6 +57,7 @@ Exit codes: as \`pgi rollout start\`.`
     const t = resultTable(r)
     this.table(t.head, t.rows)
     this.io.info(`rollout ${r.id}: ${r.state}${r.reason ? ` (${r.reason})` : ''}`)
+    for (const line of stoppedLines(r)) this.io.warn(line)
     return r
   }
 }

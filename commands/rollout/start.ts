@@ -1,7 +1,7 @@
 import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../src/cli/base-command.js'
-import {imageResolver, resultTable, stopSignal} from '../../src/cli/fleet.js'
+import {imageResolver, resultTable, stoppedLines, stopSignal} from '../../src/cli/fleet.js'
 import {imageRefArg, imagesDirFlag, reportFlag, runFlags, selectionFlags, uaiArgs} from '../../src/cli/flags.js'
 import {rolloutSuite} from '../../src/report/suites.js'
 import type {RolloutResult} from '../../src/rollout/run.js'
@@ -61,6 +61,7 @@ Exit codes: 0 all updated (or already), 4 some failed / were rolled back / halte
     const t = resultTable(r)
     this.table(t.head, t.rows)
     this.io.info(`rollout ${r.id}: ${r.state}${r.reason ? ` (${r.reason})` : ''}; ${Object.entries(r.counts).map(([k, v]) => `${v} ${k}`).join(', ')}`)
+    for (const line of stoppedLines(r)) this.io.warn(line)
     return r
   }
 }
