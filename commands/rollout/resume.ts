@@ -49,6 +49,7 @@ Exit codes: as \`pgi rollout start\`.`
       agentTimeoutMs: f['agent-timeout'] * 1000,
       healthTimeoutMs: f['health-timeout'] * 1000,
       shutdownTimeoutS: f['shutdown-timeout'],
+      lockWaitMs: f['lock-wait'],
       signal: stopSignal(this.io),
       onResult: (e) => this.io.info(`${e.uai}: ${e.outcome}${e.reason ? ` (${e.reason})` : ''}`),
     })

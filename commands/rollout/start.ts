@@ -52,6 +52,7 @@ Exit codes: 0 all updated (or already), 4 some failed / were rolled back / halte
       agentTimeoutMs: f['agent-timeout'] * 1000,
       healthTimeoutMs: f['health-timeout'] * 1000,
       shutdownTimeoutS: f['shutdown-timeout'],
+      lockWaitMs: f['lock-wait'],
       confirm: (q) => this.confirm(q),
       signal: stopSignal(this.io),
       onResult: (e) => this.io.info(`${e.uai}: ${e.outcome}${e.reason ? ` (${e.reason})` : ''}`),

@@ -120,8 +120,30 @@ export const bwlimitFlag = Flags.custom<number>({
   parse: async (v) => parseRateKiB(v),
 })()
 
+/** "10m", "90s", "1h", "1h30m" or plain seconds ("600") → milliseconds. */
+export function parseDurationMs(v: string, flag: string): number {
+  const t = v.trim()
+  const units: Record<string, number> = {h: 3_600_000, m: 60_000, s: 1000}
+  let ms = 0
+  if (/^\d+$/.test(t)) ms = Number(t) * 1000
+  else if (/^(\d+[hms])+$/.test(t)) for (const [, n, u] of t.matchAll(/(\d+)([hms])/g)) ms += Number(n) * units[u!]!
+  else throw new UsageError(`--${flag}: "${v}" is not a duration (e.g. 10m, 90s, 1h, or seconds)`, {where: {flag}})
+  if (ms > 24 * 3_600_000) throw new UsageError(`--${flag}: ${v} is more than a day`, {where: {flag}})
+  return ms
+}
+
+/** `--lock-wait 10m`: how long a rollout waits for the fleet's rollout lock held by another runner. */
+export const lockWaitFlag = Flags.custom<number>({
+  summary: 'Wait this long for another runner\'s rollout of this fleet to finish (e.g. 10m, 90s); default: refuse at once (exit 7).',
+  description: 'The lock is held on the hypervisors (one VM per hypervisor, with PVE\'s compare-and-swap), so runners on different machines see it. See docs/ci.md.',
+  helpValue: '<duration>',
+  env: 'PGI_LOCK_WAIT',
+  parse: async (v) => parseDurationMs(v, 'lock-wait'),
+})()
+
 /** Flags of the commands that update establishments (rollout start and resume). */
 export const runFlags = {
+  'lock-wait': lockWaitFlag,
   'max-parallel': Flags.integer({summary: 'Establishments updated at once.', default: 10, min: 1}),
   'max-per-hypervisor': Flags.integer({summary: 'Establishments updated at once on one hypervisor.', default: 4, min: 1}),
   'keep-old-disk': Flags.boolean({summary: 'Keep the previous OS disk attached as unused after a successful update (default: removed once the gate passed).', default: false}),
