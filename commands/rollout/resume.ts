@@ -28,6 +28,7 @@ Exit codes: as \`pgi rollout start\`.`
     id: Flags.string({summary: 'Rollout id (default: the newest unfinished one).'}),
     'max-parallel': Flags.integer({summary: 'Establishments updated at once (default: as started).', min: 1}),
     'max-failures': Flags.string({summary: 'New failure threshold (default: as started).'}),
+    'if-unfinished': Flags.boolean({summary: 'When no rollout is left unfinished, say so and exit 0 instead of 2 (a CI job that resumes, then starts its wave).', default: false}),
   }
 
   public async run(): Promise<RolloutResult> {
@@ -41,6 +42,7 @@ Exit codes: as \`pgi rollout start\`.`
       secretsDir: f['secrets-dir'],
       io: this.io,
       id: f.id,
+      ifUnfinished: f['if-unfinished'],
       resolveImage: imageResolver(f['images-dir'], this.io),
       maxParallel: f['max-parallel'],
       maxPerHypervisor: f['max-per-hypervisor'],
@@ -54,6 +56,7 @@ Exit codes: as \`pgi rollout start\`.`
       onResult: (e) => this.io.info(`${e.uai}: ${e.outcome}${e.reason ? ` (${e.reason})` : ''}`),
     })
     this.status = r.exitCode
+    if (r.id === '') return r
     await this.writeReports(rolloutSuite(this.commandLine(), r, this.startedAt))
     const t = resultTable(r)
     this.table(t.head, t.rows)

@@ -8,6 +8,7 @@ import type {PgiError} from '../errors.js'
 import type {ValidationReport} from '../inventory/report.js'
 import type {EstablishmentResult, Outcome} from '../rollout/establishment.js'
 import type {RolloutResult} from '../rollout/run.js'
+import type {RolloutPlanRow} from '../rollout/service.js'
 import type {StatusReport, Verdict} from '../status/types.js'
 import type {CaseStatus, ReportCase, ReportSuite} from './types.js'
 
@@ -158,5 +159,28 @@ export function errorSuite(command: string, err: PgiError, startedAt: Date): Rep
         columns: {command, error: err.code, why: err.message},
       },
     ],
+  }
+}
+
+const PLAN_STATUS: Record<RolloutPlanRow['action'], CaseStatus> = {update: 'passed', 'up-to-date': 'passed', blocked: 'failed', excluded: 'skipped'}
+
+/** A rollout plan (the merge request's view): one case per establishment, blocked ones failing with their blockers. */
+export function planSuite(command: string, r: {version: string; rows: RolloutPlanRow[]}, startedAt: Date, exitCode: number): ReportSuite {
+  const n = (a: RolloutPlanRow['action']) => r.rows.filter((x) => x.action === a).length
+  return {
+    name: command,
+    summary: `Plan for ${r.version}: ${n('update')} to update, ${n('up-to-date')} up to date, ${n('blocked')} blocked, ${n('excluded')} not in the waves; ${r.rows.filter((x) => x.action === 'update' && !x.staged).length} not staged yet.`,
+    timestamp: startedAt.toISOString(),
+    durationMs: Date.now() - startedAt.getTime(),
+    exitCode,
+    properties: {version: r.version},
+    cases: r.rows.map((x) => ({
+      classname: `pgi.plan.${x.wave}`,
+      name: `${x.uai} ${x.name} (${where(x)})`,
+      status: PLAN_STATUS[x.action],
+      kind: x.action,
+      message: `${x.action}: ${x.current ?? '?'} → ${x.target}${x.blockers.length ? `: ${x.blockers.join('; ')}` : ''}`,
+      columns: {UAI: x.uai, name: x.name, wave: x.waveIndex ? `${x.waveIndex}. ${x.wave}` : `${x.wave} (not in waves)`, 'current → target': `${x.current ?? '?'} → ${x.target}`, staged: x.staged ? 'yes' : 'no', plan: x.action, blockers: x.blockers.join('; ')},
+    })),
   }
 }

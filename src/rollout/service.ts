@@ -375,6 +375,13 @@ export async function startRollout(req: StartRequest): Promise<RolloutResult> {
 export interface ResumeRequest extends Omit<StartRequest, 'image' | 'confirm'> {
   /** Rollout id (default: the newest unfinished one in the local journal, else the marks found on the VMs). */
   id?: string
+  /** Nothing unfinished is not an error: an empty result, exit 0 (a CI job that resumes before it starts). */
+  ifUnfinished?: boolean
+}
+
+/** What `resume --if-unfinished` returns when there is nothing to resume. */
+function nothingToResume(): RolloutResult {
+  return {id: '', version: '', state: 'done', reason: 'nothing to resume', waves: [], establishments: [], counts: {}, failures: 0, threshold: 0, exitCode: ExitCode.OK, wallMs: 0}
 }
 
 /**
@@ -396,6 +403,10 @@ export async function resumeRollout(req: ResumeRequest): Promise<RolloutResult> 
       const marks = await readMarks(fleet)
       const open = marks.filter((m) => m.mark && !FINAL_STEPS.has(m.mark.step) && (!req.id || m.mark.id === req.id))
       if (open.length === 0) {
+        if (req.ifUnfinished) {
+          req.io.info(req.id ? `no rollout ${req.id} left unfinished: nothing to resume` : 'no unfinished rollout in the local journal nor on the selected VMs: nothing to resume')
+          return nothingToResume()
+        }
         throw new UserError(ErrorCode.USAGE, req.id ? `no rollout ${req.id} found in the journal nor on the selected VMs` : 'no unfinished rollout in the local journal nor on the selected VMs', {
           exitCode: ExitCode.USAGE,
           suggestions: ['Run `pgi rollout status --all` to see what the VMs record.'],
