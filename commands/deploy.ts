@@ -4,8 +4,9 @@ import {Args, Flags} from '@oclif/core'
 
 import {BaseCommand} from '../src/cli/base-command.js'
 import {imageResolver} from '../src/cli/fleet.js'
-import {bwlimitFlag, imageRefFlag, imagesDirFlag, selectionFlags, STATE_DIR_HELP} from '../src/cli/flags.js'
+import {bwlimitFlag, imageRefFlag, imagesDirFlag, reportFlag, selectionFlags, STATE_DIR_HELP} from '../src/cli/flags.js'
 import type {DeployReport, PlanRow} from '../src/deploy/service.js'
+import {deploySuite} from '../src/report/suites.js'
 
 export default class Deploy extends BaseCommand<typeof Deploy> {
   static override summary = 'Deploy the PGI image to establishments: plan, then create or fix their VMs.'
@@ -47,6 +48,7 @@ Exit codes: 0 all done or up to date, 4 some establishments failed (see the summ
     'lab-dir': Flags.string({summary: 'The inventory is a pgi lab\'s: handoffs name the lab\'s forwarded 127.0.0.1 ports (qemu labs) or the addresses the lab gives its VMs (simulated labs).'}),
     'agent-timeout': Flags.integer({summary: 'Seconds to wait for a new VM\'s guest agent (software-emulated boots are slow).', default: 600, min: 1}),
     'health-timeout': Flags.integer({summary: 'Seconds to wait for pgi-health to report healthy.', default: 1200, min: 1}),
+    report: reportFlag,
   }
 
   public async run(): Promise<DeployReport> {
@@ -92,6 +94,7 @@ Exit codes: 0 all done or up to date, 4 some establishments failed (see the summ
       this.status = planExitCode(report.plan)
       this.io.info('dry run: nothing was changed')
     }
+    await this.writeReports(deploySuite(this.commandLine(), report, this.startedAt, this.status))
     return report
   }
 

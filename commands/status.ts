@@ -5,6 +5,8 @@ import {Args, Flags} from '@oclif/core'
 
 import {BaseCommand, inventoryFlag, secretsDirFlag} from '../src/cli/base-command.js'
 import {UsageError} from '../src/errors.js'
+import {reportFlag} from '../src/cli/flags.js'
+import {statusSuite} from '../src/report/suites.js'
 import {STATUS_DEFAULTS} from '../src/status/collect.js'
 import {detailLines, renderPrometheus, renderTable, useColour} from '../src/status/format.js'
 import {DEFAULT_POLICY} from '../src/status/verdict.js'
@@ -72,6 +74,7 @@ Exit codes: 0 every selected establishment is healthy; 5 at least one is degrade
       env: 'PGI_STATUS_HEALTH_MAX_AGE',
     }),
     'token-id': Flags.string({summary: `Use this API token (USER@REALM!TOKENID) for every hypervisor instead of the inventory's; its secret comes from ${TOKEN_SECRET_ENV}.`, env: 'PGI_TOKEN_ID'}),
+    report: reportFlag,
   }
 
   /** `--format json` is the same as `--json` (the BaseCommand envelope). */
@@ -87,6 +90,7 @@ Exit codes: 0 every selected establishment is healthy; 5 at least one is degrade
     const {argv} = await this.parse(Status)
     const uais = argv.map(String)
     if (f.output && f.format !== 'prometheus') throw new UsageError('--output is for --format prometheus', {suggestions: ['Redirect stdout for the other formats.']})
+    if (f.report && f.watch) throw new UsageError('--report writes the result of one run: it cannot be used with --watch', {where: {flag: 'report'}, suggestions: ['Run `pgi status --report …` from a scheduled job instead.']})
 
     // the engine (inventory loader, Proxmox client) is loaded when the command runs, not with every command
     const [{loadValidInventory}, {selectEstablishments}, {Secret}, {StatusService, tokenSecretFromEnv}] = await Promise.all([
@@ -120,6 +124,7 @@ Exit codes: 0 every selected establishment is healthy; 5 at least one is degrade
       this.status = statusExitCode(report.establishments)
       this.explainRefusals(report)
       if (!f.watch) await this.show(report)
+      await this.writeReports(statusSuite(this.commandLine(), report, this.status))
       return report
     } finally {
       await svc.close()

@@ -30,6 +30,8 @@ DEB_TEST_PACKAGES=(
   # the teachers' console, natively (test/unit/console): its web stack, nginx in front, the web
   # client it sends students to, and Debian's chromium driven by playwright-core
   tryton-sao nginx-light python3-flask python3-waitress python3-argon2 python3-cryptography chromium
+  # xmllint: the JUnit reports (--report junit) are validated against test/schemas/junit.xsd
+  libxml2-utils
 )
 [ "$with_test" = 1 ] && DEB_PACKAGES+=("${DEB_TEST_PACKAGES[@]}")
 missing=()

@@ -98,6 +98,8 @@ export interface ErrorLocation {
   flag?: string
   argument?: string
   file?: string
+  /** An environment variable (its name; never its value). */
+  variable?: string
   line?: number
   column?: number
   uai?: string
@@ -147,6 +149,7 @@ export abstract class PgiError extends Error {
     if (w.command) parts.push(`command "${w.command}"`)
     if (w.flag) parts.push(`--${w.flag}`)
     if (w.argument) parts.push(`argument ${w.argument}`)
+    if (w.variable) parts.push(`$${w.variable}${w.line !== undefined ? ` line ${w.line}` : ''}`)
     if (w.uai) parts.push(`UAI ${w.uai}`)
     // "UAI 0130040Y on hv-nord/pve1", or alone "hypervisor hv-nord/pve1" (never "at on …")
     const on = parts.length > 0 ? 'on ' : ''

@@ -21,7 +21,7 @@ export const ExitCode = {
   REFUSED: 7,
   /** A hypervisor could not be reached, or its TLS certificate did not match the pinned one. */
   UNREACHABLE: 8,
-  /** Interrupted (Ctrl-C / SIGINT). */
+  /** Interrupted (Ctrl-C / SIGINT, or SIGTERM: a cancelled CI job). */
   INTERRUPTED: 130,
 } as const
 
@@ -38,5 +38,5 @@ export const EXIT_CODE_MEANINGS: Record<ExitCodeValue, string> = {
   6: 'timed out waiting (Proxmox task, guest agent, health check)',
   7: 'refused for safety (data at risk, no confirmation, lock held)',
   8: 'hypervisor unreachable or TLS certificate mismatch',
-  130: 'interrupted',
+  130: 'interrupted (Ctrl-C or SIGTERM)',
 }

@@ -1,4 +1,7 @@
 import {BaseCommand, inventoryFlag} from '../../src/cli/base-command.js'
+import {reportFlag} from '../../src/cli/flags.js'
+import {ExitCode} from '../../src/exit-codes.js'
+import {validationSuite} from '../../src/report/suites.js'
 import type {ValidationReport} from '../../src/inventory/report.js'
 
 export default class InventoryValidate extends BaseCommand<typeof InventoryValidate> {
@@ -15,7 +18,7 @@ Exits 0 when there is no error (warnings are listed), 3 when there is at least o
     {description: 'Check one file, and get the problems as JSON (for CI or an editor):', command: '<%= config.bin %> <%= command.id %> -i inventory/sites.yaml --json'},
   ]
 
-  static override flags = {inventory: inventoryFlag}
+  static override flags = {inventory: inventoryFlag, report: reportFlag}
 
   public async run(): Promise<ValidationReport> {
     const [{validateInventory}, {formatProblem, InventoryInvalidError}] = await Promise.all([
@@ -30,6 +33,7 @@ Exits 0 when there is no error (warnings are listed), 3 when there is at least o
       const warn = report.warnings > 0 ? `, ${report.warnings} warning${report.warnings === 1 ? '' : 's'}` : ''
       this.log(`${report.path}: ${counts}: ${verdict}${warn}`)
     }
+    await this.writeReports(validationSuite(this.commandLine(), report, this.startedAt, report.valid ? ExitCode.OK : ExitCode.INVALID_INPUT))
     if (!report.valid) throw new InventoryInvalidError(report.path, report.problems, {listed: !this.jsonEnabled()})
     return report
   }

@@ -2,7 +2,8 @@ import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../src/cli/base-command.js'
 import {imageResolver} from '../../src/cli/fleet.js'
-import {imageRefArg, imagesDirFlag, selectionFlags, uaiArgs} from '../../src/cli/flags.js'
+import {imageRefArg, imagesDirFlag, reportFlag, selectionFlags, uaiArgs} from '../../src/cli/flags.js'
+import {planSuite} from '../../src/report/suites.js'
 import type {RolloutPlanRow} from '../../src/rollout/service.js'
 import {ExitCode} from '../../src/exit-codes.js'
 
@@ -25,6 +26,7 @@ Exit codes: 0 nothing blocked, 4 some establishments are blocked.`
     'images-dir': imagesDirFlag,
     waves: Flags.string({summary: 'Rings to include, in order (default: the inventory\'s rings).'}),
     window: Flags.string({summary: 'now: ignore maintenance windows; inventory: say who is outside theirs.', options: ['now', 'inventory'], default: 'now'}),
+    report: reportFlag,
   }
 
   public async run(): Promise<{version: string; rows: RolloutPlanRow[]}> {
@@ -46,6 +48,7 @@ Exit codes: 0 nothing blocked, 4 some establishments are blocked.`
       r.rows.map((x) => [x.uai, x.name, `${x.hypervisor}/${x.node}`, x.vmid, `${x.current ?? '?'} → ${x.target}`, x.waveIndex ? `${x.waveIndex}. ${x.wave}` : `${x.wave} (not in waves)`, x.window, x.staged ? 'yes' : 'no', x.action, x.blockers.join('; ')]),
     )
     if (r.rows.some((x) => x.action === 'blocked')) this.status = ExitCode.PARTIAL
+    await this.writeReports(planSuite(this.commandLine(), r, this.startedAt, this.status))
     return {version: r.version, rows: r.rows}
   }
 }

@@ -1,8 +1,9 @@
 import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../src/cli/base-command.js'
-import {imageResolver, resultTable, stopSignal} from '../../src/cli/fleet.js'
-import {imagesDirFlag, runFlags, selectionFlags, uaiArgs} from '../../src/cli/flags.js'
+import {imageResolver, resultTable, stoppedLines, stopSignal} from '../../src/cli/fleet.js'
+import {imagesDirFlag, reportFlag, runFlags, selectionFlags, uaiArgs} from '../../src/cli/flags.js'
+import {rolloutSuite} from '../../src/report/suites.js'
 import type {RolloutResult} from '../../src/rollout/run.js'
 
 export default class RolloutResume extends BaseCommand<typeof RolloutResume> {
@@ -23,9 +24,11 @@ Exit codes: as \`pgi rollout start\`.`
     ...selectionFlags,
     'images-dir': imagesDirFlag,
     ...runFlags,
+    report: reportFlag,
     id: Flags.string({summary: 'Rollout id (default: the newest unfinished one).'}),
     'max-parallel': Flags.integer({summary: 'Establishments updated at once (default: as started).', min: 1}),
     'max-failures': Flags.string({summary: 'New failure threshold (default: as started).'}),
+    'if-unfinished': Flags.boolean({summary: 'When no rollout is left unfinished, say so and exit 0 instead of 2 (a CI job that resumes, then starts its wave).', default: false}),
   }
 
   public async run(): Promise<RolloutResult> {
@@ -39,6 +42,7 @@ Exit codes: as \`pgi rollout start\`.`
       secretsDir: f['secrets-dir'],
       io: this.io,
       id: f.id,
+      ifUnfinished: f['if-unfinished'],
       resolveImage: imageResolver(f['images-dir'], this.io),
       maxParallel: f['max-parallel'],
       maxPerHypervisor: f['max-per-hypervisor'],
@@ -47,13 +51,17 @@ Exit codes: as \`pgi rollout start\`.`
       agentTimeoutMs: f['agent-timeout'] * 1000,
       healthTimeoutMs: f['health-timeout'] * 1000,
       shutdownTimeoutS: f['shutdown-timeout'],
+      lockWaitMs: f['lock-wait'],
       signal: stopSignal(this.io),
       onResult: (e) => this.io.info(`${e.uai}: ${e.outcome}${e.reason ? ` (${e.reason})` : ''}`),
     })
     this.status = r.exitCode
+    if (r.id === '') return r
+    await this.writeReports(rolloutSuite(this.commandLine(), r, this.startedAt))
     const t = resultTable(r)
     this.table(t.head, t.rows)
     this.io.info(`rollout ${r.id}: ${r.state}${r.reason ? ` (${r.reason})` : ''}`)
+    for (const line of stoppedLines(r)) this.io.warn(line)
     return r
   }
 }

@@ -1,8 +1,9 @@
 import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../src/cli/base-command.js'
-import {imageResolver, resultTable, stopSignal} from '../../src/cli/fleet.js'
-import {imageRefArg, imagesDirFlag, runFlags, selectionFlags, uaiArgs} from '../../src/cli/flags.js'
+import {imageResolver, resultTable, stoppedLines, stopSignal} from '../../src/cli/fleet.js'
+import {imageRefArg, imagesDirFlag, reportFlag, runFlags, selectionFlags, uaiArgs} from '../../src/cli/flags.js'
+import {rolloutSuite} from '../../src/report/suites.js'
 import type {RolloutResult} from '../../src/rollout/run.js'
 
 export default class RolloutStart extends BaseCommand<typeof RolloutStart> {
@@ -25,6 +26,7 @@ Exit codes: 0 all updated (or already), 4 some failed / were rolled back / halte
     ...selectionFlags,
     'images-dir': imagesDirFlag,
     ...runFlags,
+    report: reportFlag,
     waves: Flags.string({summary: 'Rings to roll out, in order (default: the inventory\'s rings, e.g. canary,pilot,general).'}),
     'max-failures': Flags.string({summary: 'Halt when more establishments than this fail: a number or a percentage of the selection.', default: '0'}),
     window: Flags.string({summary: 'now: start at once; inventory: only establishments inside their maintenance window (the others are deferred).', options: ['now', 'inventory'], default: 'now'}),
@@ -50,14 +52,17 @@ Exit codes: 0 all updated (or already), 4 some failed / were rolled back / halte
       agentTimeoutMs: f['agent-timeout'] * 1000,
       healthTimeoutMs: f['health-timeout'] * 1000,
       shutdownTimeoutS: f['shutdown-timeout'],
+      lockWaitMs: f['lock-wait'],
       confirm: (q) => this.confirm(q),
       signal: stopSignal(this.io),
       onResult: (e) => this.io.info(`${e.uai}: ${e.outcome}${e.reason ? ` (${e.reason})` : ''}`),
     })
     this.status = r.exitCode
+    await this.writeReports(rolloutSuite(this.commandLine(), r, this.startedAt))
     const t = resultTable(r)
     this.table(t.head, t.rows)
     this.io.info(`rollout ${r.id}: ${r.state}${r.reason ? ` (${r.reason})` : ''}; ${Object.entries(r.counts).map(([k, v]) => `${v} ${k}`).join(', ')}`)
+    for (const line of stoppedLines(r)) this.io.warn(line)
     return r
   }
 }

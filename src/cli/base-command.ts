@@ -2,8 +2,10 @@ import {Command, Flags, type Interfaces} from '@oclif/core'
 import Table from 'cli-table3'
 
 import {PgiError} from '../errors.js'
+import type {ReportSuite, ReportTarget} from '../report/types.js'
 import {ExitCode, type ExitCodeValue} from '../exit-codes.js'
 import {isInteractive, parseLogLevel, StderrIo, type Io, type LogLevel} from '../io.js'
+import {joinReportArgs} from './flags.js'
 import {confirm, confirmTyped, terminalAsker, type Asker} from './prompt.js'
 import {renderError, toPgiError} from './usage.js'
 
@@ -49,8 +51,14 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
   /** Exit status for a run that returns a result but is not a full success (partial, unhealthy). */
   protected status: ExitCodeValue = ExitCode.OK
 
+  /** When the command started (the reports' timestamp). */
+  protected readonly startedAt = new Date()
+  /** Set once a report was written for this run (an error afterwards does not overwrite it). */
+  #reported = false
+
   public override async init(): Promise<void> {
     await super.init()
+    if ('report' in (this.ctor.flags ?? {})) this.argv = joinReportArgs(this.argv)
     const {args, flags, raw} = await this.parse({
       flags: this.ctor.flags,
       baseFlags: (super.ctor as typeof BaseCommand).baseFlags,
@@ -134,9 +142,34 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     return toPgiError(err, {flags: Object.keys({...this.ctor.flags, ...(this.ctor as typeof BaseCommand).baseFlags, ...(this.ctor.enableJsonFlag ? {json: true} : {})})})
   }
 
+  /** `pgi rollout start 2026.12.0 …` as typed (for the reports' name). */
+  protected commandLine(): string {
+    return ['pgi', ...this.id!.split(':'), ...this.positionals.slice(0, 1)].join(' ')
+  }
+
+  /** The `--report` targets of this command, if it has the flag and it was given. */
+  #reportTargets(): ReportTarget[] {
+    const t = (this.flags as {report?: ReportTarget[]} | undefined)?.report
+    return Array.isArray(t) ? t : []
+  }
+
+  /** Writes the run's result as every report asked with `--report` (src/report: the one writer). */
+  protected async writeReports(suite: ReportSuite): Promise<void> {
+    const targets = this.#reportTargets()
+    if (targets.length === 0) return
+    const {writeReports} = await import('../report/write.js')
+    this.#reported = true
+    for (const f of await writeReports(targets, suite)) this.io.info(`report written: ${f}`)
+  }
+
   public override async catch(err: Error & {exitCode?: number}): Promise<void> {
     const e = this.toPgi(err)
     process.exitCode = e.exitCode
+    if (!this.#reported && this.#reportTargets().length > 0) {
+      // the pipeline shows why the job stopped (a lock held, an unreadable inventory) as an errored case
+      const {errorSuite} = await import('../report/suites.js')
+      await this.writeReports(errorSuite(this.commandLine(), e, this.startedAt)).catch((werr: unknown) => this.io?.warn(`could not write the report: ${(werr as Error).message}`))
+    }
     if (this.jsonEnabled()) {
       this.logJson(this.toErrorJson(e))
       return

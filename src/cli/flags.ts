@@ -14,6 +14,7 @@ import {Args, Flags} from '@oclif/core'
 
 import {UsageError} from '../errors.js'
 import type {ImageRef} from '../image/images.js'
+import {REPORT_FORMATS, type ReportFormat, type ReportTarget} from '../report/types.js'
 import {defaultInventoryPath, imagesDir, secretsDir, stateDir} from '../paths.js'
 
 /** How `<state dir>` in the help is found (src/paths.ts stateDir). */
@@ -119,12 +120,81 @@ export const bwlimitFlag = Flags.custom<number>({
   parse: async (v) => parseRateKiB(v),
 })()
 
+/** "10m", "90s", "1h", "1h30m" or plain seconds ("600") → milliseconds. */
+export function parseDurationMs(v: string, flag: string): number {
+  const t = v.trim()
+  const units: Record<string, number> = {h: 3_600_000, m: 60_000, s: 1000}
+  let ms = 0
+  if (/^\d+$/.test(t)) ms = Number(t) * 1000
+  else if (/^(\d+[hms])+$/.test(t)) for (const [, n, u] of t.matchAll(/(\d+)([hms])/g)) ms += Number(n) * units[u!]!
+  else throw new UsageError(`--${flag}: "${v}" is not a duration (e.g. 10m, 90s, 1h, or seconds)`, {where: {flag}})
+  if (ms > 24 * 3_600_000) throw new UsageError(`--${flag}: ${v} is more than a day`, {where: {flag}})
+  return ms
+}
+
+/** `--lock-wait 10m`: how long a rollout waits for the fleet's rollout lock held by another runner. */
+export const lockWaitFlag = Flags.custom<number>({
+  summary: 'Wait this long for another runner\'s rollout of this fleet to finish (e.g. 10m, 90s); default: refuse at once (exit 7).',
+  description: 'The lock is held on the hypervisors (one VM per hypervisor, with PVE\'s compare-and-swap), so runners on different machines see it. See docs/ci.md.',
+  helpValue: '<duration>',
+  env: 'PGI_LOCK_WAIT',
+  parse: async (v) => parseDurationMs(v, 'lock-wait'),
+})()
+
 /** Flags of the commands that update establishments (rollout start and resume). */
 export const runFlags = {
+  'lock-wait': lockWaitFlag,
   'max-parallel': Flags.integer({summary: 'Establishments updated at once.', default: 10, min: 1}),
   'max-per-hypervisor': Flags.integer({summary: 'Establishments updated at once on one hypervisor.', default: 4, min: 1}),
   'keep-old-disk': Flags.boolean({summary: 'Keep the previous OS disk attached as unused after a successful update (default: removed once the gate passed).', default: false}),
   'agent-timeout': Flags.integer({summary: 'Seconds to wait for the guest agent after a start.', default: 600, min: 1}),
   'health-timeout': Flags.integer({summary: 'Seconds the gate (health, databases, login) may take after the agent answered.', default: 1200, min: 1}),
   'shutdown-timeout': Flags.integer({summary: 'Seconds a clean shutdown may take during a rollback before the VM is stopped hard.', default: 180, min: 1}),
+}
+
+/**
+ * `--report junit FILE` / `--report markdown FILE` (repeatable; also written `--report junit=FILE`
+ * or `--report=junit:FILE`). The two-word form is joined into one value before oclif parses the
+ * command line (joinReportArgs, called by the base command): an oclif flag takes one value, and a
+ * FILE left alone would be read as a UAI by the commands that take UAIs.
+ */
+export function parseReportTarget(v: string): ReportTarget {
+  const m = /^([a-z]+)[:=](.+)$/.exec(v)
+  const format = (m ? m[1] : v) as ReportFormat
+  if (!REPORT_FORMATS.includes(format)) {
+    throw new UsageError(`--report: "${m ? m[1] : v}" is not a report format (${REPORT_FORMATS.join(' or ')})`, {where: {flag: 'report'}, suggestions: ['Write `--report junit FILE` or `--report markdown FILE`.']})
+  }
+  if (!m || m[2]!.trim() === '') throw new UsageError(`--report ${format} needs a file to write`, {where: {flag: 'report'}, suggestions: [`Write \`--report ${format} FILE\`, e.g. \`--report ${format} ${format === 'junit' ? 'pgi-report.xml' : 'pgi-report.md'}\`.`]})
+  return {format, file: m[2]!}
+}
+
+export const reportFlag = Flags.custom<ReportTarget>({
+  summary: 'Also write the result as a CI report: `--report junit FILE` (test cases per establishment or problem) or `--report markdown FILE` (a merge-request comment). Repeatable.',
+  helpValue: '<junit|markdown> <file>',
+  multiple: true,
+  multipleNonGreedy: true,
+  parse: async (v) => parseReportTarget(v),
+})()
+
+/** `--report junit FILE` → `--report=junit:FILE` (see parseReportTarget); anything after `--` is left alone. */
+export function joinReportArgs(argv: readonly string[]): string[] {
+  const out: string[] = []
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!
+    if (a === '--') {
+      out.push(...argv.slice(i))
+      break
+    }
+    const eq = /^--report=([a-z]+)$/.exec(a)
+    const fmt = a === '--report' ? argv[i + 1] : eq ? eq[1] : undefined
+    const fileAt = a === '--report' ? i + 2 : i + 1
+    const file = argv[fileAt]
+    if (fmt !== undefined && (REPORT_FORMATS as readonly string[]).includes(fmt) && file !== undefined && !file.startsWith('-')) {
+      out.push(`--report=${fmt}:${file}`)
+      i = fileAt
+      continue
+    }
+    out.push(a)
+  }
+  return out
 }

@@ -30,5 +30,23 @@ export function stopSignal(io: Io): AbortSignal {
   }
   process.once('SIGINT', () => stop('SIGINT'))
   process.once('SIGTERM', () => stop('SIGTERM'))
+  // a second signal ends pgi at once (SIGKILL-like): the marks on the VMs still say where each stands
   return ac.signal
+}
+
+/**
+ * The last lines of a rollout a signal stopped: that nothing new was started, where each
+ * establishment left mid-way stands (the step its VM's mark records), and the command that
+ * finishes the rollout.
+ */
+export function stoppedLines(r: {id: string; stopped?: string; establishments: {uai: string; outcome: string; step?: string}[]}): string[] {
+  if (!r.stopped) return []
+  const midway = r.establishments.filter((e) => e.outcome === 'interrupted')
+  const notStarted = r.establishments.filter((e) => e.outcome === 'not-started').length
+  const done = r.establishments.length - midway.length - notStarted
+  return [
+    `stopped by ${r.stopped}: nothing new was started; ${done} establishment(s) finished, ${midway.length} left mid-way, ${notStarted} not started`,
+    ...midway.map((e) => `  ${e.uai}: at step ${e.step ?? 'claimed'} (recorded on its VM)`),
+    `run \`pgi rollout resume --id ${r.id}\` (on any machine with this inventory and the secrets) to finish rollout ${r.id}`,
+  ]
 }

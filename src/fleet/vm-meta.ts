@@ -49,6 +49,22 @@ export interface VmMeta {
   /** pgi version that wrote this. */
   by: string
   rollout?: RolloutMark
+  /**
+   * The rollout lock of the fleet, held on one VM per hypervisor (src/rollout/fleet-lock.ts):
+   * present on the anchor VM while a rollout runs. Every write of the meta keeps it (spread).
+   */
+  fleetLock?: FleetLock
+}
+
+/** Who holds the fleet's rollout lock on a hypervisor, and until when (renewed while it runs). */
+export interface FleetLock {
+  /** Rollout id. */
+  rollout: string
+  /** host:pid of the runner. */
+  owner: string
+  since: string
+  /** ISO time after which another runner may take it (the holder renews it well before). */
+  expires: string
 }
 
 const META_PREFIX = 'pgi-meta: '

@@ -433,6 +433,10 @@ async function forward(r: Run, start: RolloutMark, result: (o: Outcome, x?: Part
     }
   } catch (err) {
     if (err instanceof Finished) return err.result
+    // stopped by a signal: whatever the interrupted wait threw, nothing failed — the mark says
+    // where the VM stands and `pgi rollout resume` carries on from there (no rollback started now,
+    // no failure recorded: a CI job has seconds before it is killed)
+    if (r.ctx.signal?.aborted) throw new Killed()
     if (err instanceof Stop) return result('paused', {step: mark.step, reason: 'paused before the VM was stopped'})
     if (err instanceof Killed || err instanceof RunnerConflict) throw err
     if (stepIndex(mark.step) < stepIndex('backed-up') + 1 && !(mark.step === 'backed-up' && (await vmStopped(r)))) {
@@ -640,6 +644,7 @@ async function rollback(r: Run, reason: string, result: (o: Outcome, x?: Partial
       try {
         return await fn()
       } catch (err) {
+        if (ctx.signal?.aborted) throw new Killed()
         if (err instanceof RunnerConflict || err instanceof Killed || i >= tries) throw err
         ctx.io.debug(`${est.uai}: rollback ${what} failed (attempt ${i}): ${describe(err)}`)
         await sleep(Math.min(5000, ctx.pollIntervalMs * 2 ** i))
@@ -697,7 +702,8 @@ async function rollback(r: Run, reason: string, result: (o: Outcome, x?: Partial
     await retry('mark', () => writeMark(r, {step: 'rolled-back', reason: why}))
     return result('rolled-back', {step: 'rolled-back', reason: why})
   } catch (err) {
-    if (err instanceof Killed) throw err
+    // a signal mid-rollback leaves the mark at rolling-back: resume finishes the rollback
+    if (err instanceof Killed || ctx.signal?.aborted) throw new Killed()
     if (err instanceof RunnerConflict) throw err
     if (unreachable(err)) return result('interrupted', {step: 'rolling-back', reason: `${reason}; rollback interrupted: ${describe(err)}`})
     const why = `${reason}; ROLLBACK FAILED: ${describe(err)}`

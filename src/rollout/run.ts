@@ -34,6 +34,8 @@ export interface RolloutResult {
   threshold: number
   exitCode: ExitCodeValue
   wallMs: number
+  /** Set when a signal (SIGTERM, SIGINT) stopped the runner: nothing new started, the marks say where each VM stands. */
+  stopped?: string
 }
 
 export const FAILURE_OUTCOMES = new Set<Outcome>(['rolled-back', 'failed', 'rollback-failed', 'interrupted', 'blocked'])
@@ -90,7 +92,8 @@ export async function runRollout(o: RunOptions): Promise<RolloutResult> {
           }
           const r = await rolloutEstablishment(e, ctx)
           results.set(e.uai, r)
-          if (FAILURE_OUTCOMES.has(r.outcome)) {
+          // an establishment a signal stopped mid-way did not fail: resume finishes it
+          if (FAILURE_OUTCOMES.has(r.outcome) && !(r.outcome === 'interrupted' && ctx.signal?.aborted)) {
             failures++
             if (failures > threshold && !halted) {
               halted = `halted: ${failures} failure(s), more than --max-failures ${record.maxFailures} (${threshold})`
@@ -121,10 +124,20 @@ export async function runRollout(o: RunOptions): Promise<RolloutResult> {
   else if (failures > threshold) state = 'halted'
   else if (failures > 0 || unfinished) state = 'partial'
   else state = 'done'
-  const exitCode: ExitCodeValue = state === 'done' ? ExitCode.OK : ExitCode.PARTIAL
-  const updated: RolloutRecord = {...record, state, updatedAt: new Date().toISOString(), ...(halted ? {reason: halted} : {})}
+  // a signal: the run is unfinished whatever else happened (resume goes on), and says so with its exit code
+  const stopped = ctx.signal?.aborted ? signalName(ctx.signal) : undefined
+  if (stopped && state === 'done') state = 'partial'
+  const reason = stopped && (!halted || halted === 'runner stopped') ? `stopped by ${stopped}` : halted
+  const exitCode: ExitCodeValue = stopped ? ExitCode.INTERRUPTED : state === 'done' ? ExitCode.OK : ExitCode.PARTIAL
+  const updated: RolloutRecord = {...record, state, updatedAt: new Date().toISOString(), ...(reason ? {reason} : {})}
   await journal.writeRecord(updated)
-  return {id: record.id, version: record.version, state, reason: halted, waves: waveReports, establishments: list, counts, failures, threshold, exitCode, wallMs: Date.now() - started}
+  return {id: record.id, version: record.version, state, reason, waves: waveReports, establishments: list, counts, failures, threshold, exitCode, wallMs: Date.now() - started, ...(stopped ? {stopped} : {})}
+}
+
+function signalName(signal: AbortSignal): string {
+  const r: unknown = signal.reason
+  const m = r instanceof Error ? r.message : typeof r === 'string' ? r : ''
+  return /^SIG[A-Z]+$/.test(m) ? m : 'a stop signal'
 }
 
 function skipped(e: Establishment, to: string, why: string): EstablishmentResult {

@@ -23,10 +23,12 @@ import {selectEstablishments, type Selection} from '../inventory/select.js'
 import type {Establishment, Inventory} from '../inventory/types.js'
 import type {Io} from '../io.js'
 import {journalDir, stateDir} from '../paths.js'
+import {sleep} from '../sleep.js'
 import type {SecretStore} from '../secrets/store.js'
 import {FINAL_STEPS, type EstablishmentResult} from './establishment.js'
 import {RolloutJournal, listRollouts, type RolloutRecord} from './journal.js'
 import {RUNNER, parseMaxFailures, runRollout, type RolloutResult} from './run.js'
+import {acquireFleetLock, type HeldFleetLock} from './fleet-lock.js'
 import {describeWindow, inWindow} from './window.js'
 
 export interface FleetRequest {
@@ -255,6 +257,10 @@ export interface StartRequest extends FleetRequest {
   onResult?: (r: EstablishmentResult) => void
   /** Runner name written in the marks (default host:pid). */
   runner?: string
+  /** How long to wait for the rollout lock another runner holds (default 0: refuse at once, exit 7). */
+  lockWaitMs?: number
+  /** Lease of the fleet lock on the hypervisors (default 5 minutes; tests shorten it). */
+  lockLeaseMs?: number
 }
 
 function lockFile(inventory: Inventory, env: NodeJS.ProcessEnv): string {
@@ -266,12 +272,39 @@ function newId(now: Date): string {
   return `${now.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')}-${randomBytes(3).toString('hex')}`
 }
 
+/** This machine's lock file, waited for up to `waitMs` (another pgi here may be finishing). */
+async function acquireLocalLock(file: string, what: string, waitMs: number, signal?: AbortSignal): Promise<() => Promise<void>> {
+  const deadline = Date.now() + waitMs
+  for (;;) {
+    try {
+      return await acquireLock(file, what)
+    } catch (err) {
+      if (asPgiError(err).code !== ErrorCode.LOCKED || Date.now() >= deadline || signal?.aborted) throw err
+      await sleep(Math.min(2000, Math.max(0, deadline - Date.now())), signal).catch(() => undefined)
+    }
+  }
+}
+
 async function execute(fleet: Fleet, record: RolloutRecord, journal: RolloutJournal, image: DeployImage, req: StartRequest, takeover: boolean, establishments: Establishment[], announce?: string): Promise<RolloutResult> {
-  const release = await acquireLock(lockFile(fleet.inventory, fleet.env), `rollout ${record.id} of ${fleet.inventory.path}`)
+  const waitMs = req.lockWaitMs ?? 0
+  const release = await acquireLocalLock(lockFile(fleet.inventory, fleet.env), `rollout ${record.id} of ${fleet.inventory.path}`, waitMs, req.signal)
   // every bounded wait of every establishment in flight listens on the stop signal (each removes
   // its listener when done): more than Node's default 10 at once is expected, not a leak
   if (req.signal) setMaxListeners(0, req.signal)
+  let fleetLock: HeldFleetLock | undefined
   try {
+    // the lock every runner sees, on the hypervisors: a runner on another machine waits or is refused
+    fleetLock = await acquireFleetLock({
+      inventory: fleet.inventory,
+      hypervisors: fleet.hypervisors,
+      establishments,
+      rollout: record.id,
+      owner: req.runner ?? RUNNER,
+      io: req.io,
+      waitMs,
+      leaseMs: req.lockLeaseMs,
+      signal: req.signal,
+    })
     await journal.writeRecord(record)
     // said once the lock is held and the journal exists (a refused rollout names no journal)
     if (announce) req.io.info(announce)
@@ -300,6 +333,7 @@ async function execute(fleet: Fleet, record: RolloutRecord, journal: RolloutJour
       },
     })
   } finally {
+    await fleetLock?.release()
     await release()
   }
 }
@@ -341,6 +375,13 @@ export async function startRollout(req: StartRequest): Promise<RolloutResult> {
 export interface ResumeRequest extends Omit<StartRequest, 'image' | 'confirm'> {
   /** Rollout id (default: the newest unfinished one in the local journal, else the marks found on the VMs). */
   id?: string
+  /** Nothing unfinished is not an error: an empty result, exit 0 (a CI job that resumes before it starts). */
+  ifUnfinished?: boolean
+}
+
+/** What `resume --if-unfinished` returns when there is nothing to resume. */
+function nothingToResume(): RolloutResult {
+  return {id: '', version: '', state: 'done', reason: 'nothing to resume', waves: [], establishments: [], counts: {}, failures: 0, threshold: 0, exitCode: ExitCode.OK, wallMs: 0}
 }
 
 /**
@@ -362,6 +403,10 @@ export async function resumeRollout(req: ResumeRequest): Promise<RolloutResult> 
       const marks = await readMarks(fleet)
       const open = marks.filter((m) => m.mark && !FINAL_STEPS.has(m.mark.step) && (!req.id || m.mark.id === req.id))
       if (open.length === 0) {
+        if (req.ifUnfinished) {
+          req.io.info(req.id ? `no rollout ${req.id} left unfinished: nothing to resume` : 'no unfinished rollout in the local journal nor on the selected VMs: nothing to resume')
+          return nothingToResume()
+        }
         throw new UserError(ErrorCode.USAGE, req.id ? `no rollout ${req.id} found in the journal nor on the selected VMs` : 'no unfinished rollout in the local journal nor on the selected VMs', {
           exitCode: ExitCode.USAGE,
           suggestions: ['Run `pgi rollout status --all` to see what the VMs record.'],

@@ -76,30 +76,67 @@ export async function readIdentityFile(file: string): Promise<LoadedIdentity[]> 
       suggestions: ['Check the path (--identity, PGI_AGE_IDENTITY); create a key with `age-keygen -o FILE` if you have none.'],
     })
   }
-  const text = r.data.toString('utf8')
+  return parseIdentities(r.data.toString('utf8'), {file})
+}
+
+/**
+ * The CI variable that holds the age identity itself (the text `age-keygen` writes, or just its
+ * `AGE-SECRET-KEY-1…` line), for runners where the key comes from a masked variable and must not
+ * be written to a file. `PGI_AGE_IDENTITY` keeps its meaning: the path of an identity file.
+ */
+export const IDENTITY_VARIABLE = 'PGI_AGE_SECRET_KEY'
+
+/** Identities already taken out of an environment (the variable is removed from process.env once read). */
+const fromEnvironment = new WeakMap<NodeJS.ProcessEnv, Promise<LoadedIdentity[]>>()
+
+/**
+ * The identities held by `PGI_AGE_SECRET_KEY`, if set; undefined otherwise. The key is kept in
+ * memory only (a Secret: never printed, logged or serialised), and when `env` is this process's
+ * environment the variable is deleted from it, so no program pgi starts (local tools, the lab's
+ * daemon) inherits the key. Errors name the variable and a line number, never the text.
+ */
+export async function environmentIdentities(env: NodeJS.ProcessEnv = process.env): Promise<LoadedIdentity[] | undefined> {
+  const cached = fromEnvironment.get(env)
+  if (cached) return cached
+  const text = env[IDENTITY_VARIABLE]
+  if (text === undefined || text.trim() === '') return undefined
+  if (env === process.env) delete process.env[IDENTITY_VARIABLE]
+  const ids = parseIdentities(text, {variable: IDENTITY_VARIABLE})
+  fromEnvironment.set(env, ids)
+  ids.catch(() => fromEnvironment.delete(env))
+  return ids
+}
+
+/** Every `AGE-SECRET-KEY-…` line of an identity text; comments and blank lines skipped. */
+async function parseIdentities(text: string, source: {file: string} | {variable: string}): Promise<LoadedIdentity[]> {
+  const label = 'file' in source ? source.file : `$${source.variable}`
+  const whereAt = (line?: number) => ('file' in source ? {file: source.file, ...(line ? {line} : {})} : {variable: source.variable, ...(line ? {line} : {})})
+  const what = 'file' in source ? 'an age identity file' : `$${source.variable}`
   const out: LoadedIdentity[] = []
   let lineNo = 0
-  for (const raw of text.split('\n')) {
+  // CI variables are often pasted with Windows line ends or as one line with literal "\n"
+  for (const raw of text.replace(/\\n/g, '\n').split(/\r?\n/)) {
     lineNo++
     const line = raw.trim()
     if (line === '' || line.startsWith('#')) continue
     if (!line.startsWith('AGE-SECRET-KEY-')) {
-      throw new UserError(ErrorCode.SECRET_DECRYPT, `not an age identity file (line ${lineNo} is not an AGE-SECRET-KEY-… key)`, {
-        where: {file, line: lineNo},
-        suggestions: ['Give the file written by `age-keygen` (it holds a line starting with AGE-SECRET-KEY-1).'],
+      throw new UserError(ErrorCode.SECRET_DECRYPT, `not ${what === 'an age identity file' ? what : 'an age identity'} (line ${lineNo} of ${label} is not an AGE-SECRET-KEY-… key)`, {
+        where: whereAt(lineNo),
+        suggestions: ['file' in source ? 'Give the file written by `age-keygen` (it holds a line starting with AGE-SECRET-KEY-1).' : `Put the AGE-SECRET-KEY-1… line written by \`age-keygen\` in ${IDENTITY_VARIABLE} (a path goes in PGI_AGE_IDENTITY).`],
       })
     }
     let recipient: string
     try {
       recipient = await identityToRecipient(line)
-    } catch (err) {
-      throw new UserError(ErrorCode.SECRET_DECRYPT, `invalid age identity: ${(err as Error).message}`, {where: {file, line: lineNo}, cause: err})
+    } catch {
+      // the library's message may quote the key: say only where it is
+      throw new UserError(ErrorCode.SECRET_DECRYPT, `invalid age identity on line ${lineNo} of ${label}`, {where: whereAt(lineNo)})
     }
-    out.push({file, identity: new Secret(line), recipient})
+    out.push({file: label, identity: new Secret(line), recipient})
   }
   if (out.length === 0) {
-    throw new UserError(ErrorCode.SECRET_DECRYPT, 'no age identity in this file', {
-      where: {file},
+    throw new UserError(ErrorCode.SECRET_DECRYPT, `no age identity in ${label}`, {
+      where: whereAt(),
       suggestions: ['Create one with `age-keygen -o FILE`, or give the file written by age-keygen.'],
     })
   }

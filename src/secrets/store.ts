@@ -10,7 +10,7 @@ import {settleAll} from '../fleet/pool.js'
 import type {SecretRef} from '../inventory/types.js'
 import {Secret} from '../secret.js'
 import {syncDir, writeFileAtomic} from './atomic.js'
-import {localIdentity, readIdentityFile, type LoadedIdentity} from './identity.js'
+import {environmentIdentities, localIdentity, readIdentityFile, type LoadedIdentity} from './identity.js'
 
 /**
  * The secret store: a directory of age-encrypted files `<dir>/<key>.age` (ASCII-armored, so the
@@ -27,8 +27,8 @@ export interface SecretStoreOptions {
   /** age public keys ("age1…") every file is encrypted to (the inventory's `recipients`). */
   recipients: string[]
   /**
-   * age identity files used to decrypt. Default: the local identity (`localIdentity(env)`,
-   * created on first use).
+   * age identity files used to decrypt. Default: the key in `PGI_AGE_SECRET_KEY` when set (CI),
+   * else the local identity (`localIdentity(env)`, created on first use).
    */
   identityFiles?: string[]
   env?: NodeJS.ProcessEnv
@@ -88,9 +88,16 @@ export class SecretStore {
 
   static async open(opts: SecretStoreOptions): Promise<SecretStore> {
     const env = opts.env ?? process.env
-    const identityFiles = opts.identityFiles && opts.identityFiles.length > 0 ? opts.identityFiles : [(await localIdentity(env)).identityFile]
     const identities: LoadedIdentity[] = []
-    for (const f of identityFiles) identities.push(...(await readIdentityFile(f)))
+    if (opts.identityFiles && opts.identityFiles.length > 0) {
+      for (const f of opts.identityFiles) identities.push(...(await readIdentityFile(f)))
+    } else {
+      // a key held by a CI variable (PGI_AGE_SECRET_KEY) comes before the local identity file,
+      // which is then neither read nor created: a runner writes no key to its disk
+      const fromEnv = await environmentIdentities(env)
+      if (fromEnv) identities.push(...fromEnv)
+      else identities.push(...(await readIdentityFile((await localIdentity(env)).identityFile)))
+    }
     const all = new Set<string>()
     for (const r of opts.recipients) {
       const k = r.trim()

@@ -1,3 +1,4 @@
+import {readFileSync} from 'node:fs'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {startTestLab, type TestLab} from './lab-harness.js'
@@ -76,6 +77,23 @@ describe('lab API (simulated backend)', () => {
     // what qemu-server's update_vm_api says (resize and move_disk say "detected modified configuration")
     expect(stale.reason).toBe('checksum mismatch (file change by other user?)')
     expect(stale.body).toEqual({data: null, message: 'checksum mismatch (file change by other user?)\n'})
+  })
+
+  it('compare-and-swap under concurrency: of many writes carrying the same digest exactly one applies (checked under the config lock, as qemu-server does)', async () => {
+    const digest = (await lab.call('GET', '/nodes/lab1/qemu/1001/config')).body.data.digest as string
+    const writes = await Promise.all(Array.from({length: 8}, (_, i) => lab.call('PUT', '/nodes/lab1/qemu/1001/config', {description: `writer ${i}`, digest})))
+    const won = writes.filter((w) => w.status === 200)
+    expect(won).toHaveLength(1)
+    expect(writes.filter((w) => w.status === 500 && w.reason === 'checksum mismatch (file change by other user?)')).toHaveLength(7)
+    const after = (await lab.call('GET', '/nodes/lab1/qemu/1001/config')).body.data
+    expect(after.description).toBe(`writer ${writes.indexOf(won[0]!)}`)
+    expect(after.digest).not.toBe(digest)
+    // `digest` is a declared parameter of PUT …/config in the trimmed PVE schema (both versions)
+    for (const v of ['8.4', '9.1']) {
+      const schema = JSON.parse(readFileSync(new URL(`../../../src/lab/pve-schema/pve-${v}.json`, import.meta.url), 'utf8')) as {path: string; info: Record<string, {parameters: {properties: Record<string, {type: string; maxLength?: number}>}}>}[]
+      const put = schema.find((e) => e.path === '/nodes/{node}/qemu/{vmid}/config')!.info.PUT!
+      expect(put.parameters.properties.digest).toMatchObject({type: 'string', maxLength: 40})
+    }
   })
 
   it('keeps a detached disk as unusedN, drops that entry when the volume is attached again, and frees the volume when unusedN is deleted', async () => {
