@@ -13,6 +13,7 @@
  * place for the commands that need a VM's guest agent (`pgi db`).
  */
 import {ErrorCode, UsageError, UserError} from '../errors.js'
+import {ExitCode} from '../exit-codes.js'
 import {Hypervisors, type PveConnector} from '../hypervisors.js'
 import type {Io} from '../io.js'
 import type {Establishment, Hypervisor, Inventory} from '../inventory/types.js'
@@ -100,6 +101,7 @@ export class FleetSession {
     }
     if (status.status !== 'running') {
       throw new UserError(ErrorCode.UNHEALTHY, `the VM of ${est.uai} is ${status.status}: its databases are reached through its guest agent, which needs it running`, {
+        exitCode: ExitCode.UNHEALTHY,
         where,
         suggestions: ['Start the VM (and wait for it to boot), then run the same command again.'],
       })
