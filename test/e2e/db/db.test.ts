@@ -30,6 +30,11 @@ import {proteusFor, type Proteus} from '../../helpers/proteus.js'
 
 const io = new StderrIo(process.env.PGI_LOG_LEVEL === 'debug' ? 'debug' : 'warn', false)
 const today = new Date().toISOString().slice(0, 10)
+/**
+ * Each first login into a new database makes trytond load its pool: 5-6 minutes under TCG on a
+ * busy 2-core machine, and the first test logs into six databases.
+ */
+const LONG = 90 * 60_000
 
 // proteus: a customer invoice (product, customer, TVA 20 % from account_fr's taxes), posted; the
 // URL (credentials in it) is built from stdin, never a command line
@@ -147,7 +152,7 @@ describe('pgi db on a qemu lab', () => {
     ok(listed)
     const dbs = listed.json!.result.establishments[0].databases as {name: string; class: string | null; kind: string}[]
     expect(dbs.filter((x) => x.kind === 'class-student').map((x) => x.class)).toEqual(Array(5).fill('BTS CG1'))
-  })
+  }, LONG)
 
   it('backup, drop of one student, restore --as brings it back with the same invoice', async () => {
     const s = students.find((x) => x.database === 'bts_cg1_lea_martin')!
@@ -169,7 +174,7 @@ describe('pgi db on a qemu lab', () => {
     expect(restored.json!.result).toMatchObject({database: 'lea_martin_retour', replaced: false})
     const seen = await invoicesIn('lea_martin_retour', s.login, s.password)
     expect(seen.invoices).toEqual([invoice])
-  })
+  }, LONG)
 
   it('export, then import under a new name, gives the same invoice; a file that is not a dump is refused', async () => {
     const out = join(base, 'modele.dump')
@@ -191,5 +196,5 @@ describe('pgi db on a qemu lab', () => {
     expect(refused.json!.error!.message).toMatch(/not a PostgreSQL custom-format dump/)
     const names = (await pgi(['db', 'list', uai, '--json'])).json!.result.establishments[0].databases.map((x: {name: string}) => x.name)
     expect(names).not.toContain('pas_une_base')
-  })
+  }, LONG)
 })
