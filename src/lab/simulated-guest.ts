@@ -1,5 +1,7 @@
 import {createHash, randomBytes} from 'node:crypto'
 
+import {simulatedPgiDb} from './simulated-pgidb.js'
+
 /**
  * The guest of the simulated lab backend: a model of the pgi-tryton image's guest contract
  * (docs/image.md), written from what the image's own programs do (images/pgi-tryton/files):
@@ -8,12 +10,13 @@ import {createHash, randomBytes} from 'node:crypto'
  *   (SSH host keys saved on the data disk, so a new OS disk presents the same ones), pgi-upgrade
  *   (an OS newer than the data disk records the upgrade; an older one is refused and left as is);
  * - pgi-health (its checks, problems and exit status), pgi-configure (JSON on stdin), pgi-db
- *   (create/list), pgi-backup (dumps + manifest with sha256 and row counts, pruning) and
+ *   (every command: src/lab/simulated-pgidb.ts), pgi-backup (dumps + manifest with sha256 and row counts, pruning) and
  *   `pgi-backup --verify` (checksums, then a "restore" of each dump whose row counts must match:
  *   a backup that was not made, or was changed, does not verify);
  * - the programs pgi sends through the agent besides the contract's tools (recognised by their
  *   text, as a real shell would run them): rollout's probe and restore scripts, the SSH host key
- *   listing, the chunked copy of a file out of the guest, `rm -rf`, `systemctl`, `cat`.
+ *   listing, the chunked copy of a file out of the guest and into it (src/db/transfer.ts), `rm -rf`,
+ *   `systemctl`, `cat`.
  *
  * State lives where the image keeps it: what /srv/pgi holds (databases, backups, state.json, the
  * Tryton admin password hash, the saved host keys) belongs to the data disk's volume and follows
@@ -26,6 +29,8 @@ export const DATA = '/srv/pgi'
 export const STATE_FILE = '/srv/pgi/.pgi/state.json'
 export const BACKUPS = '/srv/pgi/backups'
 const RUN_DIR = '/run/pgi'
+/** Where src/db/transfer.ts stages uploads (its GUEST_UPLOADS). */
+const UPLOADS = '/srv/pgi/imports'
 const IMAGE_JSON = '/etc/pgi/image.json'
 /** First lines of rollout's guest scripts (src/rollout/guest-scripts.ts PROBE_MARK, RESTORE_MARK). */
 const PROBE_MARK = '# pgi-rollout-probe'
@@ -264,7 +269,7 @@ export function runGuestCommand(env: GuestEnv, command: string[], input: string 
     case 'pgi-backup':
       return backupCommand(env, args)
     case 'pgi-db':
-      return db(env, args)
+      return simulatedPgiDb(env, args)
     case 'python3':
       if (args[0] === '-c' && args[1]?.startsWith(PROBE_MARK)) return probe(env, input)
       if (args[0] === '-c' && args[1]?.startsWith(RESTORE_MARK)) return restore(env, input)
@@ -279,7 +284,7 @@ export function runGuestCommand(env: GuestEnv, command: string[], input: string 
     }
     case 'rm': {
       const target = args.filter((a) => !a.startsWith('-')).at(-1) ?? ''
-      if (!target.startsWith('/tmp/')) return fail(`rm: the simulated guest only removes files under /tmp`)
+      if (!target.startsWith('/tmp/') && !target.startsWith(`${UPLOADS}/.upload.`)) return fail(`rm: the simulated guest only removes files under /tmp and uploads' folders`)
       removeTree(env, target)
       env.runFiles.delete(target)
       return ok('')
@@ -401,19 +406,6 @@ function configure(env: GuestEnv, input: string | undefined): RunResult {
     }
   }
   return ok(JSON.stringify({changed}) + '\n')
-}
-
-function db(env: GuestEnv, args: string[]): RunResult {
-  if (!env.boot.datadisk.ok || !env.disk) return fail('pgi-db: PostgreSQL is not running (no data disk)')
-  const disk = env.disk
-  if (args[0] === 'list') return ok(JSON.stringify([...disk.databases.keys()].sort().map((name) => ({name, tryton: true}))) + '\n')
-  if (args[0] !== 'create' || !args[1]) return fail('usage: pgi-db create NAME [--lang fr] [--module MODULE ...] [--bare] | pgi-db list', 2)
-  const name = args[1]
-  if (!/^[a-z][a-z0-9_]{0,62}$/.test(name)) return fail(`pgi-db: database name '${name}': use lowercase letters, digits and _`)
-  if (disk.databases.has(name)) return fail(`pgi-db: database ${name} already exists`)
-  if (!disk.trytonAdmin) return fail('pgi-db: no Tryton admin password yet: run pgi-configure with tryton_admin first')
-  disk.databases.set(name, {modules: {...TEMPLATE_MODULES}, rows: {...TEMPLATE_ROWS}})
-  return ok(JSON.stringify({database: name, lang: 'fr', modules: Object.keys(TEMPLATE_MODULES).sort(), from: 'template'}) + '\n')
 }
 
 interface Manifest {
@@ -640,6 +632,21 @@ function shell(env: GuestEnv, args: string[]): RunResult {
       if (text.length === 0) break
     }
     return ok(`${dir}\n${names.join('\n')}\n`)
+  }
+  if (script.includes('mktemp -d "$1/.upload.XXXXXX"')) {
+    // upload into the guest (src/db/transfer.ts MKDIR_SCRIPT): a private folder on the data disk
+    if (!env.disk || !env.boot.datadisk.ok) return fail(`mkdir: cannot create directory '${params[0]}': No such file or directory`)
+    return ok(`${params[0]}/.upload.${randomBytes(3).toString('hex')}\n`)
+  }
+  if (script.includes('cat c.* | base64 -d > "$2.partial"')) {
+    // (JOIN_SCRIPT) the pieces joined and decoded into the file, its sha256 printed
+    const [dir, target] = params
+    const pieces = listFiles(env, dir ?? '').filter((k) => /\/c\.[^/]*$/.test(k))
+    const text = pieces.map((k) => readGuestFile(env, k)!.toString()).join('')
+    const data = Buffer.from(text, 'base64')
+    for (const k of pieces) env.disk?.files.delete(k)
+    if (!writeGuestFile(env, target ?? '', data)) return fail(`sh: cannot create ${target}: No such file or directory`)
+    return ok(`${sha256(data)}  ${target}\n`)
   }
   return fail('sh: the simulated guest does not know this script', 127)
 }

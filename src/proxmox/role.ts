@@ -124,11 +124,15 @@ export const AMI_DB_ROLE_PRIVILEGES: Record<PveMajor, readonly string[]> = {
   '9': ['VM.Audit', 'VM.GuestAgent.Unrestricted'],
 }
 
-/** Endpoints the PGI-AMI-DB role is meant to allow: the AMI role's, plus exec and its result. */
+/**
+ * Endpoints the PGI-AMI-DB role is meant to allow: the AMI role's, plus exec and its result, and
+ * file-write (`pgi db class` and `pgi db import` send the student list and the dump in pieces).
+ */
 export const AMI_DB_ENDPOINTS: readonly Pick<PgiEndpoint, 'method' | 'path'>[] = [
   ...AMI_ENDPOINTS,
   {method: 'POST', path: '/nodes/{node}/qemu/{vmid}/agent/exec'},
   {method: 'GET', path: '/nodes/{node}/qemu/{vmid}/agent/exec-status'},
+  {method: 'POST', path: '/nodes/{node}/qemu/{vmid}/agent/file-write'},
 ]
 
 /** "8.4.1" / "9.1" / undefined → major version (default: 9, the current release). */

@@ -1,0 +1,127 @@
+#!/usr/bin/env node
+// bench/db-class: wall time of `pgi db class` making --students (30) per-student databases from a
+// model on a qemu lab (the pgi-tryton image in a real VM, software emulation when KVM does not
+// work), as an AMI runs it: the bundled CLI (bin/run.js) in its own process. Target: <= 60 s.
+//
+// Where the time goes: the CSV check and the upload of the list (host), the engine's own time in
+// the VM (its `seconds`: staging copy of the model, users, one CREATE DATABASE … TEMPLATE per
+// student), and the rest (the CLI's start, the guest agent's round trips and polling, the
+// encrypted passwords file). Also measured: `pgi db list` on the 31 databases, and `pgi db drop`
+// of one (its final dump).
+//
+// Needs root, a build (`npm run build`) and a built image. Without --lab-dir it starts its own
+// qemu lab (one VM), deploys --version from --images-dir (default: the newest in <state
+// dir>/images) and stops the lab at the end; with --lab-dir DIR it uses that running lab and its
+// first establishment (already deployed). Usage:
+//   node bench/db-class.mjs [--students 30] [--images-dir DIR] [--version V] [--lab-dir DIR] [--keep]
+// Last line: one JSON object {"bench":"db-class",...}.
+import {spawn} from 'node:child_process'
+import {mkdtemp, readdir, rm, writeFile} from 'node:fs/promises'
+import {cpus, tmpdir, totalmem} from 'node:os'
+import {dirname, join, resolve} from 'node:path'
+import {fileURLToPath} from 'node:url'
+import {parseArgs} from 'node:util'
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '..')
+const {values: a} = parseArgs({
+  options: {
+    students: {type: 'string', default: '30'},
+    'images-dir': {type: 'string'},
+    version: {type: 'string'},
+    'lab-dir': {type: 'string'},
+    keep: {type: 'boolean', default: false},
+  },
+})
+const students = Number(a.students)
+const log = (m) => process.stderr.write(`${m}\n`)
+const {imagesDir} = await import(join(root, 'dist', 'src', 'paths.js'))
+
+const work = await mkdtemp(join(tmpdir(), 'pgi-bench-db-class-'))
+const env = {...process.env, PGI_STATE_DIR: join(work, 'state'), CI: 'true', PGI_LOG_LEVEL: 'warn'}
+for (const k of ['PGI_INVENTORY', 'PGI_SECRETS_DIR', 'PGI_CLASS_DIR', 'PGI_TOKEN_ID']) delete env[k]
+
+/** Runs bin/run.js; returns its exit code, output, the --json envelope and the wall time. */
+function pgi(args, timeoutMs = 60 * 60_000) {
+  return new Promise((res, rej) => {
+    const t0 = performance.now()
+    const child = spawn(process.execPath, [join(root, 'bin', 'run.js'), ...args], {env, stdio: ['ignore', 'pipe', 'pipe']})
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (d) => (stdout += d))
+    child.stderr.on('data', (d) => (stderr += d))
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs)
+    child.on('error', rej)
+    child.on('close', (code) => {
+      clearTimeout(timer)
+      let json
+      try {
+        json = JSON.parse(stdout)
+      } catch {
+        json = undefined
+      }
+      res({code, stdout, stderr, json, ms: Math.round(performance.now() - t0)})
+    })
+  })
+}
+const must = async (args, timeoutMs) => {
+  const r = await pgi(args, timeoutMs)
+  if (r.code !== 0) throw new Error(`pgi ${args.join(' ')} exited ${r.code}: ${r.stderr.slice(-2000)}`)
+  return r
+}
+
+let labDir = a['lab-dir'] ? resolve(a['lab-dir']) : join(work, 'lab')
+const ownLab = !a['lab-dir']
+let result
+try {
+  if (ownLab) {
+    const images = resolve(a['images-dir'] ?? imagesDir(process.env))
+    let version = a.version
+    if (!version) version = (await readdir(join(images, 'pgi-tryton'))).sort((x, y) => x.localeCompare(y, undefined, {numeric: true})).at(-1)
+    log(`starting a qemu lab in ${labDir} and deploying pgi-tryton ${version}`)
+    await must(['lab', 'start', '--backend', 'qemu', '--nodes', '1', '--sites', '1', '--dir', labDir, '--json'], 10 * 60_000)
+    env.PGI_INVENTORY = join(labDir, 'inventory', 'lab.yaml')
+    env.PGI_SECRETS_DIR = join(labDir, 'secrets')
+    const uai = (await must(['inventory', 'list', '--json'])).json.result[0].uai
+    await must(['deploy', uai, '--yes', '--json', '--image', version, '--images-dir', images, '--lab-dir', labDir, '--handoff-dir', join(work, 'handoffs'), '--health-timeout', '1800', '--agent-timeout', '900'])
+  } else {
+    env.PGI_INVENTORY = join(labDir, 'inventory', 'lab.yaml')
+    env.PGI_SECRETS_DIR = join(labDir, 'secrets')
+  }
+  const uai = (await must(['inventory', 'list', '--json'])).json.result[0].uai
+  const model = `bench_modele_${Date.now().toString(36)}`
+  const created = await must(['db', 'create', uai, model, '--company', 'Entreprise du banc', '--json'])
+  const prefix = `bench_${Date.now().toString(36)}`
+  const csv = join(work, 'classe.csv')
+  await writeFile(csv, ['Nom;Prénom;Classe', ...Array.from({length: students}, (_, i) => `ÉLÈVE${String.fromCharCode(65 + (i % 26))}${i};Prénom${i};BTS BANC`)].join('\n') + '\n')
+  log(`pgi db class: ${students} per-student databases from ${model}`)
+  const cls = await must(['db', 'class', uai, '--model', model, '--students', csv, '--prefix', prefix, '--out', join(work, 'classes'), '--json'])
+  const r = cls.json.result
+  const listed = await must(['db', 'list', uai, '--json'])
+  const dbs = listed.json.result.establishments[0].databases.length
+  const dropped = await must(['db', 'drop', uai, r.databases[0].name, '--yes', '--json'])
+  // the CLI's own start and fleet opening, measured on a command that fails before the VM is asked
+  const start = await pgi(['db', 'create', uai, 'Nom-invalide', '--json'])
+  const wallS = cls.ms / 1000
+  result = {
+    bench: 'db-class',
+    ok: r.databases.length === students && wallS <= 60,
+    target: {wallS: 60},
+    students,
+    databases: r.databases.length,
+    wallS: Math.round(wallS * 10) / 10,
+    engineS: r.seconds,
+    method: r.method,
+    outsideEngineS: Math.round((wallS - r.seconds) * 10) / 10,
+    cliStartS: Math.round(start.ms / 100) / 10,
+    createModelS: Math.round(created.ms / 100) / 10,
+    listS: Math.round(listed.ms / 100) / 10,
+    listedDatabases: dbs,
+    dropWithFinalDumpS: Math.round(dropped.ms / 100) / 10,
+    machine: {cpus: cpus().length, cpu: cpus()[0]?.model, memGiB: Math.round(totalmem() / 2 ** 30)},
+    lab: ownLab ? 'own (qemu, 1 VM)' : labDir,
+  }
+} finally {
+  if (ownLab && !a.keep) await pgi(['lab', 'stop', '--dir', labDir], 5 * 60_000).catch(() => undefined)
+  if (!a.keep) await rm(work, {recursive: true, force: true})
+}
+console.log(JSON.stringify(result))

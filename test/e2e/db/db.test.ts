@@ -1,0 +1,200 @@
+/**
+ * `pgi db` end to end on a qemu lab (one VM, the pgi-tryton image, booted once), as an AMI or a
+ * technician runs it through bin/run.js, with Tryton itself as the judge (proteus, a real Tryton
+ * client, over the lab's forwarded JSON-RPC port):
+ *
+ * - a model database (`pgi db create`) holds a customer invoice posted with proteus;
+ * - `pgi db class` makes 5 per-student databases from it; the passwords are only in the file
+ *   encrypted to the AMI (decrypted here with the lab's AMI key, as the AMI does with `age -d`),
+ *   never on stdout; each student logs in with them and sees the model's invoice;
+ * - `pgi db backup`, `pgi db drop` of one student, `pgi db restore --as` brings it back with the
+ *   same invoice (number, total, state);
+ * - `pgi db export` then `pgi db import --as` gives the same invoice in the new database;
+ * - bad input on the real server: a CSV with bad lines (each reported, nothing made), a dump that
+ *   is not one (refused before anything is sent).
+ *
+ * The image: PGI_E2E_IMAGES_DIR, or the e2e cache (test/helpers/e2e-image.ts).
+ */
+import {mkdtemp, readFile, rm, writeFile} from 'node:fs/promises'
+import {tmpdir} from 'node:os'
+import {join} from 'node:path'
+
+import {afterAll, beforeAll, describe, expect, it} from 'vitest'
+
+import {parseHandoff, type HandoffDocument} from '../../../src/credentials/handoff.js'
+import {run} from '../../../src/exec.js'
+import {StderrIo} from '../../../src/io.js'
+import {assertBuilt, runPgi, type PgiRun} from '../../helpers/cli.js'
+import {cachedPgiImage} from '../../helpers/e2e-image.js'
+import {proteusFor, type Proteus} from '../../helpers/proteus.js'
+
+const io = new StderrIo(process.env.PGI_LOG_LEVEL === 'debug' ? 'debug' : 'warn', false)
+const today = new Date().toISOString().slice(0, 10)
+/**
+ * Each first login into a new database makes trytond load its pool: 5-6 minutes under TCG on a
+ * busy 2-core machine, and the first test logs into six databases.
+ */
+const LONG = 90 * 60_000
+
+// proteus: a customer invoice (product, customer, TVA 20 % from account_fr's taxes), posted; the
+// URL (credentials in it) is built from stdin, never a command line
+const CONNECT = String.raw`
+import json, sys, datetime, urllib.parse
+from decimal import Decimal
+from proteus import config, Model
+d = json.load(sys.stdin)
+u = urllib.parse.urlsplit(d['url'])
+config.set_xmlrpc('%s://%s:%s@%s/%s/' % (u.scheme, urllib.parse.quote(d['login'], safe=''), urllib.parse.quote(d['password'], safe=''), u.netloc, d['database']))
+`
+const POST_INVOICE = CONNECT + String.raw`
+Party = Model.get('party.party'); Template = Model.get('product.template'); Category = Model.get('product.category')
+Account = Model.get('account.account'); Tax = Model.get('account.tax'); Invoice = Model.get('account.invoice'); Uom = Model.get('product.uom')
+customer = Party(name='Client modèle'); customer.save()
+cat = Category(name='Marchandises', accounting=True)
+cat.account_revenue, = Account.find([('code', '=', '7071')])
+cat.account_expense, = Account.find([('code', '=', '6071')])
+tva, = Tax.find([('name', '=', 'T.V.A. Vente de biens Taux Normal'), ('parent', '=', None)])
+cat.customer_taxes.append(Tax(tva.id)); cat.save()
+unit, = Uom.find([('symbol', '=', 'u')])
+t = Template(name='Article', default_uom=unit, type='goods', list_price=Decimal('100'), account_category=cat); t.save()
+inv = Invoice(type='out', party=customer, invoice_date=datetime.date.fromisoformat(d['date']))
+line = inv.lines.new(); line.product = t.products[0]; line.quantity = 3; line.unit_price = Decimal('100')
+inv.save(); inv.click('post')
+inv = Invoice(inv.id)
+print(json.dumps([inv.number, inv.state, str(inv.total_amount)]))
+`
+const READ_INVOICES = CONNECT + String.raw`
+me = Model.get('res.user').find([('login', '=', d['login'])])[0]
+Invoice = Model.get('account.invoice')
+print(json.dumps({'login': me.login, 'invoices': sorted([[i.number, i.state, str(i.total_amount)] for i in Invoice.find([('type', '=', 'out')])])}))
+`
+
+describe('pgi db on a qemu lab', () => {
+  let base: string
+  let labDir: string
+  let env: NodeJS.ProcessEnv
+  let uai: string
+  let handoff: HandoffDocument
+  let rpcUrl: string
+  let proteus: Proteus
+  let invoice: [string, string, string]
+  let students: {database: string; login: string; password: string}[] = []
+
+  const pgi = (args: string[], timeoutMs = 40 * 60_000): Promise<PgiRun> => runPgi(args, {env, cwd: base, timeoutMs})
+  const ok = (r: PgiRun) => expect(r.exitCode, `${r.stderr.slice(-3000)}\n${r.stdout.slice(-2000)}`).toBe(0)
+  async function invoicesIn(database: string, login: string, password: string): Promise<{login: string; invoices: string[][]}> {
+    const out = await proteus.python(READ_INVOICES, {url: rpcUrl, database, login, password}, 20 * 60_000)
+    return JSON.parse(out.trim().split('\n').slice(-1)[0]!) as {login: string; invoices: string[][]}
+  }
+
+  beforeAll(async () => {
+    assertBuilt()
+    const images = await cachedPgiImage(io)
+    proteus = await proteusFor('6.0')
+    base = await mkdtemp(join(tmpdir(), 'pgi-e2e-db-'))
+    labDir = join(base, 'lab')
+    env = {...process.env, PGI_STATE_DIR: join(base, 'state'), CI: 'true', PGI_LOG_LEVEL: 'info'}
+    for (const k of ['PGI_INVENTORY', 'PGI_SECRETS_DIR', 'PGI_IMAGES_DIR', 'PGI_HANDOFF_DIR', 'PGI_IMAGE', 'PGI_LAB_DIR', 'PGI_CLASS_DIR', 'PGI_TOKEN_ID']) delete env[k]
+    ok(await pgi(['lab', 'start', '--backend', 'qemu', '--nodes', '1', '--sites', '1', '--dir', labDir, '--json'], 10 * 60_000))
+    env.PGI_INVENTORY = join(labDir, 'inventory', 'lab.yaml')
+    env.PGI_SECRETS_DIR = join(labDir, 'secrets')
+    uai = (await pgi(['inventory', 'list', '--json'])).json!.result[0].uai
+    const d = await pgi(['deploy', uai, '--yes', '--json', '--image', images.version, '--images-dir', images.root, '--lab-dir', labDir, '--handoff-dir', join(base, 'handoffs'), '--health-timeout', '1800', '--agent-timeout', '900'], 60 * 60_000)
+    ok(d)
+    const file = join(base, 'handoffs', `${uai}.handoff.age`)
+    handoff = parseHandoff((await run('age', ['--decrypt', '--identity', join(labDir, 'ami-identity.txt'), file])).stdout, file)
+    rpcUrl = `http://${handoff.desktopClient.host}:${handoff.desktopClient.port}/`
+  }, 90 * 60_000)
+
+  afterAll(async () => {
+    if (labDir) await pgi(['lab', 'stop', '--dir', labDir], 5 * 60_000).catch(() => undefined)
+    if (base && !process.env.PGI_E2E_KEEP) await rm(base, {recursive: true, force: true})
+  }, 10 * 60_000)
+
+  it('a model with a posted invoice; a class of 5 per-student databases from it, each student logs in and sees it', async () => {
+    ok(await pgi(['db', 'create', uai, 'modele_cg1', '--company', 'Entreprise modèle BTS', '--json']))
+    const posted = await proteus.python(POST_INVOICE, {url: rpcUrl, database: 'modele_cg1', login: handoff.trytonAdmin.login, password: handoff.trytonAdmin.password.reveal(), date: today}, 20 * 60_000)
+    invoice = JSON.parse(posted.trim().split('\n').slice(-1)[0]!) as [string, string, string]
+    expect(invoice[1]).toBe('posted')
+    expect(invoice[2]).toBe('360.00')
+
+    // a list with a bad line: refused with the line, nothing made
+    const bad = join(base, 'bad.csv')
+    await writeFile(bad, 'Nom;Prénom;Classe\nDUPONT;Jean;BTS CG1\n;Léa;BTS CG1\n')
+    const refused = await pgi(['db', 'class', uai, '--model', 'modele_cg1', '--students', bad, '--json'])
+    expect(refused.exitCode, refused.stderr).toBe(3)
+    expect(refused.json!.error!.message).toMatch(/line 3: nom manquant/)
+
+    const csv = join(base, 'bts-cg1.csv')
+    await writeFile(csv, Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from('Nom;Prénom;Classe\nDUPONT;Jean;BTS CG1\nMARTIN;Léa;BTS CG1\nN\'DIAYE;Aïssatou;BTS CG1\nDUPONT;Jean;BTS CG1\nLEROY;Émile;BTS CG1\n')]))
+    const r = await pgi(['db', 'class', uai, '--model', 'modele_cg1', '--students', csv, '--out', join(base, 'classes'), '--json'])
+    ok(r)
+    const res = r.json!.result
+    expect(res.databases).toHaveLength(5)
+    expect(res.databases.map((x: {name: string}) => x.name)).toEqual(expect.arrayContaining(['bts_cg1_jean_dupont', 'bts_cg1_jean_dupont2', 'bts_cg1_lea_martin']))
+    expect(r.stdout + r.stderr).not.toMatch(/password"\s*:\s*"[^"]+"/)
+    // the passwords: only in the file, for the AMI
+    const text = (await run('age', ['--decrypt', '--identity', join(labDir, 'ami-identity.txt'), res.passwords_file])).stdout
+    const lines = text.split('\n')
+    const head = lines.findIndex((l) => l.startsWith('base;identifiant;mot de passe'))
+    students = lines.slice(head + 1).filter(Boolean).map((l) => {
+      const [database, login, password] = l.split(';')
+      return {database: database!, login: login!, password: password!}
+    })
+    expect(students).toHaveLength(5)
+    for (const s of students) expect(r.stdout).not.toContain(s.password)
+    for (const s of students) {
+      const seen = await invoicesIn(s.database, s.login, s.password)
+      expect(seen.login).toBe(s.login)
+      expect(seen.invoices).toEqual([invoice])
+    }
+    const listed = await pgi(['db', 'list', uai, '--json'])
+    ok(listed)
+    const dbs = listed.json!.result.establishments[0].databases as {name: string; class: string | null; kind: string}[]
+    expect(dbs.filter((x) => x.kind === 'class-student').map((x) => x.class)).toEqual(Array(5).fill('BTS CG1'))
+  }, LONG)
+
+  it('backup, drop of one student, restore --as brings it back with the same invoice', async () => {
+    const s = students.find((x) => x.database === 'bts_cg1_lea_martin')!
+    const b = await pgi(['db', 'backup', uai, s.database, '--json'])
+    ok(b)
+    expect(b.json!.result.backups[0]).toMatchObject({database: s.database, kind: 'manual', verified: {ok: true}})
+    // without --yes and without a terminal: refused, nothing dropped
+    const noYes = await pgi(['db', 'drop', uai, s.database, '--json'])
+    expect(noYes.exitCode).toBe(2)
+    ok(await pgi(['db', 'drop', uai, s.database, '--yes', '--json']))
+    const after = await pgi(['db', 'list', uai, '--json'])
+    expect(after.json!.result.establishments[0].databases.map((x: {name: string}) => x.name)).not.toContain(s.database)
+    const backups = await pgi(['db', 'backups', uai, s.database, '--json'])
+    ok(backups)
+    expect(backups.json!.result.backups.map((x: {kind: string}) => x.kind)).toEqual(expect.arrayContaining(['final', 'manual']))
+    const manual = backups.json!.result.backups.find((x: {kind: string}) => x.kind === 'manual')
+    const restored = await pgi(['db', 'restore', uai, s.database, '--from', manual.id, '--as', 'lea_martin_retour', '--json'])
+    ok(restored)
+    expect(restored.json!.result).toMatchObject({database: 'lea_martin_retour', replaced: false})
+    const seen = await invoicesIn('lea_martin_retour', s.login, s.password)
+    expect(seen.invoices).toEqual([invoice])
+  }, LONG)
+
+  it('export, then import under a new name, gives the same invoice; a file that is not a dump is refused', async () => {
+    const out = join(base, 'modele.dump')
+    const e = await pgi(['db', 'export', uai, 'modele_cg1', '--out', out, '--json'])
+    ok(e)
+    const manifest = JSON.parse(await readFile(`${out}.json`, 'utf8')) as {tryton_series: string; sha256: string}
+    expect(manifest.tryton_series).toBe('6.0')
+    expect(e.json!.result.sha256).toBe(manifest.sha256)
+    const i = await pgi(['db', 'import', uai, out, '--as', 'modele_importe', '--json'])
+    ok(i)
+    expect(i.json!.result).toMatchObject({database: 'modele_importe', tryton_series: '6.0'})
+    const seen = await invoicesIn('modele_importe', handoff.trytonAdmin.login, handoff.trytonAdmin.password.reveal())
+    expect(seen.invoices).toEqual([invoice])
+
+    const notDump = join(base, 'notes.dump')
+    await writeFile(notDump, 'SELECT 1;\n')
+    const refused = await pgi(['db', 'import', uai, notDump, '--as', 'pas_une_base', '--json'])
+    expect(refused.exitCode).toBe(3)
+    expect(refused.json!.error!.message).toMatch(/not a PostgreSQL custom-format dump/)
+    const names = (await pgi(['db', 'list', uai, '--json'])).json!.result.establishments[0].databases.map((x: {name: string}) => x.name)
+    expect(names).not.toContain('pas_une_base')
+  }, LONG)
+})
