@@ -51,6 +51,12 @@ export interface SimDatabase {
   modules: Record<string, string>
   /** Row counts of the key tables (what pgi-backup records and --verify compares). */
   rows: Record<string, number>
+  /** What made it (its pgi_meta kind: create, copy, class-student…); undefined: not pgi-db. */
+  kind?: string
+  /** Its company's name (pgi-db create --company; the template's "Entreprise modèle" otherwise). */
+  company?: string
+  /** Years of its fiscal years. */
+  fiscalYears?: number[]
 }
 
 /** /srv/pgi/.pgi/state.json */
@@ -319,6 +325,11 @@ function health(env: GuestEnv): RunResult {
     checks.trytond = {ok: false, detail: '<urlopen error [Errno 111] Connection refused>'}
     problems.push('trytond: <urlopen error [Errno 111] Connection refused>')
   }
+  // pgi-health logs into the declared databases (pgidb.login_targets: made by pgi-db create, or not by pgi-db)
+  if (checks.trytond.ok && dbs.length > 0) {
+    const targets = [...disk!.databases].filter(([, d]) => !d.kind || d.kind === 'create').map(([n]) => n).sort()
+    checks.tryton_login = {ok: true, databases: targets.map((name) => ({name, ok: true, seconds: 0.1}))}
+  }
   // nginx serves the web client's files itself, whether trytond answers or not
   checks.web = {ok: true}
   checks.backup = backupCheck(env, dbs.length, problems)
@@ -403,17 +414,91 @@ function configure(env: GuestEnv, input: string | undefined): RunResult {
   return ok(JSON.stringify({changed}) + '\n')
 }
 
+/** A pgi-db failure as the image's pgi-db prints it: {"error": {code, message}} on stdout, a line on stderr, its exit status. */
+function dbFail(code: string, message: string, status: number, extra: Record<string, unknown> = {}): RunResult {
+  return fail(`pgi-db: ${message}`, status, JSON.stringify({error: {code, message, ...extra}}) + '\n')
+}
+
+/** Size the simulated engine gives a database: a Tryton database from the template is ~40 MiB. */
+const SIM_DB_BYTES = 40 * 2 ** 20
+
+/**
+ * pgi-db (images/pgi-tryton/files/usr/local/sbin/pgi-db over pgidb.py): `create` from the
+ * template (company, fiscal year), `list` and `login-check`, with the image's JSON and exit
+ * statuses (3 invalid input, 4 not found, 5 exists); the other commands exit 2 (usage) here.
+ */
 function db(env: GuestEnv, args: string[]): RunResult {
-  if (!env.boot.datadisk.ok || !env.disk) return fail('pgi-db: PostgreSQL is not running (no data disk)')
+  if (!env.boot.datadisk.ok || !env.disk) return dbFail('failed', 'PostgreSQL is not running (no data disk)', 1)
   const disk = env.disk
-  if (args[0] === 'list') return ok(JSON.stringify([...disk.databases.keys()].sort().map((name) => ({name, tryton: true}))) + '\n')
-  if (args[0] !== 'create' || !args[1]) return fail('usage: pgi-db create NAME [--lang fr] [--module MODULE ...] [--bare] | pgi-db list', 2)
+  const cmd = args[0]
+  if (cmd === 'list') {
+    const last = lastBackups(env)
+    const list = [...disk.databases].sort(([a], [b]) => (a < b ? -1 : 1)).map(([name, d]) => ({
+      name,
+      size: SIM_DB_BYTES,
+      tryton: true,
+      modules: Object.keys(d.modules).sort(),
+      kind: d.kind ?? null,
+      class: null,
+      company: d.company ?? 'Entreprise modèle',
+      last_backup: last.get(name) ?? null,
+    }))
+    return ok(JSON.stringify(list) + '\n')
+  }
+  if (cmd === 'login-check') {
+    const names = args.slice(1).length > 0 ? args.slice(1) : [...disk.databases].filter(([, d]) => !d.kind || d.kind === 'create').map(([n]) => n)
+    const out = names.map((name) => {
+      if (!disk.databases.has(name)) return {name, ok: false, error: `database ${name} does not exist`, seconds: 0}
+      if (!env.trytondUp) return {name, ok: false, error: 'URLError: <urlopen error [Errno 111] Connection refused>', seconds: 0}
+      return {name, ok: true, user: 'ok', seconds: 0.1}
+    })
+    return {out: JSON.stringify(out) + '\n', err: '', code: out.every((r) => r.ok) ? 0 : 1}
+  }
+  if (cmd !== 'create') return dbFail('usage', `pgi-db: the simulated guest runs create, list and login-check, not ${cmd ?? '(none)'}`, 2)
   const name = args[1]
-  if (!/^[a-z][a-z0-9_]{0,62}$/.test(name)) return fail(`pgi-db: database name '${name}': use lowercase letters, digits and _`)
-  if (disk.databases.has(name)) return fail(`pgi-db: database ${name} already exists`)
-  if (!disk.trytonAdmin) return fail('pgi-db: no Tryton admin password yet: run pgi-configure with tryton_admin first')
-  disk.databases.set(name, {modules: {...TEMPLATE_MODULES}, rows: {...TEMPLATE_ROWS}})
-  return ok(JSON.stringify({database: name, lang: 'fr', modules: Object.keys(TEMPLATE_MODULES).sort(), from: 'template'}) + '\n')
+  if (!name || name.startsWith('-')) return dbFail('usage', 'pgi-db create: the following arguments are required: name', 2)
+  const opt = (flag: string): string | undefined => {
+    const i = args.indexOf(flag)
+    return i > 0 ? args[i + 1] : undefined
+  }
+  if (!/^[a-z][a-z0-9_]{0,62}$/.test(name)) {
+    return dbFail('invalid_name', `'${name}' is not a valid database name: 1 to 63 characters among lowercase letters, digits and _, starting with a letter (a PostgreSQL identifier that needs no quoting)`, 3, {name})
+  }
+  if (/^pgi_(tmp|template|verify)_/.test(name) || ['postgres', 'template0', 'template1'].includes(name)) {
+    return dbFail('reserved_name', `'${name}' is reserved (names starting with pgi_tmp_, pgi_template_, pgi_verify_ are the engine's own)`, 3, {name})
+  }
+  const company = opt('--company')?.trim()
+  if (company !== undefined && (company === '' || [...company].length > 120 || /\p{C}/u.test(company))) return dbFail('invalid_company', `company name '${company}': 1 to 120 printable characters`, 3)
+  const yearText = opt('--fiscal-year')
+  const year = yearText === undefined ? new Date(env.now()).getUTCFullYear() : Number(yearText)
+  if (!Number.isInteger(year) || year < 1990 || year > 2100) return dbFail('invalid_year', `fiscal year '${yearText}': a year between 1990 and 2100`, 3)
+  if (!disk.trytonAdmin) return dbFail('not_configured', 'no Tryton admin password yet: run pgi-configure with tryton_admin first', 3)
+  if (disk.databases.has(name)) return dbFail('exists', `a database named ${name} exists (it is never changed)`, 5, {databases: [name]})
+  disk.databases.set(name, {modules: {...TEMPLATE_MODULES}, rows: {...TEMPLATE_ROWS}, kind: 'create', company: company ?? 'Entreprise modèle', fiscalYears: [year]})
+  return ok(
+    JSON.stringify({
+      database: name,
+      lang: 'fr',
+      modules: Object.keys(TEMPLATE_MODULES).sort(),
+      from: 'template',
+      company: company ?? null,
+      fiscal_years: [{company: 1, year, action: 'moved'}],
+      method: 'template',
+      closed_connections: 0,
+      seconds: 0.2,
+    }) + '\n',
+  )
+}
+
+/** The newest nightly backup set holding each database (pgidb.py backups(): id, date, kind). */
+function lastBackups(env: GuestEnv): Map<string, {id: string; date: string; kind: string}> {
+  const out = new Map<string, {id: string; date: string; kind: string}>()
+  for (const path of manifestPaths(env).reverse()) {
+    const m = readManifest(env, path)
+    const id = path.split('/').at(-2) ?? ''
+    for (const e of m?.databases ?? []) if (!out.has(e.name)) out.set(e.name, {id, date: m?.finished_at ?? m?.started_at ?? '', kind: 'nightly'})
+  }
+  return out
 }
 
 interface Manifest {
