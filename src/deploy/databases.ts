@@ -10,7 +10,7 @@
  */
 import {ErrorCode, PgiError, UserError, asPgiError} from '../errors.js'
 import {createDatabase, listDatabases, loginCheck, recordedDatabases} from '../fleet/pgidb.js'
-import type {GuestTarget} from '../fleet/guest.js'
+import {refreshHealthRecord, type GuestTarget} from '../fleet/guest.js'
 import type {DeclaredDatabase, Establishment} from '../inventory/types.js'
 
 /** One declared database in the plan: there already, to be created, or not known (VM not running, not readable). */
@@ -101,6 +101,11 @@ export async function ensureDatabases(t: GuestTarget, est: Establishment, opts: 
       suggestions: ['Run `pgi status UAI` for the server\'s checks; the guest journal (journalctl -t pgi-db -t trytond) says why. Deploy again once fixed: existing databases are kept.'],
       details: {databases: out, logins},
     })
+  }
+  // the server's own record (read by AMIs' status and by the next deploy's plan) says so at once
+  if (out.some((d) => d.outcome === 'created')) {
+    opts.update?.('recording the server\'s health')
+    await refreshHealthRecord(t)
   }
   return out
 }

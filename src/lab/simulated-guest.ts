@@ -292,6 +292,9 @@ export function runGuestCommand(env: GuestEnv, command: string[], input: string 
     }
     case 'true':
       return ok('')
+    case 'health-record':
+      // the simulated backend computes /run/pgi/health.json when it is read: nothing to write
+      return ok('')
     case 'hostname':
       return ok(`${env.hostname}\n`)
     default:
