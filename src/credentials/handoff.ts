@@ -7,7 +7,8 @@ import {readRegularFile} from '../bounded-read.js'
 import {ErrorCode, UserError} from '../errors.js'
 import type {Io} from '../io.js'
 import {packageRoot} from '../paths.js'
-import type {PgiDbDatabase} from '../fleet/pgidb.js'
+import {listDatabases, type PgiDbDatabase} from '../fleet/pgidb.js'
+import type {PveApi} from '../proxmox/types.js'
 import type {Establishment} from '../inventory/types.js'
 import {Secret} from '../secret.js'
 import {writeFileAtomic} from '../secrets/atomic.js'
@@ -59,6 +60,20 @@ export interface HandoffDatabase {
  */
 export function handoffDatabases(list: readonly PgiDbDatabase[]): HandoffDatabase[] {
   return list.filter((d) => d.tryton && !(d.kind ?? '').startsWith('class')).map((d) => ({name: d.name, company: d.company ?? null}))
+}
+
+/**
+ * The databases the VM of `est` has now, for its handoff (`pgi-db list` over the guest agent);
+ * undefined, with a warning, when they cannot be read (the VM stopped, an image without pgi-db):
+ * the handoff then names the default database without claiming it exists.
+ */
+export async function readHandoffDatabases(api: PveApi, est: Establishment, io?: Io): Promise<HandoffDatabase[] | undefined> {
+  try {
+    return handoffDatabases(await listDatabases({api, node: est.node, vmid: est.vmid, uai: est.uai}))
+  } catch (err) {
+    io?.warn(`${est.uai}: the VM's databases could not be read (the handoff will not list them): ${(err as Error).message}`)
+    return undefined
+  }
 }
 
 /**
