@@ -44,7 +44,7 @@ export const GUEST_PORTS = {ssh: 22, web: 80, jsonrpc: 8000, postgresql: 5432} a
  * run the 1.x image line, Tryton 6.0.
  */
 export const DEFAULT_TRYTON_SERIES = '6.0'
-/** The Tryton database the image creates (the desktop client's profile names it). */
+/** The database every establishment gets unless its inventory says otherwise (inventory `databases:`), which the desktop profile names. */
 export const DEFAULT_TRYTON_DATABASE = 'pgi'
 
 /** A Tryton database the handoff names: one the VM really has when the handoff is written. */

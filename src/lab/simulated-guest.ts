@@ -476,7 +476,7 @@ function db(env: GuestEnv, args: string[]): RunResult {
   const year = yearText === undefined ? new Date(env.now()).getUTCFullYear() : Number(yearText)
   if (!Number.isInteger(year) || year < 1990 || year > 2100) return dbFail('invalid_year', `fiscal year '${yearText}': a year between 1990 and 2100`, 3)
   if (!disk.trytonAdmin) return dbFail('not_configured', 'no Tryton admin password yet: run pgi-configure with tryton_admin first', 3)
-  if (disk.databases.has(name)) return dbFail('exists', `a database named ${name} exists (it is never changed)`, 5, {databases: [name]})
+  if (disk.databases.has(name)) return dbFail('exists', `database ${name} already exists: an existing database is never changed; choose another name`, 5, {databases: [name]})
   disk.databases.set(name, {modules: {...TEMPLATE_MODULES}, rows: {...TEMPLATE_ROWS}, kind: 'create', company: company ?? 'Entreprise modèle', fiscalYears: [year]})
   return ok(
     JSON.stringify({
