@@ -20,8 +20,7 @@ import type {Establishment} from '../inventory/types.js'
 import type {Io} from '../io.js'
 import {runParallel} from '../progress.js'
 import type {PveApi, PveVmConfig} from '../proxmox/types.js'
-import {handoffDatabases, type HandoffDatabase} from '../credentials/handoff.js'
-import {listDatabases} from '../fleet/pgidb.js'
+import {readHandoffDatabases, type HandoffDatabase} from '../credentials/handoff.js'
 import {ensureDatabases, type DatabaseOutcome} from './databases.js'
 import {createParams, parseDisk, touchesCloudInit, updateParams, type DeployImage, type Drift} from './desired.js'
 import {DeployJournal, type DeployStep, type JournalEntry} from './journal.js'
@@ -400,12 +399,7 @@ async function ensureHandoff(item: PlanItem, est: Establishment, ctx: OneCtx): P
 /** The handoff, listing the databases the VM has at this moment (read from it, not from the inventory). */
 async function writeHandoff(target: GuestTarget, est: Establishment, ctx: OneCtx): Promise<string> {
   ctx.update('reading the databases for the AMI handoff')
-  let databases: HandoffDatabase[] | undefined
-  try {
-    databases = handoffDatabases(await listDatabases(target))
-  } catch (err) {
-    ctx.io.warn(`${est.uai}: the VM's databases could not be read (the handoff will not list them): ${asPgiError(err).message}`)
-  }
+  const databases = await readHandoffDatabases(target.api, est, ctx.io)
   ctx.update('writing the AMI handoff')
   return ctx.credentials.writeHandoff(est, databases ? {databases} : {})
 }
