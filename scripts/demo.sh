@@ -66,26 +66,42 @@ say "5/7 Status"
 pgi status --all
 
 say "6/7 Logging into each establishment's database through its web client's address"
-# the handoff is opened with the AMI's key (as the AMI would) and piped to node: the password
-# goes from pgi's stdout to node's stdin, never to a command line or the screen. node logs in with
-# Tryton's own JSON-RPC call (common.db.login, what the web client sends) at the web address.
+# The address printed below for each VM: the lab's forward of the VM's HTTPS port (nginx, the VM's
+# own certificate, made at its first boot: a browser asks to accept it once).
+WEB_JSON=$(pgi lab status --dir "$LAB" --json --log-level error | json_field 'Object.fromEntries(j.result.vms.map(v=>[v.name,(v.access&&v.access.endpoints&&v.access.endpoints.https)?`https://${v.access.endpoints.https}/`:""]))')
+# The handoff is opened with the AMI's key (as the AMI would) and piped to node: the password goes
+# from pgi's stdout to node's stdin, never to a command line or the screen. node logs in with the
+# call the web client makes (Tryton's JSON-RPC common.db.login) at that address, into each database
+# the handoff lists, and shows the certificate's fingerprint (to compare with the browser's).
 LOGINS=""
 for f in "$HANDOFFS"/*.handoff.age; do
-  line=$(pgi credentials open "$f" --identity "$LAB/ami-identity.txt" --json --log-level error | node -e '
+  line=$(pgi credentials open "$f" --identity "$LAB/ami-identity.txt" --json --log-level error | PGI_DEMO_WEB="$WEB_JSON" node -e '
+const https = require("node:https")
+// the VM presents its own self-signed certificate: this one check accepts it, on loopback, and
+// prints its fingerprint; nothing else in pgi turns certificate checks off
+const agent = new https.Agent({rejectUnauthorized: false})
+const post = (url, body, auth) => new Promise((resolve, reject) => {
+  const req = https.request(url, {method: "POST", agent, headers: {"Content-Type": "application/json", ...(auth ? {Authorization: "Session " + Buffer.from(auth).toString("base64")} : {})}}, (res) => {
+    let data = ""
+    res.on("data", (d) => (data += d)).on("end", () => { try { resolve({json: JSON.parse(data), fp: res.socket.getPeerCertificate().fingerprint256}) } catch (e) { reject(new Error(`${url}: HTTP ${res.statusCode}, not JSON`)) } })
+  })
+  req.on("error", reject)
+  req.end(JSON.stringify(body))
+})
 let s = ""
 process.stdin.on("data", (d) => (s += d)).on("end", async () => {
   const h = JSON.parse(s).result
+  const url = JSON.parse(process.env.PGI_DEMO_WEB)[h.vm.name] || h.web_client.url
   const dbs = (h.databases ?? [{name: h.desktop_client.database}]).map((d) => d.name)
   if (dbs.length === 0) { console.error(`${h.establishment.uai}: the server has no database`); process.exit(1) }
-  const out = []
+  let fp = ""
   for (const db of dbs) {
-    const call = (method, params, auth) => fetch(`${h.web_client.url}${db}/`, {method: "POST", headers: {"Content-Type": "application/json", ...(auth ? {Authorization: "Session " + Buffer.from(auth).toString("base64")} : {})}, body: JSON.stringify({id: 1, method, params})}).then((r) => r.json())
-    const r = await call("common.db.login", [h.tryton_admin.login, {password: h.tryton_admin.password}, "fr"])
-    if (!Array.isArray(r.result)) { console.error(`${h.establishment.uai}: Tryton refused ${h.tryton_admin.login} on ${db} at ${h.web_client.url}: ${JSON.stringify(r.error)}`); process.exit(1) }
-    await call("common.db.logout", [], `${h.tryton_admin.login}:${r.result[0]}:${r.result[1]}`)
-    out.push(db)
+    const r = await post(`${url}${db}/`, {id: 1, method: "common.db.login", params: [h.tryton_admin.login, {password: h.tryton_admin.password}, "fr"]})
+    fp = r.fp
+    if (!Array.isArray(r.json.result)) { console.error(`${h.establishment.uai}: Tryton refused ${h.tryton_admin.login} on ${db} at ${url}: ${JSON.stringify(r.json.error)}`); process.exit(1) }
+    await post(`${url}${db}/`, {id: 2, method: "common.db.logout", params: []}, `${h.tryton_admin.login}:${r.json.result[0]}:${r.json.result[1]}`)
   }
-  console.log(`  ${h.establishment.name} (${h.establishment.uai}): ${h.web_client.url} → database ${out.join(", ")}, user ${h.tryton_admin.login}: logged in`)
+  console.log(`  ${h.establishment.name} (${h.establishment.uai}): ${url} → database ${dbs.join(", ")}, user ${h.tryton_admin.login}: logged in (certificate SHA-256 ${fp})`)
 })')
   echo "$line" >&2
   LOGINS="$LOGINS$line
@@ -93,15 +109,14 @@ process.stdin.on("data", (d) => (s += d)).on("end", async () => {
 done
 
 say "7/7 What next"
-WEB=$(pgi lab status --dir "$LAB" --json --log-level error | json_field 'j.result.vms.map(v=>`  ${v.name}: http://${(v.access&&v.access.endpoints&&v.access.endpoints.web)||"(no web forward)"}/`).join("\n")')
 cat <<EOF
 
 The two PGI servers are deployed and healthy, each with its Tryton database "pgi" (company named
 after the establishment, French chart of accounts, this year's fiscal year), ready for class.
-Their web client's address logs into it (checked just now, as the handoff's Tryton admin):
+Web client (Tryton, thin client) of each establishment, from this machine — checked just now: the
+handoff's Tryton admin logs into its database there (the browser asks once to accept the VM's own
+certificate; compare its fingerprint with the one shown):
 $LOGINS
-Web client (Tryton, thin client) of each establishment, from this machine:
-$WEB
   Database: pgi, user: admin, password: in the establishment's handoff (below).
 
 The AMI's access codes (one file per establishment, readable only with the AMI's key):
