@@ -27,6 +27,8 @@ export interface DatabaseOutcome {
   company?: string
   fiscalYear?: number
   seconds?: number
+  /** The Tryton login check's time in the VM (s): the first login to a new database makes trytond load it. */
+  loginSeconds?: number
 }
 
 /** The fiscal year a database gets when the inventory names none: the current calendar year. */
@@ -94,6 +96,10 @@ export async function ensureDatabases(t: GuestTarget, est: Establishment, opts: 
   }
   opts.update?.(`logging into ${est.databases.map((d) => d.name).join(', ')}`)
   const logins = await loginCheck(t, est.databases.map((d) => d.name))
+  for (const l of logins) {
+    const o = out.find((x) => x.name === l.name)
+    if (o && typeof l.seconds === 'number') o.loginSeconds = l.seconds
+  }
   const bad = logins.filter((l) => !l.ok)
   if (bad.length > 0) {
     throw new UserError(ErrorCode.DB_FAILED, `Tryton login failed in ${bad.map((b) => `${b.name} (${b.error ?? 'refused'})`).join(', ')} on VM ${t.vmid}`, {

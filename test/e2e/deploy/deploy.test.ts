@@ -104,7 +104,7 @@ describe('pgi deploy on a qemu-backed lab', () => {
     for (const o of out.result.result.outcomes) {
       expect(o.databases).toEqual([expect.objectContaining({name: 'pgi', outcome: 'created', company: o.name})])
       // the timings the performance notes record (software emulation): the whole deploy, and the database's copy in the VM
-      console.log(`deploy timing: ${o.uai} ${(o.durationMs / 1000).toFixed(0)} s in all; pgi-db create pgi ${o.databases![0]!.seconds} s in the VM`)
+      console.log(`deploy timing: ${o.uai} ${(o.durationMs / 1000).toFixed(0)} s in all; pgi-db create pgi ${o.databases![0]!.seconds} s in the VM, first Tryton login ${o.databases![0]!.loginSeconds ?? '?'} s`)
     }
     for (const u of [a!, b!]) {
       const d = await openWithAge(u)

@@ -34,7 +34,7 @@ function guest(opts: {have: string[]; record?: string[] | 'none'; loginFails?: s
         return {exitcode: 0, stdout: JSON.stringify({database: name, modules: [], from: 'template', company: null, fiscal_years: [], method: 'template', seconds: 3.5}), stderr: ''}
       }
       if (cmd === 'login-check') {
-        const out = rest.map((name) => ({name, ok: !opts.loginFails?.includes(name), ...(opts.loginFails?.includes(name) ? {error: 'Tryton refused the login (HTTP 200)'} : {})}))
+        const out = rest.map((name) => ({name, seconds: 1.5, ok: !opts.loginFails?.includes(name), ...(opts.loginFails?.includes(name) ? {error: 'Tryton refused the login (HTTP 200)'} : {})}))
         return {exitcode: out.every((r) => r.ok) ? 0 : 1, stdout: JSON.stringify(out), stderr: ''}
       }
       return {exitcode: 2, stdout: JSON.stringify({error: {code: 'usage', message: 'usage'}}), stderr: ''}
@@ -64,9 +64,9 @@ describe('declared databases', () => {
     const g = guest({have: ['pgi']})
     const out = await ensureDatabases(g.target, est(['pgi', 'next', 'cours']), {now})
     expect(out).toEqual([
-      {name: 'pgi', outcome: 'existing'},
-      {name: 'next', outcome: 'created', company: 'Lycée A', fiscalYear: 2027, seconds: 3.5},
-      {name: 'cours', outcome: 'created', company: 'Lycée A', fiscalYear: 2026, seconds: 3.5},
+      {name: 'pgi', outcome: 'existing', loginSeconds: 1.5},
+      {name: 'next', outcome: 'created', company: 'Lycée A', fiscalYear: 2027, seconds: 3.5, loginSeconds: 1.5},
+      {name: 'cours', outcome: 'created', company: 'Lycée A', fiscalYear: 2026, seconds: 3.5, loginSeconds: 1.5},
     ])
     expect(g.calls.filter((c) => c[1] === 'create')).toEqual([
       ['/usr/local/sbin/pgi-db', 'create', 'next', '--company', 'Lycée A', '--fiscal-year', '2027'],
@@ -79,7 +79,7 @@ describe('declared databases', () => {
 
   it('leaves a database that appeared meanwhile as it is (pgi-db refuses: exists)', async () => {
     const g = guest({have: [], appearsOnCreate: ['pgi']})
-    expect(await ensureDatabases(g.target, est(['pgi']), {now})).toEqual([{name: 'pgi', outcome: 'existing'}])
+    expect(await ensureDatabases(g.target, est(['pgi']), {now})).toEqual([{name: 'pgi', outcome: 'existing', loginSeconds: 1.5}])
   })
 
   it('nothing to create: no create, no health record written; a failed login fails the deploy with the database named', async () => {
