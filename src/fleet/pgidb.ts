@@ -128,14 +128,17 @@ export interface PgiDbCreated {
 
 /**
  * Creates database `name` from the image's template (`pgi-db create`): the company renamed, the
- * fiscal year of `fiscalYear`. Refused with PGI_DB_EXISTS when a database of that name
- * exists: an existing database is never changed.
+ * fiscal year of `fiscalYear`. Refused with PGI_DB_EXISTS when a database of that name exists:
+ * an existing database is never changed. For deploy's declared databases, whose caller takes
+ * "exists" as done.
  */
 export async function createDatabase(t: GuestTarget, db: {name: string; company?: string; fiscalYear?: number}, timeoutMs = 1_800_000): Promise<PgiDbCreated> {
   const args = ['create', db.name]
   if (db.company !== undefined) args.push('--company', db.company)
   if (db.fiscalYear !== undefined) args.push('--fiscal-year', String(db.fiscalYear))
-  return runPgiDb<PgiDbCreated>(t, args, {timeoutMs})
+  // may be re-sent after a lost answer or a server fault: a create that did happen is then refused
+  // as existing (PGI_DB_EXISTS, which deploy counts as existing), never made twice
+  return runPgiDb<PgiDbCreated>(t, args, {timeoutMs, idempotent: true})
 }
 
 /** One database's result of `pgi-db login-check` (pgidb.py login_check). */
