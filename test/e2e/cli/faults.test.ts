@@ -142,7 +142,7 @@ async function lifeCycle(lab: Lab, inv: Inventory): Promise<void> {
   const d = await lab.pgi('destroy', victim.uai, '--destroy-data', '--yes')
   expect(d.status, JSON.stringify(d.error)).toBe(0)
   expect(d.result).toMatchObject({uai: victim.uai, destroyed: true})
-  expect(d.result.backup.databases).toEqual([expect.objectContaining({name: DB})])
+  expect(d.result.backup.databases).toEqual([expect.objectContaining({name: DB}), expect.objectContaining({name: 'pgi'})])
   for (const f of d.result.backup.files as {file: string; sha256: string}[]) {
     expect(createHash('sha256').update(await readFile(join(d.result.backup.dir, f.file))).digest('hex')).toBe(f.sha256)
   }
