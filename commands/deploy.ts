@@ -11,7 +11,7 @@ import {deploySuite} from '../src/report/suites.js'
 export default class Deploy extends BaseCommand<typeof Deploy> {
   static override summary = 'Deploy the PGI image to establishments: plan, then create or fix their VMs.'
 
-  static override description = `Compares the inventory with what each hypervisor holds and prints the plan (create / continue / drifted / up to date / blocked), then — after confirmation — stages the signed image on each node once, creates the VMs (OS disk imported, data disk, cloud-init), starts them, waits for the guest agent and pgi-health, sets each establishment's secrets through the guest agent and writes the AMI handoff files.
+  static override description = `Compares the inventory with what each hypervisor holds and prints the plan (create / continue / drifted / up to date / blocked), then — after confirmation — stages the signed image on each node once, creates the VMs (OS disk imported, data disk, cloud-init), starts them, waits for the guest agent and pgi-health, sets each establishment's secrets through the guest agent, creates the establishment's declared databases that are missing (inventory databases:, default one database pgi: a copy of the image's template with the company, French chart of accounts and fiscal year; an existing database is never touched) and logs into each, then writes the AMI handoff files, which list the databases the VM has.
 
 Establishments run in parallel (--max-parallel, and at most --max-per-hypervisor on one hypervisor); one failing does not stop the others. Running deploy again after success changes nothing and says so; after an interruption it continues each VM from where it really is.
 

@@ -116,6 +116,8 @@ Exit codes: 0 every selected establishment is healthy; 5 at least one is degrade
       maxParallel: f['max-parallel'],
       perHypervisor: f['max-per-hypervisor'],
       healthMaxAgeS: f['health-max-age'],
+      // one establishment: its details, with each database's size and last backup
+      databaseDetails: establishments.length === 1 && !f.watch,
     })
     this.io.debug('status service ready', {ms: Math.round(performance.now() - t0)})
     try {

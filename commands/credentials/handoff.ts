@@ -41,7 +41,7 @@ The passwords come from the secret store (written by \`pgi deploy\`); an establi
 
   async run(): Promise<HandoffRunResult> {
     // the engine is loaded when the command runs, not with every command (start-up time)
-    const [{allFailedError, openInventoryStore, writeHandoffs}, {labConnection}, {loadValidInventory}, {selectEstablishments}] = await Promise.all([
+    const [{allFailedError, openInventoryStore, vmDatabaseReader, writeHandoffs}, {labConnection}, {loadValidInventory}, {selectEstablishments}] = await Promise.all([
       import('../../src/credentials/service.js'),
       import('../../src/deploy/lab-connection.js'),
       import('../../src/inventory/load.js'),
@@ -58,7 +58,14 @@ The passwords come from the secret store (written by \`pgi deploy\`); an establi
     if (perSite.length > 0 && establishments.length > 1) {
       throw new UsageError(`--${perSite[0]} describes one VM, but ${establishments.length} establishments are selected`, {suggestions: ['Write the handoffs one establishment at a time when you override the address or ports.']})
     }
-    const result = await writeHandoffs({establishments, store, outDir: this.flags.out, io: this.io, connection: f['lab-dir'] ? labConnection(f['lab-dir'], {io: this.io}) : () => connection})
+    // the letter lists the databases each VM has now (asked through its hypervisor)
+    const dbs = vmDatabaseReader(inventory, store, this.io)
+    let result
+    try {
+      result = await writeHandoffs({establishments, store, outDir: this.flags.out, io: this.io, connection: f['lab-dir'] ? labConnection(f['lab-dir'], {io: this.io}) : () => connection, databases: dbs.read})
+    } finally {
+      await dbs.close()
+    }
     if (result.written === 0 && result.failed > 0) throw allFailedError('handoff', result.establishments)
     if (result.failed > 0) this.status = ExitCode.PARTIAL
     this.table(

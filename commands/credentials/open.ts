@@ -38,7 +38,7 @@ export default class CredentialsOpen extends BaseCommand<typeof CredentialsOpen>
       [
         ['SSH (remote login)', hp(h.ssh.host, h.ssh.port), h.ssh.login, h.ssh.password],
         ['PostgreSQL (SQL administrator)', hp(h.postgresql.host, h.postgresql.port), h.postgresql.login, h.postgresql.password],
-        ['Tryton admin', `database ${h.desktop_client.database}`, h.tryton_admin.login, h.tryton_admin.password],
+        ['Tryton admin', h.databases ? `databases ${h.databases.map((d) => d.name).join(', ') || '(none yet)'}` : `database ${h.desktop_client.database}`, h.tryton_admin.login, h.tryton_admin.password],
         ['Web client (thin)', h.web_client.url, '', ''],
         [`Desktop client (${h.desktop_client.client})`, hp(h.desktop_client.host, h.desktop_client.port), h.desktop_client.username, '(Tryton admin)'],
       ],

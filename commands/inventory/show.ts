@@ -54,6 +54,7 @@ function render(d: EstablishmentDetail | HypervisorDetail): string {
       ['AMI age key', d.ami.ageRecipient],
       ['AMI SSH key', d.ami.sshKey ?? '—'],
       ['Maintenance', w ? `${w.days.join(',')} ${w.start}–${w.end} ${w.timezone}` : 'any time'],
+      ['Databases', d.databases.map((b) => `${b.name} (company "${b.company}", fiscal year ${b.fiscalYear ?? 'current'}, chart ${b.chart}, ${b.currency})`).join('; ') || 'none declared'],
       ['Defined at', d.source],
     )
   } else {

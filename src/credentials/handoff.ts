@@ -7,6 +7,8 @@ import {readRegularFile} from '../bounded-read.js'
 import {ErrorCode, UserError} from '../errors.js'
 import type {Io} from '../io.js'
 import {packageRoot} from '../paths.js'
+import {listDatabases, type PgiDbDatabase} from '../fleet/pgidb.js'
+import type {PveApi} from '../proxmox/types.js'
 import type {Establishment} from '../inventory/types.js'
 import {Secret} from '../secret.js'
 import {writeFileAtomic} from '../secrets/atomic.js'
@@ -42,8 +44,37 @@ export const GUEST_PORTS = {ssh: 22, web: 80, jsonrpc: 8000, postgresql: 5432} a
  * run the 1.x image line, Tryton 6.0.
  */
 export const DEFAULT_TRYTON_SERIES = '6.0'
-/** The Tryton database the image creates (the desktop client's profile names it). */
+/** The database every establishment gets unless its inventory says otherwise (inventory `databases:`), which the desktop profile names. */
 export const DEFAULT_TRYTON_DATABASE = 'pgi'
+
+/** A Tryton database the handoff names: one the VM really has when the handoff is written. */
+export interface HandoffDatabase {
+  name: string
+  /** Its company's name, when it has exactly one. */
+  company: string | null
+}
+
+/**
+ * The databases a handoff lists, from `pgi-db list` run in the VM (src/fleet/pgidb.ts): its Tryton
+ * databases, class databases left out (the teachers hand those to their students themselves).
+ */
+export function handoffDatabases(list: readonly PgiDbDatabase[]): HandoffDatabase[] {
+  return list.filter((d) => d.tryton && !(d.kind ?? '').startsWith('class')).map((d) => ({name: d.name, company: d.company ?? null}))
+}
+
+/**
+ * The databases the VM of `est` has now, for its handoff (`pgi-db list` over the guest agent);
+ * undefined, with a warning, when they cannot be read (the VM stopped, an image without pgi-db):
+ * the handoff then names the default database without claiming it exists.
+ */
+export async function readHandoffDatabases(api: PveApi, est: Establishment, io?: Io): Promise<HandoffDatabase[] | undefined> {
+  try {
+    return handoffDatabases(await listDatabases({api, node: est.node, vmid: est.vmid, uai: est.uai}))
+  } catch (err) {
+    io?.warn(`${est.uai}: the VM's databases could not be read (the handoff will not list them): ${(err as Error).message}`)
+    return undefined
+  }
+}
 
 /**
  * How the AMI reaches the VM, when it is not simply the inventory address on the standard ports
@@ -78,6 +109,8 @@ export interface HandoffDocument {
   trytonAdmin: {login: string; password: Secret}
   webClient: {url: string}
   desktopClient: {client: string; host: string; port: number; database: string; username: string}
+  /** The Tryton databases the VM had when the handoff was written; undefined when they could not be read. */
+  databases?: HandoffDatabase[]
 }
 
 /** The JSON form of a handoff (snake_case, passwords in clear): what the encrypted file holds. */
@@ -93,6 +126,8 @@ export interface HandoffJson {
   tryton_admin: {login: string; password: string}
   web_client: {url: string}
   desktop_client: {client: string; host: string; port: number; database: string; username: string}
+  /** Absent in handoffs written before pgi listed databases, or when they could not be read. */
+  databases?: HandoffDatabase[]
 }
 
 export interface BuildHandoffOptions {
@@ -104,6 +139,8 @@ export interface BuildHandoffOptions {
   issuedBy?: string
   /** The server's Tryton series ("7.0"): the desktop client must be the same (default 6.0). */
   trytonSeries?: string
+  /** The Tryton databases the VM has (read from it at handoff time). */
+  databases?: HandoffDatabase[]
 }
 
 /** The VM name of an establishment (also its hostname): `pgi-0130040y`. */
@@ -116,6 +153,9 @@ export function buildHandoff(est: Establishment, secrets: EstablishmentSecrets, 
   const address = est.network.address.split('/')[0]
   const host = c.host ?? address
   const webUrl = c.webUrl ?? `http://${urlHost(host)}${c.webPort && c.webPort !== GUEST_PORTS.web ? `:${c.webPort}` : ''}/`
+  // the desktop profile's database: "pgi" when the server has it (or when the list is unknown), else its first database
+  const dbs = opts.databases
+  const database = c.database ?? (dbs && dbs.length > 0 && !dbs.some((d) => d.name === DEFAULT_TRYTON_DATABASE) ? dbs[0]!.name : DEFAULT_TRYTON_DATABASE)
   return {
     format: HANDOFF_FORMAT,
     issuedAt: (opts.now ?? new Date()).toISOString(),
@@ -127,7 +167,8 @@ export function buildHandoff(est: Establishment, secrets: EstablishmentSecrets, 
     postgresql: {host, port: c.postgresqlPort ?? GUEST_PORTS.postgresql, login: SQL_ADMIN_LOGIN, password: secrets.sqlAdmin},
     trytonAdmin: {login: TRYTON_ADMIN_LOGIN, password: secrets.trytonAdmin},
     webClient: {url: webUrl},
-    desktopClient: {client: `Tryton ${opts.trytonSeries ?? DEFAULT_TRYTON_SERIES}`, host, port: c.jsonrpcPort ?? GUEST_PORTS.jsonrpc, database: c.database ?? DEFAULT_TRYTON_DATABASE, username: TRYTON_ADMIN_LOGIN},
+    desktopClient: {client: `Tryton ${opts.trytonSeries ?? DEFAULT_TRYTON_SERIES}`, host, port: c.jsonrpcPort ?? GUEST_PORTS.jsonrpc, database, username: TRYTON_ADMIN_LOGIN},
+    ...(dbs ? {databases: dbs.map((d) => ({...d}))} : {}),
   }
 }
 
@@ -149,6 +190,7 @@ export function handoffToJson(doc: HandoffDocument): HandoffJson {
     tryton_admin: {login: doc.trytonAdmin.login, password: doc.trytonAdmin.password.reveal()},
     web_client: {url: doc.webClient.url},
     desktop_client: {...doc.desktopClient},
+    ...(doc.databases ? {databases: doc.databases.map((d) => ({...d}))} : {}),
   }
 }
 
@@ -201,7 +243,7 @@ export function renderHandoff(doc: HandoffDocument): string {
     `3. Le compte administrateur de Tryton (le PGI)`,
     `   Identifiant           : ${j.tryton_admin.login}`,
     `   Mot de passe          : ${j.tryton_admin.password}`,
-    `   Base de données       : ${j.desktop_client.database}`,
+    ...databaseLines(j),
     `   À quoi ça sert : administrer le PGI lui-même (comptes des enseignants et des élèves,`,
     `   modules, paramètres de la société).`,
     `   Changer le mot de passe : dans Tryton, menu Utilisateur > Préférences > Changer le mot de passe.`,
@@ -236,6 +278,22 @@ export function renderHandoff(doc: HandoffDocument): string {
   return L.join('\n')
 }
 
+/** The letter's lines about the databases: those the server has (read from it when the document was written). */
+function databaseLines(j: HandoffJson): string[] {
+  const dbs = j.databases
+  if (!dbs) return [`   Base de données       : ${j.desktop_client.database}`]
+  if (dbs.length === 0) {
+    return [`   Bases de données      : aucune sur le serveur à la date de ce document (pgi status UAI les liste)`]
+  }
+  const one = (d: HandoffDatabase) => `« ${d.name} »${d.company ? ` (société ${d.company})` : ''}`
+  return [
+    `   ${dbs.length > 1 ? 'Bases de données      ' : 'Base de données       '}: ${one(dbs[0]!)}`,
+    ...dbs.slice(1).map((d) => `                           ${one(d)}`),
+    `   (les bases présentes sur le serveur quand ce document a été écrit ; le même compte`,
+    `   administrateur ouvre chacune d'elles)`,
+  ]
+}
+
 /** Reads the data block of a decrypted handoff. */
 export function parseHandoff(text: string, file?: string): HandoffDocument {
   const bad = (why: string) =>
@@ -268,6 +326,7 @@ export function parseHandoff(text: string, file?: string): HandoffDocument {
     trytonAdmin: {login: j.tryton_admin.login, password: new Secret(j.tryton_admin.password)},
     webClient: j.web_client,
     desktopClient: j.desktop_client,
+    ...(Array.isArray(j.databases) ? {databases: j.databases.filter((d) => typeof d?.name === 'string').map((d) => ({name: d.name, company: typeof d.company === 'string' ? d.company : null}))} : {}),
   }
 }
 
@@ -326,6 +385,8 @@ export interface IssueHandoffOptions {
   trytonSeries?: string
   /** Use these secrets instead of reading the store (rotation passes the new ones). */
   secrets?: EstablishmentSecrets
+  /** The Tryton databases the VM has, read from it (handoffDatabases of `pgi-db list`); the letter lists them. */
+  databases?: HandoffDatabase[]
   now?: Date
   issuedBy?: string
   io?: Io
@@ -358,7 +419,7 @@ export async function issueHandoff(est: Establishment, opts: IssueHandoffOptions
   const secrets = opts.secrets ?? (await readEstablishmentSecrets(opts.store, est.uai))
   const fingerprints = opts.sshHostKeyFingerprints ?? (await readHostKeyFingerprints(opts.store, est.uai))
   const trytonSeries = opts.trytonSeries ?? (await readTrytonSeries(opts.store, est.uai))
-  const doc = buildHandoff(est, secrets, {connection: opts.connection, sshHostKeyFingerprints: fingerprints, trytonSeries, now: opts.now, issuedBy: opts.issuedBy ?? (await pgiVersionLabel())})
+  const doc = buildHandoff(est, secrets, {connection: opts.connection, sshHostKeyFingerprints: fingerprints, trytonSeries, now: opts.now, issuedBy: opts.issuedBy ?? (await pgiVersionLabel()), ...(opts.databases ? {databases: opts.databases} : {})})
   const outDir = resolve(opts.outDir)
   await mkdir(outDir, {recursive: true, mode: 0o700})
   const file = join(outDir, `${est.uai}${HANDOFF_SUFFIX}`)

@@ -5,7 +5,7 @@ import type {AgentExecResult, PveApi} from '../proxmox/types.js'
 import type {Secret} from '../secret.js'
 import {generatePassword, type SecretStore} from '../secrets/store.js'
 import {withEstablishmentLock} from './lock.js'
-import {issueHandoff, readTrytonSeries, recordHostKeyFingerprints, recordTrytonSeries, type HandoffConnection, type HandoffIssued} from './handoff.js'
+import {issueHandoff, readHandoffDatabases, readTrytonSeries, recordHostKeyFingerprints, recordTrytonSeries, type HandoffConnection, type HandoffIssued} from './handoff.js'
 import {
   ESTABLISHMENT_SECRETS,
   establishmentSecretKey,
@@ -127,7 +127,9 @@ async function rotateLocked(opts: RotateOptions): Promise<RotateResult> {
 
   // 4. reissue the handoff with the new secrets.
   const secrets: EstablishmentSecrets = {...current, ...fresh}
-  const handoff = await issueHandoff(est, {store, outDir: opts.outDir, connection: opts.connection, secrets, io})
+  // with the databases the VM has now (best effort: without the list when it cannot be read)
+  const databases = await readHandoffDatabases(api, est, io)
+  const handoff = await issueHandoff(est, {store, outDir: opts.outDir, connection: opts.connection, secrets, io, ...(databases ? {databases} : {})})
   await step('handoff-reissued')
 
   // 5. clear the pending copies.

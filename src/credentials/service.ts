@@ -12,7 +12,7 @@ import type {Establishment, Inventory} from '../inventory/types.js'
 import {settleAll} from '../fleet/pool.js'
 import {Hypervisors, type PveConnector} from '../hypervisors.js'
 import {SecretStore} from '../secrets/store.js'
-import {HANDOFF_SUFFIX, handoffToJson, issueHandoff, openHandoff, type HandoffConnection, type HandoffIssued, type HandoffJson} from './handoff.js'
+import {HANDOFF_SUFFIX, handoffToJson, issueHandoff, openHandoff, readHandoffDatabases, type HandoffConnection, type HandoffDatabase, type HandoffIssued, type HandoffJson} from './handoff.js'
 import {pendingSecrets, rotateEstablishmentSecrets, type RotateResult} from './rotate.js'
 import {ESTABLISHMENT_SECRETS, establishmentSecretKey, type EstablishmentSecretName} from './secrets.js'
 
@@ -73,9 +73,19 @@ export async function writeHandoffs(opts: {
   connection?: ConnectionOf
   /** How many handoffs are written at once (default 4). */
   parallel?: number
+  /** The databases each VM has, read from it (undefined: the letter does not list them). */
+  databases?: (est: Establishment) => Promise<HandoffDatabase[] | undefined>
 }): Promise<HandoffRunResult> {
   // A few at a time: the work is age encryption (WebCrypto, off the main thread) and fsyncs.
-  const settled = await settleAll(opts.establishments, () => 'handoff', async (est) => issueHandoff(est, {store: opts.store, outDir: opts.outDir, connection: await opts.connection?.(est), io: opts.io}), {max: opts.parallel ?? 4})
+  const settled = await settleAll(
+    opts.establishments,
+    () => 'handoff',
+    async (est) => {
+      const databases = await opts.databases?.(est)
+      return issueHandoff(est, {store: opts.store, outDir: opts.outDir, connection: await opts.connection?.(est), io: opts.io, ...(databases ? {databases} : {})})
+    },
+    {max: opts.parallel ?? 4},
+  )
   const out: Outcome<HandoffIssued>[] = settled.map((r) => {
     if (r.ok) return {ok: true, ...r.value}
     const o = failed(r.item.uai, r.error)
@@ -83,6 +93,25 @@ export async function writeHandoffs(opts: {
     return o
   })
   return {outDir: opts.outDir, written: out.filter((o) => o.ok).length, failed: out.filter((o) => !o.ok).length, establishments: out}
+}
+
+/**
+ * Reads each establishment's databases from its VM for its handoff, through the inventory's
+ * hypervisors; call close() when done. A VM that cannot be asked gives a letter without the list.
+ */
+export function vmDatabaseReader(inventory: Inventory, store: SecretStore, io: Io, env: NodeJS.ProcessEnv = process.env, connect?: PveConnector): {read: (est: Establishment) => Promise<HandoffDatabase[] | undefined>; close: () => Promise<void>} {
+  const hvs = new Hypervisors(inventory, {store, io, env, connect})
+  return {
+    read: async (est) => {
+      try {
+        return await readHandoffDatabases(await hvs.get(est.hypervisor), est, io)
+      } catch (err) {
+        io.warn(`${est.uai}: hypervisor ${est.hypervisor} could not be reached (the handoff will not list the databases): ${(err as Error).message}`)
+        return undefined
+      }
+    },
+    close: () => hvs.close(),
+  }
 }
 
 export interface RotateRunResult {

@@ -14,7 +14,7 @@ import {createHash} from 'node:crypto'
 import {mkdir, readFile, stat} from 'node:fs/promises'
 import {dirname, join, resolve} from 'node:path'
 
-import {HANDOFF_SUFFIX, issueHandoff, readTrytonSeries, recordHostKeyFingerprints, recordTrytonSeries, type HandoffConnection} from '../credentials/handoff.js'
+import {HANDOFF_SUFFIX, issueHandoff, readTrytonSeries, recordHostKeyFingerprints, recordTrytonSeries, type HandoffConnection, type HandoffDatabase} from '../credentials/handoff.js'
 import {applyInGuest, fetchHostKeyFingerprints, fetchTrytonSeries} from '../credentials/rotate.js'
 import {ESTABLISHMENT_SECRETS, establishmentSecretKey, ensureEstablishmentSecrets, hostKeysKey, trytonSeriesKey} from '../credentials/secrets.js'
 import type {Establishment} from '../inventory/types.js'
@@ -42,7 +42,13 @@ interface HandoffRecord {
   file: string
   /** sha256 of what the handoff says apart from the secrets and host keys (see `inputsDigest`). */
   inputs: string
+  /** sha256 of the databases it lists (absent: written without a list). */
+  databases?: string
   writtenAt: string
+}
+
+function databasesDigest(dbs: readonly HandoffDatabase[]): string {
+  return createHash('sha256').update(JSON.stringify(dbs.map((d) => [d.name, d.company]))).digest('hex')
 }
 
 /** A digest of everything the handoff says that is not in the secret store. */
@@ -78,7 +84,7 @@ export function storeCredentials(opts: StoreCredentialsOptions): DeployCredentia
       let r: HandoffRecord | undefined
       try {
         const j = JSON.parse(await readFile(recordFile(uai), 'utf8')) as Partial<HandoffRecord>
-        if (typeof j.file === 'string' && typeof j.inputs === 'string') r = {file: j.file, inputs: j.inputs, writtenAt: String(j.writtenAt ?? '')}
+        if (typeof j.file === 'string' && typeof j.inputs === 'string') r = {file: j.file, inputs: j.inputs, ...(typeof j.databases === 'string' ? {databases: j.databases} : {}), writtenAt: String(j.writtenAt ?? '')}
       } catch {
         // none yet, or unreadable: as if none
       }
@@ -104,13 +110,16 @@ export function storeCredentials(opts: StoreCredentialsOptions): DeployCredentia
   }
 
   /** Why the handoff of `est` must be (re)written, or undefined when the one there is current. */
-  async function staleness(est: Establishment, file: string, connection: HandoffConnection | undefined): Promise<string | undefined> {
+  async function staleness(est: Establishment, file: string, connection: HandoffConnection | undefined, databases?: readonly HandoffDatabase[]): Promise<string | undefined> {
     const written = await mtimeMs(file)
     if (written === undefined) return 'missing'
     if (await storeNewer(est, written)) return 'secrets, host keys or Tryton series changed'
     const r = await record(est.uai)
     // a handoff pgi did not record (an older pgi, `pgi credentials handoff`): its inputs are unknown, kept as is
     if (r && r.file === file && r.inputs !== inputsDigest(est, connection)) return 'address, ports or AMI changed'
+    // the databases, when the VM's were read: a handoff that lists others (or none) is rewritten
+    if (databases && r?.file === file && r.databases !== databasesDigest(databases)) return 'the databases on the server changed'
+    if (databases && !r) return 'it does not list the databases'
     return undefined
   }
 
@@ -154,17 +163,19 @@ export function storeCredentials(opts: StoreCredentialsOptions): DeployCredentia
       return why === undefined
     },
     /** Writes the handoff when it is missing or out of date; returns its path either way. */
-    async writeHandoff(est: Establishment): Promise<string> {
+    async writeHandoff(est: Establishment, facts: {databases?: HandoffDatabase[]} = {}): Promise<string> {
       const file = await target(est)
       resolvedPath.set(est.uai, file)
       const connection = await opts.connection?.(est)
-      if ((await staleness(est, file, connection)) === undefined) {
+      const why = await staleness(est, file, connection, facts.databases)
+      if (why === undefined) {
         opts.io.debug(`${est.uai}: the handoff ${file} is current: left as is`)
         return file
       }
-      const r = await issueHandoff(est, {store: opts.store, outDir: dirname(file), connection, io: opts.io})
+      if (why !== 'missing') opts.io.info(`${est.uai}: the handoff ${file} is out of date (${why}): writing a new one`)
+      const r = await issueHandoff(est, {store: opts.store, outDir: dirname(file), connection, io: opts.io, ...(facts.databases ? {databases: facts.databases} : {})})
       if (opts.recordDir) {
-        const rec: HandoffRecord = {file: r.file, inputs: inputsDigest(est, connection), writtenAt: r.issuedAt}
+        const rec: HandoffRecord = {file: r.file, inputs: inputsDigest(est, connection), ...(facts.databases ? {databases: databasesDigest(facts.databases)} : {}), writtenAt: r.issuedAt}
         await mkdir(opts.recordDir, {recursive: true, mode: 0o700})
         await writeFileAtomic(recordFile(est.uai), JSON.stringify(rec, null, 2) + '\n', {mode: 0o600})
         records.set(est.uai, rec)

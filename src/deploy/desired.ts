@@ -146,8 +146,8 @@ export interface Drift {
   setting: string
   want: string
   have: string
-  /** How deploy fixes it: a config update, a disk resize, a start — or not at all (`manual`). */
-  fix: 'config' | 'resize' | 'start' | 'manual'
+  /** How deploy fixes it: a config update, a disk resize, a start, creating databases — or not at all (`manual`). */
+  fix: 'config' | 'resize' | 'start' | 'database' | 'manual'
   /** Why it cannot be fixed by deploy (fix=manual). */
   note?: string
 }

@@ -7,7 +7,7 @@
 import {mkdir, readFile, rename, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 
-export type DeployStep = 'staged' | 'created' | 'resized' | 'updated' | 'started' | 'agent' | 'healthy' | 'configured' | 'marked' | 'handoff'
+export type DeployStep = 'staged' | 'created' | 'resized' | 'updated' | 'started' | 'agent' | 'healthy' | 'configured' | 'marked' | 'databases' | 'handoff'
 
 export interface JournalEntry {
   uai: string

@@ -11,6 +11,7 @@ import type {ImageRef} from '../image/images.js'
 import type {Establishment, Hypervisor} from '../inventory/types.js'
 import type {Io} from '../io.js'
 import type {PveApi, PveNodeInfo, PveResource, PveVmConfig} from '../proxmox/types.js'
+import {planDatabases, readPlannedDatabases, type PlannedDatabase} from './databases.js'
 import {diffVm, importVolid, type DeployImage, type Drift} from './desired.js'
 
 export type PlanAction = 'create' | 'continue' | 'drifted' | 'up-to-date' | 'blocked'
@@ -32,6 +33,10 @@ export interface PlanItem {
   vm?: {running: boolean; configured: boolean; lock?: string}
   /** Short words for the plan table: what deploy will do. */
   summary: string
+  /** The declared databases: there, to create, or not known yet (checked after the VM is healthy). */
+  databases: PlannedDatabase[]
+  /** Why the databases of a running VM could not be read (they are then left for the next deploy). */
+  databasesError?: string
 }
 
 export interface PlanOptions {
@@ -107,7 +112,7 @@ export async function planDeploy(ests: readonly Establishment[], opts: PlanOptio
       const st = states.get(est.hypervisor)!
       const ref = opts.imageRef(est)
       const version = ref?.version
-      const base = {uai: est.uai, name: est.name, hypervisor: est.hypervisor, node: est.node, vmid: est.vmid, image: version ?? '', drifts: []}
+      const base = {uai: est.uai, name: est.name, hypervisor: est.hypervisor, node: est.node, vmid: est.vmid, image: version ?? '', drifts: [], databases: planDatabases(est.databases, undefined)}
       const blocked = (code: ErrorCodeValue, message: string, suggestions: string[] = [], vm?: PlanItem['vm']): PlanItem => ({
         ...base,
         action: 'blocked',
@@ -153,11 +158,18 @@ export async function planDeploy(ests: readonly Establishment[], opts: PlanOptio
             return blocked(ErrorCode.PVE_LOCKED, `VM ${est.vmid} is locked (${vm.lock}) by another operation`, ['Wait for the running task to finish (see the node\'s task list), then run deploy again.'], vm)
           }
           if (!meta.configuredAt) {
-            return {...base, action: 'continue', vm, summary: `continue an unfinished deploy (${running ? 'running' : 'stopped'}, not configured yet)`}
+            return {...base, action: 'continue', vm, summary: `continue an unfinished deploy (${running ? 'running' : 'stopped'}, not configured yet)${est.databases.length ? `; then create the missing of ${est.databases.map((d) => d.name).join(', ')}` : ''}`}
           }
           const drifts = diffVm(est, hv, cfg, version, running)
-          if (drifts.length === 0) return {...base, action: 'up-to-date', vm, summary: 'up to date'}
-          return {...base, action: 'drifted', drifts, vm, summary: drifts.map(fmtDrift).join('; ')}
+          // the declared databases of a running VM (a stopped one is checked once started)
+          let dbs: {databases: PlannedDatabase[]; error?: string} = {databases: base.databases}
+          if (running) dbs = await readPlannedDatabases({api, node: est.node, vmid: est.vmid, uai: est.uai}, est)
+          const missing = dbs.databases.filter((d) => d.state === 'missing').map((d) => d.name)
+          if (missing.length > 0) drifts.push({setting: 'databases', want: missing.join(', '), have: '', fix: 'database'})
+          const known = {...base, databases: dbs.databases, ...(dbs.error ? {databasesError: dbs.error} : {})}
+          const unread = dbs.error ? `; databases not read (${dbs.error})` : ''
+          if (drifts.length === 0) return {...known, action: 'up-to-date', vm, summary: `up to date${unread}`}
+          return {...known, action: 'drifted', drifts, vm, summary: drifts.map(fmtDrift).join('; ') + unread}
         } catch (err) {
           const e = asPgiError(err)
           return blocked(e.code, `reading VM ${est.vmid}: ${e.message}`, e.suggestions)
@@ -170,7 +182,13 @@ export async function planDeploy(ests: readonly Establishment[], opts: PlanOptio
       const problem = await importStorageProblem(api, hv, est.node, st)
       if (problem instanceof PgiError) return blocked(problem.code, `storage ${hv.storage.import} on ${est.node}: ${problem.message}`, problem.suggestions)
       if (problem) return blocked(ErrorCode.REFUSED, problem, [`Add the "import" content type to storage ${hv.storage.import} (Datacenter → Storage → Edit → Content), or set storage.import in the inventory.`])
-      return {...base, action: 'create', summary: `create VM ${est.vmid} from ${importVolid(hv, img)}`}
+      const dbs = est.databases.map((d) => d.name)
+      return {
+        ...base,
+        action: 'create',
+        databases: planDatabases(est.databases, []),
+        summary: `create VM ${est.vmid} from ${importVolid(hv, img)}${dbs.length ? `; create database${dbs.length > 1 ? 's' : ''} ${dbs.join(', ')}` : ''}`,
+      }
     }),
   )
   return {items, images, configs}
@@ -195,6 +213,7 @@ async function importStorageProblem(api: PveApi, hv: Hypervisor, node: string, s
 }
 
 export function fmtDrift(d: Drift): string {
+  if (d.fix === 'database') return `create database${d.want.includes(',') ? 's' : ''} ${d.want}`
   const s = `${d.setting}: ${d.have || '(none)'} → ${d.want || '(none)'}`
   return d.fix === 'manual' ? `${s} (not changed by deploy: ${d.note ?? 'fix by hand'})` : s
 }

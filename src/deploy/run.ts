@@ -20,6 +20,8 @@ import type {Establishment} from '../inventory/types.js'
 import type {Io} from '../io.js'
 import {runParallel} from '../progress.js'
 import type {PveApi, PveVmConfig} from '../proxmox/types.js'
+import {readHandoffDatabases, type HandoffDatabase} from '../credentials/handoff.js'
+import {ensureDatabases, type DatabaseOutcome} from './databases.js'
 import {createParams, parseDisk, touchesCloudInit, updateParams, type DeployImage, type Drift} from './desired.js'
 import {DeployJournal, type DeployStep, type JournalEntry} from './journal.js'
 import {fmtDrift, needsWork, type Plan, type PlanItem} from './plan.js'
@@ -39,6 +41,8 @@ export interface DeployOutcome {
   detail: string
   /** The AMI's handoff file, when one was written or already there. */
   handoff?: string
+  /** The declared databases deploy created or found (absent when it did not look: nothing to do, or failed before). */
+  databases?: DatabaseOutcome[]
   error?: {code: ErrorCodeValue; message: string; suggestions: string[]; where: ErrorLocation}
   durationMs: number
 }
@@ -59,8 +63,11 @@ export interface DeployCredentials {
   configure(api: PveApi, est: Establishment): Promise<string[]>
   /** Where the handoff file of `est` is (or would be). */
   handoffPath(est: Establishment): string
-  /** Writes the AMI's handoff file; returns its path. */
-  writeHandoff(est: Establishment): Promise<string>
+  /**
+   * Writes the AMI's handoff file (when missing or out of date); returns its path. `databases`: the
+   * Tryton databases the VM has now (read from it), which the handoff lists.
+   */
+  writeHandoff(est: Establishment, facts?: {databases?: HandoffDatabase[]}): Promise<string>
   handoffExists(est: Establishment): Promise<boolean>
 }
 
@@ -160,13 +167,13 @@ interface OneCtx extends ExecuteOptions {
   update: (text: string) => void
 }
 
-async function deployOne(item: PlanItem, est: Establishment, plan: Plan, ctx: OneCtx): Promise<{outcome: DeployOutcomeKind; detail: string; handoff?: string}> {
+async function deployOne(item: PlanItem, est: Establishment, plan: Plan, ctx: OneCtx): Promise<{outcome: DeployOutcomeKind; detail: string; handoff?: string; databases?: DatabaseOutcome[]}> {
   if (item.action === 'blocked') {
     const b = item.blocked!
     throw new UserError(b.code, b.message, {suggestions: b.suggestions, where: {uai: item.uai, hypervisor: item.hypervisor, node: item.node, vmid: item.vmid}})
   }
   if (!needsWork(item)) {
-    const handoff = await ensureHandoff(est, ctx)
+    const handoff = await ensureHandoff(item, est, ctx)
     if (item.action === 'drifted') {
       ctx.io.warn(`${item.uai}: ${item.drifts.map(fmtDrift).join('; ')}`)
       return {outcome: 'drifted', detail: `not changed: ${item.drifts.map((d) => d.setting).join(', ')} differ (${item.drifts[0]?.note ?? 'fix by hand'})`, handoff}
@@ -199,9 +206,18 @@ async function deployOne(item: PlanItem, est: Establishment, plan: Plan, ctx: On
   try {
     let detail: string
     let outcome: DeployOutcomeKind
+    let databases: DatabaseOutcome[] | undefined
     if (item.action === 'drifted') {
       detail = await applyDrift(item, est, target, plan, ctx, step)
       outcome = 'updated'
+      // databases the plan found missing, or could not see (the VM was stopped)
+      if (item.drifts.some((d) => d.fix === 'database' || d.fix === 'start')) {
+        databases = await ensureDatabases(target, est, {now: ctx.now, update: ctx.update})
+        await step('databases')
+        const made = databases.filter((d) => d.outcome === 'created').map((d) => d.name)
+        if (made.length > 0) detail = [detail, `created database${made.length > 1 ? 's' : ''} ${made.join(', ')}`].filter(Boolean).join('; ')
+      }
+      detail ||= 'nothing left to change'
     } else {
       if (item.action === 'create') {
         const image = plan.images.get(item.image)
@@ -215,15 +231,18 @@ async function deployOne(item: PlanItem, est: Establishment, plan: Plan, ctx: On
         await step('created')
       }
       await finishSetup(item, est, target, ctx, step)
-      detail = item.action === 'create' ? `VM ${item.vmid} created and configured` : `unfinished deploy of VM ${item.vmid} completed`
+      databases = await ensureDatabases(target, est, {now: ctx.now, update: ctx.update})
+      await step('databases')
+      const made = databases.filter((d) => d.outcome === 'created').map((d) => d.name)
+      detail = `${item.action === 'create' ? `VM ${item.vmid} created and configured` : `unfinished deploy of VM ${item.vmid} completed`}${made.length ? `; created database${made.length > 1 ? 's' : ''} ${made.join(', ')}` : ''}`
       outcome = 'created'
     }
-    const handoff = await writeHandoff(est, ctx)
+    const handoff = await writeHandoff(target, est, ctx)
     await step('handoff')
     entry.finishedAt = ctx.now().toISOString()
     entry.outcome = outcome === 'created' ? 'created' : 'updated'
     await ctx.journal.write(entry)
-    return {outcome, detail, handoff}
+    return {outcome, detail, handoff, ...(databases ? {databases} : {})}
   } catch (err) {
     const e = asPgiError(err)
     entry.outcome = 'failed'
@@ -368,15 +387,19 @@ async function applyDrift(item: PlanItem, est: Establishment, target: GuestTarge
   }
   const manual = item.drifts.filter((d) => d.fix === 'manual')
   for (const d of manual) ctx.io.warn(`${item.uai}: ${fmtDrift(d)}`)
-  return [`updated ${done.join(', ')}`, ...pending, ...(manual.length ? [`left as is: ${manual.map((d) => d.setting).join(', ')}`] : [])].join('; ')
+  return [...(done.length ? [`updated ${done.join(', ')}`] : []), ...pending, ...(manual.length ? [`left as is: ${manual.map((d) => d.setting).join(', ')}`] : [])].join('; ')
 }
 
-async function ensureHandoff(est: Establishment, ctx: OneCtx): Promise<string> {
+async function ensureHandoff(item: PlanItem, est: Establishment, ctx: OneCtx): Promise<string> {
   if (await ctx.credentials.handoffExists(est)) return ctx.credentials.handoffPath(est)
-  return writeHandoff(est, ctx)
+  const api = await ctx.hypervisors.get(item.hypervisor)
+  return writeHandoff({api, node: item.node, vmid: item.vmid, uai: item.uai}, est, ctx)
 }
 
-async function writeHandoff(est: Establishment, ctx: OneCtx): Promise<string> {
+/** The handoff, listing the databases the VM has at this moment (read from it, not from the inventory). */
+async function writeHandoff(target: GuestTarget, est: Establishment, ctx: OneCtx): Promise<string> {
+  ctx.update('reading the databases for the AMI handoff')
+  const databases = await readHandoffDatabases(target.api, est, ctx.io)
   ctx.update('writing the AMI handoff')
-  return ctx.credentials.writeHandoff(est)
+  return ctx.credentials.writeHandoff(est, databases ? {databases} : {})
 }

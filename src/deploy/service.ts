@@ -73,6 +73,8 @@ export interface PlanRow {
   detail: string
   drifts?: {setting: string; want: string; have: string; fix: string}[]
   blocked?: {code: string; message: string; suggestions: string[]}
+  /** The declared databases: there (exists), to create (missing), or not known yet (unknown: checked once the VM is healthy). */
+  databases: {name: string; state: 'exists' | 'missing' | 'unknown'}[]
 }
 
 export interface DeployReport {
@@ -98,6 +100,7 @@ export function planRows(items: PlanItem[]): PlanRow[] {
     detail: i.action === 'drifted' ? i.drifts.map(fmtDrift).join('; ') : i.summary,
     ...(i.drifts.length ? {drifts: i.drifts.map((d) => ({setting: d.setting, want: d.want, have: d.have, fix: d.fix}))} : {}),
     ...(i.blocked ? {blocked: i.blocked} : {}),
+    databases: i.databases.map((d) => ({name: d.name, state: d.state})),
   }))
 }
 

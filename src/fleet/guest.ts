@@ -8,6 +8,8 @@ import {sleep} from '../sleep.js'
 
 export const GUEST_HEALTH = '/usr/local/sbin/pgi-health'
 export const GUEST_BACKUP = '/usr/local/sbin/pgi-backup'
+/** What pgi-health.timer runs: pgi-health, its result written to /run/pgi/health.json. */
+export const GUEST_HEALTH_RECORD_WRITER = '/usr/local/lib/pgi/health-record'
 
 export interface GuestTarget {
   api: PveApi
@@ -95,6 +97,20 @@ export async function waitForHealthy(t: GuestTarget, opts: WaitOpts): Promise<Gu
     }
     opts.onProgress?.(`waiting for pgi-health (${Math.round(waited / 1000)} s): ${last}`)
     await sleep(Math.min(opts.intervalMs ?? 5000, Math.max(0, opts.timeoutMs - waited)), opts.signal)
+  }
+}
+
+/**
+ * Has the guest write its health record now (what pgi-health.timer does every 2 minutes), so that
+ * readers of /run/pgi/health.json (an AMI's status, the next deploy's plan) see a change made just
+ * now, such as a new database. Best effort: false when it could not (the timer will).
+ */
+export async function refreshHealthRecord(t: GuestTarget, timeoutMs = 300_000): Promise<boolean> {
+  try {
+    const r = await t.api.agentExec(t.node, t.vmid, [GUEST_HEALTH_RECORD_WRITER], {timeoutMs, idempotent: true})
+    return r.exitcode === 0
+  } catch {
+    return false
   }
 }
 

@@ -34,6 +34,11 @@ export interface PgiDbOptions {
   timeoutMs?: number
   /** True only for commands that change nothing (list, backups, login-check): they may be re-sent after a lost answer. */
   idempotent?: boolean
+  /**
+   * Exit statuses besides 0 whose JSON output is the answer, not a failure (login-check exits 1
+   * when a login fails, and prints each database's result all the same).
+   */
+  answerStatuses?: number[]
 }
 
 function where(t: GuestTarget): ErrorLocation {
@@ -61,7 +66,7 @@ export async function runPgiDb<T>(t: GuestTarget, args: string[], opts: PgiDbOpt
   } catch {
     out = undefined
   }
-  if (r.exitcode === 0 && out !== undefined) return out as T
+  if ((r.exitcode === 0 || opts.answerStatuses?.includes(r.exitcode)) && out !== undefined && !(out as {error?: unknown} | null)?.error) return out as T
   const failure = (out as {error?: PgiDbFailure} | undefined)?.error
   const s = STATUS[r.exitcode]
   const what = `pgi-db ${args[0] ?? ''}`.trim()
@@ -105,4 +110,80 @@ export interface PgiDbDatabase {
 /** The VM's Tryton databases (`pgi-db list`). */
 export async function listDatabases(t: GuestTarget, timeoutMs = 120_000): Promise<PgiDbDatabase[]> {
   return runPgiDb<PgiDbDatabase[]>(t, ['list'], {timeoutMs, idempotent: true})
+}
+
+/** What `pgi-db create` prints (pgidb.py create). */
+export interface PgiDbCreated {
+  database: string
+  modules: string[]
+  /** "template", or the source database. */
+  from: string
+  company: string | null
+  /** Per company: the fiscal year and what was done for it (moved, created, existing). */
+  fiscal_years: {company?: number; fiscal_year?: string | number | null; action?: string; [k: string]: unknown}[]
+  method: string
+  /** Wall time in the VM. */
+  seconds: number
+}
+
+/**
+ * Creates database `name` from the image's template (`pgi-db create`): the company renamed, the
+ * fiscal year of `fiscalYear`. Refused with PGI_DB_EXISTS when a database of that name exists:
+ * an existing database is never changed. For deploy's declared databases, whose caller takes
+ * "exists" as done.
+ */
+export async function createDatabase(t: GuestTarget, db: {name: string; company?: string; fiscalYear?: number}, timeoutMs = 1_800_000): Promise<PgiDbCreated> {
+  const args = ['create', db.name]
+  if (db.company !== undefined) args.push('--company', db.company)
+  if (db.fiscalYear !== undefined) args.push('--fiscal-year', String(db.fiscalYear))
+  // may be re-sent after a lost answer or a server fault: a create that did happen is then refused
+  // as existing (PGI_DB_EXISTS, which deploy counts as existing), never made twice
+  return runPgiDb<PgiDbCreated>(t, args, {timeoutMs, idempotent: true})
+}
+
+/** One database's result of `pgi-db login-check` (pgidb.py login_check). */
+export interface PgiDbLogin {
+  name: string
+  ok: boolean
+  error?: string
+  seconds?: number
+}
+
+/**
+ * A real Tryton login (common.db.login over the VM's JSON-RPC) into each of `names`
+ * (`pgi-db login-check`). The first login to a database makes trytond load it: a minute or more
+ * under software emulation, hence the long default.
+ */
+export async function loginCheck(t: GuestTarget, names: string[], timeoutMs = 900_000): Promise<PgiDbLogin[]> {
+  return runPgiDb<PgiDbLogin[]>(t, ['login-check', ...names], {timeoutMs, idempotent: true, answerStatuses: [1]})
+}
+
+/**
+ * The record pgi-health.timer writes every 2 minutes (images/pgi-tryton/files/usr/local/lib/pgi/
+ * health-record; src/status/health-record.ts reads all of it): read here through the agent's
+ * file-read, a GET, for its list of databases — what deploy's plan needs without running anything
+ * in the VM.
+ */
+export const GUEST_HEALTH_RECORD = '/run/pgi/health.json'
+
+/**
+ * The names of the VM's databases as its last health record lists them, with the record's time;
+ * undefined when there is no usable record (just booted, an image without the timer, a record
+ * without a database list).
+ */
+export async function recordedDatabases(t: GuestTarget): Promise<{names: string[]; at: string} | undefined> {
+  let text: string
+  try {
+    text = await t.api.agentFileRead(t.node, t.vmid, GUEST_HEALTH_RECORD)
+  } catch {
+    return undefined
+  }
+  try {
+    const rec = JSON.parse(text) as {at?: unknown; health?: {databases?: unknown}}
+    const dbs = rec.health?.databases
+    if (typeof rec.at !== 'string' || !Array.isArray(dbs)) return undefined
+    return {names: dbs.flatMap((d) => (typeof (d as {name?: unknown})?.name === 'string' ? [(d as {name: string}).name] : [])), at: rec.at}
+  } catch {
+    return undefined
+  }
 }

@@ -120,6 +120,8 @@ export interface EstablishmentDetail {
   memoryMb: number
   ami: Establishment['ami']
   maintenanceWindow: MaintenanceWindow | null
+  /** The Tryton databases its server must have (fiscalYear null: the current year when deploy creates it). */
+  databases: {name: string; company: string; fiscalYear: number | null; chart: string; currency: string}[]
   source: string
 }
 
@@ -152,6 +154,7 @@ export function describeTarget(inv: Inventory, target: string, env: NodeJS.Proce
     memoryMb: e.memoryMb,
     ami: e.ami,
     maintenanceWindow: e.maintenanceWindow ?? null,
+    databases: e.databases.map((d) => ({name: d.name, company: d.company, fiscalYear: d.fiscalYear ?? null, chart: d.chart, currency: d.currency})),
     source: `${e.source.file}:${e.source.line}:${e.source.column}`,
   }
 }

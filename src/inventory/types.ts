@@ -74,6 +74,24 @@ export interface Ami {
   login: string
 }
 
+/**
+ * A Tryton database the establishment's server must have (inventory `databases:`): `pgi deploy`
+ * creates it when missing — a copy of the image's template (pgi-db create) — and never touches
+ * it once it exists.
+ */
+export interface DeclaredDatabase {
+  /** PostgreSQL/Tryton name (`^[a-z][a-z0-9_]{0,62}$`, not one of the engine's reserved names). */
+  name: string
+  /** Name of its company (its party): the inventory's, else the establishment's name. */
+  company: string
+  /** Year of its first fiscal year; undefined: the current calendar year when deploy creates it. */
+  fiscalYear?: number
+  /** Chart of accounts: the French one (account_fr), the only one the image's template holds. */
+  chart: 'fr'
+  currency: 'EUR'
+  source: SourceRef
+}
+
 export interface Establishment {
   /** UAI code, 7 digits + check letter, e.g. 0130040Y. */
   uai: string
@@ -96,6 +114,8 @@ export interface Establishment {
   image?: string
   /** Groups this establishment belongs to (from `groups:`). */
   groups: string[]
+  /** The Tryton databases its server must have (default: one database `pgi`). */
+  databases: DeclaredDatabase[]
   source: SourceRef
 }
 

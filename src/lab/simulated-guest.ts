@@ -1,6 +1,6 @@
 import {createHash, randomBytes} from 'node:crypto'
 
-import {simulatedPgiDb} from './simulated-pgidb.js'
+import {loginTargets, simulatedPgiDb} from './simulated-pgidb.js'
 
 /**
  * The guest of the simulated lab backend: a model of the pgi-tryton image's guest contract
@@ -291,6 +291,9 @@ export function runGuestCommand(env: GuestEnv, command: string[], input: string 
     }
     case 'true':
       return ok('')
+    case 'health-record':
+      // the simulated backend computes /run/pgi/health.json when it is read: nothing to write
+      return ok('')
     case 'hostname':
       return ok(`${env.hostname}\n`)
     default:
@@ -323,6 +326,11 @@ function health(env: GuestEnv): RunResult {
   else {
     checks.trytond = {ok: false, detail: '<urlopen error [Errno 111] Connection refused>'}
     problems.push('trytond: <urlopen error [Errno 111] Connection refused>')
+  }
+  // pgi-health logs into the declared databases (pgidb.login_targets: made by pgi-db create, or not by pgi-db)
+  if (checks.trytond.ok && dbs.length > 0) {
+    const targets = loginTargets(disk!)
+    checks.tryton_login = {ok: true, databases: targets.map((name) => ({name, ok: true, seconds: 0.1}))}
   }
   // nginx serves the web client's files itself, whether trytond answers or not
   checks.web = {ok: true}

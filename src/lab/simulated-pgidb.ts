@@ -251,7 +251,7 @@ function create(env: GuestEnv, args: string[]) {
     ? copyDatabase(env, opt.from, {kind: 'copy', class: null, ...(company ? {company} : {})})
     : withMeta({modules: {...TEMPLATE_MODULES}, rows: {...TEMPLATE_ROWS}}, {kind: 'create', class: null, company: company ?? 'Entreprise modèle', users: ['admin']})
   disk.databases.set(name, made)
-  return {database: name, lang: 'fr', modules: Object.keys(made.modules).sort(), from: opt.from ?? 'template', company: company ?? null, fiscal_years: {[metaOf(made).company ?? '']: {[year]: opt.from ? 'existing' : 'moved'}}, method: 'template', closed_connections: 0, seconds: 0.1}
+  return {database: name, lang: 'fr', modules: Object.keys(made.modules).sort(), from: opt.from ?? 'template', company: company ?? null, fiscal_years: [opt.from ? {company: 1, fiscal_year: year, action: 'existing'} : {company: 1, fiscal_year: year, action: 'moved', start: `${year}-01-01`, end: `${year}-12-31`, from: '2020'}], method: 'template', closed_connections: 0, seconds: 0.1}
 }
 
 function copy(env: GuestEnv, args: string[]) {
@@ -441,11 +441,35 @@ function list(env: GuestEnv) {
   })
 }
 
+/**
+ * The databases pgi-health and `pgi-db login-check` log into (pgidb.login_targets): those made by
+ * `pgi-db create`, or not made by pgi-db at all; copies, class and imported databases are not.
+ */
+export function loginTargets(disk: DataDisk): string[] {
+  return [...disk.databases].filter(([, d]) => {
+    const kind = metaOf(d).kind
+    return !kind || kind === 'create'
+  }).map(([n]) => n).sort()
+}
+
+/** `pgi-db login-check [DB…]`: a Tryton login into each (the admin's), as the image's engine does. */
+function loginCheck(env: GuestEnv, args: string[]): RunResult {
+  const disk = env.disk!
+  const names = args.length > 0 ? args : loginTargets(disk)
+  const out = names.map((name) => {
+    if (!disk.databases.has(name)) return {name, ok: false, error: `database ${name} does not exist`, seconds: 0}
+    if (!env.trytondUp) return {name, ok: false, error: 'URLError: <urlopen error [Errno 111] Connection refused>', seconds: 0}
+    return {name, ok: true, user: 'ok', seconds: 0.1}
+  })
+  return {out: JSON.stringify(out) + '\n', err: '', code: out.every((r) => r.ok) ? 0 : 1}
+}
+
 /** Runs `pgi-db ARGS…` in the simulated guest. */
 export function simulatedPgiDb(env: GuestEnv, args: string[]): RunResult {
   const failed = (e: DbError): RunResult => ({out: JSON.stringify({error: {code: e.code, message: e.message, ...e.extra}}) + '\n', err: `pgi-db: ${e.message}\n`, code: e.status})
   if (!env.boot.datadisk.ok || !env.disk) return failed(new DbError('failed', 'PostgreSQL is not running (no data disk)', 1))
   const [cmd, ...rest] = args
+  if (cmd === 'login-check') return loginCheck(env, rest)
   try {
     let out: unknown
     switch (cmd) {

@@ -19,6 +19,7 @@
  */
 import {compareIds} from '../compare.js'
 import {ErrorCode} from '../errors.js'
+import {listDatabases} from '../fleet/pgidb.js'
 import {KeyedPool} from '../fleet/pool.js'
 import {imageFromTags, parseDescription} from '../fleet/vm-meta.js'
 import type {Io} from '../io.js'
@@ -63,6 +64,11 @@ export interface StatusOptions {
   policy?: VerdictPolicy
   /** Clock (tests). */
   now?: () => Date
+  /**
+   * Also run `pgi-db list` in each running guest whose health was read live (sizes and last
+   * backup of each database): one more command per VM, for one establishment's details.
+   */
+  databaseDetails?: boolean
 }
 
 /**
@@ -277,7 +283,10 @@ async function probeVm(o: Observation, res: PveResource | undefined, call: Call,
       o.healthVia = 'agent-exec'
       o.healthExitCode = r.exitcode
       const parsed = parseHealthOutput(r.stdout)
-      if ('report' in parsed) o.health = parsed.report
+      if ('report' in parsed) {
+        o.health = parsed.report
+        if (ctx.databaseDetails) await readDatabaseList(o, node, call, ctx)
+      }
       else {
         const firstErr = r.stderr.trim().split('\n')[0]
         o.healthError = {
@@ -301,6 +310,16 @@ async function probeVm(o: Observation, res: PveResource | undefined, call: Call,
   }
 
   await Promise.all([readMeta(), readHealth()])
+}
+
+/** `pgi-db list` in the guest: each database's size and last backup (what pgi-health does not say). */
+async function readDatabaseList(o: Observation, node: string, call: Call, ctx: RunContext): Promise<void> {
+  const label = 'agent exec pgi-db list'
+  try {
+    o.dbList = await call(label, (api) => listDatabases({api, node, vmid: o.vmid, uai: o.uai}, ctx.healthTimeoutMs), {timeoutMs: ctx.healthTimeoutMs + ctx.requestTimeoutMs, guestSide: true})
+  } catch (err) {
+    o.dbListError = toProbeError(label, err)
+  }
 }
 
 /** A VM-level call hit a dead hypervisor: the line is about the hypervisor, not the VM. */

@@ -8,7 +8,7 @@ import {styleText} from 'node:util'
 
 import Table from 'cli-table3'
 
-import type {EstablishmentStatus, StatusReport, Verdict} from './types.js'
+import type {DatabaseStatus, EstablishmentStatus, StatusReport, Verdict} from './types.js'
 import {VERDICTS} from './types.js'
 import {humanDuration, sortStatuses} from './verdict.js'
 
@@ -92,6 +92,33 @@ export function renderTable(report: StatusReport, opts: TableOptions): string {
   return `${t.toString()}\n${summaryLine(report)}`
 }
 
+/** Bytes for people: "41.2 MB". */
+function humanBytes(n: number): string {
+  const units = ['B', 'kB', 'MB', 'GB', 'TB']
+  let v = n
+  let i = 0
+  while (v >= 1000 && i < units.length - 1) {
+    v /= 1000
+    i++
+  }
+  return `${i === 0 ? v : v.toFixed(1)} ${units[i]}`
+}
+
+/** "pgi  41.9 MB  login ok  last backup 2026-12-04T02:30:12Z (nightly)  modules: account, account_fr, …". */
+export function databaseLine(d: DatabaseStatus): string {
+  const mods = Object.keys(d.modules).sort()
+  return [
+    d.name,
+    d.sizeBytes === null ? 'size ?' : humanBytes(d.sizeBytes),
+    ...(d.company ? [`company "${d.company}"`] : []),
+    d.login === null ? undefined : d.login ? 'login ok' : 'login FAILING',
+    d.lastBackup ? `last backup ${d.lastBackup.date} (${d.lastBackup.kind})` : d.sizeBytes === null ? undefined : 'no backup yet',
+    `modules: ${mods.length > 8 ? `${mods.slice(0, 8).join(', ')}, … (${mods.length})` : mods.join(', ') || 'none'}`,
+  ]
+    .filter(Boolean)
+    .join('  ')
+}
+
 /** The details of one establishment that are not in the table (for a single-UAI run: what an AMI reads). */
 export function detailLines(e: EstablishmentStatus): string[] {
   const lines: string[] = []
@@ -103,7 +130,11 @@ export function detailLines(e: EstablishmentStatus): string[] {
   if (checks.length > 0) lines.push(`  checks: ${checks.join(', ')}`)
   if (e.dataDisk) lines.push(`  data disk: ${Math.round(e.dataDisk.usedRatio * 100)} % used`)
   if (e.backup) lines.push(`  last backup: ${e.backup.ageS === null ? 'none' : `${humanDuration(e.backup.ageS)} ago`}`)
-  if (e.databases) lines.push(`  databases: ${e.databases.map((d) => d.name).join(', ') || 'none'}`)
+  if (e.databases) {
+    if (e.databases.length === 0) lines.push('  databases: none')
+    else lines.push(`  databases (${e.databases.length}):`)
+    for (const d of e.databases) lines.push(`    ${databaseLine(d)}`)
+  }
   if (e.rollout) lines.push(`  update ${e.rollout.from} → ${e.rollout.to}: ${e.rollout.state} (step ${e.rollout.step}, ${e.rollout.at})`)
   const hc = e.healthCheck
   if (hc) {

@@ -47,6 +47,8 @@ export interface StatusServiceOptions {
   healthMaxAgeS?: number
   /** How to open a PveApi (tests, labs); default: the real client, pinned TLS, no retries. */
   connect?: PveConnector
+  /** Also read each database's size and last backup (`pgi-db list` in the guest): for one establishment's details. */
+  databaseDetails?: boolean
 }
 
 /**
@@ -118,7 +120,7 @@ export class StatusService {
         return api
       },
       io: this.opts.io,
-      ...pick(this.opts, ['requestTimeoutMs', 'healthTimeoutMs', 'maxParallel', 'perHypervisor', 'policy']),
+      ...pick(this.opts, ['requestTimeoutMs', 'healthTimeoutMs', 'maxParallel', 'perHypervisor', 'policy', 'databaseDetails']),
       ...(this.opts.healthMaxAgeS === undefined ? {} : {policy: {...(this.opts.policy ?? DEFAULT_POLICY), healthRecordMaxAgeS: this.opts.healthMaxAgeS}}),
     })
   }

@@ -111,6 +111,28 @@ export interface Observation {
   healthRecordError?: ProbeError
   /** The record does not exist on the server (an image without the pgi-health timer, or just booted). */
   healthRecordMissing?: boolean
+
+  /**
+   * `pgi-db list` run in the guest (sizes, last backup of each database), when asked for (one
+   * establishment's details) and the token may run commands there.
+   */
+  dbList?: {name: string; size: number; modules: string[]; last_backup: {id: string; date: string; kind: string} | null; kind?: string | null; company?: string | null}[]
+  dbListError?: ProbeError
+}
+
+/** One database of an establishment's server, as status shows it. */
+export interface DatabaseStatus {
+  name: string
+  /** Activated modules and their versions (the versions only from pgi-health). */
+  modules: Record<string, string>
+  /** Bytes, from `pgi-db list` (null when it was not run: a read-only token, a fleet-wide run). */
+  sizeBytes: number | null
+  /** Its newest backup (nightly set or pgi-db dump), from `pgi-db list`; null when none or not known. */
+  lastBackup: {date: string; kind: string} | null
+  /** pgi-health's real Tryton login into it: true/false, null when it is not one pgi-health logs into. */
+  login: boolean | null
+  /** Its company, from `pgi-db list`. */
+  company?: string | null
 }
 
 export interface EstablishmentStatus {
@@ -134,7 +156,7 @@ export interface EstablishmentStatus {
   checks: Record<string, boolean | null>
   dataDisk: {usedBytes: number; sizeBytes: number; usedRatio: number; source: 'pgi-health' | 'agent-fsinfo'} | null
   backup: {last: string | null; ageS: number | null} | null
-  databases: {name: string; modules: Record<string, string>}[] | null
+  databases: DatabaseStatus[] | null
   rollout: RolloutState | null
   /** pgi-health's own problem list, verbatim. */
   problems: string[]

@@ -17,7 +17,7 @@ import {ErrorCode} from '../errors.js'
 import {ExitCode, type ExitCodeValue} from '../exit-codes.js'
 import type {RolloutMark} from '../fleet/vm-meta.js'
 import {formatSeconds, unreachableCause} from './probe-error.js'
-import type {EstablishmentStatus, Observation, PgiHealthReport, ProbeError, RolloutState, Verdict, VerdictPolicy} from './types.js'
+import type {DatabaseStatus, EstablishmentStatus, Observation, PgiHealthReport, ProbeError, RolloutState, Verdict, VerdictPolicy} from './types.js'
 
 export const DEFAULT_POLICY: VerdictPolicy = {
   diskFullRatio: 0.9,
@@ -114,6 +114,30 @@ export function healthReportFrom(raw: unknown): {report: PgiHealthReport} | {err
       }
     : undefined
   return {report: {healthy: raw.healthy, ...(image ? {image} : {}), checks, databases, problems}}
+}
+
+/**
+ * The server's databases: names and module versions from pgi-health, each one's login from its
+ * tryton_login check, and — when `pgi-db list` ran — size, company and last backup.
+ */
+export function databaseStatuses(h: PgiHealthReport, list: Observation['dbList']): DatabaseStatus[] {
+  const logins = new Map<string, boolean>()
+  const tl = h.checks.tryton_login as {databases?: unknown} | undefined
+  if (Array.isArray(tl?.databases)) for (const r of tl.databases) if (isRecord(r) && typeof r.name === 'string' && typeof r.ok === 'boolean') logins.set(r.name, r.ok)
+  const byName = new Map((list ?? []).map((d) => [d.name, d]))
+  const names = [...new Set([...h.databases.map((d) => d.name), ...(list ?? []).map((d) => d.name)])].sort()
+  return names.map((name) => {
+    const fromHealth = h.databases.find((d) => d.name === name)
+    const l = byName.get(name)
+    return {
+      name,
+      modules: fromHealth?.modules ?? Object.fromEntries((l?.modules ?? []).map((m) => [m, ''])),
+      sizeBytes: l ? l.size : null,
+      lastBackup: l?.last_backup ? {date: l.last_backup.date, kind: l.last_backup.kind} : null,
+      login: logins.get(name) ?? null,
+      ...(l && l.company !== undefined ? {company: l.company} : {}),
+    }
+  })
 }
 
 // ---- the verdict -------------------------------------------------------------------------------
@@ -385,7 +409,7 @@ export function toEstablishmentStatus(observed: Observation, now: Date, p: Verdi
         }
       : null,
     backup: h?.checks.backup ? {last: h.checks.backup.last ?? null, ageS: backupAgeS(h, now) ?? null} : null,
-    databases: h ? h.databases.map((d) => ({name: d.name, modules: d.modules ?? {}})) : null,
+    databases: h ? databaseStatuses(h, obs.dbList) : null,
     rollout: obs.rollout ?? null,
     problems: h?.problems ?? [],
     healthCheck:

@@ -503,6 +503,20 @@ export const CORPUS: BadInventory[] = [
   {name: 'unknown hypervisor', make: (d) => (example(d), edit(d, E, 'hypervisor: hv-avignon', 'hypervisor: hv-avignom'), 'inv'), exit: 3, rules: ['unknown-hypervisor']},
   {name: 'SHA-1 fingerprint', make: (d) => (example(d), edit(d, H, /fingerprint: ".*"/, 'fingerprint: "3A:9F:0C:51:7B:22:E4:18:C6:0D:95:AB:41:7E:F2:63:88:1C:D4:5A"'), 'inv'), exit: 3, rules: ['tls-fingerprint']},
   {name: 'time of day out of range', make: (d) => (example(d), edit(d, R, 'end: "14:00"', 'end: "25:00"'), 'inv'), exit: 3, rules: ['maintenance-window']},
+  {
+    name: 'a database name PostgreSQL would need quoted',
+    make: (d) => (example(d), edit(d, E, 'name: bts_cg_2027', 'name: "BTS-CG 2027"'), 'inv'),
+    exit: 3,
+    rules: ['database-name'],
+    at: {file: `inv/${E}`, line: 62, column: 16},
+  },
+  {
+    name: 'a database declared twice, one reserved (defaults)',
+    make: (d) => (example(d), edit(d, R, '    - name: pgi\n', '    - name: pgi\n    - name: pgi\n    - name: pgi_tmp_1\n'), 'inv'),
+    exit: 3,
+    rules: ['duplicate-database', 'database-name'],
+    at: {file: `inv/${R}`, line: 38, column: 13},
+  },
   {name: 'vmid out of range', make: (d) => (example(d), edit(d, E, 'vmid: 1003', 'vmid: -1003'), 'inv'), exit: 3, rules: ['invalid-value']},
   {name: 'a number too large for YAML (1e400)', make: (d) => (example(d), edit(d, E, 'vmid: 1003', 'vmid: 1e400'), 'inv'), exit: 3, rules: ['wrong-type']},
   {

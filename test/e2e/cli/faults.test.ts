@@ -129,7 +129,8 @@ async function lifeCycle(lab: Lab, inv: Inventory): Promise<void> {
     // the backup taken before the switch was verified in the guest and copied here
     const m = JSON.parse(await readFile(e.manifest, 'utf8')) as {image: {version: string}; databases: {name: string; row_counts: Record<string, number>}[]}
     expect(m.image.version).toBe(V1)
-    expect(m.databases.map((d) => d.name)).toEqual([DB])
+    // the teacher's database and the one deploy made (the inventory declares none: pgi)
+    expect(m.databases.map((d) => d.name)).toEqual([DB, 'pgi'])
   }
   const rs = await lab.pgi('rollout', 'status')
   expect(rs.result.establishments.map((e: {state: string; image: string}) => `${e.state} ${e.image}`)).toEqual(uais.map(() => `done ${V2}`))
@@ -141,7 +142,7 @@ async function lifeCycle(lab: Lab, inv: Inventory): Promise<void> {
   const d = await lab.pgi('destroy', victim.uai, '--destroy-data', '--yes')
   expect(d.status, JSON.stringify(d.error)).toBe(0)
   expect(d.result).toMatchObject({uai: victim.uai, destroyed: true})
-  expect(d.result.backup.databases).toEqual([expect.objectContaining({name: DB})])
+  expect(d.result.backup.databases).toEqual([expect.objectContaining({name: DB}), expect.objectContaining({name: 'pgi'})])
   for (const f of d.result.backup.files as {file: string; sha256: string}[]) {
     expect(createHash('sha256').update(await readFile(join(d.result.backup.dir, f.file))).digest('hex')).toBe(f.sha256)
   }

@@ -53,6 +53,7 @@ function est(uai: string, recipient: string): Establishment {
     ami: {name: 'Paul Roux', ageRecipient: recipient, login: 'ami'},
     ring: 'pilot',
     groups: [],
+    databases: [{name: 'pgi', company: 'Lycée', chart: 'fr', currency: 'EUR', source: {file: 'establishments.yaml', line: 1, column: 1}}],
     source: {file: 'establishments.yaml', line: 1, column: 1},
   }
 }

@@ -30,6 +30,7 @@ export function establishment(uai: string, amiRecipient: string, over: Partial<E
     ami: {name: 'Jeanne Petit', ageRecipient: amiRecipient, login: 'ami'},
     ring: 'canary',
     groups: [],
+    databases: [{name: 'pgi', company: 'Lycée Georges Colomb', chart: 'fr', currency: 'EUR', source: {file: 'inventory/establishments.yaml', line: 3, column: 5}}],
     source: {file: 'inventory/establishments.yaml', line: 3, column: 5},
     ...over,
   }

@@ -6,6 +6,7 @@ import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
 import {
   buildHandoff,
+  handoffDatabases,
   handoffToJson,
   issueHandoff,
   openHandoff,
@@ -128,6 +129,40 @@ describe('handoff document', () => {
     expect(j.web_client.url).toBe('http://127.0.0.1:8081/')
     expect(j.desktop_client).toMatchObject({host: '127.0.0.1', port: 18001, database: 'lycee'})
     expect(renderHandoff(doc)).toContain('ssh -p 22001 ami@127.0.0.1')
+  })
+
+  it('lists the databases the VM has (read from it), with their company; names the desktop profile\'s database after them', () => {
+    const est = establishment('0130040Y', 'age1unused')
+    const doc = buildHandoff(est, secrets, {databases: [{name: 'bts_cg', company: 'Colomb SARL'}, {name: 'pgi', company: 'Lycée Georges Colomb'}]})
+    const text = renderHandoff(doc)
+    expect(text).toContain('Bases de données      : « bts_cg » (société Colomb SARL)\n                           « pgi » (société Lycée Georges Colomb)')
+    expect(doc.desktopClient.database).toBe('pgi')
+    const back = parseHandoff(text)
+    expect(back.databases).toEqual([{name: 'bts_cg', company: 'Colomb SARL'}, {name: 'pgi', company: 'Lycée Georges Colomb'}])
+    expect(handoffToJson(back)).toEqual(handoffToJson(doc))
+    // a server without pgi: the profile names a database it has
+    expect(buildHandoff(est, secrets, {databases: [{name: 'cours', company: null}]}).desktopClient.database).toBe('cours')
+    // none at all: said so, not a database that does not exist
+    const none = renderHandoff(buildHandoff(est, secrets, {databases: []}))
+    expect(none).toContain('Bases de données      : aucune sur le serveur')
+    // not read (the VM could not be asked): the default name, no list claimed
+    const unknown = buildHandoff(est, secrets)
+    expect(unknown.databases).toBeUndefined()
+    expect(renderHandoff(unknown)).toContain('Base de données       : pgi')
+  })
+
+  it('takes the databases from pgi-db list: Tryton ones, class databases left out', () => {
+    const list = [
+      {name: 'pgi', size: 1, tryton: true, modules: [], kind: 'create', class: null, company: 'Lycée', last_backup: null},
+      {name: 'bts1_jean_dupont', size: 1, tryton: true, modules: [], kind: 'class-student', class: 'BTS1', company: 'Lycée', last_backup: null},
+      {name: 'bts1', size: 1, tryton: true, modules: [], kind: 'class-shared', class: 'BTS1', company: 'Lycée', last_backup: null},
+      {name: 'autre', size: 1, tryton: false, modules: [], kind: null, class: null, last_backup: null},
+      {name: 'ancienne', size: 1, tryton: true, modules: [], kind: null, class: null, company: null, last_backup: null},
+    ]
+    expect(handoffDatabases(list)).toEqual([
+      {name: 'pgi', company: 'Lycée'},
+      {name: 'ancienne', company: null},
+    ])
   })
 
   it('rejects text that is not a handoff', () => {

@@ -31,6 +31,7 @@ export const est: Establishment = {
   ring: 'canary',
   image: '2026.11.0',
   groups: [],
+  databases: [{name: 'pgi', company: 'Lycée A', chart: 'fr', currency: 'EUR', source: {file: 'e.yaml', line: 3, column: 5}}],
   source: {file: 'e.yaml', line: 3, column: 5},
 }
 

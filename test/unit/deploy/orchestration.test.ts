@@ -54,11 +54,18 @@ describe('pgi deploy against a simulated lab', () => {
 
     const dry = await runDeploy(request(lab, io, {dryRun: true}))
     expect(dry.plan.map((r) => r.action)).toEqual(['create', 'create', 'create', 'create'])
+    // the plan says which declared databases would be created
+    for (const r of dry.plan) expect(r.databases).toEqual([{name: 'pgi', state: 'missing'}])
+    expect(dry.plan[0]!.detail).toMatch(/create database pgi/)
     expect(writes(await lab.rt.readRequestLog())).toEqual([])
 
     const first = await runDeploy(request(lab, io))
     expect(first.result!.outcomes.map((o) => o.outcome)).toEqual(['created', 'created', 'created', 'created'])
     expect(first.result!.exitCode).toBe(0)
+    for (const o of first.result!.outcomes) {
+      expect(o.databases).toEqual([expect.objectContaining({name: 'pgi', outcome: 'created', company: `Lycée ${o.uai}`, fiscalYear: new Date().getFullYear()})])
+      expect(o.detail).toMatch(/created database pgi/)
+    }
     const log1 = await lab.rt.readRequestLog()
     // staged once per node, whatever the number of establishments on it
     expect(writes(log1).filter((e) => e.path.endsWith('/upload'))).toHaveLength(2)
@@ -69,6 +76,9 @@ describe('pgi deploy against a simulated lab', () => {
     for (const e of lab.inventory.establishments) {
       const h = await openHandoff(join(lab.dir, 'handoffs', `${e.uai}.handoff.age`), [lab.amiIdentityFile])
       expect(h.document.establishment.uai).toBe(e.uai)
+      // the databases the VM has, read from it, with their company
+      expect(h.document.databases).toEqual([{name: 'pgi', company: `Lycée ${e.uai}`}])
+      expect(h.text).toContain(`Base de données       : « pgi » (société Lycée ${e.uai})`)
       expect(h.document.postgresql.password.reveal()).toBe((await lab.store.get(`establishments/${e.uai}/sql-admin`)).reveal())
       const api = connectHypervisor(lab.inventory.hypervisors.get(e.hypervisor)!, {tokenSecret: new Secret(lab.tokenSecret)})
       const cfg = await api.vmConfig(e.node, e.vmid)
@@ -82,6 +92,7 @@ describe('pgi deploy against a simulated lab', () => {
     const second = await runDeploy(request(lab, io))
     expect(second.upToDate).toBe(true)
     expect(second.result!.outcomes.map((o) => o.outcome)).toEqual(['up-to-date', 'up-to-date', 'up-to-date', 'up-to-date'])
+    for (const r of second.plan) expect(r.databases).toEqual([{name: 'pgi', state: 'exists'}])
     const log2 = await lab.rt.readRequestLog()
     expect(log2.length).toBeGreaterThan(before)
     expect(writes(log2.slice(before))).toEqual([])
@@ -92,6 +103,44 @@ describe('pgi deploy against a simulated lab', () => {
     const journal = await readFile(join(lab.env.PGI_STATE_DIR!, 'journal', 'deploy', `${lab.inventory.establishments[0]!.uai}.json`), 'utf8')
     const text = [io.text(), JSON.stringify(first), JSON.stringify(second), journal, await readFile(lab.rt.requestLog, 'utf8')].join('\n')
     for (const s of secrets) expect(text).not.toContain(s)
+  }, 60_000)
+
+  it('creates a newly declared database, never touches an existing one, and rewrites the handoff with what the VM has', async () => {
+    lab = await startSimLab({nodes: 1, establishmentsPerNode: 1})
+    const io = new MemoryIo()
+    await runDeploy(request(lab, io))
+    const e = lab.inventory.establishments[0]!
+    // the inventory now says another company for pgi (ignored: it exists) and a second database
+    e.databases = [
+      {...e.databases[0]!, company: 'Autre société'},
+      {name: 'bts_cg', company: 'Colomb SARL', fiscalYear: 2027, chart: 'fr', currency: 'EUR', source: e.source},
+    ]
+    const before = (await lab.rt.readRequestLog()).length
+    const dry = await runDeploy(request(lab, io, {dryRun: true}))
+    expect(dry.plan[0]).toMatchObject({action: 'drifted', databases: [{name: 'pgi', state: 'exists'}, {name: 'bts_cg', state: 'missing'}]})
+    expect(dry.plan[0]!.detail).toBe('create database bts_cg')
+    expect(writes((await lab.rt.readRequestLog()).slice(before)), 'the plan read the VM\'s health record, ran nothing').toEqual([])
+
+    const r = await runDeploy(request(lab, io))
+    expect(r.result!.outcomes[0]).toMatchObject({outcome: 'updated', detail: 'created database bts_cg'})
+    expect(r.result!.outcomes[0]!.databases).toEqual([
+      expect.objectContaining({name: 'pgi', outcome: 'existing'}),
+      expect.objectContaining({name: 'bts_cg', outcome: 'created', company: 'Colomb SARL', fiscalYear: 2027}),
+    ])
+    const api = connectHypervisor(lab.inventory.hypervisors.get(e.hypervisor)!, {tokenSecret: new Secret(lab.tokenSecret)})
+    const list = JSON.parse((await api.agentExec(e.node, e.vmid, ['/usr/local/sbin/pgi-db', 'list'], {timeoutMs: 10_000})).stdout) as {name: string; company: string}[]
+    expect(list.map((d) => [d.name, d.company])).toEqual([
+      ['bts_cg', 'Colomb SARL'],
+      ['pgi', `Lycée ${e.uai}`],
+    ])
+    await api.close()
+    const h = await openHandoff(join(lab.dir, 'handoffs', `${e.uai}.handoff.age`), [lab.amiIdentityFile])
+    expect(h.document.databases!.map((d) => d.name)).toEqual(['bts_cg', 'pgi'])
+    expect(h.document.desktopClient.database).toBe('pgi')
+
+    const again = await runDeploy(request(lab, io))
+    expect(again.upToDate).toBe(true)
+    expect(again.result!.outcomes[0]!.outcome).toBe('up-to-date')
   }, 60_000)
 
   it('reports drift, fixes what it can, and leaves the image to rollout', async () => {

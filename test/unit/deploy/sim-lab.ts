@@ -116,6 +116,7 @@ export async function startSimLab(o: SimLabOptions = {}): Promise<SimLab> {
         ring: 'general',
         image: '2026.11.0',
         groups: [],
+        databases: [{name: 'pgi', company: `Lycée ${uai}`, chart: 'fr', currency: 'EUR', source}],
         source,
       })
     }

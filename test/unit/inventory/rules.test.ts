@@ -278,6 +278,55 @@ const cases: Case[] = [
     at: '{start',
     message: /no days/,
   },
+  // databases
+  {
+    name: 'database name with upper case and a dash',
+    rule: 'database-name',
+    files: inventoryFiles({establishments: est(establishment({databases: '[{name: pgi}, {name: Compta-2026}]'}))}),
+    file: E,
+    at: 'Compta-2026',
+    suggestion: /compta_2026/,
+  },
+  {
+    name: 'database name starting with a digit',
+    rule: 'database-name',
+    files: inventoryFiles({establishments: est(establishment({databases: '[{name: "2026"}]'}))}),
+    file: E,
+    at: '"2026"',
+    suggestion: /db_2026/,
+  },
+  {
+    name: 'database name reserved by the engine',
+    rule: 'database-name',
+    files: inventoryFiles({establishments: est(establishment({databases: '[{name: pgi_template_bts}]'}))}),
+    file: E,
+    at: 'pgi_template_bts',
+    message: /reserved/,
+  },
+  {
+    name: 'database name of PostgreSQL (in defaults)',
+    rule: 'database-name',
+    files: inventoryFiles({region: REGION.replace('  ring: general\n', '  ring: general\n  databases: [{name: postgres}]\n')}),
+    file: R,
+    at: 'postgres',
+    message: /reserved/,
+  },
+  {
+    name: 'database declared twice',
+    rule: 'duplicate-database',
+    files: inventoryFiles({establishments: est(establishment({databases: '[{name: pgi}, {name: cours}, {name: pgi, fiscal_year: 2027}]'}))}),
+    file: E,
+    at: 'pgi',
+    nth: 2,
+    message: /declared twice \(first at .*establishments\.yaml:\d+:\d+\)/,
+  },
+  {
+    name: 'establishment name too long to name the company',
+    rule: 'database-company',
+    files: inventoryFiles({establishments: est(establishment({name: `Lycée ${'x'.repeat(130)}`}))}),
+    file: E,
+    at: 'Lycée x',
+  },
   // warnings
   {name: 'empty file', rule: 'empty-file', severity: 'warning', files: {...inventoryFiles(), 'empty.yaml': '# nothing yet\n'}, file: 'empty.yaml', at: '# nothing'},
   {name: 'hypervisor without establishments', rule: 'unused-hypervisor', severity: 'warning', files: inventoryFiles({establishments: `establishments:\n${B}`}), file: H, at: 'hv-a'},
@@ -320,5 +369,43 @@ describe('inventory rules: one broken fixture per rule', () => {
       const {problems} = await problemsOf(c.files)
       for (const p of problems) expect(p.suggestion, `${c.name}: ${p.rule} ${p.message}`).toBeTruthy()
     }
+  })
+})
+
+describe('declared databases', () => {
+  const load = async (files: Record<string, string>) => {
+    const {loadInventory} = await import('../../../src/inventory/load.js')
+    const {writeInventory} = await import('./helpers.js')
+    return loadInventory(writeInventory(files))
+  }
+
+  it('default: one database pgi, company named after the establishment, French chart, EUR, current year', async () => {
+    const {inventory, problems} = await load(inventoryFiles())
+    expect(problems).toEqual([])
+    const a = inventory.establishments.find((e) => e.uai === '0130040Y')!
+    expect(a.databases).toEqual([{name: 'pgi', company: 'Lycée A', chart: 'fr', currency: 'EUR', source: expect.objectContaining({line: expect.any(Number)})}])
+    expect(a.databases[0]!.fiscalYear).toBeUndefined()
+  })
+
+  it('defaults.databases is inherited; an establishment list replaces it; [] declares none', async () => {
+    const region = REGION.replace('  ring: general\n', '  ring: general\n  databases: [{name: pgi}, {name: exercices, fiscal_year: 2027}]\n')
+    const estA = establishment({databases: '[{name: cours, company: "SARL Cours", fiscal_year: 2025}]'})
+    const estB = B.replace("    ami:", '    databases: []\n    ami:')
+    const {inventory, problems} = await load(inventoryFiles({region, establishments: `establishments:\n${estA}${estB}`}))
+    expect(problems).toEqual([])
+    const [a, b] = ['0130040Y', '0840004Y'].map((u) => inventory.establishments.find((e) => e.uai === u)!)
+    expect(a!.databases.map((d) => [d.name, d.company, d.fiscalYear])).toEqual([['cours', 'SARL Cours', 2025]])
+    expect(b!.databases).toEqual([])
+    const {inventory: inv2} = await load(inventoryFiles({region}))
+    expect(inv2.establishments[0]!.databases.map((d) => [d.name, d.company, d.fiscalYear])).toEqual([
+      ['pgi', 'Lycée A', undefined],
+      ['exercices', 'Lycée A', 2027],
+    ])
+  })
+
+  it('only the French chart and EUR are accepted (what the image template holds)', async () => {
+    const {problems} = await load(inventoryFiles({establishments: est(establishment({databases: '[{name: pgi, chart: be, currency: USD}]'}))}))
+    expect(problems.map((p) => p.rule).sort()).toEqual(['invalid-value', 'invalid-value'])
+    expect(problems.map((p) => p.message).join('\n')).toMatch(/not one of fr[\s\S]*not one of EUR|not one of EUR[\s\S]*not one of fr/)
   })
 })

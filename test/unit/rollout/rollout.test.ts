@@ -79,7 +79,8 @@ describe('pgi rollout on a simulated lab', () => {
       expect(d.backups.size).toBe(1)
       // the manifest was copied off the guest
       const m = JSON.parse(await readFile(res.establishments[i]!.manifest!, 'utf8')) as {databases: {name: string; row_counts: object}[]}
-      expect(m.databases).toEqual([expect.objectContaining({name: 'bts_ndrc_2026', row_counts: ROWS})])
+      // the teacher's database, and pgi, which deploy made (the lab's establishments declare it)
+      expect(m.databases).toEqual([expect.objectContaining({name: 'bts_ndrc_2026', row_counts: ROWS}), expect.objectContaining({name: 'pgi'})])
     }
 
     // a second run finds nothing to do and sends nothing

@@ -59,6 +59,7 @@ export function establishment(uai: string, hypervisor: string, node: string, vmi
     ring: 'general',
     image: '2026.11.0',
     groups: [],
+    databases: [{name: 'pgi', company: 'Lycée', chart: 'fr', currency: 'EUR', source: {file: 'establishments.yaml', line: 1, column: 1}}],
     source: {file: 'establishments.yaml', line: 1, column: 1},
     ...over,
   }

@@ -1,6 +1,9 @@
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {MemoryIo} from '../../../src/io.js'
+import {connectHypervisor} from '../../../src/proxmox/client.js'
+import {Secret} from '../../../src/secret.js'
+import {databaseLine} from '../../../src/status/format.js'
 import {StatusService} from '../../../src/status/service.js'
 import type {StatusReport} from '../../../src/status/types.js'
 import {startSimLab, type SimLab} from './sim-lab.js'
@@ -20,9 +23,9 @@ describe('pgi status on a simulated lab', () => {
     await lab?.close()
   })
 
-  async function status(opts: {uais?: string[]; token?: {id: string; secret: import('../../../src/secret.js').Secret}} = {}): Promise<StatusReport> {
+  async function status(opts: {uais?: string[]; token?: {id: string; secret: import('../../../src/secret.js').Secret}; databaseDetails?: boolean} = {}): Promise<StatusReport> {
     const ests = opts.uais ? lab.establishments.filter((e) => opts.uais!.includes(e.uai)) : lab.establishments
-    const svc = await StatusService.open({inventory: lab.inventory, establishments: ests, io: new MemoryIo(), env: lab.env, requestTimeoutMs: TIMEOUT_MS, ...(opts.token ? {token: opts.token} : {})})
+    const svc = await StatusService.open({inventory: lab.inventory, establishments: ests, io: new MemoryIo(), env: lab.env, requestTimeoutMs: TIMEOUT_MS, ...(opts.token ? {token: opts.token} : {}), ...(opts.databaseDetails ? {databaseDetails: true} : {})})
     try {
       return await svc.collect()
     } finally {
@@ -113,5 +116,28 @@ describe('pgi status on a simulated lab', () => {
     const other = on('lab1')[1]!
     const r2 = await status({uais: [other.uai], token: {id: lab.ami.id, secret: lab.ami.secret}})
     expect(r2.establishments[0]).toMatchObject({verdict: 'unknown', reason: `cannot see the VM: this token lacks the privilege VM.Audit on /vms/${other.vmid}`})
+  })
+
+  it('one establishment: its databases with size, company, modules, login and last backup (pgi-db list); an AMI token sees them from the record', async () => {
+    const e = lab.establishments.find((x) => x.uai === lab.ami.uai)!
+    const api = connectHypervisor(lab.inventory.hypervisors.get(e.hypervisor)!, {tokenSecret: new Secret(lab.env.PGI_LAB_TOKEN!)})
+    try {
+      const conf = await api.agentExec(e.node, e.vmid, ['/usr/local/sbin/pgi-configure'], {inputData: JSON.stringify({tryton_admin: {password: 'p4ss-word'}}), timeoutMs: 10_000})
+      expect(conf.exitcode, conf.stderr).toBe(0)
+      const made = await api.agentExec(e.node, e.vmid, ['/usr/local/sbin/pgi-db', 'create', 'pgi', '--company', 'Lycée Test'], {timeoutMs: 10_000})
+      expect(made.exitcode, made.stderr).toBe(0)
+    } finally {
+      await api.close()
+    }
+    const d = (await status({uais: [e.uai], databaseDetails: true})).establishments[0]!
+    expect(d.databases).toEqual([{name: 'pgi', modules: expect.objectContaining({account_fr: expect.any(String)}), sizeBytes: 40 * 2 ** 20, lastBackup: null, login: true, company: 'Lycée Test'}])
+    expect(databaseLine(d.databases![0]!)).toMatch(/^pgi {2}41\.9 MB {2}company "Lycée Test" {2}login ok {2}no backup yet {2}modules: account, account_fr, /)
+    // without details (a fleet-wide run): no pgi-db list, sizes unknown
+    const fleet = (await status({uais: [e.uai]})).establishments[0]!
+    expect(fleet.databases).toEqual([expect.objectContaining({name: 'pgi', sizeBytes: null, login: true})])
+    // an AMI's token reads the server's record: names, modules and the login, not the sizes
+    const ami = (await status({uais: [e.uai], token: {id: lab.ami.id, secret: lab.ami.secret}, databaseDetails: true})).establishments[0]!
+    expect(ami.healthCheck?.via).toBe('health-record')
+    expect(ami.databases).toEqual([expect.objectContaining({name: 'pgi', sizeBytes: null, login: true, modules: expect.objectContaining({account_fr: expect.any(String)})})])
   })
 })

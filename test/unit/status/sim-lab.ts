@@ -98,6 +98,7 @@ export async function startSimLab(o: SimLabOptions): Promise<SimLab> {
       ring: 'general',
       image: o.wanted ?? image,
       groups: [],
+      databases: [{name: 'pgi', company: 'Lycée', chart: 'fr', currency: 'EUR', source: {file: 'lab.yaml', line: i + 1, column: 1}}],
       source: {file: 'lab.yaml', line: i + 1, column: 1},
     })
   }
