@@ -1047,7 +1047,7 @@ export class PveClient implements PveApi {
 
   /**
    * Multipart upload of a local file to `POST /nodes/{node}/storage/{storage}/upload`, sent by
-   * hand because proxmox-api only sends form-encoded bodies. Hand-written multipart (rather
+   * hand: API requests are form-encoded (exchange). Hand-written multipart (rather
    * than FormData) so that the body is streamed from disk with an exact Content-Length
    * (pveproxy does not take chunked uploads) and progress can be reported.
    */
