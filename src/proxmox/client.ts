@@ -362,7 +362,9 @@ export class PveClient implements PveApi {
         ac.signal,
       )
       cancel()
-      bodyText = await untilAborted(res.text(), ac.signal)
+      // the deadline ended when the answer started; the body's pauses are bounded by the
+      // transport (idleTimeoutMs), so no second race with the signal here
+      bodyText = await res.text()
     } catch (err) {
       ctx.fetchError = err
       throw err
