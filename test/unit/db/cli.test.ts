@@ -74,6 +74,8 @@ describe('pgi db create, copy, list', {timeout: 240_000}, () => {
     expect(dbs.map((d: {name: string; kind: string}) => [d.name, d.kind])).toEqual([
       ['essai_cg1', 'copy'],
       ['modele_cg1', 'create'],
+      // the establishment's declared database, made by pgi deploy
+      ['pgi', 'create'],
     ])
     expect(dbs[0].modules).toContain('account_fr')
     const human = await pgi(['db', 'list', uai])
