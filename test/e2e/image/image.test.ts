@@ -77,7 +77,9 @@ for (const L of LINES) {
             process.stderr.write('web client login not checked: no /usr/bin/chromium (apt-get install chromium)\n')
             return `proteus ${login.proteus}: ${login.user.login} in ${t.database}`
           }
-          web = await saoLogin(t.webUrl, t.database, t.login, t.password.reveal())
+          // sao as trytond serves it (the JSON-RPC port): port 80 sends browsers to HTTPS on the
+          // standard port, which this test's port forward does not have
+          web = await saoLogin(t.jsonrpcUrl, t.database, t.login, t.password.reveal())
           return `proteus ${login.proteus} and sao ${web.version}: ${login.user.login} in ${t.database}`
         },
       })
@@ -90,7 +92,8 @@ for (const L of LINES) {
       expect(login?.accountTemplates).toBeGreaterThan(100)
       if (hasChromium()) {
         // the web client of the same series, in French, with the BTS modules' menus
-        expect(web?.version).toMatch(new RegExp(`^${L.tryton.replace('.', '\\.')}\\.`))
+        // sao 6.0 has no Sao.__version__: there the session's user and the drawn menu prove it
+        if (L.tryton !== '6.0') expect(web?.version).toMatch(new RegExp(`^${L.tryton.replace('.', '\\.')}\\.`))
         expect(web?.userId).toBe(login?.user.id)
         expect(web?.menu).toEqual(expect.arrayContaining(['Tiers', 'Financier', 'Ventes', 'Achats']))
       }
