@@ -69,6 +69,13 @@ export function handoffDatabases(list: readonly PgiDbDatabase[]): HandoffDatabas
  */
 export async function readHandoffDatabases(api: PveApi, est: Establishment, io?: Io): Promise<HandoffDatabase[] | undefined> {
   try {
+    // a GET first: a hypervisor that does not answer is found out within one read deadline (its
+    // breaker opens), instead of the guest command's retried POSTs; a stopped VM has nothing to say
+    const st = await api.vmStatus(est.node, est.vmid)
+    if (st?.status !== 'running') {
+      io?.warn(`${est.uai}: VM ${est.vmid} is ${st?.status ?? 'missing'}: the handoff will not list its databases`)
+      return undefined
+    }
     return handoffDatabases(await listDatabases({api, node: est.node, vmid: est.vmid, uai: est.uai}))
   } catch (err) {
     io?.warn(`${est.uai}: the VM's databases could not be read (the handoff will not list them): ${(err as Error).message}`)
