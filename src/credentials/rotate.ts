@@ -1,4 +1,5 @@
 import {ErrorCode, UserError} from '../errors.js'
+import {requireRunningVm} from '../fleet/guest.js'
 import type {Io} from '../io.js'
 import type {Establishment} from '../inventory/types.js'
 import type {AgentExecResult, PveApi} from '../proxmox/types.js'
@@ -92,7 +93,7 @@ async function rotateLocked(opts: RotateOptions): Promise<RotateResult> {
   // the VM is known to be up, so an unreachable hypervisor or a stopped VM leaves nothing pending.
   let names = await pendingSecrets(store, est.uai)
   const resumed = names.length > 0
-  if (!resumed) await requireRunningVm(api, est)
+  if (!resumed) await requireRunningVm(api, est, ', so its secrets cannot be changed')
   const fresh: Partial<EstablishmentSecrets> = {}
   if (resumed) {
     io?.info(`${est.uai}: finishing an interrupted rotation (${names.join(', ')})`)
@@ -153,7 +154,7 @@ export async function applyInGuest(
   const where = {uai: est.uai, hypervisor: api.hypervisor, node: est.node, vmid: est.vmid}
   const values = Object.values(secrets).filter((v): v is Secret => v !== undefined)
   const scrub = (t: string) => values.reduce((acc, s) => acc.split(s.reveal()).join('[secret]'), t)
-  await requireRunningVm(api, est)
+  await requireRunningVm(api, est, ', so its secrets cannot be changed')
   let r: AgentExecResult
   try {
     // convergent (it sets what it is given): safe to start again after a server fault
@@ -177,24 +178,6 @@ export async function applyInGuest(
   } catch {
     opts.io?.warn(`${est.uai}: pgi-configure succeeded but did not print JSON`)
     return []
-  }
-}
-
-/** Throws unless the establishment's VM exists and runs (so its guest agent can be used). */
-export async function requireRunningVm(api: PveApi, est: Establishment): Promise<void> {
-  const where = {uai: est.uai, hypervisor: api.hypervisor, node: est.node, vmid: est.vmid}
-  const status = await api.vmStatus(est.node, est.vmid)
-  if (!status) {
-    throw new UserError(ErrorCode.UNKNOWN_ESTABLISHMENT, `the VM of ${est.uai} (VM ${est.vmid}) does not exist on ${api.hypervisor}/${est.node}`, {
-      where,
-      suggestions: [`Deploy it first: \`pgi deploy ${est.uai}\`.`],
-    })
-  }
-  if (status.status !== 'running') {
-    throw new UserError(ErrorCode.UNHEALTHY, `the VM of ${est.uai} is ${status.status}, so its secrets cannot be changed`, {
-      where,
-      suggestions: ['Start the VM (and wait for it to boot), then run the same command again.'],
-    })
   }
 }
 

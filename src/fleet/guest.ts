@@ -3,6 +3,8 @@
  * Every wait is bounded and says what it saw last when it gives up.
  */
 import {ErrorCode, TimeoutError, UserError, type ErrorLocation} from '../errors.js'
+import type {ExitCodeValue} from '../exit-codes.js'
+import type {Establishment} from '../inventory/types.js'
 import type {PveApi} from '../proxmox/types.js'
 import {sleep} from '../sleep.js'
 
@@ -151,4 +153,27 @@ export async function verifyGuestBackup(t: GuestTarget, manifestPath: string, ti
 
 function lastLine(s: string): string {
   return s.trim().split('\n').slice(-3).join(' | ').slice(0, 400) || '(no output)'
+}
+
+/**
+ * Throws unless the establishment's VM exists and runs (its guest agent is what the caller needs):
+ * a missing VM is PGI_UNKNOWN_ESTABLISHMENT, a stopped one PGI_UNHEALTHY saying `why` it must run.
+ */
+export async function requireRunningVm(api: PveApi, est: Establishment, why: string, exitCode?: ExitCodeValue): Promise<GuestTarget> {
+  const where = {uai: est.uai, hypervisor: api.hypervisor, node: est.node, vmid: est.vmid}
+  const status = await api.vmStatus(est.node, est.vmid)
+  if (!status) {
+    throw new UserError(ErrorCode.UNKNOWN_ESTABLISHMENT, `the VM of ${est.uai} (VM ${est.vmid}) does not exist on ${api.hypervisor}/${est.node}`, {
+      where,
+      suggestions: [`Deploy it first: \`pgi deploy ${est.uai}\`.`],
+    })
+  }
+  if (status.status !== 'running') {
+    throw new UserError(ErrorCode.UNHEALTHY, `the VM of ${est.uai} is ${status.status}${why}`, {
+      ...(exitCode !== undefined ? {exitCode} : {}),
+      where,
+      suggestions: ['Start the VM (and wait for it to boot), then run the same command again.'],
+    })
+  }
+  return {api, node: est.node, vmid: est.vmid, uai: est.uai}
 }

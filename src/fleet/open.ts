@@ -12,14 +12,14 @@
  * selectEstablishments, the secret store only when a token lives there, one Hypervisors), in one
  * place for the commands that need a VM's guest agent (`pgi db`).
  */
-import {ErrorCode, UsageError, UserError} from '../errors.js'
+import {UsageError} from '../errors.js'
 import {ExitCode} from '../exit-codes.js'
 import {Hypervisors, type PveConnector} from '../hypervisors.js'
 import type {Io} from '../io.js'
 import type {Establishment, Hypervisor, Inventory} from '../inventory/types.js'
 import type {Secret} from '../secret.js'
 import {SecretStore} from '../secrets/store.js'
-import type {GuestTarget} from './guest.js'
+import {requireRunningVm, type GuestTarget} from './guest.js'
 
 /** PVE API token ids: USER@REALM!TOKENID. */
 export const TOKEN_ID_RE = /^[^\s@!]+@[^\s@!]+![A-Za-z][A-Za-z0-9._-]*$/
@@ -91,22 +91,7 @@ export class FleetSession {
    */
   async guest(est: Establishment): Promise<GuestTarget> {
     const api = await this.hypervisors.get(est.hypervisor)
-    const where = {uai: est.uai, hypervisor: api.hypervisor, node: est.node, vmid: est.vmid}
-    const status = await api.vmStatus(est.node, est.vmid)
-    if (!status) {
-      throw new UserError(ErrorCode.UNKNOWN_ESTABLISHMENT, `the VM of ${est.uai} (VM ${est.vmid}) does not exist on ${api.hypervisor}/${est.node}`, {
-        where,
-        suggestions: [`Deploy it first: \`pgi deploy ${est.uai}\`.`],
-      })
-    }
-    if (status.status !== 'running') {
-      throw new UserError(ErrorCode.UNHEALTHY, `the VM of ${est.uai} is ${status.status}: its databases are reached through its guest agent, which needs it running`, {
-        exitCode: ExitCode.UNHEALTHY,
-        where,
-        suggestions: ['Start the VM (and wait for it to boot), then run the same command again.'],
-      })
-    }
-    return {api, node: est.node, vmid: est.vmid, uai: est.uai}
+    return requireRunningVm(api, est, ': its databases are reached through its guest agent, which needs it running', ExitCode.UNHEALTHY)
   }
 
   /** Closes every hypervisor connection the run opened. */
