@@ -6,6 +6,7 @@
 import {formatDescription, formatTags, parseDescription, type VmMeta} from '../fleet/vm-meta.js'
 import type {Establishment, Hypervisor} from '../inventory/types.js'
 import type {PveParams, PveVmConfig} from '../proxmox/types.js'
+import {tryParseSize} from '../size.js'
 
 /** The image a deploy puts on the OS disk (already verified locally). */
 export interface DeployImage {
@@ -104,14 +105,6 @@ export function createParams(est: Establishment, hv: Hypervisor, image: DeployIm
   return p
 }
 
-/** Size in bytes of a PVE size string (`32G`, `512M`, `8589934592`). */
-export function parseSize(s: string): number {
-  const m = /^(\d+(?:\.\d+)?)([KMGT]?)$/i.exec(s.trim())
-  if (!m) return NaN
-  const mult: Record<string, number> = {'': 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40}
-  return Math.round(Number(m[1]) * mult[m[2]!.toUpperCase()]!)
-}
-
 /** Parsed disk property string: `local-vm:vm-100-disk-0.qcow2,size=32G,serial=pgi-data`. */
 export function parseDisk(v: string | number | undefined): {volid: string; size?: number; opts: Record<string, string>} | undefined {
   if (v === undefined) return undefined
@@ -121,7 +114,7 @@ export function parseDisk(v: string | number | undefined): {volid: string; size?
     const i = r.indexOf('=')
     if (i > 0) opts[r.slice(0, i)] = r.slice(i + 1)
   }
-  const size = opts.size ? parseSize(opts.size) : undefined
+  const size = opts.size ? tryParseSize(opts.size) : undefined
   return {volid: volid ?? '', size, opts}
 }
 

@@ -10,6 +10,7 @@ import {ErrorCode, UserError} from '../errors.js'
 import type {Establishment} from '../inventory/types.js'
 import type {Io} from '../io.js'
 import {readVmSnapshot, type VmSnapshotEntry} from '../lab/runtime.js'
+import {sleep} from '../sleep.js'
 
 function split(ep: string | undefined): {host: string; port: number} | undefined {
   if (!ep) return undefined
@@ -61,7 +62,7 @@ export function labConnection(labDir: string, opts: {waitMs?: number; io?: Io} =
           suggestions: ['Is the lab running (`pgi lab status`), and this VM started in it? Without --lab-dir, the handoff names the inventory address.'],
         })
       }
-      await new Promise((r) => setTimeout(r, 500))
+      await sleep(500)
     }
   }
 }

@@ -26,6 +26,7 @@ import {createParams, parseDisk, touchesCloudInit, updateParams, type DeployImag
 import {DeployJournal, type DeployStep, type JournalEntry} from './journal.js'
 import {fmtDrift, needsWork, type Plan, type PlanItem} from './plan.js'
 import {Stager} from './stage.js'
+import {sleep} from '../sleep.js'
 
 export type DeployOutcomeKind = 'created' | 'updated' | 'up-to-date' | 'drifted' | 'failed' | 'blocked'
 
@@ -293,7 +294,7 @@ async function waitUnlocked(target: GuestTarget, ctx: OneCtx): Promise<PveVmConf
       throw new UserError(ErrorCode.PVE_LOCKED, `VM ${target.vmid} stayed locked (${cfg.lock})`, {where: {uai: target.uai, node: target.node, vmid: target.vmid}})
     }
     ctx.update(`waiting for lock "${cfg.lock}" to be released`)
-    await new Promise((r) => setTimeout(r, ctx.pollIntervalMs ?? 3000))
+    await sleep(ctx.pollIntervalMs ?? 3000)
   }
 }
 

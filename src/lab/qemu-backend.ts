@@ -6,6 +6,7 @@ import {run} from '../exec.js'
 import {decideAccel, type AccelDecision} from '../qemu/accel.js'
 import {seedFiles, writeSeedImage, type SeedSpec} from '../qemu/cloudinit.js'
 import {QgaError, type QgaClient} from '../qemu/qga.js'
+import {sleep} from '../sleep.js'
 import {QemuVm, userNetFor, type PortForward, type UserNetSpec, type VmDiskSpec} from '../qemu/vm.js'
 import {
   BackendError,
@@ -109,7 +110,6 @@ interface RunningVm {
   net?: UserNetSpec
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 export class QemuBackend implements VmBackend {
   readonly kind = 'qemu'

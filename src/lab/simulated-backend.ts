@@ -1,7 +1,7 @@
 import {rm, stat} from 'node:fs/promises'
 import {basename} from 'node:path'
 
-import {sleep as abortableSleep} from '../sleep.js'
+import {sleep} from '../sleep.js'
 import {bootGuest, DataDisk, readGuestFile, runGuestCommand, TEMPLATE_MODULES, TEMPLATE_ROWS, writeGuestFile, type BootState, type GuestEnv, type GuestFile} from './simulated-guest.js'
 import {
   BackendError,
@@ -95,10 +95,10 @@ interface SimVm {
  */
 const VERSION_RE = /-(\d+(?:\.\d+)+(?:[-+~][\w.]+)?)\.[A-Za-z0-9]+$/
 
-/** A task's simulated duration; the lab's shutdown cuts it short. */
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+/** A task's simulated duration; the lab's shutdown cuts it short (the task then fails: "task aborted"). */
+function taskDuration(ms: number, signal?: AbortSignal): Promise<void> {
   if (ms <= 0) return Promise.resolve()
-  return abortableSleep(ms, signal).catch(() => {
+  return sleep(ms, signal).catch(() => {
     throw new Error('task aborted')
   })
 }
@@ -146,7 +146,7 @@ export class SimulatedBackend implements VmBackend {
   }
 
   #wait(what: keyof Durations, ctx?: TaskContext, factor = 1): Promise<void> {
-    return sleep(this.#d[what] * this.#scale * factor, ctx?.signal)
+    return taskDuration(this.#d[what] * this.#scale * factor, ctx?.signal)
   }
 
   async init(init: BackendInit): Promise<void> {

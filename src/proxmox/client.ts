@@ -13,7 +13,7 @@ import {HypervisorDownError, isLockError, PveApiError, PveTaskError, type PveWhe
 import {createTrustedFetch, NetworkError, toNetworkError, type FetchFn, type HttpAnswer, type HttpInit, type PinnedFetch} from './tls.js'
 import type {
   AgentExecResult,
-  AgentInterface,
+  AgentNetworkInterface,
   PveApi,
   PveCloneOptions,
   PveNodeInfo,
@@ -966,8 +966,8 @@ export class PveClient implements PveApi {
     }
   }
 
-  async agentNetworkInterfaces(node: string, vmid: number): Promise<AgentInterface[]> {
-    return (await this.agent<AgentInterface[]>('GET', node, vmid, 'network-get-interfaces')) ?? []
+  async agentNetworkInterfaces(node: string, vmid: number): Promise<AgentNetworkInterface[]> {
+    return (await this.agent<AgentNetworkInterface[]>('GET', node, vmid, 'network-get-interfaces')) ?? []
   }
 
   async agentFsInfo(node: string, vmid: number): Promise<unknown[]> {

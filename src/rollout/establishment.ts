@@ -41,6 +41,7 @@ import type {Establishment} from '../inventory/types.js'
 import type {Io} from '../io.js'
 import type {PveApi, PveParams, PveVmConfig} from '../proxmox/types.js'
 import type {Secret} from '../secret.js'
+import {sleep} from '../sleep.js'
 import {probeGuest, restoreInGuest, waitForBoot, type ProbeResult} from './guest-scripts.js'
 import type {Control, RolloutJournal} from './journal.js'
 import {inWindow, describeWindow} from './window.js'
@@ -145,7 +146,6 @@ class Stop extends Error {
 }
 
 const stepIndex = (s: string | undefined): number => STEPS.indexOf(s as ForwardStep)
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 const sha256 = (s: string) => createHash('sha256').update(s).digest('hex')
 
 interface Run {

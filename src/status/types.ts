@@ -41,8 +41,11 @@ export interface PgiHealthReport {
   problems: string[]
 }
 
-/** A rollout mark found on the VM (src/fleet/vm-meta.ts), with what it means now. */
-export interface RolloutState {
+/**
+ * A rollout mark found on the VM (src/fleet/vm-meta.ts), with what it means now (not the state of
+ * a whole rollout: that is src/rollout/journal.ts's RolloutState).
+ */
+export interface RolloutMarkState {
   id: string
   from: string
   to: string
@@ -85,7 +88,7 @@ export interface Observation {
   metaImage?: string
   tagImage?: string
   deployedAt?: string
-  rollout?: RolloutState
+  rollout?: RolloutMarkState
   metaError?: ProbeError
 
   /** The guest agent answered (exec or ping); undefined when not asked (VM not running) or not allowed. */
@@ -157,7 +160,7 @@ export interface EstablishmentStatus {
   dataDisk: {usedBytes: number; sizeBytes: number; usedRatio: number; source: 'pgi-health' | 'agent-fsinfo'} | null
   backup: {last: string | null; ageS: number | null} | null
   databases: DatabaseStatus[] | null
-  rollout: RolloutState | null
+  rollout: RolloutMarkState | null
   /** pgi-health's own problem list, verbatim. */
   problems: string[]
   /**

@@ -1,7 +1,9 @@
 import {randomUUID} from 'node:crypto'
 
-import {DIGEST_MISMATCH, HttpError, MASK, randomMac, type Ctx, type Handler, type LabApi} from '../api.js'
-import {formatSize, ParamError, parseBool, parseSize} from '../validate.js'
+import {DIGEST_MISMATCH, HttpError, MASK, randomMac, type Ctx, type Handler} from '../context.js'
+import type {LabApi} from '../api.js'
+import {parseSize} from '../../size.js'
+import {formatSize, ParamError, parseBool} from '../validate.js'
 import {isCdrom, isCloudinitDrive, isCloudinitKey, isDriveKey, nextUnused, pendingItems, printDrive, vmDigest, withPending, type VmRecord} from '../vmconfig.js'
 
 /**
