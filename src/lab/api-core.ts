@@ -371,7 +371,6 @@ export class LabApiCore {
     }
   }
 
-
   configOut(vm: VmRecord, current = false, snapshot?: Record<string, string>): Record<string, unknown> {
     const cfg = snapshot ?? (current ? vm.config : withPending(vm))
     const out: Record<string, unknown> = {}

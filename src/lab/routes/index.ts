@@ -3,6 +3,7 @@ import type {Handler} from '../context.js'
 import {agentRoutes} from './agent.js'
 import {clusterRoutes} from './cluster.js'
 import {qemuRoutes} from './qemu.js'
+import {snapshotRoutes} from './snapshots.js'
 import {storageRoutes} from './storage.js'
 
 /**
@@ -10,5 +11,5 @@ import {storageRoutes} from './storage.js'
  * (not LabApi itself), so that the routes import the API classes and never the other way round.
  */
 export function labHandlers(api: LabApi): Record<string, Handler> {
-  return {...clusterRoutes(api), ...qemuRoutes(api), ...agentRoutes(api), ...storageRoutes(api)}
+  return {...clusterRoutes(api), ...qemuRoutes(api), ...snapshotRoutes(api), ...agentRoutes(api), ...storageRoutes(api)}
 }
