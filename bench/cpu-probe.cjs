@@ -1,6 +1,7 @@
 // Preloaded into a pgi process by bench/status.mjs (NODE_OPTIONS=--require): at exit, writes the
-// process's CPU time (user + system, ms) and the number of HTTP requests undici created (its
-// `undici:request:create` diagnostics channel: every Proxmox API request goes through undici) to
+// process's CPU time (user + system, ms) and the number of HTTP client requests the process made
+// (node:http's `http.client.request.start` diagnostics channel: every Proxmox API request goes
+// through node:https; undici's channel is counted too, should a request go through it) to
 // the file named by PGI_BENCH_CPU_FILE. A preload, because Node gives no rusage of a child.
 'use strict'
 const dc = require('node:diagnostics_channel')
@@ -9,6 +10,7 @@ let requests = 0
 const onCreate = () => {
   requests++
 }
+dc.subscribe('http.client.request.start', onCreate)
 dc.subscribe('undici:request:create', onCreate)
 process.on('exit', () => {
   const u = process.cpuUsage()
