@@ -10,7 +10,6 @@
  */
 import {hostname} from 'node:os'
 
-import {settleAll} from '../fleet/pool.js'
 import {waitForAgent, waitForHealthy, type GuestTarget} from '../fleet/guest.js'
 import {formatDescription, formatTags, parseDescription} from '../fleet/vm-meta.js'
 import {ErrorCode, PgiError, UserError, asPgiError, type ErrorCodeValue, type ErrorLocation} from '../errors.js'

@@ -4,7 +4,6 @@
  */
 import {join} from 'node:path'
 
-import type {HandoffConnection} from '../credentials/handoff.js'
 import {openInventoryStore} from '../credentials/service.js'
 import {ErrorCode} from '../errors.js'
 import {ExitCode, type ExitCodeValue} from '../exit-codes.js'
@@ -16,7 +15,7 @@ import type {Establishment, Inventory} from '../inventory/types.js'
 import type {Io} from '../io.js'
 import {journalDir, stateDir} from '../paths.js'
 import type {SecretStore} from '../secrets/store.js'
-import {storeCredentials} from './credentials.js'
+import {storeCredentials, type ConnectionSource} from './credentials.js'
 import type {DeployImage} from './desired.js'
 import {fmtDrift, needsWork, planDeploy, type PlanItem} from './plan.js'
 import {executeDeploy, type DeployResult} from './run.js'
@@ -55,7 +54,7 @@ export interface DeployRequest {
   /** Replace how hypervisors are opened (labs, tests). */
   connect?: PveConnector
   /** How the AMI reaches each VM, when not at the inventory address (a lab's forwarded ports). */
-  connection?: (est: Establishment) => Promise<HandoffConnection | undefined> | HandoffConnection | undefined
+  connection?: ConnectionSource
   /** Already loaded inventory (library use); otherwise read from inventoryPath. */
   inventory?: Inventory
   signal?: AbortSignal

@@ -37,6 +37,23 @@ describe('architecture', () => {
     expect(offenders).toEqual([])
   })
 
+  it('no file in src/ is over 600 lines (split by concern, docs/architecture.md)', () => {
+    const long = tsFiles('src')
+      .map((f) => ({f, lines: readFileSync(join(root, f), 'utf8').split('\n').length}))
+      .filter((x) => x.lines > 600)
+      .map((x) => `${x.f}: ${x.lines} lines`)
+    expect(long).toEqual([])
+  })
+
+  it('deploy and credentials reach a lab only through the connection they are given (src/lab is not imported)', () => {
+    const offenders = [...tsFiles(join('src', 'deploy')), ...tsFiles(join('src', 'credentials'))].flatMap((f) =>
+      importsOf(f)
+        .filter((s) => /(^|\/)lab\//.test(s))
+        .map((s) => `${f}: ${s}`),
+    )
+    expect(offenders).toEqual([])
+  })
+
   it('the import reader sees the imports it must see (the check above can fail)', () => {
     const base = readFileSync(join(root, 'src', 'cli', 'base-command.ts'), 'utf8')
     expect(base).toMatch(/@oclif\/core/)
