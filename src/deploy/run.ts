@@ -23,19 +23,13 @@ import {readHandoffDatabases, type HandoffDatabase} from '../credentials/handoff
 import {ensureDatabases, type DatabaseOutcome} from './databases.js'
 import {createParams, parseDisk, touchesCloudInit, updateParams, type DeployImage, type Drift} from './desired.js'
 import {DeployJournal, type DeployStep, type JournalEntry} from './journal.js'
-import {fmtDrift, needsWork, type Plan, type PlanItem} from './plan.js'
+import {fmtDrift, needsWork, type DeployTarget, type Plan, type PlanItem} from './plan.js'
 import {Stager} from './stage.js'
 import {sleep} from '../sleep.js'
 
 export type DeployOutcomeKind = 'created' | 'updated' | 'up-to-date' | 'drifted' | 'failed' | 'blocked'
 
-export interface DeployOutcome {
-  uai: string
-  name: string
-  hypervisor: string
-  node: string
-  vmid: number
-  image: string
+export interface DeployOutcome extends DeployTarget {
   outcome: DeployOutcomeKind
   /** What was done, or why nothing was. */
   detail: string

@@ -17,7 +17,7 @@ import {journalDir, stateDir} from '../paths.js'
 import type {SecretStore} from '../secrets/store.js'
 import {storeCredentials, type ConnectionSource} from './credentials.js'
 import type {DeployImage} from './desired.js'
-import {fmtDrift, needsWork, planDeploy, type PlanItem} from './plan.js'
+import {fmtDrift, needsWork, planDeploy, type DeployTarget, type PlanItem} from './plan.js'
 import {executeDeploy, type DeployResult} from './run.js'
 
 export interface DeployRequest {
@@ -61,13 +61,7 @@ export interface DeployRequest {
 }
 
 /** One line of the plan, as shown and as returned in --json. */
-export interface PlanRow {
-  uai: string
-  name: string
-  hypervisor: string
-  node: string
-  vmid: number
-  image: string
+export interface PlanRow extends DeployTarget {
   action: PlanItem['action']
   detail: string
   drifts?: {setting: string; want: string; have: string; fix: string}[]

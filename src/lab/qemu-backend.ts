@@ -10,20 +10,7 @@ import {sleep} from '../sleep.js'
 import {QemuVm, userNetFor, type PortForward, type UserNetSpec, type VmDiskSpec} from '../qemu/vm.js'
 import {qemuGuestAgent} from './qemu-agent.js'
 import {QemuStorages} from './qemu-storage.js'
-import {
-  BackendError,
-  type BackendInit,
-  type DiskAllocation,
-  type GuestAgent,
-  type StorageContent,
-  type TaskContext,
-  type VmAccess,
-  type VmBackend,
-  type VmDisk,
-  type VmRuntimeStatus,
-  type VmSpec,
-  type VolumeInfo,
-} from './backend.js'
+import {BackendError, type BackendInit, type DiskAllocation, type GuestAgent, type StorageContent, type TaskContext, type VmAccess, type VmBackend, type VmDisk, type VmRuntimeStatus, type VmSpec, type VolumeInfo} from './backend.js'
 
 /**
  * The qemu backend of the lab: every VM is a real QEMU process (src/qemu/vm.ts).

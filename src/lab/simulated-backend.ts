@@ -5,21 +5,7 @@ import {sleep} from '../sleep.js'
 import {simulatedAgent} from './simulated-agent.js'
 import {bootGuest, readGuestFile, runGuestCommand} from './simulated-guest.js'
 import {DataDisk, TEMPLATE_MODULES, TEMPLATE_ROWS, type BootState, type GuestEnv, type GuestFile} from './simulated-guest-state.js'
-import {
-  BackendError,
-  type AgentExecStatus,
-  type BackendInit,
-  type DiskAllocation,
-  type GuestAgent,
-  type StorageContent,
-  type TaskContext,
-  type VmAccess,
-  type VmBackend,
-  type VmDisk,
-  type VmRuntimeStatus,
-  type VmSpec,
-  type VolumeInfo,
-} from './backend.js'
+import {BackendError, type AgentExecStatus, type BackendInit, type DiskAllocation, type GuestAgent, type StorageContent, type TaskContext, type VmAccess, type VmBackend, type VmDisk, type VmRuntimeStatus, type VmSpec, type VolumeInfo} from './backend.js'
 
 /**
  * The simulated backend: no VMs, no disk images. Volumes are records (size, format, the image

@@ -6,6 +6,8 @@
  * envelope), monitoring and scripts read it. Field names are stable.
  */
 
+import type {RolloutMark} from '../fleet/vm-meta.js'
+
 export type Verdict = 'healthy' | 'degraded' | 'down' | 'unknown'
 
 export const VERDICTS: readonly Verdict[] = ['healthy', 'degraded', 'down', 'unknown']
@@ -45,14 +47,7 @@ export interface PgiHealthReport {
  * A rollout mark found on the VM (src/fleet/vm-meta.ts), with what it means now (not the state of
  * a whole rollout: that is src/rollout/journal.ts's RolloutState).
  */
-export interface RolloutMarkState {
-  id: string
-  from: string
-  to: string
-  step: string
-  at: string
-  runner?: string
-  reason?: string
+export interface RolloutMarkState extends Pick<RolloutMark, 'id' | 'from' | 'to' | 'step' | 'at' | 'runner' | 'reason'> {
   /** done: the last step was a commit; failed: it ended in failure/rollback; pending: half-way. */
   state: 'pending' | 'failed' | 'done'
 }
