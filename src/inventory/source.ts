@@ -41,6 +41,8 @@ export class SourceFile {
   errors: YamlIssue[] = []
   warnings: YamlIssue[] = []
   private root: PosNode | undefined
+  /** True while the js-yaml path's positions are still to be built (see positions). */
+  private rootPending = false
   private readonly newlines: number[] = []
 
   private constructor(
@@ -60,25 +62,19 @@ export class SourceFile {
     return src
   }
 
-  /** The js-yaml path: true when the file was read (no error at all). */
+  /**
+   * The js-yaml path: true when the file was read (no error at all). The positions of its nodes
+   * are not built here: most runs never report a problem, and building them (js-yaml's parse
+   * listener, a node per YAML node) cost more than the parse itself on a 500-establishment
+   * inventory (bench/status, marginal CPU per request). They are built on the first question
+   * about a position (see positions).
+   */
   private async readFast(): Promise<boolean> {
-    const {load, CORE_SCHEMA} = await import('js-yaml')
-    // The listener sees every node open and close (nested), with the reader's offset.
-    const stack: {start: number; kids: {node: PosNode; result: unknown}[]}[] = [{start: 0, kids: []}]
+    jsYaml ??= await import('js-yaml')
+    const {load, CORE_SCHEMA} = jsYaml
     let value: unknown
     try {
-      value = load(this.text, {
-        schema: CORE_SCHEMA,
-        json: false,
-        listener: (event, state) => {
-          if (event === 'open') stack.push({start: state.position, kids: []})
-          else {
-            const open = stack.pop()!
-            const node = this.buildNode(open.start, state.position, state.result, open.kids)
-            stack.at(-1)!.kids.push({node, result: state.result})
-          }
-        },
-      })
+      value = load(this.text, {schema: CORE_SCHEMA, json: false})
     } catch {
       return false
     }
@@ -86,8 +82,27 @@ export class SourceFile {
     // ("billion laughs"). Let yaml, which caps alias expansion, report such a file.
     if (expandedSize(value, 1_000_000) > 1_000_000) return false
     this.value = value ?? undefined
-    this.root = value === null || value === undefined ? undefined : stack[0]!.kids.at(-1)?.node
+    this.rootPending = this.value !== undefined
     return true
+  }
+
+  /** The positions of the js-yaml path, built on first use by reading the text again with its listener. */
+  private positions(): PosNode | undefined {
+    if (!this.rootPending) return this.root
+    this.rootPending = false
+    // The listener sees every node open and close (nested), with the reader's offset.
+    const stack: {start: number; kids: {node: PosNode; result: unknown}[]}[] = [{start: 0, kids: []}]
+    // The text was read once without error (readFast): the same text reads the same way.
+    loadWithListener(this.text, (event, state) => {
+      if (event === 'open') stack.push({start: state.position, kids: []})
+      else {
+        const open = stack.pop()!
+        const node = this.buildNode(open.start, state.position, state.result, open.kids)
+        stack.at(-1)!.kids.push({node, result: state.result})
+      }
+    })
+    this.root = stack[0]!.kids.at(-1)?.node
+    return this.root
   }
 
   /** A node from the listener's events: maps alternate key and value children, sequences list items. */
@@ -196,7 +211,7 @@ export class SourceFile {
   }
 
   private nodeAt(path: YamlPath): PosNode | undefined {
-    let cur = this.root
+    let cur = this.positions()
     for (const seg of path) {
       cur = cur?.children?.get(String(seg))
       if (!cur) return undefined
@@ -225,8 +240,22 @@ export class SourceFile {
     return /^[^\s,\]}#]+/.exec(raw)?.[0] ?? raw.trim()
   }
 
+  /**
+   * Where `path` is, for messages: the file at once, the line and column computed when first read
+   * (every establishment carries its reference; only the ones a message cites ever need it).
+   */
   ref(path: YamlPath, at: At = 'value'): SourceRef {
-    return {file: this.file, ...this.pos(path, at)}
+    let p: {line: number; column: number} | undefined
+    const src = this
+    return {
+      file: this.file,
+      get line() {
+        return (p ??= src.pos(path, at)).line
+      },
+      get column() {
+        return (p ??= src.pos(path, at)).column
+      },
+    }
   }
 
   linePos(offset: number): {line: number; column: number} {
@@ -283,6 +312,14 @@ export function flowTooDeep(t: string, max: number): number {
 }
 
 /** Number of nodes of a value once aliases are expanded, counting up to `limit` (then stops). */
+/** js-yaml, once the first file was read with it (readFast). */
+let jsYaml: typeof import('js-yaml') | undefined
+
+/** js-yaml's parse of a text already read without error, with a listener of its nodes (positions). */
+function loadWithListener(text: string, listener: (event: 'open' | 'close', state: {position: number; result: unknown}) => void): void {
+  jsYaml!.load(text, {schema: jsYaml!.CORE_SCHEMA, json: false, listener})
+}
+
 function expandedSize(v: unknown, limit: number): number {
   let n = 0
   const stack = [v]
