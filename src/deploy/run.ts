@@ -24,7 +24,7 @@ import {ensureDatabases, type DatabaseOutcome} from './databases.js'
 import {createParams, parseDisk, touchesCloudInit, updateParams, type DeployImage, type Drift} from './desired.js'
 import {DeployJournal, type DeployStep, type JournalEntry} from './journal.js'
 import {fmtDrift, needsWork, type DeployTarget, type Plan, type PlanItem} from './plan.js'
-import {Stager} from './stage.js'
+import {Stager} from '../fleet/stage.js'
 import {sleep} from '../sleep.js'
 
 export type DeployOutcomeKind = 'created' | 'updated' | 'up-to-date' | 'drifted' | 'failed' | 'blocked'

@@ -1,6 +1,6 @@
 import type {GuestTarget} from '../fleet/guest.js'
 import {formatDescription, formatTags, parseDescription, type RolloutMark, type VmMeta} from '../fleet/vm-meta.js'
-import type {DeployImage} from '../deploy/desired.js'
+import type {DeployImage} from '../fleet/images.js'
 import {ErrorCode, PgiError, UserError, asPgiError} from '../errors.js'
 import {ExitCode} from '../exit-codes.js'
 import type {Hypervisors} from '../hypervisors.js'
