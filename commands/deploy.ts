@@ -55,7 +55,7 @@ Exit codes: 0 all done or up to date, 4 some establishments failed (see the summ
     // the engine is loaded when the command runs, not with every command (start-up time)
     const [{newestImage}, {labConnection}, {planExitCode, runDeploy}] = await Promise.all([
       import('../src/deploy/image.js'),
-      import('../src/deploy/lab-connection.js'),
+      import('../src/lab/handoff-connection.js'),
       import('../src/deploy/service.js'),
     ])
     const f = this.flags

@@ -1,6 +1,3 @@
-import {rename, writeFile} from 'node:fs/promises'
-import {basename, dirname, join} from 'node:path'
-
 import {Args, Flags} from '@oclif/core'
 
 import {BaseCommand, inventoryFlag, secretsDirFlag} from '../src/cli/base-command.js'
@@ -8,7 +5,7 @@ import {UsageError} from '../src/errors.js'
 import {reportFlag} from '../src/cli/flags.js'
 import {statusSuite} from '../src/report/suites.js'
 import {STATUS_DEFAULTS} from '../src/status/collect.js'
-import {detailLines, renderPrometheus, renderTable, useColour} from '../src/status/format.js'
+import {detailLines, refusalNotes, renderPrometheus, renderTable, useColour, writeTextfile} from '../src/status/format.js'
 import {DEFAULT_POLICY} from '../src/status/verdict.js'
 import {statusExitCode} from '../src/status/verdict.js'
 import type {StatusService} from '../src/status/service.js'
@@ -93,33 +90,20 @@ Exit codes: 0 every selected establishment is healthy; 5 at least one is degrade
     if (f.report && f.watch) throw new UsageError('--report writes the result of one run: it cannot be used with --watch', {where: {flag: 'report'}, suggestions: ['Run `pgi status --report …` from a scheduled job instead.']})
 
     // the engine (inventory loader, Proxmox client) is loaded when the command runs, not with every command
-    const [{loadValidInventory}, {selectEstablishments}, {Secret}, {StatusService, tokenSecretFromEnv}] = await Promise.all([
-      import('../src/inventory/load.js'),
-      import('../src/inventory/select.js'),
-      import('../src/secret.js'),
-      import('../src/status/service.js'),
-    ])
-    const t0 = performance.now()
-    const inventory = await loadValidInventory(f.inventory)
-    this.io.debug('inventory loaded', {ms: Math.round(performance.now() - t0), establishments: inventory.establishments.length})
-    const establishments = f.all || uais.length > 0 || f.group !== undefined ? selectEstablishments(inventory, {uais, all: f.all, group: f.group}) : [...inventory.establishments]
-    const token = f['token-id'] ? {id: f['token-id'], secret: new Secret(tokenSecretFromEnv())} : undefined
-
-    const svc = await StatusService.open({
-      inventory,
-      establishments,
-      io: this.io,
+    const {openStatus} = await import('../src/status/open.js')
+    const svc = await openStatus({
+      inventoryPath: f.inventory,
+      selection: {uais, all: f.all, group: f.group},
       secretsDir: f['secrets-dir'],
-      ...(token ? {token} : {}),
+      io: this.io,
+      tokenId: f['token-id'],
       requestTimeoutMs: f.timeout * 1000,
       healthTimeoutMs: f['health-timeout'] * 1000,
       maxParallel: f['max-parallel'],
       perHypervisor: f['max-per-hypervisor'],
       healthMaxAgeS: f['health-max-age'],
-      // one establishment: its details, with each database's size and last backup
-      databaseDetails: establishments.length === 1 && !f.watch,
+      watch: f.watch !== undefined,
     })
-    this.io.debug('status service ready', {ms: Math.round(performance.now() - t0)})
     try {
       const report = f.watch ? await this.watch(svc, f.watch) : await svc.collect()
       if (!report) return undefined
@@ -151,26 +135,14 @@ Exit codes: 0 every selected establishment is healthy; 5 at least one is degrade
       process.stdout.write(text)
       return
     }
-    // node-exporter reads the file at any time: never let it see half a file
-    const tmp = join(dirname(out), `.${basename(out)}.${process.pid}.tmp`)
-    await writeFile(tmp, text, {mode: 0o644})
-    await rename(tmp, out)
+    await writeTextfile(out, text)
   }
 
   /** A refused call is not a crash: say once which privilege the token lacks, and where. */
   private explainRefusals(report: StatusReport): void {
-    const seen = new Map<string, string[]>()
-    for (const e of report.establishments) {
-      for (const err of e.errors) {
-        if (err.code !== 'PGI_PVE_PERMISSION') continue
-        const key = `${err.privilege ?? '?'} on ${err.path ?? '?'}`
-        seen.set(key, [...(seen.get(key) ?? []), e.uai])
-      }
-    }
-    for (const [what, list] of seen) {
-      this.io.warn(`this API token lacks ${what} (${list.slice(0, 5).join(', ')}${list.length > 5 ? ', …' : ''}): what needs it was not checked`)
-    }
-    if (seen.size > 0) this.io.info('Ask a Région technician to grant it (see docs/proxmox-role.md), or run pgi status with the Région\'s token.')
+    const notes = refusalNotes(report)
+    for (const w of notes.warnings) this.io.warn(w)
+    if (notes.advice) this.io.info(notes.advice)
   }
 
   private async watch(svc: StatusService, intervalS: number): Promise<StatusReport | undefined> {

@@ -1,6 +1,6 @@
 /**
  * Deadlines of the requests pgi sends to hypervisors: the one time bound every fleet read and write
- * lives under, used by the Proxmox client for each API request (src/proxmox/client.ts) and by the
+ * lives under, used by the Proxmox client for each API request (src/proxmox/transport.ts) and by the
  * status service for each of its calls (src/status/collect.ts).
  *
  * A deadline measures the hypervisor, not this process: when the timer itself fires late, or the

@@ -37,7 +37,7 @@ export interface HypervisorsOptions {
  * The token secret is resolved with `resolveSecretRef` (secret store or environment) when the
  * hypervisor is first asked for, so a run that only touches one hypervisor never needs the others'
  * tokens. A failed open (missing token, unknown name) is not cached: the next `get` tries again.
- * Sharing one client per hypervisor also shares its deadline and breaker (src/proxmox/client.ts):
+ * Sharing one client per hypervisor also shares its deadline and breaker (src/proxmox/transport.ts):
  * a hypervisor found out of reach costs one deadline for the whole run, whoever asks.
  *
  * `close()` ends the run's connections (each service calls it when its work is done), so the

@@ -43,7 +43,7 @@ The passwords come from the secret store (written by \`pgi deploy\`); an establi
     // the engine is loaded when the command runs, not with every command (start-up time)
     const [{allFailedError, openInventoryStore, vmDatabaseReader, writeHandoffs}, {labConnection}, {loadValidInventory}, {selectEstablishments}] = await Promise.all([
       import('../../src/credentials/service.js'),
-      import('../../src/deploy/lab-connection.js'),
+      import('../../src/lab/handoff-connection.js'),
       import('../../src/inventory/load.js'),
       import('../../src/inventory/select.js'),
     ])

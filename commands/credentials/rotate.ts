@@ -36,7 +36,7 @@ Safe to interrupt: the new passwords are saved in the store (encrypted, as "pend
     // the engine is loaded when the command runs, not with every command (start-up time)
     const [{allFailedError, openInventoryStore, rotateSecrets}, {labConnection}, {loadValidInventory}, {selectEstablishments}] = await Promise.all([
       import('../../src/credentials/service.js'),
-      import('../../src/deploy/lab-connection.js'),
+      import('../../src/lab/handoff-connection.js'),
       import('../../src/inventory/load.js'),
       import('../../src/inventory/select.js'),
     ])

@@ -1,7 +1,7 @@
 import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../src/cli/base-command.js'
-import {imageResolver} from '../../src/cli/fleet.js'
+import {rolloutFleet} from '../../src/cli/fleet.js'
 import {imageRefArg, imagesDirFlag, reportFlag, selectionFlags, uaiArgs} from '../../src/cli/flags.js'
 import {planSuite} from '../../src/report/suites.js'
 import type {RolloutPlanRow} from '../../src/rollout/service.js'
@@ -34,12 +34,7 @@ Exit codes: 0 nothing blocked, 4 some establishments are blocked.`
     const {planRollout} = await import('../../src/rollout/service.js')
     const f = this.flags
     const r = await planRollout({
-      inventoryPath: f.inventory,
-      selection: {uais: this.positionals.slice(1), all: f.all, group: f.group},
-      secretsDir: f['secrets-dir'],
-      io: this.io,
-      image: this.args.version,
-      resolveImage: imageResolver(f['images-dir'], this.io),
+      ...rolloutFleet(f, this.positionals, this.args.version, this.io),
       waves: f.waves?.split(',').map((w) => w.trim()).filter(Boolean),
       window: f.window as 'now' | 'inventory',
     })

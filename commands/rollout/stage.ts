@@ -2,7 +2,7 @@ import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../src/cli/base-command.js'
 import type {ExitCodeValue} from '../../src/exit-codes.js'
-import {imageResolver} from '../../src/cli/fleet.js'
+import {rolloutFleet} from '../../src/cli/fleet.js'
 import {bwlimitFlag, imageRefArg, imagesDirFlag, selectionFlags, uaiArgs} from '../../src/cli/flags.js'
 import type {StageRow} from '../../src/rollout/service.js'
 
@@ -34,12 +34,7 @@ Exit codes: 0 staged everywhere, 4 some nodes failed, 1 all failed.`
     const {stageRollout} = await import('../../src/rollout/service.js')
     const f = this.flags
     const r = await stageRollout({
-      inventoryPath: f.inventory,
-      selection: {uais: this.positionals.slice(1), all: f.all, group: f.group},
-      secretsDir: f['secrets-dir'],
-      io: this.io,
-      image: this.args.version,
-      resolveImage: imageResolver(f['images-dir'], this.io),
+      ...rolloutFleet(f, this.positionals, this.args.version, this.io),
       imageUrl: f['image-url'],
       bwlimitKiB: f.bwlimit,
       maxParallel: f['max-parallel'],

@@ -1,7 +1,7 @@
 import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../src/cli/base-command.js'
-import {imageResolver, resultTable, stoppedLines, stopSignal} from '../../src/cli/fleet.js'
+import {rolloutFleet, resultTable, stoppedLines, stopSignal} from '../../src/cli/fleet.js'
 import {imageRefArg, imagesDirFlag, reportFlag, runFlags, selectionFlags, uaiArgs} from '../../src/cli/flags.js'
 import {rolloutSuite} from '../../src/report/suites.js'
 import type {RolloutResult} from '../../src/rollout/run.js'
@@ -37,12 +37,7 @@ Exit codes: 0 all updated (or already), 4 some failed / were rolled back / halte
     const {startRollout} = await import('../../src/rollout/service.js')
     const f = this.flags
     const r = await startRollout({
-      inventoryPath: f.inventory,
-      selection: {uais: this.positionals.slice(1), all: f.all, group: f.group},
-      secretsDir: f['secrets-dir'],
-      io: this.io,
-      image: this.args.version,
-      resolveImage: imageResolver(f['images-dir'], this.io),
+      ...rolloutFleet(f, this.positionals, this.args.version, this.io),
       waves: f.waves?.split(',').map((w) => w.trim()).filter(Boolean),
       maxParallel: f['max-parallel'],
       maxPerHypervisor: f['max-per-hypervisor'],

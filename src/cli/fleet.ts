@@ -12,6 +12,27 @@ export function imageResolver(dir: string, io: Io): (ref: ImageRef) => Promise<D
   return async (ref) => (await import('../deploy/image.js')).resolveDeployImage(ref, {imagesDir: dir, io})
 }
 
+/**
+ * The fleet and image of a rollout command (`<version> [UAI…]` with the selection flags and
+ * --images-dir), as every rollout service takes them: one place that reads them from the flags.
+ */
+export function rolloutFleet(
+  f: {inventory: string; 'secrets-dir': string; 'images-dir': string; all: boolean; group?: string},
+  positionals: string[],
+  version: ImageRef,
+  io: Io,
+): {inventoryPath: string; selection: {uais: string[]; all: boolean; group?: string}; secretsDir: string; io: Io; image: ImageRef; resolveImage: (ref: ImageRef) => Promise<DeployImage>} {
+  return {
+    inventoryPath: f.inventory,
+    // the version is the first positional argument, the UAIs the rest (the commands are not strict)
+    selection: {uais: positionals.slice(1), all: f.all, group: f.group},
+    secretsDir: f['secrets-dir'],
+    io,
+    image: version,
+    resolveImage: imageResolver(f['images-dir'], io),
+  }
+}
+
 /** The per-establishment table of a rollout start/resume. */
 export function resultTable(r: {establishments: {uai: string; ring: string; hypervisor: string; node: string; vmid: number; from?: string; to: string; outcome: string; step?: string; reason?: string}[]}): {head: string[]; rows: (string | number)[][]} {
   return {

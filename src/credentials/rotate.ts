@@ -5,7 +5,7 @@ import type {Establishment} from '../inventory/types.js'
 import type {AgentExecResult, PveApi} from '../proxmox/types.js'
 import type {Secret} from '../secret.js'
 import {generatePassword, type SecretStore} from '../secrets/store.js'
-import {withEstablishmentLock} from './lock.js'
+import {withEstablishmentLock} from '../fleet/locks.js'
 import {issueHandoff, readHandoffDatabases, readTrytonSeries, recordHostKeyFingerprints, recordTrytonSeries, type HandoffConnection, type HandoffIssued} from './handoff.js'
 import {
   ESTABLISHMENT_SECRETS,

@@ -24,6 +24,13 @@ import {writeFileAtomic} from '../secrets/atomic.js'
 import type {SecretStore} from '../secrets/store.js'
 import type {DeployCredentials} from './run.js'
 
+/**
+ * How a run learns the address a handoff names for an establishment's VM (undefined: the
+ * inventory's). The lab's implementation is src/lab/handoff-connection.ts#labConnection: deploy
+ * reaches a lab only through this.
+ */
+export type ConnectionSource = (est: Establishment) => Promise<HandoffConnection | undefined> | HandoffConnection | undefined
+
 export interface StoreCredentialsOptions {
   store: SecretStore
   /** Folder of the handoff files: the one the user named, else the default one. */
@@ -34,7 +41,7 @@ export interface StoreCredentialsOptions {
   recordDir?: string
   io: Io
   /** How the AMI reaches the VM when it is not the inventory address (a lab's forwarded ports). */
-  connection?: (est: Establishment) => Promise<HandoffConnection | undefined> | HandoffConnection | undefined
+  connection?: ConnectionSource
 }
 
 /** What deploy remembers of the last handoff it wrote for an establishment (no secret). */

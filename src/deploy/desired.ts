@@ -6,19 +6,10 @@
 import {formatDescription, formatTags, parseDescription, type VmMeta} from '../fleet/vm-meta.js'
 import type {Establishment, Hypervisor} from '../inventory/types.js'
 import type {PveParams, PveVmConfig} from '../proxmox/types.js'
+import {importVolid, parseDisk, type DeployImage} from '../fleet/images.js'
 
-/** The image a deploy puts on the OS disk (already verified locally). */
-export interface DeployImage {
-  name: string
-  version: string
-  /** File name on the node's import storage (`<import storage>:import/<file>`). */
-  file: string
-  /** Local path of the qcow2 (for upload). */
-  path: string
-  sha256: string
-  /** Bytes of the qcow2 file. */
-  size: number
-}
+// what the fleet core defines and deploy's callers long took from here
+export {importVolid, parseDisk, type DeployImage} from '../fleet/images.js'
 
 /** Serial of the data disk: the guest finds it at /dev/disk/by-id/virtio-pgi-data. */
 export const DATA_DISK_SERIAL = 'pgi-data'
@@ -27,10 +18,6 @@ export const PGI_VERSION = 'pgi/0.1.0'
 /** `pgi-0130040y`: the VM name (and guest hostname) of an establishment; a DNS label. */
 export function vmName(uai: string): string {
   return `pgi-${uai.toLowerCase().replace(/[^a-z0-9-]/g, '-')}`
-}
-
-export function importVolid(hv: Hypervisor, image: Pick<DeployImage, 'file'>): string {
-  return `${hv.storage.import}:import/${image.file}`
 }
 
 /** `ip=10.1.2.3/24,gw=10.1.2.1` */
@@ -102,27 +89,6 @@ export function createParams(est: Establishment, hv: Hypervisor, image: DeployIm
   if (m.searchdomain) p.searchdomain = m.searchdomain
   if (est.ami.sshKey) p.sshkeys = encodeSshKeys(est.ami.sshKey)
   return p
-}
-
-/** Size in bytes of a PVE size string (`32G`, `512M`, `8589934592`). */
-export function parseSize(s: string): number {
-  const m = /^(\d+(?:\.\d+)?)([KMGT]?)$/i.exec(s.trim())
-  if (!m) return NaN
-  const mult: Record<string, number> = {'': 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40}
-  return Math.round(Number(m[1]) * mult[m[2]!.toUpperCase()]!)
-}
-
-/** Parsed disk property string: `local-vm:vm-100-disk-0.qcow2,size=32G,serial=pgi-data`. */
-export function parseDisk(v: string | number | undefined): {volid: string; size?: number; opts: Record<string, string>} | undefined {
-  if (v === undefined) return undefined
-  const [volid, ...rest] = String(v).split(',')
-  const opts: Record<string, string> = {}
-  for (const r of rest) {
-    const i = r.indexOf('=')
-    if (i > 0) opts[r.slice(0, i)] = r.slice(i + 1)
-  }
-  const size = opts.size ? parseSize(opts.size) : undefined
-  return {volid: volid ?? '', size, opts}
 }
 
 function netWithoutMac(v: string | number | undefined): string {

@@ -16,14 +16,17 @@ import {diffVm, importVolid, type DeployImage, type Drift} from './desired.js'
 
 export type PlanAction = 'create' | 'continue' | 'drifted' | 'up-to-date' | 'blocked'
 
-export interface PlanItem {
+/** Which establishment's VM, where, and the image version wanted (from --image, else the inventory): what every row of a deploy names. */
+export interface DeployTarget {
   uai: string
   name: string
   hypervisor: string
   node: string
   vmid: number
-  /** Image version wanted (from --image, else the inventory). */
   image: string
+}
+
+export interface PlanItem extends DeployTarget {
   action: PlanAction
   /** For drifted: what differs (and whether deploy can fix it). */
   drifts: Drift[]

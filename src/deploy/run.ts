@@ -10,7 +10,6 @@
  */
 import {hostname} from 'node:os'
 
-import {settleAll} from '../fleet/pool.js'
 import {waitForAgent, waitForHealthy, type GuestTarget} from '../fleet/guest.js'
 import {formatDescription, formatTags, parseDescription} from '../fleet/vm-meta.js'
 import {ErrorCode, PgiError, UserError, asPgiError, type ErrorCodeValue, type ErrorLocation} from '../errors.js'
@@ -24,18 +23,13 @@ import {readHandoffDatabases, type HandoffDatabase} from '../credentials/handoff
 import {ensureDatabases, type DatabaseOutcome} from './databases.js'
 import {createParams, parseDisk, touchesCloudInit, updateParams, type DeployImage, type Drift} from './desired.js'
 import {DeployJournal, type DeployStep, type JournalEntry} from './journal.js'
-import {fmtDrift, needsWork, type Plan, type PlanItem} from './plan.js'
-import {Stager} from './stage.js'
+import {fmtDrift, needsWork, type DeployTarget, type Plan, type PlanItem} from './plan.js'
+import {Stager} from '../fleet/stage.js'
+import {sleep} from '../sleep.js'
 
 export type DeployOutcomeKind = 'created' | 'updated' | 'up-to-date' | 'drifted' | 'failed' | 'blocked'
 
-export interface DeployOutcome {
-  uai: string
-  name: string
-  hypervisor: string
-  node: string
-  vmid: number
-  image: string
+export interface DeployOutcome extends DeployTarget {
   outcome: DeployOutcomeKind
   /** What was done, or why nothing was. */
   detail: string
@@ -293,7 +287,7 @@ async function waitUnlocked(target: GuestTarget, ctx: OneCtx): Promise<PveVmConf
       throw new UserError(ErrorCode.PVE_LOCKED, `VM ${target.vmid} stayed locked (${cfg.lock})`, {where: {uai: target.uai, node: target.node, vmid: target.vmid}})
     }
     ctx.update(`waiting for lock "${cfg.lock}" to be released`)
-    await new Promise((r) => setTimeout(r, ctx.pollIntervalMs ?? 3000))
+    await sleep(ctx.pollIntervalMs ?? 3000)
   }
 }
 

@@ -4,7 +4,6 @@
  */
 import {join} from 'node:path'
 
-import type {HandoffConnection} from '../credentials/handoff.js'
 import {openInventoryStore} from '../credentials/service.js'
 import {ErrorCode} from '../errors.js'
 import {ExitCode, type ExitCodeValue} from '../exit-codes.js'
@@ -16,9 +15,9 @@ import type {Establishment, Inventory} from '../inventory/types.js'
 import type {Io} from '../io.js'
 import {journalDir, stateDir} from '../paths.js'
 import type {SecretStore} from '../secrets/store.js'
-import {storeCredentials} from './credentials.js'
+import {storeCredentials, type ConnectionSource} from './credentials.js'
 import type {DeployImage} from './desired.js'
-import {fmtDrift, needsWork, planDeploy, type PlanItem} from './plan.js'
+import {fmtDrift, needsWork, planDeploy, type DeployTarget, type PlanItem} from './plan.js'
 import {executeDeploy, type DeployResult} from './run.js'
 
 export interface DeployRequest {
@@ -55,20 +54,14 @@ export interface DeployRequest {
   /** Replace how hypervisors are opened (labs, tests). */
   connect?: PveConnector
   /** How the AMI reaches each VM, when not at the inventory address (a lab's forwarded ports). */
-  connection?: (est: Establishment) => Promise<HandoffConnection | undefined> | HandoffConnection | undefined
+  connection?: ConnectionSource
   /** Already loaded inventory (library use); otherwise read from inventoryPath. */
   inventory?: Inventory
   signal?: AbortSignal
 }
 
 /** One line of the plan, as shown and as returned in --json. */
-export interface PlanRow {
-  uai: string
-  name: string
-  hypervisor: string
-  node: string
-  vmid: number
-  image: string
+export interface PlanRow extends DeployTarget {
   action: PlanItem['action']
   detail: string
   drifts?: {setting: string; want: string; have: string; fix: string}[]

@@ -9,6 +9,7 @@ import {imagesDir, stateDir} from '../paths.js'
 import {runSteps, type Step} from '../progress.js'
 import type {Secret} from '../secret.js'
 import {checkConsole} from './console-check.js'
+import {sleep} from '../sleep.js'
 import {verifyImage} from './images.js'
 
 /**
@@ -75,7 +76,6 @@ export interface BootTestResult {
 }
 
 const TEST_DB = 'bts_test'
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 /** JSON-RPC call to trytond (as sao does), through the forwarded port on 127.0.0.1. */
 export async function trytonRpc(port: number, path: string, method: string, params: unknown[], auth?: string): Promise<unknown> {

@@ -10,6 +10,7 @@ import type {Io} from '../io.js'
 import {imagesDir, secretsDir, stateDir} from '../paths.js'
 import {runSteps, type Step} from '../progress.js'
 import type {Secret} from '../secret.js'
+import {parseSize} from '../size.js'
 import {aptPreferences, lockDrift, lockPath, parseDpkgList, readLock, requestDigest, writeLock, type ImageLock} from './lock.js'
 import {
   exportTrustedKey,
@@ -78,10 +79,10 @@ function fixedIds(recipe: Recipe, version: string): {fsUuid: string; hashSeed: s
   return {fsUuid: uuid(h), hashSeed: uuid(h.slice(32)), diskId: `0x${h.slice(0, 8)}`}
 }
 
-export function parseSize(size: string): number {
-  const m = /^(\d+)([MG])$/.exec(size)
-  if (!m) throw new UserError(ErrorCode.IMAGE_INVALID, `disk size "${size}" must look like 3G or 2048M`)
-  return Number(m[1]) * (m[2] === 'G' ? 1024 ** 3 : 1024 ** 2)
+/** A recipe's disk size in bytes: whole MiB or GiB only ("3G", "2048M"), what mkfs and qemu-img are given. */
+export function recipeDiskBytes(size: string): number {
+  if (!/^\d+[MG]$/.test(size)) throw new UserError(ErrorCode.IMAGE_INVALID, `disk size "${size}" must look like 3G or 2048M`)
+  return parseSize(size)
 }
 
 function sh(s: string): string {
@@ -407,7 +408,7 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
     {
       title: 'Assemble the BIOS-bootable disk',
       run: async (ctx) => {
-        const total = parseSize(recipe.disk.size)
+        const total = recipeDiskBytes(recipe.disk.size)
         const partSize = total - PART_OFFSET
         const ids = fixedIds(recipe, version)
         await rm(raw, {force: true})
@@ -475,7 +476,7 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
             format: 'qcow2',
             sha256: await sha256OfFile(ctx.qcow2!),
             size_bytes: (await stat(ctx.qcow2!)).size,
-            virtual_size_bytes: parseSize(recipe.disk.size),
+            virtual_size_bytes: recipeDiskBytes(recipe.disk.size),
             raw_sha256: await sha256OfFile(raw),
           },
           kernel: {package: recipe.kernel.package, release: ctx.kernelRelease!, version: ctx.installed!.get(`linux-image-${ctx.kernelRelease}`) ?? ''},

@@ -1,4 +1,4 @@
-import type {YamlPath} from './source.js'
+import type {YamlPath} from './types.js'
 
 /**
  * Inventory messages quote values ("cores must be a whole number, not "deux""), which is what

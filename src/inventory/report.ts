@@ -102,15 +102,8 @@ export interface HypervisorDetail {
   source: string
 }
 
-export interface EstablishmentDetail {
+export interface EstablishmentDetail extends Pick<Establishment, 'uai' | 'name' | 'academie' | 'hypervisor' | 'node' | 'vmid' | 'ring'> {
   kind: 'establishment'
-  uai: string
-  name: string
-  academie: string
-  hypervisor: string
-  node: string
-  vmid: number
-  ring: string
   image: string | null
   groups: string[]
   network: Establishment['network']

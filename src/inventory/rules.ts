@@ -5,18 +5,19 @@ import {MAX_CA_FILE_BYTES, readRegularFileSync} from '../bounded-read.js'
 import {ageRecipientProblem} from './age-recipient.js'
 import {inSubnet, isIpv4, parseCidr, type Cidr} from './ipv4.js'
 import {envNameFor} from './schema-check.js'
-import {describePath, type ProblemList, type SourceFile, type YamlPath} from './source.js'
+import {type ProblemList, type SourceFile, type YamlPath} from './source.js'
 import {quote, secretLiteralKind} from './redact.js'
 import {didYouMean, suggestAmong} from './suggest.js'
+import {checkDatabaseNames, resolveDatabases} from './database-rules.js'
+import {int, isRecord, str, strings, where, type Item, type Merged, type Rec} from './rule-values.js'
+import {checkSecret} from './secret-rules.js'
 import type {
   Ami,
-  DeclaredDatabase,
   Establishment,
   Hypervisor,
   Inventory,
   MaintenanceWindow,
   Recipient,
-  SecretRef,
   Weekday,
 } from './types.js'
 import {uaiCheckLetter, uaiProblem} from './uai.js'
@@ -25,53 +26,12 @@ import {uaiCheckLetter, uaiProblem} from './uai.js'
  * The inventory's own rules (what JSON Schema cannot say: check letters, duplicates across
  * establishments, subnets, references between sections, files on disk), and the resolution of the
  * YAML into the camelCase model with defaults applied. Every rule reports a problem with a stable
- * id at the YAML node concerned and goes on, so one run lists every problem.
+ * id at the YAML node concerned and goes on, so one run lists every problem. Secrets, declared
+ * databases and the value readers are in secret-rules.ts, database-rules.ts and rule-values.ts.
  */
-
-/** One value from one file, with its path in that file. */
-export interface Item {
-  src: SourceFile
-  path: YamlPath
-  value: unknown
-}
-
-/** The files' top-level sections merged (see mergeFiles in load.ts). */
-export interface Merged {
-  region?: Item
-  rings?: Item
-  defaults?: Item
-  establishments: Item[]
-  recipients: Item[]
-  hypervisors: Map<string, Item>
-  groups: Map<string, Item>
-}
 
 export const DEFAULT_RINGS = ['canary', 'pilot', 'general']
 export const BUILTIN_DEFAULTS = {dataDiskGb: 32, osDiskGb: 8, cores: 2, memoryMb: 4096, amiLogin: 'ami', bridge: 'vmbr0', timezone: 'Europe/Paris'}
-
-type Rec = Record<string, unknown>
-
-function isRecord(v: unknown): v is Rec {
-  return v !== null && typeof v === 'object' && !Array.isArray(v)
-}
-
-function str(v: unknown): string | undefined {
-  return typeof v === 'string' ? v : undefined
-}
-
-function int(v: unknown): number | undefined {
-  return typeof v === 'number' && Number.isInteger(v) ? v : undefined
-}
-
-function strings(v: unknown): string[] | undefined {
-  return Array.isArray(v) && v.every((x) => typeof x === 'string') ? (v as string[]) : undefined
-}
-
-/** "file:line:col" of an item (its key by default). */
-export function where(item: Item, at: 'key' | 'value' = 'key'): string {
-  const {line, column} = item.src.pos(item.path, at)
-  return `${item.src.file}:${line}:${column}`
-}
 
 /**
  * `meta.complete` is false when a file could not be read (YAML syntax error): references into the
@@ -248,109 +208,6 @@ function checkHypervisor(name: string, item: Item, P: ProblemList): Hypervisor |
     ...(str(v.pve_version) !== undefined ? {pveVersion: str(v.pve_version)} : {}),
     source: src.ref(item.path, 'key'),
   }
-}
-
-const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/
-const STORE_KEY = /^[a-z0-9][a-z0-9._-]*(\/[a-z0-9][a-z0-9._-]*)*$/
-
-/** A secret reference: {env: NAME} or {store: key}. A literal secret is an error. */
-export function checkSecret(src: SourceFile, path: YamlPath, v: unknown, hv: string, P: ProblemList): SecretRef | undefined {
-  const how = `{env: ${envNameFor(hv)}} or {store: hypervisors/${hv}/token}`
-  if (!isRecord(v)) {
-    P.add(src, path, 'secret-literal', 'a secret is written in the inventory: secrets never go in YAML files', {
-      suggestion: `write secret: ${how} (put the value in that variable, or in the secret store), and rotate this token: it has been written in a file`,
-    })
-    return undefined
-  }
-  const hasEnv = 'env' in v
-  const hasStore = 'store' in v
-  if (hasEnv && hasStore) {
-    P.add(src, path, 'secret-ref', 'a secret reference names one source: env or store, not both', {suggestion: how})
-    return undefined
-  }
-  if (!hasEnv && !hasStore) {
-    P.add(src, path, 'secret-ref', 'a secret reference must be {env: NAME} or {store: key}', {suggestion: how})
-    return undefined
-  }
-  if (hasEnv) {
-    const name = v.env
-    if (typeof name !== 'string' || !ENV_NAME.test(name)) {
-      // not quoted: a value in the wrong place here may be the secret itself
-      P.add(src, [...path, 'env'], 'secret-ref', 'env must name an environment variable (letters, digits and _, not starting with a digit)', {
-        suggestion: `letters, digits and _, e.g. ${envNameFor(hv)}`,
-      })
-      return undefined
-    }
-    return {env: name}
-  }
-  const key = v.store
-  if (typeof key !== 'string' || !STORE_KEY.test(key)) {
-    P.add(src, [...path, 'store'], 'secret-ref', 'store must be a secret store key (lower-case path segments)', {
-      suggestion: `lower-case path segments, e.g. hypervisors/${hv}/token`,
-    })
-    return undefined
-  }
-  return {store: key}
-}
-
-/**
- * `secret-literal` wherever a value (or a key) of a file has the form of a secret (redact.ts): a
- * Proxmox token with its secret, an age secret key, a private key, a password in a URL. Runs
- * after the other rules, and skips the places where one of them reported a secret-literal already
- * (token.secret, the URL). The message names the kind of secret, never the value.
- */
-export function checkSecretLiterals(sources: SourceFile[], P: ProblemList): void {
-  const reported = new Set(P.items.filter((p) => p.rule === 'secret-literal').map((p) => `${p.file}:${p.line}:${p.column}`))
-  for (const src of sources) {
-    // iterative, and bounded: the readers cap alias expansion at ~1,000,000 nodes. A node's path
-    // is built only for a report (from its parent links): most values are not secrets.
-    interface Node {
-      v: unknown
-      key: string | number | undefined
-      up: Node | undefined
-    }
-    const pathOf = (n: Node): YamlPath => {
-      const p: (string | number)[] = []
-      for (let c: Node | undefined = n; c && c.key !== undefined; c = c.up) p.push(c.key)
-      return p.reverse()
-    }
-    const report = (p: YamlPath, at: 'key' | 'value', kind: string) => {
-      const ref = src.ref(p, at)
-      if (reported.has(`${ref.file}:${ref.line}:${ref.column}`)) return
-      reported.add(`${ref.file}:${ref.line}:${ref.column}`)
-      P.add(src, p, 'secret-literal', `${describePath(p)} holds ${kind}: secrets never go in the inventory`, {at, suggestion: secretSuggestion(p, kind)})
-    }
-    const stack: Node[] = [{v: src.value, key: undefined, up: undefined}]
-    for (let n = 0; stack.length > 0 && n < 2_000_000; n++) {
-      const node = stack.pop()!
-      const v = node.v
-      if (typeof v === 'string') {
-        const kind = secretLiteralKind(v)
-        if (kind) report(pathOf(node), 'value', kind)
-      } else if (Array.isArray(v)) {
-        v.forEach((x, i) => stack.push({v: x, key: i, up: node}))
-      } else if (isRecord(v)) {
-        for (const [k, x] of Object.entries(v)) {
-          const child = {v: x, key: k, up: node}
-          const kind = secretLiteralKind(k)
-          if (kind) report(pathOf(child), 'key', kind)
-          stack.push(child)
-        }
-      }
-    }
-  }
-}
-
-function secretSuggestion(p: YamlPath, kind: string): string {
-  const rotate = 'it has been written in a file (and maybe committed): replace it with a new one'
-  if (kind.startsWith('an age secret key')) {
-    return `an age public key starts with age1: \`age-keygen -y KEYFILE\` prints it from the secret key; ${rotate}`
-  }
-  if (kind.startsWith('a Proxmox API token')) {
-    const hv = p[0] === 'hypervisors' && typeof p[1] === 'string' ? p[1] : 'NAME'
-    return `write only the id (the part before "=") in token.id, and secret: {env: ${envNameFor(hv)}} or {store: hypervisors/${hv}/token}; rotate the token: ${rotate}`
-  }
-  return `keep it in the secret store or an environment variable; ${rotate}`
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -639,94 +496,6 @@ function checkEstablishments(m: Merged, hypervisors: Map<string, Hypervisor>, ri
       } else first.set(x.vmid, {item: x.item, uai: x.uai})
     }
   }
-  return out
-}
-
-// ---------------------------------------------------------------------------------------------
-// databases
-
-/** The database every establishment has unless the inventory says otherwise. */
-export const DEFAULT_DATABASE = 'pgi'
-/** The names the server's database engine keeps for itself (pgidb.py RESERVED_PREFIXES, check_name). */
-export const RESERVED_DATABASE_PREFIXES = ['pgi_tmp_', 'pgi_template_', 'pgi_verify_'] as const
-export const RESERVED_DATABASE_NAMES = ['postgres', 'template0', 'template1'] as const
-/** pgi-db's rule for a company name: 1 to 120 printable characters (check_company_name). */
-const MAX_COMPANY = 120
-
-/** A name close to `name` that the engine accepts (lower case, _ for anything else), for suggestions. */
-function databaseNameFor(name: string): string {
-  let n = name
-    .normalize('NFKD')
-    .replace(/[\u0300-\u036f]/g, '')
-    .toLowerCase()
-    .replace(/[^a-z0-9_]+/g, '_')
-    .replace(/^_+|_+$/g, '')
-  if (!/^[a-z]/.test(n)) n = `db_${n}`
-  return n.slice(0, 63)
-}
-
-/**
- * The rules of a `databases:` list that JSON Schema cannot say: names the engine keeps for itself,
- * the same name twice. (The name's form is the schema's pattern; its message is given here too,
- * with a name that would do, since the engine would refuse the database at deploy time.)
- */
-function checkDatabaseNames(src: SourceFile, path: YamlPath, v: unknown, P: ProblemList): void {
-  if (!Array.isArray(v)) return
-  const seen = new Map<string, number>()
-  v.forEach((d, i) => {
-    if (!isRecord(d) || typeof d.name !== 'string') return
-    const name = d.name
-    const at: YamlPath = [...path, i, 'name']
-    if (!/^[a-z][a-z0-9_]{0,62}$/.test(name)) {
-      P.add(src, at, 'database-name', `database name ${quote(name, at)} is not valid: 1 to 63 lower-case letters, digits and _, starting with a letter`, {
-        suggestion: `e.g. name: ${databaseNameFor(name) || DEFAULT_DATABASE}: a PostgreSQL name that needs no quoting, usable in Tryton's URLs`,
-      })
-      return
-    }
-    const prefix = RESERVED_DATABASE_PREFIXES.find((p) => name.startsWith(p))
-    if (prefix || (RESERVED_DATABASE_NAMES as readonly string[]).includes(name)) {
-      P.add(src, at, 'database-name', `database name "${name}" is reserved: ${prefix ? `names starting with ${prefix} are the server's own` : `${name} is PostgreSQL's own`}`, {
-        suggestion: `choose another name, e.g. ${prefix ? name.slice(prefix.length) || DEFAULT_DATABASE : `${name}_pgi`}`,
-      })
-      return
-    }
-    const prev = seen.get(name)
-    if (prev !== undefined) {
-      const {line, column} = src.pos([...path, prev, 'name'])
-      P.add(src, at, 'duplicate-database', `database "${name}" is declared twice (first at ${src.file}:${line}:${column})`, {
-        suggestion: 'declare each database once; remove or rename one of them',
-      })
-    } else seen.set(name, i)
-  })
-}
-
-/** The declared databases of one establishment, defaults applied (the list was checked by checkDatabaseNames). */
-function resolveDatabases(list: Item | undefined, estName: string, est: {src: SourceFile; path: YamlPath}, P: ProblemList): DeclaredDatabase[] {
-  const company = (own: unknown): string => {
-    const c = (str(own) ?? estName).trim()
-    if (str(own) === undefined && [...c].length > MAX_COMPANY) {
-      P.add(est.src, [...est.path, 'name'], 'database-company', `the establishment's name is longer than ${MAX_COMPANY} characters: it cannot name the company of its databases`, {
-        suggestion: 'give each database a shorter company: databases: [{name: pgi, company: "…"}]',
-      })
-    }
-    return c
-  }
-  if (!list) return [{name: DEFAULT_DATABASE, company: company(undefined), chart: 'fr', currency: 'EUR', source: est.src.ref(est.path)}]
-  const out: DeclaredDatabase[] = []
-  const names = new Set<string>()
-  ;(list.value as unknown[]).forEach((d, i) => {
-    if (!isRecord(d) || typeof d.name !== 'string' || names.has(d.name)) return
-    names.add(d.name)
-    const fy = int(d.fiscal_year)
-    out.push({
-      name: d.name,
-      company: company(d.company),
-      ...(fy !== undefined ? {fiscalYear: fy} : {}),
-      chart: 'fr',
-      currency: 'EUR',
-      source: list.src.ref([...list.path, i], 'value'),
-    })
-  })
   return out
 }
 

@@ -1,9 +1,8 @@
 import {cjsExports} from '../interop.js'
 import {redactSecrets} from './redact.js'
-import type {InventoryProblem, SourceRef} from './types.js'
+import type {InventoryProblem, SourceRef, YamlPath} from './types.js'
 
-/** A path into a YAML document: map keys and sequence indexes. */
-export type YamlPath = readonly (string | number)[]
+export type {YamlPath}
 
 /** Where in a node a problem points: at its key (unknown key, duplicate) or at its value. */
 export type At = 'key' | 'value'

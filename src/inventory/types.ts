@@ -4,6 +4,9 @@
  * inventory/schema.json; this is the camelCase model the engine works with.
  */
 
+/** A path into a YAML document: map keys and sequence indexes. */
+export type YamlPath = readonly (string | number)[]
+
 /** Where a value came from, for error messages (file:line:column). */
 export interface SourceRef {
   file: string

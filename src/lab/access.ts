@@ -28,21 +28,6 @@ export const ALL_PRIVILEGES = [
   'SDN.Use', 'Pool.Allocate', 'Pool.Audit',
 ]
 
-/**
- * The least-privilege role the lab gives pgi's token when `src/proxmox/role.ts` (the role pgi documents
- * for production) is not available: what deploy/status/rollout call, per PVE version (guest agent:
- * 9 → VM.GuestAgent.*, 8 → VM.Monitor). `pgi lab start` prefers role.ts's PGI_ROLE_PRIVILEGES.
- */
-export function defaultPgiRolePrivileges(pveVersion: string): string[] {
-  const base = [
-    'Datastore.AllocateSpace', 'Datastore.AllocateTemplate', 'Datastore.Audit', 'Sys.Audit', 'Sys.AccessNetwork',
-    'VM.Allocate', 'VM.Audit', 'VM.Clone', 'VM.Config.CDROM', 'VM.Config.CPU', 'VM.Config.Cloudinit', 'VM.Config.Disk',
-    'VM.Config.HWType', 'VM.Config.Memory', 'VM.Config.Network', 'VM.Config.Options', 'VM.PowerMgmt',
-    'VM.Snapshot', 'VM.Snapshot.Rollback', 'SDN.Use',
-  ]
-  return pveVersion.startsWith('8') ? [...base, 'VM.Monitor'] : [...base, 'VM.GuestAgent.Audit', 'VM.GuestAgent.Unrestricted']
-}
-
 /** scrypt hash "scrypt$<salt b64>$<hash b64>" of a password. */
 export function hashPassword(password: string): string {
   const salt = randomBytes(16)

@@ -1,3 +1,5 @@
+import type {AgentExecStatus, AgentFsInfo, AgentNetworkInterface} from '../proxmox/types.js'
+
 /**
  * The interface between the lab's Proxmox-VE-compatible API layer (src/lab/server.ts and its
  * route modules) and a VM backend: `simulated` (src/lab/simulated-backend.ts, no VMs) or `qemu`
@@ -215,34 +217,8 @@ export interface VmAccess {
   note?: string
 }
 
-/** `guest-network-get-interfaces` result item, as qemu-guest-agent returns it. */
-export interface AgentNetworkInterface {
-  name: string
-  'hardware-address'?: string
-  'ip-addresses'?: {'ip-address': string; 'ip-address-type': 'ipv4' | 'ipv6'; prefix: number}[]
-  statistics?: Record<string, number>
-}
-
-/** `guest-get-fsinfo` result item, as qemu-guest-agent returns it. */
-export interface AgentFsInfo {
-  name: string
-  mountpoint: string
-  type: string
-  'total-bytes'?: number
-  'used-bytes'?: number
-  disk: {serial?: string; 'bus-type': string; bus: number; target: number; unit: number; dev?: string}[]
-}
-
-/** `guest-exec-status` result, as qemu-guest-agent returns it (out-data/err-data are DECODED text). */
-export interface AgentExecStatus {
-  exited: boolean
-  exitcode?: number
-  signal?: number
-  'out-data'?: string
-  'err-data'?: string
-  'out-truncated'?: boolean
-  'err-truncated'?: boolean
-}
+// The guest agent's answers: one definition, shared with the Proxmox client (src/proxmox/types.ts).
+export type {AgentExecStatus, AgentFsInfo, AgentNetworkInterface} from '../proxmox/types.js'
 
 /**
  * Guest-agent errors: throw `BackendError` with the PVE texts:

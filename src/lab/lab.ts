@@ -15,6 +15,7 @@ import {localIdentity} from '../secrets/identity.js'
 import {generatePassword, SecretStore} from '../secrets/store.js'
 import {hashPassword, sha256Hex, type AccessConfig} from './access.js'
 import {ensureNodeCert} from './certs.js'
+import {sleep} from '../sleep.js'
 import {faultConfigToObject, type FaultConfig} from './faults.js'
 import {labInventoryYaml} from './inventory-gen.js'
 import {readVmSnapshot, type VmSnapshotEntry} from './runtime.js'
@@ -132,7 +133,6 @@ function getJson(url: string, cert: string, token: string, timeoutMs: number): P
   })
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 export async function startLab(o: StartOptions = {}): Promise<LabSummary> {
   const env = o.env ?? process.env

@@ -1,43 +1,22 @@
 import {existsSync, readdirSync, readFileSync} from 'node:fs'
-import {copyFile, mkdir, readdir, rename, rm, stat} from 'node:fs/promises'
-import {basename, dirname, join, relative} from 'node:path'
+import {mkdir, readdir, rename, rm} from 'node:fs/promises'
+import {dirname, join} from 'node:path'
 
 import {run} from '../exec.js'
 import {decideAccel, type AccelDecision} from '../qemu/accel.js'
 import {seedFiles, writeSeedImage, type SeedSpec} from '../qemu/cloudinit.js'
-import {QgaError, type QgaClient} from '../qemu/qga.js'
+import type {QgaClient} from '../qemu/qga.js'
+import {sleep} from '../sleep.js'
 import {QemuVm, userNetFor, type PortForward, type UserNetSpec, type VmDiskSpec} from '../qemu/vm.js'
-import {
-  BackendError,
-  type AgentExecStatus,
-  type AgentInfo,
-  type AgentOsInfo,
-  type AgentFsInfo,
-  type AgentNetworkInterface,
-  type BackendInit,
-  type DiskAllocation,
-  type GuestAgent,
-  type StorageContent,
-  type StorageDef,
-  type TaskContext,
-  type VmAccess,
-  type VmBackend,
-  type VmDisk,
-  type VmRuntimeStatus,
-  type VmSpec,
-  type VolumeInfo,
-} from './backend.js'
+import {qemuGuestAgent} from './qemu-agent.js'
+import {QemuStorages} from './qemu-storage.js'
+import {BackendError, type BackendInit, type DiskAllocation, type GuestAgent, type StorageContent, type TaskContext, type VmAccess, type VmBackend, type VmDisk, type VmRuntimeStatus, type VmSpec, type VolumeInfo} from './backend.js'
 
 /**
  * The qemu backend of the lab: every VM is a real QEMU process (src/qemu/vm.ts).
  *
- * Storage follows Proxmox VE's directory storage layout, under each storage's path:
- *   images/<vmid>/vm-<vmid>-disk-<n>.<fmt>   disks (volid `<storage>:<vmid>/vm-…`)
- *   images/<vmid>/base-<vmid>-disk-<n>.<fmt> template disks
- *   images/<vmid>/vm-<vmid>-cloudinit.qcow2  the NoCloud seed (an ISO 9660 image, stored as qcow2)
- *   import/, template/iso/, snippets/, dump/ staged files (volid `<storage>:<content>/<file>`)
- * A linked clone's volid is `<storage>:base-<b>-disk-<n>.qcow2/<vmid>/vm-<vmid>-disk-<m>.qcow2`,
- * its file a qcow2 whose backing file is `../<b>/base-<b>-disk-<n>.qcow2`, as PVE makes them.
+ * Storages follow Proxmox VE's directory layout (src/lab/qemu-storage.ts); the guest agent is the
+ * real qemu-guest-agent (src/lab/qemu-agent.ts).
  *
  * Networking: each VM's net0 is QEMU user-mode networking whose subnet and gateway are the
  * guest's own static address and gateway from `ipconfig0`, so the inventory's address works
@@ -60,14 +39,6 @@ export const FORWARDED_PORTS: PortForward[] = [
 /** Where a guest without a static ipconfig0 lives (QEMU's default user network). */
 const DHCP_DEFAULT = {address: '10.0.2.15', prefix: 24, gateway: '10.0.2.2'}
 
-const CONTENT_DIRS: Record<Exclude<StorageContent, 'images' | 'rootdir'>, string> = {
-  import: 'import',
-  iso: join('template', 'iso'),
-  vztmpl: join('template', 'cache'),
-  snippets: 'snippets',
-  backup: 'dump',
-}
-
 export interface QemuBackendOptions {
   /** Force an accelerator (tests); default: decideAccel() (PGI_QEMU_ACCEL, probe, cache). */
   accel?: AccelDecision
@@ -77,25 +48,6 @@ export interface QemuBackendOptions {
   guestUnhealthy?: (node: string, vmid: number) => boolean
   /** How long a disk unplug waits for the guest to release the device (ms, default 60 000). */
   unplugTimeoutMs?: number
-}
-
-interface ParsedVolid {
-  storage: StorageDef
-  /** Content type. */
-  content: StorageContent
-  /** Absolute file path. */
-  path: string
-  /** Owner VMID for images. */
-  vmid?: number
-  volid: string
-}
-
-interface ImgInfo {
-  'virtual-size': number
-  'actual-size'?: number
-  format: string
-  'backing-filename'?: string
-  snapshots?: {name: string}[]
 }
 
 interface RunningVm {
@@ -109,8 +61,6 @@ interface RunningVm {
   net?: UserNetSpec
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
-
 export class QemuBackend implements VmBackend {
   readonly kind = 'qemu'
   #init!: BackendInit
@@ -118,8 +68,8 @@ export class QemuBackend implements VmBackend {
   readonly #opts: QemuBackendOptions
   /** "node/vmid" → QEMU process */
   readonly #vms = new Map<string, RunningVm>()
-  /** absolute path → {mtimeMs, info} */
-  readonly #infoCache = new Map<string, {mtimeMs: number; size: number; info: ImgInfo}>()
+  /** The storages' volumes (qemu-storage.ts), made at init. */
+  #vols!: QemuStorages
 
   constructor(opts: QemuBackendOptions = {}) {
     this.#opts = opts
@@ -128,6 +78,7 @@ export class QemuBackend implements VmBackend {
 
   async init(init: BackendInit): Promise<void> {
     this.#init = init
+    this.#vols = new QemuStorages(init.storages)
     // VMs left running by an earlier daemon of this lab: attach, so status and close() see them.
     for (const n of init.nodes) {
       const nodeDir = join(init.dir, n.name)
@@ -165,216 +116,49 @@ export class QemuBackend implements VmBackend {
 
   // ---- volumes --------------------------------------------------------------------------------
 
-  #storage(id: string): StorageDef {
-    const s = this.#init.storages.find((x) => x.id === id)
-    if (!s) throw new BackendError(`storage '${id}' does not exist`)
-    return s
+  // what lives on storages: qemu-storage.ts
+
+  listVolumes(node: string, storage: string, content?: StorageContent): Promise<VolumeInfo[]> {
+    return this.#vols.listVolumes(node, storage, content)
   }
 
-  #parse(node: string, volid: string): ParsedVolid {
-    const i = volid.indexOf(':')
-    if (i < 0) throw new BackendError(`unable to parse volume ID '${volid}'`)
-    const storage = this.#storage(volid.slice(0, i))
-    const rest = volid.slice(i + 1)
-    const root = storage.path(node)
-    let m = /^(\d+)\/((?:vm|base)-\1-(?:disk-\d+|cloudinit)\.(?:qcow2|raw))$/.exec(rest)
-    if (m) return {storage, content: 'images', path: join(root, 'images', m[1], m[2]), vmid: Number(m[1]), volid}
-    m = /^base-(\d+)-disk-\d+\.qcow2\/(\d+)\/(vm-\2-disk-\d+\.qcow2)$/.exec(rest)
-    if (m) return {storage, content: 'images', path: join(root, 'images', m[2], m[3]), vmid: Number(m[2]), volid}
-    m = /^(import|iso|vztmpl|snippets|backup)\/([^/]+)$/.exec(rest)
-    if (m && !m[2].startsWith('.')) {
-      const content = m[1] as keyof typeof CONTENT_DIRS
-      return {storage, content, path: join(root, CONTENT_DIRS[content], m[2]), volid}
-    }
-    throw new BackendError(`unable to parse volume ID '${volid}'`)
+  storageUsage(node: string, storage: string): Promise<{used: number}> {
+    return this.#vols.storageUsage(node, storage)
   }
 
-  async #imgInfo(path: string): Promise<ImgInfo> {
-    const st = await stat(path)
-    const c = this.#infoCache.get(path)
-    if (c && c.mtimeMs === st.mtimeMs && c.size === st.size) return c.info
-    const r = await run('qemu-img', ['info', '--output=json', '-U', path], {timeoutMs: 20_000})
-    const info = JSON.parse(r.stdout) as ImgInfo
-    this.#infoCache.set(path, {mtimeMs: st.mtimeMs, size: st.size, info})
-    return info
+  importFile(node: string, storage: string, content: StorageContent, filename: string, srcPath: string, ctx: TaskContext): Promise<VolumeInfo> {
+    return this.#vols.importFile(node, storage, content, filename, srcPath, ctx)
   }
 
-  async #volumeFromPath(p: ParsedVolid): Promise<VolumeInfo | undefined> {
-    let st
-    try {
-      st = await stat(p.path)
-    } catch {
-      return undefined
-    }
-    const ctime = Math.floor(st.ctimeMs / 1000)
-    if (p.content === 'images') {
-      const info = await this.#imgInfo(p.path)
-      return {volid: p.volid, content: 'images', format: info.format, size: info['virtual-size'], used: info['actual-size'] ?? st.blocks * 512, vmid: p.vmid, ctime}
-    }
-    const ext = /\.([a-z0-9]+)$/i.exec(p.path)?.[1]?.toLowerCase()
-    let format = ext === 'img' ? 'raw' : ext ?? 'raw'
-    if (p.content === 'import' && (ext === 'qcow2' || ext === 'raw' || ext === 'img' || ext === 'vmdk')) format = ext === 'img' ? 'raw' : ext
-    return {volid: p.volid, content: p.content, format, size: st.size, used: st.blocks * 512, ctime}
+  deleteVolume(node: string, volid: string, ctx?: TaskContext): Promise<void> {
+    return this.#vols.deleteVolume(node, volid, ctx)
   }
 
-  async listVolumes(node: string, storage: string, content?: StorageContent): Promise<VolumeInfo[]> {
-    const s = this.#storage(storage)
-    const root = s.path(node)
-    const out: VolumeInfo[] = []
-    const wants = (c: StorageContent) => (!content || content === c) && s.content.includes(c)
-    if (wants('images') || (content === 'rootdir' && s.content.includes('rootdir'))) {
-      const imgRoot = join(root, 'images')
-      for (const vmidDir of existsSync(imgRoot) ? await readdir(imgRoot) : []) {
-        if (!/^\d+$/.test(vmidDir)) continue
-        for (const f of await readdir(join(imgRoot, vmidDir))) {
-          if (!/^(vm|base)-\d+-(disk-\d+|cloudinit)\.(qcow2|raw)$/.test(f)) continue
-          const volid = await this.#volidOfImage(storage, join(imgRoot, vmidDir, f), vmidDir, f)
-          const v = await this.#volumeFromPath({storage: s, content: 'images', path: join(imgRoot, vmidDir, f), vmid: Number(vmidDir), volid}).catch(() => undefined)
-          if (v) out.push(v)
-        }
-      }
-    }
-    for (const [c, sub] of Object.entries(CONTENT_DIRS) as [keyof typeof CONTENT_DIRS, string][]) {
-      if (!wants(c)) continue
-      const d = join(root, sub)
-      for (const f of existsSync(d) ? await readdir(d) : []) {
-        if (f.startsWith('.')) continue
-        const v = await this.#volumeFromPath({storage: s, content: c, path: join(d, f), volid: `${storage}:${c}/${f}`})
-        if (v) out.push(v)
-      }
-    }
-    return out.sort((a, b) => a.volid.localeCompare(b.volid))
+  volumeInfo(node: string, volid: string): Promise<VolumeInfo | undefined> {
+    return this.#vols.volumeInfo(node, volid)
   }
 
-  /** The volid of an image file: a linked clone's names its base. */
-  async #volidOfImage(storage: string, path: string, vmid: string, file: string): Promise<string> {
-    if (file.startsWith('vm-') && file.endsWith('.qcow2') && !file.includes('cloudinit')) {
-      const info = await this.#imgInfo(path).catch(() => undefined)
-      const b = info?.['backing-filename']
-      const m = b ? /^\.\.\/(\d+)\/(base-\1-disk-\d+\.qcow2)$/.exec(b) : null
-      if (m) return `${storage}:${m[2]}/${vmid}/${file}`
-    }
-    return `${storage}:${vmid}/${file}`
+  allocateDisk(node: string, vmid: number, alloc: DiskAllocation, ctx: TaskContext): Promise<VolumeInfo> {
+    return this.#vols.allocateDisk(node, vmid, alloc, ctx)
   }
 
-  async storageUsage(node: string, storage: string): Promise<{used: number}> {
-    const root = this.#storage(storage).path(node)
-    let used = 0
-    const walk = async (d: string): Promise<void> => {
-      for (const e of await readdir(d, {withFileTypes: true}).catch(() => [])) {
-        const p = join(d, e.name)
-        if (e.isDirectory()) await walk(p)
-        else if (e.isFile()) used += (await stat(p)).blocks * 512
-      }
-    }
-    await walk(root)
-    return {used}
+  allocateCloudInit(node: string, vmid: number, storage: string, ctx?: TaskContext): Promise<VolumeInfo> {
+    return this.#vols.allocateCloudInit(node, vmid, storage, ctx)
   }
 
-  async importFile(node: string, storage: string, content: StorageContent, filename: string, srcPath: string, ctx: TaskContext): Promise<VolumeInfo> {
-    const p = this.#parse(node, `${storage}:${content}/${filename}`)
-    await mkdir(dirname(p.path), {recursive: true})
-    try {
-      await rename(srcPath, p.path)
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EXDEV') throw error
-      await copyFile(srcPath, p.path)
-      await rm(srcPath, {force: true})
-    }
-    const v = await this.#volumeFromPath(p)
-    if (!v) throw new BackendError(`import of '${filename}' failed`)
-    ctx.log(`target file: ${p.path}`)
-    ctx.log(`file size is: ${v.size}`)
-    return v
+  copyDisk(node: string, srcVolid: string, newVmid: number, targetStorage: string, format: 'qcow2' | 'raw', ctx: TaskContext, snapname?: string): Promise<VolumeInfo> {
+    return this.#vols.copyDisk(node, srcVolid, newVmid, targetStorage, format, ctx, snapname)
   }
 
-  async deleteVolume(node: string, volid: string, ctx?: TaskContext): Promise<void> {
-    const p = this.#parse(node, volid)
-    if (!existsSync(p.path)) throw new BackendError(`volume '${volid}' does not exist`)
-    await rm(p.path, {force: true})
-    this.#infoCache.delete(p.path)
-    ctx?.log(`removed volume '${volid}'`)
+  linkDisk(node: string, baseVolid: string, newVmid: number, ctx: TaskContext): Promise<VolumeInfo> {
+    return this.#vols.linkDisk(node, baseVolid, newVmid, ctx)
   }
 
-  async volumeInfo(node: string, volid: string): Promise<VolumeInfo | undefined> {
-    let p: ParsedVolid
-    try {
-      p = this.#parse(node, volid)
-    } catch {
-      return undefined
-    }
-    return this.#volumeFromPath(p)
+  convertToTemplate(spec: VmSpec, ctx: TaskContext): Promise<Record<string, string>> {
+    return this.#vols.convertToTemplate(spec, ctx)
   }
 
-  // ---- disks ----------------------------------------------------------------------------------
-
-  /** Lowest free `vm-<vmid>-disk-<n>.<fmt>` on `storage` (base- names count as taken). */
-  #newDisk(node: string, storage: string, vmid: number, fmt: string): ParsedVolid {
-    const s = this.#storage(storage)
-    if (!s.content.includes('images')) throw new BackendError(`storage '${storage}' does not support content-type 'images'`)
-    const dir = join(s.path(node), 'images', String(vmid))
-    const taken = new Set(existsSync(dir) ? readdirSync(dir).map((f) => f.replace(/^base-/, 'vm-').replace(/\.(qcow2|raw)$/, '')) : [])
-    for (let n = 0; ; n++) {
-      if (!taken.has(`vm-${vmid}-disk-${n}`)) {
-        const file = `vm-${vmid}-disk-${n}.${fmt}`
-        return {storage: s, content: 'images', path: join(dir, file), vmid, volid: `${storage}:${vmid}/${file}`}
-      }
-    }
-  }
-
-  async allocateDisk(node: string, vmid: number, alloc: DiskAllocation, ctx: TaskContext): Promise<VolumeInfo> {
-    const target = this.#newDisk(node, alloc.storage, vmid, alloc.format)
-    await mkdir(dirname(target.path), {recursive: true})
-    if (alloc.importFrom) {
-      const src = this.#parse(node, alloc.importFrom)
-      if (!existsSync(src.path)) throw new BackendError(`unable to find volume '${alloc.importFrom}'`)
-      const info = await this.#imgInfo(src.path)
-      if (info['backing-filename']) throw new BackendError('refusing to import image with backing file')
-      ctx.log(`importing disk '${alloc.importFrom}' to VM ${vmid} ...`)
-      ctx.log(`transferring ${info['virtual-size']} bytes (${info.format} → ${alloc.format})`)
-      await this.#convert(src.path, info.format, target.path, alloc.format, ctx)
-      if (alloc.sizeBytes && alloc.sizeBytes > info['virtual-size']) {
-        await run('qemu-img', ['resize', '-f', alloc.format, target.path, String(alloc.sizeBytes)], {timeoutMs: 60_000})
-        ctx.log(`resized to ${alloc.sizeBytes} bytes`)
-      }
-      ctx.log(`transferred ${info['virtual-size']} bytes: 100.00%`)
-      ctx.log(`Successfully imported disk as '${target.volid}'`)
-    } else {
-      const size = alloc.sizeBytes ?? 0
-      ctx.log(`Formatting '${target.path}', fmt=${alloc.format} size=${size}`)
-      await run('qemu-img', ['create', '-q', '-f', alloc.format, ...(alloc.format === 'qcow2' ? ['-o', 'preallocation=metadata,lazy_refcounts=on'] : []), target.path, String(size)], {timeoutMs: 120_000})
-    }
-    const v = await this.#volumeFromPath(target)
-    if (!v) throw new BackendError(`allocation of '${target.volid}' failed`)
-    return v
-  }
-
-  async #convert(src: string, srcFmt: string, dst: string, dstFmt: string, ctx: TaskContext, snapshot?: string): Promise<void> {
-    const tmp = `${dst}.partial`
-    try {
-      await run(
-        'qemu-img',
-        ['convert', '-p', '-U', '-f', srcFmt, '-O', dstFmt, ...(snapshot ? ['-l', `snapshot.name=${snapshot}`] : []), src, tmp],
-        {timeoutMs: 60 * 60_000, signal: ctx.signal},
-      )
-      await rename(tmp, dst)
-    } catch (error) {
-      await rm(tmp, {force: true})
-      throw new BackendError(`disk import failed: ${(error as Error).message}`)
-    }
-  }
-
-  async allocateCloudInit(node: string, vmid: number, storage: string, ctx?: TaskContext): Promise<VolumeInfo> {
-    const s = this.#storage(storage)
-    const file = `vm-${vmid}-cloudinit.qcow2`
-    const p: ParsedVolid = {storage: s, content: 'images', path: join(s.path(node), 'images', String(vmid), file), vmid, volid: `${storage}:${vmid}/${file}`}
-    await mkdir(dirname(p.path), {recursive: true})
-    if (!existsSync(p.path)) await run('qemu-img', ['create', '-q', '-f', 'qcow2', p.path, String(4 * 1024 * 1024)], {timeoutMs: 30_000})
-    ctx?.log(`Formatting '${p.path}', fmt=qcow2 size=4194304`)
-    const v = await this.#volumeFromPath(p)
-    if (!v) throw new BackendError(`allocation of '${p.volid}' failed`)
-    return v
-  }
+  // ---- disks of a VM --------------------------------------------------------------------------
 
   /** The NoCloud seed content of a VM spec (exported for tests). */
   static seedSpec(spec: VmSpec): SeedSpec {
@@ -396,7 +180,7 @@ export class QemuBackend implements VmBackend {
     const drive = spec.disks.find((d) => d.cloudinit)
     if (!drive || !spec.cloudInit) return
     if (spec.cloudInit.type !== 'nocloud') throw new BackendError(`lab qemu backend: citype '${spec.cloudInit.type}' is not supported (use nocloud)`)
-    const p = this.#parse(spec.node, drive.volid)
+    const p = this.#vols.parse(spec.node, drive.volid)
     const runDir = this.#runDir(spec.node, spec.vmid)
     await mkdir(runDir, {recursive: true})
     const iso = join(runDir, 'cloudinit.iso')
@@ -410,43 +194,13 @@ export class QemuBackend implements VmBackend {
       await rename(tmp, p.path)
       await rm(iso, {force: true})
     }
-    this.#infoCache.delete(p.path)
-  }
-
-  async copyDisk(node: string, srcVolid: string, newVmid: number, targetStorage: string, format: 'qcow2' | 'raw', ctx: TaskContext, snapname?: string): Promise<VolumeInfo> {
-    const src = this.#parse(node, srcVolid)
-    if (!existsSync(src.path)) throw new BackendError(`volume '${srcVolid}' does not exist`)
-    const info = await this.#imgInfo(src.path)
-    if (snapname && !(info.snapshots ?? []).some((s) => s.name === snapname)) throw new BackendError(`snapshot '${snapname}' does not exist on '${srcVolid}'`)
-    const target = this.#newDisk(node, targetStorage, newVmid, format)
-    await mkdir(dirname(target.path), {recursive: true})
-    ctx.log(`create full clone of drive (${srcVolid})`)
-    await this.#convert(src.path, info.format, target.path, format, ctx, snapname)
-    ctx.log(`transferred ${info['virtual-size']} bytes: 100.00%`)
-    const v = await this.#volumeFromPath(target)
-    if (!v) throw new BackendError(`copy to '${target.volid}' failed`)
-    return v
-  }
-
-  async linkDisk(node: string, baseVolid: string, newVmid: number, ctx: TaskContext): Promise<VolumeInfo> {
-    const base = this.#parse(node, baseVolid)
-    const bm = /\/images\/(\d+)\/(base-\1-disk-\d+\.qcow2)$/.exec(base.path)
-    if (!bm || !existsSync(base.path)) throw new BackendError(`volume '${baseVolid}' does not exist or is not a base image`)
-    const t = this.#newDisk(node, base.storage.id, newVmid, 'qcow2')
-    await mkdir(dirname(t.path), {recursive: true})
-    const backing = relative(dirname(t.path), base.path)
-    ctx.log(`create linked clone of drive (${baseVolid})`)
-    await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', backing, t.path], {cwd: dirname(t.path), timeoutMs: 60_000})
-    const volid = `${base.storage.id}:${bm[2]}/${newVmid}/${basename(t.path)}`
-    const v = await this.#volumeFromPath({...t, volid})
-    if (!v) throw new BackendError(`linked clone '${volid}' failed`)
-    return v
+    this.#vols.forget(p.path)
   }
 
   async resizeDisk(spec: VmSpec, diskKey: string, newSizeBytes: number, ctx: TaskContext): Promise<void> {
     const d = spec.disks.find((x) => x.key === diskKey)
     if (!d) throw new BackendError(`no such disk '${diskKey}'`)
-    const p = this.#parse(spec.node, d.volid)
+    const p = this.#vols.parse(spec.node, d.volid)
     const r = this.#running(spec.node, spec.vmid)
     if (r) {
       const q = await r.vm.qmp()
@@ -458,28 +212,11 @@ export class QemuBackend implements VmBackend {
         q.close()
       }
     } else {
-      const info = await this.#imgInfo(p.path)
+      const info = await this.#vols.imgInfo(p.path)
       await run('qemu-img', ['resize', '-f', info.format, p.path, String(newSizeBytes)], {timeoutMs: 60_000})
     }
-    this.#infoCache.delete(p.path)
+    this.#vols.forget(p.path)
     ctx.log(`Image resized to ${newSizeBytes} bytes`)
-  }
-
-  async convertToTemplate(spec: VmSpec, ctx: TaskContext): Promise<Record<string, string>> {
-    const map: Record<string, string> = {}
-    for (const d of spec.disks) {
-      if (d.cloudinit || d.media === 'cdrom') continue
-      const p = this.#parse(spec.node, d.volid)
-      const m = /^(.*\/)vm-(\d+)-disk-(\d+\.(?:qcow2|raw))$/.exec(p.path)
-      if (!m || !/^[^:]+:\d+\//.test(d.volid)) continue
-      const newPath = `${m[1]}base-${m[2]}-disk-${m[3]}`
-      await rename(p.path, newPath)
-      this.#infoCache.delete(p.path)
-      const nv = `${p.storage.id}:${m[2]}/base-${m[2]}-disk-${m[3]}`
-      map[d.volid] = nv
-      ctx.log(`renamed ${basename(p.path)} to ${basename(newPath)}`)
-    }
-    return map
   }
 
   // ---- lifecycle ------------------------------------------------------------------------------
@@ -521,9 +258,9 @@ export class QemuBackend implements VmBackend {
         ctx.log(`${d.key}: kept, but not given to the VM (the lab's VMs boot with SeaBIOS and have no TPM)`)
         continue
       }
-      const p = this.#parse(spec.node, d.volid)
+      const p = this.#vols.parse(spec.node, d.volid)
       if (!existsSync(p.path)) throw new BackendError(`start failed: volume '${d.volid}' does not exist`)
-      const fmt = p.content === 'images' ? ((await this.#imgInfo(p.path)).format as 'qcow2' | 'raw') : 'raw'
+      const fmt = p.content === 'images' ? ((await this.#vols.imgInfo(p.path)).format as 'qcow2' | 'raw') : 'raw'
       const ide = /^ide(\d)$/.exec(d.key)
       if (d.media === 'cdrom' || ide) {
         if (!ide) {
@@ -634,9 +371,9 @@ export class QemuBackend implements VmBackend {
     const r = this.#running(spec.node, spec.vmid)
     if (!r) throw new BackendError(`VM ${spec.vmid} is not running`)
     if (disk.media === 'cdrom') throw new BackendError(`${disk.key}: CD-ROMs cannot be hot-plugged in the lab`)
-    const p = this.#parse(spec.node, disk.volid)
+    const p = this.#vols.parse(spec.node, disk.volid)
     if (!existsSync(p.path)) throw new BackendError(`volume '${disk.volid}' does not exist`)
-    const format = p.content === 'images' ? (await this.#imgInfo(p.path)).format : 'raw'
+    const format = p.content === 'images' ? (await this.#vols.imgInfo(p.path)).format : 'raw'
     if (disk.serial !== undefined && !/^[A-Za-z0-9_.-]{1,20}$/.test(disk.serial)) throw new BackendError(`${disk.key}: disk serial "${disk.serial}" must be 1–20 characters [A-Za-z0-9_.-]`)
     const node = `drive-${disk.key}`
     const q = await r.vm.qmp()
@@ -656,7 +393,7 @@ export class QemuBackend implements VmBackend {
       q.close()
     }
     ;(r.hotplugged ??= new Set()).add(disk.key)
-    this.#infoCache.delete(p.path)
+    this.#vols.forget(p.path)
     ctx.log(`hot-plugged ${disk.key} (${disk.volid}) as virtio-blk`)
   }
 
@@ -731,12 +468,12 @@ export class QemuBackend implements VmBackend {
     }
     for (const volid of volids) {
       try {
-        const p = this.#parse(node, volid)
+        const p = this.#vols.parse(node, volid)
         if (existsSync(p.path)) {
           await rm(p.path, {force: true})
           ctx.log(`Removing image: 100% complete...done.`)
         }
-        this.#infoCache.delete(p.path)
+        this.#vols.forget(p.path)
       } catch (error) {
         ctx.log(`warning: ${volid}: ${(error as Error).message}`)
       }
@@ -754,7 +491,7 @@ export class QemuBackend implements VmBackend {
   #snapDisks(spec: VmSpec): {key: string; path: string; volid: string; attached: boolean}[] {
     return spec.disks
       .filter((d) => d.media === 'disk' && !d.cloudinit && !/^ide\d$/.test(d.key))
-      .map((d) => ({key: d.key, volid: d.volid, path: this.#parse(spec.node, d.volid).path, attached: !d.firmware}))
+      .map((d) => ({key: d.key, volid: d.volid, path: this.#vols.parse(spec.node, d.volid).path, attached: !d.firmware}))
       .filter((d) => d.path.endsWith('.qcow2'))
   }
 
@@ -772,27 +509,27 @@ export class QemuBackend implements VmBackend {
       } else {
         await run('qemu-img', ['snapshot', '-c', name, d.path], {timeoutMs: 120_000})
       }
-      this.#infoCache.delete(d.path)
+      this.#vols.forget(d.path)
     }
   }
 
   async snapshotRollback(spec: VmSpec, name: string, ctx: TaskContext): Promise<void> {
     if (this.#running(spec.node, spec.vmid)) throw new BackendError(`VM ${spec.vmid} is running - rollback needs it stopped`)
     for (const d of this.#snapDisks(spec)) {
-      const info = await this.#imgInfo(d.path)
+      const info = await this.#vols.imgInfo(d.path)
       if (!(info.snapshots ?? []).some((s) => s.name === name)) throw new BackendError(`snapshot '${name}' does not exist on '${d.volid}'`)
     }
     for (const d of this.#snapDisks(spec)) {
       ctx.log(`rollback '${d.key}' to '${name}'`)
       await run('qemu-img', ['snapshot', '-a', name, d.path], {timeoutMs: 120_000})
-      this.#infoCache.delete(d.path)
+      this.#vols.forget(d.path)
     }
   }
 
   async snapshotDelete(spec: VmSpec, name: string, ctx: TaskContext): Promise<void> {
     const r = this.#running(spec.node, spec.vmid)
     for (const d of this.#snapDisks(spec)) {
-      const info = await this.#imgInfo(d.path)
+      const info = await this.#vols.imgInfo(d.path)
       if (!(info.snapshots ?? []).some((s) => s.name === name)) continue
       ctx.log(`delete snapshot '${name}' of '${d.key}'`)
       if (r && d.attached) {
@@ -805,7 +542,7 @@ export class QemuBackend implements VmBackend {
       } else {
         await run('qemu-img', ['snapshot', '-d', name, d.path], {timeoutMs: 120_000})
       }
-      this.#infoCache.delete(d.path)
+      this.#vols.forget(d.path)
     }
   }
 
@@ -817,48 +554,7 @@ export class QemuBackend implements VmBackend {
     return r.vm.qga()
   }
 
-  /** Maps guest-agent failures to the texts PVE answers with. */
-  async #agent<T>(node: string, vmid: number, command: string, f: (q: QgaClient) => Promise<T>): Promise<T> {
-    const q = this.#qga(node, vmid)
-    try {
-      return await f(q)
-    } catch (error) {
-      if (error instanceof QgaError) {
-        if (error.reason === 'unavailable') throw new BackendError('QEMU guest agent is not running')
-        if (error.reason === 'timeout') throw new BackendError(`VM ${vmid} qmp command '${command}' failed - got timeout`)
-        throw new BackendError(`Agent error: ${error.message.replace(/^guest agent command '[^']+' failed: /, '')}`)
-      }
-      throw error
-    }
-  }
-
-  readonly agent: GuestAgent = {
-    ping: (node, vmid, timeoutMs) => this.#agent(node, vmid, 'guest-ping', (q) => q.ping(timeoutMs)),
-    networkGetInterfaces: (node, vmid, timeoutMs) =>
-      this.#agent(node, vmid, 'guest-network-get-interfaces', (q) => q.networkGetInterfaces(timeoutMs)) as Promise<AgentNetworkInterface[]>,
-    getFsinfo: (node, vmid, timeoutMs) => this.#agent(node, vmid, 'guest-get-fsinfo', (q) => q.getFsinfo(timeoutMs)) as Promise<AgentFsInfo[]>,
-    exec: (node, vmid, command, inputData, timeoutMs) => {
-      if (command.length === 0) return Promise.reject(new BackendError("parameter verification failed: 'command' is empty"))
-      return this.#agent(node, vmid, 'guest-exec', (q) => q.exec(command[0], command.slice(1), {input: inputData, timeoutMs}))
-    },
-    execStatus: (node, vmid, pid, timeoutMs) =>
-      this.#agent(node, vmid, 'guest-exec-status', async (q): Promise<AgentExecStatus> => {
-        const r = await q.execStatusRaw(pid, timeoutMs)
-        const out: AgentExecStatus = {exited: r.exited}
-        if (r.exitcode !== undefined) out.exitcode = r.exitcode
-        if (r.signal !== undefined) out.signal = r.signal
-        if (r['out-data'] !== undefined) out['out-data'] = Buffer.from(r['out-data'], 'base64').toString('utf8')
-        if (r['err-data'] !== undefined) out['err-data'] = Buffer.from(r['err-data'], 'base64').toString('utf8')
-        if (r['out-truncated']) out['out-truncated'] = true
-        if (r['err-truncated']) out['err-truncated'] = true
-        return out
-      }),
-    fileWrite: (node, vmid, file, content, timeoutMs) => this.#agent(node, vmid, 'guest-file-write', (q) => q.fileWrite(file, content, timeoutMs)),
-    fileRead: (node, vmid, file, timeoutMs, range = {}) => this.#agent(node, vmid, 'guest-file-read', (q) => readGuestFile(q, file, range.offset ?? 0, Math.min(range.count ?? MAX_READ, MAX_READ), timeoutMs)),
-    info: (node, vmid, timeoutMs) => this.#agent(node, vmid, 'guest-info', (q) => q.execute<AgentInfo>('guest-info', undefined, timeoutMs)),
-    getOsinfo: (node, vmid, timeoutMs) => this.#agent(node, vmid, 'guest-get-osinfo', (q) => q.execute<AgentOsInfo>('guest-get-osinfo', undefined, timeoutMs)),
-    getHostName: (node, vmid, timeoutMs) => this.#agent(node, vmid, 'guest-get-host-name', (q) => q.execute<{'host-name': string}>('guest-get-host-name', undefined, timeoutMs)),
-  }
+  readonly agent: GuestAgent = qemuGuestAgent((node, vmid) => this.#qga(node, vmid))
 
   /** For tests: wait until the guest agent of a VM answers (boot under TCG takes a while). */
   async waitAgent(node: string, vmid: number, timeoutMs: number): Promise<void> {
@@ -873,33 +569,6 @@ export class QemuBackend implements VmBackend {
       }
     }
   }
-}
-
-/** PVE's file-read limit. */
-const MAX_READ = 16 * 1024 * 1024
-
-/**
- * qemu-server's file-read: open, seek to `offset`, read up to `count` bytes in 1 MiB chunks,
- * close; `truncated` when the end of the file was not reached.
- */
-async function readGuestFile(q: QgaClient, file: string, offset: number, count: number, timeoutMs: number): Promise<{content: Buffer; truncated: boolean}> {
-  const handle = await q.execute<number>('guest-file-open', {path: file, mode: 'r'}, timeoutMs)
-  const parts: Buffer[] = []
-  let read = 0
-  let eof = false
-  try {
-    if (offset > 0) await q.execute('guest-file-seek', {handle, offset, whence: 'set'}, timeoutMs)
-    while (read < count && !eof) {
-      const r = await q.execute<{count: number; 'buf-b64': string; eof: boolean}>('guest-file-read', {handle, count: Math.min(count - read, 1024 * 1024)}, timeoutMs)
-      const b = Buffer.from(r['buf-b64'] ?? '', 'base64')
-      parts.push(b)
-      read += b.length
-      eof = r.eof || b.length === 0
-    }
-  } finally {
-    await q.execute('guest-file-close', {handle}, timeoutMs).catch(() => undefined)
-  }
-  return {content: Buffer.concat(parts), truncated: !eof}
 }
 
 export default QemuBackend

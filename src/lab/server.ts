@@ -10,10 +10,12 @@ import Busboy from 'busboy'
 
 import {cjsExports} from '../interop.js'
 import {AuthError, PermissionError, type Principal} from './access.js'
-import {HttpError, LabApi, type Ctx} from './api.js'
+import {HttpError, LabApi, type Ctx, type Handler} from './api.js'
 import {BackendError} from './backend.js'
 import {LAB_ROUTES, type RouteDef} from './params.js'
+import {labHandlers} from './routes/index.js'
 import {ParamError, validateParams, type RawParams} from './validate.js'
+import {sleep} from '../sleep.js'
 
 /**
  * The lab's HTTPS front: one listener per lab node (127.0.0.1 only, its own certificate), PVE's
@@ -114,6 +116,8 @@ export class LabServer {
   readonly servers = new Map<string, Server>()
   readonly ports = new Map<string, number>()
   readonly #o: ServerOptions
+  /** The route handlers, gathered at the first request (src/lab/routes/index.ts). */
+  #handlers: Record<string, Handler> | undefined
   readonly #sockets = new Set<Socket>()
 
   constructor(o: ServerOptions) {
@@ -207,7 +211,7 @@ export class LabServer {
     }
     try {
       const lat = this.api.faults.latency(nodeName, fullPath)
-      if (lat > 0) await new Promise((r) => setTimeout(r, lat))
+      if (lat > 0) await sleep(lat)
       if (!fullPath.startsWith('/api2/json/')) {
         await drain(req)
         res.statusMessage = 'no such uri'
@@ -230,14 +234,14 @@ export class LabServer {
           user = principal.tokenid ?? principal.user
         } catch (e) {
           await drain(req)
-          if (this.#o.authFailDelayMs) await new Promise((r) => setTimeout(r, this.#o.authFailDelayMs))
+          if (this.#o.authFailDelayMs) await sleep(this.#o.authFailDelayMs)
           this.#sendUnauthorized(res, e instanceof AuthError ? e.message : 'authentication failure')
           return finish(401)
         }
       } else if (/^PVEAPIToken/.test(req.headers.authorization ?? '')) {
         // POST /access/ticket has allowtoken 0
         await drain(req)
-        if (this.#o.authFailDelayMs) await new Promise((r) => setTimeout(r, this.#o.authFailDelayMs))
+        if (this.#o.authFailDelayMs) await sleep(this.#o.authFailDelayMs)
         this.#sendUnauthorized(res, 'API tokens are not allowed for this endpoint')
         return finish(401)
       }
@@ -306,7 +310,7 @@ export class LabServer {
       } else if (route.handler === 'taskStatus' || route.handler === 'taskLog' || route.handler === 'taskList' || route.handler === 'taskIndex') {
         data = this.#tasks(route.handler, ctx)
       } else {
-        const h = this.api.handlers[route.handler]
+        const h = (this.#handlers ??= labHandlers(this.api))[route.handler]
         if (!h) throw new Error(`lab defect: no handler ${route.handler}`)
         data = await h(ctx)
       }
@@ -323,7 +327,7 @@ export class LabServer {
         this.#sendError(res, 400, 'Parameter verification failed.\n', (e as ParamError).errors)
         return finish(400)
       }
-      if (status === 401 && this.#o.authFailDelayMs) await new Promise((r) => setTimeout(r, this.#o.authFailDelayMs))
+      if (status === 401 && this.#o.authFailDelayMs) await sleep(this.#o.authFailDelayMs)
       const msg = e instanceof Error ? e.message : String(e)
       if (!(e instanceof HttpError || e instanceof PermissionError || e instanceof BackendError || e instanceof AuthError)) {
         process.stderr.write(`lab: ${method} ${fullPath}: ${e instanceof Error ? e.stack : msg}\n`)

@@ -1,25 +1,11 @@
 import {rm, stat} from 'node:fs/promises'
 import {basename} from 'node:path'
 
-import {sleep as abortableSleep} from '../sleep.js'
-import {bootGuest, DataDisk, readGuestFile, runGuestCommand, TEMPLATE_MODULES, TEMPLATE_ROWS, writeGuestFile, type BootState, type GuestEnv, type GuestFile} from './simulated-guest.js'
-import {
-  BackendError,
-  type AgentExecStatus,
-  type AgentFsInfo,
-  type AgentNetworkInterface,
-  type BackendInit,
-  type DiskAllocation,
-  type GuestAgent,
-  type StorageContent,
-  type TaskContext,
-  type VmAccess,
-  type VmBackend,
-  type VmDisk,
-  type VmRuntimeStatus,
-  type VmSpec,
-  type VolumeInfo,
-} from './backend.js'
+import {sleep} from '../sleep.js'
+import {simulatedAgent} from './simulated-agent.js'
+import {bootGuest, readGuestFile, runGuestCommand} from './simulated-guest.js'
+import {DataDisk, TEMPLATE_MODULES, TEMPLATE_ROWS, type BootState, type GuestEnv, type GuestFile} from './simulated-guest-state.js'
+import {BackendError, type AgentExecStatus, type BackendInit, type DiskAllocation, type GuestAgent, type StorageContent, type TaskContext, type VmAccess, type VmBackend, type VmDisk, type VmRuntimeStatus, type VmSpec, type VolumeInfo} from './backend.js'
 
 /**
  * The simulated backend: no VMs, no disk images. Volumes are records (size, format, the image
@@ -95,10 +81,10 @@ interface SimVm {
  */
 const VERSION_RE = /-(\d+(?:\.\d+)+(?:[-+~][\w.]+)?)\.[A-Za-z0-9]+$/
 
-/** A task's simulated duration; the lab's shutdown cuts it short. */
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+/** A task's simulated duration; the lab's shutdown cuts it short (the task then fails: "task aborted"). */
+function taskDuration(ms: number, signal?: AbortSignal): Promise<void> {
   if (ms <= 0) return Promise.resolve()
-  return abortableSleep(ms, signal).catch(() => {
+  return sleep(ms, signal).catch(() => {
     throw new Error('task aborted')
   })
 }
@@ -146,7 +132,7 @@ export class SimulatedBackend implements VmBackend {
   }
 
   #wait(what: keyof Durations, ctx?: TaskContext, factor = 1): Promise<void> {
-    return sleep(this.#d[what] * this.#scale * factor, ctx?.signal)
+    return taskDuration(this.#d[what] * this.#scale * factor, ctx?.signal)
   }
 
   async init(init: BackendInit): Promise<void> {
@@ -532,80 +518,12 @@ export class SimulatedBackend implements VmBackend {
     return readGuestFile(this.#env(vm), file)
   }
 
-  readonly agent: GuestAgent = {
-    ping: async (node, vmid) => {
-      this.#agentVm(node, vmid, 'ping')
-    },
-    networkGetInterfaces: async (node, vmid) => {
-      const vm = this.#agentVm(node, vmid, 'network-get-interfaces')
-      const out: AgentNetworkInterface[] = [{name: 'lo', 'hardware-address': '00:00:00:00:00:00', 'ip-addresses': [{'ip-address': '127.0.0.1', 'ip-address-type': 'ipv4', prefix: 8}, {'ip-address': '::1', 'ip-address-type': 'ipv6', prefix: 128}]}]
-      vm.spec.nics.forEach((nic, i) => {
-        const ips: NonNullable<AgentNetworkInterface['ip-addresses']> = []
-        if (nic.ipv4 && nic.ipv4 !== 'dhcp') ips.push({'ip-address': nic.ipv4.address, 'ip-address-type': 'ipv4', prefix: nic.ipv4.prefix})
-        const mac = nic.macaddr.toLowerCase().split(':')
-        const eui = [(Number.parseInt(mac[0] ?? '0', 16) ^ 2).toString(16).padStart(2, '0') + (mac[1] ?? ''), `${mac[2]}ff`, `fe${mac[3]}`, `${mac[4]}${mac[5]}`]
-        ips.push({'ip-address': `fe80::${eui.map((x) => x.replace(/^0+(?=.)/, '')).join(':')}`, 'ip-address-type': 'ipv6', prefix: 64})
-        out.push({name: `eth${i}`, 'hardware-address': nic.macaddr.toLowerCase(), 'ip-addresses': ips})
-      })
-      return out
-    },
-    getFsinfo: async (node, vmid) => {
-      const vm = this.#agentVm(node, vmid, 'get-fsinfo')
-      const out: AgentFsInfo[] = []
-      const vols = this.#nodeVols(node)
-      const os = vm.spec.disks.find((d) => d.key === 'virtio0')
-      const osVol = os && vols.get(os.volid)
-      if (osVol) out.push({name: 'vda1', mountpoint: '/', type: 'ext4', 'total-bytes': osVol.size - 2 ** 20, 'used-bytes': Math.min(osVol.size, 1.6 * 2 ** 30), disk: [{'bus-type': 'virtio', bus: 0, target: 0, unit: 0, dev: '/dev/vda1'}]})
-      const data = vm.spec.disks.find((d) => d.serial === 'pgi-data')
-      const dataVol = data && vols.get(data.volid)
-      if (data && dataVol && vm.boot.datadisk.ok) {
-        const used = 180 * 2 ** 20 + (this.#env(vm).disk?.databases.size ?? 0) * 40 * 2 ** 20
-        out.push({name: 'vdb', mountpoint: '/srv/pgi', type: 'ext4', 'total-bytes': dataVol.size, 'used-bytes': used, disk: [{serial: 'pgi-data', 'bus-type': 'virtio', bus: 0, target: 0, unit: 0, dev: '/dev/vdb'}]})
-      }
-      return out
-    },
-    exec: async (node, vmid, command, inputData) => {
-      const vm = this.#agentVm(node, vmid, 'exec')
-      const pid = vm.nextPid++
-      const r = runGuestCommand(this.#env(vm), command, inputData)
-      vm.procs.set(pid, {status: {exited: true, exitcode: r.code, 'out-data': r.out, ...(r.err ? {'err-data': r.err} : {})}})
-      return {pid}
-    },
-    execStatus: async (node, vmid, pid) => {
-      const vm = this.#agentVm(node, vmid, 'exec-status')
-      const p = vm.procs.get(pid)
-      if (!p) throw new BackendError(`Agent error: Invalid parameter 'pid'`)
-      vm.procs.delete(pid)
-      return p.status
-    },
-    fileWrite: async (node, vmid, file, content) => {
-      const vm = this.#agentVm(node, vmid, 'file-write')
-      if (!writeGuestFile(this.#env(vm), file, Buffer.from(content))) throw new BackendError(`Agent error: Failed to open file '${file}': No such file or directory`)
-    },
-    fileRead: async (node, vmid, file, _timeoutMs, range = {}) => {
-      const vm = this.#agentVm(node, vmid, 'file-read')
-      const c = this.#readFile(vm, file)
-      if (c === undefined) throw new BackendError(`Agent error: Failed to open file '${file}': No such file or directory`)
-      const offset = range.offset ?? 0
-      const count = Math.min(range.count ?? 16 * 2 ** 20, 16 * 2 ** 20)
-      // as qemu-guest-agent: the end of the file is seen only by a read that comes back short
-      return {content: c.subarray(offset, offset + count), truncated: c.length - offset >= count}
-    },
-    info: async (node, vmid) => {
-      this.#agentVm(node, vmid, 'info')
-      const commands = ['guest-info', 'guest-ping', 'guest-sync', 'guest-sync-delimited', 'guest-exec', 'guest-exec-status', 'guest-file-open', 'guest-file-read', 'guest-file-write', 'guest-file-seek', 'guest-file-flush', 'guest-file-close', 'guest-get-fsinfo', 'guest-get-osinfo', 'guest-get-host-name', 'guest-network-get-interfaces', 'guest-shutdown']
-      return {version: '7.2.19', supported_commands: commands.map((name) => ({name, enabled: true, 'success-response': name !== 'guest-shutdown'}))}
-    },
-    getOsinfo: async (node, vmid) => {
-      this.#agentVm(node, vmid, 'get-osinfo')
-      // the PGI image: Debian 12 with its cloud kernel
-      return {id: 'debian', name: 'Debian GNU/Linux', 'pretty-name': 'Debian GNU/Linux 12 (bookworm)', version: '12 (bookworm)', 'version-id': '12', 'kernel-release': '6.1.0-37-cloud-amd64', 'kernel-version': '#1 SMP PREEMPT_DYNAMIC Debian 6.1.140-1 (2025-05-22)', machine: 'x86_64'}
-    },
-    getHostName: async (node, vmid) => {
-      const vm = this.#agentVm(node, vmid, 'get-host-name')
-      return {'host-name': vm.spec.name}
-    },
-  }
+  readonly agent: GuestAgent = simulatedAgent<SimVm>({
+    vm: (node, vmid, command) => this.#agentVm(node, vmid, command),
+    env: (vm) => this.#env(vm),
+    readFile: (vm, file) => this.#readFile(vm, file),
+    volume: (node, volid) => this.#nodeVols(node).get(volid),
+  })
 
   // ---- inspection and set-up (tests, the scale bench) -----------------------------------------
 

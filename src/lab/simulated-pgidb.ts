@@ -2,7 +2,7 @@ import {createHash, randomBytes} from 'node:crypto'
 
 import {readStudents, slug} from '../db/students.js'
 // (a cycle with simulated-guest.ts, which runs this: its constants are read only when a command runs)
-import {TEMPLATE_MODULES, TEMPLATE_ROWS, type DataDisk, type GuestEnv, type RunResult, type SimDatabase} from './simulated-guest.js'
+import {TEMPLATE_MODULES, TEMPLATE_ROWS, type DataDisk, type GuestEnv, type RunResult, type SimDatabase} from './simulated-guest-state.js'
 
 /**
  * `pgi-db` in the simulated guest: a model of the image's database engine

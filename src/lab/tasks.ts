@@ -1,6 +1,9 @@
 import {setMaxListeners} from 'node:events'
 
+import type {PveTaskStatus} from '../proxmox/types.js'
+import {formatUpid, type Upid} from '../proxmox/upid.js'
 import type {TaskContext} from './backend.js'
+import {sleep} from '../sleep.js'
 
 /**
  * PVE tasks and config locks for the lab.
@@ -11,27 +14,12 @@ import type {TaskContext} from './backend.js'
  *   "can't lock file '/var/lock/qemu-server/lock-<vmid>.conf' - got timeout".
  */
 
-export interface TaskRecord {
-  upid: string
-  node: string
-  pid: number
-  pstart: number
-  starttime: number
-  type: string
-  id: string
-  user: string
-  status: 'running' | 'stopped'
+/** A task of the lab: its UPID's fields (src/proxmox/upid.ts, the one UPID grammar), its state and log. */
+export interface TaskRecord extends Upid {
+  status: PveTaskStatus['status']
   exitstatus?: string
   endtime?: number
   log: string[]
-}
-
-const hex8 = (n: number) => (n >>> 0).toString(16).toUpperCase().padStart(8, '0')
-
-export function parseUpid(upid: string): {node: string; pid: number; pstart: number; starttime: number; type: string; id: string; user: string} | undefined {
-  const m = /^UPID:([a-zA-Z0-9-]+):([0-9A-F]{8}):([0-9A-F]{8,16}):([0-9A-F]{8}):([^:]+):([^:]*):([^:]+):$/.exec(upid)
-  if (!m) return undefined
-  return {node: m[1]!, pid: Number.parseInt(m[2]!, 16), pstart: Number.parseInt(m[3]!, 16), starttime: Number.parseInt(m[4]!, 16), type: m[5]!, id: m[6]!, user: m[7]!}
 }
 
 export class TaskManager {
@@ -69,7 +57,7 @@ export class TaskManager {
     const pid = (process.pid * 7 + this.#order.length) % 0x3fffff
     const pstart = this.#pstart++
     const starttime = Math.floor(Date.now() / 1000)
-    const upid = `UPID:${node}:${hex8(pid)}:${hex8(pstart)}:${hex8(starttime)}:${type}:${id}:${user}:`
+    const upid = formatUpid({node, pid, pstart, starttime, type, id, user})
     const rec: TaskRecord = {upid, node, pid, pstart, starttime, type, id, user, status: 'running', log: []}
     this.#tasks.set(upid, rec)
     this.#order.push(upid)
@@ -95,7 +83,7 @@ export class TaskManager {
   /** Waits until no task runs (tests, shutdown). */
   async idle(timeoutMs = 60_000): Promise<void> {
     const end = Date.now() + timeoutMs
-    while (this.running() > 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 20))
+    while (this.running() > 0 && Date.now() < end) await sleep(20)
   }
 
   abortAll(): void {

@@ -249,15 +249,6 @@ export function parseBool(v: string | string[] | undefined): boolean | undefined
   return parseBoolean(v) === '1'
 }
 
-/** "32" (GiB), "512M", "+2G", "10.5G" → bytes (PVE's disk-size: default unit G for bare numbers in STORAGE:SIZE, K/M/G/T suffixes). */
-export function parseSize(v: string, defaultUnit: 'G' | 'B' = 'G'): number {
-  const m = /^\+?(\d+(?:\.\d+)?)([KMGT])?(?:iB)?$/.exec(v)
-  if (!m) throw new Error(`unable to parse size '${v}'`)
-  const unit = m[2] ?? (defaultUnit === 'G' ? 'G' : '')
-  const mult = {'': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4}[unit] ?? 1
-  return Math.round(Number(m[1]) * mult)
-}
-
 /** Bytes → PVE's size text ("32G", "512M", "1536K"; PVE::JSONSchema::format_size). */
 export function formatSize(bytes: number): string {
   for (const [u, m] of [['T', 1024 ** 4], ['G', 1024 ** 3], ['M', 1024 ** 2], ['K', 1024]] as const) {

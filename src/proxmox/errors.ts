@@ -182,7 +182,7 @@ export function isLockError(err: unknown): boolean {
 
 /**
  * A request not sent because its hypervisor was already found out of reach in this run (the
- * client's breaker, src/proxmox/client.ts): the same code, exit code, message and advice as the
+ * client's breaker, src/proxmox/transport.ts): the same code, exit code, message and advice as the
  * failure that found it, located where this request was going.
  */
 export class HypervisorDownError extends PgiError {

@@ -103,10 +103,40 @@ export interface AgentExecResult {
   truncated: boolean
 }
 
-export interface AgentInterface {
+/**
+ * The guest agent's answers, as qemu-guest-agent sends them and PVE passes them on: the one
+ * definition for the Proxmox client, the local QEMU agent client (src/qemu/qga.ts) and the lab.
+ */
+/** `guest-network-get-interfaces` result item. */
+export interface AgentNetworkInterface {
   name: string
   'hardware-address'?: string
   'ip-addresses'?: {'ip-address': string; 'ip-address-type': 'ipv4' | 'ipv6'; prefix: number}[]
+  statistics?: Record<string, number>
+}
+
+/** `guest-get-fsinfo` result item. */
+export interface AgentFsInfo {
+  name: string
+  mountpoint: string
+  type: string
+  'total-bytes'?: number
+  'used-bytes'?: number
+  disk: {serial?: string; 'bus-type': string; bus: number; target: number; unit: number; dev?: string; 'pci-controller'?: unknown}[]
+}
+
+/**
+ * `guest-exec-status` result. qemu-guest-agent sends out-data / err-data base64-encoded; PVE's
+ * `agent/exec-status` (and so the lab's backends) hands them on decoded.
+ */
+export interface AgentExecStatus {
+  exited: boolean
+  exitcode?: number
+  signal?: number
+  'out-data'?: string
+  'err-data'?: string
+  'out-truncated'?: boolean
+  'err-truncated'?: boolean
 }
 
 export interface WaitOptions {
@@ -146,7 +176,7 @@ export interface PveApi {
   regenerateCloudinit(node: string, vmid: number): Promise<void>
 
   agentPing(node: string, vmid: number): Promise<boolean>
-  agentNetworkInterfaces(node: string, vmid: number): Promise<AgentInterface[]>
+  agentNetworkInterfaces(node: string, vmid: number): Promise<AgentNetworkInterface[]>
   agentFsInfo(node: string, vmid: number): Promise<unknown[]>
   /**
    * Runs a command in the guest (argv, never a shell string with secrets); stdin from inputData.

@@ -52,3 +52,10 @@ export function parseUpid(text: unknown): Upid {
 export function isUpid(text: unknown): text is string {
   return tryParseUpid(text) !== undefined
 }
+
+const hex8 = (n: number) => (n >>> 0).toString(16).toUpperCase().padStart(8, '0')
+
+/** The UPID of a task, as PVE writes it (upper-case hex, trailing colon): what the lab hands out. */
+export function formatUpid(u: Omit<Upid, 'upid'>): string {
+  return `UPID:${u.node}:${hex8(u.pid)}:${hex8(u.pstart)}:${hex8(u.starttime)}:${u.type}:${u.id}:${u.user}:`
+}

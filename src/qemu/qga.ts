@@ -3,7 +3,9 @@ import type {Socket} from 'node:net'
 
 import {ErrorCode, UserError} from '../errors.js'
 import {ExitCode} from '../exit-codes.js'
+import type {AgentExecStatus, AgentFsInfo, AgentNetworkInterface} from '../proxmox/types.js'
 import {connectUnix} from './socket.js'
+import {sleep} from '../sleep.js'
 
 /**
  * Client of the real qemu-guest-agent, reached through the host side of its virtio-serial port
@@ -37,35 +39,6 @@ export class QgaError extends UserError {
     })
     this.name = 'QgaError'
   }
-}
-
-/** `guest-network-get-interfaces` item. */
-export interface QgaNetworkInterface {
-  name: string
-  'hardware-address'?: string
-  'ip-addresses'?: {'ip-address': string; 'ip-address-type': 'ipv4' | 'ipv6'; prefix: number}[]
-  statistics?: Record<string, number>
-}
-
-/** `guest-get-fsinfo` item. */
-export interface QgaFsInfo {
-  name: string
-  mountpoint: string
-  type: string
-  'total-bytes'?: number
-  'used-bytes'?: number
-  disk: {serial?: string; 'bus-type': string; bus: number; target: number; unit: number; dev?: string; 'pci-controller'?: unknown}[]
-}
-
-/** `guest-exec-status` as the agent sends it (out-data / err-data base64). */
-export interface QgaExecStatusRaw {
-  exited: boolean
-  exitcode?: number
-  signal?: number
-  'out-data'?: string
-  'err-data'?: string
-  'out-truncated'?: boolean
-  'err-truncated'?: boolean
 }
 
 /** `guest-exec-status` with the output decoded. */
@@ -224,7 +197,7 @@ export class QgaClient {
         last = error
       }
       const left = deadline - Date.now()
-      if (left > 0) await new Promise((r) => setTimeout(r, Math.min(intervalMs, left)))
+      if (left > 0) await sleep(Math.min(intervalMs, left))
     }
     throw new QgaError('timeout', 'guest-ping', `guest agent did not answer within ${timeoutMs} ms (${(last as Error)?.message ?? 'no answer'})`)
   }
@@ -233,11 +206,11 @@ export class QgaClient {
     return this.execute('guest-info', undefined, timeoutMs)
   }
 
-  networkGetInterfaces(timeoutMs?: number): Promise<QgaNetworkInterface[]> {
+  networkGetInterfaces(timeoutMs?: number): Promise<AgentNetworkInterface[]> {
     return this.execute('guest-network-get-interfaces', undefined, timeoutMs)
   }
 
-  getFsinfo(timeoutMs?: number): Promise<QgaFsInfo[]> {
+  getFsinfo(timeoutMs?: number): Promise<AgentFsInfo[]> {
     return this.execute('guest-get-fsinfo', undefined, timeoutMs)
   }
 
@@ -253,8 +226,8 @@ export class QgaClient {
     return this.execute<{pid: number}>('guest-exec', a, opts.timeoutMs)
   }
 
-  execStatusRaw(pid: number, timeoutMs?: number): Promise<QgaExecStatusRaw> {
-    return this.execute<QgaExecStatusRaw>('guest-exec-status', {pid}, timeoutMs)
+  execStatusRaw(pid: number, timeoutMs?: number): Promise<AgentExecStatus> {
+    return this.execute<AgentExecStatus>('guest-exec-status', {pid}, timeoutMs)
   }
 
   async execStatus(pid: number, timeoutMs?: number): Promise<QgaExecStatus> {
@@ -284,7 +257,7 @@ export class QgaClient {
         return {exitcode: s.exitcode ?? (s.signal === undefined ? 0 : 128 + s.signal), signal: s.signal, stdout: s.stdout.toString('utf8'), stderr: s.stderr.toString('utf8')}
       }
       if (Date.now() >= deadline) throw new QgaError('timeout', 'guest-exec', `guest command ${argv[0]} (pid ${pid}) still running after ${timeoutMs} ms`)
-      await new Promise((r) => setTimeout(r, Math.min(opts.pollMs ?? 250, Math.max(1, deadline - Date.now()))))
+      await sleep(Math.min(opts.pollMs ?? 250, Math.max(1, deadline - Date.now())))
     }
   }
 

@@ -5,6 +5,7 @@ import {join, resolve} from 'node:path'
 import {ErrorCode, UsageError, UserError} from '../errors.js'
 import {requireTools, spawnDetached} from '../exec.js'
 import type {Io} from '../io.js'
+import {sleep} from '../sleep.js'
 import {type AccelDecision, decideAccel} from './accel.js'
 import {QgaClient, type QgaClientOptions} from './qga.js'
 import {QmpClient, type QmpStatus} from './qmp.js'
@@ -255,7 +256,6 @@ function cmdlineOf(pid: number): string {
   }
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 export class QemuVm {
   private constructor(

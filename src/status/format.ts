@@ -3,6 +3,9 @@
  * the node-exporter textfile format for monitoring, and one line per changed establishment for
  * `--watch` without a terminal. Pure functions of the report (tested in test/unit/status).
  */
+import {rename, writeFile} from 'node:fs/promises'
+import {basename, dirname, join} from 'node:path'
+
 import {compareIds} from '../compare.js'
 import {styleText} from 'node:util'
 
@@ -267,4 +270,31 @@ export function changeLine(c: StatusChange, at: string): string {
   const from = c.before ? `${c.before.verdict} → ` : ''
   const why = c.after.verdict === 'healthy' ? '' : ` (${c.after.reason})`
   return `${stamp} ${c.uai} ${c.name}: ${from}${c.after.verdict}${why}`
+}
+
+/**
+ * The prometheus textfile written atomically (a temp file, then rename): node-exporter reads the
+ * file at any time and must never see half of it.
+ */
+export async function writeTextfile(out: string, text: string): Promise<void> {
+  const tmp = join(dirname(out), `.${basename(out)}.${process.pid}.tmp`)
+  await writeFile(tmp, text, {mode: 0o644})
+  await rename(tmp, out)
+}
+
+/**
+ * A refused call is not a crash: one warning per missing privilege (and where), with the
+ * establishments concerned, and what to do; empty when nothing was refused.
+ */
+export function refusalNotes(report: StatusReport): {warnings: string[]; advice?: string} {
+  const seen = new Map<string, string[]>()
+  for (const e of report.establishments) {
+    for (const err of e.errors) {
+      if (err.code !== 'PGI_PVE_PERMISSION') continue
+      const key = `${err.privilege ?? '?'} on ${err.path ?? '?'}`
+      seen.set(key, [...(seen.get(key) ?? []), e.uai])
+    }
+  }
+  const warnings = [...seen].map(([what, list]) => `this API token lacks ${what} (${list.slice(0, 5).join(', ')}${list.length > 5 ? ', …' : ''}): what needs it was not checked`)
+  return seen.size > 0 ? {warnings, advice: 'Ask a Région technician to grant it (see docs/proxmox-role.md), or run pgi status with the Région\'s token.'} : {warnings}
 }

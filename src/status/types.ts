@@ -6,6 +6,8 @@
  * envelope), monitoring and scripts read it. Field names are stable.
  */
 
+import type {RolloutMark} from '../fleet/vm-meta.js'
+
 export type Verdict = 'healthy' | 'degraded' | 'down' | 'unknown'
 
 export const VERDICTS: readonly Verdict[] = ['healthy', 'degraded', 'down', 'unknown']
@@ -41,15 +43,11 @@ export interface PgiHealthReport {
   problems: string[]
 }
 
-/** A rollout mark found on the VM (src/fleet/vm-meta.ts), with what it means now. */
-export interface RolloutState {
-  id: string
-  from: string
-  to: string
-  step: string
-  at: string
-  runner?: string
-  reason?: string
+/**
+ * A rollout mark found on the VM (src/fleet/vm-meta.ts), with what it means now (not the state of
+ * a whole rollout: that is src/rollout/journal.ts's RolloutState).
+ */
+export interface RolloutMarkState extends Pick<RolloutMark, 'id' | 'from' | 'to' | 'step' | 'at' | 'runner' | 'reason'> {
   /** done: the last step was a commit; failed: it ended in failure/rollback; pending: half-way. */
   state: 'pending' | 'failed' | 'done'
 }
@@ -85,7 +83,7 @@ export interface Observation {
   metaImage?: string
   tagImage?: string
   deployedAt?: string
-  rollout?: RolloutState
+  rollout?: RolloutMarkState
   metaError?: ProbeError
 
   /** The guest agent answered (exec or ping); undefined when not asked (VM not running) or not allowed. */
@@ -157,7 +155,7 @@ export interface EstablishmentStatus {
   dataDisk: {usedBytes: number; sizeBytes: number; usedRatio: number; source: 'pgi-health' | 'agent-fsinfo'} | null
   backup: {last: string | null; ageS: number | null} | null
   databases: DatabaseStatus[] | null
-  rollout: RolloutState | null
+  rollout: RolloutMarkState | null
   /** pgi-health's own problem list, verbatim. */
   problems: string[]
   /**

@@ -17,7 +17,7 @@ import {ErrorCode} from '../errors.js'
 import {ExitCode, type ExitCodeValue} from '../exit-codes.js'
 import type {RolloutMark} from '../fleet/vm-meta.js'
 import {formatSeconds, unreachableCause} from './probe-error.js'
-import type {DatabaseStatus, EstablishmentStatus, Observation, PgiHealthReport, ProbeError, RolloutState, Verdict, VerdictPolicy} from './types.js'
+import type {DatabaseStatus, EstablishmentStatus, Observation, PgiHealthReport, ProbeError, RolloutMarkState, Verdict, VerdictPolicy} from './types.js'
 
 export const DEFAULT_POLICY: VerdictPolicy = {
   diskFullRatio: 0.9,
@@ -48,9 +48,9 @@ export function humanDuration(seconds: number): string {
 const DONE_STEPS = new Set(['committed', 'done', 'completed', 'finished'])
 const FAILED_STEPS = new Set(['failed', 'rolled-back', 'rollback-failed', 'aborted', 'gate-failed'])
 
-export function rolloutState(mark: RolloutMark): RolloutState {
+export function rolloutState(mark: RolloutMark): RolloutMarkState {
   const step = mark.step
-  const state: RolloutState['state'] = DONE_STEPS.has(step) ? 'done' : FAILED_STEPS.has(step) || step.endsWith('-failed') ? 'failed' : 'pending'
+  const state: RolloutMarkState['state'] = DONE_STEPS.has(step) ? 'done' : FAILED_STEPS.has(step) || step.endsWith('-failed') ? 'failed' : 'pending'
   return {
     id: mark.id,
     from: mark.from,

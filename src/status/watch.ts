@@ -7,6 +7,7 @@
  * - json: like changes, one JSON object per line (NDJSON) for scripts;
  * - each: the caller renders the whole report each round (e.g. rewriting a Prometheus textfile).
  */
+import {sleep} from '../sleep.js'
 import type {StatusReport} from './types.js'
 import {changeLine, diffStatuses} from './format.js'
 
@@ -29,20 +30,6 @@ export interface WatchOptions {
 
 /** ESC[H ESC[2J: cursor home, clear screen (ECMA-48), the way watch(1) and top redraw. */
 const CLEAR = '\u001b[H\u001b[2J'
-
-/** Resolves after `ms`, or at once when `signal` aborts. */
-export function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve()
-    const done = () => {
-      clearTimeout(t)
-      signal.removeEventListener('abort', done)
-      resolve()
-    }
-    const t = setTimeout(done, ms)
-    signal.addEventListener('abort', done, {once: true})
-  })
-}
 
 /** `p`, or undefined as soon as `signal` aborts (the listener is removed either way). */
 function unlessAborted<T>(p: Promise<T>, signal: AbortSignal): Promise<T | undefined> {
@@ -82,7 +69,8 @@ export async function watchStatus(opts: WatchOptions): Promise<StatusReport | un
     last = report
     opts.onRound?.(report, round)
     if (opts.maxRounds !== undefined && round >= opts.maxRounds) break
-    await sleep(Math.max(0, opts.intervalS * 1000 - (Date.now() - t0)), opts.signal)
+    // Ctrl-C during the pause between rounds ends the watch too (not an error)
+    await sleep(Math.max(0, opts.intervalS * 1000 - (Date.now() - t0)), opts.signal).catch(() => undefined)
   }
   return last
 }

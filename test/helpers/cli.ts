@@ -7,6 +7,9 @@ import {spawn} from 'node:child_process'
 import {existsSync} from 'node:fs'
 import {dirname, join, resolve} from 'node:path'
 import {fileURLToPath} from 'node:url'
+import {format} from 'node:util'
+
+import type {Config} from '@oclif/core'
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..')
 export const CLI = join(ROOT, 'bin', 'run.js')
@@ -49,4 +52,51 @@ export function runPgi(args: string[], opts: {env?: NodeJS.ProcessEnv; cwd?: str
       res({exitCode: code, stdout, stderr, ...(json ? {json} : {})})
     })
   })
+}
+
+/** An oclif command class, as the tests that run one in-process hold it. */
+export interface CommandClass {
+  run(argv: string[], config: Config): Promise<unknown>
+}
+
+/** What an in-process command printed and its exit code. */
+export interface CommandRun {
+  stdout: string
+  stderr: string
+  exitCode: number
+}
+
+/**
+ * Runs one command in this process (for tests that need the engine's state at hand: a lab, a
+ * store): stdout and stderr captured (oclif prints results with console.log / console.error too),
+ * `env` set for the run only, the exit code read from process.exitCode (a thrown error: its oclif
+ * exit code, or 1). The one in-process harness: tests of what users run use runPgi above.
+ */
+export async function runCommand(cmd: CommandClass, argv: string[], config: Config, env: Record<string, string> = {}): Promise<CommandRun> {
+  let stdout = ''
+  let stderr = ''
+  const ow = process.stdout.write.bind(process.stdout)
+  const ew = process.stderr.write.bind(process.stderr)
+  const {log, error} = console
+  const saved = {...process.env}
+  Object.assign(process.env, env)
+  process.stdout.write = ((c: string | Uint8Array) => ((stdout += String(c)), true)) as typeof process.stdout.write
+  process.stderr.write = ((c: string | Uint8Array) => ((stderr += String(c)), true)) as typeof process.stderr.write
+  console.log = (...a: unknown[]) => void (stdout += format(...a) + '\n')
+  console.error = (...a: unknown[]) => void (stderr += format(...a) + '\n')
+  try {
+    await cmd.run(argv, config)
+  } catch (err) {
+    stderr += `[thrown] ${(err as Error).message}\n`
+    if (process.exitCode === undefined) process.exitCode = (err as {oclif?: {exit?: number}}).oclif?.exit ?? 1
+  } finally {
+    process.stdout.write = ow
+    process.stderr.write = ew
+    console.log = log
+    console.error = error
+    process.env = saved
+  }
+  const exitCode = Number(process.exitCode ?? 0)
+  process.exitCode = undefined
+  return {stdout, stderr, exitCode}
 }

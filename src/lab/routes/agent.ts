@@ -1,4 +1,5 @@
-import {agentEnabled, HttpError, type Ctx, type Handler, type LabApi} from '../api.js'
+import {agentEnabled, HttpError, type Ctx, type Handler} from '../context.js'
+import type {LabApi} from '../api.js'
 import {BackendError} from '../backend.js'
 import type {VmRecord} from '../vmconfig.js'
 import {ParamError, parseBool} from '../validate.js'

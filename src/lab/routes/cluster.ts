@@ -1,7 +1,8 @@
 import {createHash} from 'node:crypto'
 import {cpus, totalmem} from 'node:os'
 
-import {HttpError, type Handler, type LabApi} from '../api.js'
+import {HttpError, type Handler} from '../context.js'
+import type {LabApi} from '../api.js'
 import {ParamError} from '../validate.js'
 
 /**

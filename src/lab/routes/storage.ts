@@ -1,4 +1,5 @@
-import {HttpError, type Ctx, type Handler, type LabApi} from '../api.js'
+import {HttpError, type Ctx, type Handler} from '../context.js'
+import type {LabApi} from '../api.js'
 import {splitList} from '../validate.js'
 
 /** Lab handlers: storage index, status, content list, volume attributes and delete (upload and download-url are in server.ts: they need the request stream). Registered by LabApi under the handler ids of params.ts. */

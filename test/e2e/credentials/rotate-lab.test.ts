@@ -9,10 +9,11 @@ import {createHash, randomUUID} from 'node:crypto'
 import {mkdtemp, rm, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
-import {format} from 'node:util'
 
 import {Config} from '@oclif/core'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
+
+import {runCommand, type CommandClass} from '../../helpers/cli.js'
 
 import CredentialsOpen from '../../../commands/credentials/open.js'
 import CredentialsRotate from '../../../commands/credentials/rotate.js'
@@ -99,31 +100,7 @@ afterAll(async () => {
   await rm(tmp, {recursive: true, force: true})
 })
 
-async function runCli(cmd: {run(argv: string[], config: Config): Promise<unknown>}, argv: string[]) {
-  let stdout = ''
-  let stderr = ''
-  const ow = process.stdout.write.bind(process.stdout)
-  const ew = process.stderr.write.bind(process.stderr)
-  const {log, error} = console
-  process.stdout.write = ((c: string | Uint8Array) => ((stdout += String(c)), true)) as typeof process.stdout.write
-  process.stderr.write = ((c: string | Uint8Array) => ((stderr += String(c)), true)) as typeof process.stderr.write
-  console.log = (...a: unknown[]) => void (stdout += format(...a) + '\n')
-  console.error = (...a: unknown[]) => void (stderr += format(...a) + '\n')
-  try {
-    await cmd.run(argv, config)
-  } catch (err) {
-    stderr += `[thrown] ${(err as Error).message}\n`
-    process.exitCode ??= 1
-  } finally {
-    process.stdout.write = ow
-    process.stderr.write = ew
-    console.log = log
-    console.error = error
-  }
-  const exitCode = Number(process.exitCode ?? 0)
-  process.exitCode = undefined
-  return {stdout, stderr, exitCode}
-}
+const runCli = (cmd: CommandClass, argv: string[]) => runCommand(cmd, argv, config)
 
 /** The guest uses exactly the store's current secrets: re-applying them changes nothing. */
 async function expectGuestMatchesStore(): Promise<Secret[]> {

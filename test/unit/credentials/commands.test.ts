@@ -6,10 +6,11 @@
 import {mkdtemp, readFile, rm, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
-import {format} from 'node:util'
 
 import {Config} from '@oclif/core'
 import {afterAll, afterEach, beforeAll, beforeEach, describe, expect, it} from 'vitest'
+
+import {runCommand, type CommandClass} from '../../helpers/cli.js'
 
 import CredentialsHandoff from '../../../commands/credentials/handoff.js'
 import CredentialsList from '../../../commands/credentials/list.js'
@@ -19,8 +20,6 @@ import CredentialsRotate from '../../../commands/credentials/rotate.js'
 import {ensureEstablishmentSecrets} from '../../../src/credentials/secrets.js'
 import {SecretStore} from '../../../src/secrets/store.js'
 import {ageKey} from './fixtures.js'
-
-type CommandClass = {run(argv: string[], config: Config): Promise<unknown>}
 
 let config: Config
 let tmp: string
@@ -47,32 +46,7 @@ afterEach(async () => {
 })
 
 /** Runs a command in-process and captures everything it writes. */
-async function runCli(cmd: CommandClass, argv: string[]): Promise<{stdout: string; stderr: string; exitCode: number}> {
-  let stdout = ''
-  let stderr = ''
-  const ow = process.stdout.write.bind(process.stdout)
-  const ew = process.stderr.write.bind(process.stderr)
-  process.stdout.write = ((chunk: string | Uint8Array) => ((stdout += String(chunk)), true)) as typeof process.stdout.write
-  process.stderr.write = ((chunk: string | Uint8Array) => ((stderr += String(chunk)), true)) as typeof process.stderr.write
-  // oclif prints results with console.log / console.error
-  const {log, error} = console
-  console.log = (...a: unknown[]) => void (stdout += format(...a) + '\n')
-  console.error = (...a: unknown[]) => void (stderr += format(...a) + '\n')
-  try {
-    await cmd.run(argv, config)
-  } catch (err) {
-    stderr += `[thrown] ${(err as Error).message}\n`
-    if (process.exitCode === undefined) process.exitCode = (err as {oclif?: {exit?: number}}).oclif?.exit ?? 1
-  } finally {
-    process.stdout.write = ow
-    process.stderr.write = ew
-    console.log = log
-    console.error = error
-  }
-  const exitCode = Number(process.exitCode ?? 0)
-  process.exitCode = undefined
-  return {stdout, stderr, exitCode}
-}
+const runCli = (cmd: CommandClass, argv: string[]) => runCommand(cmd, argv, config)
 
 async function setup() {
   const tech = await ageKey(tmp, 'tech')

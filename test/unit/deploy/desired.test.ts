@@ -1,7 +1,8 @@
 import {describe, expect, it} from 'vitest'
 
-import {createParams, diffVm, encodeSshKeys, parseDisk, parseSize, touchesCloudInit, updateParams, vmName} from '../../../src/deploy/desired.js'
+import {createParams, diffVm, encodeSshKeys, parseDisk, touchesCloudInit, updateParams, vmName} from '../../../src/deploy/desired.js'
 import {parseDescription} from '../../../src/fleet/vm-meta.js'
+import {tryParseSize as parseSize} from '../../../src/size.js'
 import {configAfterCreate, est, hv, image} from './fixtures.js'
 
 describe('desired VM config', () => {

@@ -1,12 +1,11 @@
 /**
- * A simulated lab (src/lab/runtime.ts: the PVE-compatible HTTPS API over the simulated backend)
- * started in this process for deploy tests and the deploy bench, with an inventory pointing at it:
+ * The deploy tests' and bench's lab (test/helpers/lab.ts: the PVE-compatible HTTPS API over the
+ * simulated backend, in this process), with an inventory pointing at it:
  * one hypervisor per lab node, pinned to the node's real certificate, token secret in an env var.
  * Everything goes through the real Proxmox client over HTTPS on 127.0.0.1.
  */
 import {createHash, randomBytes, randomUUID} from 'node:crypto'
-import {mkdtemp, rm, writeFile} from 'node:fs/promises'
-import {tmpdir} from 'node:os'
+import {writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 
 import {generateIdentity, identityToRecipient} from 'age-encryption'
@@ -16,11 +15,12 @@ import {Hypervisors, type PveConnector} from '../../../src/hypervisors.js'
 import type {Establishment, Hypervisor, Inventory} from '../../../src/inventory/types.js'
 import {uaiFromNumber} from '../../../src/inventory/uai.js'
 import type {Io} from '../../../src/io.js'
-import {startRuntime, type LabRuntime} from '../../../src/lab/runtime.js'
+import type {LabRuntime} from '../../../src/lab/runtime.js'
 import type {FaultConfig} from '../../../src/lab/faults.js'
 import type {VmBackend} from '../../../src/lab/backend.js'
 import {connectHypervisor} from '../../../src/proxmox/client.js'
 import {SecretStore} from '../../../src/secrets/store.js'
+import {startLab} from '../../helpers/lab.js'
 
 export const TOKEN_ID = 'pgi@pve!deploy'
 export const TOKEN_ENV = 'PGI_TEST_LAB_TOKEN'
@@ -55,14 +55,12 @@ export interface SimLabOptions {
 export const fastConnect = (pollMs = 20): PveConnector => (hv, o) => connectHypervisor(hv, {...o, poll: {initialMs: pollMs, maxMs: pollMs * 5}, retry: {baseDelayMs: 50, maxDelayMs: 200}})
 
 export async function startSimLab(o: SimLabOptions = {}): Promise<SimLab> {
-  const dir = await mkdtemp(join(tmpdir(), 'pgi-deploy-lab-'))
-  const nodeCount = o.nodes ?? 2
-  const nodes = Array.from({length: nodeCount}, (_, i) => `lab${i + 1}`)
   const tokenSecret = randomUUID()
-  const rt = await startRuntime({
-    dir: join(dir, 'lab'),
-    nodes,
-    backend: o.backend ?? 'simulated',
+  const lab = await startLab({
+    prefix: 'pgi-deploy-lab-',
+    subdir: 'lab',
+    nodes: o.nodes ?? 2,
+    backend: o.backend,
     pveVersion: '9.1',
     timeScale: o.timeScale ?? 0.001,
     simulated: o.durations ? {durations: o.durations} : undefined,
@@ -76,6 +74,7 @@ export async function startSimLab(o: SimLabOptions = {}): Promise<SimLab> {
     authFailDelayMs: 10,
     lockTimeoutMs: 2000,
   })
+  const {rt, dir, nodes} = lab
 
   const amiIdentity = await generateIdentity()
   const amiRecipient = await identityToRecipient(amiIdentity)
@@ -88,16 +87,7 @@ export async function startSimLab(o: SimLabOptions = {}): Promise<SimLab> {
   let n = 130040
   nodes.forEach((node, i) => {
     const name = `hv-${node}`
-    hypervisors.set(name, {
-      name,
-      url: `https://127.0.0.1:${rt.ports[node]}`,
-      nodes: [node],
-      tls: {fingerprint: rt.fingerprints[node]!},
-      token: {id: TOKEN_ID, secret: {env: TOKEN_ENV}},
-      storage: {os: 'local-vm', data: 'local-vm', import: 'local'},
-      bridge: 'vmbr0',
-      source,
-    })
+    hypervisors.set(name, lab.hypervisor(node, {name, tokenId: TOKEN_ID, tokenEnv: TOKEN_ENV}))
     for (let k = 0; k < (o.establishmentsPerNode ?? 1); k++) {
       const uai = uaiFromNumber(n++)
       establishments.push({
@@ -148,8 +138,7 @@ export async function startSimLab(o: SimLabOptions = {}): Promise<SimLab> {
     tokenSecret,
     hypervisors: (io, connect) => new Hypervisors(inventory, {store, io, env, connect: connect ?? fastConnect()}),
     async close() {
-      await rt.close()
-      await rm(dir, {recursive: true, force: true})
+      await lab.close()
     },
   }
 }

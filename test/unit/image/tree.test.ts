@@ -4,7 +4,7 @@ import {join} from 'node:path'
 
 import {afterEach, describe, expect, it} from 'vitest'
 
-import {imageDir, parseSize} from '../../../src/image/build.js'
+import {imageDir, recipeDiskBytes as parseSize} from '../../../src/image/build.js'
 import {resolveSources} from '../../../src/image/sources.js'
 import {digestTree, formatTree, listTree, treeDigest} from '../../../src/image/tree.js'
 

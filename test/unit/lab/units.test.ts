@@ -4,9 +4,11 @@ import {AccessControl, hashPassword, PermissionError, sha256Hex} from '../../../
 import {configDigest} from '../../../src/lab/api.js'
 import {faultConfigFrom, Faults, NO_FAULTS} from '../../../src/lab/faults.js'
 import {labInventoryYaml} from '../../../src/lab/inventory-gen.js'
-import {ConfigLocks, parseUpid, TaskManager} from '../../../src/lab/tasks.js'
+import {ConfigLocks, TaskManager} from '../../../src/lab/tasks.js'
+import {tryParseUpid as parseUpid} from '../../../src/proxmox/upid.js'
+import {parseSize} from '../../../src/size.js'
 import {loadPveSchema} from '../../../src/lab/pve-schema.js'
-import {checkProp, formatSize, normalizeTags, parsePropertyString, parseSize, propertyFormatOf, validateParams} from '../../../src/lab/validate.js'
+import {checkProp, formatSize, normalizeTags, parsePropertyString, propertyFormatOf, validateParams} from '../../../src/lab/validate.js'
 
 const CONFIG = loadPveSchema('9.1').method('PUT', '/nodes/{node}/qemu/{vmid}/config')!.parameters!.properties!
 
@@ -47,7 +49,7 @@ describe('validation', () => {
   })
 
   it('parses and formats sizes', () => {
-    expect(parseSize('32')).toBe(32 * 2 ** 30)
+    expect(parseSize('32', 'G')).toBe(32 * 2 ** 30)
     expect(parseSize('+512M', 'B')).toBe(512 * 2 ** 20)
     expect(formatSize(8 * 2 ** 30)).toBe('8G')
   })

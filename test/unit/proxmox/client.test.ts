@@ -4,6 +4,8 @@ import {join} from 'node:path'
 
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
+import {rejection} from '../../helpers/rejection.js'
+
 import {ErrorCode, PgiError, TimeoutError, UnreachableError} from '../../../src/errors.js'
 import {ExitCode} from '../../../src/exit-codes.js'
 import {MemoryIo} from '../../../src/io.js'
@@ -14,15 +16,6 @@ import {parseUpid, tryParseUpid} from '../../../src/proxmox/upid.js'
 import {client, FakeClock, FakePve, fail, ok, TOKEN_ID, upid, type Recorded, type Reply} from './fake-pve.js'
 
 const UPID_CREATE = 'UPID:pve1:0000ABCD:0001E240:6761A3F0:qmcreate:100:root@pam:'
-
-async function rejection(p: Promise<unknown>): Promise<PgiError> {
-  try {
-    await p
-  } catch (err) {
-    return err as PgiError
-  }
-  throw new Error('expected a rejection')
-}
 
 const running = {status: 'running', type: 'qmcreate', id: '100', node: 'pve1', pid: 43981, starttime: 0x6761a3f0, upid: UPID_CREATE, user: 'root@pam'}
 const stopped = (exitstatus: string) => ({...running, status: 'stopped', exitstatus})

@@ -10,21 +10,14 @@ import {join} from 'node:path'
 
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
+import {rejection} from '../../helpers/rejection.js'
+
 import {ErrorCode, type PgiError} from '../../../src/errors.js'
 import {ExitCode} from '../../../src/exit-codes.js'
 import {MemoryIo} from '../../../src/io.js'
 import {PveApiError, isServerFault} from '../../../src/proxmox/errors.js'
 import {NetworkError, TlsMismatchError} from '../../../src/proxmox/tls.js'
 import {client, FakeClock, FakePve, fail, ok, TOKEN_ID, upid, type Recorded, type Reply} from './fake-pve.js'
-
-async function rejection(p: Promise<unknown>): Promise<PgiError> {
-  try {
-    await p
-  } catch (err) {
-    return err as PgiError
-  }
-  throw new Error('expected a rejection')
-}
 
 const NOW_S = Math.floor(1_760_000_000_000 / 1000)
 const FAULT = 'lab fault injection: internal server error'

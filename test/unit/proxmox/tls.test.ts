@@ -13,7 +13,9 @@ import {fileURLToPath} from 'node:url'
 
 import {afterAll, beforeAll, describe, expect, it, vi} from 'vitest'
 
-import {ErrorCode, PgiError} from '../../../src/errors.js'
+import {rejection} from '../../helpers/rejection.js'
+
+import {ErrorCode} from '../../../src/errors.js'
 import {ExitCode} from '../../../src/exit-codes.js'
 import type {Hypervisor} from '../../../src/inventory/types.js'
 import {connectHypervisor} from '../../../src/proxmox/client.js'
@@ -82,15 +84,6 @@ function hv(url: string, tls: Hypervisor['tls']): Hypervisor {
     bridge: 'vmbr0',
     source: {file: join(dir, 'hypervisors.yaml'), line: 1, column: 1},
   }
-}
-
-async function rejection(p: Promise<unknown>): Promise<PgiError> {
-  try {
-    await p
-  } catch (err) {
-    return err as PgiError
-  }
-  throw new Error('expected a rejection')
 }
 
 let selfSigned: TestServer

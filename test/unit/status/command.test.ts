@@ -2,11 +2,12 @@ import {existsSync} from 'node:fs'
 import {readdir, readFile, writeFile} from 'node:fs/promises'
 import {dirname, join} from 'node:path'
 import {fileURLToPath} from 'node:url'
-import {format} from 'node:util'
 
 import {Config} from '@oclif/core'
 import {generateIdentity, identityToRecipient} from 'age-encryption'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
+
+import {runCommand} from '../../helpers/cli.js'
 
 import Status from '../../../commands/status.js'
 import {openInventoryStore} from '../../../src/credentials/service.js'
@@ -50,34 +51,7 @@ afterAll(async () => {
   await lab?.close()
 })
 
-async function runCli(argv: string[], env: Record<string, string> = {}) {
-  let stdout = ''
-  let stderr = ''
-  const ow = process.stdout.write.bind(process.stdout)
-  const ew = process.stderr.write.bind(process.stderr)
-  const {log, error} = console
-  const saved = {...process.env}
-  Object.assign(process.env, env)
-  process.stdout.write = ((c: string | Uint8Array) => ((stdout += String(c)), true)) as typeof process.stdout.write
-  process.stderr.write = ((c: string | Uint8Array) => ((stderr += String(c)), true)) as typeof process.stderr.write
-  console.log = (...a: unknown[]) => void (stdout += format(...a) + '\n')
-  console.error = (...a: unknown[]) => void (stderr += format(...a) + '\n')
-  try {
-    await Status.run(argv, config)
-  } catch (err) {
-    stderr += `[thrown] ${(err as Error).message}\n`
-    process.exitCode ??= 1
-  } finally {
-    process.stdout.write = ow
-    process.stderr.write = ew
-    console.log = log
-    console.error = error
-    process.env = saved
-  }
-  const exitCode = Number(process.exitCode ?? 0)
-  process.exitCode = undefined
-  return {stdout, stderr, exitCode}
-}
+const runCli = (argv: string[], env: Record<string, string> = {}) => runCommand(Status, argv, config, env)
 
 const common = () => ['-i', invFile, '--secrets-dir', secretsDir, '--timeout', '5']
 

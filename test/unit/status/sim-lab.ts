@@ -1,14 +1,11 @@
 /**
- * A simulated lab (src/lab/runtime.ts's startRuntime: LabApi + LabServer + SimulatedBackend, in this
- * process) for the status tests and bench: N nodes on 127.0.0.1, each its own HTTPS listener and
+ * The status tests' and bench's lab (test/helpers/lab.ts: LabApi + LabServer + SimulatedBackend, in
+ * this process): N nodes on 127.0.0.1, each its own HTTPS listener and
  * pinned certificate, a pgi token with the PGI role on "/", AMI tokens that only see one VM, faults
  * (latency, dead nodes), and establishments whose VMs are created through the real client
  * (src/proxmox/client.ts) with the metadata deploy writes (tags + pgi-meta description).
  */
 import {randomUUID} from 'node:crypto'
-import {mkdtemp, rm} from 'node:fs/promises'
-import {tmpdir} from 'node:os'
-import {join} from 'node:path'
 
 import {formatDescription, formatTags} from '../../../src/fleet/vm-meta.js'
 import type {Establishment, Hypervisor, Inventory} from '../../../src/inventory/types.js'
@@ -17,12 +14,12 @@ import {MemoryIo} from '../../../src/io.js'
 import {sha256Hex} from '../../../src/lab/access.js'
 import type {LabApi} from '../../../src/lab/api.js'
 import {faultConfigFrom, Faults} from '../../../src/lab/faults.js'
-import {startRuntime} from '../../../src/lab/runtime.js'
 import type {RequestLogEntry} from '../../../src/lab/server.js'
 import {connectHypervisor} from '../../../src/proxmox/client.js'
 import {AMI_ROLE_PRIVILEGES, PGI_ROLE_PRIVILEGES} from '../../../src/proxmox/role.js'
 import type {PveApi} from '../../../src/proxmox/types.js'
 import {Secret} from '../../../src/secret.js'
+import {startLab} from '../../helpers/lab.js'
 
 export interface SimLabOptions {
   nodes: number
@@ -68,7 +65,6 @@ export interface SimLab {
 export const TOKEN_ENV = 'PGI_LAB_TOKEN'
 
 export async function startSimLab(o: SimLabOptions): Promise<SimLab> {
-  const dir = await mkdtemp(join(tmpdir(), 'pgi-status-lab-'))
   const nodeNames = Array.from({length: o.nodes}, (_, i) => `lab${i + 1}`)
   const pgiSecret = randomUUID()
   const amiSecret = randomUUID()
@@ -110,10 +106,9 @@ export async function startSimLab(o: SimLabOptions): Promise<SimLab> {
   const noHealthRecord = new Set<string>()
   const faultConfig = faultConfigFrom(o.faults ?? {}, 'test faults')
   const faults = new Faults(faultConfig)
-  const rt = await startRuntime({
-    dir,
-    nodes: nodeNames,
-    backend: 'simulated',
+  const lab = await startLab({
+    prefix: 'pgi-status-lab-',
+    nodes: o.nodes,
     pveVersion: '9.1',
     timeScale: 0,
     faults: faultConfig,
@@ -137,23 +132,10 @@ export async function startSimLab(o: SimLabOptions): Promise<SimLab> {
       ],
     },
   })
-  const ports = rt.ports
-  const fingerprints = rt.fingerprints
+  const {rt, dir} = lab
 
   const hypervisors = new Map<string, Hypervisor>()
-  for (const n of nodeNames) {
-    hypervisors.set(n, {
-      name: n,
-      url: `https://127.0.0.1:${ports[n]}`,
-      nodes: [n],
-      tls: {fingerprint: fingerprints[n]},
-      token: {id: 'pgi@pve!status', secret: {env: TOKEN_ENV}},
-      storage: {os: 'local-vm', data: 'local-vm', import: 'local'},
-      bridge: 'vmbr0',
-      pveVersion: '9.1',
-      source: {file: 'lab.yaml', line: 1, column: 1},
-    })
-  }
+  for (const n of nodeNames) hypervisors.set(n, lab.hypervisor(n, {tokenId: 'pgi@pve!status', tokenEnv: TOKEN_ENV, pveVersion: '9.1'}))
   const inventory: Inventory = {path: dir, files: [], rings: ['canary', 'pilot', 'general'], recipients: [], hypervisors, establishments, groups: new Map([['first', establishments.slice(0, 2).map((e) => e.uai)]])}
 
   const clients: PveApi[] = []
@@ -217,8 +199,7 @@ export async function startSimLab(o: SimLabOptions): Promise<SimLab> {
     client,
     async close() {
       await Promise.allSettled(clients.map((cl) => (cl as PveApi & {close?: () => Promise<void>}).close?.()))
-      await rt.close()
-      await rm(dir, {recursive: true, force: true})
+      await lab.close()
     },
   }
 }

@@ -4,12 +4,15 @@
  * - a qemu lab forwards ports on 127.0.0.1 to each VM: the handoff names those endpoints;
  * - a simulated lab has no network and forwards nothing: the handoff names the address the lab
  *   gave the VM (cloud-init's ipconfig, what its guest agent reports), and says so.
+ * Deploy and credentials never import the lab: a command that has --lab-dir passes `labConnection`
+ * as their `connection` (a ConnectionSource, src/deploy/credentials.ts).
  */
 import type {HandoffConnection} from '../credentials/handoff.js'
 import {ErrorCode, UserError} from '../errors.js'
 import type {Establishment} from '../inventory/types.js'
 import type {Io} from '../io.js'
-import {readVmSnapshot, type VmSnapshotEntry} from '../lab/runtime.js'
+import {readVmSnapshot, type VmSnapshotEntry} from './runtime.js'
+import {sleep} from '../sleep.js'
 
 function split(ep: string | undefined): {host: string; port: number} | undefined {
   if (!ep) return undefined
@@ -61,7 +64,7 @@ export function labConnection(labDir: string, opts: {waitMs?: number; io?: Io} =
           suggestions: ['Is the lab running (`pgi lab status`), and this VM started in it? Without --lab-dir, the handoff names the inventory address.'],
         })
       }
-      await new Promise((r) => setTimeout(r, 500))
+      await sleep(500)
     }
   }
 }

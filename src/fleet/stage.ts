@@ -6,7 +6,7 @@ import {ErrorCode, UsageError, UserError} from '../errors.js'
 import type {Io} from '../io.js'
 import type {Hypervisor} from '../inventory/types.js'
 import type {PveApi} from '../proxmox/types.js'
-import {importVolid, type DeployImage} from './desired.js'
+import {importVolid, type DeployImage} from './images.js'
 
 export interface StageOptions {
   io: Io
