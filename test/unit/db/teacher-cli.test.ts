@@ -15,7 +15,7 @@ import {join} from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {run} from '../../../src/exec.js'
-import {assertBuilt, runPgi, type PgiRun} from '../../helpers/cli.js'
+import {assertBuilt, CLI, runPgi, type PgiRun} from '../../helpers/cli.js'
 import {signedTestImage} from '../../helpers/signed-image.js'
 
 let base: string
@@ -107,11 +107,27 @@ describe('pgi db teacher', {timeout: 240_000}, () => {
     expect(human.stderr).not.toMatch(CODE_RE)
   })
 
+  it('add on a terminal: the code shown there once, no file written', async () => {
+    // a real pseudo-terminal (util-linux script(1)), an interactive run (no CI variable)
+    const out = join(base, 'codes-tty')
+    const ttyEnv: NodeJS.ProcessEnv = {...env, CI: '0'}
+    const cmd = [process.execPath, CLI, 'db', 'teacher', 'add', uai, '--name', 'Jean Perrin', '--email', 'jean.perrin@ac-aix-marseille.fr', '--out', out].map((a) => `'${a.replace(/'/g, "'\\''")}'`).join(' ')
+    const r = await run('script', ['-qefc', cmd, '/dev/null'], {env: ttyEnv, cwd: base, timeoutMs: 60_000})
+    expect(r.exitCode, r.stdout).toBe(0)
+    const code = new RegExp(`One-time code : (${CODE_RE.source})`).exec(r.stdout)?.[1]
+    expect(code, r.stdout).toBeDefined()
+    expect(r.stdout).toContain('https://')
+    expect(r.stdout).toContain('/console/activer?email=jean.perrin%40ac-aix-marseille.fr')
+    expect(existsSync(out) ? await readdir(out) : []).toEqual([])
+    codes.push(code!)
+  })
+
   it('list: every account, never a hash or a code', async () => {
     const r = await pgi(['db', 'teacher', 'list', uai, '--json'])
     ok(r)
     expect(r.json!.result.teachers.map((t: {email: string; status: string}) => [t.email, t.status])).toEqual([
       ['irene.joliot@ac-aix-marseille.fr', 'pending'],
+      ['jean.perrin@ac-aix-marseille.fr', 'pending'],
       ['marie.curie@ac-aix-marseille.fr', 'pending'],
       ['paul.langevin@ac-aix-marseille.fr', 'pending'],
     ])
