@@ -85,6 +85,11 @@ export const ErrorCode = {
   DB_BUSY: 'PGI_DB_BUSY',
   DB_NO_ROOM: 'PGI_DB_NO_ROOM',
   DB_FAILED: 'PGI_DB_FAILED',
+  // the teachers' console's command line (pgi-console) refused or failed: src/db/console.ts
+  CONSOLE_INVALID: 'PGI_CONSOLE_INVALID',
+  TEACHER_NOT_FOUND: 'PGI_TEACHER_NOT_FOUND',
+  TEACHER_EXISTS: 'PGI_TEACHER_EXISTS',
+  CONSOLE_FAILED: 'PGI_CONSOLE_FAILED',
 } as const
 
 export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode]

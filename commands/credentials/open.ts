@@ -40,10 +40,12 @@ export default class CredentialsOpen extends BaseCommand<typeof CredentialsOpen>
         ['PostgreSQL (SQL administrator)', hp(h.postgresql.host, h.postgresql.port), h.postgresql.login, h.postgresql.password],
         ['Tryton admin', h.databases ? `databases ${h.databases.map((d) => d.name).join(', ') || '(none yet)'}` : `database ${h.desktop_client.database}`, h.tryton_admin.login, h.tryton_admin.password],
         ['Web client (thin)', h.web_client.url, '', ''],
+        ...(h.console ? [["Teachers' console", h.console.url, `AMI page: ${h.postgresql.login}`, '(SQL administrator)']] : []),
         [`Desktop client (${h.desktop_client.client})`, hp(h.desktop_client.host, h.desktop_client.port), h.desktop_client.username, '(Tryton admin)'],
       ],
     )
     if (h.ssh.host_key_fingerprints.length > 0) this.log(`SSH host key: ${h.ssh.host_key_fingerprints.join(', ')}`)
+    if (h.console) this.log(`HTTPS certificate (SHA-256): ${h.console.tls_sha256}`)
     this.log('Run again with --text for what each access is for and how to change the passwords.')
     return h
   }

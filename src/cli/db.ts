@@ -7,7 +7,7 @@ import {join} from 'node:path'
 
 import {Args, Flags} from '@oclif/core'
 
-import {dbNameProblem, DB_PREFIX_RE, LOGIN_RE, RESERVED_PREFIXES} from '../db/names.js'
+import {dbNameProblem, DB_PREFIX_RE, LOGIN_RE, RESERVED_PREFIXES, teacherEmailProblem, teacherNameProblem} from '../db/names.js'
 import {UsageError} from '../errors.js'
 import type {Io} from '../io.js'
 import {stateDir} from '../paths.js'
@@ -141,3 +141,129 @@ export function humanBytes(n: number | null | undefined): string {
 
 /** The UAI argument every `pgi db` command but list starts with. */
 export const uaiArg = Args.string({description: 'UAI of the establishment (e.g. 0130040Y).', required: true})
+
+// ---- the teachers' console (pgi db teacher …, pgi db audit) ----------------------------------------
+
+function teacherEmail(value: string, where: {flag: string} | {argument: string}): string {
+  const problem = teacherEmailProblem(value)
+  if (problem) throw new UsageError(problem, {where, suggestions: ["The teacher's e-mail address, as their account knows it (`pgi db teacher list UAI`)."]})
+  return value.trim().toLowerCase()
+}
+
+/** The EMAIL argument of `pgi db teacher disable|enable|reset`. */
+export const teacherEmailArg = Args.custom<string>({parse: async (v) => teacherEmail(v, {argument: 'email'})})({description: "The teacher's e-mail address (their account in the console).", required: true})
+
+/** `--email` of `pgi db teacher add`. */
+export const teacherEmailFlag = Flags.custom<string>({
+  summary: "The teacher's e-mail address: their login in the console (kept in lowercase).",
+  helpValue: '<address>',
+  parse: async (v) => teacherEmail(v, {flag: 'email'}),
+})({required: true})
+
+/** `--name` of `pgi db teacher add`. */
+export const teacherNameFlag = Flags.custom<string>({
+  summary: "The teacher's name as the console shows it (e.g. \"Marie Curie\").",
+  helpValue: '<name>',
+  parse: async (v) => {
+    const problem = teacherNameProblem(v)
+    if (problem) throw new UsageError(`--name: ${problem}`, {where: {flag: 'name'}})
+    return v.trim()
+  },
+})({required: true})
+
+/** `--console-url`: the console's address as the teacher reaches it, when it is not the VM's own. */
+export const consoleUrlFlag = Flags.custom<string>({
+  summary: "The console's address as teachers reach it (default https://<the VM's address>/console/), for the activation link.",
+  helpValue: '<https://host[:port]/console/>',
+  env: 'PGI_CONSOLE_URL',
+  parse: async (v) => {
+    let u: URL
+    try {
+      u = new URL(v)
+    } catch {
+      throw new UsageError(`--console-url "${v}" is not a URL`, {where: {flag: 'console-url'}, suggestions: ['e.g. https://pgi.lycee-exemple.fr/console/']})
+    }
+    if (u.protocol !== 'https:' || u.search || u.hash || u.username || u.password) {
+      throw new UsageError(`--console-url "${v}": an https:// address without query, fragment or credentials`, {where: {flag: 'console-url'}, suggestions: ['The console is served over HTTPS only: e.g. https://pgi.lycee-exemple.fr/console/']})
+    }
+    return u.href.endsWith('/') ? u.href : `${u.href}/`
+  },
+})()
+
+/** `--out DIR` of `pgi db teacher add|reset`: where a code goes when it is not shown on a terminal. */
+export const teacherOutFlag = Flags.string({
+  summary: 'Folder the one-time code file (encrypted to the AMI) is written to, when the code is not shown on a terminal.',
+  description: STATE_DIR_HELP,
+  env: 'PGI_TEACHER_DIR',
+  default: async () => join(stateDir(), 'teachers'),
+  defaultHelp: async () => '<state dir>/teachers',
+})
+
+/** `--show-code`: the one-time code in the output even without a terminal (--json, a pipe). */
+export const showCodeFlag = Flags.boolean({
+  summary: 'Put the one-time code in the output (also in --json and when stdout is not a terminal) instead of a file encrypted to the AMI.',
+  description: 'The code lets whoever holds it choose the teacher\'s password for 7 days: use this only where the output is not logged (a script that hands the code on at once).',
+  default: false,
+})
+
+const SINCE_UNITS: Record<string, number> = {m: 60_000, h: 3_600_000, d: 86_400_000, w: 7 * 86_400_000}
+
+/**
+ * `--since`: a date (2026-09-01, midnight UTC), a date and time (2026-09-01T08:00, UTC unless it
+ * says its offset: 2026-09-01T08:00+02:00), or a duration back from now (30m, 12h, 7d, 2w).
+ * Normalised to the audit log's own form, YYYY-MM-DDTHH:MM:SSZ (UTC), which it compares as text.
+ */
+export function parseSince(v: string, now = Date.now()): string {
+  const bad = () =>
+    new UsageError(`--since "${v}" is neither a date (2026-09-01), a date and time (2026-09-01T08:00, UTC unless an offset is given) nor a duration (30m, 12h, 7d, 2w)`, {where: {flag: 'since'}})
+  const s = v.trim()
+  const rel = /^(\d{1,5})([mhdw])$/.exec(s)
+  let ms: number
+  if (rel) ms = now - Number(rel[1]) * SINCE_UNITS[rel[2]!]!
+  else {
+    const m = /^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2}))?(Z|[+-]\d{2}:?\d{2})?)?$/.exec(s)
+    if (!m) throw bad()
+    const [, y, mo, d, hh = '00', mi = '00', ss = '00', zone = 'Z'] = m
+    const parts = [y, mo, d, hh, mi, ss].map(Number) as [number, number, number, number, number, number]
+    const utc = Date.UTC(parts[0], parts[1] - 1, parts[2], parts[3], parts[4], parts[5])
+    const check = new Date(utc)
+    // 2026-02-30 or 25:00 roll over in Date.UTC: refused rather than moved
+    if (check.getUTCFullYear() !== parts[0] || check.getUTCMonth() !== parts[1] - 1 || check.getUTCDate() !== parts[2] || check.getUTCHours() !== parts[3] || check.getUTCMinutes() !== parts[4] || check.getUTCSeconds() !== parts[5]) throw bad()
+    let offset = 0
+    if (zone !== 'Z') {
+      const z = /^([+-])(\d{2}):?(\d{2})$/.exec(zone)!
+      offset = (z[1] === '-' ? -1 : 1) * (Number(z[2]) * 60 + Number(z[3])) * 60_000
+    }
+    ms = utc - offset
+  }
+  if (!Number.isFinite(ms) || ms < Date.UTC(2000, 0, 1)) throw bad()
+  return new Date(Math.floor(ms / 1000) * 1000).toISOString().replace(/\.\d{3}Z$/, 'Z')
+}
+
+export const sinceFlag = Flags.custom<string>({
+  summary: 'Only actions since then: a date (2026-09-01), a date and time (2026-09-01T08:00, UTC unless an offset is given) or a duration back from now (30m, 12h, 7d, 2w).',
+  helpValue: '<when>',
+  parse: async (v) => parseSince(v),
+})()
+
+export const auditLimitFlag = Flags.custom<number>({
+  summary: 'At most this many entries, the newest (1 to 100000).',
+  helpValue: '<n>',
+  default: 200,
+  parse: async (v) => {
+    if (!/^\d{1,6}$/.test(v) || Number(v) < 1 || Number(v) > 100_000) throw new UsageError(`--limit "${v}": a whole number from 1 to 100000`, {where: {flag: 'limit'}})
+    return Number(v)
+  },
+})()
+
+export const auditActorFlag = Flags.custom<string>({
+  summary: "Only this actor's actions: a teacher's e-mail, ami:LOGIN, or cli:root (pgi db teacher …).",
+  helpValue: '<actor>',
+  parse: async (v) => {
+    const s = v.trim()
+    if (!(teacherEmailProblem(s) === undefined || /^(ami|cli):[a-z_][a-z0-9_-]{0,62}$/.test(s) || s === 'anonyme')) {
+      throw new UsageError(`--actor "${v}": a teacher's e-mail, ami:LOGIN or cli:root`, {where: {flag: 'actor'}})
+    }
+    return teacherEmailProblem(s) === undefined ? s.toLowerCase() : s
+  },
+})()

@@ -17,6 +17,7 @@ import type {SecretStore} from '../secrets/store.js'
 import {
   hostKeysKey,
   refuseDuringRotation,
+  tlsFingerprintKey,
   readEstablishmentSecrets,
   trytonSeriesKey,
   SQL_ADMIN_LOGIN,
@@ -103,6 +104,62 @@ export interface HandoffConnection {
   note?: string
 }
 
+/** Where pgi-tls records the VM's certificate (images/pgi-tryton/files/usr/local/sbin/pgi-tls). */
+export const GUEST_TLS_RECORD = '/run/pgi/tls.json'
+
+/** A certificate's SHA-256 fingerprint as openssl prints it: 32 uppercase hex pairs joined by colons. */
+export const TLS_FINGERPRINT_RE = /^[0-9A-F]{2}(:[0-9A-F]{2}){31}$/
+
+/**
+ * The fingerprint of the certificate the VM serves over HTTPS, from pgi-tls's record (a file read
+ * through the guest agent, a GET); undefined when the VM has none (an image from before HTTPS).
+ * The certificate lives on the data disk, so the fingerprint survives a new OS disk.
+ */
+export async function fetchTlsFingerprint(api: PveApi, node: string, vmid: number): Promise<string | undefined> {
+  let text: string
+  try {
+    text = await api.agentFileRead(node, vmid, GUEST_TLS_RECORD)
+  } catch (err) {
+    // no such file: an image without pgi-tls; anything else (the agent not answering) is the caller's to report
+    if (/No such file|not found|does not exist|ENOENT/i.test((err as Error).message)) return undefined
+    throw err
+  }
+  let fp: unknown
+  try {
+    fp = (JSON.parse(text) as {sha256?: unknown}).sha256
+  } catch {
+    throw new Error(`${GUEST_TLS_RECORD} is not JSON`)
+  }
+  if (typeof fp !== 'string' || !TLS_FINGERPRINT_RE.test(fp.trim().toUpperCase())) throw new Error(`${GUEST_TLS_RECORD} holds no SHA-256 fingerprint`)
+  return fp.trim().toUpperCase()
+}
+
+/** Records the fingerprint of the VM's HTTPS certificate in the store, for the next handoffs. */
+export async function recordTlsFingerprint(store: SecretStore, uai: string, fingerprint: string): Promise<void> {
+  if (!TLS_FINGERPRINT_RE.test(fingerprint)) throw new Error(`not a SHA-256 certificate fingerprint: ${JSON.stringify(fingerprint)}`)
+  await store.put(tlsFingerprintKey(uai), new Secret(fingerprint))
+}
+
+export async function readTlsFingerprint(store: SecretStore, uai: string): Promise<string | undefined> {
+  const v = (await store.tryGet(tlsFingerprintKey(uai)))?.reveal().trim()
+  return v && TLS_FINGERPRINT_RE.test(v) ? v : undefined
+}
+
+/**
+ * Reads the VM's certificate fingerprint and records it when it changed (a newer record means a
+ * new handoff); best effort, as the SSH host keys: a warning when it cannot be read.
+ */
+export async function refreshTlsFingerprint(api: PveApi, store: SecretStore, est: Establishment, io?: Io): Promise<string | undefined> {
+  try {
+    const fp = await fetchTlsFingerprint(api, est.node, est.vmid)
+    if (fp && fp !== (await readTlsFingerprint(store, est.uai))) await recordTlsFingerprint(store, est.uai, fp)
+    return fp
+  } catch (err) {
+    io?.warn(`${est.uai}: could not read the VM's HTTPS certificate (the handoff will not name its fingerprint): ${(err as Error).message}`)
+    return undefined
+  }
+}
+
 /** Everything the AMI receives. Passwords are Secrets; they are revealed only into the encrypted file. */
 export interface HandoffDocument {
   format: typeof HANDOFF_FORMAT
@@ -118,6 +175,11 @@ export interface HandoffDocument {
   desktopClient: {client: string; host: string; port: number; database: string; username: string}
   /** The Tryton databases the VM had when the handoff was written; undefined when they could not be read. */
   databases?: HandoffDatabase[]
+  /**
+   * The teachers' console (docs/console.md) and the certificate the VM serves over HTTPS; undefined
+   * for a VM whose image has no HTTPS (no pgi-tls record was read).
+   */
+  console?: {url: string; tlsSha256: string}
 }
 
 /** The JSON form of a handoff (snake_case, passwords in clear): what the encrypted file holds. */
@@ -135,6 +197,8 @@ export interface HandoffJson {
   desktop_client: {client: string; host: string; port: number; database: string; username: string}
   /** Absent in handoffs written before pgi listed databases, or when they could not be read. */
   databases?: HandoffDatabase[]
+  /** Absent in handoffs of VMs without HTTPS (and in those written before the console). */
+  console?: {url: string; tls_sha256: string}
 }
 
 export interface BuildHandoffOptions {
@@ -148,6 +212,11 @@ export interface BuildHandoffOptions {
   trytonSeries?: string
   /** The Tryton databases the VM has (read from it at handoff time). */
   databases?: HandoffDatabase[]
+  /**
+   * The SHA-256 fingerprint of the VM's HTTPS certificate (its pgi-tls record): when known, the
+   * web client's address is https:// and the handoff names the teachers' console.
+   */
+  tlsSha256?: string
 }
 
 /** The VM name of an establishment (also its hostname): `pgi-0130040y`. */
@@ -159,7 +228,10 @@ export function buildHandoff(est: Establishment, secrets: EstablishmentSecrets, 
   const c = opts.connection ?? {}
   const address = est.network.address.split('/')[0]
   const host = c.host ?? address
-  const webUrl = c.webUrl ?? `http://${urlHost(host)}${c.webPort && c.webPort !== GUEST_PORTS.web ? `:${c.webPort}` : ''}/`
+  // a VM with a certificate serves browsers over HTTPS only (port 80 redirects there); an older
+  // image serves plain HTTP
+  const tls = opts.tlsSha256
+  const webUrl = c.webUrl ?? (tls ? `https://${urlHost(host)}/` : `http://${urlHost(host)}${c.webPort && c.webPort !== GUEST_PORTS.web ? `:${c.webPort}` : ''}/`)
   // the desktop profile's database: "pgi" when the server has it (or when the list is unknown), else its first database
   const dbs = opts.databases
   const database = c.database ?? (dbs && dbs.length > 0 && !dbs.some((d) => d.name === DEFAULT_TRYTON_DATABASE) ? dbs[0]!.name : DEFAULT_TRYTON_DATABASE)
@@ -176,6 +248,7 @@ export function buildHandoff(est: Establishment, secrets: EstablishmentSecrets, 
     webClient: {url: webUrl},
     desktopClient: {client: `Tryton ${opts.trytonSeries ?? DEFAULT_TRYTON_SERIES}`, host, port: c.jsonrpcPort ?? GUEST_PORTS.jsonrpc, database, username: TRYTON_ADMIN_LOGIN},
     ...(dbs ? {databases: dbs.map((d) => ({...d}))} : {}),
+    ...(tls ? {console: {url: `${webUrl.replace(/\/+$/, '')}/console/`, tlsSha256: tls}} : {}),
   }
 }
 
@@ -198,6 +271,7 @@ export function handoffToJson(doc: HandoffDocument): HandoffJson {
     web_client: {url: doc.webClient.url},
     desktop_client: {...doc.desktopClient},
     ...(doc.databases ? {databases: doc.databases.map((d) => ({...d}))} : {}),
+    ...(doc.console ? {console: {url: doc.console.url, tls_sha256: doc.console.tlsSha256}} : {}),
   }
 }
 
@@ -259,6 +333,14 @@ export function renderHandoff(doc: HandoffDocument): string {
     `   Adresse               : ${j.web_client.url}`,
     `   Rien à installer : ouvrez cette adresse dans un navigateur récent sur les postes des`,
     `   élèves et des enseignants, puis connectez-vous à la base « ${j.desktop_client.database} ».`,
+    ...(j.console
+      ? [
+          `   Certificat du serveur : empreinte SHA-256`,
+          `                           ${j.console.tls_sha256}`,
+          `   (certificat propre au serveur : à la première visite, le navigateur le signale ; vérifiez`,
+          `   que l'empreinte qu'il affiche est bien celle-ci avant de l'accepter)`,
+        ]
+      : []),
     ``,
     `5. Le client lourd (application Tryton pour ordinateur)`,
     `   Installez le client Tryton en version ${series} (la même version que le serveur ; sous Debian`,
@@ -272,6 +354,7 @@ export function renderHandoff(doc: HandoffDocument): string {
     `       database = ${j.desktop_client.database}`,
     `       username = ${j.desktop_client.username}`,
     ``,
+    ...consoleLines(j),
     `Si vous changez vous-même un mot de passe, prévenez les techniciens de la Région : leur`,
     `copie chiffrée ne serait plus à jour. Ils peuvent aussi renouveler tous les mots de passe`,
     `(commande « pgi credentials rotate ») et vous envoyer un nouveau document.`,
@@ -283,6 +366,24 @@ export function renderHandoff(doc: HandoffDocument): string {
     ``,
   ]
   return L.join('\n')
+}
+
+/** The letter's section on the teachers' console, when the VM serves it. */
+function consoleLines(j: HandoffJson): string[] {
+  if (!j.console) return []
+  return [
+    `6. La console des enseignants (navigateur web)`,
+    `   Adresse               : ${j.console.url}`,
+    `   Page de l'AMI         : ${j.console.url}ami/connexion (identifiant ${j.postgresql.login} et le`,
+    `                           mot de passe de l'administrateur SQL, section 2)`,
+    `   Certificat            : le même que le client léger (empreinte ci-dessus, section 4)`,
+    `   À quoi ça sert : les enseignants y créent, sauvegardent, réinitialisent et restaurent eux-mêmes`,
+    `   les bases de leurs classes. Vous y créez leurs comptes (« Ajouter un enseignant ») : chacun`,
+    `   reçoit un code à usage unique et choisit son mot de passe sur ${j.console.url}activer.`,
+    `   Vous y lisez aussi le journal des actions. Les techniciens de la Région font de même avec`,
+    `   « pgi db teacher add » et « pgi db audit ».`,
+    ``,
+  ]
 }
 
 /** The letter's lines about the databases: those the server has (read from it when the document was written). */
@@ -334,6 +435,7 @@ export function parseHandoff(text: string, file?: string): HandoffDocument {
     webClient: j.web_client,
     desktopClient: j.desktop_client,
     ...(Array.isArray(j.databases) ? {databases: j.databases.filter((d) => typeof d?.name === 'string').map((d) => ({name: d.name, company: typeof d.company === 'string' ? d.company : null}))} : {}),
+    ...(j.console && typeof j.console.url === 'string' && typeof j.console.tls_sha256 === 'string' ? {console: {url: j.console.url, tlsSha256: j.console.tls_sha256}} : {}),
   }
 }
 
@@ -394,6 +496,8 @@ export interface IssueHandoffOptions {
   secrets?: EstablishmentSecrets
   /** The Tryton databases the VM has, read from it (handoffDatabases of `pgi-db list`); the letter lists them. */
   databases?: HandoffDatabase[]
+  /** Overrides the certificate fingerprint recorded in the store (`establishments/<UAI>/tls-sha256`). */
+  tlsSha256?: string
   now?: Date
   issuedBy?: string
   io?: Io
@@ -426,7 +530,8 @@ export async function issueHandoff(est: Establishment, opts: IssueHandoffOptions
   const secrets = opts.secrets ?? (await readEstablishmentSecrets(opts.store, est.uai))
   const fingerprints = opts.sshHostKeyFingerprints ?? (await readHostKeyFingerprints(opts.store, est.uai))
   const trytonSeries = opts.trytonSeries ?? (await readTrytonSeries(opts.store, est.uai))
-  const doc = buildHandoff(est, secrets, {connection: opts.connection, sshHostKeyFingerprints: fingerprints, trytonSeries, now: opts.now, issuedBy: opts.issuedBy ?? (await pgiVersionLabel()), ...(opts.databases ? {databases: opts.databases} : {})})
+  const tlsSha256 = opts.tlsSha256 ?? (await readTlsFingerprint(opts.store, est.uai))
+  const doc = buildHandoff(est, secrets, {connection: opts.connection, sshHostKeyFingerprints: fingerprints, trytonSeries, now: opts.now, issuedBy: opts.issuedBy ?? (await pgiVersionLabel()), ...(opts.databases ? {databases: opts.databases} : {}), ...(tlsSha256 ? {tlsSha256} : {})})
   const outDir = resolve(opts.outDir)
   await mkdir(outDir, {recursive: true, mode: 0o700})
   const file = join(outDir, `${est.uai}${HANDOFF_SUFFIX}`)

@@ -6,7 +6,7 @@ import type {AgentExecResult, PveApi} from '../proxmox/types.js'
 import type {Secret} from '../secret.js'
 import {generatePassword, type SecretStore} from '../secrets/store.js'
 import {withEstablishmentLock} from '../fleet/locks.js'
-import {issueHandoff, readHandoffDatabases, readTrytonSeries, recordHostKeyFingerprints, recordTrytonSeries, type HandoffConnection, type HandoffIssued} from './handoff.js'
+import {issueHandoff, readHandoffDatabases, readTrytonSeries, recordHostKeyFingerprints, recordTrytonSeries, refreshTlsFingerprint, type HandoffConnection, type HandoffIssued} from './handoff.js'
 import {
   ESTABLISHMENT_SECRETS,
   establishmentSecretKey,
@@ -125,6 +125,8 @@ async function rotateLocked(opts: RotateOptions): Promise<RotateResult> {
   // and the Tryton series, which names the handoff's desktop client
   const series = await fetchTrytonSeries(api, est.node, est.vmid).catch(() => undefined)
   if (series && series !== (await readTrytonSeries(store, est.uai))) await recordTrytonSeries(store, est.uai, series)
+  // and the HTTPS certificate's fingerprint, which names the teachers' console
+  await refreshTlsFingerprint(api, store, est, io)
 
   // 4. reissue the handoff with the new secrets.
   const secrets: EstablishmentSecrets = {...current, ...fresh}

@@ -38,6 +38,15 @@ export function trytonSeriesKey(uai: string): string {
   return `establishments/${uai}/tryton-series`
 }
 
+/**
+ * Store key of the SHA-256 fingerprint of the certificate the VM serves over HTTPS (its pgi-tls
+ * record, /run/pgi/tls.json), read at deploy and rotation: the handoff names it beside the SSH host
+ * keys, for the AMI to check before accepting the certificate (not secret either).
+ */
+export function tlsFingerprintKey(uai: string): string {
+  return `establishments/${uai}/tls-sha256`
+}
+
 export function isEstablishmentSecretName(s: string): s is EstablishmentSecretName {
   return (ESTABLISHMENT_SECRETS as readonly string[]).includes(s)
 }

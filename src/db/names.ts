@@ -17,3 +17,21 @@ export function dbNameProblem(name: string): string | undefined {
   return undefined
 }
 
+
+/** The console's e-mail rule (console/accounts.py EMAIL_RE), checked here before the VM is asked. */
+export const TEACHER_EMAIL_RE = /^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,190}\.[A-Za-z]{2,24}$/
+
+/** Why `email` is not an address the console accepts, or undefined. */
+export function teacherEmailProblem(email: string): string | undefined {
+  const e = email.trim()
+  if (!TEACHER_EMAIL_RE.test(e) || e.includes('..')) return `"${email}" is not an e-mail address (e.g. marie.curie@ac-aix-marseille.fr)`
+  return undefined
+}
+
+/** Why `name` is not a teacher's name the console accepts (1 to 120 printable characters), or undefined. */
+export function teacherNameProblem(name: string): string | undefined {
+  const n = name.trim()
+  // the console refuses Unicode "C" categories (control, format, unassigned, private use)
+  if (n.length === 0 || n.length > 120 || /\p{C}/u.test(n)) return `the name must be 1 to 120 printable characters (got ${JSON.stringify(name.slice(0, 40))}${name.length > 40 ? '…' : ''})`
+  return undefined
+}

@@ -5,9 +5,9 @@
  * short French text and one line per student, `;`-separated (a spreadsheet opens it), for the
  * teacher to hand each student their login.
  */
-import {access, mkdir} from 'node:fs/promises'
+import {access, mkdir, stat} from 'node:fs/promises'
 import {constants} from 'node:fs'
-import {join, resolve} from 'node:path'
+import {dirname, join, resolve} from 'node:path'
 
 import {armor, Encrypter} from 'age-encryption'
 
@@ -28,13 +28,13 @@ export interface ClassAccount {
 }
 
 /** Throws (nothing done yet) unless the AMI's key is usable and `outDir` can be written. */
-export async function checkPasswordsTarget(est: Establishment, outDir: string): Promise<string> {
+export async function checkPasswordsTarget(est: Establishment, outDir: string, what = {secret: "the students' passwords", file: 'the class passwords'}): Promise<string> {
   const recipient = est.ami.ageRecipient?.trim()
   try {
     if (!recipient) throw new Error('no ami.age_recipient')
     new Encrypter().addRecipient(recipient)
   } catch (err) {
-    throw new UserError(ErrorCode.INVENTORY_INVALID, `establishment ${est.uai}: the AMI's age public key is missing or invalid (${(err as Error).message}): the students' passwords could not be given to anyone`, {
+    throw new UserError(ErrorCode.INVENTORY_INVALID, `establishment ${est.uai}: the AMI's age public key is missing or invalid (${(err as Error).message}): ${what.secret} could not be given to anyone`, {
       exitCode: ExitCode.INVALID_INPUT,
       where: {file: est.source.file, line: est.source.line},
       suggestions: ['Ask the AMI for their age public key (`age-keygen -o ami.key` prints it) and set ami.age_recipient in the inventory. Nothing was created.'],
@@ -42,16 +42,32 @@ export async function checkPasswordsTarget(est: Establishment, outDir: string): 
   }
   const dir = resolve(outDir)
   try {
-    await mkdir(dir, {recursive: true, mode: 0o700})
+    await makeDirs(dir)
     await access(dir, constants.W_OK)
   } catch (err) {
-    throw new UserError(ErrorCode.USAGE, `cannot write the class passwords into ${dir}: ${(err as Error).message}`, {
+    throw new UserError(ErrorCode.USAGE, `cannot write ${what.file} into ${dir}: ${(err as Error).message}`, {
       exitCode: ExitCode.USAGE,
       where: {flag: 'out'},
       suggestions: ['Give a folder you can write with --out. Nothing was created.'],
     })
   }
   return recipient!
+}
+
+/**
+ * mkdir -p, one level at a time: Node's own recursive mkdir never returns under /proc (it retries
+ * the ENOENT it gets there forever), so a mistyped --out would hang the command.
+ */
+async function makeDirs(dir: string): Promise<void> {
+  const missing: string[] = []
+  let d = dir
+  while (!(await stat(d).then(() => true, () => false))) {
+    missing.unshift(d)
+    const up = dirname(d)
+    if (up === d) break
+    d = up
+  }
+  for (const m of missing) await mkdir(m, {mode: 0o700})
 }
 
 function csvCell(s: string): string {

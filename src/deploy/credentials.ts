@@ -14,9 +14,9 @@ import {createHash} from 'node:crypto'
 import {mkdir, readFile, stat} from 'node:fs/promises'
 import {dirname, join, resolve} from 'node:path'
 
-import {HANDOFF_SUFFIX, issueHandoff, readTrytonSeries, recordHostKeyFingerprints, recordTrytonSeries, type HandoffConnection, type HandoffDatabase} from '../credentials/handoff.js'
+import {HANDOFF_SUFFIX, issueHandoff, readTrytonSeries, recordHostKeyFingerprints, recordTrytonSeries, refreshTlsFingerprint, type HandoffConnection, type HandoffDatabase} from '../credentials/handoff.js'
 import {applyInGuest, fetchHostKeyFingerprints, fetchTrytonSeries} from '../credentials/rotate.js'
-import {ESTABLISHMENT_SECRETS, establishmentSecretKey, ensureEstablishmentSecrets, hostKeysKey, trytonSeriesKey} from '../credentials/secrets.js'
+import {ESTABLISHMENT_SECRETS, establishmentSecretKey, ensureEstablishmentSecrets, hostKeysKey, tlsFingerprintKey, trytonSeriesKey} from '../credentials/secrets.js'
 import type {Establishment} from '../inventory/types.js'
 import type {Io} from '../io.js'
 import type {PveApi} from '../proxmox/types.js'
@@ -108,7 +108,7 @@ export function storeCredentials(opts: StoreCredentialsOptions): DeployCredentia
 
   /** Whether the store holds a secret, host key or Tryton series of `est` newer than `writtenMs`. */
   async function storeNewer(est: Establishment, writtenMs: number): Promise<boolean> {
-    const keys = [...ESTABLISHMENT_SECRETS.map((n) => establishmentSecretKey(est.uai, n)), hostKeysKey(est.uai), trytonSeriesKey(est.uai)]
+    const keys = [...ESTABLISHMENT_SECRETS.map((n) => establishmentSecretKey(est.uai, n)), hostKeysKey(est.uai), trytonSeriesKey(est.uai), tlsFingerprintKey(est.uai)]
     for (const k of keys) {
       const m = await mtimeMs(opts.store.fileFor(k))
       if (m !== undefined && m > writtenMs) return true
@@ -150,6 +150,8 @@ export function storeCredentials(opts: StoreCredentialsOptions): DeployCredentia
       // client. Rewritten only when it differs: a newer record means a new handoff
       const series = await fetchTrytonSeries(api, est.node, est.vmid).catch(() => undefined)
       if (series && series !== (await readTrytonSeries(opts.store, est.uai))) await recordTrytonSeries(opts.store, est.uai, series)
+      // the HTTPS certificate's fingerprint (pgi-tls): the handoff names it and the teachers' console
+      await refreshTlsFingerprint(api, opts.store, est, opts.io)
       return changed
     },
     handoffPath: (est) => resolvedPath.get(est.uai) ?? inDir(est),

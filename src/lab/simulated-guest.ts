@@ -1,5 +1,6 @@
 import {randomBytes} from 'node:crypto'
 
+import {simulatedPgiConsole, simulatedTlsInfo} from './simulated-console.js'
 import {loginTargets, simulatedPgiDb} from './simulated-pgidb.js'
 import {BACKUP_MAX_AGE_S, BACKUPS, compareVersions, DATA, DEFAULT_KEEP, fail, FIRST_BACKUP_GRACE_S, IMAGE_JSON, iso, ok, PROBE_MARK, RESTORE_MARK, RUN_DIR, sha256, stampOf, STATE_FILE, TRYTON_SOFTWARE, UPLOADS, type SimDatabase, type BootState, type GuestEnv, type RunResult} from './simulated-guest-state.js'
 
@@ -11,7 +12,8 @@ import {BACKUP_MAX_AGE_S, BACKUPS, compareVersions, DATA, DEFAULT_KEEP, fail, FI
  *   (SSH host keys saved on the data disk, so a new OS disk presents the same ones), pgi-upgrade
  *   (an OS newer than the data disk records the upgrade; an older one is refused and left as is);
  * - pgi-health (its checks, problems and exit status), pgi-configure (JSON on stdin), pgi-db
- *   (every command: src/lab/simulated-pgidb.ts), pgi-backup (dumps + manifest with sha256 and row counts, pruning) and
+ *   (every command: src/lab/simulated-pgidb.ts), pgi-console's command line and pgi-tls's record
+ *   (src/lab/simulated-console.ts), pgi-backup (dumps + manifest with sha256 and row counts, pruning) and
  *   `pgi-backup --verify` (checksums, then a "restore" of each dump whose row counts must match:
  *   a backup that was not made, or was changed, does not verify);
  * - the programs pgi sends through the agent besides the contract's tools (recognised by their
@@ -91,6 +93,8 @@ export function readGuestFile(env: GuestEnv, path: string): Buffer | undefined {
   if (path === STATE_FILE) return env.disk?.state ? Buffer.from(JSON.stringify(env.disk.state, null, 2) + '\n') : undefined
   if (path === `${RUN_DIR}/upgrade.json`) return Buffer.from(JSON.stringify(env.boot.upgrade) + '\n')
   if (path === `${RUN_DIR}/datadisk.json`) return Buffer.from(JSON.stringify(env.boot.datadisk) + '\n')
+  // pgi-tls's record (src/lab/simulated-console.ts)
+  if (path === `${RUN_DIR}/tls.json`) return simulatedTlsInfo(env)
   if (path === DATA || path.startsWith(`${DATA}/`)) return env.boot.datadisk.ok ? env.disk?.files.get(path)?.data : undefined
   if (isRunPath(path)) return env.runFiles.get(path)?.data
   const f = env.osFiles.get(path)
@@ -136,6 +140,8 @@ export function runGuestCommand(env: GuestEnv, command: string[], input: string 
       return backupCommand(env, args)
     case 'pgi-db':
       return simulatedPgiDb(env, args)
+    case 'pgi-console':
+      return simulatedPgiConsole(env, args)
     case 'python3':
       if (args[0] === '-c' && args[1]?.startsWith(PROBE_MARK)) return probe(env, input)
       if (args[0] === '-c' && args[1]?.startsWith(RESTORE_MARK)) return restore(env, input)
