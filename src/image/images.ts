@@ -5,6 +5,7 @@ import {join} from 'node:path'
 import {ErrorCode, UserError} from '../errors.js'
 import {imagesDir} from '../paths.js'
 import {loadTrustedKeys, verifyManifestAndDisk, type ImageManifest} from './manifest.js'
+import {majorOf} from './recipe.js'
 
 /** The image recipe used when only a version is given. */
 export const DEFAULT_IMAGE = 'pgi-tryton'
@@ -96,9 +97,17 @@ export async function findImage(ref: string | ImageRef, opts: ImageLookupOptions
   const e = await entryFor(root, r.name, r.version)
   if (!e) {
     const have = (await listImages({root})).filter((i) => i.name === r.name).map((i) => i.version)
-    throw new UserError(ErrorCode.IMAGE_NOT_FOUND, `no image ${r.name} ${r.version} in ${root}`, {
+    // "2" (pgi-tryton@2, as `pgi image build` names a recipe's line) is a line, not a version: the
+    // versions of that line are what to give; a build suggestion names the line's own recipe
+    const ofLine = have.filter((v) => majorOf(v) === majorOf(r.version))
+    const isLine = /^[0-9]+$/.test(r.version)
+    throw new UserError(ErrorCode.IMAGE_NOT_FOUND, `no image ${r.name} ${r.version} in ${root}${isLine ? ` (${r.version} names a line: give a version)` : ''}`, {
       details: {available: have},
-      suggestions: [have.length ? `Available versions: ${have.join(', ')}.` : 'Build it first: `sudo pgi image build`.', 'Or point --images-dir / PGI_IMAGES_DIR at the folder holding it.'],
+      suggestions: [
+        ...(isLine && ofLine.length ? [`Versions of line ${r.version}: ${ofLine.join(', ')}.`] : have.length ? [`Available versions: ${have.join(', ')}.`] : []),
+        ...(ofLine.length ? [] : [`Build it first: \`sudo pgi image build ${r.name}@${r.version}\`.`]),
+        'Or point --images-dir / PGI_IMAGES_DIR at the folder holding it.',
+      ],
     })
   }
   return e

@@ -60,7 +60,10 @@ describe.skipIf(process.env.PGI_E2E_IMAGE2 !== '1')('a fresh deploy of pgi-tryto
 
   it('deploys 2.x and hands the codes over, naming the Tryton 7.0 desktop client', async () => {
     const r = await pgi(['deploy', uai, '--yes', '--json', '--image', images.version, '--images-dir', images.root, '--lab-dir', labDir, '--handoff-dir', join(base, 'handoffs'), '--health-timeout', '1800', '--agent-timeout', '900'])
-    expect((JSON.parse(r.stdout) as {result: {result: {outcomes: {outcome: string}[]}}}).result.result.outcomes.map((o) => o.outcome)).toEqual(['created'])
+    const outcomes = (JSON.parse(r.stdout) as {result: {result: {outcomes: {outcome: string; databases?: {name: string; outcome: string}[]}[]}}}).result.result.outcomes
+    expect(outcomes.map((o) => o.outcome)).toEqual(['created'])
+    // the declared database (the inventory's default: pgi), made by deploy, logged into by its check
+    expect(outcomes[0]!.databases).toEqual([expect.objectContaining({name: 'pgi', outcome: 'created', loginSeconds: expect.any(Number)})])
     const file = join(base, 'handoffs', `${uai}.handoff.age`)
     const text = (await run('age', ['--decrypt', '--identity', join(labDir, 'ami-identity.txt'), file])).stdout
     handoff = parseHandoff(text, file)
@@ -71,6 +74,7 @@ describe.skipIf(process.env.PGI_E2E_IMAGE2 !== '1')('a fresh deploy of pgi-tryto
 
   it('the handoff\'s admin logs in with proteus 7.0 to the database deploy made from the 7.0 template', async () => {
     const db = handoff.desktopClient.database
+    expect(db).toBe('pgi')
     const {loadValidInventory} = await import('../../../src/inventory/load.js')
     const {findEstablishment} = await import('../../../src/inventory/select.js')
     const {openInventoryStore} = await import('../../../src/credentials/service.js')
@@ -84,6 +88,10 @@ describe.skipIf(process.env.PGI_E2E_IMAGE2 !== '1')('a fresh deploy of pgi-tryto
     expect(listed.exitcode, listed.stderr).toBe(0)
     expect((JSON.parse(listed.stdout) as {name: string; kind: string}[]).find((x) => x.name === db)).toMatchObject({kind: 'create'})
     expect(handoff.databases?.map((x) => x.name)).toEqual([db])
+    // a copy of the image's template database, recorded by pgi-db in the database itself, under Tryton 7.0
+    const meta = await api.agentExec(est.node, est.vmid, ['/usr/sbin/runuser', '-u', 'postgres', '--', '/usr/bin/psql', '-d', db, '-XAtc', "SELECT key || '=' || value FROM pgi_meta WHERE key IN ('kind', 'source', 'tryton_series') ORDER BY key"], {timeoutMs: 5 * 60_000})
+    expect(meta.exitcode, meta.stderr).toBe(0)
+    expect(meta.stdout.trim().split('\n')).toEqual(['kind=create', 'source=template', 'tryton_series=7.0'])
     const proteus = await proteusFor('7.0')
     // trytond's own port (the handoff's desktop profile), plain HTTP: the handoff's https address
     // carries the VM's own certificate, which proteus and chromium rightly refuse
@@ -93,7 +101,7 @@ describe.skipIf(process.env.PGI_E2E_IMAGE2 !== '1')('a fresh deploy of pgi-tryto
     expect(login.user.login).toBe('admin')
     expect(login.modules.account_fr).toBe('activated')
     expect(login.accountTemplates).toBeGreaterThan(100)
-    // and with the Tryton 7.0 web client, at the handoff's address (the lab forwards the web port)
+    // and with the Tryton 7.0 web client in chromium, at the same address (trytond serves sao too)
     if (!hasChromium()) throw new Error('this test needs Debian\'s chromium (apt-get install chromium)')
     const web = await saoLogin(url, db, handoff.trytonAdmin.login, handoff.trytonAdmin.password.reveal())
     expect(web.version).toMatch(/^7\.0\./)

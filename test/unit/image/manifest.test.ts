@@ -109,6 +109,13 @@ describe('image manifests and signatures', () => {
     expect(all.map((i) => `${i.name}@${i.version}`)).toEqual(['lab-test@0.1.0', 'pgi-tryton@1.9.0', 'pgi-tryton@1.10.0'])
     expect((await findImage('lab-test@0.1.0', {root})).diskPath).toContain('lab-test-0.1.0.qcow2')
     await expect(findImage('4.0.0', {root})).rejects.toMatchObject({code: 'PGI_IMAGE_NOT_FOUND', message: expect.stringContaining('pgi-tryton 4.0.0')})
+    // a version of a line with nothing built: the build command of that line, not line 1's
+    await expect(findImage('2.0.0', {root})).rejects.toMatchObject({suggestions: expect.arrayContaining(['Build it first: `sudo pgi image build pgi-tryton@2.0.0`.'])})
+    // a line ("pgi-tryton@2", as `pgi image build` takes it) is not a version: its versions are offered
+    await publish(root, key, 'pgi-tryton', '2.0.0')
+    const line = await findImage('pgi-tryton@2', {root}).catch((error: unknown) => error)
+    expect(line).toMatchObject({code: 'PGI_IMAGE_NOT_FOUND', message: expect.stringContaining('2 names a line'), suggestions: expect.arrayContaining(['Versions of line 2: 2.0.0.'])})
+    expect((line as {suggestions: string[]}).suggestions.join(' ')).not.toContain('image build')
     expect(parseImageRef('pgi-tryton/1.2.0')).toEqual({name: 'pgi-tryton', version: '1.2.0'})
     expect(() => parseImageRef('latest')).toThrow(/not an image version/)
   })
