@@ -1,5 +1,6 @@
 import {createHash, createHmac, randomBytes, randomInt} from 'node:crypto'
 
+import type {AuditEntry} from '../db/console.js'
 import type {GuestEnv, RunResult} from './simulated-guest-state.js'
 
 /**
@@ -40,22 +41,10 @@ interface Account {
   has_password: boolean
 }
 
-interface AuditRow {
-  id: number
-  at: string
-  actor: string
-  role: string
-  action: string
-  target: string | null
-  result: string
-  detail: string | null
-  ip: string | null
-}
-
 interface Store {
   key: string
   accounts: Account[]
-  audit: AuditRow[]
+  audit: AuditEntry[]
 }
 
 class ConsoleError extends Error {
@@ -206,7 +195,7 @@ function teacher(env: GuestEnv, s: Store, args: string[]): unknown {
   }
 }
 
-function auditRows(s: Store, args: string[]): AuditRow[] {
+function auditRows(s: Store, args: string[]): AuditEntry[] {
   const {opt} = options(args, ['since', 'limit', 'actor'])
   const limit = opt.limit === undefined ? 200 : Number(opt.limit)
   if (!Number.isInteger(limit)) throw new ConsoleError('usage', `pgi-console audit: argument --limit: invalid int value: '${opt.limit}'`, 2)
