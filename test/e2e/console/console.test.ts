@@ -24,15 +24,15 @@
  * login into a new database take tens of minutes. The image: PGI_E2E_IMAGES_DIR, or the e2e cache.
  * `PGI_E2E_CONSOLE=1 PGI_E2E_IMAGES_DIR=… npx vitest run test/e2e/console`.
  */
-import {createHash, X509Certificate} from 'node:crypto'
-import {mkdirSync, mkdtempSync, rmSync, writeFileSync} from 'node:fs'
+import {X509Certificate} from 'node:crypto'
+import {mkdirSync, mkdtempSync, rmSync} from 'node:fs'
 import {rm} from 'node:fs/promises'
 import {request as httpsRequest} from 'node:https'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {connect as tlsConnect} from 'node:tls'
 
-import {chromium, type BrowserContext, type Page} from 'playwright-core'
+import type {Page} from 'playwright-core'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {parseHandoff, type HandoffDocument} from '../../../src/credentials/handoff.js'
@@ -42,7 +42,8 @@ import {packageRoot} from '../../../src/paths.js'
 import {assertBuilt, runPgi, type PgiRun} from '../../helpers/cli.js'
 import {cachedPgiImage} from '../../helpers/e2e-image.js'
 import {proteusFor, type Proteus} from '../../helpers/proteus.js'
-import {CHROMIUM, hasChromium} from '../../helpers/sao.js'
+import {ConsoleBrowsers, fits, spkiOf} from '../../helpers/console-browser.js'
+import {hasChromium} from '../../helpers/sao.js'
 
 const io = new StderrIo(process.env.PGI_LOG_LEVEL === 'debug' ? 'debug' : 'warn', false)
 const out = join(packageRoot(), 'out', 'console-e2e')
@@ -81,49 +82,17 @@ describe.skipIf(process.env.PGI_E2E_CONSOLE !== '1' || !hasChromium())('the teac
   let origin: string
   let rpcUrl: string
   let cert: X509Certificate
-  let spki = ''
   let proteus: Proteus
-  const contexts: BrowserContext[] = []
-  const dirs: string[] = []
-  const timings: Record<string, number[]> = {}
+  const browsers = new ConsoleBrowsers({shots: out, profilePrefix: 'pgi-console-e2e-chromium-', timeouts: {actionMs: 5 * 60_000, navigationMs: 10 * 60_000}})
+  const browser = (viewport?: {width: number; height: number}) => browsers.open(viewport)
+  const shot = (page: Page, name: string, fullPage = true) => browsers.shot(page, name, fullPage)
   const started = Date.now()
   const marks: Record<string, number> = {}
 
   const pgi = (args: string[], timeoutMs = 40 * 60_000): Promise<PgiRun> => runPgi(args, {env, cwd: base, timeoutMs})
   const ok = (r: PgiRun) => expect(r.exitCode, `${r.stderr.slice(-3000)}\n${r.stdout.slice(-2000)}`).toBe(0)
 
-  async function browser(viewport = {width: 1280, height: 800}): Promise<{ctx: BrowserContext; page: Page}> {
-    const ud = mkdtempSync(join(tmpdir(), 'pgi-console-e2e-chromium-'))
-    const ctx = await chromium.launchPersistentContext(ud, {
-      executablePath: CHROMIUM,
-      headless: true,
-      locale: 'fr-FR',
-      viewport,
-      // only the VM's certificate is accepted (its public key), as the AMI does after comparing the fingerprint
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-        '--disable-component-update', '--disable-sync', '--lang=fr-FR', `--ignore-certificate-errors-spki-list=${spki}`],
-    })
-    dirs.push(ud)
-    contexts.push(ctx)
-    ctx.setDefaultTimeout(5 * 60_000)
-    ctx.setDefaultNavigationTimeout(10 * 60_000)
-    const page = ctx.pages()[0] ?? (await ctx.newPage())
-    page.on('response', (r) => {
-      const t = /app;dur=([\d.]+)/.exec(r.headers()['server-timing'] ?? '')
-      const u = new URL(r.url())
-      if (t && !u.pathname.includes('/static/')) (timings[`${r.request().method()} ${u.pathname.replace(/\/\d+/g, '/N').replace(/bases\/[a-z0-9_]+/, 'bases/DB')}`] ??= []).push(Number(t[1]))
-    })
-    return {ctx, page}
-  }
 
-  async function shot(page: Page, name: string, fullPage = true): Promise<void> {
-    await page.screenshot({path: join(out, `${name}.png`), fullPage})
-  }
-
-  async function fits(page: Page, what: string): Promise<void> {
-    const {scroll, width} = await page.evaluate(() => ({scroll: document.documentElement.scrollWidth, width: window.innerWidth}))
-    expect(scroll, `${what}: the page is wider than the window (${scroll} > ${width} px)`).toBeLessThanOrEqual(width)
-  }
 
   async function h1(page: Page): Promise<string> {
     return (await page.getByRole('heading', {level: 1}).innerText()).trim()
@@ -182,12 +151,7 @@ describe.skipIf(process.env.PGI_E2E_CONSOLE !== '1' || !hasChromium())('the teac
   }, 90 * 60_000)
 
   afterAll(async () => {
-    for (const c of contexts) await c.close().catch(() => undefined)
-    for (const dir of dirs) rmSync(dir, {recursive: true, force: true, maxRetries: 5, retryDelay: 200})
-    const rows = Object.entries(timings)
-      .map(([path, v]) => ({path, n: v.length, max_ms: Math.max(...v), median_ms: [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)]}))
-      .sort((a, b) => b.max_ms - a.max_ms)
-    writeFileSync(join(out, 'server-timing.json'), `${JSON.stringify({minutes: {deploy: marks.deployed ? (marks.deployed - started) / 60_000 : null, total: (Date.now() - started) / 60_000}, pages: rows}, null, 1)}\n`)
+    await browsers.close({minutes: {deploy: marks.deployed ? (marks.deployed - started) / 60_000 : null, total: (Date.now() - started) / 60_000}})
     if (labDir) await pgi(['lab', 'stop', '--dir', labDir], 5 * 60_000).catch(() => undefined)
     if (base && !process.env.PGI_E2E_KEEP) await rm(base, {recursive: true, force: true})
   }, 10 * 60_000)
@@ -212,7 +176,7 @@ describe.skipIf(process.env.PGI_E2E_CONSOLE !== '1' || !hasChromium())('the teac
     origin = u.origin
     cert = await peerCertificate(u.hostname, Number(u.port))
     expect(cert.fingerprint256).toBe(handoff.console!.tlsSha256)
-    spki = createHash('sha256').update(cert.publicKey.export({type: 'spki', format: 'der'})).digest('base64')
+    browsers.spki = spkiOf(cert)
     const text = (await run('age', ['--decrypt', '--identity', join(labDir, 'ami-identity.txt'), join(base, 'handoffs', `${uai}.handoff.age`)])).stdout
     expect(text).toContain(`Adresse               : ${consoleUrl}`)
     expect(text).toContain(handoff.console!.tlsSha256)

@@ -19,15 +19,16 @@
  */
 import {spawn, spawnSync, type ChildProcessWithoutNullStreams} from 'node:child_process'
 import {request as httpsRequest} from 'node:https'
-import {createHash, X509Certificate} from 'node:crypto'
-import {existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
-import {tmpdir} from 'node:os'
+import {X509Certificate} from 'node:crypto'
+import {existsSync, mkdirSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
 import {dirname, join} from 'node:path'
 import {createInterface} from 'node:readline'
 import {fileURLToPath} from 'node:url'
 
-import {chromium, type BrowserContext, type Page} from 'playwright-core'
+import type {Page} from 'playwright-core'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
+
+import {ConsoleBrowsers, fits, spkiOf} from '../../helpers/console-browser.js'
 
 const here = dirname(fileURLToPath(import.meta.url))
 const repo = join(here, '..', '..', '..')
@@ -104,41 +105,9 @@ const why = missing()
 
 describe.skipIf(why !== null)(`teachers' console in chromium, native${why ? ` (skipped: ${why})` : ''}`, () => {
   const lab = new Lab()
-  const contexts: BrowserContext[] = []
-  const dirs: string[] = []
-  const timings: Record<string, number[]> = {}
-  let spki = ''
-
-  async function browser(viewport = {width: 1280, height: 800}): Promise<{ctx: BrowserContext; page: Page}> {
-    const ud = mkdtempSync(join(tmpdir(), 'pgi-console-chromium-'))
-    const ctx = await chromium.launchPersistentContext(ud, {
-      executablePath: CHROMIUM,
-      headless: true,
-      locale: 'fr-FR',
-      viewport,
-      // only this lab's certificate is accepted (its public key), as an AMI would after comparing the fingerprint
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-        '--disable-component-update', '--disable-sync', '--lang=fr-FR', `--ignore-certificate-errors-spki-list=${spki}`],
-    })
-    dirs.push(ud)
-    contexts.push(ctx)
-    const page = ctx.pages()[0] ?? (await ctx.newPage())
-    page.on('response', (r) => {
-      const t = /app;dur=([\d.]+)/.exec(r.headers()['server-timing'] ?? '')
-      const u = new URL(r.url())
-      if (t && !u.pathname.includes('/static/')) (timings[u.pathname.replace(/\/\d+/g, '/N').replace(/bases\/[a-z0-9_]+/, 'bases/DB')] ??= []).push(Number(t[1]))
-    })
-    return {ctx, page}
-  }
-
-  async function shot(page: Page, name: string, fullPage = true): Promise<void> {
-    await page.screenshot({path: join(shots, `${name}.png`), fullPage})
-  }
-
-  async function fits(page: Page, what: string): Promise<void> {
-    const {scroll, width} = await page.evaluate(() => ({scroll: document.documentElement.scrollWidth, width: window.innerWidth}))
-    expect(scroll, `${what}: the page is wider than the window (${scroll} > ${width} px)`).toBeLessThanOrEqual(width)
-  }
+  const browsers = new ConsoleBrowsers({shots, profilePrefix: 'pgi-console-chromium-'})
+  const browser = (viewport?: {width: number; height: number}) => browsers.open(viewport)
+  const shot = (page: Page, name: string, fullPage = true) => browsers.shot(page, name, fullPage)
 
   async function waitJob(page: Page): Promise<string> {
     await expect.poll(() => page.url(), {timeout: 10_000}).toMatch(/\/console\/taches\/\d+/)
@@ -175,15 +144,12 @@ describe.skipIf(why !== null)(`teachers' console in chromium, native${why ? ` (s
     mkdirSync(shots, {recursive: true})
     await lab.start()
     const cert = new X509Certificate(readFileSync(lab.info.tls_cert))
-    spki = createHash('sha256').update(cert.publicKey.export({type: 'spki', format: 'der'})).digest('base64')
+    browsers.spki = spkiOf(cert)
   }, 20 * 60_000)
 
   afterAll(async () => {
-    for (const c of contexts) await c.close().catch(() => undefined)
-    for (const d of dirs) rmSync(d, {recursive: true, force: true, maxRetries: 5, retryDelay: 200})
+    await browsers.close()
     await lab.stop()
-    const rows = Object.entries(timings).map(([path, v]) => ({path, n: v.length, max_ms: Math.max(...v), median_ms: v.sort((a, b) => a - b)[Math.floor(v.length / 2)]}))
-    writeFileSync(join(shots, 'server-timing.json'), `${JSON.stringify(rows, null, 1)}\n`)
   }, 120_000)
 
   // the state the scenario builds, step by step
