@@ -85,8 +85,12 @@ export class TlsMismatchError extends UnreachableError {
   }
 }
 
+/** Error code of a connection that did not open (TCP + TLS handshake) within its time: nothing was sent. */
+export const CONNECT_TIMEOUT = 'PGI_CONNECT_TIMEOUT'
+
 /** Connection-level codes for which the request was certainly not sent (safe to retry). */
 export const NOT_SENT_CODES = new Set([
+  CONNECT_TIMEOUT,
   'ECONNREFUSED',
   'ENOTFOUND',
   'EAI_AGAIN',
@@ -151,9 +155,6 @@ function findPgiError(err: unknown): PgiError | undefined {
   return undefined
 }
 
-/** Error code of a connection that did not open (TCP + TLS handshake) within its time: nothing was sent. */
-export const CONNECT_TIMEOUT = 'PGI_CONNECT_TIMEOUT'
-NOT_SENT_CODES.add(CONNECT_TIMEOUT)
 /** Error code of an answer whose body paused longer than `idleTimeoutMs`. */
 export const BODY_TIMEOUT = 'PGI_BODY_TIMEOUT'
 
