@@ -6,6 +6,7 @@ import {pipeline} from 'node:stream/promises'
 import tls from 'node:tls'
 
 import {MAX_CA_FILE_BYTES, readRegularFileSync} from '../bounded-read.js'
+import {armDeadline, DeadlineExceeded} from '../deadline.js'
 import {ErrorCode, PgiError, UnreachableError, UserError} from '../errors.js'
 
 /**
@@ -30,6 +31,12 @@ export interface HttpInit {
   onResponse?: () => void
   /** Longest pause (ms) while the answer's body arrives before the request fails (default: none). */
   idleTimeoutMs?: number
+  /**
+   * Deadline (ms) until the answer starts, honoured only by a fetch marked `honoursDeadline` (the
+   * trusted one): the request then fails with DeadlineExceeded, the deadline being extended once
+   * when this process was short of CPU (src/deadline.ts). Others get an abort signal instead.
+   */
+  deadlineMs?: number
 }
 
 /** What the client reads of an answer. A WHATWG `Response` has all of it (tests inject such fetches). */
@@ -45,7 +52,15 @@ export interface HttpAnswer {
  * The transport the Proxmox client runs on: a fetch-shaped function (URL + init → answer). The
  * trusted one (below) is node:https on a keep-alive agent; tests may pass any WHATWG fetch.
  */
-export type FetchFn = (input: string | URL, init?: HttpInit) => Promise<HttpAnswer>
+export type FetchFn = ((input: string | URL, init?: HttpInit) => Promise<HttpAnswer>) & {
+  /**
+   * Set on a fetch that bounds each request by `init.deadlineMs` itself. The client then sends no
+   * abort signal: an AbortController, its listeners and a race per request were a fifth of pgi's
+   * own CPU per request on a fleet's status (bench/status, marginal CPU). Any other fetch (tests
+   * inject WHATWG ones) is bounded through `init.signal`.
+   */
+  readonly honoursDeadline?: boolean
+}
 
 export interface TlsTrust {
   /** "AA:BB:…" (32 bytes hex, colons optional, any case). */
@@ -241,7 +256,7 @@ export function createTrustedFetch(trust: TlsTrust, opts: {connectTimeoutMs?: nu
     // Normal verification: chain against the CA (or the system store) and host name.
     agent = new TrustedAgent(undefined, secureContextFor(trust.ca ?? (trust.caFile ? readCa(trust.caFile) : undefined)), timeout)
   }
-  const fetch: FetchFn = async (input, init) => {
+  const fetch = async (input: string | URL, init?: HttpInit): Promise<HttpAnswer> => {
     const target = targetOf(input)
     try {
       return await send(agent, target, init ?? {})
@@ -251,7 +266,7 @@ export function createTrustedFetch(trust: TlsTrust, opts: {connectTimeoutMs?: nu
     }
   }
   return {
-    fetch,
+    fetch: Object.assign(fetch, {honoursDeadline: true}),
     // nothing should be in flight at the end of a run; every socket is closed so that nothing of
     // the pool keeps the process alive after its last output
     close: async () => agent.destroy(),
@@ -299,10 +314,12 @@ function send(agent: https.Agent, url: Target, init: HttpInit): Promise<HttpAnsw
   return new Promise<HttpAnswer>((resolve, reject) => {
     let done = false
     let idle: NodeJS.Timeout | undefined
+    let cancelDeadline: (() => void) | undefined
     const finish = (err: unknown, answer?: HttpAnswer) => {
       if (done) return
       done = true
       if (idle) clearTimeout(idle)
+      cancelDeadline?.()
       signal?.removeEventListener('abort', onAbort)
       if (answer) resolve(answer)
       else reject(err)
@@ -321,8 +338,17 @@ function send(agent: https.Agent, url: Target, init: HttpInit): Promise<HttpAnsw
       req.destroy()
     }
     signal?.addEventListener('abort', onAbort, {once: true})
+    const deadlineMs = init.deadlineMs
+    if (deadlineMs !== undefined) {
+      cancelDeadline = armDeadline(deadlineMs, () => {
+        finish(new DeadlineExceeded(deadlineMs))
+        req.destroy()
+      })
+    }
     req.on('error', (err) => finish(err))
     req.on('response', (res) => {
+      // the deadline ends when the answer starts; its body's pauses are bounded by idleTimeoutMs
+      cancelDeadline?.()
       init.onResponse?.()
       const chunks: Buffer[] = []
       if (init.idleTimeoutMs) {

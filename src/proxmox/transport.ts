@@ -4,7 +4,7 @@ import {MemoryIo, type Io} from '../io.js'
 import type {Secret} from '../secret.js'
 import {armDeadline, DeadlineExceeded} from '../deadline.js'
 import {HypervisorDownError, isLockError, PveApiError, PveTaskError, type PveWhere} from './errors.js'
-import {CONNECT_TIMEOUT, NetworkError, toNetworkError, type FetchFn, type HttpAnswer} from './tls.js'
+import {CONNECT_TIMEOUT, NetworkError, toNetworkError, type FetchFn, type HttpAnswer, type HttpInit} from './tls.js'
 import {DEFAULT_REQUEST_TIMEOUT_MS, DEFAULT_TASK_TIMEOUTS_MS, DEFAULT_WRITE_TIMEOUT_MS, DEFAULT_AGENT_REQUEST_TIMEOUT_MS, DEFAULT_BREAKER_COOLDOWN_MS, type RetryPolicy, type ConnectOptions, type PveClientInit} from './options.js'
 import {type Params, encodeParams, decodeReason, formEncode, safeJson} from './encoding.js'
 
@@ -232,32 +232,24 @@ export class PveTransport {
       if (q && form) body = q
       else if (q) url += (url.includes('?') ? '&' : '?') + q
     }
-    const ac = new AbortController()
     const timeoutMs = ctx.timeoutMs
-    const cancel = armDeadline(timeoutMs, () => ac.abort(new DeadlineExceeded(timeoutMs)))
+    const headers = body !== undefined ? {...this.formHeaders, 'Content-Length': String(body.length)} : this.headers
+    const idleTimeoutMs = Math.max(timeoutMs, DEFAULT_AGENT_REQUEST_TIMEOUT_MS)
     let res: HttpAnswer
     let bodyText: string
     try {
-      res = await untilAborted(
-        this.baseFetch(url, {
-          method,
-          headers: body !== undefined ? {...this.formHeaders, 'Content-Length': String(body.length)} : this.headers,
-          body: body ?? null,
-          signal: ac.signal,
-          idleTimeoutMs: Math.max(timeoutMs, DEFAULT_AGENT_REQUEST_TIMEOUT_MS),
-          onResponse: cancel,
-        }),
-        ac.signal,
-      )
-      cancel()
+      if (this.baseFetch.honoursDeadline) {
+        // the trusted fetch bounds the wait for the answer and the body's pauses itself
+        res = await this.baseFetch(url, {method, headers, body: body ?? null, deadlineMs: timeoutMs, idleTimeoutMs})
+      } else {
+        res = await this.fetchUntil(url, {method, headers, body: body ?? null, idleTimeoutMs}, timeoutMs)
+      }
       // the deadline ended when the answer started; the body's pauses are bounded by the
-      // transport (idleTimeoutMs), so no second race with the signal here
+      // transport (idleTimeoutMs), so no second race here
       bodyText = await res.text()
     } catch (err) {
       ctx.fetchError = err
       throw err
-    } finally {
-      cancel()
     }
     this.answers++
     if (res.status !== 200) {
@@ -278,6 +270,20 @@ export class PveTransport {
     return envelope && typeof envelope === 'object' ? ((envelope as {data?: unknown}).data ?? null) : null
   }
 
+  /**
+   * A fetch that does not bound requests itself (tests inject WHATWG ones): the deadline until the
+   * answer starts aborts its signal, and the wait ends then whatever that fetch does.
+   */
+  private async fetchUntil(url: string, init: HttpInit, timeoutMs: number): Promise<HttpAnswer> {
+    const ac = new AbortController()
+    const cancel = armDeadline(timeoutMs, () => ac.abort(new DeadlineExceeded(timeoutMs)))
+    try {
+      return await untilAborted(this.baseFetch(url, {...init, signal: ac.signal, onResponse: cancel}), ac.signal)
+    } finally {
+      cancel()
+    }
+  }
+
   protected backoff(attempt: number): number {
     const d = Math.min(this.retry.maxDelayMs, this.retry.baseDelayMs * 2 ** attempt)
     return Math.round(d * (0.5 + this.random() * 0.5))
@@ -295,7 +301,8 @@ export class PveTransport {
     const started = this.now()
     try {
       const data = (await this.exchange(method, path, params ? encodeParams(params) : undefined, ctx)) as T
-      this.io.debug(`PVE ${method} ${path} → ${ctx.res?.status ?? '?'}`, {hypervisor: this.hypervisor, ms: this.now() - started})
+      // built only when it is printed: a line per request on a fleet's status otherwise
+      if (this.io.level === 'debug') this.io.debug(`PVE ${method} ${path} → ${ctx.res?.status ?? '?'}`, {hypervisor: this.hypervisor, ms: this.now() - started})
       let body: unknown
       if (o.wantBody && ctx.res?.bodyText) body = safeJson(ctx.res.bodyText)
       return {data, body}

@@ -24,7 +24,7 @@ import {KeyedPool} from '../fleet/pool.js'
 import {imageFromTags, parseDescription} from '../fleet/vm-meta.js'
 import type {Io} from '../io.js'
 import type {Establishment} from '../inventory/types.js'
-import {withDeadline} from '../deadline.js'
+import {armDeadline, withDeadline} from '../deadline.js'
 import type {PveApi, PveResource} from '../proxmox/types.js'
 import {readHealthRecord} from './health-record.js'
 import {CallTimeout, HypervisorDown, isAgentDown, isHypervisorLevel, toProbeError} from './probe-error.js'
@@ -86,21 +86,48 @@ class HypervisorRun {
   api?: PveApi
   /** Set by the first hypervisor-level failure; later calls fail fast with it. */
   down?: ProbeError
-  /** Rejects when the breaker opens, so calls already in flight (a long guest command) end too. */
-  readonly tripped: Promise<never>
-  private reject!: (e: unknown) => void
+  /** The calls in flight: each is failed when the breaker opens (a long guest command ends too). */
+  private readonly inFlight = new Set<(e: unknown) => void>()
 
-  constructor(readonly name: string) {
-    this.tripped = new Promise<never>((_, reject) => {
-      this.reject = reject
-    })
-    this.tripped.catch(() => undefined)
-  }
+  constructor(readonly name: string) {}
 
   trip(pe: ProbeError): void {
     if (this.down) return
     this.down = pe
-    this.reject(new HypervisorDown(pe))
+    const e = new HypervisorDown(pe)
+    for (const fail of this.inFlight) fail(e)
+    this.inFlight.clear()
+  }
+
+  /**
+   * `p` bounded by its deadline (CallTimeout) and by the breaker (HypervisorDown), whichever
+   * comes first; the late outcome of `p` is ignored. One promise and one timer per call, the
+   * waiter removed as soon as the call settles: a race against a promise that rejects when the
+   * breaker opens left a reaction on that promise per call until the end of the run (memory and
+   * CPU growing with the fleet's size, bench/status marginal CPU).
+   */
+  bound<T>(p: Promise<T>, ms: number, label: string, hypervisorLevel: boolean): Promise<T> {
+    if (this.down) {
+      p.catch(() => undefined)
+      return Promise.reject(new HypervisorDown(this.down))
+    }
+    return new Promise<T>((resolve, reject) => {
+      const fail = (e: unknown) => {
+        cancel()
+        this.inFlight.delete(fail)
+        reject(e)
+      }
+      const cancel = armDeadline(ms, () => fail(new CallTimeout(label, ms, hypervisorLevel)))
+      this.inFlight.add(fail)
+      p.then(
+        (v) => {
+          cancel()
+          this.inFlight.delete(fail)
+          resolve(v)
+        },
+        fail,
+      )
+    })
   }
 }
 
@@ -175,7 +202,7 @@ async function probeHypervisor(run: HypervisorRun, ests: Establishment[], ctx: R
     return ctx.pool.run(run.name, async () => {
       if (run.down) throw new HypervisorDown(run.down)
       try {
-        return await Promise.race([withTimeout(fn(run.api!), opts.timeoutMs ?? ctx.requestTimeoutMs, label, !opts.guestSide), run.tripped])
+        return await run.bound(fn(run.api!), opts.timeoutMs ?? ctx.requestTimeoutMs, label, !opts.guestSide)
       } catch (err) {
         const pe = toProbeError(label, err)
         if (isHypervisorLevel(pe) && !(err instanceof HypervisorDown)) {

@@ -213,6 +213,14 @@ describe('fingerprint pinning', () => {
       const e = await rejection(t.fetch(`${selfSigned.url}/api2/json/hang`, {signal: AbortSignal.timeout(300)}))
       expect((e as Error).name).toBe('TimeoutError')
       expect(performance.now() - started).toBeLessThan(5_000)
+      // the trusted fetch also bounds a request itself (no signal): the client relies on it
+      expect(t.fetch.honoursDeadline).toBe(true)
+      const s2 = performance.now()
+      const e2 = await rejection(t.fetch(`${selfSigned.url}/api2/json/hang`, {deadlineMs: 300}))
+      expect((e2 as Error).name).toBe('TimeoutError')
+      expect((e2 as Error).message).toBe('no answer within 300 ms')
+      expect(performance.now() - s2).toBeGreaterThanOrEqual(290)
+      expect(performance.now() - s2).toBeLessThan(5_000)
     } finally {
       await t.close()
     }
