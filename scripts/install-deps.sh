@@ -11,6 +11,7 @@ DEB_PACKAGES=(
   qemu-system-x86 qemu-utils          # lab VMs and image conversion
   genisoimage                         # cloud-init NoCloud seed images (src/qemu/cloudinit.ts)
   mmdebstrap extlinux syslinux-common e2fsprogs dosfstools fdisk mount zstd uidmap  # image build
+  casync                              # image publish: content-defined chunk stores (src/image/publish.ts)
   age openssh-client openssh-server   # handoff interoperability, SSH to VMs
   openssl iproute2 ca-certificates
   time                                # /usr/bin/time: memory of CLI runs in tests (test/e2e/cli/bad-inventory.test.ts)

@@ -24,6 +24,7 @@ export const TOOL_PACKAGES: Record<string, string> = {
   mount: 'mount',
   sfdisk: 'fdisk',
   zstd: 'zstd',
+  casync: 'casync',
   age: 'age',
   'age-keygen': 'age',
   ssh: 'openssh-client',

@@ -40,3 +40,58 @@ export async function signedTestImage(root: string, name: string, version: strin
   await writeFile(join(dir, 'manifest.sig'), signBytes(raw, key))
   return {dir, file}
 }
+
+/**
+ * A real qcow2 image (converted by qemu-img from a raw disk made of `parts`, each written at its
+ * offset; the rest is sparse zeros) with its manifest signed by `key` (a fresh one by default,
+ * trusted in the images folder). For the tests that read the disk's bits (image publish).
+ */
+export async function signedQcow2Image(
+  root: string,
+  name: string,
+  version: string,
+  opts: {virtualBytes: number; parts: {offset: number; data: Buffer}[]; key?: import('../../src/secret.js').Secret},
+): Promise<{dir: string; file: string; rawSha256: string; key: import('../../src/secret.js').Secret}> {
+  const {execFileSync} = await import('node:child_process')
+  const {open, rm, stat} = await import('node:fs/promises')
+  const key = opts.key ?? generateSigningKey()
+  const pub = publicKeyOf(key)
+  await exportTrustedKey(root, pub)
+  const dir = join(root, name, version)
+  await mkdir(dir, {recursive: true})
+  const raw = join(dir, 'disk.raw')
+  const fh = await open(raw, 'w')
+  try {
+    await fh.truncate(opts.virtualBytes)
+    for (const p of opts.parts) await fh.write(p.data, 0, p.data.length, p.offset)
+  } finally {
+    await fh.close()
+  }
+  const rawHash = createHash('sha256')
+  const {readFile} = await import('node:fs/promises')
+  rawHash.update(await readFile(raw))
+  const rawSha256 = rawHash.digest('hex')
+  const file = `${name}-${version}.qcow2`
+  execFileSync('qemu-img', ['convert', '-O', 'qcow2', raw, join(dir, file)])
+  await rm(raw)
+  const qcow = await readFile(join(dir, file))
+  const m: ImageManifest = {
+    format: 1,
+    name,
+    version,
+    build_time: new Date(0).toISOString(),
+    source_date_epoch: 0,
+    disk: {file, format: 'qcow2', sha256: createHash('sha256').update(qcow).digest('hex'), size_bytes: (await stat(join(dir, file))).size, virtual_size_bytes: opts.virtualBytes, raw_sha256: rawSha256},
+    kernel: {package: 'linux-image-amd64', release: 'test', version: 'test'},
+    recipe: {name, digest: 'test'},
+    lock: {digest: 'test', packages: 0},
+    tree: {digest: 'test', entries: 0},
+    packages: [],
+    ports: {ssh: 22, web: 80, jsonrpc: 8000, postgresql: 5432},
+    signing: {algorithm: 'ed25519', key_id: keyId(pub)},
+  }
+  const bytes = manifestBytes(m)
+  await writeFile(join(dir, 'manifest.json'), bytes)
+  await writeFile(join(dir, 'manifest.sig'), signBytes(bytes, key))
+  return {dir, file, rawSha256, key}
+}
