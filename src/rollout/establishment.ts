@@ -352,7 +352,7 @@ async function readManifest(r: Run, mark: RolloutMark): Promise<string | undefin
   return text
 }
 
-/** Databases of the manifest: open, same row counts, login. Returns the problems (empty = fine). */
+/** Databases of the manifest: open, same row counts and business figures, login. Returns the problems (empty = fine). */
 function compareData(manifest: ManifestDb[], probe: ProbeResult, loginChecked: boolean): string[] {
   const problems: string[] = []
   for (const db of manifest) {
@@ -363,6 +363,7 @@ function compareData(manifest: ManifestDb[], probe: ProbeResult, loginChecked: b
       const want = JSON.stringify(Object.entries(db.row_counts ?? {}).sort())
       const have = JSON.stringify(Object.entries(p.row_counts ?? {}).sort())
       if (want !== have) problems.push(`database ${db.name}: row counts ${have} differ from the backup's ${want}`)
+      if (p.figure_differences?.length) problems.push(`database ${db.name}: business figures differ from the backup's: ${p.figure_differences.join('; ')}`)
       if (loginChecked && p.login === false) problems.push(`database ${db.name}: Tryton login failed (${p.login_error ?? '?'})`)
     }
   }

@@ -40,6 +40,17 @@ for e in m.get('databases', []):
     except Exception as ex:
         d['opens'] = False
         d['error'] = str(ex)[-300:]
+    if d['opens'] and e.get('figures'):
+        # the business figures the backup recorded (pgifigures.py): counts, trial balance, posted invoices
+        try:
+            import pgifigures
+            d['figure_differences'] = pgifigures.differences(e['figures'], pgifigures.figures(connect(e['name'])))
+        except ImportError:
+            pass  # an image without pgifigures (a rollback to an older version): row counts only
+        except Exception as ex:
+            d['figure_differences'] = ['the figures could not be read: %s' % str(ex)[-300:]]
+        finally:
+            close(e['name'])
     lg = req.get('login')
     if lg and d['opens'] and is_tryton_db(e['name']):
         try:
@@ -111,6 +122,8 @@ export interface ProbeDatabase {
   opens: boolean
   error?: string
   row_counts?: Record<string, number>
+  /** What differs from the business figures the backup recorded (pgifigures.py); absent when it recorded none. */
+  figure_differences?: string[]
   login?: boolean
   login_error?: string
 }
