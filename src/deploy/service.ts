@@ -1,20 +1,18 @@
 /**
- * The deploy use case behind `pgi deploy`: load the inventory, select establishments, open the
- * secret store and the hypervisors, plan, confirm, execute. Returns plain objects (no secret).
+ * The deploy use case behind `pgi deploy`: open the fleet (src/fleet/open.ts: inventory, selection,
+ * secret store, hypervisors), plan, confirm, execute. Returns plain objects (no secret).
  */
 import {join} from 'node:path'
 
-import {openInventoryStore} from '../credentials/service.js'
 import {ErrorCode} from '../errors.js'
 import {ExitCode, type ExitCodeValue} from '../exit-codes.js'
-import {Hypervisors, type PveConnector} from '../hypervisors.js'
+import {FleetSession} from '../fleet/open.js'
+import type {PveConnector} from '../hypervisors.js'
 import {DEFAULT_IMAGE, type ImageRef} from '../image/images.js'
-import {loadValidInventory} from '../inventory/load.js'
-import {selectEstablishments, type Selection} from '../inventory/select.js'
-import type {Establishment, Inventory} from '../inventory/types.js'
+import type {Selection} from '../inventory/select.js'
+import type {Inventory} from '../inventory/types.js'
 import type {Io} from '../io.js'
 import {journalDir, stateDir} from '../paths.js'
-import type {SecretStore} from '../secrets/store.js'
 import {storeCredentials, type ConnectionSource} from './credentials.js'
 import type {DeployImage} from './desired.js'
 import {fmtDrift, needsWork, planDeploy, type DeployTarget, type PlanItem} from './plan.js'
@@ -98,19 +96,26 @@ export function planRows(items: PlanItem[]): PlanRow[] {
 }
 
 export async function runDeploy(req: DeployRequest): Promise<DeployReport> {
-  const env = req.env ?? process.env
-  const inventory = req.inventory ?? (await loadValidInventory(req.inventoryPath))
-  const establishments = selectEstablishments(inventory, req.selection)
-  const store = await openInventoryStore(inventory, req.secretsDir, env)
-  const hypervisors = new Hypervisors(inventory, {store, io: req.io, env, connect: req.connect})
+  const fleet = await FleetSession.open({
+    inventory: req.inventory ?? req.inventoryPath,
+    selection: req.selection,
+    secretsDir: req.secretsDir,
+    store: 'always',
+    io: req.io,
+    ...(req.env ? {env: req.env} : {}),
+    ...(req.connect ? {connect: req.connect} : {}),
+  })
   try {
-    return await deployWith(req, inventory, establishments, store, hypervisors, env)
+    return await deployWith(req, fleet)
   } finally {
-    await hypervisors.close()
+    await fleet.close()
   }
 }
 
-async function deployWith(req: DeployRequest, inventory: Inventory, establishments: Establishment[], store: SecretStore, hypervisors: Hypervisors, env: NodeJS.ProcessEnv): Promise<DeployReport> {
+async function deployWith(req: DeployRequest, fleet: FleetSession): Promise<DeployReport> {
+  const {env, hypervisors} = fleet
+  const establishments = [...fleet.establishments]
+  const store = fleet.secrets
   const handoffDir = req.handoffDir ?? join(stateDir(env), 'handoffs')
 
   req.io.info(`planning ${establishments.length} establishment(s) on ${new Set(establishments.map((e) => e.hypervisor)).size} hypervisor(s)`)

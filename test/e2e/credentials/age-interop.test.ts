@@ -9,7 +9,7 @@ import {join} from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {issueHandoff, openHandoff, parseHandoff} from '../../../src/credentials/handoff.js'
-import {ensureEstablishmentSecrets} from '../../../src/credentials/secrets.js'
+import {ensureEstablishmentSecrets} from '../../../src/fleet/secrets.js'
 import {ErrorCode, UserError} from '../../../src/errors.js'
 import {requireTools, run} from '../../../src/exec.js'
 import type {Establishment} from '../../../src/inventory/types.js'
