@@ -6,22 +6,15 @@ import {join} from 'node:path'
 
 import {ErrorCode} from '../errors.js'
 import {ExitCode, type ExitCodeValue} from '../exit-codes.js'
-import {FleetSession} from '../fleet/open.js'
-import type {PveConnector} from '../hypervisors.js'
+import {withFleet, type FleetRequest, type FleetSession} from '../fleet/open.js'
 import {DEFAULT_IMAGE, type ImageRef} from '../image/images.js'
-import type {Selection} from '../inventory/select.js'
-import type {Inventory} from '../inventory/types.js'
-import type {Io} from '../io.js'
 import {journalDir, stateDir} from '../paths.js'
 import {storeCredentials, type ConnectionSource} from './credentials.js'
 import type {DeployImage} from './desired.js'
 import {fmtDrift, needsWork, planDeploy, type DeployTarget, type PlanItem} from './plan.js'
 import {executeDeploy, type DeployResult} from './run.js'
 
-export interface DeployRequest {
-  inventoryPath: string
-  selection: Selection
-  secretsDir: string
+export interface DeployRequest extends Omit<FleetRequest, 'requestTimeoutMs'> {
   /** The image of every selected establishment (else each one's inventory `image`, a version of the reference image). */
   image?: ImageRef
   /** For establishments whose inventory names none (when no --image): the newest built reference image. */
@@ -43,18 +36,12 @@ export interface DeployRequest {
   agentTimeoutMs?: number
   healthTimeoutMs?: number
   pollIntervalMs?: number
-  io: Io
-  env?: NodeJS.ProcessEnv
   /** Asked once, after the plan is shown, when something would change; throws to stop. */
   confirm: (question: string) => Promise<void>
   /** Shows the plan to people (the command prints a table). */
   showPlan?: (rows: PlanRow[]) => void
-  /** Replace how hypervisors are opened (labs, tests). */
-  connect?: PveConnector
   /** How the AMI reaches each VM, when not at the inventory address (a lab's forwarded ports). */
   connection?: ConnectionSource
-  /** Already loaded inventory (library use); otherwise read from inventoryPath. */
-  inventory?: Inventory
   signal?: AbortSignal
 }
 
@@ -96,20 +83,7 @@ export function planRows(items: PlanItem[]): PlanRow[] {
 }
 
 export async function runDeploy(req: DeployRequest): Promise<DeployReport> {
-  const fleet = await FleetSession.open({
-    inventory: req.inventory ?? req.inventoryPath,
-    selection: req.selection,
-    secretsDir: req.secretsDir,
-    store: 'always',
-    io: req.io,
-    ...(req.env ? {env: req.env} : {}),
-    ...(req.connect ? {connect: req.connect} : {}),
-  })
-  try {
-    return await deployWith(req, fleet)
-  } finally {
-    await fleet.close()
-  }
+  return withFleet(req, (fleet) => deployWith(req, fleet))
 }
 
 async function deployWith(req: DeployRequest, fleet: FleetSession): Promise<DeployReport> {

@@ -161,3 +161,38 @@ export class FleetSession {
     await this.hypervisors.close()
   }
 }
+
+/**
+ * A service request that names its fleet (deploy, rollout): the inventory (a path, or loaded), the
+ * establishments, the secret store those services read and write.
+ */
+export interface FleetRequest {
+  inventoryPath: string
+  /** Already loaded inventory (library use, tests). */
+  inventory?: Inventory
+  selection: Selection
+  secretsDir: string
+  io: Io
+  env?: NodeJS.ProcessEnv
+  connect?: PveConnector
+  requestTimeoutMs?: number
+}
+
+/** Runs `fn` on the fleet of `req` (secret store always open), then closes its hypervisor connections whatever happened. */
+export async function withFleet<T>(req: FleetRequest, fn: (fleet: FleetSession) => Promise<T>): Promise<T> {
+  const fleet = await FleetSession.open({
+    inventory: req.inventory ?? req.inventoryPath,
+    selection: req.selection,
+    secretsDir: req.secretsDir,
+    store: 'always',
+    io: req.io,
+    ...(req.env ? {env: req.env} : {}),
+    ...(req.connect ? {connect: req.connect} : {}),
+    ...(req.requestTimeoutMs === undefined ? {} : {requestTimeoutMs: req.requestTimeoutMs}),
+  })
+  try {
+    return await fn(fleet)
+  } finally {
+    await fleet.close()
+  }
+}

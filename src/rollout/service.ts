@@ -15,13 +15,10 @@ import {ErrorCode, UsageError, UserError, asPgiError} from '../errors.js'
 import {ExitCode} from '../exit-codes.js'
 import {parseDescription, type RolloutMark} from '../fleet/vm-meta.js'
 import {settleAll} from '../fleet/pool.js'
-import {FleetSession} from '../fleet/open.js'
+import {withFleet, type FleetRequest, type FleetSession} from '../fleet/open.js'
 import {establishmentSecretKey} from '../fleet/secrets.js'
-import type {PveConnector} from '../hypervisors.js'
 import {DEFAULT_IMAGE, type ImageRef} from '../image/images.js'
-import type {Selection} from '../inventory/select.js'
 import type {Establishment, Inventory} from '../inventory/types.js'
-import type {Io} from '../io.js'
 import {journalDir, stateDir} from '../paths.js'
 import {sleep} from '../sleep.js'
 import {FINAL_STEPS, type EstablishmentResult} from './establishment.js'
@@ -30,36 +27,7 @@ import {RUNNER, parseMaxFailures, runRollout, type RolloutResult} from './run.js
 import {acquireFleetLock, type HeldFleetLock} from './fleet-lock.js'
 import {describeWindow, inWindow} from './window.js'
 
-export interface FleetRequest {
-  inventoryPath: string
-  /** Already loaded inventory (library use, tests). */
-  inventory?: Inventory
-  selection: Selection
-  secretsDir: string
-  io: Io
-  env?: NodeJS.ProcessEnv
-  connect?: PveConnector
-  requestTimeoutMs?: number
-}
-
-/** Runs `fn` on the fleet opened the one way (src/fleet/open.ts), then closes its hypervisor connections whatever happened. */
-async function withFleet<T>(req: FleetRequest, fn: (fleet: FleetSession) => Promise<T>): Promise<T> {
-  const fleet = await FleetSession.open({
-    inventory: req.inventory ?? req.inventoryPath,
-    selection: req.selection,
-    secretsDir: req.secretsDir,
-    store: 'always',
-    io: req.io,
-    ...(req.env ? {env: req.env} : {}),
-    ...(req.connect ? {connect: req.connect} : {}),
-    ...(req.requestTimeoutMs === undefined ? {} : {requestTimeoutMs: req.requestTimeoutMs}),
-  })
-  try {
-    return await fn(fleet)
-  } finally {
-    await fleet.close()
-  }
-}
+export type {FleetRequest} from '../fleet/open.js'
 
 function wavesFor(inventory: Inventory, waves: string[] | undefined): string[] {
   if (!waves || waves.length === 0) return inventory.rings
