@@ -22,7 +22,7 @@ const sites = Number(a.sites)
 const nRecipients = Number(a.recipients)
 
 const {SecretStore} = await import(dist('secrets/store.js'))
-const {ensureEstablishmentSecrets} = await import(dist('credentials/secrets.js'))
+const {ensureEstablishmentSecrets} = await import(dist('fleet/secrets.js'))
 const {writeHandoffs} = await import(dist('credentials/service.js'))
 const {settleAll} = await import(dist('fleet/pool.js'))
 const {uaiFromNumber} = await import(dist('inventory/uai.js'))

@@ -4,7 +4,7 @@ import {Args, Flags} from '@oclif/core'
 
 import {BaseCommand} from '../src/cli/base-command.js'
 import {imageResolver} from '../src/cli/fleet.js'
-import {bwlimitFlag, imageRefFlag, imagesDirFlag, reportFlag, selectionFlags, STATE_DIR_HELP} from '../src/cli/flags.js'
+import {bwlimitFlag, gateTimeoutsMs, imageRefFlag, imagesDirFlag, reportFlag, selectionFlags, STATE_DIR_HELP} from '../src/cli/flags.js'
 import type {DeployReport, PlanRow} from '../src/deploy/service.js'
 import {deploySuite} from '../src/report/suites.js'
 
@@ -74,8 +74,7 @@ Exit codes: 0 all done or up to date, 4 some establishments failed (see the summ
       dryRun: f['dry-run'],
       maxParallel: f['max-parallel'],
       maxPerHypervisor: f['max-per-hypervisor'],
-      agentTimeoutMs: f['agent-timeout'] * 1000,
-      healthTimeoutMs: f['health-timeout'] * 1000,
+      ...gateTimeoutsMs(f),
       io: this.io,
       confirm: (q) => this.confirm(q),
       connection: f['lab-dir'] ? labConnection(f['lab-dir'], {io: this.io}) : undefined,

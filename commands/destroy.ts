@@ -37,17 +37,10 @@ export default class Destroy extends BaseCommand<typeof Destroy> {
       })
     }
     // the engine is loaded when the command runs, not with every command (start-up time)
-    const [{openInventoryStore}, {destroyEstablishment}, {Hypervisors}, {loadValidInventory}, {findEstablishment}] = await Promise.all([
-      import('../src/credentials/service.js'),
-      import('../src/deploy/destroy.js'),
-      import('../src/hypervisors.js'),
-      import('../src/inventory/load.js'),
-      import('../src/inventory/select.js'),
-    ])
-    const inventory = await loadValidInventory(f.inventory)
-    const est = findEstablishment(inventory, this.args.uai)
-    const store = await openInventoryStore(inventory, f['secrets-dir'])
-    const hypervisors = new Hypervisors(inventory, {store, io: this.io})
+    const [{destroyEstablishment}, {FleetSession}] = await Promise.all([import('../src/deploy/destroy.js'), import('../src/fleet/open.js')])
+    const fleet = await FleetSession.open({inventory: f.inventory, selection: {uais: [this.args.uai]}, secretsDir: f['secrets-dir'], store: 'always', io: this.io})
+    const {hypervisors} = fleet
+    const est = fleet.establishments[0]!
     let r: DestroyResult
     try {
       // no progress renderer here: the typed confirmation needs the terminal to itself
@@ -73,7 +66,7 @@ export default class Destroy extends BaseCommand<typeof Destroy> {
         update: (text) => this.io.info(`${est.uai}: ${text}`),
       })
     } finally {
-      await hypervisors.close()
+      await fleet.close()
     }
     this.table(['UAI', 'VM', 'destroyed', 'detail'], [[r.uai, `${r.hypervisor}/${r.node}/${r.vmid}`, r.destroyed ? 'yes' : 'no', r.detail]])
     return r

@@ -121,6 +121,25 @@ class Collector {
   }
 }
 
+/**
+ * The read loop of both readers, written once: checks the file's stat, then yields each read it
+ * wants (into which buffer, where, how much) and is given the byte count back, until the end of
+ * the file or the limit; returns the result. The async reader awaits each read, the sync one not.
+ */
+function* readLoop(st: Stats, maxBytes: number, what: string): Generator<{buf: Buffer; offset: number; length: number}, BoundedRead, number> {
+  const bad = statProblem(st, maxBytes, what)
+  if (bad) return {ok: false, problem: bad}
+  const c = new Collector(st.size, maxBytes)
+  for (;;) {
+    const length = c.room()
+    const bytesRead = yield {buf: c.buf, offset: c.n, length}
+    if (bytesRead === 0) break
+    c.n += bytesRead
+    if (c.over()) return {ok: false, problem: tooLarge(undefined, maxBytes, what)}
+  }
+  return {ok: true, data: c.data()}
+}
+
 /** `what` names the kind of file in the too-large message ("an inventory file", "a CA file"). */
 export async function readRegularFile(path: string, maxBytes: number, what: string): Promise<BoundedRead> {
   let fh
@@ -130,18 +149,10 @@ export async function readRegularFile(path: string, maxBytes: number, what: stri
     return {ok: false, problem: openProblem(err)}
   }
   try {
-    const st = await fh.stat()
-    const bad = statProblem(st, maxBytes, what)
-    if (bad) return {ok: false, problem: bad}
-    const c = new Collector(st.size, maxBytes)
-    for (;;) {
-      const room = c.room()
-      const {bytesRead} = await fh.read(c.buf, c.n, room, null)
-      if (bytesRead === 0) break
-      c.n += bytesRead
-      if (c.over()) return {ok: false, problem: tooLarge(undefined, maxBytes, what)}
-    }
-    return {ok: true, data: c.data()}
+    const loop = readLoop(await fh.stat(), maxBytes, what)
+    let step = loop.next()
+    while (!step.done) step = loop.next((await fh.read(step.value.buf, step.value.offset, step.value.length, null)).bytesRead)
+    return step.value
   } catch (err) {
     return {ok: false, problem: openProblem(err)}
   } finally {
@@ -158,18 +169,10 @@ export function readRegularFileSync(path: string, maxBytes: number, what: string
     return {ok: false, problem: openProblem(err)}
   }
   try {
-    const st = fstatSync(fd)
-    const bad = statProblem(st, maxBytes, what)
-    if (bad) return {ok: false, problem: bad}
-    const c = new Collector(st.size, maxBytes)
-    for (;;) {
-      const room = c.room()
-      const bytesRead = readSync(fd, c.buf, c.n, room, null)
-      if (bytesRead === 0) break
-      c.n += bytesRead
-      if (c.over()) return {ok: false, problem: tooLarge(undefined, maxBytes, what)}
-    }
-    return {ok: true, data: c.data()}
+    const loop = readLoop(fstatSync(fd), maxBytes, what)
+    let step = loop.next()
+    while (!step.done) step = loop.next(readSync(fd, step.value.buf, step.value.offset, step.value.length, null))
+    return step.value
   } catch (err) {
     return {ok: false, problem: openProblem(err)}
   } finally {

@@ -26,3 +26,19 @@ export function parseSize(text: string, defaultUnit: SizeUnit = 'B'): number {
   if (n === undefined) throw new RangeError(`unable to parse size '${text}'`)
   return n
 }
+
+/**
+ * Bytes for people in decimal units, as disk tools show them: "41.2 MB". `kilo` is how a table
+ * writes the thousand ('kB' in `pgi status`, 'KB' in `pgi db`), `digits(v)` how many decimals the
+ * shown value gets (`pgi db`: none from 10 up).
+ */
+export function formatDecimalBytes(n: number, opts: {kilo: 'kB' | 'KB'; digits: (v: number) => number}): string {
+  const units = ['B', opts.kilo, 'MB', 'GB', 'TB']
+  let v = n
+  let i = 0
+  while (v >= 1000 && i < units.length - 1) {
+    v /= 1000
+    i++
+  }
+  return `${i === 0 ? v : v.toFixed(opts.digits(v))} ${units[i]}`
+}

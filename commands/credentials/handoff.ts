@@ -41,30 +41,27 @@ The passwords come from the secret store (written by \`pgi deploy\`); an establi
 
   async run(): Promise<HandoffRunResult> {
     // the engine is loaded when the command runs, not with every command (start-up time)
-    const [{allFailedError, openInventoryStore, vmDatabaseReader, writeHandoffs}, {labConnection}, {loadValidInventory}, {selectEstablishments}] = await Promise.all([
+    const [{allFailedError, vmDatabaseReader, writeHandoffs}, {labConnection}, {FleetSession}] = await Promise.all([
       import('../../src/credentials/service.js'),
       import('../../src/lab/handoff-connection.js'),
-      import('../../src/inventory/load.js'),
-      import('../../src/inventory/select.js'),
+      import('../../src/fleet/open.js'),
     ])
     const {argv} = await this.parse(CredentialsHandoff)
-    const inventory = await loadValidInventory(this.flags.inventory)
-    const establishments = selectEstablishments(inventory, {uais: argv as string[], all: this.flags.all, group: this.flags.group})
-    const store = await openInventoryStore(inventory, this.flags['secrets-dir'], process.env, this.io)
     const f = this.flags
-    const connection: HandoffConnection = {host: f.host, sshPort: f['ssh-port'], postgresqlPort: f['postgresql-port'], jsonrpcPort: f['jsonrpc-port'], webUrl: f['web-url'], database: f.database}
-    const perSite = (['host', 'ssh-port', 'postgresql-port', 'jsonrpc-port', 'web-url'] as const).filter((k) => f[k] !== undefined)
-    if (perSite.length > 0 && f['lab-dir']) throw new UsageError(`--${perSite[0]} and --lab-dir both say where the VM is: give one of them`)
-    if (perSite.length > 0 && establishments.length > 1) {
-      throw new UsageError(`--${perSite[0]} describes one VM, but ${establishments.length} establishments are selected`, {suggestions: ['Write the handoffs one establishment at a time when you override the address or ports.']})
-    }
-    // the letter lists the databases each VM has now (asked through its hypervisor)
-    const dbs = vmDatabaseReader(inventory, store, this.io)
+    const fleet = await FleetSession.open({inventory: f.inventory, selection: {uais: argv as string[], all: f.all, group: f.group}, secretsDir: f['secrets-dir'], store: 'always', warnRecipients: true, io: this.io})
     let result
     try {
-      result = await writeHandoffs({establishments, store, outDir: this.flags.out, io: this.io, connection: f['lab-dir'] ? labConnection(f['lab-dir'], {io: this.io}) : () => connection, databases: dbs.read})
+      const {establishments} = fleet
+      const connection: HandoffConnection = {host: f.host, sshPort: f['ssh-port'], postgresqlPort: f['postgresql-port'], jsonrpcPort: f['jsonrpc-port'], webUrl: f['web-url'], database: f.database}
+      const perSite = (['host', 'ssh-port', 'postgresql-port', 'jsonrpc-port', 'web-url'] as const).filter((k) => f[k] !== undefined)
+      if (perSite.length > 0 && f['lab-dir']) throw new UsageError(`--${perSite[0]} and --lab-dir both say where the VM is: give one of them`)
+      if (perSite.length > 0 && establishments.length > 1) {
+        throw new UsageError(`--${perSite[0]} describes one VM, but ${establishments.length} establishments are selected`, {suggestions: ['Write the handoffs one establishment at a time when you override the address or ports.']})
+      }
+      // the letter lists the databases each VM has now (asked through its hypervisor)
+      result = await writeHandoffs({establishments, store: fleet.secrets, outDir: f.out, io: this.io, connection: f['lab-dir'] ? labConnection(f['lab-dir'], {io: this.io}) : () => connection, databases: vmDatabaseReader(fleet.hypervisors, this.io)})
     } finally {
-      await dbs.close()
+      await fleet.close()
     }
     if (result.written === 0 && result.failed > 0) throw allFailedError('handoff', result.establishments)
     if (result.failed > 0) this.status = ExitCode.PARTIAL

@@ -28,17 +28,19 @@ export default class CredentialsList extends BaseCommand<typeof CredentialsList>
 
   async run(): Promise<CredentialsOverviewRow[]> {
     // the engine is loaded when the command runs, not with every command (start-up time)
-    const [{credentialsOverview, openInventoryStore}, {loadValidInventory}, {selectEstablishments}] = await Promise.all([
-      import('../../src/credentials/service.js'),
-      import('../../src/inventory/load.js'),
-      import('../../src/inventory/select.js'),
-    ])
+    const [{credentialsOverview}, {FleetSession}] = await Promise.all([import('../../src/credentials/service.js'), import('../../src/fleet/open.js')])
     const {argv} = await this.parse(CredentialsList)
-    const inventory = await loadValidInventory(this.flags.inventory)
     const uais = argv as string[]
-    const establishments = selectEstablishments(inventory, {uais, group: this.flags.group, all: uais.length === 0 && this.flags.group === undefined})
-    const store = await openInventoryStore(inventory, this.flags['secrets-dir'], process.env, this.io)
-    const rows = await credentialsOverview({establishments, store, outDir: this.flags.out})
+    // no hypervisor is asked: the overview reads the store's file names and the handoff folder
+    const fleet = await FleetSession.open({
+      inventory: this.flags.inventory,
+      selection: {uais, group: this.flags.group, all: uais.length === 0 && this.flags.group === undefined},
+      secretsDir: this.flags['secrets-dir'],
+      store: 'always',
+      warnRecipients: true,
+      io: this.io,
+    })
+    const rows = await credentialsOverview({establishments: fleet.establishments, store: fleet.secrets, outDir: this.flags.out})
     this.table(
       ['UAI', 'Establishment', 'Secrets', 'Rotation', 'Handoff', 'Next'],
       rows.map((r) => [

@@ -20,9 +20,9 @@ export default class CredentialsReencrypt extends BaseCommand<typeof Credentials
 
   async run(): Promise<ReencryptResult & {store: string}> {
     // the engine is loaded when the command runs, not with every command (start-up time)
-    const [{openInventoryStore}, {loadValidInventory}] = await Promise.all([import('../../src/credentials/service.js'), import('../../src/inventory/load.js')])
-    const inventory = await loadValidInventory(this.flags.inventory)
-    const store = await openInventoryStore(inventory, this.flags['secrets-dir'], process.env, this.io)
+    const {FleetSession} = await import('../../src/fleet/open.js')
+    // the store alone: no establishment is selected, no hypervisor asked
+    const store = (await FleetSession.open({inventory: this.flags.inventory, secretsDir: this.flags['secrets-dir'], store: 'always', warnRecipients: true, io: this.io})).secrets
     const r = await store.reencrypt(this.flags.prefix)
     for (const f of r.failed) this.io.warn(`${f.key}: ${f.message}`)
     if (r.failed.length > 0 && r.reencrypted.length === 0) {

@@ -4,7 +4,7 @@ import {Args, Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../src/cli/base-command.js'
 import {handoffDirFlag, inventoryFlag, secretsDirFlag} from '../../src/cli/flags.js'
-import {ESTABLISHMENT_SECRETS, type EstablishmentSecretName} from '../../src/credentials/secret-names.js'
+import {ESTABLISHMENT_SECRETS, type EstablishmentSecretName} from '../../src/fleet/secret-names.js'
 import type {RotateRunResult} from '../../src/credentials/service.js'
 import {ExitCode} from '../../src/exit-codes.js'
 
@@ -34,18 +34,21 @@ Safe to interrupt: the new passwords are saved in the store (encrypted, as "pend
 
   async run(): Promise<RotateRunResult> {
     // the engine is loaded when the command runs, not with every command (start-up time)
-    const [{allFailedError, openInventoryStore, rotateSecrets}, {labConnection}, {loadValidInventory}, {selectEstablishments}] = await Promise.all([
+    const [{allFailedError, rotateSecrets}, {labConnection}, {FleetSession}] = await Promise.all([
       import('../../src/credentials/service.js'),
       import('../../src/lab/handoff-connection.js'),
-      import('../../src/inventory/load.js'),
-      import('../../src/inventory/select.js'),
+      import('../../src/fleet/open.js'),
     ])
     const {argv} = await this.parse(CredentialsRotate)
-    const inventory = await loadValidInventory(this.flags.inventory)
-    const establishments = selectEstablishments(inventory, {uais: argv as string[]})
-    const store = await openInventoryStore(inventory, this.flags['secrets-dir'], process.env, this.io)
-    await this.confirm(`Change the passwords of ${establishments.map((e) => e.uai).join(', ')}? The AMI will need the new handoff file.`)
-    const result = await rotateSecrets({inventory, establishments, store, outDir: this.flags.out, only: this.flags.only as EstablishmentSecretName[] | undefined, io: this.io, connection: this.flags['lab-dir'] ? labConnection(this.flags['lab-dir'], {io: this.io}) : undefined})
+    const fleet = await FleetSession.open({inventory: this.flags.inventory, selection: {uais: argv as string[]}, secretsDir: this.flags['secrets-dir'], store: 'always', warnRecipients: true, io: this.io})
+    let result
+    try {
+      const {establishments} = fleet
+      await this.confirm(`Change the passwords of ${establishments.map((e) => e.uai).join(', ')}? The AMI will need the new handoff file.`)
+      result = await rotateSecrets({hypervisors: fleet.hypervisors, establishments, store: fleet.secrets, outDir: this.flags.out, only: this.flags.only as EstablishmentSecretName[] | undefined, io: this.io, connection: this.flags['lab-dir'] ? labConnection(this.flags['lab-dir'], {io: this.io}) : undefined})
+    } finally {
+      await fleet.close()
+    }
     if (result.rotated === 0) throw allFailedError('rotation', result.establishments)
     if (result.failed > 0) this.status = ExitCode.PARTIAL
     this.table(

@@ -11,6 +11,7 @@ import {dbNameProblem, DB_PREFIX_RE, LOGIN_RE, RESERVED_PREFIXES, teacherEmailPr
 import {UsageError} from '../errors.js'
 import type {Io} from '../io.js'
 import {stateDir} from '../paths.js'
+import {formatDecimalBytes} from '../size.js'
 import {inventoryFlag, secretsDirFlag, STATE_DIR_HELP} from './flags.js'
 
 /** The variable the secret of --token-id comes from (never a flag value). */
@@ -129,14 +130,7 @@ export async function withDbContext<R>(flags: {inventory: string; 'secrets-dir':
 /** 1234567 → "1.2 MB" (tables for people). */
 export function humanBytes(n: number | null | undefined): string {
   if (n === null || n === undefined || !Number.isFinite(n)) return ''
-  const units = ['B', 'KB', 'MB', 'GB', 'TB']
-  let v = n
-  let i = 0
-  while (v >= 1000 && i < units.length - 1) {
-    v /= 1000
-    i++
-  }
-  return `${i === 0 ? v : v.toFixed(v < 10 ? 1 : 0)} ${units[i]}`
+  return formatDecimalBytes(n, {kilo: 'KB', digits: (v) => (v < 10 ? 1 : 0)})
 }
 
 /** The UAI argument every `pgi db` command but list starts with. */

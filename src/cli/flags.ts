@@ -141,6 +141,14 @@ export const lockWaitFlag = Flags.custom<number>({
   parse: async (v) => parseDurationMs(v, 'lock-wait'),
 })()
 
+/**
+ * The gate's deadlines (--agent-timeout, --health-timeout: seconds on the command line) in the
+ * engine's unit, milliseconds: converted here once for deploy, rollout start and resume.
+ */
+export function gateTimeoutsMs(f: {'agent-timeout': number; 'health-timeout': number}): {agentTimeoutMs: number; healthTimeoutMs: number} {
+  return {agentTimeoutMs: f['agent-timeout'] * 1000, healthTimeoutMs: f['health-timeout'] * 1000}
+}
+
 /** Flags of the commands that update establishments (rollout start and resume). */
 export const runFlags = {
   'lock-wait': lockWaitFlag,

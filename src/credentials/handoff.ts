@@ -23,7 +23,7 @@ import {
   SQL_ADMIN_LOGIN,
   TRYTON_ADMIN_LOGIN,
   type EstablishmentSecrets,
-} from './secrets.js'
+} from '../fleet/secrets.js'
 
 /**
  * The handoff: one file per establishment, `<UAI>.handoff.age`, age-encrypted to that

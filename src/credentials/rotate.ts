@@ -15,7 +15,7 @@ import {
   secretField,
   type EstablishmentSecretName,
   type EstablishmentSecrets,
-} from './secrets.js'
+} from '../fleet/secrets.js'
 
 /** The guest contract's configuration entry point: JSON on stdin, `{"changed":[…]}` on stdout. */
 export const PGI_CONFIGURE = '/usr/local/sbin/pgi-configure'

@@ -1,37 +1,20 @@
 /**
- * The credentials use cases behind `pgi credentials …`: each takes an inventory (already loaded)
- * and a secret store, works establishment by establishment, and returns plain results that never
- * hold a secret (except `openHandoffForOwner`, whose job is to show them to their owner).
+ * The credentials use cases behind `pgi credentials …`: each takes what the command's fleet opened
+ * (src/fleet/open.ts: the selected establishments, the secret store, the hypervisors), works
+ * establishment by establishment, and returns plain results that never hold a secret (except `openHandoffForOwner`, whose job is to show them to their owner).
  */
 import {stat} from 'node:fs/promises'
 import {join, resolve} from 'node:path'
 
 import {asPgiError, ErrorCode, type PgiError, UserError} from '../errors.js'
 import type {Io} from '../io.js'
-import type {Establishment, Inventory} from '../inventory/types.js'
+import type {Establishment} from '../inventory/types.js'
 import {settleAll} from '../fleet/pool.js'
-import {Hypervisors, type PveConnector} from '../hypervisors.js'
-import {SecretStore} from '../secrets/store.js'
+import type {Hypervisors} from '../hypervisors.js'
+import type {SecretStore} from '../secrets/store.js'
 import {HANDOFF_SUFFIX, handoffToJson, issueHandoff, openHandoff, readHandoffDatabases, type HandoffConnection, type HandoffDatabase, type HandoffIssued, type HandoffJson} from './handoff.js'
 import {pendingSecrets, rotateEstablishmentSecrets, type RotateResult} from './rotate.js'
-import {ESTABLISHMENT_SECRETS, establishmentSecretKey, type EstablishmentSecretName} from './secrets.js'
-
-/**
- * Opens the store of an inventory: encrypted to its `recipients` (plus the local identity). Warns
- * when the inventory lists nobody (only this machine could read what it writes) or when the local
- * key is not listed (the others' files will not open here).
- */
-export async function openInventoryStore(inventory: Pick<Inventory, 'recipients'>, dir: string, env: NodeJS.ProcessEnv = process.env, io?: Io): Promise<SecretStore> {
-  const listed = inventory.recipients.map((r) => r.key)
-  const store = await SecretStore.open({dir, recipients: listed, env})
-  const mine = store.ownRecipients
-  if (listed.length === 0) {
-    io?.warn(`the inventory lists no recipients: secrets written now are readable only with this machine's key (${mine.join(', ')}); add the technicians' and CI's keys under \`recipients:\``)
-  } else if (!mine.some((k) => listed.includes(k))) {
-    io?.warn(`your age key (${mine.join(', ')}) is not in the inventory's recipients: secrets written by others will not open here; add it under \`recipients:\` and ask a colleague to run \`pgi credentials reencrypt\``)
-  }
-  return store
-}
+import {ESTABLISHMENT_SECRETS, establishmentSecretKey, type EstablishmentSecretName} from '../fleet/secrets.js'
 
 /** How the AMI reaches an establishment's VM when it is not its inventory address (e.g. `labConnection`). */
 export type ConnectionOf = (est: Establishment) => HandoffConnection | undefined | Promise<HandoffConnection | undefined>
@@ -65,7 +48,7 @@ export interface HandoffRunResult {
  * secret, a bad AMI key) does not stop the others: its error is in the result.
  */
 export async function writeHandoffs(opts: {
-  establishments: Establishment[]
+  establishments: readonly Establishment[]
   store: SecretStore
   outDir: string
   io?: Io
@@ -96,21 +79,17 @@ export async function writeHandoffs(opts: {
 }
 
 /**
- * Reads each establishment's databases from its VM for its handoff, through the inventory's
- * hypervisors; call close() when done. A VM that cannot be asked gives a letter without the list.
+ * Reads each establishment's databases from its VM for its handoff, through the fleet's
+ * hypervisors (closed by the fleet). A VM that cannot be asked gives a letter without the list.
  */
-export function vmDatabaseReader(inventory: Inventory, store: SecretStore, io: Io, env: NodeJS.ProcessEnv = process.env, connect?: PveConnector): {read: (est: Establishment) => Promise<HandoffDatabase[] | undefined>; close: () => Promise<void>} {
-  const hvs = new Hypervisors(inventory, {store, io, env, connect})
-  return {
-    read: async (est) => {
+export function vmDatabaseReader(hvs: Hypervisors, io: Io): (est: Establishment) => Promise<HandoffDatabase[] | undefined> {
+  return async (est) => {
       try {
         return await readHandoffDatabases(await hvs.get(est.hypervisor), est, io)
       } catch (err) {
         io.warn(`${est.uai}: hypervisor ${est.hypervisor} could not be reached (the handoff will not list the databases): ${(err as Error).message}`)
         return undefined
       }
-    },
-    close: () => hvs.close(),
   }
 }
 
@@ -120,35 +99,28 @@ export interface RotateRunResult {
   establishments: Outcome<RotateResult>[]
 }
 
-/** Rotates the secrets of each establishment in turn (through its hypervisor's API). */
+/** Rotates the secrets of each establishment in turn (through its hypervisor's API, from the fleet: closed by the fleet). */
 export async function rotateSecrets(opts: {
-  inventory: Inventory
-  establishments: Establishment[]
+  hypervisors: Hypervisors
+  establishments: readonly Establishment[]
   store: SecretStore
   outDir: string
   only?: EstablishmentSecretName[]
   io: Io
   env?: NodeJS.ProcessEnv
-  /** How to open a hypervisor's API (default: the real client, TLS pinned). */
-  connect?: PveConnector
   connection?: ConnectionOf
 }): Promise<RotateRunResult> {
-  const hvs = new Hypervisors(opts.inventory, {store: opts.store, io: opts.io, env: opts.env, connect: opts.connect})
   const out: Outcome<RotateResult>[] = []
-  try {
-    for (const est of opts.establishments) {
-      try {
-        const api = await hvs.get(est.hypervisor)
-        const r = await rotateEstablishmentSecrets({api, store: opts.store, establishment: est, outDir: opts.outDir, only: opts.only, io: opts.io, env: opts.env, connection: await opts.connection?.(est)})
-        out.push({ok: true, ...r})
-      } catch (err) {
-        const o = failed(est.uai, err)
-        if (opts.establishments.length > 1) opts.io.error(`${est.uai}: ${String(o.error.message)}`)
-        out.push(o)
-      }
+  for (const est of opts.establishments) {
+    try {
+      const api = await opts.hypervisors.get(est.hypervisor)
+      const r = await rotateEstablishmentSecrets({api, store: opts.store, establishment: est, outDir: opts.outDir, only: opts.only, io: opts.io, env: opts.env, connection: await opts.connection?.(est)})
+      out.push({ok: true, ...r})
+    } catch (err) {
+      const o = failed(est.uai, err)
+      if (opts.establishments.length > 1) opts.io.error(`${est.uai}: ${String(o.error.message)}`)
+      out.push(o)
     }
-  } finally {
-    await hvs.close()
   }
   return {rotated: out.filter((o) => o.ok).length, failed: out.filter((o) => !o.ok).length, establishments: out}
 }
@@ -193,7 +165,7 @@ export interface CredentialsOverviewRow {
   next?: string
 }
 
-export async function credentialsOverview(opts: {establishments: Establishment[]; store: SecretStore; outDir: string}): Promise<CredentialsOverviewRow[]> {
+export async function credentialsOverview(opts: {establishments: readonly Establishment[]; store: SecretStore; outDir: string}): Promise<CredentialsOverviewRow[]> {
   const rows: CredentialsOverviewRow[] = []
   for (const est of opts.establishments) {
     const secrets: EstablishmentSecretName[] = []

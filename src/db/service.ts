@@ -169,22 +169,14 @@ interface GuestClassResult {
   seconds: number
 }
 
-/** What `pgi db class` returns: everything but the passwords (they are in `passwords_file`). */
-export interface ClassResult {
+/** What `pgi db class` returns: the engine's answer, everything but the passwords (they are in `passwords_file`). */
+export interface ClassResult extends Omit<GuestClassResult, 'teacher' | 'databases'> {
   uai: string
-  class: string
-  mode: string
-  model: string
-  prefix: string
-  method: string
-  closed_connections?: number
-  notice?: string
-  teacher: {login: string; created: boolean}
-  databases: {name: string; students: {login: string; last_name: string; first_name: string; class: string | null; line: number}[]}[]
+  teacher: Omit<GuestClassResult['teacher'], 'password'>
+  databases: {name: string; students: Omit<GuestClassStudent, 'password'>[]}[]
   students: number
   /** The file, encrypted to the AMI, holding every generated password. */
   passwords_file: string
-  seconds: number
 }
 
 export async function makeClass(ctx: DbContext, uai: string, o: ClassOptions): Promise<ClassResult> {

@@ -16,7 +16,7 @@ import {dirname, join, resolve} from 'node:path'
 
 import {HANDOFF_SUFFIX, issueHandoff, readTrytonSeries, recordHostKeyFingerprints, recordTrytonSeries, refreshTlsFingerprint, type HandoffConnection, type HandoffDatabase} from '../credentials/handoff.js'
 import {applyInGuest, fetchHostKeyFingerprints, fetchTrytonSeries} from '../credentials/rotate.js'
-import {ESTABLISHMENT_SECRETS, establishmentSecretKey, ensureEstablishmentSecrets, hostKeysKey, tlsFingerprintKey, trytonSeriesKey} from '../credentials/secrets.js'
+import {ESTABLISHMENT_SECRETS, establishmentSecretKey, ensureEstablishmentSecrets, hostKeysKey, tlsFingerprintKey, trytonSeriesKey} from '../fleet/secrets.js'
 import type {Establishment} from '../inventory/types.js'
 import type {Io} from '../io.js'
 import type {PveApi} from '../proxmox/types.js'

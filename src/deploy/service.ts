@@ -1,29 +1,20 @@
 /**
- * The deploy use case behind `pgi deploy`: load the inventory, select establishments, open the
- * secret store and the hypervisors, plan, confirm, execute. Returns plain objects (no secret).
+ * The deploy use case behind `pgi deploy`: open the fleet (src/fleet/open.ts: inventory, selection,
+ * secret store, hypervisors), plan, confirm, execute. Returns plain objects (no secret).
  */
 import {join} from 'node:path'
 
-import {openInventoryStore} from '../credentials/service.js'
 import {ErrorCode} from '../errors.js'
 import {ExitCode, type ExitCodeValue} from '../exit-codes.js'
-import {Hypervisors, type PveConnector} from '../hypervisors.js'
+import {withFleet, type FleetRequest, type FleetSession} from '../fleet/open.js'
 import {DEFAULT_IMAGE, type ImageRef} from '../image/images.js'
-import {loadValidInventory} from '../inventory/load.js'
-import {selectEstablishments, type Selection} from '../inventory/select.js'
-import type {Establishment, Inventory} from '../inventory/types.js'
-import type {Io} from '../io.js'
 import {journalDir, stateDir} from '../paths.js'
-import type {SecretStore} from '../secrets/store.js'
 import {storeCredentials, type ConnectionSource} from './credentials.js'
 import type {DeployImage} from './desired.js'
 import {fmtDrift, needsWork, planDeploy, type DeployTarget, type PlanItem} from './plan.js'
 import {executeDeploy, type DeployResult} from './run.js'
 
-export interface DeployRequest {
-  inventoryPath: string
-  selection: Selection
-  secretsDir: string
+export interface DeployRequest extends Omit<FleetRequest, 'requestTimeoutMs'> {
   /** The image of every selected establishment (else each one's inventory `image`, a version of the reference image). */
   image?: ImageRef
   /** For establishments whose inventory names none (when no --image): the newest built reference image. */
@@ -45,18 +36,12 @@ export interface DeployRequest {
   agentTimeoutMs?: number
   healthTimeoutMs?: number
   pollIntervalMs?: number
-  io: Io
-  env?: NodeJS.ProcessEnv
   /** Asked once, after the plan is shown, when something would change; throws to stop. */
   confirm: (question: string) => Promise<void>
   /** Shows the plan to people (the command prints a table). */
   showPlan?: (rows: PlanRow[]) => void
-  /** Replace how hypervisors are opened (labs, tests). */
-  connect?: PveConnector
   /** How the AMI reaches each VM, when not at the inventory address (a lab's forwarded ports). */
   connection?: ConnectionSource
-  /** Already loaded inventory (library use); otherwise read from inventoryPath. */
-  inventory?: Inventory
   signal?: AbortSignal
 }
 
@@ -98,19 +83,13 @@ export function planRows(items: PlanItem[]): PlanRow[] {
 }
 
 export async function runDeploy(req: DeployRequest): Promise<DeployReport> {
-  const env = req.env ?? process.env
-  const inventory = req.inventory ?? (await loadValidInventory(req.inventoryPath))
-  const establishments = selectEstablishments(inventory, req.selection)
-  const store = await openInventoryStore(inventory, req.secretsDir, env)
-  const hypervisors = new Hypervisors(inventory, {store, io: req.io, env, connect: req.connect})
-  try {
-    return await deployWith(req, inventory, establishments, store, hypervisors, env)
-  } finally {
-    await hypervisors.close()
-  }
+  return withFleet(req, (fleet) => deployWith(req, fleet))
 }
 
-async function deployWith(req: DeployRequest, inventory: Inventory, establishments: Establishment[], store: SecretStore, hypervisors: Hypervisors, env: NodeJS.ProcessEnv): Promise<DeployReport> {
+async function deployWith(req: DeployRequest, fleet: FleetSession): Promise<DeployReport> {
+  const {env, hypervisors} = fleet
+  const establishments = [...fleet.establishments]
+  const store = fleet.secrets
   const handoffDir = req.handoffDir ?? join(stateDir(env), 'handoffs')
 
   req.io.info(`planning ${establishments.length} establishment(s) on ${new Set(establishments.map((e) => e.hypervisor)).size} hypervisor(s)`)

@@ -464,6 +464,23 @@ function loginCheck(env: GuestEnv, args: string[]): RunResult {
   return {out: JSON.stringify(out) + '\n', err: '', code: out.every((r) => r.ok) ? 0 : 1}
 }
 
+/** The engine's sub-commands (but login-check, whose output is its own), by name. */
+const COMMANDS: Record<string, (env: GuestEnv, rest: string[]) => unknown> = {
+  list: (env) => list(env),
+  create,
+  copy,
+  class: makeClass,
+  backup,
+  backups: (env, rest) => {
+    if (rest[0] !== undefined) checkName(rest[0])
+    return backupsOf(env, rest[0])
+  },
+  restore,
+  drop,
+  export: exportDb,
+  import: importDb,
+}
+
 /** Runs `pgi-db ARGS…` in the simulated guest. */
 export function simulatedPgiDb(env: GuestEnv, args: string[]): RunResult {
   const failed = (e: DbError): RunResult => ({out: JSON.stringify({error: {code: e.code, message: e.message, ...e.extra}}) + '\n', err: `pgi-db: ${e.message}\n`, code: e.status})
@@ -471,42 +488,9 @@ export function simulatedPgiDb(env: GuestEnv, args: string[]): RunResult {
   const [cmd, ...rest] = args
   if (cmd === 'login-check') return loginCheck(env, rest)
   try {
-    let out: unknown
-    switch (cmd) {
-      case 'list':
-        out = list(env)
-        break
-      case 'create':
-        out = create(env, rest)
-        break
-      case 'copy':
-        out = copy(env, rest)
-        break
-      case 'class':
-        out = makeClass(env, rest)
-        break
-      case 'backup':
-        out = backup(env, rest)
-        break
-      case 'backups':
-        if (rest[0] !== undefined) checkName(rest[0])
-        out = backupsOf(env, rest[0])
-        break
-      case 'restore':
-        out = restore(env, rest)
-        break
-      case 'drop':
-        out = drop(env, rest)
-        break
-      case 'export':
-        out = exportDb(env, rest)
-        break
-      case 'import':
-        out = importDb(env, rest)
-        break
-      default:
-        throw new DbError('usage', `pgi-db: argument cmd: invalid choice: '${cmd ?? ''}'`, 2)
-    }
+    const run = cmd === undefined || !Object.hasOwn(COMMANDS, cmd) ? undefined : COMMANDS[cmd]
+    if (!run) throw new DbError('usage', `pgi-db: argument cmd: invalid choice: '${cmd ?? ''}'`, 2)
+    const out = run(env, rest)
     return {out: JSON.stringify(out) + '\n', err: '', code: 0}
   } catch (e) {
     if (e instanceof DbError) return failed(e)

@@ -30,7 +30,7 @@
 import {createHash} from 'node:crypto'
 import {readFile} from 'node:fs/promises'
 
-import {TRYTON_ADMIN_LOGIN} from '../credentials/secrets.js'
+import {TRYTON_ADMIN_LOGIN} from '../fleet/secrets.js'
 import {backupGuest, guestHealth, verifyGuestBackup, waitForAgent, waitForHealthy} from '../fleet/guest.js'
 import type {RolloutMark} from '../fleet/vm-meta.js'
 import {importVolid, parseDisk} from '../fleet/images.js'

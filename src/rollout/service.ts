@@ -1,6 +1,6 @@
 /**
- * The use cases behind `pgi rollout plan|stage|start|resume|status|pause|abort`: load the
- * inventory, select establishments, open the secret store and hypervisors, then call the engine
+ * The use cases behind `pgi rollout plan|stage|start|resume|status|pause|abort`: open the fleet
+ * (src/fleet/open.ts: inventory, selection, secret store, hypervisors), then call the engine
  * (src/rollout/run.ts, establishment.ts). Deploy's pieces are reused: Stager (staging, checksum
  * verified by PVE on arrival), importVolid, the verified image description (resolveDeployImage).
  */
@@ -9,66 +9,25 @@ import {setMaxListeners} from 'node:events'
 import {join} from 'node:path'
 
 import {acquireLock} from '../fleet/locks.js'
-import {openInventoryStore} from '../credentials/service.js'
 import {importVolid, type DeployImage} from '../fleet/images.js'
 import {Stager, type StageOutcome} from '../fleet/stage.js'
 import {ErrorCode, UsageError, UserError, asPgiError} from '../errors.js'
 import {ExitCode} from '../exit-codes.js'
 import {parseDescription, type RolloutMark} from '../fleet/vm-meta.js'
 import {settleAll} from '../fleet/pool.js'
-import {Hypervisors, type PveConnector} from '../hypervisors.js'
+import {withFleet, type FleetRequest, type FleetSession} from '../fleet/open.js'
+import {establishmentSecretKey} from '../fleet/secrets.js'
 import {DEFAULT_IMAGE, type ImageRef} from '../image/images.js'
-import {loadValidInventory} from '../inventory/load.js'
-import {selectEstablishments, type Selection} from '../inventory/select.js'
 import type {Establishment, Inventory} from '../inventory/types.js'
-import type {Io} from '../io.js'
 import {journalDir, stateDir} from '../paths.js'
 import {sleep} from '../sleep.js'
-import type {SecretStore} from '../secrets/store.js'
 import {FINAL_STEPS, type EstablishmentResult} from './establishment.js'
 import {RolloutJournal, listRollouts, type RolloutRecord} from './journal.js'
 import {RUNNER, parseMaxFailures, runRollout, type RolloutResult} from './run.js'
 import {acquireFleetLock, type HeldFleetLock} from './fleet-lock.js'
 import {describeWindow, inWindow} from './window.js'
 
-export interface FleetRequest {
-  inventoryPath: string
-  /** Already loaded inventory (library use, tests). */
-  inventory?: Inventory
-  selection: Selection
-  secretsDir: string
-  io: Io
-  env?: NodeJS.ProcessEnv
-  connect?: PveConnector
-  requestTimeoutMs?: number
-}
-
-interface Fleet {
-  inventory: Inventory
-  establishments: Establishment[]
-  store: SecretStore
-  hypervisors: Hypervisors
-  env: NodeJS.ProcessEnv
-}
-
-async function openFleet(req: FleetRequest): Promise<Fleet> {
-  const env = req.env ?? process.env
-  const inventory = req.inventory ?? (await loadValidInventory(req.inventoryPath))
-  const establishments = selectEstablishments(inventory, req.selection)
-  const store = await openInventoryStore(inventory, req.secretsDir, env)
-  const hypervisors = new Hypervisors(inventory, {store, io: req.io, env, connect: req.connect, requestTimeoutMs: req.requestTimeoutMs})
-  return {inventory, establishments, store, hypervisors, env}
-}
-
-/** Runs `fn` on the opened fleet, then closes its hypervisor connections whatever happened. */
-async function withFleet<T>(req: FleetRequest, fn: (fleet: Fleet) => Promise<T>): Promise<T> {
-  const fleet = await openFleet(req)
-  try {
-    return await fn(fleet)
-  } finally {
-    await fleet.hypervisors.close()
-  }
-}
+export type {FleetRequest} from '../fleet/open.js'
 
 function wavesFor(inventory: Inventory, waves: string[] | undefined): string[] {
   if (!waves || waves.length === 0) return inventory.rings
@@ -285,7 +244,7 @@ async function acquireLocalLock(file: string, what: string, waitMs: number, sign
   }
 }
 
-async function execute(fleet: Fleet, record: RolloutRecord, journal: RolloutJournal, image: DeployImage, req: StartRequest, takeover: boolean, establishments: Establishment[], announce?: string): Promise<RolloutResult> {
+async function execute(fleet: FleetSession, record: RolloutRecord, journal: RolloutJournal, image: DeployImage, req: StartRequest, takeover: boolean, establishments: Establishment[], announce?: string): Promise<RolloutResult> {
   const waitMs = req.lockWaitMs ?? 0
   const release = await acquireLocalLock(lockFile(fleet.inventory, fleet.env), `rollout ${record.id} of ${fleet.inventory.path}`, waitMs, req.signal)
   // every bounded wait of every establishment in flight listens on the stop signal (each removes
@@ -325,7 +284,7 @@ async function execute(fleet: Fleet, record: RolloutRecord, journal: RolloutJour
         pollIntervalMs: req.pollIntervalMs ?? 5000,
         shutdownTimeoutS: req.shutdownTimeoutS ?? 180,
         stepAttempts: 3,
-        trytonAdmin: (uai) => fleet.store.tryGet(`establishments/${uai}/tryton-admin`),
+        trytonAdmin: (uai) => fleet.secrets.tryGet(establishmentSecretKey(uai, 'tryton-admin')),
         signal: req.signal,
         now: () => new Date(),
         onStep: req.onStep,
@@ -455,7 +414,7 @@ interface MarkRow {
   error?: string
 }
 
-async function readMarks(fleet: Fleet): Promise<MarkRow[]> {
+async function readMarks(fleet: FleetSession): Promise<MarkRow[]> {
   const out = await settleAll(
     fleet.establishments,
     (e) => e.hypervisor,

@@ -7,6 +7,7 @@ import {rename, writeFile} from 'node:fs/promises'
 import {basename, dirname, join} from 'node:path'
 
 import {compareIds} from '../compare.js'
+import {formatDecimalBytes} from '../size.js'
 import {styleText} from 'node:util'
 
 import Table from 'cli-table3'
@@ -97,14 +98,7 @@ export function renderTable(report: StatusReport, opts: TableOptions): string {
 
 /** Bytes for people: "41.2 MB". */
 function humanBytes(n: number): string {
-  const units = ['B', 'kB', 'MB', 'GB', 'TB']
-  let v = n
-  let i = 0
-  while (v >= 1000 && i < units.length - 1) {
-    v /= 1000
-    i++
-  }
-  return `${i === 0 ? v : v.toFixed(1)} ${units[i]}`
+  return formatDecimalBytes(n, {kilo: 'kB', digits: () => 1})
 }
 
 /** "pgi  41.9 MB  login ok  last backup 2026-12-04T02:30:12Z (nightly)  modules: account, account_fr, …". */

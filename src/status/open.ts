@@ -4,8 +4,6 @@
  * the environment) and the status service over them. Loaded by the command when it runs (the
  * inventory loader and the Proxmox client are not loaded with every command: start-up time).
  */
-import {loadValidInventory} from '../inventory/load.js'
-import {selectEstablishments} from '../inventory/select.js'
 import type {Io} from '../io.js'
 import {Secret} from '../secret.js'
 import {StatusService, tokenSecretFromEnv} from './service.js'
@@ -29,14 +27,13 @@ export interface OpenStatusRequest {
 
 export async function openStatus(req: OpenStatusRequest): Promise<StatusService> {
   const t0 = performance.now()
-  const inventory = await loadValidInventory(req.inventoryPath)
-  req.io.debug('inventory loaded', {ms: Math.round(performance.now() - t0), establishments: inventory.establishments.length})
   const {uais, all, group} = req.selection
-  const establishments = all || uais.length > 0 || group !== undefined ? selectEstablishments(inventory, {uais, all, group}) : [...inventory.establishments]
-  const token = req.tokenId ? {id: req.tokenId, secret: new Secret(tokenSecretFromEnv())} : undefined
+  // the secret is read once the inventory and the selection are known good (what is wrong there is said first)
+  const token = req.tokenId ? {id: req.tokenId, secret: () => new Secret(tokenSecretFromEnv())} : undefined
   const svc = await StatusService.open({
-    inventory,
-    establishments,
+    inventory: req.inventoryPath,
+    // nothing named: every establishment
+    establishments: all || uais.length > 0 || group !== undefined ? {uais, all, group} : {all: true},
     io: req.io,
     secretsDir: req.secretsDir,
     ...(token ? {token} : {}),
@@ -46,8 +43,8 @@ export async function openStatus(req: OpenStatusRequest): Promise<StatusService>
     perHypervisor: req.perHypervisor,
     healthMaxAgeS: req.healthMaxAgeS,
     // one establishment: its details, with each database's size and last backup
-    databaseDetails: establishments.length === 1 && !req.watch,
+    databaseDetails: req.watch ? false : 'one',
   })
-  req.io.debug('status service ready', {ms: Math.round(performance.now() - t0)})
+  req.io.debug('status service ready', {ms: Math.round(performance.now() - t0), establishments: svc.establishments.length})
   return svc
 }

@@ -9,13 +9,13 @@
  * The service keeps its hypervisor connections between `collect()` calls (for --watch).
  */
 import {ErrorCode, UsageError} from '../errors.js'
-import {Hypervisors, type PveConnector} from '../hypervisors.js'
+import {FleetSession} from '../fleet/open.js'
+import type {PveConnector} from '../hypervisors.js'
 import type {Io} from '../io.js'
-import type {Establishment, Hypervisor, Inventory} from '../inventory/types.js'
+import type {Selection} from '../inventory/select.js'
+import type {Establishment, Inventory} from '../inventory/types.js'
 import {connectHypervisor} from '../proxmox/client.js'
-import type {PveApi} from '../proxmox/types.js'
 import type {Secret} from '../secret.js'
-import {SecretStore} from '../secrets/store.js'
 import {collectStatus, STATUS_DEFAULTS} from './collect.js'
 import type {StatusReport, VerdictPolicy} from './types.js'
 import {DEFAULT_POLICY} from './verdict.js'
@@ -23,18 +23,17 @@ import {DEFAULT_POLICY} from './verdict.js'
 /** Environment variable that holds the secret of `--token-id` (never a flag value). */
 export const TOKEN_SECRET_ENV = 'PGI_TOKEN_SECRET'
 
-/** PVE API token ids: USER@REALM!TOKENID. */
-const TOKEN_ID_RE = /^[^\s@!]+@[^\s@!]+![A-Za-z][A-Za-z0-9._-]*$/
-
 export interface StatusServiceOptions {
-  inventory: Pick<Inventory, 'hypervisors' | 'recipients'>
-  establishments: readonly Establishment[]
+  /** The inventory, already loaded, or its path. */
+  inventory: Inventory | string
+  /** The establishments to look at: chosen already, or a selection (UAIs, a group, --all). */
+  establishments: readonly Establishment[] | Selection
   io: Io
   /** The secret store, opened only when a selected hypervisor's token lives there. */
   secretsDir?: string
   env?: NodeJS.ProcessEnv
   /** Use this API token for every hypervisor instead of the inventory's (an AMI's own token). */
-  token?: {id: string; secret: Secret}
+  token?: {id: string; secret: Secret | (() => Secret)}
   requestTimeoutMs?: number
   healthTimeoutMs?: number
   maxParallel?: number
@@ -47,8 +46,11 @@ export interface StatusServiceOptions {
   healthMaxAgeS?: number
   /** How to open a PveApi (tests, labs); default: the real client, pinned TLS, no retries. */
   connect?: PveConnector
-  /** Also read each database's size and last backup (`pgi-db list` in the guest): for one establishment's details. */
-  databaseDetails?: boolean
+  /**
+   * Also read each database's size and last backup (`pgi-db list` in the guest): for one
+   * establishment's details ('one': when exactly one establishment is selected).
+   */
+  databaseDetails?: boolean | 'one'
 }
 
 /**
@@ -66,69 +68,49 @@ export const statusConnector: PveConnector = (hv, o) =>
   })
 
 export class StatusService {
-  private readonly opened = new Set<PveApi>()
-
   private constructor(
     private readonly opts: StatusServiceOptions,
-    private readonly hypervisors: Hypervisors,
+    private readonly fleet: FleetSession,
   ) {}
 
+  /** Opens the fleet of the selected establishments (src/fleet/open.ts) with status's client: no network retries. */
   static async open(opts: StatusServiceOptions): Promise<StatusService> {
-    const env = opts.env ?? process.env
-    const used = new Set(opts.establishments.map((e) => e.hypervisor))
-    let hvMap: Map<string, Hypervisor> = opts.inventory.hypervisors
-    let hvEnv = env
-    if (opts.token) {
-      if (!TOKEN_ID_RE.test(opts.token.id)) {
-        throw new UsageError(`--token-id "${opts.token.id}" is not a PVE API token id (USER@REALM!TOKENID)`, {
-          suggestions: ['Write it as shown by `pveum user token list`, e.g. ami-0130040y@pve!status.'],
-        })
-      }
-      // the run's token replaces every hypervisor's; its secret is handed over in a private env
-      const key = '__PGI_STATUS_TOKEN_SECRET'
-      hvEnv = {...env, [key]: opts.token.secret.reveal()}
-      hvMap = new Map([...hvMap].map(([name, hv]) => [name, {...hv, token: {id: opts.token!.id, secret: {env: key}}}]))
-    }
-    const needsStore = [...used].some((name) => {
-      const ref = hvMap.get(name)?.token.secret
-      return ref !== undefined && 'store' in ref
+    const fleet = await FleetSession.open({
+      inventory: opts.inventory,
+      selection: Array.isArray(opts.establishments) ? {establishments: opts.establishments as readonly Establishment[]} : (opts.establishments as Selection),
+      io: opts.io,
+      ...(opts.secretsDir === undefined ? {} : {secretsDir: opts.secretsDir}),
+      ...(opts.env ? {env: opts.env} : {}),
+      ...(opts.token ? {token: opts.token} : {}),
+      tokenExample: 'ami-0130040y@pve!status',
+      requestTimeoutMs: opts.requestTimeoutMs ?? STATUS_DEFAULTS.requestTimeoutMs,
+      connect: opts.connect ?? statusConnector,
     })
-    let store: SecretStore | undefined
-    if (needsStore && opts.secretsDir) {
-      store = await SecretStore.open({dir: opts.secretsDir, recipients: opts.inventory.recipients.map((r) => r.key), env})
-    }
-    const hypervisors = new Hypervisors(
-      {hypervisors: hvMap},
-      {
-        io: opts.io,
-        env: hvEnv,
-        ...(store ? {store} : {}),
-        requestTimeoutMs: opts.requestTimeoutMs ?? STATUS_DEFAULTS.requestTimeoutMs,
-        connect: opts.connect ?? statusConnector,
-      },
-    )
-    return new StatusService(opts, hypervisors)
+    return new StatusService(opts, fleet)
   }
 
   /** One status run over the selected establishments. */
   async collect(): Promise<StatusReport> {
+    const establishments = this.fleet.establishments
+    const details = this.opts.databaseDetails === 'one' ? establishments.length === 1 : this.opts.databaseDetails
     return collectStatus({
-      establishments: this.opts.establishments,
-      api: async (name) => {
-        const api = await this.hypervisors.get(name)
-        this.opened.add(api)
-        return api
-      },
+      establishments,
+      api: (name) => this.fleet.hypervisors.get(name),
       io: this.opts.io,
-      ...pick(this.opts, ['requestTimeoutMs', 'healthTimeoutMs', 'maxParallel', 'perHypervisor', 'policy', 'databaseDetails']),
+      ...pick(this.opts, ['requestTimeoutMs', 'healthTimeoutMs', 'maxParallel', 'perHypervisor', 'policy']),
+      ...(details === undefined ? {} : {databaseDetails: details}),
       ...(this.opts.healthMaxAgeS === undefined ? {} : {policy: {...(this.opts.policy ?? DEFAULT_POLICY), healthRecordMaxAgeS: this.opts.healthMaxAgeS}}),
     })
   }
 
+  /** The establishments looked at. */
+  get establishments(): readonly Establishment[] {
+    return this.fleet.establishments
+  }
+
   /** Closes the connections the run opened (their pools would otherwise keep the process alive). */
   async close(): Promise<void> {
-    await Promise.allSettled([...this.opened].map((api) => (api as PveApi & {close?: () => Promise<void>}).close?.()))
-    this.opened.clear()
+    await this.fleet.close()
   }
 }
 

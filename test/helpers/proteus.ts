@@ -157,3 +157,57 @@ export async function proteusFor(series: string): Promise<Proteus> {
     },
   }
 }
+
+/**
+ * The start of a proteus script that works in one database: reads {url, database, login,
+ * password, …} as JSON on stdin (`d`) and connects over XML-RPC, the credentials in the URL built
+ * here, never on a command line.
+ */
+export const PROTEUS_CONNECT = String.raw`
+import datetime, json, sys, urllib.parse
+from decimal import Decimal
+from proteus import config, Model
+d = json.load(sys.stdin)
+u = urllib.parse.urlsplit(d['url'])
+config.set_xmlrpc('%s://%s:%s@%s/%s/' % (u.scheme, urllib.parse.quote(d['login'], safe=''), urllib.parse.quote(d['password'], safe=''), u.netloc, d['database']))
+`
+
+/**
+ * A teacher's first exercise, with a real Tryton client: a party (`d['party']`), a product
+ * (`d['product']`) whose category carries the French chart's accounts (7071 revenue, 6071
+ * expense) and VAT 20 % (account_fr's "T.V.A. Vente de biens Taux Normal"), a customer invoice of
+ * 3 × 100 € dated `d['date']` (default today), posted. Prints {number, state, total, untaxed,
+ * company, fiscalYear}.
+ */
+export const POST_INVOICE = PROTEUS_CONNECT + String.raw`
+Party = Model.get('party.party'); Template = Model.get('product.template'); Category = Model.get('product.category')
+Account = Model.get('account.account'); Tax = Model.get('account.tax'); Invoice = Model.get('account.invoice'); Uom = Model.get('product.uom')
+customer = Party(name=d.get('party', 'Client E2E')); customer.save()
+cat = Category(name='Marchandises', accounting=True)
+cat.account_revenue, = Account.find([('code', '=', '7071')])
+cat.account_expense, = Account.find([('code', '=', '6071')])
+tva, = Tax.find([('name', '=', 'T.V.A. Vente de biens Taux Normal'), ('parent', '=', None)])
+cat.customer_taxes.append(Tax(tva.id))
+cat.save()
+unit, = Uom.find([('symbol', '=', 'u')])
+t = Template(name=d.get('product', 'Article E2E'), default_uom=unit, type='goods', list_price=Decimal('100'), account_category=cat)
+t.save()
+day = datetime.date.fromisoformat(d['date']) if d.get('date') else datetime.date.today()
+inv = Invoice(type='out', party=customer, invoice_date=day)
+line = inv.lines.new(); line.product = t.products[0]; line.quantity = 3; line.unit_price = Decimal('100')
+inv.save()
+inv.click('post')
+inv = Invoice(inv.id)
+print(json.dumps({'number': inv.number, 'state': inv.state, 'total': str(inv.total_amount), 'untaxed': str(inv.untaxed_amount),
+                  'company': inv.company.party.name, 'fiscalYear': inv.move.period.fiscalyear.name}))
+`
+
+/** What POST_INVOICE printed (its last line). */
+export interface PostedInvoice {
+  number: string
+  state: string
+  total: string
+  untaxed: string
+  company: string
+  fiscalYear: string
+}

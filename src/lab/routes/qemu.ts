@@ -383,12 +383,18 @@ export function qemuRoutes(api: LabApi): Record<string, Handler> {
 
   // ---- disks -------------------------------------------------------------------------------------
 
-  h.vmResize = async (c) => {
+  /** What a disk change starts with: the VM, its disk named by `disk` (PVE: 500 when it has none), the lock checked. */
+  const diskOf = (c: Ctx): {vm: VmRecord; key: string; cur: string} => {
     const vm = api.vmOf(c)
     const key = String(c.params.disk)
     const cur = vm.config[key]
     if (!cur) throw new HttpError(500, `disk '${key}' does not exist`)
     api.checkLock(vm, c)
+    return {vm, key, cur}
+  }
+
+  h.vmResize = async (c) => {
+    const {vm, key, cur} = diskOf(c)
     const digest = c.params.digest as string | undefined
     if (digest && digest !== vmDigest(vm)) throw new HttpError(500, DIGEST_MISMATCH)
     const d = api.parseDrive(key, cur)
@@ -411,11 +417,7 @@ export function qemuRoutes(api: LabApi): Record<string, Handler> {
   }
 
   h.vmMoveDisk = async (c) => {
-    const vm = api.vmOf(c)
-    const key = String(c.params.disk)
-    const cur = vm.config[key]
-    if (!cur) throw new HttpError(500, `disk '${key}' does not exist`)
-    api.checkLock(vm, c)
+    const {vm, key, cur} = diskOf(c)
     if (c.params['target-vmid'] !== undefined && Number(c.params['target-vmid']) !== vm.vmid) return reassign(c, vm, key, cur)
     if (!c.params.storage) throw new ParamError({storage: 'parameter is missing and it is not optional'})
     const storage = String(c.params.storage)

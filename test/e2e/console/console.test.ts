@@ -25,23 +25,21 @@
  * `PGI_E2E_CONSOLE=1 PGI_E2E_IMAGES_DIR=… npx vitest run test/e2e/console`.
  */
 import {X509Certificate} from 'node:crypto'
-import {mkdirSync, mkdtempSync, rmSync} from 'node:fs'
-import {rm} from 'node:fs/promises'
+import {mkdirSync, rmSync} from 'node:fs'
 import {request as httpsRequest} from 'node:https'
-import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {connect as tlsConnect} from 'node:tls'
 
 import type {Page} from 'playwright-core'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
-import {parseHandoff, type HandoffDocument} from '../../../src/credentials/handoff.js'
+import type {HandoffDocument} from '../../../src/credentials/handoff.js'
 import {run} from '../../../src/exec.js'
 import {StderrIo} from '../../../src/io.js'
 import {packageRoot} from '../../../src/paths.js'
-import {assertBuilt, runPgi, type PgiRun} from '../../helpers/cli.js'
-import {cachedPgiImage} from '../../helpers/e2e-image.js'
-import {proteusFor, type Proteus} from '../../helpers/proteus.js'
+import type {PgiRun} from '../../helpers/cli.js'
+import {deployedQemuLab, expectOk, labPgi, stopQemuLab, type DeployedQemuLab} from '../../helpers/qemu-lab.js'
+import {PROTEUS_CONNECT, proteusFor, type Proteus} from '../../helpers/proteus.js'
 import {ConsoleBrowsers, fits, spkiOf} from '../../helpers/console-browser.js'
 import {hasChromium} from '../../helpers/sao.js'
 
@@ -51,12 +49,7 @@ const out = join(packageRoot(), 'out', 'console-e2e')
 const JOB_MS = 25 * 60_000
 const STEP_MS = 60 * 60_000
 
-const READ_INVOICES = String.raw`
-import json, sys, urllib.parse
-from proteus import config, Model
-d = json.load(sys.stdin)
-u = urllib.parse.urlsplit(d['url'])
-config.set_xmlrpc('%s://%s:%s@%s/%s/' % (u.scheme, urllib.parse.quote(d['login'], safe=''), urllib.parse.quote(d['password'], safe=''), u.netloc, d['database']))
+const READ_INVOICES = PROTEUS_CONNECT + String.raw`
 print(json.dumps(sorted(i.description or '' for i in Model.get('account.invoice').find([('type', '=', 'out')]))))
 `
 
@@ -73,9 +66,9 @@ function peerCertificate(host: string, port: number): Promise<X509Certificate> {
 }
 
 describe.skipIf(process.env.PGI_E2E_CONSOLE !== '1' || !hasChromium())('the teachers\' console on a qemu lab VM, in chromium (PGI_E2E_CONSOLE=1)', () => {
+  let lab: Pick<DeployedQemuLab, 'base' | 'labDir' | 'env'> | undefined
   let base: string
   let labDir: string
-  let env: NodeJS.ProcessEnv
   let uai: string
   let handoff: HandoffDocument
   let consoleUrl: string
@@ -89,8 +82,8 @@ describe.skipIf(process.env.PGI_E2E_CONSOLE !== '1' || !hasChromium())('the teac
   const started = Date.now()
   const marks: Record<string, number> = {}
 
-  const pgi = (args: string[], timeoutMs = 40 * 60_000): Promise<PgiRun> => runPgi(args, {env, cwd: base, timeoutMs})
-  const ok = (r: PgiRun) => expect(r.exitCode, `${r.stderr.slice(-3000)}\n${r.stdout.slice(-2000)}`).toBe(0)
+  const pgi = (args: string[], timeoutMs?: number): Promise<PgiRun> => labPgi(lab!, args, timeoutMs)
+  const ok = expectOk
 
 
 
@@ -129,31 +122,16 @@ describe.skipIf(process.env.PGI_E2E_CONSOLE !== '1' || !hasChromium())('the teac
   }
 
   beforeAll(async () => {
-    assertBuilt()
     rmSync(out, {recursive: true, force: true})
     mkdirSync(out, {recursive: true})
-    const images = await cachedPgiImage(io)
     proteus = await proteusFor('6.0')
-    base = mkdtempSync(join(tmpdir(), 'pgi-e2e-console-'))
-    labDir = join(base, 'lab')
-    env = {...process.env, PGI_STATE_DIR: join(base, 'state'), CI: 'true', PGI_LOG_LEVEL: 'info'}
-    for (const k of ['PGI_INVENTORY', 'PGI_SECRETS_DIR', 'PGI_IMAGES_DIR', 'PGI_HANDOFF_DIR', 'PGI_IMAGE', 'PGI_LAB_DIR', 'PGI_CLASS_DIR', 'PGI_TEACHER_DIR', 'PGI_CONSOLE_URL', 'PGI_TOKEN_ID']) delete env[k]
-    ok(await pgi(['lab', 'start', '--backend', 'qemu', '--nodes', '1', '--sites', '1', '--dir', labDir, '--json'], 10 * 60_000))
-    env.PGI_INVENTORY = join(labDir, 'inventory', 'lab.yaml')
-    env.PGI_SECRETS_DIR = join(labDir, 'secrets')
-    uai = (await pgi(['inventory', 'list', '--json'])).json!.result[0].uai
-    const d = await pgi(['deploy', uai, '--yes', '--json', '--image', images.version, '--images-dir', images.root, '--lab-dir', labDir, '--handoff-dir', join(base, 'handoffs'), '--health-timeout', '1800', '--agent-timeout', '900'], 60 * 60_000)
-    ok(d)
+    ;({base, labDir, uai, handoff, rpcUrl} = await deployedQemuLab({prefix: 'pgi-e2e-console-', io, started: (l) => (lab = l)}))
     marks.deployed = Date.now()
-    const file = join(base, 'handoffs', `${uai}.handoff.age`)
-    handoff = parseHandoff((await run('age', ['--decrypt', '--identity', join(labDir, 'ami-identity.txt'), file])).stdout, file)
-    rpcUrl = `http://${handoff.desktopClient.host}:${handoff.desktopClient.port}/`
   }, 90 * 60_000)
 
   afterAll(async () => {
     await browsers.close({minutes: {deploy: marks.deployed ? (marks.deployed - started) / 60_000 : null, total: (Date.now() - started) / 60_000}})
-    if (labDir) await pgi(['lab', 'stop', '--dir', labDir], 5 * 60_000).catch(() => undefined)
-    if (base && !process.env.PGI_E2E_KEEP) await rm(base, {recursive: true, force: true})
+    await stopQemuLab(lab)
   }, 10 * 60_000)
 
   const codes: Record<string, string> = {}

@@ -9,13 +9,14 @@ import {join} from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {issueHandoff, openHandoff, parseHandoff} from '../../../src/credentials/handoff.js'
-import {ensureEstablishmentSecrets} from '../../../src/credentials/secrets.js'
+import {ensureEstablishmentSecrets} from '../../../src/fleet/secrets.js'
 import {ErrorCode, UserError} from '../../../src/errors.js'
 import {requireTools, run} from '../../../src/exec.js'
 import type {Establishment} from '../../../src/inventory/types.js'
 import {Secret} from '../../../src/secret.js'
 import {localIdentity} from '../../../src/secrets/identity.js'
 import {SecretStore} from '../../../src/secrets/store.js'
+import {establishment} from '../../unit/credentials/fixtures.js'
 
 let tmp: string
 let env: NodeJS.ProcessEnv
@@ -37,25 +38,19 @@ async function ageKeygen(name: string): Promise<{file: string; recipient: string
   return {file, recipient: stdout.trim()}
 }
 
+/** An establishment of the test (the fixtures' one, in another place, with another AMI). */
 function est(uai: string, recipient: string): Establishment {
-  return {
-    uai,
+  const source = {file: 'establishments.yaml', line: 1, column: 1}
+  return establishment(uai, recipient, {
     name: 'Lycée Frédéric Mistral',
-    academie: 'Aix-Marseille',
     hypervisor: 'hv-avignon',
     node: 'pve-avi',
-    vmid: 1001,
     network: {address: '198.51.100.101/24', gateway: '198.51.100.1', dns: ['198.51.100.53']},
-    dataDiskGb: 32,
-    osDiskGb: 8,
-    cores: 2,
-    memoryMb: 4096,
     ami: {name: 'Paul Roux', ageRecipient: recipient, login: 'ami'},
     ring: 'pilot',
-    groups: [],
-    databases: [{name: 'pgi', company: 'Lycée', chart: 'fr', currency: 'EUR', source: {file: 'establishments.yaml', line: 1, column: 1}}],
-    source: {file: 'establishments.yaml', line: 1, column: 1},
-  }
+    databases: [{name: 'pgi', company: 'Lycée', chart: 'fr', currency: 'EUR', source}],
+    source,
+  })
 }
 
 describe('age interoperability', () => {

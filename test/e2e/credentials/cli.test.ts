@@ -8,7 +8,7 @@ import {join, resolve} from 'node:path'
 
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
-import {ensureEstablishmentSecrets} from '../../../src/credentials/secrets.js'
+import {ensureEstablishmentSecrets} from '../../../src/fleet/secrets.js'
 import {requireTools, run} from '../../../src/exec.js'
 import {SecretStore} from '../../../src/secrets/store.js'
 

@@ -20,18 +20,17 @@
  * same commands run on every CI run against the simulated lab (test/unit/db/cli.test.ts).
  * `PGI_E2E_DB=1 bash scripts/test.sh test/e2e/db`.
  */
-import {mkdtemp, readFile, rm, writeFile} from 'node:fs/promises'
-import {tmpdir} from 'node:os'
+import {readFile, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
-import {parseHandoff, type HandoffDocument} from '../../../src/credentials/handoff.js'
+import type {HandoffDocument} from '../../../src/credentials/handoff.js'
 import {run} from '../../../src/exec.js'
 import {StderrIo} from '../../../src/io.js'
-import {assertBuilt, runPgi, type PgiRun} from '../../helpers/cli.js'
-import {cachedPgiImage} from '../../helpers/e2e-image.js'
-import {proteusFor, type Proteus} from '../../helpers/proteus.js'
+import type {PgiRun} from '../../helpers/cli.js'
+import {deployedQemuLab, expectOk, labPgi, stopQemuLab, type DeployedQemuLab} from '../../helpers/qemu-lab.js'
+import {POST_INVOICE, PROTEUS_CONNECT, proteusFor, type PostedInvoice, type Proteus} from '../../helpers/proteus.js'
 
 const io = new StderrIo(process.env.PGI_LOG_LEVEL === 'debug' ? 'debug' : 'warn', false)
 const today = new Date().toISOString().slice(0, 10)
@@ -41,43 +40,17 @@ const today = new Date().toISOString().slice(0, 10)
  */
 const LONG = 90 * 60_000
 
-// proteus: a customer invoice (product, customer, TVA 20 % from account_fr's taxes), posted; the
-// URL (credentials in it) is built from stdin, never a command line
-const CONNECT = String.raw`
-import json, sys, datetime, urllib.parse
-from decimal import Decimal
-from proteus import config, Model
-d = json.load(sys.stdin)
-u = urllib.parse.urlsplit(d['url'])
-config.set_xmlrpc('%s://%s:%s@%s/%s/' % (u.scheme, urllib.parse.quote(d['login'], safe=''), urllib.parse.quote(d['password'], safe=''), u.netloc, d['database']))
-`
-const POST_INVOICE = CONNECT + String.raw`
-Party = Model.get('party.party'); Template = Model.get('product.template'); Category = Model.get('product.category')
-Account = Model.get('account.account'); Tax = Model.get('account.tax'); Invoice = Model.get('account.invoice'); Uom = Model.get('product.uom')
-customer = Party(name='Client modèle'); customer.save()
-cat = Category(name='Marchandises', accounting=True)
-cat.account_revenue, = Account.find([('code', '=', '7071')])
-cat.account_expense, = Account.find([('code', '=', '6071')])
-tva, = Tax.find([('name', '=', 'T.V.A. Vente de biens Taux Normal'), ('parent', '=', None)])
-cat.customer_taxes.append(Tax(tva.id)); cat.save()
-unit, = Uom.find([('symbol', '=', 'u')])
-t = Template(name='Article', default_uom=unit, type='goods', list_price=Decimal('100'), account_category=cat); t.save()
-inv = Invoice(type='out', party=customer, invoice_date=datetime.date.fromisoformat(d['date']))
-line = inv.lines.new(); line.product = t.products[0]; line.quantity = 3; line.unit_price = Decimal('100')
-inv.save(); inv.click('post')
-inv = Invoice(inv.id)
-print(json.dumps([inv.number, inv.state, str(inv.total_amount)]))
-`
-const READ_INVOICES = CONNECT + String.raw`
+// proteus: what a student's session reads (the model's invoices), credentials on stdin
+const READ_INVOICES = PROTEUS_CONNECT + String.raw`
 me = Model.get('res.user').find([('login', '=', d['login'])])[0]
 Invoice = Model.get('account.invoice')
 print(json.dumps({'login': me.login, 'invoices': sorted([[i.number, i.state, str(i.total_amount)] for i in Invoice.find([('type', '=', 'out')])])}))
 `
 
 describe.skipIf(process.env.PGI_E2E_DB !== '1')('pgi db on a qemu lab (PGI_E2E_DB=1)', () => {
+  let lab: Pick<DeployedQemuLab, 'base' | 'labDir' | 'env'> | undefined
   let base: string
   let labDir: string
-  let env: NodeJS.ProcessEnv
   let uai: string
   let handoff: HandoffDocument
   let rpcUrl: string
@@ -85,41 +58,25 @@ describe.skipIf(process.env.PGI_E2E_DB !== '1')('pgi db on a qemu lab (PGI_E2E_D
   let invoice: [string, string, string]
   let students: {database: string; login: string; password: string}[] = []
 
-  const pgi = (args: string[], timeoutMs = 40 * 60_000): Promise<PgiRun> => runPgi(args, {env, cwd: base, timeoutMs})
-  const ok = (r: PgiRun) => expect(r.exitCode, `${r.stderr.slice(-3000)}\n${r.stdout.slice(-2000)}`).toBe(0)
+  const pgi = (args: string[], timeoutMs?: number): Promise<PgiRun> => labPgi(lab!, args, timeoutMs)
+  const ok = expectOk
   async function invoicesIn(database: string, login: string, password: string): Promise<{login: string; invoices: string[][]}> {
     const out = await proteus.python(READ_INVOICES, {url: rpcUrl, database, login, password}, 20 * 60_000)
     return JSON.parse(out.trim().split('\n').slice(-1)[0]!) as {login: string; invoices: string[][]}
   }
 
   beforeAll(async () => {
-    assertBuilt()
-    const images = await cachedPgiImage(io)
     proteus = await proteusFor('6.0')
-    base = await mkdtemp(join(tmpdir(), 'pgi-e2e-db-'))
-    labDir = join(base, 'lab')
-    env = {...process.env, PGI_STATE_DIR: join(base, 'state'), CI: 'true', PGI_LOG_LEVEL: 'info'}
-    for (const k of ['PGI_INVENTORY', 'PGI_SECRETS_DIR', 'PGI_IMAGES_DIR', 'PGI_HANDOFF_DIR', 'PGI_IMAGE', 'PGI_LAB_DIR', 'PGI_CLASS_DIR', 'PGI_TOKEN_ID']) delete env[k]
-    ok(await pgi(['lab', 'start', '--backend', 'qemu', '--nodes', '1', '--sites', '1', '--dir', labDir, '--json'], 10 * 60_000))
-    env.PGI_INVENTORY = join(labDir, 'inventory', 'lab.yaml')
-    env.PGI_SECRETS_DIR = join(labDir, 'secrets')
-    uai = (await pgi(['inventory', 'list', '--json'])).json!.result[0].uai
-    const d = await pgi(['deploy', uai, '--yes', '--json', '--image', images.version, '--images-dir', images.root, '--lab-dir', labDir, '--handoff-dir', join(base, 'handoffs'), '--health-timeout', '1800', '--agent-timeout', '900'], 60 * 60_000)
-    ok(d)
-    const file = join(base, 'handoffs', `${uai}.handoff.age`)
-    handoff = parseHandoff((await run('age', ['--decrypt', '--identity', join(labDir, 'ami-identity.txt'), file])).stdout, file)
-    rpcUrl = `http://${handoff.desktopClient.host}:${handoff.desktopClient.port}/`
+    ;({base, labDir, uai, handoff, rpcUrl} = await deployedQemuLab({prefix: 'pgi-e2e-db-', io, started: (l) => (lab = l)}))
   }, 90 * 60_000)
 
-  afterAll(async () => {
-    if (labDir) await pgi(['lab', 'stop', '--dir', labDir], 5 * 60_000).catch(() => undefined)
-    if (base && !process.env.PGI_E2E_KEEP) await rm(base, {recursive: true, force: true})
-  }, 10 * 60_000)
+  afterAll(() => stopQemuLab(lab), 10 * 60_000)
 
   it('a model with a posted invoice; a class of 5 per-student databases from it, each student logs in and sees it', async () => {
     ok(await pgi(['db', 'create', uai, 'modele_cg1', '--company', 'Entreprise modèle BTS', '--json']))
-    const posted = await proteus.python(POST_INVOICE, {url: rpcUrl, database: 'modele_cg1', login: handoff.trytonAdmin.login, password: handoff.trytonAdmin.password.reveal(), date: today}, 20 * 60_000)
-    invoice = JSON.parse(posted.trim().split('\n').slice(-1)[0]!) as [string, string, string]
+    const posted = await proteus.python(POST_INVOICE, {url: rpcUrl, database: 'modele_cg1', login: handoff.trytonAdmin.login, password: handoff.trytonAdmin.password.reveal(), date: today, party: 'Client modèle', product: 'Article'}, 20 * 60_000)
+    const p = JSON.parse(posted.trim().split('\n').slice(-1)[0]!) as PostedInvoice
+    invoice = [p.number, p.state, p.total]
     expect(invoice[1]).toBe('posted')
     expect(invoice[2]).toBe('360.00')
 

@@ -6,15 +6,16 @@ import {fileURLToPath} from 'node:url'
 
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
-import {parseHandoff, type HandoffDocument} from '../../../src/credentials/handoff.js'
+import type {HandoffDocument} from '../../../src/credentials/handoff.js'
 import {run, spawnDetached} from '../../../src/exec.js'
 import {StderrIo} from '../../../src/io.js'
 import {readRequestLog} from '../../../src/lab/server.js'
 import {sshExec} from '../../../src/ssh.js'
 
 import {cachedPgiImage} from '../../helpers/e2e-image.js'
-import {proteusFor} from '../../helpers/proteus.js'
+import {POST_INVOICE, proteusFor, type PostedInvoice} from '../../helpers/proteus.js'
 import {hasChromium, saoLogin} from '../../helpers/sao.js'
+import {openLabHandoff, qemuDeployArgs} from '../../helpers/qemu-lab.js'
 
 /**
  * The main job, end to end, on a qemu-backed lab (real QEMU VMs of the real pgi-tryton image):
@@ -53,13 +54,11 @@ async function pgi(args: string[], opts: {allowFailure?: boolean; env?: Record<s
 }
 
 function deployArgs(uais: string[], extra: string[] = []): string[] {
-  return ['deploy', ...uais, '--yes', '--json', '--image', images.version, '--images-dir', images.root, '--lab-dir', labDir, '--handoff-dir', join(base, 'handoffs'), '--health-timeout', '1800', '--agent-timeout', '900', ...extra]
+  return qemuDeployArgs(uais, {images, labDir, handoffDir: join(base, 'handoffs')}, extra)
 }
 
 async function openWithAge(uai: string): Promise<HandoffDocument> {
-  const file = join(base, 'handoffs', `${uai}.handoff.age`)
-  const r = await run('age', ['--decrypt', '--identity', join(labDir, 'ami-identity.txt'), file])
-  return parseHandoff(r.stdout, file)
+  return openLabHandoff(labDir, join(base, 'handoffs'), uai)
 }
 
 async function trytonRpc(port: number, path: string, method: string, params: unknown[]): Promise<unknown> {
@@ -144,7 +143,7 @@ describe('pgi deploy on a qemu-backed lab', () => {
     expect(who.modules.account_fr).toBe('activated')
     // a party, a product in a category with the French chart's accounts and VAT, a customer invoice, posted
     const out = await proteus.python(POST_INVOICE, {url, database: 'pgi', login: d.trytonAdmin.login, password: d.trytonAdmin.password.reveal()}, 15 * 60_000)
-    const inv = JSON.parse(out.trim().split('\n').slice(-1)[0]!) as {number: string; state: string; total: string; untaxed: string; company: string; fiscalYear: string}
+    const inv = JSON.parse(out.trim().split('\n').slice(-1)[0]!) as PostedInvoice
     const year = new Date().getFullYear()
     expect(inv).toMatchObject({state: 'posted', untaxed: '300.00', total: '360.00', number: `FC${year}-0001`, fiscalYear: String(year)})
     // the company deploy named after the establishment
@@ -234,37 +233,3 @@ describe('pgi deploy on a qemu-backed lab', () => {
     expect((JSON.parse(plan.stdout) as {result: {plan: {action: string}[]}}).result.plan[0]!.action).toBe('create')
   }, 30 * 60_000)
 })
-
-/**
- * proteus (a real Tryton client, XML-RPC): a party, a product whose category carries the French
- * chart's accounts (7071 revenue, 6071 expense) and VAT 20 % (account_fr's "T.V.A. Vente de biens
- * Taux Normal"), a customer invoice of 3 × 100 € dated today, posted. The credentials come on
- * stdin, never on a command line.
- */
-const POST_INVOICE = String.raw`
-import datetime, json, sys, urllib.parse
-from decimal import Decimal
-from proteus import config, Model
-d = json.load(sys.stdin)
-u = urllib.parse.urlsplit(d['url'])
-config.set_xmlrpc('%s://%s:%s@%s/%s/' % (u.scheme, urllib.parse.quote(d['login'], safe=''), urllib.parse.quote(d['password'], safe=''), u.netloc, d['database']))
-Party = Model.get('party.party'); Template = Model.get('product.template'); Category = Model.get('product.category')
-Account = Model.get('account.account'); Tax = Model.get('account.tax'); Invoice = Model.get('account.invoice'); Uom = Model.get('product.uom')
-customer = Party(name='Client E2E'); customer.save()
-cat = Category(name='Marchandises', accounting=True)
-cat.account_revenue, = Account.find([('code', '=', '7071')])
-cat.account_expense, = Account.find([('code', '=', '6071')])
-tva, = Tax.find([('name', '=', 'T.V.A. Vente de biens Taux Normal'), ('parent', '=', None)])
-cat.customer_taxes.append(Tax(tva.id))
-cat.save()
-unit, = Uom.find([('symbol', '=', 'u')])
-t = Template(name='Article E2E', default_uom=unit, type='goods', list_price=Decimal('100'), account_category=cat)
-t.save()
-inv = Invoice(type='out', party=customer, invoice_date=datetime.date.today())
-line = inv.lines.new(); line.product = t.products[0]; line.quantity = 3; line.unit_price = Decimal('100')
-inv.save()
-inv.click('post')
-inv = Invoice(inv.id)
-print(json.dumps({'number': inv.number, 'state': inv.state, 'total': str(inv.total_amount), 'untaxed': str(inv.untaxed_amount),
-                  'company': inv.company.party.name, 'fiscalYear': inv.move.period.fiscalyear.name}))
-`

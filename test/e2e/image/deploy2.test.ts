@@ -77,7 +77,7 @@ describe.skipIf(process.env.PGI_E2E_IMAGE2 !== '1')('a fresh deploy of pgi-tryto
     expect(db).toBe('pgi')
     const {loadValidInventory} = await import('../../../src/inventory/load.js')
     const {findEstablishment} = await import('../../../src/inventory/select.js')
-    const {openInventoryStore} = await import('../../../src/credentials/service.js')
+    const {openInventoryStore} = await import('../../../src/fleet/open.js')
     const {Hypervisors} = await import('../../../src/hypervisors.js')
     const inv = await loadValidInventory(env.PGI_INVENTORY!)
     const est = findEstablishment(inv, uai)

@@ -6,7 +6,7 @@ import {fileURLToPath} from 'node:url'
 
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
-import {openInventoryStore} from '../../../src/credentials/service.js'
+import {openInventoryStore} from '../../../src/fleet/open.js'
 import {run, spawnDetached} from '../../../src/exec.js'
 import {parseDescription} from '../../../src/fleet/vm-meta.js'
 import {Hypervisors} from '../../../src/hypervisors.js'

@@ -6,7 +6,7 @@ import {fileURLToPath} from 'node:url'
 
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
-import {openInventoryStore} from '../../../src/credentials/service.js'
+import {openInventoryStore} from '../../../src/fleet/open.js'
 import {sha256Hex, type AccessConfig} from '../../../src/lab/access.js'
 import {readRequestLog} from '../../../src/lab/server.js'
 import {run} from '../../../src/exec.js'

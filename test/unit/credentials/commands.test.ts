@@ -17,7 +17,7 @@ import CredentialsList from '../../../commands/credentials/list.js'
 import CredentialsOpen from '../../../commands/credentials/open.js'
 import CredentialsReencrypt from '../../../commands/credentials/reencrypt.js'
 import CredentialsRotate from '../../../commands/credentials/rotate.js'
-import {ensureEstablishmentSecrets} from '../../../src/credentials/secrets.js'
+import {ensureEstablishmentSecrets} from '../../../src/fleet/secrets.js'
 import {SecretStore} from '../../../src/secrets/store.js'
 import {ageKey} from './fixtures.js'
 

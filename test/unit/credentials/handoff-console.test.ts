@@ -11,7 +11,7 @@ import {join} from 'node:path'
 import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
 import {buildHandoff, fetchTlsFingerprint, handoffToJson, parseHandoff, readTlsFingerprint, refreshTlsFingerprint, renderHandoff} from '../../../src/credentials/handoff.js'
-import {ensureEstablishmentSecrets} from '../../../src/credentials/secrets.js'
+import {ensureEstablishmentSecrets} from '../../../src/fleet/secrets.js'
 import type {PveApi} from '../../../src/proxmox/types.js'
 import {SecretStore} from '../../../src/secrets/store.js'
 import {establishment} from './fixtures.js'

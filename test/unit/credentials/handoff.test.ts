@@ -21,7 +21,7 @@ import {
   establishmentSecretKey,
   guestConfigureInput,
   readEstablishmentSecrets,
-} from '../../../src/credentials/secrets.js'
+} from '../../../src/fleet/secrets.js'
 import {ErrorCode, UserError} from '../../../src/errors.js'
 import {Secret} from '../../../src/secret.js'
 import {SecretStore} from '../../../src/secrets/store.js'
@@ -262,7 +262,7 @@ describe('ensureEstablishmentSecrets during a rotation', () => {
 
 describe('openInventoryStore', () => {
   it('warns when nobody is listed, or when this machine key is not', async () => {
-    const {openInventoryStore} = await import('../../../src/credentials/service.js')
+    const {openInventoryStore} = await import('../../../src/fleet/open.js')
     const {MemoryIo} = await import('../../../src/io.js')
     const other = await ageKey(tmp, 'other')
     let io = new MemoryIo()

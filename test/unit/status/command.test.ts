@@ -10,7 +10,7 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {runCommand} from '../../helpers/cli.js'
 
 import Status from '../../../commands/status.js'
-import {openInventoryStore} from '../../../src/credentials/service.js'
+import {openInventoryStore} from '../../../src/fleet/open.js'
 import {run} from '../../../src/exec.js'
 import {loadValidInventory} from '../../../src/inventory/load.js'
 import {labInventoryYaml} from '../../../src/lab/inventory-gen.js'

@@ -1,3 +1,9 @@
+/**
+ * An establishment's secrets in the store (their keys, reading them, generating the missing ones)
+ * and the guest contract's fixed logins. In the fleet core because deploy (generates and applies
+ * them), credentials (rotates them, writes the handoffs) and rollout (logs in as the Tryton admin
+ * to check an updated server) all need them, and siblings do not import each other.
+ */
 import {ErrorCode, UserError} from '../errors.js'
 import type {Secret} from '../secret.js'
 import {generatePassword, type SecretStore} from '../secrets/store.js'
