@@ -25,7 +25,7 @@ loader = importlib.machinery.SourceFileLoader('pgi_health', ${JSON.stringify(hea
 h = importlib.util.module_from_spec(importlib.util.spec_from_loader('pgi_health', loader))
 loader.exec_module(h)
 `
-  const r = spawnSync('python3', ['-c', prelude + script], {encoding: 'utf8', env: {...process.env, ...env}, timeout: 60_000})
+  const r = spawnSync('/usr/bin/python3', ['-c', prelude + script], {encoding: 'utf8', env: {...process.env, ...env}, timeout: 60_000})
   const line = r.stdout.trim().split('\n').pop() ?? ''
   let out: Record<string, unknown> = {}
   try {
