@@ -123,9 +123,14 @@ export async function testImage(opts: BootTestOptions): Promise<BootTestResult> 
     rebootedHealthy: boolean
   }
   const healthTimeout = opts.healthTimeoutMs ?? 8 * 60_000
+  /** How long one pgi-health call waits in the guest for the server to turn healthy. */
+  const HEALTH_WAIT_S = 60
 
   const health = async (vm: Vm): Promise<{code: number; report?: HealthReport; raw: string}> => {
-    const r = await vm.qga({timeoutMs: 30_000}).run(['/usr/local/sbin/pgi-health'], {timeoutMs: 180_000})
+    // --wait: pgi-health polls in the guest and answers as soon as the server is healthy (one
+    // Python process instead of one per poll, each taking emulated CPU from the services that are
+    // starting); an image whose pgi-health predates the option ignores it and answers at once
+    const r = await vm.qga({timeoutMs: 30_000}).run(['/usr/local/sbin/pgi-health', '--wait', String(HEALTH_WAIT_S)], {timeoutMs: 180_000 + HEALTH_WAIT_S * 1000})
     let report: HealthReport | undefined
     try {
       report = JSON.parse(r.stdout) as HealthReport

@@ -251,13 +251,18 @@ export class QgaClient {
     const deadline = Date.now() + timeoutMs
     const callTimeout = () => Math.max(500, Math.min(this.defaultTimeout, deadline - Date.now()))
     const {pid} = await this.exec(argv[0], argv.slice(1), {input: opts.input, timeoutMs: callTimeout()})
+    // without pollMs: 100 ms, doubling up to 1 s. A quick command answers at once; a long one
+    // (pgi-health --wait, a database copy) is not asked 4 times a second for minutes, each
+    // question waking the agent (and its log line) in a guest whose emulated CPU is scarce
+    let pollMs = opts.pollMs ?? 100
     for (;;) {
       const s = await this.execStatus(pid, callTimeout())
       if (s.exited) {
         return {exitcode: s.exitcode ?? (s.signal === undefined ? 0 : 128 + s.signal), signal: s.signal, stdout: s.stdout.toString('utf8'), stderr: s.stderr.toString('utf8')}
       }
       if (Date.now() >= deadline) throw new QgaError('timeout', 'guest-exec', `guest command ${argv[0]} (pid ${pid}) still running after ${timeoutMs} ms`)
-      await sleep(Math.min(opts.pollMs ?? 250, Math.max(1, deadline - Date.now())))
+      await sleep(Math.min(pollMs, Math.max(1, deadline - Date.now())))
+      if (opts.pollMs === undefined) pollMs = Math.min(pollMs * 2, 1000)
     }
   }
 
