@@ -88,6 +88,24 @@ class Engine(unittest.TestCase):
             raise
         return isinstance(r.get('result'), list)
 
+    def session_login(self, db, login, password):
+        """(login, user id, session key) of a new Tryton session."""
+        r = lab.rpc(db, 'common.db.login', [login, {'password': password}, 'fr'])
+        self.assertIsInstance(r.get('result'), list, r)
+        return login, r['result'][0], r['result'][1]
+
+    def session_call(self, db, sess, method, params):
+        """A JSON-RPC call in a Tryton session: its answer (a dict with "result" or "error")."""
+        import base64
+        body = json.dumps({'id': 1, 'method': method, 'params': params}).encode()
+        req = urllib.request.Request('http://127.0.0.1:%d/%s/' % (lab.web_port, db), data=body, headers={
+            'Content-Type': 'application/json', 'Authorization': 'Session ' + base64.b64encode(('%s:%s:%s' % sess).encode()).decode()})
+        try:
+            with urllib.request.urlopen(req, timeout=120) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return {'error': 'HTTP %d' % e.code}
+
     def warm(self, db):
         """A login on `db`: trytond loads it if needed and keeps a pooled connection to it."""
         for _ in range(2):
@@ -225,6 +243,8 @@ class Engine(unittest.TestCase):
     # -- copy
     def test_05_copy_and_trytond_connections(self):
         self.warm('pgi')
+        # someone working in pgi in Tryton: a session, and trytond's pooled connection to pgi
+        sess = self.session_login('pgi', 'admin', pgitest.ADMIN_PASSWORD)
         idle = lab.psql("SELECT count(*) FROM pg_stat_activity WHERE datname = 'pgi' AND usename = 'tryton'")[0][0]
         self.assertGreater(int(idle), 0, 'trytond keeps a pooled connection to pgi')
         out = self.ok('copy', 'pgi', 'pgi_copie')
@@ -233,7 +253,10 @@ class Engine(unittest.TestCase):
         self.assertIn('released in trytond', out['notice'])
         self.assertEqual(self.sql('pgi_copie', 'SELECT count(*) FROM ir_cron WHERE active'), [['0']])
         self.assertEqual(self.invoices('pgi_copie'), self.invoices('pgi'))
-        # the engine released trytond's closed connections: the next request works the first time
+        # the engine released trytond's closed connections: the next request in that session (a
+        # read, which trytond does not retry) works the first time
+        r = self.session_call('pgi', sess, 'model.res.user.get_preferences', [True, {}])
+        self.assertIn('result', r, 'first request in a Tryton session on pgi after its copy: %s' % r)
         self.assertTrue(self.login('pgi', 'admin', pgitest.ADMIN_PASSWORD), 'first login on pgi after its copy')
         # --keep-connections: trytond's connections stay, the copy comes from pg_dump
         self.warm('pgi')

@@ -2032,9 +2032,9 @@ def release_trytond(name, closed=None):
                 uid, sess = res['result'][0], res['result'][1]
                 _rpc(url, 'common.db.logout', [], auth='%s:%s:%s' % (HEALTH_LOGIN, uid, sess), timeout=30)
                 break
-            if status != 200 or not isinstance(res, dict) or not res.get('error'):
-                break  # refused, or not an answer of a working trytond: nothing more to learn
-            failed += 1
+            if status in (401, 403, 429):
+                break  # refused (the login-check user): nothing more to learn
+            failed += 1  # an error answer (200 with "error", or 500): one dead connection discarded
     except Exception as e:  # trytond not there (its pools went with it), or too slow: not the operation's failure
         log('pgi-db: releasing trytond\'s closed connections to %s: %s: %s' % (name, type(e).__name__, str(e)[-200:]))
     return failed
