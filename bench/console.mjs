@@ -141,7 +141,7 @@ try {
   const klass = await job(r)
   log(`class of ${students}: ${klass.seconds} s`)
   const classId = /classes\/(\d+)/.exec((await call(`/console/taches/${klass.id}`)).text)[1]
-  const db = /<th scope="row">(bench_[a-z0-9_]+)<\/th>/.exec((await call(`/console/classes/${classId}`)).text.replace('bench_modele', ''))[1]
+  const db = /<th scope="row">(bench_[a-z0-9_]+)<\/th>/.exec((await call(`/console/classes/${classId}`)).text.replaceAll('bench_modele', ''))[1]
   const backup = await job(await post(`/console/bases/${db}/sauvegarder`, {}, `/console/classes/${classId}`))
   const reset = await job(await post(`/console/bases/${db}/reinitialiser`, {confirm: 'oui'}, `/console/bases/${db}/reinitialiser`))
   const restorePage = (await call(`/console/bases/${db}/restaurer`)).text
