@@ -128,14 +128,20 @@ try {
     }
   }
 
-  let r = await post('/console/activer', {email: 'bench@lycee-test.fr', code: added.setup_code, password: 'Bench-password-1', confirm: 'Bench-password-1'}, '/console/activer')
+  // the forms' own server times (POST), each once: the activation (an Argon2id hash), the AMI's
+  // login (a SCRAM login to PostgreSQL), and the first GET of a login page
+  const forms = {}
+  const activationPage = await call('/console/activer')
+  forms.activation_get_first = activationPage.appMs
+  let r = await call('/console/activer', {method: 'POST', form: {email: 'bench@lycee-test.fr', code: added.setup_code, password: 'Bench-password-1', confirm: 'Bench-password-1', csrf_token: token(activationPage.text)}})
   if (r.status !== 302) throw new Error(`activation: HTTP ${r.status}`)
+  forms.activation_post = r.appMs
   const csv = ['Nom;Prénom;Classe', ...Array.from({length: students}, (_, i) => `ELEVE${String.fromCharCode(65 + (i % 26))}${i};Prénom${i};BTS`)].join('\n')
   r = await post('/console/classes', {label: 'Bench', students: csv, model: 'bts', mode: 'per-student', company: ''}, '/console/classes/nouvelle')
   const klass = await job(r)
   log(`class of ${students}: ${klass.seconds} s`)
   const classId = /classes\/(\d+)/.exec((await call(`/console/taches/${klass.id}`)).text)[1]
-  const db = /<th scope="row">(bench_[a-z0-9_]+)<\/th>/.exec((await call(`/console/classes/${classId}`)).text.replace('bench_modele', ''))[1]
+  const db = /<th scope="row">(bench_[a-z0-9_]+)<\/th>/.exec((await call(`/console/classes/${classId}`)).text.replaceAll('bench_modele', ''))[1]
   const backup = await job(await post(`/console/bases/${db}/sauvegarder`, {}, `/console/classes/${classId}`))
   const reset = await job(await post(`/console/bases/${db}/reinitialiser`, {confirm: 'oui'}, `/console/bases/${db}/reinitialiser`))
   const restorePage = (await call(`/console/bases/${db}/restaurer`)).text
@@ -173,8 +179,11 @@ try {
   const teacherPages = await measure(pages)
   // the AMI's pages, with the SQL administrator's codes
   for (const k of Object.keys(jar)) delete jar[k]
-  r = await post('/console/ami/connexion', {login: 'pgi_admin', password: sql.reveal()}, '/console/ami/connexion')
+  const amiLoginPage = await call('/console/ami/connexion')
+  forms.ami_login_get_first = amiLoginPage.appMs
+  r = await call('/console/ami/connexion', {method: 'POST', form: {login: 'pgi_admin', password: sql.reveal(), csrf_token: token(amiLoginPage.text)}})
   if (r.status !== 302) throw new Error(`AMI login: HTTP ${r.status}`)
+  forms.ami_login_post = r.appMs
   const amiPages = await measure({ami_home: '/console/ami/', ami_audit: '/console/ami/journal'})
   const all = {...teacherPages, ...amiPages}
   const worst = Math.max(...Object.values(all).map((p) => p.app_ms.max))
@@ -188,6 +197,7 @@ try {
     fingerprint: new X509Certificate(cert).fingerprint256,
     jobs_s: {[`class_${students}`]: klass.seconds, backup: backup.seconds, reset: reset.seconds, restore: restore.seconds},
     pages: all,
+    forms_app_ms: forms,
     page_app_ms_max: worst,
     page_total_ms_max: Number(worstTotal.toFixed(1)),
     page_target_ms: 300,

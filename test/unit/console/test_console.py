@@ -428,6 +428,60 @@ class TestConsole(ConsoleTest):
         r = t.post('/console/bases/%s/reinitialiser' % dbs[0], {})
         self.assertEqual(r.status_code, 400)
 
+    def test_first_request_after_a_reset_works(self):
+        """trytond pools connections per database; the reset closes them with the old database. The
+        engine releases them (its own logins), so the student's first request after it works."""
+        t, _, _ = self.teacher()
+        cid, dbs = self.make_class(t, 'Relance')
+        login, = LAB.psql("SELECT login FROM res_user WHERE login NOT IN ('admin', 'pgi_health') AND login NOT LIKE 'prof.%' "
+                          'ORDER BY login LIMIT 1', db=dbs[0])[0]
+        pw = security.unseal(self.db.execute('SELECT password FROM students WHERE login = ? AND database = ?', (login, dbs[0])).fetchone()[0])
+
+        def rpc_login():
+            r = LAB.rpc(dbs[0], 'common.db.login', [login, {'password': pw}, 'fr'])
+            return r.get('result') if isinstance(r.get('result'), list) else r.get('error')
+        self.assertIsInstance(rpc_login(), list)  # trytond now holds a pooled connection to it
+        held = LAB.psql("SELECT count(*) FROM pg_stat_activity WHERE datname = '%s' AND usename = 'tryton'" % dbs[0])[0][0]
+        self.assertGreater(int(held), 0)
+        out = self.finished(self.job_of(t.post('/console/bases/%s/reinitialiser' % dbs[0], {'confirm': 'oui'})))
+        self.assertGreaterEqual(out['closed_connections'], 1)
+        self.assertIsInstance(rpc_login(), list, 'the first login after the reset')
+
+    def test_pages_show_the_sizes_the_worker_measured(self):
+        """Pages never stat databases (pg_database_size): the worker measures, the store keeps."""
+        t, _, _ = self.teacher()
+        cid, dbs = self.make_class(t, 'Tailles')
+        self.db.execute('DELETE FROM db_sizes')
+        page = t.get('/console/classes/%d' % cid).get_data(as_text=True)
+        self.assertNotIn('Tailles mesurées', page)
+        self.assertGreaterEqual(jobs.refresh_sizes(self.db), len(dbs))
+        sizes, at = store.sizes_get(self.db, dbs)
+        self.assertEqual(set(sizes), set(dbs))
+        self.assertGreater(min(sizes.values()), 1 << 20)
+        page = t.get('/console/classes/%d' % cid).get_data(as_text=True)
+        self.assertIn('Tailles mesurées le', page)
+        self.assertIn(web.human_size(sizes[dbs[0]]), page)
+        # a database gone is forgotten at the next measure
+        self.db.execute("UPDATE databases SET status = 'dropped' WHERE name = ?", (dbs[0],))
+        LAB.psql('DROP DATABASE %s' % dbs[0])
+        jobs.refresh_sizes(self.db)
+        self.assertNotIn(dbs[0], store.sizes_get(self.db, dbs)[0])
+
+    def test_audit_page_shows_a_page_at_a_time(self):
+        for i in range(config.AUDIT_PAGE + 5):
+            store.audit(self.db, 'cli:page-test', 'ami', 'essai', 'ligne %d' % i, 'ok')
+        ami = Client(self.app)
+        self.assertEqual(ami.post('/console/ami/connexion', {'login': 'pgi_admin', 'password': consolelab.AMI_PASSWORD}).status_code, 302)
+        page = ami.get('/console/ami/journal?qui=cli:page-test').get_data(as_text=True)
+        self.assertEqual(page.count('<td>essai</td>'), config.AUDIT_PAGE)
+        self.assertIn('ligne %d<' % (config.AUDIT_PAGE + 4), page)
+        m = re.search(r'href="([^"]*avant=(\d+)[^"]*)">Actions plus anciennes', page)
+        self.assertIsNotNone(m, page[-1500:])
+        older = ami.get(m.group(1).replace('&amp;', '&')).get_data(as_text=True)
+        self.assertEqual(older.count('<td>essai</td>'), 5)
+        self.assertIn('ligne 0<', older)
+        self.assertNotIn('>Actions plus anciennes</a>', older)
+
     def test_health(self):
         anon = Client(self.app)
         store.meta_set(self.db, 'worker_seen', time.time())

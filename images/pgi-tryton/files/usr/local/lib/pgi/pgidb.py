@@ -34,7 +34,8 @@ import secrets
 import subprocess
 import time
 import unicodedata
-import urllib.request
+# urllib.request is imported where trytond is called (_rpc, _tryton_url): it pulls in http.client,
+# email and ssl, most of a second of every pgi-db command's start under software emulation
 
 from pgilib import (BACKUPS, DATA, PG_BIN, PG_HOST, PG_PORT, RUN_DIR, STATE_DIR, TEMPLATES_DIR,
                     TRYTON_ADMIN_HASH, TRYTON_URL, TRYTOND_CONF, image_info, iso, log, now_utc, quote_ident,
@@ -532,6 +533,25 @@ def password_hash(password):
     return tryton_password_hash(password)
 
 
+# Rounds of the hashes of the passwords the engine generates (students', teachers' in a class):
+# 5,000 instead of passlib's 25,000 for pbkdf2_sha512. Those passwords are random (10 or 12
+# characters from a 31-letter alphabet, 49 to 59 bits), not chosen by a person: rounds slow down
+# guessing of weak passwords, and guessing these stays out of reach at 5,000 (2^49 candidates
+# at 10,000 HMAC-SHA512 each). 25,000 rounds cost 0.45 s of the VM's only CPU per student under
+# software emulation (13 s of a class of 30), 5,000 rounds 0.1 s. Tryton verifies any pbkdf2_sha512
+# hash whatever its rounds and does not rehash it (its CryptContext sets no minimum); a password a
+# person sets later in Tryton gets Tryton's own hash.
+GENERATED_PASSWORD_ROUNDS = 5000
+
+
+def generated_password_hash(password):
+    """password_hash for a password gen_password made (see GENERATED_PASSWORD_ROUNDS)."""
+    if trytond_option('password', 'passlib'):
+        return password_hash(password)
+    from passlib.hash import pbkdf2_sha512
+    return pbkdf2_sha512.using(rounds=GENERATED_PASSWORD_ROUNDS).hash(password)
+
+
 def trytond_option(section, option):
     import configparser
     cp = configparser.ConfigParser(interpolation=None)
@@ -950,23 +970,42 @@ def ensure_template(template='bts', build_epoch=None):
 
 
 def create_database_sql(dst, src):
-    # WAL_LOG (PostgreSQL 15's default) writes the copy through the WAL: FILE_COPY would fsync
-    # each of the ~1400 files of a Tryton database, 4 times slower here with fsync on
-    strategy = ' STRATEGY = WAL_LOG' if server_version_num() >= 150000 else ''
+    """CREATE DATABASE dst as a copy of src, with STRATEGY = FILE_COPY on PostgreSQL 15 and later
+    (15 and 17: the image's two lines; before 15 it was the only way).
+
+    Why FILE_COPY, not WAL_LOG (15's default): a Tryton database is ~1,500 small files (265
+    tables, 774 indexes, 165 TOAST tables, 219 sequences, their free-space and visibility maps)
+    for 26 MB. WAL_LOG reads every page of the template through shared buffers, writes each one
+    into the WAL as a full-page image and leaves the copy as dirty buffers: the next checkpoint
+    writes the 26 MB again and fsyncs each file, so every copy is paid twice, partly later (a
+    class of 30 leaves ~800 MB for the checkpointer). FILE_COPY copies the files directly and
+    fsyncs them once. Measured in the image's VM under software emulation (1 vCPU, PostgreSQL 15,
+    fsync on): WAL_LOG 3.3 s a copy + 1.5 s of checkpoint a copy, FILE_COPY 2.6 s a copy with its
+    checkpoints (docs/performance.md, db-class).
+
+    What it means for checkpoints: each FILE_COPY asks for two immediate checkpoints, one before
+    (the template's dirty pages reach its files before they are copied) and one after (a crash
+    never has to replay the copy: only a WAL record naming it was written). With a template
+    nobody writes to (the engine copies a hidden, idle staging copy or a model that no Tryton
+    session holds: see clone) the first finds little to write; both stay cheap as long as
+    copies are not run side by side, which is why a class makes its copies one at a time
+    (_per_student). A checkpoint also ends the WAL's full-page-image cycle: the first write to
+    each page after it logs a full page, a small cost on the next Tryton requests."""
+    strategy = ' STRATEGY = FILE_COPY' if server_version_num() >= 150000 else ''
     return 'CREATE DATABASE %s OWNER tryton TEMPLATE %s%s' % (quote_ident(dst), quote_ident(src), strategy)
 
 
-CLOSED_NOTICE = ('%d idle Tryton connection(s) to %s closed: whoever uses %s in Tryton right now may see one error '
-                 '("server closed the connection unexpectedly") on their next action, which works when repeated')
+CLOSED_NOTICE = ('%d idle Tryton connection(s) to %s closed for the copy, then released in trytond (see release_trytond): '
+                 'whoever uses %s in Tryton right now carries on')
 
 
 def clone(src, dst, grace_s=None, close=True):
     """dst as a copy of src. CREATE DATABASE ... TEMPLATE needs src without any other session, and
     trytond keeps a pool of connections to each database it served (until it has been unused for
     30 minutes). Decision (as Odoo's database manager does for a duplicate):
-    - trytond's idle connections to src (role tryton, no transaction in progress) are closed; its
-      pool then drops each dead connection on its next use: a request that writes is retried by
-      trytond, a read-only one fails once (the user repeats it) — said in the result ("notice");
+    - trytond's idle connections to src (role tryton, no transaction in progress) are closed, then
+      released in trytond by the engine's own logins (release_trytond): no user's request meets a
+      dead connection — said in the result ("notice");
     - sessions in a transaction (someone saving in Tryton right now) are waited for, up to grace_s
       (10 s), then closed the same way once idle;
     - other sessions (psql, a running pg_dump) are never closed: after the grace, and whenever
@@ -981,6 +1020,7 @@ def clone(src, dst, grace_s=None, close=True):
     def result(method, **kw):
         out = dict({'method': method, 'closed_connections': closed}, **kw)
         if closed:
+            release_trytond(src, closed)
             out['notice'] = CLOSED_NOTICE % (closed, src, src)
         return out
 
@@ -1046,6 +1086,8 @@ def finish(tmp, name, summary=None, cur=None):
     if summary is not None:
         ex('COMMENT ON DATABASE %s IS %%s' % quote_ident(name), (json.dumps({'pgi': summary}, sort_keys=True),))
     ex('ALTER DATABASE %s IS_TEMPLATE false' % quote_ident(name))
+    if os.path.exists(TRYTOND_CLOSED):
+        release_trytond(name)
 
 
 def summary_of(meta):
@@ -1360,7 +1402,8 @@ def make_class(model, students_file, mode='per-student', prefix=None, teacher='p
                 users = UserFactory(cur)
                 if users.find(teacher) is None:
                     teacher_out['password'] = gen_password(12)
-                    users.create(teacher, 'Professeur' if teacher == 'professeur' else teacher, password_hash(teacher_out['password']), 'teacher')
+                    users.create(teacher, 'Professeur' if teacher == 'professeur' else teacher, generated_password_hash(teacher_out['password']),
+                                 'teacher')
                     teacher_out['created'] = True
                 clash = [s['login'] for s in students if users.find(s['login']) is not None]
                 if clash:
@@ -1372,7 +1415,7 @@ def make_class(model, students_file, mode='per-student', prefix=None, teacher='p
                 if mode == 'shared':
                     for s in students:
                         s['password'] = gen_password()
-                        users.create(s['login'], '%s %s' % (s['first_name'], s['last_name']), password_hash(s['password']), 'student')
+                        users.create(s['login'], '%s %s' % (s['first_name'], s['last_name']), generated_password_hash(s['password']), 'student')
             if mode == 'shared':
                 finish(stage, prefix, summary)
                 made.append(prefix)
@@ -1399,9 +1442,12 @@ def make_class(model, students_file, mode='per-student', prefix=None, teacher='p
 
 def _per_student(stage, students, made, users, summary, workers=None):
     """One copy of the staging database per student, then the student's user in it (one statement,
-    from what `users` read in the staging copy). Two threads, each with its own connections: copies
-    overlap (CREATE DATABASE works in the server) and so do password hashes (pbkdf2 runs in C
-    without Python's lock). Each database appears under its name only when complete."""
+    from what `users` read in the staging copy). Copies are made one at a time (copy_lock): with
+    FILE_COPY each asks for two checkpoints, and copies side by side made each other wait (3 at a
+    time took 3 times as long per copy as 1 in the VM under emulation). Two threads, each with
+    its own connections: while one copies, the other writes the previous copy's user and puts it
+    in place (and password hashes run in a third: pbkdf2 runs in C without Python's lock).
+    Each database appears under its name only when complete."""
     import concurrent.futures
     import threading
     for s in students:
@@ -1409,6 +1455,7 @@ def _per_student(stage, students, made, users, summary, workers=None):
     workers = workers or int(os.environ.get('PGI_DB_WORKERS', '2'))
     local = threading.local()
     admins = []
+    copy_lock = threading.Lock()
 
     def admin_conn():
         if getattr(local, 'conn', None) is None:
@@ -1418,11 +1465,11 @@ def _per_student(stage, students, made, users, summary, workers=None):
 
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as hasher:
-            futures = {s['login']: hasher.submit(password_hash, s['password']) for s in students}
+            futures = {s['login']: hasher.submit(generated_password_hash, s['password']) for s in students}
 
             def one(s):
                 tmp = tmp_name('st')
-                with admin_conn().cursor() as cur:
+                with copy_lock, admin_conn().cursor() as cur:
                     cur.execute(create_database_sql(tmp, stage))
                     hide(tmp, cur)
                 try:
@@ -1667,12 +1714,14 @@ def restore(name, ident='latest', as_name=None, replace=False):
         except BaseException:
             drop_quietly(tmp)
             raise
+        if closed:
+            release_trytond(name, closed)
     out = {'database': target, 'from': {k: entry[k] for k in ('id', 'kind', 'date', 'size')}, 'replaced': in_place,
            'kept': kept, 'seconds': round(time.monotonic() - started, 2)}
     if in_place:
         out['closed_connections'] = closed
-        out['notice'] = ('%d session(s) on %s closed for the replacement: whoever had it open in Tryton sees one error on their next '
-                         'action, then works on the restored database' % (closed, name))
+        out['notice'] = ('%d session(s) on %s closed for the replacement (trytond\'s released: no request fails on them); whoever '
+                         'had it open in Tryton works on the restored database from their next action' % (closed, name))
     return out
 
 
@@ -1707,7 +1756,9 @@ def drop(name):
     with Locks('drop %s' % name, exclusive=[name]):
         check_space(database_size(name) // 4, 'the final backup of %s' % name)
         final = dump_database(name, 'final')
+        pooled = tryton_sessions(name)
         q('DROP DATABASE %s%s' % (quote_ident(name), ' WITH (FORCE)' if server_version_num() >= 130000 else ''))
+        note_closed(name, pooled)
     return {'database': name, 'dropped': True, 'final_backup': final}
 
 
@@ -1912,6 +1963,83 @@ def list_databases():
         return list(pool.map(one, user_databases()))
 
 
+# trytond's pooled connections closed by the engine. trytond (6.0 and 7.0) keeps, per database
+# name, a pool of connections it never checks before use and has no call to drop a pool (only its
+# own db.drop, behind the server password the image does not set): a connection the engine
+# terminated (a copy of a database in use, a restore or reset in place, a drop) stays in the pool
+# and the next request that takes it fails once ("server closed the connection unexpectedly"),
+# then trytond discards it. The engine takes those failures itself: right after the operation it
+# logs the login-check user into the database through trytond until a login succeeds, so every
+# dead connection is used, and discarded, by the engine instead of a teacher or a student. A name
+# dropped (or whose database was swapped away) with trytond connections is remembered in RUN_DIR
+# (a tmpfs: trytond's pools do not outlive a reboot either) until a database appears under it again.
+TRYTOND_CLOSED = os.path.join(RUN_DIR, 'trytond-closed.json')
+
+
+def _closed_edit(fn):
+    import fcntl
+    os.makedirs(RUN_DIR, exist_ok=True)
+    fd = os.open(TRYTOND_CLOSED, os.O_RDWR | os.O_CREAT, 0o600)
+    with os.fdopen(fd, 'r+') as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            data = json.loads(f.read() or '{}')
+        except ValueError:
+            data = {}
+        out = fn(data)
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps(data, sort_keys=True))
+        return out
+
+
+def tryton_sessions(name):
+    """trytond's connections to `name` (role tryton)."""
+    return q("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND usename = 'tryton' AND pid <> pg_backend_pid()", (name,))[0][0]
+
+
+def note_closed(name, n):
+    """Remembers that n of trytond's connections to `name` were closed with the database."""
+    if n:
+        try:
+            _closed_edit(lambda d: d.__setitem__(name, d.get(name, 0) + n))
+        except OSError as e:
+            log('pgi-db: could not record trytond\'s closed connections to %s: %s' % (name, e))
+
+
+def release_trytond(name, closed=None):
+    """Makes trytond discard the connections to `name` the engine closed (see TRYTOND_CLOSED): with
+    `closed` after an operation on a database that exists, else those remembered for the name, if
+    any. Logs the login-check user in until trytond answers a login without an error (at most one
+    failure per closed connection). Returns the number of failed logins it took; never raises
+    (trytond stopped or starting: it has no pool to clean)."""
+    try:
+        remembered = _closed_edit(lambda d: d.pop(name, 0))
+    except (OSError, ValueError):
+        remembered = 0
+    todo = (closed or 0) + remembered
+    if not todo:
+        return 0
+    failed = 0
+    try:
+        with session(name, role='tryton') as c, c.cursor() as cur:
+            ensure_health_user(cur)
+        secret = health_login()[0]
+        url = _tryton_url(name)
+        for _ in range(todo + 1):
+            status, res = _rpc(url, 'common.db.login', [HEALTH_LOGIN, {'password': secret}, 'fr'], timeout=LOGIN_TIMEOUT_S)
+            if status == 200 and isinstance(res, dict) and isinstance(res.get('result'), list) and res['result']:
+                uid, sess = res['result'][0], res['result'][1]
+                _rpc(url, 'common.db.logout', [], auth='%s:%s:%s' % (HEALTH_LOGIN, uid, sess), timeout=30)
+                break
+            if status in (401, 403, 429):
+                break  # refused (the login-check user): nothing more to learn
+            failed += 1  # an error answer (200 with "error", or 500): one dead connection discarded
+    except Exception as e:  # trytond not there (its pools went with it), or too slow: not the operation's failure
+        log('pgi-db: releasing trytond\'s closed connections to %s: %s: %s' % (name, type(e).__name__, str(e)[-200:]))
+    return failed
+
+
 def login_targets():
     """The databases pgi-health logs into: Tryton databases made by `pgi-db create` (the declared
     ones) or not by pgi-db at all, never teaching copies (see TEACHING_KINDS). Read from the
@@ -1933,7 +2061,14 @@ def login_targets():
     return out
 
 
+def _tryton_url(name):
+    import urllib.parse
+    return '%s/%s/' % (TRYTON_URL.rstrip('/'), urllib.parse.quote(name))
+
+
 def _rpc(url, method, params, auth=None, timeout=LOGIN_TIMEOUT_S):
+    import urllib.error
+    import urllib.request
     body = json.dumps({'id': 1, 'method': method, 'params': params}).encode()
     headers = {'Content-Type': 'application/json'}
     if auth:
@@ -1961,7 +2096,7 @@ def login_check(names=None, timeout=LOGIN_TIMEOUT_S):
             with session(n, role='tryton') as c, c.cursor() as cur:
                 r['user'] = ensure_health_user(cur)
             secret = health_login()[0]
-            url = '%s/%s/' % (TRYTON_URL.rstrip('/'), urllib.request.quote(n))
+            url = _tryton_url(n)
             status, res = _rpc(url, 'common.db.login', [HEALTH_LOGIN, {'password': secret}, 'fr'], timeout=timeout)
             if status == 200 and isinstance(res, dict) and res.get('error'):
                 # an error that is not a refusal (a connection trytond kept and pgi-db closed for a

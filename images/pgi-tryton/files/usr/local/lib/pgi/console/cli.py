@@ -62,9 +62,18 @@ def serve():
     # Every page's template compiled once now, in the background, rather than by the first request
     # of each page: under software emulation a first render took 0.5-0.9 s of a request's server
     # time (the AMI's login page, the audit log, the class sheet), later renders 10-150 ms.
+    # The libraries pages load on first use likewise: argon2 (cffi: the first teacher login or
+    # activation), cryptography's Fernet (the first class sheet), psycopg2 (the AMI's login).
     import threading
 
     def warm_templates():
+        from . import security
+        try:
+            import psycopg2  # noqa: F401
+            security.hasher()
+            security.warm()
+        except Exception as e:  # the page that needs it fails with its own error, later
+            print('pgi-console: warm-up: %s' % e, file=sys.stderr)
         for name in app.jinja_env.list_templates(extensions=['html']):
             try:
                 app.jinja_env.get_template(name)

@@ -47,5 +47,9 @@ PASSWORD_MIN = 10
 FILE_TTL_S = 24 * 3600
 # the worker refreshes its index of kept backups this often (and after each job)
 BACKUP_INDEX_EVERY_S = 600
+# the worker measures the databases' sizes the pages show this often (and after each job)
+SIZES_EVERY_S = int(_env('PGI_CONSOLE_SIZES_EVERY_S', '300'))
+# the AMI's audit page shows this many lines at a time (a link leads to the older ones)
+AUDIT_PAGE = 100
 # the web application counts the worker as alive while its heartbeat is this recent
 WORKER_STALE_S = 60

@@ -71,6 +71,15 @@ def sizes(conn, names):
         return dict(cur.fetchall())
 
 
+def existing(conn, names):
+    """Those of `names` that exist (the catalog only: no file is read, unlike sizes)."""
+    if not names:
+        return set()
+    with conn.cursor() as cur:
+        cur.execute('SELECT datname FROM pg_database WHERE datname = ANY(%s)', (list(names),))
+        return {r[0] for r in cur.fetchall()}
+
+
 def _users(cur, skip=('admin', pgidb.HEALTH_LOGIN)):
     cur.execute('SELECT login, name, password_hash FROM res_user WHERE login <> ALL(%s) AND active ORDER BY id', (list(skip),))
     return cur.fetchall()
@@ -122,6 +131,10 @@ def reset_to_model(name, model, close=True):
         except BaseException:
             pgidb.drop_quietly(tmp)
             raise
+        if closed:
+            # trytond's connections to the replaced database: released by the engine's logins, so
+            # that the student's first request after the reset does not fail
+            pgidb.release_trytond(name, closed)
     return {'database': name, 'model': model, 'kept': kept, 'users': [u[0] for u in users], 'method': how['method'],
             'closed_connections': closed, 'seconds': round(time.monotonic() - started, 2)}
 

@@ -139,6 +139,25 @@ def refresh_backup_index(db):
         meta_set(db, 'backups_index_at', time.time())
 
 
+def refresh_sizes(db, conn=None):
+    """Measures the size of every database the console knows (active in its store) into the store,
+    where the pages read them: the worker runs it after each job and every few minutes, never a
+    page (pg_database_size reads every file of a database: seconds for a class of 30 under
+    software emulation). Returns how many were measured."""
+    from .store import sizes_put
+    names = {r[0] for r in db.execute("SELECT name FROM databases WHERE status = 'active'")}
+    names |= {r[0] for r in db.execute('SELECT name FROM db_sizes')}
+    own = conn is None
+    conn = conn or engine.connect_readonly()
+    try:
+        measured = engine.sizes(conn, sorted(names))
+    finally:
+        if own:
+            conn.close()
+    sizes_put(db, measured, names)
+    return len(measured)
+
+
 def _target_progress(ctx, names, base=0, total=None, every=1.0, stop=None):
     """While `stop` is not set: how many of `names` exist (the engine renames each database into
     place only when it is complete), as progress."""

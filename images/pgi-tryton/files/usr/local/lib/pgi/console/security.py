@@ -104,9 +104,22 @@ def store_key():
     return _key
 
 
+_fernets = []
+
+
 def _fernet():
-    from cryptography.fernet import Fernet
-    return Fernet(base64.urlsafe_b64encode(store_key()))
+    """One Fernet object for the process (the key never changes while it runs): a class sheet
+    unseals one password per student."""
+    if not _fernets:
+        from cryptography.fernet import Fernet
+        _fernets.append(Fernet(base64.urlsafe_b64encode(store_key())))
+    return _fernets[0]
+
+
+def warm():
+    """Loads cryptography (its Rust bindings: the slowest import of the console) before the first
+    page that needs it."""
+    from cryptography.fernet import Fernet  # noqa: F401
 
 
 def seal(text):

@@ -127,6 +127,16 @@ SCHEMA = [
     );
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # version 2: the databases' sizes as the worker last measured them (pg_database_size stats
+    # every file of a database, ~1,600 relations each: 30-50 ms a database under software
+    # emulation, seconds for a class page of 30 if done in the request)
+    """
+    CREATE TABLE db_sizes (
+        name TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        measured_at REAL NOT NULL
+    );
+    """,
 ]
 
 
@@ -214,6 +224,27 @@ def meta_get(db, key, default=None):
 
 def meta_set(db, key, value):
     db.execute('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value', (key, json.dumps(value)))
+
+
+def sizes_get(db, names):
+    """{name: size in bytes} as last measured by the worker (refresh_sizes), and when (the oldest
+    measure of those names, epoch seconds, or None)."""
+    names = list(names)
+    if not names:
+        return {}, None
+    rows = db.execute('SELECT name, size, measured_at FROM db_sizes WHERE name IN (%s)' % ','.join('?' * len(names)), names).fetchall()
+    return {r['name']: r['size'] for r in rows}, (min(r['measured_at'] for r in rows) if rows else None)
+
+
+def sizes_put(db, sizes, names=None):
+    """Records measured sizes; the names of `names` PostgreSQL no longer has are forgotten."""
+    now = time.time()
+    with tx(db):
+        for name, size in sizes.items():
+            db.execute('INSERT INTO db_sizes (name, size, measured_at) VALUES (?, ?, ?) '
+                       'ON CONFLICT (name) DO UPDATE SET size = excluded.size, measured_at = excluded.measured_at', (name, size, now))
+        for name in set(names or ()) - set(sizes):
+            db.execute('DELETE FROM db_sizes WHERE name = ?', (name,))
 
 
 def heartbeat(db):

@@ -25,7 +25,7 @@ import urllib.parse
 from flask import Flask, Response, abort, g, jsonify, redirect, render_template, request, send_file, url_for
 
 from . import accounts, config, engine, jobs, security
-from .store import audit, connect, meta_get, now_iso, tx
+from .store import audit, connect, meta_get, now_iso, sizes_get, tx
 
 COOKIE = '__Host-pgi-console'
 PREFIX = '/console'
@@ -49,15 +49,16 @@ def pg():
     return c
 
 
-def pg_sizes(names):
-    try:
-        return engine.sizes(pg(), names)
-    except Exception:
-        _local.pg = None
+def pg_exists(name):
+    """Whether PostgreSQL has a database `name` (the catalog only), or None when it cannot say.
+    Pages never ask PostgreSQL for sizes: pg_database_size reads every file of a database (tens
+    of ms each under software emulation); they show what the worker measured (store.sizes_get)."""
+    for _ in range(2):
         try:
-            return engine.sizes(pg(), names)
+            return name in engine.existing(pg(), [name])
         except Exception:
-            return None
+            _local.pg = None
+    return None
 
 
 def client_ip():
@@ -205,7 +206,7 @@ def create_app():
     app.config.update(MAX_CONTENT_LENGTH=config.UPLOAD_MAX_BYTES + (1 << 20), TEMPLATES_AUTO_RELOAD=False, SEND_FILE_MAX_AGE_DEFAULT=3600)
     app.json.ensure_ascii = False  # Flask ≥ 2.2 (Debian 12 and 13)
     app.jinja_env.globals.update(csrf_token=csrf_token, KINDS=jobs.KINDS)
-    app.jinja_env.filters.update(size=human_size, date=human_date)
+    app.jinja_env.filters.update(size=human_size, date=human_date, stamp=human_stamp)
 
     @app.before_request
     def before():
@@ -264,21 +265,42 @@ def human_size(n):
         n /= 1024.0
 
 
+def human_stamp(epoch):
+    """Epoch seconds → '04/03/2026 10:12' (Paris time)."""
+    if epoch is None:
+        return '–'
+    import datetime
+    return human_date(datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'))
+
+
+_PARIS = []
+
+
+def _paris():
+    if not _PARIS:
+        try:
+            from zoneinfo import ZoneInfo
+            _PARIS.append(ZoneInfo('Europe/Paris'))
+        except Exception:
+            _PARIS.append(None)
+    return _PARIS[0]
+
+
 def human_date(iso):
-    """'2026-03-04T09:12:00Z' → '04/03/2026 10:12' (Paris time, as teachers read it)."""
+    """'2026-03-04T09:12:00Z' → '04/03/2026 10:12' (Paris time, as teachers read it).
+    fromisoformat, not strptime: strptime compiles and runs a regular expression per call, which
+    a page of audit lines or backups pays for each date under software emulation."""
     if not iso:
         return '–'
     import datetime
     try:
-        d = datetime.datetime.strptime(iso[:19].replace('Z', ''), '%Y-%m-%dT%H:%M:%S').replace(tzinfo=datetime.timezone.utc)
+        d = datetime.datetime.fromisoformat(iso[:19]).replace(tzinfo=datetime.timezone.utc)
     except ValueError:
         return iso
-    try:
-        from zoneinfo import ZoneInfo
-        d = d.astimezone(ZoneInfo('Europe/Paris'))
-    except Exception:
-        pass
-    return d.strftime('%d/%m/%Y %H:%M')
+    tz = _paris()
+    if tz is not None:
+        d = d.astimezone(tz)
+    return '%02d/%02d/%04d %02d:%02d' % (d.day, d.month, d.year, d.hour, d.minute)
 
 
 def register_routes(app):
@@ -314,9 +336,9 @@ def register_routes(app):
         counts = {r['class_id']: r['n'] for r in db.execute(
             "SELECT class_id, count(*) n FROM databases WHERE owner_id = ? AND status = 'active' AND kind IN ('student', 'shared') GROUP BY class_id",
             (me,))}
-        sizes = pg_sizes([d['name'] for d in others]) or {}
+        sizes, sizes_at = sizes_get(db, [d['name'] for d in others])
         return render_template('home.html', title='Mes classes', classes=classes, others=others, recent=[jobs.public(j) for j in recent],
-                               counts=counts, sizes=sizes)
+                               counts=counts, sizes=sizes, sizes_at=sizes_at)
 
     # -- teacher login, activation, logout
     @app.route(R + '/connexion', methods=['GET', 'POST'])
@@ -441,9 +463,22 @@ def register_routes(app):
     def ami_audit():
         db = store()
         who = request.args.get('qui') or None
-        rows = db.execute('SELECT * FROM audit %s ORDER BY id DESC LIMIT 500' % ('WHERE actor = ?' if who else ''),
-                          (who,) if who else ()).fetchall()
-        return render_template('ami_audit.html', title='Journal des actions', rows=rows, who=who)
+        before = request.args.get('avant', '')
+        before = int(before) if before.isdigit() else None
+        where, args = [], []
+        if who:
+            where.append('actor = ?')
+            args.append(who)
+        if before:
+            where.append('id < ?')
+            args.append(before)
+        # one page of AUDIT_PAGE lines, then a link to the older ones: rendering 500 lines took
+        # ~0.9 s under software emulation (the CLI's `pgi db audit` reads any number)
+        rows = db.execute('SELECT * FROM audit %s ORDER BY id DESC LIMIT ?' % ('WHERE ' + ' AND '.join(where) if where else ''),
+                          args + [config.AUDIT_PAGE + 1]).fetchall()
+        older = rows[config.AUDIT_PAGE - 1]['id'] if len(rows) > config.AUDIT_PAGE else None
+        return render_template('ami_audit.html', title='Journal des actions', rows=rows[:config.AUDIT_PAGE], who=who, older=older,
+                               page=config.AUDIT_PAGE, first=before is None)
 
     # -- classes
     @app.route(R + '/classes/nouvelle', methods=['GET'])
@@ -517,7 +552,7 @@ def register_routes(app):
         students = {}
         for s in db.execute('SELECT * FROM students WHERE class_id = ? ORDER BY last_name, first_name', (cid,)):
             students.setdefault(s['database'], []).append(s)
-        sizes = pg_sizes([d['name'] for d in dbs])
+        sizes, sizes_at = sizes_get(db, [d['name'] for d in dbs])
         last = {}
         for r in db.execute('SELECT database, max(date) d FROM backups_index GROUP BY database'):
             last[r['database']] = r['d']
@@ -527,7 +562,7 @@ def register_routes(app):
         active_job = db.execute("SELECT * FROM jobs WHERE owner_id = ? AND state IN ('queued', 'running') ORDER BY id DESC",
                                 (g.account['id'],)).fetchall()
         active_job = [j for j in active_job if set(json.loads(j['targets'])) & ({d['name'] for d in dbs} | {cls['model_db'] or ''})]
-        return render_template('class.html', title='Classe %s' % cls['label'], cls=cls, dbs=dbs, students=students, sizes=sizes, last=last,
+        return render_template('class.html', title='Classe %s' % cls['label'], cls=cls, dbs=dbs, students=students, sizes=sizes, sizes_at=sizes_at, last=last,
                                finals=finals, active=[jobs.public(j) for j in active_job])
 
     @app.route(R + '/classes/<int:cid>/fiche')
@@ -726,7 +761,7 @@ def own_db(name, action, archived_ok=False):
         return active[0]
     if mine and archived_ok:
         return mine[0]
-    if rows or (pg_sizes([name]) or {}).get(name) is not None:
+    if rows or pg_exists(name):
         deny(action, name, 'base d\'un autre enseignant, ou hors de la console')
     abort(404)
 
@@ -777,7 +812,7 @@ def _models():
 
 def _taken(name):
     """A database name is taken when PostgreSQL has it or a console job is about to make it."""
-    if (pg_sizes([name]) or {}).get(name) is not None:
+    if pg_exists(name):  # (PostgreSQL unreachable: the job's engine refuses a name that exists)
         return True
     if store().execute("SELECT 1 FROM databases WHERE name = ? AND status = 'active'", (name,)).fetchone():
         return True

@@ -75,6 +75,8 @@ def main():
     running = {}
     last_index = 0.0
     last_beat = 0.0
+    last_sizes = 0.0
+    sizes_due = True
     me = [sys.executable, os.path.abspath(sys.argv[0])]
     while not _stopping:
         # every 10 s, not each second: a write to the data disk (the web application counts the
@@ -85,6 +87,7 @@ def main():
         for jid, proc in list(running.items()):
             if proc.poll() is not None:
                 del running[jid]
+                sizes_due = True
                 if proc.returncode not in (0,):
                     # the job process died before recording its end (killed): say so
                     recover(db)
@@ -107,6 +110,16 @@ def main():
                     if s != 'queued' or running[r['id']].poll() is not None:
                         break
                     time.sleep(0.05)
+        # the databases' sizes the pages show: after each job, and every SIZES_EVERY_S for what
+        # students change in Tryton meanwhile
+        if sizes_due or time.time() - last_sizes > config.SIZES_EVERY_S:
+            try:
+                jobs.refresh_sizes(db)
+            except Exception as e:
+                from pgilib import log
+                log('pgi-console-worker: sizes: %s' % e)
+            sizes_due = False
+            last_sizes = time.time()
         if time.time() - last_index > config.BACKUP_INDEX_EVERY_S and not running:
             try:
                 jobs.refresh_backup_index(db)
