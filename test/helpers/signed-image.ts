@@ -20,24 +20,7 @@ export async function signedTestImage(root: string, name: string, version: strin
   const file = `${name}-${version}.qcow2`
   await writeFile(join(dir, file), data)
   const sha = createHash('sha256').update(data).digest('hex')
-  const m: ImageManifest = {
-    format: 1,
-    name,
-    version,
-    build_time: new Date(0).toISOString(),
-    source_date_epoch: 0,
-    disk: {file, format: 'qcow2', sha256: sha, size_bytes: data.length, virtual_size_bytes: 8 * 2 ** 30, raw_sha256: sha},
-    kernel: {package: 'linux-image-amd64', release: 'test', version: 'test'},
-    recipe: {name, digest: 'test'},
-    lock: {digest: 'test', packages: 0},
-    tree: {digest: 'test', entries: 0},
-    packages: [],
-    ports: {ssh: 22, web: 80, jsonrpc: 8000, postgresql: 5432},
-    signing: {algorithm: 'ed25519', key_id: keyId(pub)},
-  }
-  const raw = manifestBytes(m)
-  await writeFile(join(dir, 'manifest.json'), raw)
-  await writeFile(join(dir, 'manifest.sig'), signBytes(raw, key))
+  await writeSignedManifest(dir, key, {name, version, file, sha256: sha, sizeBytes: data.length, virtualBytes: 8 * 2 ** 30, rawSha256: sha})
   return {dir, file}
 }
 
@@ -75,23 +58,32 @@ export async function signedQcow2Image(
   execFileSync('qemu-img', ['convert', '-O', 'qcow2', raw, join(dir, file)])
   await rm(raw)
   const qcow = await readFile(join(dir, file))
+  await writeSignedManifest(dir, key, {name, version, file, sha256: createHash('sha256').update(qcow).digest('hex'), sizeBytes: (await stat(join(dir, file))).size, virtualBytes: opts.virtualBytes, rawSha256})
+  return {dir, file, rawSha256, key}
+}
+
+/** manifest.json (a test image's: no packages, test kernel and digests) and its signature by `key`. */
+async function writeSignedManifest(
+  dir: string,
+  key: import('../../src/secret.js').Secret,
+  d: {name: string; version: string; file: string; sha256: string; sizeBytes: number; virtualBytes: number; rawSha256: string},
+): Promise<void> {
   const m: ImageManifest = {
     format: 1,
-    name,
-    version,
+    name: d.name,
+    version: d.version,
     build_time: new Date(0).toISOString(),
     source_date_epoch: 0,
-    disk: {file, format: 'qcow2', sha256: createHash('sha256').update(qcow).digest('hex'), size_bytes: (await stat(join(dir, file))).size, virtual_size_bytes: opts.virtualBytes, raw_sha256: rawSha256},
+    disk: {file: d.file, format: 'qcow2', sha256: d.sha256, size_bytes: d.sizeBytes, virtual_size_bytes: d.virtualBytes, raw_sha256: d.rawSha256},
     kernel: {package: 'linux-image-amd64', release: 'test', version: 'test'},
-    recipe: {name, digest: 'test'},
+    recipe: {name: d.name, digest: 'test'},
     lock: {digest: 'test', packages: 0},
     tree: {digest: 'test', entries: 0},
     packages: [],
     ports: {ssh: 22, web: 80, jsonrpc: 8000, postgresql: 5432},
-    signing: {algorithm: 'ed25519', key_id: keyId(pub)},
+    signing: {algorithm: 'ed25519', key_id: keyId(publicKeyOf(key))},
   }
-  const bytes = manifestBytes(m)
-  await writeFile(join(dir, 'manifest.json'), bytes)
-  await writeFile(join(dir, 'manifest.sig'), signBytes(bytes, key))
-  return {dir, file, rawSha256, key}
+  const raw = manifestBytes(m)
+  await writeFile(join(dir, 'manifest.json'), raw)
+  await writeFile(join(dir, 'manifest.sig'), signBytes(raw, key))
 }

@@ -212,6 +212,25 @@ class Lab:
         return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+
+def start_lab():
+    """A started Lab for a suite's setUpModule: skips the suite (unittest.SkipTest, with the reason)
+    on a machine without what it needs; stops what it started when starting fails."""
+    import unittest
+    why = missing_prerequisites()
+    if why:
+        raise unittest.SkipTest(why)
+    lab = Lab()
+    t0 = time.monotonic()
+    try:
+        lab.start()
+    except BaseException:
+        lab.stop()
+        raise
+    sys.stderr.write('lab ready in %.1f s (template %s, %.1f s)\n' % (time.monotonic() - t0, 'from cache' if lab.template_cached else 'built',
+                                                                       lab.template_seconds))
+    return lab
+
 # proteus: a customer invoice (product, customer, TVA 20 % from account_fr's taxes), posted on DATE
 POST_INVOICE = r'''
 date = datetime.date.fromisoformat(sys.argv[1] if len(sys.argv) > 1 else %(date)r)

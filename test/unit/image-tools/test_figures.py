@@ -10,7 +10,6 @@ Run: /usr/bin/python3 -m unittest -v test_figures (as root, in this folder), or 
 import json
 import os
 import sys
-import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -24,15 +23,7 @@ lab = None
 
 def setUpModule():
     global lab
-    why = pgitest.missing_prerequisites()
-    if why:
-        raise unittest.SkipTest(why)
-    lab = pgitest.Lab()
-    try:
-        lab.start()
-    except BaseException:
-        lab.stop()
-        raise
+    lab = pgitest.start_lab()
 
 
 def tearDownModule():

@@ -26,18 +26,7 @@ TODAY = datetime.date.today()
 
 def setUpModule():
     global lab
-    why = pgitest.missing_prerequisites()
-    if why:
-        raise unittest.SkipTest(why)
-    lab = pgitest.Lab()
-    t0 = time.monotonic()
-    try:
-        lab.start()
-    except BaseException:
-        lab.stop()
-        raise
-    sys.stderr.write('lab ready in %.1f s (template %s, %.1f s)\n' % (time.monotonic() - t0, 'from cache' if lab.template_cached else 'built',
-                                                                       lab.template_seconds))
+    lab = pgitest.start_lab()
 
 
 def tearDownModule():

@@ -24,6 +24,17 @@ sys.path.insert(0, ${JSON.stringify(join(files, 'lib/pgi'))})
 loader = importlib.machinery.SourceFileLoader('pgi_health', ${JSON.stringify(health)})
 h = importlib.util.module_from_spec(importlib.util.spec_from_loader('pgi_health', loader))
 loader.exec_module(h)
+
+def run_main(argv):
+    """Runs pgi-health's main() with argv; exits with its status, its duration on stderr."""
+    sys.argv = ['pgi-health'] + argv
+    t0 = time.monotonic()
+    try:
+        h.main()
+    except SystemExit as e:
+        sys.stderr.write('exit %s after %.1f s\\n' % (e.code, time.monotonic() - t0))
+        sys.stderr.flush()
+        os._exit(e.code)
 `
   const r = spawnSync('/usr/bin/python3', ['-c', prelude + script], {encoding: 'utf8', env: {...process.env, ...env}, timeout: 60_000})
   const line = r.stdout.trim().split('\n').pop() ?? ''
@@ -41,11 +52,7 @@ describe('pgi-health --wait', () => {
     for (const args of [['--wait'], ['--wait', 'soon']]) {
       const r = py(`
 h.collect = lambda: (_ for _ in ()).throw(AssertionError('no check may run'))
-sys.argv = ['pgi-health'] + json.loads(${JSON.stringify(JSON.stringify(args))})
-try:
-    h.main()
-except SystemExit as e:
-    os._exit(e.code)
+run_main(json.loads(${JSON.stringify(JSON.stringify(args))}))
 `)
       expect(r.status, r.stderr).toBe(2)
       expect(r.stderr).toContain('usage: pgi-health [--wait SECONDS]')
@@ -63,14 +70,7 @@ def collect():
     ok = len(calls) >= 3
     return ok, {'healthy': ok, 'calls': len(calls)}
 h.collect = collect
-sys.argv = ['pgi-health', '--wait', '40']
-t0 = time.monotonic()
-try:
-    h.main()
-except SystemExit as e:
-    sys.stderr.write('exit %s after %.1f s\\n' % (e.code, time.monotonic() - t0))
-    sys.stderr.flush()
-    os._exit(e.code)
+run_main(['--wait', '40'])
 `)
     expect(r.status, r.stderr).toBe(0)
     expect(r.out).toEqual({healthy: true, calls: 3})
@@ -87,14 +87,7 @@ def collect():
     calls.append(1)
     return False, {'healthy': False, 'calls': len(calls)}
 h.collect = collect
-sys.argv = ['pgi-health', '--wait', '3']
-t0 = time.monotonic()
-try:
-    h.main()
-except SystemExit as e:
-    sys.stderr.write('exit %s after %.1f s\\n' % (e.code, time.monotonic() - t0))
-    sys.stderr.flush()
-    os._exit(e.code)
+run_main(['--wait', '3'])
 `, {PGI_DATA: '/nonexistent-pgi-data'})
     expect(r.status, r.stderr).toBe(1)
     // the data disk is not mounted: no full check until the time is up, then exactly one
@@ -111,11 +104,7 @@ def collect():
     calls.append(1)
     return False, {'healthy': False, 'calls': len(calls)}
 h.collect = collect
-sys.argv = ['pgi-health']
-try:
-    h.main()
-except SystemExit as e:
-    os._exit(e.code)
+run_main([])
 `)
     expect(r.status, r.stderr).toBe(1)
     expect(r.out).toEqual({healthy: false, calls: 1})
