@@ -1,6 +1,7 @@
-import {existsSync} from 'node:fs'
+import {existsSync, readFileSync} from 'node:fs'
 import {mkdir, mkdtemp, readdir, rename, rm, writeFile} from 'node:fs/promises'
 import {dirname, join} from 'node:path'
+import {fileURLToPath} from 'node:url'
 
 import {run} from '../../src/exec.js'
 import {resolveSources} from '../../src/image/sources.js'
@@ -173,34 +174,11 @@ config.set_xmlrpc('%s://%s:%s@%s/%s/' % (u.scheme, urllib.parse.quote(d['login']
 `
 
 /**
- * A teacher's first exercise, with a real Tryton client: a party (`d['party']`), a product
- * (`d['product']`) whose category carries the French chart's accounts (7071 revenue, 6071
- * expense) and VAT 20 % (account_fr's "T.V.A. Vente de biens Taux Normal"), a customer invoice of
- * 3 × 100 € dated `d['date']` (default today), posted. Prints {number, state, total, untaxed,
- * company, fiscalYear}.
+ * A teacher's first exercise, with a real Tryton client: test/helpers/post_invoice.py (shared with
+ * the native image-tool suites), after PROTEUS_CONNECT. Prints {number, state, total, untaxed,
+ * company, fiscalYear, move, id}.
  */
-export const POST_INVOICE = PROTEUS_CONNECT + String.raw`
-Party = Model.get('party.party'); Template = Model.get('product.template'); Category = Model.get('product.category')
-Account = Model.get('account.account'); Tax = Model.get('account.tax'); Invoice = Model.get('account.invoice'); Uom = Model.get('product.uom')
-customer = Party(name=d.get('party', 'Client E2E')); customer.save()
-cat = Category(name='Marchandises', accounting=True)
-cat.account_revenue, = Account.find([('code', '=', '7071')])
-cat.account_expense, = Account.find([('code', '=', '6071')])
-tva, = Tax.find([('name', '=', 'T.V.A. Vente de biens Taux Normal'), ('parent', '=', None)])
-cat.customer_taxes.append(Tax(tva.id))
-cat.save()
-unit, = Uom.find([('symbol', '=', 'u')])
-t = Template(name=d.get('product', 'Article E2E'), default_uom=unit, type='goods', list_price=Decimal('100'), account_category=cat)
-t.save()
-day = datetime.date.fromisoformat(d['date']) if d.get('date') else datetime.date.today()
-inv = Invoice(type='out', party=customer, invoice_date=day)
-line = inv.lines.new(); line.product = t.products[0]; line.quantity = 3; line.unit_price = Decimal('100')
-inv.save()
-inv.click('post')
-inv = Invoice(inv.id)
-print(json.dumps({'number': inv.number, 'state': inv.state, 'total': str(inv.total_amount), 'untaxed': str(inv.untaxed_amount),
-                  'company': inv.company.party.name, 'fiscalYear': inv.move.period.fiscalyear.name}))
-`
+export const POST_INVOICE = PROTEUS_CONNECT + readFileSync(join(dirname(fileURLToPath(import.meta.url)), 'post_invoice.py'), 'utf8')
 
 /** What POST_INVOICE printed (its last line). */
 export interface PostedInvoice {

@@ -231,34 +231,14 @@ def start_lab():
                                                                        lab.template_seconds))
     return lab
 
-# proteus: a customer invoice (product, customer, TVA 20 % from account_fr's taxes), posted on DATE
-POST_INVOICE = r'''
-date = datetime.date.fromisoformat(sys.argv[1] if len(sys.argv) > 1 else %(date)r)
-Party = Model.get('party.party'); Product = Model.get('product.product'); Template = Model.get('product.template')
-Category = Model.get('product.category'); Account = Model.get('account.account'); Tax = Model.get('account.tax')
-Invoice = Model.get('account.invoice'); Uom = Model.get('product.uom')
-customer = Party(name=%(customer)r); customer.save()
-cat = Category(name='Marchandises %(customer)s', accounting=True)
-cat.account_revenue, = Account.find([('code', '=', '7071')])
-cat.account_expense, = Account.find([('code', '=', '6071')])
-tva, = Tax.find([('name', '=', 'T.V.A. Vente de biens Taux Normal'), ('parent', '=', None)])
-cat.customer_taxes.append(Tax(tva.id))
-cat.save()
-unit, = Uom.find([('symbol', '=', 'u')])
-t = Template(name='Article %(customer)s', default_uom=unit, type='goods', list_price=Decimal('100'), account_category=cat)
-t.save()
-inv = Invoice(type='out', party=customer, invoice_date=date)
-line = inv.lines.new(); line.product = t.products[0]; line.quantity = 3; line.unit_price = Decimal('100')
-inv.save()
-inv.click('post')
-inv = Invoice(inv.id)
-print(json.dumps({'number': inv.number, 'state': inv.state, 'total': str(inv.total_amount), 'untaxed': str(inv.untaxed_amount),
-                  'move': inv.move.post_number if inv.move else None, 'id': inv.id}))
-'''
+# proteus: a customer invoice (product, customer, TVA 20 % from account_fr's taxes), posted on
+# DATE: the script the qemu end-to-end tests run too (test/helpers/post_invoice.py)
+with open(os.path.join(REPO, 'test', 'helpers', 'post_invoice.py')) as _f:
+    POST_INVOICE = _f.read()
 
 
 def post_invoice_script(date, customer):
-    return POST_INVOICE % {'date': date, 'customer': customer}
+    return 'd = %r\n' % {'date': date, 'party': customer} + POST_INVOICE
 
 
 READ_INVOICES = r'''
