@@ -132,7 +132,7 @@ async function main(lab, resolveImage, labCpu) {
     pollIntervalMs: scaled(5000, 20),
     agentTimeoutMs: 600_000,
     healthTimeoutMs: 600_000,
-    shutdownTimeoutS: 5,
+    shutdownTimeoutMs: 5000,
     ...over,
   })
   // calibration: one establishment alone, the longest of N (each a different site, lab idle)

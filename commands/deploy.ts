@@ -4,7 +4,7 @@ import {Args, Flags} from '@oclif/core'
 
 import {BaseCommand} from '../src/cli/base-command.js'
 import {imageResolver} from '../src/cli/fleet.js'
-import {bwlimitFlag, gateTimeoutsMs, imageRefFlag, imagesDirFlag, reportFlag, selectionFlags, STATE_DIR_HELP} from '../src/cli/flags.js'
+import {bwlimitFlag, imageRefFlag, imagesDirFlag, reportFlag, secondsFlag, selectionFlags, STATE_DIR_HELP} from '../src/cli/flags.js'
 import type {DeployReport, PlanRow} from '../src/deploy/service.js'
 import {deploySuite} from '../src/report/suites.js'
 
@@ -46,8 +46,8 @@ Exit codes: 0 all done or up to date, 4 some establishments failed (see the summ
       env: 'PGI_HANDOFF_DIR',
     }),
     'lab-dir': Flags.string({summary: 'The inventory is a pgi lab\'s: handoffs name the lab\'s forwarded 127.0.0.1 ports (qemu labs) or the addresses the lab gives its VMs (simulated labs).'}),
-    'agent-timeout': Flags.integer({summary: 'Seconds to wait for a new VM\'s guest agent (software-emulated boots are slow).', default: 600, min: 1}),
-    'health-timeout': Flags.integer({summary: 'Seconds to wait for pgi-health to report healthy.', default: 1200, min: 1}),
+    'agent-timeout': secondsFlag({summary: 'Seconds to wait for a new VM\'s guest agent (software-emulated boots are slow).', default: 600}),
+    'health-timeout': secondsFlag({summary: 'Seconds to wait for pgi-health to report healthy.', default: 1200}),
     report: reportFlag,
   }
 
@@ -74,7 +74,8 @@ Exit codes: 0 all done or up to date, 4 some establishments failed (see the summ
       dryRun: f['dry-run'],
       maxParallel: f['max-parallel'],
       maxPerHypervisor: f['max-per-hypervisor'],
-      ...gateTimeoutsMs(f),
+      agentTimeoutMs: f['agent-timeout'],
+      healthTimeoutMs: f['health-timeout'],
       io: this.io,
       confirm: (q) => this.confirm(q),
       connection: f['lab-dir'] ? labConnection(f['lab-dir'], {io: this.io}) : undefined,

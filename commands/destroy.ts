@@ -2,6 +2,7 @@ import {Args, Flags} from '@oclif/core'
 import {join} from 'node:path'
 
 import {BaseCommand, inventoryFlag, secretsDirFlag} from '../src/cli/base-command.js'
+import {secondsFlag} from '../src/cli/flags.js'
 import type {DestroyResult} from '../src/deploy/destroy.js'
 import {FlagRequiredError, SafetyRefusal} from '../src/errors.js'
 import {stateDir} from '../src/paths.js'
@@ -25,7 +26,7 @@ export default class Destroy extends BaseCommand<typeof Destroy> {
     'secrets-dir': secretsDirFlag,
     'destroy-data': Flags.boolean({summary: 'Required: you accept that the data disk and every database on it are deleted (after the final backup).', default: false}),
     'backup-dir': Flags.string({summary: 'Where the final backup is copied (default <state dir>/final-backups).', env: 'PGI_BACKUP_DIR'}),
-    'agent-timeout': Flags.integer({summary: 'Seconds to wait for the guest agent (the VM is started for its backup if stopped).', default: 600, min: 1}),
+    'agent-timeout': secondsFlag({summary: 'Seconds to wait for the guest agent (the VM is started for its backup if stopped).', default: 600}),
   }
 
   public async run(): Promise<DestroyResult> {
@@ -62,7 +63,7 @@ export default class Destroy extends BaseCommand<typeof Destroy> {
           }
         },
         backupDir: f['backup-dir'] ?? join(stateDir(), 'final-backups'),
-        agentTimeoutMs: f['agent-timeout'] * 1000,
+        agentTimeoutMs: f['agent-timeout'],
         update: (text) => this.io.info(`${est.uai}: ${text}`),
       })
     } finally {

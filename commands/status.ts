@@ -2,7 +2,7 @@ import {Args, Flags} from '@oclif/core'
 
 import {BaseCommand, inventoryFlag, secretsDirFlag} from '../src/cli/base-command.js'
 import {UsageError} from '../src/errors.js'
-import {reportFlag} from '../src/cli/flags.js'
+import {reportFlag, secondsFlag} from '../src/cli/flags.js'
 import {statusSuite} from '../src/report/suites.js'
 import {STATUS_DEFAULTS} from '../src/status/collect.js'
 import {detailLines, refusalNotes, renderPrometheus, renderTable, useColour, writeTextfile} from '../src/status/format.js'
@@ -60,8 +60,8 @@ Exit codes: 0 every selected establishment is healthy; 5 at least one is degrade
     }),
     output: Flags.string({summary: 'Write the prometheus output to this file (atomically: temp file, then rename).', dependsOn: ['format']}),
     watch: Flags.integer({summary: 'Repeat every N seconds until Ctrl-C (redrawn on a terminal, only changes otherwise).', min: 1}),
-    timeout: Flags.integer({summary: 'Deadline of each API request, in seconds; a hypervisor that misses it is reported unreachable.', default: STATUS_DEFAULTS.requestTimeoutMs / 1000, min: 1, env: 'PGI_STATUS_TIMEOUT'}),
-    'health-timeout': Flags.integer({summary: 'Deadline of the health check inside each VM, in seconds.', default: STATUS_DEFAULTS.healthTimeoutMs / 1000, min: 1}),
+    timeout: secondsFlag({summary: 'Deadline of each API request, in seconds; a hypervisor that misses it is reported unreachable.', default: STATUS_DEFAULTS.requestTimeoutMs / 1000, env: 'PGI_STATUS_TIMEOUT'}),
+    'health-timeout': secondsFlag({summary: 'Deadline of the health check inside each VM, in seconds.', default: STATUS_DEFAULTS.healthTimeoutMs / 1000}),
     'max-parallel': Flags.integer({summary: 'API requests in flight overall.', default: STATUS_DEFAULTS.maxParallel, min: 1}),
     'max-per-hypervisor': Flags.integer({summary: 'API requests in flight on one hypervisor.', default: STATUS_DEFAULTS.perHypervisor, min: 1}),
     'health-max-age': Flags.integer({
@@ -97,8 +97,8 @@ Exit codes: 0 every selected establishment is healthy; 5 at least one is degrade
       secretsDir: f['secrets-dir'],
       io: this.io,
       tokenId: f['token-id'],
-      requestTimeoutMs: f.timeout * 1000,
-      healthTimeoutMs: f['health-timeout'] * 1000,
+      requestTimeoutMs: f.timeout,
+      healthTimeoutMs: f['health-timeout'],
       maxParallel: f['max-parallel'],
       perHypervisor: f['max-per-hypervisor'],
       healthMaxAgeS: f['health-max-age'],

@@ -1,6 +1,7 @@
 import {Args, Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../src/cli/base-command.js'
+import {secondsFlag} from '../../src/cli/flags.js'
 import type {BootTestResult} from '../../src/image/boottest.js'
 
 export default class ImageTest extends BaseCommand<typeof ImageTest> {
@@ -20,7 +21,7 @@ export default class ImageTest extends BaseCommand<typeof ImageTest> {
     'data-disk': Flags.string({summary: 'Attach this qcow2 as the data disk instead of a blank one (used in place).'}),
     quick: Flags.boolean({summary: 'Skip the database creation and Tryton login.', default: false}),
     keep: Flags.boolean({summary: 'Keep the VM folder (disks, serial log) afterwards.', default: false}),
-    'health-timeout': Flags.integer({summary: 'Seconds to wait for pgi-health after each boot.', default: 480}),
+    'health-timeout': secondsFlag({summary: 'Seconds to wait for pgi-health after each boot.', default: 480}),
   }
 
   public async run(): Promise<BootTestResult> {
@@ -31,7 +32,7 @@ export default class ImageTest extends BaseCommand<typeof ImageTest> {
       dataDisk: this.flags['data-disk'],
       quick: this.flags.quick,
       keep: this.flags.keep,
-      healthTimeoutMs: this.flags['health-timeout'] * 1000,
+      healthTimeoutMs: this.flags['health-timeout'],
       io: this.io,
     })
     this.table(['Image', 'Version', 'Accel', 'Boot to healthy (s)', 'Database', 'After reboot'], [[r.image, r.version, r.accel, r.bootToHealthyS, r.database ?? '—', r.rebootedHealthy ? 'healthy' : 'NOT healthy']])

@@ -1,6 +1,7 @@
 import {Args, Flags} from '@oclif/core'
 
 import {BaseCommand, inventoryFlag} from '../../src/cli/base-command.js'
+import {secondsFlag} from '../../src/cli/flags.js'
 import type {TrustReport} from '../../src/proxmox/trust.js'
 
 export default class InventoryTrust extends BaseCommand<typeof InventoryTrust> {
@@ -24,7 +25,7 @@ Exit status: 0 when the certificate matches the pin (or was written), 8 when it 
   static override flags = {
     inventory: inventoryFlag,
     write: Flags.boolean({summary: "Write the certificate's fingerprint into the inventory (asks for confirmation unless --yes).", default: false}),
-    timeout: Flags.integer({summary: 'Seconds to wait for the TLS handshake.', default: 10, min: 1}),
+    timeout: secondsFlag({summary: 'Seconds to wait for the TLS handshake.', default: 10}),
   }
 
   public async run(): Promise<TrustReport> {
@@ -46,7 +47,7 @@ Exit status: 0 when the certificate matches the pin (or was written), 8 when it 
     const errors = problems.filter((p) => p.severity === 'error' && p.file === hv.source.file)
     if (errors.length > 0) this.io.warn(`${hv.source.file} has ${errors.length} validation problem(s); run \`pgi inventory validate\``)
 
-    const report = await inspectHypervisor(hv, {timeoutMs: this.flags.timeout * 1000})
+    const report = await inspectHypervisor(hv, {timeoutMs: this.flags.timeout})
     const c = report.certificate
     const cn = (o: Record<string, string | string[]>): string => Object.entries(o).map(([k, v]) => `${k}=${Array.isArray(v) ? v.join('+') : v}`).join(', ')
     const match = report.matches === undefined ? (report.caFile ? `no pin (CA file ${report.caFile}: ${c.chainVerified ? 'verifies' : `does not verify: ${c.chainError}`})` : 'no pin') : report.matches ? 'yes' : 'NO'

@@ -2,7 +2,7 @@ import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../src/cli/base-command.js'
 import {imageResolver, resultTable, stoppedLines, stopSignal} from '../../src/cli/fleet.js'
-import {gateTimeoutsMs, imagesDirFlag, reportFlag, runFlags, selectionFlags, uaiArgs} from '../../src/cli/flags.js'
+import {imagesDirFlag, reportFlag, runFlags, selectionFlags, uaiArgs} from '../../src/cli/flags.js'
 import {rolloutSuite} from '../../src/report/suites.js'
 import type {RolloutResult} from '../../src/rollout/run.js'
 
@@ -48,8 +48,9 @@ Exit codes: as \`pgi rollout start\`.`
       maxPerHypervisor: f['max-per-hypervisor'],
       maxFailures: f['max-failures'],
       keepOldDisk: f['keep-old-disk'],
-      ...gateTimeoutsMs(f),
-      shutdownTimeoutS: f['shutdown-timeout'],
+      agentTimeoutMs: f['agent-timeout'],
+      healthTimeoutMs: f['health-timeout'],
+      shutdownTimeoutMs: f['shutdown-timeout'],
       lockWaitMs: f['lock-wait'],
       signal: stopSignal(this.io),
       onResult: (e) => this.io.info(`${e.uai}: ${e.outcome}${e.reason ? ` (${e.reason})` : ''}`),

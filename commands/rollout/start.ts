@@ -2,7 +2,7 @@ import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../src/cli/base-command.js'
 import {rolloutFleet, resultTable, stoppedLines, stopSignal} from '../../src/cli/fleet.js'
-import {gateTimeoutsMs, imageRefArg, imagesDirFlag, reportFlag, runFlags, selectionFlags, uaiArgs} from '../../src/cli/flags.js'
+import {imageRefArg, imagesDirFlag, reportFlag, runFlags, selectionFlags, uaiArgs} from '../../src/cli/flags.js'
 import {rolloutSuite} from '../../src/report/suites.js'
 import type {RolloutResult} from '../../src/rollout/run.js'
 
@@ -44,8 +44,9 @@ Exit codes: 0 all updated (or already), 4 some failed / were rolled back / halte
       maxFailures: f['max-failures'],
       window: f.window as 'now' | 'inventory',
       keepOldDisk: f['keep-old-disk'],
-      ...gateTimeoutsMs(f),
-      shutdownTimeoutS: f['shutdown-timeout'],
+      agentTimeoutMs: f['agent-timeout'],
+      healthTimeoutMs: f['health-timeout'],
+      shutdownTimeoutMs: f['shutdown-timeout'],
       lockWaitMs: f['lock-wait'],
       confirm: (q) => this.confirm(q),
       signal: stopSignal(this.io),

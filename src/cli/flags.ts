@@ -142,11 +142,23 @@ export const lockWaitFlag = Flags.custom<number>({
 })()
 
 /**
- * The gate's deadlines (--agent-timeout, --health-timeout: seconds on the command line) in the
- * engine's unit, milliseconds: converted here once for deploy, rollout start and resume.
+ * A duration flag given in seconds on the command line (or with a unit: 90s, 10m, 1h) whose value
+ * is milliseconds, the engine's one time unit: commands pass it on as it is, never converting.
  */
-export function gateTimeoutsMs(f: {'agent-timeout': number; 'health-timeout': number}): {agentTimeoutMs: number; healthTimeoutMs: number} {
-  return {agentTimeoutMs: f['agent-timeout'] * 1000, healthTimeoutMs: f['health-timeout'] * 1000}
+export function secondsFlag(opts: {summary: string; default: number; min?: number; env?: string}) {
+  return Flags.custom<number>({
+    summary: opts.summary,
+    helpValue: '<seconds>',
+    ...(opts.env ? {env: opts.env} : {}),
+    default: opts.default * 1000,
+    defaultHelp: async () => String(opts.default),
+    parse: async (v, ctx, flagOpts) => {
+      const name = flagOpts.name ?? 'duration'
+      const ms = parseDurationMs(v, name)
+      if (ms < (opts.min ?? 1) * 1000) throw new UsageError(`--${name}: ${v} is less than ${opts.min ?? 1} s`, {where: {flag: name}})
+      return ms
+    },
+  })()
 }
 
 /** Flags of the commands that update establishments (rollout start and resume). */
@@ -155,9 +167,9 @@ export const runFlags = {
   'max-parallel': Flags.integer({summary: 'Establishments updated at once.', default: 10, min: 1}),
   'max-per-hypervisor': Flags.integer({summary: 'Establishments updated at once on one hypervisor.', default: 4, min: 1}),
   'keep-old-disk': Flags.boolean({summary: 'Keep the previous OS disk attached as unused after a successful update (default: removed once the gate passed).', default: false}),
-  'agent-timeout': Flags.integer({summary: 'Seconds to wait for the guest agent after a start.', default: 600, min: 1}),
-  'health-timeout': Flags.integer({summary: 'Seconds the gate (health, databases, login) may take after the agent answered.', default: 1200, min: 1}),
-  'shutdown-timeout': Flags.integer({summary: 'Seconds a clean shutdown may take during a rollback before the VM is stopped hard.', default: 180, min: 1}),
+  'agent-timeout': secondsFlag({summary: 'Seconds to wait for the guest agent after a start.', default: 600}),
+  'health-timeout': secondsFlag({summary: 'Seconds the gate (health, databases, login) may take after the agent answered.', default: 1200}),
+  'shutdown-timeout': secondsFlag({summary: 'Seconds a clean shutdown may take during a rollback before the VM is stopped hard.', default: 180}),
 }
 
 /**

@@ -209,7 +209,7 @@ export interface StartRequest extends FleetRequest {
   agentTimeoutMs?: number
   healthTimeoutMs?: number
   pollIntervalMs?: number
-  shutdownTimeoutS?: number
+  shutdownTimeoutMs?: number
   confirm: (question: string) => Promise<void>
   signal?: AbortSignal
   onStep?: (uai: string, step: string) => void | Promise<void>
@@ -282,7 +282,8 @@ async function execute(fleet: FleetSession, record: RolloutRecord, journal: Roll
         agentTimeoutMs: req.agentTimeoutMs ?? 600_000,
         healthTimeoutMs: req.healthTimeoutMs ?? 1_200_000,
         pollIntervalMs: req.pollIntervalMs ?? 5000,
-        shutdownTimeoutS: req.shutdownTimeoutS ?? 180,
+        // PVE takes the shutdown's timeout in seconds (the mark keeps what was sent)
+        shutdownTimeoutS: Math.ceil((req.shutdownTimeoutMs ?? 180_000) / 1000),
         stepAttempts: 3,
         trytonAdmin: (uai) => fleet.secrets.tryGet(establishmentSecretKey(uai, 'tryton-admin')),
         signal: req.signal,

@@ -101,7 +101,7 @@ export async function startRolloutLab(o: {nodes: number; perNode: number; rings?
         pollIntervalMs: 20,
         agentTimeoutMs: 10_000,
         healthTimeoutMs: 3000,
-        shutdownTimeoutS: 5,
+        shutdownTimeoutMs: 5000,
         maxParallel: 10,
         maxPerHypervisor: 10,
         ...over,
