@@ -15,7 +15,7 @@ export {validateInventory, listEstablishments, describeTarget, type ValidationRe
 export * from './secrets/identity.js'
 export * from './secrets/store.js'
 export * from './fleet/secrets.js'
-export * from './credentials/handoff.js'
+export * from './fleet/handoff.js'
 export * from './credentials/rotate.js'
 export * from './credentials/service.js'
 export * from './fleet/locks.js'

@@ -2,7 +2,7 @@ import {Args, Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../src/cli/base-command.js'
 import {handoffDirFlag, inventoryFlag, secretsDirFlag} from '../../src/cli/flags.js'
-import type {HandoffConnection} from '../../src/credentials/handoff.js'
+import type {HandoffConnection} from '../../src/fleet/handoff.js'
 import type {HandoffRunResult} from '../../src/credentials/service.js'
 import {UsageError} from '../../src/errors.js'
 import {ExitCode} from '../../src/exit-codes.js'

@@ -1,7 +1,7 @@
 import {Args, Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../src/cli/base-command.js'
-import type {HandoffJson} from '../../src/credentials/handoff.js'
+import type {HandoffJson} from '../../src/fleet/handoff.js'
 
 export default class CredentialsOpen extends BaseCommand<typeof CredentialsOpen> {
   static override summary = 'Decrypt a handoff file with your age key and show your access codes.'

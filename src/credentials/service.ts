@@ -12,7 +12,7 @@ import type {Establishment} from '../inventory/types.js'
 import {settleAll} from '../fleet/pool.js'
 import type {Hypervisors} from '../hypervisors.js'
 import type {SecretStore} from '../secrets/store.js'
-import {HANDOFF_SUFFIX, handoffToJson, issueHandoff, openHandoff, readHandoffDatabases, type HandoffConnection, type HandoffDatabase, type HandoffIssued, type HandoffJson} from './handoff.js'
+import {HANDOFF_SUFFIX, handoffToJson, issueHandoff, openHandoff, readHandoffDatabases, type HandoffConnection, type HandoffDatabase, type HandoffIssued, type HandoffJson} from '../fleet/handoff.js'
 import {pendingSecrets, rotateEstablishmentSecrets, type RotateResult} from './rotate.js'
 import {ESTABLISHMENT_SECRETS, establishmentSecretKey, type EstablishmentSecretName} from '../fleet/secrets.js'
 

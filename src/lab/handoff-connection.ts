@@ -7,7 +7,7 @@
  * Deploy and credentials never import the lab: a command that has --lab-dir passes `labConnection`
  * as their `connection` (a ConnectionSource, src/deploy/credentials.ts).
  */
-import type {HandoffConnection} from '../credentials/handoff.js'
+import type {HandoffConnection} from '../fleet/handoff.js'
 import {ErrorCode, UserError} from '../errors.js'
 import type {Establishment} from '../inventory/types.js'
 import type {Io} from '../io.js'

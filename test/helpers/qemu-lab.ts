@@ -4,7 +4,7 @@ import {join} from 'node:path'
 
 import {expect} from 'vitest'
 
-import {parseHandoff, type HandoffDocument} from '../../src/credentials/handoff.js'
+import {parseHandoff, type HandoffDocument} from '../../src/fleet/handoff.js'
 import {run} from '../../src/exec.js'
 import type {Io} from '../../src/io.js'
 import {assertBuilt, runPgi, type PgiRun} from './cli.js'

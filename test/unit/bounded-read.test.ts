@@ -11,7 +11,7 @@ import {join} from 'node:path'
 import {afterAll, describe, expect, it} from 'vitest'
 
 import {readRegularFile, readRegularFileSync} from '../../src/bounded-read.js'
-import {openHandoff} from '../../src/credentials/handoff.js'
+import {openHandoff} from '../../src/fleet/handoff.js'
 import {readIdentityFile} from '../../src/secrets/identity.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'pgi-bounded-'))

@@ -33,7 +33,7 @@ import {connect as tlsConnect} from 'node:tls'
 import type {Page} from 'playwright-core'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
-import type {HandoffDocument} from '../../../src/credentials/handoff.js'
+import type {HandoffDocument} from '../../../src/fleet/handoff.js'
 import {run} from '../../../src/exec.js'
 import {StderrIo} from '../../../src/io.js'
 import {packageRoot} from '../../../src/paths.js'

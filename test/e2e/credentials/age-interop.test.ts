@@ -8,7 +8,7 @@ import {join} from 'node:path'
 
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
-import {issueHandoff, openHandoff, parseHandoff} from '../../../src/credentials/handoff.js'
+import {issueHandoff, openHandoff, parseHandoff} from '../../../src/fleet/handoff.js'
 import {ensureEstablishmentSecrets} from '../../../src/fleet/secrets.js'
 import {ErrorCode, UserError} from '../../../src/errors.js'
 import {requireTools, run} from '../../../src/exec.js'

@@ -25,7 +25,7 @@ import {join} from 'node:path'
 
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
-import type {HandoffDocument} from '../../../src/credentials/handoff.js'
+import type {HandoffDocument} from '../../../src/fleet/handoff.js'
 import {run} from '../../../src/exec.js'
 import {StderrIo} from '../../../src/io.js'
 import type {PgiRun} from '../../helpers/cli.js'

@@ -6,7 +6,7 @@ import {fileURLToPath} from 'node:url'
 
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
-import type {HandoffDocument} from '../../../src/credentials/handoff.js'
+import type {HandoffDocument} from '../../../src/fleet/handoff.js'
 import {run, spawnDetached} from '../../../src/exec.js'
 import {StderrIo} from '../../../src/io.js'
 import {readRequestLog} from '../../../src/lab/server.js'

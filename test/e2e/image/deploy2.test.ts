@@ -5,7 +5,7 @@ import {fileURLToPath} from 'node:url'
 
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
-import {parseHandoff, type HandoffDocument} from '../../../src/credentials/handoff.js'
+import {parseHandoff, type HandoffDocument} from '../../../src/fleet/handoff.js'
 import {run} from '../../../src/exec.js'
 import {StderrIo} from '../../../src/io.js'
 

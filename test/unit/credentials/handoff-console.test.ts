@@ -10,7 +10,7 @@ import {join} from 'node:path'
 
 import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
-import {buildHandoff, fetchTlsFingerprint, handoffToJson, parseHandoff, readTlsFingerprint, refreshTlsFingerprint, renderHandoff} from '../../../src/credentials/handoff.js'
+import {buildHandoff, fetchTlsFingerprint, handoffToJson, parseHandoff, readTlsFingerprint, refreshTlsFingerprint, renderHandoff} from '../../../src/fleet/handoff.js'
 import {ensureEstablishmentSecrets} from '../../../src/fleet/secrets.js'
 import type {PveApi} from '../../../src/proxmox/types.js'
 import {SecretStore} from '../../../src/secrets/store.js'

@@ -15,7 +15,7 @@ import {
   recordHostKeyFingerprints,
   recordTrytonSeries,
   renderHandoff,
-} from '../../../src/credentials/handoff.js'
+} from '../../../src/fleet/handoff.js'
 import {
   ensureEstablishmentSecrets,
   establishmentSecretKey,

@@ -4,7 +4,7 @@ import {join} from 'node:path'
 
 import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
-import {openHandoff} from '../../../src/credentials/handoff.js'
+import {openHandoff} from '../../../src/fleet/handoff.js'
 import {establishmentLockFile} from '../../../src/fleet/locks.js'
 import {pendingSecrets, rotateEstablishmentSecrets, type RotateOptions, type RotateStep} from '../../../src/credentials/rotate.js'
 import {ensureEstablishmentSecrets, establishmentSecretKey, guestConfigureInput, readEstablishmentSecrets} from '../../../src/fleet/secrets.js'

@@ -3,7 +3,7 @@ import {join} from 'node:path'
 
 import {afterEach, describe, expect, it} from 'vitest'
 
-import {openHandoff} from '../../../src/credentials/handoff.js'
+import {openHandoff} from '../../../src/fleet/handoff.js'
 import {runDeploy, type DeployRequest} from '../../../src/deploy/service.js'
 import {parseDescription} from '../../../src/fleet/vm-meta.js'
 import {MemoryIo} from '../../../src/io.js'

@@ -7,7 +7,7 @@ import {readRegularFile} from '../bounded-read.js'
 import {ErrorCode, UserError} from '../errors.js'
 import type {Io} from '../io.js'
 import {packageRoot} from '../paths.js'
-import {listDatabases, type PgiDbDatabase} from '../fleet/pgidb.js'
+import {listDatabases, type PgiDbDatabase} from './pgidb.js'
 import type {PveApi} from '../proxmox/types.js'
 import type {Establishment} from '../inventory/types.js'
 import {Secret} from '../secret.js'
@@ -23,7 +23,7 @@ import {
   SQL_ADMIN_LOGIN,
   TRYTON_ADMIN_LOGIN,
   type EstablishmentSecrets,
-} from '../fleet/secrets.js'
+} from './secrets.js'
 
 /**
  * The handoff: one file per establishment, `<UAI>.handoff.age`, age-encrypted to that
