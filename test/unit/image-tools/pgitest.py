@@ -213,6 +213,18 @@ class Lab:
 
 
 
+def use_lab(module_globals):
+    """setUpModule and tearDownModule for a suite whose tests use its module-level `lab`:
+    `setUpModule, tearDownModule = pgitest.use_lab(globals())`."""
+    def set_up():
+        module_globals['lab'] = start_lab()
+
+    def tear_down():
+        if module_globals.get('lab'):
+            module_globals['lab'].stop()
+    return set_up, tear_down
+
+
 def start_lab():
     """A started Lab for a suite's setUpModule: skips the suite (unittest.SkipTest, with the reason)
     on a machine without what it needs; stops what it started when starting fails."""

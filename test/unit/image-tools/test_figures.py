@@ -21,14 +21,7 @@ import pgifigures  # noqa: E402
 lab = None
 
 
-def setUpModule():
-    global lab
-    lab = pgitest.start_lab()
-
-
-def tearDownModule():
-    if lab:
-        lab.stop()
+setUpModule, tearDownModule = pgitest.use_lab(globals())
 
 
 def figures(db):

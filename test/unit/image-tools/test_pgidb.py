@@ -24,14 +24,7 @@ lab = None
 TODAY = datetime.date.today()
 
 
-def setUpModule():
-    global lab
-    lab = pgitest.start_lab()
-
-
-def tearDownModule():
-    if lab:
-        lab.stop()
+setUpModule, tearDownModule = pgitest.use_lab(globals())
 
 
 def write(name, data):

@@ -25,6 +25,15 @@ loader = importlib.machinery.SourceFileLoader('pgi_health', ${JSON.stringify(hea
 h = importlib.util.module_from_spec(importlib.util.spec_from_loader('pgi_health', loader))
 loader.exec_module(h)
 
+calls = []
+
+
+def failing_collect():
+    """A stand-in for the checks: they fail, each call counted."""
+    calls.append(1)
+    return False, {'healthy': False, 'calls': len(calls)}
+
+
 def run_main(argv):
     """Runs pgi-health's main() with argv; exits with its status, its duration on stderr."""
     sys.argv = ['pgi-health'] + argv
@@ -47,6 +56,11 @@ def run_main(argv):
   return {status: r.status, out, stderr: r.stderr}
 }
 
+/** How long main() ran, from run_main's line on stderr. */
+function seconds(stderr: string): number {
+  return Number(/after ([\d.]+) s/.exec(stderr)?.[1])
+}
+
 describe('pgi-health --wait', () => {
   it('rejects a wait that is not a number (exit 2, usage on stderr)', () => {
     for (const args of [['--wait'], ['--wait', 'soon']]) {
@@ -63,7 +77,6 @@ run_main(json.loads(${JSON.stringify(JSON.stringify(args))}))
   it('answers as soon as the checks pass, not at the end of the wait', () => {
     // the services "listen" (probe replaced), the checks fail twice then pass
     const r = py(`
-calls = []
 h.services_listening = lambda: True
 def collect():
     calls.append(time.monotonic())
@@ -74,7 +87,7 @@ run_main(['--wait', '40'])
 `)
     expect(r.status, r.stderr).toBe(0)
     expect(r.out).toEqual({healthy: true, calls: 3})
-    const took = Number(/after ([\d.]+) s/.exec(r.stderr)?.[1])
+    const took = seconds(r.stderr)
     // two pauses of 3 s between the three runs; far from the 40 s allowed
     expect(took).toBeGreaterThanOrEqual(5.5)
     expect(took).toBeLessThan(15)
@@ -82,28 +95,20 @@ run_main(['--wait', '40'])
 
   it('runs no check while the services do not listen, then reports the last result when the time is up', () => {
     const r = py(`
-calls = []
-def collect():
-    calls.append(1)
-    return False, {'healthy': False, 'calls': len(calls)}
-h.collect = collect
+h.collect = failing_collect
 run_main(['--wait', '3'])
 `, {PGI_DATA: '/nonexistent-pgi-data'})
     expect(r.status, r.stderr).toBe(1)
     // the data disk is not mounted: no full check until the time is up, then exactly one
     expect(r.out).toEqual({healthy: false, calls: 1})
-    const took = Number(/after ([\d.]+) s/.exec(r.stderr)?.[1])
+    const took = seconds(r.stderr)
     expect(took).toBeGreaterThanOrEqual(2.5)
     expect(took).toBeLessThan(10)
   })
 
   it('without --wait, checks once and answers at once', () => {
     const r = py(`
-calls = []
-def collect():
-    calls.append(1)
-    return False, {'healthy': False, 'calls': len(calls)}
-h.collect = collect
+h.collect = failing_collect
 run_main([])
 `)
     expect(r.status, r.stderr).toBe(1)
