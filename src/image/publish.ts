@@ -18,7 +18,6 @@
  * other bits a refusal (the store's readers may hold the first index).
  */
 import {createHash} from 'node:crypto'
-import {createReadStream} from 'node:fs'
 import {mkdir, mkdtemp, readdir, readFile, rename, rm, stat, writeFile} from 'node:fs/promises'
 import {join, resolve} from 'node:path'
 
@@ -28,7 +27,7 @@ import {requireTools, run} from '../exec.js'
 import type {Io} from '../io.js'
 import {imagesDir, secretsDir} from '../paths.js'
 import {verifyImage, type ImageRef} from './images.js'
-import {keyId, loadTrustedKeys, publicKeyOf, signBytes, SIGNING_KEY_SECRET, type ImageManifest} from './manifest.js'
+import {keyId, loadTrustedKeys, publicKeyOf, sha256OfFile, signBytes, SIGNING_KEY_SECRET, type ImageManifest} from './manifest.js'
 
 /** The chunk store's folder inside STORE (casync's own default name). */
 export const CHUNK_STORE = 'default.castr'
@@ -150,12 +149,6 @@ async function signingKey(opts: PublishOptions, manifest: ImageManifest, imagesR
   return {key, id}
 }
 
-async function sha256OfStream(path: string): Promise<string> {
-  const h = createHash('sha256')
-  for await (const chunk of createReadStream(path, {highWaterMark: 4 * 1024 * 1024})) h.update(chunk as Buffer)
-  return h.digest('hex')
-}
-
 async function isDirectory(path: string): Promise<boolean> {
   try {
     return (await stat(path)).isDirectory()
@@ -199,7 +192,7 @@ export async function publishImage(opts: PublishOptions): Promise<PublishResult>
     const raw = join(work, 'disk.raw')
     opts.io.info(`converting ${manifest.name} ${manifest.version} to a raw disk`)
     await run('qemu-img', ['convert', '-O', 'raw', diskPath, raw], {}, opts.io)
-    const rawSha = await sha256OfStream(raw)
+    const rawSha = await sha256OfFile(raw)
     if (rawSha !== manifest.disk.raw_sha256) {
       throw new UserError(ErrorCode.IMAGE_INVALID, `${manifest.name} ${manifest.version}: the raw disk's sha256 ${rawSha} is not the manifest's ${manifest.disk.raw_sha256}`, {
         exitCode: ExitCode.REFUSED,
