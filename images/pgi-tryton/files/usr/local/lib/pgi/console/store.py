@@ -201,7 +201,8 @@ def audit(db, actor, role, action, target=None, result='ok', detail=None, ip=Non
                (now_iso(), actor, role, action, target, result, detail if detail is None else str(detail)[:2000], ip))
 
 
-def audit_rows(db, since=None, limit=200, actor=None):
+def audit_rows(db, since=None, limit=200, actor=None, before=None):
+    """The newest audit lines first: since a date, by one actor, older than the line id `before`."""
     sql, args = 'SELECT * FROM audit', []
     where = []
     if since:
@@ -210,6 +211,9 @@ def audit_rows(db, since=None, limit=200, actor=None):
     if actor:
         where.append('actor = ?')
         args.append(actor)
+    if before:
+        where.append('id < ?')
+        args.append(int(before))
     if where:
         sql += ' WHERE ' + ' AND '.join(where)
     sql += ' ORDER BY id DESC LIMIT ?'
