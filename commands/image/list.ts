@@ -1,6 +1,5 @@
-import {Flags} from '@oclif/core'
-
 import {BaseCommand} from '../../src/cli/base-command.js'
+import {imagesDirFlag} from '../../src/cli/flags.js'
 import type {ImageEntry} from '../../src/image/images.js'
 
 export default class ImageList extends BaseCommand<typeof ImageList> {
@@ -12,7 +11,7 @@ export default class ImageList extends BaseCommand<typeof ImageList> {
   ]
 
   static override flags = {
-    'images-dir': Flags.string({summary: 'Images folder (default: <state dir>/images).', env: 'PGI_IMAGES_DIR'}),
+    'images-dir': imagesDirFlag,
   }
 
   public async run(): Promise<ImageEntry[]> {

@@ -1,7 +1,7 @@
 import {Flags} from '@oclif/core'
 
 import {BaseCommand, secretsDirFlag} from '../../src/cli/base-command.js'
-import {imageRefArgument} from '../../src/cli/flags.js'
+import {imageRefArgument, imagesDirFlag} from '../../src/cli/flags.js'
 import type {PublishResult} from '../../src/image/publish.js'
 
 export default class ImagePublish extends BaseCommand<typeof ImagePublish> {
@@ -19,7 +19,7 @@ export default class ImagePublish extends BaseCommand<typeof ImagePublish> {
 
   static override flags = {
     store: Flags.string({summary: 'Chunk store folder (created if missing).', required: true, env: 'PGI_IMAGE_STORE'}),
-    'images-dir': Flags.string({summary: 'Images folder (default: <state dir>/images).', env: 'PGI_IMAGES_DIR'}),
+    'images-dir': imagesDirFlag,
     'secrets-dir': secretsDirFlag,
   }
 

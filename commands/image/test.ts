@@ -1,7 +1,7 @@
 import {Args, Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../src/cli/base-command.js'
-import {secondsFlag} from '../../src/cli/flags.js'
+import {imagesDirFlag, secondsFlag} from '../../src/cli/flags.js'
 import type {BootTestResult} from '../../src/image/boottest.js'
 
 export default class ImageTest extends BaseCommand<typeof ImageTest> {
@@ -17,7 +17,7 @@ export default class ImageTest extends BaseCommand<typeof ImageTest> {
   }
 
   static override flags = {
-    'images-dir': Flags.string({summary: 'Images folder (default: <state dir>/images).', env: 'PGI_IMAGES_DIR'}),
+    'images-dir': imagesDirFlag,
     'data-disk': Flags.string({summary: 'Attach this qcow2 as the data disk instead of a blank one (used in place).'}),
     quick: Flags.boolean({summary: 'Skip the database creation and Tryton login.', default: false}),
     keep: Flags.boolean({summary: 'Keep the VM folder (disks, serial log) afterwards.', default: false}),

@@ -1,7 +1,5 @@
-import {Flags} from '@oclif/core'
-
 import {BaseCommand} from '../../src/cli/base-command.js'
-import {imageRefArgument} from '../../src/cli/flags.js'
+import {imageRefArgument, imagesDirFlag} from '../../src/cli/flags.js'
 
 export interface VerifyResult {
   name: string
@@ -25,7 +23,7 @@ export default class ImageVerify extends BaseCommand<typeof ImageVerify> {
   }
 
   static override flags = {
-    'images-dir': Flags.string({summary: 'Images folder (default: <state dir>/images).', env: 'PGI_IMAGES_DIR'}),
+    'images-dir': imagesDirFlag,
   }
 
   public async run(): Promise<VerifyResult> {
