@@ -1,16 +1,18 @@
+import {createHash} from 'node:crypto'
 import {existsSync, readdirSync, readFileSync} from 'node:fs'
 import {mkdir, readdir, rename, rm} from 'node:fs/promises'
 import {dirname, join} from 'node:path'
 
-import {run} from '../exec.js'
+import {hasTool, run} from '../exec.js'
 import {decideAccel, type AccelDecision} from '../qemu/accel.js'
 import {seedFiles, writeSeedImage, type SeedSpec} from '../qemu/cloudinit.js'
 import type {QgaClient} from '../qemu/qga.js'
 import {sleep} from '../sleep.js'
-import {QemuVm, userNetFor, type PortForward, type UserNetSpec, type VmDiskSpec} from '../qemu/vm.js'
+import {QemuVm, userNetFor, type GuestForward, type PortForward, type UserNetSpec, type VmDiskSpec} from '../qemu/vm.js'
 import {qemuGuestAgent} from './qemu-agent.js'
 import {QemuStorages} from './qemu-storage.js'
 import {BackendError, type BackendInit, type DiskAllocation, type GuestAgent, type StorageContent, type TaskContext, type VmAccess, type VmBackend, type VmDisk, type VmRuntimeStatus, type VmSpec, type VolumeInfo} from './backend.js'
+import {LinkSimulator} from './link-sim.js'
 
 /**
  * The qemu backend of the lab: every VM is a real QEMU process (src/qemu/vm.ts).
@@ -24,6 +26,14 @@ import {BackendError, type BackendInit, type DiskAllocation, type GuestAgent, ty
  * 127.0.0.1 only (reported by `access()` for `pgi lab status`). Guest-agent calls go to the real
  * qemu-guest-agent over the VM's virtio-serial socket. Runtime files (sockets, serial log) live
  * in `<backend dir>/<node>/<vmid>/`.
+ *
+ * The guest's one way to the host: when the lab has a link simulator configuration
+ * (`<lab dir>/link-sim.yaml` with `uplink.ports`), each VM gets, for each of those guest ports, a
+ * QEMU `guestfwd` on its **uplink address** (see {@link uplinkAddress}: the guest subnet's
+ * third-last address, e.g. 10.1.255.253 for 10.1.0.0/16). A connection there starts a `socat`
+ * relay to the simulator's socket for this VM, which shapes it as the establishment's link and
+ * passes it on to the host-side target (src/lab/link-sim.ts). `restrict=on` stays: nothing else
+ * of the host is reachable.
  */
 
 /** Guest ports forwarded to the host (guest contract: /etc/pgi/image.json ports). */
@@ -48,6 +58,24 @@ export interface QemuBackendOptions {
   guestUnhealthy?: (node: string, vmid: number) => boolean
   /** How long a disk unplug waits for the guest to release the device (ms, default 60 000). */
   unplugTimeoutMs?: number
+  /** The link simulator's configuration file (followed while the lab runs) and counters file. */
+  linkSim?: {configFile: string; statsFile: string}
+}
+
+/**
+ * The address of the host's uplink inside a guest network: the subnet's third-last address
+ * (10.1.255.253 in 10.1.0.0/16, .253 in a /24), or the next free one below it. Never the guest's
+ * own address, its gateway or its DNS (QEMU refuses a guestfwd on those).
+ */
+export function uplinkAddress(net: UserNetSpec): string {
+  const toInt = (ip: string) => ip.split('.').reduce((a, o) => a * 256 + Number(o), 0)
+  const toIp = (n: number) => [24, 16, 8, 0].map((sh) => Math.floor(n / 2 ** sh) % 256).join('.')
+  const [base, prefix] = net.net.split('/')
+  const size = 2 ** (32 - Number(prefix))
+  const b = toInt(base!)
+  const used = new Set([net.guestAddress, net.host, net.dns].filter(Boolean))
+  for (let n = b + size - 3; n > b; n--) if (!used.has(toIp(n))) return toIp(n)
+  throw new BackendError(`no free address for the uplink in ${net.net}`)
 }
 
 interface RunningVm {
@@ -59,6 +87,8 @@ interface RunningVm {
   hotplugged?: Set<string>
   cpuSample?: {at: number; ticks: number; cpu: number}
   net?: UserNetSpec
+  /** Guest ports that reach the host through the link simulator, on `uplink`. */
+  uplink?: {address: string; ports: number[]}
 }
 
 export class QemuBackend implements VmBackend {
@@ -70,6 +100,8 @@ export class QemuBackend implements VmBackend {
   readonly #vms = new Map<string, RunningVm>()
   /** The storages' volumes (qemu-storage.ts), made at init. */
   #vols!: QemuStorages
+  #linkSim: LinkSimulator | undefined
+  #socat = false
 
   constructor(opts: QemuBackendOptions = {}) {
     this.#opts = opts
@@ -79,6 +111,11 @@ export class QemuBackend implements VmBackend {
   async init(init: BackendInit): Promise<void> {
     this.#init = init
     this.#vols = new QemuStorages(init.storages)
+    if (this.#opts.linkSim) {
+      this.#linkSim = new LinkSimulator({...this.#opts.linkSim, log: init.log})
+      await this.#linkSim.start()
+      this.#socat = await hasTool('socat')
+    }
     // VMs left running by an earlier daemon of this lab: attach, so status and close() see them.
     for (const n of init.nodes) {
       const nodeDir = join(init.dir, n.name)
@@ -106,6 +143,7 @@ export class QemuBackend implements VmBackend {
       }),
     )
     this.#vms.clear()
+    await this.#linkSim?.close()
   }
 
   async #accelDecision(): Promise<AccelDecision> {
@@ -279,6 +317,7 @@ export class QemuBackend implements VmBackend {
     }
     const net = QemuBackend.networkFor(spec)
     if (spec.nics.length > 1) ctx.log(`warning: only net0 is connected in the lab (${spec.nics.length} NICs configured)`)
+    const uplink = net ? await this.#uplink(spec, net, ctx) : undefined
     const uuid = /(?:^|,)uuid=([0-9a-f-]{36})/i.exec(spec.rawConfig.smbios1 ?? '')?.[1]
     const accel = await this.#accelDecision()
     ctx.log(`accelerator: ${accel.accel} (${accel.reason})`)
@@ -298,9 +337,37 @@ export class QemuBackend implements VmBackend {
     } catch (error) {
       throw new BackendError(`start failed: ${(error as Error).message}`)
     }
-    this.#vms.set(`${spec.node}/${spec.vmid}`, {vm, spec, net})
+    this.#vms.set(`${spec.node}/${spec.vmid}`, {vm, spec, net, uplink})
     ctx.log(`VM ${spec.vmid} started (pid ${vm.pid})`)
+    if (uplink) ctx.log(`uplink ${uplink.address}, ports ${uplink.ports.join(', ')}: through the link simulator to the host`)
     if (net) ctx.log(`guest network ${net.net} via ${net.host}, address ${net.guestAddress}; ${vm.forwards.map((f) => `${f.name} → ${f.host}:${f.hostPort}`).join(', ')}`)
+  }
+
+  /**
+   * The guest's paths to the host for this start: one guestfwd per configured guest port, each
+   * relayed by socat to the link simulator's (abstract) socket for this VM.
+   */
+  async #uplink(spec: VmSpec, net: UserNetSpec, ctx: TaskContext): Promise<{address: string; ports: number[]} | undefined> {
+    const sim = this.#linkSim
+    if (!sim) return undefined
+    await sim.detach(spec.node, spec.vmid)
+    const ports = sim.guestPorts()
+    if (ports.length === 0) return undefined
+    if (!this.#socat) {
+      ctx.log('warning: socat is not installed: the guest gets no uplink (apt-get install socat)')
+      return undefined
+    }
+    const address = uplinkAddress(net)
+    const id = createHash('sha256').update(this.#runDir(spec.node, spec.vmid)).digest('hex').slice(0, 16)
+    const forwards: GuestForward[] = []
+    for (const port of ports) {
+      // an abstract socket: no path length limit, gone with the listener
+      const name = `pgi-lab-${id}-${port}`
+      await sim.attach({node: spec.node, vmid: spec.vmid, name: spec.name}, port, `\0${name}`)
+      forwards.push({guestAddress: address, guestPort: port, command: `socat -lf uplink-relay.log STDIO ABSTRACT-CONNECT:${name}`})
+    }
+    net.guestForwards = forwards
+    return {address, ports}
   }
 
   async shutdown(spec: VmSpec, opts: {timeoutS: number; forceStop: boolean}, ctx: TaskContext): Promise<void> {
@@ -329,6 +396,7 @@ export class QemuBackend implements VmBackend {
   }
 
   async stop(node: string, vmid: number, ctx: TaskContext): Promise<void> {
+    await this.#linkSim?.detach(node, vmid)
     const r = this.#vms.get(`${node}/${vmid}`)
     if (!r) return
     await r.vm.stop()
@@ -452,15 +520,17 @@ export class QemuBackend implements VmBackend {
     const endpoints: Record<string, string> = {}
     for (const f of r.vm.forwards) endpoints[f.name] = `${f.host}:${f.hostPort}`
     const n = r.net
+    const up = r.uplink ? `; the guest reaches the host's link simulator at ${r.uplink.address} (ports ${r.uplink.ports.join(', ')})` : ''
     return {
       endpoints,
       note: n
-        ? `QEMU user-mode network ${n.net}: guest ${n.guestAddress}, gateway ${n.host}; only the listed ports reach the guest, on loopback`
+        ? `QEMU user-mode network ${n.net}: guest ${n.guestAddress}, gateway ${n.host}; only the listed ports reach the guest, on loopback${up}`
         : 'no network interface',
     }
   }
 
   async destroyVm(node: string, vmid: number, volids: string[], ctx: TaskContext): Promise<void> {
+    await this.#linkSim?.detach(node, vmid)
     const r = this.#vms.get(`${node}/${vmid}`)
     if (r) {
       await r.vm.stop()
