@@ -43,6 +43,8 @@ const SOURCE_LOW = 64 * 1024
 const SINK_HIGH = 1024 * 1024
 const MIN_RTO_MS = 200
 const BURST_MS = 20
+/** How far a backlogged link catches up with a late timer (a busy machine), at most. */
+const CATCH_UP_MS = 500
 
 export interface SiteStats {
   node: string
@@ -94,6 +96,8 @@ class Pipe {
   readonly #line: Delivery[] = []
   #lineTimer: NodeJS.Timeout | undefined
   #draws = 0
+  /** The last pump left data ready for the link: the next one is a continuation, not a new burst. */
+  #backlogged = false
 
   constructor(
     readonly link: Link,
@@ -169,9 +173,12 @@ class Pipe {
     if (link.cut) return
     const p = link.profile
     const now = performance.now()
-    // an idle link saves no credit beyond a 20 ms burst: it absorbs the lateness of timers on a
-    // busy machine without letting a link that was quiet for long send faster than its rate
-    if (this.#linkFree < now - BURST_MS) this.#linkFree = now - BURST_MS
+    // an idle link saves no credit beyond a 20 ms burst, so that a link that was quiet for long
+    // never sends faster than its rate; a link that had data waiting when this wake-up was set
+    // catches up with the timer's lateness on a busy machine (up to 500 ms), else a loaded
+    // machine would make every link slower than its rate
+    const credit = this.#backlogged ? CATCH_UP_MS : BURST_MS
+    if (this.#linkFree < now - credit) this.#linkFree = now - credit
     const rate = this.rate
     // a segment: one MSS when losses are modelled, else about 5 ms of link time (bounded)
     const seg = p.loss > 0 ? MSS : Number.isFinite(rate) ? Math.min(64 * 1024, Math.max(MSS, Math.floor(rate * 0.005))) : 64 * 1024
@@ -229,6 +236,7 @@ class Pipe {
       if (f.sink.writableLength >= SINK_HIGH) continue // woken by the sink's drain
       next = Math.min(next, Math.max(this.#linkFree, f.blockedUntil))
     }
+    this.#backlogged = next < Infinity && next <= this.#linkFree + 0.5
     if (next < Infinity) this.#schedule(next - performance.now())
   }
 
