@@ -137,6 +137,24 @@ describe.skipIf(missing !== undefined)(`pgi-stage-delta, native${missing ? ` (sk
     expect(status.out.disk_done).toBe(SIZE)
   }, 120_000)
 
+  it('holds --rate-limit-bps on an unshaped link (casync alone lets small chunks burst through)', async () => {
+    // a blank staging disk again, and a seed with nothing in common: every chunk is fetched
+    writeFileSync(loop, Buffer.alloc(SIZE))
+    writeFileSync(join(dir, 'empty-seed'), Buffer.alloc(4096))
+    sim.setConfig(linkSimConfigFrom({uplink: {ports: {80: {dir: join(dir, 'store')}}}}, 'test'))
+    const before = sim.stats()['lab1/1001']!.bytesDown
+    const rate = 1_000_000
+    const t0 = performance.now()
+    const r = await tool(args({'--seed': join(dir, 'empty-seed'), '--rate-limit-bps': String(rate)}), join(dir, 'state-rate'))
+    const secs = (performance.now() - t0) / 1000
+    expect(r.out.state).toBe('done')
+    const bytes = sim.stats()['lab1/1001']!.bytesDown - before
+    expect(bytes).toBeGreaterThan(SIZE * 0.95)
+    // the start-up (python, the index) makes the measured rate a little lower, never higher
+    expect(bytes / secs).toBeLessThan(rate * 1.1)
+    expect(bytes / secs).toBeGreaterThan(rate * 0.75)
+  }, 120_000)
+
   it('fails, saying so, when the assembled disk does not match the signed digest', async () => {
     const r = await tool(args({'--raw-sha256': 'f'.repeat(64)}), join(dir, 'state-bad'))
     expect(r.status).toBe(1)
