@@ -1,6 +1,7 @@
 import {createHash} from 'node:crypto'
 import {existsSync, readdirSync, readFileSync} from 'node:fs'
 import {mkdir, readdir, rename, rm} from 'node:fs/promises'
+import {tmpdir} from 'node:os'
 import {dirname, join} from 'node:path'
 
 import {hasTool, run} from '../exec.js'
@@ -345,7 +346,10 @@ export class QemuBackend implements VmBackend {
 
   /**
    * The guest's paths to the host for this start: one guestfwd per configured guest port, each
-   * relayed by socat to the link simulator's (abstract) socket for this VM.
+   * relayed by socat to the link simulator's Unix socket for this VM. A socket file in the VM's
+   * runtime directory (not an abstract socket: Node binds those with the whole sun_path as the
+   * name, so socat's connect by name never finds them); a short one under the system's temporary
+   * directory when that path would pass the 107-byte limit of a socket address.
    */
   async #uplink(spec: VmSpec, net: UserNetSpec, ctx: TaskContext): Promise<{address: string; ports: number[]} | undefined> {
     const sim = this.#linkSim
@@ -358,13 +362,18 @@ export class QemuBackend implements VmBackend {
       return undefined
     }
     const address = uplinkAddress(net)
-    const id = createHash('sha256').update(this.#runDir(spec.node, spec.vmid)).digest('hex').slice(0, 16)
+    const runDir = this.#runDir(spec.node, spec.vmid)
+    await mkdir(runDir, {recursive: true})
+    const id = createHash('sha256').update(runDir).digest('hex').slice(0, 16)
     const forwards: GuestForward[] = []
     for (const port of ports) {
-      // an abstract socket: no path length limit, gone with the listener
-      const name = `pgi-lab-${id}-${port}`
-      await sim.attach({node: spec.node, vmid: spec.vmid, name: spec.name}, port, `\0${name}`)
-      forwards.push({guestAddress: address, guestPort: port, command: `socat -lf uplink-relay.log STDIO ABSTRACT-CONNECT:${name}`})
+      let path = join(runDir, `uplink-${port}.sock`)
+      // QEMU splits the relay command on spaces: a path with white space goes the short way too
+      if (Buffer.byteLength(path) > 100 || /\s/.test(path)) path = join(tmpdir(), `pgi-lab-${id}-${port}.sock`)
+      await rm(path, {force: true})
+      await sim.attach({node: spec.node, vmid: spec.vmid, name: spec.name}, port, path)
+      // QEMU runs the relay in the VM's runtime directory (its cwd): the log lands there
+      forwards.push({guestAddress: address, guestPort: port, command: `socat -lf uplink-relay.log STDIO UNIX-CONNECT:${path}`})
     }
     net.guestForwards = forwards
     return {address, ports}
