@@ -110,6 +110,27 @@ describe.skipIf(missing !== undefined)(`pgi-stage-delta, native${missing ? ` (sk
     expect(String(f.out.error)).toMatch(/not a block device/)
   })
 
+  it('refuses a staging disk with a mounted file system (it would be the data disk or another)', async () => {
+    const img = join(dir, 'fs.img')
+    execFileSync('truncate', ['-s', '8M', img])
+    const dev = execFileSync('losetup', ['-f', '--show', img], {encoding: 'utf8'}).trim()
+    const mnt = join(dir, 'mnt')
+    mkdirSync(mnt)
+    try {
+      execFileSync('mkfs.ext4', ['-q', dev])
+      execFileSync('mount', [dev, mnt])
+      try {
+        const r = await tool(args({'--target': dev, '--raw-size': '4096'}), join(dir, 'state-mounted'))
+        expect(r.status).toBe(1)
+        expect(String(r.out.error)).toMatch(/is in use \(a file system on it is mounted\)/)
+      } finally {
+        execFileSync('umount', [mnt])
+      }
+    } finally {
+      spawnSync('losetup', ['-d', dev])
+    }
+  })
+
   it('stops at a cut, resumes from what the staging disk holds, and checks the signed digest', async () => {
     const st = join(dir, 'state')
     const first = await tool(args(), st)
