@@ -1,7 +1,5 @@
-import {createHash} from 'node:crypto'
 import {existsSync, readdirSync, readFileSync} from 'node:fs'
 import {mkdir, readdir, rename, rm} from 'node:fs/promises'
-import {tmpdir} from 'node:os'
 import {dirname, join} from 'node:path'
 
 import {hasTool, run} from '../exec.js'
@@ -9,11 +7,14 @@ import {decideAccel, type AccelDecision} from '../qemu/accel.js'
 import {seedFiles, writeSeedImage, type SeedSpec} from '../qemu/cloudinit.js'
 import type {QgaClient} from '../qemu/qga.js'
 import {sleep} from '../sleep.js'
-import {QemuVm, userNetFor, type GuestForward, type PortForward, type UserNetSpec, type VmDiskSpec} from '../qemu/vm.js'
+import {QemuVm, userNetFor, type PortForward, type UserNetSpec, type VmDiskSpec} from '../qemu/vm.js'
 import {qemuGuestAgent} from './qemu-agent.js'
 import {QemuStorages} from './qemu-storage.js'
 import {BackendError, type BackendInit, type DiskAllocation, type GuestAgent, type StorageContent, type TaskContext, type VmAccess, type VmBackend, type VmDisk, type VmRuntimeStatus, type VmSpec, type VolumeInfo} from './backend.js'
 import {LinkSimulator} from './link-sim.js'
+import {attachUplink} from './qemu-uplink.js'
+
+export {uplinkAddress} from './qemu-uplink.js'
 
 /**
  * The qemu backend of the lab: every VM is a real QEMU process (src/qemu/vm.ts).
@@ -28,13 +29,8 @@ import {LinkSimulator} from './link-sim.js'
  * qemu-guest-agent over the VM's virtio-serial socket. Runtime files (sockets, serial log) live
  * in `<backend dir>/<node>/<vmid>/`.
  *
- * The guest's one way to the host: when the lab has a link simulator configuration
- * (`<lab dir>/link-sim.yaml` with `uplink.ports`), each VM gets, for each of those guest ports, a
- * QEMU `guestfwd` on its **uplink address** (see {@link uplinkAddress}: the guest subnet's
- * third-last address, e.g. 10.1.255.253 for 10.1.0.0/16). A connection there starts a `socat`
- * relay to the simulator's socket for this VM, which shapes it as the establishment's link and
- * passes it on to the host-side target (src/lab/link-sim.ts). `restrict=on` stays: nothing else
- * of the host is reachable.
+ * The guest's one way to the host: with a `<lab dir>/link-sim.yaml` naming guest ports, a
+ * guestfwd per port through the link simulator (src/lab/qemu-uplink.ts); `restrict=on` stays.
  */
 
 /** Guest ports forwarded to the host (guest contract: /etc/pgi/image.json ports). */
@@ -61,22 +57,6 @@ export interface QemuBackendOptions {
   unplugTimeoutMs?: number
   /** The link simulator's configuration file (followed while the lab runs) and counters file. */
   linkSim?: {configFile: string; statsFile: string}
-}
-
-/**
- * The address of the host's uplink inside a guest network: the subnet's third-last address
- * (10.1.255.253 in 10.1.0.0/16, .253 in a /24), or the next free one below it. Never the guest's
- * own address, its gateway or its DNS (QEMU refuses a guestfwd on those).
- */
-export function uplinkAddress(net: UserNetSpec): string {
-  const toInt = (ip: string) => ip.split('.').reduce((a, o) => a * 256 + Number(o), 0)
-  const toIp = (n: number) => [24, 16, 8, 0].map((sh) => Math.floor(n / 2 ** sh) % 256).join('.')
-  const [base, prefix] = net.net.split('/')
-  const size = 2 ** (32 - Number(prefix))
-  const b = toInt(base!)
-  const used = new Set([net.guestAddress, net.host, net.dns].filter(Boolean))
-  for (let n = b + size - 3; n > b; n--) if (!used.has(toIp(n))) return toIp(n)
-  throw new BackendError(`no free address for the uplink in ${net.net}`)
 }
 
 interface RunningVm {
@@ -318,7 +298,8 @@ export class QemuBackend implements VmBackend {
     }
     const net = QemuBackend.networkFor(spec)
     if (spec.nics.length > 1) ctx.log(`warning: only net0 is connected in the lab (${spec.nics.length} NICs configured)`)
-    const uplink = net ? await this.#uplink(spec, net, ctx) : undefined
+    // the guest's paths to the host for this start (src/lab/qemu-uplink.ts)
+    const uplink = net && this.#linkSim ? await attachUplink(this.#linkSim, {spec, net, runDir: this.#runDir(spec.node, spec.vmid), socat: this.#socat, log: ctx.log}) : undefined
     const uuid = /(?:^|,)uuid=([0-9a-f-]{36})/i.exec(spec.rawConfig.smbios1 ?? '')?.[1]
     const accel = await this.#accelDecision()
     ctx.log(`accelerator: ${accel.accel} (${accel.reason})`)
@@ -342,41 +323,6 @@ export class QemuBackend implements VmBackend {
     ctx.log(`VM ${spec.vmid} started (pid ${vm.pid})`)
     if (uplink) ctx.log(`uplink ${uplink.address}, ports ${uplink.ports.join(', ')}: through the link simulator to the host`)
     if (net) ctx.log(`guest network ${net.net} via ${net.host}, address ${net.guestAddress}; ${vm.forwards.map((f) => `${f.name} → ${f.host}:${f.hostPort}`).join(', ')}`)
-  }
-
-  /**
-   * The guest's paths to the host for this start: one guestfwd per configured guest port, each
-   * relayed by socat to the link simulator's Unix socket for this VM. A socket file in the VM's
-   * runtime directory (not an abstract socket: Node binds those with the whole sun_path as the
-   * name, so socat's connect by name never finds them); a short one under the system's temporary
-   * directory when that path would pass the 107-byte limit of a socket address.
-   */
-  async #uplink(spec: VmSpec, net: UserNetSpec, ctx: TaskContext): Promise<{address: string; ports: number[]} | undefined> {
-    const sim = this.#linkSim
-    if (!sim) return undefined
-    await sim.detach(spec.node, spec.vmid)
-    const ports = sim.guestPorts()
-    if (ports.length === 0) return undefined
-    if (!this.#socat) {
-      ctx.log('warning: socat is not installed: the guest gets no uplink (apt-get install socat)')
-      return undefined
-    }
-    const address = uplinkAddress(net)
-    const runDir = this.#runDir(spec.node, spec.vmid)
-    await mkdir(runDir, {recursive: true})
-    const id = createHash('sha256').update(runDir).digest('hex').slice(0, 16)
-    const forwards: GuestForward[] = []
-    for (const port of ports) {
-      let path = join(runDir, `uplink-${port}.sock`)
-      // QEMU splits the relay command on spaces: a path with white space goes the short way too
-      if (Buffer.byteLength(path) > 100 || /\s/.test(path)) path = join(tmpdir(), `pgi-lab-${id}-${port}.sock`)
-      await rm(path, {force: true})
-      await sim.attach({node: spec.node, vmid: spec.vmid, name: spec.name}, port, path)
-      // QEMU runs the relay in the VM's runtime directory (its cwd): the log lands there
-      forwards.push({guestAddress: address, guestPort: port, command: `socat -lf uplink-relay.log STDIO UNIX-CONNECT:${path}`})
-    }
-    net.guestForwards = forwards
-    return {address, ports}
   }
 
   async shutdown(spec: VmSpec, opts: {timeoutS: number; forceStop: boolean}, ctx: TaskContext): Promise<void> {
