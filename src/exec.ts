@@ -37,6 +37,7 @@ export const TOOL_PACKAGES: Record<string, string> = {
   ip: 'iproute2',
   mcopy: 'mtools',
   'mkfs.fat': 'dosfstools',
+  socat: 'socat',
 }
 
 export interface RunOptions {

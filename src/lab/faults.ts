@@ -106,7 +106,7 @@ export function faultConfigToObject(f: FaultConfig): Record<string, unknown> {
 
 // xmur3 string hash + mulberry32: tiny, well-known seeded PRNG pair (public domain). A dependency
 // (seedrandom) would bring a global Math.random patcher we do not want; 15 lines are enough here.
-function xmur3(str: string): number {
+export function xmur3(str: string): number {
   let h = 1779033703 ^ str.length
   for (let i = 0; i < str.length; i++) {
     h = Math.imul(h ^ str.charCodeAt(i), 3432918353)
@@ -117,7 +117,7 @@ function xmur3(str: string): number {
   return (h ^= h >>> 16) >>> 0
 }
 
-function mulberry32(a: number): number {
+export function mulberry32(a: number): number {
   a = (a + 0x6d2b79f5) | 0
   let t = Math.imul(a ^ (a >>> 15), 1 | a)
   t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t

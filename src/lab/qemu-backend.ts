@@ -2,7 +2,7 @@ import {existsSync, readdirSync, readFileSync} from 'node:fs'
 import {mkdir, readdir, rename, rm} from 'node:fs/promises'
 import {dirname, join} from 'node:path'
 
-import {run} from '../exec.js'
+import {hasTool, run} from '../exec.js'
 import {decideAccel, type AccelDecision} from '../qemu/accel.js'
 import {seedFiles, writeSeedImage, type SeedSpec} from '../qemu/cloudinit.js'
 import type {QgaClient} from '../qemu/qga.js'
@@ -11,6 +11,10 @@ import {QemuVm, userNetFor, type PortForward, type UserNetSpec, type VmDiskSpec}
 import {qemuGuestAgent} from './qemu-agent.js'
 import {QemuStorages} from './qemu-storage.js'
 import {BackendError, type BackendInit, type DiskAllocation, type GuestAgent, type StorageContent, type TaskContext, type VmAccess, type VmBackend, type VmDisk, type VmRuntimeStatus, type VmSpec, type VolumeInfo} from './backend.js'
+import {LinkSimulator} from './link-sim.js'
+import {attachUplink} from './qemu-uplink.js'
+
+export {uplinkAddress} from './qemu-uplink.js'
 
 /**
  * The qemu backend of the lab: every VM is a real QEMU process (src/qemu/vm.ts).
@@ -24,6 +28,9 @@ import {BackendError, type BackendInit, type DiskAllocation, type GuestAgent, ty
  * 127.0.0.1 only (reported by `access()` for `pgi lab status`). Guest-agent calls go to the real
  * qemu-guest-agent over the VM's virtio-serial socket. Runtime files (sockets, serial log) live
  * in `<backend dir>/<node>/<vmid>/`.
+ *
+ * The guest's one way to the host: with a `<lab dir>/link-sim.yaml` naming guest ports, a
+ * guestfwd per port through the link simulator (src/lab/qemu-uplink.ts); `restrict=on` stays.
  */
 
 /** Guest ports forwarded to the host (guest contract: /etc/pgi/image.json ports). */
@@ -48,6 +55,8 @@ export interface QemuBackendOptions {
   guestUnhealthy?: (node: string, vmid: number) => boolean
   /** How long a disk unplug waits for the guest to release the device (ms, default 60 000). */
   unplugTimeoutMs?: number
+  /** The link simulator's configuration file (followed while the lab runs) and counters file. */
+  linkSim?: {configFile: string; statsFile: string}
 }
 
 interface RunningVm {
@@ -59,6 +68,8 @@ interface RunningVm {
   hotplugged?: Set<string>
   cpuSample?: {at: number; ticks: number; cpu: number}
   net?: UserNetSpec
+  /** Guest ports that reach the host through the link simulator, on `uplink`. */
+  uplink?: {address: string; ports: number[]}
 }
 
 export class QemuBackend implements VmBackend {
@@ -70,6 +81,8 @@ export class QemuBackend implements VmBackend {
   readonly #vms = new Map<string, RunningVm>()
   /** The storages' volumes (qemu-storage.ts), made at init. */
   #vols!: QemuStorages
+  #linkSim: LinkSimulator | undefined
+  #socat = false
 
   constructor(opts: QemuBackendOptions = {}) {
     this.#opts = opts
@@ -79,6 +92,11 @@ export class QemuBackend implements VmBackend {
   async init(init: BackendInit): Promise<void> {
     this.#init = init
     this.#vols = new QemuStorages(init.storages)
+    if (this.#opts.linkSim) {
+      this.#linkSim = new LinkSimulator({...this.#opts.linkSim, log: init.log})
+      await this.#linkSim.start()
+      this.#socat = await hasTool('socat')
+    }
     // VMs left running by an earlier daemon of this lab: attach, so status and close() see them.
     for (const n of init.nodes) {
       const nodeDir = join(init.dir, n.name)
@@ -106,6 +124,7 @@ export class QemuBackend implements VmBackend {
       }),
     )
     this.#vms.clear()
+    await this.#linkSim?.close()
   }
 
   async #accelDecision(): Promise<AccelDecision> {
@@ -279,6 +298,8 @@ export class QemuBackend implements VmBackend {
     }
     const net = QemuBackend.networkFor(spec)
     if (spec.nics.length > 1) ctx.log(`warning: only net0 is connected in the lab (${spec.nics.length} NICs configured)`)
+    // the guest's paths to the host for this start (src/lab/qemu-uplink.ts)
+    const uplink = net && this.#linkSim ? await attachUplink(this.#linkSim, {spec, net, runDir: this.#runDir(spec.node, spec.vmid), socat: this.#socat, log: ctx.log}) : undefined
     const uuid = /(?:^|,)uuid=([0-9a-f-]{36})/i.exec(spec.rawConfig.smbios1 ?? '')?.[1]
     const accel = await this.#accelDecision()
     ctx.log(`accelerator: ${accel.accel} (${accel.reason})`)
@@ -298,8 +319,9 @@ export class QemuBackend implements VmBackend {
     } catch (error) {
       throw new BackendError(`start failed: ${(error as Error).message}`)
     }
-    this.#vms.set(`${spec.node}/${spec.vmid}`, {vm, spec, net})
+    this.#vms.set(`${spec.node}/${spec.vmid}`, {vm, spec, net, uplink})
     ctx.log(`VM ${spec.vmid} started (pid ${vm.pid})`)
+    if (uplink) ctx.log(`uplink ${uplink.address}, ports ${uplink.ports.join(', ')}: through the link simulator to the host`)
     if (net) ctx.log(`guest network ${net.net} via ${net.host}, address ${net.guestAddress}; ${vm.forwards.map((f) => `${f.name} → ${f.host}:${f.hostPort}`).join(', ')}`)
   }
 
@@ -329,6 +351,7 @@ export class QemuBackend implements VmBackend {
   }
 
   async stop(node: string, vmid: number, ctx: TaskContext): Promise<void> {
+    await this.#linkSim?.detach(node, vmid)
     const r = this.#vms.get(`${node}/${vmid}`)
     if (!r) return
     await r.vm.stop()
@@ -452,15 +475,17 @@ export class QemuBackend implements VmBackend {
     const endpoints: Record<string, string> = {}
     for (const f of r.vm.forwards) endpoints[f.name] = `${f.host}:${f.hostPort}`
     const n = r.net
+    const up = r.uplink ? `; the guest reaches the host's link simulator at ${r.uplink.address} (ports ${r.uplink.ports.join(', ')})` : ''
     return {
       endpoints,
       note: n
-        ? `QEMU user-mode network ${n.net}: guest ${n.guestAddress}, gateway ${n.host}; only the listed ports reach the guest, on loopback`
+        ? `QEMU user-mode network ${n.net}: guest ${n.guestAddress}, gateway ${n.host}; only the listed ports reach the guest, on loopback${up}`
         : 'no network interface',
     }
   }
 
   async destroyVm(node: string, vmid: number, volids: string[], ctx: TaskContext): Promise<void> {
+    await this.#linkSim?.detach(node, vmid)
     const r = this.#vms.get(`${node}/${vmid}`)
     if (r) {
       await r.vm.stop()

@@ -61,7 +61,8 @@ async function makeBackend(o: RuntimeOptions, faults: Faults): Promise<VmBackend
   const mod = (await import(modPath)) as Record<string, unknown>
   const Ctor = (mod.QemuBackend ?? mod.default) as (new (opts: Record<string, unknown>) => VmBackend) | undefined
   if (typeof Ctor !== 'function') throw new Error('src/lab/qemu-backend.ts does not export QemuBackend')
-  return new Ctor({guestUnhealthy: (n: string, v: number) => faults.guestUnhealthy(n, v)})
+  // the guests' path to the host and the link it crosses (docs/lab.md): <dir>/link-sim.yaml, followed while the lab runs
+  return new Ctor({guestUnhealthy: (n: string, v: number) => faults.guestUnhealthy(n, v), linkSim: {configFile: join(o.dir, 'link-sim.yaml'), statsFile: join(o.dir, 'run', 'link-sim.json')}})
 }
 
 export async function startRuntime(o: RuntimeOptions): Promise<LabRuntime> {

@@ -56,6 +56,20 @@ export interface PortForward {
   hostPort?: number
 }
 
+/**
+ * A guest-to-host path through user-mode networking (QEMU's `guestfwd`): each TCP connection the
+ * guest opens to `guestAddress:guestPort` is handed to a new `command` process (stdin/stdout =
+ * the connection; run by QEMU in its cwd, the VM's runtime directory). `restrict=on` does not
+ * block it: it is the one way out of an isolated guest, and only where the host chose.
+ */
+export interface GuestForward {
+  /** An address of the guest network other than the guest's, the gateway's and the DNS's. */
+  guestAddress: string
+  guestPort: number
+  /** Shell-free command line (QEMU splits it on spaces); no commas needed, any are escaped. */
+  command: string
+}
+
 export interface UserNetSpec {
   /** Guest subnet (CIDR), e.g. 10.1.2.0/24. */
   net: string
@@ -69,6 +83,8 @@ export interface UserNetSpec {
   forwards?: PortForward[]
   /** Isolate the guest (no traffic out except replies on forwarded ports). Default true. */
   restrict?: boolean
+  /** Guest-to-host paths (guestfwd), allowed even when restricted. */
+  guestForwards?: GuestForward[]
 }
 
 export interface VmLaunchSpec {
@@ -215,6 +231,11 @@ export function qemuArgs(spec: VmLaunchSpec, accel: AccelDecision): string[] {
     for (const f of n.forwards ?? []) {
       if (!Number.isInteger(f.guestPort) || f.guestPort < 1 || f.guestPort > 65535) throw new UsageError(`forward ${f.name}: bad guest port ${f.guestPort}`)
       opts += `,hostfwd=tcp:127.0.0.1:${f.hostPort ?? 0}-${n.guestAddress}:${f.guestPort}`
+    }
+    for (const g of n.guestForwards ?? []) {
+      if (!Number.isInteger(g.guestPort) || g.guestPort < 1 || g.guestPort > 65535) throw new UsageError(`guest forward: bad guest port ${g.guestPort}`)
+      if (!/^\d{1,3}(\.\d{1,3}){3}$/.test(g.guestAddress)) throw new UsageError(`guest forward: bad guest address ${g.guestAddress}`)
+      opts += `,guestfwd=tcp:${g.guestAddress}:${g.guestPort}-cmd:${qopt(g.command)}`
     }
     a.push('-netdev', opts)
     a.push('-device', `virtio-net-pci,netdev=net0,id=net0${n.mac ? `,mac=${n.mac}` : ''}`)

@@ -86,6 +86,18 @@ describe('qemuArgs', () => {
     expect(opt(args, '-pidfile')).toEqual(['/var/lab/node1/vm-100/qemu.pid'])
   })
 
+  it('adds a guestfwd per guest-to-host path, restrict=on kept, and refuses bad ones', () => {
+    const net = userNetFor('10.1.2.3', 24, '10.1.2.1', [], undefined)
+    net.guestForwards = [{guestAddress: '10.1.2.253', guestPort: 80, command: 'socat -lf uplink-relay.log STDIO ABSTRACT-CONNECT:pgi-lab-x-80'}]
+    const [netdev] = opt(qemuArgs({...spec, network: net}, tcg), '-netdev')
+    expect(netdev).toContain('restrict=on')
+    expect(netdev).toContain(',guestfwd=tcp:10.1.2.253:80-cmd:socat -lf uplink-relay.log STDIO ABSTRACT-CONNECT:pgi-lab-x-80')
+    net.guestForwards = [{guestAddress: '10.1.2.253', guestPort: 0, command: 'x'}]
+    expect(() => qemuArgs({...spec, network: net}, tcg)).toThrow(/bad guest port/)
+    net.guestForwards = [{guestAddress: 'host', guestPort: 80, command: 'x'}]
+    expect(() => qemuArgs({...spec, network: net}, tcg)).toThrow(/bad guest address/)
+  })
+
   it('escapes commas in paths and refuses bad serials', () => {
     const a = qemuArgs({...spec, network: undefined, seedImage: undefined, disks: [{file: '/x/a,b.qcow2'}]}, tcg)
     expect(opt(a, '-drive')[0]).toMatch(/^file=\/x\/a,,b\.qcow2,/)
