@@ -9,6 +9,7 @@ with_test=0
 
 DEB_PACKAGES=(
   qemu-system-x86 qemu-utils          # lab VMs and image conversion
+  socat                               # lab guests' path to host-side stores (guestfwd relay, src/lab/qemu-uplink.ts)
   genisoimage                         # cloud-init NoCloud seed images (src/qemu/cloudinit.ts)
   mmdebstrap extlinux syslinux-common e2fsprogs dosfstools fdisk mount zstd uidmap  # image build
   casync                              # image publish: content-defined chunk stores (src/image/publish.ts)
