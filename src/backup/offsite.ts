@@ -10,6 +10,7 @@
 import {ErrorCode, UserError} from '../errors.js'
 import {run} from '../exec.js'
 import {ExitCode} from '../exit-codes.js'
+import type {GuestTarget} from '../fleet/guest.js'
 import type {Io} from '../io.js'
 import {offsiteRepositories} from '../inventory/offsite-rules.js'
 import type {Inventory, OffsiteSettings} from '../inventory/types.js'
@@ -73,6 +74,33 @@ export function guestOffsiteConfig(o: OffsiteSettings, uai: string, password: Se
     ...(o.limitUploadKib !== undefined ? {limit_upload_kib: o.limitUploadKib} : {}),
     ...(o.window !== undefined ? {window: o.window} : {}),
   })
+}
+
+/** The VM's tool that pushes (and, with --configure, takes its settings on stdin). */
+export const GUEST_OFFSITE = '/usr/local/sbin/pgi-offsite'
+
+/**
+ * Gives `uai`'s VM its off-site settings: `pgi-offsite --configure` with the JSON on stdin (over
+ * the guest agent: the password on no command line), which checks them and writes
+ * GUEST_OFFSITE_CONFIG 0600. Made to be called by deploy once the key exists
+ * (ensureOffsitePassword); not wired yet. Returns the repository as the VM records it (no credentials).
+ */
+export async function configureGuestOffsite(t: GuestTarget, uai: string, o: OffsiteSettings, password: Secret): Promise<{repository: string}> {
+  const r = await t.api.agentExec(t.node, t.vmid, [GUEST_OFFSITE, '--configure'], {inputData: guestOffsiteConfig(o, uai, password), timeoutMs: 120_000, idempotent: true})
+  let out: {configured?: boolean; repository?: string; error?: {message?: string}} | undefined
+  try {
+    out = JSON.parse(r.stdout.trim().split('\n').at(-1) ?? '') as typeof out
+  } catch {
+    out = undefined
+  }
+  if (r.exitcode !== 0 || !out?.configured) {
+    const why = out?.error?.message ?? (r.stderr || r.stdout).trim().slice(-300)
+    throw new UserError(ErrorCode.OFFSITE_FAILED, `the off-site settings of ${uai} were not taken by VM ${t.vmid} (exit ${r.exitcode}): ${why.split(password.reveal()).join('***') || '(no output)'}`, {
+      where: {uai, vmid: t.vmid, node: t.node},
+      suggestions: [r.exitcode === 127 || /No such file/.test(r.stderr) ? 'The VM runs an image without pgi-offsite: update it (pgi rollout) first.' : 'Check the inventory\'s offsite: section (pgi inventory validate).'],
+    })
+  }
+  return {repository: out.repository ?? ''}
 }
 
 /** restic's failure as one of the classes the VM's status uses too (pgi-offsite classify()). */

@@ -87,10 +87,10 @@ EXTRA = []
 FIRST = {}
 
 
-def offsite(*args, env=None):
+def offsite(*args, env=None, stdin=None):
     e = {'PGI_RESTIC': os.path.join(lab.dir, 'restic-wrapper')}
     e.update(env or {})
-    return lab.tool('pgi-offsite', *args, env=e)
+    return lab.tool('pgi-offsite', *args, env=e, stdin=stdin)
 
 
 def state_dir():
@@ -149,6 +149,29 @@ class Offsite(unittest.TestCase):
         rc, out, err = offsite()
         self.assertEqual((rc, out['state']), (0, 'not_configured'), err)
         self.assertEqual(status()['configured'], False)
+
+    def test_01b_configure_reads_the_settings_on_stdin(self):
+        # what pgi sends over the guest agent (src/backup/offsite.ts guestOffsiteConfig): checked, 0600
+        path = os.path.join(state_dir(), 'offsite.json')
+        settings = {'repository': 'rest:http://127.0.0.1:%d/' % PORT, 'password': PASSWORD, 'host': UAI, 'limit_upload_kib': 2048,
+                    'window': '01:00-06:00'}
+        rc, out, err = offsite('--configure', stdin=json.dumps(settings).encode())
+        self.assertEqual((rc, out), (0, {'configured': True, 'repository': settings['repository']}), err)
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+        with open(path) as f:
+            self.assertEqual(json.load(f), settings)
+        self.assertNotIn(PASSWORD, err)
+        # bad settings are refused and change nothing
+        for bad, word in (({**settings, 'window': '25:00-06:00'}, 'window'), ({**settings, 'color': 'blue'}, 'color'),
+                          ({k: v for k, v in settings.items() if k != 'password'}, 'password')):
+            rc, out, err = offsite('--configure', stdin=json.dumps(bad).encode())
+            self.assertEqual(rc, 3, err)
+            self.assertIn(word, out['error']['message'])
+        rc, out, err = offsite('--configure', stdin=b'not json')
+        self.assertEqual(rc, 3)
+        with open(path) as f:
+            self.assertEqual(json.load(f), settings)
+        self.assertFalse(os.path.exists(path + '.new'))
 
     def test_02_first_push(self):
         rc, out, err = lab.db('create', 'pgi', '--company', 'Lycée Hors Site', '--fiscal-year', '2027')
@@ -300,6 +323,21 @@ class Offsite(unittest.TestCase):
         with open(target + os.path.join(lab.data, 'backups', '.offsite', 'nightly', 'bulk.dump'), 'rb') as f:
             self.assertEqual(hashlib.sha256(f.read()).hexdigest(), entry['sha256'])
         shutil.rmtree(target)
+
+    def test_09b_pgi_health_reports_it_without_judging_it(self):
+        # the last push failed (test_09 ended well: make it fail), pgi-health says so under offsite,
+        # and never among its problems: an unreachable Région must not fail a rollout's gate
+        write_config(repository='rest:http://127.0.0.1:%d/' % pgitest.free_port())
+        rc, out, err = offsite('--force')
+        self.assertEqual((rc, out['error_class']), (1, 'unreachable'))
+        rc, health, err = lab.tool('pgi-health')
+        self.assertIsNotNone(health, err)
+        off = health['offsite']
+        self.assertEqual((off['configured'], off['state'], off['error_class']), (True, 'failed', 'unreachable'))
+        self.assertIsInstance(off['age_s'], int)
+        self.assertFalse([p for p in health['problems'] if 'offsite' in p or 'restic' in p], health['problems'])
+        self.assertNotIn(PASSWORD, json.dumps(health))
+        write_config()
 
     def test_10_full_repository(self):
         full = os.path.join(lab.dir, 'full')
