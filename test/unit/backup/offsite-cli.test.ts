@@ -108,6 +108,11 @@ describe.skipIf(!hasRestic)('pgi backup list / prune (off-site, restic)', () => 
     expect(rows.every((b) => b.size === 300_000)).toBe(true)
     expect(r.json!.result.repository).toBe(join(tmp, 'repos', '0130040Y'))
     expect(r.stdout + r.stderr).not.toContain(password)
+    // the server cannot be asked (no hypervisor answers here): the off-site part is still listed, exit 4
+    const both = await runPgi(['backup', 'list', '0130040Y', '-i', inv, '--json'], {env: {...env, PGI_TOKEN_HV_TEST: 'pgi@pve!deploy=00000000-0000-0000-0000-000000000000'}, timeoutMs: 120_000})
+    expect(both.exitCode, both.stderr).toBe(4)
+    expect(both.json!.result.localError).toMatch(/127\.0\.0\.1|hv-test|reach|connect/i)
+    expect(both.json!.result.backups).toHaveLength(3)
     const table = await runPgi(['backup', 'list', '0130040Y', '--no-local', '-i', inv], {env})
     expect(table.exitCode, table.stderr).toBe(0)
     expect(table.stdout).toMatch(/offsite[ │]+[0-9a-f]{8}[ │]+snapshot of 20261203T023000Z[ │]+2026-12-03T02:30:00Z[ │]+300 KB/)
