@@ -14,6 +14,7 @@ DEB_PACKAGES=(
   mmdebstrap extlinux syslinux-common e2fsprogs dosfstools fdisk mount zstd uidmap  # image build
   casync                              # image publish: content-defined chunk stores (src/image/publish.ts)
   age openssh-client openssh-server   # handoff interoperability, SSH to VMs
+  restic                              # off-site backups: pgi backup list/prune read the Région's repositories (src/backup)
   openssl iproute2 ca-certificates
   time                                # /usr/bin/time: memory of CLI runs in tests (test/e2e/cli/bad-inventory.test.ts)
   postgresql-client                   # the AMI's view: psql against a deployed VM
@@ -32,6 +33,8 @@ DEB_TEST_PACKAGES=(
   # the teachers' console, natively (test/unit/console): its web stack, nginx in front, the web
   # client it sends students to, and Debian's chromium driven by playwright-core
   tryton-sao nginx-light python3-flask python3-waitress python3-argon2 python3-cryptography chromium
+  # the off-site copies' REST server, append-only, on loopback (test/unit/image-tools/test_offsite.py)
+  rclone
   # xmllint: the JUnit reports (--report junit) are validated against test/schemas/junit.xsd
   libxml2-utils
 )

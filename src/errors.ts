@@ -90,6 +90,9 @@ export const ErrorCode = {
   TEACHER_NOT_FOUND: 'PGI_TEACHER_NOT_FOUND',
   TEACHER_EXISTS: 'PGI_TEACHER_EXISTS',
   CONSOLE_FAILED: 'PGI_CONSOLE_FAILED',
+  // off-site copies of the backups (src/backup): no offsite: section, restic failed (BACKUP_FAILED: a local backup)
+  BACKUP_NOT_CONFIGURED: 'PGI_BACKUP_NOT_CONFIGURED',
+  OFFSITE_FAILED: 'PGI_OFFSITE_FAILED',
 } as const
 
 export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode]

@@ -25,6 +25,7 @@ export const TOOL_PACKAGES: Record<string, string> = {
   sfdisk: 'fdisk',
   zstd: 'zstd',
   casync: 'casync',
+  restic: 'restic',
   age: 'age',
   'age-keygen': 'age',
   ssh: 'openssh-client',

@@ -273,7 +273,7 @@ function isRecord(v: unknown): v is Record<string, unknown> {
 
 /**
  * Merges the top-level keys of all files. `establishments` and `recipients` lists are concatenated;
- * `hypervisors` and `groups` are merged by name; `region`, `rings` and `defaults` are defined once.
+ * `hypervisors` and `groups` are merged by name; `region`, `rings`, `defaults` and `offsite` are defined once.
  * A key (or a hypervisor or group name) defined in two places is a `duplicate-key` problem.
  */
 function mergeFiles(sources: SourceFile[], problems: ProblemList): Merged {
@@ -302,7 +302,8 @@ function mergeFiles(sources: SourceFile[], problems: ProblemList): Merged {
           break
         case 'region':
         case 'rings':
-        case 'defaults': {
+        case 'defaults':
+        case 'offsite': {
           const prev = m[key]
           if (prev) {
             problems.add(src, [key], 'duplicate-key', `"${key}" is already defined at ${where(prev)}`, {

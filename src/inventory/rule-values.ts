@@ -17,6 +17,7 @@ export interface Merged {
   region?: Item
   rings?: Item
   defaults?: Item
+  offsite?: Item
   establishments: Item[]
   recipients: Item[]
   hypervisors: Map<string, Item>

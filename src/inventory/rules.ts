@@ -9,6 +9,7 @@ import {type ProblemList, type SourceFile, type YamlPath} from './source.js'
 import {quote, secretLiteralKind} from './redact.js'
 import {didYouMean, suggestAmong} from './suggest.js'
 import {checkDatabaseNames, resolveDatabases} from './database-rules.js'
+import {checkOffsite} from './offsite-rules.js'
 import {int, isRecord, str, strings, where, type Item, type Merged, type Rec} from './rule-values.js'
 import {checkSecret} from './secret-rules.js'
 import type {
@@ -65,6 +66,7 @@ export function checkInventory(m: Merged, P: ProblemList, meta: {path: string; f
   const misspelt: Misspelt = new Map()
   const establishments = checkEstablishments(m, hypervisors, rings, defaults, P, meta.complete, misspelt)
   const groups = checkGroups(m.groups, establishments, P, meta.complete, misspelt)
+  const offsite = checkOffsite(m.offsite, establishments, P, meta.complete)
 
   const used = new Set(establishments.map((e) => e.hypervisor))
   for (const [name, item] of m.hypervisors) {
@@ -86,6 +88,7 @@ export function checkInventory(m: Merged, P: ProblemList, meta: {path: string; f
     hypervisors,
     establishments,
     groups,
+    ...(offsite ? {offsite} : {}),
   }
 }
 

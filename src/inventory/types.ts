@@ -128,6 +128,22 @@ export interface Recipient {
   key: string
 }
 
+/** The inventory's `offsite:` section (docs/backups.md), defaults applied. */
+export interface OffsiteSettings {
+  /** restic repository URL the VMs push to, with {uai} (the template). */
+  repository: string
+  /** The same repositories as the Région's machine reaches them (default: repository). */
+  regionRepository: string
+  /** Per-establishment repositories (as the VM reaches them), instead of the template. */
+  repositories: Map<string, string>
+  retention: {daily: number; weekly: number; monthly: number}
+  /** Upload cap of each VM's push, KiB/s. */
+  limitUploadKib?: number
+  /** "HH:MM-HH:MM", the VM's local time. */
+  window?: string
+  source: SourceRef
+}
+
 export interface Inventory {
   /** The file or folder it was read from. */
   path: string
@@ -140,6 +156,8 @@ export interface Inventory {
   hypervisors: Map<string, Hypervisor>
   establishments: Establishment[]
   groups: Map<string, string[]>
+  /** Off-site copies of the nightly backups; undefined when the inventory has no `offsite:`. */
+  offsite?: OffsiteSettings
 }
 
 /** One problem found by validation, with where it is and what to do. */

@@ -184,6 +184,14 @@ class Engine(unittest.TestCase):
         self.assertIn('pgi', names)
         self.assertFalse([n for n in names if n.startswith('pgi_tmp_') or n.startswith('pgi_template_')])
         self.assertEqual(manifest['tryton']['series'], '6.0')
+        # uncompressed custom-format dumps (-Z0: restic deduplicates them night after night), said so
+        # in the manifest and in the archive's header, and every reader below takes them
+        entry = next(e for e in manifest['databases'] if e['name'] == 'pgi')
+        self.assertEqual(entry['compression'], 0)
+        dump = os.path.join(lab.data, 'backups', stamp, entry['file'])
+        with open(dump, 'rb') as f:
+            head = f.read(16)
+        self.assertEqual((head[:5], head[11:16]), (b'PGDMP', b'\x00\x00\x00\x00\x00'), 'archive 1.14: compression 0')
         nightly = [e for e in self.ok('backups', 'pgi') if e['kind'] == 'nightly']
         self.assertEqual(nightly[0]['id'], stamp)
         self.assertIsNone(nightly[0]['verified'])
@@ -193,6 +201,14 @@ class Engine(unittest.TestCase):
         self.assertEqual((nightly[0]['verified']['ok'], nightly[0]['verified']['method']), (True, 'restore'))
         self.ok('restore', 'pgi', '--from', stamp, '--as', 'pgi_nuit')
         self.assertEqual(self.invoices('pgi_nuit'), self.invoices('pgi'))
+        # the nightly dump taken away and imported elsewhere (a teacher's download, then an upload)
+        self.ok('import', dump, '--as', 'pgi_nuit_importee')
+        self.assertEqual(self.invoices('pgi_nuit_importee'), self.invoices('pgi'))
+        # the space checks read the header: an uncompressed dump's estimate is not ten times its size
+        r = subprocess.run([pgitest.PYTHON, '-c', 'import sys, pgidb; print(pgidb.dump_compressed(sys.argv[1]), pgidb.dump_expansion(sys.argv[1]))', dump],
+                           capture_output=True, text=True, env=lab.env())
+        self.assertEqual(r.stdout.split(), ['False', '3'], r.stderr)
+        self.ok('drop', 'pgi_nuit_importee')
         # pgi-db's own dumps never count as (or get pruned like) nightly sets
         self.assertFalse(os.path.exists(os.path.join(lab.data, 'backups', 'databases', 'manifest.json')))
 

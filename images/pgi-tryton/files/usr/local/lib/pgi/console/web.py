@@ -690,7 +690,7 @@ def register_routes(app):
                     magic = fh.read(5)
                 if magic != b'PGDMP':
                     error = 'Ce fichier n\'est pas une sauvegarde PostgreSQL au format de pg_dump (-Fc) : rien n\'a été créé.'
-                elif not _space_for(size):
+                elif not _space_for(size, path):
                     error = 'Pas assez de place sur le disque de données du serveur pour ce fichier : prévenez votre AMI.'
             if error:
                 try:
@@ -866,14 +866,14 @@ def _save_upload(up, path, limit):
     return size
 
 
-def _space_for(size):
+def _space_for(size, path):
     """Room for the upload and the database it becomes (the engine checks again, precisely)."""
     import pgidb
     try:
         total, used = pgidb.disk_usage()
     except OSError:
         return True
-    return total and 100.0 * (used + size * pgidb.DUMP_EXPANSION) / total <= pgidb.DISK_LIMIT_PCT
+    return total and 100.0 * (used + size * pgidb.dump_expansion(path)) / total <= pgidb.DISK_LIMIT_PCT
 
 
 def _activation_link(email):

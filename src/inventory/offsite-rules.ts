@@ -1,0 +1,102 @@
+import type {ProblemList} from './source.js'
+import {int, isRecord, str, type Item} from './rule-values.js'
+import type {Establishment, OffsiteSettings} from './types.js'
+
+/**
+ * The inventory's `offsite:` section (off-site copies of the nightly backups, docs/backups.md):
+ * what JSON Schema cannot say — every establishment gets a repository of its own (the AMI has sudo
+ * on the VM and may read its key and URL, so two establishments sharing a repository could read or
+ * fill each other's history), per-establishment entries name establishments of the inventory —
+ * and the settings resolved with their defaults.
+ */
+
+export const DEFAULT_RETENTION = {daily: 7, weekly: 4, monthly: 12} as const
+export const UAI_PLACEHOLDER = '{uai}'
+
+/** "2M" → 2048, "512K" / "512" / 512 → 512 (KiB/s); undefined when not a cap. */
+export function parseBandwidthKib(v: unknown): number | undefined {
+  if (typeof v === 'number') return Number.isInteger(v) && v > 0 ? v : undefined
+  if (typeof v !== 'string') return undefined
+  const m = /^([1-9][0-9]*)([KkMm]?)$/.exec(v)
+  if (!m) return undefined
+  return Number(m[1]) * (m[2].toLowerCase() === 'm' ? 1024 : 1)
+}
+
+export function checkOffsite(item: Item | undefined, establishments: readonly Establishment[], P: ProblemList, complete: boolean): OffsiteSettings | undefined {
+  if (!item || !isRecord(item.value)) return undefined
+  const v = item.value
+  const {src, path} = item
+  const repository = str(v.repository)
+  if (repository === undefined) return undefined
+  const regionRepository = str(v.region_repository) ?? repository
+  const repositories = new Map<string, string>()
+  if (isRecord(v.repositories)) for (const [uai, url] of Object.entries(v.repositories)) if (typeof url === 'string') repositories.set(uai, url)
+  const known = new Set(establishments.map((e) => e.uai))
+  if (complete) {
+    for (const uai of repositories.keys()) {
+      if (!known.has(uai)) {
+        P.add(src, [...path, 'repositories', uai], 'unknown-establishment', `offsite.repositories names ${uai}, which is not an establishment of the inventory`, {
+          at: 'key',
+          suggestion: 'remove the entry, or correct the UAI',
+        })
+      }
+    }
+  }
+  const needTemplate = establishments.some((e) => !repositories.has(e.uai))
+  if (needTemplate && !repository.includes(UAI_PLACEHOLDER)) {
+    P.add(src, [...path, 'repository'], 'offsite-shared-repository', `offsite.repository "${repository}" has no ${UAI_PLACEHOLDER}: every establishment would push to the same repository`, {
+      suggestion: `put ${UAI_PLACEHOLDER} where each establishment's repository goes (e.g. rest:https://sauvegardes.region.example:8000/${UAI_PLACEHOLDER}/), or give each one under offsite.repositories: each AMI may read its VM's key`,
+    })
+  }
+  if (v.region_repository !== undefined && needTemplate && !regionRepository.includes(UAI_PLACEHOLDER)) {
+    P.add(src, [...path, 'region_repository'], 'offsite-shared-repository', `offsite.region_repository "${regionRepository}" has no ${UAI_PLACEHOLDER}`, {
+      suggestion: `put ${UAI_PLACEHOLDER} where each establishment's repository goes, as in offsite.repository`,
+    })
+  }
+  // two establishments resolving to the same repository (a per-establishment URL equal to another's)
+  const seen = new Map<string, string>()
+  for (const e of establishments) {
+    const url = repositories.get(e.uai) ?? repository.split(UAI_PLACEHOLDER).join(e.uai)
+    const prev = seen.get(url)
+    if (prev !== undefined && (repositories.has(e.uai) || repository.includes(UAI_PLACEHOLDER))) {
+      P.add(src, repositories.has(e.uai) ? [...path, 'repositories', e.uai] : [...path, 'repository'], 'offsite-shared-repository', `${e.uai} and ${prev} would push to the same repository ${url}`, {
+        suggestion: 'give each establishment a repository of its own',
+      })
+    } else seen.set(url, e.uai)
+  }
+  const bandwidthValue = v.bandwidth
+  const limitUploadKib = parseBandwidthKib(bandwidthValue)
+  if (bandwidthValue !== undefined && limitUploadKib === undefined) {
+    P.add(src, [...path, 'bandwidth'], 'offsite-bandwidth', `offsite.bandwidth ${JSON.stringify(bandwidthValue)} is not a bandwidth`, {
+      suggestion: 'KiB/s as a number (512), or with a unit: 512K, 2M',
+    })
+  }
+  const r = isRecord(v.retention) ? v.retention : {}
+  const retention = {
+    daily: int(r.daily) ?? DEFAULT_RETENTION.daily,
+    weekly: int(r.weekly) ?? DEFAULT_RETENTION.weekly,
+    monthly: int(r.monthly) ?? DEFAULT_RETENTION.monthly,
+  }
+  if (retention.daily + retention.weekly + retention.monthly === 0) {
+    P.add(src, [...path, 'retention'], 'offsite-retention', 'offsite.retention keeps nothing: `pgi backup prune` would remove every off-site copy', {
+      suggestion: 'keep at least one (defaults: daily 7, weekly 4, monthly 12)',
+    })
+  }
+  const window = str(v.window)
+  return {
+    repository,
+    regionRepository,
+    repositories,
+    retention,
+    ...(limitUploadKib !== undefined ? {limitUploadKib} : {}),
+    ...(window !== undefined ? {window} : {}),
+    source: src.ref(path, 'key'),
+  }
+}
+
+/** The repository of `uai` as its VM reaches it, and as the Région's machine does. */
+export function offsiteRepositories(o: OffsiteSettings, uai: string): {vm: string; region: string} {
+  const vm = o.repositories.get(uai) ?? o.repository.split(UAI_PLACEHOLDER).join(uai)
+  const region = o.repositories.has(uai) && o.regionRepository === o.repository ? vm : o.regionRepository.split(UAI_PLACEHOLDER).join(uai)
+  return {vm, region}
+}
