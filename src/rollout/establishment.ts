@@ -38,7 +38,7 @@ import {ErrorCode, UserError, asPgiError} from '../errors.js'
 import type {Establishment} from '../inventory/types.js'
 import type {PveVmConfig} from '../proxmox/types.js'
 import {sleep} from '../sleep.js'
-import {probeGuest, restoreInGuest, waitForBoot, type ProbeResult} from './guest-scripts.js'
+import {describeMajorStatus, majorInGuest, probeGuest, restoreInGuest, waitForBoot, type MajorInfo, type ProbeResult} from './guest-scripts.js'
 import {inWindow, describeWindow} from './window.js'
 
 import {
@@ -160,13 +160,16 @@ async function forward(r: Run, start: RolloutMark, result: (o: Outcome, x?: Part
           break
         }
         case 'checked': {
-          update('backing up the databases')
-          const b = await attempt(r, 'backup', () => backup(r)).catch(async (err) => {
+          const major = await attempt(r, 'major check', () => majorOf(r))
+          update(major ? `backing up the databases (major upgrade: PostgreSQL ${major.fromPg} → ${major.toPg}, Tryton ${major.fromTryton ?? '?'} → ${major.toTryton ?? '?'})` : 'backing up the databases')
+          const b = await attempt(r, 'backup', () => (major ? majorBackup(r, major) : backup(r))).catch(async (err) => {
             if (err instanceof Killed || err instanceof RunnerConflict || unreachable(err)) throw err
+            // the PGI keeps its old version: what the major backup stopped serves again
+            if (major) await majorInGuest(r.t, {action: 'wake'}).catch((e) => ctx.io.warn(`${est.uai}: trytond and the console could not be started again: ${describe(e)}`))
             await writeMark(r, {step: 'backup-failed', reason: describe(err)})
             throw new Finished(result('failed', {step: 'backup-failed', reason: `backup: ${describe(err)}`}))
           })
-          await writeMark(r, {step: 'backed-up', backup: b.path, backupSha256: b.sha256})
+          await writeMark(r, {step: 'backed-up', backup: b.path, backupSha256: b.sha256, ...(major ? {major} : {})})
           break
         }
         case 'backed-up': {
@@ -198,6 +201,9 @@ async function forward(r: Run, start: RolloutMark, result: (o: Outcome, x?: Part
         }
         case 'gated': {
           update('recording the new version')
+          // the way back closes here: the migration recorded committed in the guest (the old
+          // cluster stays, read-only, until `pgi rollout prune`)
+          if (mark.major) await attempt(r, 'commit the migration', () => majorInGuest(r.t, {action: 'commit', id: r.id}))
           await attempt(r, 'commit', () => writeMark(r, {step: 'committed', reason: undefined}, {image: ctx.image}))
           mark = (await readVm(r)).meta.rollout!
           if (!ctx.keepOldDisk) await attempt(r, 'cleanup', () => cleanupOldDisk(r, mark)).catch((err) => ctx.io.warn(`${est.uai}: updated, but the old OS disk was not removed: ${describe(err)}`))
@@ -372,8 +378,17 @@ function compareData(manifest: ManifestDb[], probe: ProbeResult, loginChecked: b
 
 async function gate(r: Run, mark: RolloutMark): Promise<void> {
   const {ctx} = r
-  const deadline = Date.now() + ctx.healthTimeoutMs
   const opts = {intervalMs: ctx.pollIntervalMs, signal: ctx.signal, onProgress: ctx.update}
+  if (mark.major) {
+    try {
+      await waitForAgent(r.t, {...opts, timeoutMs: ctx.agentTimeoutMs})
+    } catch (err) {
+      if (ctx.signal?.aborted) throw err
+      throw new GateFailed(describe(err), where(r))
+    }
+    await waitForMigration(r, mark)
+  }
+  const deadline = Date.now() + ctx.healthTimeoutMs
   try {
     await waitForAgent(r.t, {...opts, timeoutMs: ctx.agentTimeoutMs})
     const h = await waitForHealthy(r.t, {...opts, timeoutMs: Math.max(1000, deadline - Date.now())})
@@ -401,6 +416,86 @@ async function gate(r: Run, mark: RolloutMark): Promise<void> {
     }
     if (Date.now() >= deadline) throw new GateFailed(problems.join('; '), where(r))
     ctx.update?.(`gate: ${problems[0]}`)
+    await sleep(ctx.pollIntervalMs)
+  }
+}
+
+/**
+ * A major upgrade when the guest's PostgreSQL major version (asked over the agent) differs from
+ * the target image's, or the Tryton series does (the image manifests' packages): the databases
+ * then have to be carried across at the new OS's first boot. Undefined for a minor update.
+ */
+async function majorOf(r: Run): Promise<NonNullable<RolloutMark['major']> | undefined> {
+  const to = r.ctx.image.stack
+  if (!to?.postgresql) return undefined
+  const info = await majorInGuest<MajorInfo>(r.t, {action: 'info'})
+  if (info.pg === to.postgresql) return undefined
+  if (Number(info.pg) > Number(to.postgresql)) {
+    throw new UserError(ErrorCode.REFUSED, `the establishment runs PostgreSQL ${info.pg}, the image ${r.to} PostgreSQL ${to.postgresql}: a rollout never moves a cluster to an older major version`, {
+      where: where(r),
+      suggestions: ['Roll out an image of the same line or newer.'],
+    })
+  }
+  return {fromPg: info.pg, toPg: to.postgresql, ...(to.tryton ? {toTryton: to.tryton} : {})}
+}
+
+/**
+ * The pre-swap backup of a major upgrade: trytond and the console stopped first (nothing written
+ * after the backup: the databases are carried across from it), then pgi-backup and its verified
+ * restore as for any rollout, then the request the new OS reads at its first boot, after the guest
+ * checked that the data disk has room for the new cluster beside the old one.
+ */
+async function majorBackup(r: Run, major: NonNullable<RolloutMark['major']>): Promise<{path: string; sha256: string}> {
+  await majorInGuest(r.t, {action: 'quiesce'})
+  const b = await backup(r)
+  await majorInGuest(r.t, {action: 'request', id: r.id, manifest: b.path, to_pg: major.toPg, from_version: r.from, to_version: r.to})
+  return b
+}
+
+/** Per-database time budget of a migration under software emulation, and the fixed part (boot, roles, checks). */
+export const MIGRATION_PER_DATABASE_MS = 20 * 60_000
+export const MIGRATION_BASE_MS = 20 * 60_000
+
+export function migrationTimeoutFor(databases: number, override?: number): number {
+  return override ?? MIGRATION_BASE_MS + Math.max(1, databases) * MIGRATION_PER_DATABASE_MS
+}
+
+/**
+ * Waits for the guest's migration (pgimajor.py's status file), showing each database's step,
+ * until it is done; a failed migration, or one still running after the timeout, fails the gate
+ * (and so rolls the establishment back) with the guest's reason.
+ */
+async function waitForMigration(r: Run, mark: RolloutMark): Promise<void> {
+  const {ctx} = r
+  const manifest = manifestDbs(await readManifest(r, mark))
+  const timeoutMs = migrationTimeoutFor(manifest.length, ctx.migrationTimeoutMs)
+  const deadline = Date.now() + timeoutMs
+  let last = ''
+  for (;;) {
+    checkKilled(r)
+    let info: MajorInfo | undefined
+    try {
+      info = await majorInGuest<MajorInfo>(r.t, {action: 'info'}, 120_000)
+    } catch (err) {
+      // the guest agent answers before the data disk is mounted: not a failure yet
+      if (ctx.signal?.aborted) throw err
+      ctx.io.debug(`${r.est.uai}: migration status not readable yet: ${describe(err)}`)
+    }
+    const st = info?.status
+    const mine = st && st.id === r.id
+    if (mine && st.state === 'failed') throw new GateFailed(`major upgrade failed in the guest: ${st.error ?? describeMajorStatus(st)}`, where(r))
+    if (mine && (st.state === 'done' || st.state === 'committed')) {
+      ctx.io.info(`${r.est.uai}: ${describeMajorStatus(st)} (${st.databases.map((d) => `${d.name} ${Math.round(Object.values(d.seconds ?? {}).reduce((a, b) => a + b, 0))} s`).join(', ')})`)
+      return
+    }
+    const text = mine ? describeMajorStatus(st) : info ? 'migration: waiting for the new OS to start it' : 'migration: waiting for the guest'
+    if (text !== last) {
+      ctx.update?.(text)
+      // a line per change in CI logs too (listr2's task text is only seen on a terminal)
+      ctx.io.debug(`${r.est.uai}: ${text}`)
+      last = text
+    }
+    if (Date.now() >= deadline) throw new GateFailed(`the major upgrade's migration did not finish within ${Math.round(timeoutMs / 60_000)} min (${text})`, where(r))
     await sleep(ctx.pollIntervalMs)
   }
 }
@@ -454,6 +549,12 @@ async function rollback(r: Run, reason: string, result: (o: Outcome, x?: Partial
     // the data check must see the boot done (PostgreSQL up, the boot-time upgrade run or refused),
     // not a boot half-way (databases that do not open yet would look damaged)
     ctx.io.debug(`${est.uai}: boot after rollback: ${await waitForBoot(r.t, ctx.healthTimeoutMs)}`)
+    if (mark.major) {
+      // the old OS on the data disk the new one left: its cluster writable again (the new OS
+      // made it read-only and never wrote it), the data disk's record back to the old version
+      const o = await retry('reopen the old cluster', () => majorInGuest<{reopened: string[]}>(r.t, {action: 'reopen', version: r.from ?? ''}))
+      ctx.io.info(`${est.uai}: back on PostgreSQL ${mark.major.fromPg}${o.reopened.length ? ` (cluster ${o.reopened.join(', ')} writable again)` : ''}`)
+    }
     const manifest = manifestDbs(await retry('manifest', () => readManifest(r, mark)))
     let restored: string[] = []
     if (mark.backup) {
