@@ -12,7 +12,7 @@ import {acquireLock} from '../fleet/locks.js'
 import {importVolid, type DeployImage} from '../fleet/images.js'
 import {Stager, type StageOutcome} from '../fleet/stage.js'
 import {ErrorCode, UsageError, UserError, asPgiError} from '../errors.js'
-import {ExitCode, type ExitCodeValue} from '../exit-codes.js'
+import {ExitCode} from '../exit-codes.js'
 import {parseDescription, type RolloutMark} from '../fleet/vm-meta.js'
 import {settleAll} from '../fleet/pool.js'
 import {withFleet, type FleetRequest, type FleetSession} from '../fleet/open.js'
@@ -23,6 +23,9 @@ import {journalDir, stateDir} from '../paths.js'
 import {sleep} from '../sleep.js'
 import {FINAL_STEPS, type EstablishmentResult} from './establishment.js'
 import {majorInGuest, type MajorInfo} from './guest-scripts.js'
+import {describeMigration, migrationPlan, type MigrationPlan} from './major.js'
+
+export {describeMigration, migrationPlan, pruneOldClusters, type MigrationPlan, type PruneRequest, type PruneRow} from './major.js'
 import {RolloutJournal, listRollouts, type RolloutRecord} from './journal.js'
 import {RUNNER, parseMaxFailures, runRollout, type RolloutResult} from './run.js'
 import {acquireFleetLock, type HeldFleetLock} from './fleet-lock.js'
@@ -58,54 +61,6 @@ export interface RolloutPlanRow {
   /** A major upgrade (PostgreSQL major version change): what it carries across and the space it needs. */
   migration?: MigrationPlan
   rollout?: {id: string; step: string; runner?: string; reason?: string}
-}
-
-/**
- * The data disk's space for a major upgrade: the old cluster stays (read-only, until `pgi rollout
- * prune`), the new one is about as big (a restore of the same data, plus a margin for the WAL and
- * trytond-admin's work), and the pre-swap dumps are written beside both.
- */
-export interface MigrationPlan {
-  fromPg: string
-  toPg: string
-  databases?: number
-  oldClusterBytes: number
-  newClusterBytes: number
-  dumpsBytes: number
-  /** old + new + dumps */
-  totalBytes: number
-  /** What the data disk must still have free: new + dumps. */
-  needBytes: number
-  freeBytes: number
-  diskBytes: number
-}
-
-const MiB = 1 << 20
-
-/** The space a major upgrade needs from what the guest reports (MAJOR_SCRIPT info). */
-export function migrationPlan(info: MajorInfo, toPg: string): MigrationPlan {
-  const old = info.clusters[info.pg]?.bytes ?? 0
-  const fresh = Math.ceil(old * 1.2) + 256 * MiB
-  // the new backup's dumps: as big as the latest one (the data grows little in between), else a
-  // quarter of the cluster (pg_dump -Z6 of Tryton databases, measured: ~1/5)
-  const dumps = info.backup?.bytes ? Math.ceil(info.backup.bytes * 1.1) : Math.ceil(old / 4)
-  return {
-    fromPg: info.pg,
-    toPg,
-    ...(info.backup ? {databases: info.backup.databases} : {}),
-    oldClusterBytes: old,
-    newClusterBytes: fresh,
-    dumpsBytes: dumps,
-    totalBytes: old + fresh + dumps,
-    needBytes: fresh + dumps,
-    freeBytes: info.disk.free,
-    diskBytes: info.disk.total,
-  }
-}
-
-export function describeMigration(m: MigrationPlan): string {
-  const mb = (b: number) => `${Math.round(b / MiB)} MiB`
-  return `PostgreSQL ${m.fromPg} → ${m.toPg}${m.databases !== undefined ? `, ${m.databases} database(s)` : ''}: old ${mb(m.oldClusterBytes)} + new ${mb(m.newClusterBytes)} + dumps ${mb(m.dumpsBytes)} = ${mb(m.totalBytes)}; needs ${mb(m.needBytes)} free, ${mb(m.freeBytes)} free of ${mb(m.diskBytes)}`
 }
 
 export interface PlanRequest extends FleetRequest {
@@ -542,72 +497,4 @@ export async function controlRollout(what: 'pause' | 'abort', opts: {env?: NodeJ
   if (!rec) throw new UserError(ErrorCode.USAGE, opts.id ? `no rollout ${opts.id} in the local journal` : 'no running rollout in the local journal', {exitCode: ExitCode.USAGE, suggestions: ['Run `pgi rollout status` to see the rollouts.']})
   await new RolloutJournal(root, rec.id).setControl(what)
   return {id: rec.id, control: what}
-}
-
-// ---- prune -----------------------------------------------------------------------------------
-
-export interface PruneRow {
-  uai: string
-  outcome: 'pruned' | 'nothing' | 'skipped' | 'failed'
-  /** The old cluster (a major upgrade's disaster copy) and its size. */
-  cluster?: string
-  bytes?: number
-  detail: string
-}
-
-export interface PruneRequest extends FleetRequest {
-  /** Asked once, with every cluster listed, before anything is removed (typed confirmation). */
-  confirm: (question: string, expected: string) => Promise<void>
-}
-
-/**
- * Removes the PostgreSQL cluster a committed major upgrade left on each selected data disk (the
- * read-only disaster copy of the old version's databases). Only where the guest records the
- * upgrade as committed, runs the new cluster, and no rollout is mid-way on the VM; the clusters
- * are listed and a typed confirmation asked once before the first is removed.
- */
-export async function pruneOldClusters(req: PruneRequest): Promise<{rows: PruneRow[]; exitCode: ExitCodeValue}> {
-  return withFleet(req, async (fleet) => {
-    const found = await settleAll(
-      fleet.establishments,
-      (e) => e.hypervisor,
-      async (e) => {
-        const api = await fleet.hypervisors.get(e.hypervisor)
-        const cfg = await api.vmConfig(e.node, e.vmid)
-        const meta = parseDescription(typeof cfg?.description === 'string' ? cfg.description : undefined)
-        if (!cfg || !meta) return {e, row: {uai: e.uai, outcome: 'skipped', detail: `VM ${e.vmid} ${cfg ? 'was not deployed by pgi' : 'does not exist'}`} as PruneRow}
-        if (meta.rollout && !FINAL_STEPS.has(meta.rollout.step)) return {e, row: {uai: e.uai, outcome: 'skipped', detail: `rollout ${meta.rollout.id} is mid-way (step ${meta.rollout.step}): finish it first`} as PruneRow}
-        const t = {api, node: e.node, vmid: e.vmid, uai: e.uai}
-        const info = await majorInGuest<MajorInfo>(t, {action: 'info'}, 120_000)
-        const old = info.state.major?.old_cluster
-        if (!old || info.state.major?.pruned_at) return {e, row: {uai: e.uai, outcome: 'nothing', detail: 'no old cluster on the data disk'} as PruneRow}
-        if (info.status?.state !== 'committed') return {e, row: {uai: e.uai, outcome: 'skipped', detail: `the major upgrade is not committed (${info.status?.state ?? 'no status'}): the old cluster is the way back`} as PruneRow}
-        const c = Object.values(info.clusters).find((x) => x.path === old)
-        return {e, t, row: {uai: e.uai, outcome: 'pruned', cluster: old, bytes: c?.bytes ?? 0, detail: ''} as PruneRow}
-      },
-      {max: 20, perKey: 8},
-    )
-    const rows: PruneRow[] = []
-    const todo: {t: {api: Awaited<ReturnType<typeof fleet.hypervisors.get>>; node: string; vmid: number; uai: string}; row: PruneRow}[] = []
-    for (const o of found) {
-      if (!o.ok) rows.push({uai: o.item.uai, outcome: 'failed', detail: asPgiError(o.error).message})
-      else if (o.value.row.outcome === 'pruned' && o.value.t) todo.push({t: o.value.t, row: o.value.row})
-      else rows.push(o.value.row)
-    }
-    if (todo.length > 0) {
-      const list = todo.map((x) => `${x.row.uai}: ${x.row.cluster} (${Math.round((x.row.bytes ?? 0) / 2 ** 20)} MiB)`).join('; ')
-      const expected = todo.length === 1 ? todo[0]!.row.uai : `${todo.length} clusters`
-      await req.confirm(`Remove the old PostgreSQL cluster (the disaster copy of the databases before their major upgrade) of ${todo.length} establishment(s): ${list}? It cannot be undone; the databases in use are not touched.`, expected)
-      for (const x of todo) {
-        try {
-          const r = await majorInGuest<{pruned: string; bytes: number}>(x.t, {action: 'prune'})
-          rows.push({...x.row, bytes: r.bytes, detail: `removed ${r.pruned}`})
-        } catch (err) {
-          rows.push({...x.row, outcome: 'failed', detail: asPgiError(err).message})
-        }
-      }
-    }
-    const failed = rows.filter((r) => r.outcome === 'failed').length
-    return {rows, exitCode: failed === 0 ? ExitCode.OK : ExitCode.PARTIAL}
-  })
 }
