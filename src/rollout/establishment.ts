@@ -38,7 +38,8 @@ import {ErrorCode, UserError, asPgiError} from '../errors.js'
 import type {Establishment} from '../inventory/types.js'
 import type {PveVmConfig} from '../proxmox/types.js'
 import {sleep} from '../sleep.js'
-import {describeMajorStatus, majorInGuest, probeGuest, restoreInGuest, waitForBoot, type MajorInfo, type ProbeResult} from './guest-scripts.js'
+import {majorInGuest, probeGuest, restoreInGuest, waitForBoot, type MajorInfo, type ProbeResult} from './guest-scripts.js'
+import {waitForMigration} from './major.js'
 import {inWindow, describeWindow} from './window.js'
 
 import {
@@ -383,12 +384,18 @@ async function gate(r: Run, mark: RolloutMark): Promise<void> {
   const opts = {intervalMs: ctx.pollIntervalMs, signal: ctx.signal, onProgress: ctx.update}
   if (mark.major) {
     try {
+      // a VM stopped mid-migration (a hard stop, a host crash) is started again: the guest
+      // resumes the migration at boot (the unfinished database carried across again)
+      if ((await r.api.vmStatus(r.est.node, r.est.vmid))?.status !== 'running') {
+        ctx.io.warn(`${r.est.uai}: VM ${r.est.vmid} was stopped during the migration: starting it, the guest resumes the migration`)
+        await r.api.startVm(r.est.node, r.est.vmid, {timeoutMs: 600_000})
+      }
       await waitForAgent(r.t, {...opts, timeoutMs: ctx.agentTimeoutMs})
     } catch (err) {
       if (ctx.signal?.aborted) throw err
       throw new GateFailed(describe(err), where(r))
     }
-    await waitForMigration(r, mark)
+    await waitForMigration(r, manifestDbs(await readManifest(r, mark)).length)
   }
   const deadline = Date.now() + ctx.healthTimeoutMs
   try {
@@ -452,54 +459,6 @@ async function majorBackup(r: Run, major: NonNullable<RolloutMark['major']>): Pr
   const b = await backup(r)
   await majorInGuest(r.t, {action: 'request', id: r.id, manifest: b.path, to_pg: major.toPg, from_version: r.from, to_version: r.to})
   return b
-}
-
-/** Per-database time budget of a migration under software emulation, and the fixed part (boot, roles, checks). */
-export const MIGRATION_PER_DATABASE_MS = 20 * 60_000
-export const MIGRATION_BASE_MS = 20 * 60_000
-
-export function migrationTimeoutFor(databases: number, override?: number): number {
-  return override ?? MIGRATION_BASE_MS + Math.max(1, databases) * MIGRATION_PER_DATABASE_MS
-}
-
-/**
- * Waits for the guest's migration (pgimajor.py's status file), showing each database's step,
- * until it is done; a failed migration, or one still running after the timeout, fails the gate
- * (and so rolls the establishment back) with the guest's reason.
- */
-async function waitForMigration(r: Run, mark: RolloutMark): Promise<void> {
-  const {ctx} = r
-  const manifest = manifestDbs(await readManifest(r, mark))
-  const timeoutMs = migrationTimeoutFor(manifest.length, ctx.migrationTimeoutMs)
-  const deadline = Date.now() + timeoutMs
-  let last = ''
-  for (;;) {
-    checkKilled(r)
-    let info: MajorInfo | undefined
-    try {
-      info = await majorInGuest<MajorInfo>(r.t, {action: 'info'}, 120_000)
-    } catch (err) {
-      // the guest agent answers before the data disk is mounted: not a failure yet
-      if (ctx.signal?.aborted) throw err
-      ctx.io.debug(`${r.est.uai}: migration status not readable yet: ${describe(err)}`)
-    }
-    const st = info?.status
-    const mine = st && st.id === r.id
-    if (mine && st.state === 'failed') throw new GateFailed(`major upgrade failed in the guest: ${st.error ?? describeMajorStatus(st)}`, where(r))
-    if (mine && (st.state === 'done' || st.state === 'committed')) {
-      ctx.io.info(`${r.est.uai}: ${describeMajorStatus(st)} (${st.databases.map((d) => `${d.name} ${Math.round(Object.values(d.seconds ?? {}).reduce((a, b) => a + b, 0))} s`).join(', ')})`)
-      return
-    }
-    const text = mine ? describeMajorStatus(st) : info ? 'migration: waiting for the new OS to start it' : 'migration: waiting for the guest'
-    if (text !== last) {
-      ctx.update?.(text)
-      // a line per change in CI logs too (listr2's task text is only seen on a terminal)
-      ctx.io.debug(`${r.est.uai}: ${text}`)
-      last = text
-    }
-    if (Date.now() >= deadline) throw new GateFailed(`the major upgrade's migration did not finish within ${Math.round(timeoutMs / 60_000)} min (${text})`, where(r))
-    await sleep(ctx.pollIntervalMs)
-  }
 }
 
 async function cleanupOldDisk(r: Run, mark: RolloutMark): Promise<void> {

@@ -10,8 +10,9 @@ import {asPgiError} from '../errors.js'
 import {parseDescription} from '../fleet/vm-meta.js'
 import {settleAll} from '../fleet/pool.js'
 import {withFleet, type FleetRequest} from '../fleet/open.js'
-import {FINAL_STEPS} from './mark.js'
-import {majorInGuest, type MajorInfo} from './guest-scripts.js'
+import {sleep} from '../sleep.js'
+import {checkKilled, describe, FINAL_STEPS, GateFailed, where, type Run} from './mark.js'
+import {describeMajorStatus, majorInGuest, type MajorInfo} from './guest-scripts.js'
 
 /**
  * The data disk's space for a major upgrade: the old cluster stays (read-only, until `pgi rollout
@@ -127,4 +128,51 @@ export async function pruneOldClusters(req: PruneRequest): Promise<{rows: PruneR
     const failed = rows.filter((r) => r.outcome === 'failed').length
     return {rows, exitCode: failed === 0 ? ExitCode.OK : ExitCode.PARTIAL}
   })
+}
+
+/** Per-database time budget of a migration under software emulation, and the fixed part (boot, roles, checks). */
+export const MIGRATION_PER_DATABASE_MS = 20 * 60_000
+export const MIGRATION_BASE_MS = 20 * 60_000
+
+export function migrationTimeoutFor(databases: number, override?: number): number {
+  return override ?? MIGRATION_BASE_MS + Math.max(1, databases) * MIGRATION_PER_DATABASE_MS
+}
+
+/**
+ * Waits for the guest's migration (pgimajor.py's status file), showing each database's step,
+ * until it is done; a failed migration, or one still running after the timeout, fails the gate
+ * (and so rolls the establishment back) with the guest's reason.
+ */
+export async function waitForMigration(r: Run, databases: number): Promise<void> {
+  const {ctx} = r
+  const timeoutMs = migrationTimeoutFor(databases, ctx.migrationTimeoutMs)
+  const deadline = Date.now() + timeoutMs
+  let last = ''
+  for (;;) {
+    checkKilled(r)
+    let info: MajorInfo | undefined
+    try {
+      info = await majorInGuest<MajorInfo>(r.t, {action: 'info'}, 120_000)
+    } catch (err) {
+      // the guest agent answers before the data disk is mounted: not a failure yet
+      if (ctx.signal?.aborted) throw err
+      ctx.io.debug(`${r.est.uai}: migration status not readable yet: ${describe(err)}`)
+    }
+    const st = info?.status
+    const mine = st && st.id === r.id
+    if (mine && st.state === 'failed') throw new GateFailed(`major upgrade failed in the guest: ${st.error ?? describeMajorStatus(st)}`, where(r))
+    if (mine && (st.state === 'done' || st.state === 'committed')) {
+      ctx.io.info(`${r.est.uai}: ${describeMajorStatus(st)} (${st.databases.map((d) => `${d.name} ${Math.round(Object.values(d.seconds ?? {}).reduce((a, b) => a + b, 0))} s`).join(', ')})`)
+      return
+    }
+    const text = mine ? describeMajorStatus(st) : info ? 'migration: waiting for the new OS to start it' : 'migration: waiting for the guest'
+    if (text !== last) {
+      ctx.update?.(text)
+      // a line per change in CI logs too (listr2's task text is only seen on a terminal)
+      ctx.io.debug(`${r.est.uai}: ${text}`)
+      last = text
+    }
+    if (Date.now() >= deadline) throw new GateFailed(`the major upgrade's migration did not finish within ${Math.round(timeoutMs / 60_000)} min (${text})`, where(r))
+    await sleep(ctx.pollIntervalMs)
+  }
 }

@@ -9,9 +9,8 @@ import {describe, expect, it} from 'vitest'
 
 import {postgresqlMajorOf} from '../../../src/deploy/image.js'
 import {trytonSeriesOf} from '../../../src/image/boottest.js'
-import {migrationTimeoutFor} from '../../../src/rollout/establishment.js'
 import {describeMajorStatus, type MajorInfo} from '../../../src/rollout/guest-scripts.js'
-import {describeMigration, migrationPlan} from '../../../src/rollout/major.js'
+import {describeMigration, migrationPlan, migrationTimeoutFor} from '../../../src/rollout/major.js'
 import {assertBuilt, runPgi} from '../../helpers/cli.js'
 
 const MiB = 2 ** 20
