@@ -176,7 +176,8 @@ def space():
 state = read_json(STATE_FILE, {}) or {}
 if action == 'info':
     print(json.dumps({'pg': PG_VERSION, 'disk': space(), 'clusters': clusters(), 'backup': latest_backup(), 'state': state,
-                      'request': read_json(REQUEST), 'status': read_json(STATUS)}))
+                      'request': read_json(REQUEST), 'status': read_json(STATUS),
+                      'datadisk': read_json(RUN_DIR + '/datadisk.json'), 'upgrade': read_json(RUN_DIR + '/upgrade.json')}))
 elif action in ('quiesce', 'wake'):
     units = ['tryton-server.service', 'pgi-console.service', 'pgi-console-worker.service']
     run(['systemctl', 'stop' if action == 'quiesce' else 'start'] + units, check=False)
@@ -290,6 +291,9 @@ export interface MajorInfo {
   state: {image?: {name?: string; version?: string}; major?: {old_cluster?: string; from_pg?: string; to_pg?: string; pruned_at?: string}; [k: string]: unknown}
   request: {id?: string; manifest?: string} | null
   status: MajorStatus | null
+  /** This boot's pgi-datadisk and pgi-upgrade records (/run/pgi), when written. */
+  datadisk?: {ok?: boolean; error?: string} | null
+  upgrade?: {ok?: boolean; error?: string; action?: string} | null
 }
 
 export type MajorAction =

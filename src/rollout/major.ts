@@ -160,6 +160,10 @@ export async function waitForMigration(r: Run, databases: number): Promise<void>
     }
     const st = info?.status
     const mine = st && st.id === r.id
+    // refused before the migration started (no request found, a data disk it will not mount):
+    // said at once rather than after the whole budget
+    if (!mine && info?.datadisk?.ok === false) throw new GateFailed(`the new OS did not prepare the data disk: ${info.datadisk.error ?? '?'}`, where(r))
+    if (!mine && info?.upgrade?.ok === false) throw new GateFailed(`the new OS's pgi-upgrade failed before the migration: ${info.upgrade.error ?? '?'}`, where(r))
     if (mine && st.state === 'failed') throw new GateFailed(`major upgrade failed in the guest: ${st.error ?? describeMajorStatus(st)}`, where(r))
     if (mine && (st.state === 'done' || st.state === 'committed')) {
       ctx.io.info(`${r.est.uai}: ${describeMajorStatus(st)} (${st.databases.map((d) => `${d.name} ${Math.round(Object.values(d.seconds ?? {}).reduce((a, b) => a + b, 0))} s`).join(', ')})`)
