@@ -189,6 +189,27 @@ def _restore(name, dump):
         raise RuntimeError('pg_restore failed: %s' % r.stderr.decode(errors='replace').strip()[-500:])
 
 
+def _last_error(text):
+    """The exception lines of a Python traceback (the last one and its cause), else the output's
+    last line: what a person reads in the rollout's reason, the whole output being kept
+    in a file (_keep_log)."""
+    lines = [line.strip() for line in (text or '').splitlines() if line.strip()]
+    # a chained exception ("raise ParsingError(...) from e") names its cause first: both are kept
+    errors = [line[:300] for line in lines if ' ' not in line.split(':', 1)[0] and line.split(':', 1)[0].endswith(('Error', 'Exception', 'Warning'))]
+    if errors:
+        return ' <- '.join(reversed(errors[-2:]))
+    return lines[-1][:400] if lines else '(no output)'
+
+
+def _keep_log(db, step, r):
+    """The whole output of a failed step, on the data disk beside the status file."""
+    path = '%s/major-logs/%s-%s.log' % (STATE_DIR, db, step)
+    os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
+    with open(path, 'w') as f:
+        f.write('$ exit %d\n--- stdout\n%s\n--- stderr\n%s\n' % (r.returncode, r.stdout, r.stderr))
+    return path
+
+
 def _migrate_db(entry, base, st, hook):
     name = entry['name']
     d = st.db(name)
@@ -217,7 +238,10 @@ def _migrate_db(entry, base, st, hook):
             d['before_applied'] = applied
         elif step == 'admin':
             close(name)
-            run_as('tryton', ['trytond-admin', '-c', TRYTOND_CONF, '-d', name, '--all'])
+            r = run_as('tryton', ['trytond-admin', '-c', TRYTOND_CONF, '-d', name, '--all'], check=False)
+            if r.returncode != 0:
+                raise RuntimeError('trytond-admin --all failed (exit %d): %s (full output: %s)'
+                                   % (r.returncode, _last_error(r.stderr or r.stdout), _keep_log(name, 'admin', r)))
         elif step == 'after':
             for series, table, sql in AFTER_SQL:
                 if _has_table(name, table):
