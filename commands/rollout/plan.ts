@@ -10,7 +10,7 @@ import {ExitCode} from '../../src/exit-codes.js'
 export default class RolloutPlan extends BaseCommand<typeof RolloutPlan> {
   static override summary = 'Show what a rollout of an image version would do, establishment by establishment.'
 
-  static override description = `For each selected establishment: its current version → the target, its wave (ring), its maintenance window, whether the image is already staged on its node, and what blocks it (unreachable hypervisor, VM missing or locked, another rollout mid-way, image not verified). Only reads: nothing is changed.
+  static override description = `For each selected establishment: its current version → the target, its wave (ring), its maintenance window, whether the image is already staged on its node, and what blocks it (unreachable hypervisor, VM missing or locked, another rollout mid-way, image not verified). For a major upgrade (the image's PostgreSQL major version differs from the one the establishment runs, e.g. 1.x → 2.0), the migration: the databases carried across into a new cluster beside the old one, and the data disk space it needs (old cluster + new cluster + dumps); an establishment whose data disk is too small is blocked, with the figures. Only reads: nothing is changed.
 
 Exit codes: 0 nothing blocked, 4 some establishments are blocked.`
 
@@ -31,7 +31,7 @@ Exit codes: 0 nothing blocked, 4 some establishments are blocked.`
 
   public async run(): Promise<{version: string; rows: RolloutPlanRow[]}> {
     // the engine is loaded when the command runs, not with every command (start-up time)
-    const {planRollout} = await import('../../src/rollout/service.js')
+    const {planRollout, describeMigration} = await import('../../src/rollout/service.js')
     const f = this.flags
     const r = await planRollout({
       ...rolloutFleet(f, this.positionals, this.args.version, this.io),
@@ -39,8 +39,8 @@ Exit codes: 0 nothing blocked, 4 some establishments are blocked.`
       window: f.window as 'now' | 'inventory',
     })
     this.table(
-      ['UAI', 'name', 'hypervisor/node', 'VM', 'current → target', 'wave', 'window', 'staged', 'plan', 'blockers'],
-      r.rows.map((x) => [x.uai, x.name, `${x.hypervisor}/${x.node}`, x.vmid, `${x.current ?? '?'} → ${x.target}`, x.waveIndex ? `${x.waveIndex}. ${x.wave}` : `${x.wave} (not in waves)`, x.window, x.staged ? 'yes' : 'no', x.action, x.blockers.join('; ')]),
+      ['UAI', 'name', 'hypervisor/node', 'VM', 'current → target', 'wave', 'window', 'staged', 'plan', 'migration', 'blockers'],
+      r.rows.map((x) => [x.uai, x.name, `${x.hypervisor}/${x.node}`, x.vmid, `${x.current ?? '?'} → ${x.target}`, x.waveIndex ? `${x.waveIndex}. ${x.wave}` : `${x.wave} (not in waves)`, x.window, x.staged ? 'yes' : 'no', x.action, x.migration ? describeMigration(x.migration) : '', x.blockers.join('; ')]),
     )
     if (r.rows.some((x) => x.action === 'blocked')) this.status = ExitCode.PARTIAL
     await this.writeReports(planSuite(this.commandLine(), r, this.startedAt, this.status))

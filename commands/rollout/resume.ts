@@ -50,6 +50,7 @@ Exit codes: as \`pgi rollout start\`.`
       keepOldDisk: f['keep-old-disk'],
       agentTimeoutMs: f['agent-timeout'],
       healthTimeoutMs: f['health-timeout'],
+      migrationTimeoutMs: f['migration-timeout'] || undefined,
       shutdownTimeoutMs: f['shutdown-timeout'],
       lockWaitMs: f['lock-wait'],
       signal: stopSignal(this.io),

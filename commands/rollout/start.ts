@@ -46,6 +46,7 @@ Exit codes: 0 all updated (or already), 4 some failed / were rolled back / halte
       keepOldDisk: f['keep-old-disk'],
       agentTimeoutMs: f['agent-timeout'],
       healthTimeoutMs: f['health-timeout'],
+      migrationTimeoutMs: f['migration-timeout'] || undefined,
       shutdownTimeoutMs: f['shutdown-timeout'],
       lockWaitMs: f['lock-wait'],
       confirm: (q) => this.confirm(q),

@@ -170,6 +170,7 @@ export const runFlags = {
   'agent-timeout': secondsFlag({summary: 'Seconds to wait for the guest agent after a start.', default: 600}),
   'health-timeout': secondsFlag({summary: 'Seconds the gate (health, databases, login) may take after the agent answered.', default: 1200}),
   'shutdown-timeout': secondsFlag({summary: 'Seconds a clean shutdown may take during a rollback before the VM is stopped hard.', default: 180}),
+  'migration-timeout': secondsFlag({summary: 'Seconds a major upgrade\'s migration (databases carried into the new PostgreSQL and Tryton) may take in the guest before rolling back; 0: 20 min + 20 min per database.', default: 0}),
 }
 
 /**

@@ -2,6 +2,7 @@
  * The image a deploy stages: src/image's `verifyImage` (signature by a trusted key, size, sha256)
  * runs BEFORE anything is sent to a hypervisor; this turns its answer into what staging needs.
  */
+import {trytonSeriesOf} from '../image/boottest.js'
 import {DEFAULT_IMAGE, listImages, verifyImage, type ImageRef} from '../image/images.js'
 import type {Io} from '../io.js'
 import type {DeployImage} from './desired.js'
@@ -18,7 +19,14 @@ export async function resolveDeployImage(ref: ImageRef, opts: {imagesDir: string
     path: diskPath,
     sha256: m.disk.sha256,
     size: m.disk.size_bytes,
+    stack: {postgresql: postgresqlMajorOf(m), tryton: trytonSeriesOf(m)},
   }
+}
+
+/** The PostgreSQL major version of an image ("17"), from its postgresql-NN server package. */
+export function postgresqlMajorOf(manifest: {packages: {name: string}[]}): string | undefined {
+  const v = manifest.packages.map((p) => /^postgresql-(\d+)$/.exec(p.name)?.[1]).filter(Boolean)
+  return v.sort((a, b) => Number(b) - Number(a))[0]
 }
 
 /** The newest built version of the reference image (for inventories that name none and no --image); undefined when none is built. */

@@ -17,6 +17,12 @@ export interface DeployImage {
   sha256: string
   /** Bytes of the qcow2 file. */
   size: number
+  /**
+   * What the image runs, from its manifest's packages: PostgreSQL's major version ("15", "17")
+   * and Tryton's series ("6.0", "7.0"). A rollout that changes either is a major upgrade
+   * (src/rollout: the databases are carried across and migrated). Absent when unknown.
+   */
+  stack?: {postgresql?: string; tryton?: string}
 }
 
 /** The volume of `image` on the hypervisor's import storage (`<storage>:import/<file>`). */

@@ -29,6 +29,11 @@ export interface RolloutMark {
   newDisk?: string
   /** Set once the old OS disk / snapshot were removed after a commit. */
   cleaned?: boolean
+  /**
+   * A major upgrade (PostgreSQL and Tryton series change): the databases are carried across
+   * into a new cluster at the new OS's first boot (src/rollout/guest-scripts.ts MAJOR_SCRIPT).
+   */
+  major?: {fromPg: string; toPg: string; fromTryton?: string; toTryton?: string}
 }
 
 export interface VmMeta {

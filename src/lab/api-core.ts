@@ -191,7 +191,7 @@ export class LabApiCore {
         hostname: cfg.name ?? `VM${vm.vmid}`,
         user: cfg.ciuser,
         passwordHash: cfg.cipassword,
-        sshKeys: cfg.sshkeys ? decodeURIComponent(cfg.sshkeys).split('\n').filter((l) => l.trim() !== '') : [],
+        sshKeys: cfg.sshkeys ? lenientDecode(cfg.sshkeys).split('\n').filter((l) => l.trim() !== '') : [],
         nameservers: cfg.nameserver ? splitList(cfg.nameserver) : [],
         searchdomain: cfg.searchdomain,
         ipconfig,
@@ -200,7 +200,7 @@ export class LabApiCore {
       }
     }
     const boot = /order=([^,]+)/.exec(cfg.boot ?? '')?.[1]?.split(';') ?? disks.filter((d) => d.media === 'disk' && !d.firmware).map((d) => d.key)
-    const version = /(?:^|;)pgi-(\d{4}\.\d+\.\d+)/.exec(cfg.tags ?? '')?.[1] ?? /image[ :=]+v?(\d{4}\.\d+\.\d+)/i.exec(decodeURIComponent(cfg.description ?? ''))?.[1]
+    const version = /(?:^|;)pgi-(\d{4}\.\d+\.\d+)/.exec(cfg.tags ?? '')?.[1] ?? /image[ :=]+v?(\d{4}\.\d+\.\d+)/i.exec(lenientDecode(cfg.description ?? ''))?.[1]
     const memory = /^(?:current=)?(\d+)/.exec(cfg.memory ?? '')?.[1]
     return {
       node,
@@ -394,5 +394,18 @@ export class LabApiCore {
 
   permissionError(path?: string, privs?: string): PermissionError {
     return new PermissionError(path, privs)
+  }
+}
+
+/**
+ * A config value URL-decoded when it is encoded, as given otherwise: a description may hold a
+ * plain '%' (a rollout mark's reason quoting a Python traceback), which decodeURIComponent
+ * rejects, and a task reading the VM's config must not fail on it.
+ */
+function lenientDecode(s: string): string {
+  try {
+    return decodeURIComponent(s)
+  } catch {
+    return s
   }
 }

@@ -38,7 +38,8 @@ import {ErrorCode, UserError, asPgiError} from '../errors.js'
 import type {Establishment} from '../inventory/types.js'
 import type {PveVmConfig} from '../proxmox/types.js'
 import {sleep} from '../sleep.js'
-import {probeGuest, restoreInGuest, waitForBoot, type ProbeResult} from './guest-scripts.js'
+import {majorInGuest, probeGuest, restoreInGuest, waitForBoot, type MajorInfo, type ProbeResult} from './guest-scripts.js'
+import {waitForMigration} from './major.js'
 import {inWindow, describeWindow} from './window.js'
 
 import {
@@ -160,13 +161,16 @@ async function forward(r: Run, start: RolloutMark, result: (o: Outcome, x?: Part
           break
         }
         case 'checked': {
-          update('backing up the databases')
-          const b = await attempt(r, 'backup', () => backup(r)).catch(async (err) => {
+          const major = await attempt(r, 'major check', () => majorOf(r))
+          update(major ? `backing up the databases (major upgrade: PostgreSQL ${major.fromPg} → ${major.toPg}, Tryton ${major.fromTryton ?? '?'} → ${major.toTryton ?? '?'})` : 'backing up the databases')
+          const b = await attempt(r, 'backup', () => (major ? majorBackup(r, major) : backup(r))).catch(async (err) => {
             if (err instanceof Killed || err instanceof RunnerConflict || unreachable(err)) throw err
+            // the PGI keeps its old version: what the major backup stopped serves again
+            if (major) await majorInGuest(r.t, {action: 'wake'}).catch((e) => ctx.io.warn(`${est.uai}: trytond and the console could not be started again: ${describe(e)}`))
             await writeMark(r, {step: 'backup-failed', reason: describe(err)})
             throw new Finished(result('failed', {step: 'backup-failed', reason: `backup: ${describe(err)}`}))
           })
-          await writeMark(r, {step: 'backed-up', backup: b.path, backupSha256: b.sha256})
+          await writeMark(r, {step: 'backed-up', backup: b.path, backupSha256: b.sha256, ...(major ? {major} : {})})
           break
         }
         case 'backed-up': {
@@ -198,6 +202,9 @@ async function forward(r: Run, start: RolloutMark, result: (o: Outcome, x?: Part
         }
         case 'gated': {
           update('recording the new version')
+          // the way back closes here: the migration recorded committed in the guest (the old
+          // cluster stays, read-only, until `pgi rollout prune`)
+          if (mark.major) await attempt(r, 'commit the migration', () => majorInGuest(r.t, {action: 'commit', id: r.id}))
           await attempt(r, 'commit', () => writeMark(r, {step: 'committed', reason: undefined}, {image: ctx.image}))
           mark = (await readVm(r)).meta.rollout!
           if (!ctx.keepOldDisk) await attempt(r, 'cleanup', () => cleanupOldDisk(r, mark)).catch((err) => ctx.io.warn(`${est.uai}: updated, but the old OS disk was not removed: ${describe(err)}`))
@@ -353,7 +360,7 @@ async function readManifest(r: Run, mark: RolloutMark): Promise<string | undefin
 }
 
 /** Databases of the manifest: open, same row counts and business figures, login. Returns the problems (empty = fine). */
-function compareData(manifest: ManifestDb[], probe: ProbeResult, loginChecked: boolean): string[] {
+function compareData(manifest: ManifestDb[], probe: ProbeResult, loginChecked: boolean, figuresOnly = false): string[] {
   const problems: string[] = []
   for (const db of manifest) {
     const p = probe.databases.find((d) => d.name === db.name)
@@ -362,7 +369,9 @@ function compareData(manifest: ManifestDb[], probe: ProbeResult, loginChecked: b
     else {
       const want = JSON.stringify(Object.entries(db.row_counts ?? {}).sort())
       const have = JSON.stringify(Object.entries(p.row_counts ?? {}).sort())
-      if (want !== have) problems.push(`database ${db.name}: row counts ${have} differ from the backup's ${want}`)
+      // a major upgrade's migration rewrites tables of the key-table list (users, accounts, modules
+      // of Tryton's own): only the business figures, which it must leave unchanged, are compared
+      if (want !== have && !figuresOnly) problems.push(`database ${db.name}: row counts ${have} differ from the backup's ${want}`)
       if (p.figure_differences?.length) problems.push(`database ${db.name}: business figures differ from the backup's: ${p.figure_differences.join('; ')}`)
       if (loginChecked && p.login === false) problems.push(`database ${db.name}: Tryton login failed (${p.login_error ?? '?'})`)
     }
@@ -372,8 +381,23 @@ function compareData(manifest: ManifestDb[], probe: ProbeResult, loginChecked: b
 
 async function gate(r: Run, mark: RolloutMark): Promise<void> {
   const {ctx} = r
-  const deadline = Date.now() + ctx.healthTimeoutMs
   const opts = {intervalMs: ctx.pollIntervalMs, signal: ctx.signal, onProgress: ctx.update}
+  if (mark.major) {
+    try {
+      // a VM stopped mid-migration (a hard stop, a host crash) is started again: the guest
+      // resumes the migration at boot (the unfinished database carried across again)
+      if ((await r.api.vmStatus(r.est.node, r.est.vmid))?.status !== 'running') {
+        ctx.io.warn(`${r.est.uai}: VM ${r.est.vmid} was stopped during the migration: starting it, the guest resumes the migration`)
+        await r.api.startVm(r.est.node, r.est.vmid, {timeoutMs: 600_000})
+      }
+      await waitForAgent(r.t, {...opts, timeoutMs: ctx.agentTimeoutMs})
+    } catch (err) {
+      if (ctx.signal?.aborted) throw err
+      throw new GateFailed(describe(err), where(r))
+    }
+    await waitForMigration(r, manifestDbs(await readManifest(r, mark)).length)
+  }
+  const deadline = Date.now() + ctx.healthTimeoutMs
   try {
     await waitForAgent(r.t, {...opts, timeoutMs: ctx.agentTimeoutMs})
     const h = await waitForHealthy(r.t, {...opts, timeoutMs: Math.max(1000, deadline - Date.now())})
@@ -391,7 +415,7 @@ async function gate(r: Run, mark: RolloutMark): Promise<void> {
       problems = []
       if (probe.state.image?.version && probe.state.image.version !== r.to) problems.push(`the databases were not upgraded to ${r.to} (data disk says ${probe.state.image.version})`)
       if (probe.upgrade.ok === false) problems.push(`database upgrade failed: ${probe.upgrade.error ?? '?'}`)
-      problems.push(...compareData(manifest, probe, secret !== undefined))
+      problems.push(...compareData(manifest, probe, secret !== undefined, mark.major !== undefined))
     } catch (err) {
       problems = [describe(err)]
     }
@@ -403,6 +427,38 @@ async function gate(r: Run, mark: RolloutMark): Promise<void> {
     ctx.update?.(`gate: ${problems[0]}`)
     await sleep(ctx.pollIntervalMs)
   }
+}
+
+/**
+ * A major upgrade when the guest's PostgreSQL major version (asked over the agent) differs from
+ * the target image's, or the Tryton series does (the image manifests' packages): the databases
+ * then have to be carried across at the new OS's first boot. Undefined for a minor update.
+ */
+async function majorOf(r: Run): Promise<NonNullable<RolloutMark['major']> | undefined> {
+  const to = r.ctx.image.stack
+  if (!to?.postgresql) return undefined
+  const info = await majorInGuest<MajorInfo>(r.t, {action: 'info'})
+  if (info.pg === to.postgresql) return undefined
+  if (Number(info.pg) > Number(to.postgresql)) {
+    throw new UserError(ErrorCode.REFUSED, `the establishment runs PostgreSQL ${info.pg}, the image ${r.to} PostgreSQL ${to.postgresql}: a rollout never moves a cluster to an older major version`, {
+      where: where(r),
+      suggestions: ['Roll out an image of the same line or newer.'],
+    })
+  }
+  return {fromPg: info.pg, toPg: to.postgresql, ...(to.tryton ? {toTryton: to.tryton} : {})}
+}
+
+/**
+ * The pre-swap backup of a major upgrade: trytond and the console stopped first (nothing written
+ * after the backup: the databases are carried across from it), then pgi-backup and its verified
+ * restore as for any rollout, then the request the new OS reads at its first boot, after the guest
+ * checked that the data disk has room for the new cluster beside the old one.
+ */
+async function majorBackup(r: Run, major: NonNullable<RolloutMark['major']>): Promise<{path: string; sha256: string}> {
+  await majorInGuest(r.t, {action: 'quiesce'})
+  const b = await backup(r)
+  await majorInGuest(r.t, {action: 'request', id: r.id, manifest: b.path, to_pg: major.toPg, from_version: r.from, to_version: r.to})
+  return b
 }
 
 async function cleanupOldDisk(r: Run, mark: RolloutMark): Promise<void> {
@@ -454,6 +510,12 @@ async function rollback(r: Run, reason: string, result: (o: Outcome, x?: Partial
     // the data check must see the boot done (PostgreSQL up, the boot-time upgrade run or refused),
     // not a boot half-way (databases that do not open yet would look damaged)
     ctx.io.debug(`${est.uai}: boot after rollback: ${await waitForBoot(r.t, ctx.healthTimeoutMs)}`)
+    if (mark.major) {
+      // the old OS on the data disk the new one left: its cluster writable again (the new OS
+      // made it read-only and never wrote it), the data disk's record back to the old version
+      const o = await retry('reopen the old cluster', () => majorInGuest<{reopened: string[]}>(r.t, {action: 'reopen', version: r.from ?? ''}))
+      ctx.io.info(`${est.uai}: back on PostgreSQL ${mark.major.fromPg}${o.reopened.length ? ` (cluster ${o.reopened.join(', ')} writable again)` : ''}`)
+    }
     const manifest = manifestDbs(await retry('manifest', () => readManifest(r, mark)))
     let restored: string[] = []
     if (mark.backup) {

@@ -14,6 +14,7 @@ export const PYTHON = '/usr/bin/python3'
 /** First line of each script: also how the simulated guest of the tests recognises them. */
 export const PROBE_MARK = '# pgi-rollout-probe'
 export const RESTORE_MARK = '# pgi-rollout-restore'
+export const MAJOR_MARK = '# pgi-rollout-major'
 
 /**
  * The gate's application checks, for every database of a backup manifest: it opens (the key-table
@@ -116,6 +117,212 @@ run(['systemctl', 'restart', 'pgi-upgrade.service'], check=False)
 run(['systemctl', 'restart', 'tryton-server.service'], check=False)
 print(json.dumps({'restored': restored, 'version': req['version']}))
 `
+
+/**
+ * The host's side of the major-version upgrade (images/pgi-tryton/files/usr/local/lib/pgi/pgimajor.py
+ * is the guest's). One script, its action in the JSON request on stdin:
+ *
+ * - info: the running PostgreSQL major version, the data disk's size and free space, the size of
+ *   each cluster on it and of the latest backup's dumps, the data disk's record and the migration's
+ *   status file (what `pgi rollout plan` and the gate's progress read). Reads only.
+ * - quiesce / wake: stops (starts again) trytond and the teachers' console, so that nothing is
+ *   written between the pre-swap backup and the shutdown: the databases are carried across from
+ *   that backup, a write after it would be lost.
+ * - request: checks the space the migration needs, then writes the request pgimajor.py reads at
+ *   the new OS's first boot (the verified manifest, its sha256, the PostgreSQL versions).
+ * - reopen: on the old OS after a rollback: the old cluster writable again (pgi-datadisk of the
+ *   new OS made it read-only), the data disk's record back to what it was before the migration,
+ *   the request withdrawn, PostgreSQL, pgi-upgrade and trytond started again.
+ * - commit: after the gate: the migration recorded as committed and its request withdrawn.
+ * - prune: removes the old cluster (the disaster copy) of a committed major upgrade.
+ */
+export const MAJOR_SCRIPT = `${MAJOR_MARK}
+import json, os, shutil, subprocess, sys
+sys.path.insert(0, '/usr/local/lib/pgi')
+from pgilib import *
+req = json.loads(sys.stdin.read() or '{}')
+action = req.get('action')
+REQUEST = STATE_DIR + '/major-upgrade.json'
+STATUS = STATE_DIR + '/major-migration.json'
+def du(path):
+    total = 0
+    for d, _, names in os.walk(path):
+        for n in names:
+            try:
+                total += os.lstat(os.path.join(d, n)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+def clusters():
+    out = {}
+    base = DATA + '/postgresql'
+    for v in (os.listdir(base) if os.path.isdir(base) else []):
+        if v.isdigit() and os.path.exists('%s/%s/main/PG_VERSION' % (base, v)):
+            p = '%s/%s/main' % (base, v)
+            out[v] = {'path': p, 'bytes': du(p), 'mode': oct(os.stat(p).st_mode & 0o777)}
+    return out
+def latest_backup():
+    try:
+        dirs = sorted(d for d in os.listdir(BACKUPS) if not d.startswith('.') and os.path.exists(os.path.join(BACKUPS, d, 'manifest.json')))
+    except OSError:
+        return None
+    if not dirs:
+        return None
+    m = read_json(os.path.join(BACKUPS, dirs[-1], 'manifest.json'), {}) or {}
+    return {'path': os.path.join(BACKUPS, dirs[-1]), 'bytes': sum(int(e.get('size') or 0) for e in m.get('databases', [])), 'databases': len(m.get('databases', []))}
+def space():
+    st = os.statvfs(DATA)
+    return {'total': st.f_blocks * st.f_frsize, 'free': st.f_bavail * st.f_frsize}
+state = read_json(STATE_FILE, {}) or {}
+if action == 'info':
+    print(json.dumps({'pg': PG_VERSION, 'disk': space(), 'clusters': clusters(), 'backup': latest_backup(), 'state': state,
+                      'request': read_json(REQUEST), 'status': read_json(STATUS),
+                      'datadisk': read_json(RUN_DIR + '/datadisk.json'), 'upgrade': read_json(RUN_DIR + '/upgrade.json')}))
+elif action in ('quiesce', 'wake'):
+    units = ['tryton-server.service', 'pgi-console.service', 'pgi-console-worker.service']
+    run(['systemctl', 'stop' if action == 'quiesce' else 'start'] + units, check=False)
+    print(json.dumps({action: units}))
+elif action == 'request':
+    m = read_json(req['manifest'])
+    if not m:
+        raise SystemExit('%s is missing or not JSON' % req['manifest'])
+    import hashlib
+    with open(req['manifest'], 'rb') as f:
+        sha = hashlib.sha256(f.read()).hexdigest()
+    # the new cluster holds what the old one does (a restore is about as big: no bloat, fresh
+    # indexes): the free space must hold it, with a margin for the WAL and trytond-admin's work
+    old = clusters().get(PG_VERSION, {}).get('bytes', 0)
+    need = int(old * 1.2) + (256 << 20)
+    free = space()['free']
+    if free < need:
+        raise SystemExit('the data disk has %d MiB free; the new PostgreSQL cluster needs about %d MiB (old cluster %d MiB + margin): grow the data disk first'
+                         % (free >> 20, need >> 20, old >> 20))
+    r = {'format': 1, 'id': req['id'], 'manifest': req['manifest'], 'manifest_sha256': sha, 'from_pg': PG_VERSION, 'to_pg': str(req['to_pg']),
+         'from_version': req.get('from_version'), 'to_version': req.get('to_version'), 'at': iso(now_utc())}
+    write_json(REQUEST, r, 0o600)
+    print(json.dumps(r))
+elif action == 'reopen':
+    reopened = []
+    for v, c in clusters().items():
+        if c['mode'] == oct(0o500):
+            os.chmod(c['path'], 0o700)
+            reopened.append(v)
+    prev = (state.get('major') or {}).get('previous')
+    if prev and (state.get('image') or {}).get('version') != req['version']:
+        state.setdefault('history', []).append({'at': iso(now_utc()), 'major_rolled_back': True, 'from': (state.get('image') or {}).get('version'), 'to': req['version']})
+        state['image'] = prev.get('image') or {'name': (state.get('image') or {}).get('name'), 'version': req['version']}
+        state['tryton'] = prev.get('tryton')
+        if prev.get('postgresql'):
+            state['postgresql'] = prev['postgresql']
+        state.pop('major', None)
+        write_json(STATE_FILE, state, 0o600)
+    if os.path.exists(REQUEST):
+        os.remove(REQUEST)
+    s = read_json(STATUS)
+    if s and s.get('state') != 'rolled-back':
+        s['state_before_rollback'] = s.get('state')
+        s['state'] = 'rolled-back'
+        write_json(STATUS, s, 0o644)
+    run(['systemctl', 'reset-failed', 'postgresql@%s-main.service' % PG_VERSION], check=False)
+    run(['systemctl', 'start', 'postgresql@%s-main.service' % PG_VERSION])
+    run(['systemctl', 'restart', 'pgi-upgrade.service'], check=False)
+    run(['systemctl', 'restart', 'tryton-server.service'], check=False)
+    print(json.dumps({'reopened': reopened, 'version': (state.get('image') or {}).get('version')}))
+elif action == 'commit':
+    s = read_json(STATUS) or {}
+    if s.get('state') not in ('done', 'committed'):
+        raise SystemExit('the migration is not done (status %s): not committing it' % s.get('state'))
+    if s.get('state') != 'committed':
+        s['state'] = 'committed'
+        s['committed_at'] = iso(now_utc())
+        s['rollout'] = req.get('id')
+        write_json(STATUS, s, 0o644)
+    if os.path.exists(REQUEST):
+        os.remove(REQUEST)
+    print(json.dumps({'committed': True, 'old_cluster': (state.get('major') or {}).get('old_cluster')}))
+elif action == 'prune':
+    major = state.get('major') or {}
+    s = read_json(STATUS) or {}
+    old = major.get('old_cluster')
+    if not old or s.get('state') != 'committed':
+        raise SystemExit('no committed major upgrade recorded on the data disk: nothing to prune')
+    if str(major.get('to_pg')) != PG_VERSION or old == PG_DATA:
+        raise SystemExit('this OS runs PostgreSQL %s, not the cluster the upgrade made: not pruning' % PG_VERSION)
+    top = os.path.dirname(old)
+    freed = du(top) if os.path.isdir(top) else 0
+    if os.path.isdir(top):
+        shutil.rmtree(top)
+    major['pruned_at'] = iso(now_utc())
+    state['major'] = major
+    write_json(STATE_FILE, state, 0o600)
+    print(json.dumps({'pruned': top, 'bytes': freed}))
+else:
+    raise SystemExit('unknown action %r' % action)
+`
+
+export interface MajorStatusDb {
+  name: string
+  step: string
+  seconds?: Record<string, number>
+  error?: string
+  figure_differences?: string[] | null
+  tryton?: boolean
+}
+
+/** The guest's migration status file (pgimajor.py's STATUS_FILE). */
+export interface MajorStatus {
+  key?: string
+  id?: string
+  state: 'running' | 'done' | 'failed' | 'committed' | 'rolled-back'
+  error?: string | null
+  from_pg?: string
+  to_pg?: string
+  started_at?: string
+  finished_at?: string
+  boots?: number
+  databases: MajorStatusDb[]
+}
+
+export interface MajorInfo {
+  pg: string
+  disk: {total: number; free: number}
+  clusters: Record<string, {path: string; bytes: number; mode: string}>
+  backup: {path: string; bytes: number; databases: number} | null
+  state: {image?: {name?: string; version?: string}; major?: {old_cluster?: string; from_pg?: string; to_pg?: string; pruned_at?: string}; [k: string]: unknown}
+  request: {id?: string; manifest?: string} | null
+  status: MajorStatus | null
+  /** This boot's pgi-datadisk and pgi-upgrade records (/run/pgi), when written. */
+  datadisk?: {ok?: boolean; error?: string} | null
+  upgrade?: {ok?: boolean; error?: string; action?: string} | null
+}
+
+export type MajorAction =
+  | {action: 'info'}
+  | {action: 'quiesce'}
+  | {action: 'wake'}
+  | {action: 'request'; id: string; manifest: string; to_pg: string; from_version?: string; to_version: string}
+  | {action: 'reopen'; version: string}
+  | {action: 'commit'; id: string}
+  | {action: 'prune'}
+
+export async function majorInGuest<T = unknown>(t: GuestTarget, req: MajorAction, timeoutMs = 600_000): Promise<T> {
+  const r = await t.api.agentExec(t.node, t.vmid, [PYTHON, '-c', MAJOR_SCRIPT], {inputData: asciiJson(req), timeoutMs, idempotent: req.action === 'info'})
+  const out = lastJson<T>(r.stdout)
+  if (r.exitcode !== 0 || out === undefined) {
+    throw new UserError(ErrorCode.GUEST_COMMAND_FAILED, `major upgrade, ${req.action}: failed in VM ${t.vmid} (exit ${r.exitcode}): ${(r.stderr || r.stdout).trim().slice(-400) || '(no output)'}`, {
+      where: {uai: t.uai, hypervisor: t.api.hypervisor, node: t.node, vmid: t.vmid},
+    })
+  }
+  return out
+}
+
+/** One line per database of a migration status, for progress and reasons. */
+export function describeMajorStatus(s: MajorStatus): string {
+  const dbs = s.databases ?? []
+  const done = dbs.filter((d) => d.step === 'done').length
+  const cur = dbs.find((d) => d.step !== 'done' && d.step !== 'pending')
+  return `migration ${s.state}: ${done}/${dbs.length} database(s) done${cur ? `, ${cur.name}: ${cur.step}` : ''}${s.error ? ` — ${s.error}` : ''}`
+}
 
 export interface ProbeDatabase {
   name: string

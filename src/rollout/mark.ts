@@ -67,6 +67,11 @@ export interface EstablishmentCtx {
   keepOldDisk: boolean
   agentTimeoutMs: number
   healthTimeoutMs: number
+  /**
+   * How long a major upgrade's migration may take in the guest before the gate gives up (rolls
+   * back). Undefined: computed from the number of databases (migrationTimeoutFor).
+   */
+  migrationTimeoutMs?: number
   pollIntervalMs: number
   /** Seconds a clean shutdown may take before the VM is stopped hard (rollback only; forward waits). */
   shutdownTimeoutS: number

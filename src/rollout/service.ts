@@ -22,6 +22,10 @@ import type {Establishment, Inventory} from '../inventory/types.js'
 import {journalDir, stateDir} from '../paths.js'
 import {sleep} from '../sleep.js'
 import {FINAL_STEPS, type EstablishmentResult} from './establishment.js'
+import {majorInGuest, type MajorInfo} from './guest-scripts.js'
+import {describeMigration, migrationPlan, type MigrationPlan} from './major.js'
+
+export {describeMigration, migrationPlan, pruneOldClusters, type MigrationPlan, type PruneRequest, type PruneRow} from './major.js'
 import {RolloutJournal, listRollouts, type RolloutRecord} from './journal.js'
 import {RUNNER, parseMaxFailures, runRollout, type RolloutResult} from './run.js'
 import {acquireFleetLock, type HeldFleetLock} from './fleet-lock.js'
@@ -54,6 +58,8 @@ export interface RolloutPlanRow {
   staged: boolean
   action: 'update' | 'up-to-date' | 'blocked' | 'excluded'
   blockers: string[]
+  /** A major upgrade (PostgreSQL major version change): what it carries across and the space it needs. */
+  migration?: MigrationPlan
   rollout?: {id: string; step: string; runner?: string; reason?: string}
 }
 
@@ -124,6 +130,21 @@ export async function planRollout(req: PlanRequest): Promise<{version: string; i
             if (m) row.rollout = {id: m.id, step: m.step, ...(m.runner ? {runner: m.runner} : {}), ...(m.reason ? {reason: m.reason} : {})}
             if (m && !FINAL_STEPS.has(m.step)) row.blockers.push(`rollout ${m.id} (${m.from} → ${m.to}) is mid-way at step ${m.step}: resume or abort it`)
             if (cfg.lock) row.blockers.push(`VM is locked (${cfg.lock})`)
+          }
+          if (image?.stack?.postgresql && cfg && meta && row.current !== version) {
+            // a major upgrade? the guest says which PostgreSQL it runs and how much room its data disk has
+            const st = await api.vmStatus(e.node, e.vmid)
+            if (st?.status !== 'running') row.blockers.push(`VM ${e.vmid} is not running: cannot check whether this is a major upgrade (PostgreSQL ${image.stack.postgresql})`)
+            else {
+              const info = await majorInGuest<MajorInfo>({api, node: e.node, vmid: e.vmid, uai: e.uai}, {action: 'info'}, 120_000)
+              if (info.pg !== image.stack.postgresql) {
+                row.migration = migrationPlan(info, image.stack.postgresql)
+                if (Number(info.pg) > Number(image.stack.postgresql)) row.blockers.push(`runs PostgreSQL ${info.pg}, newer than the image's ${image.stack.postgresql}`)
+                else if (row.migration.freeBytes < row.migration.needBytes) {
+                  row.blockers.push(`data disk too small for the major upgrade: ${describeMigration(row.migration)}; grow the data disk by ${Math.ceil((row.migration.needBytes - row.migration.freeBytes) / 2 ** 30)} GiB at least`)
+                }
+              }
+            }
           }
           const s = image ? await stagedOn(e) : undefined
           if (typeof s === 'string') row.blockers.push(`import storage: ${s}`)
@@ -208,6 +229,8 @@ export interface StartRequest extends FleetRequest {
   keepOldDisk?: boolean
   agentTimeoutMs?: number
   healthTimeoutMs?: number
+  /** A major upgrade's migration in the guest (default: migrationTimeoutFor, from the number of databases). */
+  migrationTimeoutMs?: number
   pollIntervalMs?: number
   shutdownTimeoutMs?: number
   confirm: (question: string) => Promise<void>
@@ -281,6 +304,7 @@ async function execute(fleet: FleetSession, record: RolloutRecord, journal: Roll
         keepOldDisk: record.keepOldDisk,
         agentTimeoutMs: req.agentTimeoutMs ?? 600_000,
         healthTimeoutMs: req.healthTimeoutMs ?? 1_200_000,
+        ...(req.migrationTimeoutMs ? {migrationTimeoutMs: req.migrationTimeoutMs} : {}),
         pollIntervalMs: req.pollIntervalMs ?? 5000,
         // PVE takes the shutdown's timeout in seconds (the mark keeps what was sent)
         shutdownTimeoutS: Math.ceil((req.shutdownTimeoutMs ?? 180_000) / 1000),
