@@ -3,7 +3,7 @@ import {Args, Flags} from '@oclif/core'
 import {BaseCommand} from '../../src/cli/base-command.js'
 import {dbFleetFlags, humanBytes, uaiArg, withDbContext} from '../../src/cli/db.js'
 import {dbNameProblem} from '../../src/db/names.js'
-import type {BackupEntry} from '../../src/db/service.js'
+import type {PgiDbBackup} from '../../src/fleet/pgidb.js'
 import {UsageError} from '../../src/errors.js'
 
 export default class DbBackup extends BaseCommand<typeof DbBackup> {
@@ -18,7 +18,7 @@ export default class DbBackup extends BaseCommand<typeof DbBackup> {
   static override args = {uai: uaiArg, database: Args.string({description: 'Database(s) to back up (default: every Tryton database).', required: false})}
   static override flags = {...dbFleetFlags, verify: Flags.boolean({summary: 'Also restore each dump into a scratch database and compare row counts.', default: false})}
 
-  async run(): Promise<{uai: string; backups: BackupEntry[]}> {
+  async run(): Promise<{uai: string; backups: PgiDbBackup[]}> {
     const {argv} = await this.parse(DbBackup)
     const names = argv.slice(1).map(String)
     for (const n of names) {

@@ -1,6 +1,6 @@
 import {BaseCommand} from '../../src/cli/base-command.js'
 import {dbFleetFlags, humanBytes, optionalDbNameArg, uaiArg, withDbContext} from '../../src/cli/db.js'
-import type {BackupEntry} from '../../src/db/service.js'
+import type {PgiDbBackup} from '../../src/fleet/pgidb.js'
 
 export default class DbBackups extends BaseCommand<typeof DbBackups> {
   static override summary = 'List the backups that can be restored, newest first, with dates and sizes.'
@@ -13,7 +13,7 @@ export default class DbBackups extends BaseCommand<typeof DbBackups> {
   static override args = {uai: uaiArg, database: optionalDbNameArg('database', 'Only the backups of this database.')}
   static override flags = {...dbFleetFlags}
 
-  async run(): Promise<{uai: string; backups: BackupEntry[]}> {
+  async run(): Promise<{uai: string; backups: PgiDbBackup[]}> {
     const {listBackups} = await import('../../src/db/service.js')
     const r = await withDbContext(this.flags, this.io, (ctx) => listBackups(ctx, this.args.uai, this.args.database))
     this.table(['database', 'backup id', 'kind', 'date', 'size', 'verified'], r.backups.map((b) => [b.database, b.id, b.kind, b.date, humanBytes(b.size), b.verified ? (b.verified.ok ? `ok (${b.verified.method})` : 'FAILED') : '']))

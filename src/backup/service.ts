@@ -7,7 +7,7 @@
  * reached leaves the local part empty with the reason, never the whole listing.
  */
 import {FleetSession} from '../fleet/open.js'
-import {runPgiDb} from '../fleet/pgidb.js'
+import {runPgiDb, type PgiDbBackup} from '../fleet/pgidb.js'
 import {offsiteRepositories} from '../inventory/offsite-rules.js'
 import type {Selection} from '../inventory/select.js'
 import type {Establishment, OffsiteSettings} from '../inventory/types.js'
@@ -16,16 +16,6 @@ import type {PveConnector} from '../hypervisors.js'
 import type {SecretStore} from '../secrets/store.js'
 import {offsiteSnapshots, pruneOffsite, readOffsitePassword, redactUrl, requireOffsite, type OffsiteSnapshot, type PruneResult, type ResticTarget} from './offsite.js'
 
-/** One entry of the guest's `pgi-db backups` (docs/databases.md). */
-interface GuestBackupEntry {
-  id: string
-  database: string
-  kind: string
-  date: string
-  size: number
-  sha256: string
-  verified: {ok: boolean; method: string; at: string} | null
-}
 
 /** One backup as `pgi backup list` shows it: a nightly set (every database), or one database's dump, or an off-site snapshot. */
 export interface BackupRow {
@@ -70,7 +60,7 @@ export interface BackupRequest {
 }
 
 /** The local backups (guest's pgi-db), grouped: one row per nightly set, one per other dump. */
-function localRows(entries: GuestBackupEntry[]): BackupRow[] {
+function localRows(entries: PgiDbBackup[]): BackupRow[] {
   const sets = new Map<string, BackupRow>()
   const rows: BackupRow[] = []
   for (const e of entries) {
@@ -101,9 +91,9 @@ function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err)
 }
 
-async function localBackups(fleet: FleetSession, est: Establishment): Promise<GuestBackupEntry[]> {
+async function localBackups(fleet: FleetSession, est: Establishment): Promise<PgiDbBackup[]> {
   const t = await fleet.guest(est)
-  return runPgiDb<GuestBackupEntry[]>(t, ['backups'], {timeoutMs: 120_000, idempotent: true})
+  return runPgiDb<PgiDbBackup[]>(t, ['backups'], {timeoutMs: 120_000, idempotent: true})
 }
 
 async function snapshotsOf(o: OffsiteSettings, store: SecretStore, est: Establishment, io: Io): Promise<{t: ResticTarget; snaps: OffsiteSnapshot[]}> {
@@ -126,7 +116,7 @@ export async function listBackups(req: BackupRequest & {uai: string; local?: boo
     const est = fleet.establishments[0]
     const out: BackupListResult = {uai: est.uai, name: est.name, backups: []}
     const [local, off] = await Promise.allSettled([
-      req.local === false ? Promise.resolve([] as GuestBackupEntry[]) : localBackups(fleet, est),
+      req.local === false ? Promise.resolve([] as PgiDbBackup[]) : localBackups(fleet, est),
       req.offsite === false ? Promise.resolve(undefined) : snapshotsOf(requireOffsite(fleet.inventory), fleet.secrets, est, req.io),
     ])
     const rows: BackupRow[] = []

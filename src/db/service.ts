@@ -17,7 +17,7 @@ import {ExitCode} from '../exit-codes.js'
 import {copyFromGuest} from '../fleet/guest-copy.js'
 import type {GuestTarget} from '../fleet/guest.js'
 import type {FleetSession} from '../fleet/open.js'
-import {listDatabases, runPgiDb, type PgiDbDatabase} from '../fleet/pgidb.js'
+import {listDatabases, runPgiDb, type PgiDbBackup, type PgiDbDatabase} from '../fleet/pgidb.js'
 import {settleAll} from '../fleet/pool.js'
 import type {Io} from '../io.js'
 import type {Establishment} from '../inventory/types.js'
@@ -232,28 +232,18 @@ export async function makeClass(ctx: DbContext, uai: string, o: ClassOptions): P
 
 // ---- backups ------------------------------------------------------------------------------------
 
-export interface BackupEntry {
-  id: string
-  database: string
-  kind: string
-  date: string
-  size: number
-  sha256: string
-  verified: {ok: boolean; method: string; at: string} | null
-  path: string
-  pruned?: string[]
-}
+// a backup entry is the engine's own (PgiDbBackup, src/fleet/pgidb.ts): pgi db and pgi backup list it alike
 
-export async function backupDbs(ctx: DbContext, uai: string, names: string[], opts: {verify?: boolean} = {}): Promise<{uai: string; backups: BackupEntry[]}> {
+export async function backupDbs(ctx: DbContext, uai: string, names: string[], opts: {verify?: boolean} = {}): Promise<{uai: string; backups: PgiDbBackup[]}> {
   const {t} = await target(ctx, uai)
   ctx.io.info(`${uai}: backing up ${names.length > 0 ? names.join(', ') : 'every database'}${opts.verify ? ' (each restored into a scratch database to verify)' : ''}`)
-  const r = await runPgiDb<BackupEntry[]>(t, ['backup', ...names, ...(opts.verify ? ['--verify'] : [])], {timeoutMs: 3 * LONG_MS})
+  const r = await runPgiDb<PgiDbBackup[]>(t, ['backup', ...names, ...(opts.verify ? ['--verify'] : [])], {timeoutMs: 3 * LONG_MS})
   return {uai, backups: r}
 }
 
-export async function listBackups(ctx: DbContext, uai: string, name?: string): Promise<{uai: string; backups: BackupEntry[]}> {
+export async function listBackups(ctx: DbContext, uai: string, name?: string): Promise<{uai: string; backups: PgiDbBackup[]}> {
   const {t} = await target(ctx, uai)
-  const r = await runPgiDb<BackupEntry[]>(t, ['backups', ...(name ? [name] : [])], {timeoutMs: 120_000, idempotent: true})
+  const r = await runPgiDb<PgiDbBackup[]>(t, ['backups', ...(name ? [name] : [])], {timeoutMs: 120_000, idempotent: true})
   return {uai, backups: r}
 }
 
@@ -262,7 +252,7 @@ export interface RestoreResult {
   database: string
   from: {id: string; kind: string; date: string; size: number}
   replaced: boolean
-  kept: BackupEntry | null
+  kept: PgiDbBackup | null
   closed_connections?: number
   notice?: string
   seconds: number
@@ -280,10 +270,10 @@ export async function restoreDb(ctx: DbContext, uai: string, name: string, o: {f
   return {uai, ...r}
 }
 
-export async function dropDb(ctx: DbContext, uai: string, name: string): Promise<{uai: string; database: string; dropped: boolean; final_backup: BackupEntry}> {
+export async function dropDb(ctx: DbContext, uai: string, name: string): Promise<{uai: string; database: string; dropped: boolean; final_backup: PgiDbBackup}> {
   const {t} = await target(ctx, uai)
   ctx.io.info(`${uai}: dropping ${name} (a final dump is kept first)`)
-  const r = await runPgiDb<{database: string; dropped: boolean; final_backup: BackupEntry}>(t, ['drop', name], {timeoutMs: LONG_MS})
+  const r = await runPgiDb<{database: string; dropped: boolean; final_backup: PgiDbBackup}>(t, ['drop', name], {timeoutMs: LONG_MS})
   return {uai, ...r}
 }
 

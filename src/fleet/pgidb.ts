@@ -87,6 +87,19 @@ export async function runPgiDb<T>(t: GuestTarget, args: string[], opts: PgiDbOpt
 }
 
 /** One database as `pgi-db list` shows it (pgidb.py list_databases). */
+/** One backup as the engine lists it (`pgi-db backups`, `backup`, the dump kept by `drop`; docs/databases.md). */
+export interface PgiDbBackup {
+  id: string
+  database: string
+  kind: string
+  date: string
+  size: number
+  sha256: string
+  verified: {ok: boolean; method: string; at: string} | null
+  path: string
+  pruned?: string[]
+}
+
 export interface PgiDbDatabase {
   name: string
   /** Bytes. */

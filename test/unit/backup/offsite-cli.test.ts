@@ -16,7 +16,7 @@ import {ensureOffsitePassword, offsitePasswordKey} from '../../../src/backup/off
 import {Secret} from '../../../src/secret.js'
 import {SecretStore} from '../../../src/secrets/store.js'
 import {assertBuilt, runPgi} from '../../helpers/cli.js'
-import {ageKey} from '../credentials/fixtures.js'
+import {ageKey, twoEstablishmentsInventory} from '../credentials/fixtures.js'
 
 const hasRestic = spawnSync('restic', ['version']).status === 0
 let tmp: string
@@ -26,35 +26,8 @@ let store: SecretStore
 let password: string
 
 function inventory(offsite: string): string {
-  return `region: Test
-recipients:
-  - {name: tech, key: ${env.PGI_TEST_RECIPIENT}}
-hypervisors:
-  hv-test:
-    url: https://127.0.0.1:8006
-    nodes: [pve1]
-    tls: {fingerprint: "3A:9F:0C:51:7B:22:E4:18:C6:0D:95:AB:41:7E:F2:63:88:1C:D4:5A:09:B7:E3:2F:6C:11:8A:D0:54:F9:2E:B3"}
-    token: {id: pgi@pve!deploy, secret: {env: PGI_TOKEN_HV_TEST}}
-    storage: {os: local-lvm, data: local-lvm, import: local}
-    bridge: vmbr0
-establishments:
-  - uai: 0130040Y
-    name: Lycée Georges Colomb
-    academie: Aix-Marseille
-    hypervisor: hv-test
-    node: pve1
-    vmid: 1001
-    network: {address: 192.0.2.101/24, gateway: 192.0.2.1, dns: [192.0.2.53]}
-    ami: {name: Jeanne Petit, age_recipient: ${env.PGI_TEST_RECIPIENT}}
-  - uai: 0130041Z
-    name: Lycée Marseilleveyre
-    academie: Aix-Marseille
-    hypervisor: hv-test
-    node: pve1
-    vmid: 1002
-    network: {address: 192.0.2.102/24, gateway: 192.0.2.1, dns: [192.0.2.53]}
-    ami: {name: Karim Benali, age_recipient: ${env.PGI_TEST_RECIPIENT}}
-${offsite}`
+  const key = env.PGI_TEST_RECIPIENT!
+  return twoEstablishmentsInventory({recipients: [{name: 'tech', key}], amiA: key, amiB: key, extra: offsite})
 }
 
 function restic(repo: string, pw: string, args: string[]) {

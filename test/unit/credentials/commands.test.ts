@@ -19,7 +19,7 @@ import CredentialsReencrypt from '../../../commands/credentials/reencrypt.js'
 import CredentialsRotate from '../../../commands/credentials/rotate.js'
 import {ensureEstablishmentSecrets} from '../../../src/fleet/secrets.js'
 import {SecretStore} from '../../../src/secrets/store.js'
-import {ageKey} from './fixtures.js'
+import {ageKey, twoEstablishmentsInventory} from './fixtures.js'
 
 let config: Config
 let tmp: string
@@ -56,36 +56,7 @@ async function setup() {
   const inv = join(tmp, 'inventory.yaml')
   await writeFile(
     inv,
-    `region: Test
-recipients:
-  - {name: tech, key: ${tech.recipient}}
-  - {name: ci, key: ${ci.recipient}}
-hypervisors:
-  hv-test:
-    url: https://127.0.0.1:8006
-    nodes: [pve1]
-    tls: {fingerprint: "3A:9F:0C:51:7B:22:E4:18:C6:0D:95:AB:41:7E:F2:63:88:1C:D4:5A:09:B7:E3:2F:6C:11:8A:D0:54:F9:2E:B3"}
-    token: {id: pgi@pve!deploy, secret: {env: PGI_TOKEN_HV_TEST}}
-    storage: {os: local-lvm, data: local-lvm, import: local}
-    bridge: vmbr0
-establishments:
-  - uai: 0130040Y
-    name: Lycée Georges Colomb
-    academie: Aix-Marseille
-    hypervisor: hv-test
-    node: pve1
-    vmid: 1001
-    network: {address: 192.0.2.101/24, gateway: 192.0.2.1, dns: [192.0.2.53]}
-    ami: {name: Jeanne Petit, age_recipient: ${amiA.recipient}}
-  - uai: 0130041Z
-    name: Lycée Marseilleveyre
-    academie: Aix-Marseille
-    hypervisor: hv-test
-    node: pve1
-    vmid: 1002
-    network: {address: 192.0.2.102/24, gateway: 192.0.2.1, dns: [192.0.2.53]}
-    ami: {name: Karim Benali, age_recipient: ${amiB.recipient}}
-`,
+    twoEstablishmentsInventory({recipients: [{name: 'tech', key: tech.recipient}, {name: 'ci', key: ci.recipient}], amiA: amiA.recipient, amiB: amiB.recipient}),
   )
   const secretsDir = join(tmp, 'secrets')
   const store = await SecretStore.open({dir: secretsDir, recipients: [tech.recipient, ci.recipient]})

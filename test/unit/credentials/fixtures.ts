@@ -35,3 +35,40 @@ export function establishment(uai: string, amiRecipient: string, over: Partial<E
     ...over,
   }
 }
+
+/**
+ * The single-file inventory of the command tests: one hypervisor (hv-test, pinned, token from
+ * PGI_TOKEN_HV_TEST) and two establishments, 0130040Y (VM 1001, AMI A) and 0130041Z (VM 1002, AMI
+ * B); `extra` is appended as more top-level YAML (e.g. an `offsite:` section).
+ */
+export function twoEstablishmentsInventory(opts: {recipients: {name: string; key: string}[]; amiA: string; amiB: string; extra?: string}): string {
+  return `region: Test
+recipients:
+${opts.recipients.map((r) => `  - {name: ${r.name}, key: ${r.key}}`).join('\n')}
+hypervisors:
+  hv-test:
+    url: https://127.0.0.1:8006
+    nodes: [pve1]
+    tls: {fingerprint: "3A:9F:0C:51:7B:22:E4:18:C6:0D:95:AB:41:7E:F2:63:88:1C:D4:5A:09:B7:E3:2F:6C:11:8A:D0:54:F9:2E:B3"}
+    token: {id: pgi@pve!deploy, secret: {env: PGI_TOKEN_HV_TEST}}
+    storage: {os: local-lvm, data: local-lvm, import: local}
+    bridge: vmbr0
+establishments:
+  - uai: 0130040Y
+    name: Lycée Georges Colomb
+    academie: Aix-Marseille
+    hypervisor: hv-test
+    node: pve1
+    vmid: 1001
+    network: {address: 192.0.2.101/24, gateway: 192.0.2.1, dns: [192.0.2.53]}
+    ami: {name: Jeanne Petit, age_recipient: ${opts.amiA}}
+  - uai: 0130041Z
+    name: Lycée Marseilleveyre
+    academie: Aix-Marseille
+    hypervisor: hv-test
+    node: pve1
+    vmid: 1002
+    network: {address: 192.0.2.102/24, gateway: 192.0.2.1, dns: [192.0.2.53]}
+    ami: {name: Karim Benali, age_recipient: ${opts.amiB}}
+${opts.extra ?? ''}`
+}

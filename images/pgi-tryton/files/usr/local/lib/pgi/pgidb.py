@@ -25,7 +25,6 @@ import contextlib
 import csv
 import datetime
 import fcntl
-import hashlib
 import io
 import json
 import os
@@ -39,7 +38,7 @@ import unicodedata
 
 from pgilib import (BACKUPS, DATA, PG_BIN, PG_HOST, PG_PORT, RUN_DIR, STATE_DIR, TEMPLATES_DIR,
                     TRYTON_ADMIN_HASH, TRYTON_URL, TRYTOND_CONF, image_info, iso, log, now_utc, quote_ident,
-                    read_json, run, tryton_password_hash, write_json)
+                    read_json, run, sha256_file, tryton_password_hash, write_json)
 
 # exit statuses of pgi-db (docs/databases.md); the host maps them to its own exit codes
 FAILED, USAGE, INVALID, NOT_FOUND, EXISTS, BUSY, NO_SPACE = 1, 2, 3, 4, 5, 7, 8
@@ -896,14 +895,6 @@ def template_modules(template='bts'):
             return sorted(line.strip() for line in f if line.strip())
     except FileNotFoundError:
         return None
-
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def ensure_template(template='bts', build_epoch=None):

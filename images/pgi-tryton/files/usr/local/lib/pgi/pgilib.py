@@ -66,6 +66,15 @@ def run(args, check=True, input=None, **kw):
     return r
 
 
+def sha256_file(path):
+    """The SHA-256 of a file, read 1 MiB at a time (dumps are hundreds of MB)."""
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def read_json(path, default=None):
     try:
         with open(path) as f:

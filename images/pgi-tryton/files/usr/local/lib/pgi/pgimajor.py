@@ -125,14 +125,6 @@ def protect_old_cluster(version):
         log('pgimajor: %s is read-only (mode 0500): the disaster copy of the PostgreSQL %s databases' % (path, version))
 
 
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class Status:
     """STATUS_FILE, written atomically at each step (the host polls it)."""
 
