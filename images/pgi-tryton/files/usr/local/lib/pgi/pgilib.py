@@ -2,6 +2,7 @@
 pgi-upgrade, pgi-db). Guest contract: docs/image.md. Python 3.11 standard library only, plus
 psycopg2 where noted (it ships with tryton-server)."""
 import datetime
+import hashlib
 import json
 import os
 import subprocess
@@ -193,7 +194,6 @@ def scram_sha256(password, iterations=4096):
     the server or its logs (what psql's \\password does). PostgreSQL has no library for this in
     Python's standard library, hence these few lines (RFC 5802/7677)."""
     import base64
-    import hashlib
     import hmac
     salt = os.urandom(16)
     salted = hashlib.pbkdf2_hmac('sha256', password.encode('utf-8'), salt, iterations)
