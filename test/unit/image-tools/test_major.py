@@ -132,3 +132,55 @@ class Major(unittest.TestCase):
 
 if __name__ == '__main__':
     unittest.main()
+
+
+CLEAR = '''
+import json, sys
+import pgimajor
+print(json.dumps(pgimajor.clear_stale_xml_fields(sys.argv[1], sys.argv[2])))
+'''
+
+
+class StaleXmlFields(unittest.TestCase):
+    """account_fr 7.0 no longer sets the debit type of template 456 (a view account there); the
+    step before trytond-admin clears what the 6.0 files wrote and the installed files do not."""
+
+    def test_05_clears_the_fields_the_new_files_no_longer_set(self):
+        import shutil
+        import tempfile
+        db = 'classe_stale'
+        rc, out, err = lab.db('create', db, '--company', 'Lycée stale', '--fiscal-year', '2027')
+        self.assertEqual(rc, 0, err[-1500:])
+        row = "SELECT coalesce(debit_type::text, '-') FROM account_account_template WHERE id = (SELECT db_id FROM ir_model_data WHERE module = 'account_fr' AND fs_id = '456')"
+        self.assertNotEqual(lab.psql(row, db=db), [['-']], 'the 6.0 template 456 has a debit type')
+        # the installed account_fr as 7.0 ships it: 456 without type nor debit type
+        src = '/usr/lib/python3/dist-packages/trytond/modules/account_fr'
+        modules = tempfile.mkdtemp(prefix='pgi-modules-')
+        try:
+            shutil.copytree(src, os.path.join(modules, 'account_fr'), ignore=shutil.ignore_patterns('__pycache__', 'tests', 'locale'))
+            xml = os.path.join(modules, 'account_fr', 'account_fr.xml')
+            with open(xml) as f:
+                text = f.read()
+            start = text.index('<record model="account.account.template" id="456">')
+            end = text.index('</record>', start)
+            text = text[:start] + ('<record model="account.account.template" id="456">\n'
+                                   '            <field name="name">Associés - Opérations sur le capital</field>\n'
+                                   '            <field name="code">456</field>\n'
+                                   '            <field name="type" eval="None"/>\n'
+                                   '            <field name="parent" ref="45"/>\n        ') + text[end:]
+            with open(xml, 'w') as f:
+                f.write(text)
+            r = subprocess.run([pgitest.PYTHON, '-c', CLEAR, db, modules], capture_output=True, text=True, env=lab.env(), timeout=300)
+            self.assertEqual(r.returncode, 0, r.stderr[-2000:])
+            self.assertEqual(json.loads(r.stdout.strip().splitlines()[-1]), ['account_fr.456:debit_type'])
+            self.assertEqual(lab.psql(row, db=db), [['-']])
+            values = lab.psql("SELECT \"values\", fs_values FROM ir_model_data WHERE module = 'account_fr' AND fs_id = '456'", db=db)[0]
+            for v in values:
+                self.assertNotIn('debit_type', v)
+                self.assertIn('code', v)
+            # another template the new files still type keeps its debit type; a second run clears nothing
+            self.assertNotEqual(lab.psql(row.replace("'456'", "'4561'"), db=db), [['-']])
+            r = subprocess.run([pgitest.PYTHON, '-c', CLEAR, db, modules], capture_output=True, text=True, env=lab.env(), timeout=300)
+            self.assertEqual(json.loads(r.stdout.strip().splitlines()[-1]), [])
+        finally:
+            shutil.rmtree(modules, ignore_errors=True)

@@ -24,6 +24,7 @@ Tryton's migration notes between 6.0 and 7.0 (docs.tryton.org, "Migration") have
 and 7.0 sections only; 6.4, 6.6 and 6.8 have none. Steps for modules this image does not ship
 (account_payment, product_price_list) are applied when their tables exist, as the notes say."""
 import hashlib
+import json
 import os
 import subprocess
 import time
@@ -50,6 +51,79 @@ BEFORE = [
      'WHERE "id" = "account_invoice_line"."invoice") WHERE "party" IS NOT NULL AND "invoice" IS NOT NULL'),
     ('7.0', 'account_payment', 'UPDATE "account_payment" SET "account" = NULL WHERE "line" IS NOT NULL'),
 ]
+# Tryton updates a module's records from its XML files but leaves a field that the new files no
+# longer name as it was. account_fr 7.0 dropped the debit and credit types of some account
+# templates (456 "Associés - Opérations sur le capital" became a view account: type None, no debit
+# type), while 7.0 checks that an account template's children share its debit type: trytond-admin
+# --all then stops on a 6.0 database with "ParsingError: in record 'account_fr.456'". Before the
+# update, the fields below that the 6.0 files set and the installed files no longer set are
+# cleared, in the table and in ir_model_data's record of what the files wrote (values, fs_values:
+# otherwise Tryton takes the difference for a user's change and leaves the record alone).
+STALE_XML_FIELDS = [
+    # (module, model, table, fields)
+    ('account_fr', 'account.account.template', 'account_account_template', ('debit_type', 'credit_type')),
+]
+MODULES_DIR = '/usr/lib/python3/dist-packages/trytond/modules'
+
+
+def module_xml_fields(module, model, modules_dir=MODULES_DIR):
+    """{xml id: set of field names} of `model`'s records in the installed module's XML files (the
+    files its tryton.cfg lists), or None when the module is not installed."""
+    import configparser
+    import xml.etree.ElementTree as ET
+    base = os.path.join(modules_dir, module)
+    cfg = configparser.ConfigParser()
+    if not cfg.read(os.path.join(base, 'tryton.cfg')):
+        return None
+    fields = {}
+    for name in cfg.get('tryton', 'xml', fallback='').split():
+        for rec in ET.parse(os.path.join(base, name)).iter('record'):
+            if rec.get('model') == model:
+                fields[rec.get('id')] = {f.get('name') for f in rec.findall('field')}
+    return fields
+
+
+def _without(serialised, names):
+    """ir_model_data's serialised values (trytond's dump_values: a JSON list of [field, value],
+    sorted, compact) without the fields in `names`."""
+    if not serialised:
+        return serialised
+    pairs = json.loads(serialised)
+    return json.dumps([p for p in pairs if p[0] not in names], separators=(',', ':'), sort_keys=True)
+
+
+def clear_stale_xml_fields(db, modules_dir=MODULES_DIR):
+    """Clears, in database `db`, the STALE_XML_FIELDS that the module's files set before and the
+    installed files no longer set. Returns ['module.xml_id:field', ...] of what was cleared."""
+    cleared = []
+    conn = connect(db)
+    try:
+        with conn, conn.cursor() as cur:
+            for module, model, table, names in STALE_XML_FIELDS:
+                new = module_xml_fields(module, model, modules_dir)
+                if new is None:
+                    continue
+                cur.execute('SELECT to_regclass(%s)', (table,))
+                if cur.fetchone()[0] is None:
+                    continue
+                cur.execute('SELECT id, fs_id, db_id, "values", fs_values FROM ir_model_data WHERE module = %s AND model = %s',
+                            (module, model))
+                for data_id, fs_id, db_id, values, fs_values in cur.fetchall():
+                    if fs_id not in new:
+                        continue
+                    written = {p[0] for p in json.loads(fs_values or values or '[]')}
+                    stale = [f for f in names if f in written and f not in new[fs_id]]
+                    if not stale:
+                        continue
+                    cur.execute('UPDATE "%s" SET %s WHERE id = %%s' % (table, ', '.join('"%s" = NULL' % f for f in stale)), (db_id,))
+                    cur.execute('UPDATE ir_model_data SET "values" = %s, fs_values = %s WHERE id = %s',
+                                (_without(values, stale), _without(fs_values, stale), data_id))
+                    cleared += ['%s.%s:%s' % (module, fs_id, f) for f in stale]
+    finally:
+        conn.close()
+    return cleared
+
+
 # "After" in SQL (run after trytond-admin --all)
 AFTER_SQL = [
     ('6.2', 'ir_sequence_type', 'ALTER TABLE IF EXISTS "ir_sequence_type" DROP COLUMN IF EXISTS "code"'),
@@ -228,6 +302,7 @@ def _migrate_db(entry, base, st, hook):
                     psql_script(sql, db=name)
                     applied.append(series + ':' + table)
             d['before_applied'] = applied
+            d['stale_xml_fields_cleared'] = clear_stale_xml_fields(name)
         elif step == 'admin':
             close(name)
             r = run_as('tryton', ['trytond-admin', '-c', TRYTOND_CONF, '-d', name, '--all'], check=False)
