@@ -54,21 +54,18 @@ hypervisors:
     storage: {os: local-lvm, data: local-lvm, import: local}
     bridge: vmbr0
 establishments:
-  - uai: 0130040Y
-    name: Lycée Georges Colomb
+${[
+    ['0130040Y', 'Lycée Georges Colomb', 1001, 101, 'Jeanne Petit', opts.amiA],
+    ['0130041Z', 'Lycée Marseilleveyre', 1002, 102, 'Karim Benali', opts.amiB],
+  ]
+    .map(([uai, name, vmid, host, ami, key]) => `  - uai: ${uai}
+    name: ${name}
     academie: Aix-Marseille
     hypervisor: hv-test
     node: pve1
-    vmid: 1001
-    network: {address: 192.0.2.101/24, gateway: 192.0.2.1, dns: [192.0.2.53]}
-    ami: {name: Jeanne Petit, age_recipient: ${opts.amiA}}
-  - uai: 0130041Z
-    name: Lycée Marseilleveyre
-    academie: Aix-Marseille
-    hypervisor: hv-test
-    node: pve1
-    vmid: 1002
-    network: {address: 192.0.2.102/24, gateway: 192.0.2.1, dns: [192.0.2.53]}
-    ami: {name: Karim Benali, age_recipient: ${opts.amiB}}
+    vmid: ${vmid}
+    network: {address: 192.0.2.${host}/24, gateway: 192.0.2.1, dns: [192.0.2.53]}
+    ami: {name: ${ami}, age_recipient: ${key}}`)
+    .join('\n')}
 ${opts.extra ?? ''}`
 }
