@@ -345,9 +345,8 @@ def migrate(req, hook=None):
     st = Status(req, manifest)
     try:
         if req.get('manifest_sha256'):
-            with open(mpath, 'rb') as f:
-                if hashlib.sha256(f.read()).hexdigest() != req['manifest_sha256']:
-                    raise RuntimeError('the backup manifest %s does not match the sha256 the rollout recorded' % mpath)
+            if sha256_file(mpath) != req['manifest_sha256']:
+                raise RuntimeError('the backup manifest %s does not match the sha256 the rollout recorded' % mpath)
         if not os.path.exists(os.path.join(base, 'verified.json')):
             raise RuntimeError('the backup %s was not verified (no verified.json): not carrying it across' % base)
         # every dump checked before the first restore
