@@ -3,8 +3,8 @@ import {dirname} from 'node:path'
 import {Args, Flags} from '@oclif/core'
 
 import {BaseCommand} from '../src/cli/base-command.js'
-import {imageResolver} from '../src/cli/fleet.js'
-import {bwlimitFlag, imageRefFlag, imagesDirFlag, reportFlag, secondsFlag, selectionFlags, STATE_DIR_HELP} from '../src/cli/flags.js'
+import {handoffTarget, imageResolver} from '../src/cli/fleet.js'
+import {bwlimitFlag, handoffTargetFlags, imageRefFlag, imagesDirFlag, reportFlag, secondsFlag, selectionFlags} from '../src/cli/flags.js'
 import type {DeployReport, PlanRow} from '../src/deploy/service.js'
 import {deploySuite} from '../src/report/suites.js'
 
@@ -40,12 +40,7 @@ Exit codes: 0 all done or up to date, 4 some establishments failed (see the summ
     'dry-run': Flags.boolean({summary: 'Print the plan and stop: nothing is sent to any hypervisor but reads.', default: false}),
     'max-parallel': Flags.integer({summary: 'Establishments deployed at once.', default: 10, min: 1}),
     'max-per-hypervisor': Flags.integer({summary: 'Establishments deployed at once on one hypervisor.', default: 4, min: 1}),
-    'handoff-dir': Flags.string({
-      summary: 'Folder for the AMI handoff files (default: where each establishment\'s handoff was written before, else <state dir>/handoffs).',
-      description: `A handoff is written when it is missing there or when what it says changed (new secrets, host keys, address); an up-to-date establishment keeps its file. ${STATE_DIR_HELP}`,
-      env: 'PGI_HANDOFF_DIR',
-    }),
-    'lab-dir': Flags.string({summary: 'The inventory is a pgi lab\'s: handoffs name the lab\'s forwarded 127.0.0.1 ports (qemu labs) or the addresses the lab gives its VMs (simulated labs).'}),
+    ...handoffTargetFlags,
     'agent-timeout': secondsFlag({summary: 'Seconds to wait for a new VM\'s guest agent (software-emulated boots are slow).', default: 600}),
     'health-timeout': secondsFlag({summary: 'Seconds to wait for pgi-health to report healthy.', default: 1200}),
     report: reportFlag,
@@ -53,11 +48,7 @@ Exit codes: 0 all done or up to date, 4 some establishments failed (see the summ
 
   public async run(): Promise<DeployReport> {
     // the engine is loaded when the command runs, not with every command (start-up time)
-    const [{newestImage}, {labConnection}, {planExitCode, runDeploy}] = await Promise.all([
-      import('../src/deploy/image.js'),
-      import('../src/lab/handoff-connection.js'),
-      import('../src/deploy/service.js'),
-    ])
+    const [{newestImage}, {planExitCode, runDeploy}] = await Promise.all([import('../src/deploy/image.js'), import('../src/deploy/service.js')])
     const f = this.flags
     const report = await runDeploy({
       inventoryPath: f.inventory,
@@ -70,7 +61,6 @@ Exit codes: 0 all done or up to date, 4 some establishments failed (see the summ
       resolveImage: imageResolver(f['images-dir'], this.io),
       imageUrl: f['image-url'],
       bwlimitKiB: f.bwlimit,
-      handoffDir: f['handoff-dir'],
       dryRun: f['dry-run'],
       maxParallel: f['max-parallel'],
       maxPerHypervisor: f['max-per-hypervisor'],
@@ -78,7 +68,7 @@ Exit codes: 0 all done or up to date, 4 some establishments failed (see the summ
       healthTimeoutMs: f['health-timeout'],
       io: this.io,
       confirm: (q) => this.confirm(q),
-      connection: f['lab-dir'] ? labConnection(f['lab-dir'], {io: this.io}) : undefined,
+      ...(await handoffTarget(f, this.io)),
       showPlan: (rows) => this.showPlan(rows),
     })
     if (report.result) {

@@ -1,8 +1,8 @@
 import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../src/cli/base-command.js'
-import {imageResolver, resultTable, stoppedLines, stopSignal} from '../../src/cli/fleet.js'
-import {imagesDirFlag, reportFlag, runFlags, selectionFlags, uaiArgs} from '../../src/cli/flags.js'
+import {handoffTarget, imageResolver, resultTable, stoppedLines, stopSignal} from '../../src/cli/fleet.js'
+import {handoffTargetFlags, imagesDirFlag, reportFlag, runFlags, selectionFlags, uaiArgs} from '../../src/cli/flags.js'
 import {rolloutSuite} from '../../src/report/suites.js'
 import type {RolloutResult} from '../../src/rollout/run.js'
 
@@ -24,6 +24,7 @@ Exit codes: as \`pgi rollout start\`.`
     ...selectionFlags,
     'images-dir': imagesDirFlag,
     ...runFlags,
+    ...handoffTargetFlags,
     report: reportFlag,
     id: Flags.string({summary: 'Rollout id (default: the newest unfinished one).'}),
     'max-parallel': Flags.integer({summary: 'Establishments updated at once (default: as started).', min: 1}),
@@ -54,6 +55,7 @@ Exit codes: as \`pgi rollout start\`.`
       shutdownTimeoutMs: f['shutdown-timeout'],
       lockWaitMs: f['lock-wait'],
       signal: stopSignal(this.io),
+      ...(await handoffTarget(f, this.io)),
       onResult: (e) => this.io.info(`${e.uai}: ${e.outcome}${e.reason ? ` (${e.reason})` : ''}`),
     })
     this.status = r.exitCode

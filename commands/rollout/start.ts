@@ -1,8 +1,8 @@
 import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../src/cli/base-command.js'
-import {rolloutFleet, resultTable, stoppedLines, stopSignal} from '../../src/cli/fleet.js'
-import {imageRefArg, imagesDirFlag, reportFlag, runFlags, selectionFlags, uaiArgs} from '../../src/cli/flags.js'
+import {handoffTarget, rolloutFleet, resultTable, stoppedLines, stopSignal} from '../../src/cli/fleet.js'
+import {handoffTargetFlags, imageRefArg, imagesDirFlag, reportFlag, runFlags, selectionFlags, uaiArgs} from '../../src/cli/flags.js'
 import {rolloutSuite} from '../../src/report/suites.js'
 import type {RolloutResult} from '../../src/rollout/run.js'
 
@@ -26,6 +26,7 @@ Exit codes: 0 all updated (or already), 4 some failed / were rolled back / halte
     ...selectionFlags,
     'images-dir': imagesDirFlag,
     ...runFlags,
+    ...handoffTargetFlags,
     report: reportFlag,
     waves: Flags.string({summary: 'Rings to roll out, in order (default: the inventory\'s rings, e.g. canary,pilot,general).'}),
     'max-failures': Flags.string({summary: 'Halt when more establishments than this fail: a number or a percentage of the selection.', default: '0'}),
@@ -51,6 +52,7 @@ Exit codes: 0 all updated (or already), 4 some failed / were rolled back / halte
       lockWaitMs: f['lock-wait'],
       confirm: (q) => this.confirm(q),
       signal: stopSignal(this.io),
+      ...(await handoffTarget(f, this.io)),
       onResult: (e) => this.io.info(`${e.uai}: ${e.outcome}${e.reason ? ` (${e.reason})` : ''}`),
     })
     this.status = r.exitCode

@@ -49,6 +49,19 @@ export const imagesDirFlag = Flags.string({
   defaultHelp: async () => '<state dir>/images',
 })
 
+/**
+ * Where the AMI handoffs of deploy and rollout go, and how they name a lab's VMs (deploy writes
+ * each handoff; a rollout writes a new one when an update changes what it says).
+ */
+export const handoffTargetFlags = {
+  'handoff-dir': Flags.string({
+    summary: 'Folder for the AMI handoff files (default: where each establishment\'s handoff was written before, else <state dir>/handoffs).',
+    description: `A handoff is written when it is missing there or when what it says changed (new secrets, host keys, address); an up-to-date establishment keeps its file. ${STATE_DIR_HELP}`,
+    env: 'PGI_HANDOFF_DIR',
+  }),
+  'lab-dir': Flags.string({summary: 'The inventory is a pgi lab\'s: handoffs name the lab\'s forwarded 127.0.0.1 ports (qemu labs) or the addresses the lab gives its VMs (simulated labs).'}),
+}
+
 /** The default folder of the AMI handoff files, for the commands that always write there. */
 export function handoffDirFlag(summary: string) {
   return Flags.string({

@@ -4,6 +4,7 @@
  */
 import type {DeployImage} from '../deploy/desired.js'
 import type {ImageRef} from '../image/images.js'
+import type {ConnectionSource} from '../fleet/credentials.js'
 import type {Io} from '../io.js'
 
 /** Verifies the image `ref` in `dir` (signature, size, sha256) and describes it for staging. */
@@ -70,4 +71,14 @@ export function stoppedLines(r: {id: string; stopped?: string; establishments: {
     ...midway.map((e) => `  ${e.uai}: at step ${e.step ?? 'claimed'} (recorded on its VM)`),
     `run \`pgi rollout resume --id ${r.id}\` (on any machine with this inventory and the secrets) to finish rollout ${r.id}`,
   ]
+}
+
+/**
+ * Where a command's AMI handoffs go and how they name a lab's VMs (--handoff-dir, --lab-dir): the
+ * lab's module is loaded only when a lab is named.
+ */
+export async function handoffTarget(f: {'handoff-dir'?: string; 'lab-dir'?: string}, io: Io): Promise<{handoffDir?: string; connection?: ConnectionSource}> {
+  if (!f['lab-dir']) return {handoffDir: f['handoff-dir']}
+  const {labConnection} = await import('../lab/handoff-connection.js')
+  return {handoffDir: f['handoff-dir'], connection: labConnection(f['lab-dir'], {io})}
 }

@@ -20,6 +20,7 @@ import type {Io} from '../io.js'
 import {runParallel} from '../progress.js'
 import type {PveApi, PveVmConfig} from '../proxmox/types.js'
 import {readHandoffDatabases, type HandoffDatabase} from '../fleet/handoff.js'
+import type {EstablishmentCredentials} from '../fleet/credentials.js'
 import {ensureDatabases, type DatabaseOutcome} from './databases.js'
 import {createParams, parseDisk, touchesCloudInit, updateParams, type DeployImage, type Drift} from './desired.js'
 import {DeployJournal, type DeployStep, type JournalEntry} from './journal.js'
@@ -48,27 +49,11 @@ export interface DeployResult {
   exitCode: ExitCodeValue
 }
 
-/** What deploy needs from the credentials area (src/credentials; default: src/deploy/credentials.ts). */
-export interface DeployCredentials {
-  /**
-   * Generates the establishment's missing secrets (secret store) and applies them in the guest
-   * through the agent's stdin; records the VM's SSH host keys for the handoff. Returns what changed.
-   */
-  configure(api: PveApi, est: Establishment): Promise<string[]>
-  /** Where the handoff file of `est` is (or would be). */
-  handoffPath(est: Establishment): string
-  /**
-   * Writes the AMI's handoff file (when missing or out of date); returns its path. `databases`: the
-   * Tryton databases the VM has now (read from it), which the handoff lists.
-   */
-  writeHandoff(est: Establishment, facts?: {databases?: HandoffDatabase[]}): Promise<string>
-  handoffExists(est: Establishment): Promise<boolean>
-}
-
 export interface ExecuteOptions {
   hypervisors: Hypervisors
   io: Io
-  credentials: DeployCredentials
+  /** The establishments' credentials (src/fleet/credentials.ts#storeCredentials). */
+  credentials: EstablishmentCredentials
   /** Folder for per-establishment journals (src/paths.ts journalDir). */
   journalDir: string
   maxParallel?: number

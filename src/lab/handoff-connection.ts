@@ -5,7 +5,7 @@
  * - a simulated lab has no network and forwards nothing: the handoff names the address the lab
  *   gave the VM (cloud-init's ipconfig, what its guest agent reports), and says so.
  * Deploy and credentials never import the lab: a command that has --lab-dir passes `labConnection`
- * as their `connection` (a ConnectionSource, src/deploy/credentials.ts).
+ * as their `connection` (a ConnectionSource, src/fleet/credentials.ts).
  */
 import type {HandoffConnection} from '../fleet/handoff.js'
 import {ErrorCode, UserError} from '../errors.js'

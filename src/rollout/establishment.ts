@@ -114,7 +114,9 @@ export async function rolloutEstablishment(est: Establishment, ctx: Establishmen
         if (mark.runner !== ctx.runner) await writeMark(r, {}, {claim: true})
         await cleanupOldDisk(r, mark)
       }
-      return result(outcome, {step: mark.step, reason: mark.reason})
+      // a run stopped between the commit and the handoff: written now (nothing when current)
+      const handoff = mark.step === 'committed' ? await afterUpdate(r) : undefined
+      return result(outcome, {step: mark.step, reason: mark.reason, ...(handoff ? {handoff} : {})})
     } else if (mark.runner !== ctx.runner) {
       if (!ctx.takeover) return result('blocked', {step: mark.step, reason: `held by runner ${mark.runner ?? '?'} at step ${mark.step}: run \`pgi rollout resume\` if that run is gone`})
       ctx.io.info(`${est.uai}: taking over from ${mark.runner ?? '?'} at step ${mark.step}`)
@@ -208,7 +210,8 @@ async function forward(r: Run, start: RolloutMark, result: (o: Outcome, x?: Part
           await attempt(r, 'commit', () => writeMark(r, {step: 'committed', reason: undefined}, {image: ctx.image}))
           mark = (await readVm(r)).meta.rollout!
           if (!ctx.keepOldDisk) await attempt(r, 'cleanup', () => cleanupOldDisk(r, mark)).catch((err) => ctx.io.warn(`${est.uai}: updated, but the old OS disk was not removed: ${describe(err)}`))
-          return result('updated', {step: 'committed'})
+          const handoff = await afterUpdate(r)
+          return result('updated', {step: 'committed', ...(handoff ? {handoff} : {})})
         }
         default:
           throw new UserError(ErrorCode.INTERNAL, `unknown rollout step "${step}" on VM ${est.vmid}`)
@@ -426,6 +429,24 @@ async function gate(r: Run, mark: RolloutMark): Promise<void> {
     if (Date.now() >= deadline) throw new GateFailed(problems.join('; '), where(r))
     ctx.update?.(`gate: ${problems[0]}`)
     await sleep(ctx.pollIntervalMs)
+  }
+}
+
+/**
+ * After the commit: the Tryton series the VM runs now recorded and, when it changed (a major
+ * upgrade), the AMI's new handoff naming the new desktop client (its path). The update is done
+ * whatever happens here: a failure is a warning that says how to write the handoff by hand.
+ */
+async function afterUpdate(r: Run): Promise<string | undefined> {
+  const {ctx, est} = r
+  if (!ctx.credentials) return undefined
+  try {
+    const o = await ctx.credentials.refreshAfterUpdate(r.api, est)
+    if (o.handoff) ctx.io.info(`${est.uai}: runs Tryton ${o.series} now: new handoff for the AMI ${o.handoff}`)
+    return o.handoff
+  } catch (err) {
+    ctx.io.warn(`${est.uai}: updated, but the AMI's handoff could not be refreshed: ${describe(err)}; run \`pgi credentials handoff ${est.uai}\``)
+    return undefined
   }
 }
 

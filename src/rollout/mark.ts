@@ -1,3 +1,4 @@
+import type {EstablishmentCredentials} from '../fleet/credentials.js'
 import type {GuestTarget} from '../fleet/guest.js'
 import {formatDescription, formatTags, parseDescription, type RolloutMark, type VmMeta} from '../fleet/vm-meta.js'
 import type {DeployImage} from '../fleet/images.js'
@@ -51,6 +52,8 @@ export interface EstablishmentResult {
   reason?: string
   /** Local copy of the backup manifest. */
   manifest?: string
+  /** A new AMI handoff written after the update (the Tryton series changed: a major upgrade). */
+  handoff?: string
   durationMs: number
 }
 
@@ -80,6 +83,11 @@ export interface EstablishmentCtx {
   /** Tryton admin password for the gate's login (undefined: login not checked, said in the result). */
   trytonAdmin: (uai: string) => Promise<Secret | undefined>
   control: () => Promise<Control>
+  /**
+   * After a committed update: the Tryton series recorded and, when it changed, a new AMI handoff
+   * written (undefined: nothing recorded, as in tests of the rollout alone).
+   */
+  credentials?: Pick<EstablishmentCredentials, 'refreshAfterUpdate'>
   /** A kill (tests; SIGTERM): stop between steps, touch nothing more. */
   signal?: AbortSignal
   now: () => Date

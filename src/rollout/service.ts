@@ -8,6 +8,7 @@ import {createHash, randomBytes} from 'node:crypto'
 import {setMaxListeners} from 'node:events'
 import {join} from 'node:path'
 
+import {storeCredentials, type ConnectionSource} from '../fleet/credentials.js'
 import {acquireLock} from '../fleet/locks.js'
 import {importVolid, type DeployImage} from '../fleet/images.js'
 import {Stager, type StageOutcome} from '../fleet/stage.js'
@@ -243,6 +244,13 @@ export interface StartRequest extends FleetRequest {
   lockWaitMs?: number
   /** Lease of the fleet lock on the hypervisors (default 5 minutes; tests shorten it). */
   lockLeaseMs?: number
+  /**
+   * Where the AMIs' new handoffs go when an update changes what they say (a major upgrade: the new
+   * Tryton desktop client). Default: where deploy wrote each one, else <state dir>/handoffs.
+   */
+  handoffDir?: string
+  /** How the AMI reaches each VM when it is not the inventory address (a lab's forwarded ports). */
+  connection?: ConnectionSource
 }
 
 function lockFile(inventory: Inventory, env: NodeJS.ProcessEnv): string {
@@ -310,6 +318,14 @@ async function execute(fleet: FleetSession, record: RolloutRecord, journal: Roll
         shutdownTimeoutS: Math.ceil((req.shutdownTimeoutMs ?? 180_000) / 1000),
         stepAttempts: 3,
         trytonAdmin: (uai) => fleet.secrets.tryGet(establishmentSecretKey(uai, 'tryton-admin')),
+        credentials: storeCredentials({
+          store: fleet.secrets,
+          handoffDir: req.handoffDir ?? join(stateDir(fleet.env), 'handoffs'),
+          explicitDir: req.handoffDir !== undefined,
+          recordDir: join(journalDir(fleet.env), 'handoffs'),
+          io: req.io,
+          connection: req.connection,
+        }),
         signal: req.signal,
         now: () => new Date(),
         onStep: req.onStep,

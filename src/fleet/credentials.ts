@@ -1,7 +1,9 @@
 /**
- * Deploy's use of the credentials area: secrets generated into the secret store (CSPRNG, age at
- * rest), applied in the guest through the agent's stdin (`applyInGuest`), the VM's SSH host keys
- * recorded for the handoff, and the AMI handoff file written with `issueHandoff`.
+ * An establishment's credentials as deploy and rollout keep them: secrets generated into the secret
+ * store (CSPRNG, age at rest), applied in the guest through the agent's stdin (`applyInGuest`), the
+ * VM's SSH host keys and Tryton series recorded for the handoff, and the AMI handoff file written
+ * with `issueHandoff` — by deploy, and by a rollout whose new version changed what the handoff says
+ * (a major upgrade: the desktop client of the new Tryton series).
  *
  * A handoff is written only when it is missing or when what it says changed, and stays where it
  * was written: each write is recorded in `<journal dir>/handoffs/<UAI>.json` (the file, a digest
@@ -14,15 +16,37 @@ import {createHash} from 'node:crypto'
 import {mkdir, readFile, stat} from 'node:fs/promises'
 import {dirname, join, resolve} from 'node:path'
 
-import {HANDOFF_SUFFIX, issueHandoff, readTrytonSeries, recordHostKeyFingerprints, recordTrytonSeries, refreshTlsFingerprint, type HandoffConnection, type HandoffDatabase} from '../fleet/handoff.js'
-import {applyInGuest, fetchHostKeyFingerprints, fetchTrytonSeries} from '../fleet/guest-config.js'
-import {ESTABLISHMENT_SECRETS, establishmentSecretKey, ensureEstablishmentSecrets, hostKeysKey, tlsFingerprintKey, trytonSeriesKey} from '../fleet/secrets.js'
+import {HANDOFF_SUFFIX, issueHandoff, readHandoffDatabases, readTrytonSeries, recordHostKeyFingerprints, recordTrytonSeries, refreshTlsFingerprint, type HandoffConnection, type HandoffDatabase} from './handoff.js'
+import {applyInGuest, fetchHostKeyFingerprints, fetchTrytonSeries} from './guest-config.js'
+import {ESTABLISHMENT_SECRETS, establishmentSecretKey, ensureEstablishmentSecrets, hostKeysKey, tlsFingerprintKey, trytonSeriesKey} from './secrets.js'
 import type {Establishment} from '../inventory/types.js'
 import type {Io} from '../io.js'
 import type {PveApi} from '../proxmox/types.js'
 import {writeFileAtomic} from '../secrets/atomic.js'
 import type {SecretStore} from '../secrets/store.js'
-import type {DeployCredentials} from './run.js'
+
+/** What deploy and rollout need from an establishment's credentials (made by `storeCredentials`). */
+export interface EstablishmentCredentials {
+  /**
+   * Generates the establishment's missing secrets (secret store) and applies them in the guest
+   * through the agent's stdin; records the VM's SSH host keys for the handoff. Returns what changed.
+   */
+  configure(api: PveApi, est: Establishment): Promise<string[]>
+  /** Where the handoff file of `est` is (or would be). */
+  handoffPath(est: Establishment): string
+  /**
+   * Writes the AMI's handoff file (when missing or out of date); returns its path. `databases`: the
+   * Tryton databases the VM has now (read from it), which the handoff lists.
+   */
+  writeHandoff(est: Establishment, facts?: {databases?: HandoffDatabase[]}): Promise<string>
+  handoffExists(est: Establishment): Promise<boolean>
+  /**
+   * After an update: records the Tryton series the VM runs now and, when it changed (a major
+   * upgrade: 6.0 -> 7.0), writes the AMI a new handoff naming the new desktop client; returns its
+   * path, or undefined when the handoff did not need to change. Secrets are not touched.
+   */
+  refreshAfterUpdate(api: PveApi, est: Establishment): Promise<{series?: string; handoff?: string}>
+}
 
 /**
  * How a run learns the address a handoff names for an establishment's VM (undefined: the
@@ -79,7 +103,7 @@ async function mtimeMs(file: string): Promise<number | undefined> {
   }
 }
 
-export function storeCredentials(opts: StoreCredentialsOptions): DeployCredentials {
+export function storeCredentials(opts: StoreCredentialsOptions): EstablishmentCredentials {
   const dir = resolve(opts.handoffDir)
   const inDir = (est: Establishment) => join(dir, `${est.uai}${HANDOFF_SUFFIX}`)
   const recordFile = (uai: string) => join(opts.recordDir!, `${uai}.json`)
@@ -131,7 +155,7 @@ export function storeCredentials(opts: StoreCredentialsOptions): DeployCredentia
   }
 
   const resolvedPath = new Map<string, string>()
-  return {
+  const self: EstablishmentCredentials = {
     async configure(api: PveApi, est: Establishment): Promise<string[]> {
       const {secrets, generated} = await ensureEstablishmentSecrets(opts.store, est.uai)
       if (generated.length > 0) opts.io.debug(`${est.uai}: generated ${generated.join(', ')} into the secret store`)
@@ -191,5 +215,14 @@ export function storeCredentials(opts: StoreCredentialsOptions): DeployCredentia
       }
       return r.file
     },
+    async refreshAfterUpdate(api: PveApi, est: Establishment): Promise<{series?: string; handoff?: string}> {
+      const series = await fetchTrytonSeries(api, est.node, est.vmid)
+      if (!series || series === (await readTrytonSeries(opts.store, est.uai))) return {series}
+      // a newer record makes the handoff stale: writeHandoff then writes it where it lives
+      await recordTrytonSeries(opts.store, est.uai, series)
+      const databases = await readHandoffDatabases(api, est, opts.io)
+      return {series, handoff: await self.writeHandoff(est, databases ? {databases} : {})}
+    },
   }
+  return self
 }
