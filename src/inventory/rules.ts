@@ -458,6 +458,7 @@ function checkEstablishments(m: Merged, hypervisors: Map<string, Hypervisor>, ri
 
     if (uai === undefined) continue // cannot be addressed; the problems above say why
     const image = str(e.image) ?? str(defaults.image)
+    const oldClusterDays = int(e.old_cluster_days) ?? int(defaults.old_cluster_days)
     out.push({
       uai,
       name: str(e.name) ?? '',
@@ -475,6 +476,7 @@ function checkEstablishments(m: Merged, hypervisors: Map<string, Hypervisor>, ri
       osDiskGb: int(e.os_disk_gb) ?? int(defaults.os_disk_gb) ?? BUILTIN_DEFAULTS.osDiskGb,
       cores: int(e.cores) ?? int(defaults.cores) ?? BUILTIN_DEFAULTS.cores,
       memoryMb: int(e.memory_mb) ?? int(defaults.memory_mb) ?? BUILTIN_DEFAULTS.memoryMb,
+      ...(oldClusterDays !== undefined ? {oldClusterDays} : {}),
       ami,
       ring,
       ...(maintenanceWindow ? {maintenanceWindow} : {}),

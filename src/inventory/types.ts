@@ -109,6 +109,11 @@ export interface Establishment {
   osDiskGb: number
   cores: number
   memoryMb: number
+  /**
+   * Days a committed major upgrade keeps the old PostgreSQL cluster on the data disk before
+   * `pgi rollout prune --old-clusters --expired` removes it (undefined: kept until pruned by hand).
+   */
+  oldClusterDays?: number
   ami: Ami
   /** Rollout ring: canary, pilot, general (or any ring the inventory defines). */
   ring: string

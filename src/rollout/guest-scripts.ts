@@ -279,6 +279,8 @@ export interface MajorStatus {
   to_pg?: string
   started_at?: string
   finished_at?: string
+  /** When the rollout's gate passed and the way back closed (the old cluster kept from then on). */
+  committed_at?: string
   boots?: number
   databases: MajorStatusDb[]
 }

@@ -76,6 +76,29 @@ export interface PruneRow {
 export interface PruneRequest extends FleetRequest {
   /** Asked once, with every cluster listed, before anything is removed (typed confirmation). */
   confirm: (question: string, expected: string) => Promise<void>
+  /**
+   * Only the clusters kept longer than their establishment's `old_cluster_days` (the inventory's
+   * retention): a scheduled job's `pgi rollout prune --old-clusters --expired --all --yes`.
+   */
+  expiredOnly?: boolean
+  now?: () => Date
+}
+
+const DAY_MS = 86_400_000
+
+/**
+ * Whether an old cluster kept since `committedAt` is past its retention (`days`; undefined: kept
+ * until pruned by hand), and until when it is kept otherwise.
+ */
+export function oldClusterRetention(committedAt: string | undefined, days: number | undefined, now: Date): {expired: boolean; detail: string} {
+  if (days === undefined) return {expired: false, detail: 'kept until pruned by hand (the inventory sets no old_cluster_days)'}
+  const at = committedAt ? Date.parse(committedAt) : Number.NaN
+  // a commit time the guest did not record (an older image's tool): kept, never guessed
+  if (Number.isNaN(at)) return {expired: false, detail: 'kept: the guest recorded no commit time for the upgrade'}
+  const until = new Date(at + days * DAY_MS)
+  return until.getTime() <= now.getTime()
+    ? {expired: true, detail: `kept ${days} days since ${committedAt!.slice(0, 10)} (old_cluster_days): expired`}
+    : {expired: false, detail: `kept until ${until.toISOString().slice(0, 10)} (old_cluster_days: ${days})`}
 }
 
 /**
@@ -101,6 +124,10 @@ export async function pruneOldClusters(req: PruneRequest): Promise<{rows: PruneR
         if (!old || info.state.major?.pruned_at) return {e, row: {uai: e.uai, outcome: 'nothing', detail: 'no old cluster on the data disk'} as PruneRow}
         if (info.status?.state !== 'committed') return {e, row: {uai: e.uai, outcome: 'skipped', detail: `the major upgrade is not committed (${info.status?.state ?? 'no status'}): the old cluster is the way back`} as PruneRow}
         const c = Object.values(info.clusters).find((x) => x.path === old)
+        if (req.expiredOnly) {
+          const keep = oldClusterRetention(info.status.committed_at, e.oldClusterDays, (req.now ?? (() => new Date()))())
+          if (!keep.expired) return {e, row: {uai: e.uai, outcome: 'nothing', cluster: old, bytes: c?.bytes ?? 0, detail: keep.detail} as PruneRow}
+        }
         return {e, t, row: {uai: e.uai, outcome: 'pruned', cluster: old, bytes: c?.bytes ?? 0, detail: ''} as PruneRow}
       },
       {max: 20, perKey: 8},

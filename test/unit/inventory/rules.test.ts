@@ -408,4 +408,16 @@ describe('declared databases', () => {
     expect(problems.map((p) => p.rule).sort()).toEqual(['invalid-value', 'invalid-value'])
     expect(problems.map((p) => p.message).join('\n')).toMatch(/not one of fr[\s\S]*not one of EUR|not one of EUR[\s\S]*not one of fr/)
   })
+
+  it('old_cluster_days: inherited from defaults, overridden per establishment, a whole number of days', async () => {
+    const region = REGION.replace('  ring: general\n', '  ring: general\n  old_cluster_days: 90\n')
+    const estA = establishment({old_cluster_days: '30'})
+    const {inventory, problems} = await load(inventoryFiles({region, establishments: `establishments:\n${estA}${B}`}))
+    expect(problems).toEqual([])
+    expect(['0130040Y', '0840004Y'].map((u) => inventory.establishments.find((e) => e.uai === u)!.oldClusterDays)).toEqual([30, 90])
+    const {inventory: none} = await load(inventoryFiles())
+    expect(none.establishments[0]!.oldClusterDays).toBeUndefined()
+    const {problems: bad} = await load(inventoryFiles({establishments: est(establishment({old_cluster_days: '0'}))}))
+    expect(bad.map((p) => [p.rule, p.line > 0])).toEqual([['invalid-value', true]])
+  })
 })

@@ -10,7 +10,7 @@ import {describe, expect, it} from 'vitest'
 import {postgresqlMajorOf} from '../../../src/deploy/image.js'
 import {trytonSeriesOf} from '../../../src/image/boottest.js'
 import {describeMajorStatus, type MajorInfo} from '../../../src/rollout/guest-scripts.js'
-import {describeMigration, migrationPlan, migrationTimeoutFor} from '../../../src/rollout/major.js'
+import {describeMigration, migrationPlan, migrationTimeoutFor, oldClusterRetention} from '../../../src/rollout/major.js'
 import {assertBuilt, runPgi} from '../../helpers/cli.js'
 
 const MiB = 2 ** 20
@@ -58,6 +58,14 @@ describe('major upgrade, host side', () => {
     expect(postgresqlMajorOf(pk([['postgresql-17', '17.6-0+deb13u1'], ['postgresql-client-17', '17.6'], ['postgresql-common', '278']]))).toBe('17')
     expect(trytonSeriesOf(pk([['tryton-server', '7.0.25-1']]))).toBe('7.0')
     expect(postgresqlMajorOf(pk([['python3', '3.11']]))).toBeUndefined()
+  })
+
+  it("keeps an old cluster for the inventory's old_cluster_days from the commit, never guessing a missing date", () => {
+    const now = new Date('2027-03-01T12:00:00Z')
+    expect(oldClusterRetention('2026-12-01T10:00:00Z', 90, now)).toEqual({expired: true, detail: 'kept 90 days since 2026-12-01 (old_cluster_days): expired'})
+    expect(oldClusterRetention('2026-12-05T10:00:00Z', 90, now)).toEqual({expired: false, detail: 'kept until 2027-03-05 (old_cluster_days: 90)'})
+    expect(oldClusterRetention('2026-12-01T10:00:00Z', undefined, now).expired).toBe(false)
+    expect(oldClusterRetention(undefined, 1, now)).toEqual({expired: false, detail: 'kept: the guest recorded no commit time for the upgrade'})
   })
 
   it('pgi rollout prune refuses without --old-clusters (exit 7), before opening anything', async () => {
