@@ -32,17 +32,25 @@ export async function openLabHandoff(labDir: string, handoffDir: string, uai: st
 /** What pgi's environment must not inherit from the caller's: every run points at the test's own lab. */
 const CALLER_VARIABLES = ['PGI_INVENTORY', 'PGI_SECRETS_DIR', 'PGI_IMAGES_DIR', 'PGI_HANDOFF_DIR', 'PGI_IMAGE', 'PGI_LAB_DIR', 'PGI_CLASS_DIR', 'PGI_TEACHER_DIR', 'PGI_CONSOLE_URL', 'PGI_TOKEN_ID']
 
-export interface DeployedQemuLab {
+/** A deployed establishment of a qemu lab, its handoff opened. */
+export interface DeployedSite {
+  uai: string
+  handoff: HandoffDocument
+  /** Its Tryton server for the desktop client (the lab's forwarded port). */
+  rpcUrl: string
+}
+
+/** A qemu lab with its establishments deployed; `uai`, `handoff`, `rpcUrl`: the first one's. */
+export interface DeployedQemuLab extends DeployedSite {
   /** The test's temporary folder (lab, state, handoffs). */
   base: string
   labDir: string
   /** pgi's environment: the lab's inventory and secret store, a state folder of its own, CI. */
   env: NodeJS.ProcessEnv
-  /** The one establishment, deployed. */
-  uai: string
-  handoff: HandoffDocument
-  /** Its Tryton server for the desktop client (the lab's forwarded port). */
-  rpcUrl: string
+  /** Every establishment of the lab, deployed, in the inventory's order. */
+  sites: DeployedSite[]
+  /** Where deploy wrote the handoffs. */
+  handoffDir: string
 }
 
 /** The bundled CLI in the lab's environment (40 min unless told: software emulation). */
@@ -56,12 +64,12 @@ export function expectOk(r: PgiRun): void {
 }
 
 /**
- * A qemu lab of one node and one establishment in a temporary folder (`prefix`), that
- * establishment deployed from the cached reference image and its handoff opened. Stop it with
- * stopQemuLab (in afterAll, even when this failed half-way: `started` gets the lab as soon as the
- * folder exists).
+ * A qemu lab of one node and `sites` establishments (default 1) in a temporary folder (`prefix`),
+ * every establishment deployed at once from the cached reference image and its handoff opened.
+ * Stop it with stopQemuLab (in afterAll, even when this failed half-way: `started` gets the lab as
+ * soon as the folder exists).
  */
-export async function deployedQemuLab(o: {prefix: string; io: Io; started?: (lab: Pick<DeployedQemuLab, 'base' | 'labDir' | 'env'>) => void}): Promise<DeployedQemuLab> {
+export async function deployedQemuLab(o: {prefix: string; io: Io; sites?: number; started?: (lab: Pick<DeployedQemuLab, 'base' | 'labDir' | 'env'>) => void}): Promise<DeployedQemuLab> {
   assertBuilt()
   const images = await cachedPgiImage(o.io)
   const base = await mkdtemp(join(tmpdir(), o.prefix))
@@ -70,14 +78,18 @@ export async function deployedQemuLab(o: {prefix: string; io: Io; started?: (lab
   for (const k of CALLER_VARIABLES) delete env[k]
   o.started?.({base, labDir, env})
   const lab = {base, env}
-  expectOk(await labPgi(lab, ['lab', 'start', '--backend', 'qemu', '--nodes', '1', '--sites', '1', '--dir', labDir, '--json'], 10 * 60_000))
+  expectOk(await labPgi(lab, ['lab', 'start', '--backend', 'qemu', '--nodes', '1', '--sites', String(o.sites ?? 1), '--dir', labDir, '--json'], 10 * 60_000))
   env.PGI_INVENTORY = join(labDir, 'inventory', 'lab.yaml')
   env.PGI_SECRETS_DIR = join(labDir, 'secrets')
-  const uai = (await labPgi(lab, ['inventory', 'list', '--json'])).json!.result[0].uai as string
+  const uais = (await labPgi(lab, ['inventory', 'list', '--json'])).json!.result.map((e: {uai: string}) => e.uai) as string[]
   const handoffDir = join(base, 'handoffs')
-  expectOk(await labPgi(lab, qemuDeployArgs([uai], {images, labDir, handoffDir}), 60 * 60_000))
-  const handoff = await openLabHandoff(labDir, handoffDir, uai)
-  return {base, labDir, env, uai, handoff, rpcUrl: `http://${handoff.desktopClient.host}:${handoff.desktopClient.port}/`}
+  expectOk(await labPgi(lab, qemuDeployArgs(uais, {images, labDir, handoffDir}), 60 * 60_000))
+  const sites: DeployedSite[] = []
+  for (const uai of uais) {
+    const handoff = await openLabHandoff(labDir, handoffDir, uai)
+    sites.push({uai, handoff, rpcUrl: `http://${handoff.desktopClient.host}:${handoff.desktopClient.port}/`})
+  }
+  return {base, labDir, env, ...sites[0]!, sites, handoffDir}
 }
 
 /** Stops the lab and removes its folder (kept with PGI_E2E_KEEP=1). */
