@@ -19,31 +19,35 @@ import {hasChromium, saoLogin} from '../../helpers/sao.js'
  * The major-version rollout on a qemu lab, as a Région runs it through bin/run.js: two
  * establishments deployed on 1.x (Debian 12, Tryton 6.0, PostgreSQL 15), each with a term of class
  * work made with proteus 6.0 (test/helpers/class_data.py: 20 parties, products, 50 customer
- * invoices posted and paid, January's period closed) in its database `pgi` and a copy of it
- * (`pgi db copy`: a second database, `classe_b`), then:
+ * invoices posted and paid, January's period closed) in its database `pgi` and copies of it
+ * (`pgi db copy`, PGI_E2E_MAJOR_COPIES, default 1: `classe_b`), then:
  *
  * 1. `pgi rollout plan 2.0.0` shows the migration and its space;
- * 2. a deliberately broken 2.0.1 (the 2.x recipe whose pgi-upgrade fails the migration of
- *    `classe_b` at trytond-admin) → both establishments rolled back to 1.x with the reason, their
+ * 2. a deliberately broken 2.0.1 (the 2.x recipe whose pgi-upgrade fails the migration of the
+ *    last database at trytond-admin, the others carried across first) → both establishments rolled back to 1.x with the reason, their
  *    6.0 databases intact (same figures, proteus 6.0 logs in);
- * 3. `pgi rollout start 2.0.0` of the first establishment, pgi killed with SIGKILL during the
- *    migration → `pgi rollout resume` finishes it;
- * 4. the second establishment: pgi killed and the VM hard-stopped while trytond-admin runs →
- *    `pgi rollout resume` starts it again, the guest resumes the migration, the gate passes;
- * 5. on both: every database's business figures (pgifigures.py: table counts, trial balances,
+ * 3. `pgi rollout start 2.0.0` of both, pgi killed with SIGKILL while both guests migrate and
+ *    the second VM hard-stopped while trytond-admin runs → `pgi rollout resume` finishes both:
+ *    the first guest's migration went on alone, the second VM is started again and its guest
+ *    resumes the migration (the unfinished database carried across again);
+ * 4. on both: every database's business figures (pgifigures.py: table counts, trial balances,
  *    posted invoices) identical to before, proteus 7.0 and the 7.0 web client (sao, chromium) log
  *    in, the migration recorded committed, the old cluster still there read-only, and the AMI's
  *    new handoff names the Tryton 7.0 desktop client.
  *
  * Opt-in (PGI_E2E_MAJOR=1): under software emulation this takes one to two hours. Both image lines
  * come from PGI_E2E_IMAGES_DIR (or the e2e image cache, built there once); 2.0.1 is built here.
- * PGI_E2E_MAJOR_INVOICES (default 50) and PGI_E2E_MAJOR_PHASES (default `broken,kill,hardstop`:
- * drop one to skip it; without kill/hardstop each establishment is rolled out in one run).
+ * PGI_E2E_MAJOR_INVOICES (default 50), PGI_E2E_MAJOR_COPIES (default 1) and PGI_E2E_MAJOR_PHASES
+ * (default `broken,kill,hardstop`: drop one to skip it; without kill and hardstop the rollout runs
+ * uninterrupted).
  */
 const io = new StderrIo(process.env.PGI_LOG_LEVEL === 'debug' ? 'debug' : 'warn', false)
 const INVOICES = Number(process.env.PGI_E2E_MAJOR_INVOICES ?? '50')
 const PHASES = new Set((process.env.PGI_E2E_MAJOR_PHASES ?? 'broken,kill,hardstop').split(',').map((s) => s.trim()))
-const DATABASES = ['pgi', 'classe_b']
+const COPIES = Number(process.env.PGI_E2E_MAJOR_COPIES ?? '1')
+const DATABASES = ['pgi', ...Array.from({length: COPIES}, (_, i) => `classe_${String.fromCharCode(98 + i)}`)]
+/** The database the broken 2.0.1's migration fails on: the last one (the others are carried across first). */
+const FAILING = DATABASES.at(-1)!
 const BROKEN = '2.0.1'
 const note = (s: string) => console.log(`[major e2e ${new Date().toISOString().slice(11, 19)}] ${s}`)
 
@@ -89,7 +93,7 @@ describe.skipIf(process.env.PGI_E2E_MAJOR !== '1')('major rollout 1.x → 2.0 on
     return (JSON.parse(await guest(est, ['/usr/local/sbin/pgi-health'])) as {image?: {version?: string}}).image?.version
   }
 
-  /** The 2.x recipe as 2.0.1, its pgi-upgrade failing the migration of `classe_b` at trytond-admin. */
+  /** The 2.x recipe as 2.0.1, its pgi-upgrade failing the migration of FAILING at trytond-admin. */
   async function buildBroken(): Promise<string> {
     const dir = join(lab!.base, 'recipes', BROKEN)
     await cp(join(ROOT, 'images', 'pgi-tryton'), dir, {recursive: true})
@@ -99,7 +103,7 @@ describe.skipIf(process.env.PGI_E2E_MAJOR !== '1')('major rollout 1.x → 2.0 on
     const text = await readFile(tool, 'utf8')
     const call = 'done = pgimajor.migrate(req)'
     expect(text, 'pgi-upgrade calls pgimajor.migrate(req): the broken image patches that call').toContain(call)
-    const hook = "(lambda db, step: (_ for _ in ()).throw(RuntimeError('deliberately broken 2.0.1')) if (db, step) == ('classe_b', 'admin') else None)"
+    const hook = `(lambda db, step: (_ for _ in ()).throw(RuntimeError('deliberately broken 2.0.1')) if (db, step) == ('${FAILING}', 'admin') else None)`
     await writeFile(tool, text.replace(call, `done = pgimajor.migrate(req, ${hook})`))
     const t = Date.now()
     const r = await buildImage({recipe: yaml, version: BROKEN, out: imagesRoot, io, allowLockDrift: true, env: {...process.env, SOURCE_DATE_EPOCH: '1767225600'}})
@@ -170,7 +174,7 @@ describe.skipIf(process.env.PGI_E2E_MAJOR !== '1')('major rollout 1.x → 2.0 on
     )
     note(`class data (${INVOICES} invoices a site) made in ${Math.round((Date.now() - t) / 1000)} s`)
     for (const {est} of sites) {
-      expectOk(await pgi(['db', 'copy', est.uai, 'pgi', 'classe_b', '--json'], 30 * 60_000))
+      for (const db of DATABASES.slice(1)) expectOk(await pgi(['db', 'copy', est.uai, 'pgi', db, '--json'], 30 * 60_000))
       for (const db of DATABASES) {
         const f = await figures(est, db)
         const parsed = JSON.parse(f) as {counts: Record<string, number>; posted_invoices: unknown[]}
@@ -194,7 +198,7 @@ describe.skipIf(process.env.PGI_E2E_MAJOR !== '1')('major rollout 1.x → 2.0 on
     }
   }, 10 * 60_000)
 
-  it.skipIf(!PHASES.has('broken'))('a broken 2.0.1 (its migration fails on classe_b) brings both establishments back on 1.x with the reason, their 6.0 databases intact', async () => {
+  it.skipIf(!PHASES.has('broken'))(`a broken 2.0.1 (its migration fails on ${FAILING}) brings both establishments back on 1.x with the reason, their 6.0 databases intact`, async () => {
     const version = await broken
     expectOk(await pgi(['rollout', 'stage', version, '--all', '--images-dir', imagesRoot, '--json'], 30 * 60_000))
     const t = Date.now()
@@ -202,47 +206,45 @@ describe.skipIf(process.env.PGI_E2E_MAJOR !== '1')('major rollout 1.x → 2.0 on
     note(`broken rollout ended in ${Math.round((Date.now() - t) / 1000)} s`)
     const res = r.json?.result as {establishments: {uai: string; outcome: string; reason?: string}[]} | undefined
     expect(res?.establishments.map((e) => e.outcome), r.stderr.slice(-3000)).toEqual(sites.map(() => 'rolled-back'))
-    for (const e of res!.establishments) expect(e.reason).toContain('database classe_b, step admin: deliberately broken 2.0.1')
+    for (const e of res!.establishments) expect(e.reason).toContain(`database ${FAILING}, step admin: deliberately broken 2.0.1`)
     expect(r.exitCode).toBe(4)
     const proteus = await proteusFor('6.0')
     for (const {est, site} of sites) {
       expect(await healthVersion(est)).toBe(v1)
       for (const db of DATABASES) expect(JSON.parse(await figures(est, db))).toEqual(JSON.parse(figuresBefore.get(`${est.uai}/${db}`)!))
-      const login = await proteus.login(site.rpcUrl, 'classe_b', site.handoff.trytonAdmin.login, site.handoff.trytonAdmin.password.reveal())
+      const login = await proteus.login(site.rpcUrl, FAILING, site.handoff.trytonAdmin.login, site.handoff.trytonAdmin.password.reveal())
       expect(login.server).toMatch(/^6\.0\./)
     }
   }, 180 * 60_000)
 
-  it('pgi rollout start 2.0.0: killed with SIGKILL during the migration (first establishment), then the VM hard-stopped in trytond-admin (second); pgi rollout resume finishes both', async () => {
+  it('pgi rollout start 2.0.0 of both establishments, pgi killed with SIGKILL during their migrations and the second VM hard-stopped in trytond-admin: pgi rollout resume finishes both', async () => {
     expectOk(await pgi(['rollout', 'stage', v2.version, '--all', '--images-dir', imagesRoot, '--json'], 30 * 60_000))
-    for (const [i, {est}] of sites.entries()) {
-      const phase = i === 0 ? 'kill' : 'hardstop'
-      if (!PHASES.has(phase)) {
-        const r = await pgi(rolloutArgs('start', v2.version, [est.uai]), 150 * 60_000)
-        keepHandoffs(r.json)
-        expect(r.json?.result?.establishments?.map((e: {outcome: string; reason?: string}) => `${e.outcome} ${e.reason ?? ''}`.trim()), r.stderr.slice(-3000)).toEqual(['updated'])
-        continue
-      }
-      const log = join(lab!.base, `rollout-${phase}.log`)
-      const child = spawnDetached('node', [CLI, ...rolloutArgs('start', v2.version, [est.uai])], {env: lab!.env as Record<string, string>, logFile: log})
-      const m =
-        phase === 'kill'
-          ? await waitMigration(est, 'the migration', (s) => s.state === 'running' && s.databases.some((d) => d.step !== 'pending'), child)
-          : await waitMigration(est, 'trytond-admin', (s) => s.state === 'running' && s.databases.some((d) => d.step === 'admin'), child)
-      process.kill(child.pid!, 'SIGKILL')
-      note(`${est.uai}: pgi killed during the migration at ${JSON.stringify(m.databases.map((d) => [d.name, d.step]))}`)
-      if (phase === 'hardstop') {
-        await api.stopVm(est.node, est.vmid, {timeoutMs: 120_000})
-        note(`${est.uai}: VM ${est.vmid} hard-stopped`)
-      }
-      const r = await pgi(rolloutArgs('resume', undefined, []), 150 * 60_000)
+    const interrupt = PHASES.has('kill') || PHASES.has('hardstop')
+    if (!interrupt) {
+      const r = await pgi(rolloutArgs('start', v2.version, ['--all']), 240 * 60_000)
       keepHandoffs(r.json)
-      const mine = (r.json?.result?.establishments ?? []).filter((e: {uai: string}) => e.uai === est.uai)
-      expect(mine.map((e: {outcome: string; reason?: string}) => `${e.outcome} ${e.reason ?? ''}`.trim()), `${r.stderr.slice(-3000)}\n${await readFile(log, 'utf8').catch(() => '')}`.slice(-6000)).toEqual(['updated'])
-      const after = (await migration(est))!
-      expect(after.state).toBe('committed')
-      if (phase === 'hardstop') expect((after as Migration & {boots?: number}).boots).toBeGreaterThanOrEqual(2)
+      expect(r.json?.result?.establishments?.map((e: {outcome: string; reason?: string}) => `${e.outcome} ${e.reason ?? ''}`.trim()), r.stderr.slice(-3000)).toEqual(sites.map(() => 'updated'))
+      return
     }
+    const log = join(lab!.base, 'rollout-interrupted.log')
+    const child = spawnDetached('node', [CLI, ...rolloutArgs('start', v2.version, ['--all'])], {env: lab!.env as Record<string, string>, logFile: log})
+    // the last establishment in trytond-admin (hard-stopped there), the first one migrating too
+    const [first, last] = [sites[0]!.est, sites.at(-1)!.est]
+    const m = await waitMigration(last, 'trytond-admin', (s) => s.state === 'running' && s.databases.some((d) => d.step === 'admin'), child)
+    if (sites.length > 1) await waitMigration(first, 'the migration', (s) => s.state === 'running' && s.databases.some((d) => d.step !== 'pending'), child)
+    process.kill(child.pid!, 'SIGKILL')
+    note(`pgi killed; ${last.uai} at ${JSON.stringify(m.databases.map((d) => [d.name, d.step]))}`)
+    if (PHASES.has('hardstop')) {
+      await api.stopVm(last.node, last.vmid, {timeoutMs: 120_000})
+      note(`${last.uai}: VM ${last.vmid} hard-stopped in trytond-admin`)
+    }
+    const r = await pgi(rolloutArgs('resume', undefined, []), 240 * 60_000)
+    keepHandoffs(r.json)
+    const outcomes = (r.json?.result?.establishments ?? []).map((e: {uai: string; outcome: string; reason?: string}) => `${e.uai} ${e.outcome} ${e.reason ?? ''}`.trim())
+    expect(outcomes, `${r.stderr.slice(-3000)}\n${(await readFile(log, 'utf8').catch(() => '')).slice(-3000)}`).toEqual(sites.map(({est}) => `${est.uai} updated`))
+    for (const {est} of sites) expect((await migration(est))!.state).toBe('committed')
+    // the hard-stopped guest booted twice into the new OS and redid the database it was migrating
+    if (PHASES.has('hardstop')) expect(((await migration(last)) as Migration & {boots?: number}).boots).toBeGreaterThanOrEqual(2)
   }, 300 * 60_000)
 
   it('on 7.0 everywhere: every database has the same figures, proteus 7.0 and the web client log in, the old cluster is kept read-only, the AMI has a handoff naming Tryton 7.0', async () => {
