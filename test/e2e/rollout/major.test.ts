@@ -4,6 +4,7 @@ import {dirname, join} from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {spawnDetached} from '../../../src/exec.js'
+import {labConnection} from '../../../src/lab/handoff-connection.js'
 import {buildImage} from '../../../src/image/build.js'
 import type {Establishment} from '../../../src/inventory/types.js'
 import {StderrIo} from '../../../src/io.js'
@@ -88,6 +89,11 @@ describe.skipIf(process.env.PGI_E2E_MAJOR !== '1')('major rollout 1.x → 2.0 on
     } catch {
       return undefined // the VM is rebooting into the new OS: no agent yet
     }
+  }
+  /** The Tryton server of `est` now: the lab forwards new host ports each time a VM starts (a swap, a rollback). */
+  async function rpcUrl(est: Establishment): Promise<string> {
+    const c = await labConnection(lab!.labDir, {waitMs: 60_000})(est)
+    return `http://${c.host}:${c.jsonrpcPort}/`
   }
   async function healthVersion(est: Establishment): Promise<string | undefined> {
     return (JSON.parse(await guest(est, ['/usr/local/sbin/pgi-health'])) as {image?: {version?: string}}).image?.version
@@ -212,7 +218,7 @@ describe.skipIf(process.env.PGI_E2E_MAJOR !== '1')('major rollout 1.x → 2.0 on
     for (const {est, site} of sites) {
       expect(await healthVersion(est)).toBe(v1)
       for (const db of DATABASES) expect(JSON.parse(await figures(est, db))).toEqual(JSON.parse(figuresBefore.get(`${est.uai}/${db}`)!))
-      const login = await proteus.login(site.rpcUrl, FAILING, site.handoff.trytonAdmin.login, site.handoff.trytonAdmin.password.reveal())
+      const login = await proteus.login(await rpcUrl(est), FAILING, site.handoff.trytonAdmin.login, site.handoff.trytonAdmin.password.reveal())
       expect(login.server).toMatch(/^6\.0\./)
     }
   }, 180 * 60_000)
@@ -256,14 +262,14 @@ describe.skipIf(process.env.PGI_E2E_MAJOR !== '1')('major rollout 1.x → 2.0 on
       for (const db of DATABASES) {
         expect(st.databases.find((d) => d.name === db)).toMatchObject({step: 'done', figure_differences: []})
         expect(JSON.parse(await figures(est, db)), `${est.uai}/${db}`).toEqual(JSON.parse(figuresBefore.get(`${est.uai}/${db}`)!))
-        const login = await proteus.login(site.rpcUrl, db, site.handoff.trytonAdmin.login, site.handoff.trytonAdmin.password.reveal())
+        const login = await proteus.login(await rpcUrl(est), db, site.handoff.trytonAdmin.login, site.handoff.trytonAdmin.password.reveal())
         expect(login.server).toMatch(/^7\.0\./)
         expect(login.modules.account_fr).toBe('activated')
       }
       note(`${est.uai}: seconds per step ${JSON.stringify(st.databases.map((d) => [d.name, d.seconds]))}`)
       expect((await guest(est, ['/usr/bin/stat', '-c', '%a', '/srv/pgi/postgresql/15/main'])).trim()).toBe('500')
       if (!hasChromium()) throw new Error("this test needs Debian's chromium (apt-get install chromium)")
-      const web = await saoLogin(site.rpcUrl, 'pgi', site.handoff.trytonAdmin.login, site.handoff.trytonAdmin.password.reveal())
+      const web = await saoLogin(await rpcUrl(est), 'pgi', site.handoff.trytonAdmin.login, site.handoff.trytonAdmin.password.reveal())
       expect(web.version).toMatch(/^7\.0\./)
       expect(web.menu.length).toBeGreaterThan(3)
       // the AMI's new handoff: same credentials, the 7.0 desktop client
@@ -271,6 +277,7 @@ describe.skipIf(process.env.PGI_E2E_MAJOR !== '1')('major rollout 1.x → 2.0 on
       expect(file, `no new handoff reported for ${est.uai}`).toBeDefined()
       const doc = await openLabHandoff(lab!.labDir, dirname(file!), est.uai)
       expect(doc.desktopClient.client).toBe('Tryton 7.0')
+      expect(`http://${doc.desktopClient.host}:${doc.desktopClient.port}/`).toBe(await rpcUrl(est))
       expect(doc.trytonAdmin.password.reveal()).toBe(site.handoff.trytonAdmin.password.reveal())
     }
   }, 60 * 60_000)
