@@ -211,7 +211,9 @@ function health(env: GuestEnv): RunResult {
   checks.backup = backupCheck(env, dbs.length, problems)
   if (env.boot.upgrade.error) problems.push(`upgrade: ${env.boot.upgrade.error}`)
   const healthy = problems.length === 0 && Object.values(checks).every((c) => c.ok)
-  const out = {healthy, image: {name: 'pgi-tryton', version: env.osVersion}, checks, databases: dbs, problems, at: iso(env.now())}
+  // pgi-offsite's status as pgi-health reports it (never among the problems): the simulated guest never pushes
+  const offsite = mounted && readGuestFile(env, `${DATA}/.pgi/offsite.json`) ? {configured: true, state: 'pending', last_success_at: null, age_s: null} : {configured: false}
+  const out = {healthy, image: {name: 'pgi-tryton', version: env.osVersion}, checks, databases: dbs, problems, offsite, at: iso(env.now())}
   return {out: JSON.stringify(out) + '\n', err: '', code: healthy ? 0 : 1}
 }
 

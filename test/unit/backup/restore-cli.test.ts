@@ -44,7 +44,15 @@ function restic(repo: string, args: string[]) {
   return r.stdout
 }
 
+/** Write requests in the lab's log, once the log stopped growing (the daemon appends to it after answering). */
 async function writeRequests(): Promise<number> {
+  let size = -1
+  for (;;) {
+    const now = (await readFile(join(labDir, 'requests.jsonl'), 'utf8')).length
+    if (now === size) break
+    size = now
+    await new Promise((r) => setTimeout(r, 300))
+  }
   const log = await readFile(join(labDir, 'requests.jsonl'), 'utf8')
   return log.split('\n').filter((l) => l && !l.includes('"method":"GET"')).length
 }
@@ -97,6 +105,20 @@ describe.skipIf(!hasRestic)('pgi deploy with offsite: and pgi backup restore, th
     expect(again.exitCode, again.stderr).toBe(0)
     expect(again.json!.result.result.outcomes.map((o: {outcome: string}) => o.outcome)).toEqual(['up-to-date', 'up-to-date'])
     expect(await writeRequests()).toBe(before)
+  })
+
+  it('pgi status shows the off-site copy the servers report, judged against the inventory\'s threshold; Prometheus has no age before a first copy', async () => {
+    const st = await pgi(['status', '--all', '-i', inv, '--secrets-dir', secrets])
+    expect(st.exitCode, st.stderr).toBe(0)
+    for (const e of st.json!.result.establishments) {
+      expect(e.offsite).toEqual({configured: true, state: 'pending', lastSuccess: null, ageS: null, errorClass: null})
+      expect(e.verdict).toBe('healthy')
+      expect(e.notes).toContain('no off-site copy yet')
+    }
+    const prom = await runPgi(['status', '--all', '-i', inv, '--secrets-dir', secrets, '--format', 'prometheus'], {env})
+    expect(prom.exitCode, prom.stderr).toBe(0)
+    expect(prom.stdout).toContain('pgi_up{')
+    expect(prom.stdout).not.toContain('pgi_offsite_backup_age_seconds{')
   })
 
   const bad: [string, () => string[], number, string, RegExp, Record<string, unknown>?][] = [

@@ -43,7 +43,7 @@ function request(l: SimLab, io: MemoryIo): DeployRequest {
 }
 
 function offsite(over: Partial<OffsiteSettings> = {}): OffsiteSettings {
-  return {repository: 'rest:http://10.0.2.100:8000/{uai}/', regionRepository: '/srv/restic/{uai}', repositories: new Map(), retention: {daily: 7, weekly: 4, monthly: 12}, limitUploadKib: 256, window: '01:00-06:00', source: {file: 'lab.yaml', line: 1, column: 1}, ...over}
+  return {repository: 'rest:http://10.0.2.100:8000/{uai}/', regionRepository: '/srv/restic/{uai}', repositories: new Map(), retention: {daily: 7, weekly: 4, monthly: 12}, limitUploadKib: 256, window: '01:00-06:00', maxAgeS: 48 * 3600, source: {file: 'lab.yaml', line: 1, column: 1}, ...over}
 }
 
 async function guestSettings(l: SimLab, uai: string): Promise<Record<string, unknown> | undefined> {
