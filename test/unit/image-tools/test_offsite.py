@@ -362,6 +362,40 @@ class Offsite(unittest.TestCase):
         finally:
             subprocess.run(['umount', '-l', full])
 
+    def test_10b_a_push_cut_by_the_link_resumes_too(self):
+        # the Région's server goes away mid-push (a cut link, not a stop): restic's uploads fail,
+        # the push ends failed/unreachable; the next run indexes what arrived and sends the rest
+        lab.psql('CREATE DATABASE bulk2')
+        lab.psql("CREATE TABLE noise AS SELECT i, encode(decode(md5(random()::text) || md5(random()::text), 'hex') || "
+                 "decode(md5(random()::text) || md5(random()::text), 'hex'), 'base64') AS v FROM generate_series(1, 300000) i", db='bulk2')
+        time.sleep(1.1)
+        stamp = nightly()
+        size = os.path.getsize(os.path.join(lab.data, 'backups', stamp, 'bulk2.dump'))
+        global rclone
+        write_config(limit_upload_kib=2048)
+        before = repo_bytes()
+        p = subprocess.Popen([pgitest.PYTHON, os.path.join(pgitest.SBIN, 'pgi-offsite'), '--now'], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env=lab.env(PGI_RESTIC='/usr/bin/restic', PGI_OFFSITE_STALL_S='20'))
+        deadline = time.time() + 120
+        while repo_bytes() - before < 9 << 20 and time.time() < deadline and p.poll() is None:
+            time.sleep(0.2)
+        self.assertIsNone(p.poll(), 'the push was still running when the link was cut')
+        os.killpg(rclone.pid, signal.SIGKILL)
+        rclone.wait(10)
+        out, err = p.communicate(timeout=600)
+        st = status()
+        arrived = repo_bytes() - before
+        self.assertEqual((st['state'], st['error_class']), ('failed', 'unreachable'), st)
+        rclone = start_rclone(REPO_DIR, PORT)
+        write_config()
+        rc, out, err = offsite()
+        self.assertEqual((rc, out['state'], out['set']), (0, 'ok', stamp), err)
+        sys.stderr.write('push cut by the link: dump %d bytes, %d arrived before the cut, %d sent by the next run\n' % (size, arrived, out['bytes_sent']))
+        # what arrived whole is not sent again; the packs in flight at the cut (one upload at a time,
+        # 4 MiB packs, the server killed mid-write) are
+        self.assertLess(out['bytes_sent'], size - arrived + (8 << 20), 'the next run sent again what had arrived')
+        self.assertEqual(region('check').returncode, 0)
+
     # --restore: another server (here the same lab, its databases dropped) brings back the
     # databases of an off-site snapshot, checked against the manifest, with a working login
 
