@@ -93,6 +93,9 @@ export const ErrorCode = {
   // off-site copies of the backups (src/backup): no offsite: section, restic failed (BACKUP_FAILED: a local backup)
   BACKUP_NOT_CONFIGURED: 'PGI_BACKUP_NOT_CONFIGURED',
   OFFSITE_FAILED: 'PGI_OFFSITE_FAILED',
+  // pgi backup restore / drill: no such snapshot; a snapshot this server cannot take (another Tryton series, damaged)
+  OFFSITE_SNAPSHOT_NOT_FOUND: 'PGI_OFFSITE_SNAPSHOT_NOT_FOUND',
+  OFFSITE_RESTORE_REFUSED: 'PGI_OFFSITE_RESTORE_REFUSED',
 } as const
 
 export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode]

@@ -7,7 +7,7 @@
 import {mkdir, readFile, rename, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 
-export type DeployStep = 'staged' | 'created' | 'resized' | 'updated' | 'started' | 'agent' | 'healthy' | 'configured' | 'marked' | 'databases' | 'handoff'
+export type DeployStep = 'staged' | 'created' | 'resized' | 'updated' | 'started' | 'agent' | 'healthy' | 'configured' | 'marked' | 'databases' | 'offsite' | 'handoff'
 
 export interface JournalEntry {
   uai: string
@@ -22,6 +22,12 @@ export interface JournalEntry {
   finishedAt?: string
   outcome?: 'created' | 'updated' | 'up-to-date' | 'failed'
   error?: {code: string; message: string}
+  /**
+   * The off-site settings last given to the VM (pgi-offsite --configure): a digest of the
+   * repository, bandwidth cap and window (never the key), and when. A later deploy gives them
+   * again only when the inventory's differ (or this record is gone).
+   */
+  offsite?: {settings: string; at: string}
 }
 
 export class DeployJournal {

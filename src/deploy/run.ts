@@ -8,6 +8,7 @@
  *   → grow the OS disk → start → guest agent → pgi-health → secrets (generated, stored, applied
  *   through the agent's stdin) → mark the VM configured (description, digest CAS) → AMI handoff.
  */
+import {createHash} from 'node:crypto'
 import {hostname} from 'node:os'
 
 import {waitForAgent, waitForHealthy, type GuestTarget} from '../fleet/guest.js'
@@ -15,7 +16,9 @@ import {formatDescription, formatTags, parseDescription} from '../fleet/vm-meta.
 import {ErrorCode, PgiError, UserError, asPgiError, type ErrorCodeValue, type ErrorLocation} from '../errors.js'
 import {ExitCode, type ExitCodeValue} from '../exit-codes.js'
 import type {Hypervisors} from '../hypervisors.js'
-import type {Establishment} from '../inventory/types.js'
+import {configureGuestOffsite, ensureOffsitePassword} from '../fleet/offsite.js'
+import {offsiteRepositories} from '../inventory/offsite-rules.js'
+import type {Establishment, OffsiteSettings} from '../inventory/types.js'
 import type {Io} from '../io.js'
 import {runParallel} from '../progress.js'
 import type {PveApi, PveVmConfig} from '../proxmox/types.js'
@@ -26,6 +29,7 @@ import {createParams, parseDisk, touchesCloudInit, updateParams, type DeployImag
 import {DeployJournal, type DeployStep, type JournalEntry} from './journal.js'
 import {fmtDrift, needsWork, type DeployTarget, type Plan, type PlanItem} from './plan.js'
 import {Stager} from '../fleet/stage.js'
+import type {SecretStore} from '../secrets/store.js'
 import {sleep} from '../sleep.js'
 
 export type DeployOutcomeKind = 'created' | 'updated' | 'up-to-date' | 'drifted' | 'failed' | 'blocked'
@@ -68,6 +72,12 @@ export interface ExecuteOptions {
   /** Stage with download-url from this URL (`{file}` = image file name) instead of uploading. */
   imageUrl?: string
   bwlimitKiB?: number
+  /**
+   * The inventory's `offsite:` section and the store of the repository keys: every VM deployed
+   * gets its off-site settings once healthy (key generated on first use, given over the guest
+   * agent's stdin: docs/backups.md). Absent: no off-site copies.
+   */
+  offsite?: {settings: OffsiteSettings; store: SecretStore}
   now?: () => Date
   signal?: AbortSignal
 }
@@ -153,10 +163,12 @@ async function deployOne(item: PlanItem, est: Establishment, plan: Plan, ctx: On
   }
   if (!needsWork(item)) {
     const handoff = await ensureHandoff(item, est, ctx)
+    const offsite = await offsiteIfChanged(item, est, ctx)
     if (item.action === 'drifted') {
       ctx.io.warn(`${item.uai}: ${item.drifts.map(fmtDrift).join('; ')}`)
-      return {outcome: 'drifted', detail: `not changed: ${item.drifts.map((d) => d.setting).join(', ')} differ (${item.drifts[0]?.note ?? 'fix by hand'})`, handoff}
+      return {outcome: 'drifted', detail: `not changed: ${item.drifts.map((d) => d.setting).join(', ')} differ (${item.drifts[0]?.note ?? 'fix by hand'})${offsite ? `; ${offsite}` : ''}`, handoff}
     }
+    if (offsite) return {outcome: 'updated', detail: offsite, handoff}
     return {outcome: 'up-to-date', detail: 'up to date, nothing sent', handoff}
   }
 
@@ -196,6 +208,10 @@ async function deployOne(item: PlanItem, est: Establishment, plan: Plan, ctx: On
         const made = databases.filter((d) => d.outcome === 'created').map((d) => d.name)
         if (made.length > 0) detail = [detail, `created database${made.length > 1 ? 's' : ''} ${made.join(', ')}`].filter(Boolean).join('; ')
       }
+      if (await offsiteChanged(item.uai, est, ctx)) {
+        const off = await configureOffsite(target, est, ctx, entry)
+        if (off) detail = [detail, off].filter(Boolean).join('; ')
+      }
       detail ||= 'nothing left to change'
     } else {
       if (item.action === 'create') {
@@ -210,6 +226,7 @@ async function deployOne(item: PlanItem, est: Establishment, plan: Plan, ctx: On
         await step('created')
       }
       await finishSetup(item, est, target, ctx, step)
+      await configureOffsite(target, est, ctx, entry)
       databases = await ensureDatabases(target, est, {now: ctx.now, update: ctx.update})
       await step('databases')
       const made = databases.filter((d) => d.outcome === 'created').map((d) => d.name)
@@ -229,6 +246,54 @@ async function deployOne(item: PlanItem, est: Establishment, plan: Plan, ctx: On
     await ctx.journal.write(entry).catch(() => undefined)
     throw err
   }
+}
+
+/** What of the off-site settings the VM keeps, without the key: a change of these is given again. */
+function offsiteDigest(o: OffsiteSettings, uai: string): string {
+  const said = {repository: offsiteRepositories(o, uai).vm, limit: o.limitUploadKib ?? null, window: o.window ?? null}
+  return createHash('sha256').update(JSON.stringify(said)).digest('hex').slice(0, 32)
+}
+
+/** True when the inventory has off-site settings the journal does not record as given to the VM. */
+async function offsiteChanged(uai: string, est: Establishment, ctx: OneCtx): Promise<boolean> {
+  if (!ctx.offsite) return false
+  const previous = await ctx.journal.read(uai)
+  return previous?.offsite?.settings !== offsiteDigest(ctx.offsite.settings, est.uai)
+}
+
+/**
+ * Gives the VM its off-site settings (repository, key, bandwidth cap, window) through
+ * `pgi-offsite --configure` on the guest agent's stdin; the key is generated and stored on first
+ * use (never printed). Recorded in the journal entry. Returns what to say, undefined when the
+ * inventory has no offsite: section.
+ */
+async function configureOffsite(target: GuestTarget, est: Establishment, ctx: OneCtx, entry: JournalEntry): Promise<string | undefined> {
+  if (!ctx.offsite) return undefined
+  ctx.update('giving the VM its off-site backup settings')
+  const {password, generated} = await ensureOffsitePassword(ctx.offsite.store, est.uai)
+  const {repository} = await configureGuestOffsite(target, est.uai, ctx.offsite.settings, password)
+  ctx.io.debug(`${est.uai}: off-site repository ${repository}${generated ? ' (key generated)' : ''}`)
+  entry.offsite = {settings: offsiteDigest(ctx.offsite.settings, est.uai), at: ctx.now().toISOString()}
+  entry.steps.offsite = entry.offsite.at
+  await ctx.journal.write(entry)
+  return `off-site copies to ${repository}`
+}
+
+/**
+ * For a VM deploy otherwise leaves alone (up to date, or drifted by hand): its off-site settings,
+ * when the inventory's are not those last given (an offsite: section added or changed) and the
+ * VM runs. Returns what was done, undefined when nothing was.
+ */
+async function offsiteIfChanged(item: PlanItem, est: Establishment, ctx: OneCtx): Promise<string | undefined> {
+  if (!(await offsiteChanged(item.uai, est, ctx))) return undefined
+  const api = await ctx.hypervisors.get(item.hypervisor)
+  if ((await api.vmStatus(item.node, item.vmid))?.status !== 'running') {
+    ctx.io.warn(`${item.uai}: VM ${item.vmid} is not running: its off-site settings will be given at the next deploy once it runs`)
+    return undefined
+  }
+  const previous = await ctx.journal.read(item.uai)
+  const entry: JournalEntry = previous ?? {uai: item.uai, hypervisor: item.hypervisor, node: item.node, vmid: item.vmid, image: item.image, runner: RUNNER, startedAt: ctx.now().toISOString(), steps: {}, finishedAt: ctx.now().toISOString(), outcome: 'updated'}
+  return configureOffsite({api, node: item.node, vmid: item.vmid, uai: item.uai}, est, ctx, entry)
 }
 
 function lastStep(e: JournalEntry): string | undefined {

@@ -122,6 +122,7 @@ async function deployWith(req: DeployRequest, fleet: FleetSession): Promise<Depl
     pollIntervalMs: req.pollIntervalMs,
     imageUrl: req.imageUrl,
     bwlimitKiB: req.bwlimitKiB,
+    ...(fleet.inventory.offsite ? {offsite: {settings: fleet.inventory.offsite, store}} : {}),
     signal: req.signal,
   })
   return {dryRun: false, upToDate, plan: rows, result, handoffDir}

@@ -11,6 +11,8 @@ import type {Establishment, OffsiteSettings} from './types.js'
  */
 
 export const DEFAULT_RETENTION = {daily: 7, weekly: 4, monthly: 12} as const
+/** `pgi status`'s threshold (docs/backups.md): two nights without an off-site copy. */
+export const DEFAULT_OFFSITE_MAX_AGE_HOURS = 48
 export const UAI_PLACEHOLDER = '{uai}'
 
 /** "2M" → 2048, "512K" / "512" / 512 → 512 (KiB/s); undefined when not a cap. */
@@ -90,6 +92,7 @@ export function checkOffsite(item: Item | undefined, establishments: readonly Es
     retention,
     ...(limitUploadKib !== undefined ? {limitUploadKib} : {}),
     ...(window !== undefined ? {window} : {}),
+    maxAgeS: (int(v.max_age_hours) ?? DEFAULT_OFFSITE_MAX_AGE_HOURS) * 3600,
     source: src.ref(path, 'key'),
   }
 }

@@ -146,6 +146,8 @@ export interface OffsiteSettings {
   limitUploadKib?: number
   /** "HH:MM-HH:MM", the VM's local time. */
   window?: string
+  /** `pgi status`: the last off-site copy older than this is degraded (s; default 48 h). */
+  maxAgeS: number
   source: SourceRef
 }
 

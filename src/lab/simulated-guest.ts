@@ -138,6 +138,8 @@ export function runGuestCommand(env: GuestEnv, command: string[], input: string 
       return configure(env, input)
     case 'pgi-backup':
       return backupCommand(env, args)
+    case 'pgi-offsite':
+      return offsiteCommand(env, args, input)
     case 'pgi-db':
       return simulatedPgiDb(env, args)
     case 'pgi-console':
@@ -209,7 +211,9 @@ function health(env: GuestEnv): RunResult {
   checks.backup = backupCheck(env, dbs.length, problems)
   if (env.boot.upgrade.error) problems.push(`upgrade: ${env.boot.upgrade.error}`)
   const healthy = problems.length === 0 && Object.values(checks).every((c) => c.ok)
-  const out = {healthy, image: {name: 'pgi-tryton', version: env.osVersion}, checks, databases: dbs, problems, at: iso(env.now())}
+  // pgi-offsite's status as pgi-health reports it (never among the problems): the simulated guest never pushes
+  const offsite = mounted && readGuestFile(env, `${DATA}/.pgi/offsite.json`) ? {configured: true, state: 'pending', last_success_at: null, age_s: null} : {configured: false}
+  const out = {healthy, image: {name: 'pgi-tryton', version: env.osVersion}, checks, databases: dbs, problems, offsite, at: iso(env.now())}
   return {out: JSON.stringify(out) + '\n', err: '', code: healthy ? 0 : 1}
 }
 
@@ -241,6 +245,31 @@ function backupCheck(env: GuestEnv, dbCount: number, problems: string[]): Record
   const ok = ageDisk !== undefined && ageDisk < FIRST_BACKUP_GRACE_S
   if (!ok) problems.push('backup: no backup of the databases yet')
   return {ok, last: null, age_s: null, detail: ok ? 'first nightly backup pending' : 'no backup yet'}
+}
+
+/**
+ * pgi-offsite: --configure (its checks, the root-only file on the data disk: what deploy sends)
+ * and --status; pushing and --restore need restic and a repository, which the simulated guest
+ * has not (the qemu lab and the image tools' native tests run the real one).
+ */
+function offsiteCommand(env: GuestEnv, args: string[], input: string | undefined): RunResult {
+  const file = `${DATA}/.pgi/offsite.json`
+  if (args[0] === '--status') return ok(JSON.stringify({configured: readGuestFile(env, file) !== undefined, state: null}) + '\n')
+  if (args[0] !== '--configure') return fail(`pgi-offsite: ${args.join(' ') || 'a push'} needs restic and a repository, which the simulated guest has not`, 1)
+  const refuse = (message: string) => fail(`pgi-offsite: ${message}`, 3, JSON.stringify({error: {code: 'invalid', message}}) + '\n')
+  let c: Record<string, unknown>
+  try {
+    c = JSON.parse(input ?? '') as Record<string, unknown>
+  } catch {
+    return refuse('the settings on stdin are not JSON')
+  }
+  if (typeof c !== 'object' || c === null || Array.isArray(c)) return refuse('the settings on stdin are not a JSON object')
+  const unknown = Object.keys(c).filter((k) => !['repository', 'password', 'host', 'limit_upload_kib', 'window'].includes(k))
+  if (unknown.length) return refuse(`unknown setting(s): ${unknown.sort().join(', ')}`)
+  for (const k of ['repository', 'password', 'host']) if (typeof c[k] !== 'string' || c[k] === '') return refuse(`"${k}" is missing`)
+  if (!/^(rest:https?:\/\/|sftp:|s3:|\/)/.test(c.repository as string)) return refuse('"repository" must be a restic repository')
+  if (!writeGuestFile(env, file, Buffer.from(JSON.stringify(c)))) return fail(`pgi-offsite: ${DATA} is not mounted`, 1)
+  return ok(JSON.stringify({configured: true, repository: (c.repository as string).replace(/(https?:\/\/)[^@/]+@/, '$1***@')}) + '\n')
 }
 
 function configure(env: GuestEnv, input: string | undefined): RunResult {

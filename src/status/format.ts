@@ -127,6 +127,7 @@ export function detailLines(e: EstablishmentStatus): string[] {
   if (checks.length > 0) lines.push(`  checks: ${checks.join(', ')}`)
   if (e.dataDisk) lines.push(`  data disk: ${Math.round(e.dataDisk.usedRatio * 100)} % used`)
   if (e.backup) lines.push(`  last backup: ${e.backup.ageS === null ? 'none' : `${humanDuration(e.backup.ageS)} ago`}`)
+  if (e.offsite?.configured) lines.push(`  last off-site copy: ${e.offsite.ageS === null ? 'none yet' : `${humanDuration(e.offsite.ageS)} ago`}${e.offsite.errorClass ? ` (last push failed: ${e.offsite.errorClass})` : ''}`)
   if (e.databases) {
     if (e.databases.length === 0) lines.push('  databases: none')
     else lines.push(`  databases (${e.databases.length}):`)
@@ -201,6 +202,7 @@ export function renderPrometheus(report: StatusReport): string {
       }
     }
     if (e.backup?.ageS !== null && e.backup?.ageS !== undefined) add('pgi_last_backup_age_seconds', 'Age of the last database backup.', l, Math.round(e.backup.ageS))
+    if (e.offsite?.ageS !== null && e.offsite?.ageS !== undefined) add('pgi_offsite_backup_age_seconds', 'Age of the last good off-site copy of the backups (pgi-offsite).', l, Math.round(e.offsite.ageS))
     if (e.databases) add('pgi_databases', 'Number of Tryton databases on the server.', l, e.databases.length)
     if (e.image.running ?? e.image.recorded ?? e.image.wanted) {
       add('pgi_image_info', 'Image version running (from the guest, else the VM metadata) and the one the inventory wants.', {

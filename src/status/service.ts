@@ -93,13 +93,17 @@ export class StatusService {
   async collect(): Promise<StatusReport> {
     const establishments = this.fleet.establishments
     const details = this.opts.databaseDetails === 'one' ? establishments.length === 1 : this.opts.databaseDetails
+    // the off-site copy is judged when the inventory asks for one (its max_age_hours)
+    const offsite = this.fleet.inventory.offsite
+    const base = {...(this.opts.policy ?? DEFAULT_POLICY), ...(this.opts.healthMaxAgeS === undefined ? {} : {healthRecordMaxAgeS: this.opts.healthMaxAgeS})}
+    const policy = offsite ? {...base, offsiteMaxAgeS: base.offsiteMaxAgeS ?? offsite.maxAgeS} : base
     return collectStatus({
       establishments,
       api: (name) => this.fleet.hypervisors.get(name),
       io: this.opts.io,
-      ...pick(this.opts, ['requestTimeoutMs', 'healthTimeoutMs', 'maxParallel', 'perHypervisor', 'policy']),
+      ...pick(this.opts, ['requestTimeoutMs', 'healthTimeoutMs', 'maxParallel', 'perHypervisor']),
       ...(details === undefined ? {} : {databaseDetails: details}),
-      ...(this.opts.healthMaxAgeS === undefined ? {} : {policy: {...(this.opts.policy ?? DEFAULT_POLICY), healthRecordMaxAgeS: this.opts.healthMaxAgeS}}),
+      policy,
     })
   }
 

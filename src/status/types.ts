@@ -41,6 +41,8 @@ export interface PgiHealthReport {
   }
   databases: {name: string; modules?: Record<string, string>}[]
   problems: string[]
+  /** The last off-site push (pgi-offsite's status, reported by pgi-health; never part of `healthy`). */
+  offsite?: {configured: boolean; state?: string | null; last_success_at?: string | null; age_s?: number | null; error_class?: string | null; error?: string | null}
 }
 
 /**
@@ -154,6 +156,12 @@ export interface EstablishmentStatus {
   checks: Record<string, boolean | null>
   dataDisk: {usedBytes: number; sizeBytes: number; usedRatio: number; source: 'pgi-health' | 'agent-fsinfo'} | null
   backup: {last: string | null; ageS: number | null} | null
+  /**
+   * The off-site copy as the server reports it (pgi-offsite via pgi-health): configured, the last
+   * push's state, the last good one and its age, the class of the last failure. null when the
+   * server did not say (an image without pgi-offsite, health unknown).
+   */
+  offsite: {configured: boolean; state: string | null; lastSuccess: string | null; ageS: number | null; errorClass: string | null} | null
   databases: DatabaseStatus[] | null
   rollout: RolloutMarkState | null
   /** pgi-health's own problem list, verbatim. */
@@ -203,4 +211,9 @@ export interface VerdictPolicy {
    * stale: its checks are not used and the verdict is unknown (s). The image writes it every 2 min.
    */
   healthRecordMaxAgeS: number
+  /**
+   * Age of the last off-site copy beyond which the server is degraded (s): the inventory's
+   * offsite.max_age_hours. Absent when the inventory has no offsite: section (not judged).
+   */
+  offsiteMaxAgeS?: number
 }

@@ -113,7 +113,12 @@ export function healthReportFrom(raw: unknown): {report: PgiHealthReport} | {err
         ...(typeof raw.image.version === 'string' ? {version: raw.image.version} : {}),
       }
     : undefined
-  return {report: {healthy: raw.healthy, ...(image ? {image} : {}), checks, databases, problems}}
+  const o = raw.offsite
+  const str = (v: unknown) => (typeof v === 'string' ? v : null)
+  const offsite: PgiHealthReport['offsite'] = isRecord(o) && typeof o.configured === 'boolean'
+    ? {configured: o.configured, state: str(o.state), last_success_at: str(o.last_success_at), age_s: typeof o.age_s === 'number' && Number.isFinite(o.age_s) ? o.age_s : null, error_class: str(o.error_class), error: str(o.error)}
+    : undefined
+  return {report: {healthy: raw.healthy, ...(image ? {image} : {}), checks, databases, problems, ...(offsite ? {offsite} : {})}}
 }
 
 /**
@@ -206,6 +211,37 @@ function backupAgeS(h: PgiHealthReport, now: Date): number | undefined {
   return ageS(b.last, now)
 }
 
+function offsiteAgeS(h: PgiHealthReport, now: Date): number | undefined {
+  const o = h.offsite
+  if (!o) return undefined
+  if (typeof o.age_s === 'number') return o.age_s
+  return ageS(o.last_success_at, now)
+}
+
+/**
+ * The off-site copy, judged only when the inventory asks for one (policy.offsiteMaxAgeS): not
+ * configured on the server, or its last good copy older than the threshold (with the last
+ * failure's class: unreachable, wrong_key, repository_full…), is degraded. A server younger than
+ * the first night's grace with no copy yet only gets a note. pgi-health itself never judges it
+ * (an unreachable Région must not fail a rollout's gate).
+ */
+function offsiteReasons(obs: Observation, h: PgiHealthReport, now: Date, p: VerdictPolicy, reasons: string[], notes: string[]): void {
+  const o = h.offsite
+  if (p.offsiteMaxAgeS === undefined || !o) return
+  if (!o.configured) {
+    reasons.push('off-site copies are not configured on the server (pgi deploy gives it its settings)')
+    return
+  }
+  const age = offsiteAgeS(h, now)
+  const failing = o.error_class ? ` (last push: ${o.error_class})` : ''
+  const young = (ageS(obs.deployedAt, now) ?? obs.uptimeS ?? Infinity) < p.backupGraceS + p.offsiteMaxAgeS
+  if (age === undefined) {
+    if (young) notes.push(`no off-site copy yet${failing}`)
+    else reasons.push(`no off-site copy was ever made${failing}`)
+  } else if (age > p.offsiteMaxAgeS) reasons.push(`the last off-site copy is ${humanDuration(age)} old${failing}`)
+  else if (o.error_class) notes.push(`the last off-site push failed (${o.error_class}); the copy of ${humanDuration(age)} ago is the latest`)
+}
+
 /** What the running server's own checks say is wrong (degraded reasons), in a fixed order. */
 function healthReasons(obs: Observation, h: PgiHealthReport, now: Date, p: VerdictPolicy): {reasons: string[]; notes: string[]} {
   const reasons: string[] = []
@@ -233,6 +269,7 @@ function healthReasons(obs: Observation, h: PgiHealthReport, now: Date, p: Verdi
   for (const [name, check] of Object.entries(c)) {
     if (check && !check.ok && !['postgresql', 'trytond', 'web', 'data_disk', 'backup'].includes(name)) reasons.push(`the server's check "${name}" fails`)
   }
+  offsiteReasons(obs, h, now, p, reasons, notes)
   if (reasons.length === 0 && !h.healthy) {
     reasons.push(h.problems[0] ? `the server reports: ${h.problems[0]}` : 'the server reports a problem (pgi-health failed)')
   }
@@ -409,6 +446,9 @@ export function toEstablishmentStatus(observed: Observation, now: Date, p: Verdi
         }
       : null,
     backup: h?.checks.backup ? {last: h.checks.backup.last ?? null, ageS: backupAgeS(h, now) ?? null} : null,
+    offsite: h?.offsite
+      ? {configured: h.offsite.configured, state: h.offsite.state ?? null, lastSuccess: h.offsite.last_success_at ?? null, ageS: offsiteAgeS(h, now) ?? null, errorClass: h.offsite.error_class ?? null}
+      : null,
     databases: h ? databaseStatuses(h, obs.dbList) : null,
     rollout: obs.rollout ?? null,
     problems: h?.problems ?? [],

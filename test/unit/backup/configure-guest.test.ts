@@ -40,7 +40,7 @@ function target(): GuestTarget {
 }
 
 function settings(over: Partial<OffsiteSettings> = {}): OffsiteSettings {
-  return {repository: 'rest:http://10.0.2.100:8000/{uai}/', regionRepository: '/srv/restic/{uai}', repositories: new Map(), retention: {daily: 7, weekly: 4, monthly: 12}, limitUploadKib: 2048, window: '01:00-06:00', source: {file: 'x.yaml', line: 1, column: 1}, ...over}
+  return {repository: 'rest:http://10.0.2.100:8000/{uai}/', regionRepository: '/srv/restic/{uai}', repositories: new Map(), retention: {daily: 7, weekly: 4, monthly: 12}, limitUploadKib: 2048, window: '01:00-06:00', maxAgeS: 48 * 3600, source: {file: 'x.yaml', line: 1, column: 1}, ...over}
 }
 
 describe('configureGuestOffsite with the image\'s pgi-offsite', () => {

@@ -3,7 +3,9 @@
  * pgi-backup (throwaway PostgreSQL cluster) pushed by the real restic to a real
  * `rclone serve restic --append-only` on 127.0.0.1 — first push and the Région's restore, a second
  * night that sends next to nothing, deletion refused from the VM's side, wrong key / unreachable /
- * full repository told apart, the transfer window, a push cut mid-way and resumed. The Python
+ * full repository told apart, the transfer window, a push cut mid-way and resumed, and --restore (bad requests, unknown snapshot,
+ * wrong key, existing databases refused, a lost server's databases back with the manifest's row
+ * counts and a login, --replace keeping what it replaces). The Python
  * suite test_offsite.py, each of its tests reported as one test below; skipped, with the reason,
  * where pgi-db.test.ts is or without restic and rclone.
  */

@@ -8,7 +8,10 @@ command line, in the status or the output); the Région restores it and the dump
 manifest; a second night without change sends next to nothing; the VM cannot delete a snapshot;
 wrong key, unreachable and full repositories are told apart and leave the local backups alone;
 the transfer window defers; a push cut mid-way resumes without sending again the packs that
-arrived (bytes measured).
+arrived (bytes measured). --restore (what `pgi backup restore` runs on the target VM): bad
+requests, an unknown snapshot and a wrong key change nothing; existing databases are refused; after
+the databases are lost, they come back from the snapshot with the manifest's row counts and a
+working Tryton login; with replace, each one is dumped first.
 
 Run: /usr/bin/python3 -m unittest -v test_offsite (as root, in this folder), or through vitest
 (offsite.test.ts). The tests share one lab and run in order (test_NN_).
@@ -358,6 +361,143 @@ class Offsite(unittest.TestCase):
             p.wait(10)
         finally:
             subprocess.run(['umount', '-l', full])
+
+    def test_10b_a_push_cut_by_the_link_resumes_too(self):
+        # the Région's server goes away mid-push (a cut link, not a stop): restic's uploads fail,
+        # the push ends failed/unreachable; the next run indexes what arrived and sends the rest
+        lab.psql('CREATE DATABASE bulk2')
+        lab.psql("CREATE TABLE noise AS SELECT i, encode(decode(md5(random()::text) || md5(random()::text), 'hex') || "
+                 "decode(md5(random()::text) || md5(random()::text), 'hex'), 'base64') AS v FROM generate_series(1, 300000) i", db='bulk2')
+        time.sleep(1.1)
+        stamp = nightly()
+        size = os.path.getsize(os.path.join(lab.data, 'backups', stamp, 'bulk2.dump'))
+        global rclone
+        write_config(limit_upload_kib=2048)
+        before = repo_bytes()
+        p = subprocess.Popen([pgitest.PYTHON, os.path.join(pgitest.SBIN, 'pgi-offsite'), '--now'], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env=lab.env(PGI_RESTIC='/usr/bin/restic', PGI_OFFSITE_STALL_S='20'))
+        deadline = time.time() + 120
+        while repo_bytes() - before < 9 << 20 and time.time() < deadline and p.poll() is None:
+            time.sleep(0.2)
+        self.assertIsNone(p.poll(), 'the push was still running when the link was cut')
+        os.killpg(rclone.pid, signal.SIGKILL)
+        rclone.wait(10)
+        out, err = p.communicate(timeout=600)
+        st = status()
+        arrived = repo_bytes() - before
+        self.assertEqual((st['state'], st['error_class']), ('failed', 'unreachable'), st)
+        rclone = start_rclone(REPO_DIR, PORT)
+        write_config()
+        rc, out, err = offsite()
+        self.assertEqual((rc, out['state'], out['set']), (0, 'ok', stamp), err)
+        sys.stderr.write('push cut by the link: dump %d bytes, %d arrived before the cut, %d sent by the next run\n' % (size, arrived, out['bytes_sent']))
+        # what arrived whole is not sent again; the packs in flight at the cut (one upload at a time,
+        # 4 MiB packs, the server killed mid-write) are
+        self.assertLess(out['bytes_sent'], size - arrived + (8 << 20), 'the next run sent again what had arrived')
+        self.assertEqual(region('check').returncode, 0)
+
+    # --restore: another server (here the same lab, its databases dropped) brings back the
+    # databases of an off-site snapshot, checked against the manifest, with a working login
+
+    def restore(self, snapshot='latest', replace=None, password=PASSWORD, **extra):
+        req = {'repository': 'rest:http://127.0.0.1:%d/' % PORT, 'password': password, 'snapshot': snapshot}
+        if replace is not None:
+            req['replace'] = replace
+        req.update(extra)
+        return offsite('--restore', stdin=json.dumps(req).encode())
+
+    def latest_manifest(self):
+        snap = sorted(snapshots(), key=lambda s: s['time'])[-1]
+        target = os.path.join(lab.dir, 'manifest-of-latest')
+        r = region('restore', snap['id'], '--target', target, '--include', os.path.join(lab.data, 'backups', '.offsite', 'nightly', 'manifest.json'))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(target + os.path.join(lab.data, 'backups', '.offsite', 'nightly', 'manifest.json')) as f:
+            m = json.load(f)
+        shutil.rmtree(target)
+        return snap, m
+
+    def assertNoWorkLeft(self):
+        self.assertEqual([d for d in os.listdir(os.path.join(lab.data, 'backups')) if d.startswith('.restore-')], [])
+
+    def test_11_restore_bad_requests_change_nothing(self):
+        dbs = lab.databases()
+        for stdin, word in ((b'not json', 'not JSON'), (json.dumps({'repository': 'rest:http://127.0.0.1:1/'}).encode(), 'password'),
+                            (json.dumps({'repository': 'ftp://x/', 'password': 'x'}).encode(), 'repository'),
+                            (json.dumps({'repository': 'rest:http://127.0.0.1:1/', 'password': 'x', 'snapshot': 'last; rm -rf /'}).encode(), 'snapshot'),
+                            (json.dumps({'repository': 'rest:http://127.0.0.1:1/', 'password': 'x', 'colour': 1}).encode(), 'colour')):
+            rc, out, err = offsite('--restore', stdin=stdin)
+            self.assertEqual((rc, out['error']['code']), (3, 'invalid'), (stdin, out, err))
+            self.assertIn(word, out['error']['message'])
+        self.assertEqual(lab.databases(), dbs)
+        self.assertNoWorkLeft()
+
+    def test_12_restore_unknown_snapshot_and_wrong_key(self):
+        dbs = lab.databases()
+        rc, out, err = self.restore('deadbeef')
+        self.assertEqual((rc, out['error']['code']), (4, 'no_snapshot'), (out, err))
+        rc, out, err = self.restore(password='not-the-key')
+        self.assertEqual((rc, out['error']['code']), (1, 'offsite_wrong_key'), (out, err))
+        self.assertNotIn('not-the-key', json.dumps(out) + err)
+        self.assertEqual(lab.databases(), dbs)
+        self.assertNoWorkLeft()
+
+    def test_13_restore_refuses_to_overwrite(self):
+        snap, m = self.latest_manifest()
+        names = sorted(e['name'] for e in m['databases'])
+        self.assertIn('pgi', names)
+        before = {n: lab.psql('SELECT count(*) FROM res_user', db=n) for n in names if n == 'pgi'}
+        rc, out, err = self.restore()
+        self.assertEqual((rc, out['error']['code']), (5, 'exists'), (out, err))
+        self.assertEqual(sorted(out['error']['databases']), sorted(n for n in names if n in lab.databases()))
+        self.assertEqual({n: lab.psql('SELECT count(*) FROM res_user', db=n) for n in before}, before)
+        self.assertFalse([d for d in lab.databases() if d.startswith('pgi_tmp_')])
+        self.assertNoWorkLeft()
+
+    def test_14_restore_after_the_server_was_lost(self):
+        snap, m = self.latest_manifest()
+        names = sorted(e['name'] for e in m['databases'])
+        for n in names:
+            if n in lab.databases():
+                lab.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '%s'" % n)
+                lab.psql('DROP DATABASE "%s" WITH (FORCE)' % n)
+        self.assertFalse(set(names) & set(lab.databases()))
+        open(os.path.join(lab.dir, 'restic-argv.log'), 'w').close()
+        t0 = time.monotonic()
+        rc, out, err = self.restore(snap['short_id'])
+        self.assertEqual(rc, 0, (out, err))
+        sys.stderr.write('restore of %d database(s) (%d bytes of dumps) from snapshot %s: %.1f s\n'
+                         % (len(names), sum(e['size'] for e in m['databases']), snap['short_id'], time.monotonic() - t0))
+        self.assertEqual((out['snapshot'], out['host']), (snap['short_id'], UAI))
+        self.assertEqual(sorted(d['name'] for d in out['databases']), names)
+        self.assertTrue(set(names) <= set(lab.databases()))
+        for e in m['databases']:
+            d = next(x for x in out['databases'] if x['name'] == e['name'])
+            self.assertTrue(d['row_counts_match'])
+            self.assertEqual(d['row_counts'], e['row_counts'])
+            self.assertFalse(d['replaced'])
+            self.assertEqual(d['figures_checked'], bool(e.get('figures')))
+        pgi = next(x for x in out['databases'] if x['name'] == 'pgi')
+        self.assertEqual((pgi['tryton'], pgi['login']), (True, True), pgi)
+        self.assertTrue(out['login_ok'])
+        # the restored database answers a real client: the administrator logs in with this server's password
+        res = lab.rpc('pgi', 'common.db.login', ['admin', {'password': pgitest.ADMIN_PASSWORD}, 'fr'])
+        self.assertTrue(res.get('result'), res)
+        with open(os.path.join(lab.dir, 'restic-argv.log')) as f:
+            calls = f.read()
+        self.assertIn('restore', calls)
+        self.assertNotIn(PASSWORD, calls + json.dumps(out) + err)
+        self.assertFalse([d for d in lab.databases() if d.startswith('pgi_tmp_')])
+        self.assertNoWorkLeft()
+
+    def test_15_restore_with_replace_keeps_what_it_replaces(self):
+        snap, m = self.latest_manifest()
+        rc, out, err = self.restore(replace=True)
+        self.assertEqual(rc, 0, (out, err))
+        self.assertTrue(all(d['replaced'] for d in out['databases']), out)
+        self.assertEqual(len(out['kept']), len(m['databases']))
+        rc, listed, err = lab.db('backups', 'pgi')
+        self.assertIn('before-replace', [b['kind'] for b in listed])
+        self.assertNoWorkLeft()
 
 
 if __name__ == '__main__':

@@ -89,6 +89,14 @@ describe('prometheus', () => {
     expect(text).not.toContain('pgi_vm_running{')
     expect(text).not.toContain('pgi_health_check{')
     expect(text).not.toContain('pgi_last_backup_age_seconds{')
+    expect(text).not.toContain('pgi_offsite_backup_age_seconds{')
+  })
+
+  it('reports the age of the last off-site copy', () => {
+    const h = healthyReport({offsite: {configured: true, state: 'ok', last_success_at: '2026-11-22T03:00:00Z', age_s: 14400, error_class: null}})
+    const text = renderPrometheus(report([obs({health: h})]))
+    expect(text).toContain('# TYPE pgi_offsite_backup_age_seconds gauge')
+    expect(text).toMatch(/^pgi_offsite_backup_age_seconds\{uai="[0-9A-Z]+",hypervisor="[^"]+",node="[^"]+"\} 14400$/m)
   })
 
   it('escapes label values', () => {

@@ -3,7 +3,7 @@ import {describe, expect, it} from 'vitest'
 import {ErrorCode} from '../../../src/errors.js'
 import {PveApiError} from '../../../src/proxmox/errors.js'
 import {CallTimeout, toProbeError} from '../../../src/status/probe-error.js'
-import {humanDuration, judge, parseHealthOutput, rolloutState, statusExitCode, toEstablishmentStatus} from '../../../src/status/verdict.js'
+import {DEFAULT_POLICY, humanDuration, judge, parseHealthOutput, rolloutState, statusExitCode, toEstablishmentStatus} from '../../../src/status/verdict.js'
 import {healthyReport, NOW, obs} from './fixtures.js'
 
 describe('judge', () => {
@@ -107,6 +107,33 @@ describe('judge', () => {
     expect(young.verdict).toBe('healthy')
     expect(young.notes[0]).toMatch(/no backup yet/)
     expect(judge(obs({health: h, deployedAt: '2026-11-01T01:00:00Z'}), NOW)).toMatchObject({verdict: 'degraded', reasons: ['no backup of the databases was found']})
+  })
+
+  it('the off-site copy: judged only when the inventory asks for one; stale, never made or not configured degrades, with the last failure\'s class', () => {
+    const P = {...DEFAULT_POLICY, offsiteMaxAgeS: 48 * 3600}
+    const fresh = healthyReport({offsite: {configured: true, state: 'ok', last_success_at: '2026-11-22T03:00:00Z', age_s: 4 * 3600, error_class: null}})
+    expect(judge(obs({health: fresh}), NOW, P)).toMatchObject({verdict: 'healthy', reasons: []})
+    const stale = healthyReport({offsite: {configured: true, state: 'failed', last_success_at: '2026-11-18T03:00:00Z', age_s: 4 * 86400 + 4 * 3600, error_class: 'wrong_key'}})
+    expect(judge(obs({health: stale}), NOW, P)).toMatchObject({verdict: 'degraded', reasons: ['the last off-site copy is 4 days old (last push: wrong_key)']})
+    // the same report with no offsite: section in the inventory: not judged
+    expect(judge(obs({health: stale}), NOW).verdict).toBe('healthy')
+    // a failed push within the threshold is a note
+    const failedOnce = healthyReport({offsite: {configured: true, state: 'failed', last_success_at: '2026-11-21T03:00:00Z', age_s: 28 * 3600, error_class: 'unreachable'}})
+    const f = judge(obs({health: failedOnce}), NOW, P)
+    expect(f.verdict).toBe('healthy')
+    expect(f.notes).toContain('the last off-site push failed (unreachable); the copy of 28 h ago is the latest')
+    const off = healthyReport({offsite: {configured: false}})
+    expect(judge(obs({health: off}), NOW, P).reasons).toEqual(['off-site copies are not configured on the server (pgi deploy gives it its settings)'])
+    const never = healthyReport({offsite: {configured: true, state: 'pending', last_success_at: null, age_s: null}})
+    expect(judge(obs({health: never, deployedAt: '2026-11-21T20:00:00Z'}), NOW, P)).toMatchObject({verdict: 'healthy', notes: ['no off-site copy yet']})
+    expect(judge(obs({health: never, deployedAt: '2026-11-01T01:00:00Z'}), NOW, P)).toMatchObject({verdict: 'degraded', reasons: ['no off-site copy was ever made']})
+    expect(toEstablishmentStatus(obs({health: stale}), NOW, P).offsite).toEqual({configured: true, state: 'failed', lastSuccess: '2026-11-18T03:00:00Z', ageS: 4 * 86400 + 4 * 3600, errorClass: 'wrong_key'})
+    expect(toEstablishmentStatus(obs(), NOW, P).offsite).toBeNull()
+  })
+
+  it('reads the off-site part of pgi-health\'s output', () => {
+    const r = parseHealthOutput(JSON.stringify({...healthyReport(), offsite: {configured: true, state: 'ok', last_success_at: '2026-11-22T03:00:00Z', age_s: 14400, error_class: null, error: null, bytes_sent: 12}}))
+    expect('report' in r && r.report.offsite).toEqual({configured: true, state: 'ok', last_success_at: '2026-11-22T03:00:00Z', age_s: 14400, error_class: null, error: null})
   })
 
   it('unhealthy without a known failing check uses the guest problem text', () => {

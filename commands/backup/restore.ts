@@ -1,0 +1,57 @@
+import {Flags} from '@oclif/core'
+
+import {BaseCommand} from '../../src/cli/base-command.js'
+import {uaiArg} from '../../src/cli/db.js'
+import {inventoryFlag, secretsDirFlag} from '../../src/cli/flags.js'
+import {ExitCode} from '../../src/exit-codes.js'
+import type {RestoreResult} from '../../src/backup/restore.js'
+
+export default class BackupRestore extends BaseCommand<typeof BackupRestore> {
+  static override summary = "Rebuild an establishment's databases from its off-site copy on another establishment's server."
+  static override description = `For when a server is lost: its databases come back from the off-site repository onto the VM of another establishment of the inventory (the replacement server, or a Région server while the school's hardware is replaced), deployed first with \`pgi deploy UAI2\`.
+
+The target VM restores the snapshot itself (restic, with the source's key from the secret store, given over the guest agent's standard input), checks each dump against the backup's manifest, restores every database, compares its row counts and business figures with the manifest before any database takes its name (a difference changes nothing), then logs in to each one with Tryton. The target's AMI gets a new handoff listing the databases.
+
+Databases of the same name on the target are never overwritten unless --replace is given and confirmed by typing the target's UAI (or --yes); each one is kept first as a before-replace dump. Exit 1 when a database was restored but refused a Tryton login.`
+  static override examples = [
+    {description: "The lost server's latest copy onto its replacement", command: '<%= config.bin %> <%= command.id %> 0130040Y --to 0130099K'},
+    {description: 'A given snapshot, as JSON', command: '<%= config.bin %> <%= command.id %> 0130040Y --snapshot 4f2a9c1e --to 0130099K --json'},
+  ]
+
+  static override args = {uai: uaiArg}
+  static override flags = {
+    inventory: inventoryFlag,
+    'secrets-dir': secretsDirFlag,
+    to: Flags.string({summary: 'UAI of the establishment whose server receives the databases (deployed first).', required: true}),
+    snapshot: Flags.string({summary: 'The off-site snapshot to restore (`pgi backup list UAI --no-local`): an id, or latest.', default: 'latest'}),
+    replace: Flags.boolean({summary: "Replace the target's databases of the same names (asks to type the target's UAI; each one is dumped first).", default: false}),
+    'handoff-dir': Flags.string({summary: "Folder of the target AMI's new handoff (default: the state dir's handoffs/)."}),
+  }
+
+  async run(): Promise<RestoreResult> {
+    const {restoreBackup} = await import('../../src/backup/restore.js')
+    const f = this.flags
+    const r = await restoreBackup({
+      inventoryPath: f.inventory,
+      secretsDir: f['secrets-dir'],
+      io: this.io,
+      uai: this.args.uai,
+      to: f.to,
+      snapshot: f.snapshot,
+      replace: f.replace,
+      ...(f['handoff-dir'] !== undefined ? {handoffDir: f['handoff-dir']} : {}),
+      confirm: (q) => this.confirmTyped(q, f.to),
+    })
+    this.table(
+      ['database', 'row counts', 'figures', 'login', 'replaced', 'seconds'],
+      r.databases.map((d) => [d.name, d.row_counts_match ? 'match' : 'DIFFER', d.figures_checked ? 'match' : '-', d.login === null ? '-' : d.login ? 'ok' : `FAILED ${d.login_error ?? ''}`.trim(), d.replaced ? 'yes' : 'no', String(d.seconds)]),
+    )
+    if (!this.jsonEnabled()) {
+      this.log(`${r.to}: ${r.databases.length} database(s) of ${r.from} restored from snapshot ${r.snapshot} (${r.snapshotTime}${r.set ? `, nightly set ${r.set}` : ''}) in ${r.seconds} s`)
+      if (r.kept.length) this.log(`kept before replacing: ${r.kept.join(', ')}`)
+      if (r.handoff) this.log(`new handoff for ${r.to}'s AMI: ${r.handoff}`)
+    }
+    if (!r.loginOk) this.status = ExitCode.FAILURE
+    return r
+  }
+}
