@@ -2,7 +2,8 @@ import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../src/cli/base-command.js'
 import {uaiArg} from '../../src/cli/db.js'
-import {inventoryFlag, secretsDirFlag} from '../../src/cli/flags.js'
+import {handoffTarget} from '../../src/cli/fleet.js'
+import {handoffTargetFlags, inventoryFlag, secretsDirFlag} from '../../src/cli/flags.js'
 import {ExitCode} from '../../src/exit-codes.js'
 import type {RestoreResult} from '../../src/backup/restore.js'
 
@@ -25,7 +26,7 @@ Databases of the same name on the target are never overwritten unless --replace 
     to: Flags.string({summary: 'UAI of the establishment whose server receives the databases (deployed first).', required: true}),
     snapshot: Flags.string({summary: 'The off-site snapshot to restore (`pgi backup list UAI --no-local`): an id, or latest.', default: 'latest'}),
     replace: Flags.boolean({summary: "Replace the target's databases of the same names (asks to type the target's UAI; each one is dumped first).", default: false}),
-    'handoff-dir': Flags.string({summary: "Folder of the target AMI's new handoff (default: the state dir's handoffs/)."}),
+    ...handoffTargetFlags,
   }
 
   async run(): Promise<RestoreResult> {
@@ -39,7 +40,7 @@ Databases of the same name on the target are never overwritten unless --replace 
       to: f.to,
       snapshot: f.snapshot,
       replace: f.replace,
-      ...(f['handoff-dir'] !== undefined ? {handoffDir: f['handoff-dir']} : {}),
+      ...(await handoffTarget(f, this.io)),
       confirm: (q) => this.confirmTyped(q, f.to),
     })
     this.table(

@@ -20,10 +20,11 @@ import {ErrorCode, UserError, type ErrorCodeValue} from '../errors.js'
 import {ExitCode, type ExitCodeValue} from '../exit-codes.js'
 import {FleetSession} from '../fleet/open.js'
 import type {GuestTarget} from '../fleet/guest.js'
-import {issueHandoff, readHandoffDatabases, type HandoffConnection} from '../fleet/handoff.js'
+import {storeCredentials, type ConnectionSource} from '../fleet/credentials.js'
+import {readHandoffDatabases} from '../fleet/handoff.js'
 import {offsiteRepositories} from '../inventory/offsite-rules.js'
 import type {Establishment, OffsiteSettings} from '../inventory/types.js'
-import {stateDir} from '../paths.js'
+import {journalDir, stateDir} from '../paths.js'
 import type {Secret} from '../secret.js'
 import {GUEST_OFFSITE, offsiteSnapshots, readOffsitePassword, redactUrl, requireOffsite, type OffsiteSnapshot} from './offsite.js'
 import type {BackupRequest} from './service.js'
@@ -42,10 +43,10 @@ export interface RestoreRequest extends BackupRequest {
   replace: boolean
   /** Asked before databases of the target are replaced; throws to stop. */
   confirm: (question: string) => Promise<void>
-  /** Folder of the new AMI handoff (default `<state dir>/handoffs`). */
+  /** Folder of the new AMI handoff (default: where deploy wrote the target's, else `<state dir>/handoffs`). */
   handoffDir?: string
   /** How the AMI reaches the target VM, when not at the inventory address (a lab's forwarded ports). */
-  connection?: (est: Establishment) => Promise<HandoffConnection | undefined> | HandoffConnection | undefined
+  connection?: ConnectionSource
   /** The guest's whole restore (restic restore over the link, pg_restore): default 6 h. */
   timeoutMs?: number
 }
@@ -222,14 +223,17 @@ export async function restoreBackup(req: RestoreRequest): Promise<RestoreResult>
     // the AMI of the target: a new handoff listing the databases the server has now
     try {
       const databases = await readHandoffDatabases(t.api, to, req.io)
-      const issued = await issueHandoff(to, {
+      // deploy's record of where the target's handoff lives, rewritten there (it lists the databases)
+      const env = req.env ?? process.env
+      const creds = storeCredentials({
         store: fleet.secrets,
-        outDir: req.handoffDir ?? join(stateDir(req.env ?? process.env), 'handoffs'),
+        handoffDir: req.handoffDir ?? join(stateDir(env), 'handoffs'),
+        explicitDir: req.handoffDir !== undefined,
+        recordDir: join(journalDir(env), 'handoffs'),
         io: req.io,
-        ...(databases ? {databases} : {}),
-        ...((await req.connection?.(to)) ? {connection: await req.connection!(to)} : {}),
+        connection: req.connection,
       })
-      result.handoff = issued.file
+      result.handoff = await creds.writeHandoff(to, databases ? {databases} : {})
     } catch (err) {
       result.handoffError = err instanceof Error ? err.message : String(err)
       req.io.warn(`${to.uai}: the new handoff was not written: ${result.handoffError}; \`pgi credentials handoff ${to.uai}\` writes it`)
