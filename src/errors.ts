@@ -93,6 +93,10 @@ export const ErrorCode = {
   // off-site copies of the backups (src/backup): no offsite: section, restic failed (BACKUP_FAILED: a local backup)
   BACKUP_NOT_CONFIGURED: 'PGI_BACKUP_NOT_CONFIGURED',
   OFFSITE_FAILED: 'PGI_OFFSITE_FAILED',
+  /** Delta delivery (docs/delivery.md): the chunk store cannot be read, its delivery.json is not validly signed, a guest's assembly failed. */
+  STORE_UNREACHABLE: 'PGI_STORE_UNREACHABLE',
+  DELIVERY_INVALID: 'PGI_DELIVERY_INVALID',
+  STAGE_FAILED: 'PGI_STAGE_FAILED',
 } as const
 
 export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode]
