@@ -318,7 +318,7 @@ export function progressOf(st: GuestStageStatus, now: Date): StageProgress {
     const secs = (now.getTime() - Date.parse(st.started)) / 1000
     // the disk's bytes written per second since this run started; the read-back for the
     // digest that follows is not counted (a local read, minutes at most)
-    if (secs > 0) p.etaS = Math.round((diskTotal - diskDone) / (diskDone / secs))
+    if (secs > 0) p.etaS = Math.max(0, Math.round((diskTotal - diskDone) / (diskDone / secs)))
   }
   return p
 }
@@ -398,6 +398,17 @@ export async function stageDelta(t: DeltaTarget, opts: DeltaStageOptions): Promi
     STAGE_DEVICE,
     ...(opts.rateLimitBps ? ['--rate-limit-bps', String(opts.rateLimitBps)] : []),
   ]
+  // what the guest's tool last did: a run of this version that ended (failed, cut) is continued
+  // by a new start, and its old status must not be taken for the new run's; a run that already
+  // assembled and verified this version (pgi stopped before recording it) is recorded as it is
+  const before = await guestStageStatus(t)
+  const sameVersion = before?.raw_sha256 === d.raw.sha256
+  if (before && sameVersion && before.state === 'done' && before.sha256 === d.raw.sha256) {
+    await writeStaged(t, (cur) => (cur ? {...cur, state: 'verified', verifiedAt: now().toISOString(), error: undefined} : cur))
+    return {outcome: 'staged', progress: progressOf(before, now()), volume: disk.volume}
+  }
+  const stale = (st: GuestStageStatus) => before !== undefined && sameVersion && before.state !== 'running' && st.state === before.state && st.started === before.started && st.runs === before.runs
+  const startedAt = Date.now()
   const started = await exec(args, 120_000)
   const st0 = parseStatus(started.stdout)
   if (started.exitcode !== 0 || !st0) {
@@ -411,6 +422,10 @@ export async function stageDelta(t: DeltaTarget, opts: DeltaStageOptions): Promi
     await sleep(opts.pollMs, opts.signal)
     const st = await guestStageStatus(t)
     if (!st) throw new UserError(ErrorCode.STAGE_FAILED, 'pgi-stage-delta vanished from the guest', {where: whereOf(t)})
+    if (stale(st)) {
+      if (Date.now() - startedAt > 180_000) throw new UserError(ErrorCode.STAGE_FAILED, `pgi-stage-delta did not start a new run within 3 minutes (its last run: ${st.state}${st.error ? `, ${st.error}` : ''})`, {where: whereOf(t), suggestions: ['Look at `journalctl -u pgi-stage-delta` in the guest, then run stage again.']})
+      continue
+    }
     const p = progressOf(st, now())
     // a status of another version (a run left from before) is not this staging's
     const mine = st.raw_sha256 === undefined || st.raw_sha256 === d.raw.sha256
