@@ -30,8 +30,10 @@ import type {PveApi} from '../../../src/proxmox/types.js'
  *    reason shown.
  *
  * Opt-in (PGI_E2E_DELTA=1): images of two versions with the tool in PGI_E2E_DELTA_IMAGES (the
- * folder `pgi image build` writes, its `../secrets` holding the signing key, e.g. a state folder's
- * images), PGI_E2E_DELTA_FROM / PGI_E2E_DELTA_TO (default 1.0.0 → 1.0.1).
+ * images folder of a state folder where `pgi image build` made them: its `../secrets` and
+ * `../age-identity.txt` sign the store), PGI_E2E_DELTA_FROM / PGI_E2E_DELTA_TO (default
+ * 1.0.0 → 1.0.1). `PGI_E2E_DELTA=1 PGI_E2E_DELTA_IMAGES=<state>/images npx vitest run
+ * test/e2e/rollout/delta.test.ts`.
  */
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..')
@@ -54,9 +56,9 @@ let storeUrl: string
 let newBytes = 0
 let indexBytes = 0
 
-async function pgi(args: string[], opts: {allowFailure?: boolean} = {}) {
+async function pgi(args: string[], opts: {allowFailure?: boolean; env?: Record<string, string>} = {}) {
   const t = Date.now()
-  const r = await run('node', [CLI, ...args], {env, allowFailure: true, timeoutMs: 3 * 3600_000})
+  const r = await run('node', [CLI, ...args], {env: {...env, ...opts.env}, allowFailure: true, timeoutMs: 3 * 3600_000})
   note(`pgi ${args.slice(0, 3).join(' ')}: exit ${r.exitCode} in ${Math.round((Date.now() - t) / 1000)} s`)
   if (r.exitCode !== 0 && !opts.allowFailure) throw new Error(`pgi ${args.join(' ')} exited ${r.exitCode}:\n${r.stderr.slice(-4000)}\n${r.stdout.slice(-2000)}`)
   return r
@@ -95,7 +97,8 @@ describe.skipIf(process.env.PGI_E2E_DELTA !== '1' || !process.env.PGI_E2E_DELTA_
     delete env.PGI_IMAGES_DIR
     // both versions into one store: what v1.1 adds is what a v1 guest lacks
     for (const v of [FROM, TO]) {
-      const p = await pgi(['image', 'publish', v, '--store', storeDir, '--images-dir', imagesRoot, '--secrets-dir', join(dirname(src), 'secrets'), '--json'])
+      // signed with the build's key: its secret store and age identity beside its images folder
+      const p = await pgi(['image', 'publish', v, '--store', storeDir, '--images-dir', imagesRoot, '--secrets-dir', join(dirname(src), 'secrets'), '--json'], {env: {PGI_AGE_IDENTITY: join(dirname(src), 'age-identity.txt')}})
       const res = (JSON.parse(p.stdout) as {result: {chunks: {newBytes: number}; index: {sizeBytes: number}}}).result
       if (v === TO) {
         newBytes = res.chunks.newBytes
