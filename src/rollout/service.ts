@@ -150,8 +150,11 @@ export async function planRollout(req: PlanRequest): Promise<{version: string; i
               }
             }
           }
-          const s = image ? await stagedOn(e) : undefined
-          if (typeof s === 'string') row.blockers.push(`import storage: ${s}`)
+          // staged by delta: a disk verified for this version recorded on the VM needs no import
+          const byDelta = meta?.staged?.state === 'verified' && meta.staged.version === version && (!image?.rawSha256 || meta.staged.rawSha256 === image.rawSha256)
+          const s = image && !byDelta ? await stagedOn(e) : undefined
+          if (byDelta) row.staged = true
+          else if (typeof s === 'string') row.blockers.push(`import storage: ${s}`)
           else if (s && image) row.staged = s.has(importVolid(fleet.hypervisors.definition(e.hypervisor), image))
         } catch (err) {
           row.blockers.push(asPgiError(err).message)
