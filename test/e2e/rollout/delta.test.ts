@@ -79,7 +79,9 @@ async function linkSim(site: Record<string, unknown>) {
 }
 
 async function linkBytes(): Promise<number> {
-  const s = JSON.parse(await readFile(join(labDir, 'run', 'link-sim.json'), 'utf8')) as {sites: Record<string, {bytesDown?: number}>}
+  // written by the simulator after the first bytes it carries
+  const text = await readFile(join(labDir, 'run', 'link-sim.json'), 'utf8').catch(() => '{"sites": {}}')
+  const s = JSON.parse(text) as {sites: Record<string, {bytesDown?: number}>}
   return Object.values(s.sites).reduce((n, x) => n + (x.bytesDown ?? 0), 0)
 }
 
