@@ -134,6 +134,12 @@ function whereOf(t: DeltaTarget): ErrorLocation {
   return {uai: t.est.uai, hypervisor: t.est.hypervisor, node: t.est.node, vmid: t.est.vmid}
 }
 
+/** The guest agent did not answer (not running, timed out): the guest may only be busy. */
+function agentSilence(err: unknown): boolean {
+  const e = asPgiError(err)
+  return e.code === ErrorCode.TIMEOUT || e.code === ErrorCode.GUEST_AGENT || (err instanceof PveApiError && err.status === 500 && /agent|not running|timeout|got timeout/i.test(err.pveMessage))
+}
+
 /** qemu-guest-agent's answer when the program does not exist (as PVE relays it), or a shell's 127. */
 function missingProgram(err: unknown): boolean {
   return err instanceof PveApiError && /No such file or directory|Failed to execute child process/i.test(err.pveMessage)
@@ -340,6 +346,8 @@ export interface DeltaStageOptions {
   pollMs: number
   /** Longest wait for the assembly (default 24 h). */
   timeoutMs?: number
+  /** How long the guest agent may stay silent while the guest works before pgi gives up waiting (default 15 min). */
+  agentGraceMs?: number
   io: Io
   update?: (text: string) => void
   now?: () => Date
@@ -418,9 +426,27 @@ export async function stageDelta(t: DeltaTarget, opts: DeltaStageOptions): Promi
   }
   if (!opts.wait) return {outcome: 'started', volume: disk.volume}
   const deadline = Date.now() + (opts.timeoutMs ?? 24 * 3600_000)
+  let answered = Date.now()
   for (;;) {
     await sleep(opts.pollMs, opts.signal)
-    const st = await guestStageStatus(t)
+    let st: GuestStageStatus | undefined
+    try {
+      st = await guestStageStatus(t)
+      answered = Date.now()
+    } catch (err) {
+      // the assembly runs in the guest as its own unit: a guest busy reading its disks may leave
+      // the agent unanswered for a while (seen under TCG: "QEMU guest agent is not running")
+      // without anything being wrong; only a long silence ends the wait
+      const silentMs = Date.now() - answered
+      if (!agentSilence(err) || silentMs > (opts.agentGraceMs ?? 15 * 60_000)) {
+        throw new UserError(ErrorCode.STAGE_FAILED, `delta staging of ${d.name} ${d.version}: the guest agent ${agentSilence(err) ? `has not answered for ${Math.round(silentMs / 60_000)} min` : 'failed'}: ${asPgiError(err).message}`, {
+          where: whereOf(t),
+          suggestions: ['The assembly may go on in the guest: run the same `pgi rollout stage` again later, it records or resumes it.'],
+        })
+      }
+      opts.update?.(`guest agent not answering (${Math.round(silentMs / 1000)} s), waiting`)
+      continue
+    }
     if (!st) throw new UserError(ErrorCode.STAGE_FAILED, 'pgi-stage-delta vanished from the guest', {where: whereOf(t)})
     if (stale(st)) {
       if (Date.now() - startedAt > 180_000) throw new UserError(ErrorCode.STAGE_FAILED, `pgi-stage-delta did not start a new run within 3 minutes (its last run: ${st.state}${st.error ? `, ${st.error}` : ''})`, {where: whereOf(t), suggestions: ['Look at `journalctl -u pgi-stage-delta` in the guest, then run stage again.']})
