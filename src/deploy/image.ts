@@ -19,6 +19,7 @@ export async function resolveDeployImage(ref: ImageRef, opts: {imagesDir: string
     path: diskPath,
     sha256: m.disk.sha256,
     size: m.disk.size_bytes,
+    ...(m.disk.raw_sha256 ? {rawSha256: m.disk.raw_sha256} : {}),
     stack: {postgresql: postgresqlMajorOf(m), tryton: trytonSeriesOf(m)},
   }
 }

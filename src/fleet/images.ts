@@ -17,6 +17,8 @@ export interface DeployImage {
   sha256: string
   /** Bytes of the qcow2 file. */
   size: number
+  /** sha256 of the raw disk the qcow2 holds (signed by the manifest): what a delta-staged disk must match. */
+  rawSha256?: string
   /**
    * What the image runs, from its manifest's packages: PostgreSQL's major version ("15", "17")
    * and Tryton's series ("6.0", "7.0"). A rollout that changes either is a major upgrade

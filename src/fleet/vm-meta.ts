@@ -59,6 +59,34 @@ export interface VmMeta {
    * present on the anchor VM while a rollout runs. Every write of the meta keeps it (spread).
    */
   fleetLock?: FleetLock
+  /**
+   * A new OS disk assembled ahead of the rollout by `pgi rollout stage --transfer delta`
+   * (src/fleet/stage-delta.ts): a disk hot-plugged with serial pgi-stage, filled by the guest from
+   * the chunk store. Once `state` is `verified` (the guest read the whole disk back and its sha256
+   * is the signed raw sha256), `pgi rollout start` attaches it as the OS disk instead of importing
+   * the qcow2 (src/rollout/establishment.ts swap). Every write of the meta keeps it (spread).
+   */
+  staged?: StagedDisk
+}
+
+/** The staging disk of a delta transfer, as recorded on the VM. */
+export interface StagedDisk {
+  /** Image name and version being assembled on it. */
+  name: string
+  version: string
+  /** Its volume (e.g. `local-lvm:vm-120-disk-2`) and the config key it is attached on (virtioN). */
+  volume: string
+  key: string
+  /** The signed raw sha256 and size of the version (delivery.json). */
+  rawSha256: string
+  rawBytes: number
+  /** staging: pgi-stage-delta was started on it; verified: assembled and checked; failed: see error. */
+  state: 'staging' | 'verified' | 'failed'
+  /** The store URL the guest fetches from. */
+  store: string
+  startedAt: string
+  verifiedAt?: string
+  error?: string
 }
 
 /** Who holds the fleet's rollout lock on a hypervisor, and until when (renewed while it runs). */

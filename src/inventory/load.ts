@@ -273,7 +273,7 @@ function isRecord(v: unknown): v is Record<string, unknown> {
 
 /**
  * Merges the top-level keys of all files. `establishments` and `recipients` lists are concatenated;
- * `hypervisors` and `groups` are merged by name; `region`, `rings`, `defaults` and `offsite` are defined once.
+ * `hypervisors` and `groups` are merged by name; `region`, `rings`, `defaults`, `offsite` and `delivery` are defined once.
  * A key (or a hypervisor or group name) defined in two places is a `duplicate-key` problem.
  */
 function mergeFiles(sources: SourceFile[], problems: ProblemList): Merged {
@@ -303,7 +303,8 @@ function mergeFiles(sources: SourceFile[], problems: ProblemList): Merged {
         case 'region':
         case 'rings':
         case 'defaults':
-        case 'offsite': {
+        case 'offsite':
+        case 'delivery': {
           const prev = m[key]
           if (prev) {
             problems.add(src, [key], 'duplicate-key', `"${key}" is already defined at ${where(prev)}`, {

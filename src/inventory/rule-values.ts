@@ -18,6 +18,7 @@ export interface Merged {
   rings?: Item
   defaults?: Item
   offsite?: Item
+  delivery?: Item
   establishments: Item[]
   recipients: Item[]
   hypervisors: Map<string, Item>

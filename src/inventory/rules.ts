@@ -10,6 +10,7 @@ import {quote, secretLiteralKind} from './redact.js'
 import {didYouMean, suggestAmong} from './suggest.js'
 import {checkDatabaseNames, resolveDatabases} from './database-rules.js'
 import {checkOffsite} from './offsite-rules.js'
+import {checkDelivery} from './delivery-rules.js'
 import {int, isRecord, str, strings, where, type Item, type Merged, type Rec} from './rule-values.js'
 import {checkSecret} from './secret-rules.js'
 import type {
@@ -67,6 +68,7 @@ export function checkInventory(m: Merged, P: ProblemList, meta: {path: string; f
   const establishments = checkEstablishments(m, hypervisors, rings, defaults, P, meta.complete, misspelt)
   const groups = checkGroups(m.groups, establishments, P, meta.complete, misspelt)
   const offsite = checkOffsite(m.offsite, establishments, P, meta.complete)
+  const delivery = checkDelivery(m.delivery)
 
   const used = new Set(establishments.map((e) => e.hypervisor))
   for (const [name, item] of m.hypervisors) {
@@ -89,6 +91,7 @@ export function checkInventory(m: Merged, P: ProblemList, meta: {path: string; f
     establishments,
     groups,
     ...(offsite ? {offsite} : {}),
+    ...(delivery ? {delivery} : {}),
   }
 }
 

@@ -151,6 +151,18 @@ export interface OffsiteSettings {
   source: SourceRef
 }
 
+/**
+ * The inventory's `delivery:` section (docs/delivery.md): where the chunk store of published
+ * image versions (`pgi image publish`) is served, for `pgi rollout stage --transfer delta|auto`.
+ */
+export interface DeliverySettings {
+  /** The store as the VMs reach it (http:// or https://): what each guest fetches chunks from. */
+  storeUrl: string
+  /** The same store as this machine reads it (URL or absolute folder): the signed delivery.json. Default: storeUrl. */
+  regionStore: string
+  source: SourceRef
+}
+
 export interface Inventory {
   /** The file or folder it was read from. */
   path: string
@@ -165,6 +177,8 @@ export interface Inventory {
   groups: Map<string, string[]>
   /** Off-site copies of the nightly backups; undefined when the inventory has no `offsite:`. */
   offsite?: OffsiteSettings
+  /** The chunk store of published image versions; undefined when the inventory has no `delivery:`. */
+  delivery?: DeliverySettings
 }
 
 /** One problem found by validation, with where it is and what to do. */

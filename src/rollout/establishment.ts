@@ -32,7 +32,7 @@ import {readFile} from 'node:fs/promises'
 
 import {TRYTON_ADMIN_LOGIN} from '../fleet/secrets.js'
 import {backupGuest, guestHealth, verifyGuestBackup, waitForAgent, waitForHealthy} from '../fleet/guest.js'
-import type {RolloutMark} from '../fleet/vm-meta.js'
+import {formatDescription, type RolloutMark, type StagedDisk, type VmMeta} from '../fleet/vm-meta.js'
 import {importVolid, parseDisk} from '../fleet/images.js'
 import {ErrorCode, UserError, asPgiError} from '../errors.js'
 import type {Establishment} from '../inventory/types.js'
@@ -261,8 +261,10 @@ async function precheck(r: Run): Promise<void> {
   const {api, est, ctx} = r
   const hv = ctx.hypervisors.definition(est.hypervisor)
   const volid = importVolid(hv, ctx.image)
-  const staged = (await api.storageContent(est.node, hv.storage.import, 'import')).find((c) => c.volid === volid)
-  if (!staged || staged.size !== ctx.image.size) {
+  // staged by delta (a verified disk on the VM) needs nothing on the import storage
+  const {cfg, meta} = await readVm(r)
+  const staged = stagedDiskFor(r, cfg, meta.staged) ? undefined : (await api.storageContent(est.node, hv.storage.import, 'import')).find((c) => c.volid === volid)
+  if (!stagedDiskFor(r, cfg, meta.staged) && (!staged || staged.size !== ctx.image.size)) {
     throw new UserError(ErrorCode.IMAGE_NOT_FOUND, `image ${r.to} is not staged on ${est.node} (${volid}${staged ? `: ${staged.size} bytes, expected ${ctx.image.size}` : ' missing'})`, {
       where: where(r),
       suggestions: [`Run \`pgi rollout stage ${r.to}\` first.`],
@@ -317,8 +319,16 @@ async function swap(r: Run, mark: RolloutMark): Promise<string> {
   if (!unusedKeyOf(cfg, old) && parseDisk(cfg.virtio0)?.volid !== old) {
     throw new UserError(ErrorCode.REFUSED, `the previous OS disk ${old} is no longer in VM ${est.vmid}'s config: not going on without a way back`, {where: where(r)})
   }
-  // 2. a new OS disk from the staged image
-  await cas(r, (c) => (c.virtio0 === undefined ? {virtio0: `${hv.storage.os}:0,import-from=${importVolid(hv, ctx.image)}`} : undefined))
+  // 2. a new OS disk: the disk staged by delta when one is verified for this version (detached
+  // from its staging slot, PVE keeps it as unusedN, then attached as virtio0), else imported from
+  // the image staged on the node
+  const {meta} = await readVm(r)
+  const staged = stagedDiskFor(r, cfg, meta.staged)
+  if (staged) {
+    ctx.io.info(`${est.uai}: switching to the OS disk staged by delta (${staged.volume})`)
+    await cas(r, (c) => (parseDisk(c[staged.key] as string | undefined)?.volid === staged.volume ? {delete: staged.key} : undefined))
+    await cas(r, (c) => (c.virtio0 === undefined ? {virtio0: staged.volume} : undefined))
+  } else await cas(r, (c) => (c.virtio0 === undefined ? {virtio0: `${hv.storage.os}:0,import-from=${importVolid(hv, ctx.image)}`} : undefined))
   cfg = (await readVm(r)).cfg
   const nd = parseDisk(cfg.virtio0)
   if (!nd || nd.volid === old) throw new UserError(ErrorCode.PVE_HTTP, `VM ${est.vmid} has no new OS disk after the import`, {where: where(r)})
@@ -328,7 +338,27 @@ async function swap(r: Run, mark: RolloutMark): Promise<string> {
   // of the new OS disk at its first boot (ciupgrade defaults to 1)
   await cas(r, (c) => (String(c.ciupgrade ?? '1') === '0' ? undefined : {ciupgrade: 0}))
   await api.regenerateCloudinit(est.node, est.vmid)
+  // the staged disk is the OS disk now: no longer a staging (the rollout mark's newDisk names it)
+  if (meta.staged) await cas(r, (c, m) => (m.staged ? {description: formatDescription(withoutStaged(m), est.name)} : undefined))
   return nd.volid
+}
+
+function withoutStaged(m: VmMeta): VmMeta {
+  const {staged: _s, ...rest} = m
+  return rest
+}
+
+/**
+ * The disk `pgi rollout stage --transfer delta` assembled for this rollout's version, when the VM
+ * records it verified (its sha256 the signed one, the same raw disk as the local image's) and
+ * still holds it — attached on its staging slot, or already detached as unusedN by an interrupted
+ * swap. Undefined otherwise: the swap imports the image staged on the node.
+ */
+function stagedDiskFor(r: Run, cfg: PveVmConfig, s: StagedDisk | undefined): StagedDisk | undefined {
+  if (!s || s.state !== 'verified' || s.version !== r.to || s.name !== r.ctx.image.name) return undefined
+  if (r.ctx.image.rawSha256 && s.rawSha256 !== r.ctx.image.rawSha256) return undefined
+  const held = Object.keys(cfg).some((k) => (/^virtio\d+$/.test(k) || /^unused\d+$/.test(k)) && k !== 'virtio0' && String(cfg[k]).split(',')[0] === s.volume)
+  return held || parseDisk(cfg.virtio0)?.volid === s.volume ? s : undefined
 }
 
 function manifestDbs(text: string | undefined): ManifestDb[] {

@@ -11,10 +11,12 @@ import {join} from 'node:path'
 import {storeCredentials, type ConnectionSource} from '../fleet/credentials.js'
 import {acquireLock} from '../fleet/locks.js'
 import {importVolid, type DeployImage} from '../fleet/images.js'
-import {Stager, type StageOutcome} from '../fleet/stage.js'
+import {describeProgress, stagingState, type DeltaTarget} from '../fleet/stage-delta.js'
+import {runParallel} from '../progress.js'
+import {readStageRecord} from './stage-record.js'
 import {ErrorCode, UsageError, UserError, asPgiError} from '../errors.js'
 import {ExitCode} from '../exit-codes.js'
-import {parseDescription, type RolloutMark} from '../fleet/vm-meta.js'
+import {parseDescription, type RolloutMark, type VmMeta} from '../fleet/vm-meta.js'
 import {settleAll} from '../fleet/pool.js'
 import {withFleet, type FleetRequest, type FleetSession} from '../fleet/open.js'
 import {establishmentSecretKey} from '../fleet/secrets.js'
@@ -26,6 +28,8 @@ import {FINAL_STEPS, type EstablishmentResult} from './establishment.js'
 import {majorInGuest, type MajorInfo} from './guest-scripts.js'
 import {describeMigration, migrationPlan, type MigrationPlan} from './major.js'
 
+export {stageRollout, stagingOf, type StageRequest, type StageRow, type StagingStatus} from './stage.js'
+import {stagingOf, type StagingStatus} from './stage.js'
 export {describeMigration, migrationPlan, pruneOldClusters, type MigrationPlan, type PruneRequest, type PruneRow} from './major.js'
 import {RolloutJournal, listRollouts, type RolloutRecord} from './journal.js'
 import {RUNNER, parseMaxFailures, runRollout, type RolloutResult} from './run.js'
@@ -147,8 +151,11 @@ export async function planRollout(req: PlanRequest): Promise<{version: string; i
               }
             }
           }
-          const s = image ? await stagedOn(e) : undefined
-          if (typeof s === 'string') row.blockers.push(`import storage: ${s}`)
+          // staged by delta: a disk verified for this version recorded on the VM needs no import
+          const byDelta = meta?.staged?.state === 'verified' && meta.staged.version === version && (!image?.rawSha256 || meta.staged.rawSha256 === image.rawSha256)
+          const s = image && !byDelta ? await stagedOn(e) : undefined
+          if (byDelta) row.staged = true
+          else if (typeof s === 'string') row.blockers.push(`import storage: ${s}`)
           else if (s && image) row.staged = s.has(importVolid(fleet.hypervisors.definition(e.hypervisor), image))
         } catch (err) {
           row.blockers.push(asPgiError(err).message)
@@ -162,57 +169,6 @@ export async function planRollout(req: PlanRequest): Promise<{version: string; i
     )
     rows.sort((a, b) => (a.waveIndex || 99) - (b.waveIndex || 99))
     return {version, image, rows}
-  })
-}
-
-// ---- stage -----------------------------------------------------------------------------------
-
-export interface StageRow {
-  hypervisor: string
-  node: string
-  establishments: number
-  outcome: StageOutcome | 'failed'
-  detail: string
-}
-
-export interface StageRequest extends FleetRequest {
-  /** The image to stage (parsed at the command line). */
-  image: ImageRef
-  resolveImage: (ref: ImageRef) => Promise<DeployImage>
-  imageUrl?: string
-  /** Upload rate cap per node, KiB/s. */
-  bwlimitKiB?: number
-  maxParallel?: number
-}
-
-/** Puts the verified image on every node of the selection (once per node); touches no VM. Resumable: a node that has it is skipped. */
-export async function stageRollout(req: StageRequest): Promise<{version: string; rows: StageRow[]; exitCode: number}> {
-  // before anything is read: refuses --bwlimit with --image-url
-  const stager = new Stager({io: req.io, imageUrl: req.imageUrl, bwlimitKiB: req.bwlimitKiB, onProgress: (k, t) => req.io.debug(`${k}: ${t}`)})
-  return withFleet(req, async (fleet) => {
-    const image = await req.resolveImage(req.image)
-    const nodes = new Map<string, {hv: string; node: string; n: number}>()
-    for (const e of fleet.establishments) {
-      const k = `${e.hypervisor}/${e.node}`
-      const cur = nodes.get(k) ?? {hv: e.hypervisor, node: e.node, n: 0}
-      cur.n++
-      nodes.set(k, cur)
-    }
-    const out = await settleAll(
-      [...nodes.values()],
-      (x) => x.hv,
-      async (x) => stager.stage(await fleet.hypervisors.get(x.hv), fleet.hypervisors.definition(x.hv), x.node, image),
-      {max: req.maxParallel ?? 4, perKey: 1},
-    )
-    const rows: StageRow[] = out.map((o) => ({
-      hypervisor: o.item.hv,
-      node: o.item.node,
-      establishments: o.item.n,
-      outcome: o.ok ? o.value : 'failed',
-      detail: o.ok ? (o.value === 'already-there' ? `${image.file} already there` : `${image.file} ${o.value}, checksum verified`) : asPgiError(o.error).message,
-    }))
-    const failed = rows.filter((r) => r.outcome === 'failed').length
-    return {version: image.version, rows, exitCode: failed === 0 ? ExitCode.OK : failed === rows.length && rows.length > 0 ? ExitCode.FAILURE : ExitCode.PARTIAL}
   })
 }
 
@@ -452,6 +408,7 @@ interface MarkRow {
   est: Establishment
   image?: string
   mark?: RolloutMark
+  meta?: VmMeta
   error?: string
 }
 
@@ -463,7 +420,7 @@ async function readMarks(fleet: FleetSession): Promise<MarkRow[]> {
       const api = await fleet.hypervisors.get(e.hypervisor)
       const cfg = await api.vmConfig(e.node, e.vmid)
       const meta = parseDescription(typeof cfg?.description === 'string' ? cfg.description : undefined)
-      return {est: e, image: meta?.image, mark: meta?.rollout}
+      return {est: e, image: meta?.image, mark: meta?.rollout, ...(meta ? {meta} : {})}
     },
     {max: 20, perKey: 8},
   )
@@ -481,6 +438,8 @@ export interface StatusRow {
   runner?: string
   at?: string
   reason?: string
+  /** Where the staging of a next version stands (pgi rollout stage). */
+  staging?: StagingStatus
 }
 
 export interface RolloutStatus {
@@ -494,16 +453,63 @@ export async function rolloutStatus(req: FleetRequest & {id?: string}): Promise<
     const root = journalDir(fleet.env)
     const rec = (await listRollouts(root)).find((r) => !req.id || r.id === req.id)
     const marks = await readMarks(fleet)
-    const rows: StatusRow[] = marks.map((m) => {
-      if (m.error) return {uai: m.est.uai, state: 'unknown', reason: m.error}
-      const k = m.mark
-      if (!k || (req.id && k.id !== req.id)) return {uai: m.est.uai, image: m.image, state: 'none'}
-      const state: StatusRow['state'] = k.step === 'committed' ? 'done' : k.step === 'rolled-back' ? 'rolled-back' : FINAL_STEPS.has(k.step) ? 'failed' : 'in-progress'
-      return {uai: m.est.uai, image: m.image, rollout: k.id, from: k.from, to: k.to, step: k.step, state, runner: k.runner, at: k.at, reason: k.reason}
-    })
+    const record = await readStageRecord(fleet.inventory.path, fleet.env)
+    const now = new Date()
+    const rows: StatusRow[] = await Promise.all(
+      marks.map(async (m): Promise<StatusRow> => {
+        if (m.error) return {uai: m.est.uai, state: 'unknown', reason: m.error}
+        const staging = await stagingOf(fleet, m.est, m.image, m.meta, record[m.est.uai], now)
+        const k = m.mark
+        if (!k || (req.id && k.id !== req.id)) return {uai: m.est.uai, image: m.image, state: 'none', ...(staging ? {staging} : {})}
+        const state: StatusRow['state'] = k.step === 'committed' ? 'done' : k.step === 'rolled-back' ? 'rolled-back' : FINAL_STEPS.has(k.step) ? 'failed' : 'in-progress'
+        return {uai: m.est.uai, image: m.image, rollout: k.id, from: k.from, to: k.to, step: k.step, state, runner: k.runner, at: k.at, reason: k.reason, ...(staging ? {staging} : {})}
+      }),
+    )
     const control = rec ? await new RolloutJournal(root, rec.id).control() : undefined
     return {...(rec ? {journal: {...rec, ...(control ? {control} : {})}} : {}), establishments: rows}
   })
+}
+
+/**
+ * Follows every delta staging of the selection still running in its guest until it ends, with
+ * one progress line per establishment (listr2 on a terminal, plain lines in CI); returns the
+ * status once they all ended.
+ */
+export async function followStaging(req: FleetRequest & {id?: string; pollIntervalMs?: number; signal?: AbortSignal}): Promise<RolloutStatus> {
+  const first = await rolloutStatus(req)
+  const running = first.establishments.filter((e) => e.staging?.transfer === 'delta' && e.staging.state === 'running')
+  if (running.length === 0) return first
+  await withFleet(req, async (fleet) => {
+    const byUai = new Map(fleet.establishments.map((e) => [e.uai, e]))
+    await runParallel(
+      req.io,
+      running.map((row) => {
+        const est = byUai.get(row.uai)!
+        return {
+          title: `${row.uai}: staging ${row.staging!.version} by delta`,
+          key: est.hypervisor,
+          run: async (update: (t: string) => void) => {
+            const t: DeltaTarget = {api: await fleet.hypervisors.get(est.hypervisor), est, hv: fleet.hypervisors.definition(est.hypervisor)}
+            for (;;) {
+              const cfg = await t.api.vmConfig(est.node, est.vmid)
+              const meta = parseDescription(typeof cfg?.description === 'string' ? cfg.description : undefined)
+              const st = meta ? await stagingState(t, meta, new Date()) : undefined
+              const p = st?.progress
+              if (!p) return st?.error ?? 'no longer running'
+              update(describeProgress(p))
+              if (p.state !== 'running') {
+                if (p.state === 'failed' || p.state === 'interrupted') throw new UserError(ErrorCode.STAGE_FAILED, p.error ?? p.state, {where: {uai: est.uai}})
+                return describeProgress(p)
+              }
+              await sleep(req.pollIntervalMs ?? 10_000, req.signal)
+            }
+          },
+        }
+      }),
+      {max: 20, perKey: 8},
+    )
+  })
+  return rolloutStatus(req)
 }
 
 /** Asks the running rollout (this machine's journal) to pause or abort at its next step boundary. */
