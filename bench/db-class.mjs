@@ -7,25 +7,31 @@
 // the VM (its `seconds`: staging copy of the model, users, one CREATE DATABASE … TEMPLATE per
 // student), and the rest (the CLI's start, the guest agent's round trips and polling, the
 // encrypted passwords file). Also measured: `pgi db list` on the 31 databases, and `pgi db drop`
-// of one (its final dump).
+// of one (its final dump). The host is shared: besides the wall time it reports the host CPU
+// seconds the VM's QEMU process spent during the class (`vmHostCpuS`: what the emulated guest
+// cost, far less sensitive to other jobs than the wall time) and the load average before and after.
 //
 // Needs root, a build (`npm run build`) and a built image. Without --lab-dir it starts its own
 // qemu lab (one VM), deploys --version from --images-dir (default: the newest in <state
 // dir>/images) and stops the lab at the end; with --lab-dir DIR it uses that running lab and its
-// first establishment (already deployed). Usage:
-//   node bench/db-class.mjs [--students 30] [--images-dir DIR] [--version V] [--lab-dir DIR] [--keep]
+// first establishment (already deployed; PGI_STATE_DIR set to the state dir that started it). --cores N gives the VM N vCPUs (the lab's inventory
+// default is 1; a real deploy's is 2): QEMU runs one host thread per vCPU. Usage:
+//   node bench/db-class.mjs [--students 30] [--cores N] [--images-dir DIR] [--version V] [--lab-dir DIR] [--keep]
 // Last line: one JSON object {"bench":"db-class",...}.
 import {spawn} from 'node:child_process'
-import {mkdtemp, readdir, rm, writeFile} from 'node:fs/promises'
-import {cpus, tmpdir, totalmem} from 'node:os'
+import {mkdtemp, readdir, readFile, rm, writeFile} from 'node:fs/promises'
+import {cpus, loadavg, tmpdir, totalmem} from 'node:os'
 import {dirname, join, resolve} from 'node:path'
 import {fileURLToPath} from 'node:url'
 import {parseArgs} from 'node:util'
+
+import {parseDocument} from 'yaml'
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..')
 const {values: a} = parseArgs({
   options: {
     students: {type: 'string', default: '30'},
+    cores: {type: 'string'},
     'images-dir': {type: 'string'},
     version: {type: 'string'},
     'lab-dir': {type: 'string'},
@@ -33,12 +39,26 @@ const {values: a} = parseArgs({
   },
 })
 const students = Number(a.students)
+const cores = a.cores === undefined ? undefined : Number(a.cores)
+if (cores !== undefined && !(Number.isInteger(cores) && cores >= 1 && cores <= 8)) throw new Error(`--cores ${a.cores}: a whole number from 1 to 8`)
+if (cores !== undefined && a['lab-dir']) throw new Error('--cores applies to the lab this bench starts, not to --lab-dir')
 const log = (m) => process.stderr.write(`${m}\n`)
 const {imagesDir} = await import(join(root, 'dist', 'src', 'paths.js'))
 
 const work = await mkdtemp(join(tmpdir(), 'pgi-bench-db-class-'))
-const env = {...process.env, PGI_STATE_DIR: join(work, 'state'), CI: 'true', PGI_LOG_LEVEL: 'warn'}
+// with --lab-dir, the state dir of whoever started that lab (PGI_STATE_DIR: its age identity reads
+// the lab's secret store); otherwise a fresh one
+const stateDir = a['lab-dir'] && process.env.PGI_STATE_DIR ? resolve(process.env.PGI_STATE_DIR) : join(work, 'state')
+const env = {...process.env, PGI_STATE_DIR: stateDir, CI: 'true', PGI_LOG_LEVEL: 'warn'}
 for (const k of ['PGI_INVENTORY', 'PGI_SECRETS_DIR', 'PGI_CLASS_DIR', 'PGI_TOKEN_ID']) delete env[k]
+
+/** Host CPU seconds (user + system) of a process so far, from /proc (clock ticks of 1/100 s). */
+async function cpuSeconds(pid) {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8')
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  return (Number(f[11]) + Number(f[12])) / 100
+}
+const load1 = () => Math.round(loadavg()[0] * 100) / 100
 
 /** Runs bin/run.js; returns its exit code, output, the --json envelope and the wall time. */
 function pgi(args, timeoutMs = 60 * 60_000) {
@@ -65,7 +85,7 @@ function pgi(args, timeoutMs = 60 * 60_000) {
 }
 const must = async (args, timeoutMs) => {
   const r = await pgi(args, timeoutMs)
-  if (r.code !== 0) throw new Error(`pgi ${args.join(' ')} exited ${r.code}: ${r.stderr.slice(-2000)}`)
+  if (r.code !== 0) throw new Error(`pgi ${args.join(' ')} exited ${r.code}: ${(r.stderr || r.stdout).slice(-2000)}`)
   return r
 }
 
@@ -81,20 +101,34 @@ try {
     await must(['lab', 'start', '--backend', 'qemu', '--nodes', '1', '--sites', '1', '--dir', labDir, '--json'], 10 * 60_000)
     env.PGI_INVENTORY = join(labDir, 'inventory', 'lab.yaml')
     env.PGI_SECRETS_DIR = join(labDir, 'secrets')
+    if (cores !== undefined) {
+      // the lab's generated inventory, with the VM's vCPUs changed before the deploy creates it
+      const doc = parseDocument(await readFile(env.PGI_INVENTORY, 'utf8'))
+      doc.setIn(['defaults', 'cores'], cores)
+      await writeFile(env.PGI_INVENTORY, doc.toString())
+    }
     const uai = (await must(['inventory', 'list', '--json'])).json.result[0].uai
     await must(['deploy', uai, '--yes', '--json', '--image', version, '--images-dir', images, '--lab-dir', labDir, '--handoff-dir', join(work, 'handoffs'), '--health-timeout', '1800', '--agent-timeout', '900'])
   } else {
     env.PGI_INVENTORY = join(labDir, 'inventory', 'lab.yaml')
     env.PGI_SECRETS_DIR = join(labDir, 'secrets')
   }
-  const uai = (await must(['inventory', 'list', '--json'])).json.result[0].uai
+  const est = (await must(['inventory', 'list', '--json'])).json.result[0]
+  const uai = est.uai
+  const inv = parseDocument(await readFile(env.PGI_INVENTORY, 'utf8')).toJS()
+  const vmCores = inv.establishments?.find((e) => e.uai === uai)?.cores ?? inv.defaults?.cores
+  const qemuPid = Number((await readFile(join(labDir, 'backend', est.node, String(est.vmid), 'qemu.pid'), 'utf8')).trim())
   const model = `bench_modele_${Date.now().toString(36)}`
   const created = await must(['db', 'create', uai, model, '--company', 'Entreprise du banc', '--json'])
   const prefix = `bench_${Date.now().toString(36)}`
   const csv = join(work, 'classe.csv')
   await writeFile(csv, ['Nom;Prénom;Classe', ...Array.from({length: students}, (_, i) => `ÉLÈVE${String.fromCharCode(65 + (i % 26))}${i};Prénom${i};BTS BANC`)].join('\n') + '\n')
   log(`pgi db class: ${students} per-student databases from ${model}`)
+  const loadStart = load1()
+  const cpu0 = await cpuSeconds(qemuPid)
   const cls = await must(['db', 'class', uai, '--model', model, '--students', csv, '--prefix', prefix, '--out', join(work, 'classes'), '--json'])
+  const vmHostCpuS = Math.round(((await cpuSeconds(qemuPid)) - cpu0) * 10) / 10
+  const loadEnd = load1()
   const r = cls.json.result
   const listed = await must(['db', 'list', uai, '--json'])
   const dbs = listed.json.result.establishments[0].databases.length
@@ -112,6 +146,9 @@ try {
     engineS: r.seconds,
     method: r.method,
     outsideEngineS: Math.round((wallS - r.seconds) * 10) / 10,
+    vmHostCpuS,
+    vmCores,
+    hostLoad: {start: loadStart, end: loadEnd},
     cliStartS: Math.round(start.ms / 100) / 10,
     createModelS: Math.round(created.ms / 100) / 10,
     listS: Math.round(listed.ms / 100) / 10,
