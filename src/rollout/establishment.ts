@@ -38,7 +38,7 @@ import {ErrorCode, UserError, asPgiError} from '../errors.js'
 import type {Establishment} from '../inventory/types.js'
 import type {PveVmConfig} from '../proxmox/types.js'
 import {sleep} from '../sleep.js'
-import {majorInGuest, probeGuest, restoreInGuest, waitForBoot, type MajorInfo, type ProbeResult} from './guest-scripts.js'
+import {majorInGuest, probeGuest, restoreInGuest, waitForBoot, waitForDataDisk, type MajorInfo, type ProbeResult} from './guest-scripts.js'
 import {waitForMigration} from './major.js'
 import {inWindow, describeWindow} from './window.js'
 
@@ -558,15 +558,18 @@ async function rollback(r: Run, reason: string, result: (o: Outcome, x?: Partial
     })
     const opts = {intervalMs: ctx.pollIntervalMs, signal: ctx.signal, onProgress: ctx.update}
     await retry('guest agent', () => waitForAgent(r.t, {...opts, timeoutMs: ctx.agentTimeoutMs}))
-    // the data check must see the boot done (PostgreSQL up, the boot-time upgrade run or refused),
-    // not a boot half-way (databases that do not open yet would look damaged)
-    ctx.io.debug(`${est.uai}: boot after rollback: ${await waitForBoot(r.t, ctx.healthTimeoutMs)}`)
     if (mark.major) {
       // the old OS on the data disk the new one left: its cluster writable again (the new OS
-      // made it read-only and never wrote it), the data disk's record back to the old version
+      // made it read-only and never wrote it), the data disk's record back to the old version.
+      // Done as soon as the data disk is mounted, not after the boot settles: the old OS cannot
+      // start PostgreSQL on a read-only cluster, and what waits on it keeps the boot "starting"
+      await waitForDataDisk(r.t, ctx.agentTimeoutMs, ctx.pollIntervalMs)
       const o = await retry('reopen the old cluster', () => majorInGuest<{reopened: string[]}>(r.t, {action: 'reopen', version: r.from ?? ''}))
       ctx.io.info(`${est.uai}: back on PostgreSQL ${mark.major.fromPg}${o.reopened.length ? ` (cluster ${o.reopened.join(', ')} writable again)` : ''}`)
     }
+    // the data check must see the boot done (PostgreSQL up, the boot-time upgrade run or refused),
+    // not a boot half-way (databases that do not open yet would look damaged)
+    ctx.io.debug(`${est.uai}: boot after rollback: ${await waitForBoot(r.t, ctx.healthTimeoutMs)}`)
     const manifest = manifestDbs(await retry('manifest', () => readManifest(r, mark)))
     let restored: string[] = []
     if (mark.backup) {

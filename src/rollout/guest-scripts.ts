@@ -6,6 +6,7 @@
  * in the guest) and read their request as JSON on stdin — the Tryton password travels there,
  * never on a command line. Each prints one JSON object on stdout.
  */
+import {sleep} from '../sleep.js'
 import {ErrorCode, UserError} from '../errors.js'
 import type {GuestTarget} from '../fleet/guest.js'
 import {asciiJson} from '../proxmox/client.js'
@@ -381,6 +382,25 @@ export async function restoreInGuest(t: GuestTarget, manifestPath: string, versi
  * done (or failed), not a boot half-way. Returns systemd's word for the state; a boot that has not
  * settled within `timeoutMs` is not an error here: the checks that follow say what they see.
  */
+/**
+ * Waits until the guest has its data disk mounted at /srv/pgi (pgi-datadisk, early in the boot):
+ * what a rollback of a major upgrade needs before it reopens the old cluster.
+ */
+export async function waitForDataDisk(t: GuestTarget, timeoutMs: number, intervalMs = 2000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const r = await t.api.agentExec(t.node, t.vmid, ['mountpoint', '-q', '/srv/pgi'], {timeoutMs: 30_000, idempotent: true}).catch(() => undefined)
+    if (r?.exitcode === 0) return
+    if (Date.now() >= deadline) {
+      throw new UserError(ErrorCode.GUEST_COMMAND_FAILED, `VM ${t.vmid}: the data disk is not mounted at /srv/pgi ${Math.round(timeoutMs / 1000)} s after the guest agent answered`, {
+        where: {uai: t.uai, hypervisor: t.api.hypervisor, node: t.node, vmid: t.vmid},
+        suggestions: ['Look at the VM console for pgi-datadisk (journalctl -u pgi-datadisk), then run `pgi rollout resume`.'],
+      })
+    }
+    await sleep(intervalMs)
+  }
+}
+
 export async function waitForBoot(t: GuestTarget, timeoutMs: number): Promise<string> {
   try {
     const r = await t.api.agentExec(t.node, t.vmid, ['systemctl', 'is-system-running', '--wait'], {timeoutMs, idempotent: true})

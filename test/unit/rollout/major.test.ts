@@ -9,7 +9,7 @@ import {describe, expect, it} from 'vitest'
 
 import {postgresqlMajorOf} from '../../../src/deploy/image.js'
 import {trytonSeriesOf} from '../../../src/image/boottest.js'
-import {describeMajorStatus, type MajorInfo} from '../../../src/rollout/guest-scripts.js'
+import {describeMajorStatus, waitForDataDisk, type MajorInfo} from '../../../src/rollout/guest-scripts.js'
 import {describeMigration, migrationPlan, migrationTimeoutFor, oldClusterRetention} from '../../../src/rollout/major.js'
 import {assertBuilt, runPgi} from '../../helpers/cli.js'
 
@@ -66,6 +66,27 @@ describe('major upgrade, host side', () => {
     expect(oldClusterRetention('2026-12-05T10:00:00Z', 90, now)).toEqual({expired: false, detail: 'kept until 2027-03-05 (old_cluster_days: 90)'})
     expect(oldClusterRetention('2026-12-01T10:00:00Z', undefined, now).expired).toBe(false)
     expect(oldClusterRetention(undefined, 1, now)).toEqual({expired: false, detail: 'kept: the guest recorded no commit time for the upgrade'})
+  })
+
+  it("a major upgrade's rollback waits for the data disk to be mounted, not for the boot to settle, and says when it never is", async () => {
+    const calls: string[][] = []
+    let mounted = 3
+    const t = {
+      node: 'n',
+      vmid: 101,
+      uai: '0130040Y',
+      api: {
+        hypervisor: 'hv',
+        agentExec: async (_n: string, _v: number, cmd: string[]) => {
+          calls.push(cmd)
+          return {exitcode: --mounted <= 0 ? 0 : 32, stdout: '', stderr: ''}
+        },
+      },
+    } as unknown as Parameters<typeof waitForDataDisk>[0]
+    await waitForDataDisk(t, 5000, 1)
+    expect(calls).toEqual(Array.from({length: 3}, () => ['mountpoint', '-q', '/srv/pgi']))
+    mounted = 1000
+    await expect(waitForDataDisk(t, 20, 5)).rejects.toThrow(/VM 101: the data disk is not mounted at \/srv\/pgi/)
   })
 
   it('pgi rollout prune refuses without --old-clusters (exit 7), before opening anything', async () => {
