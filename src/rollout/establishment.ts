@@ -28,7 +28,6 @@
  *            counts checked again, reason recorded in the mark.
  */
 import {createHash} from 'node:crypto'
-import {readFile} from 'node:fs/promises'
 
 import {TRYTON_ADMIN_LOGIN} from '../fleet/secrets.js'
 import {backupGuest, guestHealth, verifyGuestBackup, waitForAgent, waitForHealthy} from '../fleet/guest.js'
@@ -38,7 +37,8 @@ import {ErrorCode, UserError, asPgiError} from '../errors.js'
 import type {Establishment} from '../inventory/types.js'
 import type {PveVmConfig} from '../proxmox/types.js'
 import {sleep} from '../sleep.js'
-import {majorInGuest, probeGuest, restoreInGuest, waitForBoot, waitForDataDisk, type MajorInfo, type ProbeResult} from './guest-scripts.js'
+import {majorInGuest, probeGuest, restoreInGuest, waitForBoot, waitForDataDisk, type MajorInfo} from './guest-scripts.js'
+import {compareData, manifestDbs, readManifest} from './data-check.js'
 import {waitForMigration} from './major.js'
 import {inWindow, describeWindow} from './window.js'
 
@@ -281,11 +281,6 @@ async function precheck(r: Run): Promise<void> {
   }
 }
 
-interface ManifestDb {
-  name: string
-  row_counts?: Record<string, number>
-}
-
 async function backup(r: Run): Promise<{path: string; sha256: string}> {
   const path = await backupGuest(r.t)
   await verifyGuestBackup(r.t, path)
@@ -359,57 +354,6 @@ function stagedDiskFor(r: Run, cfg: PveVmConfig, s: StagedDisk | undefined): Sta
   if (r.ctx.image.rawSha256 && s.rawSha256 !== r.ctx.image.rawSha256) return undefined
   const held = Object.keys(cfg).some((k) => (/^virtio\d+$/.test(k) || /^unused\d+$/.test(k)) && k !== 'virtio0' && String(cfg[k]).split(',')[0] === s.volume)
   return held || parseDisk(cfg.virtio0)?.volid === s.volume ? s : undefined
-}
-
-function manifestDbs(text: string | undefined): ManifestDb[] {
-  if (!text) return []
-  try {
-    const m = JSON.parse(text) as {databases?: ManifestDb[]}
-    return Array.isArray(m.databases) ? m.databases : []
-  } catch {
-    return []
-  }
-}
-
-/**
- * The backup manifest: the local copy, else (resuming on another machine) read again from the
- * guest — the VM must be running — checked against the sha256 the mark recorded, and kept locally.
- */
-async function readManifest(r: Run, mark: RolloutMark): Promise<string | undefined> {
-  if (r.manifestLocal) {
-    try {
-      return await readFile(r.manifestLocal, 'utf8')
-    } catch {
-      // not on this machine
-    }
-  }
-  if (!mark.backup) return undefined
-  const text = await r.api.agentFileRead(r.est.node, r.est.vmid, mark.backup)
-  if (mark.backupSha256 && sha256(text) !== mark.backupSha256) {
-    throw new UserError(ErrorCode.BACKUP_FAILED, `the backup manifest ${mark.backup} in VM ${r.est.vmid} no longer matches the sha256 recorded in its rollout mark`, {where: where(r)})
-  }
-  r.manifestLocal = await r.ctx.journal.writeManifest(r.est.uai, text)
-  return text
-}
-
-/** Databases of the manifest: open, same row counts and business figures, login. Returns the problems (empty = fine). */
-function compareData(manifest: ManifestDb[], probe: ProbeResult, loginChecked: boolean, figuresOnly = false): string[] {
-  const problems: string[] = []
-  for (const db of manifest) {
-    const p = probe.databases.find((d) => d.name === db.name)
-    if (!p) problems.push(`database ${db.name} was not checked`)
-    else if (!p.opens) problems.push(`database ${db.name} does not open: ${p.error ?? '?'}`)
-    else {
-      const want = JSON.stringify(Object.entries(db.row_counts ?? {}).sort())
-      const have = JSON.stringify(Object.entries(p.row_counts ?? {}).sort())
-      // a major upgrade's migration rewrites tables of the key-table list (users, accounts, modules
-      // of Tryton's own): only the business figures, which it must leave unchanged, are compared
-      if (want !== have && !figuresOnly) problems.push(`database ${db.name}: row counts ${have} differ from the backup's ${want}`)
-      if (p.figure_differences?.length) problems.push(`database ${db.name}: business figures differ from the backup's: ${p.figure_differences.join('; ')}`)
-      if (loginChecked && p.login === false) problems.push(`database ${db.name}: Tryton login failed (${p.login_error ?? '?'})`)
-    }
-  }
-  return problems
 }
 
 async function gate(r: Run, mark: RolloutMark): Promise<void> {
