@@ -18,7 +18,6 @@ import {join} from 'node:path'
 
 import {ErrorCode, UserError, type ErrorCodeValue} from '../errors.js'
 import {ExitCode, type ExitCodeValue} from '../exit-codes.js'
-import {FleetSession} from '../fleet/open.js'
 import type {GuestTarget} from '../fleet/guest.js'
 import {storeCredentials, type ConnectionSource} from '../fleet/credentials.js'
 import {readHandoffDatabases} from '../fleet/handoff.js'
@@ -27,7 +26,7 @@ import type {Establishment, OffsiteSettings} from '../inventory/types.js'
 import {journalDir, stateDir} from '../paths.js'
 import type {Secret} from '../secret.js'
 import {GUEST_OFFSITE, offsiteSnapshots, readOffsitePassword, redactUrl, requireOffsite, type OffsiteSnapshot} from './offsite.js'
-import type {BackupRequest} from './service.js'
+import {openBackupFleet, type BackupRequest} from './service.js'
 
 /** A snapshot id as restic prints it (short: 8 hex digits) or whole; or "latest". */
 export const SNAPSHOT_ID_RE = /^(latest|[0-9a-f]{8,64})$/
@@ -184,15 +183,7 @@ export async function restoreBackup(req: RestoreRequest): Promise<RestoreResult>
     })
   }
   const started = Date.now()
-  const fleet = await FleetSession.open({
-    inventory: req.inventoryPath,
-    selection: {uais: [req.uai, req.to]},
-    secretsDir: req.secretsDir,
-    store: 'always',
-    io: req.io,
-    ...(req.env ? {env: req.env} : {}),
-    ...(req.connect ? {connect: req.connect} : {}),
-  })
+  const fleet = await openBackupFleet(req, {uais: [req.uai, req.to]})
   try {
     const from = fleet.establishments.find((e) => e.uai === req.uai)!
     const to = fleet.establishments.find((e) => e.uai === req.to)!

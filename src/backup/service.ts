@@ -101,17 +101,22 @@ async function snapshotsOf(o: OffsiteSettings, store: SecretStore, est: Establis
   return {t, snaps: await offsiteSnapshots(t, io)}
 }
 
-/** `pgi backup list UAI`: local and off-site backups of one establishment, newest first. */
-export async function listBackups(req: BackupRequest & {uai: string; local?: boolean; offsite?: boolean}): Promise<BackupListResult> {
-  const fleet = await FleetSession.open({
+/** The fleet of a backup command: the establishments selected, with the secret store open (repository keys). */
+export function openBackupFleet(req: BackupRequest, selection: Selection): Promise<FleetSession> {
+  return FleetSession.open({
     inventory: req.inventoryPath,
-    selection: {uais: [req.uai]},
+    selection,
     secretsDir: req.secretsDir,
     store: 'always',
     io: req.io,
     ...(req.env ? {env: req.env} : {}),
     ...(req.connect ? {connect: req.connect} : {}),
   })
+}
+
+/** `pgi backup list UAI`: local and off-site backups of one establishment, newest first. */
+export async function listBackups(req: BackupRequest & {uai: string; local?: boolean; offsite?: boolean}): Promise<BackupListResult> {
+  const fleet = await openBackupFleet(req, {uais: [req.uai]})
   try {
     const est = fleet.establishments[0]
     const out: BackupListResult = {uai: est.uai, name: est.name, backups: []}
@@ -154,14 +159,7 @@ export interface PruneRow extends Partial<PruneResult> {
  * establishment's failure does not stop the others.
  */
 export async function pruneBackups(req: BackupRequest & {selection: Selection; dryRun: boolean}): Promise<PruneRow[]> {
-  const fleet = await FleetSession.open({
-    inventory: req.inventoryPath,
-    selection: req.selection,
-    secretsDir: req.secretsDir,
-    store: 'always',
-    io: req.io,
-    ...(req.env ? {env: req.env} : {}),
-  })
+  const fleet = await openBackupFleet(req, req.selection)
   try {
     const o = requireOffsite(fleet.inventory)
     const rows: PruneRow[] = []

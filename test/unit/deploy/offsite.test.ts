@@ -11,12 +11,12 @@ import {join} from 'node:path'
 import {afterEach, describe, expect, it} from 'vitest'
 
 import {offsitePasswordKey} from '../../../src/fleet/offsite.js'
-import {runDeploy, type DeployRequest} from '../../../src/deploy/service.js'
+import {runDeploy} from '../../../src/deploy/service.js'
 import type {OffsiteSettings} from '../../../src/inventory/types.js'
 import {MemoryIo} from '../../../src/io.js'
 import {connectHypervisor} from '../../../src/proxmox/client.js'
 import {Secret} from '../../../src/secret.js'
-import {fastConnect, startSimLab, type SimLab} from './sim-lab.js'
+import {deployRequest, startSimLab, type SimLab} from './sim-lab.js'
 
 let lab: SimLab | undefined
 afterEach(async () => {
@@ -24,23 +24,7 @@ afterEach(async () => {
   lab = undefined
 })
 
-function request(l: SimLab, io: MemoryIo): DeployRequest {
-  return {
-    inventoryPath: l.dir,
-    inventory: l.inventory,
-    selection: {all: true},
-    secretsDir: l.store.dir,
-    resolveImage: async () => l.image,
-    handoffDir: join(l.dir, 'handoffs'),
-    io,
-    env: l.env,
-    connect: fastConnect(),
-    confirm: async () => undefined,
-    pollIntervalMs: 20,
-    agentTimeoutMs: 20_000,
-    healthTimeoutMs: 20_000,
-  }
-}
+const request = deployRequest
 
 function offsite(over: Partial<OffsiteSettings> = {}): OffsiteSettings {
   return {repository: 'rest:http://10.0.2.100:8000/{uai}/', regionRepository: '/srv/restic/{uai}', repositories: new Map(), retention: {daily: 7, weekly: 4, monthly: 12}, limitUploadKib: 256, window: '01:00-06:00', maxAgeS: 48 * 3600, source: {file: 'lab.yaml', line: 1, column: 1}, ...over}

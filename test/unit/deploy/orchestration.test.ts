@@ -4,13 +4,13 @@ import {join} from 'node:path'
 import {afterEach, describe, expect, it} from 'vitest'
 
 import {openHandoff} from '../../../src/fleet/handoff.js'
-import {runDeploy, type DeployRequest} from '../../../src/deploy/service.js'
+import {runDeploy} from '../../../src/deploy/service.js'
 import {parseDescription} from '../../../src/fleet/vm-meta.js'
 import {MemoryIo} from '../../../src/io.js'
 import type {RequestLogEntry} from '../../../src/lab/server.js'
 import {connectHypervisor} from '../../../src/proxmox/client.js'
 import {Secret} from '../../../src/secret.js'
-import {fastConnect, startSimLab, type SimLab} from './sim-lab.js'
+import {deployRequest, startSimLab, type SimLab} from './sim-lab.js'
 
 let lab: SimLab | undefined
 afterEach(async () => {
@@ -18,24 +18,7 @@ afterEach(async () => {
   lab = undefined
 })
 
-function request(l: SimLab, io: MemoryIo, over: Partial<DeployRequest> = {}): DeployRequest {
-  return {
-    inventoryPath: l.dir,
-    inventory: l.inventory,
-    selection: {all: true},
-    secretsDir: l.store.dir,
-    resolveImage: async () => l.image,
-    handoffDir: join(l.dir, 'handoffs'),
-    io,
-    env: l.env,
-    connect: fastConnect(),
-    confirm: async () => undefined,
-    pollIntervalMs: 20,
-    agentTimeoutMs: 20_000,
-    healthTimeoutMs: 20_000,
-    ...over,
-  }
-}
+const request = deployRequest
 
 const writes = (log: RequestLogEntry[]) => log.filter((e) => e.method !== 'GET')
 

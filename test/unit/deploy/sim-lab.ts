@@ -11,6 +11,7 @@ import {join} from 'node:path'
 import {generateIdentity, identityToRecipient} from 'age-encryption'
 
 import type {DeployImage} from '../../../src/deploy/desired.js'
+import type {DeployRequest} from '../../../src/deploy/service.js'
 import {Hypervisors, type PveConnector} from '../../../src/hypervisors.js'
 import type {Establishment, Hypervisor, Inventory} from '../../../src/inventory/types.js'
 import {uaiFromNumber} from '../../../src/inventory/uai.js'
@@ -53,6 +54,26 @@ export interface SimLabOptions {
 
 /** Tuned (not replaced) client: short task polling so scaled-down lab tasks are not dominated by it. */
 export const fastConnect = (pollMs = 20): PveConnector => (hv, o) => connectHypervisor(hv, {...o, poll: {initialMs: pollMs, maxMs: pollMs * 5}, retry: {baseDelayMs: 50, maxDelayMs: 200}})
+
+/** The `pgi deploy` request of a test on the simulated lab `l`: every establishment, fast polls and deadlines. */
+export function deployRequest(l: SimLab, io: Io, over: Partial<DeployRequest> = {}): DeployRequest {
+  return {
+    inventoryPath: l.dir,
+    inventory: l.inventory,
+    selection: {all: true},
+    secretsDir: l.store.dir,
+    resolveImage: async () => l.image,
+    handoffDir: join(l.dir, 'handoffs'),
+    io,
+    env: l.env,
+    connect: fastConnect(),
+    confirm: async () => undefined,
+    pollIntervalMs: 20,
+    agentTimeoutMs: 20_000,
+    healthTimeoutMs: 20_000,
+    ...over,
+  }
+}
 
 export async function startSimLab(o: SimLabOptions = {}): Promise<SimLab> {
   const tokenSecret = randomUUID()
