@@ -167,7 +167,7 @@ export async function proteusFor(series: string): Promise<Proteus> {
 export const PROTEUS_CONNECT = String.raw`
 import datetime, json, sys, urllib.parse
 from decimal import Decimal
-from proteus import config, Model
+from proteus import config, Model, Wizard
 d = json.load(sys.stdin)
 u = urllib.parse.urlsplit(d['url'])
 config.set_xmlrpc('%s://%s:%s@%s/%s/' % (u.scheme, urllib.parse.quote(d['login'], safe=''), urllib.parse.quote(d['password'], safe=''), u.netloc, d['database']))
@@ -179,6 +179,12 @@ config.set_xmlrpc('%s://%s:%s@%s/%s/' % (u.scheme, urllib.parse.quote(d['login']
  * company, fiscalYear, move, id}.
  */
 export const POST_INVOICE = PROTEUS_CONNECT + readFileSync(join(dirname(fileURLToPath(import.meta.url)), 'post_invoice.py'), 'utf8')
+
+/**
+ * A term of class work in one company (class_data.py: parties, products, invoices posted and paid,
+ * January closed), connected as PROTEUS_CONNECT says; input adds year, invoices, parties, products.
+ */
+export const CLASS_DATA = PROTEUS_CONNECT + readFileSync(join(dirname(fileURLToPath(import.meta.url)), 'class_data.py'), 'utf8')
 
 /** What POST_INVOICE printed (its last line). */
 export interface PostedInvoice {

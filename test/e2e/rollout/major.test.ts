@@ -12,7 +12,7 @@ import type {PveApi} from '../../../src/proxmox/types.js'
 
 import {CLI, ROOT} from '../../helpers/cli.js'
 import {cachedPgiImage} from '../../helpers/e2e-image.js'
-import {proteusFor} from '../../helpers/proteus.js'
+import {CLASS_DATA, proteusFor} from '../../helpers/proteus.js'
 import {deployedQemuLab, expectOk, labPgi, openLabHandoff, stopQemuLab, type DeployedQemuLab, type DeployedSite} from '../../helpers/qemu-lab.js'
 import {hasChromium, saoLogin} from '../../helpers/sao.js'
 
@@ -54,6 +54,7 @@ const note = (s: string) => console.log(`[major e2e ${new Date().toISOString().s
 
 interface Migration {
   state: string
+  to_version?: string
   from_pg: string
   to_pg: string
   databases: {name: string; step: string; figure_differences: string[]; seconds?: Record<string, number>}[]
@@ -168,12 +169,11 @@ describe.skipIf(process.env.PGI_E2E_MAJOR !== '1')('major rollout 1.x → 2.0 on
 
   it('class data through proteus 6.0: a term of invoices, paid, a closed period, in two databases of each establishment', async () => {
     const proteus = await proteusFor('6.0')
-    const script = await readFile(join(ROOT, 'test', 'helpers', 'class_data.py'), 'utf8')
     const year = new Date().getFullYear()
     const t = Date.now()
     await Promise.all(
       sites.map(async ({site}) => {
-        const out = await proteus.python(script, {url: site.rpcUrl, database: 'pgi', login: site.handoff.trytonAdmin.login, password: site.handoff.trytonAdmin.password.reveal(), year, invoices: INVOICES}, 120 * 60_000)
+        const out = await proteus.python(CLASS_DATA, {url: site.rpcUrl, database: 'pgi', login: site.handoff.trytonAdmin.login, password: site.handoff.trytonAdmin.password.reveal(), year, invoices: INVOICES}, 120 * 60_000)
         const made = JSON.parse(out.trim().split('\n').slice(-1)[0]!) as {invoices: number; paid: number; closed: string[] | null}
         expect(made).toMatchObject({invoices: INVOICES, paid: INVOICES, closed: [`${year}-01`, 'close']})
       }),
@@ -236,8 +236,10 @@ describe.skipIf(process.env.PGI_E2E_MAJOR !== '1')('major rollout 1.x → 2.0 on
     const child = spawnDetached('node', [CLI, ...rolloutArgs('start', v2.version, ['--all'])], {env: lab!.env as Record<string, string>, logFile: log})
     // the last establishment in trytond-admin (hard-stopped there), the first one migrating too
     const [first, last] = [sites[0]!.est, sites.at(-1)!.est]
-    const m = await waitMigration(last, 'trytond-admin', (s) => s.state === 'running' && s.databases.some((d) => d.step === 'admin'), child)
-    if (sites.length > 1) await waitMigration(first, 'the migration', (s) => s.state === 'running' && s.databases.some((d) => d.step !== 'pending'), child)
+    // (the status file may still hold the broken 2.0.1's run: only this rollout's counts)
+    const ours = (s: Migration) => s.state === 'running' && s.to_version === v2.version
+    const m = await waitMigration(last, 'trytond-admin', (s) => ours(s) && s.databases.some((d) => d.step === 'admin'), child)
+    if (sites.length > 1) await waitMigration(first, 'the migration', (s) => ours(s) && s.databases.some((d) => d.step !== 'pending'), child)
     process.kill(child.pid!, 'SIGKILL')
     note(`pgi killed; ${last.uai} at ${JSON.stringify(m.databases.map((d) => [d.name, d.step]))}`)
     if (PHASES.has('hardstop')) {
@@ -247,7 +249,7 @@ describe.skipIf(process.env.PGI_E2E_MAJOR !== '1')('major rollout 1.x → 2.0 on
     const r = await pgi(rolloutArgs('resume', undefined, []), 240 * 60_000)
     keepHandoffs(r.json)
     const outcomes = (r.json?.result?.establishments ?? []).map((e: {uai: string; outcome: string; reason?: string}) => `${e.uai} ${e.outcome} ${e.reason ?? ''}`.trim())
-    expect(outcomes, `${r.stderr.slice(-3000)}\n${(await readFile(log, 'utf8').catch(() => '')).slice(-3000)}`).toEqual(sites.map(({est}) => `${est.uai} updated`))
+    expect(outcomes, `exit ${r.exitCode} ${r.stdout.slice(-1500)}\n${r.stderr.slice(-3000)}\n${(await readFile(log, 'utf8').catch(() => '')).slice(-3000)}`).toEqual(sites.map(({est}) => `${est.uai} updated`))
     for (const {est} of sites) expect((await migration(est))!.state).toBe('committed')
     // the hard-stopped guest booted twice into the new OS and redid the database it was migrating
     if (PHASES.has('hardstop')) expect(((await migration(last)) as Migration & {boots?: number}).boots).toBeGreaterThanOrEqual(2)
