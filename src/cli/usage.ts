@@ -153,7 +153,10 @@ export function toPgiError(err: unknown, ctx: ParseContext = {}): PgiError {
     }
     const exit = e.oclif?.exit
     if (exit === 2 || /flag|argument|Unexpected|Missing|Expected/i.test(err.message)) {
-      const message = text.join('; ') || err.message
+      // oclif's validation errors come as "The following error occurred:" then one line each,
+      // naming a required flag without its dashes: said as pgi says it
+      const said = text.filter((l) => !/^The following errors? occurred:?$/i.test(l) && !/^See more help with --help$/i.test(l)).map((l) => l.replace(/^Missing required flag (\w[\w-]*)$/, 'missing required flag --$1'))
+      const message = said.join('; ') || err.message
       const flag = flagIn(message)
       return usage(message, flag ? {flag} : undefined)
     }

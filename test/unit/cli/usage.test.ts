@@ -38,4 +38,10 @@ describe('toPgiError', () => {
     const err = new Error('Parsing --bwlimit \n\t--bwlimit: "x" is not a rate\nSee more help with --help')
     expect(toPgiError(err)).toMatchObject({exitCode: 2, message: '--bwlimit: "x" is not a rate', where: {flag: 'bwlimit'}})
   })
+
+  it("oclif's validation errors: a missing required flag named with its dashes, without oclif's header", async () => {
+    const {Errors} = await import('@oclif/core')
+    const err = new Errors.CLIError('The following error occurred:\n  Missing required flag to\nSee more help with --help', {exit: 2})
+    expect(toPgiError(err)).toMatchObject({exitCode: 2, message: 'missing required flag --to', where: {flag: 'to'}})
+  })
 })
