@@ -130,7 +130,7 @@ describe.skipIf(!hasRestic)('pgi deploy with offsite: and pgi backup restore, th
     ['a snapshot that is not there', () => ['backup', 'restore', A, '--to', B, '--snapshot', 'deadbeef', '-i', inv, '--secrets-dir', secrets], 3, 'PGI_OFFSITE_SNAPSHOT_NOT_FOUND', /no off-site snapshot deadbeef/, {flag: 'snapshot'}],
     ['a source whose repository has no snapshot', () => ['backup', 'restore', B, '--to', A, '-i', inv, '--secrets-dir', secrets], 1, 'PGI_OFFSITE_FAILED', /no_repository/],
     ['--replace without confirmation in a script', () => ['backup', 'restore', A, '--to', B, '--replace', '-i', inv, '--secrets-dir', secrets], 2, 'PGI_FLAG_REQUIRED', /--yes/],
-    ['--to missing', () => ['backup', 'restore', A, '-i', inv], 2, 'PGI_USAGE', /Missing required flag to/],
+    ['--to missing', () => ['backup', 'restore', A, '-i', inv], 2, 'PGI_USAGE', /missing required flag --to/],
   ]
   it.each(bad)('refuses %s: clear error, exit code of the README, nothing sent to the lab', async (_what, args, exit, code, message, where) => {
     const before = await writeRequests()
