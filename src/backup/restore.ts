@@ -16,9 +16,10 @@
  */
 import {join} from 'node:path'
 
-import {ErrorCode, UserError, type ErrorCodeValue} from '../errors.js'
-import {ExitCode, type ExitCodeValue} from '../exit-codes.js'
-import type {GuestTarget} from '../fleet/guest.js'
+import {ErrorCode, UserError} from '../errors.js'
+import {ExitCode} from '../exit-codes.js'
+import {guestWhere, type GuestTarget} from '../fleet/guest.js'
+import type {GuestRefusal} from '../fleet/pgidb.js'
 import {storeCredentials, type ConnectionSource} from '../fleet/credentials.js'
 import {readHandoffDatabases} from '../fleet/handoff.js'
 import {offsiteRepositories} from '../inventory/offsite-rules.js'
@@ -99,7 +100,7 @@ interface GuestRestoreOut {
 }
 
 /** pgi-offsite --restore's exit statuses (pgi-db's) → pgi's error code, exit code and what to do next. */
-const GUEST_STATUS: Record<number, {code: ErrorCodeValue; exit: ExitCodeValue; next: string}> = {
+const GUEST_STATUS: Record<number, GuestRefusal> = {
   3: {code: ErrorCode.OFFSITE_RESTORE_REFUSED, exit: ExitCode.INVALID_INPUT, next: 'The snapshot cannot be restored on this server (see the message); nothing was changed.'},
   4: {code: ErrorCode.OFFSITE_SNAPSHOT_NOT_FOUND, exit: ExitCode.INVALID_INPUT, next: 'List the snapshots with `pgi backup list UAI --no-local` and give one with --snapshot.'},
   5: {code: ErrorCode.DB_EXISTS, exit: ExitCode.REFUSED, next: 'The target already has databases of these names: restore onto a new server, or add --replace (each one is kept first as a before-replace dump).'},
@@ -147,7 +148,7 @@ export async function restoreInGuest(t: GuestTarget, input: string, password: Se
   } catch {
     out = undefined
   }
-  const where = {uai: t.uai, hypervisor: t.api.hypervisor, node: t.node, vmid: t.vmid}
+  const where = guestWhere(t)
   // exit 1 with a result: restored, but a login failed (the caller reports it)
   if (out && !out.error && (r.exitcode === 0 || r.exitcode === 1) && Array.isArray(out.databases)) return out
   const hide = (s: string) => s.split(password.reveal()).join('***')

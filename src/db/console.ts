@@ -13,9 +13,9 @@
 import {armor, Encrypter} from 'age-encryption'
 import {join, resolve} from 'node:path'
 
-import {ErrorCode, UserError, type ErrorCodeValue, type ErrorLocation} from '../errors.js'
+import {ErrorCode, UserError, type ErrorCodeValue} from '../errors.js'
 import {ExitCode, type ExitCodeValue} from '../exit-codes.js'
-import type {GuestTarget} from '../fleet/guest.js'
+import {guestWhere, type GuestTarget} from '../fleet/guest.js'
 import type {Establishment} from '../inventory/types.js'
 import {Secret} from '../secret.js'
 import {writeFileAtomic} from '../secrets/atomic.js'
@@ -37,9 +37,6 @@ const STATUS: Record<number, {code: ErrorCodeValue; exit: ExitCodeValue; next: s
   5: {code: ErrorCode.TEACHER_EXISTS, exit: ExitCode.REFUSED, next: 'That teacher already has an account: `pgi db teacher reset UAI EMAIL` issues a new code.'},
 }
 
-function where(t: GuestTarget): ErrorLocation {
-  return {uai: t.uai, hypervisor: t.api.hypervisor, node: t.node, vmid: t.vmid}
-}
 
 /**
  * Runs `pgi-console ARGS…` in the VM and returns its JSON answer; its refusals become typed errors
@@ -61,7 +58,7 @@ export async function runPgiConsole<T>(t: GuestTarget, args: string[], opts: {id
   const message = failure?.message ?? ((r.stderr || '').trim().split('\n').slice(-2).join(' | ').slice(0, 300) || '(no output)')
   if (r.exitcode === 127 || /No such file or directory|command not found/.test(r.stderr ?? '') && out === undefined) {
     throw new UserError(ErrorCode.CONSOLE_FAILED, `the VM ${t.vmid} has no teachers' console (${GUEST_CONSOLE} is missing): its image predates it`, {
-      where: where(t),
+      where: guestWhere(t),
       suggestions: ['Roll out an image with the console (pgi-tryton 1.0.0 of the current recipe or newer): `pgi rollout`.'],
     })
   }
@@ -69,13 +66,13 @@ export async function runPgiConsole<T>(t: GuestTarget, args: string[], opts: {id
   if (s) {
     throw new UserError(s.code, `${what} refused in VM ${t.vmid}: ${message}`, {
       exitCode: s.exit,
-      where: where(t),
+      where: guestWhere(t),
       suggestions: [s.next],
       details: {guest: {code: failure?.code ?? null, message}},
     })
   }
   throw new UserError(ErrorCode.CONSOLE_FAILED, `${what} failed in VM ${t.vmid} (exit ${r.exitcode}): ${message}`, {
-    where: where(t),
+    where: guestWhere(t),
     suggestions: ["Look at the console's journal in the VM (journalctl -u pgi-console -t pgi-console), then retry; `pgi status UAI` shows the console's health."],
     ...(failure ? {details: {guest: {code: failure.code ?? null, message}}} : {}),
   })

@@ -16,7 +16,7 @@
 import {createHash} from 'node:crypto'
 
 import {ErrorCode, UserError} from '../errors.js'
-import type {GuestTarget} from '../fleet/guest.js'
+import {guestWhere, type GuestTarget} from '../fleet/guest.js'
 
 /** Base64 characters per file-write: under the client's 61,440 (PVE's ~45 KiB of content). */
 export const UPLOAD_CHUNK_CHARS = 45_000
@@ -35,9 +35,6 @@ export interface UploadResult {
   calls: number
 }
 
-function where(t: GuestTarget) {
-  return {uai: t.uai, hypervisor: t.api.hypervisor, node: t.node, vmid: t.vmid}
-}
 
 // the scripts get their paths as arguments, never interpolated into the text
 export const MKDIR_SCRIPT = 'set -e; umask 077; mkdir -p "$1"; chmod 700 "$1"; mktemp -d "$1/.upload.XXXXXX"'
@@ -54,7 +51,7 @@ export async function uploadToGuest(t: GuestTarget, files: {name: string; data: 
   const dir = mk.stdout.trim().split('\n').slice(-1)[0] ?? ''
   if (mk.exitcode !== 0 || !dir.startsWith(`${GUEST_UPLOADS}/.upload.`)) {
     throw new UserError(ErrorCode.GUEST_COMMAND_FAILED, `could not make a folder for the upload in VM ${vmid} (exit ${mk.exitcode}): ${(mk.stderr || mk.stdout).trim().slice(-300)}`, {
-      where: where(t),
+      where: guestWhere(t),
       suggestions: ['Check the data disk (`pgi status`): it must be mounted and have room.'],
     })
   }
@@ -73,7 +70,7 @@ export async function uploadToGuest(t: GuestTarget, files: {name: string; data: 
       const got = /^([0-9a-f]{64})\s/.exec(r.stdout.trim())?.[1]
       if (r.exitcode !== 0 || got !== sha256) {
         throw new UserError(ErrorCode.GUEST_COMMAND_FAILED, `the copy of ${f.name} in VM ${vmid} is not the file sent (exit ${r.exitcode}, sha256 ${got ?? 'none'} instead of ${sha256}): ${(r.stderr || '').trim().slice(-300)}`, {
-          where: where(t),
+          where: guestWhere(t),
           suggestions: ['Nothing was created. Check the data disk has room (`pgi status`), then retry.'],
         })
       }

@@ -10,7 +10,7 @@
  */
 import {ErrorCode, PgiError, UserError, asPgiError} from '../errors.js'
 import {createDatabase, listDatabases, loginCheck, recordedDatabases} from '../fleet/pgidb.js'
-import {refreshHealthRecord, type GuestTarget} from '../fleet/guest.js'
+import {guestWhere, refreshHealthRecord, type GuestTarget} from '../fleet/guest.js'
 import type {DeclaredDatabase, Establishment} from '../inventory/types.js'
 
 /** One declared database in the plan: there already, to be created, or not known (VM not running, not readable). */
@@ -103,7 +103,7 @@ export async function ensureDatabases(t: GuestTarget, est: Establishment, opts: 
   const bad = logins.filter((l) => !l.ok)
   if (bad.length > 0) {
     throw new UserError(ErrorCode.DB_FAILED, `Tryton login failed in ${bad.map((b) => `${b.name} (${b.error ?? 'refused'})`).join(', ')} on VM ${t.vmid}`, {
-      where: {uai: t.uai, hypervisor: t.api.hypervisor, node: t.node, vmid: t.vmid},
+      where: guestWhere(t),
       suggestions: ['Run `pgi status UAI` for the server\'s checks; the guest journal (journalctl -t pgi-db -t trytond) says why. Deploy again once fixed: existing databases are kept.'],
       details: {databases: out, logins},
     })

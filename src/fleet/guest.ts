@@ -28,7 +28,8 @@ export interface WaitOpts {
   onProgress?: (text: string) => void
 }
 
-function where(t: GuestTarget): ErrorLocation {
+/** Where an error about a guest happened: the establishment, its hypervisor, node and VM. */
+export function guestWhere(t: GuestTarget): ErrorLocation {
   return {uai: t.uai, hypervisor: t.api.hypervisor, node: t.node, vmid: t.vmid}
 }
 
@@ -45,7 +46,7 @@ export async function waitForAgent(t: GuestTarget, opts: WaitOpts): Promise<numb
     const waited = Date.now() - start
     if (waited >= opts.timeoutMs) {
       throw new TimeoutError(`the guest agent of VM ${t.vmid} did not answer within ${Math.round(opts.timeoutMs / 1000)} s (last: ${last})`, {
-        where: where(t),
+        where: guestWhere(t),
         suggestions: ['Look at the VM console: is it still booting (software emulation is slow)? Raise --agent-timeout if so.', 'Check that the image has qemu-guest-agent enabled and the VM has `agent: 1`.'],
       })
     }
@@ -99,7 +100,7 @@ export async function waitForHealthy(t: GuestTarget, opts: WaitOpts): Promise<Gu
     const waited = Date.now() - start
     if (waited >= opts.timeoutMs) {
       throw new TimeoutError(`VM ${t.vmid} did not become healthy within ${Math.round(opts.timeoutMs / 1000)} s (last: ${last})`, {
-        where: where(t),
+        where: guestWhere(t),
         suggestions: ['Run `pgi status` for the details, or raise --health-timeout if the VM is still starting (software emulation is slow).'],
       })
     }
@@ -129,7 +130,7 @@ export async function backupGuest(t: GuestTarget, timeoutMs = 3600_000): Promise
   const path = r.stdout.trim().split('\n').filter(Boolean).slice(-1)[0] ?? ''
   if (r.exitcode !== 0 || !path.startsWith('/')) {
     throw new UserError(ErrorCode.BACKUP_FAILED, `pgi-backup failed in VM ${t.vmid} (exit ${r.exitcode}): ${lastLine(r.stderr || r.stdout)}`, {
-      where: where(t),
+      where: guestWhere(t),
       suggestions: ['Nothing was deleted. Check the data disk and PostgreSQL (pgi status), then retry.'],
     })
   }
@@ -150,7 +151,7 @@ export async function verifyGuestBackup(t: GuestTarget, manifestPath: string, ti
   }
   if (r.exitcode !== 0 || !out?.verified || out.verified.some((v) => !v.ok)) {
     throw new UserError(ErrorCode.BACKUP_FAILED, `the backup ${manifestPath} did not verify in VM ${t.vmid} (exit ${r.exitcode}): ${lastLine(r.stderr || r.stdout)}`, {
-      where: where(t),
+      where: guestWhere(t),
       suggestions: ['Nothing was deleted. Look at the guest journal (journalctl -t pgi-backup), fix the cause, then retry.'],
     })
   }

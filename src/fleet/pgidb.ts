@@ -5,14 +5,21 @@
  * pgi-db command prints one JSON value on stdout, or {"error": {code, message}} with an exit status
  * that says what kind of failure it was; this module turns those into pgi's typed errors.
  */
-import {ErrorCode, UserError, type ErrorCodeValue, type ErrorLocation} from '../errors.js'
+import {ErrorCode, UserError, type ErrorCodeValue} from '../errors.js'
 import {ExitCode, type ExitCodeValue} from '../exit-codes.js'
-import type {GuestTarget} from './guest.js'
+import {guestWhere, type GuestTarget} from './guest.js'
 
 export const GUEST_DB = '/usr/local/sbin/pgi-db'
 
 /** pgi-db's exit statuses (its docstring) → pgi's error code, exit code and what to do next. */
-const STATUS: Record<number, {code: ErrorCodeValue; exit: ExitCodeValue; next: string}> = {
+/** What a guest tool's refusal status means on this side: pgi's error code, exit code and next step. */
+export interface GuestRefusal {
+  code: ErrorCodeValue
+  exit: ExitCodeValue
+  next: string
+}
+
+const STATUS: Record<number, GuestRefusal> = {
   3: {code: ErrorCode.DB_INVALID, exit: ExitCode.INVALID_INPUT, next: 'Fix the input named in the message; nothing was changed.'},
   4: {code: ErrorCode.DB_NOT_FOUND, exit: ExitCode.INVALID_INPUT, next: 'List the databases with `pgi db list UAI` and use one of their names.'},
   5: {code: ErrorCode.DB_EXISTS, exit: ExitCode.REFUSED, next: 'Choose another name; an existing database is never overwritten without --replace.'},
@@ -41,9 +48,6 @@ export interface PgiDbOptions {
   answerStatuses?: number[]
 }
 
-function where(t: GuestTarget): ErrorLocation {
-  return {uai: t.uai, hypervisor: t.api.hypervisor, node: t.node, vmid: t.vmid}
-}
 
 function lastLine(s: string): string {
   return s.trim().split('\n').slice(-3).join(' | ').slice(0, 400) || '(no output)'
@@ -74,13 +78,13 @@ export async function runPgiDb<T>(t: GuestTarget, args: string[], opts: PgiDbOpt
   if (s) {
     throw new UserError(s.code, `${what} refused in VM ${t.vmid}: ${message}`, {
       exitCode: s.exit,
-      where: where(t),
+      where: guestWhere(t),
       suggestions: [s.next],
       ...(failure ? {details: {guest: failure}} : {}),
     })
   }
   throw new UserError(ErrorCode.DB_FAILED, `${what} failed in VM ${t.vmid} (exit ${r.exitcode}): ${message}`, {
-    where: where(t),
+    where: guestWhere(t),
     suggestions: ['Nothing half-made is left (pgi-db drops what it did not finish). Look at the guest journal (journalctl -t pgi-db) for the cause, then retry.'],
     ...(failure ? {details: {guest: failure}} : {}),
   })

@@ -8,7 +8,7 @@
  */
 import {sleep} from '../sleep.js'
 import {ErrorCode, UserError} from '../errors.js'
-import type {GuestTarget} from '../fleet/guest.js'
+import {guestWhere, type GuestTarget} from '../fleet/guest.js'
 import {asciiJson} from '../proxmox/client.js'
 
 export const PYTHON = '/usr/bin/python3'
@@ -313,7 +313,7 @@ export async function majorInGuest<T = unknown>(t: GuestTarget, req: MajorAction
   const out = lastJson<T>(r.stdout)
   if (r.exitcode !== 0 || out === undefined) {
     throw new UserError(ErrorCode.GUEST_COMMAND_FAILED, `major upgrade, ${req.action}: failed in VM ${t.vmid} (exit ${r.exitcode}): ${(r.stderr || r.stdout).trim().slice(-400) || '(no output)'}`, {
-      where: {uai: t.uai, hypervisor: t.api.hypervisor, node: t.node, vmid: t.vmid},
+      where: guestWhere(t),
     })
   }
   return out
@@ -358,7 +358,7 @@ export async function probeGuest(t: GuestTarget, manifestPath: string, login?: {
   const out = lastJson<ProbeResult>(r.stdout)
   if (r.exitcode !== 0 || !out || !Array.isArray(out.databases)) {
     throw new UserError(ErrorCode.GUEST_COMMAND_FAILED, `the database checks failed to run in VM ${t.vmid} (exit ${r.exitcode}): ${(r.stderr || r.stdout).trim().slice(-300) || '(no output)'}`, {
-      where: {uai: t.uai, hypervisor: t.api.hypervisor, node: t.node, vmid: t.vmid},
+      where: guestWhere(t),
     })
   }
   return out
@@ -369,7 +369,7 @@ export async function restoreInGuest(t: GuestTarget, manifestPath: string, versi
   const out = lastJson<{restored: string[]}>(r.stdout)
   if (r.exitcode !== 0 || !out) {
     throw new UserError(ErrorCode.BACKUP_FAILED, `restoring the databases from ${manifestPath} failed in VM ${t.vmid} (exit ${r.exitcode}): ${(r.stderr || r.stdout).trim().slice(-300) || '(no output)'}`, {
-      where: {uai: t.uai, hypervisor: t.api.hypervisor, node: t.node, vmid: t.vmid},
+      where: guestWhere(t),
       suggestions: ['The backup is still on the data disk (/srv/pgi/backups) and a copy is in the local rollout journal: restore by hand with pg_restore.'],
     })
   }
@@ -393,7 +393,7 @@ export async function waitForDataDisk(t: GuestTarget, timeoutMs: number, interva
     if (r?.exitcode === 0) return
     if (Date.now() >= deadline) {
       throw new UserError(ErrorCode.GUEST_COMMAND_FAILED, `VM ${t.vmid}: the data disk is not mounted at /srv/pgi ${Math.round(timeoutMs / 1000)} s after the guest agent answered`, {
-        where: {uai: t.uai, hypervisor: t.api.hypervisor, node: t.node, vmid: t.vmid},
+        where: guestWhere(t),
         suggestions: ['Look at the VM console for pgi-datadisk (journalctl -u pgi-datadisk), then run `pgi rollout resume`.'],
       })
     }
