@@ -364,7 +364,10 @@ class Offsite(unittest.TestCase):
 
     def test_10b_a_push_cut_by_the_link_resumes_too(self):
         # the Région's server goes away mid-push (a cut link, not a stop): restic's uploads fail,
-        # the push ends failed/unreachable; the next run indexes what arrived and sends the rest
+        # the push ends failed/unreachable; the next run indexes what arrived and sends the rest.
+        # test_09's bulk database has served (test_10 needed a set larger than its 3 MB repository):
+        # dropped, so the nights from here on stay small
+        lab.psql('DROP DATABASE bulk WITH (FORCE)')
         lab.psql('CREATE DATABASE bulk2')
         lab.psql("CREATE TABLE noise AS SELECT i, encode(decode(md5(random()::text) || md5(random()::text), 'hex') || "
                  "decode(md5(random()::text) || md5(random()::text), 'hex'), 'base64') AS v FROM generate_series(1, 300000) i", db='bulk2')
@@ -395,6 +398,19 @@ class Offsite(unittest.TestCase):
         # 4 MiB packs, the server killed mid-write) are
         self.assertLess(out['bytes_sent'], size - arrived + (8 << 20), 'the next run sent again what had arrived')
         self.assertEqual(region('check').returncode, 0)
+
+    def test_10c_a_night_without_the_bulk_databases(self):
+        # the restores below work on the class databases alone: the bulk ones dropped, a new night
+        # pushed, and that snapshot is the latest
+        lab.psql('DROP DATABASE bulk2 WITH (FORCE)')
+        time.sleep(1.1)
+        stamp = nightly()
+        rc, out, err = offsite()
+        self.assertEqual((rc, out['state'], out['set']), (0, 'ok', stamp), err)
+        with open(os.path.join(lab.data, 'backups', stamp, 'manifest.json')) as f:
+            names = [e['name'] for e in json.load(f)['databases']]
+        self.assertIn('pgi', names)
+        self.assertFalse({'bulk', 'bulk2'} & set(names))
 
     # --restore: another server (here the same lab, its databases dropped) brings back the
     # databases of an off-site snapshot, checked against the manifest, with a working login
