@@ -23,8 +23,10 @@ export function vmName(uai: string): string {
   return `pgi-${uai.toLowerCase().replace(/[^a-z0-9-]/g, '-')}`
 }
 
-/** `ip=10.1.2.3/24,gw=10.1.2.1` */
+/** `ip=10.1.2.3/24,gw=10.1.2.1` (`ip=dhcp` for an address of `dhcp`) */
 export function ipconfig0(est: Establishment): string {
+  // a scratch VM without an address of its own (src/backup/scratch.ts)
+  if (est.network.address === 'dhcp') return 'ip=dhcp'
   return `ip=${est.network.address},gw=${est.network.gateway}`
 }
 
