@@ -134,6 +134,26 @@ describe.skipIf(!hasRestic)('pgi backup drill and restore --to-lab, through the 
     expect(await vmsInRange()).toEqual([])
   })
 
+  it("the inventory's rules: a drill range holding an establishment's vmid, an unknown drill hypervisor", async () => {
+    const bare = await readFile(join(labDir, 'inventory', 'lab.yaml'), 'utf8')
+    const lab = await loadValidInventory(join(labDir, 'inventory', 'lab.yaml'))
+    const hvName = [...lab.hypervisors.keys()][0]!
+    const cases: [string, string, string][] = [
+      [`hypervisor: ${hvName}\n    vmids: [1000, 1010]`, 'drill-vmid-collision', `vmid 1001 of ${A}`],
+      ['hypervisor: hv-nowhere\n    vmids: [9900, 9909]', 'unknown-hypervisor', 'hv-nowhere'],
+    ]
+    for (const [drill, rule, said] of cases) {
+      const file = join(base, `bad-${rule}.yaml`)
+      await writeFile(file, `${bare}\noffsite:\n  repository: "rest:http://10.0.2.100:8000/{uai}/"\n  drill:\n    ${drill}\n`)
+      const r = await pgi(['inventory', 'validate', '-i', file])
+      expect(r.exitCode, r.stderr).toBe(3)
+      const p = r.json!.error!.details!.problems.find((x: {rule: string}) => x.rule === rule)
+      expect(p, JSON.stringify(r.json!.error!.details!.problems)).toBeDefined()
+      expect(p.message).toContain(said)
+      expect(p.line).toBeGreaterThan(0)
+    }
+  })
+
   it("a drill of A restores its VM's pushed copy in a scratch VM, passes, is recorded, and the scratch VM is gone", async () => {
     const r = await pgi(['backup', 'drill', A, '-i', inv, '--secrets-dir', secrets, '--images-dir', images, '--agent-timeout', '60', '--health-timeout', '60'])
     expect(r.exitCode, r.stderr).toBe(0)
