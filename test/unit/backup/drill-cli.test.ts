@@ -22,7 +22,6 @@ import {offsitePasswordKey} from '../../../src/fleet/offsite.js'
 import {formatDescription} from '../../../src/fleet/vm-meta.js'
 import {loadValidInventory} from '../../../src/inventory/load.js'
 import {connectHypervisor} from '../../../src/proxmox/client.js'
-import type {PveApi} from '../../../src/proxmox/types.js'
 import {SecretStore} from '../../../src/secrets/store.js'
 import {assertBuilt, runPgi, type PgiRun} from '../../helpers/cli.js'
 import {signedTestImage} from '../../helpers/signed-image.js'
@@ -39,7 +38,7 @@ let inv: string
 let noDrill: string
 let secrets: string
 let images: string
-let api: PveApi
+let api: ReturnType<typeof connectHypervisor>
 let node: string
 
 async function pgi(args: string[], timeoutMs = 180_000): Promise<PgiRun> {
@@ -147,10 +146,10 @@ describe.skipIf(!hasRestic)('pgi backup drill and restore --to-lab, through the 
       await writeFile(file, `${bare}\noffsite:\n  repository: "rest:http://10.0.2.100:8000/{uai}/"\n  drill:\n    ${drill}\n`)
       const r = await pgi(['inventory', 'validate', '-i', file])
       expect(r.exitCode, r.stderr).toBe(3)
-      const p = r.json!.error!.details!.problems.find((x: {rule: string}) => x.rule === rule)
+      const p = (r.json!.error!.details!.problems as {rule: string; message: string; line: number}[]).find((x) => x.rule === rule)
       expect(p, JSON.stringify(r.json!.error!.details!.problems)).toBeDefined()
-      expect(p.message).toContain(said)
-      expect(p.line).toBeGreaterThan(0)
+      expect(p!.message).toContain(said)
+      expect(p!.line).toBeGreaterThan(0)
     }
   })
 
