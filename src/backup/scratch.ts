@@ -63,11 +63,30 @@ export async function removeLeftoverScratch(api: PveApi, d: DrillSettings, io: I
   const gone: number[] = []
   for (const vm of await vmsInRange(api, d)) {
     if (vm.meta?.scratch?.kind !== 'drill') continue
+    if (runnerAlive(vm.meta.scratch.runner)) {
+      io.warn(`scratch VM ${vm.vmid} belongs to a drill still running here (${vm.meta.scratch.runner}): left alone`)
+      continue
+    }
     io.warn(`scratch VM ${vm.vmid} (drill of ${vm.meta.uai}, ${vm.meta.scratch.runner}) was left by an earlier drill: removing it`)
     await removeVm(api, vm.node, vm.vmid)
     gone.push(vm.vmid)
   }
   return gone
+}
+
+/**
+ * Is `runner` (host:pid) a process that still runs on this machine? A drill started elsewhere
+ * cannot be asked: drills of one drill hypervisor are run from one machine (docs/backups.md).
+ */
+function runnerAlive(runner: string): boolean {
+  const [host, pid] = runner.split(':')
+  if (host !== hostname() || !pid || Number(pid) === process.pid) return false
+  try {
+    process.kill(Number(pid), 0)
+    return true
+  } catch {
+    return false
+  }
 }
 
 /** The lab VM of `uai` in the range, when one was made. */
