@@ -96,6 +96,8 @@ export const ErrorCode = {
   // pgi backup restore / drill: no such snapshot; a snapshot this server cannot take (another Tryton series, damaged)
   OFFSITE_SNAPSHOT_NOT_FOUND: 'PGI_OFFSITE_SNAPSHOT_NOT_FOUND',
   OFFSITE_RESTORE_REFUSED: 'PGI_OFFSITE_RESTORE_REFUSED',
+  /** pgi backup drill: a snapshot did not become a working PGI in its scratch VM (the reason says which check). */
+  DRILL_FAILED: 'PGI_DRILL_FAILED',
   /** Delta delivery (docs/delivery.md): the chunk store cannot be read, its delivery.json is not validly signed, a guest's assembly failed. */
   STORE_UNREACHABLE: 'PGI_STORE_UNREACHABLE',
   DELIVERY_INVALID: 'PGI_DELIVERY_INVALID',

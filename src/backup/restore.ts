@@ -16,17 +16,20 @@
  */
 import {join} from 'node:path'
 
-import {ErrorCode, UserError} from '../errors.js'
+import {ErrorCode, SafetyRefusal, UserError} from '../errors.js'
 import {ExitCode} from '../exit-codes.js'
 import {guestWhere, type GuestTarget} from '../fleet/guest.js'
 import type {GuestRefusal} from '../fleet/pgidb.js'
 import {storeCredentials, type ConnectionSource} from '../fleet/credentials.js'
 import {readHandoffDatabases} from '../fleet/handoff.js'
+import type {DeployImage} from '../fleet/images.js'
+import {removeVm, type BootWaits} from '../fleet/vm-create.js'
 import {offsiteRepositories} from '../inventory/offsite-rules.js'
 import type {Establishment, OffsiteSettings} from '../inventory/types.js'
 import {journalDir, stateDir} from '../paths.js'
 import type {Secret} from '../secret.js'
 import {GUEST_OFFSITE, offsiteSnapshots, readOffsitePassword, redactUrl, requireOffsite, type OffsiteSnapshot} from './offsite.js'
+import {createScratchVm, findLabVm, requireDrill} from './scratch.js'
 import {openBackupFleet, type BackupRequest} from './service.js'
 
 /** A snapshot id as restic prints it (short: 8 hex digits) or whole; or "latest". */
@@ -35,8 +38,14 @@ export const SNAPSHOT_ID_RE = /^(latest|[0-9a-f]{8,64})$/
 export interface RestoreRequest extends BackupRequest {
   /** The establishment whose off-site copy is restored. */
   uai: string
-  /** The establishment whose VM receives the databases. */
-  to: string
+  /** The establishment whose VM receives the databases (absent with toLab). */
+  to?: string
+  /** Restore onto a new VM on the inventory's offsite.drill hypervisor instead (kept), with a new handoff for it. */
+  toLab?: boolean
+  /** The image of the lab VM (toLab): the establishment's inventory version, else the newest built. */
+  resolveImage?: (version: string | undefined) => Promise<DeployImage>
+  /** Waits of the lab VM's boot. */
+  boot?: BootWaits
   /** A snapshot id of the source's repository, or "latest". */
   snapshot: string
   /** Replace databases of the same name on the target (each kept first as a before-replace dump). */
@@ -69,7 +78,10 @@ export interface RestoredDatabase {
 
 export interface RestoreResult {
   from: string
+  /** The target establishment; with --to-lab, the source (the lab VM serves it). */
   to: string
+  /** The lab VM made by --to-lab (kept). */
+  lab?: {hypervisor: string; node: string; vmid: number; address: string}
   /** The snapshot restored (short id), when it was taken, by which server, of which nightly set. */
   snapshot: string
   snapshotTime: string
@@ -173,9 +185,15 @@ export async function restoreInGuest(t: GuestTarget, input: string, password: Se
   })
 }
 
-/** `pgi backup restore UAI --to UAI2`. */
+/** `pgi backup restore UAI --to UAI2 | --to-lab`. */
 export async function restoreBackup(req: RestoreRequest): Promise<RestoreResult> {
-  if (req.uai === req.to) throw sameUaiError(req.uai)
+  if (req.toLab && req.to !== undefined) {
+    throw new UserError(ErrorCode.USAGE, '--to and --to-lab name two different targets: give one', {exitCode: ExitCode.USAGE, where: {flag: 'to-lab'}, suggestions: ['--to UAI2 restores onto that establishment\'s server; --to-lab onto a new VM on the drill hypervisor.']})
+  }
+  if (!req.toLab && req.to === undefined) {
+    throw new UserError(ErrorCode.USAGE, 'missing required flag --to (or --to-lab)', {exitCode: ExitCode.USAGE, where: {flag: 'to'}, suggestions: ["Name the establishment whose server receives the databases (--to UAI2), or restore onto a new Région VM (--to-lab)."]})
+  }
+  if (req.to !== undefined && req.uai === req.to) throw sameUaiError(req.uai)
   if (!SNAPSHOT_ID_RE.test(req.snapshot)) {
     throw new UserError(ErrorCode.USAGE, `--snapshot ${JSON.stringify(req.snapshot)} is not a snapshot id`, {
       exitCode: ExitCode.USAGE,
@@ -184,24 +202,54 @@ export async function restoreBackup(req: RestoreRequest): Promise<RestoreResult>
     })
   }
   const started = Date.now()
-  const fleet = await openBackupFleet(req, {uais: [req.uai, req.to]})
+  const fleet = await openBackupFleet(req, {uais: req.to !== undefined ? [req.uai, req.to] : [req.uai]})
+  let lab: {api: GuestTarget['api']; node: string; vmid: number | null} | undefined
   try {
     const from = fleet.establishments.find((e) => e.uai === req.uai)!
-    const to = fleet.establishments.find((e) => e.uai === req.to)!
     const o = requireOffsite(fleet.inventory)
+    const drill = req.toLab ? requireDrill(fleet.inventory, o, 'lab restores') : undefined
+    if (drill) {
+      const api = await fleet.hypervisors.get(drill.hypervisor)
+      const existing = await findLabVm(api, drill, from.uai)
+      if (existing) {
+        throw new SafetyRefusal(`a lab VM of ${from.uai} already exists: VM ${existing.vmid} on ${drill.hypervisor}/${existing.node}`, {
+          where: {uai: from.uai, hypervisor: drill.hypervisor, node: existing.node, vmid: existing.vmid},
+          suggestions: [`Restore onto it with --to is not possible (it is not an establishment of the inventory): remove it on the hypervisor once no longer needed (qm destroy ${existing.vmid} --purge), then run again.`],
+        })
+      }
+    }
     const password = await readOffsitePassword(fleet.secrets, from.uai)
     const region = {uai: from.uai, repository: offsiteRepositories(o, from.uai).region, password}
     req.io.info(`${from.uai}: reading the off-site snapshots in ${redactUrl(region.repository)}`)
     const snap = pickSnapshot(await offsiteSnapshots(region, req.io, {sizes: false}), req.snapshot, from.uai, region.repository)
-    const t = await fleet.guest(to)
-    if (req.replace) {
+    let t: GuestTarget
+    let to: Establishment
+    if (drill) {
+      if (!req.resolveImage) throw new Error('restoreBackup: --to-lab needs resolveImage')
+      const image = await req.resolveImage(from.image)
+      lab = {api: await fleet.hypervisors.get(drill.hypervisor), node: drill.node, vmid: null}
+      const vm = await createScratchVm(fleet.hypervisors, from, drill, 'lab', image, {
+        ...req.boot,
+        io: req.io,
+        update: (text) => req.io.info(`${from.uai} (lab): ${text}`),
+        now: () => new Date(),
+        onCreated: (vmid) => (lab!.vmid = vmid),
+      })
+      t = vm.target
+      to = vm.est
+    } else {
+      to = fleet.establishments.find((e) => e.uai === req.to)!
+      t = await fleet.guest(to)
+    }
+    if (req.replace && !drill) {
       await req.confirm(`Restore snapshot ${snap.id} of ${from.uai} (${snap.date}) onto VM ${to.vmid} of ${to.uai}, REPLACING its databases of the same names (each kept first as a before-replace dump)?`)
     }
-    req.io.info(`${to.uai}: restoring snapshot ${snap.id} of ${from.uai} (${snap.date}${snap.set ? `, nightly set ${snap.set}` : ''}) in VM ${to.vmid}`)
-    const out = await restoreInGuest(t, guestRestoreRequest(o, from.uai, password, snap.id, req.replace), password, req.timeoutMs ?? 6 * 3600_000)
+    req.io.info(`${to.uai}: restoring snapshot ${snap.id} of ${from.uai} (${snap.date}${snap.set ? `, nightly set ${snap.set}` : ''}) in VM ${t.vmid}`)
+    const out = await restoreInGuest(t, guestRestoreRequest(o, from.uai, password, snap.id, req.replace && !drill), password, req.timeoutMs ?? 6 * 3600_000)
     const result: RestoreResult = {
       from: from.uai,
       to: to.uai,
+      ...(drill ? {lab: {hypervisor: drill.hypervisor, node: drill.node, vmid: t.vmid, address: to.network.address}} : {}),
       snapshot: out.snapshot,
       snapshotTime: out.snapshot_time,
       host: out.host,
@@ -212,9 +260,10 @@ export async function restoreBackup(req: RestoreRequest): Promise<RestoreResult>
       loginOk: out.login_ok,
       seconds: 0,
     }
+    // the lab VM is whole: it stays even if what follows fails
+    lab = undefined
     // the AMI of the target: a new handoff listing the databases the server has now
     try {
-      const databases = await readHandoffDatabases(t.api, to, req.io)
       // deploy's record of where the target's handoff lives, rewritten there (it lists the databases)
       const env = req.env ?? process.env
       const creds = storeCredentials({
@@ -225,6 +274,9 @@ export async function restoreBackup(req: RestoreRequest): Promise<RestoreResult>
         io: req.io,
         connection: req.connection,
       })
+      // a lab VM gets the establishment's own secrets, as its server had them
+      if (drill) await creds.configure(t.api, to)
+      const databases = await readHandoffDatabases(t.api, to, req.io)
       result.handoff = await creds.writeHandoff(to, databases ? {databases} : {})
     } catch (err) {
       result.handoffError = err instanceof Error ? err.message : String(err)
@@ -233,6 +285,11 @@ export async function restoreBackup(req: RestoreRequest): Promise<RestoreResult>
     result.seconds = Math.round((Date.now() - started) / 100) / 10
     return result
   } finally {
+    // a lab restore that did not finish leaves no half-made VM behind
+    if (lab?.vmid != null) {
+      const vmid = lab.vmid
+      await removeVm(lab.api, lab.node, vmid).catch((err: unknown) => req.io.warn(`${req.uai}: the unfinished lab VM ${vmid} could not be removed: ${err instanceof Error ? err.message : String(err)}; remove it on the hypervisor`))
+    }
     await fleet.close()
   }
 }

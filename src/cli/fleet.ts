@@ -14,6 +14,24 @@ export function imageResolver(dir: string, io: Io): (ref: ImageRef) => Promise<D
 }
 
 /**
+ * The image of a scratch or lab VM (`pgi backup drill`, `restore --to-lab`): --image when given,
+ * else the establishment's inventory version, else the newest built; verified before use.
+ */
+export function scratchImageResolver(dir: string, io: Io, flag: ImageRef | undefined): (version: string | undefined) => Promise<DeployImage> {
+  return async (version) => {
+    const {newestImage, resolveDeployImage} = await import('../deploy/image.js')
+    const {DEFAULT_IMAGE} = await import('../image/images.js')
+    const ref = flag ?? (version ? {name: DEFAULT_IMAGE, version} : await newestImage(dir))
+    if (!ref) {
+      const {UserError, ErrorCode} = await import('../errors.js')
+      const {ExitCode} = await import('../exit-codes.js')
+      throw new UserError(ErrorCode.IMAGE_NOT_FOUND, `no image is built in ${dir}: a scratch VM is made from one`, {exitCode: ExitCode.INVALID_INPUT, where: {flag: 'image'}, suggestions: ['Give --image VERSION and --images-dir, or build one (pgi image build).']})
+    }
+    return resolveDeployImage(ref, {imagesDir: dir, io})
+  }
+}
+
+/**
  * The fleet and image of a rollout command (`<version> [UAI…]` with the selection flags and
  * --images-dir), as every rollout service takes them: one place that reads them from the flags.
  */

@@ -3,32 +3,15 @@
  * creates), and how a VM that exists differs from it. Pure functions: the planner and the
  * orchestration use them, tests check them without any hypervisor.
  */
-import {formatDescription, formatTags, parseDescription, type VmMeta} from '../fleet/vm-meta.js'
+import {formatTags, parseDescription} from '../fleet/vm-meta.js'
 import type {Establishment, Hypervisor} from '../inventory/types.js'
 import type {PveParams, PveVmConfig} from '../proxmox/types.js'
-import {importVolid, parseDisk, type DeployImage} from '../fleet/images.js'
+import {parseDisk} from '../fleet/images.js'
+import {DATA_DISK_SERIAL, encodeSshKeys, managedSettings} from '../fleet/vm-create.js'
 
 // what the fleet core defines and deploy's callers long took from here
 export {importVolid, parseDisk, type DeployImage} from '../fleet/images.js'
-
-/** Serial of the data disk: the guest finds it at /dev/disk/by-id/virtio-pgi-data. */
-export const DATA_DISK_SERIAL = 'pgi-data'
-export const PGI_VERSION = 'pgi/0.1.0'
-
-/** `pgi-0130040y`: the VM name (and guest hostname) of an establishment; a DNS label. */
-export function vmName(uai: string): string {
-  return `pgi-${uai.toLowerCase().replace(/[^a-z0-9-]/g, '-')}`
-}
-
-/** `ip=10.1.2.3/24,gw=10.1.2.1` */
-export function ipconfig0(est: Establishment): string {
-  return `ip=${est.network.address},gw=${est.network.gateway}`
-}
-
-/** PVE stores `sshkeys` percent-encoded (spaces as %20, never `+`). */
-export function encodeSshKeys(keys: string): string {
-  return encodeURIComponent(keys.trim() + '\n')
-}
+export {DATA_DISK_SERIAL, PGI_VERSION, createParams, encodeSshKeys, ipconfig0, managedSettings, metaFor, vmName} from '../fleet/vm-create.js'
 
 function decodeSshKeys(v: string | number | undefined): string {
   if (v === undefined) return ''
@@ -37,58 +20,6 @@ function decodeSshKeys(v: string | number | undefined): string {
   } catch {
     return String(v).trim()
   }
-}
-
-/** The settings pgi manages on an existing VM (compared by the planner, fixed by an update). */
-export function managedSettings(est: Establishment, hv: Hypervisor): Record<string, string> {
-  const s: Record<string, string> = {
-    name: vmName(est.uai),
-    cores: String(est.cores),
-    memory: String(est.memoryMb),
-    agent: '1',
-    ciuser: est.ami.login,
-    // PVE's cloud-init upgrades every package at the first boot of each new OS disk unless told
-    // not to (ciupgrade defaults to 1): the image's pinned packages must stay as built
-    ciupgrade: '0',
-    ipconfig0: ipconfig0(est),
-    nameserver: est.network.dns.join(' '),
-  }
-  if (est.network.searchdomain) s.searchdomain = est.network.searchdomain
-  if (est.ami.sshKey) s.sshkeys = est.ami.sshKey.trim()
-  s.net0 = `virtio,bridge=${hv.bridge}`
-  return s
-}
-
-export function metaFor(est: Establishment, image: Pick<DeployImage, 'version' | 'sha256'>, now: Date, extra: Partial<VmMeta> = {}): VmMeta {
-  return {v: 1, uai: est.uai, image: image.version, imageSha256: image.sha256, deployedAt: now.toISOString(), by: PGI_VERSION, ...extra}
-}
-
-/** Parameters of `POST /nodes/{node}/qemu` for a new establishment VM. */
-export function createParams(est: Establishment, hv: Hypervisor, image: DeployImage, now: Date): PveParams {
-  const m = managedSettings(est, hv)
-  const meta = metaFor(est, image, now)
-  const p: PveParams = {
-    name: m.name,
-    ostype: 'l26',
-    cores: est.cores,
-    memory: est.memoryMb,
-    agent: 1,
-    net0: m.net0,
-    virtio0: `${hv.storage.os}:0,import-from=${importVolid(hv, image)}`,
-    virtio1: `${hv.storage.data}:${est.dataDiskGb},serial=${DATA_DISK_SERIAL}`,
-    ide2: `${hv.storage.os}:cloudinit`,
-    boot: 'order=virtio0',
-    serial0: 'socket',
-    ciuser: est.ami.login,
-    ciupgrade: 0,
-    ipconfig0: m.ipconfig0,
-    nameserver: m.nameserver,
-    tags: formatTags(meta, est.ring),
-    description: formatDescription(meta, est.name),
-  }
-  if (m.searchdomain) p.searchdomain = m.searchdomain
-  if (est.ami.sshKey) p.sshkeys = encodeSshKeys(est.ami.sshKey)
-  return p
 }
 
 function netWithoutMac(v: string | number | undefined): string {

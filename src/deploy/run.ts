@@ -12,8 +12,9 @@ import {createHash} from 'node:crypto'
 import {hostname} from 'node:os'
 
 import {waitForAgent, waitForHealthy, type GuestTarget} from '../fleet/guest.js'
-import {formatDescription, formatTags, parseDescription} from '../fleet/vm-meta.js'
-import {ErrorCode, PgiError, UserError, asPgiError, type ErrorCodeValue, type ErrorLocation} from '../errors.js'
+import {bootVm, createVmFromImage, markConfigured} from '../fleet/vm-create.js'
+import {formatTags, parseDescription} from '../fleet/vm-meta.js'
+import {ErrorCode, UserError, asPgiError, type ErrorCodeValue, type ErrorLocation} from '../errors.js'
 import {ExitCode, type ExitCodeValue} from '../exit-codes.js'
 import type {Hypervisors} from '../hypervisors.js'
 import {configureGuestOffsite, ensureOffsitePassword} from '../fleet/offsite.js'
@@ -21,7 +22,7 @@ import {offsiteRepositories} from '../inventory/offsite-rules.js'
 import type {Establishment, OffsiteSettings} from '../inventory/types.js'
 import type {Io} from '../io.js'
 import {runParallel} from '../progress.js'
-import type {PveApi, PveVmConfig} from '../proxmox/types.js'
+import type {PveApi} from '../proxmox/types.js'
 import {readHandoffDatabases, type HandoffDatabase} from '../fleet/handoff.js'
 import type {EstablishmentCredentials} from '../fleet/credentials.js'
 import {ensureDatabases, type DatabaseOutcome} from './databases.js'
@@ -30,7 +31,6 @@ import {DeployJournal, type DeployStep, type JournalEntry} from './journal.js'
 import {fmtDrift, needsWork, type DeployTarget, type Plan, type PlanItem} from './plan.js'
 import {Stager} from '../fleet/stage.js'
 import type {SecretStore} from '../secrets/store.js'
-import {sleep} from '../sleep.js'
 
 export type DeployOutcomeKind = 'created' | 'updated' | 'up-to-date' | 'drifted' | 'failed' | 'blocked'
 
@@ -303,92 +303,21 @@ function lastStep(e: JournalEntry): string | undefined {
 /** POST create; "already exists" after a lost answer is resolved by re-reading the VM. */
 async function createVm(api: PveApi, est: Establishment, item: PlanItem, image: DeployImage, ctx: OneCtx): Promise<void> {
   const hv = ctx.hypervisors.definition(item.hypervisor)
-  try {
-    await api.createVm(item.node, item.vmid, createParams(est, hv, image, ctx.now()), {timeoutMs: 3600_000, onProgress: ctx.update})
-  } catch (err) {
-    const msg = err instanceof Error ? err.message : String(err)
-    if (!/already exists/i.test(msg)) throw err
-    const cfg = await api.vmConfig(item.node, item.vmid)
-    const meta = parseDescription(typeof cfg?.description === 'string' ? cfg.description : undefined)
-    if (!cfg || meta?.uai !== est.uai) {
-      throw new UserError(ErrorCode.VMID_TAKEN, `vmid ${item.vmid} was taken by another VM while deploying ${est.uai}`, {
-        where: {uai: est.uai, hypervisor: item.hypervisor, node: item.node, vmid: item.vmid},
-        suggestions: ['Choose another `vmid:` in the inventory (pgi never touches a VM it did not create).'],
-        cause: err,
-      })
-    }
-    ctx.io.debug(`${est.uai}: create answered "already exists" but the VM is ours: continuing`)
-  }
+  await createVmFromImage(api, {uai: est.uai, hypervisor: item.hypervisor, node: item.node, vmid: item.vmid}, createParams(est, hv, image, ctx.now()), {
+    io: ctx.io,
+    update: ctx.update,
+    isOurs: (meta) => meta?.uai === est.uai,
+  })
 }
-
-/** Wait until the VM has no lock (an interrupted create/import finishing on the node). */
-async function waitUnlocked(target: GuestTarget, ctx: OneCtx): Promise<PveVmConfig> {
-  const deadline = Date.now() + 3600_000
-  for (;;) {
-    const cfg = await target.api.vmConfig(target.node, target.vmid)
-    if (!cfg) {
-      throw new UserError(ErrorCode.PVE_HTTP, `VM ${target.vmid} disappeared during deploy`, {
-        where: {uai: target.uai, hypervisor: target.api.hypervisor, node: target.node, vmid: target.vmid},
-        suggestions: ['Run deploy again: it will create it.'],
-      })
-    }
-    if (!cfg.lock) return cfg
-    if (Date.now() > deadline) {
-      throw new UserError(ErrorCode.PVE_LOCKED, `VM ${target.vmid} stayed locked (${cfg.lock})`, {where: {uai: target.uai, node: target.node, vmid: target.vmid}})
-    }
-    ctx.update(`waiting for lock "${cfg.lock}" to be released`)
-    await sleep(ctx.pollIntervalMs ?? 3000)
-  }
-}
-
-const GiB = 2 ** 30
 
 async function finishSetup(item: PlanItem, est: Establishment, target: GuestTarget, ctx: OneCtx, step: (s: DeployStep) => Promise<void>): Promise<void> {
-  const {api, node, vmid} = target
-  const cfg = await waitUnlocked(target, ctx)
-  const os = parseDisk(cfg.virtio0)
-  if (os?.size !== undefined && os.size < est.osDiskGb * GiB) {
-    ctx.update(`growing the OS disk to ${est.osDiskGb} GiB`)
-    await api.resizeDisk(node, vmid, 'virtio0', `${est.osDiskGb}G`)
-    await step('resized')
-  }
-  const status = await api.vmStatus(node, vmid)
-  if (status?.status !== 'running') {
-    ctx.update('starting')
-    await api.startVm(node, vmid, {timeoutMs: 600_000})
-    await step('started')
-  }
-  ctx.update('waiting for the guest agent')
-  await waitForAgent(target, {timeoutMs: ctx.agentTimeoutMs ?? 600_000, intervalMs: ctx.pollIntervalMs, onProgress: ctx.update, signal: ctx.signal})
-  await step('agent')
-  ctx.update('waiting for pgi-health')
-  await waitForHealthy(target, {timeoutMs: ctx.healthTimeoutMs ?? 1_200_000, intervalMs: ctx.pollIntervalMs, onProgress: ctx.update, signal: ctx.signal})
-  await step('healthy')
+  await bootVm(target, est.osDiskGb, {...ctx, step})
   ctx.update('setting the establishment secrets')
-  const changed = await ctx.credentials.configure(api, est)
+  const changed = await ctx.credentials.configure(target.api, est)
   ctx.io.debug(`${est.uai}: pgi-configure changed ${changed.join(', ') || 'nothing'}`)
   await step('configured')
-  await markConfigured(target, est, ctx)
+  await markConfigured(target, est.name, ctx.now)
   await step('marked')
-}
-
-/** Records `configuredAt` in the VM description (digest compare-and-swap; one re-read on a race). */
-async function markConfigured(target: GuestTarget, est: Establishment, ctx: OneCtx): Promise<void> {
-  for (let attempt = 0; ; attempt++) {
-    const cfg = await target.api.vmConfig(target.node, target.vmid)
-    const meta = parseDescription(typeof cfg?.description === 'string' ? cfg.description : undefined)
-    if (!cfg || !meta) throw new UserError(ErrorCode.PVE_HTTP, `VM ${target.vmid} lost its pgi description during deploy`, {where: {uai: est.uai, node: target.node, vmid: target.vmid}})
-    try {
-      await target.api.updateVmConfig(target.node, target.vmid, {
-        description: formatDescription({...meta, configuredAt: ctx.now().toISOString()}, est.name),
-        digest: cfg.digest,
-      })
-      return
-    } catch (err) {
-      if (attempt === 0 && err instanceof PgiError && err.code === ErrorCode.PVE_DIGEST_MISMATCH) continue
-      throw err
-    }
-  }
 }
 
 async function applyDrift(item: PlanItem, est: Establishment, target: GuestTarget, plan: Plan, ctx: OneCtx, step: (s: DeployStep) => Promise<void>): Promise<string> {

@@ -67,6 +67,13 @@ export interface VmMeta {
    * the qcow2 (src/rollout/establishment.ts swap). Every write of the meta keeps it (spread).
    */
   staged?: StagedDisk
+  /**
+   * A VM that is not the establishment's own (`uai` is the establishment whose copy it holds): a
+   * restore drill's scratch VM (removed after the drill, or by the next drill when one was
+   * killed) or a lab copy made by `pgi backup restore --to-lab` (kept). Made only in the
+   * inventory's `offsite.drill` VM id range (src/backup/scratch.ts).
+   */
+  scratch?: {kind: 'drill' | 'lab'; runner: string}
 }
 
 /** The staging disk of a delta transfer, as recorded on the VM. */

@@ -1,6 +1,6 @@
 import type {ProblemList} from './source.js'
 import {int, isRecord, str, type Item} from './rule-values.js'
-import type {Establishment, OffsiteSettings} from './types.js'
+import type {DrillSettings, Establishment, Hypervisor, OffsiteSettings} from './types.js'
 
 /**
  * The inventory's `offsite:` section (off-site copies of the nightly backups, docs/backups.md):
@@ -24,7 +24,7 @@ export function parseBandwidthKib(v: unknown): number | undefined {
   return Number(m[1]) * (m[2].toLowerCase() === 'm' ? 1024 : 1)
 }
 
-export function checkOffsite(item: Item | undefined, establishments: readonly Establishment[], P: ProblemList, complete: boolean): OffsiteSettings | undefined {
+export function checkOffsite(item: Item | undefined, establishments: readonly Establishment[], hypervisors: ReadonlyMap<string, Hypervisor>, P: ProblemList, complete: boolean): OffsiteSettings | undefined {
   if (!item || !isRecord(item.value)) return undefined
   const v = item.value
   const {src, path} = item
@@ -85,6 +85,7 @@ export function checkOffsite(item: Item | undefined, establishments: readonly Es
     })
   }
   const window = str(v.window)
+  const drill = isRecord(v.drill) ? checkDrill({src, path: [...path, 'drill'], value: v.drill}, establishments, hypervisors, P) : undefined
   return {
     repository,
     regionRepository,
@@ -93,6 +94,7 @@ export function checkOffsite(item: Item | undefined, establishments: readonly Es
     ...(limitUploadKib !== undefined ? {limitUploadKib} : {}),
     ...(window !== undefined ? {window} : {}),
     maxAgeS: (int(v.max_age_hours) ?? DEFAULT_OFFSITE_MAX_AGE_HOURS) * 3600,
+    ...(drill ? {drill} : {}),
     source: src.ref(path, 'key'),
   }
 }
@@ -102,4 +104,54 @@ export function offsiteRepositories(o: OffsiteSettings, uai: string): {vm: strin
   const vm = o.repositories.get(uai) ?? o.repository.split(UAI_PLACEHOLDER).join(uai)
   const region = o.repositories.has(uai) && o.regionRepository === o.repository ? vm : o.regionRepository.split(UAI_PLACEHOLDER).join(uai)
   return {vm, region}
+}
+
+/** `pgi status`'s drill threshold (docs/backups.md): a weekly drill missed. */
+export const DEFAULT_DRILL_MAX_AGE_DAYS = 8
+
+/**
+ * `offsite.drill:`: the hypervisor and node exist, and its VM id range holds no establishment's
+ * vmid on that hypervisor (a scratch VM must never take, or be taken for, an establishment's VM).
+ */
+function checkDrill(item: Item, establishments: readonly Establishment[], hypervisors: ReadonlyMap<string, Hypervisor>, P: ProblemList): DrillSettings | undefined {
+  if (!isRecord(item.value)) return undefined
+  const v = item.value
+  const {src, path} = item
+  const name = str(v.hypervisor)
+  const ids = Array.isArray(v.vmids) ? v.vmids.map(int) : []
+  if (name === undefined || ids.length !== 2 || ids.some((n) => n === undefined)) return undefined
+  const hv = hypervisors.get(name)
+  if (!hv) {
+    P.add(src, [...path, 'hypervisor'], 'unknown-hypervisor', `offsite.drill.hypervisor "${name}" is not a hypervisor of the inventory`, {
+      suggestion: `one of: ${[...hypervisors.keys()].join(', ') || '(none)'}`,
+    })
+    return undefined
+  }
+  const node = str(v.node) ?? hv.nodes[0]
+  if (node === undefined || !hv.nodes.includes(node)) {
+    P.add(src, [...path, 'node'], 'unknown-node', `offsite.drill.node "${node ?? ''}" is not a node of hypervisor ${name}`, {suggestion: `one of: ${hv.nodes.join(', ')}`})
+    return undefined
+  }
+  const [first, last] = ids as [number, number]
+  if (first > last) {
+    P.add(src, [...path, 'vmids'], 'drill-vmids', `offsite.drill.vmids [${first}, ${last}]: the first is after the last`, {suggestion: 'give the first and the last id of the range, e.g. [9900, 9999]'})
+    return undefined
+  }
+  const taken = establishments.filter((e) => e.hypervisor === name && e.vmid >= first && e.vmid <= last)
+  for (const e of taken) {
+    P.add(src, [...path, 'vmids'], 'drill-vmid-collision', `offsite.drill.vmids [${first}, ${last}] holds vmid ${e.vmid} of ${e.uai} on ${name}`, {
+      suggestion: 'choose a range no establishment uses on that hypervisor: scratch VMs are deleted after each drill',
+    })
+  }
+  if (taken.length > 0) return undefined
+  const n = isRecord(v.network) ? v.network : undefined
+  const network = n && str(n.address) && str(n.gateway) ? {address: str(n.address)!, gateway: str(n.gateway)!, dns: Array.isArray(n.dns) ? n.dns.filter((d): d is string => typeof d === 'string') : []} : undefined
+  return {
+    hypervisor: name,
+    node,
+    vmids: {first, last},
+    ...(network ? {network} : {}),
+    maxAgeS: (int(v.max_age_days) ?? DEFAULT_DRILL_MAX_AGE_DAYS) * 86400,
+    source: src.ref(path, 'key'),
+  }
 }

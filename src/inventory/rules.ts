@@ -67,10 +67,11 @@ export function checkInventory(m: Merged, P: ProblemList, meta: {path: string; f
   const misspelt: Misspelt = new Map()
   const establishments = checkEstablishments(m, hypervisors, rings, defaults, P, meta.complete, misspelt)
   const groups = checkGroups(m.groups, establishments, P, meta.complete, misspelt)
-  const offsite = checkOffsite(m.offsite, establishments, P, meta.complete)
+  const offsite = checkOffsite(m.offsite, establishments, hypervisors, P, meta.complete)
   const delivery = checkDelivery(m.delivery)
 
   const used = new Set(establishments.map((e) => e.hypervisor))
+  if (offsite?.drill) used.add(offsite.drill.hypervisor)
   for (const [name, item] of m.hypervisors) {
     if (meta.complete && !used.has(name)) {
       P.add(item.src, item.path, 'unused-hypervisor', `hypervisor "${name}" has no establishment`, {

@@ -148,6 +148,21 @@ export interface OffsiteSettings {
   window?: string
   /** `pgi status`: the last off-site copy older than this is degraded (s; default 48 h). */
   maxAgeS: number
+  /** Restore drills and lab restores; undefined when the section has no `drill:`. */
+  drill?: DrillSettings
+  source: SourceRef
+}
+
+/** The inventory's `offsite.drill:` (docs/backups.md): where scratch and lab VMs are made. */
+export interface DrillSettings {
+  hypervisor: string
+  node: string
+  /** First and last VM id pgi may take there (inclusive). */
+  vmids: {first: number; last: number}
+  /** Static address of lab and scratch VMs; undefined: DHCP. */
+  network?: EstablishmentNetwork
+  /** `pgi status`: the last good drill older than this is degraded (s; default 8 days). */
+  maxAgeS: number
   source: SourceRef
 }
 

@@ -1,6 +1,7 @@
 import {BackendError, type AgentExecStatus, type AgentFsInfo, type AgentNetworkInterface, type GuestAgent, type VmSpec} from './backend.js'
 import type {BootState, GuestEnv} from './simulated-guest-state.js'
 import {runGuestCommand, writeGuestFile} from './simulated-guest.js'
+import {simulatedOffsite} from './simulated-offsite.js'
 
 /** What the simulated guest agent needs of a VM of the simulated backend. */
 export interface SimAgentVm {
@@ -61,6 +62,17 @@ export function simulatedAgent<V extends SimAgentVm>(host: SimAgentHost<V>): Gue
     exec: async (node, vmid, command, inputData) => {
       const vm = host.vm(node, vmid, 'exec')
       const pid = vm.nextPid++
+      // a push or restore of pgi-offsite runs restic on this machine (src/lab/simulated-offsite.ts): it takes time, like a real exec
+      const slow = (command[0] ?? '').endsWith('/pgi-offsite') || command[0] === 'pgi-offsite' ? simulatedOffsite(host.env(vm), command.slice(1), inputData) : undefined
+      if (slow) {
+        const proc: {status: AgentExecStatus} = {status: {exited: false}}
+        vm.procs.set(pid, proc)
+        slow.then(
+          (r) => (proc.status = {exited: true, exitcode: r.code, 'out-data': r.out, ...(r.err ? {'err-data': r.err} : {})}),
+          (err: unknown) => (proc.status = {exited: true, exitcode: 1, 'err-data': `pgi-offsite: ${err instanceof Error ? err.message : String(err)}\n`}),
+        )
+        return {pid}
+      }
       const r = runGuestCommand(host.env(vm), command, inputData)
       vm.procs.set(pid, {status: {exited: true, exitcode: r.code, 'out-data': r.out, ...(r.err ? {'err-data': r.err} : {})}})
       return {pid}
@@ -69,7 +81,7 @@ export function simulatedAgent<V extends SimAgentVm>(host: SimAgentHost<V>): Gue
       const vm = host.vm(node, vmid, 'exec-status')
       const p = vm.procs.get(pid)
       if (!p) throw new BackendError(`Agent error: Invalid parameter 'pid'`)
-      vm.procs.delete(pid)
+      if (p.status.exited) vm.procs.delete(pid)
       return p.status
     },
     fileWrite: async (node, vmid, file, content) => {

@@ -249,8 +249,8 @@ function backupCheck(env: GuestEnv, dbCount: number, problems: string[]): Record
 
 /**
  * pgi-offsite: --configure (its checks, the root-only file on the data disk: what deploy sends)
- * and --status; pushing and --restore need restic and a repository, which the simulated guest
- * has not (the qemu lab and the image tools' native tests run the real one).
+ * and --status; pushing and --restore run restic on the lab's machine (src/lab/simulated-offsite.ts,
+ * through the agent's exec, which hands them over before this is reached).
  */
 function offsiteCommand(env: GuestEnv, args: string[], input: string | undefined): RunResult {
   const file = `${DATA}/.pgi/offsite.json`

@@ -128,6 +128,7 @@ export function detailLines(e: EstablishmentStatus): string[] {
   if (e.dataDisk) lines.push(`  data disk: ${Math.round(e.dataDisk.usedRatio * 100)} % used`)
   if (e.backup) lines.push(`  last backup: ${e.backup.ageS === null ? 'none' : `${humanDuration(e.backup.ageS)} ago`}`)
   if (e.offsite?.configured) lines.push(`  last off-site copy: ${e.offsite.ageS === null ? 'none yet' : `${humanDuration(e.offsite.ageS)} ago`}${e.offsite.errorClass ? ` (last push failed: ${e.offsite.errorClass})` : ''}`)
+  if (e.drill) lines.push(`  last good restore drill: ${e.drill.ageS === null ? 'none yet' : `${humanDuration(e.drill.ageS)} ago`}${e.drill.lastOk ? '' : ` (last drill FAILED: ${e.drill.lastReason ?? ''})`}`)
   if (e.databases) {
     if (e.databases.length === 0) lines.push('  databases: none')
     else lines.push(`  databases (${e.databases.length}):`)
@@ -203,6 +204,7 @@ export function renderPrometheus(report: StatusReport): string {
     }
     if (e.backup?.ageS !== null && e.backup?.ageS !== undefined) add('pgi_last_backup_age_seconds', 'Age of the last database backup.', l, Math.round(e.backup.ageS))
     if (e.offsite?.ageS !== null && e.offsite?.ageS !== undefined) add('pgi_offsite_backup_age_seconds', 'Age of the last good off-site copy of the backups (pgi-offsite).', l, Math.round(e.offsite.ageS))
+    if (e.drill?.ageS !== null && e.drill?.ageS !== undefined) add('pgi_restore_drill_age_seconds', 'Age of the last good restore drill of the off-site copy (pgi backup drill).', l, e.drill.ageS)
     if (e.databases) add('pgi_databases', 'Number of Tryton databases on the server.', l, e.databases.length)
     if (e.image.running ?? e.image.recorded ?? e.image.wanted) {
       add('pgi_image_info', 'Image version running (from the guest, else the VM metadata) and the one the inventory wants.', {

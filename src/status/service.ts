@@ -8,6 +8,7 @@
  * ```
  * The service keeps its hypervisor connections between `collect()` calls (for --watch).
  */
+import {applyDrills} from './drill.js'
 import {ErrorCode, UsageError} from '../errors.js'
 import {FleetSession} from '../fleet/open.js'
 import type {PveConnector} from '../hypervisors.js'
@@ -97,7 +98,7 @@ export class StatusService {
     const offsite = this.fleet.inventory.offsite
     const base = {...(this.opts.policy ?? DEFAULT_POLICY), ...(this.opts.healthMaxAgeS === undefined ? {} : {healthRecordMaxAgeS: this.opts.healthMaxAgeS})}
     const policy = offsite ? {...base, offsiteMaxAgeS: base.offsiteMaxAgeS ?? offsite.maxAgeS} : base
-    return collectStatus({
+    const report = await collectStatus({
       establishments,
       api: (name) => this.fleet.hypervisors.get(name),
       io: this.opts.io,
@@ -105,6 +106,9 @@ export class StatusService {
       ...(details === undefined ? {} : {databaseDetails: details}),
       policy,
     })
+    // restore drills: recorded on this machine by pgi backup drill, judged when the inventory designates a drill hypervisor
+    await applyDrills(report, offsite?.drill, this.fleet.env, new Date())
+    return report
   }
 
   /** The establishments looked at. */

@@ -162,6 +162,11 @@ export interface EstablishmentStatus {
    * server did not say (an image without pgi-offsite, health unknown).
    */
   offsite: {configured: boolean; state: string | null; lastSuccess: string | null; ageS: number | null; errorClass: string | null} | null
+  /**
+   * Restore drills (`pgi backup drill`, recorded on this machine): the last one, whether it passed
+   * (with the reason when not), the last good one and its age. null when it never had one.
+   */
+  drill?: {lastAt: string; lastOk: boolean; lastReason: string | null; lastGoodAt: string | null; ageS: number | null} | null
   databases: DatabaseStatus[] | null
   rollout: RolloutMarkState | null
   /** pgi-health's own problem list, verbatim. */

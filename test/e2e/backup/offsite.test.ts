@@ -18,6 +18,15 @@ import {cachedPgiImage} from '../../helpers/e2e-image.js'
 import {POST_INVOICE, proteusFor, type PostedInvoice} from '../../helpers/proteus.js'
 import {openLabHandoff, qemuDeployArgs} from '../../helpers/qemu-lab.js'
 
+/** Another address of a guest network than `cidr`'s own (its host part + 100): a scratch VM's. */
+function neighbourOf(cidr: string): string {
+  const [ip, prefix] = cidr.split('/')
+  const o = ip!.split('.').map(Number)
+  o[3] = (o[3]! + 100) % 250 || 10
+  return `${o.join('.')}/${prefix}`
+}
+
+
 /**
  * Off-site backups end to end on a qemu lab (opt-in: PGI_E2E_OFFSITE=1; the image must carry the
  * pgi-offsite of this tree: PGI_E2E_IMAGES_DIR of an image built from it, or the cached build):
@@ -27,7 +36,8 @@ import {openLabHandoff, qemuDeployArgs} from '../../helpers/qemu-lab.js'
  * posted with proteus; the nightly backup; its push cut mid-way by the link and finished; the VM
  * and its data disk destroyed; a second establishment deployed, `pgi backup restore --to` refused
  * while its databases exist, then with --replace brings every database back with the same row
- * counts, the invoice and a working Tryton login; `pgi status` shows the off-site copy.
+ * counts, the invoice and a working Tryton login; `pgi status` shows the off-site copy; last,
+ * `pgi backup drill` of the lost establishment passes in a scratch VM that is then removed.
  * One VM at a time: the first is destroyed before the second is deployed.
  */
 
@@ -120,7 +130,9 @@ describe.skipIf(!RUN)('off-site backups on a qemu lab: deploy, push over a 2 Mbi
     await linkSim(port)
     const text = await readFile(join(labDir, 'inventory', 'lab.yaml'), 'utf8')
     const invFile = join(base, 'inventory.yaml')
-    await writeFile(invFile, `${text}\noffsite:\n  repository: "rest:http://${uplinkOf(A.network.address)}:8000/{uai}/"\n  region_repository: "${join(base, 'repos')}/{uai}"\n  max_age_hours: 30\n`)
+    // the drill's scratch VMs (last step) on A's hypervisor, in A's guest network (its uplink reaches the repository)
+    const drill = `  drill:\n    hypervisor: ${A.hypervisor}\n    vmids: [9900, 9909]\n    network: {address: ${neighbourOf(A.network.address)}, gateway: ${A.network.gateway}, dns: [${A.network.dns.join(', ')}]}\n`
+    await writeFile(invFile, `${text}\noffsite:\n  repository: "rest:http://${uplinkOf(A.network.address)}:8000/{uai}/"\n  region_repository: "${join(base, 'repos')}/{uai}"\n  max_age_hours: 30\n${drill}`)
     env.PGI_INVENTORY = invFile
     env.PGI_SECRETS_DIR = join(labDir, 'secrets')
     inv = await loadValidInventory(invFile)
@@ -210,4 +222,15 @@ describe.skipIf(!RUN)('off-site backups on a qemu lab: deploy, push over a 2 Mbi
     expect(r.stdout + r.stderr + refused.stdout + refused.stderr).not.toContain(key)
     expect(await readFile(join(labDir, 'requests.jsonl'), 'utf8')).not.toContain(key)
   }, 90 * 60_000)
+  it('a restore drill of the lost establishment: its latest copy in a scratch VM on the drill hypervisor, checked, recorded, removed', async () => {
+    const t0 = Date.now()
+    const r = ok(await pgi(['backup', 'drill', A.uai, '--json', '--image', images.version, '--images-dir', images.root, '--health-timeout', '1800', '--agent-timeout', '900'], 90 * 60_000))
+    note(`drill of ${A.uai}: ${Math.round((Date.now() - t0) / 1000)} s: ${JSON.stringify(r.json!.result.drills)}`)
+    const d = r.json!.result.drills[0]
+    expect(d).toMatchObject({uai: A.uai, ok: true, scratch: {removed: true}})
+    expect(d.databases.find((x: {name: string}) => x.name === 'pgi')).toMatchObject({rowCountsMatch: true, login: true})
+    expect((await api.clusterResources('vm')).filter((v) => (v.vmid ?? 0) >= 9900 && (v.vmid ?? 0) <= 9909)).toEqual([])
+    const record = JSON.parse(await readFile(join(base, 'state', 'drills', `${A.uai}.json`), 'utf8'))
+    expect(record.lastGood.snapshot).toBe(d.snapshot)
+  }, 120 * 60_000)
 })
