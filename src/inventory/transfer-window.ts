@@ -134,16 +134,18 @@ export function nextOpening(w: TransferWindow | undefined, now: Date): Date | un
 export function nextClosing(w: TransferWindow | undefined, now: Date): Date | undefined {
   if (!w || !isOpen(w, now)) return undefined
   const m = weekMinute(now, w.timezone)
-  // follow the intervals that touch or overlap (sat then sun, a night into the morning)
-  let cur = m
-  for (let i = 0; i <= w.intervals.length; i++) {
-    const next = w.intervals.map(([s, e]) => (cur >= s && cur < e ? e : cur + WEEK >= s && cur + WEEK < e ? e - WEEK : -1)).reduce((x, y) => Math.max(x, y), -1)
-    if (next < 0) break
-    cur = next
-    if (cur - m >= WEEK) return undefined
+  // follow the intervals that touch or overlap (sat then sun, a night into the morning), round the week
+  let pos = m
+  let ahead = 0
+  for (;;) {
+    const reach = w.intervals.map(([s, e]) => (pos >= s && pos < e ? e - pos : pos + WEEK >= s && pos + WEEK < e ? e - pos - WEEK : 0)).reduce((x, y) => Math.max(x, y), 0)
+    if (reach === 0) break
+    ahead += reach
+    pos = (pos + reach) % WEEK
+    if (ahead >= WEEK) return undefined
   }
   const base = Math.floor(now.getTime() / 60_000) * 60_000
-  let t = new Date(base + (cur - m) * 60_000)
+  let t = new Date(base + ahead * 60_000)
   // a DST change in between: stepped to the clock's first closed minute
   for (let i = 0; i < 120 && isOpen(w, t); i++) t = new Date(t.getTime() + 60_000)
   for (let i = 0; i < 120 && !isOpen(w, new Date(t.getTime() - 60_000)) && t.getTime() - 60_000 > now.getTime(); i++) t = new Date(t.getTime() - 60_000)
