@@ -1,3 +1,4 @@
+import type {SimStageDelta} from './simulated-stage-delta.js'
 import {createHash} from 'node:crypto'
 
 /**
@@ -111,6 +112,8 @@ export interface GuestEnv {
   /** The AMI account set by pgi-configure (on the OS disk: /etc/shadow). */
   accounts: Map<string, string>
   now: () => number
+  /** pgi-stage-delta and the store as this guest reaches them, when its image carries the tool. */
+  stageDelta?: SimStageDelta
 }
 
 export interface RunResult {

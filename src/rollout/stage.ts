@@ -139,14 +139,26 @@ export async function stageRollout(req: StageRequest): Promise<StageResult> {
         const next = nextOpening(window, now())
         const text = `waiting for the transfer window until ${next ? localTime(next, window!.timezone) : '(never opens)'}`
         if (text !== shown) update((shown = text))
-        await sleep(Math.max(1000, Math.min(60_000, (next?.getTime() ?? 0) - now().getTime())), req.signal)
+        // looked at again every poll interval (a clock that jumps, a machine that slept)
+        await sleep(Math.min(req.pollIntervalMs ?? 10_000, Math.max(1000, (next?.getTime() ?? 0) - now().getTime())), req.signal)
       }
       return true
     }
     const base = (e: Establishment) => ({uai: e.uai, hypervisor: e.hypervisor, node: e.node, vmid: e.vmid})
+    /** What this run decided per establishment, for `pgi rollout status` (the record of this machine). */
+    const record = async (list: StageRow[]) => {
+      const at = now().toISOString()
+      const win = window ? {window: {spec: window.spec, timezone: window.timezone}} : {}
+      await writeStageRecord(
+        fleet.inventory.path,
+        fleet.env,
+        Object.fromEntries(list.map((x) => [x.uai, {version: image.version, transfer: x.transfer, outcome: x.outcome, ...(x.fallback ? {fallback: x.fallback} : {}), detail: x.detail, ...(x.capBps ? {capBps: x.capBps} : {}), ...(totalBps ? {totalBps} : {}), ...win, at}])),
+      ).catch((err) => req.io.warn(`the staging record of this machine was not written: ${asPgiError(err).message}`))
+    }
     if (window && !isOpen(window, now()) && !wait) {
       // nothing is started: each establishment waits for the window
       const rows = fleet.establishments.map((e): StageRow => ({...base(e), transfer: transfer === 'full' ? 'full' : 'delta', outcome: 'waiting', detail: closedDetail()}))
+      await record(rows)
       return {version: image.version, transfer, rows, pacing: pacing(), exitCode: ExitCode.OK}
     }
     if (window) await waitForWindow((text) => req.io.info(text))
@@ -280,13 +292,7 @@ export async function stageRollout(req: StageRequest): Promise<StageResult> {
       }
     }
     const list = fleet.establishments.map((e) => rows.get(e.uai) ?? {...base(e), transfer: 'full' as const, outcome: 'failed' as const, detail: 'not staged'})
-    const at = now().toISOString()
-    const win = window ? {window: {spec: window.spec, timezone: window.timezone}} : {}
-    await writeStageRecord(
-      fleet.inventory.path,
-      fleet.env,
-      Object.fromEntries(list.map((x) => [x.uai, {version: image.version, transfer: x.transfer, outcome: x.outcome, ...(x.fallback ? {fallback: x.fallback} : {}), detail: x.detail, ...(x.capBps ? {capBps: x.capBps} : {}), ...(totalBps ? {totalBps} : {}), ...win, at}])),
-    ).catch((err) => req.io.warn(`the staging record of this machine was not written: ${asPgiError(err).message}`))
+    await record(list)
     const failed = list.filter((r) => r.outcome === 'failed').length
     return {version: image.version, transfer, rows: list, pacing: pacing(), exitCode: failed === 0 ? ExitCode.OK : failed === list.length && list.length > 0 ? ExitCode.FAILURE : ExitCode.PARTIAL}
   })
