@@ -362,6 +362,8 @@ export interface DeltaStageOptions {
    * from what the disk holds).
    */
   control?: () => {rateLimitBps?: number; open: boolean}
+  /** The transfer window's close, for a run pgi does not follow (--no-wait): the guest stops itself then (pgi-stage-delta --until). */
+  until?: Date
   /** Waits until transfers may run again; false: return now with the staging paused. */
   waitOpen?: (update: (text: string) => void) => Promise<boolean>
 }
@@ -417,7 +419,9 @@ export async function stageDelta(t: DeltaTarget, opts: DeltaStageOptions): Promi
     '--target',
     STAGE_DEVICE,
     ...(rateLimitBps ? ['--rate-limit-bps', String(rateLimitBps)] : []),
+    ...(until ? ['--until', String(Math.floor(until.getTime() / 1000))] : []),
   ]
+  let until = opts.until
   let rate = opts.rateLimitBps
   // what the guest's tool last did: a run of this version that ended (failed, cut) is continued
   // by a new start, and its old status must not be taken for the new run's; a run that already
@@ -431,7 +435,13 @@ export async function stageDelta(t: DeltaTarget, opts: DeltaStageOptions): Promi
   const stale = (st: GuestStageStatus) => before !== undefined && sameVersion && before.state !== 'running' && st.state === before.state && st.started === before.started && st.runs === before.runs
   let startedAt = Date.now()
   const start = async () => {
-    const started = await exec(argsFor(rate), 120_000)
+    let started = await exec(argsFor(rate), 120_000)
+    if (until && started.exitcode === 2 && /unrecognized arguments: --until/.test(started.stderr)) {
+      // a pgi-stage-delta from before transfer windows: it runs on past the window's close
+      opts.io.warn(`${t.est.uai}: this image's pgi-stage-delta cannot stop itself at the transfer window's close (${until.toISOString()}): its transfer runs on until done`)
+      until = undefined
+      started = await exec(argsFor(rate), 120_000)
+    }
     const st0 = parseStatus(started.stdout)
     if (started.exitcode !== 0 || !st0) {
       const why = st0?.error ?? (started.stderr || started.stdout).trim().slice(0, 300)

@@ -1,4 +1,3 @@
-import type {SimStageDelta} from './simulated-stage-delta.js'
 import {createHash} from 'node:crypto'
 
 /**
@@ -95,6 +94,16 @@ export interface BootState {
 }
 
 /** Everything one guest program sees: its VM, its disks, this boot. */
+/** pgi-stage-delta in a simulated guest whose image carries it (src/lab/simulated-stage-delta.ts). */
+export interface SimStageDelta {
+  /** The store as the guest reaches it: a URL's bytes, or undefined when unreachable. */
+  fetch: (url: string) => Buffer | undefined
+  /** Bytes this guest lacks (default 4 MiB). */
+  bytes?: number
+  /** The lab's time scale (simulated seconds × scale = real seconds). */
+  timeScale: number
+}
+
 export interface GuestEnv {
   hostname: string
   /** Version of the running OS image (/etc/pgi/image.json). */

@@ -1,4 +1,4 @@
-import {DATA, fail, iso, ok, sha256, type GuestEnv, type RunResult} from './simulated-guest-state.js'
+import {DATA, fail, iso, ok, sha256, type GuestEnv, type RunResult, type SimStageDelta} from './simulated-guest-state.js'
 
 /**
  * pgi-stage-delta in the simulated guest, for the lab's simulated images that carry it
@@ -10,14 +10,6 @@ import {DATA, fail, iso, ok, sha256, type GuestEnv, type RunResult} from './simu
  * was, and ends `done` with the signed raw sha256. Every start's arguments are appended to
  * STARTS_FILE on the data disk: what a test reads to see the caps pgi gave each guest.
  */
-export interface SimStageDelta {
-  /** The store as the guest reaches it: a URL's bytes, or undefined when unreachable. */
-  fetch: (url: string) => Buffer | undefined
-  /** Bytes this guest lacks (default 4 MiB). */
-  bytes?: number
-  /** The lab's time scale (simulated seconds × scale = real seconds). */
-  timeScale: number
-}
 
 export const STAGE_DELTA_DIR = `${DATA}/.pgi/stage-delta`
 export const STARTS_FILE = `${STAGE_DELTA_DIR}/starts.jsonl`
@@ -36,7 +28,10 @@ interface Run {
   base: number
   t0: number
   stopped?: boolean
-  error?: string
+  /** Stopped by --until rather than by `stop`. */
+  window?: boolean
+  /** --until, Unix seconds: the run stops itself then (the transfer window's close). */
+  until?: number
 }
 
 function read(env: GuestEnv): Run | undefined {
@@ -48,10 +43,10 @@ function write(env: GuestEnv, r: Run): void {
   env.disk?.files.set(PROGRESS, {data: Buffer.from(JSON.stringify(r)), mtime: env.now()})
 }
 
-function fetched(env: GuestEnv, sim: SimStageDelta, r: Run): number {
+function fetched(env: GuestEnv, sim: SimStageDelta, r: Run, at = env.now()): number {
   const want = sim.bytes ?? 4 * 2 ** 20
   if (r.stopped || r.state !== 'running') return Math.min(want, r.base)
-  const simSeconds = sim.timeScale > 0 ? (env.now() - r.t0) / 1000 / sim.timeScale : Infinity
+  const simSeconds = sim.timeScale > 0 ? (at - r.t0) / 1000 / sim.timeScale : Infinity
   return Math.min(want, r.rate_limit_bps ? r.base + Math.floor(r.rate_limit_bps * simSeconds) : want)
 }
 
@@ -59,6 +54,12 @@ function fetched(env: GuestEnv, sim: SimStageDelta, r: Run): number {
 function statusOf(env: GuestEnv, sim: SimStageDelta): Record<string, unknown> {
   const r = read(env)
   if (!r) return {state: 'none', active: false}
+  if (r.state === 'running' && !r.stopped && r.until && env.now() >= r.until * 1000) {
+    // stopped at --until with what it had fetched by then
+    const base = fetched(env, sim, {...r, t0: r.t0}, r.until * 1000)
+    Object.assign(r, {base, stopped: true, window: true})
+    write(env, r)
+  }
   const want = sim.bytes ?? 4 * 2 ** 20
   const got = fetched(env, sim, r)
   if (r.state === 'running' && !r.stopped && got >= want) {
@@ -81,7 +82,7 @@ function statusOf(env: GuestEnv, sim: SimStageDelta): Record<string, unknown> {
     rate_limit_bps: r.rate_limit_bps,
   }
   if (r.state === 'done') out.sha256 = r.raw_sha256
-  if (r.stopped && r.state === 'running') out.error = 'the run ended before finishing; start again to resume'
+  if (r.stopped && r.state === 'running') out.error = r.window ? 'stopped at the end of the transfer window; start again to resume' : 'the run ended before finishing; start again to resume'
   return out
 }
 
@@ -103,13 +104,14 @@ export function simulatedStageDelta(env: GuestEnv, sim: SimStageDelta, args: str
   const raw = option(args, '--raw-sha256') ?? ''
   const size = Number(option(args, '--raw-size'))
   const rate = Number(option(args, '--rate-limit-bps') ?? 0)
+  const until = Number(option(args, '--until') ?? 0)
   if (!/^[0-9a-f]{64}$/.test(raw) || !(size > 0) || !(rate >= 0)) return fail('pgi-stage-delta: bad usage', 2)
   const cur = read(env)
   if (cur && cur.state === 'running' && !cur.stopped) return ok(JSON.stringify({...statusOf(env, sim), active: true}) + '\n')
   const starts = env.disk.files.get(STARTS_FILE)?.data.toString() ?? ''
   env.disk.files.set(STARTS_FILE, {data: Buffer.from(starts + JSON.stringify({at: iso(env.now()), args: args.slice(1), rate_limit_bps: rate}) + '\n'), mtime: env.now()})
   const same = cur?.raw_sha256 === raw
-  write(env, {state: 'running', phase: 'extract', raw_sha256: raw, disk_total: size, rate_limit_bps: rate, runs: (same ? cur!.runs : 0) + 1, started: iso(env.now()), base: same ? fetched(env, sim, cur!) : 0, t0: env.now()})
+  write(env, {state: 'running', phase: 'extract', raw_sha256: raw, disk_total: size, rate_limit_bps: rate, runs: (same ? cur!.runs : 0) + 1, started: iso(env.now()), base: same ? fetched(env, sim, cur!) : 0, t0: env.now(), ...(until ? {until} : {})})
   return ok(JSON.stringify({state: 'started', active: true}) + '\n')
 }
 

@@ -15,7 +15,7 @@ import {parseDescription, type VmMeta} from '../fleet/vm-meta.js'
 import type {ImageRef} from '../image/images.js'
 import type {Establishment} from '../inventory/types.js'
 import {runParallel} from '../progress.js'
-import {DEFAULT_TIMEZONE, isOpen, localTime, nextOpening, parseTransferWindow, type TransferWindow} from '../inventory/transfer-window.js'
+import {DEFAULT_TIMEZONE, isOpen, localTime, nextClosing, nextOpening, parseTransferWindow, type TransferWindow} from '../inventory/transfer-window.js'
 import {sleep} from '../sleep.js'
 import {planPacing, TransferPacer} from './pacing.js'
 import {FINAL_STEPS} from './mark.js'
@@ -231,6 +231,8 @@ export async function stageRollout(req: StageRequest): Promise<StageResult> {
               update,
               signal: req.signal,
               now,
+              // a run pgi does not follow stops itself at the window's close
+              ...(!wait && window ? {until: nextClosing(window, now())} : {}),
               ...(totalBps || window ? {control: () => ({rateLimitBps: pacer.capFor(e.uai), open: isOpen(window, now())}), waitOpen: waitForWindow} : {}),
             })
             const p = r.progress

@@ -190,6 +190,8 @@ describe('pgi rollout stage --total-bwlimit / --transfer-window (bin/run.js, sim
     for (const i of [0, 1]) {
       expect(startsOf(i).map((s) => s.rate_limit_bps)).toEqual([512 * KiB])
       expect(startsOf(i)[0]!.args).toEqual(expect.arrayContaining(['--rate-limit-bps', String(512 * KiB)]))
+      // pgi does not follow a --no-wait run: the guest stops itself at the window's close, Tuesday 07:00 Paris
+      expect(startsOf(i)[0]!.args).toEqual(expect.arrayContaining(['--until', String(Date.parse('2026-12-08T06:00:00Z') / 1000)]))
     }
     const s = await runPgi(['rollout', 'status', '--all', '-i', inv, '--secrets-dir', lab.store.dir], {env: {...env, PGI_NOW: MON_2100}, timeoutMs: 60_000})
     expect(s.stdout.match(/delta 2026\.12\.3 running extract .*at 512 KiB\/s \(50% of the total cap\)/g)).toHaveLength(2)
