@@ -499,7 +499,8 @@ export async function stageDelta(t: DeltaTarget, opts: DeltaStageOptions): Promi
         suggestions: ['Run the same `pgi rollout stage` again: it resumes from what the staging disk holds.', 'Or stage the whole image with --transfer full.'],
       })
     }
-    const c = st.state === 'running' && mine ? opts.control?.() : undefined
+    // the read-back for the digest is local (no link used): it is let finish
+    const c = st.state === 'running' && mine && st.phase !== 'verify' ? opts.control?.() : undefined
     if (c && (!c.open || c.rateLimitBps !== rate)) {
       // stopped cleanly, then started again with the new cap (or once the window reopens):
       // the new run continues from what the staging disk holds

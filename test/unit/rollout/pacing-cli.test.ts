@@ -163,10 +163,12 @@ describe('pgi rollout stage --total-bwlimit / --transfer-window (bin/run.js, sim
     expect([startsOf(0), startsOf(1)]).toEqual([[], []])
   })
 
-  it('a window closed now, --no-wait: nothing started, each establishment waiting with the next opening; rollout status says so', async () => {
-    const r = await pgi(['stage', '2026.12.0', '--all', '--transfer', 'delta', '--transfer-window', NIGHTS, '--no-wait'], {now: MON_1300})
+  it('a window closed now (the inventory\'s delivery.transfer_window), --no-wait: nothing started, each establishment waiting with the next opening; rollout status says so', async () => {
+    const withWindow = join(tmp, 'window.yaml')
+    await writeFile(withWindow, inventoryYaml({delivery: {store_url: STORE_URL, region_store: store, transfer_window: NIGHTS, total_bwlimit: '1M'}}))
+    const r = await pgi(['stage', '2026.12.0', '--all', '--transfer', 'delta', '--no-wait'], {now: MON_1300, inventory: withWindow})
     expect(r.exitCode, r.stderr).toBe(0)
-    expect(r.json!.result.pacing.window).toEqual({spec: NIGHTS, timezone: 'Europe/Paris', open: false, nextOpening: '2026-12-07T18:00:00.000Z'})
+    expect(r.json!.result.pacing).toEqual({totalBps: MiB, slots: 2, shareBps: 512 * KiB, window: {spec: NIGHTS, timezone: 'Europe/Paris', open: false, nextOpening: '2026-12-07T18:00:00.000Z'}})
     for (const row of r.json!.result.rows as {outcome: string; detail: string}[]) {
       expect(row.outcome).toBe('waiting')
       expect(row.detail).toBe(`outside the transfer window (${NIGHTS}, Europe/Paris), next opening 2026-12-07 19:00 Europe/Paris`)
