@@ -4,6 +4,7 @@
  */
 import {describe, expect, it} from 'vitest'
 
+import {clockFromEnv} from '../../../src/cli/flags.js'
 import {asPgiError} from '../../../src/errors.js'
 import {ExitCode} from '../../../src/exit-codes.js'
 import {isOpen, localTime, nextClosing, nextOpening, parseTransferWindow} from '../../../src/inventory/transfer-window.js'
@@ -130,5 +131,23 @@ describe('total cap scheduler', () => {
     // alone now, but never above the per-site cap
     expect(q.capFor('x')).toBe(M)
     expect(q.capFor('y')).toBeUndefined()
+  })
+})
+
+describe('PGI_NOW (the clock at the command line\'s edge)', () => {
+  it('starts the clock at the instant given, which then runs on; a value that is no ISO instant is a usage error', () => {
+    expect(clockFromEnv({})).toBeUndefined()
+    const t = clockFromEnv({PGI_NOW: '2026-12-07T12:00:00Z'})!()
+    expect(Math.abs(t.getTime() - Date.parse('2026-12-07T12:00:00Z'))).toBeLessThan(1000)
+    for (const v of ['monday', '12:00', '2026-13-45T00:00:00Z']) {
+      let err: unknown
+      try {
+        clockFromEnv({PGI_NOW: v})
+      } catch (e) {
+        err = e
+      }
+      expect(asPgiError(err)).toMatchObject({code: 'PGI_USAGE', exitCode: ExitCode.USAGE})
+      expect(asPgiError(err).message).toMatch(/PGI_NOW/)
+    }
   })
 })
