@@ -200,6 +200,14 @@ describe('pgi rollout stage --total-bwlimit / --transfer-window (bin/run.js, sim
     expect(again.exitCode, again.stderr).toBe(0)
     for (const i of [0, 1]) expect(startsOf(i)).toHaveLength(1)
   }, 60_000)
+  it('full transfers share the total too: split once between the uploads at once (one node here: all of it, at most --bwlimit)', async () => {
+    const r = await pgi(['stage', '2026.12.0', '--all', '--transfer', 'full', '--total-bwlimit', '1M', '--bwlimit', '4M'])
+    expect(r.exitCode, r.stderr).toBe(0)
+    expect((r.json!.result.rows as {transfer: string; outcome: string; capBps?: number}[]).map((x) => [x.transfer, x.outcome, x.capBps])).toEqual([
+      ['full', 'uploaded', MiB],
+      ['full', 'uploaded', MiB],
+    ])
+  }, 60_000)
 })
 
 describe('stageRollout pacing (service, simulated lab)', () => {
