@@ -501,7 +501,9 @@ export async function stageDelta(t: DeltaTarget, opts: DeltaStageOptions): Promi
     }
     // the read-back for the digest is local (no link used): it is let finish
     const c = st.state === 'running' && mine && st.phase !== 'verify' ? opts.control?.() : undefined
-    if (c && (!c.open || c.rateLimitBps !== rate)) {
+    // the cap the guest's run really has (a run found going, started by an earlier stage, keeps its own)
+    const actual = st.rate_limit_bps ? st.rate_limit_bps : st.rate_limit_bps === 0 ? undefined : rate
+    if (c && (!c.open || c.rateLimitBps !== actual)) {
       // stopped cleanly, then started again with the new cap (or once the window reopens):
       // the new run continues from what the staging disk holds
       await exec([STAGE_TOOL, 'stop'], 120_000)
