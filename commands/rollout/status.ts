@@ -2,7 +2,7 @@ import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../src/cli/base-command.js'
 import {ExitCode} from '../../src/exit-codes.js'
-import {selectionFlags, uaiArgs} from '../../src/cli/flags.js'
+import {clockFromEnv, selectionFlags, uaiArgs} from '../../src/cli/flags.js'
 import {stopSignal} from '../../src/cli/fleet.js'
 import type {RolloutStatus, StagingStatus} from '../../src/rollout/service.js'
 
@@ -33,7 +33,7 @@ Exit codes: 0 nothing mid-way or failed, 4 some establishment is mid-way, failed
     const {followStaging, rolloutStatus} = await import('../../src/rollout/service.js')
     const f = this.flags
     const uais = this.positionals
-    const req = {inventoryPath: f.inventory, selection: {uais, all: f.all || (uais.length === 0 && !f.group), group: f.group}, secretsDir: f['secrets-dir'], io: this.io, id: f.id}
+    const req = {inventoryPath: f.inventory, selection: {uais, all: f.all || (uais.length === 0 && !f.group), group: f.group}, secretsDir: f['secrets-dir'], io: this.io, id: f.id, now: clockFromEnv(process.env)}
     const s = f.follow ? await followStaging({...req, signal: stopSignal(this.io)}) : await rolloutStatus(req)
     if (s.journal) this.io.info(`rollout ${s.journal.id} (${s.journal.version}): ${s.journal.state}${s.journal.control ? `, ${s.journal.control} requested` : ''}${s.journal.reason ? ` — ${s.journal.reason}` : ''}`)
     this.table(['UAI', 'image', 'rollout', 'from → to', 'step', 'state', 'runner', 'at', 'why', 'staging'], s.establishments.map((e) => [e.uai, e.image, e.rollout, e.from ? `${e.from} → ${e.to}` : '', e.step, e.state, e.runner, e.at, e.reason, e.staging ? describeStaging(e.staging) : '']))
@@ -47,5 +47,6 @@ function describeStaging(st: StagingStatus): string {
   const gb = (n: number) => (n / 1e9).toFixed(2)
   const bytes = st.total ? ` ${st.total > 0 ? Math.floor((100 * (st.done ?? 0)) / st.total) : 0}% ${gb(st.done ?? 0)}/${gb(st.total)} GB${st.fetched !== undefined ? `, ${(st.fetched / 1e6).toFixed(1)} MB fetched` : ''}` : ''
   const eta = st.etaS !== undefined ? `, ETA ${st.etaS >= 3600 ? `${(st.etaS / 3600).toFixed(1)} h` : st.etaS >= 60 ? `${Math.round(st.etaS / 60)} min` : `${st.etaS} s`}` : ''
-  return `${st.transfer} ${st.version} ${st.state}${st.phase && st.phase !== st.state ? ` ${st.phase}` : ''}${bytes}${eta}${st.reason ? ` (${st.reason})` : ''}`
+  const cap = st.capBps ? `, at ${Math.round(st.capBps / 1024)} KiB/s${st.totalBps ? ` (${Math.round((100 * st.capBps) / st.totalBps)}% of the total cap)` : ''}` : ''
+  return `${st.transfer} ${st.version} ${st.state}${st.phase && st.phase !== st.state ? ` ${st.phase}` : ''}${bytes}${cap}${eta}${st.reason ? ` (${st.reason})` : ''}`
 }

@@ -119,10 +119,10 @@ export const imageRefArg = {
  * `--bwlimit 2048` (KiB/s, as PVE and rsync count) or with a unit: `512K`, `2M`, `1.5M`
  * (binary units, per second). Uploads only.
  */
-export function parseRateKiB(v: string): number {
+export function parseRateKiB(v: string, flag = 'bwlimit'): number {
   const m = /^(\d+(?:\.\d+)?)\s*([KMG]?)(?:i?B?(?:\/s)?)?$/i.exec(v.trim())
   const kib = m ? Number(m[1]) * ({'': 1, K: 1, M: 1024, G: 1024 * 1024} as Record<string, number>)[m[2]!.toUpperCase()]! : NaN
-  if (!Number.isFinite(kib) || kib < 1) throw new UsageError(`--bwlimit: "${v}" is not a rate (KiB/s, or 512K, 2M, …), at least 1 KiB/s`, {where: {flag: 'bwlimit'}})
+  if (!Number.isFinite(kib) || kib < 1) throw new UsageError(`--${flag}: "${v}" is not a rate (KiB/s, or 512K, 2M, …), at least 1 KiB/s`, {where: {flag}})
   return Math.round(kib)
 }
 
@@ -132,6 +132,28 @@ export const bwlimitFlag = Flags.custom<number>({
   helpValue: '<rate>',
   parse: async (v) => parseRateKiB(v),
 })()
+
+/** `--total-bwlimit 100M`: the Région's uplink shared by all the transfers of a staging run. */
+export const totalBwlimitFlag = Flags.custom<number>({
+  summary: "Cap the Région's uplink across all the establishments being staged: KiB/s, or with a unit (512K, 100M).",
+  description: 'pgi decides how many transfer at once and the cap each one gets (a fair share, at most --bwlimit each) so that the caps never add up to more; a share freed by a finished transfer goes to the others. Default: delivery.total_bwlimit of the inventory, else no total cap.',
+  helpValue: '<rate>',
+  parse: async (v) => parseRateKiB(v, 'total-bwlimit'),
+})()
+
+/**
+ * PGI_NOW (an ISO instant): the clock of a staging starts there and runs on at the real pace, so
+ * tests can place "now" inside or outside a transfer window without sleeping. Read here only,
+ * at the command line's edge.
+ */
+export function clockFromEnv(env: NodeJS.ProcessEnv): (() => Date) | undefined {
+  const v = env.PGI_NOW
+  if (v === undefined || v === '') return undefined
+  const at = Date.parse(v)
+  if (!/^\d{4}-\d\d-\d\dT/.test(v) || Number.isNaN(at)) throw new UsageError(`PGI_NOW "${v}" is not an ISO instant (e.g. 2026-12-07T21:30:00Z)`, {where: {flag: 'PGI_NOW'}, suggestions: ['Unset PGI_NOW to use the system clock.']})
+  const offset = at - Date.now()
+  return () => new Date(Date.now() + offset)
+}
 
 /** "10m", "90s", "1h", "1h30m" or plain seconds ("600") → milliseconds. */
 export function parseDurationMs(v: string, flag: string): number {

@@ -312,6 +312,9 @@ export interface StageProgress {
   /** Seconds left at the rate observed since this run started (extract phase), when known. */
   etaS?: number
   error?: string
+  /** The guest's run is alive (its unit active), and the cap it runs at, bytes/s. */
+  active?: boolean
+  rateLimitBps?: number
 }
 
 /** Progress and an ETA from pgi-stage-delta's status (the rate observed since its run started). */
@@ -319,7 +322,7 @@ export function progressOf(st: GuestStageStatus, now: Date): StageProgress {
   const diskTotal = st.disk_total ?? 0
   const verifying = st.phase === 'verify'
   const diskDone = st.state === 'done' ? diskTotal : verifying ? (st.verify_done ?? 0) : (st.disk_done ?? 0)
-  const p: StageProgress = {state: st.state, ...(st.phase ? {phase: st.phase} : {}), diskDone, diskTotal, fetched: st.fetched_total ?? st.fetched_bytes ?? 0, ...(st.runs ? {runs: st.runs} : {}), ...(st.error ? {error: st.error} : {})}
+  const p: StageProgress = {state: st.state, ...(st.phase ? {phase: st.phase} : {}), diskDone, diskTotal, fetched: st.fetched_total ?? st.fetched_bytes ?? 0, ...(st.runs ? {runs: st.runs} : {}), ...(st.error ? {error: st.error} : {}), ...(st.active !== undefined ? {active: st.active} : {}), ...(st.rate_limit_bps ? {rateLimitBps: st.rate_limit_bps} : {})}
   if (st.state === 'running' && st.phase === 'extract' && st.started && diskDone > 0) {
     const secs = (now.getTime() - Date.parse(st.started)) / 1000
     // the disk's bytes written per second since this run started; the read-back for the
@@ -352,9 +355,20 @@ export interface DeltaStageOptions {
   update?: (text: string) => void
   now?: () => Date
   signal?: AbortSignal
+  /**
+   * The run's pacing, asked at each poll (src/rollout/pacing.ts, the transfer window): the cap
+   * the guest should run at now, and whether transfers may run. A different cap restarts the
+   * guest's run with it, a closed window stops it (pgi-stage-delta stop: a later start continues
+   * from what the disk holds).
+   */
+  control?: () => {rateLimitBps?: number; open: boolean}
+  /** The transfer window's close, for a run pgi does not follow (--no-wait): the guest stops itself then (pgi-stage-delta --until). */
+  until?: Date
+  /** Waits until transfers may run again; false: return now with the staging paused. */
+  waitOpen?: (update: (text: string) => void) => Promise<boolean>
 }
 
-export type DeltaOutcome = 'staged' | 'already-staged' | 'started'
+export type DeltaOutcome = 'staged' | 'already-staged' | 'started' | 'paused'
 
 /**
  * Stages the version on `t`'s VM by delta: staging disk, pgi-stage-delta started (or found
@@ -389,7 +403,7 @@ export async function stageDelta(t: DeltaTarget, opts: DeltaStageOptions): Promi
   // a disk hot-plugged a moment ago shows up in the guest once udev has made its by-id link
   const dev = await exec(['/bin/sh', '-c', 'i=0; while [ ! -b "$1" ] && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done; [ -b "$1" ]', 'sh', STAGE_DEVICE], 180_000)
   if (dev.exitcode !== 0) throw new UserError(ErrorCode.STAGE_FAILED, `the staging disk ${disk.volume} did not appear in the guest as ${STAGE_DEVICE} within 2 minutes`, {where: whereOf(t), suggestions: ['Check that the VM hot-plugs disks (Options → Hotplug: Disk), or reboot it; then run stage again.']})
-  const args = [
+  const argsFor = (rateLimitBps: number | undefined) => [
     STAGE_TOOL,
     'start',
     '--store',
@@ -404,26 +418,38 @@ export async function stageDelta(t: DeltaTarget, opts: DeltaStageOptions): Promi
     String(d.raw.size_bytes),
     '--target',
     STAGE_DEVICE,
-    ...(opts.rateLimitBps ? ['--rate-limit-bps', String(opts.rateLimitBps)] : []),
+    ...(rateLimitBps ? ['--rate-limit-bps', String(rateLimitBps)] : []),
+    ...(until ? ['--until', String(Math.floor(until.getTime() / 1000))] : []),
   ]
+  let until = opts.until
+  let rate = opts.rateLimitBps
   // what the guest's tool last did: a run of this version that ended (failed, cut) is continued
   // by a new start, and its old status must not be taken for the new run's; a run that already
   // assembled and verified this version (pgi stopped before recording it) is recorded as it is
-  const before = await guestStageStatus(t)
+  let before = await guestStageStatus(t)
   const sameVersion = before?.raw_sha256 === d.raw.sha256
   if (before && sameVersion && before.state === 'done' && before.sha256 === d.raw.sha256) {
     await writeStaged(t, (cur) => (cur ? {...cur, state: 'verified', verifiedAt: now().toISOString(), error: undefined} : cur))
     return {outcome: 'staged', progress: progressOf(before, now()), volume: disk.volume}
   }
   const stale = (st: GuestStageStatus) => before !== undefined && sameVersion && before.state !== 'running' && st.state === before.state && st.started === before.started && st.runs === before.runs
-  const startedAt = Date.now()
-  const started = await exec(args, 120_000)
-  const st0 = parseStatus(started.stdout)
-  if (started.exitcode !== 0 || !st0) {
-    const why = st0?.error ?? (started.stderr || started.stdout).trim().slice(0, 300)
-    await writeStaged(t, (cur) => (cur ? {...cur, state: 'failed', error: why} : cur)).catch(() => undefined)
-    throw new UserError(ErrorCode.STAGE_FAILED, `pgi-stage-delta start: ${why}`, {where: whereOf(t)})
+  let startedAt = Date.now()
+  const start = async () => {
+    let started = await exec(argsFor(rate), 120_000)
+    if (until && started.exitcode === 2 && /unrecognized arguments: --until/.test(started.stderr)) {
+      // a pgi-stage-delta from before transfer windows: it runs on past the window's close
+      opts.io.warn(`${t.est.uai}: this image's pgi-stage-delta cannot stop itself at the transfer window's close (${until.toISOString()}): its transfer runs on until done`)
+      until = undefined
+      started = await exec(argsFor(rate), 120_000)
+    }
+    const st0 = parseStatus(started.stdout)
+    if (started.exitcode !== 0 || !st0) {
+      const why = st0?.error ?? (started.stderr || started.stdout).trim().slice(0, 300)
+      await writeStaged(t, (cur) => (cur ? {...cur, state: 'failed', error: why} : cur)).catch(() => undefined)
+      throw new UserError(ErrorCode.STAGE_FAILED, `pgi-stage-delta start: ${why}`, {where: whereOf(t)})
+    }
   }
+  await start()
   if (!opts.wait) return {outcome: 'started', volume: disk.volume}
   const deadline = Date.now() + (opts.timeoutMs ?? 24 * 3600_000)
   let answered = Date.now()
@@ -472,6 +498,24 @@ export async function stageDelta(t: DeltaTarget, opts: DeltaStageOptions): Promi
         details: {progress: p},
         suggestions: ['Run the same `pgi rollout stage` again: it resumes from what the staging disk holds.', 'Or stage the whole image with --transfer full.'],
       })
+    }
+    // the read-back for the digest is local (no link used): it is let finish
+    const c = st.state === 'running' && mine && st.phase !== 'verify' ? opts.control?.() : undefined
+    // the cap the guest's run really has (a run found going, started by an earlier stage, keeps its own)
+    const actual = st.rate_limit_bps ? st.rate_limit_bps : st.rate_limit_bps === 0 ? undefined : rate
+    if (c && (!c.open || c.rateLimitBps !== actual)) {
+      // stopped cleanly, then started again with the new cap (or once the window reopens):
+      // the new run continues from what the staging disk holds
+      await exec([STAGE_TOOL, 'stop'], 120_000)
+      if (!c.open) {
+        opts.update?.(`paused (outside the transfer window), ${describeProgress(p)}`)
+        if (!(await (opts.waitOpen?.((text) => opts.update?.(text)) ?? Promise.resolve(false)))) return {outcome: 'paused', progress: p, volume: disk.volume}
+      }
+      rate = opts.control?.().rateLimitBps
+      before = await guestStageStatus(t)
+      startedAt = Date.now()
+      await start()
+      continue
     }
     if (Date.now() > deadline) {
       throw new UserError(ErrorCode.TIMEOUT, `delta staging of ${d.version} still running after ${Math.round((opts.timeoutMs ?? 0) / 60_000)} min (${describeProgress(p)})`, {exitCode: ExitCode.TIMEOUT, where: whereOf(t), suggestions: ['It goes on in the guest: `pgi rollout status` shows its progress; run stage again later to record it.']})

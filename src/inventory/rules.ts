@@ -68,7 +68,7 @@ export function checkInventory(m: Merged, P: ProblemList, meta: {path: string; f
   const establishments = checkEstablishments(m, hypervisors, rings, defaults, P, meta.complete, misspelt)
   const groups = checkGroups(m.groups, establishments, P, meta.complete, misspelt)
   const offsite = checkOffsite(m.offsite, establishments, hypervisors, P, meta.complete)
-  const delivery = checkDelivery(m.delivery)
+  const delivery = checkDelivery(m.delivery, P)
 
   const used = new Set(establishments.map((e) => e.hypervisor))
   if (offsite?.drill) used.add(offsite.drill.hypervisor)

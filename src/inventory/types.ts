@@ -1,3 +1,5 @@
+import type {TransferWindow} from './transfer-window.js'
+
 /**
  * The resolved inventory model: what the loader produces after reading the YAML files, applying
  * defaults and checking every rule. The YAML format itself (snake_case keys) is described by
@@ -168,13 +170,20 @@ export interface DrillSettings {
 
 /**
  * The inventory's `delivery:` section (docs/delivery.md): where the chunk store of published
- * image versions (`pgi image publish`) is served, for `pgi rollout stage --transfer delta|auto`.
+ * image versions (`pgi image publish`) is served, for `pgi rollout stage --transfer delta|auto`,
+ * and how stagings are paced (a total cap on the Région's uplink, a transfer window).
  */
 export interface DeliverySettings {
   /** The store as the VMs reach it (http:// or https://): what each guest fetches chunks from. */
-  storeUrl: string
+  storeUrl?: string
   /** The same store as this machine reads it (URL or absolute folder): the signed delivery.json. Default: storeUrl. */
-  regionStore: string
+  regionStore?: string
+  /** The Région's uplink shared by all stagings of a run, KiB/s (`--total-bwlimit`). */
+  totalBwlimitKiB?: number
+  /** When image bytes may cross the schools' links (`--transfer-window`). */
+  transferWindow?: TransferWindow
+  /** The transfer window's time zone (default Europe/Paris). */
+  timezone: string
   source: SourceRef
 }
 

@@ -46,6 +46,8 @@ export interface SimulatedOptions {
   guestUnhealthy?: (node: string, vmid: number, version: string) => boolean
   /** Does the guest's image record its health in /run/pgi/health.json (pgi-health.timer)? Default: yes. */
   guestHealthRecord?: (node: string, vmid: number) => boolean
+  /** Guests whose image carries pgi-stage-delta (src/lab/simulated-stage-delta.ts); default: none (a 1.0.0-like image). */
+  guestStageDelta?: {fetch: (url: string) => Buffer | undefined; bytes?: (node: string, vmid: number) => number}
 }
 
 interface SimVolume extends VolumeInfo {
@@ -111,6 +113,7 @@ export class SimulatedBackend implements VmBackend {
   readonly #scale: number
   readonly #unhealthy: (node: string, vmid: number, version: string) => boolean
   readonly #recordsHealth: (node: string, vmid: number) => boolean
+  readonly #stageDelta: SimulatedOptions['guestStageDelta']
   #init!: BackendInit
   /** node → volid → volume */
   readonly #vols = new Map<string, Map<string, SimVolume>>()
@@ -129,6 +132,7 @@ export class SimulatedBackend implements VmBackend {
     this.#scale = opts.timeScale ?? 1
     this.#unhealthy = opts.guestUnhealthy ?? (() => false)
     this.#recordsHealth = opts.guestHealthRecord ?? (() => true)
+    this.#stageDelta = opts.guestStageDelta
   }
 
   #wait(what: keyof Durations, ctx?: TaskContext, factor = 1): Promise<void> {
@@ -493,7 +497,7 @@ export class SimulatedBackend implements VmBackend {
     }
     // the fault is asked at every look (a test may clear it: trytond then answers again)
     const trytondUp = vm.boot.datadisk.ok && !this.#unhealthy(spec.node, spec.vmid, vm.bootedVersion || osVersion)
-    return {hostname: spec.name, osVersion, disk, diskSizeBytes: dataVol?.size ?? 0, osFiles, runFiles: vm.runFiles, boot: vm.boot, trytondUp, accounts: vm.accounts, now: Date.now}
+    return {hostname: spec.name, osVersion, disk, diskSizeBytes: dataVol?.size ?? 0, osFiles, runFiles: vm.runFiles, boot: vm.boot, trytondUp, accounts: vm.accounts, now: Date.now, ...(this.#stageDelta ? {stageDelta: {fetch: this.#stageDelta.fetch, timeScale: this.#scale, ...(this.#stageDelta.bytes ? {bytes: this.#stageDelta.bytes(spec.node, spec.vmid)} : {})}} : {})}
   }
 
   /**

@@ -94,6 +94,16 @@ export interface BootState {
 }
 
 /** Everything one guest program sees: its VM, its disks, this boot. */
+/** pgi-stage-delta in a simulated guest whose image carries it (src/lab/simulated-stage-delta.ts). */
+export interface SimStageDelta {
+  /** The store as the guest reaches it: a URL's bytes, or undefined when unreachable. */
+  fetch: (url: string) => Buffer | undefined
+  /** Bytes this guest lacks (default 4 MiB). */
+  bytes?: number
+  /** The lab's time scale (simulated seconds × scale = real seconds). */
+  timeScale: number
+}
+
 export interface GuestEnv {
   hostname: string
   /** Version of the running OS image (/etc/pgi/image.json). */
@@ -111,6 +121,8 @@ export interface GuestEnv {
   /** The AMI account set by pgi-configure (on the OS disk: /etc/shadow). */
   accounts: Map<string, string>
   now: () => number
+  /** pgi-stage-delta and the store as this guest reaches them, when its image carries the tool. */
+  stageDelta?: SimStageDelta
 }
 
 export interface RunResult {

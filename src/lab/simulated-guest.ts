@@ -2,6 +2,7 @@ import {randomBytes} from 'node:crypto'
 
 import {simulatedPgiConsole, simulatedTlsInfo} from './simulated-console.js'
 import {loginTargets, simulatedPgiDb} from './simulated-pgidb.js'
+import {simulatedStageDelta, simulatedStoreProbe, STORE_PROBE_MARK} from './simulated-stage-delta.js'
 import {BACKUP_MAX_AGE_S, BACKUPS, compareVersions, DATA, DEFAULT_KEEP, fail, FIRST_BACKUP_GRACE_S, IMAGE_JSON, iso, ok, PROBE_MARK, RESTORE_MARK, RUN_DIR, sha256, stampOf, STATE_FILE, TRYTON_SOFTWARE, UPLOADS, type SimDatabase, type BootState, type GuestEnv, type RunResult} from './simulated-guest-state.js'
 
 /**
@@ -144,7 +145,10 @@ export function runGuestCommand(env: GuestEnv, command: string[], input: string 
       return simulatedPgiDb(env, args)
     case 'pgi-console':
       return simulatedPgiConsole(env, args)
+    case 'pgi-stage-delta':
+      return env.stageDelta ? simulatedStageDelta(env, env.stageDelta, args) : fail(`${prog}: command not found (simulated guest)`, 127)
     case 'python3':
+      if (args[0] === '-c' && args[1]?.startsWith(STORE_PROBE_MARK) && env.stageDelta) return simulatedStoreProbe(env.stageDelta, args[2] ?? '')
       if (args[0] === '-c' && args[1]?.startsWith(PROBE_MARK)) return probe(env, input)
       if (args[0] === '-c' && args[1]?.startsWith(RESTORE_MARK)) return restore(env, input)
       return fail(`python3: the simulated guest runs only pgi's own scripts`, 127)
@@ -556,6 +560,10 @@ function shell(env: GuestEnv, args: string[]): RunResult {
     for (const k of pieces) env.disk?.files.delete(k)
     if (!writeGuestFile(env, target ?? '', data)) return fail(`sh: cannot create ${target}: No such file or directory`)
     return ok(`${sha256(data)}  ${target}\n`)
+  }
+  if (script.includes('while [ ! -b "$1" ]')) {
+    // the hot-plugged staging disk's by-id link (src/fleet/stage-delta.ts): there at once
+    return ok('')
   }
   return fail('sh: the simulated guest does not know this script', 127)
 }

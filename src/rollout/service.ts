@@ -28,7 +28,7 @@ import {FINAL_STEPS, type EstablishmentResult} from './establishment.js'
 import {majorInGuest, type MajorInfo} from './guest-scripts.js'
 import {describeMigration, migrationPlan, type MigrationPlan} from './major.js'
 
-export {stageRollout, stagingOf, type StageRequest, type StageRow, type StagingStatus} from './stage.js'
+export {stageRollout, stagingOf, type StagePacing, type StageRequest, type StageRow, type StagingStatus} from './stage.js'
 import {stagingOf, type StagingStatus} from './stage.js'
 export {describeMigration, migrationPlan, pruneOldClusters, type MigrationPlan, type PruneRequest, type PruneRow} from './major.js'
 import {RolloutJournal, listRollouts, type RolloutRecord} from './journal.js'
@@ -448,13 +448,13 @@ export interface RolloutStatus {
   establishments: StatusRow[]
 }
 
-export async function rolloutStatus(req: FleetRequest & {id?: string}): Promise<RolloutStatus> {
+export async function rolloutStatus(req: FleetRequest & {id?: string; now?: () => Date}): Promise<RolloutStatus> {
   return withFleet(req, async (fleet) => {
     const root = journalDir(fleet.env)
     const rec = (await listRollouts(root)).find((r) => !req.id || r.id === req.id)
     const marks = await readMarks(fleet)
     const record = await readStageRecord(fleet.inventory.path, fleet.env)
-    const now = new Date()
+    const now = req.now?.() ?? new Date()
     const rows: StatusRow[] = await Promise.all(
       marks.map(async (m): Promise<StatusRow> => {
         if (m.error) return {uai: m.est.uai, state: 'unknown', reason: m.error}

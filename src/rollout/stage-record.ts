@@ -17,6 +17,11 @@ export interface StageRecordEntry {
   outcome: string
   fallback?: string
   detail?: string
+  /** The cap the transfer was given and the run's total cap, bytes/s (--bwlimit, --total-bwlimit). */
+  capBps?: number
+  totalBps?: number
+  /** The run's transfer window (`pgi rollout status` says when a paused staging continues). */
+  window?: {spec: string; timezone: string}
   at: string
 }
 

@@ -15,6 +15,9 @@ import {parseDescription, type VmMeta} from '../fleet/vm-meta.js'
 import type {ImageRef} from '../image/images.js'
 import type {Establishment} from '../inventory/types.js'
 import {runParallel} from '../progress.js'
+import {DEFAULT_TIMEZONE, isOpen, localTime, nextClosing, nextOpening, parseTransferWindow, type TransferWindow} from '../inventory/transfer-window.js'
+import {sleep} from '../sleep.js'
+import {planPacing, TransferPacer} from './pacing.js'
 import {FINAL_STEPS} from './mark.js'
 import {writeStageRecord, type StageRecordEntry} from './stage-record.js'
 
@@ -25,11 +28,14 @@ export interface StageRow {
   vmid: number
   /** How the version travels to this establishment. */
   transfer: 'delta' | 'full'
-  outcome: StageOutcome | DeltaOutcome | 'failed'
+  /** waiting: not started (outside the transfer window, or no share of the total cap left with --no-wait). */
+  outcome: StageOutcome | DeltaOutcome | 'failed' | 'waiting'
   /** Why a full transfer when delta was possible to ask for (auto), in words. */
   fallback?: string
   /** Delta: disk bytes assembled / total, bytes fetched from the store. */
   bytes?: {done: number; total: number; fetched: number}
+  /** The cap this transfer was given, bytes/s (its share of --total-bwlimit, or --bwlimit). */
+  capBps?: number
   detail: string
   error?: {code: string; message: string; suggestions: string[]}
 }
@@ -41,6 +47,10 @@ export interface StageRequest extends FleetRequest {
   imageUrl?: string
   /** Rate cap, KiB/s: per node for a full upload, per establishment (in the guest) for delta. */
   bwlimitKiB?: number
+  /** The Région's uplink shared by the whole run, KiB/s (default: the inventory's delivery.total_bwlimit). */
+  totalBwlimitKiB?: number
+  /** When transfers may run, as written (default: the inventory's delivery.transfer_window). */
+  transferWindow?: string
   maxParallel?: number
   /** delta, full or auto (default: auto when a store is known, else full). */
   transfer?: Transfer
@@ -50,22 +60,52 @@ export interface StageRequest extends FleetRequest {
   store?: string
   /** The images folder (its trusted keys verify delivery.json). */
   imagesRoot: string
-  /** Delta: wait for the assembly to be verified (default) or return once it runs. */
+  /** Wait for each delta assembly to be verified and for a closed transfer window (default), or return once started / at once. */
   wait?: boolean
   pollIntervalMs?: number
   signal?: AbortSignal
+  /** The clock (default: the system's). */
+  now?: () => Date
+}
+
+/** How the run was paced (shown with the rows). */
+export interface StagePacing {
+  /** The total cap, bytes/s. */
+  totalBps?: number
+  /** Delta transfers at once and each one's cap while others wait. */
+  slots: number
+  shareBps?: number
+  window?: {spec: string; timezone: string; open: boolean; nextOpening?: string}
+}
+
+export interface StageResult {
+  version: string
+  transfer: Transfer
+  rows: StageRow[]
+  pacing: StagePacing
+  exitCode: number
+}
+
+/** The run's transfer window: the flag's (in the inventory's time zone) or the inventory's. */
+function windowOf(req: StageRequest, fleet: FleetSession): TransferWindow | undefined {
+  const d = fleet.inventory.delivery
+  return req.transferWindow !== undefined ? parseTransferWindow(req.transferWindow, {timezone: d?.timezone ?? DEFAULT_TIMEZONE}) : d?.transferWindow
 }
 
 /**
  * Puts the verified image within reach of every establishment of the selection, touching no
  * running service: by delta (a staging disk the guest assembles from the chunk store, recorded
  * on the VM) or whole (once per node, on its import storage). Resumable: what is staged is
- * skipped, a delta staging cut mid-way continues from what its disk holds.
+ * skipped, a delta staging cut mid-way continues from what its disk holds. Paced: at most the
+ * total cap between all transfers (src/rollout/pacing.ts), only inside the transfer window.
  */
-export async function stageRollout(req: StageRequest): Promise<{version: string; transfer: Transfer; rows: StageRow[]; exitCode: number}> {
+export async function stageRollout(req: StageRequest): Promise<StageResult> {
   const transferAsked = req.transfer
   if (transferAsked === 'full' && req.storeUrl) throw new UsageError('--store-url is for --transfer delta or auto', {where: {flag: 'store-url'}, suggestions: ['Drop --store-url, or use --transfer delta|auto.']})
+  if (req.totalBwlimitKiB && req.imageUrl) throw new UsageError('--total-bwlimit paces what this machine sends and what the guests fetch; with --image-url each node downloads the image itself', {where: {flag: 'total-bwlimit'}, suggestions: ['Drop --image-url, or cap the nodes\' downloads in Proxmox VE (datacenter.cfg bwlimit).']})
+  const now = req.now ?? (() => new Date())
   return withFleet(req, async (fleet) => {
+    const window = windowOf(req, fleet)
     const storeUrl = req.storeUrl ?? fleet.inventory.delivery?.storeUrl
     const transfer: Transfer = transferAsked ?? (storeUrl ? 'auto' : 'full')
     if (transfer !== 'full' && !storeUrl) {
@@ -76,9 +116,52 @@ export async function stageRollout(req: StageRequest): Promise<{version: string;
     }
     if (storeUrl && !/^https?:\/\/[^\s]+$/.test(storeUrl)) throw new UsageError(`--store-url ${storeUrl} is not an http:// or https:// URL`, {where: {flag: 'store-url'}})
     const regionStore = req.store ?? (req.storeUrl ? undefined : fleet.inventory.delivery?.regionStore) ?? storeUrl
+    // the inventory's total cap does not apply to nodes that download the image themselves
+    const totalKiB = req.imageUrl ? undefined : (req.totalBwlimitKiB ?? fleet.inventory.delivery?.totalBwlimitKiB)
+    const totalBps = totalKiB ? totalKiB * 1024 : undefined
+    const perSiteBps = req.bwlimitKiB ? req.bwlimitKiB * 1024 : undefined
+    const maxParallel = req.maxParallel ?? 4
     // refuses --bwlimit with --image-url, for what goes whole
-    const stager = transfer === 'delta' ? undefined : new Stager({io: req.io, imageUrl: req.imageUrl, bwlimitKiB: req.bwlimitKiB, onProgress: (k, t) => req.io.debug(`${k}: ${t}`)})
+    if (transfer !== 'delta') new Stager({io: req.io, imageUrl: req.imageUrl, bwlimitKiB: req.bwlimitKiB})
     const image = await req.resolveImage(req.image)
+    const pacer = new TransferPacer({totalBps, perSiteBps, parallel: maxParallel, count: fleet.establishments.length})
+    const wait = req.wait ?? true
+    const pacing = (): StagePacing => {
+      const next = window && !isOpen(window, now()) ? nextOpening(window, now()) : undefined
+      return {...(totalBps ? {totalBps} : {}), slots: pacer.plan.slots, ...(pacer.plan.shareBps ? {shareBps: pacer.plan.shareBps} : {}), ...(window ? {window: {spec: window.spec, timezone: window.timezone, open: isOpen(window, now()), ...(next ? {nextOpening: next.toISOString()} : {})}} : {})}
+    }
+    const closedDetail = () => `outside the transfer window (${window!.spec}, ${window!.timezone}), next opening ${localTime(nextOpening(window, now()) ?? now(), window!.timezone)}`
+    /** Waits for the window to open (true), or says it is closed (false) with --no-wait. */
+    const waitForWindow = async (update: (text: string) => void): Promise<boolean> => {
+      if (isOpen(window, now())) return true
+      if (!wait) return false
+      for (let shown = ''; !isOpen(window, now()); ) {
+        const next = nextOpening(window, now())
+        const text = `waiting for the transfer window until ${next ? localTime(next, window!.timezone) : '(never opens)'}`
+        if (text !== shown) update((shown = text))
+        // looked at again every poll interval (a clock that jumps, a machine that slept)
+        await sleep(Math.min(req.pollIntervalMs ?? 10_000, Math.max(1000, (next?.getTime() ?? 0) - now().getTime())), req.signal)
+      }
+      return true
+    }
+    const base = (e: Establishment) => ({uai: e.uai, hypervisor: e.hypervisor, node: e.node, vmid: e.vmid})
+    /** What this run decided per establishment, for `pgi rollout status` (the record of this machine). */
+    const record = async (list: StageRow[]) => {
+      const at = now().toISOString()
+      const win = window ? {window: {spec: window.spec, timezone: window.timezone}} : {}
+      await writeStageRecord(
+        fleet.inventory.path,
+        fleet.env,
+        Object.fromEntries(list.map((x) => [x.uai, {version: image.version, transfer: x.transfer, outcome: x.outcome, ...(x.fallback ? {fallback: x.fallback} : {}), detail: x.detail, ...(x.capBps ? {capBps: x.capBps} : {}), ...(totalBps ? {totalBps} : {}), ...win, at}])),
+      ).catch((err) => req.io.warn(`the staging record of this machine was not written: ${asPgiError(err).message}`))
+    }
+    if (window && !isOpen(window, now()) && !wait) {
+      // nothing is started: each establishment waits for the window
+      const rows = fleet.establishments.map((e): StageRow => ({...base(e), transfer: transfer === 'full' ? 'full' : 'delta', outcome: 'waiting', detail: closedDetail()}))
+      await record(rows)
+      return {version: image.version, transfer, rows, pacing: pacing(), exitCode: ExitCode.OK}
+    }
+    if (window) await waitForWindow((text) => req.io.info(text))
     let delivery: VerifiedDelivery | undefined
     let noDelta: string | undefined
     if (transfer !== 'full') {
@@ -91,7 +174,6 @@ export async function stageRollout(req: StageRequest): Promise<{version: string;
       }
     }
     const rows = new Map<string, StageRow>()
-    const base = (e: Establishment) => ({uai: e.uai, hypervisor: e.hypervisor, node: e.node, vmid: e.vmid})
     const full: Establishment[] = []
     const fallbacks = new Map<string, string>()
     await runParallel(
@@ -101,11 +183,13 @@ export async function stageRollout(req: StageRequest): Promise<{version: string;
         key: e.hypervisor,
         run: async (update: (t: string) => void) => {
           if (transfer === 'full' || !delivery) {
+            pacer.forgo()
             if (noDelta) fallbacks.set(e.uai, noDelta)
             full.push(e)
             return noDelta ? `full transfer (${noDelta})` : 'full transfer'
           }
           const t: DeltaTarget = {api: await fleet.hypervisors.get(e.hypervisor), est: e, hv: fleet.hypervisors.definition(e.hypervisor)}
+          let held = false
           try {
             const cfg = await t.api.vmConfig(e.node, e.vmid)
             const meta = parseDescription(typeof cfg?.description === 'string' ? cfg.description : undefined)
@@ -122,20 +206,52 @@ export async function stageRollout(req: StageRequest): Promise<{version: string;
               full.push(e)
               return `full transfer (${probe.reason})`
             }
-            const r = await stageDelta(t, {storeUrl: storeUrl!, delivery, rateLimitBps: req.bwlimitKiB ? req.bwlimitKiB * 1024 : undefined, wait: req.wait ?? true, pollMs: req.pollIntervalMs ?? 10_000, io: req.io, update, signal: req.signal})
+            // a slot of the total cap, inside the window (with --no-wait: only if one is free now)
+            if (!(await waitForWindow(update))) {
+              rows.set(e.uai, {...base(e), transfer: 'delta', outcome: 'waiting', detail: closedDetail()})
+              return closedDetail()
+            }
+            if (wait) {
+              update(`waiting for a share of the total cap (${pacer.plan.slots} transfers at once)`)
+              await pacer.acquire(e.uai)
+            } else if (!pacer.tryAcquire(e.uai)) {
+              const detail = `waiting for a share of the total cap (${pacer.plan.slots} transfers at once): run stage again once those started are staged`
+              rows.set(e.uai, {...base(e), transfer: 'delta', outcome: 'waiting', detail})
+              return detail
+            }
+            held = true
+            const capBps = pacer.capFor(e.uai)
+            const r = await stageDelta(t, {
+              storeUrl: storeUrl!,
+              delivery,
+              rateLimitBps: capBps,
+              wait,
+              pollMs: req.pollIntervalMs ?? 10_000,
+              io: req.io,
+              update,
+              signal: req.signal,
+              now,
+              // a run pgi does not follow stops itself at the window's close
+              ...(!wait && window ? {until: nextClosing(window, now())} : {}),
+              ...(totalBps || window ? {control: () => ({rateLimitBps: pacer.capFor(e.uai), open: isOpen(window, now())}), waitOpen: waitForWindow} : {}),
+            })
             const p = r.progress
-            const detail = r.outcome === 'already-staged' ? `${image.version} already staged on ${r.volume}, verified` : r.outcome === 'started' ? `assembling ${image.version} on ${r.volume} (pgi rollout status shows its progress)` : `${image.version} assembled on ${r.volume}, sha256 verified (${((p?.fetched ?? 0) / 1e6).toFixed(1)} MB fetched)`
-            rows.set(e.uai, {...base(e), transfer: 'delta', outcome: r.outcome, ...(p ? {bytes: {done: p.diskDone, total: p.diskTotal, fetched: p.fetched}} : {}), detail})
+            const detail = r.outcome === 'already-staged' ? `${image.version} already staged on ${r.volume}, verified` : r.outcome === 'started' ? `assembling ${image.version} on ${r.volume} (pgi rollout status shows its progress)` : r.outcome === 'paused' ? `paused on ${r.volume}: ${closedDetail()}` : `${image.version} assembled on ${r.volume}, sha256 verified (${((p?.fetched ?? 0) / 1e6).toFixed(1)} MB fetched)`
+            rows.set(e.uai, {...base(e), transfer: 'delta', outcome: r.outcome, ...(p ? {bytes: {done: p.diskDone, total: p.diskTotal, fetched: p.fetched}} : {}), ...(capBps && r.outcome !== 'already-staged' ? {capBps} : {}), detail})
             return detail
           } catch (err) {
             const pe = asPgiError(err)
             const progress = (pe.details?.progress ?? undefined) as StageProgress | undefined
             rows.set(e.uai, {...base(e), transfer: 'delta', outcome: 'failed', ...(progress ? {bytes: {done: progress.diskDone, total: progress.diskTotal, fetched: progress.fetched}} : {}), detail: pe.message, error: {code: pe.code, message: pe.message, suggestions: pe.suggestions}})
             throw err
+          } finally {
+            // a started run holds its slot with --no-wait: it goes on in the guest at its cap
+            if (held && (wait || rows.get(e.uai)?.outcome !== 'started')) pacer.release(e.uai)
+            else if (!held) pacer.forgo()
           }
         },
       })),
-      {max: req.maxParallel ?? 4, perKey: req.maxParallel ?? 4},
+      {max: maxParallel, perKey: maxParallel},
     )
     // the whole image, once per node, for the establishments that need it
     if (full.length > 0) {
@@ -146,11 +262,20 @@ export async function stageRollout(req: StageRequest): Promise<{version: string;
         cur.ests.push(e)
         nodes.set(k, cur)
       }
+      // uploads cannot be re-capped once running: the total is split once between the slots
+      // (the delta transfers of this run are over by now)
+      const plan = planPacing({totalBps, perSiteBps, parallel: maxParallel, count: nodes.size})
+      const capKiB = plan.shareBps ? Math.max(1, Math.floor(plan.shareBps / 1024)) : undefined
+      const stager = new Stager({io: req.io, imageUrl: req.imageUrl, bwlimitKiB: capKiB, onProgress: (k, text) => req.io.debug(`${k}: ${text}`)})
       const out = await settleAll(
         [...nodes.values()],
         (x) => x.hv,
-        async (x) => stager!.stage(await fleet.hypervisors.get(x.hv), fleet.hypervisors.definition(x.hv), x.node, image),
-        {max: req.maxParallel ?? 4, perKey: 1},
+        async (x): Promise<StageOutcome | 'waiting'> => {
+          // not started outside the window (an upload cut at its close would start again from zero)
+          if (!(await waitForWindow((text) => req.io.info(`${x.hv}/${x.node}: ${text}`)))) return 'waiting'
+          return stager.stage(await fleet.hypervisors.get(x.hv), fleet.hypervisors.definition(x.hv), x.node, image)
+        },
+        {max: plan.slots, perKey: 1},
       )
       for (const o of out) {
         for (const e of o.item.ests) {
@@ -161,21 +286,20 @@ export async function stageRollout(req: StageRequest): Promise<{version: string;
             transfer: 'full',
             outcome: o.ok ? o.value : 'failed',
             ...(fb ? {fallback: fb} : {}),
-            detail: o.ok ? (o.value === 'already-there' ? `${image.file} already on ${o.item.node}` : `${image.file} ${o.value} to ${o.item.node}, checksum verified`) : pe!.message,
+            ...(o.ok && o.value === 'uploaded' && capKiB ? {capBps: capKiB * 1024} : {}),
+            detail: o.ok ? (o.value === 'waiting' ? closedDetail() : o.value === 'already-there' ? `${image.file} already on ${o.item.node}` : `${image.file} ${o.value} to ${o.item.node}, checksum verified`) : pe!.message,
             ...(pe ? {error: {code: pe.code, message: pe.message, suggestions: pe.suggestions}} : {}),
           })
         }
       }
     }
     const list = fleet.establishments.map((e) => rows.get(e.uai) ?? {...base(e), transfer: 'full' as const, outcome: 'failed' as const, detail: 'not staged'})
-    const at = new Date().toISOString()
-    await writeStageRecord(fleet.inventory.path, fleet.env, Object.fromEntries(list.map((x) => [x.uai, {version: image.version, transfer: x.transfer, outcome: x.outcome, ...(x.fallback ? {fallback: x.fallback} : {}), detail: x.detail, at}]))).catch((err) =>
-      req.io.warn(`the staging record of this machine was not written: ${asPgiError(err).message}`),
-    )
+    await record(list)
     const failed = list.filter((r) => r.outcome === 'failed').length
-    return {version: image.version, transfer, rows: list, exitCode: failed === 0 ? ExitCode.OK : failed === list.length && list.length > 0 ? ExitCode.FAILURE : ExitCode.PARTIAL}
+    return {version: image.version, transfer, rows: list, pacing: pacing(), exitCode: failed === 0 ? ExitCode.OK : failed === list.length && list.length > 0 ? ExitCode.FAILURE : ExitCode.PARTIAL}
   })
 }
+
 
 export interface StagingStatus {
   version: string
@@ -193,6 +317,21 @@ export interface StagingStatus {
   reason?: string
   /** The staging disk (delta). */
   volume?: string
+  /** The cap the guest's transfer runs at, and the run's total cap it is a share of, bytes/s. */
+  capBps?: number
+  totalBps?: number
+}
+
+/** The window a staging was started under (the run's, else the inventory's). */
+function recordedWindow(fleet: FleetSession, local: StageRecordEntry | undefined): TransferWindow | undefined {
+  if (local?.window) {
+    try {
+      return parseTransferWindow(local.window.spec, {timezone: local.window.timezone})
+    } catch {
+      // a record written by another pgi: the inventory's window then
+    }
+  }
+  return fleet.inventory.delivery?.transferWindow
 }
 
 /**
@@ -206,10 +345,17 @@ export async function stagingOf(fleet: FleetSession, est: Establishment, image: 
     const api = await fleet.hypervisors.get(est.hypervisor)
     const st = await stagingState({api, est, hv: fleet.hypervisors.definition(est.hypervisor)}, meta, now)
     const p = st?.progress
+    const window = recordedWindow(fleet, local)
+    // stopped at the window's close (or never started in it): it continues at the next opening
+    const paused = s.state === 'staging' && p?.state !== 'done' && !(p?.state === 'running' && p.active) && window !== undefined && !isOpen(window, now)
+    const next = paused ? nextOpening(window, now) : undefined
+    const cap = p?.state === 'running' && p.active ? p.rateLimitBps : undefined
     return {
       version: s.version,
       transfer: 'delta',
-      state: p && s.state === 'staging' ? (p.state === 'done' ? 'assembled (not yet recorded: run stage again)' : p.state) : s.state,
+      state: paused ? `paused (outside the transfer window, next ${next ? localTime(next, window.timezone) : 'never'})` : p && s.state === 'staging' ? (p.state === 'done' ? 'assembled (not yet recorded: run stage again)' : p.state) : s.state,
+      ...(cap ? {capBps: cap} : {}),
+      ...(cap && local?.totalBps && local.version === s.version ? {totalBps: local.totalBps} : {}),
       ...(p?.phase ? {phase: p.phase} : {}),
       done: p ? p.diskDone : s.state === 'verified' ? s.rawBytes : 0,
       total: p?.diskTotal || s.rawBytes,
@@ -219,8 +365,8 @@ export async function stagingOf(fleet: FleetSession, est: Establishment, image: 
       volume: s.volume,
     }
   }
-  if (local && local.version !== image && (local.transfer === 'full' || local.outcome === 'failed')) {
-    return {version: local.version, transfer: local.transfer, state: local.outcome, ...((local.fallback ?? (local.outcome === 'failed' ? local.detail : undefined)) ? {reason: local.fallback ?? local.detail} : {})}
+  if (local && local.version !== image && (local.transfer === 'full' || local.outcome === 'failed' || local.outcome === 'waiting')) {
+    return {version: local.version, transfer: local.transfer, state: local.outcome, ...((local.fallback ?? (local.outcome === 'failed' || local.outcome === 'waiting' ? local.detail : undefined)) ? {reason: local.fallback ?? local.detail} : {})}
   }
   return undefined
 }

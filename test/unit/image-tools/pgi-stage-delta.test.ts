@@ -176,6 +176,25 @@ describe.skipIf(missing !== undefined)(`pgi-stage-delta, native${missing ? ` (sk
     expect(bytes / secs).toBeGreaterThan(rate * 0.75)
   }, 120_000)
 
+  it('--until (the transfer window\'s close): stops cleanly mid-way (exit 3, interrupted), a later run continues to done', async () => {
+    writeFileSync(loop, Buffer.alloc(SIZE))
+    sim.setConfig(linkSimConfigFrom({uplink: {ports: {80: {dir: join(dir, 'store')}}}}, 'test'))
+    const st = join(dir, 'state-until')
+    const past = await tool(args({'--seed': join(dir, 'empty-seed'), '--until': String(Math.floor(Date.now() / 1000) - 1)}), st)
+    expect(past.status).toBe(3)
+    expect(past.out).toMatchObject({state: 'interrupted', fetched_bytes: 0})
+    const t0 = performance.now()
+    const cut = await tool(args({'--seed': join(dir, 'empty-seed'), '--rate-limit-bps': '1000000', '--until': String(Math.floor(Date.now() / 1000) + 3)}), st)
+    // 6 MB at 1 MB/s would take 6 s: stopped at the 3rd second (python's start-up counted)
+    expect(cut.status).toBe(3)
+    expect(performance.now() - t0).toBeLessThan(5500)
+    expect(cut.out.state).toBe('interrupted')
+    expect(String(cut.out.error)).toMatch(/transfer window/)
+    const rest = await tool(args({'--seed': join(dir, 'empty-seed')}), st)
+    expect(rest.status).toBe(0)
+    expect(rest.out).toMatchObject({state: 'done', sha256: rawSha, runs: 3})
+  }, 120_000)
+
   it('fails, saying so, when the assembled disk does not match the signed digest', async () => {
     const r = await tool(args({'--raw-sha256': 'f'.repeat(64)}), join(dir, 'state-bad'))
     expect(r.status).toBe(1)

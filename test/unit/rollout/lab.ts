@@ -12,6 +12,7 @@ import type {DeployImage} from '../../../src/deploy/desired.js'
 import {runDeploy} from '../../../src/deploy/service.js'
 import {MemoryIo, type Io} from '../../../src/io.js'
 import type {FaultConfig} from '../../../src/lab/faults.js'
+import type {SimulatedOptions} from '../../../src/lab/simulated-backend.js'
 import {stageRollout, type StartRequest} from '../../../src/rollout/service.js'
 import {fastConnect, startSimLab, type SimLab} from '../deploy/sim-lab.js'
 import {RolloutGuestModel} from './sim-guest.js'
@@ -29,8 +30,8 @@ export interface RolloutLab extends SimLab {
 
 export const ROWS = {party_party: 12, account_move: 40, account_move_line: 120, res_user: 3}
 
-export async function startRolloutLab(o: {nodes: number; perNode: number; rings?: (i: number) => string; broken?: string[]; brokenOn?: (node: string, vmid: number, version: string) => boolean; timeScale?: number; durations?: Record<string, number>; faults?: Partial<FaultConfig>; deployParallel?: number}): Promise<RolloutLab> {
-  const model = new RolloutGuestModel({timeScale: o.timeScale ?? 0.001, brokenVersions: o.broken ?? [], brokenOn: o.brokenOn, ...(o.durations ? {durations: o.durations} : {})})
+export async function startRolloutLab(o: {nodes: number; perNode: number; rings?: (i: number) => string; broken?: string[]; brokenOn?: (node: string, vmid: number, version: string) => boolean; timeScale?: number; durations?: Record<string, number>; faults?: Partial<FaultConfig>; deployParallel?: number; stageDelta?: SimulatedOptions['guestStageDelta']}): Promise<RolloutLab> {
+  const model = new RolloutGuestModel({timeScale: o.timeScale ?? 0.001, brokenVersions: o.broken ?? [], brokenOn: o.brokenOn, ...(o.durations ? {durations: o.durations} : {}), ...(o.stageDelta ? {guestStageDelta: o.stageDelta} : {})})
   // a fresh fault config (all off while deploying), switched on below once the fleet is deployed
   const faults: FaultConfig = {seed: 1, taskFailureRate: 0, http500Rate: 0, latencyMs: {min: 0, max: 0}, lockContentionRate: 0, deadNodes: [], unhealthyVms: [], unhealthyRate: 0}
   const lab = await startSimLab({nodes: o.nodes, establishmentsPerNode: o.perNode, backend: model.backend, faults})
