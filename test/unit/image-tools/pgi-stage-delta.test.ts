@@ -171,9 +171,11 @@ describe.skipIf(missing !== undefined)(`pgi-stage-delta, native${missing ? ` (sk
     expect(r.out.state).toBe('done')
     const bytes = sim.stats()['lab1/1001']!.bytesDown - before
     expect(bytes).toBeGreaterThan(SIZE * 0.95)
-    // the start-up (python, the index) makes the measured rate a little lower, never higher
+    // the cap is never passed; the start-up (python, the index) makes the measured rate lower, by
+    // more on a loaded machine (the suite runs beside emulated VMs): the floor only shows the limiter
+    // does not throttle far below its cap. How closely the cap is held is measured by bench/delta.
     expect(bytes / secs).toBeLessThan(rate * 1.1)
-    expect(bytes / secs).toBeGreaterThan(rate * 0.75)
+    expect(bytes / secs).toBeGreaterThan(rate * 0.5)
   }, 120_000)
 
   it('--until (the transfer window\'s close): stops cleanly mid-way (exit 3, interrupted), a later run continues to done', async () => {
