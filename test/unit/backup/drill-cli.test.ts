@@ -24,6 +24,7 @@ import {loadValidInventory} from '../../../src/inventory/load.js'
 import {connectHypervisor} from '../../../src/proxmox/client.js'
 import {SecretStore} from '../../../src/secrets/store.js'
 import {assertBuilt, runPgi, type PgiRun} from '../../helpers/cli.js'
+import {labWriteRequests} from '../../helpers/lab-log.js'
 import {signedTestImage} from '../../helpers/signed-image.js'
 
 const hasRestic = spawnSync('restic', ['version']).status === 0
@@ -45,16 +46,7 @@ async function pgi(args: string[], timeoutMs = 180_000): Promise<PgiRun> {
   return runPgi([...args, '--json'], {env, timeoutMs})
 }
 
-async function writeRequests(): Promise<number> {
-  let size = -1
-  for (;;) {
-    const now = (await readFile(join(labDir, 'requests.jsonl'), 'utf8')).length
-    if (now === size) break
-    size = now
-    await new Promise((r) => setTimeout(r, 300))
-  }
-  return (await readFile(join(labDir, 'requests.jsonl'), 'utf8')).split('\n').filter((l) => l && !l.includes('"method":"GET"')).length
-}
+const writeRequests = () => labWriteRequests(labDir)
 
 async function vmsInRange(): Promise<number[]> {
   return (await api.clusterResources('vm')).map((r) => r.vmid!).filter((id) => id >= FIRST && id <= LAST).sort()

@@ -20,6 +20,7 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {offsitePasswordKey} from '../../../src/fleet/offsite.js'
 import {SecretStore} from '../../../src/secrets/store.js'
 import {assertBuilt, runPgi, type PgiRun} from '../../helpers/cli.js'
+import {labWriteRequests} from '../../helpers/lab-log.js'
 import {signedTestImage} from '../../helpers/signed-image.js'
 
 const hasRestic = spawnSync('restic', ['version']).status === 0
@@ -44,18 +45,7 @@ function restic(repo: string, args: string[]) {
   return r.stdout
 }
 
-/** Write requests in the lab's log, once the log stopped growing (the daemon appends to it after answering). */
-async function writeRequests(): Promise<number> {
-  let size = -1
-  for (;;) {
-    const now = (await readFile(join(labDir, 'requests.jsonl'), 'utf8')).length
-    if (now === size) break
-    size = now
-    await new Promise((r) => setTimeout(r, 300))
-  }
-  const log = await readFile(join(labDir, 'requests.jsonl'), 'utf8')
-  return log.split('\n').filter((l) => l && !l.includes('"method":"GET"')).length
-}
+const writeRequests = () => labWriteRequests(labDir)
 
 describe.skipIf(!hasRestic)('pgi deploy with offsite: and pgi backup restore, through the CLI on a simulated lab', () => {
   beforeAll(async () => {

@@ -82,7 +82,7 @@ export async function startRolloutLab(o: {nodes: number; perNode: number; rings?
     makeImage,
     async stage(version) {
       await makeImage(version)
-      const r = await stageRollout({inventoryPath: lab.dir, inventory: lab.inventory, selection: {all: true}, secretsDir: lab.store.dir, io: new MemoryIo('warn'), env: lab.env, connect: fastConnect(), image: {name: 'pgi-tryton', version}, resolveImage})
+      const r = await stageRollout({inventoryPath: lab.dir, inventory: lab.inventory, selection: {all: true}, secretsDir: lab.store.dir, io: new MemoryIo('warn'), env: lab.env, connect: fastConnect(), image: {name: 'pgi-tryton', version}, resolveImage, imagesRoot: lab.dir})
       if (r.exitCode !== 0) throw new Error(`staging failed: ${JSON.stringify(r.rows)}`)
     },
     boot: (e) => model.upgradeError(e.node, e.vmid),

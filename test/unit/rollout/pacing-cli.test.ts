@@ -6,24 +6,20 @@
  * simulated time). The clock is set with PGI_NOW (CLI) or a `now` function (service): no sleeping
  * until a window opens.
  */
-import {randomBytes} from 'node:crypto'
-import {mkdir, mkdtemp, readFile, rm, writeFile} from 'node:fs/promises'
+import {mkdtemp, rm, writeFile} from 'node:fs/promises'
 import {readFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
-import {stringify} from 'yaml'
 
 import {parseTransferWindow} from '../../../src/inventory/transfer-window.js'
-import {exportTrustedKey, generateSigningKey, keyId, publicKeyOf, signBytes} from '../../../src/image/manifest.js'
-import {CHUNK_SIZE, type DeliveryManifest} from '../../../src/image/publish.js'
 import {MemoryIo} from '../../../src/io.js'
 import {STARTS_FILE} from '../../../src/lab/simulated-stage-delta.js'
 import {rolloutStatus, stageRollout} from '../../../src/rollout/service.js'
 import {assertBuilt, runPgi} from '../../helpers/cli.js'
 import {signedTestImage} from '../../helpers/signed-image.js'
-import {TOKEN_ENV, TOKEN_ID} from '../deploy/sim-lab.js'
+import {labInventoryYaml, publishTestDelivery} from './delivery-fixtures.js'
 import {startRolloutLab, type RolloutLab} from './lab.js'
 
 const STORE_URL = 'http://10.1.255.253:8080/'
@@ -38,52 +34,8 @@ let env: NodeJS.ProcessEnv
 /** What each guest lacks, by establishment index (changed per test). */
 const lacks = [MiB, 100 * 1024 * MiB]
 
-function inventoryYaml(extra: Record<string, unknown> = {}): string {
-  const hypervisors: Record<string, unknown> = {}
-  for (const [name, hv] of lab.inventory.hypervisors) {
-    hypervisors[name] = {url: hv.url, nodes: hv.nodes, pve_version: '9.1', tls: {fingerprint: hv.tls.fingerprint}, token: {id: TOKEN_ID, secret: {env: TOKEN_ENV}}, storage: {os: hv.storage.os, data: hv.storage.data, import: hv.storage.import}, bridge: hv.bridge}
-  }
-  const establishments = lab.inventory.establishments.map((e) => ({
-    uai: e.uai,
-    name: e.name,
-    academie: e.academie,
-    hypervisor: e.hypervisor,
-    node: e.node,
-    vmid: e.vmid,
-    ring: e.ring,
-    network: {address: e.network.address, gateway: e.network.gateway, dns: e.network.dns},
-    ami: {name: e.ami.name, age_recipient: e.ami.ageRecipient},
-  }))
-  return stringify({rings: ['canary', 'pilot', 'general'], hypervisors, establishments, delivery: {store_url: STORE_URL, region_store: store}, ...extra}, {lineWidth: 0})
-}
-
-/** A version's delivery.json and signature in the store, for the local image's raw disk when there is one. */
-async function publishDelivery(version: string): Promise<void> {
-  let raw = randomBytes(32).toString('hex')
-  try {
-    raw = (JSON.parse(await readFile(join(images, 'pgi-tryton', version, 'manifest.json'), 'utf8')) as {disk: {raw_sha256: string}}).disk.raw_sha256
-  } catch {
-    // a lab image (service tests): no local manifest, any raw digest
-  }
-  const key = generateSigningKey()
-  await exportTrustedKey(images, publicKeyOf(key))
-  const d: DeliveryManifest = {
-    format: 1,
-    name: 'pgi-tryton',
-    version,
-    image_manifest_sha256: randomBytes(32).toString('hex'),
-    engine: {tool: 'casync', digest: 'sha512-256', compression: 'zstd', chunk_size: CHUNK_SIZE},
-    store: 'default.castr',
-    index: {file: 'disk.caibx', sha256: randomBytes(32).toString('hex'), size_bytes: 700_000},
-    raw: {sha256: raw, size_bytes: 3 * 2 ** 30},
-    chunks: {count: 10, distinct: 10, stored_bytes: 1_000_000},
-    signing: {algorithm: 'ed25519', key_id: keyId(publicKeyOf(key))},
-  }
-  const bytes = Buffer.from(JSON.stringify(d, null, 2) + '\n')
-  await mkdir(join(store, 'pgi-tryton', version), {recursive: true})
-  await writeFile(join(store, 'pgi-tryton', version, 'delivery.json'), bytes)
-  await writeFile(join(store, 'pgi-tryton', version, 'delivery.sig'), signBytes(bytes, key))
-}
+const inventoryYaml = (extra: Record<string, unknown> = {}) => labInventoryYaml(lab, {delivery: {store_url: STORE_URL, region_store: store}, ...extra})
+const publishDelivery = (version: string) => publishTestDelivery(store, images, version)
 
 const pgi = (args: string[], o: {inventory?: string; now?: string} = {}) =>
   runPgi(['rollout', ...args, '-i', o.inventory ?? inv, '--secrets-dir', lab.store.dir, '--images-dir', images, '--json'], {env: {...env, ...(o.now ? {PGI_NOW: o.now} : {})}, timeoutMs: 120_000})

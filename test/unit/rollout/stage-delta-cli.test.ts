@@ -7,20 +7,18 @@
  * a version's delivery.json signed by a key the images folder trusts, as `pgi image publish`
  * writes it; the delta path itself runs in a real guest (test/e2e/rollout/delta.test.ts).
  */
-import {randomBytes} from 'node:crypto'
 import {mkdir, mkdtemp, readFile, rm, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
-import {stringify} from 'yaml'
 
 import {exportTrustedKey, generateSigningKey, keyId, publicKeyOf, signBytes} from '../../../src/image/manifest.js'
-import {CHUNK_SIZE, type DeliveryManifest} from '../../../src/image/publish.js'
+import type {Secret} from '../../../src/secret.js'
 import {parseDescription} from '../../../src/fleet/vm-meta.js'
 import {assertBuilt, runPgi} from '../../helpers/cli.js'
 import {signedTestImage} from '../../helpers/signed-image.js'
-import {TOKEN_ENV, TOKEN_ID} from '../deploy/sim-lab.js'
+import {labInventoryYaml, publishTestDelivery} from './delivery-fixtures.js'
 import {startRolloutLab, type RolloutLab} from './lab.js'
 
 let lab: RolloutLab
@@ -32,51 +30,8 @@ let images: string
 let env: NodeJS.ProcessEnv
 const V = '2026.12.0'
 
-function inventoryYaml(extra: Record<string, unknown> = {}): string {
-  const hypervisors: Record<string, unknown> = {}
-  for (const [name, hv] of lab.inventory.hypervisors) {
-    hypervisors[name] = {url: hv.url, nodes: hv.nodes, pve_version: '9.1', tls: {fingerprint: hv.tls.fingerprint}, token: {id: TOKEN_ID, secret: {env: TOKEN_ENV}}, storage: {os: hv.storage.os, data: hv.storage.data, import: hv.storage.import}, bridge: hv.bridge}
-  }
-  const establishments = lab.inventory.establishments.map((e) => ({
-    uai: e.uai,
-    name: e.name,
-    academie: e.academie,
-    hypervisor: e.hypervisor,
-    node: e.node,
-    vmid: e.vmid,
-    ring: e.ring,
-    network: {address: e.network.address, gateway: e.network.gateway, dns: e.network.dns, searchdomain: e.network.searchdomain},
-    data_disk_gb: e.dataDiskGb,
-    os_disk_gb: e.osDiskGb,
-    ami: {name: e.ami.name, age_recipient: e.ami.ageRecipient},
-  }))
-  return stringify({rings: ['canary', 'pilot', 'general'], hypervisors, establishments, ...extra}, {lineWidth: 0})
-}
-
-/** A version's delivery.json and signature in `dir`, as `pgi image publish` writes them. */
-async function publishDelivery(dir: string, version: string, key = generateSigningKey()): Promise<DeliveryManifest> {
-  // the raw disk the local image's manifest signs: the store must hold the same version's bits
-  const local = JSON.parse(await readFile(join(images, 'pgi-tryton', version, 'manifest.json'), 'utf8')) as {disk: {raw_sha256: string}}
-  const id = keyId(publicKeyOf(key))
-  await exportTrustedKey(images, publicKeyOf(key))
-  const d: DeliveryManifest = {
-    format: 1,
-    name: 'pgi-tryton',
-    version,
-    image_manifest_sha256: randomBytes(32).toString('hex'),
-    engine: {tool: 'casync', digest: 'sha512-256', compression: 'zstd', chunk_size: CHUNK_SIZE},
-    store: 'default.castr',
-    index: {file: 'disk.caibx', sha256: randomBytes(32).toString('hex'), size_bytes: 700_000},
-    raw: {sha256: local.disk.raw_sha256, size_bytes: 3 * 2 ** 30},
-    chunks: {count: 10, distinct: 10, stored_bytes: 1_000_000},
-    signing: {algorithm: 'ed25519', key_id: id},
-  }
-  const bytes = Buffer.from(JSON.stringify(d, null, 2) + '\n')
-  await mkdir(join(dir, 'pgi-tryton', version), {recursive: true})
-  await writeFile(join(dir, 'pgi-tryton', version, 'delivery.json'), bytes)
-  await writeFile(join(dir, 'pgi-tryton', version, 'delivery.sig'), signBytes(bytes, key))
-  return d
-}
+const inventoryYaml = (extra: Record<string, unknown> = {}) => labInventoryYaml(lab, extra)
+const publishDelivery = (dir: string, version: string, key?: Secret) => publishTestDelivery(dir, images, version, key)
 
 const pgi = (args: string[], inventory = inv) => runPgi(['rollout', ...args, '-i', inventory, '--secrets-dir', lab.store.dir, '--images-dir', images, '--json'], {env, timeoutMs: 120_000})
 
