@@ -18,11 +18,10 @@ const CLI_E2E = ['test/e2e/cli/**/*.test.ts', 'test/e2e/credentials/**/*.test.ts
 export default defineConfig({
   test: {
     projects: [
-      // two workers: the unit suites wait on child processes (bin/run.js, PostgreSQL, trytond,
-      // restic) more than they compute; vitest's default here (cores - 1) would be one. A test
-      // that runs the bundled CLI a few times takes 3 to 5 s per run on two busy cores (emulated
-      // VMs beside it): 60 s per test still stops a hang early
-      {test: {name: 'unit', include: ['test/unit/**/*.test.ts'], testTimeout: 60_000, maxWorkers: 2}},
+      // files in parallel on cores - 1 workers (vitest's default; one on two cores, the other core
+      // going to the VM tests beside them). A test that runs the bundled CLI a few times takes 3 to
+      // 5 s per run on two busy cores: 60 s per test still stops a hang early
+      {test: {name: 'unit', include: ['test/unit/**/*.test.ts'], testTimeout: 60_000}},
       {
         test: {
           name: 'cli',
