@@ -9,11 +9,14 @@
  * deployed (every runner with the same inventory reads the same hypervisors and so picks the same
  * VM). The lock records the rollout id, the owner (host:pid), since when and until when: it is
  * renewed every lease/4 while the rollout runs, released at its end, and a lock whose expiry
- * has passed (a runner killed with SIGKILL) is taken over. Taking, renewing and releasing are
+ * has passed (a runner killed with SIGKILL) is taken over — at once by `pgi rollout resume` of the
+ * same rollout on the machine whose runner died (`deadLocalRunnerOf`). Taking, renewing and releasing are
  * each one `PUT …/config` carrying the digest of the config just read: of two runners racing,
  * exactly one write applies; the other re-reads and sees the lock. Hypervisors are locked in name
  * order and released in reverse, so two runners never hold halves and wait for each other.
  */
+import {hostname} from 'node:os'
+
 import {ErrorCode, UserError, asPgiError} from '../errors.js'
 import {ExitCode} from '../exit-codes.js'
 import {formatDescription, parseDescription, type FleetLock, type VmMeta} from '../fleet/vm-meta.js'
@@ -78,8 +81,10 @@ export async function acquireFleetLock(o: FleetLockOptions): Promise<HeldFleetLo
         if (!anchor) continue // no pgi VM on it yet: nothing a rollout could change there
         await write(anchor, (meta) => {
           const l = meta.fleetLock
-          if (l && l.owner !== o.owner && Date.parse(l.expires) > now().getTime()) throw new Held(l, anchor)
-          if (l && l.owner !== o.owner) o.io.warn(`the rollout lock on ${hv} (VM ${anchor.est.vmid}) held by ${l.owner} for rollout ${l.rollout} expired at ${l.expires}: taking it over`)
+          const dead = l && l.owner !== o.owner && deadLocalRunnerOf(l, o.rollout)
+          if (l && l.owner !== o.owner && Date.parse(l.expires) > now().getTime() && !dead) throw new Held(l, anchor)
+          if (dead) o.io.warn(`the rollout lock on ${hv} (VM ${anchor.est.vmid}) is held for this rollout (${l.rollout}) by ${l.owner}, a runner of this machine that no longer runs: taking it over`)
+          else if (l && l.owner !== o.owner) o.io.warn(`the rollout lock on ${hv} (VM ${anchor.est.vmid}) held by ${l.owner} for rollout ${l.rollout} expired at ${l.expires}: taking it over`)
           const t = now()
           return {...meta, fleetLock: {rollout: o.rollout, owner: o.owner, since: t.toISOString(), expires: new Date(t.getTime() + lease).toISOString()}}
         })
@@ -97,7 +102,7 @@ export async function acquireFleetLock(o: FleetLockOptions): Promise<HeldFleetLo
           details: {holder},
           suggestions: [
             o.waitMs > 0 ? `It was still held after waiting ${Math.round(o.waitMs / 1000)} s; wait longer with --lock-wait (e.g. 30m).` : 'Wait for it with --lock-wait (e.g. --lock-wait 10m).',
-            'A runner killed without a chance to release it leaves the lock until it expires (5 minutes after its last renewal).',
+            'A runner killed without a chance to release it leaves the lock until it expires (5 minutes after its last renewal); `pgi rollout resume` of that same rollout on the machine it ran on takes it over at once.',
           ],
         })
       }
@@ -123,6 +128,27 @@ export async function acquireFleetLock(o: FleetLockOptions): Promise<HeldFleetLo
         await releaseAll(taken, o)
       },
     }
+  }
+}
+
+/**
+ * Whether `l` was left by a runner of this same rollout on this machine whose process has ended
+ * (killed with SIGKILL, a lost terminal): `pgi rollout resume` of that rollout then takes the lock
+ * over at once instead of waiting out the lease. Only for the same rollout id, the same host name
+ * and a process id that no process of this machine has any more (`kill(pid, 0)` fails with
+ * ESRCH): a live process, another rollout or another machine keep the lock until it expires.
+ */
+export function deadLocalRunnerOf(l: FleetLock, rollout: string, host: string = hostname()): boolean {
+  if (l.rollout !== rollout) return false
+  const m = /^(.*):(\d+)$/.exec(l.owner)
+  if (!m || m[1] !== host) return false
+  const pid = Number(m[2])
+  if (pid === process.pid) return false
+  try {
+    process.kill(pid, 0)
+    return false
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ESRCH'
   }
 }
 
