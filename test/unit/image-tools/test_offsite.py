@@ -4,8 +4,9 @@ real `rclone serve restic --append-only` on 127.0.0.1 (the Région's REST server
 from the VM). The Région's side is played by restic opening the repository folder directly.
 
 Checks: not configured is a no-op; a push (password only in restic's environment, never on a
-command line, in the status or the output); the Région restores it and the dumps' sha256 match the
-manifest; a second night without change sends next to nothing; the VM cannot delete a snapshot;
+command line, in the status or the output); the Région restores it and the dumps, pushed in pieces
+(pgisplit) and joined back, match the manifest's sha256; a second night without change sends next
+to nothing and rewrites no piece; the VM cannot delete a snapshot;
 wrong key, unreachable and full repositories are told apart and leave the local backups alone;
 the transfer window defers; a push cut mid-way resumes without sending again the packs that
 arrived (bytes measured). --restore (what `pgi backup restore` runs on the target VM): bad
@@ -139,6 +140,28 @@ def repo_bytes():
     return sum(os.path.getsize(os.path.join(d, n)) for d, _, ns in os.walk(REPO_DIR) for n in ns)
 
 
+def read_dump(base, name):
+    """The bytes of dump `name` as restored from a snapshot: pushed in pieces (pgisplit), joined
+    back as the Région's runbook says (python3 pgisplit.py join)."""
+    path = os.path.join(base, name)
+    if not os.path.exists(path):
+        r = subprocess.run([pgitest.PYTHON, os.path.join(pgitest.LIB, 'pgisplit.py'), 'join', path + '.split', path], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    with open(path, 'rb') as f:
+        return f.read()
+
+
+def stage_files():
+    """{path under the stage: (inode, mtime_ns, ctime_ns)} of the staged pieces and links."""
+    root = os.path.join(lab.data, 'backups', '.offsite')
+    out = {}
+    for d, _, ns in os.walk(root):
+        for n in ns:
+            st = os.stat(os.path.join(d, n))
+            out[os.path.relpath(os.path.join(d, n), root)] = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+    return out
+
+
 def nightly():
     rc, out, err = lab.tool('pgi-backup')
     assert rc == 0, err
@@ -209,8 +232,9 @@ class Offsite(unittest.TestCase):
         with open(os.path.join(base, 'manifest.json')) as f:
             manifest = json.load(f)
         for e in manifest['databases']:
-            with open(os.path.join(base, e['file']), 'rb') as f:
-                self.assertEqual(hashlib.sha256(f.read()).hexdigest(), e['sha256'], e['name'])
+            # each dump pushed in pieces along its structure, joined back byte for byte
+            self.assertTrue(os.path.isfile(os.path.join(base, e['file'] + '.split', 'index.json')), e['file'])
+            self.assertEqual(hashlib.sha256(read_dump(base, e['file'])).hexdigest(), e['sha256'], e['name'])
         shutil.rmtree(target)
 
     def test_03_a_set_is_pushed_once_and_the_next_night_deduplicates(self):
@@ -222,9 +246,17 @@ class Offsite(unittest.TestCase):
         time.sleep(1.1)  # a new stamp (seconds)
         stamp = nightly()
         before = repo_bytes()
+        staged = stage_files()
         rc, out, err = offsite()
         self.assertEqual((rc, out['set']), (0, stamp), err)
         stored = repo_bytes() - before
+        # the pieces of unchanged dumps keep their files (same inode and times: restic neither reads
+        # them nor records new metadata); the set's other files are links to the new set's
+        after = stage_files()
+        pieces = [k for k in staged if '.split' + os.sep in k]
+        self.assertGreater(len(pieces), 10)
+        self.assertEqual({k: after.get(k) for k in pieces}, {k: staged[k] for k in pieces})
+        self.assertNotEqual(after[os.path.join('nightly', 'manifest.json')], staged[os.path.join('nightly', 'manifest.json')])
         sys.stderr.write('first push: %d bytes new, %d stored; second night: %d new, %d stored\n' % (first, FIRST['stored'], out['bytes_sent'], stored))
         # unchanged databases dump to the same bytes (pgi-backup zeroes the header's time): only the
         # manifest and restic's metadata are new
@@ -323,8 +355,7 @@ class Offsite(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         with open(os.path.join(lab.data, 'backups', stamp, 'manifest.json')) as f:
             entry = next(e for e in json.load(f)['databases'] if e['name'] == 'bulk')
-        with open(target + os.path.join(lab.data, 'backups', '.offsite', 'nightly', 'bulk.dump'), 'rb') as f:
-            self.assertEqual(hashlib.sha256(f.read()).hexdigest(), entry['sha256'])
+        self.assertEqual(hashlib.sha256(read_dump(target + os.path.join(lab.data, 'backups', '.offsite', 'nightly'), 'bulk.dump')).hexdigest(), entry['sha256'])
         shutil.rmtree(target)
 
     def test_09b_pgi_health_reports_it_without_judging_it(self):
