@@ -246,10 +246,10 @@ def _pieces(lay):
 
 
 def _place(name):
-    """Where a piece goes in its folder: one of FANOUT subfolders (by its name's crc32). restic
-    stores a folder's listing (every file's name, times, inode and chunk ids) as one blob, written
-    again whenever one file in it changes: ~170 pieces in one folder made that listing the
-    largest part of a night's push."""
+    """Where a piece goes in its folder: one of FANOUT subfolders by its name's sha1 (FANOUT for
+    the table of contents' pieces, FANOUT for the data's). restic stores a folder's listing
+    (every file's name, times, inode and chunk ids) as one blob, written again whenever one file
+    in it changes: ~170 pieces in one folder made that listing the largest part of a night's push."""
     return '%s-%x/%s' % (name[:3], hashlib.sha1(name.encode()).digest()[0] % FANOUT, name)
 
 
