@@ -37,7 +37,8 @@ function neighbourOf(cidr: string): string {
  * and its data disk destroyed; a second establishment deployed, `pgi backup restore --to` refused
  * while its databases exist, then with --replace brings every database back with the same row
  * counts, the invoice and a working Tryton login; `pgi status` shows the off-site copy; last,
- * `pgi backup drill` of the lost establishment passes in a scratch VM that is then removed.
+ * `pgi backup drill` of the lost establishment passes in a scratch VM that is then removed, and
+ * `pgi status` (JSON and Prometheus) shows the drill's age.
  * One VM at a time: the first is destroyed before the second is deployed.
  */
 
@@ -232,5 +233,18 @@ describe.skipIf(!RUN)('off-site backups on a qemu lab: deploy, push over a 2 Mbi
     expect((await api.clusterResources('vm')).filter((v) => (v.vmid ?? 0) >= 9900 && (v.vmid ?? 0) <= 9909)).toEqual([])
     const record = JSON.parse(await readFile(join(base, 'state', 'drills', `${A.uai}.json`), 'utf8'))
     expect(record.lastGood.snapshot).toBe(d.snapshot)
+    // pgi status shows the drill's age (B's too: never drilled is a note, not a problem), and the
+    // Prometheus textfile carries it; A's server is gone (destroyed above), so its status exits
+    // non-zero: the drill is reported all the same
+    const st = await pgi(['status', A.uai, B.uai, '--json'])
+    expect(st.json, st.stderr.slice(-2000)).toBeDefined()
+    const byUai = Object.fromEntries(st.json!.result.establishments.map((x: {uai: string}) => [x.uai, x]))
+    expect(byUai[A.uai].drill).toMatchObject({lastOk: true, lastGoodAt: d.at})
+    expect(byUai[A.uai].drill.ageS).toBeLessThan(3600)
+    expect(byUai[B.uai].drill).toBeNull()
+    expect(byUai[B.uai].notes).toContain('no restore drill yet')
+    const prom = await pgi(['status', A.uai, B.uai, '--format', 'prometheus'])
+    expect(prom.stdout, prom.stderr.slice(-2000)).toMatch(new RegExp(`pgi_restore_drill_age_seconds\\{[^}]*uai="${A.uai}"[^}]*\\} \\d+`))
+    expect(prom.stdout).not.toMatch(new RegExp(`pgi_restore_drill_age_seconds\\{[^}]*uai="${B.uai}"`))
   }, 120 * 60_000)
 })
