@@ -26,6 +26,8 @@ import {dirname, join, resolve} from 'node:path'
 import {fileURLToPath} from 'node:url'
 import {parseArgs} from 'node:util'
 
+import {runPgi} from './pgi-cli.js'
+
 const here = dirname(fileURLToPath(import.meta.url))
 const root = resolve(here, '..')
 const {values: a} = parseArgs({
@@ -87,27 +89,10 @@ async function restoreUnderTcg() {
   const labDir = join(work, 'lab')
   const env = {...process.env, PGI_STATE_DIR: join(work, 'state'), CI: 'true', PGI_LOG_LEVEL: 'warn'}
   for (const k of ['PGI_INVENTORY', 'PGI_SECRETS_DIR', 'PGI_IMAGES_DIR', 'PGI_HANDOFF_DIR', 'PGI_IMAGE', 'PGI_LAB_DIR', 'PGI_CLASS_DIR', 'PGI_TOKEN_ID']) delete env[k]
-  const pgi = (args, timeoutMs = 60 * 60_000) =>
-    new Promise((res, rej) => {
-      const t0 = performance.now()
-      const child = spawn(process.execPath, [join(root, 'bin', 'run.js'), ...args], {env, stdio: ['ignore', 'pipe', 'pipe']})
-      let stdout = ''
-      let stderr = ''
-      child.stdout.on('data', (d) => (stdout += d))
-      child.stderr.on('data', (d) => (stderr += d))
-      const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs)
-      child.on('error', rej)
-      child.on('close', (code) => {
-        clearTimeout(timer)
-        let json
-        try {
-          json = JSON.parse(stdout)
-        } catch {
-          json = undefined
-        }
-        res({code, stdout, stderr, json, s: Math.round(performance.now() - t0) / 1000})
-      })
-    })
+  const pgi = async (args, timeoutMs) => {
+    const r = await runPgi(env, args, timeoutMs)
+    return {...r, s: r.ms / 1000}
+  }
   const must = async (args, timeoutMs) => {
     const r = await pgi(args, timeoutMs)
     if (r.code !== 0) throw new Error(`pgi ${args.join(' ')} exited ${r.code}: ${(r.stderr || r.stdout).slice(-2000)}`)

@@ -18,7 +18,6 @@
 // default is 1; a real deploy's is 2): QEMU runs one host thread per vCPU. Usage:
 //   node bench/db-class.mjs [--students 30] [--cores N] [--images-dir DIR] [--version V] [--lab-dir DIR] [--keep]
 // Last line: one JSON object {"bench":"db-class",...}.
-import {spawn} from 'node:child_process'
 import {mkdtemp, readdir, readFile, rm, writeFile} from 'node:fs/promises'
 import {cpus, loadavg, tmpdir, totalmem} from 'node:os'
 import {dirname, join, resolve} from 'node:path'
@@ -26,6 +25,8 @@ import {fileURLToPath} from 'node:url'
 import {parseArgs} from 'node:util'
 
 import {parseDocument} from 'yaml'
+
+import {runPgi} from './pgi-cli.js'
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..')
 const {values: a} = parseArgs({
@@ -60,29 +61,8 @@ async function cpuSeconds(pid) {
 }
 const load1 = () => Math.round(loadavg()[0] * 100) / 100
 
-/** Runs bin/run.js; returns its exit code, output, the --json envelope and the wall time. */
-function pgi(args, timeoutMs = 60 * 60_000) {
-  return new Promise((res, rej) => {
-    const t0 = performance.now()
-    const child = spawn(process.execPath, [join(root, 'bin', 'run.js'), ...args], {env, stdio: ['ignore', 'pipe', 'pipe']})
-    let stdout = ''
-    let stderr = ''
-    child.stdout.on('data', (d) => (stdout += d))
-    child.stderr.on('data', (d) => (stderr += d))
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs)
-    child.on('error', rej)
-    child.on('close', (code) => {
-      clearTimeout(timer)
-      let json
-      try {
-        json = JSON.parse(stdout)
-      } catch {
-        json = undefined
-      }
-      res({code, stdout, stderr, json, ms: Math.round(performance.now() - t0)})
-    })
-  })
-}
+/** Runs bin/run.js (bench/pgi-cli.js; not a benchmark: run-all takes bench/*.mjs) with this bench's environment. */
+const pgi = (args, timeoutMs) => runPgi(env, args, timeoutMs)
 const must = async (args, timeoutMs) => {
   const r = await pgi(args, timeoutMs)
   if (r.code !== 0) throw new Error(`pgi ${args.join(' ')} exited ${r.code}: ${(r.stderr || r.stdout).slice(-2000)}`)
