@@ -4,6 +4,14 @@ import type {AgentExecResult, AgentNetworkInterface} from './types.js'
 import {decodeReason, type Params} from './encoding.js'
 import {PveVms} from './vms.js'
 
+/** How long an agent may stay silent while a guest command it started runs (see agentExec). */
+export const AGENT_SILENCE_MS = 5 * 60_000
+
+/** PVE's answers when the guest agent did not answer in time (not a refusal of the command). */
+function isAgentSilence(err: PveApiError): boolean {
+  return err.status === 500 && /guest agent is not running|got timeout/i.test(err.pveMessage)
+}
+
 /** Guest-agent calls through Proxmox VE: answers unwrapped (`{data:{result:…}}`), exec polled to completion. */
 export class PveAgentCalls extends PveVms {
   // ---------------------------------------------------------------------------------------------
@@ -47,8 +55,37 @@ export class PveAgentCalls extends PveVms {
     const timeout = opts.timeoutMs ?? 5 * 60_000
     const start = this.now()
     let d = Math.min(this.pollInitial, 250)
+    // When the agent misses an answer (PVE pings it with a short timeout first and answers "QEMU
+    // guest agent is not running" or "got timeout"), the command goes on in the guest: a guest
+    // busy with its own work (a class's nightly dumps under software emulation) can leave its
+    // agent unscheduled for seconds. exec-status only reads, so it is asked again, for as long as
+    // the command's timeout allows but never more than AGENT_SILENCE_MS in a row: an agent silent
+    // that long is gone (a guest that rebooted or hung), and saying so beats waiting on; the
+    // command may still run or have ended in the guest, which the message says.
+    let silentSince: number | undefined
     for (;;) {
-      const st = await this.agent<{exited: number | boolean; exitcode?: number; signal?: number; 'out-data'?: string; 'err-data'?: string; 'out-truncated'?: number | boolean; 'err-truncated'?: number | boolean}>('GET', node, vmid, 'exec-status', {pid})
+      let st: {exited: number | boolean; exitcode?: number; signal?: number; 'out-data'?: string; 'err-data'?: string; 'out-truncated'?: number | boolean; 'err-truncated'?: number | boolean}
+      try {
+        st = await this.agent('GET', node, vmid, 'exec-status', {pid})
+        silentSince = undefined
+      } catch (err) {
+        if (!(err instanceof PveApiError && isAgentSilence(err))) throw err
+        silentSince ??= this.now()
+        const silent = this.now() - silentSince
+        if (silent >= AGENT_SILENCE_MS || this.now() - start > timeout) {
+          throw new PveApiError({
+            status: err.status,
+            pveMessage: `${err.pveMessage} (the guest agent has not answered for ${Math.round(silent / 1000)} s while guest command ${command[0]}, pid ${pid}, ran)`,
+            method: 'GET',
+            path: this.vmPath(node, vmid, '/agent/exec-status'),
+            where: this.where(node, vmid),
+            cause: err,
+          })
+        }
+        this.io.debug(`guest agent silent on exec-status of pid ${pid} (${err.pveMessage}); asking again`, this.where(node, vmid))
+        await this.pause(Math.max(d, 2000))
+        continue
+      }
       if (st && (st.exited === 1 || st.exited === true)) {
         return {
           exitcode: st.exitcode ?? (st.signal !== undefined ? 128 + st.signal : -1),

@@ -471,6 +471,36 @@ describe('concurrency and timeouts', () => {
     expect(e.message).toMatch(/pgi-backup \(pid 9\) still running/)
     expect(fake.calls('POST /nodes/pve1/qemu/100/agent/exec')).toHaveLength(1)
   })
+
+  it('agent exec: a busy guest whose agent misses answers is asked again, the command not re-sent', async () => {
+    const silent = fail(500, 'QEMU guest agent is not running')
+    const fake = new FakePve()
+      .on('POST /nodes/pve1/qemu/100/agent/exec', ok({pid: 12}))
+      .on('GET /nodes/pve1/qemu/100/agent/exec-status', [ok({exited: 0}), silent, fail(500, "VM 100 qmp command 'guest-exec-status' failed - got timeout"), silent, ok({exited: 0}), ok({exited: 1, exitcode: 0, 'out-data': '/var/lib/pgi/backups/x\n'})])
+    const r = await client(fake).agentExec('pve1', 100, ['/usr/local/sbin/pgi-backup'], {timeoutMs: 60 * 60_000})
+    expect(r.exitcode).toBe(0)
+    expect(r.stdout).toBe('/var/lib/pgi/backups/x\n')
+    expect(fake.calls('POST /nodes/pve1/qemu/100/agent/exec')).toHaveLength(1)
+    expect(fake.calls('GET /nodes/pve1/qemu/100/agent/exec-status')).toHaveLength(6)
+  })
+
+  it('agent exec: an agent silent for five minutes in a row is an error naming the command; a refusal is not waited on', async () => {
+    const {AGENT_SILENCE_MS} = await import('../../../src/proxmox/agent.js')
+    const clock = new FakeClock()
+    const fake = new FakePve()
+      .on('POST /nodes/pve1/qemu/100/agent/exec', ok({pid: 13}))
+      .on('GET /nodes/pve1/qemu/100/agent/exec-status', [ok({exited: 0}), fail(500, 'QEMU guest agent is not running')])
+    const e = (await rejection(client(fake, clock).agentExec('pve1', 100, ['/usr/local/sbin/pgi-backup'], {timeoutMs: 60 * 60_000}))) as PveApiError
+    expect(e).toBeInstanceOf(PveApiError)
+    expect(e.message).toMatch(/has not answered for 30\d s while guest command \/usr\/local\/sbin\/pgi-backup, pid 13, ran/)
+    expect(clock.sleeps.reduce((a, b) => a + b, 0)).toBeLessThan(AGENT_SILENCE_MS + 10_000)
+    expect(fake.calls('POST /nodes/pve1/qemu/100/agent/exec')).toHaveLength(1)
+    const refused = new FakePve()
+      .on('POST /nodes/pve1/qemu/100/agent/exec', ok({pid: 14}))
+      .on('GET /nodes/pve1/qemu/100/agent/exec-status', fail(500, "Agent error: Invalid parameter 'pid'"))
+    expect((await rejection(client(refused).agentExec('pve1', 100, ['/usr/local/sbin/pgi-backup']))).message).toMatch(/Invalid parameter 'pid'/)
+    expect(refused.calls('GET /nodes/pve1/qemu/100/agent/exec-status')).toHaveLength(1)
+  })
 })
 
 describe('reason phrases', () => {
