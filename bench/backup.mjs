@@ -16,7 +16,8 @@
 //    (`npm run build`) and a built 1.x image (--images-dir, default <state dir>/images). About
 //    30 minutes.
 //
-// Usage: node bench/backup.mjs [--students 10] [--parties 100] [--tcg [--restore-students 10] [--images-dir DIR] [--version V] [--keep]]
+// Usage: node bench/backup.mjs [--students 10] [--parties 100] [--explain] [--tcg [--restore-students 10] [--images-dir DIR] [--version V] [--keep]]
+// --explain: where the second night's bytes went (each blob restic stored and its file), on stderr.
 // Last line: one JSON object {"bench":"backup",...} (with --tcg: its "restore_tcg" part).
 import {spawn, spawnSync} from 'node:child_process'
 import {mkdir, mkdtemp, readdir, readFile, rm, writeFile} from 'node:fs/promises'
@@ -39,11 +40,12 @@ const {values: a} = parseArgs({
     'images-dir': {type: 'string'},
     version: {type: 'string'},
     keep: {type: 'boolean', default: false},
+    explain: {type: 'boolean', default: false},
   },
 })
 const log = (m) => process.stderr.write(`[bench backup ${new Date().toISOString().slice(11, 19)}] ${m}\n`)
 
-const pyArgs = [join(here, 'backup.py'), ...(a.students ? ['--students', a.students] : []), ...(a.parties ? ['--parties', a.parties] : [])]
+const pyArgs = [join(here, 'backup.py'), ...(a.students ? ['--students', a.students] : []), ...(a.parties ? ['--parties', a.parties] : []), ...(a.explain ? ['--explain'] : [])]
 const py = spawnSync('/usr/bin/python3', pyArgs, {stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8', maxBuffer: 64 << 20})
 process.stderr.write(py.stdout.split('\n').slice(0, -2).join('\n') + '\n')
 const last = py.stdout.trim().split('\n').at(-1) ?? ''

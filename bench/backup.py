@@ -13,7 +13,9 @@ with restic's metadata — what crossed the link) and restic's data_added (new d
 deduplication, before compression).
 
 Needs root, restic, rclone and the Debian packages of scripts/install-deps.sh --test.
-Usage: /usr/bin/python3 bench/backup.py [--students 10] [--parties 100]
+Usage: /usr/bin/python3 bench/backup.py [--students 10] [--parties 100] [--explain]
+--explain: where the second night's bytes went, on stderr (each blob restic stored, its size and
+the files or folder it belongs to), read back from the repository with restic itself.
 Last line: one JSON object {"bench":"backup",...}.
 """
 import argparse
@@ -39,10 +41,40 @@ def tree_bytes(path):
     return sum(os.path.getsize(os.path.join(d, n)) for d, _, ns in os.walk(path) for n in ns)
 
 
+def explain(repo, password, before):
+    """Prints to stderr the blobs the last push stored (index files not in before), largest
+    first, each with the path of the file or folder it holds."""
+    env = dict(os.environ, RESTIC_PASSWORD=password)
+
+    def restic(*args):
+        return subprocess.run(['restic', '-r', repo, '--no-lock', *args], env=env, capture_output=True, check=True).stdout
+    snap = json.loads(restic('snapshots', '--json'))[-1]
+    where = {}
+
+    def walk(tree, path):
+        where[tree] = path + '/'
+        for node in json.loads(restic('cat', 'blob', tree))['nodes']:
+            p = path + '/' + node['name']
+            if node['type'] == 'dir':
+                walk(node['subtree'], p)
+            for c in node.get('content') or []:
+                where.setdefault(c, p)
+    walk(snap['tree'], '')
+    blobs = []
+    for name in sorted(set(os.listdir(os.path.join(repo, 'index'))) - before):
+        for pack in json.loads(restic('cat', 'index', name))['packs']:
+            blobs += [(b['length'], b['type'], where.get(b['id'], '?')) for b in pack['blobs']]
+    for t in ('data', 'tree'):
+        sys.stderr.write('%s blobs: %d, %d bytes stored\n' % (t, sum(1 for b in blobs if b[1] == t), sum(b[0] for b in blobs if b[1] == t)))
+    for length, t, path in sorted(blobs, reverse=True):
+        sys.stderr.write('%7d %s %s\n' % (length, t, path))
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument('--students', type=int, default=10)
     p.add_argument('--parties', type=int, default=100)
+    p.add_argument('--explain', action='store_true')
     a = p.parse_args()
     for tool in ('/usr/bin/restic', '/usr/bin/rclone'):
         if not os.path.exists(tool):
@@ -108,7 +140,10 @@ def main():
         lab.proteus('pgi', 'admin', pgitest.ADMIN_PASSWORD, pgitest.post_invoice_script('2027-03-15', 'Client facture du jour'))
         day_s = time.monotonic() - t0
         time.sleep(1.1)
+        indexes = set(os.listdir(os.path.join(repo, 'index')))
         second = night()
+        if a.explain:
+            explain(repo, 'bench-key-not-secret', indexes)
         ratio = second['stored_bytes'] / first['stored_bytes'] if first['stored_bytes'] else None
         result = {'bench': 'backup', 'databases': 1 + len(students), 'students': len(students), 'new_records': records + 1,
                   'first': first, 'second': second,

@@ -216,6 +216,8 @@ class Offsite(unittest.TestCase):
         self.assertEqual(len(snaps), 1)
         self.assertEqual(snaps[0]['hostname'], UAI)
         self.assertIn('set=' + stamp, snaps[0]['tags'])
+        # the snapshot's tree starts at the stage (no listing of the folders above it each night)
+        self.assertIn('root=stage', snaps[0]['tags'])
         # the password: in restic's environment only — never in an argument, the output or the status
         with open(os.path.join(lab.dir, 'restic-argv.log')) as f:
             calls = f.read()
@@ -226,8 +228,8 @@ class Offsite(unittest.TestCase):
         target = os.path.join(lab.dir, 'restored')
         r = region('restore', 'latest', '--target', target)
         self.assertEqual(r.returncode, 0, r.stderr)
-        base = target + os.path.join(lab.data, 'backups', '.offsite', 'nightly')
-        with open(target + os.path.join(lab.data, 'backups', '.offsite', 'SET')) as f:
+        base = os.path.join(target, 'nightly')
+        with open(os.path.join(target, 'SET')) as f:
             self.assertEqual(f.read().strip(), stamp)
         with open(os.path.join(base, 'manifest.json')) as f:
             manifest = json.load(f)
@@ -351,11 +353,11 @@ class Offsite(unittest.TestCase):
         self.assertLess(resent, size - arrived * 0.8, 'the resumed push did not send again what had arrived')
         self.assertEqual(region('check').returncode, 0)
         target = os.path.join(lab.dir, 'restored-bulk')
-        r = region('restore', 'latest', '--target', target, '--include', os.path.join(lab.data, 'backups', '.offsite', 'nightly'))
+        r = region('restore', 'latest', '--target', target, '--include', '/nightly')
         self.assertEqual(r.returncode, 0, r.stderr)
         with open(os.path.join(lab.data, 'backups', stamp, 'manifest.json')) as f:
             entry = next(e for e in json.load(f)['databases'] if e['name'] == 'bulk')
-        self.assertEqual(hashlib.sha256(read_dump(target + os.path.join(lab.data, 'backups', '.offsite', 'nightly'), 'bulk.dump')).hexdigest(), entry['sha256'])
+        self.assertEqual(hashlib.sha256(read_dump(os.path.join(target, 'nightly'), 'bulk.dump')).hexdigest(), entry['sha256'])
         shutil.rmtree(target)
 
     def test_09b_pgi_health_reports_it_without_judging_it(self):
@@ -456,9 +458,9 @@ class Offsite(unittest.TestCase):
     def latest_manifest(self):
         snap = sorted(snapshots(), key=lambda s: s['time'])[-1]
         target = os.path.join(lab.dir, 'manifest-of-latest')
-        r = region('restore', snap['id'], '--target', target, '--include', os.path.join(lab.data, 'backups', '.offsite', 'nightly', 'manifest.json'))
+        r = region('restore', snap['id'], '--target', target, '--include', '/nightly/manifest.json')
         self.assertEqual(r.returncode, 0, r.stderr)
-        with open(target + os.path.join(lab.data, 'backups', '.offsite', 'nightly', 'manifest.json')) as f:
+        with open(os.path.join(target, 'nightly', 'manifest.json')) as f:
             m = json.load(f)
         shutil.rmtree(target)
         return snap, m

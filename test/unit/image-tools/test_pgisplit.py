@@ -78,13 +78,14 @@ class Split(unittest.TestCase):
         r = pgisplit.split(dump, folder)
         self.assertIsNotNone(r)
         self.assertEqual((r['written'], r['sha256']), (r['pieces'], sha(dump)))
-        with open(os.path.join(folder, 'layout.json')) as f:
-            layout = json.load(f)
-        names = layout['pieces']
+        with open(os.path.join(folder, 'pieces.json')) as f:
+            names = json.load(f)['pieces']
         self.assertGreater(len(names), 8)
-        self.assertGreater(sum('data-' in n and n.count('-') >= 3 for n in names), 2, 'the big table is cut at rows: %s' % names)
-        # subfolders, and no piece of the table of contents holds an offset: they are in index.json
+        self.assertGreater(sum('/big-' in n and n.count('-') >= 3 for n in names), 2, 'the big table is cut at rows: %s' % names)
+        # subfolders: the table of contents' pieces in one, small tables' groups and big tables'
+        # pieces in their own
         self.assertTrue(all('/' in n for n in names))
+        self.assertEqual({n.split('/')[0][:3] for n in names}, {'toc', 'dat', 'big'})
         out = os.path.join(self.work, 'joined.dump')
         pgisplit.join(folder, out)
         self.assertEqual(sha(out), sha(dump))
@@ -121,7 +122,7 @@ class Split(unittest.TestCase):
     def test_04_a_damaged_piece_is_refused_and_named(self):
         folder = os.path.join(self.work, 'damaged')
         shutil.copytree(self.folder, folder)
-        with open(os.path.join(folder, 'layout.json')) as f:
+        with open(os.path.join(folder, 'pieces.json')) as f:
             names = json.load(f)['pieces']
         victim = next(n for n in names if n.split('/')[-1].startswith('data-'))
         path = os.path.join(folder, victim)

@@ -19,12 +19,15 @@ pg_dump has no option for either. Cut here:
   night after night, and a day of class work rewrites only the pieces of the rows it touched;
 - the pieces into a few subfolders, so that restic's listing of a folder stays small.
 
-A folder of pieces holds layout.json ({"format": "pgi-split/1", "pieces": [path, …] in order,
-"offset_positions": [position, …], "offset_bytes"}: changes only with the schema), index.json
-({"format", "size" and "sha256" of the whole archive, "sizes" of the pieces, "offsets": the
-offsets' bytes in hexadecimal, one after the other}) and the pieces, in subfolders. Joined: the
-pieces one after the other, then each offset written back at its position; the result's size and
-sha256 are checked against index.json (and the backup manifest's sha256 by the caller).
+A folder of pieces holds layout.json ({"format": "pgi-split/2", "pieces": [path, …] in order,
+"offset_positions": [position, …], "offset_bytes", "value_positions": [[position, length], …]:
+changes only with the schema, or when a sequence's value gains a digit), index.json ({"format",
+"size" and "sha256" of the whole archive, "sizes" of the pieces, "offsets": the offsets' bytes in
+hexadecimal, one after the other, "values": the sequences' values as text}) and the pieces, in
+subfolders. Joined: the pieces one after the other, then each offset and each sequence's value
+written back at its position; the result's size and sha256 are checked against index.json (and
+the backup manifest's sha256 by the caller). pgi-split/1 folders (no sequences' values) are read
+too.
 Nothing here needs PostgreSQL: `python3 pgisplit.py join FOLDER OUT` works on any machine with
 Python 3 (the Région's restore runbook, docs/backups.md).
 
@@ -35,16 +38,27 @@ parse, offsets that do not point at the blocks — is not split (split() returns
 caller sends the file whole, as before. Written here because no tool splits an archive this way
 (pg_restore reads archives, it does not rewrite them).
 """
+import bisect
 import hashlib
 import json
 import os
+import re
 import sys
 import zlib
 
-FORMAT = 'pgi-split/1'
+# pgi-split/2 added the sequences' values (below); a join reads both
+FORMAT = 'pgi-split/2'
+FORMATS = ('pgi-split/1', FORMAT)
+# a sequence's value in its SEQUENCE SET entry ("SELECT pg_catalog.setval('public.x_id_seq', 42,
+# true);", as pg_dump's dumpSequenceData writes it: the value and whether it was called): blanked
+# in the table of contents' piece and kept in index.json, so that a day's new rows do not rewrite
+# the piece of every sequence's entry (~50 kB for a Tryton database: 5 kB compressed a night,
+# per database written to)
+SETVAL = re.compile(rb"setval\('(?:[^']|'')*', (-?[0-9]+, (?:true|false))\);")
+VALUE = re.compile('-?[0-9]+, (?:true|false)')
 # a data block of this many bytes or more is a piece of its own (restic then cuts it into chunks
 # itself: an append to a big table changes its last chunks only)
-BIG = 64 << 10
+BIG = 16 << 10
 # a group of small blocks (and of sequence values) starts at each item whose dump id hashes
 # (crc32) to a multiple of this: about GROUP items per piece, so a Tryton database (~200 tables
 # with data) makes ~60 pieces, not 200 files whose metadata alone would outweigh a night's
@@ -143,7 +157,9 @@ def _layout(path):
             r.str()                 # tag
             desc = r.str()
             section = r.int()
-            for _ in range(5):      # definition, drop, copy statement, namespace, tablespace
+            defn_pos = r.pos() + 1 + r.int_size
+            defn = r.str()          # definition
+            for _ in range(4):      # drop, copy statement, namespace, tablespace
                 r.str()
             r.str()                 # table access method (1.14)
             if vmin >= 16:
@@ -154,42 +170,58 @@ def _layout(path):
                 pass
             off_pos = r.pos()
             raw = r.bytes(1 + r.off_size)   # flag, then the offset
+            value = None
+            if section == SECTION_DATA and desc == 'SEQUENCE SET' and defn:
+                m = SETVAL.search(defn.encode('utf-8'))
+                if m and defn.isascii():
+                    # where the digits are, how many, where the definition's length is written
+                    value = (defn_pos + m.start(1), m.end(1) - m.start(1), defn_pos - 1 - r.int_size)
             entries.append({'start': start, 'end': r.pos(), 'id': dump_id, 'key': (section, desc) if section == SECTION_DATA else 'schema',
-                            'off_pos': off_pos, 'off_raw': raw, 'flag': raw[0], 'offset': int.from_bytes(raw[1:], 'little')})
+                            'off_pos': off_pos, 'off_raw': raw, 'flag': raw[0], 'offset': int.from_bytes(raw[1:], 'little'),
+                            'value': value})
         toc_end = r.pos()
-        blocks = []
-        while r.pos() < size:
-            start = r.pos()
-            kind = r.byte()
-            dump_id = r.int()
-            if kind not in (BLK_DATA, BLK_BLOBS):
-                raise NotSplittable('data block of type %d at %d' % (kind, start))
-            cuts = []   # [(position, label)]: where a big block may be cut, after a chunk (a row)
-            while True:
-                if kind == BLK_BLOBS and r.int() == 0:
-                    break
-                while True:
-                    n = r.int()
-                    if n == 0:
-                        break
-                    if n < 0 or r.pos() + n > size:
-                        raise NotSplittable('a data chunk runs past the end of the archive')
-                    if kind == BLK_DATA and n <= 1 << 20:
-                        label = zlib.crc32(r.bytes(n))
-                        if label % ROWS == 0:
-                            cuts.append((r.pos(), label))
-                    else:
-                        f.seek(n, 1)
-                if kind == BLK_DATA:
-                    break
-            blocks.append({'start': start, 'end': r.pos(), 'id': dump_id, 'cuts': cuts})
-        if r.pos() != size:
-            raise NotSplittable('the last data block runs past the end of the archive')
+        blocks = list(_blocks(r, size, True))
     by_id = {b['id']: b['start'] for b in blocks}
     for e in entries:
         if e['flag'] == K_OFFSET_POS_SET and by_id.get(e['id']) != e['offset']:
             raise NotSplittable('entry %d points at %d, not at its data block' % (e['id'], e['offset']))
-    return {'size': size, 'entries': entries, 'toc_end': toc_end, 'blocks': blocks}
+    return {'size': size, 'entries': entries, 'toc_end': toc_end, 'blocks': blocks, 'int_size': r.int_size,
+            'values': [e['value'] for e in entries if e['value']]}
+
+
+def _blocks(r, size, labels):
+    """The data blocks from the reader's position to size (pg_backup_custom.c: a block's type
+    and dump id, then its data in chunks, each its length then its bytes, ended by a length 0;
+    large objects' blocks: each object's oid and chunks, ended by an oid 0), as {"start", "end",
+    "id", "cuts"}; with labels, "cuts" lists where a table's block may be cut: after each chunk
+    (a row) whose crc32 is a multiple of ROWS, [(position, crc32)]."""
+    while r.pos() < size:
+        start = r.pos()
+        kind = r.byte()
+        dump_id = r.int()
+        if kind not in (BLK_DATA, BLK_BLOBS):
+            raise NotSplittable('data block of type %d at %d' % (kind, start))
+        cuts = []
+        while True:
+            if kind == BLK_BLOBS and r.int() == 0:
+                break
+            while True:
+                n = r.int()
+                if n == 0:
+                    break
+                if n < 0 or r.pos() + n > size:
+                    raise NotSplittable('a data chunk runs past the end of the archive')
+                if labels and kind == BLK_DATA and n <= 1 << 20:
+                    label = zlib.crc32(r.bytes(n))
+                    if label % ROWS == 0:
+                        cuts.append((r.pos(), label))
+                else:
+                    r.f.seek(n, 1)
+            if kind == BLK_DATA:
+                break
+        yield {'start': start, 'end': r.pos(), 'id': dump_id, 'cuts': cuts}
+    if r.pos() != size:
+        raise NotSplittable('the last data block runs past the end of the archive')
 
 
 def _cut(item_id):
@@ -221,7 +253,7 @@ def _pieces(lay):
         if group is None or big or group[3] or _cut(b['id']):
             if group is not None:
                 out.append(tuple(group[:3]))
-            group = ['data-%07d' % b['id'], b['start'], b['end'], big]
+            group = ['%s-%07d' % ('big' if big else 'data', b['id']), b['start'], b['end'], big]
         else:
             group[2] = b['end']
         if big:
@@ -232,11 +264,11 @@ def _pieces(lay):
             for pos, label in b['cuts']:
                 if pos - group[1] < (BIG >> 4) or b['end'] - pos < (BIG >> 4):
                     continue
-                name = 'data-%07d-%08x' % (b['id'], label)
+                name = 'big-%07d-%08x' % (b['id'], label)
                 k = 1
                 while name in seen:
                     k += 1
-                    name = 'data-%07d-%08x-%d' % (b['id'], label, k)
+                    name = 'big-%07d-%08x-%d' % (b['id'], label, k)
                 seen.add(name)
                 out.append((group[0], group[1], pos))
                 group = [name, pos, b['end'], True]
@@ -250,17 +282,37 @@ def _place(name):
     the table of contents' pieces, FANOUT for the data's). restic stores a folder's listing
     (every file's name, times, inode and chunk ids) as one blob, written again whenever one file
     in it changes: ~170 pieces in one folder made that listing the largest part of a night's push."""
+    if name.startswith('toc'):
+        return 'toc/%s' % name
     return '%s-%x/%s' % (name[:3], hashlib.sha1(name.encode()).digest()[0] % FANOUT, name)
 
 
 def _blank(buf, start, lay):
-    """buf (the bytes of the archive from start) with the offsets inside it zeroed."""
+    """buf (the bytes of the archive from start) in the pieces' form: the offsets inside it
+    zeroed, each sequence's value written as one '0' (its definition's length lowered to match),
+    so that neither the values nor their number of digits change the piece."""
     buf = bytearray(buf)
     for e in lay['entries']:
         if e['flag'] == K_OFFSET_POS_SET and start <= e['off_pos'] < start + len(buf):
             i = e['off_pos'] - start
             buf[i:e['end'] - start] = bytes(e['end'] - e['off_pos'])
+    w = lay['int_size']
+    for pos, n, len_pos in reversed(lay['values']):
+        if start <= len_pos and pos + n <= start + len(buf):
+            i, j = pos - start, len_pos - start
+            buf[i:i + n] = b'0'
+            buf[j + 1:j + 1 + w] = (int.from_bytes(buf[j + 1:j + 1 + w], 'little') - (n - 1)).to_bytes(w, 'little')
     return bytes(buf)
+
+
+def _canonical(lay):
+    """A function from a position in the archive to the same place in the pieces (before it, each
+    sequence's value counts one character)."""
+    starts = [v[0] for v in lay['values']]
+    shifts = [0]
+    for v in lay['values']:
+        shifts.append(shifts[-1] + v[1] - 1)
+    return lambda pos: pos - shifts[bisect.bisect_left(starts, pos)]
 
 
 def split(path, folder):
@@ -293,33 +345,42 @@ def split(path, folder):
         for name, start, end in pieces:
             name = _place(name)
             h = hashlib.sha256()
+            size = end - start
             if name.startswith('toc'):
                 raw = b''.join(_chunks(f, start, end))
                 whole.update(raw)
-                h.update(_blank(raw, start, lay))
+                blanked = _blank(raw, start, lay)
+                size = len(blanked)
+                h.update(blanked)
             else:
                 for b in _chunks(f, start, end):
                     whole.update(b)
                     h.update(b)
-            digests[name] = (end - start, h.hexdigest())
-            listed.append([name, end - start])
+            digests[name] = (size, h.hexdigest())
+            listed.append([name, size])
             if old.get(name) != digests[name] or not os.path.isfile(os.path.join(folder, name)):
                 todo.append((name, start, end))
     offs = [e for e in lay['entries'] if e['flag'] == K_OFFSET_POS_SET]
-    # what changes with the data (the archive's size and digest, the offsets' bytes in one string)
-    # apart from what changes only with the schema (the pieces, where the offsets go): a night of
-    # class work sends index.json again, not layout.json
-    layout = {'format': FORMAT, 'pieces': [p[0] for p in listed], 'offset_positions': [e['off_pos'] for e in offs],
-              'offset_bytes': len(offs[0]['off_raw']) if offs else 0}
+    vals = lay['values']
+    canon = _canonical(lay)
+    with open(path, 'rb') as f:
+        toc = f.read(lay['toc_end'])
+    # what changes with the data (index.json: the archive's size and digest, the pieces' sizes,
+    # the sequences' values) apart from what changes only with the schema (layout.json: where the
+    # offsets and the values go) and what changes only when a big table gains or loses a cut
+    # (pieces.json: the pieces' names in order): a night of class work sends index.json again
+    layout = {'format': FORMAT, 'offset_positions': [canon(e['off_pos']) for e in offs], 'offset_ids': [e['id'] for e in offs],
+              'offset_bytes': len(offs[0]['off_raw']) if offs else 0, 'int_size': lay['int_size'], 'data_start': canon(lay['toc_end']),
+              'value_positions': [[canon(len_pos), canon(pos)] for pos, _, len_pos in vals]}
     index = {'format': FORMAT, 'size': lay['size'], 'sha256': whole.hexdigest(), 'sizes': [p[1] for p in listed],
-             'offsets': b''.join(e['off_raw'] for e in offs).hex()}
-    layout_bytes = json.dumps(layout, separators=(',', ':')).encode()
-    index_bytes = json.dumps(index, separators=(',', ':')).encode()
-    old_layout = _read(os.path.join(folder, 'layout.json'))
-    names = {p[0] for p in listed} | {'index.json', 'layout.json', CACHE}
+             'values': [toc[p:p + n].decode('ascii') for p, n, _ in vals]}
+    meta = {n: json.dumps(o, separators=(',', ':')).encode()
+            for n, o in (('layout.json', layout), ('pieces.json', {'format': FORMAT, 'pieces': [p[0] for p in listed]}), ('index.json', index))}
+    meta = {n: b for n, b in meta.items() if b != (old_bytes if n == 'index.json' else _read(os.path.join(folder, n)))}
+    names = {p[0] for p in listed} | {'index.json', 'layout.json', 'pieces.json', CACHE}
     stale = [os.path.relpath(os.path.join(d, n), folder) for d, _, ns in os.walk(folder) for n in ns]
     stale = [n for n in stale if n not in names]
-    if not todo and not stale and index_bytes == old_bytes and layout_bytes == old_layout:
+    if not todo and not stale and not meta:
         return {'pieces': len(listed), 'written': 0, 'bytes_written': 0, 'sha256': index['sha256']}
     # no digests while pieces change: a run cut here leaves none, and the next one rewrites every piece
     if os.path.exists(cache_path):
@@ -339,9 +400,9 @@ def split(path, folder):
     for d, dirs, ns in os.walk(folder, topdown=False):
         if d != folder and not os.listdir(d):
             os.rmdir(d)
-    if layout_bytes != old_layout:
-        _write(os.path.join(folder, 'layout.json'), [layout_bytes])
-    _write(index_path, [index_bytes])
+    # index.json last: the pieces it describes are in place when it is
+    for n in sorted(meta, key=lambda n: n == 'index.json'):
+        _write(os.path.join(folder, n), [meta[n]])
     _write(cache_path, [json.dumps(digests, separators=(',', ':')).encode()])
     return {'pieces': len(listed), 'written': len(todo), 'bytes_written': nbytes, 'sha256': index['sha256']}
 
@@ -385,37 +446,100 @@ def join(folder, out_path):
             lay = json.load(f)
         with open(os.path.join(folder, 'index.json')) as f:
             idx = json.load(f)
-        pieces = list(zip(lay['pieces'], idx['sizes'], strict=True))
-        raw = bytes.fromhex(idx['offsets'])
+        if 'pieces' in lay:
+            names = lay['pieces']       # pgi-split/1: the pieces' names in layout.json
+        else:
+            with open(os.path.join(folder, 'pieces.json')) as f:
+                names = json.load(f)['pieces']
+        pieces = list(zip(names, idx['sizes'], strict=True))
+        if not all(isinstance(n, str) and isinstance(z, int) and '..' not in n.split('/') and not n.startswith('/') for n, z in pieces):
+            raise ValueError('a piece that is not [name, size] in the folder')
         width = lay['offset_bytes']
-        offsets = [(p, raw[i * width:(i + 1) * width]) for i, p in enumerate(lay['offset_positions'])]
-        if len(raw) != width * len(offsets):
-            raise ValueError('%d offset bytes for %d offsets' % (len(raw), len(offsets)))
+        if 'offsets' in idx:
+            # pgi-split/1: the offsets' bytes in index.json
+            raw = bytes.fromhex(idx['offsets'])
+            offsets = [(p, raw[i * width:(i + 1) * width]) for i, p in enumerate(lay['offset_positions'])]
+            if len(raw) != width * len(offsets):
+                raise ValueError('%d offset bytes for %d offsets' % (len(raw), len(offsets)))
+        else:
+            # pgi-split/2: each offset is where its entry's data block starts, found again here
+            offsets = list(zip(lay['offset_positions'], lay['offset_ids'], strict=True))
+            if width not in (5, 9) or not isinstance(lay['data_start'], int):
+                raise ValueError('offsets of %r bytes' % width)
+        # the sequences' values: [(where the definition's length is, where the value's '0' is,
+        # the value's digits)], in the pieces' positions, in order
+        values = []
+        for (len_pos, pos), v in zip(lay.get('value_positions', []), idx.get('values', []), strict=True):
+            if not (isinstance(pos, int) and isinstance(len_pos, int) and isinstance(v, str) and VALUE.fullmatch(v)):
+                raise ValueError('sequence value %r at %r' % (v, pos))
+            if values and pos <= values[-1][1]:
+                raise ValueError('sequence values out of order at %d' % pos)
+            values.append((len_pos, pos, v.encode('ascii')))
+        int_size = lay.get('int_size', 4)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise JoinError('%s: no readable layout.json and index.json (%s)' % (folder, e))
-    if lay.get('format') != FORMAT or idx.get('format') != FORMAT:
-        raise JoinError('%s: not a %s folder' % (folder, FORMAT))
+    if lay.get('format') not in FORMATS or idx.get('format') not in FORMATS:
+        raise JoinError('%s: not a folder of pieces this pgisplit reads (%s; it reads %s)' % (folder, idx.get('format'), ', '.join(FORMATS)))
     tmp = out_path + '.joining'
     whole = hashlib.sha256()
+    starts = [v[1] for v in values]
+    shifts = [0]
+    for v in values:
+        shifts.append(shifts[-1] + len(v[2]) - 1)
     try:
         with open(tmp, 'w+b') as out:
+            c = 0   # where the piece starts in the pieces' positions
             for name, size in pieces:
                 p = os.path.join(folder, name)
+                lo, hi = bisect.bisect_left(starts, c), bisect.bisect_left(starts, c + size)
                 n = 0
                 try:
                     with open(p, 'rb') as f:
-                        while True:
-                            b = f.read(READ)
-                            if not b:
-                                break
-                            n += len(b)
-                            out.write(b)
+                        if lo < hi:
+                            # a piece of the table of contents holding sequences' values: each
+                            # written back in place of its '0', its definition's length raised
+                            buf = bytearray(f.read(size + 1))
+                            n = len(buf)
+                            for len_pos, pos, digits in reversed(values[lo:hi]):
+                                i, j = pos - c, len_pos - c
+                                if n != size or not 0 <= j < i < n or buf[i:i + 1] != b'0':
+                                    raise JoinError('%s: piece %s is not what was split (no sequence value at %d)' % (folder, name, pos))
+                                buf[i:i + 1] = digits
+                                w = buf[j + 1:j + 1 + int_size]
+                                buf[j + 1:j + 1 + int_size] = (int.from_bytes(w, 'little') + len(digits) - 1).to_bytes(int_size, 'little')
+                            out.write(buf)
+                        else:
+                            while True:
+                                b = f.read(READ)
+                                if not b:
+                                    break
+                                n += len(b)
+                                out.write(b)
                 except OSError as e:
                     raise JoinError('%s: piece %s missing or unreadable (%s)' % (folder, name, e))
+                except OverflowError:
+                    raise JoinError('%s: piece %s is not what was split (a sequence value does not fit)' % (folder, name))
                 if n != size:
                     raise JoinError('%s: piece %s is not what was split (%d bytes; index.json says %d)' % (folder, name, n, size))
+                c += size
+            moved = lambda pos: pos + shifts[bisect.bisect_left(starts, pos)]  # noqa: E731
+            if 'offsets' not in idx:
+                # where each data block starts (the blocks after the table of contents, read again)
+                r = _Reader(out)
+                r.int_size = lay['int_size']
+                out.seek(moved(lay['data_start']))
+                try:
+                    at = {b['id']: b['start'] for b in _blocks(r, c + shifts[-1], False)}
+                except NotSplittable as e:
+                    raise JoinError('%s: the joined archive is not the one split (its data blocks do not read: %s)' % (folder, e))
+                missing = [i for _, i in offsets if i not in at]
+                if missing:
+                    raise JoinError('%s: the joined archive is not the one split (no data block for entries %s)' % (folder, missing[:5]))
+                offsets = [(pos, bytes([K_OFFSET_POS_SET]) + at[i].to_bytes(width - 1, 'little')) for pos, i in offsets]
             for pos, value in offsets:
-                out.seek(pos)
+                # an offset's place in the archive: its place in the pieces, moved by the digits
+                # of the sequences' values before it
+                out.seek(moved(pos))
                 out.write(value)
             out.seek(0)
             while True:
