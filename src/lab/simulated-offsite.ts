@@ -6,7 +6,7 @@
  * (without that variable, pushing and restoring fail as on a VM with no path to a repository).
  *
  * Push (`pgi-offsite`, `--now`, `--force`): the newest nightly set of the data disk staged as
- * `<stage>/nightly/…` and backed up with the tags pgi-nightly and set=STAMP under the VM's host
+ * `<stage>/nightly/…` and backed up from inside the stage with the tags pgi-nightly, set=STAMP and root=stage under the VM's host
  * name (the repository is created on the first push), as the real push does.
  *
  * Restore (`--restore`, the request as JSON on stdin): the snapshot chosen as the real one
@@ -52,8 +52,11 @@ export function offsiteFolder(repository: string, env: NodeJS.ProcessEnv = proce
   return join(root, m[1]!)
 }
 
-async function restic(dir: string, s: Settings, args: string[], cache: string): Promise<{code: number; stdout: string; stderr: string}> {
-  const r = await run('restic', ['-r', dir, ...args], {env: {RESTIC_PASSWORD: s.password, RESTIC_CACHE_DIR: cache}, allowFailure: true, timeoutMs: 10 * 60_000})
+/** The tag of a snapshot whose tree starts at the stage (backed up from inside it, as the real push does). */
+const ROOT_TAG = 'root=stage'
+
+async function restic(dir: string, s: Settings, args: string[], cache: string, cwd?: string): Promise<{code: number; stdout: string; stderr: string}> {
+  const r = await run('restic', ['-r', dir, ...args], {env: {RESTIC_PASSWORD: s.password, RESTIC_CACHE_DIR: cache}, allowFailure: true, timeoutMs: 10 * 60_000, cwd})
   return {code: r.exitCode, stdout: r.stdout, stderr: r.stderr.split(s.password).join('***')}
 }
 
@@ -94,7 +97,7 @@ async function push(env: GuestEnv): Promise<RunResult> {
       const init = await restic(dir, s, ['init'], cache)
       if (init.code !== 0) return refuse('failed', `restic init: ${init.stderr.trim().slice(-300)}`, 1, {error_class: 'failed'})
     }
-    const b = await restic(dir, s, ['backup', '--json', '--host', s.host, '--tag', 'pgi-nightly', '--tag', `set=${stamp}`, stage], cache)
+    const b = await restic(dir, s, ['backup', '--json', '--host', s.host, '--tag', 'pgi-nightly', '--tag', `set=${stamp}`, '--tag', ROOT_TAG, '.'], cache, stage)
     const summary = b.stdout.split('\n').map((l) => { try { return JSON.parse(l) as {message_type?: string; snapshot_id?: string; data_added?: number} } catch { return {} } }).find((j) => j.message_type === 'summary')
     if (b.code !== 0 || !summary) return refuse('failed', `restic backup: ${b.stderr.trim().slice(-300)}`, 1, {error_class: 'failed'})
     return out({pushed: stamp, snapshot: summary.snapshot_id, bytes_sent: summary.data_added, at: iso(env.now())})
@@ -129,7 +132,7 @@ async function restore(env: GuestEnv, input: string | undefined): Promise<RunRes
     const snaps = ((JSON.parse(list.stdout || '[]') ?? []) as {id: string; time?: string; hostname?: string; paths?: string[]; tags?: string[]}[]).filter((x) => (x.tags ?? []).includes('pgi-nightly'))
     const snap = snaps.sort((a, b) => ((a.time ?? '') < (b.time ?? '') ? -1 : 1)).at(-1)
     if (!snap) return refuse('no_snapshot', `no snapshot ${req.snapshot === 'latest' ? 'at all' : req.snapshot} in the repository`, 4)
-    const stage = snap.paths?.[0] ?? '/'
+    const stage = (snap.tags ?? []).includes(ROOT_TAG) ? '' : (snap.paths?.[0] ?? '')
     const stamp = (snap.tags ?? []).find((t) => t.startsWith('set='))?.slice(4) ?? null
     const target = join(work, 'files')
     const r = await restic(dir, s, ['restore', snap.id, '--target', target, '--include', `${stage}/nightly`], cache)
