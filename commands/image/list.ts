@@ -1,3 +1,5 @@
+import {join, resolve} from 'node:path'
+
 import {BaseCommand} from '../../src/cli/base-command.js'
 import {imagesDirFlag} from '../../src/cli/flags.js'
 import type {ImageEntry} from '../../src/image/images.js'
@@ -16,7 +18,10 @@ export default class ImageList extends BaseCommand<typeof ImageList> {
 
   public async run(): Promise<ImageEntry[]> {
     const {listImages} = await import('../../src/image/images.js')
-    const rows = await listImages({root: this.flags['images-dir']})
+    const {stateDir} = await import('../../src/paths.js')
+    const root = this.flags['images-dir']
+    // named: given by --images-dir or PGI_IMAGES_DIR, not the default <state dir>/images
+    const rows = await listImages({root, named: resolve(root) !== join(stateDir(), 'images')})
     this.table(
       ['Image', 'Version', 'Built', 'Size (MB)', 'sha256', 'Key'],
       rows.map((r) => [r.name, r.version, r.buildTime, r.sizeBytes === undefined ? '?' : (r.sizeBytes / 1e6).toFixed(0), r.sha256?.slice(0, 16), r.keyId]),

@@ -3,6 +3,7 @@ import {readdir, readFile, stat} from 'node:fs/promises'
 import {join} from 'node:path'
 
 import {ErrorCode, UserError} from '../errors.js'
+import {ExitCode} from '../exit-codes.js'
 import {imagesDir} from '../paths.js'
 import {loadTrustedKeys, verifyManifestAndDisk, type ImageManifest} from './manifest.js'
 import {majorOf} from './recipe.js'
@@ -30,6 +31,8 @@ export interface ImageLookupOptions {
   /** Images folder (default imagesDir()). */
   root?: string
   env?: NodeJS.ProcessEnv
+  /** The folder was named (a flag, PGI_IMAGES_DIR): its absence is an error, not an empty list. */
+  named?: boolean
 }
 
 /** "1.2.0" (the default image), "pgi-tryton@1.2.0" or "pgi-tryton/1.2.0". */
@@ -76,8 +79,17 @@ export async function listImages(opts: ImageLookupOptions = {}): Promise<ImageEn
   let names: string[] = []
   try {
     names = (await readdir(root)).filter((n) => n !== 'trusted-keys' && !n.startsWith('.'))
-  } catch {
-    return out
+  } catch (err) {
+    // the default folder is missing until the first build: no image yet; a folder named by a
+    // flag or PGI_IMAGES_DIR that is missing is most likely a typo, and one that cannot be read
+    // would hide what it holds
+    const code = (err as NodeJS.ErrnoException).code
+    if ((code === 'ENOENT' || code === 'ENOTDIR') && !opts.named) return out
+    const missing = code === 'ENOENT' || code === 'ENOTDIR'
+    throw new UserError(ErrorCode.IMAGE_NOT_FOUND, `images folder ${root}: ${code === 'ENOENT' ? 'no such folder' : code === 'ENOTDIR' ? 'not a folder' : `cannot be read (${code ?? (err as Error).message})`}`, {
+      ...(missing ? {exitCode: ExitCode.USAGE, where: {flag: 'images-dir'}} : {}),
+      suggestions: ['Check --images-dir or PGI_IMAGES_DIR (the default is <state dir>/images), or build an image there with `sudo pgi image build --out DIR`.'],
+    })
   }
   for (const name of names.sort()) {
     if (!(await stat(join(root, name))).isDirectory()) continue

@@ -4,7 +4,7 @@
  * modified image or manifest, a missing version or a bad reference is refused with its code, its
  * place and the exit code of the README's table; nothing is written into the folder.
  */
-import {appendFile, mkdtemp, readdir, readFile, rm, stat, writeFile} from 'node:fs/promises'
+import {appendFile, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
@@ -60,10 +60,19 @@ describe('pgi image list', () => {
     expect(table.stdout).toContain('1.1.0')
   })
 
-  it('an empty or missing folder lists nothing (exit 0)', async () => {
-    const r = await pgi(['image', 'list', '--images-dir', join(tmp, 'none'), '--json'])
+  it('an empty folder, or the default one before the first build, lists nothing (exit 0); a named folder that is missing is an error', async () => {
+    await mkdir(join(tmp, 'empty'))
+    const r = await pgi(['image', 'list', '--images-dir', join(tmp, 'empty'), '--json'])
     expect(r.exitCode, r.stderr).toBe(0)
     expect(r.json!.result).toEqual([])
+    const fresh = await pgi(['image', 'list', '--json'], {PGI_STATE_DIR: join(tmp, 'fresh-state'), PGI_IMAGES_DIR: undefined})
+    expect(fresh.exitCode, fresh.stderr).toBe(0)
+    expect(fresh.json!.result).toEqual([])
+    for (const env of [{}, {PGI_IMAGES_DIR: join(tmp, 'none')}]) {
+      const bad = await pgi(['image', 'list', ...('PGI_IMAGES_DIR' in env ? [] : ['--images-dir', join(tmp, 'none')]), '--json'], env)
+      expect(bad.exitCode, bad.stderr).toBe(2)
+      expect(bad.json!.error).toMatchObject({code: 'PGI_IMAGE_NOT_FOUND', message: `images folder ${join(tmp, 'none')}: no such folder`})
+    }
   })
 })
 
