@@ -154,6 +154,7 @@ export async function createScratchVm(
     update: opts.update,
     isOurs: (m) => m?.uai === est.uai && m.scratch?.kind === kind,
     suggestion: 'Another VM took the id meanwhile: run again (a free id of offsite.drill.vmids is taken).',
+    making: `making the ${kind === 'drill' ? "restore drill's scratch VM" : 'lab copy'} of ${est.uai}`,
   })
   const target: GuestTarget = {api, node: d.node, vmid, uai: est.uai}
   await bootVm(target, est.osDiskGb, opts)

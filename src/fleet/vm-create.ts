@@ -111,7 +111,7 @@ export async function createVmFromImage(
   api: PveApi,
   place: VmPlace & {uai: string},
   params: PveParams,
-  opts: {io: Io; update: (text: string) => void; isOurs: (meta: VmMeta | undefined) => boolean; suggestion?: string},
+  opts: {io: Io; update: (text: string) => void; isOurs: (meta: VmMeta | undefined) => boolean; suggestion?: string; making?: string},
 ): Promise<void> {
   try {
     await api.createVm(place.node, place.vmid, params, {timeoutMs: 3600_000, onProgress: opts.update})
@@ -121,7 +121,7 @@ export async function createVmFromImage(
     const cfg = await api.vmConfig(place.node, place.vmid)
     const meta = parseDescription(typeof cfg?.description === 'string' ? cfg.description : undefined)
     if (!cfg || !opts.isOurs(meta)) {
-      throw new UserError(ErrorCode.VMID_TAKEN, `vmid ${place.vmid} was taken by another VM while deploying ${place.uai}`, {
+      throw new UserError(ErrorCode.VMID_TAKEN, `vmid ${place.vmid} was taken by another VM while ${opts.making ?? `deploying ${place.uai}`}`, {
         where: {uai: place.uai, hypervisor: place.hypervisor, node: place.node, vmid: place.vmid},
         suggestions: [opts.suggestion ?? 'Choose another `vmid:` in the inventory (pgi never touches a VM it did not create).'],
         cause: err,
