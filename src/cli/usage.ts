@@ -71,7 +71,9 @@ export function commandNotFound(id: string, ids: readonly string[], topics: read
 /** An error for people, on stderr: `Error [CODE] at WHERE: message`, then what to do next. */
 export function renderError(e: PgiError, stack?: string): string {
   const where = PgiError.formatWhere(e.where)
-  const out = [`Error [${e.code}]${where ? ` at ${where}` : ''}: ${e.message}`]
+  // a flag's parser names the flag in its message (JSON output keeps it): said once here
+  const message = where && e.message.startsWith(`${where}: `) ? e.message.slice(where.length + 2) : e.message
+  const out = [`Error [${e.code}]${where ? ` at ${where}` : ''}: ${message}`]
   for (const s of e.suggestions) out.push(`  → ${s}`)
   if (stack) out.push(stack)
   return out.join('\n') + '\n'

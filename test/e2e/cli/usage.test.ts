@@ -95,6 +95,15 @@ describe('usage errors name what is at fault', () => {
     const human = await runPgi(['deploy', '--imag', '2026.12.0'], {env})
     expect(human.stderr).toMatch(/^Error \[PGI_USAGE\] at --imag: unknown flag: --imag\n {2}→ Did you mean --image\?/)
   })
+
+  it("a flag's bad value: named once for people, in the message too in JSON", async () => {
+    const human = await runPgi(['deploy', '0130040Y', '--health-timeout', 'abc'], {env})
+    expect(human.exitCode).toBe(2)
+    expect(human.stderr).toMatch(/^Error \[PGI_USAGE\] at --health-timeout: "abc" is not a duration/)
+    const json = await runPgi(['deploy', '0130040Y', '--health-timeout', 'abc', '--json'], {env})
+    expect(json.json!.error).toMatchObject({where: {flag: 'health-timeout'}})
+    expect(json.json!.error!.message).toMatch(/^--health-timeout: "abc" is not a duration/)
+  })
 })
 
 describe('--help', () => {
