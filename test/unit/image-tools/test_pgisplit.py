@@ -114,6 +114,13 @@ class Split(unittest.TestCase):
         after = files(self.folder)
         kept = [k for k in before if k in after and after[k] == before[k]]
         self.assertGreater(len(kept), len(before) - 8)
+        # the sequences' new values (t05's gains a digit, 8 -> 28) are in index.json: no piece of
+        # the table of contents is rewritten, nor layout.json
+        toc = [k for k in before if k.startswith('toc/') or k == 'layout.json']
+        self.assertGreater(len(toc), 3)
+        self.assertEqual([k for k in toc if after.get(k) != before[k]], [])
+        with open(os.path.join(self.folder, 'index.json')) as f:
+            self.assertIn('28, true', json.load(f)['values'])
         out = os.path.join(self.work, 'joined2.dump')
         pgisplit.join(self.folder, out)
         self.assertEqual(sha(out), sha(dump))
@@ -190,6 +197,35 @@ class Split(unittest.TestCase):
         r = subprocess.run([sys.executable, '-I', os.path.join(alone, 'pgisplit.py')], capture_output=True, text=True)
         self.assertEqual(r.returncode, 2)
         self.assertIn('usage', r.stderr)
+
+    def test_07_a_folder_of_the_first_form_still_joins(self):
+        # pgi-split/1 (the off-site copies pushed before the second form): the sequences' values
+        # left in the pieces, the pieces' names in layout.json, the offsets' bytes in index.json
+        lay = pgisplit._layout(self.dump)
+        lay['values'] = []
+        folder = os.path.join(self.work, 'first-form')
+        names, sizes = [], []
+        with open(self.dump, 'rb') as f:
+            for name, start, end in pgisplit._pieces(lay):
+                name = pgisplit._place(name)
+                raw = b''.join(pgisplit._chunks(f, start, end))
+                if name.startswith('toc'):
+                    raw = pgisplit._blank(raw, start, lay)
+                os.makedirs(os.path.dirname(os.path.join(folder, name)), exist_ok=True)
+                with open(os.path.join(folder, name), 'wb') as g:
+                    g.write(raw)
+                names.append(name)
+                sizes.append(len(raw))
+        offs = [e for e in lay['entries'] if e['flag'] == pgisplit.K_OFFSET_POS_SET]
+        with open(os.path.join(folder, 'layout.json'), 'w') as g:
+            json.dump({'format': 'pgi-split/1', 'pieces': names, 'offset_positions': [e['off_pos'] for e in offs],
+                       'offset_bytes': len(offs[0]['off_raw'])}, g)
+        with open(os.path.join(folder, 'index.json'), 'w') as g:
+            json.dump({'format': 'pgi-split/1', 'size': lay['size'], 'sha256': sha(self.dump), 'sizes': sizes,
+                       'offsets': b''.join(e['off_raw'] for e in offs).hex()}, g)
+        out = os.path.join(self.work, 'first-form.dump')
+        pgisplit.join(folder, out)
+        self.assertEqual(sha(out), sha(self.dump))
 
 
 if __name__ == '__main__':
