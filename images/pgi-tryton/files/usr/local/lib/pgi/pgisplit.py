@@ -512,9 +512,11 @@ def join(folder, out_path):
                             # written back in place of its '0', its definition's length raised
                             buf = bytearray(f.read(size + 1))
                             n = len(buf)
+                            if n != size:
+                                raise JoinError('%s: piece %s is not what was split (%s bytes; index.json says %d)' % (folder, name, n if n < size else 'more than %d' % size, size))
                             for len_pos, pos, digits in reversed(values[lo:hi]):
                                 i, j = pos - c, len_pos - c
-                                if n != size or not 0 <= j < i < n or buf[i:i + 1] != b'0':
+                                if not 0 <= j < i < n or buf[i:i + 1] != b'0':
                                     raise JoinError('%s: piece %s is not what was split (no sequence value at %d)' % (folder, name, pos))
                                 buf[i:i + 1] = digits
                                 w = buf[j + 1:j + 1 + int_size]
