@@ -65,6 +65,11 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
       enableJsonFlag: this.ctor.enableJsonFlag,
       args: this.ctor.args,
       strict: this.ctor.strict,
+    }).catch((err: unknown) => {
+      // the arguments were parsed and refused (a typed flag parser threw): oclif's development
+      // warning "did not parse its arguments" would be wrong
+      this.parsed = true
+      throw err
     })
     this.flags = flags as BaseFlags<T>
     this.args = args as BaseArgs<T>
