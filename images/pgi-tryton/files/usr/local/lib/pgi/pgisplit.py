@@ -317,14 +317,21 @@ def _blank(buf, start, lay):
     return bytes(buf)
 
 
-def _canonical(lay):
-    """A function from a position in the archive to the same place in the pieces (before it, each
-    sequence's value counts one character)."""
-    starts = [v[0] for v in lay['values']]
+def _shift(values):
+    """values: [(position, number of digits)] in order. A function giving, for a position, how many
+    bytes the values before it take beyond one character each: what separates a place in the
+    archive from the same place in the pieces (where each value is one '0')."""
+    starts = [p for p, _ in values]
     shifts = [0]
-    for v in lay['values']:
-        shifts.append(shifts[-1] + v[1] - 1)
-    return lambda pos: pos - shifts[bisect.bisect_left(starts, pos)]
+    for _, n in values:
+        shifts.append(shifts[-1] + n - 1)
+    return lambda pos: shifts[bisect.bisect_left(starts, pos)]
+
+
+def _canonical(lay):
+    """A function from a position in the archive to the same place in the pieces."""
+    shift = _shift([(pos, n) for pos, n, _ in lay['values']])
+    return lambda pos: pos - shift(pos)
 
 
 def split(path, folder):
@@ -495,9 +502,7 @@ def join(folder, out_path):
     tmp = out_path + '.joining'
     whole = hashlib.sha256()
     starts = [v[1] for v in values]
-    shifts = [0]
-    for v in values:
-        shifts.append(shifts[-1] + len(v[2]) - 1)
+    shift = _shift([(pos, len(digits)) for _, pos, digits in values])
     try:
         with open(tmp, 'w+b') as out:
             c = 0   # where the piece starts in the pieces' positions
@@ -536,14 +541,14 @@ def join(folder, out_path):
                 if n != size:
                     raise JoinError('%s: piece %s is not what was split (%d bytes; index.json says %d)' % (folder, name, n, size))
                 c += size
-            moved = lambda pos: pos + shifts[bisect.bisect_left(starts, pos)]  # noqa: E731
+            moved = lambda pos: pos + shift(pos)  # noqa: E731
             if 'offsets' not in idx:
                 # where each data block starts (the blocks after the table of contents, read again)
                 r = _Reader(out)
                 r.int_size = lay['int_size']
                 out.seek(moved(lay['data_start']))
                 try:
-                    at = {b['id']: b['start'] for b in _blocks(r, c + shifts[-1], False)}
+                    at = {b['id']: b['start'] for b in _blocks(r, c + shift(c), False)}
                 except NotSplittable as e:
                     raise JoinError('%s: the joined archive is not the one split (its data blocks do not read: %s)' % (folder, e))
                 missing = [i for _, i in offsets if i not in at]
