@@ -17,7 +17,10 @@
 //     Région uplink with school links drawn uniformly in 2–20 Mbit/s (seeded), full vs delta:
 //     a fluid model, each link capped by its own rate and the uplink shared max-min fairly.
 // Options: --store DIR, --name N (pgi-tryton), --from V (1.0.0), --to V (2.0.0), --sites N,
-// --uplink RATE, --skip-transfer. Last line: one JSON object {"bench":"delta",...}.
+// --uplink RATE, --skip-transfer, --explain IMAGES_DIR (where the delta's bytes are: each new
+// chunk mapped to the files owning its blocks on --to's raw disk, and the floor of sending changed
+// files whole, from both versions' files.txt in that images folder; bench/delta_explain.py).
+// Last line: one JSON object {"bench":"delta",...}.
 import {execFileSync, spawn} from 'node:child_process'
 import {createHash} from 'node:crypto'
 import {openSync, readFileSync} from 'node:fs'
@@ -76,6 +79,22 @@ result.sizes = {
   delta_fraction: +((newBytes + idxTo.length) / full).toFixed(4),
 }
 log(`delta ${from} → ${to}: ${newChunks}/${want.size} chunks new, ${(newBytes / 1e6).toFixed(1)} MB + index ${(idxTo.length / 1e6).toFixed(2)} MB; full ${(full / 1e6).toFixed(1)} MB`)
+
+// ---- where the delta goes (--explain IMAGES_DIR) -----------------------------------------------
+if (opt('explain')) {
+  const imgs = resolve(opt('explain'))
+  const work = await mkdtemp(join(tmpdir(), 'pgi-bench-delta-explain-'))
+  try {
+    const raw = join(work, 'to.raw')
+    const qcow2 = JSON.parse(await readFile(join(imgs, name, to, 'manifest.json'), 'utf8')).disk.file
+    execFileSync('qemu-img', ['convert', '-O', 'raw', join(imgs, name, to, qcow2), raw])
+    const out = execFileSync('python3', [join(here, 'delta_explain.py'), store, join(store, name, from, 'disk.caibx'), join(store, name, to, 'disk.caibx'), raw, join(imgs, name, from, 'files.txt'), join(imgs, name, to, 'files.txt')], {maxBuffer: 64 << 20})
+    result.explain = JSON.parse(out.toString())
+    log(`explained: ${JSON.stringify(result.explain.chunks.by_group.slice(0, 6))}; changed files ${result.explain.changed_files.count}, ${(result.explain.changed_files.zstd3_bytes / 1e6).toFixed(1)} MB compressed`)
+  } finally {
+    await rm(work, {recursive: true, force: true})
+  }
+}
 
 // ---- transfers through the link simulator ------------------------------------------------------
 function runTool(args, env) {
