@@ -36,7 +36,7 @@ def index(path):
 
 
 def group_of(path):
-    if path.startswith('/boot/') or '/modules/' in path:
+    if path.startswith(('/boot/', '/usr/lib/modules/', '/lib/modules/')):
         return 'kernel (modules, vmlinuz, initramfs)'
     return '/'.join(path.split('/')[:4]) if path.startswith('/') else path
 
