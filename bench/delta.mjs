@@ -56,7 +56,8 @@ const delivery = JSON.parse(await readFile(join(store, name, to, 'delivery.json'
 const idxTo = await readFile(join(store, name, to, 'disk.caibx'))
 const idxFrom = await readFile(join(store, name, from, 'disk.caibx'))
 const have = new Set(parseCaibx(idxFrom).map((c) => c.id))
-const want = new Map(parseCaibx(idxTo).map((c) => [c.id, c.size]))
+const toChunks = parseCaibx(idxTo)
+const want = new Map(toChunks.map((c) => [c.id, c.size]))
 let newBytes = 0
 let newChunks = 0
 for (const id of want.keys()) {
@@ -88,7 +89,22 @@ if (opt('explain')) {
     const raw = join(work, 'to.raw')
     const qcow2 = JSON.parse(await readFile(join(imgs, name, to, 'manifest.json'), 'utf8')).disk.file
     execFileSync('qemu-img', ['convert', '-O', 'raw', join(imgs, name, to, qcow2), raw])
-    const out = execFileSync('python3', [join(here, 'delta_explain.py'), store, join(store, name, from, 'disk.caibx'), join(store, name, to, 'disk.caibx'), raw, join(imgs, name, from, 'files.txt'), join(imgs, name, to, 'files.txt')], {maxBuffer: 64 << 20})
+    // the new chunks with their place on --to's disk (the indexes read above), and the regular
+    // files whose sha256 differs between the two versions' files.txt ("f MODE UID:GID SHA256 PATH")
+    const chunks = []
+    let at = 0
+    const seen = new Set()
+    for (const c of toChunks) {
+      if (!have.has(c.id) && !seen.has(c.id)) {
+        seen.add(c.id)
+        chunks.push([at, at + c.size, (await stat(chunkPath(castr, c.id))).size])
+      }
+      at += c.size
+    }
+    const files = async (v) => new Map((await readFile(join(imgs, name, v, 'files.txt'), 'utf8')).split('\n').map((l) => l.split(' ')).filter((p) => p[0] === 'f').map((p) => [p.slice(4).join(' '), p[3]]))
+    const [a, b] = [await files(from), await files(to)]
+    const changed = [...b].filter(([p, h]) => a.get(p) !== h).map(([p]) => p)
+    const out = execFileSync('python3', [join(here, 'delta_explain.py'), raw], {input: JSON.stringify({chunks, changed}), maxBuffer: 64 << 20})
     result.explain = JSON.parse(out.toString())
     log(`explained: ${JSON.stringify(result.explain.chunks.by_group.slice(0, 6))}; changed files ${result.explain.changed_files.count}, ${(result.explain.changed_files.zstd3_bytes / 1e6).toFixed(1)} MB compressed`)
   } finally {
