@@ -18,8 +18,9 @@
 //     a fluid model, each link capped by its own rate and the uplink shared max-min fairly.
 // Options: --store DIR, --name N (pgi-tryton), --from V (1.0.0), --to V (2.0.0), --sites N,
 // --uplink RATE, --skip-transfer, --explain IMAGES_DIR (where the delta's bytes are: each new
-// chunk mapped to the files owning its blocks on --to's raw disk, and the floor of sending changed
-// files whole, from both versions' files.txt in that images folder; bench/delta_explain.py).
+// chunk mapped to the files owning its blocks on --to's raw disk, the floor of sending changed
+// files whole, from both versions' files.txt in that images folder, and the floor of sending them
+// as binary deltas against --from's copies, zstd --patch-from; bench/delta_explain.py).
 // Last line: one JSON object {"bench":"delta",...}.
 import {execFileSync, spawn} from 'node:child_process'
 import {createHash} from 'node:crypto'
@@ -86,9 +87,15 @@ if (opt('explain')) {
   const imgs = resolve(opt('explain'))
   const work = await mkdtemp(join(tmpdir(), 'pgi-bench-delta-explain-'))
   try {
-    const raw = join(work, 'to.raw')
-    const qcow2 = JSON.parse(await readFile(join(imgs, name, to, 'manifest.json'), 'utf8')).disk.file
-    execFileSync('qemu-img', ['convert', '-O', 'raw', join(imgs, name, to, qcow2), raw])
+    // both versions' disks as raw files (sparse): the new one to map chunks to files, the old one
+    // for the changed files' binary deltas
+    const toRaw = async (v) => {
+      const raw = join(work, `${v}.raw`)
+      const qcow2 = JSON.parse(await readFile(join(imgs, name, v, 'manifest.json'), 'utf8')).disk.file
+      execFileSync('qemu-img', ['convert', '-O', 'raw', join(imgs, name, v, qcow2), raw])
+      return raw
+    }
+    const [raw, fromRaw] = [await toRaw(to), await toRaw(from)]
     // the new chunks with their place on --to's disk (the indexes read above), and the regular
     // files whose sha256 differs between the two versions' files.txt ("f MODE UID:GID SHA256 PATH")
     const chunks = []
@@ -104,9 +111,9 @@ if (opt('explain')) {
     const files = async (v) => new Map((await readFile(join(imgs, name, v, 'files.txt'), 'utf8')).split('\n').map((l) => l.split(' ')).filter((p) => p[0] === 'f').map((p) => [p.slice(4).join(' '), p[3]]))
     const [a, b] = [await files(from), await files(to)]
     const changed = [...b].filter(([p, h]) => a.get(p) !== h).map(([p]) => p)
-    const out = execFileSync('python3', [join(here, 'delta_explain.py'), raw], {input: JSON.stringify({chunks, changed}), maxBuffer: 64 << 20})
+    const out = execFileSync('python3', [join(here, 'delta_explain.py'), raw, fromRaw], {input: JSON.stringify({chunks, changed}), maxBuffer: 64 << 20})
     result.explain = JSON.parse(out.toString())
-    log(`explained: ${JSON.stringify(result.explain.chunks.by_group.slice(0, 6))}; changed files ${result.explain.changed_files.count}, ${(result.explain.changed_files.zstd3_bytes / 1e6).toFixed(1)} MB compressed`)
+    log(`explained: ${JSON.stringify(result.explain.chunks.by_group.slice(0, 6))}; changed files ${result.explain.changed_files.count}, ${(result.explain.changed_files.zstd3_bytes / 1e6).toFixed(1)} MB compressed, ${(result.explain.changed_files.patch_from_bytes / 1e6).toFixed(1)} MB as binary deltas`)
   } finally {
     await rm(work, {recursive: true, force: true})
   }
