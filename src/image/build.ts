@@ -27,6 +27,7 @@ import {loadRecipe, majorOf, recipeLines, VERSION_RE, type Recipe} from './recip
 import {addJournal, mkfsFromTree, pinInodes, pinSuperblock} from './ext4.js'
 import {resolveSources, type ResolvedSources} from './sources.js'
 import {digestTree, formatTree, listTree} from './tree.js'
+import {settleTreeTimes} from './tree-times.js'
 
 export interface BuildOptions {
   /** Recipe name shipped with pgi ("pgi-tryton") or a path to an image.yaml. */
@@ -72,9 +73,16 @@ export interface BuildResult {
 
 const SECTOR = 512
 const PART_OFFSET = 1024 * 1024
-/** Fixed identifiers so that two builds give the same disk (ext4 UUID, hash seed, MBR id). */
+/**
+ * Fixed identifiers so that two builds give the same disk (ext4 UUID, hash seed, MBR id), and the
+ * same for every version of a line (1.x, 2.x): ext4's metadata checksums are seeded with the UUID
+ * and its folders' hash trees with the hash seed, so identifiers that changed with the version
+ * rewrote every folder block and inode table of the disk, ~14 % of a version's delta when nothing
+ * else changed (docs/delivery.md). Nothing tells two disks of one line apart by these: the boot
+ * and fstab use the label, which every version already shares.
+ */
 function fixedIds(recipe: Recipe, version: string): {fsUuid: string; hashSeed: string; diskId: string} {
-  const h = createHash('sha256').update(`${recipe.name}\0${version}`).digest('hex')
+  const h = createHash('sha256').update(`${recipe.name}\0${majorOf(version)}`).digest('hex')
   const uuid = (s: string) => `${s.slice(0, 8)}-${s.slice(8, 12)}-4${s.slice(13, 16)}-8${s.slice(17, 20)}-${s.slice(20, 32)}`
   return {fsUuid: uuid(h), hashSeed: uuid(h.slice(32)), diskId: `0x${h.slice(0, 8)}`}
 }
@@ -182,7 +190,10 @@ PGI_BUILD_CACHE=/var/cache/pgi-build chroot "$1" /bin/sh /tmp/pgi-configure.sh
 umount "$1/var/cache/pgi-build"
 rmdir "$1/var/cache/pgi-build"
 rm -f "$1/tmp/pgi-configure.sh"
-chroot "$1" update-initramfs -u -k "$KVER" >/dev/null
+# the initramfs's file times are its SOURCE_DATE_EPOCH: the kernel's own time (from its package),
+# so that it stays byte for byte the same from one version to the next until the kernel or what
+# it holds changes (with the build's time it was 6 MB of every version's delta)
+SOURCE_DATE_EPOCH=$(stat -c %Y "$1/boot/vmlinuz-$KVER") chroot "$1" update-initramfs -u -k "$KVER" >/dev/null
 # what is installed, for the lock and the manifest
 chroot "$1" dpkg-query -W -f '\${Package}\\t\${Version}\\n' > ${sh(join(ctx.work, 'packages.tsv'))}
 # trim
@@ -290,6 +301,8 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
     drift?: string[]
     installed?: Map<string, string>
     kernelRelease?: string
+    /** mtime of the kernel image (from its package): the time of what the build writes that is the same in every version. */
+    kernelTime?: number
     treeDigest?: string
     treeEntries?: number
     raw?: string
@@ -398,6 +411,10 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
       run: async (ctx) => {
         // every mtime newer than SOURCE_DATE_EPOCH is set to it (reproducible builds' convention)
         await run('find', [rootfs, '-xdev', '-newermt', `@${epoch}`, '-exec', 'touch', '--no-dereference', `--date=@${epoch}`, '{}', '+'], {signal: opts.signal}, io)
+        // then byte code and folders take the times of what they come from / hold, not the build's
+        const settled = await settleTreeTimes(rootfs)
+        ctx.kernelTime = Math.floor((await stat(join(rootfs, 'boot', `vmlinuz-${ctx.kernelRelease}`))).mtimeMs / 1000)
+        io.debug(`times settled: ${settled.pyc} byte-code files, ${settled.directories} folders`)
         const entries = await listTree(rootfs)
         ctx.treeDigest = digestTree(entries)
         ctx.treeEntries = entries.length
@@ -435,7 +452,9 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
         // transactions of the mount in it)
         await pinSuperblock(loop, epoch, io)
         await addJournal(loop, epoch, io)
-        const pinned = await pinInodes(loop, epoch, ['/boot/extlinux/ldlinux.sys', '/boot/extlinux/ldlinux.c32', '/boot/extlinux', '/lost+found'], io)
+        // what the mount, mkfs and tune2fs wrote with the build's time (the boot loader's files, the
+        // resize inode 7, the journal's inode 8) take the kernel's: the same in every version
+        const pinned = await pinInodes(loop, epoch, {mtimePaths: ['/boot/extlinux/ldlinux.sys', '/boot/extlinux/ldlinux.c32', '/boot/extlinux', '/lost+found', '<7>', '<8>'], pathsTime: ctx.kernelTime!}, io)
         await run('losetup', ['-d', loop], {}, io)
         mounted.loop = undefined
         // syslinux's MBR boot code: the first 440 bytes (the partition table stays)

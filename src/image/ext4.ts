@@ -14,8 +14,9 @@ import type {Io} from '../io.js'
  * - the order of directory entries and inode numbers: mkfs.ext4 -d sorts each directory with
  *   `scandir(alphasort)`, which collates by the locale: `LC_ALL=C`;
  * - each inode's ctime and atime, copied from the build tree (ctime is when the build wrote the
- *   file, and no program can set it): set afterwards with debugfs, by inode number (every inode
- *   in use, whatever its name), with the creation time, generation and version;
+ *   file, and no program can set it): set afterwards with debugfs to the inode's own mtime, by
+ *   inode number (every inode in use, whatever its name), with the creation time, generation and
+ *   version;
  * - what a read-write mount writes (extlinux needs one): see {@link pinSuperblock} and {@link pinInodes}.
  */
 
@@ -109,22 +110,55 @@ export async function addJournal(target: string, epoch: number, io?: Io): Promis
 }
 
 /**
- * Sets every inode in use to the same times: ctime, atime and creation time to `epoch` (and their
- * nanoseconds to 0), generation and version to 0 (random or counted for the inodes a mount
- * creates or changes); and the mtime of `mtimePaths` (what a mount wrote, e.g. the boot
- * loader's files: their mtime is the build's clock). By inode number, so that any file name,
- * whatever characters it holds, is covered.
- */
-export async function pinInodes(target: string, epoch: number, mtimePaths: readonly string[] = [], io?: Io): Promise<number> {
-  const inodes = usedInodes((await run('dumpe2fs', [target], {env: fakeTime(epoch)}, io)).stdout)
-  const cmds: string[] = []
-  for (const n of inodes) {
-    for (const t of ['ctime', 'atime', 'crtime']) cmds.push(`sif <${n}> ${t} @${epoch}`, `sif <${n}> ${t}_extra 0`)
-    cmds.push(`sif <${n}> generation 0`, `sif <${n}> version 0`)
+ * The mtime (seconds) of each inode in `inodes`, read with debugfs `stat` in one run. */
+export async function inodeMtimes(target: string, inodes: readonly number[], io?: Io): Promise<Map<number, number>> {
+  const r = await run('debugfs', ['-f', '-', target], {env: {DEBUGFS_PAGER: '__none__', LC_ALL: 'C'}, input: inodes.map((n) => `stat <${n}>`).join('\n') + '\n'}, io)
+  return parseInodeMtimes(r.stdout)
+}
+
+/** debugfs `stat` output (several inodes) → inode number → mtime in seconds. */
+export function parseInodeMtimes(out: string): Map<number, number> {
+  const times = new Map<number, number>()
+  let current: number | undefined
+  for (const line of out.split('\n')) {
+    const inode = /^Inode: (\d+)\s/.exec(line)
+    if (inode) current = Number(inode[1])
+    const m = /^\s*mtime: 0x([0-9a-f]+)(?::[0-9a-f]+)?\b/.exec(line)
+    if (m && current !== undefined && !times.has(current)) times.set(current, parseInt(m[1]!, 16))
   }
-  for (const p of mtimePaths) {
+  return times
+}
+
+/**
+ * Sets every inode in use to times that follow from its content, not from the build's clock:
+ * ctime, atime and creation time to the inode's own mtime (nanoseconds 0), generation and version
+ * 0 (random or counted for the inodes a mount creates or changes); and the mtime of `mtimePaths`
+ * (what a mount wrote, e.g. the boot loader's files; `<N>` for an inode by number) to
+ * `pathsTime`. mkfs.ext4 -d copies each file's mtime from the tree (a package's own, or the
+ * build's SOURCE_DATE_EPOCH for what the build wrote: see src/image/tree-times.ts), so an inode
+ * whose file did not change between two versions keeps the same bytes, and so do the inode
+ * tables around it: with the build's time in every inode, as before, each new version rewrote
+ * all of them, and every chunk of a delta holding one (docs/delivery.md). By inode number, so
+ * that any file name, whatever characters it holds, is covered.
+ */
+export async function pinInodes(target: string, epoch: number, o: {mtimePaths?: readonly string[]; pathsTime?: number} = {}, io?: Io): Promise<number> {
+  const inodes = usedInodes((await run('dumpe2fs', [target], {env: fakeTime(epoch)}, io)).stdout)
+  const pathsTime = o.pathsTime ?? epoch
+  const cmds: string[] = []
+  for (const p of o.mtimePaths ?? []) {
     if (/["\n]/.test(p)) throw new UserError(ErrorCode.TOOL_FAILED, `${JSON.stringify(p)}: a name debugfs cannot quote`)
-    cmds.push(`sif "${p}" mtime @${epoch}`, `sif "${p}" mtime_extra 0`)
+    const ref = /^<\d+>$/.test(p) ? p : `"${p}"`
+    cmds.push(`sif ${ref} mtime @${pathsTime}`, `sif ${ref} mtime_extra 0`)
+  }
+  // the mtimes after the commands above: those paths' inodes are read once they are set
+  if (cmds.length > 0) await debugfs(target, cmds, epoch, io)
+  const mtimes = await inodeMtimes(target, inodes, io)
+  cmds.length = 0
+  for (const n of inodes) {
+    const t = mtimes.get(n)
+    if (t === undefined) throw new UserError(ErrorCode.TOOL_FAILED, `debugfs on ${target}: no mtime read for inode ${n}`)
+    for (const f of ['ctime', 'atime', 'crtime']) cmds.push(`sif <${n}> ${f} @${t}`, `sif <${n}> ${f}_extra 0`)
+    cmds.push(`sif <${n}> mtime_extra 0`, `sif <${n}> generation 0`, `sif <${n}> version 0`)
   }
   await debugfs(target, cmds, epoch, io)
   return inodes.length

@@ -6,7 +6,7 @@ import {join} from 'node:path'
 import {afterAll, describe, expect, it} from 'vitest'
 
 import {run} from '../../../src/exec.js'
-import {addJournal, fsTarget, mkfsFromTree, pinInodes, pinSuperblock, usedInodes} from '../../../src/image/ext4.js'
+import {addJournal, fsTarget, mkfsFromTree, parseInodeMtimes, pinInodes, pinSuperblock, usedInodes} from '../../../src/image/ext4.js'
 
 /**
  * The image's file system gives the same bytes for the same tree, whenever and in whatever order
@@ -110,5 +110,45 @@ describe('the image file system from a tree', () => {
     for (const t of ['ctime', 'atime', 'mtime', 'crtime']) expect(stat).toMatch(new RegExp(`${t}: 0x${EPOCH.toString(16)}:00000000`))
     const links = (await run('debugfs', ['-R', 'stat /etc/empty', target])).stdout
     expect(links).toMatch(/Links: 2/)
+  })
+  it("gives each inode its own mtime as ctime, atime and creation time: a file older than the build keeps its inode's bytes whatever SOURCE_DATE_EPOCH", async () => {
+    const OLD = EPOCH - 86_400 * 365
+    const one = async (epoch: number): Promise<string> => {
+      const dir = await mkdtemp(join(tmpdir(), 'pgi-ext4-t-'))
+      dirs.push(dir)
+      await tree(join(dir, 'root'), 'forward', EPOCH + 100)
+      await lutimes(join(dir, 'root', 'etc', 'with space'), OLD, OLD)
+      const img = join(dir, 'disk.raw')
+      await writeFile(img, '')
+      await truncate(img, 33 * 1024 * 1024)
+      const target = fsTarget(img, 1024 * 1024)
+      await mkfsFromTree({tree: join(dir, 'root'), image: img, offset: 1024 * 1024, sizeBytes: 32 * 1024 * 1024, label: 't', uuid: 'a1bf0bf8-7b6d-4add-891c-beb30cb9edaf', hashSeed: '0c1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6', epoch})
+      await pinSuperblock(target, epoch)
+      await addJournal(target, epoch)
+      await pinInodes(target, epoch, {mtimePaths: ['/lost+found', '<7>', '<8>'], pathsTime: OLD})
+      const stat = (await run('debugfs', ['-R', 'stat "/etc/with space"', target])).stdout
+      for (const t of ['ctime', 'atime', 'mtime', 'crtime']) expect(stat).toMatch(new RegExp(`${t}: 0x${OLD.toString(16)}:00000000`))
+      const journal = (await run('debugfs', ['-R', 'stat <8>', target])).stdout
+      for (const t of ['ctime', 'mtime']) expect(journal).toMatch(new RegExp(`${t}: 0x${OLD.toString(16)}:00000000`))
+      await run('e2fsck', ['-fn', target])
+      const inode = Number(/Inode: (\d+)/.exec(stat)![1])
+      // the inode table block holding that file's inode: the same bytes under both epochs
+      const sb = (await run('dumpe2fs', ['-h', target])).stdout
+      const itable = (await run('dumpe2fs', [target])).stdout
+      const perGroup = Number(/^Inodes per group:\s+(\d+)/m.exec(sb)![1])
+      const size = Number(/^Inode size:\s+(\d+)/m.exec(sb)![1])
+      const group = Math.floor((inode - 1) / perGroup)
+      const start = Number(new RegExp(`^Group ${group}:[\\s\\S]*?Inode table at (\\d+)`, 'm').exec(itable)![1])
+      const at = 1024 * 1024 + start * 4096 + ((inode - 1) % perGroup) * size
+      const bytes = (await readFile(img)).subarray(at, at + size)
+      return createHash('sha256').update(bytes).digest('hex')
+    }
+    expect(await one(EPOCH)).toBe(await one(EPOCH + 86_400 * 30))
+  })
+
+  it('reads the mtimes of debugfs stat output, large and small inodes', () => {
+    const out = ['Inode: 12   Type: regular    Mode:  0644   Flags: 0x80000', 'Inode checksum: 0x1234', ' ctime: 0x6b14478f:00000000 -- Sat Dec  5 17:19:11 2026', ' mtime: 0x5f000000:00000000 -- x', 'crtime: 0x6b14478f:00000000 -- x',
+      'Inode: 7   Type: regular', 'ctime: 0x00000010 -- x', 'mtime: 0x00000011 -- x'].join('\n')
+    expect([...parseInodeMtimes(out)]).toEqual([[12, 0x5f000000], [7, 0x11]])
   })
 })
