@@ -158,7 +158,10 @@ KVER=$(cd "$1/boot" && ls vmlinuz-* | sed 's/^vmlinuz-//' | sort -V | tail -n 1)
 [ -n "$KVER" ] || { echo "no kernel in /boot" >&2; exit 1; }
 printf '%s\\n' "$KVER" > ${sh(join(ctx.work, 'kernel-release'))}
 mkdir -p "$1/etc/initramfs-tools/conf.d"
-printf 'MODULES=list\\nCOMPRESS=zstd\\n' > "$1/etc/initramfs-tools/conf.d/pgi.conf"
+# not compressed: the image's qcow2 and the delivery's chunks are compressed anyway, and a new
+# kernel then changes only the initramfs's modules, not the whole of one compressed stream (the
+# delta of a minor update sends the chunks that differ: docs/delivery.md)
+printf 'MODULES=list\\nCOMPRESS=none\\n' > "$1/etc/initramfs-tools/conf.d/pgi.conf"
 # virtio disks and NIC; and the CD-ROM drivers (IDE, SATA, SCSI): Proxmox's cloud-init drive is a
 # CD-ROM, and cloud-init's generator (ds-identify) looks for its label before udev loads modules:
 # without them in the initramfs it finds no seed and disables cloud-init for the boot
@@ -190,10 +193,11 @@ PGI_BUILD_CACHE=/var/cache/pgi-build chroot "$1" /bin/sh /tmp/pgi-configure.sh
 umount "$1/var/cache/pgi-build"
 rmdir "$1/var/cache/pgi-build"
 rm -f "$1/tmp/pgi-configure.sh"
-# the initramfs's file times are its SOURCE_DATE_EPOCH: the kernel's own time (from its package),
-# so that it stays byte for byte the same from one version to the next until the kernel or what
-# it holds changes (with the build's time it was 6 MB of every version's delta)
-SOURCE_DATE_EPOCH=$(stat -c %Y "$1/boot/vmlinuz-$KVER") chroot "$1" update-initramfs -u -k "$KVER" >/dev/null
+# the initramfs's file times are its SOURCE_DATE_EPOCH: one fixed time (1, as Nix does), since
+# nothing reads them once it is unpacked at boot; with the build's time every file's header
+# changed in every version (6 MB of a delta that changed nothing else), with the kernel's at
+# every kernel update
+SOURCE_DATE_EPOCH=1 chroot "$1" update-initramfs -u -k "$KVER" >/dev/null
 # what is installed, for the lock and the manifest
 chroot "$1" dpkg-query -W -f '\${Package}\\t\${Version}\\n' > ${sh(join(ctx.work, 'packages.tsv'))}
 # trim
