@@ -158,8 +158,7 @@ KVER=$(cd "$1/boot" && ls vmlinuz-* | sed 's/^vmlinuz-//' | sort -V | tail -n 1)
 [ -n "$KVER" ] || { echo "no kernel in /boot" >&2; exit 1; }
 printf '%s\\n' "$KVER" > ${sh(join(ctx.work, 'kernel-release'))}
 mkdir -p "$1/etc/initramfs-tools/conf.d"
-# only the listed modules; gzip, decompressed once made (below): the initramfs is kept as a plain
-# cpio archive, which the kernel reads as well
+# only the listed modules; gzip, made again \`--rsyncable\` once built (below)
 printf 'MODULES=list\\nCOMPRESS=gzip\\n' > "$1/etc/initramfs-tools/conf.d/pgi.conf"
 # virtio disks and NIC; and the CD-ROM drivers (IDE, SATA, SCSI): Proxmox's cloud-init drive is a
 # CD-ROM, and cloud-init's generator (ds-identify) looks for its label before udev loads modules:
@@ -197,14 +196,19 @@ rm -f "$1/tmp/pgi-configure.sh"
 # changed in every version (6 MB of a delta that changed nothing else), with the kernel's at
 # every kernel update
 SOURCE_DATE_EPOCH=1 chroot "$1" update-initramfs -u -k "$KVER" >/dev/null
-# not compressed: the image's qcow2 and the delivery's chunks are compressed anyway, and a new
-# kernel then changes only the initramfs's modules, not the whole of one compressed stream (the
-# delta of a minor update sends the chunks that differ: docs/delivery.md). Bookworm's
-# mkinitramfs has no COMPRESS=none (it falls back to gzip), hence the gunzip here
+# compressed again with gzip --rsyncable (its stream starts afresh wherever the content allows):
+# a new kernel then changes the compressed initramfs around its modules only, not from its first
+# byte, so a minor update's delta sends those chunks (docs/delivery.md). Not left uncompressed
+# (tried): booted through extlinux, an image with the 16 MB plain cpio stopped before the kernel
+# printed anything, though QEMU boots the same kernel and file given directly; mkfs.ext4 -d
+# stores that file sparse (its zero blocks as holes) in an extent tree, which extlinux's reader
+# is the likely cause of. Bookworm's mkinitramfs has no COMPRESS=none anyway
 INITRD="$1/boot/initrd.img-$KVER"
 gzip -dc "$INITRD" > "$INITRD.cpio"
-touch -r "$INITRD" "$INITRD.cpio"
-mv "$INITRD.cpio" "$INITRD"
+gzip -n -9 --rsyncable < "$INITRD.cpio" > "$INITRD.new"
+rm "$INITRD.cpio"
+touch -r "$INITRD" "$INITRD.new"
+mv "$INITRD.new" "$INITRD"
 # what is installed, for the lock and the manifest
 chroot "$1" dpkg-query -W -f '\${Package}\\t\${Version}\\n' > ${sh(join(ctx.work, 'packages.tsv'))}
 # trim
