@@ -199,10 +199,10 @@ SOURCE_DATE_EPOCH=1 chroot "$1" update-initramfs -u -k "$KVER" >/dev/null
 # compressed again with gzip --rsyncable (its stream starts afresh wherever the content allows):
 # a new kernel then changes the compressed initramfs around its modules only, not from its first
 # byte, so a minor update's delta sends those chunks (docs/delivery.md). Not left uncompressed
-# (tried): booted through extlinux, an image with the 16 MB plain cpio stopped before the kernel
-# printed anything, though QEMU boots the same kernel and file given directly; mkfs.ext4 -d
-# stores that file sparse (its zero blocks as holes) in an extent tree, which extlinux's reader
-# is the likely cause of. Bookworm's mkinitramfs has no COMPRESS=none anyway
+# (tried): mkfs.ext4 -d stores a 16 MB plain cpio sparse (its zero blocks as holes, in a depth-1
+# extent tree), and extlinux then fails before the kernel prints anything; the same image with
+# the file rewritten without holes (one extent) boots. A compressed file has no zero blocks.
+# Bookworm's mkinitramfs has no COMPRESS=none anyway
 INITRD="$1/boot/initrd.img-$KVER"
 gzip -dc "$INITRD" > "$INITRD.cpio"
 gzip -n -9 --rsyncable < "$INITRD.cpio" > "$INITRD.new"
