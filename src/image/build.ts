@@ -24,7 +24,7 @@ import {
   type ImageManifest,
 } from './manifest.js'
 import {loadRecipe, majorOf, recipeLines, VERSION_RE, type Recipe} from './recipe.js'
-import {addJournal, mkfsFromTree, pinInodes, pinSuperblock} from './ext4.js'
+import {addJournal, mkfsFromTree, pinInodes, pinSuperblock, sparseFiles} from './ext4.js'
 import {resolveSources, type ResolvedSources} from './sources.js'
 import {digestTree, formatTree, listTree} from './tree.js'
 import {settleTreeTimes} from './tree-times.js'
@@ -456,6 +456,10 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
         await mkfsFromTree({tree: rootfs, image: raw, offset: PART_OFFSET, sizeBytes: partSize, label: recipe.disk.label, uuid: ids.fsUuid, hashSeed: ids.hashSeed, epoch}, io)
         const loop = (await run('losetup', ['--find', '--show', '--offset', String(PART_OFFSET), '--sizelimit', String(partSize), raw], {}, io)).stdout.trim()
         mounted.loop = loop
+        // what extlinux loads must be stored without holes (src/image/ext4.ts, sparseFiles)
+        const bootFiles = [`/boot/vmlinuz-${ctx.kernelRelease}`, `/boot/initrd.img-${ctx.kernelRelease}`]
+        const sparse = await sparseFiles(loop, bootFiles, io)
+        if (sparse.length > 0) throw new UserError(ErrorCode.TOOL_FAILED, `${sparse.join(', ')}: stored with holes by mkfs.ext4 -d (all-zero 4 KiB blocks), which the boot loader cannot load: the image would not boot. Keep the file compressed (see the initramfs step of the build)`)
         // extlinux needs the file system mounted: in a mount namespace of its own, at a fixed path
         // (ext4 records it in the superblock), and gone with the namespace if the build is stopped
         await run('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', `mount -o noatime ${sh(loop)} /mnt && extlinux --install /mnt/boot/extlinux && umount /mnt`], {}, io)

@@ -116,6 +116,34 @@ export async function inodeMtimes(target: string, inodes: readonly number[], io?
   return parseInodeMtimes(r.stdout)
 }
 
+/**
+ * The files among `paths` stored with holes (fewer blocks allocated than their size needs), read
+ * with debugfs `stat`. mkfs.ext4 -d stores every all-zero 4 KiB block of a file as a hole, and
+ * extlinux cannot load such a file: an image whose kernel or initramfs has one does not boot,
+ * without a message (seen with an uncompressed initramfs).
+ */
+export async function sparseFiles(target: string, paths: readonly string[], io?: Io): Promise<string[]> {
+  const r = await run('debugfs', ['-f', '-', target], {env: {DEBUGFS_PAGER: '__none__', LC_ALL: 'C'}, input: paths.map((p) => `stat "${p}"`).join('\n') + '\n'}, io)
+  const stats = parseSizeAndBlocks(r.stdout)
+  if (stats.length !== paths.length) throw new UserError(ErrorCode.TOOL_FAILED, `debugfs on ${target}: ${paths.length} files asked, ${stats.length} read`)
+  return paths.filter((_, i) => stats[i]!.blocks512 * 512 < Math.ceil(stats[i]!.size / 4096) * 4096)
+}
+
+/** debugfs `stat` output (several inodes, in order) → each one's size and 512-byte block count. */
+export function parseSizeAndBlocks(out: string): {size: number; blocks512: number}[] {
+  const rows: {size: number; blocks512: number}[] = []
+  for (const line of out.split('\n')) {
+    if (/^Inode: \d+\s/.test(line)) rows.push({size: -1, blocks512: -1})
+    const row = rows.at(-1)
+    if (!row) continue
+    const size = /\bSize: (\d+)/.exec(line)
+    if (size && row.size < 0) row.size = Number(size[1])
+    const blocks = /\bBlockcount: (\d+)/.exec(line)
+    if (blocks && row.blocks512 < 0) row.blocks512 = Number(blocks[1])
+  }
+  return rows
+}
+
 /** debugfs `stat` output (several inodes) → inode number → mtime in seconds. */
 export function parseInodeMtimes(out: string): Map<number, number> {
   const times = new Map<number, number>()

@@ -6,7 +6,7 @@ import {join} from 'node:path'
 import {afterAll, describe, expect, it} from 'vitest'
 
 import {run} from '../../../src/exec.js'
-import {addJournal, fsTarget, mkfsFromTree, parseInodeMtimes, pinInodes, pinSuperblock, usedInodes} from '../../../src/image/ext4.js'
+import {addJournal, fsTarget, mkfsFromTree, parseInodeMtimes, parseSizeAndBlocks, pinInodes, pinSuperblock, sparseFiles, usedInodes} from '../../../src/image/ext4.js'
 
 /**
  * The image's file system gives the same bytes for the same tree, whenever and in whatever order
@@ -150,5 +150,26 @@ describe('the image file system from a tree', () => {
     const out = ['Inode: 12   Type: regular    Mode:  0644   Flags: 0x80000', 'Inode checksum: 0x1234', ' ctime: 0x6b14478f:00000000 -- Sat Dec  5 17:19:11 2026', ' mtime: 0x5f000000:00000000 -- x', 'crtime: 0x6b14478f:00000000 -- x',
       'Inode: 7   Type: regular', 'ctime: 0x00000010 -- x', 'mtime: 0x00000011 -- x'].join('\n')
     expect([...parseInodeMtimes(out)]).toEqual([[12, 0x5f000000], [7, 0x11]])
+  })
+
+  it('finds the files mkfs.ext4 -d stored with holes (what extlinux cannot load), and only those', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'pgi-ext4-sparse-'))
+    dirs.push(dir)
+    await mkdir(join(dir, 'root', 'boot'), {recursive: true})
+    const page = (b: number) => Buffer.alloc(4096, b)
+    // a 4 KiB block of zeros between data: stored as a hole; the same size without: not
+    await writeFile(join(dir, 'root', 'boot', 'initrd.img'), Buffer.concat([page(1), page(0), page(2), Buffer.from('end')]))
+    await writeFile(join(dir, 'root', 'boot', 'vmlinuz'), Buffer.concat([page(1), page(3), page(2), Buffer.from('end')]))
+    const img = join(dir, 'disk.raw')
+    await mkfsFromTree({tree: join(dir, 'root'), image: img, offset: 1024 * 1024, sizeBytes: 32 * 1024 * 1024, label: 't', uuid: 'a1bf0bf8-7b6d-4add-891c-beb30cb9edaf', hashSeed: '0c1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6', epoch: EPOCH})
+    const target = fsTarget(img, 1024 * 1024)
+    expect(await sparseFiles(target, ['/boot/vmlinuz', '/boot/initrd.img'])).toEqual(['/boot/initrd.img'])
+    await expect(sparseFiles(target, ['/boot/vmlinuz', '/boot/none'])).rejects.toThrow(/2 files asked, 1 read/)
+  })
+
+  it('reads sizes and block counts of debugfs stat output, in order', () => {
+    const out = ['Inode: 19   Type: regular    Mode:  0644   Flags: 0x80000', 'User:     0   Group:     0   Project:     0   Size: 14190528', 'Links: 1   Blockcount: 27720', 'Fragment:  Address: 0    Number: 0    Size: 0',
+      'Inode: 18   Type: regular    Mode:  0644   Flags: 0x80000', 'User:     0   Group:     0   Project:     0   Size: 16252416', 'Links: 1   Blockcount: 31688', 'Fragment:  Address: 0    Number: 0    Size: 0'].join('\n')
+    expect(parseSizeAndBlocks(out)).toEqual([{size: 14190528, blocks512: 27720}, {size: 16252416, blocks512: 31688}])
   })
 })
