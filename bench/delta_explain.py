@@ -71,12 +71,8 @@ def patch_floor(old_root, new_root, changed):
         new = new_root + p
         w = zstd_size(['-19'], new)
         old = old_root + (p.replace(knew, kold) if kold and knew else p)
-        if os.path.isfile(old):
-            # --long past 128 MB: zstd's default window would not reach the start of the old copy
-            big = max(os.path.getsize(old), os.path.getsize(new)) > 128 << 20
-            d = min(w, zstd_size(['-19', '--patch-from=' + old] + (['--long=31'] if big else []), new))
-        else:
-            d = w
+        # zstd sizes its window to reach the whole old copy itself (long mode, when needed)
+        d = min(w, zstd_size(['-19', '--patch-from=' + old], new)) if os.path.isfile(old) else w
         whole += w
         patched += d
         by_group[group_of(p)] += d
