@@ -63,7 +63,8 @@ def kernel_release(root):
 
 
 def patch_floor(old_root, new_root, changed):
-    """Each changed file as a zstd -19 --patch-from delta against its old copy, or whole at -19."""
+    """Each changed file as a zstd -19 --patch-from delta against its old copy, or whole at -19:
+    (bytes whole, bytes as deltas, deltas per group)."""
     kold, knew = kernel_release(old_root), kernel_release(new_root)
     whole = patched = 0
     by_group = collections.Counter()
@@ -71,27 +72,24 @@ def patch_floor(old_root, new_root, changed):
         new = new_root + p
         w = zstd_size(['-19'], new)
         old = old_root + (p.replace(knew, kold) if kold and knew else p)
-        if os.path.isfile(old):
-            # --long past 128 MB: zstd's default window would not reach the start of the old copy
-            big = max(os.path.getsize(old), os.path.getsize(new)) > 128 << 20
-            d = min(w, zstd_size(['-19', '--patch-from=' + old] + (['--long=31'] if big else []), new))
-        else:
-            d = w
+        # zstd sizes its window to reach the whole old copy itself (long mode, when needed)
+        d = min(w, zstd_size(['-19', '--patch-from=' + old], new)) if os.path.isfile(old) else w
         whole += w
         patched += d
         by_group[group_of(p)] += d
-    return {'zstd19_bytes': whole, 'patch_from_bytes': patched, 'patch_by_group': [[k, v] for k, v in by_group.most_common(10)]}
+    return whole, patched, by_group
 
 
 def with_mounted(raw, fn):
-    """Runs fn(loop device, mount point) with the disk's ext4 partition on a read-only loop device,
-    mounted read-only (debugfs reads the device beside the mount)."""
-    loop = subprocess.run(['losetup', '-f', '--show', '-r', '-o', str(partition_offset(raw)), raw], capture_output=True, text=True, check=True).stdout.strip()
+    """Runs fn(partition offset, loop device, mount point) with the disk's ext4 partition on a
+    read-only loop device, mounted read-only (debugfs reads the device beside the mount)."""
+    part = partition_offset(raw)
+    loop = subprocess.run(['losetup', '-f', '--show', '-r', '-o', str(part), raw], capture_output=True, text=True, check=True).stdout.strip()
     mnt = tempfile.mkdtemp(prefix='pgi-delta-explain-')
     try:
         subprocess.run(['mount', '-o', 'ro,noload', loop, mnt], check=True)
         try:
-            return fn(loop, mnt)
+            return fn(part, loop, mnt)
         finally:
             subprocess.run(['umount', mnt])
     finally:
@@ -100,6 +98,7 @@ def with_mounted(raw, fn):
 
 
 def explain(rows, changed, old_raw, part, loop, mnt):
+    top = lambda c, n: [[k, round(v)] for k, v in c.most_common(n)]  # noqa: E731
     span = lambda s, e: range(max(0, (s - part) // BS), (e - part - 1) // BS + 1)  # noqa: E731
     blocks = sorted({b for s, e, _ in rows if e > part for b in span(s, e)})
     owner = {b: o for b, o in debugfs(loop, 'icheck', blocks).items() if o.isdigit()}
@@ -123,8 +122,10 @@ def explain(rows, changed, old_raw, part, loop, mnt):
         raw_bytes += os.path.getsize(mnt + p)
         zbytes += z
         floor[group_of(p)] += z
-    patch = with_mounted(old_raw, lambda _, old_mnt: patch_floor(old_mnt, mnt, changed)) if old_raw else {}
-    top = lambda c, n: [[k, round(v)] for k, v in c.most_common(n)]  # noqa: E731
+    patch = {}
+    if old_raw:
+        z19, patched, by_patch = with_mounted(old_raw, lambda _p, _l, old_mnt: patch_floor(old_mnt, mnt, changed))
+        patch = {'zstd19_bytes': z19, 'patch_from_bytes': patched, 'patch_by_group': top(by_patch, 10)}
     return {
         'chunks': {'count': len(rows), 'bytes': sum(z for _, _, z in rows), 'by_group': top(by_group, 15), 'top_files': top(by_file, 15)},
         'changed_files': {'count': len(changed), 'bytes': raw_bytes, 'zstd3_bytes': zbytes, 'by_group': top(floor, 10), **patch},
@@ -135,8 +136,7 @@ def main():
     raw = sys.argv[1]
     old_raw = sys.argv[2] if len(sys.argv) > 2 else None
     req = json.load(sys.stdin)
-    part = partition_offset(raw)
-    json.dump(with_mounted(raw, lambda loop, mnt: explain(req['chunks'], req['changed'], old_raw, part, loop, mnt)), sys.stdout)
+    json.dump(with_mounted(raw, lambda part, loop, mnt: explain(req['chunks'], req['changed'], old_raw, part, loop, mnt)), sys.stdout)
     print()
 
 
