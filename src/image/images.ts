@@ -42,7 +42,7 @@ export function parseImageRef(ref: string, defaultName = DEFAULT_IMAGE): ImageRe
   return {name: m[1] ?? defaultName, version: m[2]}
 }
 
-function compareVersions(a: string, b: string): number {
+export function compareVersions(a: string, b: string): number {
   const pa = a.split(/[.+~-]/)
   const pb = b.split(/[.+~-]/)
   for (let i = 0; i < Math.max(pa.length, pb.length); i++) {

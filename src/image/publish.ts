@@ -26,7 +26,9 @@ import {ExitCode} from '../exit-codes.js'
 import {requireTools, run} from '../exec.js'
 import type {Io} from '../io.js'
 import {imagesDir, secretsDir} from '../paths.js'
-import {verifyImage, type ImageRef} from './images.js'
+import {compareVersions, findImage, verifyImage, type ImageRef} from './images.js'
+import {majorOf} from './recipe.js'
+import {makePatch, type PatchEntry} from './patch.js'
 import {keyId, loadTrustedKeys, publicKeyOf, sha256OfFile, signBytes, SIGNING_KEY_SECRET, type ImageManifest} from './manifest.js'
 
 /** The chunk store's folder inside STORE (casync's own default name). */
@@ -47,6 +49,8 @@ export interface DeliveryManifest {
   index: {file: string; sha256: string; size_bytes: number}
   raw: {sha256: string; size_bytes: number}
   chunks: {count: number; distinct: number; stored_bytes: number}
+  /** Binary patches from older versions (src/image/patch.ts): absent when none was written. */
+  patches?: PatchEntry[]
   signing: {algorithm: 'ed25519'; key_id: string}
 }
 
@@ -56,6 +60,12 @@ export interface PublishOptions {
   store: string
   imagesRoot?: string
   secretsDir?: string
+  /**
+   * Versions to write a binary patch from (each published in the store and present in the images
+   * folder); default: the newest older version of the image published in the store, when the
+   * images folder holds it. An empty list: no patch.
+   */
+  patchFrom?: string[]
   env?: NodeJS.ProcessEnv
   io: Io
 }
@@ -71,6 +81,8 @@ export interface PublishResult {
   chunks: {count: number; distinct: number; storedBytes: number; newChunks: number; newBytes: number}
   /** The qcow2 a full transfer would send, for comparison. */
   imageBytes: number
+  /** Patches written (from older versions), with what each rebuilds. */
+  patches: {from: string; file: string; sizeBytes: number; chunks: number; chunkBytes: number; patched: number}[]
 }
 
 /** One entry of a casync index: the chunk's id (hex) and its uncompressed size. */
@@ -157,6 +169,43 @@ async function isDirectory(path: string): Promise<boolean> {
   }
 }
 
+const VERSION_NAME = /^[0-9A-Za-z][0-9A-Za-z.+~-]*$/
+
+/**
+ * The versions to write a patch from: the ones asked (each published in the store and in the
+ * images folder), or by default the newest older version of the same line published in the store,
+ * if the images folder holds it (a patch across lines — Debian 12 to 13 — rebuilds little: it is
+ * made only when asked).
+ */
+async function patchSources(opts: PublishOptions, name: string, version: string, storeRoot: string, imagesRoot: string): Promise<string[]> {
+  const dir = join(storeRoot, name)
+  const published = (await readdir(dir).catch(() => [] as string[])).filter((v) => VERSION_NAME.test(v))
+  const isPublished = async (v: string) => (await stat(join(dir, v, 'delivery.json')).catch(() => undefined))?.isFile() === true
+  if (opts.patchFrom) {
+    for (const v of opts.patchFrom) {
+      const where = {flag: 'patch-from'}
+      if (!VERSION_NAME.test(v)) throw new UsageError(`--patch-from ${JSON.stringify(v)}: not a version`, {where})
+      if (v === version) throw new UsageError(`--patch-from ${v}: that is the version being published`, {where})
+      if (!published.includes(v) || !(await isPublished(v))) {
+        throw new UsageError(`--patch-from ${v}: ${name} ${v} is not published in ${storeRoot}`, {where, suggestions: [`Publish it first (pgi image publish ${name}@${v} --store ${storeRoot}), or leave --patch-from out.`]})
+      }
+      await findImage({name, version: v}, {root: imagesRoot})
+    }
+    return [...new Set(opts.patchFrom)]
+  }
+  const older: string[] = []
+  for (const v of published) if (compareVersions(v, version) < 0 && majorOf(v) === majorOf(version) && (await isPublished(v))) older.push(v)
+  const v = older.sort(compareVersions).at(-1)
+  if (!v) return []
+  try {
+    await findImage({name, version: v}, {root: imagesRoot})
+  } catch {
+    opts.io.info(`no patch from ${v}: the images folder ${imagesRoot} does not hold it (guests running ${v} fetch chunks only)`)
+    return []
+  }
+  return [v]
+}
+
 /**
  * Publishes a verified image into a chunk store: the raw disk (converted from the qcow2 and
  * checked against the manifest's signed raw sha256) chunked by casync, the index and a signed
@@ -228,6 +277,7 @@ export async function publishImage(opts: PublishOptions): Promise<PublishResult>
       rawSha256: rawSha,
       chunks: {count: chunks.length, distinct: distinct.length, storedBytes, newChunks, newBytes},
       imageBytes,
+      patches: [],
     }
 
     if (!signer || (await isDirectory(versionDir))) {
@@ -243,6 +293,35 @@ export async function publishImage(opts: PublishOptions): Promise<PublishResult>
     }
 
     const {key, id} = signer
+    const patches: PatchEntry[] = []
+    for (const from of await patchSources(opts, manifest.name, manifest.version, storeRoot, imagesRoot)) {
+      const old = await verifyImage({name: manifest.name, version: from}, {root: imagesRoot})
+      const oldDir = join(storeRoot, manifest.name, from)
+      const oldDelivery = JSON.parse(await readFile(join(oldDir, 'delivery.json'), 'utf8')) as DeliveryManifest
+      if (oldDelivery.raw?.sha256 !== old.manifest.disk.raw_sha256) {
+        throw new UserError(ErrorCode.IMAGE_INVALID, `${manifest.name} ${from}: the store holds other bits (raw sha256 ${oldDelivery.raw?.sha256}) than the images folder (${old.manifest.disk.raw_sha256}): no patch can be made from it`, {
+          exitCode: ExitCode.REFUSED,
+          suggestions: ['Publish from the images folder the store was filled from, or pass --patch-from with another version (or --no-patch).'],
+        })
+      }
+      const oldRaw = join(work, `from-${from}.raw`)
+      opts.io.info(`writing the patch from ${from}: converting ${manifest.name} ${from} to a raw disk`)
+      await run('qemu-img', ['convert', '-O', 'raw', old.diskPath, oldRaw], {}, opts.io)
+      const file = `from-${from}.pgipatch`
+      const r = await makePatch({
+        name: manifest.name,
+        from: {version: from, raw: oldRaw, rawSha256: old.manifest.disk.raw_sha256, index: parseCaibx(await readFile(join(oldDir, oldDelivery.index.file)))},
+        to: {version: manifest.version, raw, rawSha256: rawSha, index: chunks},
+        out: join(work, file),
+        work: join(work, `patch-${from}`),
+        io: opts.io,
+      })
+      await rm(oldRaw, {force: true})
+      await rm(join(work, `patch-${from}`), {recursive: true, force: true})
+      patches.push({from, from_raw_sha256: old.manifest.disk.raw_sha256, file, sha256: r.sha256, size_bytes: r.sizeBytes, chunks: r.chunks, chunk_bytes: r.chunkBytes})
+      result.patches.push({from, file: join(versionDir, file), sizeBytes: r.sizeBytes, chunks: r.chunks, chunkBytes: r.chunkBytes, patched: r.patched})
+      opts.io.info(`patch from ${from}: ${r.chunks} chunks (${(r.chunkBytes / 1e6).toFixed(1)} MB) in ${(r.sizeBytes / 1e6).toFixed(1)} MB, ${r.patched} of them against ${from}'s bytes`)
+    }
     const delivery: DeliveryManifest = {
       format: 1,
       name: manifest.name,
@@ -253,6 +332,7 @@ export async function publishImage(opts: PublishOptions): Promise<PublishResult>
       index: {file: 'disk.caibx', sha256: indexSha, size_bytes: indexBytes.length},
       raw: {sha256: rawSha, size_bytes: rawBytes},
       chunks: {count: chunks.length, distinct: distinct.length, stored_bytes: storedBytes},
+      ...(patches.length ? {patches} : {}),
       signing: {algorithm: 'ed25519', key_id: id},
     }
     // the same canonical form as manifest.json (what is signed is what is written)
@@ -266,6 +346,7 @@ export async function publishImage(opts: PublishOptions): Promise<PublishResult>
     await writeFile(join(staged, 'manifest.sig'), await readFile(entry.signaturePath))
     await writeFile(join(staged, 'delivery.json'), deliveryBytes)
     await writeFile(join(staged, 'delivery.sig'), signBytes(deliveryBytes, key))
+    for (const p of patches) await rename(join(work, p.file), join(staged, p.file))
     await mkdir(join(storeRoot, manifest.name), {recursive: true})
     await rename(staged, versionDir)
     opts.io.info(`published ${manifest.name} ${manifest.version}: ${newChunks} new chunks (${(newBytes / 1e6).toFixed(1)} MB) of ${distinct.length}`)
