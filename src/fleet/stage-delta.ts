@@ -116,6 +116,11 @@ export async function loadDelivery(opts: {store: string; name: string; version: 
   if (!HEX64.test(m.index?.sha256 ?? '') || !HEX64.test(m.raw?.sha256 ?? '') || !(Number.isSafeInteger(m.raw?.size_bytes) && m.raw.size_bytes > 0) || !/^[\w.-]+$/.test(m.index?.file ?? '')) {
     throw invalid(`${opts.store} ${dir}/delivery.json lacks a well-formed index or raw digest`, 'Publish the version again with this pgi.')
   }
+  for (const p of m.patches ?? []) {
+    if (typeof p?.from !== 'string' || !/^[\w.+~-]+\.pgipatch$/.test(p.file ?? '') || !HEX64.test(p.sha256 ?? '') || !(Number.isSafeInteger(p.size_bytes) && p.size_bytes > 0)) {
+      throw invalid(`${opts.store} ${dir}/delivery.json lists a malformed patch (${JSON.stringify(p).slice(0, 200)})`, 'Publish the version again with this pgi.')
+    }
+  }
   if (opts.rawSha256 && m.raw.sha256 !== opts.rawSha256) {
     throw invalid(`${opts.store} holds ${opts.name} ${opts.version} with raw sha256 ${m.raw.sha256}, the local image's is ${opts.rawSha256}`, 'Two builds carry the same version number: publish each version once, from the images the rollout uses.')
   }
@@ -162,6 +167,15 @@ export interface GuestStageStatus {
   updated?: string
   sha256?: string
   rate_limit_bps?: number
+  /** With --patch: the patch's bytes received / its size, then the chunks rebuilt from it. */
+  patch_done?: number
+  patch_total?: number
+  rebuild_done?: number
+  rebuild_total?: number
+  rebuilt?: number
+  rebuild_failed?: number
+  /** A patch that could not be used (the staging went on with chunks only). */
+  patch_error?: string
 }
 
 function parseStatus(text: string): GuestStageStatus | undefined {
@@ -315,6 +329,8 @@ export interface StageProgress {
   /** The guest's run is alive (its unit active), and the cap it runs at, bytes/s. */
   active?: boolean
   rateLimitBps?: number
+  /** The binary patch (when the store has one from this VM's version): bytes received of its size, then chunks rebuilt. */
+  patch?: {done: number; total: number; rebuilt?: number; rebuildDone?: number; rebuildTotal?: number; error?: string}
 }
 
 /** Progress and an ETA from pgi-stage-delta's status (the rate observed since its run started). */
@@ -323,6 +339,9 @@ export function progressOf(st: GuestStageStatus, now: Date): StageProgress {
   const verifying = st.phase === 'verify'
   const diskDone = st.state === 'done' ? diskTotal : verifying ? (st.verify_done ?? 0) : (st.disk_done ?? 0)
   const p: StageProgress = {state: st.state, ...(st.phase ? {phase: st.phase} : {}), diskDone, diskTotal, fetched: st.fetched_total ?? st.fetched_bytes ?? 0, ...(st.runs ? {runs: st.runs} : {}), ...(st.error ? {error: st.error} : {}), ...(st.active !== undefined ? {active: st.active} : {}), ...(st.rate_limit_bps ? {rateLimitBps: st.rate_limit_bps} : {})}
+  if (st.patch_total) {
+    p.patch = {done: st.patch_done ?? 0, total: st.patch_total, ...(st.rebuild_total ? {rebuildDone: st.rebuild_done ?? 0, rebuildTotal: st.rebuild_total, rebuilt: st.rebuilt ?? 0} : {}), ...(st.patch_error ? {error: st.patch_error} : {})}
+  }
   if (st.state === 'running' && st.phase === 'extract' && st.started && diskDone > 0) {
     const secs = (now.getTime() - Date.parse(st.started)) / 1000
     // the disk's bytes written per second since this run started; the read-back for the
@@ -336,6 +355,8 @@ export function describeProgress(p: StageProgress): string {
   const mb = (n: number) => `${(n / 1e6).toFixed(1)} MB`
   const pct = p.diskTotal > 0 ? Math.floor((100 * p.diskDone) / p.diskTotal) : 0
   const eta = p.etaS !== undefined ? `, ETA ${p.etaS >= 3600 ? `${(p.etaS / 3600).toFixed(1)} h` : p.etaS >= 60 ? `${Math.round(p.etaS / 60)} min` : `${p.etaS} s`}` : ''
+  if (p.phase === 'patch' && p.patch) return `patch ${Math.floor((100 * p.patch.done) / p.patch.total)}% of ${mb(p.patch.total)}, ${mb(p.fetched)} fetched`
+  if (p.phase === 'rebuild' && p.patch?.rebuildTotal) return `rebuilding chunks from this VM's bytes: ${p.patch.rebuildDone} of ${p.patch.rebuildTotal}, ${mb(p.fetched)} fetched`
   return `${p.phase ?? p.state} ${pct}% of ${mb(p.diskTotal)}, ${mb(p.fetched)} fetched${eta}`
 }
 
@@ -420,7 +441,10 @@ export async function stageDelta(t: DeltaTarget, opts: DeltaStageOptions): Promi
     STAGE_DEVICE,
     ...(rateLimitBps ? ['--rate-limit-bps', String(rateLimitBps)] : []),
     ...(until ? ['--until', String(Math.floor(until.getTime() / 1000))] : []),
+    ...(patch ? ['--patch', `${d.name}/${d.version}/${patch.file}`, '--patch-sha256', patch.sha256, '--patch-size', String(patch.size_bytes)] : []),
   ]
+  // the binary patch from the version on this VM's OS disk, when the publisher wrote one
+  let patch = d.patches?.find((p) => p.from === meta.image)
   let until = opts.until
   let rate = opts.rateLimitBps
   // what the guest's tool last did: a run of this version that ended (failed, cut) is continued
@@ -436,7 +460,13 @@ export async function stageDelta(t: DeltaTarget, opts: DeltaStageOptions): Promi
   let startedAt = Date.now()
   const start = async () => {
     let started = await exec(argsFor(rate), 120_000)
-    if (until && started.exitcode === 2 && /unrecognized arguments: --until/.test(started.stderr)) {
+    if (patch && started.exitcode === 2 && /unrecognized arguments:.*--patch/.test(started.stderr + started.stdout)) {
+      // a pgi-stage-delta from before binary patches: chunks only
+      opts.io.info(`${t.est.uai}: this image's pgi-stage-delta cannot apply binary patches: fetching chunks only`)
+      patch = undefined
+      started = await exec(argsFor(rate), 120_000)
+    }
+    if (until && started.exitcode === 2 && /unrecognized arguments:.*--until/.test(started.stderr + started.stdout)) {
       // a pgi-stage-delta from before transfer windows: it runs on past the window's close
       opts.io.warn(`${t.est.uai}: this image's pgi-stage-delta cannot stop itself at the transfer window's close (${until.toISOString()}): its transfer runs on until done`)
       until = undefined

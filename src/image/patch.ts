@@ -303,10 +303,15 @@ export async function makePatch(o: MakePatchOptions): Promise<MakePatchResult> {
       await writeFile(`${base}.c`, data)
       await writeFile(`${base}.r`, ref)
       await run('zstd', [`-${LEVEL}`, '-q', '-f', '--no-progress', `--patch-from=${base}.r`, `${base}.c`, '-o', `${base}.p`], {signal: o.signal}, o.io)
-      await run('zstd', [`-${LEVEL}`, '-q', '-f', '--no-progress', `${base}.c`, '-o', `${base}.z`], {signal: o.signal}, o.io)
-      const [p, z] = [await readFile(`${base}.p`), await readFile(`${base}.z`)]
-      const usePatch = p.length < z.length
-      frames[i] = usePatch ? p : z
+      const p = await readFile(`${base}.p`)
+      // a frame an eighth of its chunk or less: the reference paid off, no need to try without
+      let z: Buffer | undefined
+      if (p.length * 8 > c.size) {
+        await run('zstd', [`-${LEVEL}`, '-q', '-f', '--no-progress', `${base}.c`, '-o', `${base}.z`], {signal: o.signal}, o.io)
+        z = await readFile(`${base}.z`)
+      }
+      const usePatch = !z || p.length < z.length
+      frames[i] = usePatch ? p : z!
       entries[i] = [c.id, c.size, frames[i]!.length, usePatch ? refs : []]
       if (usePatch) patched++
       await Promise.all(['c', 'r', 'p', 'z'].map((e) => rm(`${base}.${e}`, {force: true})))

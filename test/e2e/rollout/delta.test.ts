@@ -55,6 +55,7 @@ let api: PveApi
 let storeUrl: string
 let newBytes = 0
 let indexBytes = 0
+let patchBytes: number | undefined
 
 async function pgi(args: string[], opts: {allowFailure?: boolean; env?: Record<string, string>} = {}) {
   const t = Date.now()
@@ -101,13 +102,16 @@ describe.skipIf(process.env.PGI_E2E_DELTA !== '1' || !process.env.PGI_E2E_DELTA_
     for (const v of [FROM, TO]) {
       // signed with the build's key: its secret store and age identity beside its images folder
       const p = await pgi(['image', 'publish', v, '--store', storeDir, '--images-dir', imagesRoot, '--secrets-dir', join(dirname(src), 'secrets'), '--json'], {env: {PGI_AGE_IDENTITY: join(dirname(src), 'age-identity.txt')}})
-      const res = (JSON.parse(p.stdout) as {result: {chunks: {newBytes: number}; index: {sizeBytes: number}}}).result
+      const res = (JSON.parse(p.stdout) as {result: {chunks: {newBytes: number}; index: {sizeBytes: number}; patches?: {from: string; sizeBytes: number}[]}}).result
       if (v === TO) {
         newBytes = res.chunks.newBytes
         indexBytes = res.index.sizeBytes
+        // with a binary patch from FROM (images that carry the patch tool), the guest fetches the
+        // patch, and chunks only for what it cannot rebuild
+        patchBytes = res.patches?.find((x) => x.from === FROM)?.sizeBytes
       }
     }
-    note(`published; ${TO} adds ${(newBytes / 1e6).toFixed(2)} MB of chunks, index ${(indexBytes / 1e6).toFixed(2)} MB`)
+    note(`published; ${TO} adds ${(newBytes / 1e6).toFixed(2)} MB of chunks, index ${(indexBytes / 1e6).toFixed(2)} MB${patchBytes ? `, patch from ${FROM} ${(patchBytes / 1e6).toFixed(2)} MB` : ''}`)
     await pgi(['lab', 'start', '--backend', 'qemu', '--nodes', '1', '--sites', '1', '--dir', labDir, '--json'])
     env.PGI_INVENTORY = join(labDir, 'inventory', 'lab.yaml')
     env.PGI_SECRETS_DIR = join(labDir, 'secrets')
@@ -145,8 +149,8 @@ describe.skipIf(process.env.PGI_E2E_DELTA !== '1' || !process.env.PGI_E2E_DELTA_
 
   it('stages by delta through a link cut mid-way, resumes, then rolls out on the staged disk: v1.1 runs, digest and databases intact', async () => {
     const args = ['rollout', 'stage', TO, '--all', '--transfer', 'delta', '--store-url', storeUrl, '--store', storeDir, '--images-dir', imagesRoot, '--json']
-    // cut once the index and half of the new chunks have crossed the link
-    const cutAt = Math.round(indexBytes + newBytes / 2)
+    // cut once the index and half of the new chunks (or of the patch) have crossed the link
+    const cutAt = Math.round(indexBytes + (patchBytes ?? newBytes) / 2)
     await linkSim({cut_at_byte: cutAt})
     const before = await linkBytes()
     const first = await pgi(args, {allowFailure: true})
@@ -173,6 +177,12 @@ describe.skipIf(process.env.PGI_E2E_DELTA !== '1' || !process.env.PGI_E2E_DELTA_
     const delivery = JSON.parse(await readFile(join(storeDir, 'pgi-tryton', TO, 'delivery.json'), 'utf8')) as {raw: {sha256: string; size_bytes: number}}
     expect(meta.staged).toMatchObject({version: TO, state: 'verified', rawSha256: delivery.raw.sha256})
     const staged = meta.staged!.volume
+    if (patchBytes) {
+      // the guest rebuilt chunks from its own bytes (those its first boot changed are fetched)
+      const gs = JSON.parse(await guest(['/usr/local/sbin/pgi-stage-delta', 'status'])) as {rebuilt?: number; rebuild_total?: number; rebuild_failed?: number}
+      note(`patch: ${gs.rebuilt} of ${gs.rebuild_total} chunks rebuilt in the guest, ${gs.rebuild_failed} spoiled`)
+      expect(gs.rebuilt).toBeGreaterThan(0)
+    }
     // running stage again: already staged, nothing fetched
     const third = await pgi(args)
     expect((JSON.parse(third.stdout) as {result: {rows: {outcome: string}[]}}).result.rows[0]!.outcome).toBe('already-staged')

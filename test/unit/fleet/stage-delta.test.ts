@@ -75,6 +75,27 @@ describe('loadDelivery', () => {
     await expect(loadDelivery({store: 'http://127.0.0.1:1/', name: 'pgi-tryton', version: '1.0.1', imagesRoot: images})).rejects.toMatchObject({code: 'PGI_STORE_UNREACHABLE'})
   })
 
+  it('a delivery.json listing a malformed patch (a file name outside the version\'s folder): PGI_DELIVERY_INVALID (exit 7)', async () => {
+    const key = generateSigningKey()
+    const keys = join(tmp, 'patch-keys')
+    await exportTrustedKey(keys, publicKeyOf(key))
+    const d = JSON.parse(await readFile(join(store, 'pgi-tryton', '1.0.1', 'delivery.json'), 'utf8')) as DeliveryManifest
+    const dir = join(store, 'pgi-tryton', '1.0.2')
+    await mkdir(dir, {recursive: true})
+    const write = async (patches: unknown[]) => {
+      const bytes = Buffer.from(JSON.stringify({...d, version: '1.0.2', patches, signing: {algorithm: 'ed25519', key_id: keyId(publicKeyOf(key))}}, null, 2) + '\n')
+      await writeFile(join(dir, 'delivery.json'), bytes)
+      await writeFile(join(dir, 'delivery.sig'), signBytes(bytes, key))
+    }
+    const good = {from: '1.0.1', from_raw_sha256: RAW, file: 'from-1.0.1.pgipatch', sha256: 'aa'.repeat(32), size_bytes: 1000, chunks: 3, chunk_bytes: 200_000}
+    await write([good])
+    expect((await loadDelivery({store, name: 'pgi-tryton', version: '1.0.2', imagesRoot: keys})).manifest.patches).toEqual([good])
+    await write([{...good, file: '../1.0.1/disk.caibx'}])
+    await expect(loadDelivery({store, name: 'pgi-tryton', version: '1.0.2', imagesRoot: keys})).rejects.toMatchObject({code: 'PGI_DELIVERY_INVALID', exitCode: 7, message: expect.stringMatching(/malformed patch/)})
+    await write([{...good, size_bytes: -1}])
+    await expect(loadDelivery({store, name: 'pgi-tryton', version: '1.0.2', imagesRoot: keys})).rejects.toMatchObject({code: 'PGI_DELIVERY_INVALID'})
+  })
+
   it('an images folder that does not trust the key, or a local image with other bits: PGI_DELIVERY_INVALID (exit 7)', async () => {
     await expect(loadDelivery({store: url, name: 'pgi-tryton', version: '1.0.1', imagesRoot: join(tmp, 'no-keys')})).rejects.toMatchObject({code: 'PGI_DELIVERY_INVALID', exitCode: 7})
     await expect(loadDelivery({store: url, name: 'pgi-tryton', version: '1.0.1', imagesRoot: images, rawSha256: '00'.repeat(32)})).rejects.toMatchObject({code: 'PGI_DELIVERY_INVALID', exitCode: 7})
@@ -92,5 +113,15 @@ describe('progress of a staging', () => {
     expect(v.diskDone).toBe(2 ** 30)
     expect(v.etaS).toBeUndefined()
     expect(progressOf({state: 'done', phase: 'done', disk_total: 10, disk_done: 3, fetched_total: 5}, now)).toMatchObject({diskDone: 10, diskTotal: 10})
+  })
+
+  it('with a binary patch: its bytes received, then the chunks rebuilt from the VM\'s own bytes', () => {
+    const now = new Date('2026-12-05T10:10:00Z')
+    const f = progressOf({state: 'running', phase: 'patch', started: '2026-12-05T10:00:00Z', disk_total: 3 * 2 ** 30, fetched_bytes: 5_200_000, patch_done: 4_500_000, patch_total: 20_000_000}, now)
+    expect(f.patch).toEqual({done: 4_500_000, total: 20_000_000})
+    expect(describeProgress(f)).toBe('patch 22% of 20.0 MB, 5.2 MB fetched')
+    const r = progressOf({state: 'running', phase: 'rebuild', disk_total: 3 * 2 ** 30, fetched_bytes: 20_700_000, patch_done: 20_000_000, patch_total: 20_000_000, rebuild_done: 1200, rebuild_total: 3383, rebuilt: 1190}, now)
+    expect(r.patch).toMatchObject({rebuildDone: 1200, rebuildTotal: 3383, rebuilt: 1190})
+    expect(describeProgress(r)).toBe("rebuilding chunks from this VM's bytes: 1200 of 3383, 20.7 MB fetched")
   })
 })
