@@ -115,6 +115,18 @@ async function partitionOffset(raw: string, io: Io): Promise<number> {
   return p ? p.start * (t?.sectorsize ?? 512) : 0
 }
 
+/** Does the disk hold an ext4 (ext2/3) file system at `offset`? Its superblock's magic, 0xEF53 at 1024 + 56. */
+async function isExt4(raw: string, offset: number): Promise<boolean> {
+  const fh = await open(raw, 'r')
+  try {
+    const b = Buffer.alloc(2)
+    const {bytesRead} = await fh.read(b, 0, 2, offset + 1024 + 56)
+    return bytesRead === 2 && b.readUInt16LE(0) === 0xef53
+  } finally {
+    await fh.close()
+  }
+}
+
 /** Runs read-only debugfs commands (from stdin) and returns their output. */
 async function debugfsRead(target: string, commands: readonly string[], io: Io): Promise<string> {
   if (commands.length === 0) return ''
@@ -210,11 +222,14 @@ export async function makePatch(o: MakePatchOptions): Promise<MakePatchResult> {
   const [fromPart, toPart] = [await partitionOffset(o.from.raw, o.io), await partitionOffset(o.to.raw, o.io)]
   const fromFs = fsTarget(o.from.raw, fromPart)
   const toFs = fsTarget(o.to.raw, toPart)
+  // without an ext4 file system on both disks (not a pgi image), references are the old disk's
+  // bytes at the same offsets only
+  const files = (await isExt4(o.from.raw, fromPart)) && (await isExt4(o.to.raw, toPart))
 
   // the files of TO owning the missing chunks' blocks, and where each block is in its file
   const blockOf = (off: number) => Math.floor((off - toPart) / BS)
   const blocks = new Set<number>()
-  for (const c of missing) {
+  for (const c of files ? missing : []) {
     if (c.start + c.size <= toPart) continue
     for (let b = Math.max(0, blockOf(c.start)); b <= blockOf(c.start + c.size - 1); b++) blocks.add(b)
   }
@@ -236,7 +251,7 @@ export async function makePatch(o: MakePatchOptions): Promise<MakePatchResult> {
   for (const [p, ex] of extents) for (const [l, ph, n] of ex) for (let k = 0; k < n; k++) logical.set(ph + k, [p, l + k])
 
   // FROM's copies of those files (the kernel's across its release), dumped once
-  const [kFrom, kTo] = [await kernelRelease(fromFs, o.io), await kernelRelease(toFs, o.io)]
+  const [kFrom, kTo] = files ? [await kernelRelease(fromFs, o.io), await kernelRelease(toFs, o.io)] : []
   const oldPath = (p: string) => (kFrom && kTo && kFrom !== kTo ? p.split(kTo).join(kFrom) : p)
   const oldDir = join(o.work, 'old')
   await mkdir(oldDir, {recursive: true})

@@ -234,6 +234,8 @@ export async function publishImage(opts: PublishOptions): Promise<PublishResult>
   // the key is checked before any work: a machine that cannot sign adds nothing to the store
   // (a version already published needs none: it is only compared)
   const signer = (await isDirectory(versionDir)) ? undefined : await signingKey(opts, manifest, imagesRoot)
+  // the patches' sources are checked before any work too: a bad --patch-from adds nothing either
+  const sources = signer ? await patchSources(opts, manifest.name, manifest.version, storeRoot, imagesRoot) : []
 
   const work = await mkdtemp(join(storeRoot, '.publish-'))
   try {
@@ -294,7 +296,7 @@ export async function publishImage(opts: PublishOptions): Promise<PublishResult>
 
     const {key, id} = signer
     const patches: PatchEntry[] = []
-    for (const from of await patchSources(opts, manifest.name, manifest.version, storeRoot, imagesRoot)) {
+    for (const from of sources) {
       const old = await verifyImage({name: manifest.name, version: from}, {root: imagesRoot})
       const oldDir = join(storeRoot, manifest.name, from)
       const oldDelivery = JSON.parse(await readFile(join(oldDir, 'delivery.json'), 'utf8')) as DeliveryManifest

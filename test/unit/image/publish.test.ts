@@ -89,6 +89,28 @@ describe('pgi image publish', () => {
     const out = join(tmp, 'v2.raw')
     execFileSync('casync', ['extract', `--store=${join(store, 'default.castr')}`, `--seed=${v1Raw}`, join(store, 'pgi-tryton', '1.1.0', 'disk.caibx'), out])
     expect(createHash('sha256').update(await readFile(out)).digest('hex')).toBe(v2Sha)
+    // a binary patch from the newest older version of the line, listed in the signed delivery.json
+    const delivery = JSON.parse(await readFile(join(store, 'pgi-tryton', '1.1.0', 'delivery.json'), 'utf8')) as DeliveryManifest
+    expect(delivery.patches).toHaveLength(1)
+    const patch = delivery.patches![0]!
+    expect(patch).toMatchObject({from: '1.0.0', file: 'from-1.0.0.pgipatch', chunks: c.newChunks})
+    const packBytes = await readFile(join(store, 'pgi-tryton', '1.1.0', patch.file))
+    expect(createHash('sha256').update(packBytes).digest('hex')).toBe(patch.sha256)
+    expect(packBytes.subarray(0, 8).toString()).toBe('PGIPATCH')
+    expect(r.json!.result.patches).toMatchObject([{from: '1.0.0', chunks: c.newChunks}])
+  }, 180_000)
+
+  it('--patch-from a version the store does not hold, or with --no-patch: exit 2, the flag named, nothing written', async () => {
+    await signedQcow2Image(images, 'pgi-tryton', '1.4.0', {virtualBytes: 16 * MiB, parts: [{offset: 0, data: randomBytes(MiB)}]})
+    const before = (await storedChunks(join(store, 'default.castr'))).size
+    const unknown = await pgi(['image', 'publish', '1.4.0', '--store', store, '--patch-from', '0.9.0'])
+    expect(unknown.exitCode).toBe(2)
+    expect(unknown.json!.error!.where).toEqual({flag: 'patch-from'})
+    expect(unknown.json!.error!.message).toMatch(/pgi-tryton 0\.9\.0 is not published in/)
+    const both = await pgi(['image', 'publish', '1.4.0', '--store', store, '--patch-from', '1.0.0', '--no-patch'])
+    expect(both.exitCode).toBe(2)
+    expect(existsSync(join(store, 'pgi-tryton', '1.4.0'))).toBe(false)
+    expect((await storedChunks(join(store, 'default.castr'))).size).toBe(before)
   }, 180_000)
 
   it('refuses a tampered image, a store that is a file, and a machine without the signing key; nothing is written', async () => {
