@@ -15,7 +15,10 @@
 //     seen and its error from the target;
 //   - the simulated time to stage --sites establishments (default 500) through a --uplink (1G)
 //     Région uplink with school links drawn uniformly in 2–20 Mbit/s (seeded), full vs delta:
-//     a fluid model, each link capped by its own rate and the uplink shared max-min fairly.
+//     a fluid model, each link capped by its own rate and the uplink shared max-min fairly;
+//   - when --to's delivery.json lists a binary patch from --from (pgi image publish): its size, and
+//     the same real transfer with it (pgi-stage-delta --patch, the old files read from --from's
+//     file system mounted read-only from the seed), uninterrupted then cut at 50 % and resumed.
 // Options: --store DIR, --name N (pgi-tryton), --from V (1.0.0), --to V (2.0.0), --sites N,
 // --uplink RATE, --skip-transfer, --explain IMAGES_DIR (where the delta's bytes are: each new
 // chunk mapped to the files owning its blocks on --to's raw disk, the floor of sending changed
@@ -81,6 +84,16 @@ result.sizes = {
   delta_fraction: +((newBytes + idxTo.length) / full).toFixed(4),
 }
 log(`delta ${from} → ${to}: ${newChunks}/${want.size} chunks new, ${(newBytes / 1e6).toFixed(1)} MB + index ${(idxTo.length / 1e6).toFixed(2)} MB; full ${(full / 1e6).toFixed(1)} MB`)
+// the binary patch from --from, when `pgi image publish` wrote one (src/image/patch.ts): what a guest
+// whose disk still holds --from's bytes fetches instead of the chunks (the index, the patch)
+const patch = (delivery.patches ?? []).find((p) => p.from === from)
+if (patch) {
+  result.sizes.patch_bytes = patch.size_bytes
+  result.sizes.patch_chunks = patch.chunks
+  result.sizes.patch_with_index_bytes = patch.size_bytes + idxTo.length
+  result.sizes.patch_fraction = +((patch.size_bytes + idxTo.length) / full).toFixed(4)
+  log(`patch from ${from}: ${(patch.size_bytes / 1e6).toFixed(1)} MB rebuilds ${patch.chunks} chunks: ${(result.sizes.patch_fraction * 100).toFixed(1)} % of the full image with the index`)
+}
 
 // ---- where the delta goes (--explain IMAGES_DIR) -----------------------------------------------
 if (opt('explain')) {
@@ -197,6 +210,39 @@ if (!flag('skip-transfer')) {
       sha256_ok: resumed.second.sha256 === delivery.raw.sha256,
     }
     log(`cut at ${cutAt} and resumed: ${(resumed.bytes / 1e6).toFixed(1)} MB in all, ratio ${result.cut_and_resume.ratio_to_uninterrupted}`)
+
+    if (patch) {
+      // with the patch: the old files the patch names are read from --from's file system, mounted
+      // read-only from the seed (as a guest reads them from its running root)
+      const mnt = join(work, 'from-root')
+      execFileSync('mkdir', ['-p', mnt])
+      const part = JSON.parse(execFileSync('sfdisk', ['-J', seed], {encoding: 'utf8'})).partitiontable.partitions[0].start * 512
+      const fsLoop = execFileSync('losetup', ['-f', '--show', '-r', '-o', String(part), seed], {encoding: 'utf8'}).trim()
+      execFileSync('mount', ['-o', 'ro,noload', fsLoop, mnt])
+      try {
+        const pargs = (url) => [...args(url), '--patch', `${name}/${to}/${patch.file}`, '--patch-sha256', patch.sha256, '--patch-size', String(patch.size_bytes), '--seed-root', mnt]
+        blank()
+        const t2 = Date.now()
+        const withPatch = await viaSim(dirTarget, async (sim, url) => ({r: await runTool(pargs(url), {PGI_STAGE_DELTA_DIR: join(work, 'state-3')}), bytes: bytesDown(sim)}))
+        if (withPatch.r.state !== 'done') throw new Error(`transfer with the patch failed: ${withPatch.r.error}`)
+        result.with_patch = {bytes_on_link: withPatch.bytes, fraction_of_full: +(withPatch.bytes / full).toFixed(4), chunks_rebuilt: withPatch.r.rebuilt, chunks_spoiled: withPatch.r.rebuild_failed, wall_s: Math.round((Date.now() - t2) / 1000), sha256_ok: withPatch.r.sha256 === delivery.raw.sha256}
+        log(`with the patch: ${(withPatch.bytes / 1e6).toFixed(1)} MB on the link (${(result.with_patch.fraction_of_full * 100).toFixed(1)} %), ${withPatch.r.rebuilt} chunks rebuilt, ${result.with_patch.wall_s} s`)
+        blank()
+        const pcut = Math.floor(withPatch.bytes / 2)
+        const t3 = Date.now()
+        const presumed = await viaSim({...dirTarget, sites: {'bench/1': {cut_at_byte: pcut}}}, async (sim, url) => {
+          const first = await runTool(pargs(url), {PGI_STAGE_DELTA_DIR: join(work, 'state-4')})
+          sim.setConfig(linkSimConfigFrom(dirTarget, 'bench'))
+          const second = await runTool(pargs(url), {PGI_STAGE_DELTA_DIR: join(work, 'state-4')})
+          return {first, second, bytes: bytesDown(sim)}
+        })
+        result.with_patch.cut_and_resume = {cut_at_byte: pcut, first_run: presumed.first.state, bytes_total: presumed.bytes, ratio_to_uninterrupted: +(presumed.bytes / withPatch.bytes).toFixed(4), wall_s: Math.round((Date.now() - t3) / 1000), sha256_ok: presumed.second.sha256 === delivery.raw.sha256}
+        log(`with the patch, cut at ${pcut} and resumed: ratio ${result.with_patch.cut_and_resume.ratio_to_uninterrupted}`)
+      } finally {
+        execFileSync('umount', [mnt])
+        execFileSync('losetup', ['-d', fsLoop])
+      }
+    }
   } finally {
     if (loop) execFileSync('losetup', ['-d', loop])
     await rm(work, {recursive: true, force: true})
@@ -303,6 +349,7 @@ result.fleet = {
   school_links_bps: '2M–20M uniform, seed 22',
   full: schedule(links, full, uplinkBps),
   delta: schedule(links, result.sizes.delta_bytes, uplinkBps),
+  ...(patch ? {delta_with_patch: schedule(links, result.with_patch?.bytes_on_link ?? result.sizes.patch_with_index_bytes, uplinkBps)} : {}),
   // not a measurement: the issue's target for a minor update (5 % of the full image), for scale
   delta_at_5pct: schedule(links, full * 0.05, uplinkBps),
   region_bytes_full: full * sites,
