@@ -207,6 +207,15 @@ describe.skipIf(missing !== undefined)(`pgi-stage-delta --patch, native${missing
     expect(Number(r.out.rebuilt)).toBeGreaterThan(0)
   }, 180_000)
 
+  it('a signed file that is not a patch (or for another disk) costs its bytes, not the staging: chunks only, said in patch_error', async () => {
+    blank()
+    const bogus = randomBytes(5000)
+    writeFileSync(join(dir, 'store', 'pgi-tryton/1.1.0/bogus.pgipatch'), bogus)
+    const r = await tool(args({'--patch': 'pgi-tryton/1.1.0/bogus.pgipatch', '--patch-sha256': createHash('sha256').update(bogus).digest('hex'), '--patch-size': String(bogus.length)}), join(dir, 'state-bogus'))
+    expect(r.out).toMatchObject({state: 'done', sha256: newSha})
+    expect(String(r.out.patch_error)).toMatch(/patch not used: not a pgi patch/)
+  }, 120_000)
+
   it('a patch whose bytes are not the signed ones is refused (and not applied)', async () => {
     blank()
     const r = await tool(args({'--patch-sha256': 'a'.repeat(64)}), join(dir, 'state-bad'))
