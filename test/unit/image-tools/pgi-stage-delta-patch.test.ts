@@ -9,42 +9,23 @@
  * changed on the VM since it was deployed only costs the chunks it spoils (fetched instead); a
  * patch with a wrong digest is refused. Needs root (losetup), casync, debugfs, zstd, python3.
  */
-import {execFileSync, spawn, spawnSync} from 'node:child_process'
+import {execFileSync, spawnSync} from 'node:child_process'
 import {createHash, randomBytes} from 'node:crypto'
 import {cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
-import {dirname, join, resolve} from 'node:path'
-import {fileURLToPath} from 'node:url'
+import {join} from 'node:path'
 
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {mkfsFromTree} from '../../../src/image/ext4.js'
+import {MemoryIo} from '../../../src/io.js'
 import {makePatch, parseExtents, parseIcheck, parseNcheck, parseTypes} from '../../../src/image/patch.js'
 import {CHUNK_SIZE, parseCaibx} from '../../../src/image/publish.js'
 import {linkSimConfigFrom} from '../../../src/lab/link-sim-config.js'
-import {LinkSimulator} from '../../../src/lab/link-sim.js'
-import {MemoryIo} from '../../../src/io.js'
+import type {LinkSimulator} from '../../../src/lab/link-sim.js'
+import {has, serveStore, tool} from './stage-delta-tool.js'
 
-const here = dirname(fileURLToPath(import.meta.url))
-const TOOL = resolve(here, '../../../images/pgi-tryton/files/usr/local/sbin/pgi-stage-delta')
-const has = (cmd: string) => spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0
 const missing = process.getuid?.() !== 0 ? 'not root (losetup)' : ['casync', 'debugfs', 'zstd', 'python3', 'sfdisk', 'mkfs.ext4'].find((t) => !has(t))
-
-async function tool(args: string[], stateDir: string): Promise<{status: number | null; out: Record<string, unknown>}> {
-  const r = await new Promise<{status: number | null; stdout: string; stderr: string}>((ok) => {
-    const c = spawn('python3', [TOOL, ...args], {env: {...process.env, PGI_STAGE_DELTA_DIR: stateDir}, timeout: 120_000})
-    let stdout = ''
-    let stderr = ''
-    c.stdout.on('data', (d: Buffer) => (stdout += d.toString()))
-    c.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
-    c.on('close', (status) => ok({status, stdout, stderr}))
-  })
-  try {
-    return {status: r.status, out: JSON.parse(r.stdout.trim().split('\n').pop() ?? '') as Record<string, unknown>}
-  } catch {
-    return {status: r.status, out: {raw: r.stdout + r.stderr}}
-  }
-}
 
 const SIZE = 48 * 2 ** 20
 const PART = 2 ** 20
@@ -123,9 +104,7 @@ describe.skipIf(missing !== undefined)(`pgi-stage-delta --patch, native${missing
     })
     execFileSync('truncate', ['-s', String(SIZE), join(dir, 'target.img')])
     loop = execFileSync('losetup', ['-f', '--show', join(dir, 'target.img')], {encoding: 'utf8'}).trim()
-    sim = new LinkSimulator({config: linkSimConfigFrom({uplink: {ports: {80: {dir: store}}}}, 'test')})
-    const a = await sim.attach({node: 'lab1', vmid: 1001}, 80, {host: '127.0.0.1', port: 0})
-    port = Number(a.address.split(':')[1])
+    ;({sim, port} = await serveStore(store))
   }, 180_000)
 
   afterAll(async () => {

@@ -7,47 +7,19 @@
  * digest and a target that is not a block device are refused. Needs root (losetup), casync and
  * python3: skipped with the reason otherwise.
  */
-import {execFileSync, spawn, spawnSync} from 'node:child_process'
+import {execFileSync, spawnSync} from 'node:child_process'
 import {createHash, randomBytes} from 'node:crypto'
 import {mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
-import {dirname, join, resolve} from 'node:path'
-import {fileURLToPath} from 'node:url'
+import {join} from 'node:path'
 
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {linkSimConfigFrom} from '../../../src/lab/link-sim-config.js'
-import {LinkSimulator} from '../../../src/lab/link-sim.js'
+import type {LinkSimulator} from '../../../src/lab/link-sim.js'
+import {has, serveStore, tool} from './stage-delta-tool.js'
 
-const here = dirname(fileURLToPath(import.meta.url))
-const TOOL = resolve(here, '../../../images/pgi-tryton/files/usr/local/sbin/pgi-stage-delta')
-const has = (cmd: string) => spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0
 const missing = process.getuid?.() !== 0 ? 'not root (losetup)' : !has('casync') ? 'casync not installed' : !has('losetup') ? 'no losetup' : !has('python3') ? 'no python3' : undefined
-
-interface Run {
-  status: number | null
-  out: Record<string, unknown>
-}
-
-/** Runs the tool without blocking this process: the link simulator serving it lives here. */
-async function tool(args: string[], stateDir: string): Promise<Run> {
-  const r = await new Promise<{status: number | null; stdout: string; stderr: string}>((ok) => {
-    const c = spawn('python3', [TOOL, ...args], {env: {...process.env, PGI_STAGE_DELTA_DIR: stateDir}, timeout: 120_000})
-    let stdout = ''
-    let stderr = ''
-    c.stdout.on('data', (d: Buffer) => (stdout += d.toString()))
-    c.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
-    c.on('close', (status) => ok({status, stdout, stderr}))
-  })
-  const last = r.stdout.trim().split('\n').pop() ?? ''
-  let out: Record<string, unknown> = {}
-  try {
-    out = JSON.parse(last) as Record<string, unknown>
-  } catch {
-    out = {raw: r.stdout + r.stderr}
-  }
-  return {status: r.status, out}
-}
 
 describe.skipIf(missing !== undefined)(`pgi-stage-delta, native${missing ? ` (skipped: ${missing})` : ''}`, () => {
   let dir: string
@@ -74,9 +46,7 @@ describe.skipIf(missing !== undefined)(`pgi-stage-delta, native${missing ? ` (sk
     writeFileSync(join(dir, 'target.img'), Buffer.alloc(0))
     execFileSync('truncate', ['-s', String(SIZE + 512), join(dir, 'target.img')])
     loop = execFileSync('losetup', ['-f', '--show', join(dir, 'target.img')], {encoding: 'utf8'}).trim()
-    sim = new LinkSimulator({config: linkSimConfigFrom({uplink: {ports: {80: {dir: store}}}, sites: {'lab1/1001': {cut_at_byte: 1_500_000}}}, 'test')})
-    const a = await sim.attach({node: 'lab1', vmid: 1001}, 80, {host: '127.0.0.1', port: 0})
-    port = Number(a.address.split(':')[1])
+    ;({sim, port} = await serveStore(store, {cut_at_byte: 1_500_000}))
   }, 60_000)
 
   afterAll(async () => {
