@@ -12,7 +12,7 @@ DEB_PACKAGES=(
   socat                               # lab guests' path to host-side stores (guestfwd relay, src/lab/qemu-uplink.ts)
   genisoimage                         # cloud-init NoCloud seed images (src/qemu/cloudinit.ts)
   mmdebstrap extlinux syslinux-common e2fsprogs dosfstools fdisk mount zstd uidmap  # image build
-  casync                              # image publish: content-defined chunk stores (src/image/publish.ts)
+  casync                              # image publish: content-defined chunk stores (src/image/publish.ts; its binary patches use zstd and debugfs, above)
   age openssh-client openssh-server   # handoff interoperability, SSH to VMs
   restic                              # off-site backups: pgi backup list/prune read the Région's repositories (src/backup)
   openssl iproute2 ca-certificates
