@@ -39,7 +39,7 @@ import {ErrorCode, UserError} from '../errors.js'
 import {requireTools, run} from '../exec.js'
 import type {Io} from '../io.js'
 import {fsTarget} from './ext4.js'
-import type {IndexChunk} from './publish.js'
+import type {IndexChunk} from './caibx.js'
 
 export const PATCH_MAGIC = Buffer.from('PGIPATCH')
 /** The ext4 block size of pgi images (mkfs.ext4 -T default). */
