@@ -458,18 +458,34 @@ export async function stageDelta(t: DeltaTarget, opts: DeltaStageOptions): Promi
   }
   const stale = (st: GuestStageStatus) => before !== undefined && sameVersion && before.state !== 'running' && st.state === before.state && st.started === before.started && st.runs === before.runs
   let startedAt = Date.now()
+  // options an older image's pgi-stage-delta lacks (argparse refuses them: exit 2, "unrecognized
+  // arguments: …"), and how staging goes on without each: the start is retried without them
+  const optional: {flag: string; given: () => boolean; drop: () => void}[] = [
+    {
+      flag: '--patch',
+      given: () => patch !== undefined,
+      drop: () => {
+        opts.io.info(`${t.est.uai}: this image's pgi-stage-delta cannot apply binary patches: fetching chunks only`)
+        patch = undefined
+      },
+    },
+    {
+      flag: '--until',
+      given: () => until !== undefined,
+      drop: () => {
+        opts.io.warn(`${t.est.uai}: this image's pgi-stage-delta cannot stop itself at the transfer window's close (${until!.toISOString()}): its transfer runs on until done`)
+        until = undefined
+      },
+    },
+  ]
   const start = async () => {
     let started = await exec(argsFor(rate), 120_000)
-    if (patch && started.exitcode === 2 && /unrecognized arguments:.*--patch/.test(started.stderr + started.stdout)) {
-      // a pgi-stage-delta from before binary patches: chunks only
-      opts.io.info(`${t.est.uai}: this image's pgi-stage-delta cannot apply binary patches: fetching chunks only`)
-      patch = undefined
-      started = await exec(argsFor(rate), 120_000)
-    }
-    if (until && started.exitcode === 2 && /unrecognized arguments:.*--until/.test(started.stderr + started.stdout)) {
-      // a pgi-stage-delta from before transfer windows: it runs on past the window's close
-      opts.io.warn(`${t.est.uai}: this image's pgi-stage-delta cannot stop itself at the transfer window's close (${until.toISOString()}): its transfer runs on until done`)
-      until = undefined
+    for (;;) {
+      const refused = started.exitcode === 2 ? /unrecognized arguments:(.*)/.exec(started.stderr + started.stdout)?.[1]?.trim().split(/\s+/) : undefined
+      const lacking = optional.filter((o) => o.given() && refused?.includes(o.flag))
+      // each pass drops at least one option given: the loop ends
+      if (!lacking.length) break
+      for (const o of lacking) o.drop()
       started = await exec(argsFor(rate), 120_000)
     }
     const st0 = parseStatus(started.stdout)

@@ -102,6 +102,8 @@ export interface SimStageDelta {
   bytes?: number
   /** The lab's time scale (simulated seconds × scale = real seconds). */
   timeScale: number
+  /** Options of `start` this guest's tool lacks (an older image's): refused as argparse does (exit 2). */
+  lacks?: readonly string[]
 }
 
 export interface GuestEnv {

@@ -8,7 +8,9 @@ import {DATA, fail, iso, ok, sha256, type GuestEnv, type RunResult, type SimStag
  * python3. No disk is assembled: a run "fetches" the guest's delta (`bytes` of the option) at its
  * --rate-limit-bps in simulated time (the lab's time scale), continues from where a stopped run
  * was, and ends `done` with the signed raw sha256. Every start's arguments are appended to
- * STARTS_FILE on the data disk: what a test reads to see the caps pgi gave each guest.
+ * STARTS_FILE on the data disk: what a test reads to see the caps pgi gave each guest. A guest
+ * given `lacks` runs an older tool: a start with one of those options fails as argparse fails
+ * (exit 2, "unrecognized arguments: …" with their values) and is not recorded.
  */
 
 export const STAGE_DELTA_DIR = `${DATA}/.pgi/stage-delta`
@@ -101,6 +103,8 @@ export function simulatedStageDelta(env: GuestEnv, sim: SimStageDelta, args: str
     return ok(JSON.stringify(statusOf(env, sim)) + '\n')
   }
   if (verb !== 'start') return fail(`pgi-stage-delta: the simulated guest knows start, status and stop`, 2)
+  const unknown = args.flatMap((a, i) => (sim.lacks?.includes(a) ? [a, ...(args[i + 1] !== undefined && !args[i + 1]!.startsWith('--') ? [args[i + 1]!] : [])] : []))
+  if (unknown.length) return fail(`usage: pgi-stage-delta [-h] {start,status,stop} ...\npgi-stage-delta: error: unrecognized arguments: ${unknown.join(' ')}`, 2)
   const raw = option(args, '--raw-sha256') ?? ''
   const size = Number(option(args, '--raw-size'))
   const rate = Number(option(args, '--rate-limit-bps') ?? 0)

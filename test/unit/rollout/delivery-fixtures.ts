@@ -40,9 +40,10 @@ export function labInventoryYaml(lab: RolloutLab, extra: Record<string, unknown>
 /**
  * A version's delivery.json and signature in the store folder `dir`, signed by `key`, which the
  * images folder trusts. The raw digest is the local image's (the store must hold the same version's
- * bits) when `images` has that version's manifest, else any.
+ * bits) when `images` has that version's manifest, else any. `extra` adds or replaces fields
+ * (e.g. `patches`).
  */
-export async function publishTestDelivery(dir: string, images: string, version: string, key: Secret = generateSigningKey()): Promise<DeliveryManifest> {
+export async function publishTestDelivery(dir: string, images: string, version: string, key: Secret = generateSigningKey(), extra: Partial<DeliveryManifest> = {}): Promise<DeliveryManifest> {
   let raw = randomBytes(32).toString('hex')
   try {
     raw = (JSON.parse(await readFile(join(images, 'pgi-tryton', version, 'manifest.json'), 'utf8')) as {disk: {raw_sha256: string}}).disk.raw_sha256
@@ -61,6 +62,7 @@ export async function publishTestDelivery(dir: string, images: string, version: 
     raw: {sha256: raw, size_bytes: 3 * 2 ** 30},
     chunks: {count: 10, distinct: 10, stored_bytes: 1_000_000},
     signing: {algorithm: 'ed25519', key_id: keyId(publicKeyOf(key))},
+    ...extra,
   }
   const bytes = Buffer.from(JSON.stringify(d, null, 2) + '\n')
   await mkdir(join(dir, 'pgi-tryton', version), {recursive: true})

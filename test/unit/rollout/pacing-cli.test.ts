@@ -33,6 +33,8 @@ let inv: string
 let env: NodeJS.ProcessEnv
 /** What each guest lacks, by establishment index (changed per test). */
 const lacks = [MiB, 100 * 1024 * MiB]
+/** Options each guest's pgi-stage-delta lacks (an older image's tool), by establishment index. */
+const oldTool: string[][] = [[], []]
 
 const inventoryYaml = (extra: Record<string, unknown> = {}) => labInventoryYaml(lab, {delivery: {store_url: STORE_URL, region_store: store}, ...extra})
 const publishDelivery = (version: string) => publishTestDelivery(store, images, version)
@@ -73,6 +75,7 @@ beforeAll(async () => {
       },
       // asked at every look into a guest, the deploy's included (lab not yet set then)
       bytes: (_node, vmid) => lacks[lab?.inventory.establishments.findIndex((e) => e.vmid === vmid) ?? -1] ?? MiB,
+      lacks: (_node, vmid) => oldTool[lab?.inventory.establishments.findIndex((e) => e.vmid === vmid) ?? -1] ?? [],
     },
   })
   for (const v of ['2026.12.0', '2026.12.3']) {
@@ -214,5 +217,35 @@ describe('stageRollout pacing (service, simulated lab)', () => {
     expect(status).toBe('paused (outside the transfer window, next 2026-12-08 19:00 Europe/Paris)')
     // stopped at the close and started again at the opening, at the same cap
     expect(startsOf(1).slice(before).map((s) => s.rate_limit_bps)).toEqual([512 * KiB, 512 * KiB])
+  }, 60_000)
+
+  it('a guest whose pgi-stage-delta predates binary patches and transfer windows: started again without them, each reason said; the newer guest gets both', async () => {
+    const V = '2026.12.9'
+    await signedTestImage(images, 'pgi-tryton', V)
+    // a patch from the version the guests run (deployed at 2026.11.0)
+    const patch = {from: '2026.11.0', from_raw_sha256: 'ab'.repeat(32), file: 'from-2026.11.0.pgipatch', sha256: 'cd'.repeat(32), size_bytes: 300_000, chunks: 8, chunk_bytes: 500_000}
+    await publishTestDelivery(store, images, V, undefined, {patches: [patch]})
+    lacks.splice(0, 2, 100 * 1024 * MiB, 100 * 1024 * MiB)
+    oldTool.splice(0, 2, ['--patch', '--until'], [])
+    try {
+      const before = [startsOf(0).length, startsOf(1).length]
+      const r = await pgi(['stage', V, '--all', '--transfer', 'delta', '--transfer-window', NIGHTS, '--no-wait'], {now: MON_2100})
+      expect(r.exitCode, r.stderr + JSON.stringify(r.json)).toBe(0)
+      expect((r.json!.result.rows as {outcome: string}[]).map((x) => x.outcome)).toEqual(['started', 'started'])
+      const [old, cur] = [startsOf(0).slice(before[0]), startsOf(1).slice(before[1])]
+      // the refused starts are not runs: one start each, the older tool's without the options it lacks
+      expect(old).toHaveLength(1)
+      expect(old[0]!.args).not.toContain('--patch')
+      expect(old[0]!.args).not.toContain('--until')
+      expect(cur).toHaveLength(1)
+      expect(cur[0]!.args).toEqual(expect.arrayContaining(['--patch', `pgi-tryton/${V}/${patch.file}`, '--patch-sha256', patch.sha256, '--patch-size', String(patch.size_bytes), '--until', String(Date.parse('2026-12-08T06:00:00Z') / 1000)]))
+      const said = r.stderr + r.stdout
+      const uai = lab.inventory.establishments[0]!.uai
+      expect(said).toContain(`${uai}: this image's pgi-stage-delta cannot apply binary patches: fetching chunks only`)
+      expect(said).toMatch(new RegExp(`${uai}: this image's pgi-stage-delta cannot stop itself at the transfer window's close \\(2026-12-08T06:00:00\\.000Z\\)`))
+      expect(said).not.toContain(`${lab.inventory.establishments[1]!.uai}: this image's`)
+    } finally {
+      oldTool.splice(0, 2, [], [])
+    }
   }, 60_000)
 })
