@@ -268,6 +268,9 @@ export async function makePatch(o: MakePatchOptions): Promise<MakePatchResult> {
     if (s?.isFile()) oldSize.set(p, s.size)
   }
 
+  // FROM's bytes end with its image: a VM's OS disk is larger (grown at deploy) and holds other
+  // bytes past that end, so a reference stops there (the publisher would read zeros, the guest not)
+  const fromSize = (await stat(o.from.raw)).size
   const fromDisk = await open(o.from.raw, 'r')
   const toDisk = await open(o.to.raw, 'r')
   const frames: Buffer[] = new Array(missing.length)
@@ -281,7 +284,7 @@ export async function makePatch(o: MakePatchOptions): Promise<MakePatchResult> {
       if (o.signal?.aborted) throw new UserError(ErrorCode.INTERRUPTED, 'interrupted while writing the patch')
       const data = Buffer.alloc(c.size)
       await toDisk.read(data, 0, c.size, c.start)
-      const refs: PatchRef[] = [['d', c.start, c.size]]
+      const refs: PatchRef[] = c.start < fromSize ? [['d', c.start, Math.min(c.size, fromSize - c.start)]] : []
       const spans = new Map<string, [number, number]>()
       if (c.start + c.size > toPart) {
         for (let b = Math.max(0, blockOf(c.start)); b <= blockOf(c.start + c.size - 1); b++) {
@@ -316,17 +319,21 @@ export async function makePatch(o: MakePatchOptions): Promise<MakePatchResult> {
       })))
       const base = join(chunkDir, String(i))
       await writeFile(`${base}.c`, data)
-      await writeFile(`${base}.r`, ref)
-      await run('zstd', [`-${LEVEL}`, '-q', '-f', '--no-progress', `--patch-from=${base}.r`, `${base}.c`, '-o', `${base}.p`], {signal: o.signal}, o.io)
-      const p = await readFile(`${base}.p`)
+      // no reference at all (a chunk past FROM's end that no old file owns): a plain frame
+      let p: Buffer | undefined
+      if (refs.length) {
+        await writeFile(`${base}.r`, ref)
+        await run('zstd', [`-${LEVEL}`, '-q', '-f', '--no-progress', `--patch-from=${base}.r`, `${base}.c`, '-o', `${base}.p`], {signal: o.signal}, o.io)
+        p = await readFile(`${base}.p`)
+      }
       // a frame an eighth of its chunk or less: the reference paid off, no need to try without
       let z: Buffer | undefined
-      if (p.length * 8 > c.size) {
+      if (!p || p.length * 8 > c.size) {
         await run('zstd', [`-${LEVEL}`, '-q', '-f', '--no-progress', `${base}.c`, '-o', `${base}.z`], {signal: o.signal}, o.io)
         z = await readFile(`${base}.z`)
       }
-      const usePatch = !z || p.length < z.length
-      frames[i] = usePatch ? p : z!
+      const usePatch = p !== undefined && (!z || p.length < z.length)
+      frames[i] = usePatch ? p! : z!
       entries[i] = [c.id, c.size, frames[i]!.length, usePatch ? refs : []]
       if (usePatch) patched++
       await Promise.all(['c', 'r', 'p', 'z'].map((e) => rm(`${base}.${e}`, {force: true})))

@@ -7,19 +7,21 @@
  * and tree as the seed. Shows: the disk comes out with the signed digest and far fewer bytes cross
  * the link than with chunks alone; a cut in the patch's download is resumed (Range); a file that
  * changed on the VM since it was deployed only costs the chunks it spoils (fetched instead); a
- * patch with a wrong digest is refused. Needs root (losetup), casync, debugfs, zstd, python3.
+ * new version larger than the old, staged on a VM whose disk is larger still, rebuilds every chunk
+ * (no reference reaches past the old image's end); a patch with a wrong digest is refused. Needs root (losetup), casync, debugfs, zstd, python3.
  */
 import {execFileSync, spawnSync} from 'node:child_process'
 import {createHash, randomBytes} from 'node:crypto'
 import {cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
+import {inflateSync} from 'node:zlib'
 
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {mkfsFromTree} from '../../../src/image/ext4.js'
 import {MemoryIo} from '../../../src/io.js'
-import {makePatch, parseExtents, parseIcheck, parseNcheck, parseTypes} from '../../../src/image/patch.js'
+import {makePatch, parseExtents, parseIcheck, parseNcheck, parseTypes, type PatchHeader} from '../../../src/image/patch.js'
 import {CHUNK_SIZE, parseCaibx} from '../../../src/image/publish.js'
 import {linkSimConfigFrom} from '../../../src/lab/link-sim-config.js'
 import type {LinkSimulator} from '../../../src/lab/link-sim.js'
@@ -193,6 +195,59 @@ describe.skipIf(missing !== undefined)(`pgi-stage-delta --patch, native${missing
     const r = await tool(args({'--patch': 'pgi-tryton/1.1.0/bogus.pgipatch', '--patch-sha256': createHash('sha256').update(bogus).digest('hex'), '--patch-size': String(bogus.length)}), join(dir, 'state-bogus'))
     expect(r.out).toMatchObject({state: 'done', sha256: newSha})
     expect(String(r.out.patch_error)).toMatch(/patch not used: not a pgi patch/)
+  }, 120_000)
+
+  it('an old disk smaller than the new, on a VM whose disk was grown (bytes past the old image\'s end): every chunk still rebuilt', async () => {
+    // disks without a file system (references: the old disk at the same offsets only); the new
+    // one is the old with a few bytes changed and 1 MiB more; the VM's disk holds the old image
+    // and then other bytes, as an OS disk grown at deploy does: a reference reaching past the
+    // old image's end would read them in the guest but zeros in the publisher
+    const store = join(dir, 'store')
+    const castr = join(store, 'default.castr')
+    const old = randomBytes(2 * 2 ** 20)
+    old.writeUInt16LE(0, 510)
+    // the new tail mostly zeros (free space), as a disk's is
+    const tail = Buffer.alloc(2 ** 20)
+    for (let k = 0; k < 16; k++) randomBytes(4096).copy(tail, k * 65_536)
+    const grown = Buffer.concat([old, tail])
+    for (let k = 0; k < 8; k++) grown.writeUInt32LE(k * 7919, 100_000 + k * 250_000)
+    writeFileSync(join(dir, 'small-old.raw'), old)
+    writeFileSync(join(dir, 'small-new.raw'), grown)
+    writeFileSync(join(dir, 'small-vm.raw'), Buffer.concat([old, randomBytes(4 * 2 ** 20)]))
+    for (const [v, raw] of [['2.0.0', 'small-old.raw'], ['2.1.0', 'small-new.raw']] as const) {
+      mkdirSync(join(store, `pgi-tryton/${v}`), {recursive: true})
+      execFileSync('casync', ['make', `--store=${castr}`, '--compression=zstd', `--chunk-size=${CHUNK_SIZE.min}:${CHUNK_SIZE.avg}:${CHUNK_SIZE.max}`, join(store, `pgi-tryton/${v}/disk.caibx`), join(dir, raw)], {stdio: 'ignore'})
+    }
+    const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex')
+    const index = readFileSync(join(store, 'pgi-tryton/2.1.0/disk.caibx'))
+    mkdirSync(join(dir, 'work-small'))
+    const p = await makePatch({
+      name: 'pgi-tryton',
+      from: {version: '2.0.0', raw: join(dir, 'small-old.raw'), rawSha256: sha(old), index: parseCaibx(readFileSync(join(store, 'pgi-tryton/2.0.0/disk.caibx')))},
+      to: {version: '2.1.0', raw: join(dir, 'small-new.raw'), rawSha256: sha(grown), index: parseCaibx(index)},
+      out: join(store, 'pgi-tryton/2.1.0/from-2.0.0.pgipatch'),
+      work: join(dir, 'work-small'),
+      io: new MemoryIo(),
+    })
+    // no reference reaches past the old image's end (what the publisher read there is not what a VM holds)
+    const pack = readFileSync(join(store, 'pgi-tryton/2.1.0/from-2.0.0.pgipatch'))
+    const header = JSON.parse(inflateSync(pack.subarray(12, 12 + pack.readUInt32LE(8))).toString()) as PatchHeader
+    const disk = header.chunks.flatMap((c) => c[3].filter((ref) => ref[0] === 'd'))
+    expect(disk.length).toBeGreaterThan(5)
+    for (const ref of disk) expect(ref[1] + (ref[2] as number)).toBeLessThanOrEqual(old.length)
+    blank()
+    const r = await tool(args({
+      '--index': 'pgi-tryton/2.1.0/disk.caibx',
+      '--index-sha256': sha(index),
+      '--raw-sha256': sha(grown),
+      '--raw-size': String(grown.length),
+      '--seed': join(dir, 'small-vm.raw'),
+      '--patch': 'pgi-tryton/2.1.0/from-2.0.0.pgipatch',
+      '--patch-sha256': p.sha256,
+      '--patch-size': String(p.sizeBytes),
+    }), join(dir, 'state-small'))
+    expect(r.out).toMatchObject({state: 'done', sha256: sha(grown), rebuild_failed: 0})
+    expect(r.out.rebuilt).toBe(p.chunks)
   }, 120_000)
 
   it('a patch whose bytes are not the signed ones is refused (and not applied)', async () => {
