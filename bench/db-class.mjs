@@ -14,8 +14,10 @@
 // Needs root, a build (`npm run build`) and a built image. Without --lab-dir it starts its own
 // qemu lab (one VM), deploys --version from --images-dir (default: the newest in <state
 // dir>/images) and stops the lab at the end; with --lab-dir DIR it uses that running lab and its
-// first establishment (already deployed; PGI_STATE_DIR set to the state dir that started it). --cores N gives the VM N vCPUs (the lab's inventory
-// default is 1; a real deploy's is 2): QEMU runs one host thread per vCPU. Usage:
+// first establishment (already deployed; PGI_STATE_DIR set to the state dir that started it).
+// Its own lab's VM gets a real deploy's vCPUs (the inventory's built-in default, 2; the lab's
+// generated inventory says 1, to keep several VMs on a small host), or --cores N: QEMU runs one
+// host thread per vCPU, so the host should have that many cores free. Usage:
 //   node bench/db-class.mjs [--students 30] [--cores N] [--images-dir DIR] [--version V] [--lab-dir DIR] [--keep]
 // Last line: one JSON object {"bench":"db-class",...}.
 import {mkdtemp, readdir, readFile, rm, writeFile} from 'node:fs/promises'
@@ -40,9 +42,10 @@ const {values: a} = parseArgs({
   },
 })
 const students = Number(a.students)
-const cores = a.cores === undefined ? undefined : Number(a.cores)
-if (cores !== undefined && !(Number.isInteger(cores) && cores >= 1 && cores <= 8)) throw new Error(`--cores ${a.cores}: a whole number from 1 to 8`)
-if (cores !== undefined && a['lab-dir']) throw new Error('--cores applies to the lab this bench starts, not to --lab-dir')
+if (a.cores !== undefined && a['lab-dir']) throw new Error('--cores applies to the lab this bench starts, not to --lab-dir')
+const {BUILTIN_DEFAULTS} = await import(join(root, 'dist', 'src', 'inventory', 'rules.js'))
+const cores = a.cores === undefined ? BUILTIN_DEFAULTS.cores : Number(a.cores)
+if (!(Number.isInteger(cores) && cores >= 1 && cores <= 8)) throw new Error(`--cores ${a.cores}: a whole number from 1 to 8`)
 const log = (m) => process.stderr.write(`${m}\n`)
 const {imagesDir} = await import(join(root, 'dist', 'src', 'paths.js'))
 
@@ -81,7 +84,7 @@ try {
     await must(['lab', 'start', '--backend', 'qemu', '--nodes', '1', '--sites', '1', '--dir', labDir, '--json'], 10 * 60_000)
     env.PGI_INVENTORY = join(labDir, 'inventory', 'lab.yaml')
     env.PGI_SECRETS_DIR = join(labDir, 'secrets')
-    if (cores !== undefined) {
+    {
       // the lab's generated inventory, with the VM's vCPUs changed before the deploy creates it
       const doc = parseDocument(await readFile(env.PGI_INVENTORY, 'utf8'))
       doc.setIn(['defaults', 'cores'], cores)

@@ -982,9 +982,9 @@ def create_database_sql(dst, src):
     (the template's dirty pages reach its files before they are copied) and one after (a crash
     never has to replay the copy: only a WAL record naming it was written). With a template
     nobody writes to (the engine copies a hidden, idle staging copy or a model that no Tryton
-    session holds: see clone) the first finds little to write; both stay cheap as long as
-    copies are not run side by side, which is why a class makes its copies one at a time
-    (_per_student). A checkpoint also ends the WAL's full-page-image cycle: the first write to
+    session holds: see clone) the first finds little to write; copies side by side wait on each
+    other's checkpoints, which is why a class makes at most one copy per CPU and two at most
+    (copies_at_once). A checkpoint also ends the WAL's full-page-image cycle: the first write to
     each page after it logs a full page, a small cost on the next Tryton requests."""
     strategy = ' STRATEGY = FILE_COPY' if server_version_num() >= 150000 else ''
     return 'CREATE DATABASE %s OWNER tryton TEMPLATE %s%s' % (quote_ident(dst), quote_ident(src), strategy)
@@ -1435,22 +1435,37 @@ def make_class(model, students_file, mode='per-student', prefix=None, teacher='p
             'passwords': 'in this output only: the engine keeps none', 'seconds': round(time.monotonic() - started, 2)}
 
 
+def copies_at_once():
+    """How many copies of a class run side by side: one per CPU the VM has, at most two
+    (PGI_DB_COPIES overrides). Under software emulation a copy is CPU-bound in the VM (its kernel
+    creating, writing and fsyncing ~1,500 files), so a second one only pays off on a second CPU:
+    with one vCPU, three side by side took three times as long each; with the two vCPUs a deploy
+    gives, two side by side made a class of 30 faster on average (docs/performance.md, db-class).
+    More than two is not tried: each FILE_COPY asks for two checkpoints, which copies side by
+    side wait on, and a class should not take all of the disk from the lessons going on."""
+    try:
+        n = int(os.environ.get('PGI_DB_COPIES') or 0)
+    except ValueError:
+        n = 0
+    return n if n >= 1 else max(1, min(2, len(os.sched_getaffinity(0))))
+
+
 def _per_student(stage, students, made, users, summary, workers=None):
     """One copy of the staging database per student, then the student's user in it (one statement,
-    from what `users` read in the staging copy). Copies are made one at a time (copy_lock): with
-    FILE_COPY each asks for two checkpoints, and copies side by side made each other wait (3 at a
-    time took 3 times as long per copy as 1 in the VM under emulation). Two threads, each with
-    its own connections: while one copies, the other writes the previous copy's user and puts it
-    in place (and password hashes run in a third: pbkdf2 runs in C without Python's lock).
-    Each database appears under its name only when complete."""
+    from what `users` read in the staging copy). At most copies_at_once() copies at a time (one
+    per CPU, at most two: copy_lock). One thread more than that, each with its own connections:
+    while copies run, another writes a finished copy's user and puts it in place (and password
+    hashes run in their own: pbkdf2 runs in C without Python's lock). Each database appears
+    under its name only when complete."""
     import concurrent.futures
     import threading
     for s in students:
         s['password'] = gen_password()
-    workers = workers or int(os.environ.get('PGI_DB_WORKERS', '2'))
+    copies = copies_at_once()
+    workers = workers or int(os.environ.get('PGI_DB_WORKERS', str(copies + 1)))
     local = threading.local()
     admins = []
-    copy_lock = threading.Lock()
+    copy_lock = threading.BoundedSemaphore(copies)
 
     def admin_conn():
         if getattr(local, 'conn', None) is None:
