@@ -84,12 +84,10 @@ try {
     await must(['lab', 'start', '--backend', 'qemu', '--nodes', '1', '--sites', '1', '--dir', labDir, '--json'], 10 * 60_000)
     env.PGI_INVENTORY = join(labDir, 'inventory', 'lab.yaml')
     env.PGI_SECRETS_DIR = join(labDir, 'secrets')
-    {
-      // the lab's generated inventory, with the VM's vCPUs changed before the deploy creates it
-      const doc = parseDocument(await readFile(env.PGI_INVENTORY, 'utf8'))
-      doc.setIn(['defaults', 'cores'], cores)
-      await writeFile(env.PGI_INVENTORY, doc.toString())
-    }
+    // the lab's generated inventory, with the VM's vCPUs changed before the deploy creates it
+    const doc = parseDocument(await readFile(env.PGI_INVENTORY, 'utf8'))
+    doc.setIn(['defaults', 'cores'], cores)
+    await writeFile(env.PGI_INVENTORY, doc.toString())
     const uai = (await must(['inventory', 'list', '--json'])).json.result[0].uai
     await must(['deploy', uai, '--yes', '--json', '--image', version, '--images-dir', images, '--lab-dir', labDir, '--handoff-dir', join(work, 'handoffs'), '--health-timeout', '1800', '--agent-timeout', '900'])
   } else {

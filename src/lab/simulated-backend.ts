@@ -51,7 +51,7 @@ export interface SimulatedOptions {
     fetch: (url: string) => Buffer | undefined
     bytes?: (node: string, vmid: number) => number
     /** Options of `pgi-stage-delta start` the guest's tool lacks (an older image's, e.g. ['--patch']). */
-    lacks?: (node: string, vmid: number) => readonly string[]
+    refuses?: (node: string, vmid: number) => readonly string[]
   }
 }
 
@@ -502,7 +502,7 @@ export class SimulatedBackend implements VmBackend {
     }
     // the fault is asked at every look (a test may clear it: trytond then answers again)
     const trytondUp = vm.boot.datadisk.ok && !this.#unhealthy(spec.node, spec.vmid, vm.bootedVersion || osVersion)
-    return {hostname: spec.name, osVersion, disk, diskSizeBytes: dataVol?.size ?? 0, osFiles, runFiles: vm.runFiles, boot: vm.boot, trytondUp, accounts: vm.accounts, now: Date.now, ...(this.#stageDelta ? {stageDelta: {fetch: this.#stageDelta.fetch, timeScale: this.#scale, ...(this.#stageDelta.bytes ? {bytes: this.#stageDelta.bytes(spec.node, spec.vmid)} : {}), ...(this.#stageDelta.lacks ? {lacks: this.#stageDelta.lacks(spec.node, spec.vmid)} : {})}} : {})}
+    return {hostname: spec.name, osVersion, disk, diskSizeBytes: dataVol?.size ?? 0, osFiles, runFiles: vm.runFiles, boot: vm.boot, trytondUp, accounts: vm.accounts, now: Date.now, ...(this.#stageDelta ? {stageDelta: {fetch: this.#stageDelta.fetch, timeScale: this.#scale, ...(this.#stageDelta.bytes ? {bytes: this.#stageDelta.bytes(spec.node, spec.vmid)} : {}), ...(this.#stageDelta.refuses ? {refuses: this.#stageDelta.refuses(spec.node, spec.vmid)} : {})}} : {})}
   }
 
   /**

@@ -103,7 +103,7 @@ export interface SimStageDelta {
   /** The lab's time scale (simulated seconds × scale = real seconds). */
   timeScale: number
   /** Options of `start` this guest's tool lacks (an older image's): refused as argparse does (exit 2). */
-  lacks?: readonly string[]
+  refuses?: readonly string[]
 }
 
 export interface GuestEnv {

@@ -9,7 +9,7 @@ import {DATA, fail, iso, ok, sha256, type GuestEnv, type RunResult, type SimStag
  * --rate-limit-bps in simulated time (the lab's time scale), continues from where a stopped run
  * was, and ends `done` with the signed raw sha256. Every start's arguments are appended to
  * STARTS_FILE on the data disk: what a test reads to see the caps pgi gave each guest. A guest
- * given `lacks` runs an older tool: a start with one of those options fails as argparse fails
+ * given `refuses` runs an older tool: a start with one of those options fails as argparse fails
  * (exit 2, "unrecognized arguments: …" with their values) and is not recorded.
  */
 
@@ -103,7 +103,7 @@ export function simulatedStageDelta(env: GuestEnv, sim: SimStageDelta, args: str
     return ok(JSON.stringify(statusOf(env, sim)) + '\n')
   }
   if (verb !== 'start') return fail(`pgi-stage-delta: the simulated guest knows start, status and stop`, 2)
-  const unknown = args.flatMap((a, i) => (sim.lacks?.includes(a) ? [a, ...(args[i + 1] !== undefined && !args[i + 1]!.startsWith('--') ? [args[i + 1]!] : [])] : []))
+  const unknown = args.flatMap((a, i) => (sim.refuses?.includes(a) ? [a, ...(args[i + 1] !== undefined && !args[i + 1]!.startsWith('--') ? [args[i + 1]!] : [])] : []))
   if (unknown.length) return fail(`usage: pgi-stage-delta [-h] {start,status,stop} ...\npgi-stage-delta: error: unrecognized arguments: ${unknown.join(' ')}`, 2)
   const raw = option(args, '--raw-sha256') ?? ''
   const size = Number(option(args, '--raw-size'))

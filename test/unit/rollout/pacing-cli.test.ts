@@ -75,7 +75,7 @@ beforeAll(async () => {
       },
       // asked at every look into a guest, the deploy's included (lab not yet set then)
       bytes: (_node, vmid) => lacks[lab?.inventory.establishments.findIndex((e) => e.vmid === vmid) ?? -1] ?? MiB,
-      lacks: (_node, vmid) => oldTool[lab?.inventory.establishments.findIndex((e) => e.vmid === vmid) ?? -1] ?? [],
+      refuses: (_node, vmid) => oldTool[lab?.inventory.establishments.findIndex((e) => e.vmid === vmid) ?? -1] ?? [],
     },
   })
   for (const v of ['2026.12.0', '2026.12.3']) {
