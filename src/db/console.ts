@@ -44,7 +44,7 @@ const STATUS: Record<number, {code: ErrorCodeValue; exit: ExitCodeValue; next: s
  * answers 127: said so, with what to do.
  */
 export async function runPgiConsole<T>(t: GuestTarget, args: string[], opts: {idempotent?: boolean; timeoutMs?: number} = {}): Promise<T> {
-  const r = await t.api.agentExec(t.node, t.vmid, [GUEST_CONSOLE, ...args], {timeoutMs: opts.timeoutMs ?? 120_000, idempotent: opts.idempotent ?? false})
+  const r = await t.api.agentExec(t.node, t.vmid, [GUEST_CONSOLE, ...args], {timeoutMs: opts.timeoutMs ?? 120_000, idempotent: opts.idempotent ?? false, pollMaxMs: 1000})
   let out: unknown
   try {
     out = JSON.parse(r.stdout.trim().split('\n').slice(-1)[0] ?? '')

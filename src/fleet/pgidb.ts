@@ -62,6 +62,9 @@ export async function runPgiDb<T>(t: GuestTarget, args: string[], opts: PgiDbOpt
   const r = await t.api.agentExec(t.node, t.vmid, [GUEST_DB, ...args], {
     timeoutMs: opts.timeoutMs ?? 600_000,
     idempotent: opts.idempotent ?? false,
+    // someone waits on each of these (a class, a restore): its end seen within a second, not
+    // up to the 5 s the fleet's polling reaches; one status request a second per running command
+    pollMaxMs: 1000,
     ...(opts.inputData !== undefined ? {inputData: opts.inputData} : {}),
   })
   let out: unknown

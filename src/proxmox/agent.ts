@@ -1,6 +1,6 @@
 import {BugError, ErrorCode, TimeoutError, UserError} from '../errors.js'
 import {PveApiError} from './errors.js'
-import type {AgentExecResult, AgentNetworkInterface} from './types.js'
+import type {AgentExecOptions, AgentExecResult, AgentNetworkInterface} from './types.js'
 import {decodeReason, type Params} from './encoding.js'
 import {PveVms} from './vms.js'
 
@@ -41,7 +41,7 @@ export class PveAgentCalls extends PveVms {
     return (await this.agent<unknown[]>('GET', node, vmid, 'get-fsinfo')) ?? []
   }
 
-  async agentExec(node: string, vmid: number, command: string[], opts: {inputData?: string; timeoutMs?: number; idempotent?: boolean} = {}): Promise<AgentExecResult> {
+  async agentExec(node: string, vmid: number, command: string[], opts: AgentExecOptions = {}): Promise<AgentExecResult> {
     if (command.length === 0) throw new UserError(ErrorCode.USAGE, 'agentExec: empty command')
     if (opts.inputData !== undefined && /[^\x00-\x7e]/.test(opts.inputData)) {
       // PVE base64-encodes input-data as bytes: non-ASCII text would be mangled or refused.
@@ -55,6 +55,10 @@ export class PveAgentCalls extends PveVms {
     const timeout = opts.timeoutMs ?? 5 * 60_000
     const start = this.now()
     let d = Math.min(this.pollInitial, 250)
+    // exec-status is asked at growing intervals, up to the client's poll.maxMs (5 s: a fleet's
+    // many commands, each a request to its node); a caller someone waits on at a terminal asks
+    // for a shorter ceiling (pollMaxMs), so a minute-long command is not reported up to 5 s late
+    const pollMax = Math.max(d, Math.min(this.pollMax, opts.pollMaxMs ?? this.pollMax))
     // When the agent misses an answer (PVE pings it with a short timeout first and answers "QEMU
     // guest agent is not running" or "got timeout"), the command goes on in the guest: a guest
     // busy with its own work (a class's nightly dumps under software emulation) can leave its
@@ -101,7 +105,7 @@ export class PveAgentCalls extends PveVms {
         })
       }
       await this.pause(d)
-      d = Math.min(this.pollMax, Math.round(d * 1.5))
+      d = Math.min(pollMax, Math.round(d * 1.5))
     }
   }
 

@@ -95,6 +95,21 @@ export interface PveCloneOptions {
   description?: string
 }
 
+/** How a guest command is run (PveApi.agentExec). */
+export interface AgentExecOptions {
+  /** Given to the command on its standard input (ASCII; the guest agent takes ~60 KB at most). */
+  inputData?: string
+  /** Default 5 min. */
+  timeoutMs?: number
+  /** The command may safely run twice: its start is sent again after a lost answer. */
+  idempotent?: boolean
+  /**
+   * Longest pause between two exec-status polls (default: the client's poll.maxMs, 5 s). Commands
+   * someone waits on at a terminal ask for less, so their end is seen within that time.
+   */
+  pollMaxMs?: number
+}
+
 export interface AgentExecResult {
   exitcode: number
   stdout: string
@@ -183,7 +198,7 @@ export interface PveApi {
    * `idempotent`: the command may safely run twice (a read-only check, a convergent configuration),
    * so its start is sent again after a server fault or a lost answer; otherwise it never is.
    */
-  agentExec(node: string, vmid: number, command: string[], opts?: {inputData?: string; timeoutMs?: number; idempotent?: boolean}): Promise<AgentExecResult>
+  agentExec(node: string, vmid: number, command: string[], opts?: AgentExecOptions): Promise<AgentExecResult>
   agentFileWrite(node: string, vmid: number, file: string, content: string): Promise<void>
   agentFileRead(node: string, vmid: number, file: string): Promise<string>
 

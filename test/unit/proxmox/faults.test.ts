@@ -165,6 +165,23 @@ describe('a non-idempotent write is never sent again blindly', () => {
     expect(fake.calls('POST /nodes/pve1/qemu/100/agent/exec')).toHaveLength(3)
   })
 
+  it("a guest command's end is polled at growing intervals up to poll.maxMs, or up to the caller's pollMaxMs", async () => {
+    const running = ok({exited: 0})
+    const done = ok({exited: 1, exitcode: 0, 'out-data': 'done'})
+    const polls = [...Array.from({length: 12}, () => running), done]
+    const run = async (opts: {pollMaxMs?: number}) => {
+      const fake = new FakePve().on('POST /nodes/pve1/qemu/100/agent/exec', ok({pid: 7})).on('GET /nodes/pve1/qemu/100/agent/exec-status', polls)
+      const clock = new FakeClock()
+      expect((await client(fake, clock).agentExec('pve1', 100, ['/usr/local/sbin/pgi-db', 'class'], opts)).stdout).toBe('done')
+      expect(fake.calls('GET /nodes/pve1/qemu/100/agent/exec-status')).toHaveLength(13)
+      return clock.sleeps
+    }
+    // the fleet's default: ×1.5 from 250 ms up to 5 s
+    expect(await run({})).toEqual([250, 375, 563, 845, 1268, 1902, 2853, 4280, 5000, 5000, 5000, 5000])
+    // a command someone waits on: never more than a second between two polls
+    expect(await run({pollMaxMs: 1000})).toEqual([250, 375, 563, 845, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000])
+  })
+
   it('an idempotent config write (PUT) is sent again after a server fault', async () => {
     const fake = new FakePve().on('PUT /nodes/pve1/qemu/100/config', [fail(500, FAULT), ok(null)])
     await client(fake).updateVmConfig('pve1', 100, {memory: 2048, digest: 'd1'})
