@@ -16,6 +16,7 @@ import type {Io} from './io.js'
 export const TOOL_PACKAGES: Record<string, string> = {
   'qemu-system-x86_64': 'qemu-system-x86',
   'qemu-img': 'qemu-utils',
+  'qemu-io': 'qemu-utils',
   mmdebstrap: 'mmdebstrap',
   extlinux: 'extlinux',
   'mkfs.ext4': 'e2fsprogs',

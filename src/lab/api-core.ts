@@ -4,6 +4,7 @@ import {agentEnabled, HttpError, MASK, randomMac, type Ctx, type LabApiOptions, 
 import {Faults} from './faults.js'
 import {loadPveSchema, releaseOf, type PveSchema} from './pve-schema.js'
 import {ConfigLocks, TaskManager} from './tasks.js'
+import type {DiskAio, DiskCache} from '../qemu/vm.js'
 import {parseSize} from '../size.js'
 import {sleep} from '../sleep.js'
 import {formatSize, ParamError, parseBool, parsePropertyString, splitList, type RawParams} from './validate.js'
@@ -157,7 +158,17 @@ export class LabApiCore {
   /** A VM disk as the backend sees it. */
   protected vmDisk(d: Drive): VmDisk {
     const cloudinit = isCloudinitDrive(d)
-    return {key: d.key, volid: d.file, media: isCdrom(d) ? 'cdrom' : 'disk', serial: d.opts.serial, ...(cloudinit ? {cloudinit: true} : {}), ...(/^(efidisk|tpmstate)0$/.test(d.key) ? {firmware: true} : {})}
+    return {
+      key: d.key,
+      volid: d.file,
+      media: isCdrom(d) ? 'cdrom' : 'disk',
+      serial: d.opts.serial,
+      // the schema's enums are QEMU's own values (parseDrive has checked them)
+      ...(d.opts.cache ? {cache: d.opts.cache as DiskCache} : {}),
+      ...(d.opts.aio ? {aio: d.opts.aio as DiskAio} : {}),
+      ...(cloudinit ? {cloudinit: true} : {}),
+      ...(/^(efidisk|tpmstate)0$/.test(d.key) ? {firmware: true} : {}),
+    }
   }
 
   /** Builds the backend's VmSpec from the current config. */

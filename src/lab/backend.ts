@@ -1,4 +1,5 @@
 import type {AgentExecStatus, AgentFsInfo, AgentNetworkInterface} from '../proxmox/types.js'
+import type {DiskAio, DiskCache} from '../qemu/vm.js'
 
 /**
  * The interface between the lab's Proxmox-VE-compatible API layer (src/lab/server.ts and its
@@ -134,6 +135,9 @@ export interface VmDisk {
   media: 'disk' | 'cdrom'
   /** `serial=` option (the guest sees /dev/disk/by-id/virtio-<serial>). */
   serial?: string
+  /** `cache=` and `aio=` options when the config sets them (else PVE's defaults: src/lab/pve-drive.ts). */
+  cache?: DiskCache
+  aio?: DiskAio
   /** True for the cloud-init drive (`<storage>:cloudinit`). */
   cloudinit?: boolean
   /**

@@ -46,7 +46,19 @@ export interface VmDiskSpec {
   id?: string
   /** Lower boots first; the first virtio disk gets 100 when none is given. */
   bootIndex?: number
+  /**
+   * Host cache mode (QEMU's `cache=`); default `writeback`, the host's page cache (build and test
+   * VMs). The lab gives its VMs PVE's choice instead (src/lab/pve-drive.ts: `none`).
+   */
+  cache?: DiskCache
+  /** Host I/O engine (QEMU's `aio=`); default QEMU's (threads). */
+  aio?: DiskAio
 }
+
+/** QEMU's (and PVE's) drive cache modes. */
+export type DiskCache = 'none' | 'writethrough' | 'writeback' | 'directsync' | 'unsafe'
+/** QEMU's (and PVE's) drive I/O engines. */
+export type DiskAio = 'threads' | 'native' | 'io_uring'
 
 export interface PortForward {
   /** ssh, web, jsonrpc, postgresql… (reported back with the host port). */
@@ -203,7 +215,7 @@ export function qemuArgs(spec: VmLaunchSpec, accel: AccelDecision): string[] {
     const drive = `drive-${id}`
     const fmt = d.format ?? (d.file.endsWith('.raw') || d.file.endsWith('.iso') ? 'raw' : 'qcow2')
     const ro = d.readonly || d.media === 'cdrom'
-    a.push('-drive', `file=${qopt(resolve(d.file))},format=${fmt},if=none,id=${drive},cache=writeback,discard=unmap${ro ? ',readonly=on' : ''}${d.media === 'cdrom' ? ',media=cdrom' : ''}`)
+    a.push('-drive', `file=${qopt(resolve(d.file))},format=${fmt},if=none,id=${drive},cache=${d.cache ?? 'writeback'}${d.aio ? `,aio=${d.aio}` : ''},discard=unmap${ro ? ',readonly=on' : ''}${d.media === 'cdrom' ? ',media=cdrom' : ''}`)
     if (bus === 'virtio') {
       virtioN++
       let dev = `virtio-blk-pci,drive=${drive},id=${id}`

@@ -1,3 +1,4 @@
+import {readFileSync} from 'node:fs'
 import {copyFile, mkdtemp, open, rm} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
@@ -6,6 +7,7 @@ import {afterAll, describe, expect, it} from 'vitest'
 
 import {BackendError, type StorageDef, type TaskContext, type VmSpec} from '../../../src/lab/backend.js'
 import {QemuBackend} from '../../../src/lab/qemu-backend.js'
+import {probeBlockHost} from '../../../src/lab/pve-drive.js'
 import {StderrIo} from '../../../src/io.js'
 import {QmpClient} from '../../../src/qemu/qmp.js'
 import {accelArgs} from '../../../src/qemu/accel.js'
@@ -47,8 +49,18 @@ describe('disk hot-plug on the qemu backend', () => {
     await be.hotplugDisk(spec, {key: 'virtio3', volid: blank.volid, media: 'disk', serial: 'blank'}, ctx)
     const q = await QmpClient.connect(join(dir, 'backend', 'lab1', '100', 'qmp.sock'))
     try {
-      const nodes = await q.execute<{'node-name': string; file: string}[]>('query-named-block-nodes')
+      const nodes = await q.execute<{'node-name': string; file: string; cache: unknown}[]>('query-named-block-nodes')
       expect(nodes.find((n) => n['node-name'] === 'drive-virtio3')?.file).toBe(join(dir, 'lab1', 'local-vm', 'images', '100', 'vm-100-disk-1.raw'))
+      // PVE's block settings (src/lab/pve-drive.ts), at start and when hot-plugged: direct I/O
+      // (cache=none) with the guest's flushes kept, on a host whose directory takes O_DIRECT
+      const host = await probeBlockHost(join(dir, 'lab1', 'local-vm'))
+      const cacheOf = (name: string) => nodes.find((n) => n['node-name'] === name)?.cache
+      expect(cacheOf('drive-virtio3')).toMatchObject({direct: host.direct, 'no-flush': false})
+      // (whether the device caches writes is the guest driver's choice: SeaBIOS alone says no)
+      const blocks = await q.execute<{device: string; inserted?: {cache: unknown}}[]>('query-block')
+      expect(blocks.find((b) => b.device === 'drive-virtio0')?.inserted?.cache).toMatchObject({direct: host.direct, 'no-flush': false})
+      const cmdline = readFileSync(`/proc/${readFileSync(join(dir, 'backend', 'lab1', '100', 'qemu.pid'), 'utf8').trim()}/cmdline`, 'utf8').split('\0')
+      expect(cmdline.find((a) => a.includes('id=drive-virtio0'))).toContain(`cache=${host.direct ? 'none' : 'writeback'},aio=${host.ioUring ? 'io_uring' : host.direct ? 'native' : 'threads'},`)
       const peripherals = await q.execute<{name: string; type: string}[]>('qom-list', {path: '/machine/peripheral'})
       expect(peripherals).toContainEqual({name: 'virtio3', type: 'child<virtio-blk-pci>'})
       expect(await q.execute('qom-get', {path: '/machine/peripheral/virtio3/virtio-backend', property: 'serial'})).toBe('blank')
