@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // Teachers' console benchmark on a real VM (needs root, a built pgi: `npm run build`, and a built
-// pgi-tryton image): boots the image under QEMU (KVM when it works, else TCG, as the lab) with a
+// pgi-tryton image): boots the image under QEMU (KVM when it works, else TCG, as the lab; disks with
+// the cache and aio PVE gives them, src/lab/pve-drive.ts) with a
 // blank data disk, applies pgi-configure, makes a teacher with `pgi-console teacher add` over the
 // guest agent, then drives the console over HTTPS (TLS verified against the VM's certificate, one
 // kept-alive connection, as a browser) and reports:
@@ -24,6 +25,7 @@ const opt = (name, def) => {
 const {verifyImage} = await import('../dist/src/image/images.js')
 const {imagesDir} = await import('../dist/src/paths.js')
 const {QemuVm, userNetFor, writeSeedImage} = await import('../dist/src/qemu/index.js')
+const {probeBlockHost, pveBlockSettings} = await import('../dist/src/lab/pve-drive.js')
 const {run} = await import('../dist/src/exec.js')
 const {StderrIo} = await import('../dist/src/io.js')
 const {generatePassword} = await import('../dist/src/secrets/store.js')
@@ -47,6 +49,9 @@ try {
   await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', diskPath, os], {}, io)
   await run('qemu-img', ['create', '-q', '-f', 'qcow2', join(dir, 'data.qcow2'), '8G'], {}, io)
   await writeSeedImage({hostname: 'pgi-bench', user: 'ami', nics: [{name: 'eth0', ipconfig: {ip: '10.0.2.15/24', gw: '10.0.2.2'}}]}, join(dir, 'seed.iso'), io)
+  // the disks' cache and aio as PVE (and the lab) give them: direct I/O, io_uring
+  const block = pveBlockSettings({media: 'disk'}, await probeBlockHost(dir))
+  if (block.note) log(block.note)
   const t0 = Date.now()
   vm = await QemuVm.launch(
     {
@@ -55,8 +60,8 @@ try {
       memoryMiB: 2048,
       cpus: 2,
       disks: [
-        {file: os, format: 'qcow2', id: 'virtio0'},
-        {file: join(dir, 'data.qcow2'), format: 'qcow2', id: 'virtio1', serial: 'pgi-data'},
+        {file: os, format: 'qcow2', id: 'virtio0', cache: block.cache, aio: block.aio},
+        {file: join(dir, 'data.qcow2'), format: 'qcow2', id: 'virtio1', serial: 'pgi-data', cache: block.cache, aio: block.aio},
       ],
       seedImage: join(dir, 'seed.iso'),
       network: userNetFor('10.0.2.15', 24, '10.0.2.2', [{name: 'https', guestPort: manifest.ports?.https ?? 443}]),
