@@ -9,7 +9,10 @@
 // encrypted passwords file). Also measured: `pgi db list` on the 31 databases, and `pgi db drop`
 // of one (its final dump). The host is shared: besides the wall time it reports the host CPU
 // seconds the VM's QEMU process spent during the class (`vmHostCpuS`: what the emulated guest
-// cost, far less sensitive to other jobs than the wall time) and the load average before and after.
+// cost, far less sensitive to other jobs than the wall time), the load average before and after,
+// the host's speed before and after (`hostCalibrationMs`: a fixed deflate job; lower is faster)
+// and the VM's uptime when the class starts (`vmUptimeS`: a VM just deployed is still finishing
+// its boot's work).
 //
 // Needs root, a build (`npm run build`) and a built image. Without --lab-dir it starts its own
 // qemu lab (one VM), deploys --version from --images-dir (default: the newest in <state
@@ -25,6 +28,7 @@ import {cpus, loadavg, tmpdir, totalmem} from 'node:os'
 import {dirname, join, resolve} from 'node:path'
 import {fileURLToPath} from 'node:url'
 import {parseArgs} from 'node:util'
+import {deflateSync} from 'node:zlib'
 
 import {parseDocument} from 'yaml'
 
@@ -63,6 +67,31 @@ async function cpuSeconds(pid) {
   return (Number(f[11]) + Number(f[12])) / 100
 }
 const load1 = () => Math.round(loadavg()[0] * 100) / 100
+/**
+ * How fast the host's CPU is right now: the milliseconds of a fixed single-threaded job (deflate
+ * of 8 MiB of pseudo-random letters: branchy integer code, as QEMU's translated code is). The
+ * shared host's speed drifts (the same class cost the VM 85 s of host CPU one hour and 120 s
+ * half an hour later, nothing else running, no steal time reported): runs are comparable side
+ * by side, or with this figure beside them.
+ */
+function hostCalibrationMs() {
+  const buf = Buffer.alloc(8 * 2 ** 20)
+  let x = 1
+  for (let i = 0; i < buf.length; i++) {
+    x = (Math.imul(x, 1103515245) + 12345) >>> 0
+    buf[i] = 97 + ((x >>> 16) & 15)
+  }
+  const t = performance.now()
+  deflateSync(buf, {level: 6})
+  return Math.round(performance.now() - t)
+}
+/** Seconds since the process started (the VM's uptime, from its QEMU process). */
+async function uptimeSeconds(pid) {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8')
+  const startTicks = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19])
+  const up = Number((await readFile('/proc/uptime', 'utf8')).split(' ')[0])
+  return Math.round(up - startTicks / 100)
+}
 
 /** Runs bin/run.js (bench/pgi-cli.js; not a benchmark: run-all takes bench/*.mjs) with this bench's environment. */
 const pgi = (args, timeoutMs) => runPgi(env, args, timeoutMs)
@@ -105,11 +134,14 @@ try {
   const csv = join(work, 'classe.csv')
   await writeFile(csv, ['Nom;Prénom;Classe', ...Array.from({length: students}, (_, i) => `ÉLÈVE${String.fromCharCode(65 + (i % 26))}${i};Prénom${i};BTS BANC`)].join('\n') + '\n')
   log(`pgi db class: ${students} per-student databases from ${model}`)
+  const calibrationBefore = hostCalibrationMs()
+  const vmUptimeS = await uptimeSeconds(qemuPid)
   const loadStart = load1()
   const cpu0 = await cpuSeconds(qemuPid)
   const cls = await must(['db', 'class', uai, '--model', model, '--students', csv, '--prefix', prefix, '--out', join(work, 'classes'), '--json'])
   const vmHostCpuS = Math.round(((await cpuSeconds(qemuPid)) - cpu0) * 10) / 10
   const loadEnd = load1()
+  const calibrationAfter = hostCalibrationMs()
   const r = cls.json.result
   const listed = await must(['db', 'list', uai, '--json'])
   const dbs = listed.json.result.establishments[0].databases.length
@@ -130,6 +162,8 @@ try {
     vmHostCpuS,
     vmCores,
     hostLoad: {start: loadStart, end: loadEnd},
+    hostCalibrationMs: {before: calibrationBefore, after: calibrationAfter},
+    vmUptimeS,
     cliStartS: Math.round(start.ms / 100) / 10,
     createModelS: Math.round(created.ms / 100) / 10,
     listS: Math.round(listed.ms / 100) / 10,

@@ -63,6 +63,11 @@ export function pveBlockSettings(drive: DriveOptions, host: BlockHost): BlockSet
   return {...(cache ? {cache} : {}), aio, ...(note ? {note} : {})}
 }
 
+/** A cache mode as QMP's blockdev-add takes it (`none`: direct I/O with the guest's flushes kept; undefined: writeback). */
+export function qmpCache(cache: DiskCache | undefined): {direct: boolean; 'no-flush': boolean} {
+  return {direct: cache !== undefined && DIRECT_MODES.has(cache), 'no-flush': cache === 'unsafe'}
+}
+
 /**
  * What `dir` takes, found with qemu-io on a scratch file there (QEMU's own block layer: the
  * answer is the one a VM's start would meet). Two writes and a flush, tens of milliseconds.
@@ -78,5 +83,25 @@ export async function probeBlockHost(dir: string): Promise<BlockHost> {
     return {direct, ioUring}
   } finally {
     await rm(file, {force: true})
+  }
+}
+
+/**
+ * The block settings of a node's disks, each storage directory probed once (a lab's VMs start
+ * many times: the probe's qemu-io runs are not paid again).
+ */
+export class BlockSettingsCache {
+  readonly #hosts = new Map<string, Promise<BlockHost>>()
+
+  /** PVE's settings for `drive` on the storage directory `root`; `log` gets the note when the lab must differ. */
+  async settings(root: string, drive: DriveOptions & {key: string}, log: (line: string) => void): Promise<{cache?: DiskCache; aio: DiskAio}> {
+    let host = this.#hosts.get(root)
+    if (!host) {
+      host = probeBlockHost(root)
+      this.#hosts.set(root, host)
+    }
+    const b = pveBlockSettings(drive, await host)
+    if (b.note) log(`${drive.key}: ${b.note}`)
+    return {...(b.cache ? {cache: b.cache} : {}), aio: b.aio}
   }
 }

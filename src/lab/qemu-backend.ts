@@ -7,8 +7,8 @@ import {decideAccel, type AccelDecision} from '../qemu/accel.js'
 import {seedFiles, writeSeedImage, type SeedSpec} from '../qemu/cloudinit.js'
 import type {QgaClient} from '../qemu/qga.js'
 import {sleep} from '../sleep.js'
-import {QemuVm, userNetFor, type DiskAio, type DiskCache, type PortForward, type UserNetSpec, type VmDiskSpec} from '../qemu/vm.js'
-import {pveBlockSettings, probeBlockHost, type BlockHost} from './pve-drive.js'
+import {QemuVm, userNetFor, type PortForward, type UserNetSpec, type VmDiskSpec} from '../qemu/vm.js'
+import {BlockSettingsCache, qmpCache} from './pve-drive.js'
 import {qemuGuestAgent} from './qemu-agent.js'
 import {QemuStorages} from './qemu-storage.js'
 import {BackendError, type BackendInit, type DiskAllocation, type GuestAgent, type StorageContent, type TaskContext, type VmAccess, type VmBackend, type VmDisk, type VmRuntimeStatus, type VmSpec, type VolumeInfo} from './backend.js'
@@ -82,8 +82,7 @@ export class QemuBackend implements VmBackend {
   readonly #vms = new Map<string, RunningVm>()
   /** The storages' volumes (qemu-storage.ts), made at init. */
   #vols!: QemuStorages
-  /** What each storage directory takes (O_DIRECT, io_uring), probed once (src/lab/pve-drive.ts). */
-  readonly #blockHosts = new Map<string, Promise<BlockHost>>()
+  readonly #block = new BlockSettingsCache() // PVE's cache and aio for each disk (src/lab/pve-drive.ts)
   #linkSim: LinkSimulator | undefined
   #socat = false
 
@@ -270,18 +269,6 @@ export class QemuBackend implements VmBackend {
     return userNetFor(DHCP_DEFAULT.address, DHCP_DEFAULT.prefix, DHCP_DEFAULT.gateway, FORWARDED_PORTS, nic.macaddr)
   }
 
-  /** PVE's cache and aio for a disk on `root` (a storage's directory on this node), said in the task log when the lab must differ. */
-  async #blockSettings(root: string, disk: VmDisk, ctx: TaskContext): Promise<{cache?: DiskCache; aio: DiskAio}> {
-    let host = this.#blockHosts.get(root)
-    if (!host) {
-      host = probeBlockHost(root)
-      this.#blockHosts.set(root, host)
-    }
-    const b = pveBlockSettings(disk, await host)
-    if (b.note) ctx.log(`${disk.key}: ${b.note}`)
-    return {...(b.cache ? {cache: b.cache} : {}), aio: b.aio}
-  }
-
   async start(spec: VmSpec, ctx: TaskContext): Promise<void> {
     if (this.#running(spec.node, spec.vmid)) throw new BackendError(`VM ${spec.vmid} already running`)
     const disks: VmDiskSpec[] = []
@@ -296,16 +283,14 @@ export class QemuBackend implements VmBackend {
       if (!existsSync(p.path)) throw new BackendError(`start failed: volume '${d.volid}' does not exist`)
       const fmt = p.content === 'images' ? ((await this.#vols.imgInfo(p.path)).format as 'qcow2' | 'raw') : 'raw'
       const ide = /^ide(\d)$/.exec(d.key)
-      if (d.media === 'cdrom' || ide) {
-        if (!ide) {
-          ctx.log(`warning: ${d.key}: CD-ROMs are attached on IDE only in the lab; skipped`)
-          continue
-        }
-        disks.push({file: p.path, format: fmt, bus: 'ide', ideIndex: Number(ide[1]), media: d.media, id: d.key, readonly: d.media === 'cdrom', ...(await this.#blockSettings(p.storage.path(spec.node), d, ctx))})
+      if (d.media === 'cdrom' && !ide) {
+        ctx.log(`warning: ${d.key}: CD-ROMs are attached on IDE only in the lab; skipped`)
         continue
       }
+      const block = {file: p.path, format: fmt, id: d.key, ...(await this.#block.settings(p.storage.path(spec.node), d, ctx.log))}
       // scsi/sata disks are presented as virtio-blk (the lab has one disk controller model)
-      disks.push({file: p.path, format: fmt, bus: 'virtio', id: d.key, serial: d.serial, ...(d.key === boot ? {bootIndex: 100} : {}), ...(await this.#blockSettings(p.storage.path(spec.node), d, ctx))})
+      if (ide) disks.push({...block, bus: 'ide', ideIndex: Number(ide[1]), media: d.media, readonly: d.media === 'cdrom'})
+      else disks.push({...block, bus: 'virtio', serial: d.serial, ...(d.key === boot ? {bootIndex: 100} : {})})
     }
     if (!disks.some((d) => d.bootIndex !== undefined)) {
       const first = disks.find((d) => d.bus === 'virtio')
@@ -416,11 +401,9 @@ export class QemuBackend implements VmBackend {
     const node = `drive-${disk.key}`
     const q = await r.vm.qmp()
     try {
-      // the same block settings as a disk given at start: PVE's cache and aio (src/lab/pve-drive.ts),
-      // discard unmap (src/qemu/vm.ts); `cache=none` is direct I/O with flushes kept
-      const b = await this.#blockSettings(p.storage.path(spec.node), disk, ctx)
-      const cache = {direct: b.cache === 'none' || b.cache === 'directsync', 'no-flush': b.cache === 'unsafe'}
-      await q.execute('blockdev-add', {'node-name': node, driver: format, discard: 'unmap', cache, file: {driver: 'file', filename: p.path, discard: 'unmap', aio: b.aio, cache}}, 30_000)
+      // as at start: PVE's cache and aio (src/lab/pve-drive.ts), discard unmap (src/qemu/vm.ts)
+      const b = await this.#block.settings(p.storage.path(spec.node), disk, ctx.log)
+      await q.execute('blockdev-add', {'node-name': node, driver: format, discard: 'unmap', cache: qmpCache(b.cache), file: {driver: 'file', filename: p.path, discard: 'unmap', aio: b.aio, cache: qmpCache(b.cache)}}, 30_000)
       try {
         // scsi/sata disks are presented as virtio-blk, as at start (the lab has one disk controller model)
         await q.execute('device_add', {driver: 'virtio-blk-pci', id: disk.key, drive: node, ...(disk.serial ? {serial: disk.serial} : {})}, 30_000)
