@@ -18,6 +18,8 @@ changes compares equal when its values do.
 """
 from decimal import Decimal
 
+from pgilib import PUBLIC_TABLES_SQL  # the catalog, not information_schema (see there)
+
 BUSINESS_TABLES = (
     ('parties', 'party_party'),
     ('products', 'product_template'),
@@ -66,7 +68,7 @@ def amount(v):
 def figures(conn):
     """The figures of the database `conn` is connected to (psycopg2 connection)."""
     with conn.cursor() as cur:
-        cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
+        cur.execute(PUBLIC_TABLES_SQL)
         present = {r[0] for r in cur.fetchall()}
         counts = {}
         for key, table in BUSINESS_TABLES:

@@ -238,7 +238,7 @@ def _psql_file(path):
 
 
 def _has_table(db, table):
-    return bool(psql("SELECT 1 FROM information_schema.tables WHERE table_schema = 'public' AND table_name = %s", db=db, params=(table,)))
+    return psql("SELECT to_regclass(format('public.%%I', %s)) IS NOT NULL", db=db, params=(table,))[0][0] == 'True'
 
 
 def _restore(name, dump):
