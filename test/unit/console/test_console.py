@@ -270,8 +270,18 @@ class TestConsole(ConsoleTest):
     def test_passwords_are_argon2_and_codes_are_not_kept(self):
         _, email, _ = self.teacher()
         row = self.db.execute('SELECT password_hash, setup_code_hash FROM accounts WHERE email = ?', (email,)).fetchone()
-        self.assertTrue(row['password_hash'].startswith('$argon2id$'))
+        self.assertTrue(row['password_hash'].startswith('$argon2id$v=19$m=19456,t=2,p=2$'), row['password_hash'])
         self.assertIsNone(row['setup_code_hash'])
+        # a hash made with the earlier parameters (1 lane) still lets its teacher in, and is remade
+        from argon2 import PasswordHasher, Type
+        old = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1, hash_len=32, salt_len=16, type=Type.ID).hash('Earlier-pw-789')
+        self.db.execute('UPDATE accounts SET password_hash = ? WHERE email = ?', (old, email))
+        self.db.commit()
+        r = Client(self.app, ip='198.51.100.21').post('/console/connexion', {'email': email, 'password': 'Earlier-pw-789'})
+        self.assertEqual(r.status_code, 302)
+        remade = self.db.execute('SELECT password_hash FROM accounts WHERE email = ?', (email,)).fetchone()['password_hash']
+        self.assertTrue(remade.startswith('$argon2id$v=19$m=19456,t=2,p=2$'), remade)
+        self.assertTrue(security.verify_password(remade, 'Earlier-pw-789')[0])
         # the store holds no student password in clear
         t, _, _ = self.teacher()
         cid, _ = self.make_class(t, 'Secrets')
