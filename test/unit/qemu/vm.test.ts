@@ -103,6 +103,14 @@ describe('qemuArgs', () => {
     expect(opt(a, '-drive')[0]).toMatch(/^file=\/x\/a,,b\.qcow2,/)
     expect(() => qemuArgs({...spec, disks: [{file: '/x/a.qcow2', serial: 'bad serial'}]}, tcg)).toThrow(/serial/)
   })
+
+  it("gives a disk the cache and aio it is asked for (the lab: PVE's), the host cache otherwise", () => {
+    const a = qemuArgs({...spec, network: undefined, seedImage: undefined, disks: [{file: '/x/a.qcow2', cache: 'none', aio: 'io_uring'}, {file: '/x/b.qcow2'}]}, tcg)
+    expect(opt(a, '-drive')).toEqual([
+      'file=/x/a.qcow2,format=qcow2,if=none,id=drive-virtio0,cache=none,aio=io_uring,discard=unmap',
+      'file=/x/b.qcow2,format=qcow2,if=none,id=drive-virtio1,cache=writeback,discard=unmap',
+    ])
+  })
 })
 
 describe('parseUsernet', () => {
