@@ -97,11 +97,15 @@ export class BlockSettingsCache {
   async settings(root: string, drive: DriveOptions & {key: string}, log: (line: string) => void): Promise<{cache?: DiskCache; aio: DiskAio}> {
     let host = this.#hosts.get(root)
     if (!host) {
-      host = probeBlockHost(root)
+      // a failed probe (qemu-io missing, the directory unwritable) is not kept: the next start asks again
+      host = probeBlockHost(root).catch((error: unknown) => {
+        this.#hosts.delete(root)
+        throw error
+      })
       this.#hosts.set(root, host)
     }
-    const b = pveBlockSettings(drive, await host)
-    if (b.note) log(`${drive.key}: ${b.note}`)
-    return {...(b.cache ? {cache: b.cache} : {}), aio: b.aio}
+    const {note, ...settings} = pveBlockSettings(drive, await host)
+    if (note) log(`${drive.key}: ${note}`)
+    return settings
   }
 }
