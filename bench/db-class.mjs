@@ -18,10 +18,12 @@
 // qemu lab (one VM), deploys --version from --images-dir (default: the newest in <state
 // dir>/images) and stops the lab at the end; with --lab-dir DIR it uses that running lab and its
 // first establishment (already deployed; PGI_STATE_DIR set to the state dir that started it).
-// Its own lab's VM gets a real deploy's vCPUs (the inventory's built-in default, 2; the lab's
-// generated inventory says 1, to keep several VMs on a small host), or --cores N: QEMU runs one
-// host thread per vCPU, so the host should have that many cores free. Usage:
-//   node bench/db-class.mjs [--students 30] [--cores N] [--images-dir DIR] [--version V] [--lab-dir DIR] [--keep]
+// Its own lab's VM gets a real deploy's vCPUs and memory (the inventory's built-in defaults, 2 and
+// 4096 MiB; the lab's generated inventory says 1 and 1024, to keep several VMs on a small host),
+// or --cores N / --memory-mb M: QEMU runs one host thread per vCPU, so the host should have that
+// many cores free. With 1024 MiB the guest's page cache cannot hold a class's copies and its
+// kernel spends the class reclaiming it (kswapd) and reading the staging copy again. Usage:
+//   node bench/db-class.mjs [--students 30] [--cores N] [--memory-mb M] [--images-dir DIR] [--version V] [--lab-dir DIR] [--keep]
 // Last line: one JSON object {"bench":"db-class",...}.
 import {mkdtemp, readdir, readFile, rm, writeFile} from 'node:fs/promises'
 import {cpus, loadavg, tmpdir, totalmem} from 'node:os'
@@ -39,6 +41,7 @@ const {values: a} = parseArgs({
   options: {
     students: {type: 'string', default: '30'},
     cores: {type: 'string'},
+    'memory-mb': {type: 'string'},
     'images-dir': {type: 'string'},
     version: {type: 'string'},
     'lab-dir': {type: 'string'},
@@ -46,10 +49,12 @@ const {values: a} = parseArgs({
   },
 })
 const students = Number(a.students)
-if (a.cores !== undefined && a['lab-dir']) throw new Error('--cores applies to the lab this bench starts, not to --lab-dir')
+if ((a.cores !== undefined || a['memory-mb'] !== undefined) && a['lab-dir']) throw new Error('--cores and --memory-mb apply to the lab this bench starts, not to --lab-dir')
 const {BUILTIN_DEFAULTS} = await import(join(root, 'dist', 'src', 'inventory', 'rules.js'))
 const cores = a.cores === undefined ? BUILTIN_DEFAULTS.cores : Number(a.cores)
 if (!(Number.isInteger(cores) && cores >= 1 && cores <= 8)) throw new Error(`--cores ${a.cores}: a whole number from 1 to 8`)
+const memoryMb = a['memory-mb'] === undefined ? BUILTIN_DEFAULTS.memoryMb : Number(a['memory-mb'])
+if (!(Number.isInteger(memoryMb) && memoryMb >= 512 && memoryMb <= 16384)) throw new Error(`--memory-mb ${a['memory-mb']}: a whole number from 512 to 16384`)
 const log = (m) => process.stderr.write(`${m}\n`)
 const {imagesDir} = await import(join(root, 'dist', 'src', 'paths.js'))
 
@@ -101,6 +106,22 @@ const must = async (args, timeoutMs) => {
   return r
 }
 
+// The guest's own CPU accounting (/proc/stat, all vCPUs summed, seconds), read through the VM's
+// guest agent socket: where the VM's time went during the class (user: PostgreSQL and the engine;
+// system: the guest kernel's file creation, copies and fsyncs; idle: waiting on the disk or nothing).
+async function guestCpu(dir, est) {
+  const {QgaClient} = await import('../dist/src/qemu/qga.js')
+  try {
+    const r = await new QgaClient(join(dir, 'backend', est.node, String(est.vmid), 'qga.sock'), {timeoutMs: 10_000}).run(['/bin/cat', '/proc/stat'], {timeoutMs: 30_000})
+    const f = r.stdout.split('\n')[0].trim().split(/\s+/).slice(1).map(Number)
+    const names = ['user', 'nice', 'system', 'idle', 'iowait', 'irq', 'softirq', 'steal']
+    return Object.fromEntries(names.map((n, i) => [n, (f[i] ?? 0) / 100]))
+  } catch (e) {
+    log(`guest CPU accounting unavailable: ${e.message}`)
+    return null
+  }
+}
+
 let labDir = a['lab-dir'] ? resolve(a['lab-dir']) : join(work, 'lab')
 const ownLab = !a['lab-dir']
 let result
@@ -116,6 +137,7 @@ try {
     // the lab's generated inventory, with the VM's vCPUs changed before the deploy creates it
     const doc = parseDocument(await readFile(env.PGI_INVENTORY, 'utf8'))
     doc.setIn(['defaults', 'cores'], cores)
+    doc.setIn(['defaults', 'memory_mb'], memoryMb)
     await writeFile(env.PGI_INVENTORY, doc.toString())
     const uai = (await must(['inventory', 'list', '--json'])).json.result[0].uai
     await must(['deploy', uai, '--yes', '--json', '--image', version, '--images-dir', images, '--lab-dir', labDir, '--handoff-dir', join(work, 'handoffs'), '--health-timeout', '1800', '--agent-timeout', '900'])
@@ -127,6 +149,7 @@ try {
   const uai = est.uai
   const inv = parseDocument(await readFile(env.PGI_INVENTORY, 'utf8')).toJS()
   const vmCores = inv.establishments?.find((e) => e.uai === uai)?.cores ?? inv.defaults?.cores
+  const vmMemoryMb = inv.establishments?.find((e) => e.uai === uai)?.memory_mb ?? inv.defaults?.memory_mb
   const qemuPid = Number((await readFile(join(labDir, 'backend', est.node, String(est.vmid), 'qemu.pid'), 'utf8')).trim())
   const model = `bench_modele_${Date.now().toString(36)}`
   const created = await must(['db', 'create', uai, model, '--company', 'Entreprise du banc', '--json'])
@@ -137,9 +160,12 @@ try {
   const calibrationBefore = hostCalibrationMs()
   const vmUptimeS = await uptimeSeconds(qemuPid)
   const loadStart = load1()
+  const stat0 = await guestCpu(labDir, est)
   const cpu0 = await cpuSeconds(qemuPid)
   const cls = await must(['db', 'class', uai, '--model', model, '--students', csv, '--prefix', prefix, '--out', join(work, 'classes'), '--json'])
   const vmHostCpuS = Math.round(((await cpuSeconds(qemuPid)) - cpu0) * 10) / 10
+  const stat1 = await guestCpu(labDir, est)
+  const guestCpuS = stat0 && stat1 ? Object.fromEntries(Object.keys(stat1).map((k) => [k, Math.round((stat1[k] - stat0[k]) * 10) / 10])) : null
   const loadEnd = load1()
   const calibrationAfter = hostCalibrationMs()
   const r = cls.json.result
@@ -160,7 +186,9 @@ try {
     method: r.method,
     outsideEngineS: Math.round((wallS - r.seconds) * 10) / 10,
     vmHostCpuS,
+    guestCpuS,
     vmCores,
+    vmMemoryMb,
     hostLoad: {start: loadStart, end: loadEnd},
     hostCalibrationMs: {before: calibrationBefore, after: calibrationAfter},
     vmUptimeS,
