@@ -7,8 +7,11 @@
 // kept-alive connection, as a browser) and reports:
 //   - each main page's server time: the application's own (Server-Timing) and the round trip
 //     through nginx's TLS, median and max over --repeat GETs (the first, cold, reported apart);
+//   - the forms' server time: once each right after the boot, then --repeat times each on the
+//     settled VM (activation, teacher login, AMI login; a new session each time);
 //   - the wall time of the jobs: a class of --students per-student databases from the BTS
-//     template, a backup, a reset, a restore in place.
+//     template, a backup, a reset, a restore in place; and the class job's own record (seconds
+//     queued, running, and in the engine), read from the console's store in the VM.
 // Options: --version V (default: the newest in the images folder), --images-dir DIR,
 // --students N (30), --repeat N (5), --keep. Last line: one JSON object {"bench":"console",...}.
 import {X509Certificate} from 'node:crypto'
@@ -216,7 +219,9 @@ try {
   // the engine's seconds in its result), read from its store in the VM
   const jobRow = JSON.parse(await guest(['/usr/bin/python3', '-c', [
     'import json, sqlite3, sys',
-    "c = sqlite3.connect('file:/srv/pgi/console/console.sqlite?mode=ro', uri=True)",
+    "sys.path.insert(0, '/usr/local/lib/pgi')",
+    'from console import config',
+    "c = sqlite3.connect('file:%s?mode=ro' % config.STORE, uri=True)",
     "r = c.execute('SELECT created_at, started_at, finished_at, result FROM jobs WHERE id = ?', (int(sys.argv[1]),)).fetchone()",
     "print(json.dumps({'created_at': r[0], 'started_at': r[1], 'finished_at': r[2], 'engine_s': json.loads(r[3] or '{}').get('seconds')}))",
   ].join('\n'), klass.id]))

@@ -21,8 +21,8 @@
 // Its own lab's VM gets a real deploy's vCPUs and memory (the inventory's built-in defaults, 2 and
 // 4096 MiB; the lab's generated inventory says 1 and 1024, to keep several VMs on a small host),
 // or --cores N / --memory-mb M: QEMU runs one host thread per vCPU, so the host should have that
-// many cores free. With 1024 MiB the guest's page cache cannot hold a class's copies and its
-// kernel spends the class reclaiming it (kswapd) and reading the staging copy again. Usage:
+// many cores free. (With 1024 MiB the guest reclaims ~660 MB of page cache during a class, for
+// about the same time: docs/performance.md, db-class.) Usage:
 //   node bench/db-class.mjs [--students 30] [--cores N] [--memory-mb M] [--images-dir DIR] [--version V] [--lab-dir DIR] [--keep]
 // Last line: one JSON object {"bench":"db-class",...}.
 import {mkdtemp, readdir, readFile, rm, writeFile} from 'node:fs/promises'
