@@ -137,6 +137,58 @@ class TestConsole(ConsoleTest):
         apps = LAB.psql("SELECT DISTINCT usename FROM pg_stat_activity WHERE application_name LIKE 'pgi-console%'")
         self.assertNotIn(['postgres'], apps)
 
+    def test_class_from_the_template_copies_its_model_directly(self):
+        """A class from the BTS template: its students' databases are copied from the class's own
+        model while that one is still hidden (no staging copy). Each copy carries the class's
+        metadata, its scheduled actions off and its student; the model keeps its own metadata and
+        appears with the class. When the class fails, neither the model nor any copy is left."""
+        t, email, _ = self.teacher()
+        r = t.post('/console/classes', {'label': 'Directe', 'students': CSV.format(label='Directe'), 'model': 'bts', 'mode': 'per-student'})
+        jid = self.job_of(r)
+        params = json.loads(self.db.execute('SELECT params FROM jobs WHERE id = ?', (jid,)).fetchone()['params'])
+        model = params['model_db']
+        out = self.finished(jid)
+        self.assertEqual(out['model'], model)
+        login = self.db.execute('SELECT tryton_login FROM accounts WHERE email = ?', (email,)).fetchone()['tryton_login']
+        meta = lambda db: dict(LAB.psql('SELECT key, value FROM pgi_meta', db))
+        comment = lambda db: json.loads(LAB.psql("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = '%s'" % db)[0][0])['pgi']
+        students = dict(self.db.execute('SELECT database, login FROM students WHERE class_id = ?', (out['class_id'],)).fetchall())
+        self.assertEqual(sorted(students), sorted(out['databases']))
+        for db in out['databases']:
+            m = meta(db)
+            self.assertEqual((m['kind'], m['class_label'], m['model'], m['teacher'], m['student']), ('class-student', 'Directe', model, login, students[db]))
+            self.assertIn('neutralised', m)
+            self.assertEqual(comment(db), {'kind': 'class-student', 'class': 'Directe', 'student': students[db], 'login_check': False})
+            self.assertEqual(LAB.psql('SELECT count(*) FROM ir_cron WHERE active', db), [['0']])
+            self.assertEqual(LAB.psql("SELECT login FROM res_user WHERE login NOT IN ('root', 'admin', 'pgi_health') ORDER BY login", db),
+                             sorted([[login], [students[db]]]))
+        m = meta(model)
+        self.assertEqual(m['kind'], 'create')
+        self.assertFalse({'class_label', 'student', 'neutralised'} & set(m), m)
+        self.assertEqual(comment(model)['kind'], 'create')
+        self.assertEqual(LAB.psql("SELECT login FROM res_user WHERE login NOT IN ('root', 'admin', 'pgi_health')", model), [[login]])
+        self.assertEqual(LAB.psql("SELECT datistemplate FROM pg_database WHERE datname = '%s'" % model), [['f']])
+        self.assertEqual(LAB.psql("SELECT count(*) FROM pg_database WHERE datname LIKE 'pgi\\_tmp\\_%'"), [['0']])
+        # a student's database name taken between the request and the job: the job fails and
+        # leaves nothing (neither the model it was making nor any copy)
+        r = t.post('/console/classes', {'label': 'Bloquee', 'students': CSV.format(label='Bloquee'), 'model': 'bts', 'mode': 'per-student'})
+        jid = self.job_of(r)
+        job = self.db.execute('SELECT params, targets FROM jobs WHERE id = ?', (jid,)).fetchone()
+        model = json.loads(job['params'])['model_db']
+        blocker = sorted(n for n in json.loads(job['targets']) if n != model)[0]
+        LAB.psql('CREATE DATABASE %s' % blocker)
+        try:
+            before = {r[0] for r in LAB.psql('SELECT datname FROM pg_database')}
+            self.run_jobs()
+            row = self.db.execute('SELECT state, error FROM jobs WHERE id = ?', (jid,)).fetchone()
+            self.assertEqual(row['state'], 'failed')
+            self.assertEqual(json.loads(row['error'])['code'], 'exists', row['error'])
+            self.assertEqual({r[0] for r in LAB.psql('SELECT datname FROM pg_database')}, before)
+            self.assertEqual(self.db.execute("SELECT status FROM classes WHERE prefix = (SELECT prefix FROM classes WHERE id = "
+                                             "(SELECT json_extract(params, '$.class_id') FROM jobs WHERE id = ?))", (jid,)).fetchone()['status'], 'failed')
+        finally:
+            LAB.psql('DROP DATABASE %s' % blocker)
+
     def test_every_route_refuses_another_teacher(self):
         a, _, _ = self.teacher()
         cid, dbs = self.make_class(a, 'Iso A')

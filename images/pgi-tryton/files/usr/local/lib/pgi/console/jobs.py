@@ -59,6 +59,8 @@ class Context:
     def __init__(self, db, job):
         self.db = db
         self.job = job
+        # a job's engine call and its progress watcher report from their own threads (_in_thread)
+        self.lock = threading.Lock()
 
     def progress(self, done=None, total=None, message=None):
         sets, args = [], []
@@ -67,7 +69,8 @@ class Context:
                 sets.append('%s = ?' % col)
                 args.append(v)
         if sets:
-            self.db.execute('UPDATE jobs SET %s WHERE id = ?' % ', '.join(sets), args + [self.job['id']])
+            with self.lock:
+                self.db.execute('UPDATE jobs SET %s WHERE id = ?' % ', '.join(sets), args + [self.job['id']])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,10 +165,15 @@ def _target_progress(ctx, names, base=0, total=None, every=1.0, stop=None):
     """While `stop` is not set: how many of `names` exist (the engine renames each database into
     place only when it is complete), as progress."""
     conn = engine.connect_readonly()
+    last = 0
     try:
         while not stop.wait(every):
+            # reported when it changes: the job's own step (making the class's model) counts as
+            # done only once it has reported so itself
             n = len(engine.sizes(conn, names))
-            ctx.progress(done=base + n)
+            if n != last:
+                ctx.progress(done=base + n)
+                last = n
     finally:
         conn.close()
 
@@ -213,24 +221,33 @@ def job_class(db, ctx, job, p):
     ctx.progress(0, total, 'Préparation')
     password = teacher_password(db, account)
     made_model = None
+    copying = 'Copie du modèle pour %d base%s' % (len(targets), 's' if len(targets) > 1 else '')
+
+    def make(model, **kw):
+        return pgidb.make_class(model, p['csv'], mode=cls['mode'], prefix=cls['prefix'], teacher=account['tryton_login'], label=cls['label'], **kw)
+
     try:
         if cls['model'] == 'bts':
+            # the class's own model from the BTS template, and the students' databases copied
+            # straight from it while it is still hidden (pgidb.create's then, make_class's
+            # model_name): no staging copy; it appears under its name with the class
             model_db = p['model_db']
             ctx.progress(message='Création du modèle de la classe (%s) depuis le modèle BTS' % model_db)
-            pgidb.create(model_db, company=cls['company'], login_check=False)
+
+            def build(tmp):
+                ensure_teacher_user(tmp, account, password)
+                ctx.progress(done=1, message=copying)
+                return make(tmp, model_name=model_db)
+            out = _in_thread(lambda: pgidb.create(model_db, company=cls['company'], login_check=False, then=build)['then'], ctx, targets, 1)
             made_model = model_db
-            ensure_teacher_user(model_db, account, password)
             with tx(db):
                 register(db, model_db, account['id'], 'class-model', class_id=cls['id'])
                 db.execute('UPDATE classes SET model_db = ? WHERE id = ?', (model_db, cls['id']))
-            ctx.progress(done=1)
         else:
             model_db = cls['model']
             ensure_teacher_user(model_db, account, password)
-        ctx.progress(message='Copie du modèle pour %d base%s' % (len(targets), 's' if len(targets) > 1 else ''))
-        base = 1 if made_model else 0
-        out = _in_thread(lambda: pgidb.make_class(model_db, p['csv'], mode=cls['mode'], prefix=cls['prefix'], teacher=account['tryton_login'],
-                                                  label=cls['label']), ctx, targets, base)
+            ctx.progress(message=copying)
+            out = _in_thread(lambda: make(model_db), ctx, targets, 0)
     except BaseException:
         if made_model:
             pgidb.drop_quietly(made_model)
