@@ -139,22 +139,6 @@ def reset_to_model(name, model, close=True):
             'closed_connections': closed, 'seconds': round(time.monotonic() - started, 2)}
 
 
-def add_teacher_user(name, login, display, password):
-    """The teacher's Tryton user in a database (every group of the administrator), when missing."""
-    with pgidb.session(name, role='tryton') as c, c.cursor() as cur:
-        factory = pgidb.UserFactory(cur)
-        if factory.find(login) is None:
-            factory.create(login, display, pgidb.password_hash(password), 'teacher')
-            return True
-    return False
-
-
-def has_user(name, login):
-    with pgidb.session(name) as c, c.cursor() as cur:
-        cur.execute('SELECT 1 FROM res_user WHERE login = %s', (login,))
-        return cur.fetchone() is not None
-
-
 # -- messages for teachers: the engine speaks English to technicians; the console speaks French
 
 FRENCH = {

@@ -94,12 +94,14 @@ def teacher_password(db, account):
 
 
 def ensure_teacher_user(name, account, password):
-    """The teacher's Tryton user in `name`, with the teacher's password (made, or its password set)."""
+    """The teacher's Tryton user in `name`, with the teacher's password (made, or its password set).
+    That password is one teacher_password generated: hashed as the engine hashes the passwords it
+    generates (pgidb.GENERATED_PASSWORD_ROUNDS)."""
     import pgidb
     with pgidb.session(name, role='tryton') as c, c.cursor() as cur:
         factory = pgidb.UserFactory(cur)
         uid = factory.find(account['tryton_login'])
-        h = pgidb.password_hash(password)
+        h = pgidb.generated_password_hash(password)
         if uid is None:
             factory.create(account['tryton_login'], account['name'], h, 'teacher')
         else:
