@@ -137,11 +137,11 @@ class TestConsole(ConsoleTest):
         apps = LAB.psql("SELECT DISTINCT usename FROM pg_stat_activity WHERE application_name LIKE 'pgi-console%'")
         self.assertNotIn(['postgres'], apps)
 
-    def test_class_from_the_template_copies_its_model_directly(self):
-        """A class from the BTS template: its students' databases are copied from the class's own
-        model while that one is still hidden (no staging copy). Each copy carries the class's
-        metadata, its scheduled actions off and its student; the model keeps its own metadata and
-        appears with the class. When the class fails, neither the model nor any copy is left."""
+    def test_class_from_the_template_and_its_model(self):
+        """A class from the BTS template: each student's database carries the class's metadata
+        (and in its comment), its scheduled actions off, the teacher's and its student's users; the
+        class's own model keeps its own metadata and the teacher's user only. When the class fails
+        (a student's database name taken meanwhile), neither the model nor any copy is left."""
         t, email, _ = self.teacher()
         r = t.post('/console/classes', {'label': 'Directe', 'students': CSV.format(label='Directe'), 'model': 'bts', 'mode': 'per-student'})
         jid = self.job_of(r)

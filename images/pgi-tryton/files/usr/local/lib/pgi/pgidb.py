@@ -1124,17 +1124,11 @@ def modules_of(name):
 
 
 def create(name, company=None, fiscal_year=None, source=None, template='bts', lang='fr', modules=(), bare=False, login_check=True,
-           close=True, then=None):
+           close=True):
     """A new database: from the image's template (a copy of its cluster template database) or from
     database `source`, with the company renamed (party name) and a fiscal year for `fiscal_year`
     (default: the current calendar year). --bare, another language or modules the template lacks:
-    initialised by trytond-admin instead (minutes).
-
-    then(tmp): called once the new database is complete but still hidden under its temporary name
-    (nobody else can connect to it: see hide), before it appears as `name`; its result is returned
-    as "then". A failure there drops the new database. The console's class from the BTS template
-    makes the class's model this way and copies the students straight from it (make_class's
-    fresh_model): no staging copy of a model nobody else can be using."""
+    initialised by trytond-admin instead (minutes)."""
     check_name(name)
     company = check_company_name(company)
     year = check_year(fiscal_year)
@@ -1174,15 +1168,13 @@ def create(name, company=None, fiscal_year=None, source=None, template='bts', la
                 meta_set(cur, kind='create' if source is None else 'copy', created_at=iso(now_utc()), source=origin, class_label=None,
                          login_check='true' if login_check else 'false', tryton_series=tryton_series(), tryton_version=tryton_version())
                 summary = summary_of(meta_get(cur))
-            after = then(tmp) if then is not None else None
             finish(tmp, name, summary)
         except BaseException:
             drop_quietly(tmp)
             raise
     return {'database': name, 'lang': lang, 'modules': modules_of(name), 'from': origin, 'company': company,
             'fiscal_years': years, 'method': how['method'], 'closed_connections': how.get('closed_connections', 0),
-            **({'notice': how['notice']} if how.get('notice') else {}), 'seconds': round(time.monotonic() - started, 2),
-            **({'then': after} if then is not None else {})}
+            **({'notice': how['notice']} if how.get('notice') else {}), 'seconds': round(time.monotonic() - started, 2)}
 
 
 def _init_with_trytond_admin(name, lang, modules):
@@ -1352,22 +1344,12 @@ def plan_class(students, mode, prefix, teacher):
     return students
 
 
-def make_class(model, students_file, mode='per-student', prefix=None, teacher='professeur', label=None, workers=None, close=True,
-               model_name=None):
+def make_class(model, students_file, mode='per-student', prefix=None, teacher='professeur', label=None, workers=None, close=True):
     """A class from a model database: per-student (one copy of the model per student, with a
     Tryton user for the student and one for the teacher) or shared (one copy, one user per student).
     All or nothing: on any error every database it made is dropped. Returns the databases with
     each student's login and generated password (and the teacher's, when created): the caller
-    encrypts them; the engine keeps no copy.
-
-    The students' databases are copies of a staging copy of the model (the model itself may be in
-    use, and the staging copy gets the class's metadata and its scheduled actions off once for all
-    the copies). model_name: `model` is a database that create() has just made and not yet shown
-    (its then): nobody else can be connected to it, so in per-student mode the students' databases
-    are copied straight from it, one FILE_COPY fewer than through a staging copy (~2 s under
-    software emulation, docs/performance.md), and each copy gets the class's metadata and its
-    scheduled actions off itself. The model gets nothing but the teacher's user when it lacks one;
-    model_name is the name it will have (the class's metadata names it)."""
+    encrypts them; the engine keeps no copy."""
     if mode not in ('per-student', 'shared'):
         raise DbError('invalid_mode', 'mode %r: per-student or shared' % mode, INVALID)
     if not isinstance(teacher, str) or not LOGIN_RE.match(teacher) or teacher in ('admin', 'root', HEALTH_LOGIN):
@@ -1390,13 +1372,11 @@ def make_class(model, students_file, mode='per-student', prefix=None, teacher='p
     if label is None:
         label = codes[0] if len(codes) == 1 else None
     if prefix is None:
-        prefix = _slug(label, '_') if label else (model_name or model)
+        prefix = _slug(label, '_') if label else model
         prefix = re.sub(r'^[^a-z]+', '', prefix)[:40].rstrip('_') or 'classe'
     if not PREFIX_RE.match(prefix) or prefix.startswith(RESERVED_PREFIXES):
         raise DbError('invalid_prefix', 'prefix %r: 1 to 40 lowercase letters, digits and _, starting with a letter' % prefix, INVALID)
     require_database(model)
-    fresh = model_name is not None and mode == 'per-student'
-    shown = model_name or model
     plan_class(students, mode, prefix, teacher)
     targets = sorted({s['database'] for s in students})
     for t in targets:
@@ -1404,20 +1384,15 @@ def make_class(model, students_file, mode='per-student', prefix=None, teacher='p
     require_free(targets)
     started = time.monotonic()
     cleanup_stale()
-    # a model create() has not shown yet is this process's own: no lock needed (nor a lock file left)
-    with Locks('class %s from %s' % (label or prefix, shown), exclusive=targets, shared=[] if model_name else [model]):
-        check_space(database_size(model) * len(targets), 'a class of %d database%s from %s' % (len(targets), 's' if len(targets) > 1 else '', shown))
-        stage = None if fresh else tmp_name('class')
+    with Locks('class %s from %s' % (label or prefix, model), exclusive=targets, shared=[model]):
+        check_space(database_size(model) * len(targets), 'a class of %d database%s from %s' % (len(targets), 's' if len(targets) > 1 else '', model))
+        stage = tmp_name('class')
         made = []
         try:
-            how = {'method': 'template', 'closed_connections': 0} if fresh else clone(model, stage, close=close)
+            how = clone(model, stage, close=close)
             teacher_out = {'login': teacher, 'created': False, 'password': None}
-            class_meta = dict(kind='class-student' if mode == 'per-student' else 'class-shared', class_label=label or prefix,
-                              class_prefix=prefix, model=shown, teacher=teacher, created_at=iso(now_utc()), login_check='false',
-                              tryton_series=tryton_series(), tryton_version=tryton_version())
-            with session(model if fresh else stage, role='tryton') as c, c.cursor() as cur:
-                if not fresh:
-                    neutralise(cur)
+            with session(stage, role='tryton') as c, c.cursor() as cur:
+                neutralise(cur)
                 ensure_health_user(cur)
                 users = UserFactory(cur)
                 if users.find(teacher) is None:
@@ -1428,11 +1403,10 @@ def make_class(model, students_file, mode='per-student', prefix=None, teacher='p
                 clash = [s['login'] for s in students if users.find(s['login']) is not None]
                 if clash:
                     raise DbError('login_exists', 'the model already has users with the logins %s' % ', '.join(clash[:10]), INVALID, logins=clash)
-                if fresh:
-                    summary = summary_of(dict(meta_get(cur) or {}, **class_meta))
-                else:
-                    meta_set(cur, **class_meta)
-                    summary = summary_of(meta_get(cur))
+                meta_set(cur, kind='class-student' if mode == 'per-student' else 'class-shared', class_label=label or prefix,
+                         class_prefix=prefix, model=model, teacher=teacher, created_at=iso(now_utc()), login_check='false',
+                         tryton_series=tryton_series(), tryton_version=tryton_version())
+                summary = summary_of(meta_get(cur))
                 if mode == 'shared':
                     for s in students:
                         s['password'] = gen_password()
@@ -1442,7 +1416,7 @@ def make_class(model, students_file, mode='per-student', prefix=None, teacher='p
                 made.append(prefix)
                 stage = None
             else:
-                _per_student(model if fresh else stage, students, made, users, summary, workers, per_copy=class_meta if fresh else None)
+                _per_student(stage, students, made, users, summary, workers)
         except BaseException:
             for name in made:
                 drop_quietly(name)
@@ -1454,7 +1428,7 @@ def make_class(model, students_file, mode='per-student', prefix=None, teacher='p
     for s in students:
         dbs.setdefault(s['database'], []).append({'login': s['login'], 'last_name': s['last_name'], 'first_name': s['first_name'],
                                                   'class': s['class'], 'password': s['password'], 'line': s['line']})
-    return {'class': label or prefix, 'mode': mode, 'model': shown, 'prefix': prefix, 'method': how['method'],
+    return {'class': label or prefix, 'mode': mode, 'model': model, 'prefix': prefix, 'method': how['method'],
             'closed_connections': how.get('closed_connections', 0), **({'notice': how['notice']} if how.get('notice') else {}),
             'teacher': teacher_out,
             'databases': [{'name': n, 'students': v} for n, v in sorted(dbs.items())],
@@ -1476,10 +1450,9 @@ def copies_at_once():
     return n if n >= 1 else max(1, min(2, len(os.sched_getaffinity(0))))
 
 
-def _per_student(stage, students, made, users, summary, workers=None, per_copy=None):
+def _per_student(stage, students, made, users, summary, workers=None):
     """One copy of the staging database per student, then the student's user in it (one statement,
-    from what `users` read in the staging copy); per_copy: the class's metadata, written in each
-    copy with its scheduled actions turned off (a model copied directly: make_class's model_name). At most copies_at_once() copies at a time (one
+    from what `users` read in the staging copy). At most copies_at_once() copies at a time (one
     per CPU, at most two: copy_lock). One thread more than that, each with its own connections:
     while copies run, another writes a finished copy's user and puts it in place (and password
     hashes run in their own: pbkdf2 runs in C without Python's lock). Each database appears
@@ -1511,9 +1484,6 @@ def _per_student(stage, students, made, users, summary, workers=None, per_copy=N
                     hide(tmp, cur)
                 try:
                     with session(tmp, role='tryton') as c2, c2.cursor() as cur:
-                        if per_copy is not None:
-                            neutralise(cur)
-                            meta_set(cur, **per_copy)
                         users.create(s['login'], '%s %s' % (s['first_name'], s['last_name']), futures[s['login']].result(), 'student', cur=cur)
                         cur.execute("INSERT INTO pgi_meta (key, value) VALUES ('student', %s)", (s['login'],))
                     with admin_conn().cursor() as cur:
