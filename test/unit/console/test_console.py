@@ -143,7 +143,7 @@ class TestConsole(ConsoleTest):
         class's own model keeps its own metadata and the teacher's user only. When the class fails
         (a student's database name taken meanwhile), neither the model nor any copy is left."""
         t, email, _ = self.teacher()
-        r = t.post('/console/classes', {'label': 'Directe', 'students': CSV.format(label='Directe'), 'model': 'bts', 'mode': 'per-student'})
+        r = t.post('/console/classes', {'label': 'Gabarit', 'students': CSV.format(label='Gabarit'), 'model': 'bts', 'mode': 'per-student'})
         jid = self.job_of(r)
         params = json.loads(self.db.execute('SELECT params FROM jobs WHERE id = ?', (jid,)).fetchone()['params'])
         model = params['model_db']
@@ -156,9 +156,9 @@ class TestConsole(ConsoleTest):
         self.assertEqual(sorted(students), sorted(out['databases']))
         for db in out['databases']:
             m = meta(db)
-            self.assertEqual((m['kind'], m['class_label'], m['model'], m['teacher'], m['student']), ('class-student', 'Directe', model, login, students[db]))
+            self.assertEqual((m['kind'], m['class_label'], m['model'], m['teacher'], m['student']), ('class-student', 'Gabarit', model, login, students[db]))
             self.assertIn('neutralised', m)
-            self.assertEqual(comment(db), {'kind': 'class-student', 'class': 'Directe', 'student': students[db], 'login_check': False})
+            self.assertEqual(comment(db), {'kind': 'class-student', 'class': 'Gabarit', 'student': students[db], 'login_check': False})
             self.assertEqual(LAB.psql('SELECT count(*) FROM ir_cron WHERE active', db), [['0']])
             self.assertEqual(LAB.psql("SELECT login FROM res_user WHERE login NOT IN ('root', 'admin', 'pgi_health') ORDER BY login", db),
                              sorted([[login], [students[db]]]))
@@ -174,7 +174,8 @@ class TestConsole(ConsoleTest):
         r = t.post('/console/classes', {'label': 'Bloquee', 'students': CSV.format(label='Bloquee'), 'model': 'bts', 'mode': 'per-student'})
         jid = self.job_of(r)
         job = self.db.execute('SELECT params, targets FROM jobs WHERE id = ?', (jid,)).fetchone()
-        model = json.loads(job['params'])['model_db']
+        params = json.loads(job['params'])
+        model = params['model_db']
         blocker = sorted(n for n in json.loads(job['targets']) if n != model)[0]
         LAB.psql('CREATE DATABASE %s' % blocker)
         try:
@@ -184,8 +185,7 @@ class TestConsole(ConsoleTest):
             self.assertEqual(row['state'], 'failed')
             self.assertEqual(json.loads(row['error'])['code'], 'exists', row['error'])
             self.assertEqual({r[0] for r in LAB.psql('SELECT datname FROM pg_database')}, before)
-            self.assertEqual(self.db.execute("SELECT status FROM classes WHERE prefix = (SELECT prefix FROM classes WHERE id = "
-                                             "(SELECT json_extract(params, '$.class_id') FROM jobs WHERE id = ?))", (jid,)).fetchone()['status'], 'failed')
+            self.assertEqual(self.db.execute('SELECT status FROM classes WHERE id = ?', (params['class_id'],)).fetchone()['status'], 'failed')
         finally:
             LAB.psql('DROP DATABASE %s' % blocker)
 

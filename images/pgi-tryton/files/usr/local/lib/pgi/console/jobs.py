@@ -59,8 +59,6 @@ class Context:
     def __init__(self, db, job):
         self.db = db
         self.job = job
-        # a job's engine call and its progress watcher report from their own threads (_in_thread)
-        self.lock = threading.Lock()
 
     def progress(self, done=None, total=None, message=None):
         sets, args = [], []
@@ -69,8 +67,7 @@ class Context:
                 sets.append('%s = ?' % col)
                 args.append(v)
         if sets:
-            with self.lock:
-                self.db.execute('UPDATE jobs SET %s WHERE id = ?' % ', '.join(sets), args + [self.job['id']])
+            self.db.execute('UPDATE jobs SET %s WHERE id = ?' % ', '.join(sets), args + [self.job['id']])
 
 
 # ---------------------------------------------------------------------------------------------
