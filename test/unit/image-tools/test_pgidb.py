@@ -11,6 +11,7 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -363,6 +364,30 @@ class Engine(unittest.TestCase):
                            write('piege.csv', b'Aubert;Anne\nBlanc;Bruno\nCordier;Chlo\xe9\nDuval;David\n'))
         self.assertIn('piège', err['message'])
         self.assertEqual(self.sql('postgres', "SELECT count(*) FROM pg_database WHERE datname LIKE 'pgi_tmp_%' OR datname LIKE 'piege%'"), [['0']])
+
+    def test_09b_class_interrupted_leaves_nothing(self):
+        """SIGTERM in the middle of a class (the VM or a service stopping): pgi-db ends
+        `interrupted` (130) and leaves none of the class's databases, not even the complete ones,
+        nor a temporary one. 60 students, one copy at a time: the signal comes while copies remain."""
+        rows = ''.join('Coupe%s;Eleve%d\n' % (chr(65 + i % 26), i) for i in range(60)).encode()
+        p = subprocess.Popen([pgitest.PYTHON, os.path.join(pgitest.SBIN, 'pgi-db'), 'class', '--model', 'pgi', '--prefix', 'coupee',
+                              '--students', write('coupee.csv', rows)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env=lab.env(PGI_DB_COPIES=1))
+        try:
+            deadline = time.monotonic() + 300
+            while not self.sql('postgres', "SELECT 1 FROM pg_database WHERE datname LIKE 'coupee%' LIMIT 1"):
+                if p.poll() is not None:
+                    self.fail('pgi-db ended before its first database: %s' % p.stderr.read().decode()[-800:])
+                self.assertLess(time.monotonic(), deadline, 'no database of the class after 300 s')
+                time.sleep(0.05)
+            p.send_signal(signal.SIGTERM)
+            out, err = p.communicate(timeout=300)
+        finally:
+            if p.poll() is None:
+                p.kill()
+        self.assertEqual(p.returncode, 130, err.decode()[-800:])
+        self.assertEqual(json.loads(out.decode().strip().splitlines()[-1])['error']['code'], 'interrupted')
+        self.assertEqual(self.sql('postgres', "SELECT datname FROM pg_database WHERE datname LIKE 'coupee%' OR datname LIKE 'pgi\\_tmp\\_%'"), [])
 
     def test_10_class_shared(self):
         data = '\ufeffNom,Prénom\nBernard,Lucie\nThomas,Hugo\nRobert,Inès\n'.encode('utf-8')

@@ -1466,6 +1466,7 @@ def _per_student(stage, students, made, users, summary, workers=None):
     local = threading.local()
     admins = []
     copy_lock = threading.BoundedSemaphore(copies)
+    stopping = threading.Event()
 
     def admin_conn():
         if getattr(local, 'conn', None) is None:
@@ -1479,9 +1480,12 @@ def _per_student(stage, students, made, users, summary, workers=None):
 
             def one(s):
                 tmp = tmp_name('st')
-                with copy_lock, admin_conn().cursor() as cur:
-                    cur.execute(create_database_sql(tmp, stage))
-                    hide(tmp, cur)
+                with copy_lock:
+                    if stopping.is_set():  # waited for its turn while the class failed: not begun
+                        raise DbError('cancelled', 'not made: the class failed or was interrupted')
+                    with admin_conn().cursor() as cur:
+                        cur.execute(create_database_sql(tmp, stage))
+                        hide(tmp, cur)
                 try:
                     with session(tmp, role='tryton') as c2, c2.cursor() as cur:
                         users.create(s['login'], '%s %s' % (s['first_name'], s['last_name']), futures[s['login']].result(), 'student', cur=cur)
@@ -1494,14 +1498,30 @@ def _per_student(stage, students, made, users, summary, workers=None):
                 return s['database']
 
             with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-                running = [pool.submit(one, s) for s in students]
+                pending = {pool.submit(one, s) for s in students}
                 failure = None
-                for f in running:
+                while pending:
                     try:
-                        made.append(f.result())
-                    except BaseException as e:  # the others finish (or fail); then everything is dropped
+                        done, pending = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+                    except BaseException as e:  # interrupted while waiting (Ctrl-C; SIGTERM or SIGHUP, see pgi-db)
                         failure = failure or e
-                if failure:
+                        done = set()
+                    for f in done:
+                        if f.cancelled():
+                            continue
+                        if f.exception() is None:
+                            made.append(f.result())
+                        else:
+                            failure = failure or f.exception()
+                    if failure is not None:
+                        # on the first failure the students not started are not made at all; the
+                        # copies under way end (a CREATE DATABASE is not cut short) and are dropped
+                        # with the others by the caller, which gets `made` complete
+                        stopping.set()
+                        for f in pending:
+                            f.cancel()
+                        hasher.shutdown(wait=False, cancel_futures=True)
+                if failure is not None:
                     raise failure
     finally:
         for c in admins:

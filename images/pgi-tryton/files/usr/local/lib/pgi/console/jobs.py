@@ -178,29 +178,19 @@ def _target_progress(ctx, names, base=0, total=None, every=1.0, stop=None):
         conn.close()
 
 
-def _in_thread(fn, ctx, names, base):
-    """Runs fn() while reporting the progress of `names`; returns its result or raises its error."""
-    out = {}
-
-    def target():
-        try:
-            out['value'] = fn()
-        except BaseException as e:  # noqa: B902 (handed to the caller below)
-            out['error'] = e
-
-    # a daemon thread: a job stopped by SIGTERM records its failure and ends without waiting for it
-    # (the engine's temporary databases are dropped by the next operation: cleanup_stale)
-    t = threading.Thread(target=target, daemon=True)
+def _with_progress(fn, ctx, names, base):
+    """Runs fn() while a thread reports the progress of `names`; returns its result or raises its
+    error. fn runs in this (the main) thread: a SIGTERM (the worker or the VM stopping) raises
+    where the engine is, which then drops what it had made before the job records its end."""
     stop = threading.Event()
-    t.start()
     watcher = threading.Thread(target=_target_progress, args=(ctx, names, base), kwargs={'stop': stop}, daemon=True)
     watcher.start()
-    while t.is_alive():
-        t.join(0.5)
-    stop.set()
-    if 'error' in out:
-        raise out['error']
-    return out['value']
+    try:
+        return fn()
+    finally:
+        stop.set()
+        # its last write done before the job writes its end through the same connection
+        watcher.join(10)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,6 +211,7 @@ def job_class(db, ctx, job, p):
     ctx.progress(0, total, 'Préparation')
     password = teacher_password(db, account)
     made_model = None
+    made = []
     try:
         if cls['model'] == 'bts':
             model_db = p['model_db']
@@ -237,25 +228,29 @@ def job_class(db, ctx, job, p):
             ensure_teacher_user(model_db, account, password)
         ctx.progress(message='Copie du modèle pour %d base%s' % (len(targets), 's' if len(targets) > 1 else ''))
         base = 1 if made_model else 0
-        out = _in_thread(lambda: pgidb.make_class(model_db, p['csv'], mode=cls['mode'], prefix=cls['prefix'], teacher=account['tryton_login'],
-                                                  label=cls['label']), ctx, targets, base)
-    except BaseException:
-        if made_model:
-            pgidb.drop_quietly(made_model)
-            with tx(db):
-                db.execute("UPDATE databases SET status = 'dropped', until = ? WHERE name = ? AND status = 'active'", (now_iso(), made_model))
+        out = _with_progress(lambda: pgidb.make_class(model_db, p['csv'], mode=cls['mode'], prefix=cls['prefix'], teacher=account['tryton_login'],
+                                                      label=cls['label']), ctx, targets, base)
+        made = [d['name'] for d in out['databases']]
         with tx(db):
+            for d in out['databases']:
+                register(db, d['name'], account['id'], 'shared' if cls['mode'] == 'shared' else 'student', class_id=cls['id'],
+                         student=d['students'][0]['login'] if cls['mode'] == 'per-student' else None)
+                for s in d['students']:
+                    db.execute('INSERT INTO students (class_id, line, last_name, first_name, class_code, login, database, password) '
+                               'VALUES (?, ?, ?, ?, ?, ?, ?, ?)', (cls['id'], s['line'], s['last_name'], s['first_name'], s['class'], s['login'],
+                                                                   d['name'], security.seal(s['password'])))
+            db.execute("UPDATE classes SET status = 'active', model_db = ? WHERE id = ?", (model_db, cls['id']))
+    except BaseException:
+        # all or nothing here too: the students' databases the engine made but the store does not
+        # record yet (a SIGTERM between the engine's end and that record) go with the class's model
+        dropped = made + ([made_model] if made_model else [])
+        for name in dropped:
+            pgidb.drop_quietly(name)
+        with tx(db):
+            for name in dropped:
+                db.execute("UPDATE databases SET status = 'dropped', until = ? WHERE name = ? AND status = 'active'", (now_iso(), name))
             db.execute("UPDATE classes SET status = 'failed' WHERE id = ?", (cls['id'],))
         raise
-    with tx(db):
-        for d in out['databases']:
-            register(db, d['name'], account['id'], 'shared' if cls['mode'] == 'shared' else 'student', class_id=cls['id'],
-                     student=d['students'][0]['login'] if cls['mode'] == 'per-student' else None)
-            for s in d['students']:
-                db.execute('INSERT INTO students (class_id, line, last_name, first_name, class_code, login, database, password) '
-                           'VALUES (?, ?, ?, ?, ?, ?, ?, ?)', (cls['id'], s['line'], s['last_name'], s['first_name'], s['class'], s['login'],
-                                                               d['name'], security.seal(s['password'])))
-        db.execute("UPDATE classes SET status = 'active', model_db = ? WHERE id = ?", (model_db, cls['id']))
     ctx.progress(done=total, message='Classe créée')
     try:
         os.remove(p['csv'])
@@ -381,6 +376,9 @@ HANDLERS = {'class': job_class, 'backup': job_backup, 'reset': job_reset, 'resto
 
 
 def _terminate(*_):
+    # once: what follows is the job undoing what it made (the engine's except and finally
+    # blocks), which a second signal must not cut short
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise SystemExit(143)
 
 
