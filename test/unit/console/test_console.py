@@ -478,8 +478,6 @@ class TestConsole(ConsoleTest):
         students' databases are being made: it ends failed `interrupted` (143), and leaves none of
         the class's databases (neither the complete ones nor the class's model) and no temporary
         one; the class is failed and the store lists none of its databases."""
-        import signal
-        import subprocess
         # 60 students, one copy at a time: the signal comes while copies remain to be made; the
         # template restored first (the first class of this lab would restore it in the job)
         pgidb.ensure_template('bts')
@@ -490,21 +488,10 @@ class TestConsole(ConsoleTest):
         job = self.db.execute('SELECT params, targets FROM jobs WHERE id = ?', (jid,)).fetchone()
         params, targets = json.loads(job['params']), json.loads(job['targets'])
         names = ', '.join("'%s'" % n for n in targets if n != params['model_db'])
-        p = subprocess.Popen([consolelab.PYTHON, os.path.join(consolelab.SBIN, 'pgi-console'), 'job-run', str(jid)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, PGI_DB_COPIES='1'))
-        try:
-            deadline = time.monotonic() + 300
-            while not LAB.psql('SELECT 1 FROM pg_database WHERE datname IN (%s) LIMIT 1' % names):
-                if p.poll() is not None:
-                    self.fail('the job ended before its first student database: %s' % p.stderr.read().decode()[-800:])
-                self.assertLess(time.monotonic(), deadline, 'no student database after 300 s')
-                time.sleep(0.05)
-            p.send_signal(signal.SIGTERM)
-            _, err = p.communicate(timeout=300)
-        finally:
-            if p.poll() is None:
-                p.kill()
-        self.assertEqual(p.returncode, 143, err.decode()[-800:])
+        rc, _, err = consolelab.pgitest.stop_when(
+            [consolelab.PYTHON, os.path.join(consolelab.SBIN, 'pgi-console'), 'job-run', str(jid)],
+            lambda: LAB.psql('SELECT 1 FROM pg_database WHERE datname IN (%s) LIMIT 1' % names), dict(os.environ, PGI_DB_COPIES='1'), 'the class job')
+        self.assertEqual(rc, 143, err[-800:])
         row = self.db.execute('SELECT state, error FROM jobs WHERE id = ?', (jid,)).fetchone()
         self.assertEqual((row['state'], json.loads(row['error'])['code']), ('failed', 'interrupted'))
         left = LAB.psql("SELECT datname FROM pg_database WHERE datname IN (%s) OR datname LIKE 'pgi\\_tmp\\_%%'"

@@ -48,6 +48,29 @@ def missing_prerequisites():
     return None
 
 
+def stop_when(args, ready, env, what, timeout=300):
+    """Starts `args`, sends it SIGTERM as soon as ready() is true (polled every 50 ms), and returns
+    (exit status, stdout, stderr) once it has ended. AssertionError when it ends first, or when
+    ready() is still false after `timeout` seconds: the signal would not have come mid-way."""
+    import signal
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if p.poll() is not None:
+                raise AssertionError('%s ended before the signal was due: %s' % (what, p.stderr.read().decode()[-800:]))
+            if time.monotonic() > deadline:
+                raise AssertionError('%s: still not ready for the signal after %d s' % (what, timeout))
+            time.sleep(0.05)
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=timeout)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    return p.returncode, out.decode(), err.decode()
+
+
 def free_port():
     s = socket.socket()
     s.bind(('127.0.0.1', 0))

@@ -11,7 +11,6 @@ import fcntl
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -370,23 +369,12 @@ class Engine(unittest.TestCase):
         `interrupted` (130) and leaves none of the class's databases, not even the complete ones,
         nor a temporary one. 60 students, one copy at a time: the signal comes while copies remain."""
         rows = ''.join('Coupe%s;Eleve%d\n' % (chr(65 + i % 26), i) for i in range(60)).encode()
-        p = subprocess.Popen([pgitest.PYTHON, os.path.join(pgitest.SBIN, 'pgi-db'), 'class', '--model', 'pgi', '--prefix', 'coupee',
-                              '--students', write('coupee.csv', rows)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             env=lab.env(PGI_DB_COPIES=1))
-        try:
-            deadline = time.monotonic() + 300
-            while not self.sql('postgres', "SELECT 1 FROM pg_database WHERE datname LIKE 'coupee%' LIMIT 1"):
-                if p.poll() is not None:
-                    self.fail('pgi-db ended before its first database: %s' % p.stderr.read().decode()[-800:])
-                self.assertLess(time.monotonic(), deadline, 'no database of the class after 300 s')
-                time.sleep(0.05)
-            p.send_signal(signal.SIGTERM)
-            out, err = p.communicate(timeout=300)
-        finally:
-            if p.poll() is None:
-                p.kill()
-        self.assertEqual(p.returncode, 130, err.decode()[-800:])
-        self.assertEqual(json.loads(out.decode().strip().splitlines()[-1])['error']['code'], 'interrupted')
+        rc, out, err = pgitest.stop_when(
+            [pgitest.PYTHON, os.path.join(pgitest.SBIN, 'pgi-db'), 'class', '--model', 'pgi', '--prefix', 'coupee', '--students',
+             write('coupee.csv', rows)], lambda: self.sql('postgres', "SELECT 1 FROM pg_database WHERE datname LIKE 'coupee%' LIMIT 1"),
+            lab.env(PGI_DB_COPIES=1), 'pgi-db class')
+        self.assertEqual(rc, 130, err[-800:])
+        self.assertEqual(json.loads(out.strip().splitlines()[-1])['error']['code'], 'interrupted')
         self.assertEqual(self.sql('postgres', "SELECT datname FROM pg_database WHERE datname LIKE 'coupee%' OR datname LIKE 'pgi\\_tmp\\_%'"), [])
 
     def test_10_class_shared(self):
