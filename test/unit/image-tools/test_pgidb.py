@@ -445,6 +445,40 @@ class Engine(unittest.TestCase):
         self.refused(3, 'checksum', 'restore', db, '--from', b['id'], '--as', 'abimee')
 
     # -- export / import
+    def test_12b_restore_in_place_interrupted_puts_the_original_back(self):
+        """A restore in place stopped (KeyboardInterrupt, as pgi-db raises it on SIGTERM) just
+        after the original was renamed aside, or after the new copy took its name: the original
+        is back under its name, with its data, and nothing else is left."""
+        script = (
+            'import sys, pgidb\n'
+            'name, case = sys.argv[1], sys.argv[2]\n'
+            'tmp = pgidb.tmp_name("new")\n'
+            'pgidb.q("CREATE DATABASE %s" % tmp)\n'
+            'real_q = pgidb.q\n'
+            'def q(sql, params=None, db=None):\n'
+            '    r = real_q(sql, params, db)\n'
+            '    if case == "aside" and sql.startswith("ALTER DATABASE %s RENAME TO" % pgidb.quote_ident(name)):\n'
+            '        raise KeyboardInterrupt\n'
+            '    if case == "taken" and sql.startswith("ALTER DATABASE %s RENAME TO %s" % (pgidb.quote_ident(tmp), pgidb.quote_ident(name))):\n'
+            '        raise KeyboardInterrupt\n'
+            '    return r\n'
+            'pgidb.q = q\n'
+            'try:\n'
+            '    pgidb._swap(tmp, name, None)\n'
+            'except KeyboardInterrupt:\n'
+            '    print("interrupted")\n'
+            'finally:\n'
+            '    pgidb.drop_quietly(tmp)\n')
+        for case in ('aside', 'taken'):
+            with self.subTest(case=case):
+                self.sql('postgres', 'CREATE DATABASE echange_%s' % case)
+                self.sql('echange_%s' % case, "CREATE TABLE marque (v text); INSERT INTO marque VALUES ('original')")
+                r = subprocess.run([pgitest.PYTHON, '-c', script, 'echange_%s' % case, case], capture_output=True, text=True, env=lab.env(), timeout=120)
+                self.assertEqual((r.returncode, r.stdout.strip()), (0, 'interrupted'), r.stderr[-800:])
+                self.assertEqual(self.sql('echange_%s' % case, 'SELECT v FROM marque'), [['original']])
+                self.assertEqual(self.sql('postgres', "SELECT datname FROM pg_database WHERE datname LIKE 'pgi\\_tmp\\_%'"), [])
+                self.sql('postgres', 'DROP DATABASE echange_%s' % case)
+
     def test_13_export_import(self):
         e = self.ok('export', 'pgi')
         self.assertEqual((e['tryton_series'], e['database']), ('6.0', 'pgi'))

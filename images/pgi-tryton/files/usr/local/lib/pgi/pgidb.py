@@ -1760,20 +1760,26 @@ def _swap(tmp, name, summary):
     database from under its users: the caller has warned them), renamed aside, then dropped."""
     old = tmp_name('old')
     closed = 0
-    for attempt in range(20):
-        closed += sum(1 for r in q('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()',
-                                   (name,)) if r[0])
-        try:
-            q('ALTER DATABASE %s RENAME TO %s' % (quote_ident(name), quote_ident(old)))
-            break
-        except Exception as e:  # a session came back between the two statements
-            if attempt == 19:
-                raise DbError('busy', 'could not take %s from its sessions: %s' % (name, e), BUSY)
-            time.sleep(0.1)
     try:
+        for attempt in range(20):
+            closed += sum(1 for r in q('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()',
+                                       (name,)) if r[0])
+            try:
+                q('ALTER DATABASE %s RENAME TO %s' % (quote_ident(name), quote_ident(old)))
+                break
+            except Exception as e:  # a session came back between the two statements
+                if attempt == 19:
+                    raise DbError('busy', 'could not take %s from its sessions: %s' % (name, e), BUSY)
+                time.sleep(0.1)
         finish(tmp, name, summary)
     except BaseException:
-        q('ALTER DATABASE %s RENAME TO %s' % (quote_ident(old), quote_ident(name)))
+        # the original back in its place, wherever the failure or the interruption (pgi-db) came:
+        # from what exists, not from how far this got (a signal is raised just after a statement
+        # returns); under `name`, only the new copy can be there (the lock on `name` is held)
+        if exists(old):
+            if exists(name):
+                drop_quietly(name)
+            q('ALTER DATABASE %s RENAME TO %s' % (quote_ident(old), quote_ident(name)))
         raise
     drop_quietly(old)
     return closed
