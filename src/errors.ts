@@ -85,6 +85,7 @@ export const ErrorCode = {
   DB_BUSY: 'PGI_DB_BUSY',
   DB_NO_ROOM: 'PGI_DB_NO_ROOM',
   DB_FAILED: 'PGI_DB_FAILED',
+  DB_INTERRUPTED: 'PGI_DB_INTERRUPTED',
   // the teachers' console's command line (pgi-console) refused or failed: src/db/console.ts
   CONSOLE_INVALID: 'PGI_CONSOLE_INVALID',
   TEACHER_NOT_FOUND: 'PGI_TEACHER_NOT_FOUND',

@@ -11,12 +11,13 @@ import {guestWhere, type GuestTarget} from './guest.js'
 
 export const GUEST_DB = '/usr/local/sbin/pgi-db'
 
-/** pgi-db's exit statuses (its docstring) → pgi's error code, exit code and what to do next. */
-/** What a guest tool's refusal status means on this side: pgi's error code, exit code and next step. */
+/** What a guest tool's exit status means on this side: pgi's error code, exit code and next step. */
 export interface GuestRefusal {
   code: ErrorCodeValue
   exit: ExitCodeValue
   next: string
+  /** How the message says it ended ("refused" when not given). */
+  ended?: string
 }
 
 const STATUS: Record<number, GuestRefusal> = {
@@ -25,6 +26,10 @@ const STATUS: Record<number, GuestRefusal> = {
   5: {code: ErrorCode.DB_EXISTS, exit: ExitCode.REFUSED, next: 'Choose another name; an existing database is never overwritten without --replace.'},
   7: {code: ErrorCode.DB_BUSY, exit: ExitCode.REFUSED, next: 'Another operation holds this database: wait for it to end (`pgi db list UAI`), then retry.'},
   8: {code: ErrorCode.DB_NO_ROOM, exit: ExitCode.REFUSED, next: 'Free room on the data disk (old backups, archived classes) or grow it, then retry; nothing was changed.'},
+  // stopped in the VM (SIGTERM: the VM shutting down, someone stopping it; docs/databases.md): the
+  // engine undid what it had begun. A failure of the operation, not an interruption of pgi itself
+  // (exit 130 is for that), so exit 1.
+  130: {code: ErrorCode.DB_INTERRUPTED, exit: ExitCode.FAILURE, ended: 'was stopped', next: 'The VM stopped the operation (a shutdown or a restart) and undid what it had begun: check the VM is up (`pgi status UAI`), then run the command again.'},
 }
 
 /** What pgi-db printed when it failed. */
@@ -79,7 +84,7 @@ export async function runPgiDb<T>(t: GuestTarget, args: string[], opts: PgiDbOpt
   const what = `pgi-db ${args[0] ?? ''}`.trim()
   const message = failure?.message ?? lastLine(r.stderr || r.stdout)
   if (s) {
-    throw new UserError(s.code, `${what} refused in VM ${t.vmid}: ${message}`, {
+    throw new UserError(s.code, `${what} ${s.ended ?? 'refused'} in VM ${t.vmid}: ${message}`, {
       exitCode: s.exit,
       where: guestWhere(t),
       suggestions: [s.next],

@@ -340,11 +340,15 @@ class TestConsole(ConsoleTest):
         sheet = t.get('/console/classes/%d/fiche' % cid).get_data(as_text=True)
         shown = re.findall(r'<td class="mono">([a-z2-9]{10})</td>', sheet)
         self.assertEqual(len(shown), 2)
-        raw = b''
-        for path in (config.STORE, config.STORE + '-wal'):
-            if os.path.exists(path):
-                with open(path, 'rb') as f:
-                    raw += f.read()
+        # the store's files read by another process: closing a descriptor of the database file
+        # here would drop every POSIX lock this process's SQLite connections hold on it, and the
+        # next process to close its last connection could then take the store for unused and
+        # remove its WAL under them (tests after this one saw another store than the worker's)
+        import subprocess
+        raw = subprocess.run([sys.executable, '-c', 'import os, sys\nfor p in sys.argv[1:]:\n    if os.path.exists(p):\n'
+                              '        sys.stdout.buffer.write(open(p, "rb").read())', config.STORE, config.STORE + '-wal'],
+                             capture_output=True, check=True).stdout
+        self.assertGreater(len(raw), 4096)
         for pw in shown:
             self.assertNotIn(pw.encode(), raw)
 
@@ -499,6 +503,76 @@ class TestConsole(ConsoleTest):
         self.assertEqual(left, [])
         self.assertEqual(self.db.execute('SELECT status FROM classes WHERE id = ?', (params['class_id'],)).fetchone()['status'], 'failed')
         self.assertEqual(self.db.execute("SELECT name FROM databases WHERE class_id = ? AND status = 'active'", (params['class_id'],)).fetchall(), [])
+
+    def test_the_worker_starts_jobs_when_woken(self):
+        """The worker as the service runs it, looking at its queue once an hour only: a queued job
+        still starts at once (the web application wakes it through its FIFO), and a second one,
+        waiting for the only job slot, as soon as the first ends (its process's SIGCHLD). A job's
+        process (`pgi-console job-run`, a child of the worker) counts alive for recover(); SIGTERM
+        to the control group (the job and the worker, as systemd sends it) leaves nothing of a
+        class half-made, and the worker ends once its job has."""
+        import signal
+        import subprocess
+        pgidb.ensure_template('bts')
+        t, _, _ = self.teacher()
+        _, dbs = self.make_class(t, 'Eveil')
+        log = open(os.path.join(LAB.dir, 'worker-wake-test.log'), 'w')
+        w = subprocess.Popen([consolelab.PYTHON, os.path.join(consolelab.SBIN, 'pgi-console'), 'worker'], stdout=log, stderr=log,
+                             env=dict(LAB.env(), PGI_DB_COPIES='1', PGI_CONSOLE_WORKER_POLL_S='3600', PGI_CONSOLE_MAX_JOBS='1'),
+                             start_new_session=True)
+
+        def state(jid):
+            return self.db.execute('SELECT * FROM jobs WHERE id = ?', (jid,)).fetchone()
+
+        def until(what, check, timeout=120):
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                out = check()
+                if out:
+                    return out
+                self.assertIsNone(w.poll(), 'the worker ended: see %s' % log.name)
+                time.sleep(0.05)
+            self.fail('%s: not after %d s (the worker\'s log: %s)' % (what, timeout, log.name))
+
+        def ended(jid):
+            row = state(jid)
+            return row['state'] in ('done', 'failed') and row
+
+        try:
+            until('the worker\'s FIFO', lambda: os.path.exists(config.WAKE_FIFO))
+            # let its first scan pass (it runs before the first wait), so that only a wake-up can start what follows
+            until('the worker\'s first heartbeat', lambda: store.meta_get(self.db, 'worker_seen'))
+            time.sleep(1)
+            first = self.job_of(t.post('/console/bases/%s/sauvegarder' % dbs[0]))
+            second = self.job_of(t.post('/console/bases/%s/sauvegarder' % dbs[1]))
+            for jid in (first, second):
+                row = until('backup job %d ended' % jid, lambda: ended(jid))
+                self.assertEqual(row['state'], 'done', row['error'])
+            self.assertLessEqual(state(first)['finished_at'], state(second)['started_at'])  # one slot: one after the other
+            rows = ''.join('EVEIL%s;Eleve%d;Eveil\n' % (chr(65 + i % 26), i) for i in range(60))
+            jid = self.job_of(t.post('/console/classes', {'label': 'Eveil2', 'students': 'Nom;Prénom;Classe\n' + rows, 'model': 'bts',
+                                                          'mode': 'per-student'}))
+            params, targets = json.loads(state(jid)['params']), json.loads(state(jid)['targets'])
+            names = ', '.join("'%s'" % n for n in targets if n != params['model_db'])
+            until('a student\'s database made', lambda: LAB.psql('SELECT 1 FROM pg_database WHERE datname IN (%s) LIMIT 1' % names))
+            pid = state(jid)['pid']
+            with open('/proc/%d/stat' % pid) as f:
+                self.assertEqual(int(f.read().rsplit(')', 1)[1].split()[1]), w.pid)  # a child of the worker
+            worker.recover(self.db)
+            self.assertEqual(state(jid)['state'], 'running')
+            os.kill(pid, signal.SIGTERM)
+            w.send_signal(signal.SIGTERM)
+            self.assertEqual(w.wait(120), 0)
+        finally:
+            if w.poll() is None:
+                os.killpg(w.pid, signal.SIGKILL)
+                w.wait()
+            log.close()
+        row = state(jid)
+        self.assertEqual((row['state'], json.loads(row['error'])['code']), ('failed', 'interrupted'))
+        left = LAB.psql("SELECT datname FROM pg_database WHERE datname IN (%s) OR datname LIKE 'pgi\\_tmp\\_%%'"
+                        % ', '.join("'%s'" % n for n in targets))
+        self.assertEqual(left, [])
 
     def test_reset_keeps_the_sheet_true(self):
         t, _, _ = self.teacher()

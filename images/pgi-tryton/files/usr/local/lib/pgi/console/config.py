@@ -13,6 +13,11 @@ SECRET_KEY_FILE = os.path.join(CONSOLE_DIR, 'secret.key')
 UPLOADS = os.path.join(CONSOLE_DIR, 'uploads')
 DOWNLOADS = os.path.join(CONSOLE_DIR, 'downloads')
 TMP = os.path.join(CONSOLE_DIR, 'tmp')
+# the worker's wake-up FIFO: the web application writes a byte to it when it queues a job
+WAKE_FIFO = os.path.join(CONSOLE_DIR, 'worker.wake')
+# and it looks at its queue at least this often anyway (the test suite sets an hour, to see that
+# the wake-ups alone start the jobs)
+WORKER_POLL_S = float(_env('PGI_CONSOLE_WORKER_POLL_S', '1'))
 
 # the web application listens on loopback only: nginx (TLS) is its only client
 LISTEN = _env('PGI_CONSOLE_LISTEN', '127.0.0.1:8010')
