@@ -11,7 +11,8 @@
 //     settled VM (activation, teacher login, AMI login; a new session each time);
 //   - the wall time of the jobs: a class of --students per-student databases from the BTS
 //     template, a backup, a reset, a restore in place; and the class job's own record (seconds
-//     queued, running, and in the engine), read from the console's store in the VM.
+//     queued, running, and in the engine), read from the console's store in the VM;
+//   - how soon a queued job starts: from a backup form's POST to the job seen running.
 // Options: --version V (default: the newest in the images folder), --images-dir DIR,
 // --students N (30), --repeat N (5), --keep. Last line: one JSON object {"bench":"console",...}.
 import {X509Certificate} from 'node:crypto'
@@ -162,6 +163,23 @@ try {
   const bid = [...restorePage.matchAll(/name="backup_id" id="b\d+" value="([^"]+)"/g)].map((m) => m[1]).find((b) => b.endsWith('-manual'))
   const restore = await job(await post(`/console/bases/${db}/restaurer`, {backup_id: bid, mode: 'replace', confirm: db}, `/console/bases/${db}/restaurer`))
   log(`backup ${backup.seconds} s, reset ${reset.seconds} s, restore ${restore.seconds} s`)
+  // how soon a queued job starts: backups of the same database (max(3, --repeat)), each from its
+  // form's POST to the first sight of it running (its JSON polled every 20 ms: the job process
+  // marks it running once it has started), after a pause of up to a second (a job arrives at any
+  // moment of a worker that looks at its queue once a second)
+  const starts = []
+  for (let i = 0; i < Math.max(3, repeat); i++) {
+    await sleep(Math.random() * 1000)
+    const page = await call(`/console/classes/${classId}`)
+    const t0 = process.hrtime.bigint()
+    const queued = await call(`/console/bases/${db}/sauvegarder`, {method: 'POST', form: {csrf_token: token(page.text)}})
+    const id = /taches\/(\d+)/.exec(queued.location ?? '')?.[1]
+    if (!id) throw new Error(`no job: HTTP ${queued.status}`)
+    while (JSON.parse((await call(`/console/taches/${id}.json`)).text).state === 'queued') await sleep(20)
+    starts.push(Number(process.hrtime.bigint() - t0) / 1e6)
+    await job(queued)
+  }
+  log(`job start (POST to running): ${starts.map((x) => Math.round(x)).join(', ')} ms`)
 
   const pages = {
     home: '/console/',
@@ -240,6 +258,7 @@ try {
     fingerprint: new X509Certificate(cert).fingerprint256,
     jobs_s: {[`class_${students}`]: klass.seconds, backup: backup.seconds, reset: reset.seconds, restore: restore.seconds},
     class_job: classDetail,
+    job_start_ms: {...stats(starts), runs: starts.map((x) => Math.round(x))},
     pages: all,
     forms_app_ms: forms,
     page_app_ms_max: worst,

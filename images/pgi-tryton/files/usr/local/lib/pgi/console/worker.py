@@ -10,7 +10,10 @@ second. (It used to sleep a second between two scans: a job waited up to that se
 
 Why a new process per job, not a fork of the worker (which would skip the job process's imports,
 ~1 s of an emulated VM's CPU, ~0.1 s on real hardware): the worker holds the store (SQLite, in WAL
-mode) open, and SQLite's locks do not survive a fork; a job process must start with none of it."""
+mode) open, and an SQLite connection must not cross a fork (SQLite's rule: its POSIX locks stay
+the parent's). Closing it around each fork was tried: the worker, then without a connection for
+an instant, can count the store unused and remove its WAL from under another process whose locks
+SQLite no longer tracks (the test suite's own process, which had read the file directly)."""
 import json
 import os
 import select
@@ -101,10 +104,10 @@ def main():
     sig_r, sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(sig_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    wake = _wake_fifo()
     os.umask(0o077)
     for d in (config.UPLOADS, config.DOWNLOADS, config.TMP):
         os.makedirs(d, mode=0o700, exist_ok=True)
+    wake = _wake_fifo()
     db = connect()
     from . import engine
     engine.use_console_role()
