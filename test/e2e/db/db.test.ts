@@ -27,6 +27,10 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import type {HandoffDocument} from '../../../src/fleet/handoff.js'
 import {run} from '../../../src/exec.js'
+import {openInventoryStore} from '../../../src/fleet/open.js'
+import {Hypervisors} from '../../../src/hypervisors.js'
+import {loadValidInventory} from '../../../src/inventory/load.js'
+import {findEstablishment} from '../../../src/inventory/select.js'
 import {StderrIo} from '../../../src/io.js'
 import type {PgiRun} from '../../helpers/cli.js'
 import {deployedQemuLab, expectOk, labPgi, stopQemuLab, type DeployedQemuLab} from '../../helpers/qemu-lab.js'
@@ -158,5 +162,33 @@ describe.skipIf(process.env.PGI_E2E_DB !== '1')('pgi db on a qemu lab (PGI_E2E_D
     expect(refused.json!.error!.message).toMatch(/not a PostgreSQL custom-format dump/)
     const names = (await pgi(['db', 'list', uai, '--json'])).json!.result.establishments[0].databases.map((x: {name: string}) => x.name)
     expect(names).not.toContain('pas_une_base')
+  }, LONG)
+
+  it('a class the VM stops half-way (pgi-db gets SIGTERM, as at a shutdown): PGI_DB_INTERRUPTED, exit 1, none of its databases left', async () => {
+    const inv = await loadValidInventory(lab!.env.PGI_INVENTORY!)
+    const e = findEstablishment(inv, uai)
+    const api = await new Hypervisors(inv, {store: await openInventoryStore(inv, lab!.env.PGI_SECRETS_DIR!, lab!.env), io, env: lab!.env}).get(e.hypervisor)
+    const psql = async (sql: string): Promise<string> =>
+      (await api.agentExec(e.node, e.vmid, ['psql', '-h', '/var/run/postgresql', '-U', 'postgres', '-tAc', sql], {timeoutMs: 5 * 60_000})).stdout.trim()
+    const csv = join(base, 'coupee.csv')
+    await writeFile(csv, ['Nom;Prénom;Classe', ...Array.from({length: 30}, (_, i) => `COUPE${String.fromCharCode(65 + (i % 26))};Eleve${i};BTS COUPE`)].join('\n'))
+    const running = pgi(['db', 'class', uai, '--model', 'modele_cg1', '--students', csv, '--out', join(base, 'classes'), '--json'])
+    // once the class's first database exists, pgi-db in the VM is stopped as a shutdown stops it
+    const ofClass = "SELECT count(*) FROM pg_database WHERE datname LIKE 'bts\\_coupe\\_%'"
+    const deadline = Date.now() + 20 * 60_000
+    while (Number(await psql(ofClass)) === 0) {
+      expect(Date.now() < deadline, 'no database of the class after 20 min').toBe(true)
+      await new Promise((r) => setTimeout(r, 500))
+    }
+    await api.agentExec(e.node, e.vmid, ['pkill', '-TERM', '-f', 'pgi-db class'], {timeoutMs: 60_000})
+    const r = await running
+    expect(r.exitCode, `${r.stderr.slice(-2000)}\n${r.stdout.slice(-1000)}`).toBe(1)
+    expect(r.json!.error!.code).toBe('PGI_DB_INTERRUPTED')
+    expect(r.json!.error!.message).toMatch(/^pgi-db class was stopped in VM \d+: interrupted/)
+    // the engine undid the class: none of its databases, no temporary one
+    expect(await psql(ofClass)).toBe('0')
+    expect(await psql("SELECT count(*) FROM pg_database WHERE datname LIKE 'pgi\\_tmp\\_%'")).toBe('0')
+    const names = (await pgi(['db', 'list', uai, '--json'])).json!.result.establishments[0].databases.map((x: {name: string}) => x.name)
+    expect(names.filter((n: string) => n.startsWith('bts_coupe_'))).toEqual([])
   }, LONG)
 })
