@@ -98,7 +98,6 @@ export async function runPgiDb<T>(t: GuestTarget, args: string[], opts: PgiDbOpt
   })
 }
 
-/** One database as `pgi-db list` shows it (pgidb.py list_databases). */
 /** One backup as the engine lists it (`pgi-db backups`, `backup`, the dump kept by `drop`; docs/databases.md). */
 export interface PgiDbBackup {
   id: string
@@ -112,6 +111,7 @@ export interface PgiDbBackup {
   pruned?: string[]
 }
 
+/** One database as `pgi-db list` shows it (pgidb.py list_databases). */
 export interface PgiDbDatabase {
   name: string
   /** Bytes. */
