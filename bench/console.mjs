@@ -14,12 +14,14 @@
 //     queued, running, and in the engine), read from the console's store in the VM;
 //   - how soon a queued job starts: from a backup form's POST to the job seen running.
 // Options: --version V (default: the newest in the images folder), --images-dir DIR,
-// --students N (30), --repeat N (5), --keep. Last line: one JSON object {"bench":"console",...}.
+// --students N (30), --repeat N (5), --cores N / --memory-mb M (a deploy's: 2, 4096), --no-settle, --keep. Last line: one JSON object {"bench":"console",...}.
 import {X509Certificate} from 'node:crypto'
 import {mkdtemp, readdir, rm} from 'node:fs/promises'
 import {Agent, request} from 'node:https'
 import {cpus, tmpdir, totalmem} from 'node:os'
 import {join} from 'node:path'
+
+import {hostCalibrationMs} from './host-speed.js'
 
 const argv = process.argv.slice(2)
 const opt = (name, def) => {
@@ -37,6 +39,13 @@ const io = new StderrIo('warn', false)
 const root = opt('images-dir', imagesDir(process.env))
 const students = Number(opt('students', '30'))
 const repeat = Number(opt('repeat', '5'))
+const settle = !argv.includes('--no-settle')
+// the VM as a deploy makes it (the inventory's built-in defaults: 2 vCPUs, 4096 MiB), or --cores / --memory-mb
+const {BUILTIN_DEFAULTS} = await import('../dist/src/inventory/rules.js')
+const cores = Number(opt('cores', String(BUILTIN_DEFAULTS.cores)))
+const memoryMiB = Number(opt('memory-mb', String(BUILTIN_DEFAULTS.memoryMb)))
+if (!(Number.isInteger(cores) && cores >= 1 && cores <= 8)) throw new Error(`--cores ${opt('cores')}: a whole number from 1 to 8`)
+if (!(Number.isInteger(memoryMiB) && memoryMiB >= 512 && memoryMiB <= 16384)) throw new Error(`--memory-mb ${opt('memory-mb')}: a whole number from 512 to 16384`)
 const log = (m) => process.stderr.write(`${m}\n`)
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 
@@ -61,8 +70,8 @@ try {
     {
       name: `bench-console-${version}`,
       dir,
-      memoryMiB: 2048,
-      cpus: 2,
+      memoryMiB,
+      cpus: cores,
       disks: [
         {file: os, format: 'qcow2', id: 'virtio0', cache: block.cache, aio: block.aio},
         {file: join(dir, 'data.qcow2'), format: 'qcow2', id: 'virtio1', serial: 'pgi-data', cache: block.cache, aio: block.aio},
@@ -77,6 +86,11 @@ try {
     const r = await vm.qga({timeoutMs: 30_000}).run(args, {input, timeoutMs})
     if (r.exitcode !== 0) throw new Error(`${args.join(' ')}: exit ${r.exitcode}: ${r.stderr.slice(-500)}`)
     return r.stdout
+  }
+  // the guest's own CPU accounting (/proc/stat, all vCPUs summed, seconds)
+  const guestStat = async () => {
+    const f = (await guest(['/bin/cat', '/proc/stat'])).split('\n')[0].trim().split(/\s+/).slice(1).map(Number)
+    return Object.fromEntries(['user', 'nice', 'system', 'idle', 'iowait', 'irq', 'softirq', 'steal'].map((n, i) => [n, (f[i] ?? 0) / 100]))
   }
   await vm.qga({timeoutMs: 5000}).waitReady(15 * 60_000)
   for (;;) {
@@ -152,9 +166,32 @@ try {
   if (r.status !== 302) throw new Error(`activation: HTTP ${r.status}`)
   forms.activation_post = r.appMs
   const csv = ['Nom;Prénom;Classe', ...Array.from({length: students}, (_, i) => `ELEVE${String.fromCharCode(65 + (i % 26))}${i};Prénom${i};BTS`)].join('\n')
+  // the class is made on a settled VM, as a teacher makes one during a lesson, not in the boot's
+  // last minute: trytond, pgi-health and the console's own first work end first (the guest's CPU
+  // busy under 25 % over 5 s, waited for at most 5 minutes); what was waited and how busy the
+  // guest was go in the JSON (--no-settle: straight after the activation, as before)
+  const beforeClass = {uptime_s: null, waited_s: 0, guest_busy_pct: null}
+  const t1 = Date.now()
+  for (;;) {
+    const a = await guestStat()
+    await sleep(5000)
+    const b = await guestStat()
+    const d = Object.fromEntries(Object.keys(b).map((k) => [k, b[k] - a[k]]))
+    const all = Object.values(d).reduce((x, y) => x + y, 0)
+    beforeClass.guest_busy_pct = Math.round((100 * (all - d.idle - d.iowait)) / all)
+    if (!settle || beforeClass.guest_busy_pct < 25 || Date.now() - t1 > 5 * 60_000) break
+  }
+  beforeClass.waited_s = Math.round((Date.now() - t1) / 1000)
+  beforeClass.uptime_s = Math.round(Number((await guest(['/bin/cat', '/proc/uptime'])).split(' ')[0]))
+  log(`class starts at VM uptime ${beforeClass.uptime_s} s, guest busy ${beforeClass.guest_busy_pct} % (waited ${beforeClass.waited_s} s)`)
+  const calibrationBefore = hostCalibrationMs()
+  const stat0 = await guestStat()
   r = await post('/console/classes', {label: 'Bench', students: csv, model: 'bts', mode: 'per-student', company: ''}, '/console/classes/nouvelle')
   const klass = await job(r)
-  log(`class of ${students}: ${klass.seconds} s`)
+  const stat1 = await guestStat()
+  const classGuestCpuS = Object.fromEntries(Object.keys(stat1).map((k) => [k, Math.round((stat1[k] - stat0[k]) * 10) / 10]))
+  const classCalibration = {before: calibrationBefore, after: hostCalibrationMs()}
+  log(`class of ${students}: ${klass.seconds} s (guest CPU ${JSON.stringify(classGuestCpuS)}, host calibration ${classCalibration.before} -> ${classCalibration.after} ms)`)
   const classId = /classes\/(\d+)/.exec((await call(`/console/taches/${klass.id}`)).text)[1]
   const db = /<th scope="row">(bench_[a-z0-9_]+)<\/th>/.exec((await call(`/console/classes/${classId}`)).text.replaceAll('bench_modele', ''))[1]
   const backup = await job(await post(`/console/bases/${db}/sauvegarder`, {}, `/console/classes/${classId}`))
@@ -257,7 +294,7 @@ try {
     boot_to_healthy_s: Number(bootS.toFixed(1)),
     fingerprint: new X509Certificate(cert).fingerprint256,
     jobs_s: {[`class_${students}`]: klass.seconds, backup: backup.seconds, reset: reset.seconds, restore: restore.seconds},
-    class_job: classDetail,
+    class_job: {...classDetail, before: beforeClass, guest_cpu_s: classGuestCpuS, host_calibration_ms: classCalibration},
     job_start_ms: {...stats(starts), runs: starts.map((x) => Math.round(x))},
     pages: all,
     forms_app_ms: forms,

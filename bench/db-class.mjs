@@ -30,10 +30,10 @@ import {cpus, loadavg, tmpdir, totalmem} from 'node:os'
 import {dirname, join, resolve} from 'node:path'
 import {fileURLToPath} from 'node:url'
 import {parseArgs} from 'node:util'
-import {deflateSync} from 'node:zlib'
 
 import {parseDocument} from 'yaml'
 
+import {hostCalibrationMs} from './host-speed.js'
 import {runPgi} from './pgi-cli.js'
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..')
@@ -72,24 +72,6 @@ async function cpuSeconds(pid) {
   return (Number(f[11]) + Number(f[12])) / 100
 }
 const load1 = () => Math.round(loadavg()[0] * 100) / 100
-/**
- * How fast the host's CPU is right now: the milliseconds of a fixed single-threaded job (deflate
- * of 8 MiB of pseudo-random letters: branchy integer code, as QEMU's translated code is). The
- * shared host's speed drifts (the same class cost the VM 85 s of host CPU one hour and 120 s
- * half an hour later, nothing else running, no steal time reported): runs are comparable side
- * by side, or with this figure beside them.
- */
-function hostCalibrationMs() {
-  const buf = Buffer.alloc(8 * 2 ** 20)
-  let x = 1
-  for (let i = 0; i < buf.length; i++) {
-    x = (Math.imul(x, 1103515245) + 12345) >>> 0
-    buf[i] = 97 + ((x >>> 16) & 15)
-  }
-  const t = performance.now()
-  deflateSync(buf, {level: 6})
-  return Math.round(performance.now() - t)
-}
 /** Seconds since the process started (the VM's uptime, from its QEMU process). */
 async function uptimeSeconds(pid) {
   const stat = await readFile(`/proc/${pid}/stat`, 'utf8')

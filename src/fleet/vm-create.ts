@@ -77,6 +77,7 @@ export function createParams(est: Establishment, hv: Hypervisor, image: DeployIm
     ostype: 'l26',
     cores: est.cores,
     memory: est.memoryMb,
+    cpu: est.cpuType,
     agent: 1,
     net0: m.net0,
     virtio0: `${hv.storage.os}:0,import-from=${importVolid(hv, image)}`,

@@ -33,7 +33,7 @@ import {uaiCheckLetter, uaiProblem} from './uai.js'
  */
 
 export const DEFAULT_RINGS = ['canary', 'pilot', 'general']
-export const BUILTIN_DEFAULTS = {dataDiskGb: 32, osDiskGb: 8, cores: 2, memoryMb: 4096, amiLogin: 'ami', bridge: 'vmbr0', timezone: 'Europe/Paris'}
+export const BUILTIN_DEFAULTS = {dataDiskGb: 32, osDiskGb: 8, cores: 2, memoryMb: 4096, cpuType: 'x86-64-v2-AES', amiLogin: 'ami', bridge: 'vmbr0', timezone: 'Europe/Paris'}
 
 /**
  * `meta.complete` is false when a file could not be read (YAML syntax error): references into the
@@ -480,6 +480,7 @@ function checkEstablishments(m: Merged, hypervisors: Map<string, Hypervisor>, ri
       osDiskGb: int(e.os_disk_gb) ?? int(defaults.os_disk_gb) ?? BUILTIN_DEFAULTS.osDiskGb,
       cores: int(e.cores) ?? int(defaults.cores) ?? BUILTIN_DEFAULTS.cores,
       memoryMb: int(e.memory_mb) ?? int(defaults.memory_mb) ?? BUILTIN_DEFAULTS.memoryMb,
+      cpuType: str(e.cpu_type) ?? str(defaults.cpu_type) ?? BUILTIN_DEFAULTS.cpuType,
       ...(oldClusterDays !== undefined ? {oldClusterDays} : {}),
       ami,
       ring,

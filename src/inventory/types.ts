@@ -112,6 +112,12 @@ export interface Establishment {
   cores: number
   memoryMb: number
   /**
+   * PVE's `cpu` option of the VM when pgi creates it (default x86-64-v2-AES: AES-NI and SSE4.2 for
+   * TLS and PostgreSQL's checksums, on any x86 server CPU of the last fifteen years, and movable
+   * between hosts of different generations); an existing VM keeps its own.
+   */
+  cpuType: string
+  /**
    * Days a committed major upgrade keeps the old PostgreSQL cluster on the data disk before
    * `pgi rollout prune --old-clusters --expired` removes it (undefined: kept until pruned by hand).
    */

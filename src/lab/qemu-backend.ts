@@ -4,6 +4,7 @@ import {dirname, join} from 'node:path'
 
 import {hasTool, run} from '../exec.js'
 import {decideAccel, type AccelDecision} from '../qemu/accel.js'
+import {pveCpuArg} from './pve-cpu.js'
 import {seedFiles, writeSeedImage, type SeedSpec} from '../qemu/cloudinit.js'
 import type {QgaClient} from '../qemu/qga.js'
 import {sleep} from '../sleep.js'
@@ -46,6 +47,15 @@ export const FORWARDED_PORTS: PortForward[] = [
 
 /** Where a guest without a static ipconfig0 lives (QEMU's default user network). */
 const DHCP_DEFAULT = {address: '10.0.2.15', prefix: 24, gateway: '10.0.2.2'}
+
+/** The host CPU's flags (/proc/cpuinfo), for PVE's `nested-virt` (svm or vmx). */
+function hostCpuFlags(): string[] {
+  try {
+    return /^flags\s*:(.*)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1]?.trim().split(/\s+/) ?? []
+  } catch {
+    return []
+  }
+}
 
 export interface QemuBackendOptions {
   /** Force an accelerator (tests); default: decideAccel() (PGI_QEMU_ACCEL, probe, cache). */
@@ -313,6 +323,10 @@ export class QemuBackend implements VmBackend {
         disks,
         network: net,
         accel,
+        // the CPU PVE would give this config (its `cpu` option; kvm64, or qemu64 without KVM, when
+        // unset) on the accelerator the lab has: where KVM does not work, what PVE gives a VM
+        // with `kvm: 0` (no enforce, no KVM paravirtual flags, which TCG cannot emulate)
+        cpu: pveCpuArg(spec.rawConfig.cpu, accel.accel, hostCpuFlags()),
         uuid,
         guestAgent: true,
       })

@@ -17,7 +17,7 @@ import {stateDir} from '../paths.js'
  * SYSLINUX's `memdisk` (the same mode switches as a disk boot loader) with a 512-byte boot
  * sector that writes a marker to the serial port. The marker within a few seconds means KVM
  * works; "emulation failure", an `internal-error` run state or silence means it does not, and
- * pgi falls back to software emulation (`-accel tcg -cpu max`).
+ * pgi falls back to software emulation (`-accel tcg`, with the CPU of TCG_CPU).
  *
  * The result is cached per boot of the machine (keyed by /proc/sys/kernel/random/boot_id) in
  * `<stateDir>/qemu/accel.json`; `PGI_QEMU_ACCEL=kvm|tcg` overrides both probe and cache.
@@ -52,9 +52,24 @@ export interface ProbeObservation {
 
 export const PROBE_MARKER = 'PGI-KVM-PROBE-OK'
 
-/** QEMU arguments for one accelerator. */
+/**
+ * The CPU of the VMs pgi starts itself under software emulation (image builds, boot tests,
+ * benchmarks): PVE's `x86-64-v2` model as qemu-server gives it to QEMU without KVM
+ * (src/lab/pve-cpu.ts), the model the lab's inventory asks for, so that the guest takes the code
+ * paths it takes on a hypervisor (SSE4.2 for PostgreSQL's and ext4's checksums). Not QEMU's
+ * `max`: under TCG it advertises AVX2, ERMS and the rest of what TCG can emulate, and the
+ * guest's glibc, kernel and PostgreSQL then take code paths that are slower to emulate —
+ * measured on the image's VM: 8 copies of a Tryton database 20.8–23.1 s with `max`, 16.7–17.8 s
+ * with this model and AES; a Python loop 2.2–2.5 s against 1.8 s (docs/performance.md). Not
+ * x86-64-v2-AES (the inventory's default for hypervisors): TCG enforces that the guest uses only
+ * the instructions its CPU advertises, and Debian's aesni_intel runs PCLMULQDQ, which that model
+ * does not advertise, in its boot self-test (an oops; udev then waits two minutes).
+ */
+export const TCG_CPU = 'qemu64,+pni,+popcnt,+sse4.1,+sse4.2,+ssse3'
+
+/** QEMU arguments for one accelerator (KVM: the host's own CPU; TCG: TCG_CPU). */
 export function accelArgs(accel: Accel): string[] {
-  return accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg', '-cpu', 'max']
+  return accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg', '-cpu', TCG_CPU]
 }
 
 /** Pure decision from a probe observation (unit-tested). */

@@ -111,6 +111,8 @@ export interface VmLaunchSpec {
   network?: UserNetSpec
   /** Accelerator; default: `decideAccel()`. */
   accel?: AccelDecision
+  /** `-cpu`'s value (the lab: what PVE would give the VM's config); default: the accelerator's. */
+  cpu?: string
   /** SMBIOS uuid. */
   uuid?: string
   /** Add the qemu-guest-agent port (default true). */
@@ -182,7 +184,7 @@ export function qemuArgs(spec: VmLaunchSpec, accel: AccelDecision): string[] {
     '-name', `${qopt(spec.name)},process=pgi-vm-${qopt(spec.name)}`,
     '-nodefaults', '-no-user-config',
     '-machine', 'pc',
-    ...accel.args,
+    ...accel.args.map((arg, i) => (spec.cpu !== undefined && accel.args[i - 1] === '-cpu' ? spec.cpu : arg)),
     '-smp', String(spec.cpus ?? 1),
     '-m', String(spec.memoryMiB),
     '-display', 'none',

@@ -27,6 +27,7 @@ export function establishment(uai: string, amiRecipient: string, over: Partial<E
     osDiskGb: 8,
     cores: 2,
     memoryMb: 4096,
+    cpuType: 'x86-64-v2-AES',
     ami: {name: 'Jeanne Petit', ageRecipient: amiRecipient, login: 'ami'},
     ring: 'canary',
     groups: [],

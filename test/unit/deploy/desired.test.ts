@@ -15,7 +15,7 @@ describe('desired VM config', () => {
     expect(p.virtio0).toBe('local-vm:0,import-from=local:import/pgi-tryton-2026.11.0.qcow2')
     expect(p.virtio1).toBe('data-vm:32,serial=pgi-data')
     expect(p.ide2).toBe('local-vm:cloudinit')
-    expect(p).toMatchObject({name: 'pgi-0130040y', agent: 1, boot: 'order=virtio0', serial0: 'socket', net0: 'virtio,bridge=vmbr0', ciuser: 'ami', ciupgrade: 0, ipconfig0: 'ip=192.0.2.101/24,gw=192.0.2.1', nameserver: '192.0.2.53 192.0.2.54', searchdomain: 'lycees.example', cores: 2, memory: 4096})
+    expect(p).toMatchObject({name: 'pgi-0130040y', agent: 1, boot: 'order=virtio0', serial0: 'socket', net0: 'virtio,bridge=vmbr0', ciuser: 'ami', ciupgrade: 0, ipconfig0: 'ip=192.0.2.101/24,gw=192.0.2.1', nameserver: '192.0.2.53 192.0.2.54', searchdomain: 'lycees.example', cores: 2, memory: 4096, cpu: 'x86-64-v2-AES'})
     expect(p.sshkeys).toBe('ssh-ed25519%20AAAAC3Nz%20jeanne%40poste%0A')
     expect(p.tags).toBe('img-2026.11.0;pgi;ring-canary;uai-0130040y')
     expect(parseDescription(String(p.description))).toMatchObject({uai: '0130040Y', image: '2026.11.0', imageSha256: image.sha256})

@@ -27,6 +27,7 @@ export const est: Establishment = {
   osDiskGb: 8,
   cores: 2,
   memoryMb: 4096,
+  cpuType: 'x86-64-v2-AES',
   ami: {name: 'Jeanne', ageRecipient: 'age1x', login: 'ami', sshKey: 'ssh-ed25519 AAAAC3Nz jeanne@poste'},
   ring: 'canary',
   image: '2026.11.0',

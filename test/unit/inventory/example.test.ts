@@ -24,6 +24,7 @@ describe('the example inventory', () => {
       osDiskGb: 8,
       cores: 2,
       memoryMb: 4096,
+      cpuType: 'x86-64-v2-AES',
       network: {address: '192.0.2.101/24', gateway: '192.0.2.1', dns: ['192.0.2.53'], searchdomain: 'lycees.example'},
       ami: {name: 'Jeanne Petit', login: 'ami', email: 'ami.0130040Y@example.org'},
       maintenanceWindow: {days: ['wed', 'sat'], start: '12:00', end: '14:00', timezone: 'Europe/Paris'},

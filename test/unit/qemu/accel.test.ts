@@ -3,7 +3,7 @@ import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, beforeEach, describe, expect, it} from 'vitest'
 
-import {accelArgs, accelFromEnv, decideAccel, decideFromProbe, PROBE_MARKER, probeFloppy, resetAccelMemo} from '../../../src/qemu/accel.js'
+import {accelArgs, accelFromEnv, decideAccel, decideFromProbe, PROBE_MARKER, probeFloppy, resetAccelMemo, TCG_CPU} from '../../../src/qemu/accel.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'pgi-accel-'))
 afterAll(() => rmSync(dir, {recursive: true, force: true}))
@@ -22,7 +22,7 @@ describe('decideFromProbe', () => {
   ])('falls back to TCG for %o', (obs, re) => {
     const d = decideFromProbe(obs)
     expect(d.accel).toBe('tcg')
-    expect(d.args).toEqual(['-accel', 'tcg', '-cpu', 'max'])
+    expect(d.args).toEqual(['-accel', 'tcg', '-cpu', TCG_CPU])
     expect(d.reason).toMatch(re)
   })
 })

@@ -1,6 +1,6 @@
 import {describe, expect, it} from 'vitest'
 
-import {accelArgs} from '../../../src/qemu/accel.js'
+import {accelArgs, TCG_CPU} from '../../../src/qemu/accel.js'
 import {parseUsernet, processAlive, qemuArgs, userNetFor, type VmLaunchSpec} from '../../../src/qemu/vm.js'
 
 const tcg = {accel: 'tcg' as const, args: accelArgs('tcg'), reason: 'test', source: 'env' as const}
@@ -55,7 +55,7 @@ describe('qemuArgs', () => {
   const args = qemuArgs(spec, tcg)
 
   it('uses the accelerator, memory and cpus given', () => {
-    expect(args.join(' ')).toContain('-accel tcg -cpu max')
+    expect(args.join(' ')).toContain(`-accel tcg -cpu ${TCG_CPU}`)
     expect(opt(args, '-m')).toEqual(['768'])
     expect(opt(args, '-smp')).toEqual(['1'])
   })

@@ -55,6 +55,7 @@ export function establishment(uai: string, hypervisor: string, node: string, vmi
     osDiskGb: 8,
     cores: 2,
     memoryMb: 4096,
+    cpuType: 'x86-64-v2-AES',
     ami: {name: 'AMI', ageRecipient: 'age1xxx', login: 'ami'},
     ring: 'general',
     image: '2026.11.0',
