@@ -14,7 +14,7 @@
 //     queued, running, and in the engine), read from the console's store in the VM;
 //   - how soon a queued job starts: from a backup form's POST to the job seen running.
 // Options: --version V (default: the newest in the images folder), --images-dir DIR,
-// --students N (30), --repeat N (5), --cores N / --memory-mb M (a deploy's: 2, 4096), --no-settle, --keep. Last line: one JSON object {"bench":"console",...}.
+// --students N (30), --repeat N (5), --cores N / --memory-mb M (a deploy's: 2, 4096), --cpu MODEL (QEMU's -cpu), --no-settle, --keep. Last line: one JSON object {"bench":"console",...}.
 import {X509Certificate} from 'node:crypto'
 import {mkdtemp, readdir, rm} from 'node:fs/promises'
 import {Agent, request} from 'node:https'
@@ -40,6 +40,8 @@ const root = opt('images-dir', imagesDir(process.env))
 const students = Number(opt('students', '30'))
 const repeat = Number(opt('repeat', '5'))
 const settle = !argv.includes('--no-settle')
+// QEMU's -cpu for the VM (default: the accelerator's, src/qemu/accel.ts; e.g. --cpu max to compare)
+const cpu = opt('cpu')
 // the VM as a deploy makes it (the inventory's built-in defaults: 2 vCPUs, 4096 MiB), or --cores / --memory-mb
 const {BUILTIN_DEFAULTS} = await import('../dist/src/inventory/rules.js')
 const cores = Number(opt('cores', String(BUILTIN_DEFAULTS.cores)))
@@ -72,6 +74,7 @@ try {
       dir,
       memoryMiB,
       cpus: cores,
+      ...(cpu ? {cpu} : {}),
       disks: [
         {file: os, format: 'qcow2', id: 'virtio0', cache: block.cache, aio: block.aio},
         {file: join(dir, 'data.qcow2'), format: 'qcow2', id: 'virtio1', serial: 'pgi-data', cache: block.cache, aio: block.aio},
@@ -291,6 +294,7 @@ try {
     machine: {cpus: cpus().length, mem_gib: Math.round(totalmem() / 2 ** 30)},
     image: `${manifest.name} ${version}`,
     accel: vm.accel,
+    cpu: cpu ?? 'default',
     boot_to_healthy_s: Number(bootS.toFixed(1)),
     fingerprint: new X509Certificate(cert).fingerprint256,
     jobs_s: {[`class_${students}`]: klass.seconds, backup: backup.seconds, reset: reset.seconds, restore: restore.seconds},

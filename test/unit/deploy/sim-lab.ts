@@ -123,6 +123,7 @@ export async function startSimLab(o: SimLabOptions = {}): Promise<SimLab> {
         osDiskGb: 4,
         cores: 1,
         memoryMb: 1024,
+        cpuType: 'x86-64-v2',
         ami: {name: `AMI ${uai}`, ageRecipient: amiRecipient, login: 'ami'},
         ring: 'general',
         image: '2026.11.0',

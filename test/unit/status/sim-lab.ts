@@ -90,6 +90,7 @@ export async function startSimLab(o: SimLabOptions): Promise<SimLab> {
       osDiskGb: 4,
       cores: 1,
       memoryMb: 1024,
+      cpuType: 'x86-64-v2',
       ami: {name: 'AMI', ageRecipient: 'age1lab', login: 'ami'},
       ring: 'general',
       image: o.wanted ?? image,
