@@ -9,6 +9,8 @@
  * Written here rather than taken from a library: there is no PVE code to run in Node; this is
  * the part of qemu-server's logic that decides the model and flags, kept to its rules.
  */
+import {readFileSync} from 'node:fs'
+
 import {parsePropertyString} from './validate.js'
 import {NAMED_PROPERTY_FORMATS} from './pve-formats.js'
 import type {Accel} from '../qemu/accel.js'
@@ -88,4 +90,22 @@ export function pveCpuArg(cpuOption: string | undefined, accel: Accel, hostFlags
   if (vendor) flags.set('vendor', `vendor=${vendor}`)
   const sorted = [...flags.keys()].sort().map((k) => flags.get(k)!)
   return [model, ...sorted, ...extra].join(',')
+}
+
+/** The host CPU's flags (/proc/cpuinfo), for PVE's `nested-virt` (svm or vmx). */
+function hostCpuFlags(): string[] {
+  try {
+    return /^flags\s*:(.*)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1]?.trim().split(/\s+/) ?? []
+  } catch {
+    return []
+  }
+}
+
+/**
+ * The lab's `-cpu` for a VM's `cpu` option on the accelerator the lab has: PVE's (pveCpuArg), and
+ * where KVM does not work what PVE gives a VM with `kvm: 0` (no `enforce`, no KVM paravirtual
+ * flags, which TCG cannot emulate).
+ */
+export function labCpuArg(cpuOption: string | undefined, accel: Accel): string {
+  return pveCpuArg(cpuOption, accel, hostCpuFlags())
 }

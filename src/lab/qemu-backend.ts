@@ -4,7 +4,8 @@ import {dirname, join} from 'node:path'
 
 import {hasTool, run} from '../exec.js'
 import {decideAccel, type AccelDecision} from '../qemu/accel.js'
-import {pveCpuArg} from './pve-cpu.js'
+import {labCpuArg} from './pve-cpu.js'
+import {seedSpecOf} from './qemu-seed.js'
 import {seedFiles, writeSeedImage, type SeedSpec} from '../qemu/cloudinit.js'
 import type {QgaClient} from '../qemu/qga.js'
 import {sleep} from '../sleep.js'
@@ -47,15 +48,6 @@ export const FORWARDED_PORTS: PortForward[] = [
 
 /** Where a guest without a static ipconfig0 lives (QEMU's default user network). */
 const DHCP_DEFAULT = {address: '10.0.2.15', prefix: 24, gateway: '10.0.2.2'}
-
-/** The host CPU's flags (/proc/cpuinfo), for PVE's `nested-virt` (svm or vmx). */
-function hostCpuFlags(): string[] {
-  try {
-    return /^flags\s*:(.*)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1]?.trim().split(/\s+/) ?? []
-  } catch {
-    return []
-  }
-}
 
 export interface QemuBackendOptions {
   /** Force an accelerator (tests); default: decideAccel() (PGI_QEMU_ACCEL, probe, cache). */
@@ -191,20 +183,9 @@ export class QemuBackend implements VmBackend {
 
   // ---- disks of a VM --------------------------------------------------------------------------
 
-  /** The NoCloud seed content of a VM spec (exported for tests). */
+  /** The NoCloud seed content of a VM spec (src/lab/qemu-seed.ts; here for tests). */
   static seedSpec(spec: VmSpec): SeedSpec {
-    const ci = spec.cloudInit
-    if (!ci) throw new BackendError(`VM ${spec.vmid} has no cloud-init settings`)
-    return {
-      hostname: ci.hostname,
-      user: ci.user,
-      passwordHash: ci.passwordHash,
-      sshKeys: ci.sshKeys,
-      nameservers: ci.nameservers,
-      searchdomain: ci.searchdomain,
-      packageUpgrade: ci.upgrade,
-      nics: spec.nics.map((nic, i) => ({name: `eth${i}`, mac: nic.macaddr, ipconfig: ci.ipconfig[nic.key] ?? {ip: 'dhcp'}})),
-    }
+    return seedSpecOf(spec)
   }
 
   async regenerateCloudInit(spec: VmSpec): Promise<void> {
@@ -310,6 +291,7 @@ export class QemuBackend implements VmBackend {
     if (spec.nics.length > 1) ctx.log(`warning: only net0 is connected in the lab (${spec.nics.length} NICs configured)`)
     // the guest's paths to the host for this start (src/lab/qemu-uplink.ts)
     const uplink = net && this.#linkSim ? await attachUplink(this.#linkSim, {spec, net, runDir: this.#runDir(spec.node, spec.vmid), socat: this.#socat, log: ctx.log}) : undefined
+    // its SMBIOS uuid, and the CPU PVE would give its config (src/lab/pve-cpu.ts)
     const uuid = /(?:^|,)uuid=([0-9a-f-]{36})/i.exec(spec.rawConfig.smbios1 ?? '')?.[1]
     const accel = await this.#accelDecision()
     ctx.log(`accelerator: ${accel.accel} (${accel.reason})`)
@@ -323,10 +305,7 @@ export class QemuBackend implements VmBackend {
         disks,
         network: net,
         accel,
-        // the CPU PVE would give this config (its `cpu` option; kvm64, or qemu64 without KVM, when
-        // unset) on the accelerator the lab has: where KVM does not work, what PVE gives a VM
-        // with `kvm: 0` (no enforce, no KVM paravirtual flags, which TCG cannot emulate)
-        cpu: pveCpuArg(spec.rawConfig.cpu, accel.accel, hostCpuFlags()),
+        cpu: labCpuArg(spec.rawConfig.cpu, accel.accel),
         uuid,
         guestAgent: true,
       })
